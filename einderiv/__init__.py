@@ -1,0 +1,19 @@
+"""einderiv: an Einstein-notation tensor derivative compiler.
+
+>>> import numpy as np, einderiv
+>>> f = einderiv.compile("sum(x * x)", {"x": ("n",)})
+>>> float(f(x=np.array([1.0, 2.0])))
+5.0
+"""
+from .api import Compiled, compile
+from .errors import (EinderivError, EvaluationError, InputError, ParseError, RuleError,
+                     ShapeError, UnknownNameError)
+from .rulebook import load_rules
+from .symbolic import Tensor, fn, var
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "compile", "var", "fn", "load_rules", "Compiled", "Tensor", "EinderivError", "ParseError",
+    "ShapeError", "UnknownNameError", "RuleError", "InputError", "EvaluationError",
+]

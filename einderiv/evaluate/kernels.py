@@ -1,0 +1,60 @@
+"""Evaluation kernels that the array libraries lack, named by `kernel.NAME` in rule tables.
+
+Each is written against an array namespace `xp` obtained from its argument, so the same kernel
+serves numpy and the other backends, and each is numerically stable for large arguments.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _xp(x):
+    return np
+
+
+def sigmoid(x):
+    xp = _xp(x)
+    # 0.5 * (1 + tanh(x / 2)) never overflows, unlike 1 / (1 + exp(-x)).
+    return 0.5 * (1.0 + xp.tanh(0.5 * x))
+
+
+def relu(x):
+    return _xp(x).maximum(x, 0.0)
+
+
+def softplus(x):
+    return _xp(x).logaddexp(0.0, x)
+
+
+def step(x):
+    """Heaviside step with step(0) = 0: the derivative of relu."""
+    return (x > 0).astype(np.result_type(x, np.float64)) if hasattr(x, "astype") else float(x > 0)
+
+
+def logdet(X):
+    """log |det X|, as numpy's slogdet."""
+    return _xp(X).linalg.slogdet(X)[1]
+
+
+def _axes(axis, ndim):
+    if axis is None:
+        return tuple(range(ndim))
+    return tuple(axis) if isinstance(axis, tuple) else (axis,)
+
+
+def logsumexp(x, axis=None):
+    xp = _xp(x)
+    axes = _axes(axis, x.ndim)
+    if not axes:
+        return x
+    m = xp.max(x, axis=axes, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, 0.0)
+    out = xp.log(xp.sum(xp.exp(x - m), axis=axes, keepdims=True)) + m
+    return xp.squeeze(out, axis=axes)
+
+
+def softmax(x, axis=-1):
+    xp = _xp(x)
+    axes = _axes(axis, x.ndim)
+    e = xp.exp(x - xp.max(x, axis=axes, keepdims=True))
+    return e / xp.sum(e, axis=axes, keepdims=True)

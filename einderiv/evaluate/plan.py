@@ -1,0 +1,282 @@
+"""Forward evaluation of IR: a plan of steps per concrete shape signature.
+
+Planning (binding dimension sizes, choosing opt_einsum contraction paths, resolving structured
+operands such as deltas into slices) happens once per signature; a later call with the same
+shapes only runs the steps.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import opt_einsum
+
+from ..errors import EinderivError, EvaluationError, InputError, ShapeError, did_you_mean
+from ..ir.dims import Dim, show_shape
+from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Size, Unit, Var, topological
+from ..rulebook import RuleBook, default_rulebook
+from ..rulebook.table import resolve
+
+Step = Callable[[list], object]
+
+
+class Plan:
+    """Evaluates `roots` from keyword arrays; caches one step list per shape signature."""
+
+    def __init__(self, roots: list[Node], rules: RuleBook | None = None):
+        self.roots = list(roots)
+        self.rules = rules or default_rulebook()
+        self.order = topological(*self.roots)
+        self.variables = {n.name: n for n in self.order if isinstance(n, Var)}
+        self._cache: dict[tuple, tuple[list[Step], list[int]]] = {}
+
+    def __call__(self, arrays: dict) -> list:
+        values, signature = self._inputs(arrays)
+        compiled = self._cache.get(signature)
+        if compiled is None:
+            compiled = self._cache[signature] = self._plan(values)
+        steps, results = compiled
+        slots: list = [None] * len(steps)
+        try:
+            for i, step in enumerate(steps):
+                slots[i] = step(slots) if step is not None else values[self.order[i].name]
+        except (np.linalg.LinAlgError, FloatingPointError, ValueError) as e:
+            raise EvaluationError(f"evaluation failed: {e}") from None
+        return [_finish(slots[i]) for i in results]
+
+    def _inputs(self, arrays: dict):
+        unknown = [k for k in arrays if k not in self.variables]
+        if unknown:
+            raise InputError(f"unexpected input '{unknown[0]}'",
+                             hint=did_you_mean(unknown[0], self.variables)
+                             or f"the inputs are {', '.join(sorted(self.variables)) or 'none'}")
+        values, signature = {}, []
+        for name, var in self.variables.items():
+            if name not in arrays:
+                raise InputError(f"missing input '{name}' (shape {show_shape(var.shape)})")
+            value = _as_array(name, arrays[name])
+            values[name] = value
+            signature.append((name, value.shape, value.dtype.str))
+        return values, tuple(signature)
+
+    def _plan(self, values: dict) -> tuple[list[Step], list[int]]:
+        env = bind_dimensions(self.variables, values)
+        slot = {id(n): i for i, n in enumerate(self.order)}
+        steps = [None if isinstance(n, Var) else _step(n, slot, env, self.rules)
+                 for n in self.order]
+        return steps, [slot[id(r)] for r in self.roots]
+
+
+def _as_array(name: str, value) -> np.ndarray:
+    try:
+        array = np.asarray(value)
+    except Exception as e:  # numpy raises many kinds for ragged or odd objects
+        raise InputError(f"input '{name}' is not an array: {e}") from None
+    if array.dtype.kind in "biu":
+        array = array.astype(np.float64)
+    elif array.dtype.kind not in "fc":
+        raise InputError(f"input '{name}' has dtype {array.dtype}; expected numbers")
+    return array
+
+
+def _finish(value):
+    if isinstance(value, np.ndarray) and value.ndim and not value.flags.writeable:
+        return np.array(value)  # a broadcast view: hand back an array the caller owns
+    return value
+
+
+def bind_dimensions(variables: dict[str, Var], values: dict) -> dict[str, int]:
+    """Sizes of the named dimensions, read off the arrays; ShapeError on any mismatch."""
+    env: dict[str, int] = {}
+    for name, var in variables.items():
+        actual = values[name].shape
+        expected = show_shape(var.shape)
+        if len(actual) != var.rank:
+            raise ShapeError(f"input '{name}' should have shape {expected} (rank {var.rank}), "
+                             f"got an array of shape {tuple(actual)}")
+        for dim, size in zip(var.shape, actual):
+            if dim.is_concrete:
+                ok = dim.offset == size
+            else:
+                value = size - dim.offset
+                ok = env.setdefault(dim.name, value) == value and value >= 0
+            if not ok:
+                bound = ", ".join(f"{k}={v}" for k, v in env.items())
+                raise ShapeError(f"input '{name}' should have shape {expected}, got an array of "
+                                 f"shape {tuple(actual)}" + (f" (with {bound})" if bound else ""))
+    return env
+
+
+def size_of(dim: Dim, env: dict[str, int]) -> int:
+    try:
+        size = dim.size(env)
+    except KeyError:
+        raise ShapeError(f"dimension '{dim.name}' is not bound by any input") from None
+    if size < 0:
+        raise ShapeError(f"dimension {dim} is negative ({size}) for these inputs")
+    return size
+
+
+def _step(node: Node, slot: dict, env: dict, rules: RuleBook) -> Step:
+    if isinstance(node, Const):
+        value = node.value
+        return lambda s: value
+    if isinstance(node, Size):
+        value = float(size_of(node.dim, env))
+        return lambda s: value
+    if isinstance(node, Delta):
+        rows, cols, off = (size_of(d, env) for d in (*node.shape, node.offset))
+        value = np.eye(rows, cols, k=off)
+        return lambda s: value
+    if isinstance(node, Unit):
+        value = np.zeros(size_of(node.shape[0], env))
+        value[size_of(node.position, env)] = 1.0
+        return lambda s: value
+    if isinstance(node, Map):
+        return _map_step(node, slot, rules)
+    if isinstance(node, Prim):
+        return _prim_step(node, slot, rules)
+    if isinstance(node, Add):
+        terms = [(c, slot[id(t)]) for c, t in node.terms]
+        return lambda s: _weighted_sum(s, terms)
+    if isinstance(node, Contract):
+        return ContractionStep(node, slot, env)
+    raise EinderivError(f"cannot evaluate {type(node).__name__}")
+
+
+def _weighted_sum(s, terms):
+    total = None
+    for c, i in terms:
+        v = s[i] if c == 1.0 else c * s[i]
+        total = v if total is None else total + v
+    return total
+
+
+def _map_step(node: Map, slot, rules) -> Step:
+    f = rules.get(node.fn)
+    if f is None or f.impl is None:
+        raise EinderivError(f"no evaluation rule for '{node.fn}'")
+    impl = resolve(f.impl, np)
+    args = [slot[id(a)] for a in node.args]
+    if len(args) == 1:
+        (a,) = args
+        return lambda s: impl(s[a])
+    return lambda s: impl(*[s[a] for a in args])
+
+
+def _prim_step(node: Prim, slot, rules) -> Step:
+    f = rules.get(node.fn)
+    if f is None or f.impl is None:
+        raise EinderivError(f"no evaluation rule for '{node.fn}'")
+    impl = resolve(f.impl, np)
+    (a,) = [slot[id(x)] for x in node.args]
+    if node.params:
+        axis = node.params[0]
+        return lambda s: impl(s[a], axis=axis)
+    return lambda s: impl(s[a])
+
+
+class ContractionStep:
+    """One Einstein product, planned for concrete sizes.
+
+    Deltas and unit vectors that meet a summed index become slices and picks of the other
+    operand instead of materialized matrices; the rest runs as one opt_einsum contraction with a
+    precomputed path.
+    """
+
+    def __init__(self, node: Contract, slot: dict, env: dict):
+        sizes = [size_of(d, env) for d in node.dims]
+        out = list(node.out)
+        # Each operand: [source slot or constant array, pre-indexing per axis, labels].
+        ops = []
+        self.scale = 1.0
+        for child, labels in node.operands:
+            if isinstance(child, Const):
+                self.scale *= child.value
+            else:
+                ops.append([child, slot[id(child)], list(labels)])
+        ops = self._resolve_structured(ops, out, env)
+        self.sources = [(src, idx) for _, src, idx, _ in ops]
+        present = [l for _, _, _, ls in ops for l in ls]
+        self.out_present = [l for l in out if l in present]
+        letters = {l: opt_einsum.get_symbol(i) for i, l in enumerate(dict.fromkeys(present + out))}
+        if ops:
+            spec = ",".join("".join(letters[l] for l in ls) for *_, ls in ops)
+            spec += "->" + "".join(letters[l] for l in self.out_present)
+            shapes = [tuple(sizes[l] for l in ls) for *_, ls in ops]
+            self.expr = opt_einsum.contract_expression(spec, *shapes)
+        else:
+            self.expr = None
+        self.final_shape = tuple(sizes[l] for l in out)
+        self.expand = len(self.out_present) != len(out)
+        self.keep_shape = tuple(sizes[l] if l in self.out_present else 1 for l in out)
+
+    @staticmethod
+    def _resolve_structured(ops, out, env):
+        """Turn Unit/Delta operands on summed labels into picks and slices of their partners."""
+        result = [[child, src, [slice(None)] * len(ls), ls] for child, src, ls in ops]
+        changed = True
+        while changed:
+            changed = False
+            for k, (child, src, idx, ls) in enumerate(result):
+                others = [r for j, r in enumerate(result) if j != k and not isinstance(r[0],
+                                                                                      (Unit, Delta))]
+                if isinstance(child, Unit):
+                    (l,) = ls
+                    partners = [r for r in others if l in r[3]]
+                    if l in out or not partners:
+                        continue
+                    pos = size_of(child.position, env)
+                    for r in partners:
+                        _narrow(r, l, pos, None)
+                    del result[k]
+                    changed = True
+                    break
+                if isinstance(child, Delta) and ls[0] != ls[1]:
+                    a, b = ls
+                    partners = [r for r in others if b in r[3]]
+                    if b in out or not partners:
+                        continue
+                    off = size_of(child.offset, env)
+                    rows = size_of(child.shape[0], env)
+                    for r in partners:
+                        _narrow(r, b, slice(off, off + rows), a)
+                    del result[k]
+                    changed = True
+                    break
+        return [[child, src, tuple(idx), ls] for child, src, idx, ls in result]
+
+    def __call__(self, s):
+        arrays = [s[src][idx] if idx else s[src] for src, idx in self.sources]
+        if self.expr is None:
+            value = np.full(self.final_shape, self.scale)
+            return value
+        value = self.expr(*arrays)
+        if self.scale != 1.0:
+            value = self.scale * value
+        if self.expand:
+            value = np.broadcast_to(np.reshape(value, self.keep_shape), self.final_shape)
+        return value
+
+
+def _narrow(operand, label, index, new_label):
+    """Index every axis of `operand` that carries `label` (an int drops it, a slice relabels)."""
+    _, _, idx, labels = operand
+    axes = [i for i, l in enumerate(labels) if l == label]
+    # Python indexing applies to the array's axes as they are, so walk positions carefully:
+    # idx has one entry per original axis; labels lists the axes still present.
+    present = [i for i, it in enumerate(idx) if not isinstance(it, int)]
+    for axis in axes:
+        idx[present[axis]] = _compose(idx[present[axis]], index)
+    if isinstance(index, int):
+        operand[3] = [l for l in labels if l != label]
+    else:
+        operand[3] = [new_label if l == label else l for l in labels]
+
+
+def _compose(outer: slice, inner):
+    """Index `inner` applied to the result of slice `outer` (both on one axis)."""
+    start = outer.start or 0
+    if isinstance(inner, int):
+        return start + inner
+    return slice(start + inner.start, start + inner.stop)

@@ -1,0 +1,296 @@
+"""Build IR with numpy semantics: broadcasting, matmul, transposes, reductions, indexing.
+
+These are the only constructors lowering uses, so every shape rule of SPEC §1 lives here. They
+also fold the trivial cases (products with 1, sums of one term, nested products) so the IR that
+reaches later stages is already small.
+"""
+from __future__ import annotations
+
+from itertools import count
+
+from ..errors import ShapeError
+from .dims import ONE, Dim, show_shape
+from .nodes import Add, Const, Contract, Delta, Map, Node, Unit
+
+ZERO = Dim(None, 0)
+
+
+def _named(name: str | None, node: Node) -> str:
+    return f"{name} {show_shape(node.shape)}" if name else show_shape(node.shape)
+
+
+def broadcast_shapes(a: Node, b: Node, names=(None, None), op: str = "combine") -> tuple[Dim, ...]:
+    out = []
+    for i in range(1, max(a.rank, b.rank) + 1):
+        da = a.shape[-i] if i <= a.rank else ONE
+        db = b.shape[-i] if i <= b.rank else ONE
+        if da == db or db == ONE:
+            out.append(da)
+        elif da == ONE:
+            out.append(db)
+        else:
+            raise ShapeError(
+                f"cannot {op} {_named(names[0], a)} with {_named(names[1], b)}: dimension {da} "
+                f"does not match {db} (axis {-i})",
+                hint="numpy broadcasting needs equal dimensions or 1; give equal sizes one name")
+    return tuple(reversed(out))
+
+
+def broadcast_to(node: Node, shape: tuple[Dim, ...]) -> Node:
+    """`node` broadcast to `shape` (numpy rules; the caller has checked they are compatible)."""
+    if node.shape == tuple(shape):
+        return node
+    out = tuple(range(len(shape)))
+    lead = len(shape) - node.rank
+    labels = []
+    fresh = count(len(shape))
+    for axis, dim in enumerate(node.shape):
+        target = lead + axis
+        # A size-1 axis stretched to a longer one is summed over its single entry.
+        labels.append(target if dim == shape[target] else next(fresh))
+    broadcast = {l: shape[l] for l in out}
+    return contract(out, [(node, tuple(labels))], broadcast)
+
+
+def const(value: float) -> Node:
+    return Const(value)
+
+
+def contract(out, operands, broadcast: dict | None = None) -> Node:
+    """A `Contract`, with constants folded and operands that are plain products inlined."""
+    broadcast = dict(broadcast or {})
+    flat: list = []
+    scale = 1.0
+    fresh = count(1 + max([*out, *(l for _, ls in operands for l in ls)], default=-1))
+    work = list(operands)
+    while work:
+        node, labels = work.pop(0)
+        if isinstance(node, Const):
+            scale *= node.value
+            continue
+        if isinstance(node, Contract) and _is_product(node):
+            # Inline: the inner output labels become ours; inner summed labels are size-1 axes.
+            mapping = dict(zip(node.out, labels))
+            for l in range(len(node.dims)):
+                if l not in mapping:
+                    mapping[l] = next(fresh)
+            for pos, l in enumerate(node.out):
+                broadcast.setdefault(labels[pos], node.dims[l])
+            work[0:0] = [(n, tuple(mapping[l] for l in ls)) for n, ls in node.operands]
+            continue
+        flat.append((node, tuple(labels)))
+    if scale == 0.0:
+        return zeros(_shape_of(out, operands, broadcast))
+    if not flat or scale != 1.0:
+        flat.insert(0, (Const(scale), ()))
+    if len(flat) == 1 and flat[0][1] == tuple(out) and flat[0][0].rank == len(out):
+        return flat[0][0]
+    for l in out:
+        if not any(l in ls for _, ls in flat) and l not in broadcast:
+            broadcast[l] = _shape_of(out, operands, broadcast)[list(out).index(l)]
+    return Contract(out, flat, broadcast)
+
+
+def _is_product(node: Contract) -> bool:
+    """True when the contraction sums nothing but size-1 axes (a pure product or relabelling)."""
+    used = set(node.out)
+    return all(l in used or node.dims[l] == ONE for _, ls in node.operands for l in ls)
+
+
+def _shape_of(out, operands, broadcast) -> tuple[Dim, ...]:
+    dims = dict(broadcast or {})
+    for node, labels in operands:
+        for l, d in zip(labels, node.shape):
+            dims.setdefault(l, d)
+    return tuple(dims[l] for l in out)
+
+
+def zeros(shape) -> Node:
+    shape = tuple(shape)
+    if not shape:
+        return Const(0.0)
+    return Contract(range(len(shape)), [(Const(0.0), ())], dict(enumerate(shape)))
+
+
+def add(terms: list[tuple[float, Node]]) -> Node:
+    """`sum(coef * term)` over terms of one shape, merging repeated terms and constants.
+
+    Nested sums are kept as they are: one of them may be shared (seed 001's `(x + y) + x*(x + y)`),
+    and flattening it into its parent would compute it twice.
+    """
+    merged: dict[Node, float] = {}
+    shape = terms[0][1].shape
+    constant = 0.0
+    for coef, term in terms:
+        if isinstance(term, Const):
+            constant += coef * term.value
+        else:
+            merged[term] = merged.get(term, 0.0) + coef
+    kept = [(c, t) for t, c in merged.items() if c != 0.0]
+    if constant != 0.0:
+        kept.insert(0, (1.0, broadcast_to(Const(constant), shape)))
+    if not kept:
+        return zeros(shape)
+    if len(kept) == 1:
+        c, t = kept[0]
+        return t if c == 1.0 else scale(c, t)
+    return Add(kept)
+
+
+def scale(c: float, node: Node) -> Node:
+    if c == 1.0:
+        return node
+    out = tuple(range(node.rank))
+    return contract(out, [(Const(c), ()), (node, out)])
+
+
+def binary_add(a: Node, b: Node, sign: float = 1.0, names=(None, None)) -> Node:
+    shape = broadcast_shapes(a, b, names, "add" if sign > 0 else "subtract")
+    return add([(1.0, broadcast_to(a, shape)), (sign, broadcast_to(b, shape))])
+
+
+def multiply(a: Node, b: Node, names=(None, None)) -> Node:
+    shape = broadcast_shapes(a, b, names, "multiply")
+    return contract(range(len(shape)), [_aligned(a, shape), _aligned(b, shape)],
+                    dict(enumerate(shape)))
+
+
+def _aligned(node: Node, shape) -> tuple[Node, tuple[int, ...]]:
+    """Labels placing `node`'s axes on the trailing axes of `shape` (size-1 axes summed)."""
+    lead = len(shape) - node.rank
+    labels = []
+    for axis, dim in enumerate(node.shape):
+        target = lead + axis
+        labels.append(target if dim == shape[target] else 1000 + target)
+    return node, tuple(labels)
+
+
+def elementwise(fn: str, args: list[Node], names=None) -> Node:
+    """An elementwise function of broadcast arguments (scalars stay scalars)."""
+    names = names or [None] * len(args)
+    shape = args[0].shape
+    for a, name in zip(args[1:], names[1:]):
+        shape = broadcast_shapes(_Shape(shape), a, (names[0], name), f"apply {fn} to")
+    return Map(fn, *[a if not a.shape else broadcast_to(a, shape) for a in args])
+
+
+class _Shape:
+    """A stand-in with just a shape, for checking broadcasts of more than two operands."""
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+        self.rank = len(self.shape)
+
+
+def transpose(node: Node) -> Node:
+    if node.rank < 2:
+        return node
+    labels = tuple(range(node.rank))
+    return contract(tuple(reversed(labels)), [(node, labels)])
+
+
+def reduce_sum(node: Node, axes: tuple[int, ...]) -> Node:
+    labels = tuple(range(node.rank))
+    out = tuple(l for l in labels if l not in axes)
+    return contract(out, [(node, labels)])
+
+
+def matmul(a: Node, b: Node, names=(None, None)) -> Node:
+    """numpy.matmul: vector·vector, matrix@vector, vector@matrix, batched matrix products."""
+    if a.rank == 0 or b.rank == 0:
+        raise ShapeError(f"matmul of a scalar: {_named(names[0], a)} @ {_named(names[1], b)}",
+                         hint="use * to multiply by a scalar")
+    ka = a.shape[-1]
+    kb = b.shape[-1] if b.rank == 1 else b.shape[-2]
+    if ka != kb:
+        which = "its only axis" if b.rank == 1 else "its second-to-last axis"
+        raise ShapeError(
+            f"cannot matmul {_named(names[0], a)} with {_named(names[1], b)}: the last axis of "
+            f"the left operand ({ka}) must match {which} of the right ({kb})")
+    if a.rank == 1 and b.rank == 1:
+        return contract((), [(a, (0,)), (b, (0,))])
+    # Batch axes broadcast like elementwise operands.
+    batch_a, batch_b = a.shape[:-2], b.shape[:-2]
+    batch = broadcast_shapes(_Shape(batch_a), _Shape(batch_b), names, "batch-matmul")
+    nb = len(batch)
+    batch_labels = tuple(range(nb))
+    K, I, J = nb, nb + 1, nb + 2
+
+    def batch_of(node_batch):
+        lead = nb - len(node_batch)
+        return tuple(lead + i if d == batch[lead + i] else 100 + lead + i
+                     for i, d in enumerate(node_batch))
+
+    if a.rank == 1:  # vector @ (..., k, j)
+        out = batch_labels + (J,)
+        ops = [(a, (K,)), (b, batch_of(batch_b) + (K, J))]
+    elif b.rank == 1:  # (..., i, k) @ vector
+        out = batch_labels + (I,)
+        ops = [(a, batch_of(batch_a) + (I, K)), (b, (K,))]
+    else:
+        out = batch_labels + (I, J)
+        ops = [(a, batch_of(batch_a) + (I, K)), (b, batch_of(batch_b) + (K, J))]
+    return contract(out, ops, dict(zip(batch_labels, batch)))
+
+
+def index(node: Node, items: list) -> Node:
+    """numpy basic indexing. Items: ("int", k), ("slice", lo, hi), ("none",)."""
+    consumed = sum(1 for it in items if it[0] != "none")
+    if consumed > node.rank:
+        raise ShapeError(f"too many indices: {consumed} for a tensor of rank {node.rank} "
+                         f"{show_shape(node.shape)}")
+    items = list(items) + [("slice", None, None)] * (node.rank - consumed)
+    fresh = count(10_000)
+    labels, out, ops, broadcast = [], [], [], {}
+    axis = 0
+    for it in items:
+        if it[0] == "none":
+            l = next(fresh)
+            out.append(l)
+            broadcast[l] = ONE
+            continue
+        dim = node.shape[axis]
+        axis += 1
+        if it[0] == "int":
+            pos = _position(it[1], dim)
+            l = next(fresh)
+            labels.append(l)
+            ops.append((Unit(dim, pos), (l,)))
+        else:
+            lo, hi = _slice_bounds(it[1], it[2], dim)
+            size = _difference(hi, lo)
+            l = next(fresh)
+            labels.append(l)
+            if lo == ZERO and size == dim:
+                out.append(l)
+            else:
+                o = next(fresh)
+                out.append(o)
+                ops.append((Delta(size, dim, lo), (o, l)))
+    return contract(tuple(out), [(node, tuple(labels))] + ops, broadcast)
+
+
+def _position(k: int, dim: Dim) -> Dim:
+    if dim.is_concrete:
+        if not -dim.offset <= k < dim.offset:
+            raise ShapeError(f"index {k} is out of bounds for an axis of size {dim}")
+        return Dim(None, k % dim.offset)
+    return dim + k if k < 0 else Dim(None, k)
+
+
+def _slice_bounds(lo, hi, dim: Dim) -> tuple[Dim, Dim]:
+    if dim.is_concrete:
+        start, stop, _ = slice(lo, hi).indices(dim.offset)
+        return Dim(None, start), Dim(None, max(start, stop))
+    lo_d = ZERO if lo is None else (dim + lo if lo < 0 else Dim(None, lo))
+    hi_d = dim if hi is None else (dim + hi if hi < 0 else Dim(None, hi))
+    return lo_d, hi_d
+
+
+def _difference(hi: Dim, lo: Dim) -> Dim:
+    if lo.name is None:
+        return Dim(hi.name, hi.offset - lo.offset)
+    if hi.name == lo.name:
+        return Dim(None, hi.offset - lo.offset)
+    raise ShapeError(f"cannot slice from {lo} to {hi}: the length would not be a dimension",
+                     hint="use slice bounds that are integers, or a negative stop")

@@ -1,0 +1,251 @@
+"""The indexed Einstein IR: immutable, hash-consed tensor expressions.
+
+Every node is a tensor with a positional shape. Index names live only inside the two indexed
+node kinds, `Contract` (a product of operands summed over the labels that do not appear in the
+output, i.e. an Einstein sum) and `Add` (a sum of terms, each placed on output labels, with
+broadcasting). Labels are renumbered canonically, so structurally equal expressions are one node
+whatever index names they were written with: `x + y` built twice is the same object.
+
+`str(node)` prints the expression as readable Einstein notation (see `einstein.py`).
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Iterable
+
+from .dims import Dim
+
+_TABLE: "weakref.WeakValueDictionary[tuple, Node]" = weakref.WeakValueDictionary()
+
+
+class Node:
+    """Base of all IR nodes. Equality is identity: equal structure means the same object."""
+
+    __slots__ = ("shape", "_hash", "__weakref__")
+    shape: tuple[Dim, ...]
+
+    @classmethod
+    def _intern(cls, key: tuple, shape: tuple[Dim, ...], **fields) -> "Node":
+        full = (cls, *key)
+        node = _TABLE.get(full)
+        if node is None:
+            node = object.__new__(cls)
+            object.__setattr__(node, "shape", shape)
+            object.__setattr__(node, "_hash", hash(full))
+            for k, v in fields.items():
+                object.__setattr__(node, k, v)
+            _TABLE[full] = node
+        return node
+
+    def __setattr__(self, name, value):
+        raise AttributeError("IR nodes are immutable")
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other) -> bool:
+        return self is other
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    def children(self) -> tuple["Node", ...]:
+        return ()
+
+    def __str__(self) -> str:
+        from .einstein import format_program
+        return format_program(self)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.shape}: {str(self).splitlines()[-1]}>"
+
+
+class Var(Node):
+    """An input tensor, by name."""
+
+    __slots__ = ("name",)
+    name: str
+
+    def __new__(cls, name: str, shape: Iterable) -> "Var":
+        shape = tuple(Dim.of(d) for d in shape)
+        return cls._intern((name, shape), shape, name=name)
+
+
+class Const(Node):
+    """A scalar constant."""
+
+    __slots__ = ("value",)
+    value: float
+
+    def __new__(cls, value: float) -> "Const":
+        value = float(value)
+        if value == 0:
+            value = 0.0  # -0.0 and 0.0 are one constant
+        return cls._intern((value,), (), value=value)
+
+
+class Size(Node):
+    """The size of a dimension as a scalar (`mean` divides by it)."""
+
+    __slots__ = ("dim",)
+    dim: Dim
+
+    def __new__(cls, dim: Dim) -> "Size":
+        return cls._intern((dim,), (), dim=dim)
+
+
+class Delta(Node):
+    """Kronecker delta `delta[i,j] = 1 if j == i + offset else 0`, shape (rows, cols).
+
+    With rows == cols and offset 0 it is the identity; otherwise it selects a window (a slice).
+    """
+
+    __slots__ = ("offset",)
+    offset: Dim
+
+    def __new__(cls, rows: Dim, cols: Dim, offset=0) -> "Delta":
+        rows, cols, offset = Dim.of(rows), Dim.of(cols), Dim.of(offset)
+        return cls._intern((rows, cols, offset), (rows, cols), offset=offset)
+
+    @property
+    def is_identity(self) -> bool:
+        return self.shape[0] == self.shape[1] and self.offset == Dim(None, 0)
+
+
+class Unit(Node):
+    """The unit vector `e[j] = 1 if j == position else 0` (an integer index picks with it)."""
+
+    __slots__ = ("position",)
+    position: Dim
+
+    def __new__(cls, dim: Dim, position) -> "Unit":
+        dim, position = Dim.of(dim), Dim.of(position)
+        return cls._intern((dim, position), (dim,), position=position)
+
+
+class Map(Node):
+    """An elementwise function of arguments shaped like the result (or scalars)."""
+
+    __slots__ = ("fn", "args")
+    fn: str
+    args: tuple[Node, ...]
+
+    def __new__(cls, fn: str, *args: Node) -> "Map":
+        shape = max((a.shape for a in args), key=len)
+        for a in args:
+            if a.shape and a.shape != shape:
+                raise ValueError(f"Map {fn}: argument shapes {[a.shape for a in args]} differ")
+        return cls._intern((fn, args), shape, fn=fn, args=tuple(args))
+
+    def children(self):
+        return self.args
+
+
+class Prim(Node):
+    """A tensor primitive (`inv`, `det`, `softmax` ...) with static parameters such as axes."""
+
+    __slots__ = ("fn", "args", "params")
+    fn: str
+    args: tuple[Node, ...]
+    params: tuple
+
+    def __new__(cls, fn: str, args: tuple[Node, ...], params: tuple, shape) -> "Prim":
+        shape = tuple(Dim.of(d) for d in shape)
+        return cls._intern((fn, tuple(args), tuple(params), shape), shape, fn=fn,
+                           args=tuple(args), params=tuple(params))
+
+    def children(self):
+        return self.args
+
+
+Operand = tuple[Node, tuple[int, ...]]
+
+
+def _canonical(out: tuple, operands: Iterable[tuple[Node, tuple]]) -> tuple[tuple, tuple]:
+    """Renumber labels 0, 1, ... in order of first appearance (output first)."""
+    names: dict = {}
+    for label in out:
+        names.setdefault(label, len(names))
+    ops = []
+    for node, labels in operands:
+        ops.append((node, tuple(names.setdefault(l, len(names)) for l in labels)))
+    return tuple(names[l] for l in out), tuple(ops)
+
+
+class Contract(Node):
+    """Einstein product: `out[out_labels] = sum over other labels of prod(operand[labels])`.
+
+    An output label that no operand carries broadcasts; its size is given in `broadcast`.
+    """
+
+    __slots__ = ("out", "operands", "dims")
+    out: tuple[int, ...]
+    operands: tuple[Operand, ...]
+    dims: tuple[Dim, ...]  # size of every label, by label number
+
+    def __new__(cls, out, operands, broadcast: dict | None = None) -> "Contract":
+        out = tuple(out)
+        given = {pos: Dim.of(broadcast[l]) for pos, l in enumerate(out)
+                 if broadcast and l in broadcast}
+        out, ops = _canonical(out, operands)
+        if len(set(out)) != len(out):
+            raise ValueError("Contract: an output label repeats (use a Delta for a diagonal)")
+        nlabels = 1 + max([*out, *(l for _, ls in ops for l in ls)], default=-1)
+        dims: list = [None] * nlabels
+        for node, labels in ops:
+            if len(labels) != node.rank:
+                raise ValueError(f"Contract: {len(labels)} labels for a rank-{node.rank} operand")
+            for label, dim in zip(labels, node.shape):
+                if dims[label] is not None and dims[label] != dim:
+                    raise ValueError(f"Contract: label bound to {dims[label]} and {dim}")
+                dims[label] = dim
+        for pos, label in enumerate(out):
+            if dims[label] is None:
+                if pos not in given:
+                    raise ValueError("Contract: a label with no operand needs a broadcast size")
+                dims[label] = given[pos]
+        dims = tuple(dims)
+        shape = tuple(dims[l] for l in out)
+        return cls._intern((out, ops, dims), shape, out=out, operands=ops, dims=dims)
+
+    def children(self):
+        return tuple(node for node, _ in self.operands)
+
+
+class Add(Node):
+    """A weighted sum of terms of equal shape: `sum(coef * term)`."""
+
+    __slots__ = ("terms",)
+    terms: tuple[tuple[float, Node], ...]
+
+    def __new__(cls, terms: Iterable[tuple[float, Node]]) -> "Add":
+        terms = tuple((float(c), t) for c, t in terms)
+        shape = terms[0][1].shape
+        for _, t in terms:
+            if t.shape != shape:
+                raise ValueError(f"Add: term shapes {[t.shape for _, t in terms]} differ")
+        return cls._intern((terms,), shape, terms=terms)
+
+    def children(self):
+        return tuple(t for _, t in self.terms)
+
+
+def topological(*roots: Node) -> list[Node]:
+    """Every node reachable from `roots`, each once, children before parents (no recursion)."""
+    order: list[Node] = []
+    seen: set[int] = set()
+    stack: list[tuple[Node, bool]] = [(r, False) for r in reversed(roots)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.append((node, True))
+        for child in reversed(node.children()):
+            if id(child) not in seen:
+                stack.append((child, False))
+    return order

@@ -1,0 +1,317 @@
+"""Function calls: the built-in structural functions of SPEC §1, and those of the rule tables.
+
+Structural functions (`sum`, `dot`, `diag`, `einsum` ...) are index patterns and lower straight
+to contractions and deltas. Every other function comes from the rule book: an elementwise
+primitive, a tensor primitive, or a definition expanded in place.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from ..errors import ParseError, RuleError, ShapeError, UnknownNameError, did_you_mean
+from ..ir import build
+from ..ir.dims import Dim, show_shape
+from ..ir.nodes import Delta, Node, Prim, Size
+from ..parse import ast, parse
+
+MAX_DEFINITION_DEPTH = 32
+AXIS_FUNCTIONS = {"sum", "mean"}
+
+
+def tensor_args(call: ast.Call, scope) -> list[ast.Expr]:
+    """The positional arguments that are tensors (lowered before the call itself)."""
+    if call.func == "eye":
+        return []
+    if call.func == "einsum":
+        return list(call.args[1:])
+    if call.func in AXIS_FUNCTIONS or _takes_axis(call.func, scope):
+        return list(call.args[:1])
+    return list(call.args)
+
+
+def _takes_axis(name: str, scope) -> bool:
+    f = scope.rules.get(name)
+    return f is not None and f.kind == "tensor" and f.axis is not None
+
+
+def known_functions(scope) -> set[str]:
+    return set(BUILTINS) | set(scope.rules.functions)
+
+
+def lower_call(call: ast.Call, args: list[Node], scope) -> Node:
+    name = call.func
+    if len({k for k, _ in call.kwargs}) != len(call.kwargs):
+        raise ParseError(f"{name}() got a keyword argument twice", call.span)
+    handler = BUILTINS.get(name)
+    if handler is not None:
+        return handler(call, args, scope)
+    f = scope.rules.get(name)
+    if f is None:
+        raise UnknownNameError(f"unknown function '{name}'", call.func_span or call.span,
+                               did_you_mean(name, known_functions(scope))
+                               or "see SPEC §1 for the built-in functions, or add a rule file")
+    if f.kind == "elementwise":
+        _no_keywords(call)
+        _arity(call, f.arity, f.arity)
+        from .lower import text_of
+        return build.elementwise(name, args, [text_of(a) for a in call.args])
+    if f.kind == "tensor":
+        return _tensor_primitive(call, f, args)
+    return _expand_definition(call, f, args, scope)
+
+
+# -- argument checking -------------------------------------------------------------------------
+
+def _arity(call: ast.Call, lo: int, hi: int) -> None:
+    n = len(call.args)
+    if not lo <= n <= hi:
+        want = str(lo) if lo == hi else f"{lo} to {hi}"
+        plural = "" if want == "1" else "s"
+        raise ParseError(f"{call.func}() takes {want} argument{plural}, {n} given", call.span)
+
+
+def _no_keywords(call: ast.Call) -> None:
+    if call.kwargs:
+        raise ParseError(f"{call.func}() takes no keyword arguments, got "
+                         f"'{call.kwargs[0][0]}='", call.kwargs[0][1].span or call.span)
+
+
+def _axis_argument(call: ast.Call, keyword: str = "axis"):
+    """The `axis` of a reduction: None, or an AST expression (keyword or 2nd positional)."""
+    for k, v in call.kwargs:
+        if k != keyword:
+            raise ParseError(f"{call.func}() got an unexpected keyword argument '{k}'",
+                             v.span or call.span, hint=f"{call.func} takes {keyword}=")
+    _arity(call, 1, 2)
+    if len(call.args) == 2:
+        if call.kwargs:
+            raise ParseError(f"{call.func}() got {keyword} twice", call.span)
+        return call.args[1]
+    return call.kwargs[0][1] if call.kwargs else None
+
+
+def _axes(expr, rank: int, call: ast.Call) -> tuple[int, ...] | None:
+    """Normalize an axis argument (int or tuple of ints, negative from the end)."""
+    from .lower import constant_int
+    if expr is None or isinstance(expr, ast.NoneLit):
+        return None
+    items = expr.items if isinstance(expr, ast.Tuple) else (expr,)
+    axes = []
+    for item in items:
+        k = constant_int(item, "an axis")
+        if not -rank <= k < rank:
+            raise ShapeError(f"axis {k} is out of bounds for {call.func}() of a rank-{rank} "
+                             f"tensor", item.span or call.span)
+        axes.append(k % rank)
+    if len(set(axes)) != len(axes):
+        raise ShapeError(f"{call.func}(): an axis repeats", expr.span or call.span)
+    return tuple(sorted(axes))
+
+
+# -- structural built-ins ---------------------------------------------------------------------
+
+def _sum(call, args, scope):
+    (x,) = args
+    axes = _axes(_axis_argument(call), x.rank, call)
+    return build.reduce_sum(x, tuple(range(x.rank)) if axes is None else axes)
+
+
+def _mean(call, args, scope):
+    (x,) = args
+    axes = _axes(_axis_argument(call), x.rank, call)
+    axes = tuple(range(x.rank)) if axes is None else axes
+    total = build.reduce_sum(x, axes)
+    dims = [x.shape[a] for a in axes]
+    concrete = 1
+    for d in dims:
+        concrete *= d.offset if d.is_concrete else 1
+    symbolic = [d for d in dims if not d.is_concrete]
+    if concrete == 0:
+        raise ShapeError(f"mean() over an empty axis of {show_shape(x.shape)}", call.span)
+    result = build.scale(1.0 / concrete, total)
+    if symbolic:
+        size = build.contract((), [(Size(d), ()) for d in symbolic])
+        result = build.elementwise("div", [result, size])
+    return result
+
+
+def _dot(call, args, scope):
+    _no_keywords(call)
+    _arity(call, 2, 2)
+    a, b = args
+    if a.rank == 0 or b.rank == 0:
+        return build.multiply(a, b)
+    if a.rank <= 2 and b.rank <= 2:
+        from .lower import text_of
+        return build.matmul(a, b, (text_of(call.args[0]), text_of(call.args[1])))
+    kb = b.shape[-1] if b.rank == 1 else b.shape[-2]
+    if a.shape[-1] != kb:
+        raise ShapeError(f"dot(): {show_shape(a.shape)} and {show_shape(b.shape)} do not align "
+                         f"({a.shape[-1]} != {kb})", call.span)
+    la = tuple(range(a.rank - 1)) + (100,)
+    lb_rest = tuple(200 + i for i in range(b.rank - 1))
+    lb = lb_rest[:-1] + (100, lb_rest[-1]) if b.rank >= 2 else (100,)
+    out = la[:-1] + (lb_rest[:-1] + lb_rest[-1:] if b.rank >= 2 else ())
+    return build.contract(out, [(a, la), (b, lb)])
+
+
+def _outer(call, args, scope):
+    _no_keywords(call)
+    _arity(call, 2, 2)
+    a, b = args
+    if a.rank != 1 or b.rank != 1:
+        raise ShapeError(f"outer() takes two vectors, got {show_shape(a.shape)} and "
+                         f"{show_shape(b.shape)}", call.span)
+    return build.contract((0, 1), [(a, (0,)), (b, (1,))])
+
+
+def _trace(call, args, scope):
+    _no_keywords(call)
+    _arity(call, 1, 1)
+    (x,) = args
+    if x.rank < 2 or x.shape[0] != x.shape[1]:
+        raise ShapeError(f"{call.func}() takes a square matrix, got {show_shape(x.shape)}",
+                         call.span)
+    rest = tuple(range(2, x.rank))
+    return build.contract(rest, [(x, (0, 0) + rest)])
+
+
+def _diag(call, args, scope):
+    _no_keywords(call)
+    _arity(call, 1, 1)
+    (x,) = args
+    if x.rank == 1:
+        n = x.shape[0]
+        return build.contract((0, 1), [(x, (0,)), (Delta(n, n), (0, 1))])
+    if x.rank == 2 and x.shape[0] == x.shape[1]:
+        return build.contract((0,), [(x, (0, 0))])
+    raise ShapeError(f"diag() takes a vector or a square matrix, got {show_shape(x.shape)}",
+                     call.span)
+
+
+def _eye(call, args, scope):
+    _no_keywords(call)
+    _arity(call, 1, 2)
+    dims = [_dimension(a, scope) for a in call.args]
+    rows, cols = dims[0], dims[-1]
+    return Delta(rows, cols) if rows == cols else build.index(Delta(rows, rows), [])
+
+
+def _dimension(expr, scope) -> Dim:
+    from .lower import constant_int
+    if isinstance(expr, ast.Name):
+        if expr.id in scope.dims():
+            return Dim(expr.id)
+        raise UnknownNameError(f"unknown dimension '{expr.id}'", expr.span,
+                               did_you_mean(expr.id, scope.dims())
+                               or "eye() takes an integer or a dimension name used in a shape")
+    k = constant_int(expr, "the size of eye()")
+    if k < 0:
+        raise ShapeError("eye() of a negative size", expr.span)
+    return Dim(None, k)
+
+
+def _einsum(call, args, scope):
+    _no_keywords(call)
+    if not call.args or not isinstance(call.args[0], ast.String):
+        raise ParseError('einsum() takes a subscript string first, e.g. einsum("ij,j->i", A, x)',
+                         call.span)
+    spec_node = call.args[0]
+    spec = spec_node.value.replace(" ", "")
+    where = spec_node.span or call.span
+    if "." in spec:
+        raise ParseError("einsum(): '...' is not supported; name every axis", where)
+    inputs, arrow, output = spec.partition("->")
+    terms = inputs.split(",")
+    if any(not t.isalpha() and t != "" for t in terms) or (arrow and output and not
+                                                          output.isalpha()):
+        raise ParseError(f"einsum(): subscripts must be letters, got {spec_node.value!r}", where)
+    if len(terms) != len(args):
+        raise ShapeError(f"einsum(): {len(terms)} subscript groups for {len(args)} operands",
+                         where)
+    letters: dict[str, Dim] = {}
+    for term, node, src in zip(terms, args, call.args[1:]):
+        if len(term) != node.rank:
+            raise ShapeError(f"einsum(): subscripts '{term}' for an operand of rank {node.rank} "
+                             f"{show_shape(node.shape)}", src.span or where)
+        for ch, dim in zip(term, node.shape):
+            if letters.setdefault(ch, dim) != dim:
+                raise ShapeError(f"einsum(): index '{ch}' has size {letters[ch]} and {dim}",
+                                 src.span or where)
+    if not arrow:
+        seen = "".join(terms)
+        output = "".join(sorted(ch for ch in set(seen) if seen.count(ch) == 1))
+    if len(set(output)) != len(output):
+        raise ParseError(f"einsum(): output subscripts '{output}' repeat a letter", where)
+    missing = [ch for ch in output if ch not in letters]
+    if missing:
+        raise ParseError(f"einsum(): output index '{missing[0]}' appears in no operand", where)
+    code = {ch: i for i, ch in enumerate(dict.fromkeys(output + "".join(terms)))}
+    return build.contract(tuple(code[c] for c in output),
+                          [(node, tuple(code[c] for c in term)) for term, node in
+                           zip(terms, args)])
+
+
+BUILTINS = {
+    "sum": _sum, "mean": _mean, "dot": _dot, "outer": _outer, "tr": _trace, "trace": _trace,
+    "diag": _diag, "eye": _eye, "einsum": _einsum,
+}
+
+
+# -- rule-table functions -----------------------------------------------------------------------
+
+def _tensor_primitive(call, f, args) -> Node:
+    if f.axis is None:
+        _no_keywords(call)
+        _arity(call, f.arity, f.arity)
+        axes = None
+    else:
+        axes = _axes(_axis_argument(call, f.axis), args[0].rank, call)
+    (x,) = args
+    if f.shape in ("square", "square_scalar"):
+        if x.rank < 2 or x.shape[-1] != x.shape[-2]:
+            raise ShapeError(f"{f.name}() takes a square matrix, got {show_shape(x.shape)}",
+                             call.span)
+        shape = x.shape if f.shape == "square" else x.shape[:-2]
+        return Prim(f.name, (x,), (), shape)
+    if axes is None:
+        # No axis: `same` primitives work along the last axis (as jax.nn.softmax),
+        # `reduce` primitives over all entries (as scipy and JAX logsumexp).
+        axes = (x.rank - 1,) if f.shape == "same" and x.rank else tuple(range(x.rank))
+    shape = x.shape if f.shape == "same" else tuple(d for i, d in enumerate(x.shape)
+                                                     if i not in axes)
+    if not axes:
+        return x if f.shape == "reduce" else Prim(f.name, (x,), (axes,), shape)
+    return Prim(f.name, (x,), (axes,), shape)
+
+
+@lru_cache(maxsize=None)
+def _definition_body(name: str, body: str, origin: str) -> ast.Expr:
+    try:
+        program = parse(body)
+    except ParseError as e:
+        raise RuleError(f"{origin}: the definition of {name} does not parse: {e.message}",
+                        e.span) from None
+    if len(program.statements) != 1 or not isinstance(program.statements[0], ast.Expr):
+        raise RuleError(f"{origin}: the definition of {name} must be one expression")
+    return program.statements[0]
+
+
+def _expand_definition(call, f, args, scope) -> Node:
+    from .lower import Scope, lower_expr
+    _no_keywords(call)
+    _arity(call, f.arity, f.arity)
+    depth = getattr(scope, "depth", 0) + 1
+    if depth > MAX_DEFINITION_DEPTH:
+        raise RuleError(f"{f.origin}: the definition of {f.name} expands without end",
+                        call.span)
+    inner = Scope({}, scope.rules)
+    inner.depth = depth
+    inner.bound = dict(zip(f.params, args))
+    body = _definition_body(f.name, f.body, f.origin)
+    try:
+        return lower_expr(body, inner)
+    except UnknownNameError as e:
+        raise RuleError(f"{f.origin}: in the definition of {f.name}: {e.message}") from None
+
+

@@ -1,0 +1,197 @@
+"""Stage 2: syntax tree -> indexed Einstein IR, with shapes checked on the way.
+
+Lowering walks the tree without recursion (an unrolled network built in a Python loop can be
+thousands of nodes deep) and memoizes on node identity, so a shared subtree is lowered once and
+becomes one IR node.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import EinderivError, ParseError, ShapeError, UnknownNameError, did_you_mean
+from ..ir import build
+from ..ir.dims import Dim, show_shape
+from ..ir.nodes import Const, Node, Var
+from ..parse import ast
+from ..parse.unparse import unparse
+from ..rulebook import RuleBook, default_rulebook
+from . import calls
+
+
+@dataclass
+class Lowered:
+    """A lowered program: its output node, its input variables, and the names the user gave."""
+
+    root: Node
+    variables: dict[str, Var]
+    names: dict[Node, str] = field(default_factory=dict)  # bound temporaries, for printing
+    output_name: str | None = None
+    source: str = ""
+
+
+class Scope:
+    """Names visible while lowering: declared variables, bound temporaries, dimension names."""
+
+    def __init__(self, declared: dict[str, tuple[Dim, ...]], rules: RuleBook):
+        self.declared = declared
+        self.bound: dict[str, Node] = {}
+        self.rules = rules
+        self.used: dict[str, Var] = {}
+
+    def lookup(self, name: str, span) -> Node:
+        if name in self.bound:
+            return self.bound[name]
+        if name in self.declared:
+            var = Var(name, self.declared[name])
+            self.used[name] = var
+            return var
+        known = set(self.bound) | set(self.declared)
+        hint = did_you_mean(name, known)
+        if hint is None:
+            hint = f"declare it first, e.g. '{name}: [n]', or pass shapes={{'{name}': ...}}"
+        raise UnknownNameError(f"unknown name '{name}'", span, hint)
+
+    def dims(self) -> set[str]:
+        return {d.name for shape in self.declared.values() for d in shape if d.name}
+
+
+def lower(program: ast.Program, shapes: dict | None = None, rules: RuleBook | None = None
+          ) -> Lowered:
+    rules = rules or default_rulebook()
+    declared = {name: _shape(name, dims, None) for name, dims in (shapes or {}).items()}
+    scope = Scope(declared, rules)
+    names: dict[Node, str] = {}
+    root, output_name = None, None
+    for stmt in program.statements:
+        if isinstance(stmt, ast.Decl):
+            shape = _shape(stmt.name, stmt.dims, stmt.span)
+            if stmt.name in declared and declared[stmt.name] != shape:
+                raise ShapeError(f"'{stmt.name}' is declared as {show_shape(shape)} but was "
+                                 f"given as {show_shape(declared[stmt.name])}", stmt.span)
+            declared[stmt.name] = shape
+        elif isinstance(stmt, ast.Assign):
+            node = lower_expr(stmt.value, scope)
+            scope.bound[stmt.name] = node
+            if not isinstance(node, (Var, Const)):
+                names.setdefault(node, stmt.name)
+            root, output_name = node, stmt.name
+        else:
+            root, output_name = lower_expr(stmt, scope), None
+    if root is None:
+        last = program.statements[-1]
+        raise ParseError("the program has no output: it only declares shapes",
+                         getattr(last, "span", None),
+                         hint="end it with an expression, e.g. 'sum(x * x)'")
+    return Lowered(root, dict(scope.used), names, output_name, program.source)
+
+
+def _shape(name: str, dims, span) -> tuple[Dim, ...]:
+    if isinstance(dims, (str, int)) and not isinstance(dims, bool):
+        dims = (dims,)
+    try:
+        shape = tuple(Dim.of(d) for d in dims)
+    except TypeError:
+        raise ShapeError(f"the shape of '{name}' must be a tuple of ints and dimension names, "
+                         f"got {dims!r}", span) from None
+    for d in shape:
+        if d.is_concrete and d.offset < 0:
+            raise ShapeError(f"'{name}' has a negative dimension {d}", span)
+        if d.name is not None and not d.name.isidentifier():
+            raise ShapeError(f"'{name}': dimension name {d.name!r} is not an identifier", span)
+    return shape
+
+
+def text_of(expr: ast.Expr) -> str:
+    """The operand as the user wrote it, for error messages."""
+    if expr.span is not None:
+        text = expr.span.source[expr.span.start:expr.span.end]
+    else:
+        text = unparse(expr)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def lower_expr(root: ast.Expr, scope: Scope) -> Node:
+    """Lower one expression, children first, with an explicit stack."""
+    done: dict[int, Node] = {}
+    stack = [(root, False)]
+    while stack:
+        expr, ready = stack.pop()
+        if id(expr) in done:
+            continue
+        deps = _tensor_children(expr, scope)
+        if not ready:
+            stack.append((expr, True))
+            stack.extend((d, False) for d in deps if id(d) not in done)
+            continue
+        try:
+            node = _lower_one(expr, [done[id(d)] for d in deps], scope)
+        except EinderivError as e:
+            if e.span is None and expr.span is not None:
+                raise type(e)(e.message, expr.span, e.hint) from None
+            raise
+        done[id(expr)] = node
+    return done[id(root)]
+
+
+def _tensor_children(expr: ast.Expr, scope: Scope) -> list[ast.Expr]:
+    if isinstance(expr, ast.Call):
+        return calls.tensor_args(expr, scope)
+    return list(expr.children())
+
+
+def _lower_one(expr: ast.Expr, args: list[Node], scope: Scope) -> Node:
+    if isinstance(expr, ast.Number):
+        return Const(expr.value)
+    if isinstance(expr, ast.Name):
+        return scope.lookup(expr.id, expr.span)
+    if isinstance(expr, ast.BinOp):
+        a, b = args
+        names = (text_of(expr.left), text_of(expr.right))
+        if expr.op == "+":
+            return build.binary_add(a, b, 1.0, names)
+        if expr.op == "-":
+            return build.binary_add(a, b, -1.0, names)
+        if expr.op == "*":
+            return build.multiply(a, b, names)
+        if expr.op == "@":
+            return build.matmul(a, b, names)
+        fn = "div" if expr.op == "/" else "pow"
+        return build.elementwise(fn, [a, b], list(names))
+    if isinstance(expr, ast.UnaryOp):
+        return build.scale(-1.0, args[0]) if expr.op == "-" else args[0]
+    if isinstance(expr, ast.Attribute):
+        if expr.attr != "T":
+            raise ParseError(f"unknown attribute '.{expr.attr}'", expr.span,
+                             hint="the only attribute is .T (transpose)")
+        return build.transpose(args[0])
+    if isinstance(expr, ast.Index):
+        return build.index(args[0], [_index_item(i) for i in expr.items])
+    if isinstance(expr, ast.Call):
+        return calls.lower_call(expr, args, scope)
+    if isinstance(expr, (ast.String, ast.Tuple, ast.NoneLit, ast.Slice)):
+        what = {ast.String: "a string", ast.Tuple: "a tuple", ast.NoneLit: "None",
+                ast.Slice: "a slice"}[type(expr)]
+        raise ParseError(f"{what} is not a tensor expression", expr.span)
+    raise ParseError(f"cannot lower {type(expr).__name__}", expr.span)
+
+
+def constant_int(expr: ast.Expr, what: str) -> int:
+    """An integer literal, possibly negated (axes, indices, slice bounds)."""
+    sign = 1
+    node = expr
+    while isinstance(node, ast.UnaryOp):
+        sign = -sign if node.op == "-" else sign
+        node = node.operand
+    if isinstance(node, ast.Number) and node.value == int(node.value) and abs(node.value) < 2**62:
+        return sign * int(node.value)
+    raise ParseError(f"{what} must be an integer constant", expr.span)
+
+
+def _index_item(item):
+    if isinstance(item, ast.NoneLit):
+        return ("none",)
+    if isinstance(item, ast.Slice):
+        lo = None if item.lo is None else constant_int(item.lo, "a slice bound")
+        hi = None if item.hi is None else constant_int(item.hi, "a slice bound")
+        return ("slice", lo, hi)
+    return ("int", constant_int(item, "an index"))

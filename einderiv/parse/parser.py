@@ -1,0 +1,216 @@
+"""Source text -> AST, with the lark grammar in `grammar.lark`.
+
+Both the LALR parse and the (non-recursive) transform run without Python recursion however deeply
+the input nests; limits on size and nesting keep later stages bounded too.
+"""
+from __future__ import annotations
+
+import unicodedata
+from functools import lru_cache
+from pathlib import Path
+
+import lark
+from lark import Transformer_NonRecursive, v_args
+
+from ..errors import ParseError, Span
+from . import ast
+
+MAX_SOURCE_CHARS = 200_000
+MAX_NESTING = 200
+
+# Characters people paste from papers and word processors, and the ASCII they stand for.
+LOOKALIKES = {
+    "\u2212": "-", "\u2013": "-", "\u2014": "-", "\u00d7": "*", "\u2217": "*", "\u22c5": "*",
+    "\u00b7": "*", "\u2215": "/", "\u00f7": "/", "\uff0b": "+", "\u2018": "'", "\u2019": "'",
+    "\u201c": '"', "\u201d": '"', "\uff08": "(", "\uff09": ")", "\uff3b": "[", "\uff3d": "]",
+    "\u00a0": " ", "\u2032": "'",
+}
+
+
+@lru_cache(maxsize=None)
+def _parser() -> lark.Lark:
+    grammar = (Path(__file__).parent / "grammar.lark").read_text()
+    return lark.Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+
+
+def parse(source: str) -> ast.Program:
+    """Parse a source text into a `Program`; raise `ParseError` with a caret on bad input."""
+    if not isinstance(source, str):
+        raise ParseError(f"expected the expression as a string, got {type(source).__name__}")
+    if len(source) > MAX_SOURCE_CHARS:
+        raise ParseError(f"source is too long: {len(source)} characters, the limit is "
+                         f"{MAX_SOURCE_CHARS}",
+                         hint="build very large expressions in Python with einderiv.var")
+    _check_characters(source)
+    _check_nesting(source)
+    try:
+        tree = _Builder(source).transform(_parser().parse(source))
+    except lark.exceptions.UnexpectedCharacters as e:
+        raise ParseError(f"unexpected character {source[e.pos_in_stream]!r}",
+                         Span(source, e.pos_in_stream, e.pos_in_stream + 1)) from None
+    except lark.exceptions.UnexpectedToken as e:
+        raise _unexpected_token(source, e) from None
+    except lark.exceptions.UnexpectedEOF:
+        end = len(source.rstrip())
+        raise ParseError("unexpected end of input", Span(source, max(0, end - 1), end)) from None
+    except lark.exceptions.VisitError as e:  # an error raised inside a transformer callback
+        if isinstance(e.orig_exc, ParseError):
+            raise e.orig_exc from None
+        raise
+    program = ast.Program(list(tree.children), source)
+    if not program.statements:
+        raise ParseError("empty expression", Span(source, 0, len(source)),
+                         hint="write an expression such as 'sum(x * x)'")
+    return program
+
+
+def _unexpected_token(source: str, e) -> ParseError:
+    tok = e.token
+    if tok.type == "$END":
+        end = len(source.rstrip())
+        return ParseError("unexpected end of input", Span(source, max(0, end - 1), max(1, end)))
+    start = tok.start_pos if tok.start_pos is not None else 0
+    shown = "a new line" if tok.type == "_SEP" and tok.value.strip() == "" else repr(str(tok))
+    expected = sorted(_describe(t) for t in e.expected if not t.startswith("__"))
+    hint = None
+    if expected and len(expected) <= 8:
+        hint = "expected " + ", ".join(dict.fromkeys(expected))
+    return ParseError(f"unexpected {shown}", Span(source, start, start + max(1, len(tok))), hint)
+
+
+_TERMINAL_NAMES = {"NAME": "a name", "NUMBER": "a number", "INT": "an integer",
+                   "STRING": "a string", "_SEP": "a new line or ';'"}
+
+
+def _describe(terminal: str) -> str:
+    if terminal in _TERMINAL_NAMES:
+        return _TERMINAL_NAMES[terminal]
+    try:
+        pattern = _parser().get_terminal(terminal).pattern
+        return repr(pattern.value)
+    except Exception:  # an anonymous terminal without a readable pattern
+        return terminal.lower()
+
+
+def _check_characters(source: str) -> None:
+    for pos, ch in enumerate(source):
+        if ch in "\n\t\r" or (" " <= ch <= "~"):
+            continue
+        if ch in LOOKALIKES:
+            hint = f"replace it with the ASCII {LOOKALIKES[ch]!r}"
+        else:
+            hint = "expressions are written in ASCII"
+        name = unicodedata.name(ch, f"U+{ord(ch):04X}")
+        raise ParseError(f"unexpected character {ch!r} ({name})", Span(source, pos, pos + 1), hint)
+
+
+def _check_nesting(source: str) -> None:
+    depth = 0
+    for pos, ch in enumerate(source):
+        if ch in "([":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise ParseError(f"brackets nested more than {MAX_NESTING} deep",
+                                 Span(source, pos, pos + 1),
+                                 hint="bind intermediate results to names: 't = ...'")
+        elif ch in ")]" and depth > 0:
+            depth -= 1
+
+
+def _span(builder, meta) -> Span | None:
+    if getattr(meta, "empty", True):
+        return None
+    return Span(builder.source, meta.start_pos, meta.end_pos)
+
+
+def _binary(op):
+    def build(self, meta, children):
+        return ast.BinOp(op, children[0], children[1], span=self._s(meta))
+    return build
+
+
+@v_args(meta=True)
+class _Builder(Transformer_NonRecursive):
+    """Parse tree -> AST."""
+
+    def __init__(self, source: str):
+        super().__init__()
+        self.source = source
+
+    def _s(self, meta):
+        return _span(self, meta)
+
+    def start(self, meta, children):
+        return lark.Tree("start", [c for c in children if c is not None])
+
+    def decl(self, meta, children):
+        name, dims = children
+        return ast.Decl(str(name), dims, self._s(meta))
+
+    def shape(self, meta, children):
+        return tuple(c for c in children if c is not None)
+
+    def dim_int(self, meta, children):
+        return int(children[0])
+
+    def dim_name(self, meta, children):
+        return str(children[0])
+
+    def assign(self, meta, children):
+        name, value = children
+        return ast.Assign(str(name), value, self._s(meta))
+
+    add, sub, mul, div, matmul, pow = (_binary(o) for o in ("+", "-", "*", "/", "@", "**"))
+
+    def neg(self, meta, children):
+        return ast.UnaryOp("-", children[0], span=self._s(meta))
+
+    def pos(self, meta, children):
+        return ast.UnaryOp("+", children[0], span=self._s(meta))
+
+    def attribute(self, meta, children):
+        return ast.Attribute(children[0], str(children[1]), span=self._s(meta))
+
+    def getitem(self, meta, children):
+        return ast.Index(children[0], children[1], span=self._s(meta))
+
+    def subscripts(self, meta, children):
+        return tuple(c for c in children if c is not None)
+
+    def slice(self, meta, children):
+        return ast.Slice(children[0], children[1], span=self._s(meta))
+
+    def number(self, meta, children):
+        return ast.Number(float(children[0]), span=self._s(meta))
+
+    def string(self, meta, children):
+        return ast.String(str(children[0])[1:-1], span=self._s(meta))
+
+    def none(self, meta, children):
+        return ast.NoneLit(span=self._s(meta))
+
+    def name(self, meta, children):
+        return ast.Name(str(children[0]), span=self._s(meta))
+
+    def tuple(self, meta, children):
+        return ast.Tuple(tuple(c for c in children if c is not None), span=self._s(meta))
+
+    def call(self, meta, children):
+        name, args = children
+        positional, keywords = [], []
+        for a in args or ():
+            if isinstance(a, tuple):
+                keywords.append(a)
+            elif keywords:
+                raise ParseError("positional argument after a keyword argument", a.span)
+            else:
+                positional.append(a)
+        func_span = Span(self.source, name.start_pos, name.end_pos)
+        return ast.Call(str(name), tuple(positional), tuple(keywords), span=self._s(meta),
+                        func_span=func_span)
+
+    def arguments(self, meta, children):
+        return [c for c in children if c is not None]
+
+    def keyword(self, meta, children):
+        return (str(children[0]), children[1])
