@@ -5,7 +5,7 @@
 >>> float(f(x=np.array([1.0, 2.0])))
 5.0
 """
-from .api import Compiled, compile
+from .api import Compiled, Derived, compile, grad, hessian, jacobian, value_and_grad
 from .errors import (EinderivError, EvaluationError, InputError, ParseError, RuleError,
                      ShapeError, UnknownNameError)
 from .rulebook import load_rules
@@ -14,6 +14,6 @@ from .symbolic import Tensor, fn, var
 __version__ = "0.1.0"
 
 __all__ = [
-    "compile", "var", "fn", "load_rules", "Compiled", "Tensor", "EinderivError", "ParseError",
+    "compile", "grad", "jacobian", "hessian", "value_and_grad", "Derived", "var", "fn", "load_rules", "Compiled", "Tensor", "EinderivError", "ParseError",
     "ShapeError", "UnknownNameError", "RuleError", "InputError", "EvaluationError",
 ]

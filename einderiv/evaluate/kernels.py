@@ -14,8 +14,10 @@ def _xp(x):
 
 def sigmoid(x):
     xp = _xp(x)
-    # 0.5 * (1 + tanh(x / 2)) never overflows, unlike 1 / (1 + exp(-x)).
-    return 0.5 * (1.0 + xp.tanh(0.5 * x))
+    # exp(-|x|) never overflows, and z / (1 + z) keeps full relative precision far left,
+    # where 1 / (1 + exp(-x)) overflows and 0.5 * (1 + tanh(x / 2)) cancels to 0.
+    z = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1.0 / (1.0 + z), z / (1.0 + z))
 
 
 def relu(x):

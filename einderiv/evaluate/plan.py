@@ -23,11 +23,19 @@ Step = Callable[[list], object]
 class Plan:
     """Evaluates `roots` from keyword arrays; caches one step list per shape signature."""
 
-    def __init__(self, roots: list[Node], rules: RuleBook | None = None):
+    def __init__(self, roots: list[Node], rules: RuleBook | None = None, accepted=None):
+        """`accepted`: further names the call may pass although the results do not use them
+        (every variable of the expression, SPEC §2). A dict of name -> shape also lets such
+        an input be checked and bind dimension names (`eye(n)` where only `X: [n, d]` has n).
+        """
         self.roots = list(roots)
         self.rules = rules or default_rulebook()
         self.order = topological(*self.roots)
         self.variables = {n.name: n for n in self.order if isinstance(n, Var)}
+        shapes = accepted if isinstance(accepted, dict) else {}
+        self.optional: dict[str, Var | None] = {
+            name: Var(name, shapes[name]) if name in shapes else None
+            for name in (accepted or ()) if name not in self.variables}
         self._cache: dict[tuple, tuple[list[Step], list[int]]] = {}
 
     def __call__(self, arrays: dict) -> list:
@@ -45,11 +53,12 @@ class Plan:
         return [_finish(slots[i]) for i in results]
 
     def _inputs(self, arrays: dict):
-        unknown = [k for k in arrays if k not in self.variables]
+        known = {**self.variables, **self.optional}
+        unknown = [k for k in arrays if k not in known]
         if unknown:
             raise InputError(f"unexpected input '{unknown[0]}'",
-                             hint=did_you_mean(unknown[0], self.variables)
-                             or f"the inputs are {', '.join(sorted(self.variables)) or 'none'}")
+                             hint=did_you_mean(unknown[0], known)
+                             or f"the inputs are {', '.join(sorted(known)) or 'none'}")
         values, signature = {}, []
         for name, var in self.variables.items():
             if name not in arrays:
@@ -57,10 +66,16 @@ class Plan:
             value = _as_array(name, arrays[name])
             values[name] = value
             signature.append((name, value.shape, value.dtype.str))
+        for name, var in self.optional.items():
+            if name in arrays and var is not None:  # unused, but checked and binds dimensions
+                value = _as_array(name, arrays[name])
+                values[name] = value
+                signature.append((name, value.shape, value.dtype.str))
         return values, tuple(signature)
 
     def _plan(self, values: dict) -> tuple[list[Step], list[int]]:
-        env = bind_dimensions(self.variables, values)
+        given = {name: var for name, var in self.optional.items() if name in values}
+        env = bind_dimensions({**self.variables, **given}, values)
         slot = {id(n): i for i, n in enumerate(self.order)}
         steps = [None if isinstance(n, Var) else _step(n, slot, env, self.rules)
                  for n in self.order]
@@ -126,11 +141,20 @@ def _step(node: Node, slot: dict, env: dict, rules: RuleBook) -> Step:
         return lambda s: value
     if isinstance(node, Delta):
         rows, cols, off = (size_of(d, env) for d in (*node.shape, node.offset))
+        if off < 0 or off + rows > cols:  # a delta is a window of its second axis
+            raise ShapeError(f"slice {off}:{off + rows} is out of range for an axis of size "
+                             f"{node.shape[1]} = {cols}",
+                             hint="einderiv cannot clip a slice past the end of a named "
+                                  "dimension as numpy does; use a negative or open stop")
         value = np.eye(rows, cols, k=off)
         return lambda s: value
     if isinstance(node, Unit):
-        value = np.zeros(size_of(node.shape[0], env))
-        value[size_of(node.position, env)] = 1.0
+        size, pos = size_of(node.shape[0], env), size_of(node.position, env)
+        if not 0 <= pos < size:
+            raise ShapeError(f"index {node.position} is out of bounds for an axis of size "
+                             f"{node.shape[0]} = {size}")
+        value = np.zeros(size)
+        value[pos] = 1.0
         return lambda s: value
     if isinstance(node, Map):
         return _map_step(node, slot, rules)
@@ -219,31 +243,27 @@ class ContractionStep:
         while changed:
             changed = False
             for k, (child, src, idx, ls) in enumerate(result):
-                others = [r for j, r in enumerate(result) if j != k and not isinstance(r[0],
-                                                                                      (Unit, Delta))]
                 if isinstance(child, Unit):
-                    (l,) = ls
-                    partners = [r for r in others if l in r[3]]
-                    if l in out or not partners:
-                        continue
-                    pos = size_of(child.position, env)
-                    for r in partners:
-                        _narrow(r, l, pos, None)
-                    del result[k]
-                    changed = True
-                    break
-                if isinstance(child, Delta) and ls[0] != ls[1]:
-                    a, b = ls
-                    partners = [r for r in others if b in r[3]]
-                    if b in out or not partners:
-                        continue
+                    (label,) = ls
+                    index, new_label = size_of(child.position, env), None
+                elif isinstance(child, Delta) and ls[0] != ls[1]:
+                    new_label, label = ls
                     off = size_of(child.offset, env)
-                    rows = size_of(child.shape[0], env)
-                    for r in partners:
-                        _narrow(r, b, slice(off, off + rows), a)
-                    del result[k]
-                    changed = True
-                    break
+                    index = slice(off, off + size_of(child.shape[0], env))
+                else:
+                    continue
+                # Every other operand on the label is narrowed, deltas and units included
+                # (they are then plain arrays); at least one must be a plain array.
+                partners = [r for j, r in enumerate(result) if j != k and label in r[3]]
+                if label in out or all(_structured(r[0]) for r in partners):
+                    continue
+                for r in partners:
+                    _narrow(r, label, index, new_label)
+                    if _structured(r[0]):
+                        r[0] = None  # a narrowed delta is no longer a window: a plain array
+                del result[k]
+                changed = True
+                break
         return [[child, src, tuple(idx), ls] for child, src, idx, ls in result]
 
     def __call__(self, s):
@@ -257,6 +277,10 @@ class ContractionStep:
         if self.expand:
             value = np.broadcast_to(np.reshape(value, self.keep_shape), self.final_shape)
         return value
+
+
+def _structured(child) -> bool:
+    return isinstance(child, (Unit, Delta))
 
 
 def _narrow(operand, label, index, new_label):

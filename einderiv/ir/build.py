@@ -10,9 +10,12 @@ from itertools import count
 
 from ..errors import ShapeError
 from .dims import ONE, Dim, show_shape
-from .nodes import Add, Const, Contract, Delta, Map, Node, Unit
+from .nodes import Add, Const, Contract, Delta, Map, Node, Size, Unit
 
 ZERO = Dim(None, 0)
+# Inlining nested products stops at this many operands: `a = a * a` repeated would otherwise
+# double the operand list at every step.
+MAX_INLINED_OPERANDS = 32
 
 
 def _named(name: str | None, node: Node) -> str:
@@ -68,7 +71,8 @@ def contract(out, operands, broadcast: dict | None = None) -> Node:
         if isinstance(node, Const):
             scale *= node.value
             continue
-        if isinstance(node, Contract) and _is_product(node):
+        if (isinstance(node, Contract) and _is_product(node)
+                and len(flat) + len(work) + len(node.operands) <= MAX_INLINED_OPERANDS):
             # Inline: the inner output labels become ours; inner summed labels are size-1 axes.
             mapping = dict(zip(node.out, labels))
             for l in range(len(node.dims)):
@@ -79,8 +83,10 @@ def contract(out, operands, broadcast: dict | None = None) -> Node:
             work[0:0] = [(n, tuple(mapping[l] for l in ls)) for n, ls in node.operands]
             continue
         flat.append((node, tuple(labels)))
-    if scale == 0.0:
+    if scale == 0.0 or any(is_zero(n) for n, _ in flat):
         return zeros(_shape_of(out, operands, broadcast))
+    flat, factor = _eliminate_deltas(flat, set(out))
+    scale *= factor
     if not flat or scale != 1.0:
         flat.insert(0, (Const(scale), ()))
     if len(flat) == 1 and flat[0][1] == tuple(out) and flat[0][0].rank == len(out):
@@ -89,6 +95,51 @@ def contract(out, operands, broadcast: dict | None = None) -> Node:
         if not any(l in ls for _, ls in flat) and l not in broadcast:
             broadcast[l] = _shape_of(out, operands, broadcast)[list(out).index(l)]
     return Contract(out, flat, broadcast)
+
+
+def _eliminate_deltas(flat: list, out: set) -> tuple[list, float]:
+    """Contract identity deltas against summed indices: `X[i,j]*delta[j,k]` -> `X[i,k]`.
+
+    A delta whose both indices are free stays: it is the sparse diagonal structure of the
+    result (the Jacobian of an elementwise function), kept exact rather than materialized.
+    """
+    factor = 1.0
+    changed = True
+    while changed:
+        changed = False
+        for k, (node, labels) in enumerate(flat):
+            if not (isinstance(node, Delta) and node.is_identity):
+                continue
+            a, b = labels
+            if a == b:  # delta[i,i] is 1; summed over i alone, it counts i's size
+                n = node.shape[0]
+                del flat[k]
+                if a not in out and not any(a in ls for _, ls in flat):
+                    if n.is_concrete:
+                        factor *= n.offset
+                    else:
+                        flat.append((Size(n), ()))
+                changed = True
+                break
+            if b not in out:
+                keep, drop = a, b
+            elif a not in out:
+                keep, drop = b, a
+            else:
+                continue
+            del flat[k]
+            flat = [(n, tuple(keep if l == drop else l for l in ls)) for n, ls in flat]
+            changed = True
+            break
+    return flat, factor
+
+
+def is_zero(node: Node) -> bool:
+    """True for a constant zero, scalar or broadcast."""
+    if isinstance(node, Const):
+        return node.value == 0.0
+    return (isinstance(node, Contract) and len(node.operands) == 1
+            and isinstance(node.operands[0][0], Const) and node.operands[0][0].value == 0.0)
 
 
 def _is_product(node: Contract) -> bool:
@@ -122,6 +173,8 @@ def add(terms: list[tuple[float, Node]]) -> Node:
     shape = terms[0][1].shape
     constant = 0.0
     for coef, term in terms:
+        if is_zero(term):
+            continue
         if isinstance(term, Const):
             constant += coef * term.value
         else:
@@ -284,6 +337,8 @@ def _slice_bounds(lo, hi, dim: Dim) -> tuple[Dim, Dim]:
         return Dim(None, start), Dim(None, max(start, stop))
     lo_d = ZERO if lo is None else (dim + lo if lo < 0 else Dim(None, lo))
     hi_d = dim if hi is None else (dim + hi if hi < 0 else Dim(None, hi))
+    if hi_d.name == lo_d.name and hi_d.offset < lo_d.offset:
+        hi_d = lo_d  # a stop before the start is an empty slice, as in numpy
     return lo_d, hi_d
 
 

@@ -56,7 +56,7 @@ def lower_call(call: ast.Call, args: list[Node], scope) -> Node:
         from .lower import text_of
         return build.elementwise(name, args, [text_of(a) for a in call.args])
     if f.kind == "tensor":
-        return _tensor_primitive(call, f, args)
+        return _tensor_primitive(call, f, args, scope)
     return _expand_definition(call, f, args, scope)
 
 
@@ -194,7 +194,10 @@ def _eye(call, args, scope):
     _arity(call, 1, 2)
     dims = [_dimension(a, scope) for a in call.args]
     rows, cols = dims[0], dims[-1]
-    return Delta(rows, cols) if rows == cols else build.index(Delta(rows, rows), [])
+    # numpy.eye(N, M). A delta is a window of its second axis, so a tall one is transposed.
+    if rows.is_concrete and cols.is_concrete and rows.offset > cols.offset:
+        return build.transpose(Delta(cols, rows))
+    return Delta(rows, cols)
 
 
 def _dimension(expr, scope) -> Dim:
@@ -260,7 +263,7 @@ BUILTINS = {
 
 # -- rule-table functions -----------------------------------------------------------------------
 
-def _tensor_primitive(call, f, args) -> Node:
+def _tensor_primitive(call, f, args, scope) -> Node:
     if f.axis is None:
         _no_keywords(call)
         _arity(call, f.arity, f.arity)
@@ -274,6 +277,9 @@ def _tensor_primitive(call, f, args) -> Node:
                              call.span)
         shape = x.shape if f.shape == "square" else x.shape[:-2]
         return Prim(f.name, (x,), (), shape)
+    if axes is None:
+        # Inside a derivative rule, axis primitives work along the primal's axes.
+        axes = getattr(scope, "default_axes", None)
     if axes is None:
         # No axis: `same` primitives work along the last axis (as jax.nn.softmax),
         # `reduce` primitives over all entries (as scipy and JAX logsumexp).

@@ -27,6 +27,8 @@ class Lowered:
     names: dict[Node, str] = field(default_factory=dict)  # bound temporaries, for printing
     output_name: str | None = None
     source: str = ""
+    declared: dict = field(default_factory=dict)  # every declared variable -> shape
+    bound: dict = field(default_factory=dict)  # every bound temporary -> node
 
 
 class Scope:
@@ -82,10 +84,13 @@ def lower(program: ast.Program, shapes: dict | None = None, rules: RuleBook | No
         raise ParseError("the program has no output: it only declares shapes",
                          getattr(last, "span", None),
                          hint="end it with an expression, e.g. 'sum(x * x)'")
-    return Lowered(root, dict(scope.used), names, output_name, program.source)
+    return Lowered(root, dict(scope.used), names, output_name, program.source,
+                   dict(declared), dict(scope.bound))
 
 
 def _shape(name: str, dims, span) -> tuple[Dim, ...]:
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ShapeError(f"shapes: a variable name must be an identifier, got {name!r}", span)
     if isinstance(dims, (str, int)) and not isinstance(dims, bool):
         dims = (dims,)
     try:
@@ -182,7 +187,7 @@ def constant_int(expr: ast.Expr, what: str) -> int:
     while isinstance(node, ast.UnaryOp):
         sign = -sign if node.op == "-" else sign
         node = node.operand
-    if isinstance(node, ast.Number) and node.value == int(node.value) and abs(node.value) < 2**62:
+    if isinstance(node, ast.Number) and abs(node.value) < 2**62 and node.value == int(node.value):
         return sign * int(node.value)
     raise ParseError(f"{what} must be an integer constant", expr.span)
 

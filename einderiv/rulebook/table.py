@@ -17,6 +17,24 @@ from ..errors import RuleError, Span
 
 
 @dataclass(frozen=True)
+class Derivative:
+    """`d f(params)[out] / d wrt[wrt_indices] = body`: one partial derivative of a primitive."""
+
+    function: str
+    params: tuple[str, ...]
+    wrt: str
+    out_indices: tuple[str, ...]
+    wrt_indices: tuple[str, ...]
+    body: str
+    origin: str = ""
+
+    def __str__(self) -> str:
+        out = f"[{','.join(self.out_indices)}]" if self.out_indices else ""
+        wrt = f"[{','.join(self.wrt_indices)}]" if self.wrt_indices else ""
+        return f"d {self.function}({', '.join(self.params)}){out} / d{self.wrt}{wrt} = {self.body}"
+
+
+@dataclass(frozen=True)
 class Function:
     name: str
     kind: str  # "elementwise", "tensor" or "def"
@@ -62,13 +80,22 @@ class RuleBook:
 
     def __init__(self):
         self.functions: dict[str, Function] = {}
+        self.derivatives: dict[tuple[str, str], Derivative] = {}  # (function, param) -> rule
         self.files: list[Path] = []
 
     def copy(self) -> "RuleBook":
         other = RuleBook()
         other.functions = dict(self.functions)
+        other.derivatives = dict(self.derivatives)
         other.files = list(self.files)
         return other
+
+    def derivative(self, function: str, position: int) -> Derivative | None:
+        """The rule for the derivative of `function` by its argument number `position`."""
+        f = self.functions.get(function)
+        if f is None or position >= f.arity:
+            return None
+        return self.derivatives.get((function, f.params[position]))
 
     def load(self, path: str | Path) -> "RuleBook":
         """Add the rules in `path` (a later rule for a name replaces an earlier one)."""
@@ -77,16 +104,23 @@ class RuleBook:
             text = path.read_text()
         except (OSError, UnicodeDecodeError) as e:
             raise RuleError(f"cannot read rule file {path}: {e}") from None
-        for fn in parse_rules(text, str(path)):
-            self.functions[fn.name] = fn
+        self.add(parse_rules(text, str(path)))
         self.files.append(path)
+        return self
+
+    def add(self, rules: list) -> "RuleBook":
+        for rule in rules:
+            if isinstance(rule, Derivative):
+                self.derivatives[(rule.function, rule.wrt)] = rule
+            else:
+                self.functions[rule.name] = rule
         return self
 
     def get(self, name: str) -> Function | None:
         return self.functions.get(name)
 
 
-def parse_rules(text: str, filename: str = "<rules>") -> list[Function]:
+def parse_rules(text: str, filename: str = "<rules>") -> list:
     try:
         tree = _parser().parse(text if text.endswith("\n") else text + "\n")
     except lark.exceptions.UnexpectedInput as e:
@@ -104,6 +138,8 @@ def parse_rules(text: str, filename: str = "<rules>") -> list[Function]:
         if rule.data == "elementwise":
             functions.append(Function(name, "elementwise", params, _impl(rule.children[2]),
                                       origin=origin))
+        elif rule.data == "derivative":
+            functions.append(_derivative(rule, origin))
         elif rule.data == "tensor":
             axis = str(rule.children[2]) if rule.children[2] is not None else None
             shape = str(rule.children[3])
@@ -116,6 +152,19 @@ def parse_rules(text: str, filename: str = "<rules>") -> list[Function]:
             functions.append(Function(name, "def", params, body=str(rule.children[2]).strip(),
                                       origin=origin))
     return functions
+
+
+def _derivative(rule: lark.Tree, origin: str) -> Derivative:
+    name, params, out, wrt, wrt_idx, body = rule.children
+    params = tuple(str(p) for p in params.children)
+    wrt = str(wrt)[1:]
+    if wrt not in params:
+        raise RuleError(f"{origin}: d{wrt} is not a parameter of {name}({', '.join(params)})")
+    indices = lambda t: tuple(str(i) for i in t.children) if t is not None else ()
+    out, wrt_idx = indices(out), indices(wrt_idx)
+    if len(set(out + wrt_idx)) != len(out + wrt_idx):
+        raise RuleError(f"{origin}: an index repeats on the left of the rule for {name}")
+    return Derivative(str(name), params, wrt, out, wrt_idx, str(body).strip(), origin)
 
 
 def _impl(tree: lark.Tree) -> str:

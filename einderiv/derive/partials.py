@@ -1,0 +1,260 @@
+"""Rule -> IR: the partial derivatives of one primitive node, from its rule-table line.
+
+Elementwise rules (`d tanh(x) / dx = 1 - tanh(x)**2`) are ordinary expressions of the
+arguments, lowered with the parameters bound to the node's arguments; because the IR is
+hash-consed, `tanh(x)` in the rule *is* the forward node, so the derivative reuses the forward
+result instead of recomputing it.
+
+Tensor rules carry indices (`d inv(X)[i,j] / dX[k,l] = -inv(X)[i,k]*inv(X)[l,j]`). An index names
+a *core* axis group of the primitive: for a square-matrix primitive each matrix axis, for an
+axis primitive (`softmax(x; axis)`) the whole group of axes it works along. All other axes are
+batch axes, shared elementwise by every factor, so one rule serves stacked matrices and any
+choice of `axis`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from itertools import count
+
+from ..errors import EinderivError, RuleError
+from ..ir import build
+from ..ir.dims import Dim
+from ..ir.nodes import Const, Delta, Map, Node, Prim
+from ..parse import ast, parse
+from ..rulebook import RuleBook
+from ..rulebook.table import Derivative
+
+
+@lru_cache(maxsize=None)
+def rule_body(rule: Derivative) -> ast.Expr:
+    try:
+        program = parse(rule.body)
+    except EinderivError as e:
+        raise RuleError(f"{rule.origin}: the rule does not parse: {e.message}", e.span) from None
+    if len(program.statements) != 1 or not isinstance(program.statements[0], ast.Expr):
+        raise RuleError(f"{rule.origin}: a rule's right-hand side is one expression")
+    return program.statements[0]
+
+
+def _lowering_scope(rules: RuleBook, bound: dict, axes=None):
+    from ..lower.lower import Scope
+    scope = Scope({}, rules)
+    scope.bound = dict(bound)
+    scope.default_axes = axes
+    return scope
+
+
+def _missing(node, position: int, rules: RuleBook) -> RuleError:
+    f = rules.get(node.fn)
+    param = f.params[position] if f and position < f.arity else f"argument {position}"
+    return RuleError(f"no derivative rule for {node.fn} with respect to {param}",
+                     hint=f"add a line 'd {node.fn}({', '.join(f.params) if f else '...'}) / "
+                          f"d{param} = ...' to a rule file")
+
+
+def elementwise_partial(node: Map, position: int, rules: RuleBook) -> Node:
+    """d node / d node.args[position], elementwise: shaped like `node` (or a scalar)."""
+    from ..lower.lower import lower_expr
+    rule = rules.derivative(node.fn, position)
+    if rule is None:
+        raise _missing(node, position, rules)
+    scope = _lowering_scope(rules, dict(zip(rule.params, node.args)))
+    try:
+        return lower_expr(rule_body(rule), scope)
+    except EinderivError as e:
+        raise RuleError(f"{rule.origin}: cannot apply the rule for {node.fn}: {e.message}") from None
+
+
+@dataclass
+class Jacobian:
+    """A labelled tensor J with `out_labels` for the node's axes and `arg_labels` for the
+    argument's: `d node[out_labels] / d arg[arg_labels] = J[labels]`."""
+
+    node: Node
+    labels: tuple[int, ...]
+    out_labels: tuple[int, ...]
+    arg_labels: tuple[int, ...]
+
+
+class _Layout:
+    """Which axes of a tensor are core (named by rule indices) and which are batch."""
+
+    def __init__(self, groups: list[tuple[int, ...]], batch: list[int]):
+        self.groups = groups  # core axis groups, in order
+        self.batch = batch  # batch axes, in order (matched positionally to the batch labels)
+
+
+def _layouts(node: Prim, rules: RuleBook) -> tuple[_Layout, _Layout]:
+    f = rules.get(node.fn)
+    (arg,) = node.args
+    if f.shape in ("square", "square_scalar"):
+        r = arg.rank
+        arg_l = _Layout([(r - 2,), (r - 1,)], list(range(r - 2)))
+        out_l = arg_l if f.shape == "square" else _Layout([], list(range(r - 2)))
+        return out_l, arg_l
+    axes = node.params[0]
+    batch = [a for a in range(arg.rank) if a not in axes]
+    arg_l = _Layout([tuple(axes)], batch)
+    out_l = arg_l if f.shape == "same" else _Layout([], list(range(len(batch))))
+    return out_l, arg_l
+
+
+def tensor_jacobian(node: Prim, rules: RuleBook) -> Jacobian:
+    rule = rules.derivative(node.fn, 0)
+    if rule is None:
+        raise _missing(node, 0, rules)
+    out_l, arg_l = _layouts(node, rules)
+    if len(rule.out_indices) != len(out_l.groups) or len(rule.wrt_indices) != len(arg_l.groups):
+        raise RuleError(f"{rule.origin}: {node.fn} needs {len(out_l.groups)} output and "
+                        f"{len(arg_l.groups)} argument indices")
+    (arg,) = node.args
+    return _IndexedLowering(node, rule, rules, out_l, arg_l).run(arg)
+
+
+class _IndexedLowering:
+    """Lower an indexed rule body to a labelled contraction."""
+
+    def __init__(self, node: Prim, rule: Derivative, rules: RuleBook, out_l, arg_l):
+        self.node, self.rule, self.rules = node, rule, rules
+        self.out_l, self.arg_l = out_l, arg_l
+        fresh = count()
+        (arg,) = node.args
+        self.batch = [next(fresh) for _ in arg_l.batch]
+        self.dims: dict[int, Dim] = {l: arg.shape[a] for l, a in zip(self.batch, arg_l.batch)}
+        # Each rule index stands for a group of labels (one per axis in its core group).
+        self.index: dict[str, tuple[int, ...]] = {}
+        for name, group in zip(rule.out_indices, out_l.groups):
+            self.index[name] = self._group(group, node.shape, fresh)
+        for name, group in zip(rule.wrt_indices, arg_l.groups):
+            self.index[name] = self._group(group, arg.shape, fresh)
+        self.free = set(self.batch) | {l for g in self.index.values() for l in g}
+        self.fresh = fresh
+        self.scope = _lowering_scope(rules, dict(zip(rule.params, node.args)),
+                                     node.params[0] if node.params else None)
+
+    def _group(self, axes, shape, fresh) -> tuple[int, ...]:
+        labels = tuple(next(fresh) for _ in axes)
+        for l, a in zip(labels, axes):
+            self.dims[l] = shape[a]
+        return labels
+
+    def run(self, arg: Node) -> Jacobian:
+        try:
+            node, labels = self._labelled(self.expr(rule_body(self.rule)))
+        except EinderivError as e:
+            if isinstance(e, RuleError):
+                raise
+            raise RuleError(f"{self.rule.origin}: cannot apply the rule for {self.node.fn}: "
+                            f"{e.message}") from None
+        out_labels = self._positions(self.out_l, self.node.rank, self.rule.out_indices)
+        arg_labels = self._positions(self.arg_l, arg.rank, self.rule.wrt_indices)
+        return Jacobian(node, labels, out_labels, arg_labels)
+
+    def _positions(self, layout: _Layout, rank: int, names) -> tuple[int, ...]:
+        labels = [None] * rank
+        for l, a in zip(self.batch, layout.batch):
+            labels[a] = l
+        for name, group in zip(names, layout.groups):
+            for l, a in zip(self.index[name], group):
+                labels[a] = l
+        return tuple(labels)
+
+    # An expression value is (node, labels) when labelled, or (node, None) when it is a whole
+    # tensor that still needs indices (e.g. `inv(X)` before `[i,k]`).
+    def expr(self, e: ast.Expr):
+        if isinstance(e, ast.Number):
+            return Const(e.value), ()
+        if isinstance(e, ast.Index):
+            return self._index(e)
+        if isinstance(e, ast.UnaryOp):
+            node, labels = self._labelled(self.expr(e.operand))
+            return (build.scale(-1.0, node) if e.op == "-" else node), labels
+        if isinstance(e, ast.BinOp):
+            left = self._labelled(self.expr(e.left))
+            right = self._labelled(self.expr(e.right))
+            if e.op == "*":
+                return self._product([left, right])
+            if e.op in "+-":
+                return self._sum(left, right, 1.0 if e.op == "+" else -1.0)
+            if e.op in ("/", "**"):
+                return self._elementwise("div" if e.op == "/" else "pow", [left, right])
+            raise RuleError(f"{self.rule.origin}: '{e.op}' is not allowed in an indexed rule")
+        if isinstance(e, ast.Call):
+            f = self.rules.get(e.func)
+            if f is not None and f.kind == "elementwise":
+                return self._elementwise(e.func, [self._labelled(self.expr(a)) for a in e.args])
+        from ..lower.lower import lower_expr
+        return lower_expr(e, self.scope), None
+
+    def _index(self, e: ast.Index):
+        names = []
+        for item in e.items:
+            if not isinstance(item, ast.Name) or item.id not in self.index:
+                raise RuleError(f"{self.rule.origin}: indices in a rule must be the indices of "
+                                f"its left-hand side")
+            names.append(item.id)
+        if isinstance(e.operand, ast.Name) and e.operand.id == "delta":
+            if len(names) != 2:
+                raise RuleError(f"{self.rule.origin}: delta takes two indices")
+            a, b = (self.index[n] for n in names)
+            ops = [(Delta(self.dims[x], self.dims[y]), (x, y)) for x, y in zip(a, b)]
+            labels = a + b
+            return build.contract(labels, ops), labels
+        node, _ = self.expr(e.operand)
+        layout = self._layout_of(node)
+        if len(names) != len(layout.groups):
+            raise RuleError(f"{self.rule.origin}: {len(names)} indices for a tensor with "
+                            f"{len(layout.groups)} core axis groups")
+        labels = [None] * node.rank
+        for l, a in zip(self.batch, layout.batch):
+            labels[a] = l
+        for name, group in zip(names, layout.groups):
+            for l, a in zip(self.index[name], group):
+                labels[a] = l
+        return node, tuple(labels)
+
+    def _layout_of(self, node: Node) -> _Layout:
+        (arg,) = self.node.args
+        if node.shape == arg.shape:
+            return self.arg_l
+        if node.shape == self.node.shape:
+            return self.out_l
+        raise RuleError(f"{self.rule.origin}: a tensor in the rule is shaped like neither the "
+                        f"argument nor the result")
+
+    def _labelled(self, value):
+        node, labels = value
+        if labels is not None:
+            return node, labels
+        batch_shape = tuple(self.dims[l] for l in self.batch)
+        if node.rank == 0:
+            return node, ()
+        if node.shape == batch_shape:
+            return node, tuple(self.batch)
+        raise RuleError(f"{self.rule.origin}: a tensor in the rule needs indices, e.g. T[i,j]")
+
+    def _union(self, values) -> tuple[int, ...]:
+        return tuple(dict.fromkeys(l for _, ls in values for l in ls))
+
+    def _product(self, values):
+        labels = self._union(values)
+        repeated = [l for l in labels if l not in self.free]
+        out = tuple(l for l in labels if l not in repeated)
+        return build.contract(out, list(values)), out
+
+    def _spread(self, value, labels):
+        node, ls = value
+        if ls == labels:
+            return node
+        return build.contract(labels, [value], {l: self.dims[l] for l in labels})
+
+    def _sum(self, left, right, sign):
+        labels = self._union([left, right])
+        return build.add([(1.0, self._spread(left, labels)),
+                          (sign, self._spread(right, labels))]), labels
+
+    def _elementwise(self, fn, values):
+        labels = self._union(values)
+        args = [v[0] if not v[1] else self._spread(v, labels) for v in values]
+        return Map(fn, *args), labels

@@ -1,0 +1,98 @@
+"""Reverse-mode derivation on the Einstein IR.
+
+Every node's adjoint is a tensor shaped `seed + node.shape`, where `seed` is empty for the
+gradient of a scalar and is the output's shape for a Jacobian (the seed is then a product of
+Kronecker deltas, so an elementwise function's Jacobian comes out as `delta[i,j]*f'(x)[j]`).
+Adjoints are accumulated in reverse topological order over the hash-consed DAG, so each shared
+node is differentiated once, and each contribution is a single Einstein product built from the
+forward nodes themselves: nothing from the forward pass is recomputed.
+"""
+from __future__ import annotations
+
+from itertools import count
+
+from ..errors import EinderivError
+from ..ir import build
+from ..ir.nodes import Add, Contract, Delta, Map, Node, Prim, Var, topological
+from ..rulebook import RuleBook
+from .partials import elementwise_partial, tensor_jacobian
+
+
+def derivatives(output: Node, wrt: list[Var], rules: RuleBook, jacobian: bool = False
+                ) -> list[Node]:
+    """d output / d v for each v in `wrt`: shaped `v.shape` (gradient of a scalar output) or
+    `output.shape + v.shape` (Jacobian)."""
+    seed_labels = tuple(-1 - i for i in range(output.rank)) if jacobian else ()
+    if jacobian and output.rank:
+        out = seed_labels + tuple(-100 - i for i in range(output.rank))
+        seed = build.contract(out, [(Delta(d, d), (e, -100 - i)) for i, (e, d) in
+                                    enumerate(zip(seed_labels, output.shape))])
+    else:
+        seed = build.const(1.0)
+        if output.rank:
+            raise EinderivError("internal: a gradient needs a scalar output")
+    seed_shape = output.shape if jacobian else ()
+    adjoint: dict[Node, list[Node]] = {output: [seed]}
+    targets = set(wrt)
+    for node in reversed(topological(output)):
+        parts = adjoint.get(node)
+        if not parts or isinstance(node, Var):
+            continue
+        total = parts[0] if len(parts) == 1 else build.add([(1.0, p) for p in parts])
+        adjoint[node] = [total]
+        if build.is_zero(total):
+            continue
+        for child, contribution in _pullback(node, total, seed_labels, rules):
+            if child.children() or child in targets:
+                adjoint.setdefault(child, []).append(contribution)
+    results = []
+    for v in wrt:
+        parts = adjoint.get(v)
+        if not parts:
+            results.append(build.zeros(seed_shape + v.shape))
+        else:
+            results.append(parts[0] if len(parts) == 1 else build.add([(1.0, p) for p in parts]))
+    return results
+
+
+def _pullback(node: Node, bar: Node, seed: tuple[int, ...], rules: RuleBook):
+    """(child, contribution to the child's adjoint) for each argument of `node`."""
+    if isinstance(node, Add):
+        for coef, term in node.terms:
+            yield term, build.scale(coef, bar)
+    elif isinstance(node, Contract):
+        yield from _contract_pullback(node, bar, seed)
+    elif isinstance(node, Map):
+        labels = tuple(range(node.rank))
+        for position, arg in enumerate(node.args):
+            if not arg.children() and not isinstance(arg, Var):
+                continue  # constants have no derivative to pass on
+            local = elementwise_partial(node, position, rules)
+            out = seed + (labels if arg.rank else ())
+            yield arg, build.contract(out, [(bar, seed + labels),
+                                            (local, labels if local.rank else ())])
+    elif isinstance(node, Prim):
+        jac = tensor_jacobian(node, rules)
+        (arg,) = node.args
+        yield arg, build.contract(seed + jac.arg_labels, [(bar, seed + jac.out_labels),
+                                                          (jac.node, jac.labels)])
+
+
+def _contract_pullback(node: Contract, bar: Node, seed):
+    for k, (child, labels) in enumerate(node.operands):
+        if not child.children() and not isinstance(child, Var):
+            continue
+        fresh = count(len(node.dims))
+        out, deltas = [], []
+        for label in labels:
+            if label in out:  # a repeated index (a diagonal): the adjoint is diagonal too
+                new = next(fresh)
+                deltas.append((Delta(node.dims[label], node.dims[label]), (label, new)))
+                out.append(new)
+            else:
+                out.append(label)
+        others = [op for j, op in enumerate(node.operands) if j != k]
+        # An index only the child carries was summed forward: its adjoint broadcasts along it.
+        sizes = {l: node.dims[l] for l in labels}
+        yield child, build.contract(seed + tuple(out),
+                                    [(bar, seed + node.out), *others, *deltas], sizes)
