@@ -53,6 +53,8 @@ def _add_expression_arguments(p: argparse.ArgumentParser) -> None:
                    help="the expression, in the language of SPEC §1 ('-' reads standard input)")
     p.add_argument("--shape", metavar="NAME=DIMS", action=ShapeArgument, default={},
                    help="shape of a variable, e.g. X=n,d or c= for a scalar (repeatable)")
+    p.add_argument("--rules", metavar="FILE", action="append", default=[],
+                   help="also load this rule file (repeatable); see rules/*.rules")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "rules", None):
+            from .rulebook import load_rules
+            for path in args.rules:
+                load_rules(path)
         return args.run(args)
     except EinderivError as e:
         print(f"einderiv: error: {e}", file=sys.stderr)

@@ -224,7 +224,34 @@ def elementwise(fn: str, args: list[Node], names=None) -> Node:
     shape = args[0].shape
     for a, name in zip(args[1:], names[1:]):
         shape = broadcast_shapes(_Shape(shape), a, (names[0], name), f"apply {fn} to")
+    folded = _arithmetic_identity(fn, args, shape)
+    if folded is not None:
+        return folded
     return Map(fn, *[a if not a.shape else broadcast_to(a, shape) for a in args])
+
+
+def _arithmetic_identity(fn: str, args: list[Node], shape) -> Node | None:
+    """Fold `a ** 1`, `a ** 0`, `0 / b` and constant operands of the operators `**` and `/`.
+
+    Derivative rules produce these (`b * a ** (b - 1)` at b = 2), and folding them here keeps
+    derivatives as compact as a person would write them.
+    """
+    if fn not in ("pow", "div") or len(args) != 2:
+        return None
+    a, b = args
+    if isinstance(a, Const) and isinstance(b, Const):
+        try:
+            value = a.value ** b.value if fn == "pow" else a.value / b.value
+        except (ZeroDivisionError, OverflowError):
+            return None
+        if isinstance(value, float) and value == value:
+            return broadcast_to(Const(value), shape)
+        return None
+    if fn == "pow" and isinstance(b, Const) and b.value in (0.0, 1.0):
+        return broadcast_to(Const(1.0) if b.value == 0.0 else a, shape)
+    if fn == "div" and is_zero(a) and not is_zero(b):
+        return zeros(shape)
+    return None
 
 
 class _Shape:

@@ -1,0 +1,62 @@
+"""Unrolled recurrent networks built with `einderiv.var` in a Python loop.
+
+They are the seed-000 experiment done at tensor level: a character model whose loss is the
+softmax cross-entropy summed over steps. Tests, benchmarks and examples share them.
+
+>>> import einderiv
+>>> loss, weights = rnn_loss(steps=3)
+>>> g = einderiv.grad(loss, weights)
+>>> [w for w in weights]
+['W', 'U', 'b', 'Wy', 'by']
+"""
+from __future__ import annotations
+
+from .symbolic import Tensor, fn, var
+
+
+def _inputs():
+    # X[t] is the one-hot input at step t, Y[t] the one-hot target.
+    return var("X", ("T", "V")), var("Y", ("T", "V"))
+
+
+def _step_loss(h: Tensor, Wy: Tensor, by: Tensor, y: Tensor) -> Tensor:
+    return -fn.sum(y * fn.log(fn.softmax(Wy @ h + by)))
+
+
+def rnn_loss(steps: int) -> tuple[Tensor, list[str]]:
+    """A vanilla tanh RNN over `steps` steps: (loss, names of its weights)."""
+    W, U, b = var("W", ("H", "H")), var("U", ("H", "V")), var("b", ("H",))
+    Wy, by = var("Wy", ("V", "H")), var("by", ("V",))
+    X, Y = _inputs()
+    h = None
+    loss = None
+    for t in range(steps):
+        z = U @ X[t] + b
+        h = fn.tanh(z if h is None else W @ h + z)
+        step = _step_loss(h, Wy, by, Y[t])
+        loss = step if loss is None else loss + step
+    return loss, ["W", "U", "b", "Wy", "by"]
+
+
+GATES = ("f", "i", "o", "c")
+
+
+def lstm_loss(steps: int) -> tuple[Tensor, list[str]]:
+    """An LSTM over `steps` steps: (loss, names of its weights)."""
+    params = {g: (var("W" + g, ("H", "H")), var("U" + g, ("H", "V")), var("b" + g, ("H",)))
+              for g in GATES}
+    Wy, by = var("Wy", ("V", "H")), var("by", ("V",))
+    X, Y = _inputs()
+    h = c = loss = None
+    for t in range(steps):
+        def gate(g, activation):
+            W, U, b = params[g]
+            z = U @ X[t] + b
+            return activation(z if h is None else W @ h + z)
+        f, i, o = gate("f", fn.sigmoid), gate("i", fn.sigmoid), gate("o", fn.sigmoid)
+        candidate = gate("c", fn.tanh)
+        c = i * candidate if c is None else f * c + i * candidate
+        h = o * fn.tanh(c)
+        step = _step_loss(h, Wy, by, Y[t])
+        loss = step if loss is None else loss + step
+    return loss, [n for g in GATES for n in ("W" + g, "U" + g, "b" + g)] + ["Wy", "by"]
