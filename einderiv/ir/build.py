@@ -178,7 +178,8 @@ def add(terms: list[tuple[float, Node]]) -> Node:
         if isinstance(term, Const):
             constant += coef * term.value
         else:
-            merged[term] = merged.get(term, 0.0) + coef
+            c, term = split_scale(term)
+            merged[term] = merged.get(term, 0.0) + coef * c
     kept = [(c, t) for t, c in merged.items() if c != 0.0]
     if constant != 0.0:
         kept.insert(0, (1.0, broadcast_to(Const(constant), shape)))
@@ -188,6 +189,16 @@ def add(terms: list[tuple[float, Node]]) -> Node:
         c, t = kept[0]
         return t if c == 1.0 else scale(c, t)
     return Add(kept)
+
+
+def split_scale(node: Node) -> tuple[float, Node]:
+    """`node` as `c * rest`, so that `2*x` and `3*x` are collected into `5*x`."""
+    if isinstance(node, Contract) and isinstance(node.operands[0][0], Const) \
+            and len(node.operands) > 1:
+        c = node.operands[0][0].value
+        rest = contract(node.out, node.operands[1:], {l: node.dims[l] for l in node.out})
+        return c, rest
+    return 1.0, node
 
 
 def scale(c: float, node: Node) -> Node:
