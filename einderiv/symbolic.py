@@ -131,6 +131,9 @@ def _axis(axis) -> ast.Expr:
     return _integer(axis)
 
 
+DIMENSION_FUNCTIONS = {"eye", "ones", "zeros", "size"}
+
+
 def call(name: str, *args, **kwargs) -> Tensor:
     """Apply the language function `name` to symbolic (or numeric) arguments."""
     nodes, decls = [], {}
@@ -138,7 +141,7 @@ def call(name: str, *args, **kwargs) -> Tensor:
         if isinstance(a, str) and name == "einsum" and not nodes:
             nodes.append(ast.String(a))
             continue
-        node, d = _operand(a) if not (name == "eye" and isinstance(a, str)) else (ast.Name(a), {})
+        node, d = _operand(a) if not (name in DIMENSION_FUNCTIONS and isinstance(a, str)) else (ast.Name(a), {})
         nodes.append(node)
         decls = _merge(decls, d)
     keywords = tuple((k, _axis(v)) for k, v in kwargs.items() if v is not None)

@@ -74,8 +74,14 @@ def _pullback(node: Node, bar: Node, seed: tuple[int, ...], rules: RuleBook):
     elif isinstance(node, Prim):
         jac = tensor_jacobian(node, rules)
         (arg,) = node.args
-        yield arg, build.contract(seed + jac.arg_labels, [(bar, seed + jac.out_labels),
-                                                          (jac.node, jac.labels)])
+        # A Jacobian that is a sum (softmax's `s*delta - s*s`) is applied term by term, so
+        # each term's deltas contract against the adjoint instead of being materialized.
+        terms = jac.node.terms if isinstance(jac.node, Add) else ((1.0, jac.node),)
+        parts = [(c, build.contract(seed + jac.arg_labels, [(bar, seed + jac.out_labels),
+                                                            (t, jac.labels)],
+                                    dict(zip(jac.labels, t.shape))))
+                 for c, t in terms]
+        yield arg, build.add(parts)
 
 
 def _contract_pullback(node: Contract, bar: Node, seed):

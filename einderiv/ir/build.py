@@ -85,8 +85,18 @@ def contract(out, operands, broadcast: dict | None = None) -> Node:
         flat.append((node, tuple(labels)))
     if scale == 0.0 or any(is_zero(n) for n, _ in flat):
         return zeros(_shape_of(out, operands, broadcast))
+    # A broadcast axis of an inlined product that is summed here is carried by no operand:
+    # all its entries are equal, so the sum over it multiplies by its size.
+    carried = {l for _, ls in flat for l in ls}
+    for l, dim in broadcast.items():
+        if l not in out and l not in carried:
+            if dim.is_concrete:
+                scale *= dim.offset
+            else:
+                flat.append((Size(dim), ()))
     flat, factor = _eliminate_deltas(flat, set(out))
     scale *= factor
+    flat = _cancel_reciprocals(flat)
     if not flat or scale != 1.0:
         flat.insert(0, (Const(scale), ()))
     if len(flat) == 1 and flat[0][1] == tuple(out) and flat[0][0].rank == len(out):
@@ -132,6 +142,18 @@ def _eliminate_deltas(flat: list, out: set) -> tuple[list, float]:
             changed = True
             break
     return flat, factor
+
+
+def _cancel_reciprocals(flat: list) -> list:
+    """`a[i] * (1/a)[i]` -> 1: a derivative of log meeting the value it divides by."""
+    for k, (node, labels) in enumerate(flat):
+        if isinstance(node, Map) and node.fn == "div" and isinstance(node.args[0], Const) \
+                and node.args[0].value == 1.0:
+            for j, (other, other_labels) in enumerate(flat):
+                if j != k and other is node.args[1] and other_labels == labels:
+                    rest = [op for i, op in enumerate(flat) if i not in (j, k)]
+                    return _cancel_reciprocals(rest)
+    return flat
 
 
 def is_zero(node: Node) -> bool:

@@ -25,10 +25,18 @@ class Dim:
     def is_concrete(self) -> bool:
         return self.name is None
 
-    def __add__(self, k: int) -> "Dim":
+    def __add__(self, k) -> "Dim":
+        if isinstance(k, Dim):
+            if k.name is not None and self.name is not None:
+                raise ValueError(f"cannot add dimensions {self} and {k}")
+            return Dim(self.name or k.name, self.offset + k.offset)
         return Dim(self.name, self.offset + k)
 
-    def __sub__(self, k: int) -> "Dim":
+    def __sub__(self, k) -> "Dim":
+        if isinstance(k, Dim):
+            if k.name is not None and k.name != self.name:
+                raise ValueError(f"cannot subtract dimension {k} from {self}")
+            return Dim(None if k.name else self.name, self.offset - k.offset)
         return Dim(self.name, self.offset - k)
 
     def size(self, env: dict[str, int]) -> int:

@@ -20,7 +20,7 @@ AXIS_FUNCTIONS = {"sum", "mean"}
 
 def tensor_args(call: ast.Call, scope) -> list[ast.Expr]:
     """The positional arguments that are tensors (lowered before the call itself)."""
-    if call.func == "eye":
+    if call.func in DIMENSION_FUNCTIONS:
         return []
     if call.func == "einsum":
         return list(call.args[1:])
@@ -111,14 +111,16 @@ def _axes(expr, rank: int, call: ast.Call) -> tuple[int, ...] | None:
 # -- structural built-ins ---------------------------------------------------------------------
 
 def _sum(call, args, scope):
+    axis = _axis_argument(call)  # checks the argument count before `args` is unpacked
     (x,) = args
-    axes = _axes(_axis_argument(call), x.rank, call)
+    axes = _axes(axis, x.rank, call)
     return build.reduce_sum(x, tuple(range(x.rank)) if axes is None else axes)
 
 
 def _mean(call, args, scope):
+    axis = _axis_argument(call)  # checks the argument count before `args` is unpacked
     (x,) = args
-    axes = _axes(_axis_argument(call), x.rank, call)
+    axes = _axes(axis, x.rank, call)
     axes = tuple(range(x.rank)) if axes is None else axes
     total = build.reduce_sum(x, axes)
     dims = [x.shape[a] for a in axes]
@@ -200,6 +202,25 @@ def _eye(call, args, scope):
     return Delta(rows, cols)
 
 
+def _filled(value: float):
+    def build_filled(call, args, scope):
+        _no_keywords(call)
+        if not call.args:
+            raise ParseError(f"{call.func}() takes the dimensions of the result, e.g. "
+                             f"{call.func}(n, 3)", call.span)
+        shape = tuple(_dimension(a, scope) for a in call.args)
+        return build.broadcast_to(build.const(value), shape)
+    return build_filled
+
+
+def _size(call, args, scope):
+    """size(n): the size of a dimension, as a scalar (formulas use it for `mean`)."""
+    _no_keywords(call)
+    _arity(call, 1, 1)
+    dim = _dimension(call.args[0], scope)
+    return build.const(dim.offset) if dim.is_concrete else Size(dim)
+
+
 def _dimension(expr, scope) -> Dim:
     from .lower import constant_int
     if isinstance(expr, ast.Name):
@@ -207,7 +228,7 @@ def _dimension(expr, scope) -> Dim:
             return Dim(expr.id)
         raise UnknownNameError(f"unknown dimension '{expr.id}'", expr.span,
                                did_you_mean(expr.id, scope.dims())
-                               or "eye() takes an integer or a dimension name used in a shape")
+                               or "this function takes integers or dimension names used in a shape")
     k = constant_int(expr, "the size of eye()")
     if k < 0:
         raise ShapeError("eye() of a negative size", expr.span)
@@ -258,7 +279,10 @@ def _einsum(call, args, scope):
 BUILTINS = {
     "sum": _sum, "mean": _mean, "dot": _dot, "outer": _outer, "tr": _trace, "trace": _trace,
     "diag": _diag, "eye": _eye, "einsum": _einsum,
+    "ones": _filled(1.0), "zeros": _filled(0.0), "size": _size,
 }
+# Functions whose arguments are dimensions (ints or names from the shapes), not tensors.
+DIMENSION_FUNCTIONS = {"eye", "ones", "zeros", "size"}
 
 
 # -- rule-table functions -----------------------------------------------------------------------

@@ -1,0 +1,360 @@
+"""One Einstein product -> array operations a person would write.
+
+The operands are combined step by step: unit vectors and windows on summed indices become
+indexing (`x[-1]`, `x[1:]`), an index that only one operand carries is summed with `sum(axis=)`,
+operands over the same indices multiply elementwise (with `[:, None]` broadcasting when one has
+fewer), and two operands sharing one summed index become a matrix product with the transposes
+that fit (`A.T @ x`, `x @ A`, `A @ B.T`). What fits none of these is an `einsum`.
+"""
+from __future__ import annotations
+
+from ..ir.dims import ONE, Dim
+from ..ir.nodes import Const, Contract, Delta, Unit
+from ..parse import ast
+
+
+def number(v: float) -> ast.Expr:
+    return ast.UnaryOp("-", ast.Number(-v)) if v < 0 else ast.Number(v)
+
+
+def dimension(d: Dim) -> ast.Expr:
+    if d.is_concrete:
+        return ast.Number(float(d.offset))
+    base = ast.Name(d.name)
+    if d.offset == 0:
+        return base
+    op = "+" if d.offset > 0 else "-"
+    return ast.BinOp(op, base, ast.Number(float(abs(d.offset))))
+
+
+def scaled(c: float, expr: ast.Expr) -> ast.Expr:
+    if c == 1.0:
+        return expr
+    if c == -1.0:
+        return ast.UnaryOp("-", expr)
+    return ast.BinOp("*", number(c), expr)
+
+
+def transpose(expr: ast.Expr) -> ast.Expr:
+    if isinstance(expr, ast.Attribute) and expr.attr == "T":
+        return expr.operand
+    return ast.Attribute(expr, "T")
+
+
+class Term:
+    """An intermediate array: its expression and the index label of each axis."""
+
+    def __init__(self, expr: ast.Expr, labels, node=None):
+        self.expr = expr
+        self.labels = tuple(labels)
+        self.node = node  # the IR node, while the term is still exactly that node
+
+    def __repr__(self):
+        from ..parse.unparse import unparse
+        return f"Term({unparse(self.expr)}, {self.labels})"
+
+
+class ContractionTranslator:
+    def __init__(self, node: Contract, translate):
+        self.node = node
+        self.dims = node.dims
+        self.out = tuple(node.out)
+        self.coef = 1.0
+        self.terms: list[Term] = []
+        for child, labels in node.operands:
+            if isinstance(child, Const):
+                self.coef *= child.value
+            else:
+                self.terms.append(Term(translate(child), labels, child))
+
+    # -- the steps -----------------------------------------------------------------------------
+
+    def run(self) -> ast.Expr:
+        self._select()
+        self._diagonals()
+        self._lonely_sums()
+        while len(self.terms) > 1:
+            if not (self._diag_embed() or self._hadamard() or self._pair() or self._spread()):
+                self._einsum_all()
+            self._lonely_sums()
+        if not self.terms:
+            result = self._broadcast(Term(number(self.coef), ()))
+            return result
+        return scaled(self.coef, self._broadcast(self.terms[0]))
+
+    def _needed(self, label, skip=()) -> bool:
+        """Is `label` in the output or carried by a term other than those in `skip`?"""
+        if label in self.out:
+            return True
+        return any(label in t.labels for t in self.terms if not any(t is s for s in skip))
+
+    def _select(self):
+        """Unit vectors and windows (deltas with an offset) on a summed index: index the partner."""
+        changed = True
+        while changed:
+            changed = False
+            for sel in self.terms:
+                node = sel.node
+                if isinstance(node, Unit):
+                    (label,) = sel.labels
+                    item = _position(node.position, node.shape[0])
+                    new = None
+                elif isinstance(node, Delta) and sel.labels[0] != sel.labels[1]:
+                    new, label = sel.labels
+                    if node.is_identity:
+                        item = None
+                    else:
+                        rows, cols = node.shape
+                        item = _slice(node.offset, node.offset + rows, cols)
+                else:
+                    continue
+                partners = [t for t in self.terms if t is not sel and label in t.labels]
+                if label in self.out or len(partners) != 1 or partners[0].labels.count(label) != 1:
+                    continue
+                (p,) = partners
+                axis = p.labels.index(label)
+                if item is not None:
+                    p.expr = _index(p.expr, len(p.labels), axis, item)
+                if new is None:
+                    p.labels = p.labels[:axis] + p.labels[axis + 1:]
+                else:
+                    p.labels = p.labels[:axis] + (new,) + p.labels[axis + 1:]
+                p.node = None
+                self.terms = [t for t in self.terms if t is not sel]
+                changed = True
+                break
+
+    def _diagonals(self):
+        """X[i,i] -> diag(X) (or tr(X) when i is summed and nothing else carries it)."""
+        for t in self.terms:
+            if len(t.labels) == 2 and t.labels[0] == t.labels[1]:
+                label = t.labels[0]
+                if not self._needed(label, skip=(t,)):
+                    t.expr, t.labels = ast.Call("tr", (t.expr,)), ()
+                else:
+                    t.expr, t.labels = ast.Call("diag", (t.expr,)), (label,)
+                t.node = None
+            elif len(set(t.labels)) != len(t.labels):
+                self._einsum_all()
+                return
+
+    def _lonely_sums(self):
+        """Sum away indices that only one term carries and the output does not."""
+        for t in self.terms:
+            lonely = [a for a, l in enumerate(t.labels)
+                      if not self._needed(l, skip=(t,)) and self.dims[l] != ONE]
+            ones = [a for a, l in enumerate(t.labels)
+                    if not self._needed(l, skip=(t,)) and self.dims[l] == ONE]
+            if ones and not lonely:
+                lonely = ones
+            elif ones:
+                lonely = sorted(lonely + ones)
+            if not lonely:
+                continue
+            if len(lonely) == len(t.labels):
+                t.expr = ast.Call("sum", (t.expr,))
+            else:
+                axis = (number(lonely[0]) if len(lonely) == 1
+                        else ast.Tuple(tuple(number(a) for a in lonely)))
+                t.expr = ast.Call("sum", (t.expr,), (("axis", axis),))
+            t.labels = tuple(l for a, l in enumerate(t.labels) if a not in lonely)
+            t.node = None
+
+    def _hadamard(self) -> bool:
+        """Multiply two terms elementwise when one's indices are a subset of the other's."""
+        best = None
+        for i, a in enumerate(self.terms):
+            for b in self.terms[i + 1:]:
+                if set(a.labels) <= set(b.labels) or set(b.labels) <= set(a.labels):
+                    small, big = (a, b) if len(a.labels) <= len(b.labels) else (b, a)
+                    shared = set(small.labels)
+                    # Do not multiply in what a matrix product would contract instead, unless a
+                    # third term needs the same summed index (then the product must come first).
+                    summed = [l for l in shared if not self._needed(l, skip=(a, b))]
+                    if summed and len(big.labels) > len(small.labels) and \
+                            not self._shared_by_three(summed):
+                        continue
+                    key = (len(small.labels) != len(big.labels), len(big.labels))
+                    if best is None or key < best[0]:
+                        best = (key, small, big)
+        if best is None:
+            return False
+        _, small, big = best
+        expr = ast.BinOp("*", _align(small, big.labels), big.expr)
+        if not small.labels:
+            expr = ast.BinOp("*", small.expr, big.expr)
+        self._replace([small, big], Term(expr, big.labels))
+        return True
+
+    def _shared_by_three(self, labels) -> bool:
+        return any(sum(l in t.labels for t in self.terms) >= 3 for l in labels)
+
+    def _diag_embed(self) -> bool:
+        """v[i] * delta[i,j] with both free -> diag(v)."""
+        for d in self.terms:
+            if isinstance(d.node, Delta) and d.node.is_identity:
+                for v in self.terms:
+                    if v is not d and len(v.labels) == 1 and v.labels[0] in d.labels:
+                        self._replace([d, v], Term(ast.Call("diag", (v.expr,)), d.labels))
+                        return True
+        return False
+
+    def _pair(self) -> bool:
+        """Two terms sharing exactly one summed index, at most a matrix each: a matmul."""
+        for i, a in enumerate(self.terms):
+            for b in self.terms[i + 1:]:
+                shared = set(a.labels) & set(b.labels)
+                summed = [l for l in shared if not self._needed(l, skip=(a, b))]
+                if len(summed) != 1 or len(shared) != 1 or len(a.labels) > 2 or len(b.labels) > 2:
+                    continue
+                product = _matmul(a, b, summed[0], self.out)
+                if product is not None:
+                    self._replace([a, b], product)
+                    return True
+        return False
+
+    def _spread(self) -> bool:
+        """Terms with no summed index in common: a broadcast product (outer for two vectors)."""
+        for i, a in enumerate(self.terms):
+            for b in self.terms[i + 1:]:
+                shared = set(a.labels) & set(b.labels)
+                if any(not self._needed(l, skip=(a, b)) for l in shared):
+                    continue
+                if shared:
+                    continue  # shared free indices with neither a subset: leave to einsum
+                order = [l for l in self.out if l in a.labels or l in b.labels]
+                if order and order[0] in b.labels:
+                    a, b = b, a  # keep the output's index order: outer(a, b), not outer(b, a).T
+                if len(a.labels) == 1 and len(b.labels) == 1:
+                    expr = ast.Call("outer", (a.expr, b.expr))
+                else:
+                    expr = ast.BinOp("*", _align(a, a.labels + b.labels), _align(b, a.labels + b.labels))
+                self._replace([a, b], Term(expr, a.labels + b.labels))
+                return True
+        return False
+
+    def _einsum_all(self):
+        keep = [l for l in dict.fromkeys(l for t in self.terms for l in t.labels)
+                if l in self.out]
+        keep = [l for l in self.out if l in keep]
+        letters = _letters(self.terms, keep)
+        spec = ",".join("".join(letters[l] for l in t.labels) for t in self.terms)
+        spec += "->" + "".join(letters[l] for l in keep)
+        expr = ast.Call("einsum", (ast.String(spec), *[t.expr for t in self.terms]))
+        self.terms = [Term(expr, keep)]
+
+    def _replace(self, old, new: Term):
+        first = min(self.terms.index(t) for t in old)
+        rest = [t for t in self.terms if not any(t is o for o in old)]
+        rest.insert(min(first, len(rest)), new)
+        self.terms = rest
+
+    def _broadcast(self, term: Term) -> ast.Expr:
+        """`term` in the output's index order, broadcast along output indices it lacks."""
+        missing = [l for l in self.out if l not in term.labels]
+        present = [l for l in self.out if l in term.labels]
+        expr = _permute(term.expr, term.labels, tuple(present))
+        if not missing:
+            return expr
+        aligned = _align(Term(expr, present), self.out)
+        ones = ast.Call("ones", tuple(dimension(self.dims[l]) for l in self.out))
+        if isinstance(aligned, ast.Number) and aligned.value == 1.0:
+            return ones
+        return ast.BinOp("*", aligned, ones)
+
+
+def _letters(terms, keep) -> dict:
+    order = list(dict.fromkeys([*keep, *(l for t in terms for l in t.labels)]))
+    return {l: "ijklmnopqrstuvwxyzabcdefgh"[i] for i, l in enumerate(order)}
+
+
+def _permute(expr, labels, target) -> ast.Expr:
+    labels, target = tuple(labels), tuple(target)
+    if labels == target:
+        return expr
+    if len(labels) == 2 and labels == target[::-1]:
+        return transpose(expr)
+    letters = {l: "ijklmnopqrstuvwxyz"[i] for i, l in enumerate(labels)}
+    spec = "".join(letters[l] for l in labels) + "->" + "".join(letters[l] for l in target)
+    return ast.Call("einsum", (ast.String(spec), expr))
+
+
+def _align(term: Term, order) -> ast.Expr:
+    """`term` permuted to `order`'s relative order, with None axes so that it broadcasts."""
+    mine = [l for l in order if l in term.labels]
+    expr = _permute(term.expr, term.labels, tuple(mine))
+    if not mine:
+        return expr
+    first = list(order).index(mine[0])
+    items = [ast.Slice(None, None) if l in term.labels else ast.NoneLit() for l in order[first:]]
+    while items and isinstance(items[-1], ast.Slice):
+        items.pop()
+    return ast.Index(expr, tuple(items)) if items else expr
+
+
+def _index(expr, rank, axis, item) -> ast.Expr:
+    return ast.Index(expr, tuple([ast.Slice(None, None)] * axis + [item]))
+
+
+def _position(k: Dim, dim: Dim) -> ast.Expr:
+    if k.is_concrete:
+        return number(k.offset)
+    if k.name == dim.name:
+        return number(k.offset - dim.offset)  # n - 1 -> -1
+    return dimension(k)
+
+
+def _slice(lo: Dim, hi: Dim, dim: Dim) -> ast.Slice:
+    def bound(b: Dim, default):
+        if b == default:
+            return None
+        if b.is_concrete:
+            return number(b.offset)
+        if b.name == dim.name:
+            return number(b.offset - dim.offset)
+        return dimension(b)
+    return ast.Slice(bound(lo, Dim(None, 0)), bound(hi, dim))
+
+
+def _matmul(a: Term, b: Term, k, out) -> Term | None:
+    """A matrix product contracting index k, matrix first, with the fewest transposes."""
+    candidates = []
+    for left, right in ((a, b), (b, a)):
+        lf = _as_left(left, k)
+        rt = _as_right(right, k)
+        if lf is None or rt is None:
+            continue
+        (lexpr, lrest, lt), (rexpr, rrest, rt_) = lf, rt
+        if set(lrest) & set(rrest):
+            continue
+        labels = lrest + rrest
+        # As a person writes it: the matrix first (`X.T @ v` rather than `v @ X`), then the
+        # fewest transposes, then the result already in the output's order.
+        vector_first = len(left.labels) == 1 and len(right.labels) == 2
+        wanted = tuple(l for l in out if l in labels)
+        cost = (vector_first, lt + rt_, labels != wanted)
+        candidates.append((cost, Term(ast.BinOp("@", lexpr, rexpr), labels)))
+    if not candidates:
+        return None
+    return min(candidates, key=lambda c: c[0])[1]
+
+
+def _as_left(t: Term, k):
+    """(expr, remaining labels, transposes) for `t` on the left of @, contracting k."""
+    if t.labels == (k,):
+        return t.expr, (), 0
+    if len(t.labels) == 2 and t.labels[1] == k:
+        return t.expr, (t.labels[0],), 0
+    if len(t.labels) == 2 and t.labels[0] == k:
+        return transpose(t.expr), (t.labels[1],), 1
+    return None
+
+
+def _as_right(t: Term, k):
+    if t.labels == (k,):
+        return t.expr, (), 0
+    if len(t.labels) == 2 and t.labels[0] == k:
+        return t.expr, (t.labels[1],), 0
+    if len(t.labels) == 2 and t.labels[1] == k:
+        return transpose(t.expr), (t.labels[0],), 1
+    return None

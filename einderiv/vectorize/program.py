@@ -1,0 +1,164 @@
+"""Stage 5: IR -> a vectorized program: temporaries and outputs as array expressions.
+
+The program is written in einderiv's own surface syntax tree, so the `formula` printer is the
+parser's inverse (a formula parses back and evaluates to the same values) and the Python and
+LaTeX printers walk the same tree.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Size, Unit, Var, topological
+from ..parse import ast
+from ..rulebook import RuleBook, default_rulebook
+from .contraction import ContractionTranslator, dimension, number, scaled
+
+INFIX = {"div": "/", "pow": "**"}
+
+
+@dataclass
+class VectorProgram:
+    temporaries: list[tuple[str, ast.Expr]]
+    outputs: list[tuple[str, ast.Expr]]
+    variables: dict[str, Var]
+    declarations: dict[str, tuple]  # every input variable -> its shape (Dims)
+
+
+def vectorize(roots: dict[str, Node], names: dict[Node, str] | None = None,
+              rules: RuleBook | None = None, declared: dict | None = None) -> VectorProgram:
+    """Translate `roots` (output name -> IR) into array expressions with shared temporaries."""
+    rules = rules or default_rulebook()
+    names = dict(names or {})
+    order = topological(*roots.values())
+    uses = Counter(id(c) for n in order for c in n.children())
+    root_ids = {id(n) for n in roots.values()}
+    variables = {n.name: n for n in order if isinstance(n, Var)}
+    taken = set(variables) | set(roots) | set(names.values())
+    counter = 0
+    temp_name: dict[int, str] = {}
+    for n in order:
+        if isinstance(n, (Var, Const, Size, Delta, Unit)) or not _worth_a_name(n, uses, names):
+            continue
+        if id(n) in root_ids and uses[id(n)] <= 1 and n not in names:
+            continue
+        name = names.get(n)
+        if name is None or name in variables:
+            while f"t{counter}" in taken:
+                counter += 1
+            name = f"t{counter}"
+            taken.add(name)
+        temp_name[id(n)] = name
+    translator = _Translator(temp_name, rules)
+    temporaries = [(temp_name[id(n)], translator.define(n)) for n in order if id(n) in temp_name]
+    outputs = [(name, translator.expr(node)) for name, node in roots.items()]
+    return VectorProgram(temporaries, outputs, variables, dict(declared or {}))
+
+
+def _worth_a_name(node: Node, uses: Counter, names) -> bool:
+    if node in names:
+        return True
+    if uses[id(node)] < 2:
+        return False
+    # A transpose or a broadcast of something already named costs nothing to repeat.
+    if isinstance(node, Contract) and len(node.operands) == 1 and \
+            isinstance(node.operands[0][0], (Var, Const)):
+        return False
+    return True
+
+
+class _Translator:
+    def __init__(self, temp_name: dict[int, str], rules: RuleBook):
+        self.temp_name = temp_name
+        self.rules = rules
+
+    def expr(self, node: Node) -> ast.Expr:
+        """The expression for `node` where it is used: a temporary's name if it has one."""
+        name = self.temp_name.get(id(node))
+        if name is not None:
+            return ast.Name(name)
+        return self.define(node)
+
+    def define(self, node: Node) -> ast.Expr:
+        if isinstance(node, Var):
+            return ast.Name(node.name)
+        if isinstance(node, Const):
+            return number(node.value)
+        if isinstance(node, Size):
+            return ast.Call("size", (dimension(node.dim),))
+        if isinstance(node, Delta):
+            rows, cols = node.shape
+            if node.is_identity:
+                return ast.Call("eye", (dimension(rows),))
+            from .contraction import _slice
+            window = _slice(node.offset, node.offset + rows, cols)
+            return ast.Index(ast.Call("eye", (dimension(cols),)), (window,))
+        if isinstance(node, Unit):
+            from .contraction import _position
+            return ast.Index(ast.Call("eye", (dimension(node.shape[0]),)),
+                             (_position(node.position, node.shape[0]),))
+        if isinstance(node, Map):
+            args = [self.expr(a) for a in node.args]
+            if node.fn in INFIX and len(args) == 2:
+                return ast.BinOp(INFIX[node.fn], *args)
+            return ast.Call(node.fn, tuple(args))
+        if isinstance(node, Prim):
+            return self._primitive(node)
+        if isinstance(node, Add):
+            return self._sum(node)
+        if isinstance(node, Contract):
+            return ContractionTranslator(node, self.expr).run()
+        raise TypeError(f"cannot vectorize {type(node).__name__}")
+
+    def _primitive(self, node: Prim) -> ast.Expr:
+        (arg,) = node.args
+        call = ast.Call(node.fn, (self.expr(arg),))
+        if not node.params:
+            return call
+        axes = node.params[0]
+        f = self.rules.get(node.fn)
+        default = (arg.rank - 1,) if f is not None and f.shape == "same" else \
+            tuple(range(arg.rank))
+        if tuple(axes) == default:
+            return call
+        axis = number(axes[0]) if len(axes) == 1 else ast.Tuple(tuple(number(a) for a in axes))
+        return ast.Call(node.fn, call.args, ((f.axis if f else "axis", axis),))
+
+    def _sum(self, node: Add) -> ast.Expr:
+        # A term that only broadcasts something smaller (a scalar, a row) is written unbroadcast
+        # when another term has the full shape: numpy broadcasting does the rest.
+        full = any(_broadcast_of(t) is None or id(t) in self.temp_name for _, t in node.terms)
+        result = None
+        for coef, term in node.terms:
+            source = _broadcast_of(term) if id(term) not in self.temp_name else None
+            if full and source is not None:
+                expr = source(self.expr)
+            else:
+                expr = self.expr(term)
+            if result is None:
+                result = scaled(coef, expr)
+            elif coef < 0:
+                result = ast.BinOp("-", result, scaled(-coef, expr))
+            else:
+                result = ast.BinOp("+", result, scaled(coef, expr))
+        return result
+
+
+def _broadcast_of(node: Node):
+    """For a pure broadcast (`1` to [n], `b` to [m, n]), a function giving the unbroadcast
+    operand aligned for numpy broadcasting; None for anything else."""
+    if not isinstance(node, Contract) or len(node.operands) != 1:
+        return None
+    child, labels = node.operands[0]
+    if len(set(labels)) != len(labels) or not set(labels) <= set(node.out) or \
+            len(labels) == len(node.out):
+        return None
+    order = [l for l in node.out if l in labels]
+    from .contraction import Term, _align
+
+    def aligned(translate):
+        return _align(Term(translate(child), labels), tuple(node.out[node.out.index(order[0]):])
+                      if order else ())
+    if not order:
+        return lambda translate: translate(child)
+    return aligned
