@@ -39,7 +39,7 @@ class Span:
             prefix = "..." if lo else ""
             text = prefix + text[lo:lo + 100] + ("..." if lo + 100 < len(text) else "")
             col = col - lo + len(prefix)
-        text = "".join(ch if ch.isprintable() else "?" for ch in text)
+        text = "".join(ch if ch.isprintable() else " " if ch == "\t" else "?" for ch in text)
         width = max(1, min(self.end - self.start, len(text) - col))
         return f"  {text}\n  {' ' * col}{'^' * width}"
 
@@ -62,12 +62,17 @@ class EinderivError(Exception):
         return self.span.column if self.span else None
 
     def _render(self) -> str:
-        text = self.message
+        text = _cut(self.message)
         if self.span is not None:
             text = f"line {self.span.line}, column {self.span.column}: {text}\n{self.span.caret()}"
         if self.hint:
-            text += f"\n  hint: {self.hint}"
+            text += f"\n  hint: {_cut(self.hint)}"
         return text
+
+
+def _cut(text: str, limit: int = 400) -> str:
+    """A message quotes user text (a name, an operand); a huge one is shortened in the middle."""
+    return text if len(text) <= limit else f"{text[:limit - 40]} ... {text[-30:]}"
 
 
 class ParseError(EinderivError):

@@ -140,19 +140,11 @@ def _step(node: Node, slot: dict, env: dict, rules: RuleBook) -> Step:
         value = float(size_of(node.dim, env))
         return lambda s: value
     if isinstance(node, Delta):
-        rows, cols, off = (size_of(d, env) for d in (*node.shape, node.offset))
-        if off < 0 or off + rows > cols:  # a delta is a window of its second axis
-            raise ShapeError(f"slice {off}:{off + rows} is out of range for an axis of size "
-                             f"{node.shape[1]} = {cols}",
-                             hint="einderiv cannot clip a slice past the end of a named "
-                                  "dimension as numpy does; use a negative or open stop")
+        rows, cols, off = check_structured(node, env)
         value = np.eye(rows, cols, k=off)
         return lambda s: value
     if isinstance(node, Unit):
-        size, pos = size_of(node.shape[0], env), size_of(node.position, env)
-        if not 0 <= pos < size:
-            raise ShapeError(f"index {node.position} is out of bounds for an axis of size "
-                             f"{node.shape[0]} = {size}")
+        size, pos = check_structured(node, env)
         value = np.zeros(size)
         value[pos] = 1.0
         return lambda s: value
@@ -166,6 +158,24 @@ def _step(node: Node, slot: dict, env: dict, rules: RuleBook) -> Step:
     if isinstance(node, Contract):
         return ContractionStep(node, slot, env)
     raise EinderivError(f"cannot evaluate {type(node).__name__}")
+
+
+def check_structured(node, env: dict) -> tuple[int, ...]:
+    """Concrete sizes of a window (Delta) or pick (Unit), checked against the bound sizes:
+    with named dimensions a slice or index can only be checked once the arrays are known."""
+    if isinstance(node, Delta):
+        rows, cols, off = (size_of(d, env) for d in (*node.shape, node.offset))
+        if off < 0 or off + rows > cols:  # a delta is a window of its second axis
+            raise ShapeError(f"slice {off}:{off + rows} is out of range for an axis of size "
+                             f"{node.shape[1]} = {cols}",
+                             hint="einderiv cannot clip a slice past the end of a named "
+                                  "dimension as numpy does; use a negative or open stop")
+        return rows, cols, off
+    size, pos = size_of(node.shape[0], env), size_of(node.position, env)
+    if not 0 <= pos < size:
+        raise ShapeError(f"index {node.position} is out of bounds for an axis of size "
+                         f"{node.shape[0]} = {size}")
+    return size, pos
 
 
 def _weighted_sum(s, terms):

@@ -16,10 +16,13 @@ LETTERS = "ijklmpqrsuvwabcefgh"
 ADD, MUL, UNARY, POW, ATOM = 1, 2, 3, 4, 5
 INFIX = {"div": ("/", MUL), "pow": ("**", POW)}
 LEAVES = (Var, Const, Size, Delta, Unit)
+# Nesting deeper than this is split into lines of its own: a chain thousands of nodes deep (an
+# unrolled network) stays readable, and printing it never recurses deeply.
+MAX_INLINE_DEPTH = 32
 
 
 def format_number(v: float) -> str:
-    if v == int(v) and abs(v) < 1e15:
+    if abs(v) < 1e15 and v == int(v):  # false for inf and nan, which int() rejects
         return str(int(v))
     return repr(v)
 
@@ -30,6 +33,7 @@ def line_nodes(roots: list[Node], names: dict[Node, str] | None = None) -> list[
     order = topological(*roots)
     uses = Counter(id(c) for n in order for c in n.children())
     own = set(id(r) for r in roots)
+    depth: dict[int, int] = {}  # how deeply a node's text nests, printed inline
     for n in order:
         if isinstance(n, LEAVES):
             continue
@@ -37,6 +41,10 @@ def line_nodes(roots: list[Node], names: dict[Node, str] | None = None) -> list[
             own.add(id(n))
         if isinstance(n, Prim):
             own.update(id(a) for a in n.args if not isinstance(a, LEAVES))
+        depth[id(n)] = 1 + max((depth.get(id(c), 0) for c in n.children() if id(c) not in own),
+                               default=0)
+        if depth[id(n)] >= MAX_INLINE_DEPTH:
+            own.add(id(n))
     return [n for n in order if id(n) in own and not isinstance(n, Var)]
 
 
@@ -165,12 +173,15 @@ class _Line:
                 if occurrences[l] == 1:
                     summed_once.append(label_name[l])
         coef = 1.0
-        factors = []
+        printed = []
         for operand, labels in node.operands:
             if isinstance(operand, Const):
                 coef *= operand.value
                 continue
-            factors.append(self._wrap(operand, [label_name[l] for l in labels], MUL + 1))
+            printed.append(self.expr(operand, [label_name[l] for l in labels]))
+        if summed_once and len(printed) == 1 and coef == 1.0:  # sum[j](...) is its own bracket
+            return f"sum[{','.join(summed_once)}]({printed[0][0]})", ATOM
+        factors = [f"({t})" if p < MUL + 1 else t for t, p in printed]
         text = "*".join(factors) if factors else format_number(coef)
         if factors and coef != 1.0:
             text = ("-" if coef == -1 else f"{format_number(coef)}*") + text

@@ -109,9 +109,9 @@ def _shape(name: str, dims, span) -> tuple[Dim, ...]:
 def text_of(expr: ast.Expr) -> str:
     """The operand as the user wrote it, for error messages."""
     if expr.span is not None:
-        text = expr.span.source[expr.span.start:expr.span.end]
+        text = expr.span.source[expr.span.start:min(expr.span.end, expr.span.start + 41)]
     else:
-        text = unparse(expr)
+        text = unparse(expr, limit=41)
     return text if len(text) <= 40 else text[:37] + "..."
 
 

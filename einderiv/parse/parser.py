@@ -5,6 +5,7 @@ the input nests; limits on size and nesting keep later stages bounded too.
 """
 from __future__ import annotations
 
+import re
 import unicodedata
 from functools import lru_cache
 from pathlib import Path
@@ -27,10 +28,28 @@ LOOKALIKES = {
 }
 
 
+class _BracketNewlines(lark.lark.PostLex):
+    """Inside brackets a newline continues the statement, as in Python: `f(a,\n  b)`."""
+
+    always_accept = ("_SEP",)
+
+    def process(self, stream):
+        depth = 0
+        for token in stream:
+            if token.type in ("LPAR", "LSQB"):
+                depth += 1
+            elif token.type in ("RPAR", "RSQB"):
+                depth = max(0, depth - 1)
+            elif token.type == "_SEP" and depth and token.value != ";":
+                continue
+            yield token
+
+
 @lru_cache(maxsize=None)
 def _parser() -> lark.Lark:
     grammar = (Path(__file__).parent / "grammar.lark").read_text()
-    return lark.Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+    return lark.Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True,
+                     postlex=_BracketNewlines())
 
 
 def parse(source: str) -> ast.Program:
@@ -42,7 +61,7 @@ def parse(source: str) -> ast.Program:
                          f"{MAX_SOURCE_CHARS}",
                          hint="build very large expressions in Python with einderiv.var")
     _check_characters(source)
-    _check_nesting(source)
+    _check_nesting(_blank_comments(source))
     try:
         tree = _Builder(source).transform(_parser().parse(source))
     except lark.exceptions.UnexpectedCharacters as e:
@@ -70,12 +89,24 @@ def _unexpected_token(source: str, e) -> ParseError:
         end = len(source.rstrip())
         return ParseError("unexpected end of input", Span(source, max(0, end - 1), max(1, end)))
     start = tok.start_pos if tok.start_pos is not None else 0
-    shown = "a new line" if tok.type == "_SEP" and tok.value.strip() == "" else repr(str(tok))
-    expected = sorted(_describe(t) for t in e.expected if not t.startswith("__"))
+    shown = "end of line" if tok.type == "_SEP" and tok.value.strip() == "" else repr(str(tok))
+    expected = sorted(_describe(t) for t in _acceptable(e) if not t.startswith("__"))
     hint = None
     if expected and len(expected) <= 8:
         hint = "expected " + ", ".join(dict.fromkeys(expected))
     return ParseError(f"unexpected {shown}", Span(source, start, start + max(1, len(tok))), hint)
+
+
+def _acceptable(e) -> set[str]:
+    """The terminals the parser could take where it stopped.
+
+    An error found by the contextual lexer lists the postlexer's always-accepted newline too,
+    though the parser may not take one there; the parse table says what it does take.
+    """
+    try:
+        return set(e.expected) & set(e.state.parse_conf.parse_table.states[e.state.position])
+    except (AttributeError, KeyError, TypeError):
+        return set(e.expected)
 
 
 _TERMINAL_NAMES = {"NAME": "a name", "NUMBER": "a number", "INT": "an integer",
@@ -92,12 +123,26 @@ def _describe(terminal: str) -> str:
         return terminal.lower()
 
 
+_COMMENT_OR_STRING = re.compile(r"#[^\n]*|'[^'\n]*'|\"[^\"\n]*\"")
+
+
+def _blank_comments(source: str) -> str:
+    """The source with the text of its comments blanked out (positions stay the same)."""
+    return _COMMENT_OR_STRING.sub(
+        lambda m: m.group() if m.group()[0] != "#" else "#" + " " * (len(m.group()) - 1), source)
+
+
 def _check_characters(source: str) -> None:
-    for pos, ch in enumerate(source):
-        if ch in "\n\t\r" or (" " <= ch <= "~"):
-            continue
+    """Code is ASCII; a comment may hold any text but control characters."""
+    code = _blank_comments(source)
+    for pos, (ch, c) in enumerate(zip(source, code)):
+        if c in "\n\t\r" or (" " <= c <= "~"):
+            if ch == c or ch in "\t\r" or unicodedata.category(ch) not in ("Cc", "Cs"):
+                continue
         if ch in LOOKALIKES:
             hint = f"replace it with the ASCII {LOOKALIKES[ch]!r}"
+        elif unicodedata.category(ch) == "Cc":
+            hint = "remove the control character"
         else:
             hint = "expressions are written in ASCII"
         name = unicodedata.name(ch, f"U+{ord(ch):04X}")
@@ -151,7 +196,10 @@ class _Builder(Transformer_NonRecursive):
         return tuple(c for c in children if c is not None)
 
     def dim_int(self, meta, children):
-        return int(children[0])
+        text = str(children[0])
+        if len(text) > 18:  # int() of thousands of digits is slow, or refused by Python
+            raise ParseError(f"dimension {text[:20]}... is too large", self._s(meta))
+        return int(text)
 
     def dim_name(self, meta, children):
         return str(children[0])

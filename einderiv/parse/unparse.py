@@ -4,47 +4,78 @@ from __future__ import annotations
 from . import ast
 
 _PREC = {"+": 1, "-": 1, "*": 2, "/": 2, "@": 2, "neg": 3, "**": 4}
+MAX_DEPTH = 40
+MAX_CHARS = 10_000
 
 
-def unparse(node: ast.Expr, depth: int = 0) -> str:
-    if depth > 40:
-        return "..."
-    d = depth + 1
-    if isinstance(node, ast.Number):
-        v = node.value
-        return str(int(v)) if v == int(v) and abs(v) < 1e15 else repr(v)
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.String):
-        return repr(node.value)
-    if isinstance(node, ast.NoneLit):
-        return "None"
-    if isinstance(node, ast.BinOp):
-        p = _PREC[node.op]
-        left = _wrap(node.left, p if node.op != "**" else p + 1, d)
-        right = _wrap(node.right, p + 1 if node.op != "**" else p, d)
-        return f"{left} {node.op} {right}"
-    if isinstance(node, ast.UnaryOp):
-        return node.op + _wrap(node.operand, _PREC["neg"], d)
-    if isinstance(node, ast.Attribute):
-        return f"{_wrap(node.operand, 9, d)}.{node.attr}"
-    if isinstance(node, ast.Index):
-        return f"{_wrap(node.operand, 9, d)}[{', '.join(_item(i, d) for i in node.items)}]"
-    if isinstance(node, ast.Tuple):
-        inner = ", ".join(unparse(i, d) for i in node.items)
-        return f"({inner},)" if len(node.items) == 1 else f"({inner})"
-    if isinstance(node, ast.Call):
-        args = [unparse(a, d) for a in node.args] + [f"{k}={unparse(v, d)}" for k, v in node.kwargs]
-        return f"{node.func}({', '.join(args)})"
-    return "?"
+def unparse(node: ast.Expr, limit: int = MAX_CHARS) -> str:
+    """The expression as source text, cut short with '...' past `limit` characters or
+    `MAX_DEPTH` levels: a Python-built expression can share subtrees, so its text can be
+    exponentially longer than the expression itself."""
+    return _Unparser(limit).text(node, 0)
 
 
-def _item(item, depth):
-    if isinstance(item, ast.Slice):
-        lo = "" if item.lo is None else unparse(item.lo, depth)
-        hi = "" if item.hi is None else unparse(item.hi, depth)
-        return f"{lo}:{hi}"
-    return unparse(item, depth)
+class _Unparser:
+    def __init__(self, limit: int):
+        self.budget = limit
+
+    def spend(self, text: str) -> str:
+        self.budget -= len(text)
+        return text
+
+    def text(self, node: ast.Expr, depth: int) -> str:
+        if depth > MAX_DEPTH or self.budget <= 0:
+            return "..."
+        d = depth + 1
+        if isinstance(node, ast.Number):
+            v = node.value
+            if v != v or v in (float("inf"), float("-inf")):
+                # Not literals of the language: written as expressions that evaluate to them.
+                text = "(1e999 - 1e999)" if v != v else ("1e999" if v > 0 else "(-1e999)")
+                return self.spend(text)
+            return self.spend(str(int(v)) if abs(v) < 1e15 and v == int(v) else repr(v))
+        if isinstance(node, ast.Name):
+            return self.spend(node.id)
+        if isinstance(node, ast.String):
+            return self.spend(repr(node.value))
+        if isinstance(node, ast.NoneLit):
+            return self.spend("None")
+        if isinstance(node, ast.BinOp):
+            p = _PREC[node.op]
+            self.spend(f" {node.op} ")
+            left = self.wrap(node.left, p if node.op != "**" else p + 1, d)
+            right = self.wrap(node.right, p + 1 if node.op != "**" else p, d)
+            return f"{left} {node.op} {right}"
+        if isinstance(node, ast.UnaryOp):
+            return self.spend(node.op) + self.wrap(node.operand, _PREC["neg"], d)
+        if isinstance(node, ast.Attribute):
+            self.spend("." + node.attr)
+            return f"{self.wrap(node.operand, 9, d)}.{node.attr}"
+        if isinstance(node, ast.Index):
+            self.spend("[]")
+            operand = self.wrap(node.operand, 9, d)
+            return f"{operand}[{', '.join(self.item(i, d) for i in node.items)}]"
+        if isinstance(node, ast.Tuple):
+            self.spend("()")
+            inner = ", ".join(self.text(i, d) for i in node.items)
+            return f"({inner},)" if len(node.items) == 1 else f"({inner})"
+        if isinstance(node, ast.Call):
+            self.spend(node.func + "()")
+            args = [self.text(a, d) for a in node.args]
+            args += [f"{k}={self.text(v, d)}" for k, v in node.kwargs]
+            return f"{node.func}({', '.join(args)})"
+        return "?"
+
+    def item(self, item, depth: int) -> str:
+        if isinstance(item, ast.Slice):
+            lo = "" if item.lo is None else self.text(item.lo, depth)
+            hi = "" if item.hi is None else self.text(item.hi, depth)
+            return f"{lo}:{hi}"
+        return self.text(item, depth)
+
+    def wrap(self, node, prec: int, depth: int) -> str:
+        text = self.text(node, depth)
+        return f"({text})" if _precedence(node) < prec else text
 
 
 def _precedence(node) -> int:
@@ -55,8 +86,3 @@ def _precedence(node) -> int:
     if isinstance(node, ast.Number) and node.value < 0:
         return _PREC["neg"]
     return 9
-
-
-def _wrap(node, prec, depth):
-    text = unparse(node, depth)
-    return f"({text})" if _precedence(node) < prec else text
