@@ -3,8 +3,12 @@ from __future__ import annotations
 
 from .derive import derivatives
 from .errors import EinderivError, ShapeError, UnknownNameError, did_you_mean
-from .ir.nodes import Var
+from .ir.nodes import Delta, Unit, Var, topological
 from .evaluate.plan import Plan
+from .generate.formula import format_formula
+from .generate.function import GeneratedFunction
+from .generate.python import generate
+from .vectorize import vectorize
 from .ir.einstein import format_program
 from .lower.lower import Lowered, lower
 from .parse import parse
@@ -43,7 +47,80 @@ def _check_backend(backend: str) -> None:
         raise EinderivError(f"backend {backend!r} is not available yet; use backend='numpy'")
 
 
-class Compiled:
+class _Result:
+    """What every API call returns: callable with keyword arrays, and printable in every format.
+
+    `roots` maps output names to IR; `structure` turns the list of computed outputs into what
+    the call returns. Vectorizing and code generation happen on first use and are kept.
+    """
+
+    def __init__(self, lowered: Lowered, roots: dict, structure, function_name: str,
+                 preferred: tuple[str, ...] = ()):
+        self.lowered = lowered
+        self._preferred = preferred
+        self.roots = roots
+        self._structure = structure
+        self._function_name = function_name
+        self._program = None
+        self._module = None
+        self._function = None
+
+    @property
+    def einstein(self) -> str:
+        """Indexed Einstein form, one line per tensor; shared subexpressions once."""
+        (first, root), *rest = self.roots.items()
+        return format_program(root, self.lowered.names, first, extra_roots=dict(rest))
+
+    @property
+    def program(self):
+        if self._program is None:
+            self._program = vectorize(self.roots, self.lowered.names, default_rulebook(),
+                                      self.lowered.declared)
+        return self._program
+
+    @property
+    def formula(self) -> str:
+        """Vectorized formula in the expression language: it parses back and evaluates to the
+        same values. Shared subexpressions are temporaries `t0 = ...` on their own lines."""
+        return format_formula(self.program)
+
+    @property
+    def source(self) -> str:
+        """The generated Python module: imports and one function of the input arrays."""
+        return self._generated().source
+
+    def _generated(self):
+        if self._module is None:
+            self._module = generate(self.program, self._function_name,
+                                    preferred=self._preferred)
+        return self._module
+
+    @property
+    def inputs(self) -> dict:
+        """The input variables the results depend on, with their declared shapes."""
+        return {name: tuple(str(d) for d in v.shape)
+                for name, v in sorted(self.program.variables.items())}
+
+    def __call__(self, **arrays):
+        if self._function is None:
+            structured = [n for n in topological(*self.roots.values())
+                          if isinstance(n, (Delta, Unit))]
+            self._function = GeneratedFunction(self._generated(), self.lowered.declared,
+                                               structured)
+        return self._structure(self._function(arrays))
+
+    def evaluate_ir(self, **arrays):
+        """The same results computed by interpreting the IR directly (no vectorizing, no code
+        generation): an independent path, used to test the generated code."""
+        plan = Plan(list(self.roots.values()), accepted=self.lowered.declared)
+        return self._structure(plan(arrays))
+
+
+def _single(results):
+    return results[0]
+
+
+class Compiled(_Result):
     """An expression compiled for evaluation: call it with keyword arrays.
 
     >>> import numpy as np, einderiv
@@ -54,28 +131,12 @@ class Compiled:
     array([1., 2.])
     """
 
-    def __init__(self, lowered: Lowered, formula: str):
-        self.lowered = lowered
-        self.formula = formula
-        self._plan = Plan([lowered.root], accepted=lowered.declared)
-
-    @property
-    def einstein(self) -> str:
-        """The expression in indexed Einstein form, one line per tensor."""
-        low = self.lowered
-        return format_program(low.root, low.names, low.output_name or "out")
-
-    @property
-    def inputs(self) -> dict:
-        """The variables the result depends on, with their declared shapes."""
-        return {name: tuple(str(d) for d in v.shape) for name, v in self._plan.variables.items()}
+    def __init__(self, lowered: Lowered):
+        super().__init__(lowered, {lowered.output_name or "out": lowered.root}, _single, "value")
 
     @property
     def shape(self) -> tuple[str, ...]:
         return tuple(str(d) for d in self.lowered.root.shape)
-
-    def __call__(self, **arrays):
-        return self._plan(arrays)[0]
 
     def __repr__(self) -> str:
         return f"<einderiv.Compiled {self.formula!r}>"
@@ -89,41 +150,23 @@ def compile(expr, shapes: dict | None = None, *, backend: str = "numpy") -> Comp
     `UnknownNameError` (all `EinderivError`) on bad input.
     """
     _check_backend(backend)
-    lowered = lower_source(expr, shapes)
-    if isinstance(expr, Tensor):
-        formula = unparse(expr.node)
-    else:
-        formula = "\n".join(line.strip() for line in expr.strip().splitlines() if line.strip())
-    return Compiled(lowered, formula)
+    return Compiled(lower_source(expr, shapes))
 
 
-class Derived:
+class Derived(_Result):
     """Derivatives of an expression, compiled: call with keyword arrays.
 
-    `roots` are the IR of the results; `structure` maps them back to what the call returns.
+    >>> import numpy as np, einderiv
+    >>> g = einderiv.grad("x @ A @ x", "x", {"A": ("n", "n"), "x": ("n",)})
+    >>> print(g.formula)
+    A.T @ x + A @ x
     """
 
     def __init__(self, lowered: Lowered, kind: str, wrt: list[str], roots: list, labels: list,
                  structure):
-        self.lowered = lowered
+        super().__init__(lowered, dict(zip(labels, roots)), structure, kind, tuple(wrt))
         self.kind = kind
         self.wrt = wrt
-        self.roots = roots
-        self.labels = labels
-        self._structure = structure
-        self._plan = Plan(roots, accepted=lowered.declared)
-
-    @property
-    def einstein(self) -> str:
-        """The derivatives in indexed Einstein form; forward temporaries are shared."""
-        low = self.lowered
-        named = dict(zip(self.labels, self.roots))
-        first, *rest = named
-        return format_program(named[first], low.names, first,
-                              extra_roots={k: named[k] for k in rest})
-
-    def __call__(self, **arrays):
-        return self._structure(self._plan(arrays))
 
     def __repr__(self) -> str:
         return f"<einderiv.{self.kind} wrt {', '.join(self.wrt)}>"

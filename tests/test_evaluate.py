@@ -923,15 +923,17 @@ def test_unrolled_tanh_rnn_separate_inputs():
 
 @pytest.fixture
 def plan_counter(monkeypatch):
-    from einderiv.evaluate import plan as plan_module
+    """Counts specializations of the generated code: the only place a call plans anything
+    (binding dimensions, choosing contraction paths)."""
+    from einderiv.generate.function import GeneratedFunction
     calls = []
-    original = plan_module.Plan._plan
+    original = GeneratedFunction._specialize
 
-    def counting(self, values):
-        calls.append(tuple(v.shape for v in values.values()))
-        return original(self, values)
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(plan_module.Plan, "_plan", counting)
+    monkeypatch.setattr(GeneratedFunction, "_specialize", counting)
     return calls
 
 

@@ -241,6 +241,8 @@ class ContractionTranslator:
         spec = ",".join("".join(letters[l] for l in t.labels) for t in self.terms)
         spec += "->" + "".join(letters[l] for l in keep)
         expr = ast.Call("einsum", (ast.String(spec), *[t.expr for t in self.terms]))
+        # The code generator plans this contraction per shape signature from these shapes.
+        expr.operand_shapes = [tuple(self.dims[l] for l in t.labels) for t in self.terms]
         self.terms = [Term(expr, keep)]
 
     def _replace(self, old, new: Term):
@@ -276,7 +278,7 @@ def _permute(expr, labels, target) -> ast.Expr:
         return transpose(expr)
     letters = {l: "ijklmnopqrstuvwxyz"[i] for i, l in enumerate(labels)}
     spec = "".join(letters[l] for l in labels) + "->" + "".join(letters[l] for l in target)
-    return ast.Call("einsum", (ast.String(spec), expr))
+    return ast.Call("einsum", (ast.String(spec), expr))  # a permutation: no planning needed
 
 
 def _align(term: Term, order) -> ast.Expr:

@@ -15,6 +15,10 @@ from ..rulebook import RuleBook, default_rulebook
 from .contraction import ContractionTranslator, dimension, number, scaled
 
 INFIX = {"div": "/", "pow": "**"}
+# An expression nesting deeper than this many IR levels is cut into temporaries, so formulas
+# stay readable, parse back under the parser's nesting limit, and are printed without recursion
+# trouble however deep an unrolled network is.
+MAX_INLINE_HEIGHT = 8
 
 
 @dataclass
@@ -37,11 +41,18 @@ def vectorize(roots: dict[str, Node], names: dict[Node, str] | None = None,
     taken = set(variables) | set(roots) | set(names.values())
     counter = 0
     temp_name: dict[int, str] = {}
+    height: dict[int, int] = {}
     for n in order:
-        if isinstance(n, (Var, Const, Size, Delta, Unit)) or not _worth_a_name(n, uses, names):
+        inline = [height[id(c)] for c in n.children() if id(c) not in temp_name]
+        height[id(n)] = 1 + max(inline, default=0)
+        if isinstance(n, (Var, Const, Size, Delta, Unit)):
             continue
-        if id(n) in root_ids and uses[id(n)] <= 1 and n not in names:
+        too_deep = height[id(n)] >= MAX_INLINE_HEIGHT
+        if not too_deep and not _worth_a_name(n, uses, names):
             continue
+        if id(n) in root_ids and uses[id(n)] <= 1 and n not in names and not too_deep:
+            continue
+        height[id(n)] = 0
         name = names.get(n)
         if name is None or name in variables:
             while f"t{counter}" in taken:

@@ -1,0 +1,1 @@
+"""Stage 6: generated code and printers for every output format."""

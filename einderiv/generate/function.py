@@ -1,0 +1,83 @@
+"""Run generated code: compile the module once, specialize it once per shape signature.
+
+The first call with a new signature checks the arrays (binding dimension names, raising
+`ShapeError` on a mismatch) and plans every contraction; a later call with the same shapes and
+dtypes only looks the specialization up and calls it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import opt_einsum
+
+from ..errors import EvaluationError, InputError, did_you_mean
+from ..evaluate.plan import _as_array, bind_dimensions, check_structured, size_of
+from ..ir.dims import show_shape
+from ..ir.nodes import Var
+from .python import PythonModule
+
+
+class GeneratedFunction:
+    def __init__(self, module: PythonModule, declared: dict, structured=()):
+        self.module = module
+        self.code = compile(module.source, f"<einderiv {module.function}>", "exec")
+        self.arguments = module.arguments
+        self.variables = {name: Var(name, declared[name]) for name in module.arguments}
+        # Inputs the result does not use may still be passed (SPEC §2) and are checked.
+        self.optional = {name: Var(name, shape) for name, shape in declared.items()
+                         if name not in self.variables}
+        self._cache: dict[tuple, object] = {}
+        self.structured = list(structured)  # slices and picks to check per signature
+
+    def __call__(self, arrays: dict):
+        try:
+            values = [arrays[name] for name in self.arguments]
+            key = tuple((v.shape, v.dtype.char) for v in values)
+        except (KeyError, AttributeError):
+            key = None  # a missing input, or a Python scalar: take the careful path
+        if key is not None and len(arrays) == len(values):
+            function = self._cache.get(key)
+            if function is not None:
+                return self._run(function, values)
+        values, key = self._checked(arrays)
+        function = self._cache.get(key)
+        if function is None:
+            function = self._cache[key] = self._specialize(values)
+        return self._run(function, [values[name] for name in self.arguments])
+
+    def _run(self, function, values) -> list:
+        try:
+            result = function(*values)
+            return [result] if self.module.outputs == 1 else list(result)
+        except (np.linalg.LinAlgError, FloatingPointError, ValueError) as e:
+            raise EvaluationError(f"evaluation failed: {e}") from None
+
+    def _checked(self, arrays: dict):
+        known = {**self.variables, **self.optional}
+        unknown = [k for k in arrays if k not in known]
+        if unknown:
+            raise InputError(f"unexpected input '{unknown[0]}'",
+                             hint=did_you_mean(unknown[0], known)
+                             or f"the inputs are {', '.join(sorted(known)) or 'none'}")
+        values = {}
+        for name, var in self.variables.items():
+            if name not in arrays:
+                raise InputError(f"missing input '{name}' (shape {show_shape(var.shape)})")
+            values[name] = _as_array(name, arrays[name])
+        given = {}
+        for name, var in self.optional.items():
+            if name in arrays:
+                values[name] = _as_array(name, arrays[name])
+                given[name] = var
+        self._env = bind_dimensions({**self.variables, **given}, values)
+        key = tuple((values[n].shape, values[n].dtype.char) for n in self.arguments)
+        return values, key
+
+    def _specialize(self, values: dict):
+        for node in self.structured:
+            check_structured(node, self._env)
+        namespace: dict = {}
+        exec(self.code, namespace)  # our generated module, never user text
+        for k, (spec, shapes) in enumerate(self.module.contractions):
+            concrete = [tuple(size_of(d, self._env) for d in shape) for shape in shapes]
+            namespace[f"_c{k}"] = opt_einsum.contract_expression(spec, *concrete)
+        return namespace[self.module.function]
