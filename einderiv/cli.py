@@ -82,12 +82,15 @@ DERIVATIVE_EPILOG = {
     "grad": """\
 examples:
   einderiv grad "sum(log(1 + exp(-y * (X @ w))))" --wrt w --shape X=n,d --shape y=n --shape w=d
+      t0 = exp(-(y * (X @ w)))
+      -(X.T @ (1 / (1 + t0) * t0 * y))
   einderiv grad "tr(A @ X @ B)" --wrt X --shape A=p,m --shape X=m,n --shape B=n,p --check
+  einderiv grad "x @ A @ x" --wrt x --shape A=n,n --shape x=n --format all
   einderiv grad "W: [h, d]; b: [h]; x: [d]; sum(tanh(W @ x + b))" --wrt W --wrt b
 """,
     "jacobian": """\
 examples:
-  einderiv jacobian "exp(x)" --wrt x --shape x=n          # a diagonal: delta[i,j]*exp(x[j])
+  einderiv jacobian "exp(x)" --wrt x --shape x=n --format einstein   # delta[i,j]*exp(x[j])
   einderiv jacobian "softmax(x)" --wrt x --shape x=n --check
 """,
     "hessian": """\
@@ -111,12 +114,26 @@ def _add_derivative_parser(sub, name: str) -> None:
     _add_expression_arguments(p)
     p.add_argument("--wrt", metavar="NAME", action="append", required=True,
                    help="differentiate with respect to this variable (repeatable)")
-    p.add_argument("--format", choices=["einstein"], default="einstein",
-                   help="output format (default: einstein, indexed Einstein notation)")
+    p.add_argument("--format", choices=FORMATS + ("all",), default="formula",
+                   help="formula (default): vectorized, in the expression language; einstein: "
+                        "indexed notation; einsum: the contraction plan; python: the generated "
+                        "module; latex; all: every one of them")
     p.add_argument("--check", action="store_true",
                    help="also compare with central finite differences at random inputs and "
                         "print the largest relative error")
     p.set_defaults(run=_derivative, kind=name)
+
+
+FORMATS = ("formula", "einstein", "einsum", "python", "latex")
+ATTRIBUTES = {"formula": "formula", "einstein": "einstein", "einsum": "einsum",
+              "python": "source", "latex": "latex"}
+
+
+def render(result, fmt: str) -> str:
+    """`result` in one output format, or every format under a heading each."""
+    if fmt != "all":
+        return getattr(result, ATTRIBUTES[fmt]).rstrip("\n")
+    return "\n\n".join(f"# {name}\n{render(result, name)}" for name in FORMATS)
 
 
 def _derivative(args) -> int:
@@ -124,7 +141,7 @@ def _derivative(args) -> int:
     source = _read_expression(args.expr)
     wrt = args.wrt if len(args.wrt) > 1 else args.wrt[0]
     derived = getattr(api, args.kind)(source, wrt, args.shape or None)
-    print(derived.einstein)
+    print(render(derived, args.format))
     if args.check:
         error = _check(derived, source, args)
         print(f"# check: largest relative error against central finite differences: {error:.2e}")
