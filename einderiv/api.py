@@ -1,6 +1,7 @@
 """The Python API of SPEC §2: `compile` and the objects it returns."""
 from __future__ import annotations
 
+from .backends import BACKENDS, namespace
 from .derive import derivatives
 from .errors import EinderivError, ShapeError, UnknownNameError, did_you_mean
 from .ir.nodes import Delta, Unit, Var, topological
@@ -17,7 +18,6 @@ from .parse.unparse import unparse
 from .rulebook import default_rulebook
 from .symbolic import Tensor
 
-BACKENDS = ("numpy", "torch", "jax", "cupy", "dask")
 
 
 def to_program(expr, shapes: dict | None) -> tuple[ast.Program, dict | None]:
@@ -41,10 +41,7 @@ def lower_source(expr, shapes: dict | None) -> Lowered:
 
 
 def _check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise EinderivError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend != "numpy":
-        raise EinderivError(f"backend {backend!r} is not available yet; use backend='numpy'")
+    namespace(backend)  # an unknown or uninstalled backend is an error now, not at call time
 
 
 class _Result:
@@ -55,8 +52,9 @@ class _Result:
     """
 
     def __init__(self, lowered: Lowered, roots: dict, structure, function_name: str,
-                 preferred: tuple[str, ...] = ()):
+                 preferred: tuple[str, ...] = (), backend: str = "numpy"):
         self.lowered = lowered
+        self.backend = backend
         self._preferred = preferred
         self.roots = roots
         self._structure = structure
@@ -106,7 +104,7 @@ class _Result:
             structured = [n for n in topological(*self.roots.values())
                           if isinstance(n, (Delta, Unit))]
             self._function = GeneratedFunction(self._generated(), self.lowered.declared,
-                                               structured)
+                                               structured, self.backend)
         return self._structure(self._function(arrays))
 
     def evaluate_ir(self, **arrays):
@@ -131,8 +129,9 @@ class Compiled(_Result):
     array([1., 2.])
     """
 
-    def __init__(self, lowered: Lowered):
-        super().__init__(lowered, {lowered.output_name or "out": lowered.root}, _single, "value")
+    def __init__(self, lowered: Lowered, backend: str = "numpy"):
+        super().__init__(lowered, {lowered.output_name or "out": lowered.root}, _single, "value",
+                         backend=backend)
 
     @property
     def shape(self) -> tuple[str, ...]:
@@ -150,7 +149,7 @@ def compile(expr, shapes: dict | None = None, *, backend: str = "numpy") -> Comp
     `UnknownNameError` (all `EinderivError`) on bad input.
     """
     _check_backend(backend)
-    return Compiled(lower_source(expr, shapes))
+    return Compiled(lower_source(expr, shapes), backend)
 
 
 class Derived(_Result):
@@ -163,8 +162,8 @@ class Derived(_Result):
     """
 
     def __init__(self, lowered: Lowered, kind: str, wrt: list[str], roots: list, labels: list,
-                 structure):
-        super().__init__(lowered, dict(zip(labels, roots)), structure, kind, tuple(wrt))
+                 structure, backend: str = "numpy"):
+        super().__init__(lowered, dict(zip(labels, roots)), structure, kind, tuple(wrt), backend)
         self.kind = kind
         self.wrt = wrt
 
@@ -216,7 +215,7 @@ def grad(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy") -> De
     _scalar_output(lowered, "grad")
     roots = derivatives(lowered.root, _variables(lowered, names), default_rulebook())
     return Derived(lowered, "grad", names, roots, [f"d{n}" for n in names],
-                   tuple if many else (lambda r: r[0]))
+                   tuple if many else (lambda r: r[0]), backend=backend)
 
 
 def value_and_grad(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy") -> Derived:
@@ -228,7 +227,7 @@ def value_and_grad(expr, wrt, shapes: dict | None = None, *, backend: str = "num
     roots = derivatives(lowered.root, _variables(lowered, names), default_rulebook())
     structure = (lambda r: (r[0], tuple(r[1:]))) if many else (lambda r: (r[0], r[1]))
     return Derived(lowered, "value_and_grad", names, [lowered.root, *roots],
-                   ["out", *(f"d{n}" for n in names)], structure)
+                   ["out", *(f"d{n}" for n in names)], structure, backend=backend)
 
 
 def jacobian(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy") -> Derived:
@@ -239,7 +238,7 @@ def jacobian(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy") -
     roots = derivatives(lowered.root, _variables(lowered, names), default_rulebook(),
                         jacobian=True)
     return Derived(lowered, "jacobian", names, roots, [f"d{n}" for n in names],
-                   tuple if many else (lambda r: r[0]))
+                   tuple if many else (lambda r: r[0]), backend=backend)
 
 
 def hessian(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy") -> Derived:
@@ -259,4 +258,4 @@ def hessian(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy") ->
     k = len(names)
     structure = ((lambda r: tuple(tuple(r[i * k:(i + 1) * k]) for i in range(k))) if many
                  else (lambda r: r[0]))
-    return Derived(lowered, "hessian", names, roots, labels, structure)
+    return Derived(lowered, "hessian", names, roots, labels, structure, backend=backend)

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def _xp(x):
-    return np
+from ..backends import array_namespace as _xp
 
 
 def sigmoid(x):
@@ -21,16 +19,21 @@ def sigmoid(x):
 
 
 def relu(x):
-    return _xp(x).maximum(x, 0.0)
+    xp = _xp(x)
+    return xp.maximum(x, xp.zeros_like(x))
 
 
 def softplus(x):
-    return _xp(x).logaddexp(0.0, x)
+    xp = _xp(x)
+    return xp.logaddexp(xp.zeros_like(x), x)
 
 
 def step(x):
     """Heaviside step with step(0) = 0: the derivative of relu."""
-    return (x > 0).astype(np.result_type(x, np.float64)) if hasattr(x, "astype") else float(x > 0)
+    xp = _xp(x)
+    if xp is np:
+        return (np.asarray(x) > 0).astype(np.result_type(x, np.float64))
+    return xp.astype(x > 0, x.dtype)
 
 
 def logdet(X):
@@ -50,7 +53,7 @@ def logsumexp(x, axis=None):
     if not axes:
         return x
     m = xp.max(x, axis=axes, keepdims=True)
-    m = xp.where(xp.isfinite(m), m, 0.0)
+    m = xp.where(xp.isfinite(m), m, xp.zeros_like(m))
     out = xp.log(xp.sum(xp.exp(x - m), axis=axes, keepdims=True)) + m
     return xp.squeeze(out, axis=axes)
 

@@ -6,8 +6,12 @@ dtypes only looks the specialization up and calls it.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import opt_einsum
+
+from ..backends import namespace
 
 from ..errors import EvaluationError, InputError, did_you_mean
 from ..evaluate.plan import _as_array, bind_dimensions, check_structured, size_of
@@ -16,8 +20,12 @@ from ..ir.nodes import Var
 from .python import PythonModule
 
 
+_EINSUM = {"torch": "torch", "jax": "jax", "cupy": "cupy", "dask": "dask"}
+
+
 class GeneratedFunction:
-    def __init__(self, module: PythonModule, declared: dict, structured=()):
+    def __init__(self, module: PythonModule, declared: dict, structured=(),
+                 backend: str = "numpy"):
         self.module = module
         self.code = compile(module.source, f"<einderiv {module.function}>", "exec")
         self.arguments = module.arguments
@@ -27,11 +35,13 @@ class GeneratedFunction:
                          if name not in self.variables}
         self._cache: dict[tuple, object] = {}
         self.structured = list(structured)  # slices and picks to check per signature
+        self.backend = backend
+        self.xp = namespace(backend)
 
     def __call__(self, arrays: dict):
         try:
             values = [arrays[name] for name in self.arguments]
-            key = tuple((v.shape, v.dtype.char) for v in values)
+            key = tuple((v.shape, v.dtype) for v in values)
         except (KeyError, AttributeError):
             key = None  # a missing input, or a Python scalar: take the careful path
         if key is not None and len(arrays) == len(values):
@@ -62,22 +72,37 @@ class GeneratedFunction:
         for name, var in self.variables.items():
             if name not in arrays:
                 raise InputError(f"missing input '{name}' (shape {show_shape(var.shape)})")
-            values[name] = _as_array(name, arrays[name])
+            values[name] = self._as_input(name, arrays[name])
         given = {}
         for name, var in self.optional.items():
             if name in arrays:
-                values[name] = _as_array(name, arrays[name])
+                values[name] = self._as_input(name, arrays[name])
                 given[name] = var
         self._env = bind_dimensions({**self.variables, **given}, values)
-        key = tuple((values[n].shape, values[n].dtype.char) for n in self.arguments)
+        key = tuple((values[n].shape, values[n].dtype) for n in self.arguments)
         return values, key
+
+    def _as_input(self, name: str, value):
+        """numpy inputs are converted (lists, ints); other backends' arrays are used as given."""
+        if self.backend == "numpy" or isinstance(value, (int, float, list, tuple)):
+            array = _as_array(name, value)
+            return array if self.backend == "numpy" else self._from_numpy(array)
+        if not hasattr(value, "shape"):
+            raise InputError(f"input '{name}' is not an array")
+        return value
+
+    def _from_numpy(self, array):
+        return self.xp.asarray(array) if hasattr(self.xp, "asarray") else array
 
     def _specialize(self, values: dict):
         for node in self.structured:
             check_structured(node, self._env)
-        namespace: dict = {}
-        exec(self.code, namespace)  # our generated module, never user text
+        scope: dict = {}
+        exec(self.code, scope)  # our generated module, never user text
+        scope["_xp"] = self.xp
         for k, (spec, shapes) in enumerate(self.module.contractions):
             concrete = [tuple(size_of(d, self._env) for d in shape) for shape in shapes]
-            namespace[f"_c{k}"] = opt_einsum.contract_expression(spec, *concrete)
-        return namespace[self.module.function]
+            expression = opt_einsum.contract_expression(spec, *concrete)
+            scope[f"_c{k}"] = (expression if self.backend == "numpy" else
+                               functools.partial(expression, backend=_EINSUM[self.backend]))
+        return scope[self.module.function]
