@@ -13,7 +13,7 @@ import opt_einsum
 
 from ..backends import namespace
 
-from ..errors import EvaluationError, InputError, did_you_mean
+from ..errors import EvaluationError, InputError, ShapeError, did_you_mean
 from ..evaluate.plan import _as_array, bind_dimensions, check_structured, size_of
 from ..ir.dims import show_shape
 from ..ir.nodes import Var
@@ -69,16 +69,29 @@ class GeneratedFunction:
                              hint=did_you_mean(unknown[0], known)
                              or f"the inputs are {', '.join(sorted(known)) or 'none'}")
         values = {}
+        stand_ins = []
         for name, var in self.variables.items():
-            if name not in arrays:
+            if name in arrays:
+                values[name] = self._as_input(name, arrays[name])
+            elif name in self.module.dimension_only:
+                stand_ins.append(name)  # only its shape is read: other inputs may bind it
+            else:
                 raise InputError(f"missing input '{name}' (shape {show_shape(var.shape)})")
-            values[name] = self._as_input(name, arrays[name])
         given = {}
         for name, var in self.optional.items():
             if name in arrays:
                 values[name] = self._as_input(name, arrays[name])
                 given[name] = var
-        self._env = bind_dimensions({**self.variables, **given}, values)
+        bound = {n: v for n, v in {**self.variables, **given}.items() if n in values}
+        self._env = bind_dimensions(bound, values)
+        for name in stand_ins:
+            try:
+                shape = tuple(size_of(d, self._env) for d in self.variables[name].shape)
+            except ShapeError:
+                raise InputError(f"missing input '{name}' (shape "
+                                 f"{show_shape(self.variables[name].shape)}): the result's "
+                                 f"shape depends on it") from None
+            values[name] = np.broadcast_to(np.zeros(()), shape)  # a shape, no memory
         key = tuple((values[n].shape, values[n].dtype) for n in self.arguments)
         return values, key
 

@@ -30,6 +30,7 @@ class PythonModule:
                  contractions: list[tuple[str, list]], outputs: int):
         self.source = source
         self.outputs = outputs  # how many results: one is returned bare, several as a tuple
+        self.dimension_only: set[str] = set()  # arguments read only for their shapes
         self.function = function
         self.arguments = arguments  # input variable names, in the function's argument order
         self.contractions = contractions  # (subscripts, operand shapes as Dims) per _c<k>
@@ -83,8 +84,10 @@ class _Printer:
         outputs = ", ".join(n for n, _ in self.program.outputs)
         lines += ["", "", f"def {function}({signature}):",
                   f'    """Compute {outputs}."""', *head, *body, ""]
-        return PythonModule("\n".join(lines), function, args, self.contractions,
-                            len(self.program.outputs))
+        module = PythonModule("\n".join(lines), function, args, self.contractions,
+                              len(self.program.outputs))
+        module.dimension_only = set(args) - set(self.program.variables)
+        return module
 
     def _dimension_lines(self) -> list[str]:
         """Read each dimension the code needs off an input's shape. An input whose values the

@@ -14,8 +14,9 @@ from .nodes import Add, Const, Contract, Delta, Map, Node, Size, Unit
 
 ZERO = Dim(None, 0)
 # Inlining nested products stops at this many operands: `a = a * a` repeated would otherwise
-# double the operand list at every step.
-MAX_INLINED_OPERANDS = 32
+# double the operand list at every step, and a product shared along a chain (`h = tanh(h) * h`)
+# would be copied into every later one. Eight covers the products people write.
+MAX_INLINED_OPERANDS = 8
 
 
 def _named(name: str | None, node: Node) -> str:
@@ -137,7 +138,8 @@ def _eliminate_deltas(flat: list, out: set) -> tuple[list, float]:
                 keep, drop = b, a
             else:
                 continue
-            del flat[k]
+            # The delta itself becomes delta[keep,keep], removed by the case above (which
+            # counts the size when nothing else carries `keep`).
             flat = [(n, tuple(keep if l == drop else l for l in ls)) for n, ls in flat]
             changed = True
             break
@@ -210,7 +212,43 @@ def add(terms: list[tuple[float, Node]]) -> Node:
     if len(kept) == 1:
         c, t = kept[0]
         return t if c == 1.0 else scale(c, t)
-    return Add(kept)
+    factored = _factor_common(kept)
+    return factored if factored is not None else Add(kept)
+
+
+def _factor_common(terms: list[tuple[float, Node]]) -> Node | None:
+    """`P*X + Q*X` -> `(P + Q)*X` for a factor X that every term carries on output indices.
+
+    Derivatives are sums of products that share factors (each path through the graph ends in
+    the same input-side Jacobian); factoring leaves a smaller sum and one product, which is how
+    the logistic Hessian becomes `X.T @ (v[:, None] * X)` instead of a sum of such products.
+    """
+    if not all(isinstance(t, Contract) for _, t in terms):
+        return None
+    out = terms[0][1].out
+    dims = terms[0][1].dims
+
+    def candidates(t: Contract):
+        return [(n, ls) for n, ls in t.operands
+                if set(ls) <= set(out) and len(set(ls)) == len(ls) and not isinstance(n, Const)]
+
+    common = candidates(terms[0][1])
+    for _, t in terms[1:]:
+        theirs = candidates(t)
+        common = [c for c in common if c in theirs]
+    if not common:
+        return None
+    factor = max(common, key=lambda c: len(c[1]))
+    remainders = []
+    for c, t in terms:
+        ops = list(t.operands)
+        ops.remove(factor)
+        remainders.append((c, ops, t))
+    carried = {l for _, ops, _ in remainders for _, ls in ops for l in ls if l in out}
+    keep = tuple(l for l in out if l in carried or l not in factor[1])
+    parts = [(c, contract(keep, ops, {l: t.dims[l] for l in keep})) for c, ops, t in remainders]
+    rest = add(parts)
+    return contract(out, [(rest, keep), factor], {l: dims[l] for l in out})
 
 
 def split_scale(node: Node) -> tuple[float, Node]:
@@ -392,6 +430,10 @@ def _position(k: int, dim: Dim) -> Dim:
 
 
 def _slice_bounds(lo, hi, dim: Dim) -> tuple[Dim, Dim]:
+    if isinstance(lo, Dim) or isinstance(hi, Dim):  # symbolic bounds (`x[:m]`), used as given
+        lo_d = ZERO if lo is None else Dim.of(lo)
+        hi_d = dim if hi is None else Dim.of(hi)
+        return lo_d, hi_d
     if dim.is_concrete:
         start, stop, _ = slice(lo, hi).indices(dim.offset)
         return Dim(None, start), Dim(None, max(start, stop))

@@ -221,17 +221,22 @@ def _size(call, args, scope):
     return build.const(dim.offset) if dim.is_concrete else Size(dim)
 
 
-def _dimension(expr, scope) -> Dim:
+def _dimension(expr, scope, what: str = "a dimension") -> Dim:
+    """An integer, a dimension name, or a name plus or minus an integer (`n - 1`)."""
     from .lower import constant_int
     if isinstance(expr, ast.Name):
         if expr.id in scope.dims():
             return Dim(expr.id)
         raise UnknownNameError(f"unknown dimension '{expr.id}'", expr.span,
                                did_you_mean(expr.id, scope.dims())
-                               or "this function takes integers or dimension names used in a shape")
-    k = constant_int(expr, "the size of eye()")
+                               or "this function takes integers or dimension names used in a "
+                                  "shape")
+    if isinstance(expr, ast.BinOp) and expr.op in "+-" and isinstance(expr.left, ast.Name):
+        k = constant_int(expr.right, what)
+        return _dimension(expr.left, scope, what) + (k if expr.op == "+" else -k)
+    k = constant_int(expr, what)
     if k < 0:
-        raise ShapeError("eye() of a negative size", expr.span)
+        raise ShapeError(f"{what} cannot be negative", expr.span)
     return Dim(None, k)
 
 

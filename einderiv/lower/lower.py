@@ -170,7 +170,7 @@ def _lower_one(expr: ast.Expr, args: list[Node], scope: Scope) -> Node:
                              hint="the only attribute is .T (transpose)")
         return build.transpose(args[0])
     if isinstance(expr, ast.Index):
-        return build.index(args[0], [_index_item(i) for i in expr.items])
+        return build.index(args[0], [_index_item(i, scope) for i in expr.items])
     if isinstance(expr, ast.Call):
         return calls.lower_call(expr, args, scope)
     if isinstance(expr, (ast.String, ast.Tuple, ast.NoneLit, ast.Slice)):
@@ -192,11 +192,24 @@ def constant_int(expr: ast.Expr, what: str) -> int:
     raise ParseError(f"{what} must be an integer constant", expr.span)
 
 
-def _index_item(item):
+def _index_item(item, scope):
     if isinstance(item, ast.NoneLit):
         return ("none",)
     if isinstance(item, ast.Slice):
-        lo = None if item.lo is None else constant_int(item.lo, "a slice bound")
-        hi = None if item.hi is None else constant_int(item.hi, "a slice bound")
+        lo = None if item.lo is None else _bound(item.lo, scope)
+        hi = None if item.hi is None else _bound(item.hi, scope)
         return ("slice", lo, hi)
     return ("int", constant_int(item, "an index"))
+
+
+def _bound(expr: ast.Expr, scope):
+    """A slice bound: an integer, or a dimension name plus or minus an integer (`x[:m]`)."""
+    if isinstance(expr, ast.Name) and expr.id in scope.dims() and expr.id not in scope.bound \
+            and expr.id not in scope.declared:
+        return Dim(expr.id)
+    if isinstance(expr, ast.BinOp) and expr.op in "+-" and isinstance(expr.left, ast.Name):
+        base = _bound(expr.left, scope)
+        if isinstance(base, Dim):
+            k = constant_int(expr.right, "a slice bound")
+            return base + (k if expr.op == "+" else -k)
+    return constant_int(expr, "a slice bound")

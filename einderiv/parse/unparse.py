@@ -8,15 +8,16 @@ MAX_DEPTH = 40
 MAX_CHARS = 10_000
 
 
-def unparse(node: ast.Expr, limit: int = MAX_CHARS) -> str:
+def unparse(node: ast.Expr, limit: int = MAX_CHARS, max_depth: int = MAX_DEPTH) -> str:
     """The expression as source text, cut short with '...' past `limit` characters or
     `MAX_DEPTH` levels: a Python-built expression can share subtrees, so its text can be
     exponentially longer than the expression itself."""
-    return _Unparser(limit).text(node, 0)
+    return _Unparser(limit, max_depth).text(node, 0)
 
 
 class _Unparser:
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, max_depth: int = MAX_DEPTH):
+        self.max_depth = max_depth
         self.budget = limit
 
     def spend(self, text: str) -> str:
@@ -24,7 +25,7 @@ class _Unparser:
         return text
 
     def text(self, node: ast.Expr, depth: int) -> str:
-        if depth > MAX_DEPTH or self.budget <= 0:
+        if depth > self.max_depth or self.budget <= 0:
             return "..."
         d = depth + 1
         if isinstance(node, ast.Number):

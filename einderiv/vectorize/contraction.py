@@ -334,7 +334,10 @@ def _matmul(a: Term, b: Term, k, out) -> Term | None:
         # fewest transposes, then the result already in the output's order.
         vector_first = len(left.labels) == 1 and len(right.labels) == 2
         wanted = tuple(l for l in out if l in labels)
-        cost = (vector_first, lt + rt_, labels != wanted)
+        # Transposing a name (`X.T`) reads better than transposing a compound expression.
+        compound = sum(1 for t, e in ((lt, left.expr), (rt_, right.expr))
+                       if t and not isinstance(e, ast.Name))
+        cost = (vector_first, lt + rt_, compound, labels != wanted)
         candidates.append((cost, Term(ast.BinOp("@", lexpr, rexpr), labels)))
     if not candidates:
         return None

@@ -50,8 +50,8 @@ def vectorize(roots: dict[str, Node], names: dict[Node, str] | None = None,
         too_deep = height[id(n)] >= MAX_INLINE_HEIGHT
         if not too_deep and not _worth_a_name(n, uses, names):
             continue
-        if id(n) in root_ids and uses[id(n)] <= 1 and n not in names and not too_deep:
-            continue
+        if id(n) in root_ids and uses[id(n)] <= 1 and n not in names:
+            continue  # an output is a statement of its own already
         height[id(n)] = 0
         name = names.get(n)
         if name is None or name in variables:
