@@ -83,6 +83,22 @@ class _Result:
         return format_formula(self.program)
 
     @property
+    def latex(self) -> str:
+        """The vectorized program as a LaTeX `aligned` block, one row per line of `formula`."""
+        from .generate.latex import format_latex
+        return format_latex(self.program)
+
+    def _repr_latex_(self) -> str:
+        return "$$" + self.latex + "$$"
+
+    @property
+    def einsum(self) -> str:
+        """The contraction plan: each Einstein product as an opt_einsum call with its
+        subscripts and operands, the other steps as plain calls, one line each."""
+        from .generate.einsum import format_einsum
+        return format_einsum(self.roots, self.lowered.names)
+
+    @property
     def source(self) -> str:
         """The generated Python module: imports and one function of the input arrays."""
         return self._generated().source
