@@ -76,7 +76,7 @@ def _pullback(node: Node, bar: Node, seed: tuple[int, ...], rules: RuleBook):
         (arg,) = node.args
         # A Jacobian that is a sum (softmax's `s*delta - s*s`) is applied term by term, so
         # each term's deltas contract against the adjoint instead of being materialized.
-        terms = jac.node.terms if isinstance(jac.node, Add) else ((1.0, jac.node),)
+        terms = build.distribute(jac.node)
         parts = [(c, build.contract(seed + jac.arg_labels, [(bar, seed + jac.out_labels),
                                                             (t, jac.labels)],
                                     dict(zip(jac.labels, t.shape))))

@@ -1,6 +1,7 @@
 """The `formula` format: a vectorized program printed in the expression language itself."""
 from __future__ import annotations
 
+from ..parse import ast
 from ..parse.unparse import unparse
 from ..vectorize import VectorProgram
 
@@ -14,7 +15,12 @@ def format_formula(program: VectorProgram) -> str:
     `name = expression` lines when there are several. The text parses back through einderiv."""
     lines = [f"{name} = {unparse(expr, **_WHOLE)}" for name, expr in program.temporaries]
     if len(program.outputs) == 1:
-        lines.append(unparse(program.outputs[0][1], **_WHOLE))
+        name, expr = program.outputs[0]
+        if isinstance(expr, ast.Name) and expr.id == name and lines:  # the last line is it
+            lines[-1] = lines[-1].split(" = ", 1)[1]
+        else:
+            lines.append(unparse(expr, **_WHOLE))
     else:
-        lines += [f"{name} = {unparse(expr, **_WHOLE)}" for name, expr in program.outputs]
+        lines += [f"{name} = {unparse(expr, **_WHOLE)}" for name, expr in program.outputs
+                  if not (isinstance(expr, ast.Name) and expr.id == name)]  # defined above
     return "\n".join(lines)

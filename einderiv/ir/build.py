@@ -251,6 +251,21 @@ def _factor_common(terms: list[tuple[float, Node]]) -> Node | None:
     return contract(out, [(rest, keep), factor], {l: dims[l] for l in out})
 
 
+def distribute(node: Node) -> list[tuple[float, Node]]:
+    """`node` as a list of weighted terms: a sum's terms, or a product over a sum multiplied
+    out (`(a - b)*c` -> `a*c`, `-b*c`), so that each term's deltas can contract on their own."""
+    if isinstance(node, Add):
+        return list(node.terms)
+    if isinstance(node, Contract):
+        for k, (operand, labels) in enumerate(node.operands):
+            if isinstance(operand, Add):
+                rest = [op for j, op in enumerate(node.operands) if j != k]
+                sizes = {l: node.dims[l] for l in node.out}
+                return [(c, contract(node.out, [*rest, (t, labels)], sizes))
+                        for c, t in operand.terms]
+    return [(1.0, node)]
+
+
 def split_scale(node: Node) -> tuple[float, Node]:
     """`node` as `c * rest`, so that `2*x` and `3*x` are collected into `5*x`."""
     if isinstance(node, Contract) and isinstance(node.operands[0][0], Const) \
@@ -322,6 +337,9 @@ def _arithmetic_identity(fn: str, args: list[Node], shape) -> Node | None:
         return broadcast_to(Const(1.0) if b.value == 0.0 else a, shape)
     if fn == "div" and is_zero(a) and not is_zero(b):
         return zeros(shape)
+    if fn == "div" and isinstance(a, Const) and a.value != 1.0:
+        # c / b as c * (1 / b): the constant joins the product's scale and folds there.
+        return scale(a.value, elementwise("div", [Const(1.0), b]))
     return None
 
 

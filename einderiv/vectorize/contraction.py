@@ -78,8 +78,7 @@ class ContractionTranslator:
                 self._einsum_all()
             self._lonely_sums()
         if not self.terms:
-            result = self._broadcast(Term(number(self.coef), ()))
-            return result
+            return self._broadcast(Term(number(self.coef), ()))
         return scaled(self.coef, self._broadcast(self.terms[0]))
 
     def _needed(self, label, skip=()) -> bool:
@@ -183,6 +182,12 @@ class ContractionTranslator:
         expr = ast.BinOp("*", _align(small, big.labels), big.expr)
         if not small.labels:
             expr = ast.BinOp("*", small.expr, big.expr)
+        # x * (1 / d) reads better as x / d (d broadcast like the factor it replaces).
+        if _reciprocal(small.expr) is not None:
+            denominator = Term(_reciprocal(small.expr), small.labels)
+            expr = ast.BinOp("/", big.expr, _align(denominator, big.labels))
+        elif _reciprocal(big.expr) is not None and small.labels == big.labels:
+            expr = ast.BinOp("/", small.expr, _reciprocal(big.expr))
         self._replace([small, big], Term(expr, big.labels))
         return True
 
@@ -260,9 +265,17 @@ class ContractionTranslator:
             return expr
         aligned = _align(Term(expr, present), self.out)
         ones = ast.Call("ones", tuple(dimension(self.dims[l]) for l in self.out))
-        if isinstance(aligned, ast.Number) and aligned.value == 1.0:
-            return ones
+        if isinstance(aligned, ast.Number) and aligned.value in (0.0, 1.0):
+            return ones if aligned.value else ast.Call("zeros", ones.args)
         return ast.BinOp("*", aligned, ones)
+
+
+def _reciprocal(expr):
+    """`d` when `expr` is `1 / d`, else None."""
+    if isinstance(expr, ast.BinOp) and expr.op == "/" and isinstance(expr.left, ast.Number) \
+            and expr.left.value == 1.0:
+        return expr.right
+    return None
 
 
 def _letters(terms, keep) -> dict:

@@ -36,7 +36,11 @@ def vectorize(roots: dict[str, Node], names: dict[Node, str] | None = None,
     names = dict(names or {})
     order = topological(*roots.values())
     uses = Counter(id(c) for n in order for c in n.children())
+    uses.update(id(n) for n in roots.values())  # an output used elsewhere is computed once
     root_ids = {id(n) for n in roots.values()}
+    root_name = {}
+    for name, node in roots.items():
+        root_name.setdefault(id(node), name)
     variables = {n.name: n for n in order if isinstance(n, Var)}
     taken = set(variables) | set(roots) | set(names.values())
     counter = 0
@@ -53,7 +57,7 @@ def vectorize(roots: dict[str, Node], names: dict[Node, str] | None = None,
         if id(n) in root_ids and uses[id(n)] <= 1 and n not in names:
             continue  # an output is a statement of its own already
         height[id(n)] = 0
-        name = names.get(n)
+        name = root_name.get(id(n)) or names.get(n)
         if name is None or name in variables:
             while f"t{counter}" in taken:
                 counter += 1
