@@ -82,6 +82,10 @@ class _TorchNumpy:
         like = a if isinstance(a, self._torch.Tensor) else b
         return self._torch.minimum(self._tensor(a, like), self._tensor(b, like))
 
+    def pad(self, x, widths):
+        flat = [w for pair in reversed(widths) for w in pair]  # torch: last axis first
+        return self._torch.nn.functional.pad(x, flat)
+
     def eye(self, n, m=None):
         return self._torch.eye(n, n if m is None else m, dtype=self._torch.float64)
 

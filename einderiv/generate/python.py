@@ -199,6 +199,10 @@ class _Printer:
             return f"_xp.{name}(({dims},))"
         if name == "size":
             return f"float({self._dimension(e.args[0])})"
+        if name == "pad":
+            pairs = ", ".join(f"({self._dimension(a)}, {self._dimension(b)})"
+                              for a, b in (p.items for p in e.args[1].items))
+            return f"_xp.pad({self.expr(e.args[0])}, ({pairs},))"
         if name == "eye":
             return f"_xp.eye({', '.join(self._dimension(a) for a in e.args)})"
         args = [self.expr(a) for a in e.args]

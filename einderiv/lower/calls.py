@@ -24,7 +24,7 @@ def tensor_args(call: ast.Call, scope) -> list[ast.Expr]:
         return []
     if call.func == "einsum":
         return list(call.args[1:])
-    if call.func in AXIS_FUNCTIONS or _takes_axis(call.func, scope):
+    if call.func in AXIS_FUNCTIONS or call.func == "pad" or _takes_axis(call.func, scope):
         return list(call.args[:1])
     return list(call.args)
 
@@ -213,6 +213,39 @@ def _filled(value: float):
     return build_filled
 
 
+def _pad(call, args, scope):
+    """pad(x, (before, after)) or pad(x, ((b0, a0), (b1, a1), ...)): zeros around x, as
+    numpy.pad; the widths are integers or dimension expressions. Slicing's derivative."""
+    _no_keywords(call)
+    _arity(call, 2, 2)
+    (x,) = args
+    widths = call.args[1]
+    pairs = widths.items if isinstance(widths, ast.Tuple) else ()
+    if len(pairs) == 2 and not any(isinstance(p, ast.Tuple) for p in pairs):
+        pairs = (widths,) * x.rank
+    if len(pairs) != x.rank or not all(isinstance(p, ast.Tuple) and len(p.items) == 2
+                                       for p in pairs):
+        raise ParseError(f"pad() takes (before, after) or one such pair per axis of the "
+                         f"rank-{x.rank} argument", widths.span or call.span)
+    labels, out, ops = list(range(x.rank)), [], []
+    for axis, pair in enumerate(pairs):
+        before, after = (_dimension(e, scope, "a pad width") for e in pair.items)
+        if before == Dim(None, 0) and after == Dim(None, 0):
+            out.append(axis)
+            continue
+        dim = x.shape[axis]
+        try:
+            padded = dim + before + after
+        except ValueError:
+            raise ShapeError(f"pad(): {dim} + {before} + {after} is not a dimension",
+                             pair.span or call.span,
+                             hint="at most one of the size and the widths may be named") from None
+        new = 100 + axis
+        ops.append((Delta(dim, padded, before), (axis, new)))
+        out.append(new)
+    return build.contract(tuple(out), [(x, tuple(labels)), *ops])
+
+
 def _size(call, args, scope):
     """size(n): the size of a dimension, as a scalar (formulas use it for `mean`)."""
     _no_keywords(call)
@@ -284,7 +317,7 @@ def _einsum(call, args, scope):
 BUILTINS = {
     "sum": _sum, "mean": _mean, "dot": _dot, "outer": _outer, "tr": _trace, "trace": _trace,
     "diag": _diag, "eye": _eye, "einsum": _einsum,
-    "ones": _filled(1.0), "zeros": _filled(0.0), "size": _size,
+    "ones": _filled(1.0), "zeros": _filled(0.0), "size": _size, "pad": _pad,
 }
 # Functions whose arguments are dimensions (ints or names from the shapes), not tensors.
 DIMENSION_FUNCTIONS = {"eye", "ones", "zeros", "size"}

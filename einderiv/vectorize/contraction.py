@@ -109,6 +109,9 @@ class ContractionTranslator:
                     continue
                 partners = [t for t in self.terms if t is not sel and label in t.labels]
                 if label in self.out or len(partners) != 1 or partners[0].labels.count(label) != 1:
+                    if isinstance(node, Delta) and self._pad(sel):
+                        changed = True
+                        break
                     continue
                 (p,) = partners
                 axis = p.labels.index(label)
@@ -122,6 +125,31 @@ class ContractionTranslator:
                 self.terms = [t for t in self.terms if t is not sel]
                 changed = True
                 break
+
+    def _pad(self, sel: Term) -> bool:
+        """A window whose row index is summed against one partner: the partner, padded with
+        zeros to the window's columns (`pad(g, (1, 0))`): the adjoint of a slice, in O(n)."""
+        node = sel.node
+        row, col = sel.labels
+        partners = [t for t in self.terms if t is not sel and row in t.labels]
+        if row in self.out or len(partners) != 1 or partners[0].labels.count(row) != 1 \
+                or col in partners[0].labels:
+            return False
+        rows, cols = node.shape
+        try:
+            after = cols - rows - node.offset
+        except ValueError:
+            return False
+        (p,) = partners
+        axis = p.labels.index(row)
+        zero = ast.Tuple((number(0), number(0)))
+        widths = [zero] * len(p.labels)
+        widths[axis] = ast.Tuple((dimension(node.offset), dimension(after)))
+        p.expr = ast.Call("pad", (p.expr, ast.Tuple(tuple(widths))))
+        p.labels = p.labels[:axis] + (col,) + p.labels[axis + 1:]
+        p.node = None
+        self.terms = [t for t in self.terms if t is not sel]
+        return True
 
     def _diagonals(self):
         """X[i,i] -> diag(X) (or tr(X) when i is summed and nothing else carries it)."""
