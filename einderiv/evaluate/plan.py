@@ -53,12 +53,7 @@ class Plan:
         return [_finish(slots[i]) for i in results]
 
     def _inputs(self, arrays: dict):
-        known = {**self.variables, **self.optional}
-        unknown = [k for k in arrays if k not in known]
-        if unknown:
-            raise InputError(f"unexpected input '{unknown[0]}'",
-                             hint=did_you_mean(unknown[0], known)
-                             or f"the inputs are {', '.join(sorted(known)) or 'none'}")
+        reject_unknown(arrays, {**self.variables, **self.optional})
         values, signature = {}, []
         for name, var in self.variables.items():
             if name not in arrays:
@@ -80,6 +75,15 @@ class Plan:
         steps = [None if isinstance(n, Var) else _step(n, slot, env, self.rules)
                  for n in self.order]
         return steps, [slot[id(r)] for r in self.roots]
+
+
+def reject_unknown(arrays: dict, known) -> None:
+    """An `InputError` for a keyword that names no variable of the expression."""
+    unknown = [k for k in arrays if k not in known]
+    if unknown:
+        raise InputError(f"unexpected input '{unknown[0]}'",
+                         hint=did_you_mean(unknown[0], known)
+                         or f"the inputs are {', '.join(sorted(known)) or 'none'}")
 
 
 def _as_array(name: str, value) -> np.ndarray:

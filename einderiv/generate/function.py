@@ -13,8 +13,9 @@ import opt_einsum
 
 from ..backends import namespace
 
-from ..errors import EvaluationError, InputError, ShapeError, did_you_mean
-from ..evaluate.plan import _as_array, bind_dimensions, check_structured, size_of
+from ..errors import EvaluationError, InputError, ShapeError
+from ..evaluate.plan import (_as_array, bind_dimensions, check_structured, reject_unknown,
+                             size_of)
 from ..ir.dims import show_shape
 from ..ir.nodes import Var
 from .python import PythonModule
@@ -62,12 +63,7 @@ class GeneratedFunction:
             raise EvaluationError(f"evaluation failed: {e}") from None
 
     def _checked(self, arrays: dict):
-        known = {**self.variables, **self.optional}
-        unknown = [k for k in arrays if k not in known]
-        if unknown:
-            raise InputError(f"unexpected input '{unknown[0]}'",
-                             hint=did_you_mean(unknown[0], known)
-                             or f"the inputs are {', '.join(sorted(known)) or 'none'}")
+        reject_unknown(arrays, {**self.variables, **self.optional})
         values = {}
         stand_ins = []
         for name, var in self.variables.items():
