@@ -201,7 +201,11 @@ class ContractionTranslator:
                     if summed and len(big.labels) > len(small.labels) and \
                             not self._shared_by_three(summed):
                         continue
-                    key = (len(small.labels) != len(big.labels), len(big.labels))
+                    # Multiply into the factor that carries the later output index, so the
+                    # plain one comes first in the product (X.T @ (v[:, None] * X)).
+                    late = max((self.out.index(l) for l in big.labels if l in self.out),
+                               default=-1)
+                    key = (len(small.labels) != len(big.labels), len(big.labels), -late)
                     if best is None or key < best[0]:
                         best = (key, small, big)
         if best is None:

@@ -13,6 +13,7 @@ from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Size, Unit,
 from ..parse import ast
 from ..rulebook import RuleBook, default_rulebook
 from .contraction import ContractionTranslator, dimension, number, scaled
+from .share import share_repeats
 
 INFIX = {"div": "/", "pow": "**"}
 # An expression nesting deeper than this many IR levels is cut into temporaries, so formulas
@@ -45,6 +46,7 @@ def vectorize(roots: dict[str, Node], names: dict[Node, str] | None = None,
     taken = set(variables) | set(roots) | set(names.values())
     counter = 0
     temp_name: dict[int, str] = {}
+    bound_names: set[str] = set()
     height: dict[int, int] = {}
     for n in order:
         inline = [height[id(c)] for c in n.children() if id(c) not in temp_name]
@@ -58,15 +60,19 @@ def vectorize(roots: dict[str, Node], names: dict[Node, str] | None = None,
             continue  # an output is a statement of its own already
         height[id(n)] = 0
         name = root_name.get(id(n)) or names.get(n)
-        if name is None or name in variables:
+        # Every name is bound once (`a = a * a` rebinding a user's name gets a fresh one), so a
+        # name means one value everywhere in the program.
+        if name is None or name in variables or name in bound_names:
             while f"t{counter}" in taken:
                 counter += 1
             name = f"t{counter}"
             taken.add(name)
+        bound_names.add(name)
         temp_name[id(n)] = name
     translator = _Translator(temp_name, rules)
     temporaries = [(temp_name[id(n)], translator.define(n)) for n in order if id(n) in temp_name]
     outputs = [(name, translator.expr(node)) for name, node in roots.items()]
+    temporaries, outputs = share_repeats(temporaries, outputs, taken)
     return VectorProgram(temporaries, outputs, variables, dict(declared or {}))
 
 
