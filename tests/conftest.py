@@ -1,0 +1,222 @@
+"""Suite-wide checks on every result the tests create (issue 4).
+
+Every `einderiv` result (`compile`, `grad`, `jacobian`, `hessian`, `value_and_grad`) that a test
+calls successfully with arrays is checked after the test, on the arrays of its first calls:
+
+- round trip: for each output, the text of `.formula` (the temporaries, then that output's line)
+  compiles through `einderiv.compile` with the shapes the result was declared with, and evaluates
+  on the same arrays to the same values as the result;
+- independent path: the generated code agrees with `.evaluate_ir`, which interprets the IR.
+
+A test that deliberately builds results only to make them fail can opt out with
+`@pytest.mark.no_roundtrip`; a failing round trip is a bug of the library, never a reason to
+opt out.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+import einderiv
+from einderiv import api
+from einderiv.ir.nodes import topological
+
+CALLS_PER_RESULT = 2  # calls checked per result (the first ones that succeed)
+RESULTS_PER_TEST = 12  # results checked per test, spread evenly (hypothesis makes hundreds)
+# `.evaluate_ir` plans one opt_einsum path per IR node, which takes seconds on the stress tests'
+# IR of thousands of nodes (products of hundreds of factors); above this size only the formula
+# round trip is checked.
+IR_NODES_FOR_EVALUATE_IR = 1500
+RTOL = 1e-9
+
+# While a test runs: result id -> (result, [(arrays, returned value), ...]) in creation order.
+_state = {"active": False, "checking": False, "records": {}}
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "no_roundtrip: skip the suite-wide formula round trip and generated-code vs "
+        "IR comparison (only for tests that deliberately make invalid inputs or errors)")
+
+
+def _copy(value):
+    try:
+        return copy.deepcopy(value)
+    except Exception:  # an object a test passes on purpose to provoke an error
+        return value
+
+
+_original_call = api._Result.__call__
+
+
+def _recording_call(self, **arrays):
+    if not _state["active"] or _state["checking"]:
+        return _original_call(self, **arrays)
+    _, calls = _state["records"].get(id(self), (self, []))
+    if len(calls) >= CALLS_PER_RESULT:
+        return _original_call(self, **arrays)
+    saved = {k: _copy(v) for k, v in arrays.items()}
+    result = _original_call(self, **arrays)
+    calls.append((saved, _copy(result)))
+    _state["records"].setdefault(id(self), (self, calls))
+    return result
+
+
+api._Result.__call__ = _recording_call
+
+
+def _flatten(structured) -> list:
+    if isinstance(structured, tuple):
+        return [leaf for item in structured for leaf in _flatten(item)]
+    return [structured]
+
+
+def _shapes(result) -> dict:
+    return {name: tuple(d.offset if d.name is None else str(d) for d in shape)
+            for name, shape in result.lowered.declared.items()}
+
+
+def _source(result, width: int = 400) -> str:
+    text = result.lowered.source or "<no source text>"
+    return text if len(text) <= width else text[:width] + f" ... ({len(text)} characters)"
+
+
+def _mismatch(actual, expected) -> str | None:
+    """Why `actual` is not `expected`, or None when they agree (non-finite outputs skipped)."""
+    expected = np.asarray(expected)
+    actual = np.asarray(actual)
+    if expected.dtype == object or actual.dtype == object:
+        return f"non-numeric values: {actual!r} vs {expected!r}"
+    if actual.shape != expected.shape:
+        return f"shape {actual.shape} instead of {expected.shape}"
+    if expected.size == 0:
+        return None
+    expected = expected.astype(np.complex128 if np.iscomplexobj(expected) else np.float64)
+    actual = actual.astype(expected.dtype)
+    if not np.all(np.isfinite(expected)):
+        return None
+    scale = float(np.max(np.abs(expected)))
+    # Two evaluation orders of one program differ by rounding relative to the intermediate
+    # values, which can cancel to an exact zero: an absolute floor of 1e-12 covers that.
+    atol = RTOL * max(scale, 1e-3)
+    if not np.all(np.isfinite(actual)) or not np.allclose(actual, expected, rtol=RTOL,
+                                                           atol=atol):
+        with np.errstate(all="ignore"):
+            err = float(np.max(np.abs(actual - expected)))
+        return f"max abs difference {err:.3g} (largest expected entry {scale:.3g})"
+    return None
+
+
+def _abridged(formula: str, lines: int = 24, width: int = 400) -> list[str]:
+    """The formula's lines for a report, cut down when it is huge."""
+    text = formula.split("\n")
+    if len(text) > lines:
+        text = text[:lines // 2] + [f"... {len(text) - lines} lines ..."] + text[-lines // 2:]
+    return [t if len(t) <= width else t[:width] + f" ... ({len(t)} characters)" for t in text]
+
+
+def _output_programs(result, formula: str) -> list[tuple[str, str]]:
+    """(output name, program text) for each output: the lines up to the one defining it. An
+    output that other outputs use is defined where it is first needed, not necessarily last."""
+    names = list(result.roots)
+    lines = formula.split("\n")
+    if len(names) == 1:
+        return [(names[0], formula)]
+    programs = []
+    for name in names:
+        where = [i for i, line in enumerate(lines) if line.startswith(f"{name} = ")]
+        if not where:
+            raise AssertionError(f"output '{name}' has no line '{name} = ...'")
+        programs.append((name, "\n".join(lines[:where[0] + 1])))
+    return programs
+
+
+def _check_result(result, calls) -> list[str]:
+    problems = []
+    head = f"expression: {_source(result)!r} ({type(result).__name__}"
+    head += f" {result.kind} wrt {result.wrt})" if hasattr(result, "wrt") else ")"
+    try:
+        formula = result.formula
+    except Exception as e:
+        return [f"{head}\n  .formula raised {type(e).__name__}: {e}"]
+    shown = "\n    ".join(_abridged(formula))
+    head += f"\n  formula:\n    {shown}"
+    try:
+        programs = _output_programs(result, formula)
+    except AssertionError as e:
+        return [f"{head}\n  {e}"]
+    shapes = _shapes(result)
+    ir_size = len(topological(*result.roots.values()))
+    compiled = {}
+    for name, text in programs:
+        try:
+            compiled[name] = einderiv.compile(text, shapes)
+        except Exception as e:
+            problems.append(f"{head}\n  output '{name}': the formula does not compile back: "
+                            f"{type(e).__name__}: {e}")
+    for arrays, structured in calls:
+        values = _flatten(structured)
+        if len(values) != len(programs):
+            problems.append(f"{head}\n  {len(values)} values for {len(programs)} outputs")
+            continue
+        via_ir = None
+        if ir_size <= IR_NODES_FOR_EVALUATE_IR:
+            try:
+                via_ir = _flatten(result.evaluate_ir(**_copy(arrays)))
+            except Exception as e:
+                problems.append(f"{head}\n  evaluate_ir raised {type(e).__name__}: {e}")
+        for i, (name, _) in enumerate(programs):
+            if via_ir is not None:
+                why = _mismatch(values[i], via_ir[i])
+                if why:
+                    problems.append(f"{head}\n  output '{name}': generated code and "
+                                    f"evaluate_ir differ: {why}")
+            if name not in compiled:
+                continue
+            try:
+                again = compiled[name](**_copy(arrays))
+            except Exception as e:
+                problems.append(f"{head}\n  output '{name}': the parsed-back formula fails on "
+                                f"the same arrays: {type(e).__name__}: {e}")
+                continue
+            why = _mismatch(again, values[i])
+            if why:
+                problems.append(f"{head}\n  output '{name}': the parsed-back formula gives "
+                                f"other values: {why}")
+    return problems
+
+
+def _sample(records: list) -> list:
+    """At most RESULTS_PER_TEST records, the first and last included, evenly spread."""
+    if len(records) <= RESULTS_PER_TEST:
+        return records
+    step = (len(records) - 1) / (RESULTS_PER_TEST - 1)
+    return [records[round(i * step)] for i in range(RESULTS_PER_TEST)]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    if item.get_closest_marker("no_roundtrip") is not None:
+        return (yield)
+    _state["active"], _state["records"] = True, {}
+    try:
+        outcome = yield  # raises if the test failed: nothing more to check then
+    finally:
+        _state["active"] = False
+    records, _state["records"] = _sample(list(_state["records"].values())), {}
+    problems = []
+    _state["checking"] = True
+    try:
+        with np.errstate(all="ignore"):
+            for result, calls in records:
+                problems += _check_result(result, calls)
+    finally:
+        _state["checking"] = False
+    if problems:
+        shown = problems[:5]
+        more = f"\n... and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise AssertionError("formula round trip / generated code vs IR:\n"
+                             + "\n".join(shown) + more)
+    return outcome

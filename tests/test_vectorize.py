@@ -1,0 +1,329 @@
+"""Golden formulas (issue 4, SPEC §4): the `formula` of classic derivatives reads the way a person
+would write it, parses back through einderiv, and evaluates to the right values.
+
+Each case states what its formula must be: the exact text where the vectorizer already writes
+what a person would, otherwise the properties it must have (no `einsum` where a matrix form
+exists, the matrix products a person would use, ...). Where the current text is equivalent but
+not yet what a person would write, the target is also stated as a strict xfail, so that reaching
+it turns the mark into a failure to remove.
+
+Every case is also run: each output's program (the temporaries plus its line) compiles through
+`einderiv.compile` and evaluates to the values of the result, and those values match central
+finite differences of the forward expression.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+import einderiv
+from einderiv.check import finite_difference, random_inputs, relative_error
+from einderiv.parse import ast, parse
+from einderiv.parse.unparse import unparse
+
+# Different sizes for different dimension names, so that a transposed result cannot pass.
+SIZES = {"n": 5, "d": 3, "m": 4, "p": 2, "k": 2, "h": 4, "a": 2, "b": 3, "c": 4}
+
+LINEAR = {"X": ("n", "d"), "w": ("d",), "y": ("n",)}
+MLP_SHAPES = {"X": ("n", "d"), "W1": ("d", "h"), "b1": ("h",), "W2": ("h", "k"), "b2": ("k",),
+              "Y": ("n", "k")}
+MLP_WRT = ["W1", "b1", "W2", "b2"]
+
+
+@dataclass
+class Case:
+    id: str
+    kind: str  # grad, jacobian, hessian, value_and_grad
+    expr: str
+    wrt: str | list
+    shapes: dict
+    exact: tuple = ()  # accepted texts; empty: only the properties below are checked
+    must: tuple = ()  # substrings the formula contains
+    must_not: tuple = ()  # substrings it does not contain (besides "einsum", see below)
+    einsum: bool = False  # einsum is allowed: no matrix form exists
+    lines: int | None = None  # at most this many lines
+    target: object = None  # (description, predicate) the formula does not satisfy yet
+    marks: list = field(default_factory=list)
+
+    def make(self):
+        return getattr(einderiv, self.kind)(self.expr, self.wrt, self.shapes)
+
+
+def exact_target(*texts):
+    return (f"formula is one of {texts!r}", lambda f: f in texts)
+
+
+CASES = [
+    Case("least-squares", "grad", "sum((X @ w - y) ** 2)", "w", LINEAR,
+         exact=("2 * (X.T @ (X @ w - y))",)),
+    Case("least-squares-value-and-grad", "value_and_grad", "sum((X @ w - y) ** 2)", "w", LINEAR,
+         exact=("t0 = X @ w - y\nout = sum(t0 ** 2)\ndw = 2 * (X.T @ t0)",)),
+    Case("logistic-softplus", "grad", "sum(softplus(-y * (X @ w)))", "w", LINEAR,
+         exact=("-(X.T @ (sigmoid(-(y * (X @ w))) * y))",
+                "-(X.T @ (y * sigmoid(-(y * (X @ w)))))")),
+    Case("logistic", "grad", "sum(log(1 + exp(-y * (X @ w))))", "w", LINEAR,
+         must=("X.T @ (",), must_not=("outer", "diag", "eye"), lines=2,
+         target=exact_target("-(X.T @ (y * sigmoid(-(y * (X @ w)))))",
+                             "-(X.T @ (sigmoid(-(y * (X @ w))) * y))")),
+    Case("logistic-hessian", "hessian", "sum(log(1 + exp(-y * (X @ w))))", "w", LINEAR,
+         must=("X.T @ (", "[:, None] * X"), must_not=("outer", "diag", "eye"),
+         target=("s = sigmoid(...) as one temporary, X.T @ ((...)[:, None] * X) with no "
+                 "transpose of the whole",
+                 lambda f: len(f.split("\n")) <= 2 and "sigmoid(" in f
+                 and not f.endswith(".T"))),
+    Case("logistic-softplus-hessian", "hessian", "sum(softplus(-y * (X @ w)))", "w", LINEAR,
+         exact=("t0 = sigmoid(-(y * (X @ w)))\nX.T @ ((y * t0 * (1 - t0) * y)[:, None] * X)",
+                "t0 = sigmoid(-(y * (X @ w)))\nX.T @ ((y ** 2 * t0 * (1 - t0))[:, None] * X)")),
+    Case("trace-AXB", "grad", "tr(A @ X @ B)", "X", {"A": ("p", "n"), "X": ("n", "m"),
+                                                    "B": ("m", "p")},
+         exact=("A.T @ B.T", "(B @ A).T")),
+    Case("quadratic-form", "grad", "x @ A @ x", "x", {"A": ("n", "n"), "x": ("n",)},
+         must=("A.T", "@ x"), must_not=("outer", "diag", "eye"), lines=1,
+         target=exact_target("(A + A.T) @ x", "(A.T + A) @ x")),
+    Case("quadratic-form-hessian", "hessian", "x @ A @ x", "x", {"A": ("n", "n"), "x": ("n",)},
+         exact=("A + A.T", "A.T + A")),
+    Case("logdet", "grad", "logdet(X)", "X", {"X": ("n", "n")}, exact=("inv(X).T",)),
+    Case("det", "grad", "det(X)", "X", {"X": ("n", "n")},
+         exact=("det(X) * inv(X).T", "(det(X) * inv(X)).T")),
+    Case("inv-bilinear", "grad", "a @ inv(X) @ b", "X",
+         {"X": ("n", "n"), "a": ("n",), "b": ("n",)},
+         exact=("t0 = inv(X)\n-outer(t0.T @ a, t0 @ b)",)),
+    Case("sum-inv", "grad", "sum(inv(X))", "X", {"X": ("n", "n")},
+         exact=("t0 = inv(X)\n-outer(sum(t0, axis=0), sum(t0, axis=1))",)),
+    # d inv(X)[i,j] / dX[k,l] = -inv(X)[i,k] inv(X)[l,j] has the broadcast form
+    # -(t0[:, None, :, None] * t0.T[:, None, :]): no einsum is needed.
+    Case("inv-jacobian", "jacobian", "inv(X)", "X", {"X": ("n", "n")},
+         must=("inv(X)",), einsum=True,
+         target=("no einsum: the broadcast form -(t0[:, None, :, None] * t0.T[:, None, :])",
+                 lambda f: "einsum" not in f)),
+    Case("frobenius-norm", "grad", "norm(X)", "X", {"X": ("n", "d")},
+         exact=("X / norm(X)", "X / sqrt(sum(X * X))")),
+    Case("vector-norm", "grad", "norm(x)", "x", {"x": ("n",)},
+         exact=("x / norm(x)", "x / sqrt(sum(x * x))")),
+    Case("bilinear-outer", "grad", "a @ X @ b", "X", {"a": ("n",), "X": ("n", "m"), "b": ("m",)},
+         exact=("outer(a, b)",)),
+    Case("softmax-cross-entropy", "grad", "-sum(y * log(softmax(W @ x)))", "W",
+         {"W": ("k", "d"), "x": ("d",), "y": ("k",)},
+         exact=("outer(-y + sum(y) * softmax(W @ x), x)",
+                "outer(sum(y) * softmax(W @ x) - y, x)")),
+    Case("softmax-cross-entropy-batch", "grad", "-sum(Y * log(softmax(X @ W, axis=1)))", "W",
+         {"X": ("n", "d"), "Y": ("n", "k"), "W": ("d", "k")},
+         must=("X.T @ (", "softmax(X @ W"), must_not=("outer", "diag", "eye"), lines=1),
+    Case("mlp-squared-loss", "grad", "H = tanh(X @ W1 + b1)\nsum((H @ W2 + b2 - Y) ** 2)",
+         MLP_WRT, MLP_SHAPES,
+         must=("H = tanh(X @ W1 + b1)\n", "dW1 = X.T @ ", "\ndb1 = sum(", "\ndW2 = 2 * (H.T @ ",
+               "\ndb2 = 2 * sum(", "W2.T", "1 - H ** 2"),
+         must_not=("outer", "diag", "eye")),
+    Case("mlp-cross-entropy", "grad",
+         "H = tanh(X @ W1 + b1)\nZ = H @ W2 + b2\n-sum(Y * log(softmax(Z, axis=1)))",
+         MLP_WRT, MLP_SHAPES,
+         must=("H = tanh(X @ W1 + b1)\n", "Z = H @ W2 + b2\n", "softmax(Z", "dW1 = X.T @ ",
+               "\ndb1 = sum(", "\ndW2 = H.T @ ", "\ndb2 = sum(", "W2.T", "1 - H ** 2"),
+         must_not=("outer", "diag", "eye")),
+    Case("jacobian-exp", "jacobian", "exp(x)", "x", {"x": ("n",)},
+         exact=("diag(exp(x))", "exp(x)[:, None] * eye(n)")),
+    Case("jacobian-Wx-x", "jacobian", "W @ x", "x", {"W": ("m", "n"), "x": ("n",)},
+         exact=("W",)),
+    Case("jacobian-Wx-W", "jacobian", "W @ x", "W", {"W": ("m", "n"), "x": ("n",)},
+         exact=("eye(m)[:, :, None] * x",)),
+    Case("sum-axis-0", "grad", "sum(sum(X, axis=0) ** 2)", "X", {"X": ("n", "d")},
+         exact=("2 * (sum(X, axis=0) * ones(n, d))", "2 * sum(X, axis=0) * ones(n, d)")),
+    Case("sum-axis-0-jacobian", "jacobian", "sum(X, axis=0)", "X", {"X": ("n", "d")},
+         exact=("eye(d)[:, None] * ones(d, n, d)",)),
+    Case("mean", "grad", "mean(x ** 2)", "x", {"x": ("n",)},
+         exact=("2 * (x / size(n))", "2 * x / size(n)")),
+    Case("mean-matrix", "grad", "mean(X)", "X", {"X": ("n", "d")},
+         exact=("1 / (size(n) * size(d)) * ones(n, d)", "ones(n, d) / (size(n) * size(d))")),
+    Case("slice-differences", "grad", "sum((x[1:] - x[:-1]) ** 2)", "x", {"x": ("n",)},
+         exact=("t0 = x[1:] - x[:-1]\n-2 * pad(t0, ((0, 1),)) + 2 * pad(t0, ((1, 0),))",)),
+    Case("indexing", "grad", "x[0] * x[2] + X[1, 0]", "x", {"x": ("n",), "X": ("n", "d")},
+         must=("x[0]", "x[2]"), must_not=("outer", "diag"), lines=1,
+         target=("unit vectors as eye(n)[k], not pad(ones(1), ...)", lambda f: "pad(" not in f)),
+    Case("indexing-row", "grad", "sum(X[1] * w)", "X", {"X": ("n", "d"), "w": ("d",)},
+         must=("outer(",), lines=1,
+         target=exact_target("outer(eye(n)[1], w)")),
+    Case("einsum-broadcast", "grad", "sum(einsum('ijk,jk->i', T, M))", "T",
+         {"T": ("a", "b", "c"), "M": ("b", "c")}, exact=("M * ones(a, b, c)",)),
+    # A contraction over two axes at once has no matrix form in the language: einsum it is.
+    Case("einsum-fallback", "grad", "sum(einsum('ijk,jk->i', T, M) ** 2)", "M",
+         {"T": ("a", "b", "c"), "M": ("b", "c")},
+         must=("einsum('ijk,jk->i', T, M)",), einsum=True, lines=1),
+]
+
+
+def params(cases, mark_for=lambda c: ()):
+    return [pytest.param(c, id=c.id, marks=[*c.marks, *mark_for(c)]) for c in cases]
+
+
+@pytest.fixture(scope="module")
+def results():
+    made = {}
+
+    def get(case):
+        if case.id not in made:
+            made[case.id] = case.make()
+        return made[case.id]
+    return get
+
+
+# -- the text ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", params(CASES))
+def test_formula_text(case, results):
+    formula = results(case).formula
+    if case.exact:
+        assert formula in case.exact, f"formula:\n{formula}"
+    for text in case.must:
+        assert text in formula, f"{text!r} missing from:\n{formula}"
+    for text in case.must_not + (() if case.einsum else ("einsum",)):
+        assert text not in formula, f"{text!r} in:\n{formula}"
+    if case.lines is not None:
+        assert len(formula.split("\n")) <= case.lines, f"formula:\n{formula}"
+    assert "..." not in formula, f"formula cut short:\n{formula}"
+
+
+@pytest.mark.parametrize("case", params(
+    [c for c in CASES if c.target is not None],
+    lambda c: [pytest.mark.xfail(strict=True, reason=f"not yet golden: {c.target[0]}")]))
+def test_golden_target(case, results):
+    description, reached = case.target
+    formula = results(case).formula
+    assert reached(formula), f"wanted: {description}\nformula:\n{formula}"
+
+
+_DIMENSION_CALLS = {"ones", "zeros", "size", "eye"}
+
+
+def _trivial(node) -> bool:
+    """A leaf, a transpose, index or negation of one, or a dimension-only call."""
+    if isinstance(node, (ast.Name, ast.Number, ast.String, ast.NoneLit)):
+        return True
+    if isinstance(node, (ast.Attribute, ast.UnaryOp)):
+        return _trivial(node.operand)
+    if isinstance(node, ast.Index):
+        return _trivial(node.operand) and all(
+            isinstance(i, (ast.Slice, ast.NoneLit)) or _trivial(i) for i in node.items)
+    if isinstance(node, ast.Call):
+        return node.func in _DIMENSION_CALLS
+    return False
+
+
+def repeated_subexpressions(formula: str) -> dict[str, int]:
+    """Non-trivial subexpressions that the formula spells out more than once."""
+    seen = Counter()
+    for statement in parse(formula).statements:
+        stack = [statement.value if isinstance(statement, ast.Assign) else statement]
+        while stack:
+            node = stack.pop()
+            if not _trivial(node):
+                seen[unparse(node, limit=10**9)] += 1
+            stack.extend(node.children())
+    return {text: count for text, count in seen.items() if count > 1}
+
+
+def test_repeated_subexpressions_are_found():
+    assert repeated_subexpressions("t0 = a * b\nsum(c @ (t0 + 1), axis=0) + c @ (t0 + 1)") == {
+        "t0 + 1": 2, "c @ (t0 + 1)": 2}
+    assert repeated_subexpressions("X.T @ x + X.T @ y + ones(n) + ones(n)") == {}
+
+
+@pytest.mark.parametrize("case", params(CASES))
+def test_common_subexpressions_are_named(case, results):
+    """SPEC §4: common subexpressions become named temporaries."""
+    formula = results(case).formula
+    assert repeated_subexpressions(formula) == {}, f"formula:\n{formula}"
+
+
+@pytest.mark.parametrize("case", params(CASES))
+def test_temporaries_are_worth_a_name(case, results):
+    """A temporary names a computation: never a bare name, a transpose, negation or index of
+    one, or a dimension-only call such as `ones(1)` (a person writes those inline)."""
+    formula = results(case).formula
+    for statement in parse(formula).statements:
+        if isinstance(statement, ast.Assign) and statement.name not in results(case).roots:
+            assert not _trivial(statement.value), (
+                f"temporary {statement.name} = {unparse(statement.value)} in:\n{formula}")
+
+
+# -- the values ----------------------------------------------------------------------------------
+
+def output_programs(result) -> dict[str, str]:
+    """Output name -> the formula's lines up to the one that defines that output, as a program
+    (one output is the bare last line; with several, each is a line `name = ...`)."""
+    names = list(result.roots)
+    formula = result.formula
+    if len(names) == 1:
+        return {names[0]: formula}
+    lines = formula.split("\n")
+    programs = {}
+    for name in names:
+        where = [i for i, line in enumerate(lines) if line.startswith(f"{name} = ")]
+        assert where, f"no line for {name}:\n{formula}"
+        programs[name] = "\n".join(lines[:where[0] + 1])
+    return programs
+
+
+def declared_shapes(result) -> dict:
+    return {name: tuple(d.offset if d.name is None else d.name for d in shape)
+            for name, shape in result.lowered.declared.items()}
+
+
+def flatten(structured) -> list:
+    if isinstance(structured, tuple):
+        return [leaf for item in structured for leaf in flatten(item)]
+    return [structured]
+
+
+def inputs_for(result, seed=0) -> dict:
+    return random_inputs(result.lowered.declared, np.random.default_rng(seed), SIZES)
+
+
+def round_trip(result, arrays) -> list:
+    """Each output computed by the parsed-back formula."""
+    shapes = declared_shapes(result)
+    return [np.asarray(einderiv.compile(text, shapes)(**arrays))
+            for text in output_programs(result).values()]
+
+
+@pytest.mark.parametrize("case", params(CASES))
+def test_formula_round_trip(case, results):
+    result = results(case)
+    arrays = inputs_for(result)
+    direct = flatten(result(**arrays))
+    via_ir = flatten(result.evaluate_ir(**arrays))
+    again = round_trip(result, arrays)
+    assert len(again) == len(direct) == len(via_ir)
+    for name, x, y, z in zip(result.roots, again, direct, via_ir):
+        scale = max(1.0, float(np.max(np.abs(y))))
+        np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12 * scale,
+                                   err_msg=f"{name} of formula:\n{result.formula}")
+        np.testing.assert_allclose(z, y, rtol=1e-9, atol=1e-12 * scale, err_msg=name)
+
+
+def _forward(case):
+    """The function whose derivative each output is, and the outputs' order of wrt names."""
+    wrt = [case.wrt] if isinstance(case.wrt, str) else list(case.wrt)
+    if case.kind == "hessian":
+        return [(einderiv.grad(case.expr, w, case.shapes), w) for w in wrt]
+    forward = einderiv.compile(case.expr, case.shapes)
+    return [(forward, w) for w in wrt]
+
+
+@pytest.mark.parametrize("case", params(CASES))
+def test_formula_matches_finite_differences(case, results):
+    result = results(case)
+    arrays = inputs_for(result, seed=1)
+    outputs = round_trip(result, arrays)
+    if case.kind == "value_and_grad":
+        value, *outputs = outputs
+        np.testing.assert_allclose(value, einderiv.compile(case.expr, case.shapes)(**arrays),
+                                   rtol=1e-9)
+    forwards = _forward(case)
+    assert len(outputs) == len(forwards)
+    for (f, w), actual in zip(forwards, outputs):
+        expected = finite_difference(f, arrays, w)
+        err = relative_error(actual, expected)
+        assert err < 1e-6, f"d/d{w}: relative error {err:.2g}; formula:\n{result.formula}"
