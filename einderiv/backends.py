@@ -86,8 +86,16 @@ class _TorchNumpy:
         flat = [w for pair in reversed(widths) for w in pair]  # torch: last axis first
         return self._torch.nn.functional.pad(x, flat)
 
-    def eye(self, n, m=None):
-        return self._torch.eye(n, n if m is None else m, dtype=self._torch.float64)
+    def where(self, condition, a, b):
+        t = self._torch
+        def tensor(v):
+            return v if isinstance(v, t.Tensor) else t.tensor(v, dtype=t.float64)
+        return t.where(condition, tensor(a), tensor(b))
+
+    def eye(self, N, M=None, k=0):
+        out = self._torch.zeros((N, N if M is None else M), dtype=self._torch.float64)
+        out.diagonal(k).fill_(1.0)  # numpy's eye(N, M, k): ones on the k-th diagonal
+        return out
 
     def ones(self, shape):
         return self._torch.ones(shape, dtype=self._torch.float64)

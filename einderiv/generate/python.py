@@ -43,6 +43,12 @@ def generate(program: VectorProgram, function: str = "f", rules: RuleBook | None
     return _Printer(program, rules or default_rulebook(), preferred).module(function)
 
 
+def _identity_row(e: ast.Index) -> bool:
+    return (isinstance(e.operand, ast.Call) and e.operand.func == "eye"
+            and len(e.operand.args) == 1 and len(e.items) == 1
+            and not isinstance(e.items[0], (ast.Slice, ast.NoneLit)))
+
+
 def _safe(name: str) -> bool:
     """Can a user's name stand in Python code as it is?"""
     return name.isidentifier() and not keyword.iskeyword(name) and not name.startswith("_")
@@ -134,6 +140,10 @@ class _Printer:
         if isinstance(e, ast.Attribute):
             return f"{self._wrap(e.operand, 9)}.T"
         if isinstance(e, ast.Index):
+            if _identity_row(e):  # eye(n)[k]: a one-hot row, without the n-by-n identity
+                n = self._dimension(e.operand.args[0])
+                k = self._index_int(e.items[0])
+                return f"_xp.where(_xp.arange({n}) == ({k}) % {n}, 1.0, 0.0)"
             return f"{self._wrap(e.operand, 9)}[{', '.join(self._item(i) for i in e.items)}]"
         if isinstance(e, ast.Tuple):
             inner = ", ".join(self.expr(i) for i in e.items)

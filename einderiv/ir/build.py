@@ -229,8 +229,10 @@ def _factor_common(terms: list[tuple[float, Node]]) -> Node | None:
     dims = terms[0][1].dims
 
     def candidates(t: Contract):
+        # On output indices, or on indices summed the same way in every term (`A.T @ x + A @ x`
+        # -> `(A.T + A) @ x`); canonical labels make the same index the same number.
         return [(n, ls) for n, ls in t.operands
-                if set(ls) <= set(out) and len(set(ls)) == len(ls) and not isinstance(n, Const)]
+                if len(set(ls)) == len(ls) and not isinstance(n, Const)]
 
     common = candidates(terms[0][1])
     for _, t in terms[1:]:
@@ -244,8 +246,18 @@ def _factor_common(terms: list[tuple[float, Node]]) -> Node | None:
         ops = list(t.operands)
         ops.remove(factor)
         remainders.append((c, ops, t))
+    summed = tuple(l for l in factor[1] if l not in out)
     carried = {l for _, ops, _ in remainders for _, ls in ops for l in ls if l in out}
-    keep = tuple(l for l in out if l in carried or l not in factor[1])
+    keep = tuple(l for l in out if l in carried or l not in factor[1]) + summed
+    # A summed index of the factor stays free in what is left: worth it only when that is no
+    # bigger than an operand already there (no new large intermediate).
+    if summed and len(keep) > max(len(ls) for _, ops, _ in remainders for _, ls in ops):
+        return None
+    if summed and any(sum(l in ls for _, ls in ops) != 1 for _, ops, _ in remainders
+                      for l in summed):
+        return None
+    if summed and any(isinstance(n, (Delta, Unit)) for _, ops, _ in remainders for n, _ in ops):
+        return None  # a slice or pick stays with its partner, never a dense selection matrix
     parts = [(c, contract(keep, ops, {l: t.dims[l] for l in keep})) for c, ops, t in remainders]
     rest = add(parts)
     return contract(out, [(rest, keep), factor], {l: dims[l] for l in out})

@@ -115,16 +115,10 @@ class _Translator:
             window = _slice(node.offset, node.offset + rows, cols)
             return ast.Index(ast.Call("eye", (dimension(cols),)), (window,))
         if isinstance(node, Unit):
-            # A one-hot vector, built in O(n): a single one padded with zeros.
-            (dim,) = node.shape
-            try:
-                after = dim - node.position - 1
-            except ValueError:
-                from .contraction import _position
-                return ast.Index(ast.Call("eye", (dimension(dim),)),
-                                 (_position(node.position, dim),))
-            widths = ast.Tuple((ast.Tuple((dimension(node.position), dimension(after))),))
-            return ast.Call("pad", (ast.Call("ones", (number(1),)), widths))
+            # A row of the identity, as a person writes it; the generated code builds it in O(n).
+            from .contraction import _position
+            return ast.Index(ast.Call("eye", (dimension(node.shape[0]),)),
+                             (_position(node.position, node.shape[0]),))
         if isinstance(node, Map):
             args = [self.expr(a) for a in node.args]
             if node.fn in INFIX and len(args) == 2:
