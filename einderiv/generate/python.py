@@ -209,6 +209,8 @@ class _Printer:
             return f"_xp.{name}(({dims},))"
         if name == "size":
             return f"float({self._dimension(e.args[0])})"
+        if name == "stack":
+            return f"_xp.stack([{', '.join(self.expr(a) for a in e.args)}])"
         if name == "pad":
             pairs = ", ".join(f"({self._dimension(a)}, {self._dimension(b)})"
                               for a, b in (p.items for p in e.args[1].items))

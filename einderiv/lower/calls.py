@@ -11,7 +11,7 @@ from functools import lru_cache
 from ..errors import ParseError, RuleError, ShapeError, UnknownNameError, did_you_mean
 from ..ir import build
 from ..ir.dims import Dim, show_shape
-from ..ir.nodes import Delta, Node, Prim, Size
+from ..ir.nodes import Delta, Node, Prim, Size, Unit
 from ..parse import ast, parse
 
 MAX_DEFINITION_DEPTH = 32
@@ -246,6 +246,23 @@ def _pad(call, args, scope):
     return build.contract(tuple(out), [(x, tuple(labels)), *ops])
 
 
+def _stack(call, args, scope):
+    """stack(a, b, ...): the arguments along a new first axis, as numpy.stack."""
+    _no_keywords(call)
+    if not args:
+        raise ParseError("stack() takes at least one tensor", call.span)
+    shape = args[0].shape
+    for a, src in zip(args, call.args):
+        if a.shape != shape:
+            raise ShapeError(f"stack(): all arguments need one shape; {show_shape(a.shape)} is "
+                             f"not {show_shape(shape)}", src.span or call.span)
+    k = Dim(None, len(args))
+    rest = tuple(range(1, len(shape) + 1))
+    # stack(...)[s, ...] = sum over k of e_k[s] * a_k[...]: linear, so derivatives need no rule.
+    return build.add([(1.0, build.contract((0,) + rest, [(Unit(k, i), (0,)), (a, rest)]))
+                      for i, a in enumerate(args)])
+
+
 def _size(call, args, scope):
     """size(n): the size of a dimension, as a scalar (formulas use it for `mean`)."""
     _no_keywords(call)
@@ -318,6 +335,7 @@ BUILTINS = {
     "sum": _sum, "mean": _mean, "dot": _dot, "outer": _outer, "tr": _trace, "trace": _trace,
     "diag": _diag, "eye": _eye, "einsum": _einsum,
     "ones": _filled(1.0), "zeros": _filled(0.0), "size": _size, "pad": _pad,
+    "stack": _stack,
 }
 # Functions whose arguments are dimensions (ints or names from the shapes), not tensors.
 DIMENSION_FUNCTIONS = {"eye", "ones", "zeros", "size"}

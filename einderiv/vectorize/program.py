@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+from ..ir.dims import Dim
 from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Size, Unit, Var, topological
 from ..parse import ast
 from ..rulebook import RuleBook, default_rulebook
@@ -73,7 +74,22 @@ def vectorize(roots: dict[str, Node], names: dict[Node, str] | None = None,
     temporaries = [(temp_name[id(n)], translator.define(n)) for n in order if id(n) in temp_name]
     outputs = [(name, translator.expr(node)) for name, node in roots.items()]
     temporaries, outputs = share_repeats(temporaries, outputs, taken)
+    temporaries = _used(temporaries, outputs)
     return VectorProgram(temporaries, outputs, variables, dict(declared or {}))
+
+
+def _used(temporaries: list, outputs: list) -> list:
+    """The temporaries some later line or output reads (batching can leave one unread)."""
+    from .share import names_in
+    needed = set()
+    for _, expr in outputs:
+        needed |= names_in(expr)
+    kept = []
+    for name, expr in reversed(temporaries):
+        if name in needed:
+            kept.append((name, expr))
+            needed |= names_in(expr)
+    return kept[::-1]
 
 
 def _worth_a_name(node: Node, uses: Counter, names) -> bool:
@@ -146,7 +162,33 @@ class _Translator:
         axis = number(axes[0]) if len(axes) == 1 else ast.Tuple(tuple(number(a) for a in axes))
         return ast.Call(node.fn, call.args, ((f.axis if f else "axis", axis),))
 
+    def _batched(self, node: Add) -> ast.Expr | None:
+        """Seed 003's batching: a sum over steps of outer products, `sum_t outer(a_t, b_t)`,
+        as one matrix product of stacked operands, `stack(a...).T @ stack(b...)`; and a sum
+        that places each operand in its own row as `stack(...)`."""
+        coefs = {c for c, _ in node.terms}
+        if len(coefs) != 1:
+            return None
+        (coef,) = coefs
+        rows = [_stack_row(t) for _, t in node.terms]
+        if all(r is not None for r in rows) and sorted(k for k, _ in rows) == \
+                list(range(len(rows))) and rows[0][1].shape and \
+                node.shape[0] == Dim(None, len(rows)):
+            ordered = [a for _, a in sorted(rows, key=lambda r: r[0])]
+            return scaled(coef, ast.Call("stack", tuple(self.expr(a) for a in ordered)))
+        if len(node.terms) < 3:
+            return None
+        pairs = [_outer_pair(t) for _, t in node.terms]
+        if any(p is None for p in pairs):
+            return None
+        left = ast.Call("stack", tuple(self.expr(a) for a, _ in pairs))
+        right = ast.Call("stack", tuple(self.expr(b) for _, b in pairs))
+        return scaled(coef, ast.BinOp("@", ast.Attribute(left, "T"), right))
+
     def _sum(self, node: Add) -> ast.Expr:
+        batched = self._batched(node)
+        if batched is not None:
+            return batched
         # A term that only broadcasts something smaller (a scalar, a row) is written unbroadcast
         # when another term has the full shape: numpy broadcasting does the rest.
         full = any(_broadcast_of(t) is None or id(t) in self.temp_name for _, t in node.terms)
@@ -184,3 +226,30 @@ def _broadcast_of(node: Node):
     if not order:
         return lambda translate: translate(child)
     return aligned
+
+
+def _outer_pair(node: Node):
+    """(a, b) when `node` is an outer product of two vectors (each may itself be a product of
+    factors on one index, `outer(d * s, h)`), else None."""
+    from ..ir import build
+    if not isinstance(node, Contract) or node.out != (0, 1) or \
+            any(isinstance(n, Const) for n, _ in node.operands):
+        return None
+    left = [(n, ls) for n, ls in node.operands if ls == (0,)]
+    right = [(n, ls) for n, ls in node.operands if ls == (1,)]
+    if not left or not right or len(left) + len(right) != len(node.operands):
+        return None
+    return (build.contract((0,), left, {0: node.dims[0]}),
+            build.contract((1,), right, {1: node.dims[1]}))
+
+
+def _stack_row(node: Node):
+    """(k, a) when `node` places `a` in row k of a stack (`e_k[s] * a[...]`), else None."""
+    if not isinstance(node, Contract) or len(node.operands) != 2 or node.out[:1] != (0,):
+        return None
+    (u, lu), (a, la) = node.operands
+    if isinstance(a, Unit):
+        (u, lu), (a, la) = (a, la), (u, lu)
+    if not isinstance(u, Unit) or lu != (0,) or la != node.out[1:] or not u.position.is_concrete:
+        return None
+    return u.position.offset, a

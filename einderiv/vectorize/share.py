@@ -108,3 +108,16 @@ def _copy(e):
             c.operand_shapes = e.operand_shapes
         return c
     return e
+
+
+def names_in(expr) -> set[str]:
+    """Every name an expression reads."""
+    found, stack = set(), [expr]
+    while stack:
+        e = stack.pop()
+        if isinstance(e, ast.Name):
+            found.add(e.id)
+        stack.extend(_children(e))
+        if isinstance(e, ast.Index):
+            stack.extend(i for i in e.items if isinstance(i, ast.Expr))
+    return found
