@@ -1,0 +1,64 @@
+"""The benchmark's smoke mode runs and prints its tables (issue 5). No timings are asserted."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ROOT / "benchmarks" / "run.py"
+PROBLEMS = ["logistic regression", "least squares", "MLP tanh+softmax CE", "hessian x@A@x",
+            "hessian logistic", "RNN char model", "LSTM char model"]
+PEERS = ["jax.jit", "torch eager", "autograd"]
+# A row of the timing table: problem, size, contender, median time, ratio.
+ROW = re.compile(r"^(?P<problem>.+?)\s+(?P<size>\d+(?:x\d+)*)\s+(?P<who>\S.*?)\s+"
+                 r"(?P<time>[\d.]+ (?:us|ms|s))\s+(?P<ratio>[\d.]+)x$")
+
+
+def run_quick(*python_args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    done = subprocess.run([sys.executable, *python_args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    rows: dict = {}
+    for line in done.stdout.splitlines():
+        m = ROW.match(line)
+        if m:
+            rows.setdefault(m["problem"].strip(), set()).add(m["who"].strip())
+    return done, rows
+
+
+def check_table(done, rows) -> None:
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert "ratio" in done.stdout and "FAILED" not in done.stdout
+    for problem in PROBLEMS:
+        assert {"hand-written numpy", "einderiv"} <= rows.get(problem, set()), (
+            problem, rows, done.stdout[-4000:])
+    assert "einderiv derivation" in done.stdout
+
+
+@pytest.mark.no_roundtrip
+def test_quick_run_prints_the_table():
+    done, rows = run_quick(str(RUN), "--quick")
+    check_table(done, rows)
+    for peer, module in zip(PEERS, ["jax", "torch", "autograd"]):
+        installed = subprocess.run([sys.executable, "-c", f"import {module}"],
+                                   capture_output=True).returncode == 0
+        if installed:
+            assert all(peer in rows[p] for p in PROBLEMS), (peer, rows)
+        else:
+            assert f"skipped {peer}" in done.stdout
+
+
+@pytest.mark.no_roundtrip
+def test_quick_run_without_the_peers_skips_them():
+    # `import jax` (torch, autograd) fails as if the package were not installed.
+    block = ("import runpy, sys; sys.modules.update(jax=None, torch=None, autograd=None); "
+             f"sys.argv = [{str(RUN)!r}, '--quick']; "
+             f"runpy.run_path({str(RUN)!r}, run_name='__main__')")
+    done, rows = run_quick("-c", block)
+    check_table(done, rows)
+    for peer in PEERS:
+        assert f"skipped {peer}" in done.stdout
+        assert not any(peer in who for who in rows.values())
