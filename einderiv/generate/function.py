@@ -36,23 +36,25 @@ class GeneratedFunction:
                          if name not in self.variables}
         self._cache: dict[tuple, object] = {}
         self.structured = list(structured)  # slices and picks to check per signature
+        self._seen: dict[tuple, object] = {}  # (name, shape, dtype) of every input -> function
         self.backend = backend
         self.xp = namespace(backend)
 
     def __call__(self, arrays: dict):
         try:
-            values = [arrays[name] for name in self.arguments]
-            key = tuple((v.shape, v.dtype) for v in values)
-        except (KeyError, AttributeError):
-            key = None  # a missing input, or a Python scalar: take the careful path
-        if key is not None and len(arrays) == len(values):
-            function = self._cache.get(key)
-            if function is not None:
-                return self._run(function, values)
+            seen = tuple((k, v.shape, v.dtype) for k, v in arrays.items())
+        except AttributeError:
+            seen = None  # a Python scalar or a list: take the careful path
+        function = self._seen.get(seen) if seen is not None else None
+        if function is not None:  # exactly these names, shapes and dtypes passed the checks
+            return self._run(function, [arrays[name] for name in self.arguments])
         values, key = self._checked(arrays)
         function = self._cache.get(key)
         if function is None:
             function = self._cache[key] = self._specialize(values)
+        if seen is not None and all(name in arrays and values[name] is arrays[name]
+                                    for name in self.arguments):
+            self._seen[seen] = function  # nothing was converted or stood in for
         return self._run(function, [values[name] for name in self.arguments])
 
     def _run(self, function, values) -> list:
