@@ -1,7 +1,7 @@
 """The Python API of SPEC §2: `compile` and the objects it returns."""
 from __future__ import annotations
 
-from .backends import BACKENDS, namespace
+from .backends import namespace
 from .derive import derivatives
 from .errors import EinderivError, ShapeError, UnknownNameError, did_you_mean
 from .ir.nodes import Delta, Unit, Var, topological
