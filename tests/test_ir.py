@@ -13,7 +13,7 @@ import pytest
 import einderiv
 from einderiv import fn
 from einderiv.ir.einstein import format_program
-from einderiv.ir.nodes import Add, Const, Contract, Map, Var, topological
+from einderiv.ir.nodes import Add, Const, Contract, Var, topological
 from einderiv.lower.lower import lower
 from einderiv.parse import parse
 
