@@ -14,6 +14,7 @@ from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Size, Unit,
 from ..parse import ast
 from ..rulebook import RuleBook, default_rulebook
 from .contraction import ContractionTranslator, dimension, number, scaled
+from .lanes import batch_lanes
 from .share import share_repeats
 
 INFIX = {"div": "/", "pow": "**"}
@@ -36,6 +37,7 @@ def vectorize(roots: dict[str, Node], names: dict[Node, str] | None = None,
     """Translate `roots` (output name -> IR) into array expressions with shared temporaries."""
     rules = rules or default_rulebook()
     names = dict(names or {})
+    roots = batch_lanes(roots)
     order = topological(*roots.values())
     uses = Counter(id(c) for n in order for c in n.children())
     uses.update(id(n) for n in roots.values())  # an output used elsewhere is computed once

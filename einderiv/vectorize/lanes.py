@@ -1,0 +1,396 @@
+"""Seed 003's batching across unrolled steps: the same computation, once per step, done once.
+
+An unrolled network repeats one subgraph per step (`U @ X[t]`, `softmax(Wy @ h_t + by)`,
+`1 - h_t**2`). Each copy is a few small array operations, so the steps cost call overhead rather
+than arithmetic. This pass finds *lane groups*, nodes built the same way from different per-step
+inputs, and computes each group once as a node with one more, leading, axis: a lane per step. In
+Einstein form that is one more index on every node of the group. Per-step inputs are sliced (rows
+of one tensor, `X[t]`) or stacked (`stack(h_0, h_1, ...)`), every copy becomes a row of the batched
+node, and a sum of all copies (`sum_t outer(d_t, h_t)`) becomes a contraction over the lane axis.
+
+A group is batched only when none of its inputs depends on one of its members: the recurrence
+(`h_t` from `h_{t-1}`) stays a sequence of steps.
+"""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+from ..ir import build
+from ..ir.dims import Dim
+from ..ir.nodes import Add, Contract, Delta, Map, Node, Prim, Unit, topological
+
+# Fewer copies than this are left alone: stacking costs a copy, batching pays per saved call.
+MIN_LANES = 3
+# Stack per-step inputs only for a batch that multiplies them with a shared tensor or applies a
+# primitive (a test turns this off to batch every valid group).
+STACK_ONLY_FOR_PRODUCTS = True
+# A cycle after batching is a bug; tests raise it, users get the unbatched (correct) program.
+STRICT = False
+# Templates nest no deeper than this (a deeper per-step subgraph is cut into stacked inputs).
+MAX_DEPTH = 64
+
+
+def batch_lanes(roots: dict[str, Node]) -> dict[str, Node]:
+    """`roots` with every valid lane group computed once, as a batched node."""
+    return _Batcher(roots).run()
+
+
+class _Batcher:
+    def __init__(self, roots: dict[str, Node]):
+        self.roots = roots
+        self.order = topological(*roots.values())
+        self.index = {id(n): i for i, n in enumerate(self.order)}
+        self.users: dict[int, list[Node]] = defaultdict(list)
+        for n in self.order:
+            for c in n.children():
+                self.users[id(c)].append(n)
+        self.uses = Counter({k: len(v) for k, v in self.users.items()})
+        self.uses.update(id(n) for n in roots.values())
+        self.root_ids = {id(n) for n in roots.values()}
+        self.varying: dict[int, bool] = {}
+        self.template: dict[int, int] = {}
+        self.signature: dict[int, tuple] = {}
+        # id(old member) -> (batched node, its row); rebuilt nodes read picks of the rows.
+        self.rows: dict[int, tuple[Node, int]] = {}
+        # ... and every per-step input stacked so far (a later batch reads the same rows).
+        self.placed: dict[int, tuple[Node, int]] = {}
+        # A position in a topological order of the graph as batching rewrites it: old nodes
+        # keep their index, a batch goes between its inputs and the users of its members.
+        self.position: dict[int, float] = {}
+        self.items: dict[int, list[Node]] = {}  # id(stack) -> what it stacks
+        # id(old node) -> positions of the batches that read it (directly or in a stack).
+        self.consumers: dict[int, list[float]] = defaultdict(list)
+        self.memo: dict[int, Node] = {}
+
+    # -- finding groups ---------------------------------------------------------------------
+
+    def run(self) -> dict[str, Node]:
+        pending = self._groups()
+        while pending:  # a group waiting for inputs that a later batch stacks is tried again
+            left = [g for g in pending if not self._batch(g)]
+            if len(left) == len(pending):
+                break
+            pending = left
+        if not self.rows:
+            return self.roots
+        try:
+            return {name: self.rebuild(node) for name, node in self.roots.items()}
+        except _Cycle:
+            if STRICT:
+                raise
+            return self.roots  # batching is an optimization: keep the program correct
+
+    def _is_lane(self, n: Node) -> bool:
+        return isinstance(n, Unit) and n.position.is_concrete
+
+    def _cheap(self, n: Node) -> bool:
+        """A selection (`X[t]`): a contraction of fixed operands with per-step unit vectors."""
+        return isinstance(n, Contract) and any(self._is_lane(c) for c, _ in n.operands) and \
+            all(self._is_lane(c) or not self.varying[id(c)] for c, _ in n.operands)
+
+    def _hole(self, n: Node) -> bool:
+        """A per-step input used elsewhere too: stacked, not recomputed inside the batch."""
+        return self.varying[id(n)] and self.uses[id(n)] > 1 and not self._is_lane(n) and \
+            not self._cheap(n)
+
+    def _groups(self) -> list[list[Node]]:
+        keys: dict[tuple, int] = {}
+        by_template: dict[int, list[Node]] = defaultdict(list)
+        depth: dict[int, int] = {}
+        for n in self.order:
+            children = n.children()
+            varying = self._is_lane(n) or any(self.varying[id(c)] for c in children)
+            self.varying[id(n)] = varying
+            if not varying:
+                continue
+            if self._is_lane(n):
+                key, sig, depth[id(n)] = ("lane", n.shape), (n.position.offset,), 0
+            else:
+                parts, sig, d = [], (), 0
+                for c in children:
+                    if not self.varying[id(c)]:
+                        parts.append(("same", c))
+                    elif self._hole(c) or depth[id(c)] >= MAX_DEPTH:
+                        parts.append(("input", c.shape))
+                        sig += (c,)
+                    else:
+                        parts.append(self.template[id(c)])
+                        sig += self.signature[id(c)]
+                        d = max(d, depth[id(c)] + 1)
+                key, depth[id(n)] = (type(n).__name__, _fields(n), tuple(parts)), d
+                sig = sig[:16]
+            self.template[id(n)] = keys.setdefault(key, len(keys))
+            self.signature[id(n)] = sig
+            if children and not self._cheap(n):
+                by_template[self.template[id(n)]].append(n)
+        groups = [g for g in by_template.values() if len(g) >= MIN_LANES]
+        # Bottom up; sums of outer products last, to read rows that other batches stacked.
+        groups.sort(key=lambda g: (_expands(g[0]), min(self.index[id(n)] for n in g)))
+        return groups
+
+    # -- batching one group -----------------------------------------------------------------
+
+    def _step_order(self, n: Node) -> tuple:
+        """Where `n` stands among its group's members: by the steps it reads, that is its
+        unit positions, then the rows its per-step inputs have in batches made before, and
+        only last by when it was built (a backward pass builds steps in reverse)."""
+        sig = self.signature[id(n)]
+        units = tuple(e for e in sig if isinstance(e, int))
+        inputs = [e for e in sig if not isinstance(e, int)]
+        rows = tuple(self.placed[id(e)][1] for e in inputs if id(e) in self.placed)
+        return units, rows, tuple(self.index[id(e)] for e in inputs), self.index[id(n)]
+
+    def _batch(self, members: list[Node]) -> bool:
+        """Batch one group if that is valid and pays; whether it was."""
+        members = sorted(members, key=self._step_order)
+        lanes = len(members)
+        expands = _expands(members[0])
+        if expands and not self._reduced_only(members):
+            return False  # an outer product per step: batching would materialize lanes x m x n
+        self.inputs: list[Node] = []
+        self.stacks: list[tuple[Node, list[Node]]] = []
+        self.heavy = expands
+        batched = self.lift(tuple(members), lanes, 0, top=True)
+        if batched is None or id(batched) in self.index or \
+                STACK_ONLY_FOR_PRODUCTS and self.stacks and not self.heavy:
+            # Copying per-step inputs into a stack pays for a matrix product or a primitive
+            # (`W @ h_t` for all t at once), not for elementwise work alone.
+            return False
+        # Valid when every input comes before every use of a member; else an input depends on
+        # a member (the recurrence) and batching would make a cycle.
+        for stack, nodes in self.stacks:
+            if id(stack) not in self.index:
+                self.items[id(stack)] = nodes
+        ready = max((self._position(n) for n in self.inputs), default=-1.0)
+        used = min([self.index[id(u)] for m in members for u in self.users[id(m)]] +
+                   [p for m in members for p in self.consumers[id(m)]],
+                   default=len(self.order))
+        if ready >= used:
+            return False
+        here = (ready + used) / 2
+        self.position[id(batched)] = here
+        for stack, nodes in self.stacks:
+            for row, n in enumerate(nodes):
+                self.placed.setdefault(id(n), (stack, row))
+        for n in self.inputs:  # batches read their inputs: later batches must come before
+            for item in self.items.get(id(n), (n,)):
+                self.consumers[id(item)].append(here)
+        for row, m in enumerate(members):
+            self.rows[id(m)] = self.placed[id(m)] = (batched, row)
+        return True
+
+    def _position(self, n: Node) -> float:
+        if id(n) in self.rows:
+            return self.position[id(self.rows[id(n)][0])]
+        if id(n) in self.index:  # a stack can be a node of the graph already (hash-consing)
+            return self.index[id(n)]
+        if id(n) in self.items:  # a stack comes after its items, wherever they moved
+            return max(self._position(item) for item in self.items[id(n)])
+        if id(n) in self.position:
+            return self.position[id(n)]
+        return self.index.get(id(n), -1.0)
+
+    def _reduced_only(self, members: list[Node]) -> bool:
+        """Every use of every member is a term of a sum over all of them."""
+        ids = {id(m) for m in members}
+        return not ids & self.root_ids and all(
+            isinstance(u, Add) and ids <= {id(t) for _, t in u.terms} and
+            len({c for c, t in u.terms if id(t) in ids}) == 1
+            for m in members for u in self.users[id(m)])
+
+    def lift(self, olds: tuple[Node, ...], lanes: int, depth: int, top=False):
+        """The batched node for `olds` (one per lane) as (node, has the lane axis); for `top`,
+        the node alone, or None when the members cannot be batched."""
+        first = olds[0]
+        if not top:
+            placed = [self.placed.get(id(o)) for o in olds]
+            if all(p is not None for p in placed):
+                batched, row = placed[0]
+                if all(p[0] is batched for p in placed) and \
+                        [p[1] for p in placed] == list(range(row, row + lanes)):
+                    self.inputs.append(batched)
+                    return _window(batched, row, lanes), True
+                return self._stack(olds, lanes), True
+            if all(o is first for o in olds):
+                self.inputs.append(first)
+                return first, False
+            if all(self._is_lane(o) and o.shape == first.shape for o in olds):
+                start = first.position.offset
+                if [o.position.offset for o in olds] == list(range(start, start + lanes)):
+                    return Delta(lanes, first.shape[0], start), True
+                return self._stack(olds, lanes), True
+            if any(self._hole(o) for o in olds) or depth >= MAX_DEPTH or \
+                    len({(type(o), _fields(o), len(o.children())) for o in olds}) != 1:
+                return self._stack(olds, lanes), True
+        parts = [self.lift(tuple(o.children()[i] for o in olds), lanes, depth + 1)
+                 for i in range(len(first.children()))]
+        node = _lifted(first, parts, lanes)
+        if isinstance(first, Prim) or isinstance(first, Contract) and any(
+                not lifted and n.rank for n, lifted in parts):
+            self.heavy = True  # a primitive, or a product with a shared tensor: a GEMV -> GEMM
+        if node is None:
+            return None if top else (self._stack(olds, lanes), True)
+        if id(node) in self.index:  # built before (hash-consing): its own inputs count too
+            self.inputs.append(node)
+        return node if top else (node, True)
+
+    def _stack(self, olds, lanes) -> Node:
+        labels = tuple(range(1, olds[0].rank + 1))
+        stack = Add([(1.0, Contract((0, *labels), [(Unit(lanes, k), (0,)), (n, labels)]))
+                     for k, n in enumerate(olds)])
+        self.stacks.append((stack, list(olds)))
+        self.inputs.append(stack)
+        return stack
+
+    # -- rebuilding the graph around the batched groups --------------------------------------
+
+    def rebuild(self, root: Node) -> Node:
+        """`root` with every batched member read from its row (iterative: graphs are deep).
+
+        Batches are built from the graph as it was; rebuilding them reads, in turn, the rows
+        of the batches made before."""
+        work = [(root, False)]
+        active: set[int] = set()  # expanded, not finished: meeting one again is a cycle
+        while work:
+            node, ready = work.pop()
+            if id(node) in self.memo:
+                continue
+            if id(node) in self.rows:
+                batched, row = self.rows[id(node)]
+                if id(batched) in self.memo:
+                    self.memo[id(node)] = _pick(self.memo[id(batched)], row)
+                    continue
+                if id(node) in active:
+                    raise _Cycle
+                active.add(id(node))
+                work += [(node, False), (batched, False)]
+                continue
+            children = node.children()
+            if not ready:
+                if id(node) in active:
+                    raise _Cycle
+                active.add(id(node))
+                work.append((node, True))
+                work.extend((c, False) for c in children if id(c) not in self.memo)
+                continue
+            new = [self.memo[id(c)] for c in children]
+            if isinstance(node, Add):
+                self.memo[id(node)] = self._sum(node, new)
+            elif all(a is b for a, b in zip(new, children)):
+                self.memo[id(node)] = node
+            else:
+                self.memo[id(node)] = _with_children(node, new)
+        return self.memo[id(root)]
+
+    def _sum(self, node: Add, new: list[Node]) -> Node:
+        """A sum whose terms include every row of one batched node, with one coefficient,
+        sums over the lane axis instead: `sum_t outer(d_t, h_t)` is `D.T @ H`."""
+        rows = defaultdict(list)
+        for coef, term in node.terms:
+            if id(term) in self.rows:
+                batched, row = self.rows[id(term)]
+                rows[(id(batched), coef)].append((row, self.memo[id(batched)]))
+        done: set[tuple] = set()
+        terms = []
+        for (key, coef), found in rows.items():
+            batched = found[0][1]
+            if sorted(r for r, _ in found) == list(range(batched.shape[0].offset)):
+                labels = tuple(range(1, batched.rank))
+                terms.append((coef, build.contract(labels, [(batched, (0, *labels))])))
+                done.add((key, coef))
+        if not done:
+            changed = any(a is not b for a, b in zip(new, node.children()))
+            return Add(list(zip((c for c, _ in node.terms), new))) if changed else node
+        for (coef, term), n in zip(node.terms, new):
+            batched = self.rows.get(id(term), (None,))[0]
+            if (id(batched), coef) not in done:
+                terms.append((coef, n))
+        return build.add(terms)
+
+
+class _Cycle(Exception):
+    """Batching made a node depend on itself (the validity check missed a case)."""
+
+
+def _fields(n: Node) -> tuple:
+    """What besides its children makes a node what it is."""
+    if isinstance(n, Contract):
+        return (n.out, tuple(ls for _, ls in n.operands), n.dims)
+    if isinstance(n, Add):
+        return tuple(c for c, _ in n.terms)
+    if isinstance(n, Map):
+        return (n.fn,)
+    if isinstance(n, Prim):
+        return (n.fn, n.params, n.shape)
+    return (n,)
+
+
+def _expands(n: Node) -> bool:
+    """A product of lower-rank factors summing nothing: an outer product."""
+    if not isinstance(n, Contract) or n.rank < 2:
+        return False
+    summed = set(range(len(n.dims))) - set(n.out)
+    return not summed and all(c.rank < n.rank for c, _ in n.operands)
+
+
+def _broadcast(node: Node, lifted: bool, shape: tuple, lanes: int) -> Node:
+    """`node` (with or without the lane axis) broadcast to [lanes, *shape]."""
+    full = (Dim.of(lanes), *shape)
+    if lifted and node.shape == full:
+        return node
+    out = tuple(range(len(full)))
+    labels = out[len(full) - node.rank:] if not lifted else (0, *out[len(full) - node.rank + 1:])
+    # Built (not raw): a broadcast of a broadcast (`1` to [n], then to [lanes, n]) folds to one.
+    return build.contract(out, [(node, labels)], dict(zip(out, full)))
+
+
+def _lifted(first: Node, parts: list, lanes: int) -> Node | None:
+    """`first`'s operation applied to its lifted children, with the lane axis in front."""
+    if isinstance(first, Contract):
+        lane = len(first.dims)
+        operands = [(node, (lane, *labels) if lifted else labels)
+                    for (node, lifted), (_, labels) in zip(parts, first.operands)]
+        broadcast = {l: first.dims[l] for l in first.out}
+        return Contract((lane, *first.out), operands, broadcast)
+    if isinstance(first, Add):
+        return Add([(coef, _broadcast(node, lifted, first.shape, lanes))
+                    for (coef, _), (node, lifted) in zip(first.terms, parts)])
+    if isinstance(first, Map):
+        args = [node if (not lifted and node.rank == 0) else
+                _broadcast(node, lifted, first.shape, lanes) for node, lifted in parts]
+        return Map(first.fn, *args)
+    if isinstance(first, Prim) and first.params and len(parts) == 1:
+        (node, lifted), = parts
+        if not lifted:
+            return None
+        axes = tuple(a + 1 for a in first.params[0])
+        return Prim(first.fn, (node,), (axes, *first.params[1:]),
+                    (Dim.of(lanes), *first.shape))
+    return None
+
+
+def _window(batched: Node, row: int, lanes: int) -> Node:
+    """Rows row .. row+lanes-1 of `batched`."""
+    if row == 0 and batched.shape[0] == Dim.of(lanes):
+        return batched
+    rest = tuple(range(2, batched.rank + 1))
+    return Contract((0, *rest), [(Delta(lanes, batched.shape[0], row), (0, 1)),
+                                 (batched, (1, *rest))])
+
+
+def _pick(batched: Node, row: int) -> Node:
+    rest = tuple(range(1, batched.rank))
+    return Contract(rest, [(batched, (0, *rest)), (Unit(batched.shape[0], row), (0,))])
+
+
+def _with_children(node: Node, new: list[Node]) -> Node:
+    if isinstance(node, Map):
+        return Map(node.fn, *new)
+    if isinstance(node, Prim):
+        return Prim(node.fn, tuple(new), node.params, node.shape)
+    if isinstance(node, Contract):
+        return Contract(node.out, [(c, ls) for c, (_, ls) in zip(new, node.operands)],
+                        {l: node.dims[l] for l in node.out})
+    if isinstance(node, Add):
+        return Add([(coef, c) for c, (coef, _) in zip(new, node.terms)])
+    raise TypeError(f"cannot rebuild {type(node).__name__}")

@@ -1,0 +1,121 @@
+"""Batching across unrolled steps (einderiv/vectorize/lanes.py): what is batched, what is not.
+
+Values are checked by conftest.py for every result here (the generated code against the IR
+interpreter, which runs the unbatched graph, and the formula parsed back); these tests check
+the structure of the batched program and compare with central finite differences.
+"""
+import re
+
+import numpy as np
+import pytest
+
+import einderiv
+from einderiv.check import finite_difference, relative_error
+from einderiv.models import lstm_loss, rnn_loss
+from einderiv.vectorize.lanes import MIN_LANES
+
+
+def _calls(formula: str, name: str) -> int:
+    return len(re.findall(rf"\b{name}\(", formula))
+
+
+@pytest.mark.parametrize("steps", [3, 8, 16])
+def test_rnn_output_layer_and_input_projection_run_once(steps):
+    loss, weights = rnn_loss(steps)
+    g = einderiv.grad(loss, weights)
+    # One softmax over all steps, one input projection, one tanh derivative for all steps.
+    assert _calls(g.formula, "softmax") == 1
+    assert g.formula.count("@ U.T") == 1
+    assert g.formula.count("** 2") == 1
+    # Per step, only the recurrence is left: a forward and a backward product with W.
+    assert g.formula.count("W @") == steps - 1
+    assert g.formula.count("W.T @") == steps - 1
+
+
+def test_rnn_program_grows_by_a_fixed_amount_per_step():
+    lines = {}
+    for steps in (8, 16, 32):
+        loss, weights = rnn_loss(steps)
+        lines[steps] = len(einderiv.grad(loss, weights).formula.splitlines())
+    assert lines[32] - lines[16] == 2 * (lines[16] - lines[8])
+    assert lines[32] - lines[16] <= 16 * 4
+
+
+def test_lstm_batches_its_input_projections_and_output_layer():
+    loss, weights = lstm_loss(6)
+    g = einderiv.grad(loss, weights)
+    assert _calls(g.formula, "softmax") == 1
+    for gate in "fioc":
+        assert g.formula.count(f"@ U{gate}.T") == 1
+
+
+@pytest.mark.parametrize("builder", [rnn_loss, lstm_loss])
+def test_batched_unrolled_gradients_match_finite_differences(builder):
+    loss, weights = builder(5)
+    g = einderiv.grad(loss, weights)
+    V, H = 4, 3
+    shapes = {"W": (H, H), "U": (H, V), "b": (H,), "Wy": (V, H), "by": (V,)}
+    rng = np.random.default_rng(1)
+    inputs = {w: rng.normal(size=shapes[w] if w in shapes else shapes[w[0]]) for w in weights}
+    X = np.eye(V)[[0, 2, 1, 3, 2]]
+    inputs["X"], inputs["Y"] = X, np.roll(X, -1, axis=0)
+    f = einderiv.compile(loss)
+    for name, value in zip(weights, g(**inputs)):
+        assert relative_error(value, finite_difference(f, inputs, name)) < 1e-6, name
+
+
+def test_steps_of_an_expression_become_one_call():
+    g = einderiv.grad("sum(tanh(W @ x[0]) + tanh(W @ x[1]) + tanh(W @ x[2]))", "W",
+                      {"x": ("n", "m"), "W": ("m", "m")})
+    assert _calls(g.formula, "tanh") == 1
+    assert "x[:3]" in g.formula
+
+
+def test_fewer_steps_than_the_minimum_are_left_alone():
+    terms = " + ".join(f"tanh(W @ x[{k}])" for k in range(MIN_LANES - 1))
+    g = einderiv.grad(f"sum({terms})", "W", {"x": ("n", "m"), "W": ("m", "m")})
+    assert _calls(g.formula, "tanh") == MIN_LANES - 1
+
+
+def test_a_recurrence_is_not_batched():
+    # Each step reads the previous one: batching the tanh calls would make a cycle.
+    h = "x[0]"
+    for k in range(1, 5):
+        h = f"tanh(W @ {h} + x[{k}])"
+    g = einderiv.grad(f"sum({h})", "W", {"x": ("n", "m"), "W": ("m", "m")})
+    assert _calls(g.formula, "tanh") == 4
+
+
+def test_elementwise_work_alone_does_not_pay_for_a_stack():
+    # `1 - s` for every gate of every step has one template, but the gates are computed one
+    # by one in the recurrence: stacking them only to subtract would copy for nothing.
+    loss, weights = lstm_loss(6)
+    formula = einderiv.grad(loss, weights).formula
+    assert "1 - stack(" not in formula
+    assert "* stack(" not in formula
+
+
+@pytest.mark.parametrize("builder", [rnn_loss, lstm_loss])
+def test_every_valid_group_batched_stays_correct(builder, monkeypatch):
+    """Without the profitability rule, many more groups are batched (gates of all steps
+    mixed, stacks of stacks); the generated code must still match the unbatched IR, and its
+    formula must parse back and batch again without a cycle (conftest.py checks both)."""
+    from einderiv.vectorize import lanes
+    monkeypatch.setattr(lanes, "STACK_ONLY_FOR_PRODUCTS", False)
+    monkeypatch.setattr(lanes, "STRICT", True)
+    loss, weights = builder(5)
+    g = einderiv.grad(loss, weights)
+    V, H = 4, 3
+    shapes = {"W": (H, H), "U": (H, V), "b": (H,), "Wy": (V, H), "by": (V,)}
+    rng = np.random.default_rng(2)
+    inputs = {w: rng.normal(size=shapes[w] if w in shapes else shapes[w[0]]) for w in weights}
+    X = np.eye(V)[[1, 0, 3, 3, 2]]
+    inputs["X"], inputs["Y"] = X, np.roll(X, -1, axis=0)
+    assert "stack(" in g.formula.split("dW")[0]
+    for value, expected in zip(g(**inputs), g.evaluate_ir(**inputs)):
+        np.testing.assert_allclose(value, expected, rtol=1e-10, atol=1e-12)
+    # Its formula, parsed back, batches again: stacks of stacks, some already graph nodes.
+    lines = g.formula.splitlines()
+    declared = {n: tuple(s) for n, s in g.program.declarations.items()}
+    for end in range(1, len(lines)):
+        einderiv.compile("\n".join(lines[:end]), declared).source
