@@ -1,0 +1,87 @@
+"""The scripts in examples/ run and learn what they say they learn (issue 6).
+
+Each example's `main()` returns a small dict of results; the assertions below would fail if a
+derivative were wrong (training would stall, Newton would not converge, the fit would miss the
+closed form). No timings are asserted.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"examples_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(name: str, capsys) -> tuple[dict, str]:
+    result = load(name).main()
+    return result, capsys.readouterr().out
+
+
+def test_every_example_is_tested():
+    tested = {"quickstart", "mlp", "gaussian_mle", "softmax_regression", "newton", "char_lstm"}
+    assert {p.stem for p in EXAMPLES.glob("*.py")} == tested
+
+
+def test_quickstart(capsys):
+    r, out = run("quickstart", capsys)
+    assert "dw = " in out and "X.T @" in out  # the derived formula is printed first
+    assert out.index("dw = ") < out.index("step")
+    assert r["final_loss"] < 0.3 * r["initial_loss"]
+    assert r["accuracy"] > 0.9
+
+
+def test_mlp(capsys):
+    r, out = run("mlp", capsys)
+    assert all(f"d{name} = " in out for name in ("W1", "b1", "W2", "b2"))
+    assert r["final_loss"] < 0.05 * r["initial_loss"]
+    assert r["accuracy"] >= 0.97
+
+
+def test_gaussian_mle_matches_the_closed_form(capsys):
+    r, out = run("gaussian_mle", capsys)
+    assert "logdet" in out and "inv(" in out
+    np.testing.assert_allclose(r["mean"], r["sample_mean"], rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(r["cov"], r["sample_cov"], rtol=1e-3, atol=1e-6)
+    # and the closed form is not where the descent started (zero mean, identity covariance)
+    assert np.abs(r["sample_mean"]).max() > 0.5
+    assert np.abs(r["sample_cov"] - np.eye(3)).max() > 0.5
+
+
+def test_softmax_regression(capsys):
+    r, out = run("softmax_regression", capsys)
+    assert "softmax(" in out
+    assert r["final_loss"] < 0.5 * r["initial_loss"]
+    assert r["accuracy"] > 0.8
+
+
+def test_newton_converges_quadratically_to_the_optimum(capsys):
+    newton = load("newton")
+    r = newton.main()
+    assert r["converged"] and r["gradient_norms"][-1] < 1e-8
+    assert r["iterations"] <= 10
+    norms = r["gradient_norms"]
+    # quadratic: once below 1, each step squares the norm (up to a constant), until rounding
+    small = [g for g in norms if g < 1.0]
+    pairs = [(a, b) for a, b in zip(small, small[1:]) if b > 1e-12]
+    assert len(pairs) >= 2 and all(b < 10 * a * a for a, b in pairs)
+    # the point reached is the optimum by a gradient written by hand
+    X, y = newton.make_data()
+    w = r["w"]
+    hand = w - X.T @ (y / (1.0 + np.exp(y * (X @ w))))  # lam = 1
+    assert np.linalg.norm(hand) < 1e-6
+
+
+def test_char_lstm_says_hello_world(capsys):
+    r, out = run("char_lstm", capsys)
+    assert r["text"] == "hello world!"
+    assert r["final_loss"] < 0.01 * r["initial_loss"]
+    assert "'hello world!'" in out
