@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from .errors import EinderivError
 
@@ -12,6 +14,8 @@ examples:
   einderiv grad "sum(log(1 + exp(-y * (X @ w))))" --wrt w --shape X=n,d --shape y=n --shape w=d
   einderiv hessian "x @ A @ x" --wrt x --shape A=n,n --shape x=n --check
   einderiv jacobian "exp(x)" --wrt x --shape x=n
+  einderiv rules list
+  einderiv rules check my.rules
 
 Shapes come from --shape NAME=DIMS (comma separated ints and dimension names; NAME= for a
 scalar) or from inline declarations such as 'X: [n, d]'. An expression that starts with '-'
@@ -75,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     einstein.set_defaults(run=_einstein)
     for name in ("grad", "jacobian", "hessian"):
         _add_derivative_parser(sub, name)
+    _add_rules_parser(sub)
     return parser
 
 
@@ -184,6 +189,169 @@ def _einstein(args) -> int:
     return 0
 
 
+RULES_EPILOG = """\
+examples:
+  einderiv rules list                     # every function and rule, with its file:line
+  einderiv rules list tanh softmax        # just these functions
+  einderiv rules check                    # verify the built-in tables
+  einderiv rules check my.rules           # verify a table of your own
+
+The built-in tables are the files rules/*.rules; the comments at the top of each describe the
+rule language, and CONTRIBUTING.md walks through adding a function.
+"""
+
+RULES_LIST_EPILOG = """\
+examples:
+  einderiv rules list                     # every function and rule
+  einderiv rules list tanh
+      rules/elementwise.rules:50  elementwise tanh(x) = xp.tanh
+      rules/elementwise.rules:51    d tanh(x) / dx    = 1 - tanh(x) ** 2
+  einderiv rules list inv logdet
+  einderiv rules list --rules my.rules    # the built-in tables with my.rules on top
+"""
+
+RULES_CHECK_EPILOG = """\
+examples:
+  einderiv rules check                    # every rule of the built-in tables
+      ok    rules/elementwise.rules:50  elementwise tanh(x) = xp.tanh      evaluates
+      ok    rules/elementwise.rules:51  d tanh(x) / dx = 1 - tanh(x) ** 2  error 1.5e-10
+      ...
+  einderiv rules check --quiet            # only failures and the summary
+  einderiv rules check my.rules           # only the rules of my.rules (on top of the built-in)
+      FAIL  my.rules:2  d tanh(x) / dx = 1 + tanh(x) ** 2  error 2.0e+00 > 1e-06
+      checked 1 derivative rule and 0 functions in 0.01 s (...): 1 wrong: my.rules:2
+
+Each derivative rule is compared with central finite differences of its function, through the
+whole pipeline, at random well-conditioned inputs (and, for a tensor primitive, on stacked
+arrays and along chosen axes); each primitive's implementation must evaluate to finite values
+of the declared shape, and each definition must expand and differentiate. Exit status: 0 when
+every check passes, 1 when a rule is wrong, 2 on bad input (a missing file, a malformed rule).
+"""
+
+
+def _add_rules_parser(sub) -> None:
+    rules = sub.add_parser(
+        "rules", help="list the rule tables, or verify rules numerically",
+        description="List the rule tables (functions, how each is evaluated, derivatives), or "
+                    "verify them against finite differences.",
+        epilog=RULES_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = rules.add_subparsers(dest="rules_command", metavar="ACTION")
+    actions.required = True
+    listing = actions.add_parser(
+        "list", help="print every function and rule with its file:line",
+        description="Print every function and derivative rule with its file:line, in file "
+                    "order; a derivative is indented under its function.",
+        epilog=RULES_LIST_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    listing.add_argument("names", metavar="NAME", nargs="*",
+                         help="only these functions (default: all)")
+    # Not `rules`: main() loads that into the process-wide rule book before any command.
+    listing.add_argument("--rules", metavar="FILE", dest="tables", action="append", default=[],
+                         help="also load this rule file on top of the built-in tables "
+                              "(repeatable)")
+    listing.set_defaults(run=_rules_list)
+    check = actions.add_parser(
+        "check", help="verify rules against finite differences",
+        description="Verify the rules of the built-in tables, or of the FILEs (loaded on top of "
+                    "the built-in tables, so that they may use built-in functions).",
+        epilog=RULES_CHECK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    check.add_argument("files", metavar="FILE", nargs="*",
+                       help="rule files to check (default: the built-in tables)")
+    check.add_argument("-q", "--quiet", action="store_true",
+                       help="print only the checks that fail, and the summary")
+    check.set_defaults(run=_rules_check)
+
+
+def _shown(origin: str) -> str:
+    """`file:line` with the file relative to the working directory when it lies under it."""
+    file, sep, line = origin.rpartition(":")
+    path = Path(file)
+    if path.is_absolute():
+        try:
+            file = str(path.relative_to(Path.cwd().resolve()))
+        except ValueError:
+            pass
+    return f"{file}{sep}{line}"
+
+
+def _rules_with(paths):
+    from .rulebook import default_rulebook
+    book = default_rulebook().copy()  # the process-wide rule book stays as it was
+    for path in paths:
+        book.load(path)
+    return book
+
+
+def _rules_list(args) -> int:
+    from .errors import UnknownNameError, did_you_mean
+    from .rulebook.table import Derivative
+    book = _rules_with(args.tables)
+    for name in args.names:
+        if book.get(name) is None:
+            raise UnknownNameError(f"no rule table defines a function '{name}'",
+                                   hint=did_you_mean(name, book.functions))
+    rows = []
+    for rule in book.in_file_order():
+        name = rule.function if isinstance(rule, Derivative) else rule.name
+        if args.names and name not in args.names:
+            continue
+        lhs, _, rhs = str(rule).partition(" = ")
+        rows.append((_shown(rule.origin), ("  " if isinstance(rule, Derivative) else "") + lhs,
+                     rhs))
+    where = max((len(r[0]) for r in rows), default=0)
+    what = min(max((len(r[1]) for r in rows), default=0), 40)
+    for origin, lhs, rhs in rows:
+        print(f"{origin:<{where}}  {lhs:<{what}} = {rhs}")
+    return 0
+
+
+def _rules_check(args) -> int:
+    import time
+
+    from .rulebook import Function, default_rulebook
+    from .rulebook.table import Derivative
+    from .rulebook.verify import TOLERANCE, check_tables
+    paths = [Path(p) for p in args.files]
+    book = _rules_with(paths) if paths else default_rulebook()
+    started = time.perf_counter()
+    checks = check_tables(book, paths or None)
+    seconds = time.perf_counter() - started
+    rows = [(c, _shown(c.origin), str(c.rule)) for c in checks]
+    where = max((len(r[1]) for r in rows), default=0)
+    what = min(max((len(r[2]) for r in rows), default=0), 56)
+    for check, origin, text in rows:
+        if check.ok and args.quiet:
+            continue
+        if not check.measured:
+            result = "evaluates"
+        elif check.error == float("inf"):
+            result = ""  # nothing was measured; the message says why
+        else:
+            result = f"error {check.error:.1e}" + ("" if check.ok else f" > {TOLERANCE:.0e}")
+        status = "ok" if check.ok else "FAIL"
+        print(f"{status:<4}  {origin:<{where}}  {text:<{what}}  {result}".rstrip())
+        if check.message:
+            print(f"{'':<4}  {'':<{where}}  {check.message}")
+    if not checks:
+        print(f"nothing to check: {', '.join(map(str, paths))} holds no rules")
+        return 0
+    derivatives = sum(1 for c in checks if isinstance(c.rule, Derivative))
+    functions = len({c.rule.name for c in checks if isinstance(c.rule, Function)})
+    summary = (f"checked {_count(derivatives, 'derivative rule')} and "
+               f"{_count(functions, 'function')} in "
+               f"{seconds:.2f} s (errors relative to central finite differences, tolerance "
+               f"{TOLERANCE:.0e}): ")
+    failed = list(dict.fromkeys(_shown(c.origin) for c in checks if not c.ok))
+    if failed:
+        print(summary + f"{len(failed)} wrong: " + ", ".join(failed))
+        return 1
+    print(summary + "all ok")
+    return 0
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}{'' if n == 1 else 's'}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -199,6 +367,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("einderiv: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`einderiv rules list | head`): stop quietly, and keep Python from
+        # complaining again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -49,6 +49,16 @@ class Function:
     def arity(self) -> int:
         return len(self.params)
 
+    def __str__(self) -> str:
+        """The function's line in a rule file (spaces normalised)."""
+        params = ", ".join(self.params)
+        if self.kind == "def":
+            return f"def {self.name}({params}) = {self.body}"
+        if self.kind == "tensor":
+            axis = f"; {self.axis}" if self.axis else ""
+            return f"tensor {self.name}({params}{axis}) -> {self.shape} = {self.impl}"
+        return f"{self.kind} {self.name}({params}) = {self.impl}"
+
 
 # How a tensor primitive's result shape follows from its argument's.
 TENSOR_SHAPES = {
@@ -104,7 +114,7 @@ class RuleBook:
             text = path.read_text()
         except (OSError, UnicodeDecodeError) as e:
             raise RuleError(f"cannot read rule file {path}: {e}") from None
-        self.add(parse_rules(text, str(path)))
+        self.add(parse_rules(text, str(path), bodies=True))
         self.files.append(path)
         return self
 
@@ -119,33 +129,56 @@ class RuleBook:
     def get(self, name: str) -> Function | None:
         return self.functions.get(name)
 
+    def in_file_order(self) -> list:
+        """Every function and derivative rule, by file (in load order) and line."""
+        order = {str(p): i for i, p in enumerate(self.files)}
 
-def parse_rules(text: str, filename: str = "<rules>") -> list:
+        def key(rule):
+            file, _, line = rule.origin.rpartition(":")
+            return order.get(file, len(order)), file, int(line) if line.isdigit() else 0
+        return sorted([*self.functions.values(), *self.derivatives.values()], key=key)
+
+
+SYNTAX_HINT = "see the comments at the top of rules/*.rules for the syntax, or CONTRIBUTING.md"
+
+
+def parse_rules(text: str, filename: str = "<rules>", bodies: bool = False) -> list:
+    """The rules of a rule file's `text`. `bodies`: also parse every right-hand side now, so
+    that a typo there is reported with a caret in the file rather than when the rule is used."""
     try:
         tree = _parser().parse(text if text.endswith("\n") else text + "\n")
     except lark.exceptions.UnexpectedInput as e:
-        pos = getattr(e, "pos_in_stream", None) or 0
-        raise RuleError(f"{filename}:{e.line}:{e.column}: malformed rule",
-                        Span(text, pos, pos + 1),
-                        hint="see the comment at the top of rules/*.rules for the syntax") from None
+        pos = min(getattr(e, "pos_in_stream", None) or 0, max(0, len(text) - 1))
+        raise RuleError(f"{filename}:{e.line}:{e.column}: malformed rule: {_unexpected(e)}",
+                        Span(text, pos, pos + 1), hint=SYNTAX_HINT) from None
     functions = []
     for rule in tree.children:
         if not isinstance(rule, lark.Tree):
             continue
         origin = f"{filename}:{rule.meta.line}"
+        if bodies and rule.data in ("derivative", "definition"):
+            _parse_body(rule.children[-1], text, origin)
         name = str(rule.children[0])
         params = tuple(str(p) for p in rule.children[1].children)
         if rule.data == "elementwise":
             functions.append(Function(name, "elementwise", params, _impl(rule.children[2]),
                                       origin=origin))
         elif rule.data == "derivative":
-            functions.append(_derivative(rule, origin))
+            functions.append(_derivative(rule, origin, text))
         elif rule.data == "tensor":
             axis = str(rule.children[2]) if rule.children[2] is not None else None
             shape = str(rule.children[3])
             if shape not in TENSOR_SHAPES:
                 raise RuleError(f"{origin}: unknown shape rule '{shape}' for {name}",
+                                _token_span(text, rule.children[3]),
                                 hint="one of " + ", ".join(TENSOR_SHAPES))
+            if len(params) != 1:
+                params_tree = rule.children[1]
+                raise RuleError(f"{origin}: a tensor primitive takes one argument, {name} "
+                                f"declares {len(params)}",
+                                Span(text, params_tree.meta.start_pos, params_tree.meta.end_pos),
+                                hint="write a function of several tensors as a `def` in terms "
+                                     "of tensor primitives of one argument")
             functions.append(Function(name, "tensor", params, _impl(rule.children[4]),
                                       axis=axis, shape=shape, origin=origin))
         else:
@@ -154,17 +187,53 @@ def parse_rules(text: str, filename: str = "<rules>") -> list:
     return functions
 
 
-def _derivative(rule: lark.Tree, origin: str) -> Derivative:
-    name, params, out, wrt, wrt_idx, body = rule.children
+def _derivative(rule: lark.Tree, origin: str, text: str) -> Derivative:
+    name, params, out, wrt_token, wrt_idx, body = rule.children
     params = tuple(str(p) for p in params.children)
-    wrt = str(wrt)[1:]
+    wrt = str(wrt_token)[1:]
     if wrt not in params:
-        raise RuleError(f"{origin}: d{wrt} is not a parameter of {name}({', '.join(params)})")
+        raise RuleError(f"{origin}: d{wrt} is not a parameter of {name}({', '.join(params)})",
+                        _token_span(text, wrt_token),
+                        hint=f"differentiate by one of: {', '.join('d' + p for p in params)}")
     indices = lambda t: tuple(str(i) for i in t.children) if t is not None else ()
-    out, wrt_idx = indices(out), indices(wrt_idx)
-    if len(set(out + wrt_idx)) != len(out + wrt_idx):
-        raise RuleError(f"{origin}: an index repeats on the left of the rule for {name}")
-    return Derivative(str(name), params, wrt, out, wrt_idx, str(body).strip(), origin)
+    out_idx, wrt_idx_names = indices(out), indices(wrt_idx)
+    labels = out_idx + wrt_idx_names
+    if len(set(labels)) != len(labels):
+        raise RuleError(f"{origin}: an index repeats on the left of the rule for {name}",
+                        Span(text, rule.meta.start_pos,
+                             wrt_idx.meta.end_pos if wrt_idx else wrt_token.end_pos),
+                        hint="give each axis of the result and of the argument its own index")
+    return Derivative(str(name), params, wrt, out_idx, wrt_idx_names, str(body).strip(), origin)
+
+
+def _token_span(text: str, token) -> Span | None:
+    start = getattr(token, "start_pos", None)
+    return None if start is None else Span(text, start, token.end_pos)
+
+
+def _unexpected(e: lark.exceptions.UnexpectedInput) -> str:
+    """What the rule parser tripped on, in words."""
+    token = getattr(e, "token", None)
+    if token is not None:
+        if token.type in ("_NL", "$END") or not str(token).strip():
+            return "the line ends too early"
+        return f"unexpected '{str(token).split()[0]}'"
+    char = getattr(e, "char", None)
+    return f"unexpected '{char}'" if char else "the file ends too early"
+
+
+def _parse_body(token, text: str, origin: str) -> None:
+    """Parse a rule's right-hand side, reporting an error at its place in the rule file."""
+    from ..errors import ParseError
+    from ..parse import parse
+    body = str(token)
+    start = token.start_pos + len(body) - len(body.lstrip())
+    try:
+        parse(body.strip())
+    except ParseError as e:
+        lo, hi = (e.span.start, e.span.end) if e.span else (0, len(body.strip()))
+        raise RuleError(f"{origin}: the right-hand side does not parse: {e.message}",
+                        Span(text, start + lo, start + max(hi, lo + 1)), hint=e.hint) from None
 
 
 def _impl(tree: lark.Tree) -> str:

@@ -1,8 +1,11 @@
-"""Check derivative rules numerically: each rule against central finite differences.
+"""Check rule tables numerically: each derivative rule against central finite differences.
 
 A rule is exercised by differentiating its function, applied to random inputs, through the
 whole pipeline with the rule book under test, so a wrong right-hand side, a wrong index order or
-a rule that does not lower all show up as an error at the rule's `file:line`.
+a rule that does not lower all show up as an error at the rule's `file:line`. A function's own
+line is checked too (`check_tables`): a primitive's implementation must evaluate to finite values
+of the right shape and have a rule for each argument, and a definition must expand and
+differentiate.
 """
 from __future__ import annotations
 
@@ -10,21 +13,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import EinderivError
-from .table import Derivative, RuleBook
+from ..errors import EinderivError, RuleError
+from .table import Derivative, Function, RuleBook, resolve
 
 TOLERANCE = 1e-6
 
 
 @dataclass
 class RuleCheck:
-    rule: Derivative
+    rule: Derivative | Function
     error: float  # largest relative error against finite differences; inf if it failed
     message: str = ""
+    measured: bool = True  # False when nothing was compared: an implementation that evaluates
 
     @property
     def ok(self) -> bool:
-        return self.error <= TOLERANCE
+        return self.error <= TOLERANCE  # False for nan too
+
+    @property
+    def origin(self) -> str:
+        return self.rule.origin
 
 
 def check_rule(rule: Derivative, rules: RuleBook, seed: int = 0) -> RuleCheck:
@@ -32,40 +40,139 @@ def check_rule(rule: Derivative, rules: RuleBook, seed: int = 0) -> RuleCheck:
     f = rules.get(rule.function)
     if f is None:
         return RuleCheck(rule, float("inf"), f"{rule.function} is not declared in any rule file")
+    if f.kind == "def":
+        return RuleCheck(rule, float("inf"), f"{rule.function} is a definition ({f.origin}): "
+                                             "it is differentiated through its expansion")
     try:
-        worst = 0.0
-        for source, shapes, arrays in _cases(f, rule, rng):
-            worst = max(worst, _gradient_error(source, shapes, rule.wrt, rules, arrays))
-        return RuleCheck(rule, worst)
-    except EinderivError as e:
-        return RuleCheck(rule, float("inf"), e.message)
+        worst = _worst(_gradient_error(source, shapes, rule.wrt, rules, arrays)
+                       for source, shapes, arrays, _ in _cases(f, rng))
+        return RuleCheck(rule, worst, "" if np.isfinite(worst) else _NOT_FINITE)
+    except Exception as e:  # a user's implementation may raise anything; report it at the rule
+        return RuleCheck(rule, float("inf"), _describe(e))
 
 
 def check_rules(rules: RuleBook, files=None) -> list[RuleCheck]:
     """Check every derivative rule (or those from `files`, paths as given to `load`)."""
-    wanted = None if not files else {str(p) for p in files}
+    wanted = _wanted(files)
     return [check_rule(r, rules) for r in rules.derivatives.values()
-            if wanted is None or r.origin.rsplit(":", 1)[0] in wanted]
+            if wanted is None or _file(r.origin) in wanted]
 
 
-def _cases(f, rule: Derivative, rng):
-    """(source, shapes, arrays) triples that exercise `rule`."""
+def check_function(f: Function, rules: RuleBook, seed: int = 0) -> RuleCheck:
+    """A primitive's implementation evaluates (finite, shaped as declared); a definition
+    expands, and its gradient through the expansion matches finite differences."""
+    rng = np.random.default_rng(seed)
+    try:
+        if f.kind == "def":
+            return _check_definition(f, rules, rng)
+        impl = resolve(f.impl, np)
+        for _, _, arrays, axis in _cases(f, rng):
+            args = [arrays[p] for p in f.params]
+            with np.errstate(all="ignore"):
+                value = np.asarray(impl(*args) if axis is None else impl(*args, axis=axis))
+            expected = arrays["C"].shape
+            shapes = ", ".join(str(a.shape) for a in args)
+            if value.shape != expected:
+                return RuleCheck(f, float("inf"), f"{f.impl} returned shape {value.shape} for "
+                                                  f"inputs of shape {shapes}, not {expected}")
+            if not np.all(np.isfinite(value)):
+                return RuleCheck(f, float("inf"), f"{f.impl} is not finite at the test inputs "
+                                                  f"{_show(args)}")
+            if axis is None and f.axis and args[0].ndim >= 2 and not _default_axis_ok(
+                    f, impl, args[0], value):
+                where = "along the last axis" if f.shape == "same" else "over every axis"
+                return RuleCheck(f, float("inf"), f"{f.impl} called without {f.axis}= does not "
+                                                  f"work {where}, as the language's {f.name} "
+                                                  "does (generated code calls it that way)")
+        return RuleCheck(f, 0.0, measured=False)
+    except Exception as e:  # as in check_rule: whatever the implementation raises
+        return RuleCheck(f, float("inf"), _describe(e))
+
+
+def _default_axis_ok(f: Function, impl, x, value) -> bool:
+    axes = (x.ndim - 1,) if f.shape == "same" else tuple(range(x.ndim))
+    with np.errstate(all="ignore"):
+        explicit = np.asarray(impl(x, axis=axes))
+    return explicit.shape == value.shape and np.allclose(explicit, value, rtol=1e-12, atol=0)
+
+
+def missing_derivatives(f: Function, rules: RuleBook) -> list[RuleCheck]:
+    """A failed check for each argument of primitive `f` that has no derivative rule."""
+    if f.kind == "def":
+        return []
+    call = f"{f.name}({', '.join(f.params)})"
+    return [RuleCheck(f, float("inf"), f"no derivative rule for {p}: add a line "
+                                       f"'d {call} / d{p} = ...'")
+            for i, p in enumerate(f.params) if rules.derivative(f.name, i) is None]
+
+
+def check_tables(rules: RuleBook, files=None) -> list[RuleCheck]:
+    """Every check of the functions and derivative rules from `files` (default: all), in the
+    order of `rules.in_file_order()`: a function's own line, its missing rules, each rule."""
+    wanted = _wanted(files)
+    checks = []
+    for rule in rules.in_file_order():
+        if wanted is not None and _file(rule.origin) not in wanted:
+            continue
+        if isinstance(rule, Derivative):
+            checks.append(check_rule(rule, rules))
+        else:
+            checks.append(check_function(rule, rules))
+            checks.extend(missing_derivatives(rule, rules))
+    return checks
+
+
+_NOT_FINITE = "the derivative is not finite at the test inputs"
+
+
+def _worst(errors) -> float:
+    # np.max, unlike max(), keeps a nan: a derivative that is nan somewhere is wrong.
+    return float(np.max(list(errors)))
+
+
+def _wanted(files):
+    return None if not files else {str(p) for p in files}
+
+
+def _file(origin: str) -> str:
+    return origin.rsplit(":", 1)[0]
+
+
+def _describe(e: Exception) -> str:
+    if isinstance(e, EinderivError):
+        return e.message
+    return f"{type(e).__name__}: {e}"
+
+
+def _show(arrays) -> str:
+    return ", ".join(np.array2string(np.asarray(a), precision=3, threshold=8) for a in arrays)
+
+
+# Elementwise inputs, tried in turn until the implementation is finite at all of them: signed
+# where the function is defined there, positive otherwise (log, sqrt), then inside (-1, 1) for
+# functions such as arcsin. Always away from 0, so that kinks (abs, relu, step) are not straddled
+# by the differences.
+_ELEMENTWISE_INPUTS = ((0.5, 1.5, True), (0.5, 1.5, False), (0.1, 0.9, True), (0.1, 0.9, False))
+
+
+def _cases(f: Function, rng):
+    """(source, shapes, arrays, axis) that exercise `f`: the expression `sum(f(...) * C)` with
+    random weights C shaped like f's result, and the axis argument it was called with."""
     params = f.params
     if f.kind == "elementwise":
         shapes = {p: (5,) for p in params}
         call = f"{f.name}({', '.join(params)})"
-        weights = {"C": (5,)}
-        source = f"sum({call} * C)"
-        # Signed inputs where the function is defined there, positive ones otherwise, always
-        # away from 0 so that kinks (abs, relu, step) are not straddled by the differences.
-        for signed in (True, False):
-            arrays = {p: _away_from_zero(rng, (5,), signed) for p in params}
+        for lo, hi, signed in _ELEMENTWISE_INPUTS:
+            arrays = {p: _away_from_zero(rng, (5,), lo, hi, signed) for p in params}
             arrays["C"] = rng.uniform(0.5, 1.5, size=5)
             if _finite(f, arrays, params):
                 break
+        else:
+            arrays = {p: _away_from_zero(rng, (5,), 0.5, 1.5, True) for p in params}
+            arrays["C"] = rng.uniform(0.5, 1.5, size=5)
         if f.name in ("maximum", "minimum") and len(params) == 2:  # no ties
             arrays[params[1]] = arrays[params[0]] + rng.choice([-0.5, 0.5], size=5)
-        yield source, {**shapes, **weights}, arrays
+        yield f"sum({call} * C)", {**shapes, "C": (5,)}, arrays, None
         return
     (x,) = params
     if f.shape in ("square", "square_scalar"):
@@ -73,9 +180,15 @@ def _cases(f, rule: Derivative, rng):
             X = rng.uniform(-1, 1, size=shape) + 3 * np.eye(3)
             if f.shape == "square_scalar":
                 X[..., 0, :] *= -1  # a negative determinant too
-            yield _weighted(f, x, shape, X, rng, batch=shape[:-2], out_same=f.shape == "square")
+            out_shape = shape if f.shape == "square" else shape[:-2]
+            C = rng.uniform(0.5, 1.5, size=out_shape)
+            yield f"sum({f.name}({x}) * C)", {x: shape, "C": out_shape}, {x: X, "C": C}, None
         return
-    for shape, axis in (((4,), None), ((3, 4), 0), ((2, 3, 4), (0, 2))):
+    # A matrix without an axis too: the implementation's own default must be the language's
+    # (the last axis for `same`, every axis for `reduce`), since it is called without one.
+    for shape, axis in (((4,), None), ((3, 4), None), ((3, 4), 0), ((2, 3, 4), (0, 2))):
+        if axis is not None and f.axis is None:
+            continue  # a primitive without an axis keyword works on whole arrays only
         X = rng.uniform(-2, 2, size=shape)
         arg = "" if axis is None else f", {f.axis}={axis}"
         if f.shape == "same":
@@ -85,28 +198,48 @@ def _cases(f, rule: Derivative, rng):
                                                           else (axis,))
             out_shape = tuple(d for i, d in enumerate(shape) if i not in axes)
         C = rng.uniform(0.5, 1.5, size=out_shape)
-        yield (f"sum({f.name}({x}{arg}) * C)", {x: shape, "C": out_shape}, {x: X, "C": C})
+        yield (f"sum({f.name}({x}{arg}) * C)", {x: shape, "C": out_shape}, {x: X, "C": C}, axis)
 
 
-def _weighted(f, x, shape, X, rng, batch, out_same):
-    out_shape = shape if out_same else batch
-    C = rng.uniform(0.5, 1.5, size=out_shape)
-    return f"sum({f.name}({x}) * C)", {x: shape, "C": out_shape}, {x: X, "C": C}
-
-
-def _away_from_zero(rng, shape, signed: bool):
-    v = rng.uniform(0.5, 1.5, size=shape)
+def _away_from_zero(rng, shape, lo: float, hi: float, signed: bool):
+    v = rng.uniform(lo, hi, size=shape)
     return v * rng.choice([-1.0, 1.0], size=shape) if signed else v
 
 
 def _finite(f, arrays, params) -> bool:
-    from ..rulebook.table import resolve
     try:
         with np.errstate(all="ignore"):
             value = resolve(f.impl, np)(*[arrays[p] for p in params])
         return bool(np.all(np.isfinite(value)))
     except Exception:  # an implementation that rejects the inputs: try the next ones
         return False
+
+
+# A definition's arguments are tried as vectors, then scalars, then square matrices: the first
+# that lowers is used (norm(x) takes a vector, a quadratic form x @ A @ x a vector and a matrix
+# would need per-argument shapes, which a definition does not declare).
+_DEFINITION_SHAPES = (("n",), (), ("n", "n"))
+
+
+def _check_definition(f: Function, rules: RuleBook, rng) -> RuleCheck:
+    from ..check import random_inputs
+    from ..lower.lower import lower
+    from ..parse import parse
+    call = f"{f.name}({', '.join(f.params)})"
+    first_error = None
+    for shape in _DEFINITION_SHAPES:
+        shapes = {p: shape for p in f.params}
+        try:
+            value = lower(parse(call), shapes, rules).root
+        except EinderivError as e:
+            first_error = first_error or e
+            continue
+        shapes["C"] = value.shape
+        source = f"sum({call} * C)"
+        arrays = random_inputs(lower(parse(source), shapes, rules).declared, rng)
+        worst = _worst(_gradient_error(source, shapes, p, rules, arrays) for p in f.params)
+        return RuleCheck(f, worst, "" if np.isfinite(worst) else _NOT_FINITE)
+    return RuleCheck(f, float("inf"), f"{call} does not expand: {first_error.message}")
 
 
 def _gradient_error(source, shapes, wrt, rules, arrays) -> float:
@@ -122,4 +255,7 @@ def _gradient_error(source, shapes, wrt, rules, arrays) -> float:
     forward = Plan([lowered.root], rules, accepted=lowered.declared)
     with np.errstate(all="ignore"):
         numeric = finite_difference(lambda **a: forward(a)[0], arrays, wrt)
+    if np.shape(symbolic) != np.shape(numeric):
+        raise RuleError(f"the derivative by {wrt} has shape {np.shape(symbolic)}, not "
+                        f"{np.shape(numeric)}")
     return relative_error(symbolic, numeric)

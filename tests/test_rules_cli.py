@@ -1,0 +1,279 @@
+"""`einderiv rules list | check` (SPEC §3, §5) and the worked example of CONTRIBUTING.md.
+
+Most runs are in-process through `cli.main` (fast); a few go through `python -m einderiv` to
+cover the real process: exit status and no traceback.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import einderiv
+from einderiv import cli
+from einderiv.rulebook import default_rulebook, rules_dir
+from einderiv.rulebook.verify import TOLERANCE
+
+ROOT = Path(__file__).resolve().parents[1]
+ERF_RULES = ROOT / "docs" / "erf.rules"
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_process(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "einderiv", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def line_of(path: Path, text: str) -> int:
+    """The 1-based line of `path` that starts with `text`."""
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.startswith(text):
+            return n
+    raise AssertionError(f"{text!r} is not in {path}")
+
+
+def error_on(line: str) -> float:
+    """The number after 'error' on a line of `rules check` output."""
+    found = re.search(r"error (\S+)", line)
+    assert found, line
+    return float(found.group(1))
+
+
+@pytest.fixture
+def in_checkout(monkeypatch):
+    """Run from the repository root, where the built-in tables show as rules/*.rules."""
+    monkeypatch.chdir(ROOT)
+
+
+@pytest.fixture
+def restore_default_rules():
+    import einderiv.rulebook.table as table
+    saved = table._DEFAULT
+    table._DEFAULT = saved.copy() if saved else None
+    yield
+    table._DEFAULT = saved
+
+
+# -- rules list -----------------------------------------------------------------------------------
+
+def test_list_shows_every_function_and_rule_with_file_and_line(capsys, in_checkout):
+    code, out, _ = run(capsys, "rules", "list")
+    assert code == 0
+    elementwise = rules_dir() / "elementwise.rules"
+    tanh = line_of(elementwise, "d tanh(x)")
+    row = next(l for l in out.splitlines() if l.startswith(f"rules/elementwise.rules:{tanh} "))
+    assert re.search(r"d tanh\(x\) / dx\s+= 1 - tanh\(x\) \*\* 2$", row), row
+    inv = line_of(rules_dir() / "tensor.rules", "d inv(X)")
+    assert re.search(rf"^rules/tensor.rules:{inv}\s+d inv\(X\)\[i,j\] / dX\[k,l\]\s+= "
+                     r"-inv\(X\)\[i,k\] \* inv\(X\)\[l,j\]$", out, re.M), out
+    book = default_rulebook()
+    assert len(out.splitlines()) == len(book.functions) + len(book.derivatives)
+    # One column for the location, one for '=': the table is aligned.
+    assert len({l.index(" = ") for l in out.splitlines() if len(l.split(" = ")[0]) < 70}) == 1
+
+
+def test_list_by_name_and_with_a_table_on_top(capsys, in_checkout, tmp_path):
+    code, out, _ = run(capsys, "rules", "list", "maximum")
+    assert code == 0
+    assert [l.split()[1] for l in out.splitlines()] == ["elementwise", "d", "d"]
+    mine = tmp_path / "mine.rules"
+    mine.write_text("# a correction\nd tanh(x) / dx = 1 - tanh(x) * tanh(x)\n")
+    code, out, _ = run(capsys, "rules", "list", "tanh", "--rules", str(mine))
+    assert code == 0
+    assert f"{mine}:2" in out and "1 - tanh(x) * tanh(x)" in out
+    assert "1 - tanh(x) ** 2" not in out  # replaced, so no longer listed
+    assert default_rulebook().derivative("tanh", 0).body == "1 - tanh(x) ** 2"  # untouched
+
+
+def test_list_of_an_unknown_function(capsys):
+    code, out, err = run(capsys, "rules", "list", "softmx")
+    assert code == 2 and out == ""
+    assert err.startswith("einderiv: error:") and "did you mean 'softmax'?" in err
+
+
+# -- rules check ----------------------------------------------------------------------------------
+
+def test_check_the_built_in_tables(capsys, in_checkout):
+    code, out, _ = run(capsys, "rules", "check")
+    assert code == 0, out
+    lines = out.splitlines()
+    book = default_rulebook()
+    checked = [l for l in lines if l.startswith("ok ")]
+    assert len(checked) == len(book.functions) + len(book.derivatives)
+    assert not [l for l in lines if l.startswith("FAIL")]
+    tanh = line_of(rules_dir() / "elementwise.rules", "d tanh(x)")
+    row = next(l for l in lines if f"rules/elementwise.rules:{tanh} " in l)
+    assert "d tanh(x) / dx = 1 - tanh(x) ** 2" in row and error_on(row) < TOLERANCE
+    assert re.search(rf"checked {len(book.derivatives)} derivative rules and "
+                     rf"{len(book.functions)} functions in [\d.]+ s", lines[-1]), lines[-1]
+    assert lines[-1].endswith("all ok")
+
+
+def test_check_quiet_prints_only_the_summary_when_all_pass(capsys):
+    code, out, _ = run(capsys, "rules", "check", "--quiet")
+    assert code == 0 and len(out.splitlines()) == 1 and "all ok" in out
+
+
+CBRT_WRONG = """\
+# The real cube root, with a derivative that forgot the square.
+elementwise cbrt(x) = xp.cbrt
+
+d cbrt(x) / dx = 1 / (3 * cbrt(x))
+"""
+CBRT_RIGHT = CBRT_WRONG.replace("1 / (3 * cbrt(x))", "1 / (3 * cbrt(x) ** 2)")
+TANH_WRONG = "# a sign slipped\nd tanh(x) / dx = 1 + tanh(x) ** 2\n"
+
+
+@pytest.mark.parametrize("wrong, right, rule", [
+    (CBRT_WRONG, CBRT_RIGHT, "d cbrt(x) / dx = 1 / (3 * cbrt(x))"),
+    (TANH_WRONG, TANH_WRONG.replace("1 +", "1 -"), "d tanh(x) / dx = 1 + tanh(x) ** 2"),
+], ids=["new-function", "built-in-function"])
+def test_check_names_the_line_of_a_wrong_rule(capsys, tmp_path, wrong, right, rule):
+    path = tmp_path / "planted.rules"
+    path.write_text(wrong)
+    n = line_of(path, "d ")
+    code, out, _ = run(capsys, "rules", "check", str(path))
+    assert code == 1, out
+    (failed,) = [l for l in out.splitlines() if l.startswith("FAIL")]
+    assert f"{path}:{n} " in failed and rule in failed
+    assert error_on(failed) > TOLERANCE
+    assert out.splitlines()[-1].endswith(f"1 wrong: {path}:{n}")
+    # Only the file's own rules are checked, on top of the built-in tables.
+    assert all(str(path) in l for l in out.splitlines()[:-1] if l[:4] in ("ok  ", "FAIL"))
+
+    path.write_text(right)
+    code, out, _ = run(capsys, "rules", "check", str(path))
+    assert code == 0, out
+    row = next(l for l in out.splitlines() if f"{path}:{n} " in l)
+    assert row.startswith("ok ") and error_on(row) < TOLERANCE
+
+
+def test_check_leaves_the_process_wide_rules_alone(capsys, tmp_path):
+    path = tmp_path / "cbrt.rules"
+    path.write_text(CBRT_RIGHT)
+    assert run(capsys, "rules", "check", str(path))[0] == 0
+    assert default_rulebook().get("cbrt") is None
+
+
+@pytest.mark.parametrize("text, why", [
+    ("elementwise half(x) = numpy:nonexistent\nd half(x) / dx = 0.5\n", "cannot find"),
+    ("elementwise total(x) = numpy:sum\nd total(x) / dx = 1\n", "returned shape ()"),
+    ("elementwise hyp(a, b) = numpy:hypot\nd hyp(a, b) / da = a / hyp(a, b)\n",
+     "no derivative rule for b"),
+    (("tensor lsm(x; axis) -> same = scipy.special:log_softmax\n"
+      "d lsm(x)[i] / dx[j] = delta[i,j] - softmax(x)[j]\n"), "last axis"),
+], ids=["missing-implementation", "not-elementwise", "missing-derivative", "default-axis"])
+def test_check_of_a_function_line(capsys, tmp_path, text, why):
+    if "scipy" in text:
+        pytest.importorskip("scipy")
+    path = tmp_path / "mine.rules"
+    path.write_text(text)
+    code, out, err = run(capsys, "rules", "check", str(path))
+    assert code == 1 and err == "", out
+    assert why in out and f"{path}:1" in out.splitlines()[-1]
+
+
+def test_check_in_a_process(tmp_path):
+    path = tmp_path / "planted.rules"
+    path.write_text(TANH_WRONG)
+    result = run_process("rules", "check", str(path))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{path}:2" in result.stdout
+    result = run_process("rules", "check", "--quiet")
+    assert result.returncode == 0 and "all ok" in result.stdout
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [("rules", "check"), ("rules", "list", "--rules")])
+def test_a_missing_file_is_bad_input(capsys, tmp_path, args):
+    code, out, err = run(capsys, *args, str(tmp_path / "nowhere.rules"))
+    assert code == 2 and out == ""
+    assert err.startswith("einderiv: error: cannot read rule file")
+    assert "nowhere.rules" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("text, line, marked", [
+    ("elementwise erf(x) == scipy.special:erf\n", 1, "="),
+    ("# fine so far\nd exp(x) / dy = exp(x)\n", 2, "dy"),
+    ("elementwise erf(x) = scipy.special:erf\nd erf(x) / dx = 2 * exp(-x ** * 2)\n", 2, "*"),
+], ids=["rule-syntax", "not-a-parameter", "right-hand-side-syntax"])
+def test_a_malformed_rule_is_bad_input_with_a_caret(capsys, tmp_path, text, line, marked):
+    path = tmp_path / "bad.rules"
+    path.write_text(text)
+    code, out, err = run(capsys, "rules", "check", str(path))
+    assert code == 2 and out == ""
+    assert err.startswith("einderiv: error:") and f"bad.rules:{line}" in err
+    lines = err.splitlines()
+    caret = next(i for i, l in enumerate(lines) if l.strip() and set(l.strip()) == {"^"})
+    quoted = text.splitlines()[line - 1]
+    assert lines[caret - 1] == "  " + quoted
+    start = lines[caret].index("^") - 2
+    assert quoted[start:start + lines[caret].count("^")] == marked
+
+
+def test_a_malformed_rule_in_a_process(tmp_path):
+    path = tmp_path / "bad.rules"
+    path.write_text("def f(x) x\n")
+    result = run_process("rules", "check", str(path))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("einderiv: error:") and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [("rules",), ("rules", "list"), ("rules", "check")])
+def test_help_shows_examples(capsys, args):
+    with pytest.raises(SystemExit) as info:
+        cli.main([*args, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and "einderiv rules " in out
+
+
+# -- the worked example of CONTRIBUTING.md: erf from a rule file alone ---------------------------
+
+def test_erf_example_passes_the_check(capsys, in_checkout):
+    pytest.importorskip("scipy")
+    code, out, _ = run(capsys, "rules", "check", "docs/erf.rules")
+    assert code == 0, out
+    assert [l.split()[:2] for l in out.splitlines()[:-1]] == [
+        ["ok", f"docs/erf.rules:{line_of(ERF_RULES, 'elementwise erf')}"],
+        ["ok", f"docs/erf.rules:{line_of(ERF_RULES, 'd erf')}"]]
+
+
+def test_erf_example_gradient_from_the_command_line(capsys, in_checkout, restore_default_rules):
+    special = pytest.importorskip("scipy.special")
+    code, out, _ = run(capsys, "grad", "sum(erf(x))", "--wrt", "x", "--shape", "x=n",
+                       "--rules", "docs/erf.rules", "--check")
+    assert code == 0
+    formula, check = out.rstrip("\n").split("\n")
+    assert check.startswith("# check:") and float(check.split()[-1]) < TOLERANCE
+    # The printed formula, evaluated, against central differences of scipy's erf itself.
+    x = np.linspace(-2.0, 2.0, 9)
+    h = 1e-6
+    expected = (special.erf(x + h) - special.erf(x - h)) / (2 * h)
+    got = einderiv.compile(formula, {"x": ("n",)})(x=x)
+    np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-9)
+
+
+def test_erf_example_from_python(restore_default_rules):
+    special = pytest.importorskip("scipy.special")
+    einderiv.load_rules(ERF_RULES)
+    x = np.array([-1.5, 0.0, 0.3, 2.0])
+    np.testing.assert_allclose(einderiv.compile("erf(x)", {"x": ("n",)})(x=x), special.erf(x))
+    g = einderiv.grad("sum(erf(x))", "x", {"x": ("n",)})
+    np.testing.assert_allclose(g(x=x), 2 / np.sqrt(np.pi) * np.exp(-x ** 2), rtol=1e-12)
+
+
+def test_contributing_shows_the_erf_rule_file_as_it_is():
+    guide = (ROOT / "CONTRIBUTING.md").read_text()
+    assert ERF_RULES.read_text().strip() in guide
+    assert "einderiv rules check docs/erf.rules" in guide
