@@ -151,11 +151,14 @@ class _Batcher:
         self.stacks: list[tuple[Node, list[Node]]] = []
         self.heavy = expands
         batched = self.lift(tuple(members), lanes, 0, top=True)
-        if batched is None or id(batched) in self.index or \
-                STACK_ONLY_FOR_PRODUCTS and self.stacks and not self.heavy:
-            # Copying per-step inputs into a stack pays for a matrix product or a primitive
-            # (`W @ h_t` for all t at once), not for elementwise work alone.
+        if batched is None or id(batched) in self.index:
             return False
+        if STACK_ONLY_FOR_PRODUCTS and self.stacks and not self.heavy:
+            # Copying per-step inputs into a stack pays for a matrix product or a primitive
+            # (`W @ h_t` for all t at once), not for elementwise work alone. A part of the
+            # group may read rows stacked already (`1 - o_t` of the output gates, among the
+            # `1 - s` of every gate).
+            return any([self._batch(part) for part in self._parts(members)])
         # Valid when every input comes before every use of a member; else an input depends on
         # a member (the recurrence) and batching would make a cycle.
         for stack, nodes in self.stacks:
@@ -178,6 +181,17 @@ class _Batcher:
         for row, m in enumerate(members):
             self.rows[id(m)] = self.placed[id(m)] = (batched, row)
         return True
+
+    def _parts(self, members: list[Node]) -> list[list[Node]]:
+        """The members split by the batches or stacks their per-step inputs are rows of."""
+        parts = defaultdict(list)
+        for m in members:
+            holes = [e for e in self.signature[id(m)] if not isinstance(e, int)]
+            where = tuple(id(self.placed[id(e)][0]) if id(e) in self.placed else None
+                          for e in holes)
+            if holes and None not in where:
+                parts[where].append(m)
+        return [p for p in parts.values() if MIN_LANES <= len(p) < len(members)]
 
     def _position(self, n: Node) -> float:
         if id(n) in self.rows:
