@@ -107,9 +107,8 @@ def _latex(result) -> str:
 def test_logistic_regression_gradient():
     text = _latex(einderiv.grad(LOGISTIC[0], "w", LOGISTIC[1]))
     assert text == ("\\begin{aligned}\n"
-                    "t_{0} &= \\exp\\left(-y \\odot \\left(X w\\right)\\right) \\\\\n"
-                    "\\mathrm{d}w &= -X^{\\top} \\left(\\frac{t_{0}}{1 + t_{0}} "
-                    "\\odot y\\right)\n"
+                    "\\mathrm{d}w &= -X^{\\top} \\frac{y}{1 + \\exp\\left(y \\odot "
+                    "\\left(X w\\right)\\right)}\n"
                     "\\end{aligned}")
 
 

@@ -9,8 +9,7 @@ table (`_WRAPPED`) rather than in each construct.
 ...                   {"X": ("n", "d"), "y": ("n",), "w": ("d",)})
 >>> print(g.latex)
 \\begin{aligned}
-t_{0} &= \\exp\\left(-y \\odot \\left(X w\\right)\\right) \\\\
-\\mathrm{d}w &= -X^{\\top} \\left(\\frac{t_{0}}{1 + t_{0}} \\odot y\\right)
+\\mathrm{d}w &= -X^{\\top} \\frac{y}{1 + \\exp\\left(y \\odot \\left(X w\\right)\\right)}
 \\end{aligned}
 """
 from __future__ import annotations
