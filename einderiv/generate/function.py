@@ -39,15 +39,25 @@ class GeneratedFunction:
         self._seen: dict[tuple, object] = {}  # (name, shape, dtype) of every input -> function
         self.backend = backend
         self.xp = namespace(backend)
+        self._single = module.outputs == 1
 
-    def __call__(self, arrays: dict):
+    def __call__(self, arrays: dict) -> tuple:
+        """The outputs, in order, for keyword `arrays`."""
         try:
-            seen = tuple((k, v.shape, v.dtype) for k, v in arrays.items())
+            seen = tuple([(k, v.shape, v.dtype) for k, v in arrays.items()])
         except AttributeError:
             seen = None  # a Python scalar or a list: take the careful path
-        function = self._seen.get(seen) if seen is not None else None
-        if function is not None:  # exactly these names, shapes and dtypes passed the checks
-            return self._run(function, [arrays[name] for name in self.arguments])
+        function = self._seen.get(seen)
+        if function is None:
+            return self._first_call(arrays, seen)
+        # Exactly these names, shapes and dtypes passed the checks: call it, nothing else.
+        try:
+            result = function(*[arrays[name] for name in self.arguments])
+        except (np.linalg.LinAlgError, FloatingPointError, ValueError) as e:
+            raise EvaluationError(f"evaluation failed: {e}") from None
+        return (result,) if self._single else result
+
+    def _first_call(self, arrays: dict, seen) -> tuple:
         values, key = self._checked(arrays)
         function = self._cache.get(key)
         if function is None:
@@ -55,14 +65,11 @@ class GeneratedFunction:
         if seen is not None and all(name in arrays and values[name] is arrays[name]
                                     for name in self.arguments):
             self._seen[seen] = function  # nothing was converted or stood in for
-        return self._run(function, [values[name] for name in self.arguments])
-
-    def _run(self, function, values) -> list:
         try:
-            result = function(*values)
-            return [result] if self.module.outputs == 1 else list(result)
+            result = function(*[values[name] for name in self.arguments])
         except (np.linalg.LinAlgError, FloatingPointError, ValueError) as e:
             raise EvaluationError(f"evaluation failed: {e}") from None
+        return (result,) if self._single else tuple(result)
 
     def _checked(self, arrays: dict):
         reject_unknown(arrays, {**self.variables, **self.optional})
