@@ -220,3 +220,13 @@ def pytest_runtest_call(item):
         raise AssertionError("formula round trip / generated code vs IR:\n"
                              + "\n".join(shown) + more)
     return outcome
+
+
+@pytest.fixture
+def restore_default_rules():
+    """Undo what a test loads into the process-wide rule book."""
+    import einderiv.rulebook.table as table
+    saved = table._DEFAULT
+    table._DEFAULT = saved.copy() if saved else None
+    yield
+    table._DEFAULT = saved

@@ -19,6 +19,15 @@ def _calls(formula: str, name: str) -> int:
     return len(re.findall(rf"\b{name}\(", formula))
 
 
+def _model_inputs(weights, steps=5, V=4, H=3, seed=1) -> dict:
+    shapes = {"W": (H, H), "U": (H, V), "b": (H,), "Wy": (V, H), "by": (V,)}
+    rng = np.random.default_rng(seed)
+    inputs = {w: rng.normal(size=shapes[w] if w in shapes else shapes[w[0]]) for w in weights}
+    X = np.eye(V)[rng.integers(0, V, size=steps)]
+    inputs["X"], inputs["Y"] = X, np.roll(X, -1, axis=0)
+    return inputs
+
+
 @pytest.mark.parametrize("steps", [3, 8, 16])
 def test_rnn_output_layer_and_input_projection_run_once(steps):
     loss, weights = rnn_loss(steps)
@@ -53,12 +62,7 @@ def test_lstm_batches_its_input_projections_and_output_layer():
 def test_batched_unrolled_gradients_match_finite_differences(builder):
     loss, weights = builder(5)
     g = einderiv.grad(loss, weights)
-    V, H = 4, 3
-    shapes = {"W": (H, H), "U": (H, V), "b": (H,), "Wy": (V, H), "by": (V,)}
-    rng = np.random.default_rng(1)
-    inputs = {w: rng.normal(size=shapes[w] if w in shapes else shapes[w[0]]) for w in weights}
-    X = np.eye(V)[[0, 2, 1, 3, 2]]
-    inputs["X"], inputs["Y"] = X, np.roll(X, -1, axis=0)
+    inputs = _model_inputs(weights, seed=1)
     f = einderiv.compile(loss)
     for name, value in zip(weights, g(**inputs)):
         assert relative_error(value, finite_difference(f, inputs, name)) < 1e-6, name
@@ -105,12 +109,7 @@ def test_every_valid_group_batched_stays_correct(builder, monkeypatch):
     monkeypatch.setattr(lanes, "STRICT", True)
     loss, weights = builder(5)
     g = einderiv.grad(loss, weights)
-    V, H = 4, 3
-    shapes = {"W": (H, H), "U": (H, V), "b": (H,), "Wy": (V, H), "by": (V,)}
-    rng = np.random.default_rng(2)
-    inputs = {w: rng.normal(size=shapes[w] if w in shapes else shapes[w[0]]) for w in weights}
-    X = np.eye(V)[[1, 0, 3, 3, 2]]
-    inputs["X"], inputs["Y"] = X, np.roll(X, -1, axis=0)
+    inputs = _model_inputs(weights, seed=2)
     assert "stack(" in g.formula.split("dW")[0]
     for value, expected in zip(g(**inputs), g.evaluate_ir(**inputs)):
         np.testing.assert_allclose(value, expected, rtol=1e-10, atol=1e-12)

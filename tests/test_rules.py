@@ -85,14 +85,6 @@ def test_a_rule_that_does_not_parse_is_a_rule_error():
     assert not result.ok and "broken.rules:1" in result.message
 
 
-@pytest.fixture
-def restore_default_rules():
-    import einderiv.rulebook.table as table
-    saved = table._DEFAULT
-    table._DEFAULT = saved.copy() if saved else None
-    yield
-    table._DEFAULT = saved
-
 
 def test_a_new_function_from_a_rule_file_alone(tmp_path, restore_default_rules):
     path = tmp_path / "cbrt.rules"

@@ -54,14 +54,6 @@ def in_checkout(monkeypatch):
     monkeypatch.chdir(ROOT)
 
 
-@pytest.fixture
-def restore_default_rules():
-    import einderiv.rulebook.table as table
-    saved = table._DEFAULT
-    table._DEFAULT = saved.copy() if saved else None
-    yield
-    table._DEFAULT = saved
-
 
 # -- rules list -----------------------------------------------------------------------------------
 
