@@ -99,6 +99,23 @@ def test_a_new_function_from_a_rule_file_alone(tmp_path, restore_default_rules):
     assert result.ok
 
 
+def test_an_axis_primitive_gets_the_languages_default_axis(tmp_path, restore_default_rules):
+    # scipy's softmax works over every entry when called without an axis; the language's
+    # default for a `same` primitive is the last axis, so the generated code must pass it.
+    pytest.importorskip("scipy")
+    path = tmp_path / "ssoftmax.rules"
+    path.write_text("tensor ssoftmax(x; axis) -> same = scipy.special:softmax\n"
+                    "d ssoftmax(x)[i] / dx[j] = ssoftmax(x)[i] * delta[i,j]"
+                    " - ssoftmax(x)[i] * ssoftmax(x)[j]\n")
+    einderiv.load_rules(path)
+    A = np.random.default_rng(0).normal(size=(3, 4))
+    rows = np.exp(A) / np.exp(A).sum(axis=1, keepdims=True)
+    f = einderiv.compile("ssoftmax(A)", {"A": ("m", "n")})
+    np.testing.assert_allclose(f(A=A), rows, rtol=1e-12)
+    np.testing.assert_allclose(f.evaluate_ir(A=A), rows, rtol=1e-12)
+    assert all(r.ok for r in check_rules(default_rulebook(), [path]))
+
+
 def test_definitions_expand(restore_default_rules, tmp_path):
     path = tmp_path / "defs.rules"
     path.write_text("def logcosh(x) = log(cosh(x))\n")

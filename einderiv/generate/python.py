@@ -225,7 +225,9 @@ class _Printer:
         if f is None or f.impl is None:
             raise TypeError(f"no implementation for {name}")
         if f.kind == "tensor" and f.axis and not e.kwargs:
-            pass  # the kernel's own default axis is the language's default
+            # The language's default, spelled out: a user's implementation may default to
+            # other axes (scipy's log_softmax works over every axis).
+            args.append(f"{f.axis}={'-1' if f.shape == 'same' else 'None'}")
         return f"{self._impl(f.impl)}({', '.join(args)})"
 
     def _impl(self, impl: str) -> str:

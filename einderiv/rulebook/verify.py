@@ -184,8 +184,8 @@ def _cases(f: Function, rng):
             C = rng.uniform(0.5, 1.5, size=out_shape)
             yield f"sum({f.name}({x}) * C)", {x: shape, "C": out_shape}, {x: X, "C": C}, None
         return
-    # A matrix without an axis too: the implementation's own default must be the language's
-    # (the last axis for `same`, every axis for `reduce`), since it is called without one.
+    # Without an axis too: the language's default (the last axis for `same`, every axis for
+    # `reduce`), which the generated code and the interpreter pass to the implementation.
     for shape, axis in (((4,), None), ((3, 4), None), ((3, 4), 0), ((2, 3, 4), (0, 2))):
         if axis is not None and f.axis is None:
             continue  # a primitive without an axis keyword works on whole arrays only
