@@ -398,3 +398,15 @@ def test_nonfinite_number_literals_do_not_crash():
     f = einderiv.compile("1e999 * x + 1e-999", SHAPES)
     with np.errstate(all="ignore"):
         assert np.all(np.isinf(f(x=np.ones(2))))
+
+
+def test_an_implementation_that_rejects_arrays_is_an_evaluation_error(
+        tmp_path, restore_default_rules):
+    # math.floor takes one number, not an array: a user's rule table can name anything.
+    path = tmp_path / "scalar_only.rules"
+    path.write_text("elementwise badf(x) = math:floor\nd badf(x) / dx = 0 * x\n")
+    einderiv.load_rules(path)
+    f = einderiv.compile("2 * badf(x)", {"x": ("n",)})
+    for call in (f, f.evaluate_ir):
+        with pytest.raises(EvaluationError, match="implementation in the rule tables"):
+            call(x=np.ones(3))

@@ -20,6 +20,18 @@ from ..rulebook.table import resolve
 Step = Callable[[list], object]
 
 
+
+# What evaluating arrays can raise: a singular matrix, a domain error, or an implementation
+# from a user's rule table rejecting the arrays (TypeError); each becomes an EvaluationError.
+EVALUATION_FAILURES = (np.linalg.LinAlgError, FloatingPointError, ValueError, TypeError)
+
+
+def evaluation_error(e: Exception) -> EvaluationError:
+    if isinstance(e, TypeError):
+        return EvaluationError(f"evaluation failed: {e} (TypeError: is every function's "
+                               f"implementation in the rule tables elementwise on arrays?)")
+    return EvaluationError(f"evaluation failed: {e}")
+
 class Plan:
     """Evaluates `roots` from keyword arrays; caches one step list per shape signature."""
 
@@ -48,8 +60,8 @@ class Plan:
         try:
             for i, step in enumerate(steps):
                 slots[i] = step(slots) if step is not None else values[self.order[i].name]
-        except (np.linalg.LinAlgError, FloatingPointError, ValueError) as e:
-            raise EvaluationError(f"evaluation failed: {e}") from None
+        except EVALUATION_FAILURES as e:
+            raise evaluation_error(e) from None
         return [_finish(slots[i]) for i in results]
 
     def _inputs(self, arrays: dict):

@@ -13,9 +13,9 @@ import opt_einsum
 
 from ..backends import namespace
 
-from ..errors import EvaluationError, InputError, ShapeError
-from ..evaluate.plan import (_as_array, bind_dimensions, check_structured, reject_unknown,
-                             size_of)
+from ..errors import InputError, ShapeError
+from ..evaluate.plan import (EVALUATION_FAILURES, _as_array, bind_dimensions,
+                             check_structured, evaluation_error, reject_unknown, size_of)
 from ..ir.dims import show_shape
 from ..ir.nodes import Var
 from .python import PythonModule
@@ -53,8 +53,8 @@ class GeneratedFunction:
         # Exactly these names, shapes and dtypes passed the checks: call it, nothing else.
         try:
             result = function(*[arrays[name] for name in self.arguments])
-        except (np.linalg.LinAlgError, FloatingPointError, ValueError) as e:
-            raise EvaluationError(f"evaluation failed: {e}") from None
+        except EVALUATION_FAILURES as e:
+            raise evaluation_error(e) from None
         return (result,) if self._single else result
 
     def _first_call(self, arrays: dict, seen) -> tuple:
@@ -67,8 +67,8 @@ class GeneratedFunction:
             self._seen[seen] = function  # nothing was converted or stood in for
         try:
             result = function(*[values[name] for name in self.arguments])
-        except (np.linalg.LinAlgError, FloatingPointError, ValueError) as e:
-            raise EvaluationError(f"evaluation failed: {e}") from None
+        except EVALUATION_FAILURES as e:
+            raise evaluation_error(e) from None
         return (result,) if self._single else tuple(result)
 
     def _checked(self, arrays: dict):
