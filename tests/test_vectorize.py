@@ -325,3 +325,16 @@ def test_formula_matches_finite_differences(case, results):
         expected = finite_difference(f, arrays, w)
         err = relative_error(actual, expected)
         assert err < 1e-6, f"d/d{w}: relative error {err:.2g}; formula:\n{result.formula}"
+
+
+@pytest.mark.parametrize("expr, formula", [
+    ("einsum('gij,j->gi', stack(A, B, C), x)", "stack(A, B, C) @ x"),
+    ("einsum('j,gjk->gk', x, stack(A, B, C))", "x @ stack(A, B, C)"),
+    ("einsum('gij,jk->gik', stack(A, B, C), M)", "stack(A, B, C) @ M"),
+    ("einsum('kj,gjm->gkm', N, stack(A, B, C))", "N @ stack(A, B, C)"),
+])
+def test_a_stack_of_matrices_multiplies_with_matmul(expr, formula):
+    # numpy's @ broadcasts over a leading stack axis: no einsum where a matrix form fits.
+    shapes = {"A": ("n", "n"), "B": ("n", "n"), "C": ("n", "n"), "x": ("n",),
+              "M": ("n", "m"), "N": ("m", "n")}
+    assert einderiv.compile(expr, shapes).formula == formula

@@ -237,12 +237,15 @@ class ContractionTranslator:
         return False
 
     def _pair(self) -> bool:
-        """Two terms sharing exactly one summed index, at most a matrix each: a matmul."""
+        """Two terms sharing exactly one summed index: a matmul."""
         for i, a in enumerate(self.terms):
             for b in self.terms[i + 1:]:
                 shared = set(a.labels) & set(b.labels)
                 summed = [l for l in shared if not self._needed(l, skip=(a, b))]
-                if len(summed) != 1 or len(shared) != 1 or len(a.labels) > 2 or len(b.labels) > 2:
+                # At most a matrix each, or a stack of matrices with a matrix or a vector
+                # (numpy's matmul broadcasts over the stack's leading axis).
+                ranks = sorted((len(a.labels), len(b.labels)))
+                if len(summed) != 1 or len(shared) != 1 or ranks[0] > 2 or ranks[1] > 3:
                     continue
                 product = _matmul(a, b, summed[0], self.out)
                 if product is not None:
@@ -375,6 +378,8 @@ def _matmul(a: Term, b: Term, k, out) -> Term | None:
         if set(lrest) & set(rrest):
             continue
         labels = lrest + rrest
+        if len(right.labels) == 3:  # a stack on the right: its leading axis comes first
+            labels = rrest[:1] + lrest + rrest[1:]
         # As a person writes it: the matrix first (`X.T @ v` rather than `v @ X`), then the
         # fewest transposes, then the result already in the output's order.
         vector_first = len(left.labels) == 1 and len(right.labels) == 2
@@ -397,6 +402,8 @@ def _as_left(t: Term, k):
         return t.expr, (t.labels[0],), 0
     if len(t.labels) == 2 and t.labels[0] == k:
         return transpose(t.expr), (t.labels[1],), 1
+    if len(t.labels) == 3 and t.labels[2] == k:  # a stack of matrices, never transposed
+        return t.expr, t.labels[:2], 0
     return None
 
 
@@ -407,4 +414,6 @@ def _as_right(t: Term, k):
         return t.expr, (t.labels[1],), 0
     if len(t.labels) == 2 and t.labels[1] == k:
         return transpose(t.expr), (t.labels[0],), 1
+    if len(t.labels) == 3 and t.labels[1] == k:
+        return t.expr, (t.labels[0], t.labels[2]), 0
     return None
