@@ -174,7 +174,9 @@ class Derived(_Result):
     >>> import numpy as np, einderiv
     >>> g = einderiv.grad("x @ A @ x", "x", {"A": ("n", "n"), "x": ("n",)})
     >>> print(g.formula)
-    A.T @ x + A @ x
+    (A.T + A) @ x
+    >>> g(A=np.array([[1.0, 2.0], [3.0, 4.0]]), x=np.array([1.0, 1.0]))
+    array([ 7., 13.])
     """
 
     def __init__(self, lowered: Lowered, kind: str, wrt: list[str], roots: list, labels: list,
