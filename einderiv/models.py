@@ -1,7 +1,8 @@
 """Unrolled recurrent networks built with `einderiv.var` in a Python loop.
 
-They are the seed-000 experiment done at tensor level: a character model whose loss is the
-softmax cross-entropy summed over steps. Tests, benchmarks and examples share them.
+They are a character model whose loss is the softmax cross-entropy summed over steps, built
+from whole tensors: derived as scalar expressions instead, an LSTM's cost swells into hundreds
+of variables. Tests, benchmarks and examples share them.
 
 >>> import einderiv
 >>> loss, weights = rnn_loss(steps=3)

@@ -1,4 +1,7 @@
-"""Seed 003's batching across unrolled steps: the same computation, once per step, done once.
+"""Batching across unrolled steps: the same computation, once per step, done once.
+
+The lesson of Theano's `scan` gradients: the backward pass of a loop accumulates per-step
+products (`W += A[t] @ B[t]`), and one product of the stacked operands is much faster.
 
 An unrolled network repeats one subgraph per step (`U @ X[t]`, `softmax(Wy @ h_t + by)`,
 `1 - h_t**2`). Each copy is a few small array operations, so the steps cost call overhead rather

@@ -165,7 +165,7 @@ class _Translator:
         return ast.Call(node.fn, call.args, ((f.axis if f else "axis", axis),))
 
     def _batched(self, node: Add) -> ast.Expr | None:
-        """Seed 003's batching: a sum over steps of outer products, `sum_t outer(a_t, b_t)`,
+        """Batching across steps: a sum over steps of outer products, `sum_t outer(a_t, b_t)`,
         as one matrix product of stacked operands, `stack(a...).T @ stack(b...)`; and a sum
         that places each operand in its own row as `stack(...)`."""
         coefs = {c for c, _ in node.terms}
