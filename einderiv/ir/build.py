@@ -222,7 +222,7 @@ def zeros(shape) -> Node:
 def add(terms: list[tuple[float, Node]]) -> Node:
     """`sum(coef * term)` over terms of one shape, merging repeated terms and constants.
 
-    Nested sums are kept as they are: one of them may be shared (seed 001's `(x + y) + x*(x + y)`),
+    Nested sums are kept as they are: one of them may be shared (`x + y` in `(x + y) + x*(x + y)`),
     and flattening it into its parent would compute it twice.
     """
     merged: dict[Node, float] = {}
