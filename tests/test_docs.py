@@ -1,0 +1,220 @@
+"""The documentation says what the code does (issue 10): every example it shows runs here.
+
+- Docstring examples (`>>>`) of every module of the `einderiv` package run as doctests.
+- The guides (README.md, CONTRIBUTING.md, docs/*.md) show the command line in ```console blocks:
+  `$ einderiv ARGS` runs through `einderiv.cli.main` in this process, from the repository root,
+  and the lines after it, up to the next `$ `, are its output (stdout and stderr as they
+  interleave), compared exactly. Its exit status must be 0 unless the next line is `$ echo $?`,
+  which shows it. `$ cat FILE` shows a file of the repository. Only the seconds a command
+  reports it took (`in 0.17 s`) are not compared.
+- Python in the guides is shown as ```pycon sessions (`>>>`), run as one doctest per file.
+- The README's two commands: the test command is the one `.ci/run` runs, and the main job prints
+  what the README says it prints.
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import doctest
+import importlib
+import io
+import pkgutil
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+import einderiv
+from einderiv import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+GUIDES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
+FENCE = re.compile(r"^```([\w-]*)\n(.*?)^```\s*$", re.M | re.S)
+SECONDS = re.compile(r"\bin \d+\.\d+ s\b")
+
+
+def fences(path: Path) -> list[tuple[str, int, str]]:
+    """(language, line of the first line inside, text) of each fenced block of `path`."""
+    text = path.read_text()
+    return [(m.group(1), text.count("\n", 0, m.start(2)) + 1, m.group(2))
+            for m in FENCE.finditer(text)]
+
+
+def sessions(text: str) -> list[tuple[str, str]]:
+    """(command, shown output) for each `$ ` line of a console block."""
+    shown: list[tuple[str, list[str]]] = []
+    for line in text.splitlines():
+        if line.startswith("$ "):
+            shown.append((line[2:], []))
+        elif not shown:
+            raise AssertionError(f"output before any command: {line!r}")
+        else:
+            shown[-1][1].append(line + "\n")
+    return [(command, "".join(out)) for command, out in shown]
+
+
+def run_einderiv(args: list[str]) -> tuple[int, str]:
+    """Exit status and output (stdout and stderr, interleaved) of `einderiv ARGS`."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+        try:
+            status = cli.main(args)
+        except SystemExit as e:  # argparse: --help, usage errors
+            status = e.code if isinstance(e.code, int) else 1
+    return status, buffer.getvalue()
+
+
+def console_blocks() -> list:
+    return [pytest.param(path, text, id=f"{path.name}:{line}")
+            for path in GUIDES for lang, line, text in fences(path) if lang == "console"]
+
+
+@pytest.mark.parametrize("path, text", console_blocks())
+def test_console_example(path, text, monkeypatch, restore_default_rules):
+    monkeypatch.chdir(ROOT)
+    steps = sessions(text)
+    status = None
+    for k, (command, want) in enumerate(steps):
+        words = shlex.split(command)
+        if words[0] == "einderiv":
+            status, got = run_einderiv(words[1:])
+            shows_status = k + 1 < len(steps) and steps[k + 1][0] == "echo $?"
+            assert shows_status or status == 0, (
+                f"{path.name}: `{command}` exited with status {status}:\n{got}")
+        elif words == ["echo", "$?"]:
+            assert status is not None, f"{path.name}: `echo $?` follows no einderiv command"
+            got = f"{status}\n"
+        elif words[0] == "cat" and len(words) == 2:
+            got = (ROOT / words[1]).read_text()
+        else:
+            raise AssertionError(f"{path.name}: a console example may run `einderiv ...`, "
+                                 f"`echo $?` and `cat FILE`, not `{command}`")
+        if SECONDS.sub("in <seconds> s", got) != SECONDS.sub("in <seconds> s", want):
+            diff = "".join(difflib.unified_diff(want.splitlines(True), got.splitlines(True),
+                                                "shown", "printed"))
+            raise AssertionError(f"{path.name}: `{command}` prints something else:\n{diff}")
+
+
+@pytest.mark.parametrize("path", GUIDES, ids=lambda p: p.name)
+def test_python_sessions(path, monkeypatch, restore_default_rules):
+    monkeypatch.chdir(ROOT)
+    parser, runner, report = doctest.DocTestParser(), doctest.DocTestRunner(), []
+    globs: dict = {}  # one namespace per guide, as a reader runs it top to bottom
+    for lang, line, text in fences(path):
+        if lang == "pycon":
+            test = parser.get_doctest(text, globs, f"{path.name}:{line}", str(path), line - 1)
+            runner.run(test, out=report.append, clear_globs=False)
+            globs = test.globs  # the next block continues this one's session
+    assert runner.failures == 0, "".join(report)
+
+
+@pytest.mark.parametrize("path", GUIDES, ids=lambda p: p.name)
+def test_every_example_in_a_guide_is_checked(path):
+    """Shown commands and Python sit in blocks the tests above run, never in unchecked ones."""
+    for lang, line, text in fences(path):
+        where = f"{path.name}:{line}"
+        if lang == "console":
+            assert text.startswith("$ "), f"{where}: a console block starts with a command"
+        elif lang == "python":
+            raise AssertionError(f"{where}: show Python as a ```pycon session (>>>), which "
+                                 f"the tests run")
+        else:
+            assert not re.search(r"^\$ ", text, re.M), (
+                f"{where}: a block with `$ ` commands is a ```console block, which the tests run")
+
+
+# -- the README's two commands ---------------------------------------------------------------------
+
+def pyproject() -> dict:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def two_commands() -> list[tuple[str, str]]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Two commands", 1)[1].split("\n## ", 1)[0]
+    return [(m.group(1), m.group(2)) for m in FENCE.finditer(section)]
+
+
+def test_readme_main_job_prints_what_it_shows(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    (lang, command), (_, shown) = two_commands()[:2]
+    assert lang == "sh"
+    install, _, job = command.strip().partition(" && ")
+    assert install == "pip install -e ."
+    words = shlex.split(job)
+    assert words[0] == "einderiv"
+    scripts = pyproject()["scripts"]
+    assert scripts["einderiv"] == "einderiv.cli:main"  # the command is the function run here
+    assert run_einderiv(words[1:]) == (0, shown)
+
+
+def test_readme_test_command_is_what_ci_runs():
+    blocks = two_commands()
+    assert len(blocks) == 3, "install and run the main job, what it prints, run the tests"
+    lang, command = blocks[2]
+    assert lang == "sh"
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.startswith(("#", "set ", "cd "))]
+    assert ci == [command.strip()]
+
+
+def test_commands_to_copy_name_what_exists():
+    """The ```sh blocks of the guides (installs, scripts, test files) name real things."""
+    extras = pyproject()["optional-dependencies"]
+    for path in GUIDES:
+        for lang, line, text in fences(path):
+            if lang != "sh":
+                continue
+            for extra in re.findall(r"pip install -e '\.\[(\w+)\]'", text):
+                assert extra in extras, f"{path.name}:{line}: no extra '{extra}'"
+            for file in re.findall(r"(?<![\w/.])((?:tests|examples|benchmarks)/[\w/]+\.py)",
+                                   text):
+                assert (ROOT / file).is_file(), f"{path.name}:{line}: no file {file}"
+
+
+# -- docstrings --------------------------------------------------------------------------------
+
+MODULES = sorted(m.name for m in pkgutil.walk_packages(einderiv.__path__, "einderiv.")
+                 if m.name != "einderiv.__main__")  # importing it runs the command line
+
+
+def docstring_tests(name: str) -> list[doctest.DocTest]:
+    module = importlib.import_module(name)
+    return [t for t in doctest.DocTestFinder().find(module, name) if t.examples]
+
+
+@pytest.mark.parametrize("name", ["einderiv", *MODULES])
+def test_docstring_examples(name, restore_default_rules):
+    runner, report = doctest.DocTestRunner(), []
+    for test in docstring_tests(name):
+        runner.run(test, out=report.append)
+    assert runner.failures == 0, "".join(report)
+
+
+def test_the_public_api_shows_examples():
+    """Docstrings on the public API carry a runnable example (STYLE.md)."""
+    shown = {t.name.rpartition(".")[2] for t in docstring_tests("einderiv.api")}
+    assert {"Compiled", "Derived", "grad"} <= shown
+    assert sum(len(t.examples) for name in ["einderiv", *MODULES]
+               for t in docstring_tests(name)) >= 30
+
+
+def test_readme_lstm_size_ratio_is_measured():
+    """'an LSTM over 32 steps: 1.85× the forward graph's nodes' is what the code gives."""
+    from einderiv.api import lower_source
+    from einderiv.derive import derivatives
+    from einderiv.ir.nodes import Var, topological
+    from einderiv.models import lstm_loss
+    from einderiv.rulebook import default_rulebook
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    steps, ratio = re.search(r"an LSTM over (\d+) steps: (\d+\.\d+)× the forward graph's nodes",
+                             readme).groups()
+    loss, weights = lstm_loss(int(steps))
+    lowered = lower_source(loss, None)
+    grads = derivatives(lowered.root, [Var(w, lowered.declared[w]) for w in weights],
+                        default_rulebook())
+    measured = len(topological(*grads)) / len(topological(lowered.root))
+    assert f"{measured:.2f}" == ratio
