@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import difflib
 import doctest
@@ -21,6 +22,7 @@ import io
 import pkgutil
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -218,3 +220,62 @@ def test_readme_lstm_size_ratio_is_measured():
                         default_rulebook())
     measured = len(topological(*grads)) / len(topological(lowered.root))
     assert f"{measured:.2f}" == ratio
+
+
+# -- the examples of `einderiv --help` ---------------------------------------------------------
+
+def help_epilogs() -> list[tuple[str, str]]:
+    """(command path, epilog) of the parser and every subcommand's parser."""
+    found, todo = [], [("einderiv", cli.build_parser())]
+    while todo:
+        name, parser = todo.pop()
+        found.append((name, parser.epilog or ""))
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo += [(f"{name} {sub}", p) for sub, p in action.choices.items()]
+    return found
+
+
+def help_examples() -> list:
+    """Each `einderiv ...` line under `examples:` of a --help, with the output lines shown
+    (more deeply indented) under it."""
+    params = []
+    for name, epilog in help_epilogs():
+        shown = []
+        for line in epilog.splitlines():
+            if re.match(r"  (echo .* \| )?einderiv ", line):
+                shown.append((line.strip(), []))
+            elif line.startswith("      ") and shown:
+                shown[-1][1].append(line.strip())
+        params += [pytest.param(command, out, id=f"{name}: {re.sub(r'  +#.*', '', command)}")
+                   for command, out in shown]
+    return params
+
+
+@pytest.mark.parametrize("command, shown", help_examples())
+def test_help_example(command, shown, monkeypatch, tmp_path, restore_default_rules):
+    """Each runs with status 0 and prints the lines shown under it, in order, where `...`
+    stands for text left out and columns may be aligned otherwise (an excerpt of a table).
+    `my.rules` stands for a rule file of the user's: here docs/wrong.rules, a tanh rule with a
+    sign slipped, which is what the examples show (`rules check` of it exits 1)."""
+    monkeypatch.chdir(ROOT)
+    words = shlex.split(command, comments=True)
+    if words[0] == "echo":
+        monkeypatch.setattr(sys, "stdin", io.StringIO(words[1] + "\n"))
+        words = words[3:]
+    if "my.rules" in words:
+        (tmp_path / "my.rules").write_text((ROOT / "docs" / "wrong.rules").read_text())
+        monkeypatch.chdir(tmp_path)
+    status, got = run_einderiv(words[1:])
+    assert status == (1 if words[1:3] == ["rules", "check"] and "my.rules" in words else 0), got
+
+    def tidy(line: str) -> str:
+        return " ".join(SECONDS.sub("in <seconds> s", line).split())
+
+    printed = iter(tidy(line) for line in got.splitlines())
+    for line in shown:
+        if line == "...":
+            continue
+        pattern = re.compile(".*".join(map(re.escape, tidy(line).split("..."))))
+        assert any(pattern.fullmatch(p) for p in printed), (
+            f"`{command}` does not print {line!r} (in this order):\n{got}")
