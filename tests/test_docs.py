@@ -279,3 +279,19 @@ def test_help_example(command, shown, monkeypatch, tmp_path, restore_default_rul
         pattern = re.compile(".*".join(map(re.escape, tidy(line).split("..."))))
         assert any(pattern.fullmatch(p) for p in printed), (
             f"`{command}` does not print {line!r} (in this order):\n{got}")
+
+
+def test_readme_names_every_function_of_the_language():
+    """The README's list of functions is the language's: the built-in calls and the functions
+    of the built-in rule tables (less `div` and `pow`, which are the operators `/` and `**`)."""
+    from einderiv.lower.calls import BUILTINS
+    from einderiv.rulebook import default_rulebook
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## The language", 1)[1].split("\n\n", 2)[1]
+    listed = section.split("Functions:", 1)[1].split("The full contract", 1)[0]
+    # In each `...`: the words that stand alone or are called (not `x` of `step(x)`, `axis=`).
+    named = {word for quoted in re.findall(r"`([^`]*)`", listed)
+             for word in re.findall(r"(?<![\w\"])([a-z]\w*)(?=\(|\s|$)", quoted)}
+    language = (set(BUILTINS) | set(default_rulebook().functions)) - {"div", "pow"}
+    assert named == language
