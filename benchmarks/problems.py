@@ -174,7 +174,7 @@ def logistic_hessian(n, d) -> Instance:
 
 def _char_data(V, H, T, weights, seed):
     rng = np.random.default_rng(seed)
-    if (V, T) == (9, 11):  # the "hello world!" model of seed 000
+    if (V, T) == (9, 11):  # the "hello world!" character model
         text = "hello world!"
         chars = sorted(set(text))
         ids = np.array([chars.index(c) for c in text])

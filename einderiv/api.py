@@ -1,6 +1,8 @@
 """The Python API of SPEC §2: `compile` and the objects it returns."""
 from __future__ import annotations
 
+import threading
+
 from .backends import namespace
 from .derive import derivatives
 from .errors import EinderivError, ShapeError, UnknownNameError, did_you_mean
@@ -14,6 +16,7 @@ from .ir.einstein import format_program
 from .lower.lower import Lowered, lower
 from .parse import parse
 from .parse import ast
+from .parse.parser import check_name
 from .parse.unparse import unparse
 from .rulebook import default_rulebook
 from .symbolic import Tensor
@@ -33,11 +36,13 @@ def to_program(expr, shapes: dict | None) -> tuple[ast.Program, dict | None]:
                         f"{type(expr).__name__}")
 
 
-def lower_source(expr, shapes: dict | None) -> Lowered:
+def lower_source(expr, shapes: dict | None, rules=None) -> Lowered:
+    """Parse and lower `expr` with `rules` (default: the rule book in force now). Every name in
+    `shapes`, keys and dimensions, is checked by `check_name` on the way (in `lower`)."""
     if shapes is not None and not isinstance(shapes, dict):
         raise EinderivError(f"shapes must be a dict of name -> shape, got {type(shapes).__name__}")
     program, shapes = to_program(expr, shapes)
-    return lower(program, shapes, default_rulebook())
+    return lower(program, shapes, rules or default_rulebook())
 
 
 def _check_backend(backend: str) -> None:
@@ -48,20 +53,29 @@ class _Result:
     """What every API call returns: callable with keyword arrays, and printable in every format.
 
     `roots` maps output names to IR; `structure` turns the list of computed outputs into what
-    the call returns. Vectorizing and code generation happen on first use and are kept.
+    the call returns, and `positions` says, for each array the call returns (flattened), the
+    index of the output in `roots` it is. Vectorizing and code generation happen on first use
+    and are kept; they use `rules`, the rule book in force when the result was made, so a rule
+    file loaded later (from any thread) does not change a result made before.
     """
 
     def __init__(self, lowered: Lowered, roots: dict, structure, function_name: str,
-                 preferred: tuple[str, ...] = (), backend: str = "numpy"):
+                 preferred: tuple[str, ...] = (), backend: str = "numpy", rules=None,
+                 positions: tuple[int, ...] | None = None):
         self.lowered = lowered
         self.backend = backend
+        self.rules = rules or default_rulebook()
         self._preferred = preferred
         self.roots = roots
         self._structure = structure
+        self.positions = tuple(range(len(roots))) if positions is None else tuple(positions)
         self._function_name = function_name
         self._program = None
         self._module = None
         self._function = None
+        # The first use builds the program, the module and the function once, whichever
+        # threads ask; later uses read them without the lock.
+        self._building = threading.RLock()
 
     @property
     def einstein(self) -> str:
@@ -72,8 +86,10 @@ class _Result:
     @property
     def program(self):
         if self._program is None:
-            self._program = vectorize(self.roots, self.lowered.names, default_rulebook(),
-                                      self.lowered.declared)
+            with self._building:
+                if self._program is None:
+                    self._program = vectorize(self.roots, self.lowered.names, self.rules,
+                                              self.lowered.declared)
         return self._program
 
     @property
@@ -96,7 +112,7 @@ class _Result:
         """The contraction plan: each Einstein product as an opt_einsum call with its
         subscripts and operands, the other steps as plain calls, one line each."""
         from .generate.einsum import format_einsum
-        return format_einsum(self.roots, self.lowered.names)
+        return format_einsum(self.roots, self.lowered.names, self.rules)
 
     @property
     def source(self) -> str:
@@ -105,8 +121,10 @@ class _Result:
 
     def _generated(self):
         if self._module is None:
-            self._module = generate(self.program, self._function_name,
-                                    preferred=self._preferred)
+            with self._building:
+                if self._module is None:
+                    self._module = generate(self.program, self._function_name, self.rules,
+                                            preferred=self._preferred)
         return self._module
 
     @property
@@ -117,16 +135,19 @@ class _Result:
 
     def __call__(self, **arrays):
         if self._function is None:
-            structured = [n for n in topological(*self.roots.values())
-                          if isinstance(n, (Delta, Unit))]
-            self._function = GeneratedFunction(self._generated(), self.lowered.declared,
-                                               structured, self.backend)
+            with self._building:
+                if self._function is None:
+                    structured = [n for n in topological(*self.roots.values())
+                                  if isinstance(n, (Delta, Unit))]
+                    self._function = GeneratedFunction(self._generated(),
+                                                       self.lowered.declared, structured,
+                                                       self.backend)
         return self._structure(self._function(arrays))
 
     def evaluate_ir(self, **arrays):
         """The same results computed by interpreting the IR directly (no vectorizing, no code
         generation): an independent path, used to test the generated code."""
-        plan = Plan(list(self.roots.values()), accepted=self.lowered.declared)
+        plan = Plan(list(self.roots.values()), self.rules, accepted=self.lowered.declared)
         return self._structure(plan(arrays))
 
 
@@ -145,9 +166,9 @@ class Compiled(_Result):
     array([1., 2.])
     """
 
-    def __init__(self, lowered: Lowered, backend: str = "numpy"):
+    def __init__(self, lowered: Lowered, backend: str = "numpy", rules=None):
         super().__init__(lowered, {lowered.output_name or "out": lowered.root}, _single, "value",
-                         backend=backend)
+                         backend=backend, rules=rules)
 
     @property
     def shape(self) -> tuple[str, ...]:
@@ -165,7 +186,8 @@ def compile(expr, shapes: dict | None = None, *, backend: str = "numpy") -> Comp
     `UnknownNameError` (all `EinderivError`) on bad input.
     """
     _check_backend(backend)
-    return Compiled(lower_source(expr, shapes), backend)
+    rules = default_rulebook()
+    return Compiled(lower_source(expr, shapes, rules), backend, rules)
 
 
 class Derived(_Result):
@@ -180,8 +202,10 @@ class Derived(_Result):
     """
 
     def __init__(self, lowered: Lowered, kind: str, wrt: list[str], roots: list, labels: list,
-                 structure, backend: str = "numpy"):
-        super().__init__(lowered, dict(zip(labels, roots)), structure, kind, tuple(wrt), backend)
+                 structure, backend: str = "numpy", rules=None, positions=None):
+        labels = _distinct_labels(labels)
+        super().__init__(lowered, dict(zip(labels, roots)), structure, kind, tuple(wrt), backend,
+                         rules, positions)
         self.kind = kind
         self.wrt = wrt
 
@@ -191,10 +215,54 @@ class Derived(_Result):
 
 def _wrt_list(wrt) -> tuple[list[str], bool]:
     if isinstance(wrt, str):
-        return [wrt], False
-    if isinstance(wrt, (list, tuple)) and wrt and all(isinstance(w, str) for w in wrt):
-        return list(wrt), True
-    raise EinderivError(f"wrt must be a variable name or a list of names, got {wrt!r}")
+        names, many = [wrt], False
+    elif isinstance(wrt, (list, tuple)) and wrt and all(isinstance(w, str) for w in wrt):
+        names, many = list(wrt), True
+    else:
+        raise EinderivError(f"wrt must be a variable name or a list of names, got {wrt!r}")
+    for name in names:
+        check_name(name, "wrt: the variable")
+    return names, many
+
+
+def _distinct(names: list[str]) -> tuple[list[str], list[int]]:
+    """`names` without repeats, and the position of each of `names` among them.
+
+    A repeated `wrt` returns the repeated entries, as `jax.grad` with `argnums=(0, 0)`: each
+    derivative is derived and computed once, and the results are picked by position.
+    """
+    distinct = list(dict.fromkeys(names))
+    return distinct, [distinct.index(n) for n in names]
+
+
+def _distinct_labels(labels: list[str]) -> list[str]:
+    """Output labels made distinct, so that no output replaces another in the dict of roots:
+    a label taken already gets a suffix `_1`, `_2`, ... The hessian labels `d<a>d<b>` of `x` and
+    `xdx` are `dxdxdx` for both off-diagonal blocks, and any separator made of name characters
+    can be written into a name too."""
+    taken, out = set(), []
+    for label in labels:
+        new, k = label, 0
+        while new in taken:
+            k += 1
+            new = f"{label}_{k}"
+        taken.add(new)
+        out.append(new)
+    return out
+
+
+def _picked(values, positions: list[int]) -> list:
+    """`values[p]` for each of `positions`; an entry picked again is a copy, so that updating
+    one returned array in place (`g[0] *= lr`) leaves the other alone."""
+    out, seen = [], set()
+    for p in positions:
+        value = values[p]
+        if p in seen:
+            copy = getattr(value, "clone", None) or getattr(value, "copy", None)  # torch: clone
+            value = copy() if copy is not None else value
+        seen.add(p)
+        out.append(value)
+    return out
 
 
 def _variables(lowered: Lowered, names: list[str]) -> list[Var]:
@@ -219,61 +287,78 @@ def _scalar_output(lowered: Lowered, what: str) -> None:
                          hint="use einderiv.jacobian for a tensor output, or reduce it with sum()")
 
 
+def _first_derivatives(kind: str, expr, wrt, shapes, backend: str, jacobian: bool = False,
+                       with_value: bool = False) -> Derived:
+    """grad, jacobian and value_and_grad: one derivative per distinct name of `wrt`."""
+    _check_backend(backend)
+    names, many = _wrt_list(wrt)
+    rules = default_rulebook()
+    lowered = lower_source(expr, shapes, rules)
+    if not jacobian:
+        _scalar_output(lowered, kind)
+    distinct, positions = _distinct(names)
+    roots = derivatives(lowered.root, _variables(lowered, distinct), rules, jacobian=jacobian)
+    labels = [f"d{n}" for n in distinct]
+    if with_value:
+        roots, labels = [lowered.root, *roots], ["out", *labels]
+        positions = [0, *(p + 1 for p in positions)]
+        structure = ((lambda r: (r[0], tuple(_picked(r, positions[1:])))) if many
+                     else (lambda r: (r[0], r[1])))
+    else:
+        structure = ((lambda r: tuple(_picked(r, positions))) if many
+                     else (lambda r: r[0]))
+    return Derived(lowered, kind, names, roots, labels, structure, backend, rules, positions)
+
+
 def grad(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy") -> Derived:
     """The gradient of a scalar expression: shaped like `wrt` (a tuple for a list of names).
+
+    A name repeated in the list gives its gradient again at each place it appears (as `jax.grad`
+    with `argnums=(0, 0)`); it is derived and computed once.
 
     >>> import numpy as np, einderiv
     >>> g = einderiv.grad("sum(x * x)", "x", {"x": ("n",)})
     >>> g(x=np.array([1.0, 2.0]))
     array([2., 4.])
+    >>> einderiv.grad("sum(x * x)", ["x", "x"], {"x": ("n",)})(x=np.array([1.0, 2.0]))
+    (array([2., 4.]), array([2., 4.]))
     """
-    _check_backend(backend)
-    names, many = _wrt_list(wrt)
-    lowered = lower_source(expr, shapes)
-    _scalar_output(lowered, "grad")
-    roots = derivatives(lowered.root, _variables(lowered, names), default_rulebook())
-    return Derived(lowered, "grad", names, roots, [f"d{n}" for n in names],
-                   tuple if many else (lambda r: r[0]), backend=backend)
+    return _first_derivatives("grad", expr, wrt, shapes, backend)
 
 
 def value_and_grad(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy") -> Derived:
-    """`(value, gradient)`, with the forward pass computed once and shared."""
-    _check_backend(backend)
-    names, many = _wrt_list(wrt)
-    lowered = lower_source(expr, shapes)
-    _scalar_output(lowered, "value_and_grad")
-    roots = derivatives(lowered.root, _variables(lowered, names), default_rulebook())
-    structure = (lambda r: (r[0], tuple(r[1:]))) if many else (lambda r: (r[0], r[1]))
-    return Derived(lowered, "value_and_grad", names, [lowered.root, *roots],
-                   ["out", *(f"d{n}" for n in names)], structure, backend=backend)
+    """`(value, gradient)`, with the forward pass computed once and shared. For a list of names
+    the gradient is a tuple in that order (a repeated name repeats its entry, as `grad`)."""
+    return _first_derivatives("value_and_grad", expr, wrt, shapes, backend, with_value=True)
 
 
 def jacobian(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy") -> Derived:
-    """The Jacobian: shape `output_shape + wrt_shape` (the convention of `jax.jacobian`)."""
-    _check_backend(backend)
-    names, many = _wrt_list(wrt)
-    lowered = lower_source(expr, shapes)
-    roots = derivatives(lowered.root, _variables(lowered, names), default_rulebook(),
-                        jacobian=True)
-    return Derived(lowered, "jacobian", names, roots, [f"d{n}" for n in names],
-                   tuple if many else (lambda r: r[0]), backend=backend)
+    """The Jacobian: shape `output_shape + wrt_shape` (the convention of `jax.jacobian`). For a
+    list of names a tuple in that order (a repeated name repeats its entry, as `grad`)."""
+    return _first_derivatives("jacobian", expr, wrt, shapes, backend, jacobian=True)
 
 
 def hessian(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy") -> Derived:
     """The Hessian of a scalar expression: shape `wrt_shape + wrt_shape`; for a list of names a
     tuple of tuples whose block [i][j] has shape `wrt_i + wrt_j` (as `jax.hessian`). It is the
-    symbolic derivative of the gradient program."""
+    symbolic derivative of the gradient program. A repeated name repeats its rows and columns
+    of blocks (as `jax.hessian` with `argnums=(0, 0)`); each block is computed once."""
     _check_backend(backend)
     names, many = _wrt_list(wrt)
-    lowered = lower_source(expr, shapes)
-    _scalar_output(lowered, "hessian")
     rules = default_rulebook()
-    variables = _variables(lowered, names)
+    lowered = lower_source(expr, shapes, rules)
+    _scalar_output(lowered, "hessian")
+    distinct, where = _distinct(names)
+    variables = _variables(lowered, distinct)
     grads = derivatives(lowered.root, variables, rules)
     blocks = [derivatives(g, variables, rules, jacobian=True) for g in grads]
     roots = [b for row in blocks for b in row]
-    labels = [f"d{a}d{b}" for a in names for b in names]
-    k = len(names)
-    structure = ((lambda r: tuple(tuple(r[i * k:(i + 1) * k]) for i in range(k))) if many
-                 else (lambda r: r[0]))
-    return Derived(lowered, "hessian", names, roots, labels, structure, backend=backend)
+    labels = [f"d{a}d{b}" for a in distinct for b in distinct]
+    k, m = len(distinct), len(names)
+    positions = [where[i] * k + where[j] for i in range(m) for j in range(m)]
+
+    def structure(r):
+        picked = _picked(r, positions)
+        return tuple(tuple(picked[i * m:(i + 1) * m]) for i in range(m))
+    return Derived(lowered, "hessian", names, roots, labels,
+                   structure if many else (lambda r: r[0]), backend, rules, positions)

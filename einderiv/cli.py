@@ -18,8 +18,12 @@ examples:
   einderiv rules check my.rules
 
 Shapes come from --shape NAME=DIMS (comma separated ints and dimension names; NAME= for a
-scalar) or from inline declarations such as 'X: [n, d]'. An expression that starts with '-'
-goes after '--'. Exit status: 0 on success, 2 on bad input.
+scalar) or from inline declarations such as 'X: [n, d]'. Names are ASCII letters, digits and
+'_'. An expression that starts with '-' goes after '--'. Exit status: 0 on success, 1 when
+--check measures an error above --tol or a rule fails `rules check`, 2 on bad input.
+
+A rule file (--rules, rules check) whose implementations import Python modules
+(`module:attribute`) is trusted code, run like a script: it loads only with --allow-imports.
 """
 
 EINSTEIN_EPILOG = """\
@@ -32,22 +36,24 @@ examples:
 
 
 class ShapeArgument(argparse.Action):
-    """Collects `--shape NAME=DIMS` into a dict."""
+    """Collects `--shape NAME=DIMS` into a dict; names are checked as everywhere else."""
 
     def __call__(self, parser, namespace, value, option_string=None):
+        from .errors import ParseError
+        from .parse.parser import check_name
         shapes = getattr(namespace, self.dest) or {}
         name, sep, dims = value.partition("=")
         name = name.strip()
-        if not sep or not name.isidentifier():
+        if not sep or not name:
             parser.error(f"--shape expects NAME=DIMS, e.g. --shape X=n,d (got {value!r})")
         parsed = []
-        for d in (p.strip() for p in dims.split(",")) if dims.strip() else ():
-            if d.isdigit():
-                parsed.append(int(d))
-            elif d.isidentifier():
-                parsed.append(d)
-            else:
-                parser.error(f"--shape {name}: {d!r} is not an integer or a dimension name")
+        try:
+            check_name(name, "--shape: the variable")
+            for d in (p.strip() for p in dims.split(",")) if dims.strip() else ():
+                parsed.append(int(d) if d.isascii() and d.isdigit()
+                              else check_name(d, f"--shape {name}: dimension"))
+        except ParseError as e:
+            parser.error(f"{e.message} ({e.hint})")
         shapes[name] = tuple(parsed)
         setattr(namespace, self.dest, shapes)
 
@@ -58,7 +64,10 @@ def _add_expression_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shape", metavar="NAME=DIMS", action=ShapeArgument, default={},
                    help="shape of a variable, e.g. X=n,d or c= for a scalar (repeatable)")
     p.add_argument("--rules", metavar="FILE", action="append", default=[],
-                   help="also load this rule file (repeatable); see rules/*.rules")
+                   help="also load this rule file for this run (repeatable); see rules/*.rules")
+    p.add_argument("--allow-imports", action="store_true",
+                   help="let the --rules files import the Python modules their implementations "
+                        "name (module:attribute): such a file is trusted code")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,9 +132,31 @@ def _add_derivative_parser(sub, name: str) -> None:
                         "indexed notation; einsum: the contraction plan; python: the generated "
                         "module; latex; all: every one of them")
     p.add_argument("--check", action="store_true",
-                   help="also compare with central finite differences at random inputs and "
-                        "print the largest relative error")
+                   help="also compare with central finite differences at random inputs, print "
+                        "the largest relative error, and exit 1 when it is above --tol (or not "
+                        "finite)")
+    p.add_argument("--tol", metavar="TOL", type=_tolerance, default=None,
+                   help=f"the largest relative error --check accepts (default {CHECK_TOLERANCE:g}:"
+                        " float64 central differences are good to about 1e-8 at the random "
+                        "inputs, a wrong derivative is off by far more)")
     p.set_defaults(run=_derivative, kind=name)
+
+
+# Central differences with steps of 1e-6 (relative) in float64 err by about eps * |f| / h
+# (rounding) plus h**2 times the third derivative (truncation): 1e-10 to 1e-8 at --check's
+# well-conditioned inputs of size 1, relative to max(1, largest entry). 1e-4 leaves room for
+# functions a thousand times larger than their derivatives; a wrong derivative errs by O(1).
+CHECK_TOLERANCE = 1e-4
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 FORMATS = ("formula", "einstein", "einsum", "python", "latex")
@@ -142,6 +173,8 @@ def render(result, fmt: str) -> str:
 
 def _derivative(args) -> int:
     from . import api
+    if args.tol is not None and not args.check:
+        raise EinderivError("--tol sets the tolerance of --check: add --check")
     source = _read_expression(args.expr)
     wrt = args.wrt if len(args.wrt) > 1 else args.wrt[0]
     derived = getattr(api, args.kind)(source, wrt, args.shape or None)
@@ -149,6 +182,11 @@ def _derivative(args) -> int:
     if args.check:
         error = _check(derived, source, args)
         print(f"# check: largest relative error against central finite differences: {error:.2e}")
+        tolerance = CHECK_TOLERANCE if args.tol is None else args.tol
+        if not error <= tolerance:  # nan too
+            print(f"einderiv: check failed: the largest relative error {error:.2e} is above the "
+                  f"tolerance {tolerance:g} (--tol)", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -178,7 +216,16 @@ def _check(derived, source: str, args) -> float:
 
 
 def _read_expression(text: str) -> str:
-    return sys.stdin.read() if text == "-" else text
+    if text != "-":
+        return text
+    from .errors import ParseError
+    from .parse.parser import MAX_SOURCE_CHARS
+    # One character more than the parser accepts tells that it is too long: `< /dev/zero` ends.
+    source = sys.stdin.read(MAX_SOURCE_CHARS + 1)
+    if len(source) > MAX_SOURCE_CHARS:
+        raise ParseError(f"standard input is too long: more than {MAX_SOURCE_CHARS} characters",
+                         hint="build very large expressions in Python with einderiv.var")
+    return source
 
 
 def _einstein(args) -> int:
@@ -196,7 +243,9 @@ examples:
   einderiv rules check my.rules           # verify a table of your own
 
 The built-in tables are the files rules/*.rules; the comments at the top of each describe the
-rule language, and CONTRIBUTING.md walks through adding a function.
+rule language, and CONTRIBUTING.md walks through adding a function. A rule file whose
+implementations import Python modules (`module:attribute`) is trusted code: it loads only with
+--allow-imports.
 """
 
 RULES_LIST_EPILOG = """\
@@ -223,8 +272,15 @@ examples:
 Each derivative rule is compared with central finite differences of its function, through the
 whole pipeline, at random well-conditioned inputs (and, for a tensor primitive, on stacked
 arrays and along chosen axes); each primitive's implementation must evaluate to finite values
-of the declared shape, and each definition must expand and differentiate. Exit status: 0 when
-every check passes, 1 when a rule is wrong, 2 on bad input (a missing file, a malformed rule).
+of the declared shape, and each definition must expand and differentiate. An implementation
+that raises anything (even SystemExit) fails its check. Exit status: 0 when every check passes,
+1 when a rule is wrong, 2 on bad input (a missing file, a malformed rule, an import not allowed).
+
+A rule file is trusted code when an implementation names `module:attribute`: checking it
+imports that module, which runs the module's code (and a file beside the rule file can be that
+module). Such a file is refused unless --allow-imports is given; give it only for files you
+would run as a Python script. `xp.NAME`, `kernel.NAME` and the derivative rules are data: no
+text of a rule file is evaluated.
 """
 
 
@@ -257,6 +313,9 @@ def _add_rules_parser(sub) -> None:
                        help="rule files to check (default: the built-in tables)")
     check.add_argument("-q", "--quiet", action="store_true",
                        help="print only the checks that fail, and the summary")
+    check.add_argument("--allow-imports", action="store_true",
+                       help="let the FILEs import the Python modules their implementations name "
+                            "(module:attribute); such a file is trusted code, see below")
     check.set_defaults(run=_rules_check)
 
 
@@ -272,18 +331,19 @@ def _shown(origin: str) -> str:
     return f"{file}{sep}{line}"
 
 
-def _rules_with(paths):
+def _rules_with(paths, allow_imports: bool):
     from .rulebook import default_rulebook
     book = default_rulebook().copy()  # the process-wide rule book stays as it was
     for path in paths:
-        book.load(path)
-    return book
+        book.load(path, allow_imports=allow_imports)
+    return book.freeze()
 
 
 def _rules_list(args) -> int:
     from .errors import UnknownNameError, did_you_mean
     from .rulebook.table import Derivative
-    book = _rules_with(args.tables)
+    # Listing only prints the rules: nothing is resolved or imported, so any file may be listed.
+    book = _rules_with(args.tables, allow_imports=True)
     for name in args.names:
         if book.get(name) is None:
             raise UnknownNameError(f"no rule table defines a function '{name}'",
@@ -310,7 +370,7 @@ def _rules_check(args) -> int:
     from .rulebook.table import Derivative
     from .rulebook.verify import TOLERANCE, check_tables
     paths = [Path(p) for p in args.files]
-    book = _rules_with(paths) if paths else default_rulebook()
+    book = _rules_with(paths, args.allow_imports) if paths else default_rulebook()
     started = time.perf_counter()
     checks = check_tables(book, paths or None)
     seconds = time.perf_counter() - started
@@ -355,11 +415,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if getattr(args, "rules", None):
-            from .rulebook import load_rules
-            for path in args.rules:
-                load_rules(path)
-        return args.run(args)
+        if not getattr(args, "rules", None):
+            return args.run(args)
+        # The --rules files hold for this run only, and only in this thread: the process-wide
+        # rule book (of a program that calls main) is the same afterwards.
+        from .rulebook.table import using_rules
+        with using_rules(_rules_with(args.rules, args.allow_imports)):
+            return args.run(args)
     except EinderivError as e:
         print(f"einderiv: error: {e}", file=sys.stderr)
         return 2

@@ -18,14 +18,27 @@ import numbers
 
 from .errors import EinderivError, ShapeError, UnknownNameError, did_you_mean
 from .parse import ast
+from .parse.parser import check_name
 from .parse.unparse import unparse
+
+
+class SymbolicTypeError(EinderivError, TypeError):
+    """A symbolic tensor used where Python or numpy needs values: iterated, measured with len,
+    converted to an array, or given to a numpy function. A `TypeError` too, as Python expects."""
+
+
+# numpy ufuncs that are operators of the language, and the functions of `einderiv.fn` that
+# other ufuncs stand for when their names differ.
+_UFUNC_OPERATORS = {"add": "+", "subtract": "-", "multiply": "*", "divide": "/",
+                    "true_divide": "/", "matmul": "@", "power": "**"}
+_UFUNC_FUNCTIONS = {"absolute": "abs", "float_power": "pow", "fmax": "maximum",
+                    "fmin": "minimum", "trace": "tr"}
 
 
 class Tensor:
     """A symbolic tensor: a syntax tree plus the shapes of the variables it uses."""
 
     __slots__ = ("node", "declarations")
-    __array_ufunc__ = None  # numpy defers to our operators: ndarray + Tensor is an error below
 
     def __init__(self, node: ast.Expr, declarations: dict):
         self.node = node
@@ -36,6 +49,35 @@ class Tensor:
 
     def __bool__(self):
         raise EinderivError("a symbolic tensor has no truth value")
+
+    # Without __iter__, Python iterates through __getitem__ with 0, 1, 2, ... and never stops
+    # (a symbolic index has no end): `for row in X` would build tensors until memory runs out.
+    def __iter__(self):
+        raise SymbolicTypeError(f"cannot iterate over the symbolic tensor {_short(self)}",
+                                hint="index it instead, e.g. X[i] for i in range(n)")
+
+    def __len__(self):
+        raise SymbolicTypeError(f"the symbolic tensor {_short(self)} has no len(): its "
+                                f"dimensions are bound when it is called",
+                                hint="use einderiv.fn.size(n) for a dimension's size")
+
+    def __array__(self, *args, **kwargs):
+        raise SymbolicTypeError(f"the symbolic tensor {_short(self)} has no values to make an "
+                                "array of",
+                                hint="use the functions of einderiv.fn on symbolic tensors; "
+                                     "compile the expression and call it with arrays for "
+                                     "values")
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        # numpy hands every ufunc with a Tensor operand here: `ndarray + Tensor` and
+        # `np.float64(2) * Tensor` as np.add / np.multiply, `np.exp(Tensor)` as np.exp.
+        op = _UFUNC_OPERATORS.get(ufunc.__name__)
+        if op and method == "__call__" and len(inputs) == 2 and not kwargs:
+            return _binary(op, *inputs)  # a number combines; an ndarray is a clear error
+        raise _numpy_function(ufunc.__name__, op)
+
+    def __array_function__(self, func, types, args, kwargs):
+        raise _numpy_function(func.__name__, None)
 
     # operators
     def __add__(self, other): return _binary("+", self, other)
@@ -64,17 +106,45 @@ class Tensor:
 
 
 def var(name: str, shape=()) -> Tensor:
-    """A symbolic input tensor: `var("X", ("n", "d"))`, `var("c", ())` for a scalar."""
-    if not isinstance(name, str) or not name.isidentifier():
-        raise EinderivError(f"a variable name must be an identifier, got {name!r}")
-    if isinstance(shape, (str, int)):
+    """A symbolic input tensor: `var("X", ("n", "d"))`, `var("c", ())` for a scalar.
+
+    Names (of the variable and of its dimensions) are names of the expression language: ASCII
+    letters, digits and '_'. A size may be an int or a numpy integer.
+    """
+    check_name(name, "einderiv.var: the variable name")
+    if isinstance(shape, (str, numbers.Integral)) and not isinstance(shape, bool):
         shape = (shape,)
-    shape = tuple(shape)
-    for d in shape:
-        if isinstance(d, bool) or not isinstance(d, (str, int)):
+    try:
+        entries = tuple(shape)
+    except TypeError:
+        raise ShapeError(f"the shape of '{name}' must be a tuple of ints and dimension names "
+                         f"(() for a scalar), got {shape!r}") from None
+    dims = []
+    for d in entries:
+        if isinstance(d, numbers.Integral) and not isinstance(d, bool):
+            dims.append(int(d))  # np.int64(3), e.g. from an array's .shape, is the size 3
+        elif isinstance(d, str):
+            dims.append(check_name(d, f"the shape of '{name}': dimension", ShapeError))
+        else:
             raise ShapeError(f"the shape of '{name}' must hold ints and dimension names, "
                              f"got {shape!r}")
-    return Tensor(ast.Name(name), {name: shape})
+    return Tensor(ast.Name(name), {name: tuple(dims)})
+
+
+def _numpy_function(numpy_name: str, op: str | None) -> SymbolicTypeError:
+    name = _UFUNC_FUNCTIONS.get(numpy_name, numpy_name)
+    if op:
+        hint = f"use the operator {op}"
+    elif name in _Functions._names():
+        hint = f"use einderiv.fn.{name}"
+    else:
+        hint = f"einderiv.fn has no {name}: dir(einderiv.fn) lists the functions"
+    return SymbolicTypeError(f"numpy's {numpy_name} cannot take a symbolic tensor", hint=hint)
+
+
+def _short(t: Tensor) -> str:
+    text = unparse(t.node, limit=41)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _operand(x):

@@ -22,6 +22,7 @@ import pytest
 import einderiv
 from einderiv import api
 from einderiv.ir.nodes import topological
+from einderiv.rulebook.table import using_rules
 
 CALLS_PER_RESULT = 2  # calls checked per result (the first ones that succeed)
 RESULTS_PER_TEST = 12  # results checked per test, spread evenly (hypothesis makes hundreds)
@@ -71,6 +72,20 @@ def _flatten(structured) -> list:
     if isinstance(structured, tuple):
         return [leaf for item in structured for leaf in _flatten(item)]
     return [structured]
+
+
+def _per_output(result, structured) -> list | None:
+    """One value per output of `result`, from what a call returned: a repeated `wrt` returns
+    an output at several places (`result.positions` says which), every one checked here equal
+    to the first."""
+    values = _flatten(structured)
+    positions = list(getattr(result, "positions", range(len(values))))
+    if len(values) != len(positions) or set(positions) != set(range(len(result.roots))):
+        return None
+    first = [values[positions.index(i)] for i in range(len(result.roots))]
+    if any(_mismatch(v, first[p]) for v, p in zip(values, positions)):
+        return None
+    return first
 
 
 def _shapes(result) -> dict:
@@ -152,19 +167,23 @@ def _check_result(result, calls) -> list[str]:
     compiled = {}
     for name, text in programs:
         try:
-            compiled[name] = einderiv.compile(text, shapes)
+            with using_rules(result.rules):  # the rules the result was made with (--rules)
+                compiled[name] = einderiv.compile(text, shapes)
         except Exception as e:
             problems.append(f"{head}\n  output '{name}': the formula does not compile back: "
                             f"{type(e).__name__}: {e}")
     for arrays, structured in calls:
-        values = _flatten(structured)
-        if len(values) != len(programs):
-            problems.append(f"{head}\n  {len(values)} values for {len(programs)} outputs")
+        values = _per_output(result, structured)
+        if values is None or len(values) != len(programs):
+            problems.append(f"{head}\n  the {len(_flatten(structured))} values returned do not "
+                            f"match the {len(programs)} outputs at their positions")
             continue
         via_ir = None
         if ir_size <= IR_NODES_FOR_EVALUATE_IR:
             try:
-                via_ir = _flatten(result.evaluate_ir(**_copy(arrays)))
+                via_ir = _per_output(result, result.evaluate_ir(**_copy(arrays)))
+                if via_ir is None:
+                    problems.append(f"{head}\n  evaluate_ir's values do not match the outputs")
             except Exception as e:
                 problems.append(f"{head}\n  evaluate_ir raised {type(e).__name__}: {e}")
         for i, (name, _) in enumerate(programs):

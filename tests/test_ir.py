@@ -1,6 +1,6 @@
 """Stage 2, the indexed Einstein IR: hash-consing, immutability, lowering, and its printout.
 
-Seed 001 asks for unique nodes: in `(x + y) + x * (x + y)` the sum `x + y` must be one node that
+Nodes are unique (hash-consed): in `(x + y) + x * (x + y)` the sum `x + y` must be one node that
 both uses point to, and the same text lowered twice must give the very same root object.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ def einstein(source: str, shapes=SHAPES) -> str:
     return einderiv.compile(source, shapes).einstein
 
 
-# -- hash-consing (seed 001) ---------------------------------------------------------------------
+# -- hash-consing ---------------------------------------------------------------------------------
 
 def test_seed_001_shared_sum_is_one_node():
     root = root_of("(x + y) + x * (x + y)")

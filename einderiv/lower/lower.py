@@ -6,6 +6,7 @@ becomes one IR node.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 from ..errors import EinderivError, ParseError, ShapeError, UnknownNameError, did_you_mean
@@ -13,6 +14,7 @@ from ..ir import build
 from ..ir.dims import Dim, show_shape
 from ..ir.nodes import Const, Node, Var
 from ..parse import ast
+from ..parse.parser import check_name
 from ..parse.unparse import unparse
 from ..rulebook import RuleBook, default_rulebook
 from . import calls
@@ -89,20 +91,21 @@ def lower(program: ast.Program, shapes: dict | None = None, rules: RuleBook | No
 
 
 def _shape(name: str, dims, span) -> tuple[Dim, ...]:
-    if not isinstance(name, str) or not name.isidentifier():
-        raise ShapeError(f"shapes: a variable name must be an identifier, got {name!r}", span)
-    if isinstance(dims, (str, int)) and not isinstance(dims, bool):
+    check_name(name, "shapes: the variable", ShapeError)
+    if isinstance(dims, (str, numbers.Integral)) and not isinstance(dims, bool):
         dims = (dims,)
     try:
-        shape = tuple(Dim.of(d) for d in dims)
+        # A numpy integer (an array's shape entry) is a size like an int.
+        shape = tuple(Dim.of(int(d) if isinstance(d, numbers.Integral)
+                             and not isinstance(d, bool) else d) for d in dims)
     except TypeError:
         raise ShapeError(f"the shape of '{name}' must be a tuple of ints and dimension names, "
                          f"got {dims!r}", span) from None
     for d in shape:
         if d.is_concrete and d.offset < 0:
             raise ShapeError(f"'{name}' has a negative dimension {d}", span)
-        if d.name is not None and not d.name.isidentifier():
-            raise ShapeError(f"'{name}': dimension name {d.name!r} is not an identifier", span)
+        if d.name is not None:
+            check_name(d.name, f"the shape of '{name}': dimension", ShapeError)
     return shape
 
 

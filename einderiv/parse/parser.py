@@ -83,6 +83,33 @@ def parse(source: str) -> ast.Program:
     return program
 
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_name(name, what: str, error: type = ParseError) -> str:
+    """`name` if it is a name of the language (the grammar's NAME: ASCII letters, digits and
+    '_', not starting with a digit, not `None`), else `error` saying which `what` is bad.
+
+    Every name that reaches generated code without passing through the grammar (variables and
+    dimensions from `shapes` and `einderiv.var`, `wrt`, the command line's `--shape`) is checked
+    here. Python folds identifiers by NFKC ('𝐭0' is 't0'), einderiv compares them as strings:
+    accepting non-ASCII names would let two different names be one variable in the generated
+    code, or a user's variable be one of its temporaries.
+    """
+    if isinstance(name, str) and _NAME.fullmatch(name) and name != "None":
+        return name
+    if not isinstance(name, str):
+        raise error(f"{what} must be a name (a string), got {type(name).__name__} {name!r}")
+    folded = unicodedata.normalize("NFKC", name)
+    if folded != name and _NAME.fullmatch(folded):
+        hint = f"write it in ASCII: Python reads {name!r} as {folded!r}"
+    elif name == "None":
+        hint = "None is reserved"
+    else:
+        hint = "a name is ASCII letters, digits and '_', and does not start with a digit"
+    raise error(f"{what} {name!r} is not a valid name", hint=hint)
+
+
 def _unexpected_token(source: str, e) -> ParseError:
     tok = e.token
     if tok.type == "$END":

@@ -6,7 +6,11 @@ implementation.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
+import re
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -14,6 +18,11 @@ from pathlib import Path
 import lark
 
 from ..errors import RuleError, Span
+from ..parse.parser import MAX_SOURCE_CHARS
+
+# A rule file is read up to this many characters (one more tells that it is too long): reading
+# `/dev/zero` or a huge download must not fill memory. The shipped tables are about 3,000.
+MAX_RULE_FILE_CHARS = MAX_SOURCE_CHARS
 
 
 @dataclass(frozen=True)
@@ -86,19 +95,30 @@ def _parser() -> lark.Lark:
 
 
 class RuleBook:
-    """All functions known to the language, by name."""
+    """All functions known to the language, by name.
+
+    A rule book that is in use (the process-wide one, or one set with `using_rules`) is frozen:
+    it is never changed in place, so any thread may read and iterate it while another loads a
+    rule file into a copy (`load_rules` swaps the copy in).
+    """
 
     def __init__(self):
         self.functions: dict[str, Function] = {}
         self.derivatives: dict[tuple[str, str], Derivative] = {}  # (function, param) -> rule
         self.files: list[Path] = []
+        self.frozen = False
 
     def copy(self) -> "RuleBook":
+        """An unfrozen copy, to load or add rules into."""
         other = RuleBook()
         other.functions = dict(self.functions)
         other.derivatives = dict(self.derivatives)
         other.files = list(self.files)
         return other
+
+    def freeze(self) -> "RuleBook":
+        self.frozen = True
+        return self
 
     def derivative(self, function: str, position: int) -> Derivative | None:
         """The rule for the derivative of `function` by its argument number `position`."""
@@ -107,18 +127,29 @@ class RuleBook:
             return None
         return self.derivatives.get((function, f.params[position]))
 
-    def load(self, path: str | Path) -> "RuleBook":
-        """Add the rules in `path` (a later rule for a name replaces an earlier one)."""
+    def load(self, path: str | Path, allow_imports: bool = False) -> "RuleBook":
+        """Add the rules in `path` (a later rule for a name replaces an earlier one).
+
+        An implementation `module:attribute` imports that module when it is used: a rule file
+        with one is trusted code, and loads only with `allow_imports=True`."""
         path = Path(path)
         try:
-            text = path.read_text()
+            with open(path, encoding="utf-8") as file:
+                text = file.read(MAX_RULE_FILE_CHARS + 1)
         except (OSError, UnicodeDecodeError) as e:
             raise RuleError(f"cannot read rule file {path}: {e}") from None
-        self.add(parse_rules(text, str(path), bodies=True))
+        if len(text) > MAX_RULE_FILE_CHARS:
+            raise RuleError(f"rule file {path} is too long: more than {MAX_RULE_FILE_CHARS} "
+                            "characters")
+        self.add(parse_rules(text, str(path), bodies=True, allow_imports=allow_imports))
         self.files.append(path)
         return self
 
     def add(self, rules: list) -> "RuleBook":
+        if self.frozen:
+            raise RuleError("this rule book is in use and is never changed in place",
+                            hint="einderiv.load_rules(path) loads a file for every later call; "
+                                 "to build a rule book of your own, add to its copy()")
         for rule in rules:
             if isinstance(rule, Derivative):
                 self.derivatives[(rule.function, rule.wrt)] = rule
@@ -142,9 +173,12 @@ class RuleBook:
 SYNTAX_HINT = "see the comments at the top of rules/*.rules for the syntax, or CONTRIBUTING.md"
 
 
-def parse_rules(text: str, filename: str = "<rules>", bodies: bool = False) -> list:
+def parse_rules(text: str, filename: str = "<rules>", bodies: bool = False,
+                allow_imports: bool = False) -> list:
     """The rules of a rule file's `text`. `bodies`: also parse every right-hand side now, so
-    that a typo there is reported with a caret in the file rather than when the rule is used."""
+    that a typo there is reported with a caret in the file rather than when the rule is used.
+    `allow_imports`: accept implementations `module:attribute` (trusted code); without it they
+    are a `RuleError` at their line."""
     try:
         tree = _parser().parse(text if text.endswith("\n") else text + "\n")
     except lark.exceptions.UnexpectedInput as e:
@@ -161,7 +195,8 @@ def parse_rules(text: str, filename: str = "<rules>", bodies: bool = False) -> l
         name = str(rule.children[0])
         params = tuple(str(p) for p in rule.children[1].children)
         if rule.data == "elementwise":
-            functions.append(Function(name, "elementwise", params, _impl(rule.children[2]),
+            functions.append(Function(name, "elementwise", params,
+                                      _impl(rule.children[2], text, origin, allow_imports),
                                       origin=origin))
         elif rule.data == "derivative":
             functions.append(_derivative(rule, origin, text))
@@ -179,7 +214,8 @@ def parse_rules(text: str, filename: str = "<rules>", bodies: bool = False) -> l
                                 Span(text, params_tree.meta.start_pos, params_tree.meta.end_pos),
                                 hint="write a function of several tensors as a `def` in terms "
                                      "of tensor primitives of one argument")
-            functions.append(Function(name, "tensor", params, _impl(rule.children[4]),
+            functions.append(Function(name, "tensor", params,
+                                      _impl(rule.children[4], text, origin, allow_imports),
                                       axis=axis, shape=shape, origin=origin))
         else:
             functions.append(Function(name, "def", params, body=str(rule.children[2]).strip(),
@@ -236,12 +272,57 @@ def _parse_body(token, text: str, origin: str) -> None:
                         Span(text, start + lo, start + max(hi, lo + 1)), hint=e.hint) from None
 
 
-def _impl(tree: lark.Tree) -> str:
-    return str(tree.children[0])
+TRUST_HINT = ("a rule file that imports modules is trusted code, like a Python script: if you "
+              "trust this one, load it with einderiv.load_rules(path, allow_imports=True) or "
+              "pass --allow-imports")
+
+
+def _impl(tree: lark.Tree, text: str, origin: str, allow_imports: bool) -> str:
+    token = tree.children[0]
+    impl = str(token)
+    problem = impl_problem(impl)
+    if problem:
+        raise RuleError(f"{origin}: {problem}", _token_span(text, token),
+                        hint="name a public function: xp.NAME, kernel.NAME or module:NAME")
+    if tree.data == "imported" and not allow_imports:
+        module = impl.split(":")[0]
+        raise RuleError(f"{origin}: the implementation {impl} imports the Python module "
+                        f"'{module}', which runs its code; imports are off unless allowed",
+                        _token_span(text, token), hint=TRUST_HINT)
+    return impl
+
+
+_PART = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def impl_problem(impl: str) -> str | None:
+    """Why `impl` may not name an implementation, or None.
+
+    An implementation is an attribute chain of the array namespace (`xp.linalg.inv`), a kernel
+    (`kernel.softmax`) or `module:attribute`; every part is a public name. A part starting with
+    '_' would reach private or special attributes (`xp.__class__.__bases__`), from which any
+    object of the process can be found.
+    """
+    if impl.startswith("xp.") or impl.startswith("kernel."):
+        parts = impl.split(".")[1:]
+    elif impl.count(":") == 1:
+        module, attr = impl.split(":")
+        parts = [*module.split("."), attr]
+    else:
+        return f"the implementation {impl!r} is not xp.NAME, kernel.NAME or module:NAME"
+    for part in parts:
+        if not _PART.fullmatch(part):
+            what = "private or special" if part.startswith("_") else "malformed"
+            return (f"the implementation {impl!r} reaches the {what} name '{part}': only "
+                    "public names may be used")
+    return None
 
 
 def resolve(impl: str, xp):
     """The callable that an `impl` string names, for the array namespace `xp`."""
+    problem = impl_problem(impl)
+    if problem:
+        raise RuleError(problem)
     try:
         if impl.startswith("xp."):
             target = xp
@@ -257,28 +338,67 @@ def resolve(impl: str, xp):
         raise RuleError(f"cannot find the implementation {impl!r}: {e}") from None
 
 
+# The process-wide rule book. Readers take the reference once and use that book; writers
+# (load_rules) build a new book from it under the lock and swap the reference, so a reader never
+# sees a book change while it iterates.
 _DEFAULT: RuleBook | None = None
+_WRITING = threading.RLock()
+# A rule book in force for the current thread or context only (`using_rules`), e.g. the rule
+# files of one command line run.
+_IN_FORCE: contextvars.ContextVar = contextvars.ContextVar("einderiv_rules", default=None)
 
 
 def default_rulebook() -> RuleBook:
-    """The shipped rules plus any added with `load_rules`."""
+    """The rule book in force: the one `using_rules` set here, else the shipped rules plus any
+    added with `load_rules`. It is frozen; safe to use from any thread."""
+    book = _IN_FORCE.get()
+    if book is not None:
+        return book
+    book = _DEFAULT
+    if book is None:
+        book = _shipped()
+    return book
+
+
+def _shipped() -> RuleBook:
     global _DEFAULT
-    if _DEFAULT is None:
-        book = RuleBook()
-        for path in sorted(rules_dir().glob("*.rules")):
-            book.load(path)
-        _DEFAULT = book
-    return _DEFAULT
+    with _WRITING:
+        if _DEFAULT is None:
+            book = RuleBook()
+            for path in sorted(rules_dir().glob("*.rules")):
+                book.load(path, allow_imports=True)  # the shipped tables are trusted
+            _DEFAULT = book.freeze()
+        return _DEFAULT
 
 
-def load_rules(path: str | Path) -> RuleBook:
-    """Add a user's rule file to the rules every later call uses.
+def load_rules(path: str | Path, allow_imports: bool = False) -> None:
+    """Add a user's rule file to the rules every later call uses, in every thread (the rule book
+    in force is `default_rulebook()`). Results made before keep the rules they were made with.
+
+    A rule file whose implementations name `module:attribute` imports that module, so it is
+    trusted code: it loads only with `allow_imports=True` (a `RuleError` otherwise). `xp.` and
+    `kernel.` implementations and derivative rules are data: no text of a rule file is
+    evaluated.
 
     >>> import einderiv, tempfile, os
     >>> p = os.path.join(tempfile.mkdtemp(), "mine.rules")
     >>> _ = open(p, "w").write("def cube(x) = x * x * x\\n")
-    >>> _ = einderiv.load_rules(p)
+    >>> einderiv.load_rules(p)
     >>> float(einderiv.compile("cube(x)", {"x": ()})(x=2.0))
     8.0
     """
-    return default_rulebook().load(path)
+    global _DEFAULT
+    with _WRITING:  # one writer at a time, so that two loads at once both take effect
+        base = _DEFAULT if _DEFAULT is not None else _shipped()
+        _DEFAULT = base.copy().load(path, allow_imports=allow_imports).freeze()
+
+
+@contextlib.contextmanager
+def using_rules(book: RuleBook):
+    """Within the block, `book` (frozen now) is the rule book in force for this thread (or
+    asyncio task) only: the process-wide one is untouched, for other threads and afterwards."""
+    token = _IN_FORCE.set(book.freeze())
+    try:
+        yield book
+    finally:
+        _IN_FORCE.reset(token)

@@ -47,7 +47,10 @@ def check_rule(rule: Derivative, rules: RuleBook, seed: int = 0) -> RuleCheck:
         worst = _worst(_gradient_error(source, shapes, rule.wrt, rules, arrays)
                        for source, shapes, arrays, _ in _cases(f, rng))
         return RuleCheck(rule, worst, "" if np.isfinite(worst) else _NOT_FINITE)
-    except Exception as e:  # a user's implementation may raise anything; report it at the rule
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # a user's implementation may raise anything, SystemExit too:
+        # report it at the rule, and go on checking the others
         return RuleCheck(rule, float("inf"), _describe(e))
 
 
@@ -85,7 +88,9 @@ def check_function(f: Function, rules: RuleBook, seed: int = 0) -> RuleCheck:
                                                   f"work {where}, as the language's {f.name} "
                                                   "does (generated code calls it that way)")
         return RuleCheck(f, 0.0, measured=False)
-    except Exception as e:  # as in check_rule: whatever the implementation raises
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # as in check_rule: whatever the implementation raises
         return RuleCheck(f, float("inf"), _describe(e))
 
 
@@ -138,7 +143,7 @@ def _file(origin: str) -> str:
     return origin.rsplit(":", 1)[0]
 
 
-def _describe(e: Exception) -> str:
+def _describe(e: BaseException) -> str:
     if isinstance(e, EinderivError):
         return e.message
     return f"{type(e).__name__}: {e}"
@@ -211,8 +216,10 @@ def _finite(f, arrays, params) -> bool:
         with np.errstate(all="ignore"):
             value = resolve(f.impl, np)(*[arrays[p] for p in params])
         return bool(np.all(np.isfinite(value)))
-    except Exception:  # an implementation that rejects the inputs: try the next ones
-        return False
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # an implementation that rejects the inputs: try the next ones (its
+        return False       # error, SystemExit included, is reported when it is called again)
 
 
 # A definition's arguments are tried as vectors, then scalars, then square matrices: the first
