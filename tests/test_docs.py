@@ -295,3 +295,24 @@ def test_readme_names_every_function_of_the_language():
              for word in re.findall(r"(?<![\w\"])([a-z]\w*)(?=\(|\s|$)", quoted)}
     language = (set(BUILTINS) | set(default_rulebook().functions)) - {"div", "pow"}
     assert named == language
+
+
+def test_rule_lines_shown_are_in_the_rule_files():
+    """A block of rule lines in a guide quotes rules/*.rules or docs/*.rules as they are."""
+    def tidy(line: str) -> str:
+        return " ".join(line.split())
+
+    lines = {tidy(line) for path in [*(ROOT / "rules").glob("*.rules"),
+                                     *(ROOT / "docs").glob("*.rules")]
+             for line in path.read_text().splitlines()}
+    quoted = 0
+    for path in GUIDES:
+        for lang, line, text in fences(path):
+            rows = [row for row in text.splitlines() if row.strip()]
+            if lang or not rows or not all(
+                    row.startswith(("elementwise ", "tensor ", "d ", "def ", "#")) for row in rows):
+                continue
+            for row in rows:
+                assert tidy(row) in lines, f"{path.name}:{line}: {row!r} is in no rule file"
+                quoted += 1
+    assert quoted >= 10
