@@ -316,3 +316,9 @@ def test_rule_lines_shown_are_in_the_rule_files():
                 assert tidy(row) in lines, f"{path.name}:{line}: {row!r} is in no rule file"
                 quoted += 1
     assert quoted >= 10
+
+
+def test_readme_lists_every_example_script():
+    readme = (ROOT / "README.md").read_text()
+    listed = set(re.findall(r"^\| \[examples/(\w+)\.py\]\(examples/\1\.py\) \|", readme, re.M))
+    assert listed == {p.stem for p in (ROOT / "examples").glob("*.py")}
