@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from itertools import count
 
+import numpy as np
+
 from ..errors import ShapeError
 from .dims import ONE, Dim, show_shape
 from .nodes import Add, Const, Contract, Delta, Map, Node, Size, Unit
@@ -84,7 +86,9 @@ def contract(out, operands, broadcast: dict | None = None) -> Node:
             work[0:0] = [(n, tuple(mapping[l] for l in ls)) for n, ls in node.operands]
             continue
         flat.append((node, tuple(labels)))
-    if scale == 0.0 or any(is_zero(n) for n, _ in flat):
+    # `0 * x` is 0 for every x (as symbolic tools have it), but a constant zero times an
+    # infinite or nan constant is nan, as in float64: that product is left to evaluation.
+    if scale == 0.0 or (np.isfinite(scale) and any(is_zero(n) for n, _ in flat)):
         return zeros(_shape_of(out, operands, broadcast))
     # A broadcast axis of an inlined product that is summed here is carried by no operand:
     # all its entries are equal, so the sum over it multiplies by its size.
@@ -192,10 +196,7 @@ def _is_one(node: Node) -> bool:
 
 def is_zero(node: Node) -> bool:
     """True for a constant zero, scalar or broadcast."""
-    if isinstance(node, Const):
-        return node.value == 0.0
-    return (isinstance(node, Contract) and len(node.operands) == 1
-            and isinstance(node.operands[0][0], Const) and node.operands[0][0].value == 0.0)
+    return constant_value(node) == 0.0
 
 
 def _is_product(node: Contract) -> bool:
@@ -360,6 +361,30 @@ def elementwise(fn: str, args: list[Node], names=None) -> Node:
     return Map(fn, *[a if not a.shape else broadcast_to(a, shape) for a in args])
 
 
+def fold(fn: str, a: float, b: float) -> float:
+    """`a / b` or `a ** b` of two constants, exactly as numpy computes it in float64: overflow
+    is inf, `1 / 0` inf, `0 / 0` and `(-8) ** (1/3)` nan, each with numpy's RuntimeWarning
+    (where Python floats would raise OverflowError or ZeroDivisionError, or turn complex).
+
+    The warning follows numpy's error state, except that a state of 'raise' warns: a constant
+    is folded when the expression is built, not when the user's arrays are computed.
+    """
+    state = {k: "warn" if v in ("raise", "call") else v for k, v in np.geterr().items()}
+    with np.errstate(**state):
+        x, y = np.float64(a), np.float64(b)
+        return float(x ** y if fn == "pow" else x / y)
+
+
+def constant_value(node: Node) -> float | None:
+    """The value of a constant, scalar or broadcast; None for anything else."""
+    if isinstance(node, Const):
+        return node.value
+    if isinstance(node, Contract) and len(node.operands) == 1 and \
+            isinstance(node.operands[0][0], Const):
+        return node.operands[0][0].value
+    return None
+
+
 def _arithmetic_identity(fn: str, args: list[Node], shape) -> Node | None:
     """Fold `a ** 1`, `a ** 0`, `0 / b` and constant operands of the operators `**` and `/`.
 
@@ -369,14 +394,9 @@ def _arithmetic_identity(fn: str, args: list[Node], shape) -> Node | None:
     if fn not in ("pow", "div") or len(args) != 2:
         return None
     a, b = args
-    if isinstance(a, Const) and isinstance(b, Const):
-        try:
-            value = a.value ** b.value if fn == "pow" else a.value / b.value
-        except (ZeroDivisionError, OverflowError):
-            return None
-        if isinstance(value, float) and value == value:
-            return broadcast_to(Const(value), shape)
-        return None
+    ca, cb = constant_value(a), constant_value(b)
+    if ca is not None and cb is not None:
+        return broadcast_to(Const(fold(fn, ca, cb)), shape)
     if fn == "pow" and isinstance(b, Const) and b.value in (0.0, 1.0):
         return broadcast_to(Const(1.0) if b.value == 0.0 else a, shape)
     if fn == "div" and is_zero(a) and not is_zero(b):

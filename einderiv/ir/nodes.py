@@ -10,12 +10,21 @@ whatever index names they were written with: `x + y` built twice is the same obj
 """
 from __future__ import annotations
 
+import threading
 import weakref
 from typing import Iterable
 
 from .dims import Dim
 
 _TABLE: "weakref.WeakValueDictionary[tuple, Node]" = weakref.WeakValueDictionary()
+# Creating a node is a look-up then an insert: two threads building the same new expression
+# could each miss and insert their own object, and equality (which is identity) would then
+# split one expression in two (a gradient that never meets its variable comes out zero). The
+# lock makes miss-then-insert one step; a hit needs no lock, since an entry is only ever
+# replaced once its node is dead. Reentrant: a garbage collection inside the lock may run a
+# finalizer that builds nodes on this same thread.
+_CREATING = threading.RLock()
+_NAN = float("nan")
 
 
 class Node:
@@ -28,13 +37,17 @@ class Node:
     def _intern(cls, key: tuple, shape: tuple[Dim, ...], **fields) -> "Node":
         full = (cls, *key)
         node = _TABLE.get(full)
-        if node is None:
-            node = object.__new__(cls)
-            object.__setattr__(node, "shape", shape)
-            object.__setattr__(node, "_hash", hash(full))
-            for k, v in fields.items():
-                object.__setattr__(node, k, v)
-            _TABLE[full] = node
+        if node is not None:
+            return node
+        with _CREATING:
+            node = _TABLE.get(full)
+            if node is None:
+                node = object.__new__(cls)
+                object.__setattr__(node, "shape", shape)
+                object.__setattr__(node, "_hash", hash(full))
+                for k, v in fields.items():
+                    object.__setattr__(node, k, v)
+                _TABLE[full] = node
         return node
 
     def __setattr__(self, name, value):
@@ -82,6 +95,8 @@ class Const(Node):
         value = float(value)
         if value == 0:
             value = 0.0  # -0.0 and 0.0 are one constant
+        elif value != value:
+            value = _NAN  # nan equals nothing, itself included: one object makes it one key
         return cls._intern((value,), (), value=value)
 
 

@@ -128,9 +128,10 @@ def _mean(call, args, scope):
     for d in dims:
         concrete *= d.offset if d.is_concrete else 1
     symbolic = [d for d in dims if not d.is_concrete]
-    if concrete == 0:
-        raise ShapeError(f"mean() over an empty axis of {show_shape(x.shape)}", call.span)
-    result = build.scale(1.0 / concrete, total)
+    if concrete == 0:  # numpy's mean of nothing: 0 / 0, nan (and numpy's RuntimeWarning)
+        result = build.elementwise("div", [total, build.const(0.0)])
+    else:
+        result = build.scale(1.0 / concrete, total)
     if symbolic:
         size = build.contract((), [(Size(d), ()) for d in symbolic])
         result = build.elementwise("div", [result, size])
