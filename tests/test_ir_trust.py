@@ -144,6 +144,20 @@ def test_mean_of_nothing_has_an_empty_gradient():
             assert np.shape(got) == (0,)
     for got in _all_ways("x: [n]; mean(x)", {"x": np.ones(4)}, "x"):
         np.testing.assert_array_equal(got, np.full(4, 0.25))
+    # The size is a scalar of the inputs' dtype: it does not widen float32.
+    for n in (0, 4):
+        x = np.ones(n, np.float32)
+        got = _float64(lambda: einderiv.compile("x: [n]; sum(x) + 1 / size(n)")(x=x))
+        want = _float64(lambda: np.float32(n) + np.float32(1) / np.float32(n))
+        assert got.dtype == np.float32 and got == want
+
+
+def test_gradients_of_infinite_constants():
+    for got in _float64(lambda: _all_ways("x: [n]; sum(x * 10 ** 400)", {"x": np.ones(3)}, "x")):
+        np.testing.assert_array_equal(got, np.full(3, np.inf))
+    for got in _float64(lambda: _all_ways("x: [n]; sum(x * x * (0 * 10 ** 400))",
+                                          {"x": np.ones(3)}, "x")):
+        np.testing.assert_array_equal(got, np.full(3, np.nan))
 
 
 def test_folding_warns_as_numpy_does():
