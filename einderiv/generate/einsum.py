@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from ..ir.dims import Dim
 from ..ir.einstein import format_number
+from ..ir.names import input_names, output_labels
 from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Size, Unit, Var, topological
 from ..rulebook import RuleBook, default_rulebook
 
@@ -33,21 +34,23 @@ def format_einsum(roots: dict[str, Node], names: dict[Node, str] | None = None,
 
 class _Plan:
     def __init__(self, roots: dict[str, Node], names: dict[Node, str], rules: RuleBook):
+        # Output labels and temporaries never take a user's name (see `ir.names`).
+        inputs = input_names(roots.values())
+        roots = output_labels(roots, names, inputs)
         self.roots = roots
         self.rules = rules
         self.order = [n for n in topological(*roots.values()) if not isinstance(n, LEAVES)]
-        variables = {n.name for n in topological(*roots.values()) if isinstance(n, Var)}
         self.name: dict[int, str] = {}
         for out, node in roots.items():
             if not isinstance(node, LEAVES):
                 self.name.setdefault(id(node), out)
-        taken = variables | set(roots) | set(names.values())
+        taken = inputs | set(roots) | set(names.values())
         counter = 0
         for node in self.order:
             if id(node) in self.name:
                 continue
             user = names.get(node)
-            if user is not None and user not in variables and user not in self.name.values():
+            if user is not None and user not in inputs and user not in self.name.values():
                 self.name[id(node)] = user
                 continue
             while f"t{counter}" in taken:

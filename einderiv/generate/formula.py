@@ -6,8 +6,8 @@ from ..parse.unparse import unparse
 from ..vectorize import VectorProgram
 
 # The vectorizer bounds how deep an expression nests (temporaries cut deeper ones), so a formula
-# is printed whole: no character budget, and a depth limit only as a guard.
-_WHOLE = dict(limit=10**9, max_depth=400)
+# is printed whole: never an elision (`...`), which would not parse back.
+_WHOLE = dict(limit=None, max_depth=None)
 
 
 def format_formula(program: VectorProgram) -> str:
@@ -16,7 +16,8 @@ def format_formula(program: VectorProgram) -> str:
     lines = [f"{name} = {unparse(expr, **_WHOLE)}" for name, expr in program.temporaries]
     if len(program.outputs) == 1:
         name, expr = program.outputs[0]
-        if isinstance(expr, ast.Name) and expr.id == name and lines:  # the last line is it
+        if isinstance(expr, ast.Name) and expr.id == name and lines and \
+                program.temporaries[-1][0] == name:  # the last line is it
             lines[-1] = lines[-1].split(" = ", 1)[1]
         else:
             lines.append(unparse(expr, **_WHOLE))

@@ -53,14 +53,37 @@ OPERATORS = {"exp": r"\exp", "log": r"\log", "sin": r"\sin", "cos": r"\cos", "ta
 
 def format_latex(program: VectorProgram) -> str:
     """An `aligned` environment: a row `name &= expression` per temporary, then per output."""
-    rows = [f"{latex_name(name)} &= {latex_expr(expr)}" for name, expr in program.temporaries]
-    rows += [f"{output_name(name, program)} &= {latex_expr(expr)}"
-             for name, expr in program.outputs]
+    names = typeset_names(program)
+    rows = [f"{names[name]} &= {latex_expr(expr, names)}" for name, expr in program.temporaries]
+    rows += [f"{names[name]} &= {latex_expr(expr, names)}" for name, expr in program.outputs]
     return "\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}"
 
 
-def latex_expr(expr: ast.Expr) -> str:
-    return _Printer().text(expr)
+def latex_expr(expr: ast.Expr, names: dict[str, str] | None = None) -> str:
+    return _Printer(names).text(expr)
+
+
+def typeset_names(program: VectorProgram) -> dict[str, str]:
+    """Each name of the program -> how it is typeset. `latex_name` folds some names together
+    (`W1` and `W_1` are both `W_{1}`, `t0` and `t_0` both `t_{0}`), so a name whose form is
+    taken already is typeset `\\mathit{t\\_0}` instead, which no other name gets: the user's
+    names (variables, dimensions) come first, ours give way."""
+    shapes = {**program.declarations, **{n: v.shape for n, v in program.variables.items()}}
+    order = [*shapes, *(d.name for shape in shapes.values() for d in shape if d.name),
+             *(n for n, _ in program.temporaries)]
+    forms = {name: latex_name(name) for name in order}
+    forms.update((name, output_name(name, program)) for name, _ in program.outputs)
+    chosen: dict[str, str] = {}
+    used: set[str] = set()
+    for name in [*order, *(n for n, _ in program.outputs)]:
+        if name in chosen:
+            continue
+        form = forms[name]
+        if form in used:
+            form = rf"\mathit{{{_escape(name)}}}"
+        chosen[name] = form
+        used.add(form)
+    return chosen
 
 
 def latex_name(name: str) -> str:
@@ -142,6 +165,9 @@ def _is_number(e: ast.Expr) -> bool:
 
 
 class _Printer:
+    def __init__(self, names: dict[str, str] | None = None):
+        self.names = names or {}  # name -> its typeset form, where `latex_name` is not enough
+
     def text(self, e: ast.Expr) -> str:
         return self.expr(e)[0]
 
@@ -160,7 +186,7 @@ class _Printer:
         if isinstance(e, ast.Number):
             return _number(e.value)
         if isinstance(e, ast.Name):
-            name = latex_name(e.id)
+            name = self.names.get(e.id) or latex_name(e.id)
             return name, (SUB if re.search(r"(?<!\\)_", name) else ATOM)
         if isinstance(e, ast.String):
             return rf"\text{{``{_escape(e.value)}''}}", ATOM

@@ -8,17 +8,20 @@ MAX_DEPTH = 40
 MAX_CHARS = 10_000
 
 
-def unparse(node: ast.Expr, limit: int = MAX_CHARS, max_depth: int = MAX_DEPTH) -> str:
+def unparse(node: ast.Expr, limit: int | None = MAX_CHARS,
+            max_depth: int | None = MAX_DEPTH) -> str:
     """The expression as source text, cut short with '...' past `limit` characters or
-    `MAX_DEPTH` levels: a Python-built expression can share subtrees, so its text can be
-    exponentially longer than the expression itself."""
+    `max_depth` levels: a Python-built expression can share subtrees, so its text can be
+    exponentially longer than the expression itself. That is for messages and reprs only: with
+    `limit=None, max_depth=None` the text is whole, never elided (the printers of programs,
+    whose expressions the vectorizer keeps shallow)."""
     return _Unparser(limit, max_depth).text(node, 0)
 
 
 class _Unparser:
-    def __init__(self, limit: int, max_depth: int = MAX_DEPTH):
-        self.max_depth = max_depth
-        self.budget = limit
+    def __init__(self, limit: int | None, max_depth: int | None = MAX_DEPTH):
+        self.max_depth = float("inf") if max_depth is None else max_depth
+        self.budget = float("inf") if limit is None else limit
 
     def spend(self, text: str) -> str:
         self.budget -= len(text)

@@ -8,6 +8,8 @@ that fit (`A.T @ x`, `x @ A`, `A @ B.T`). What fits none of these is an `einsum`
 """
 from __future__ import annotations
 
+from opt_einsum import get_symbol
+
 from ..ir.dims import ONE, Dim
 from ..ir.nodes import Const, Contract, Delta, Unit
 from ..parse import ast
@@ -313,9 +315,18 @@ def _reciprocal(expr):
     return None
 
 
+_LETTERS = "ijklmnopqrstuvwxyzabcdefghIJKLMNOPQRSTUVWXYZABCDEFGH"
+
+
+def _symbol(i: int) -> str:
+    """The i-th einsum subscript: `i j k ...` first, then the rest of the 52 letters numpy
+    takes, then opt_einsum's symbols (a tensor of any rank has subscripts)."""
+    return _LETTERS[i] if i < len(_LETTERS) else get_symbol(i)
+
+
 def _letters(terms, keep) -> dict:
     order = list(dict.fromkeys([*keep, *(l for t in terms for l in t.labels)]))
-    return {l: "ijklmnopqrstuvwxyzabcdefgh"[i] for i, l in enumerate(order)}
+    return {l: _symbol(i) for i, l in enumerate(order)}
 
 
 def _permute(expr, labels, target) -> ast.Expr:
@@ -324,7 +335,7 @@ def _permute(expr, labels, target) -> ast.Expr:
         return expr
     if len(labels) == 2 and labels == target[::-1]:
         return transpose(expr)
-    letters = {l: "ijklmnopqrstuvwxyz"[i] for i, l in enumerate(labels)}
+    letters = {l: _symbol(i) for i, l in enumerate(labels)}
     spec = "".join(letters[l] for l in labels) + "->" + "".join(letters[l] for l in target)
     return ast.Call("einsum", (ast.String(spec), expr))  # a permutation: no planning needed
 
@@ -346,24 +357,24 @@ def _index(expr, rank, axis, item) -> ast.Expr:
     return ast.Index(expr, tuple([ast.Slice(None, None)] * axis + [item]))
 
 
+def _bound(b: Dim, dim: Dim) -> ast.Expr:
+    """An index or slice bound `b` on an axis of length `dim`. A bound short of the axis's end
+    by k is written `-k`, as numpy counts from the end (`n - 1` -> `-1`); but `-0` is `0`, the
+    *start*, so a bound at the end itself is written as the dimension (`x[n:]`, empty)."""
+    if b.is_concrete:
+        return number(b.offset)
+    if b.name == dim.name and b.offset < dim.offset:
+        return number(b.offset - dim.offset)
+    return dimension(b)
+
+
 def _position(k: Dim, dim: Dim) -> ast.Expr:
-    if k.is_concrete:
-        return number(k.offset)
-    if k.name == dim.name:
-        return number(k.offset - dim.offset)  # n - 1 -> -1
-    return dimension(k)
+    return _bound(k, dim)
 
 
 def _slice(lo: Dim, hi: Dim, dim: Dim) -> ast.Slice:
-    def bound(b: Dim, default):
-        if b == default:
-            return None
-        if b.is_concrete:
-            return number(b.offset)
-        if b.name == dim.name:
-            return number(b.offset - dim.offset)
-        return dimension(b)
-    return ast.Slice(bound(lo, Dim(None, 0)), bound(hi, dim))
+    return ast.Slice(None if lo == Dim(None, 0) else _bound(lo, dim),
+                     None if hi == dim else _bound(hi, dim))
 
 
 def _matmul(a: Term, b: Term, k, out) -> Term | None:

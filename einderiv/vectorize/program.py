@@ -10,12 +10,13 @@ from collections import Counter
 from dataclasses import dataclass
 
 from ..ir.dims import Dim
+from ..ir.names import input_names, output_labels
 from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Size, Unit, Var, topological
 from ..parse import ast
 from ..rulebook import RuleBook, default_rulebook
 from .contraction import ContractionTranslator, dimension, number, scaled
 from .lanes import batch_lanes
-from .share import share_repeats
+from .share import cut_deep, share_repeats
 
 INFIX = {"div": "/", "pow": "**"}
 # An expression nesting deeper than this many IR levels is cut into temporaries, so formulas
@@ -37,7 +38,10 @@ def vectorize(roots: dict[str, Node], names: dict[Node, str] | None = None,
     """Translate `roots` (output name -> IR) into array expressions with shared temporaries."""
     rules = rules or default_rulebook()
     names = dict(names or {})
-    roots = batch_lanes(roots)
+    # The user's names keep their meaning: an output label or a bound name that would rebind
+    # one gives way (`dx` when the user bound `dx = tanh(x * y)`), and no temporary takes one.
+    inputs = input_names(roots.values(), declared)
+    roots = batch_lanes(output_labels(roots, names, inputs))
     order = topological(*roots.values())
     uses = Counter(id(c) for n in order for c in n.children())
     uses.update(id(n) for n in roots.values())  # an output used elsewhere is computed once
@@ -46,7 +50,7 @@ def vectorize(roots: dict[str, Node], names: dict[Node, str] | None = None,
     for name, node in roots.items():
         root_name.setdefault(id(node), name)
     variables = {n.name: n for n in order if isinstance(n, Var)}
-    taken = set(variables) | set(roots) | set(names.values())
+    taken = inputs | set(variables) | set(roots) | set(names.values())
     counter = 0
     temp_name: dict[int, str] = {}
     bound_names: set[str] = set()
@@ -65,7 +69,7 @@ def vectorize(roots: dict[str, Node], names: dict[Node, str] | None = None,
         name = root_name.get(id(n)) or names.get(n)
         # Every name is bound once (`a = a * a` rebinding a user's name gets a fresh one), so a
         # name means one value everywhere in the program.
-        if name is None or name in variables or name in bound_names:
+        if name is None or name in inputs or name in bound_names:
             while f"t{counter}" in taken:
                 counter += 1
             name = f"t{counter}"
@@ -76,6 +80,7 @@ def vectorize(roots: dict[str, Node], names: dict[Node, str] | None = None,
     temporaries = [(temp_name[id(n)], translator.define(n)) for n in order if id(n) in temp_name]
     outputs = [(name, translator.expr(node)) for name, node in roots.items()]
     temporaries, outputs = share_repeats(temporaries, outputs, taken)
+    temporaries, outputs = cut_deep(temporaries, outputs, taken)
     temporaries = _used(temporaries, outputs)
     return VectorProgram(temporaries, outputs, variables, dict(declared or {}))
 

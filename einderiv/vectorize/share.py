@@ -1,113 +1,246 @@
-"""Common subexpressions of the vectorized program become temporaries.
+"""Common subexpressions of the vectorized program become temporaries, and so do expressions
+nested too deeply to print.
 
 The IR shares every node, but one IR product can be written into several array expressions
 (`t8 * t9` in each of an RNN's weight gradients), so the vectorized program is searched once
-more for repeated subexpressions, largest first.
+more for repeated subexpressions. Subexpressions are compared by structure, never by their
+printed text: each node gets an integer, computed bottom-up once per node, that two nodes share
+exactly when they are the same expression (hash-consing). Every pass here is linear in the size
+of the program and uses an explicit stack, however deeply an expression nests.
 """
 from __future__ import annotations
 
-from collections import Counter
-
 from ..parse import ast
-from ..parse.unparse import unparse
 
 # Only expressions that do work are worth a name: not names, numbers or plain views.
 _WORK = (ast.BinOp, ast.Call, ast.UnaryOp)
+# Calls whose arguments are only dimensions (`ones(1)`, `eye(n)`) cost nothing to repeat.
+_CONSTANT_CALLS = {"ones", "zeros", "eye", "size"}
+# An expression nesting deeper than this is cut into temporaries, so that every printer (each
+# recursive, a few frames per level) prints it whole, with no elision and no recursion trouble,
+# and its text parses back under the parser's bracket nesting limit.
+MAX_PRINT_HEIGHT = 40
 
 
 def share_repeats(temporaries: list, outputs: list, taken: set) -> tuple[list, list]:
+    """Name each work expression that would be printed more than once: defined once, as a new
+    temporary before the first line that uses it. A line's whole expression stays that line's."""
     lines = [*temporaries, *outputs]
-    counts: Counter = Counter()
-    for _, expr in lines:
-        for sub in _subexpressions(expr):
-            counts[_key(sub)] += 1
-    repeated = {k for k, c in counts.items() if c >= 2}
-    if not repeated:
+    table = _Structure()
+    roots = [table.intern(expr) for _, expr in lines]
+    inside = [0] * len(table.children)  # how often printed inside another printed expression
+    as_root = [0] * len(table.children)
+    for r in roots:
+        as_root[r] += 1
+    named = [False] * len(table.children)
+    # Parents have larger numbers than their children: count from the outside in, so that a
+    # repeated expression given a name is printed once, and its insides with it.
+    for s in range(len(table.children) - 1, -1, -1):
+        named[s] = table.work[s] and inside[s] >= 1 and inside[s] + as_root[s] >= 2
+        printed = as_root[s] + 1 if named[s] else inside[s] + as_root[s]
+        if printed:
+            for c in table.children[s]:
+                inside[c] += printed
+    if not any(named):
         return temporaries, outputs
-    counter = 0
-    new_lines: list = []
-    named: dict[str, str] = {}
+    fresh = _Fresh(taken)
+    name_of: dict[int, str] = {}
+
+    def replace(e, emit):
+        name = name_of.get(table.of(e))  # defined already: its name, without looking inside
+        return (None, False) if name is None else (ast.Name(name), True)
+
+    def define(e, rebuilt, emit):
+        s = table.of(e)
+        if not named[s]:
+            return rebuilt
+        name_of[s] = temp = fresh()
+        emit((temp, rebuilt))
+        return ast.Name(temp)
+
+    return _rewrite(lines, len(temporaries), replace, define)
+
+
+def cut_deep(temporaries: list, outputs: list, taken: set,
+             limit: int = MAX_PRINT_HEIGHT) -> tuple[list, list]:
+    """Cut every work expression that nests `limit` levels deep into a temporary (a sum of 500
+    terms becomes a few lines of partial sums, added in the same order)."""
+    fresh = _Fresh(taken)
+    height: dict[int, int] = {}  # id of a rewritten node -> how deeply it nests
+
+    def keep(e, emit):
+        return None, False
+
+    def define(e, rebuilt, emit):
+        h = 1 + max((height.get(id(c), 0) for c in _children(rebuilt)), default=0)
+        if h >= limit and isinstance(rebuilt, _WORK) and not _trivial(rebuilt):
+            temp = fresh()
+            emit((temp, rebuilt))
+            rebuilt, h = ast.Name(temp), 0
+        height[id(rebuilt)] = h
+        return rebuilt
+
+    return _rewrite([*temporaries, *outputs], len(temporaries), keep, define)
+
+
+def _rewrite(lines: list, n_temporaries: int, replace, define) -> tuple[list, list]:
+    """Rebuild every line bottom-up, without recursion and without changing the given trees.
+
+    `replace(e, emit)` -> (expr, True) stands in for a subexpression without looking inside it;
+    `define(e, rebuilt, emit)` -> what a subexpression becomes once its children are rebuilt
+    (`rebuilt`). `emit((name, expr))` adds a temporary before the line being rebuilt. A line's
+    whole expression is rebuilt but never replaced."""
+    temps, outs = [], []
+    done: dict[int, ast.Expr] = {}  # id of a given subexpression -> what it became
+    keep_alive = []  # the ids in `done` stay unique while it lives
     for index, (name, expr) in enumerate(lines):
-        # Largest first: a repeated outer expression takes its repeated insides with it.
-        for sub in sorted(_subexpressions(expr), key=lambda e: -len(_key(e))):
-            key = _key(sub)
-            if key not in repeated or key in named or sub is expr:
+        emit = temps.append
+        stack = [(c, False) for c in _children(expr)]
+        while stack:
+            e, ready = stack.pop()
+            if id(e) in done:
                 continue
-            while f"t{counter}" in taken:
-                counter += 1
-            temp = f"t{counter}"
-            taken.add(temp)
-            named[key] = temp
-            new_lines.append((temp, _replace(_copy(sub), named, inside_only=True), None))
-        new_lines.append((name, _replace(expr, named), index < len(temporaries)))
-    temps = [(n, e) for n, e, is_temp in new_lines if is_temp is not False]
-    outs = [(n, e) for n, e, is_temp in new_lines if is_temp is False]
+            if not ready:
+                stand_in, hit = replace(e, emit)
+                if hit:
+                    done[id(e)] = stand_in
+                    keep_alive.append(e)
+                    continue
+                stack.append((e, True))
+                stack.extend((c, False) for c in _children(e) if id(c) not in done)
+                continue
+            done[id(e)] = define(e, _with_children(e, [done[id(c)] for c in _children(e)]),
+                                 emit)
+            keep_alive.append(e)
+        line = (name, _with_children(expr, [done[id(c)] for c in _children(expr)]))
+        (temps if index < n_temporaries else outs).append(line)
     return temps, outs
 
 
-def _key(expr) -> str:
-    return unparse(expr, limit=10**9, max_depth=400)
+class _Fresh:
+    """Hands out temporary names `t0`, `t1`, ... that are not in `taken` (and takes them)."""
+
+    def __init__(self, taken: set):
+        self.taken = taken
+        self.counter = 0
+
+    def __call__(self) -> str:
+        while f"t{self.counter}" in self.taken:
+            self.counter += 1
+        name = f"t{self.counter}"
+        self.taken.add(name)
+        return name
 
 
-# Calls whose arguments are only dimensions (`ones(1)`, `eye(n)`) cost nothing to repeat.
-_CONSTANT_CALLS = {"ones", "zeros", "eye", "size"}
+class _Structure:
+    """Hash-consing of syntax trees: `intern(e)` numbers `e` and every part of it so that two
+    parts get the same number exactly when they are the same expression. Numbers grow from the
+    leaves up, so a node's number is larger than its children's."""
+
+    def __init__(self):
+        self.numbers: dict[tuple, int] = {}
+        self.memo: dict[int, int] = {}  # id of a node -> its number
+        self.alive: list = []  # keeps the ids in `memo` unique
+        self.children: list[tuple[int, ...]] = []  # number -> numbers of its replaceable children
+        self.work: list[bool] = []  # number -> worth a name
+
+    def of(self, e) -> int:
+        return self.memo[id(e)]
+
+    def intern(self, root) -> int:
+        stack = [(root, False)]
+        while stack:
+            e, ready = stack.pop()
+            if id(e) in self.memo:
+                continue
+            parts = _parts(e)
+            if not ready:
+                stack.append((e, True))
+                stack.extend((p, False) for p in parts if p is not None and id(p) not in self.memo)
+                continue
+            key = _shape_key(e, tuple(None if p is None else self.memo[id(p)] for p in parts))
+            number = self.numbers.get(key)
+            if number is None:
+                number = self.numbers[key] = len(self.children)
+                self.children.append(tuple(self.memo[id(c)] for c in _children(e)))
+                self.work.append(isinstance(e, _WORK) and not _trivial(e))
+            self.memo[id(e)] = number
+            self.alive.append(e)
+        return self.memo[id(root)]
 
 
-def _subexpressions(expr):
-    stack = [expr]
-    while stack:
-        e = stack.pop()
-        trivial = (isinstance(e, ast.Call) and e.func in _CONSTANT_CALLS) or \
-            (isinstance(e, ast.UnaryOp) and isinstance(e.operand, (ast.Name, ast.Number)))
-        if isinstance(e, _WORK) and not trivial:
-            yield e
-        stack.extend(_children(e))
+def _parts(e) -> list:
+    """Every subexpression that tells `e` apart, in a fixed order (None for an absent bound)."""
+    if isinstance(e, ast.BinOp):
+        return [e.left, e.right]
+    if isinstance(e, (ast.UnaryOp, ast.Attribute)):
+        return [e.operand]
+    if isinstance(e, ast.Index):
+        return [e.operand, *e.items]
+    if isinstance(e, ast.Slice):
+        return [e.lo, e.hi]
+    if isinstance(e, ast.Tuple):
+        return list(e.items)
+    if isinstance(e, ast.Call):
+        return [*e.args, *(v for _, v in e.kwargs)]
+    return []
+
+
+def _shape_key(e, parts: tuple) -> tuple:
+    if isinstance(e, ast.Number):
+        return ("number", repr(float(e.value)))  # repr: -0.0 is not 0.0, nan is nan
+    if isinstance(e, ast.Name):
+        return ("name", e.id)
+    if isinstance(e, ast.String):
+        return ("string", e.value)
+    if isinstance(e, ast.NoneLit):
+        return ("none",)
+    if isinstance(e, (ast.BinOp, ast.UnaryOp)):
+        return (type(e).__name__, e.op, parts)
+    if isinstance(e, ast.Attribute):
+        return ("attribute", e.attr, parts)
+    if isinstance(e, (ast.Index, ast.Slice, ast.Tuple)):
+        return (type(e).__name__, parts)
+    if isinstance(e, ast.Call):
+        return ("call", e.func, len(e.args), tuple(k for k, _ in e.kwargs), parts)
+    return ("unknown", id(e))  # equal to nothing else
+
+
+def _trivial(e) -> bool:
+    return (isinstance(e, ast.Call) and e.func in _CONSTANT_CALLS) or \
+        (isinstance(e, ast.UnaryOp) and isinstance(e.operand, (ast.Name, ast.Number)))
 
 
 def _children(e):
+    """The subexpressions that may be replaced by a name (not dimensions, strings, axes)."""
     if isinstance(e, ast.BinOp):
         return [e.left, e.right]
-    if isinstance(e, (ast.UnaryOp,)):
-        return [e.operand]
-    if isinstance(e, (ast.Attribute, ast.Index)):
+    if isinstance(e, (ast.UnaryOp, ast.Attribute, ast.Index)):
         return [e.operand]
     if isinstance(e, ast.Call):
         return [a for a in e.args if not isinstance(a, (ast.String, ast.Tuple))]
     return []
 
 
-def _replace(e, named: dict, inside_only: bool = False):
-    """`e` with every subexpression that has a name replaced by that name (in place); with
-    `inside_only`, `e` itself is kept (it is the definition of such a name)."""
-    if not inside_only and isinstance(e, _WORK) and _key(e) in named:
-        return ast.Name(named[_key(e)])
+def _with_children(e, children: list):
+    """`e` with its replaceable children swapped for `children`: `e` itself when none changed."""
+    old = _children(e)
+    if all(a is b for a, b in zip(old, children)):
+        return e
     if isinstance(e, ast.BinOp):
-        e.left, e.right = _replace(e.left, named), _replace(e.right, named)
-    elif isinstance(e, (ast.UnaryOp, ast.Attribute, ast.Index)):
-        e.operand = _replace(e.operand, named)
-    elif isinstance(e, ast.Call):
-        e.args = tuple(a if isinstance(a, (ast.String, ast.Tuple)) else _replace(a, named)
-                       for a in e.args)
-    return e
-
-
-def _copy(e):
-    """A copy of the tree, so replacing inside one occurrence leaves the others alone."""
-    if isinstance(e, ast.BinOp):
-        return ast.BinOp(e.op, _copy(e.left), _copy(e.right))
+        return ast.BinOp(e.op, *children)
     if isinstance(e, ast.UnaryOp):
-        return ast.UnaryOp(e.op, _copy(e.operand))
+        return ast.UnaryOp(e.op, children[0])
     if isinstance(e, ast.Attribute):
-        return ast.Attribute(_copy(e.operand), e.attr)
+        return ast.Attribute(children[0], e.attr)
     if isinstance(e, ast.Index):
-        return ast.Index(_copy(e.operand), e.items)
-    if isinstance(e, ast.Call):
-        c = ast.Call(e.func, tuple(_copy(a) if not isinstance(a, (ast.String, ast.Tuple)) else a
-                                   for a in e.args), e.kwargs)
-        if hasattr(e, "operand_shapes"):
-            c.operand_shapes = e.operand_shapes
-        return c
-    return e
+        return ast.Index(children[0], e.items)
+    new = iter(children)
+    call = ast.Call(e.func, tuple(a if isinstance(a, (ast.String, ast.Tuple)) else next(new)
+                                  for a in e.args), e.kwargs)
+    if hasattr(e, "operand_shapes"):
+        call.operand_shapes = e.operand_shapes
+    return call
 
 
 def names_in(expr) -> set[str]:
