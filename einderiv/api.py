@@ -133,7 +133,7 @@ class _Result:
         return {name: tuple(str(d) for d in v.shape)
                 for name, v in sorted(self.program.variables.items())}
 
-    def __call__(self, **arrays):
+    def __call__(self, /, **arrays):  # `/`: an input may be named `self`
         if self._function is None:
             with self._building:
                 if self._function is None:
@@ -144,7 +144,7 @@ class _Result:
                                                        self.backend)
         return self._structure(self._function(arrays))
 
-    def evaluate_ir(self, **arrays):
+    def evaluate_ir(self, /, **arrays):
         """The same results computed by interpreting the IR directly (no vectorizing, no code
         generation): an independent path, used to test the generated code."""
         plan = Plan(list(self.roots.values()), self.rules, accepted=self.lowered.declared)

@@ -52,7 +52,7 @@ def _copy(value):
 _original_call = api._Result.__call__
 
 
-def _recording_call(self, **arrays):
+def _recording_call(self, /, **arrays):
     if not _state["active"] or _state["checking"]:
         return _original_call(self, **arrays)
     _, calls = _state["records"].get(id(self), (self, []))
@@ -135,7 +135,7 @@ def _abridged(formula: str, lines: int = 24, width: int = 400) -> list[str]:
 def _output_programs(result, formula: str) -> list[tuple[str, str]]:
     """(output name, program text) for each output: the lines up to the one defining it. An
     output that other outputs use is defined where it is first needed, not necessarily last."""
-    names = list(result.roots)
+    names = [name for name, _ in result.program.outputs]  # as printed: never a user's name
     lines = formula.split("\n")
     if len(names) == 1:
         return [(names[0], formula)]

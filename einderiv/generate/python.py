@@ -11,6 +11,7 @@ einderiv compiles it for a shape signature.
 """
 from __future__ import annotations
 
+import builtins
 import keyword
 import math
 
@@ -50,8 +51,15 @@ def _identity_row(e: ast.Index) -> bool:
 
 
 def _safe(name: str) -> bool:
-    """Can a user's name stand in Python code as it is?"""
-    return name.isidentifier() and not keyword.iskeyword(name) and not name.startswith("_")
+    """Can a user's name stand in Python code as it is? Not when Python reserves it, when it
+    could be one of ours (all start with `_`), when it would shadow a builtin the module calls
+    (`float`), or when it is not ASCII: Python folds identifiers by NFKC, so a bold `𝐭0` *is*
+    `t0`. Any other name is written `_v<k>`."""
+    return name.isidentifier() and name.isascii() and not keyword.iskeyword(name) and \
+        not name.startswith("_") and name not in _BUILTINS
+
+
+_BUILTINS = frozenset(dir(builtins))
 
 
 class _Printer:
@@ -63,6 +71,7 @@ class _Printer:
         self.imports: dict[str, str] = {}
         self.contractions: list[tuple[str, list]] = []
         self.dims_used: set[str] = set()
+        self.dim_names: dict[str, str] = {}  # a dimension name that is not ASCII -> ours
         for i, name in enumerate(list(program.variables) + [n for n, _ in program.temporaries]):
             self.names[name] = name if _safe(name) else f"_v{i}"
 
@@ -116,7 +125,8 @@ class _Printer:
                     if name not in self.names:
                         self.names[name] = name if _safe(name) else f"_v{len(self.names)}"
                     self.arguments.add(name)
-                    lines.append(f"    _dim_{dim} = {self.names[name]}.shape[{axis}]{offset}")
+                    lines.append(f"    {self._dim_name(dim)} = "
+                                 f"{self.names[name]}.shape[{axis}]{offset}")
                     break
             else:
                 raise ValueError(f"dimension {dim} is bound by no input")
@@ -189,13 +199,19 @@ class _Printer:
             return str(int(e.value))
         if isinstance(e, ast.Name):
             self.dims_used.add(e.id)
-            return f"_dim_{e.id}"
+            return self._dim_name(e.id)
         if isinstance(e, ast.BinOp) and e.op in "+-":
             return f"{self._dimension(e.left)} {e.op} {self._dimension(e.right)}"
         raise TypeError("a dimension is a name, an integer, or a name plus an integer")
 
     def _call(self, e: ast.Call) -> str:
         name = e.func
+    def _dim_name(self, dim: str) -> str:
+        """`_dim_n` for dimension n; `_dim<k>_` for a name that is not ASCII (NFKC)."""
+        if dim.isascii():
+            return f"_dim_{dim}"
+        return self.dim_names.setdefault(dim, f"_dim{len(self.dim_names)}_")
+
         if name == "einsum":
             spec = e.args[0].value
             operands = ", ".join(self.expr(a) for a in e.args[1:])

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 
 from .dims import ONE, Dim
+from .names import input_names, output_labels
 from .nodes import Add, Const, Contract, Delta, Map, Node, Prim, Size, Unit, Var, topological
 
 LETTERS = "ijklmpqrsuvwabcefgh"
@@ -53,16 +54,19 @@ def format_program(root: Node, names: dict[Node, str] | None = None, output: str
     """Every line needed to define `root` (and `extra_roots`), the output last."""
     names = dict(names or {})
     roots = {output: root, **(extra_roots or {})}
+    # Output labels and temporaries never take a user's name (see `names.py`).
+    inputs = input_names(roots.values())
+    roots = output_labels(roots, names, inputs)
     chosen: dict[int, str] = {}
     for name, node in roots.items():
         chosen.setdefault(id(node), name)
     nodes = line_nodes(list(roots.values()), names)
     temp = 0
-    taken = set(chosen.values()) | set(names.values())
+    taken = set(chosen.values()) | set(names.values()) | inputs
     for n in nodes:
         if id(n) in chosen:
             continue
-        if n in names:
+        if n in names and names[n] not in inputs and names[n] not in chosen.values():
             chosen[id(n)] = names[n]
         else:
             while f"t{temp}" in taken:
