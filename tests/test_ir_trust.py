@@ -18,6 +18,7 @@ import einderiv
 from einderiv.api import lower_source
 from einderiv.derive import derivatives
 from einderiv.evaluate.plan import Plan
+from einderiv.ir import build
 from einderiv.ir.build import fold
 from einderiv.ir.nodes import Const, Var
 from einderiv.rulebook import default_rulebook
@@ -157,6 +158,16 @@ def test_gradients_of_infinite_constants():
         np.testing.assert_array_equal(got, np.full(3, np.inf))
     for got in _float64(lambda: _all_ways("x: [n]; sum(x * x * (0 * 10 ** 400))",
                                           {"x": np.ones(3)}, "x")):
+        np.testing.assert_array_equal(got, np.full(3, np.nan))
+
+
+def test_zero_times_an_infinite_constant_is_nan_in_a_long_product():
+    # Past the operands a product inlines, the infinite constant stays an operand of its own.
+    x = Var("x", ("n",))
+    infinite = build.broadcast_to(Const(np.inf), x.shape)
+    for zero in (Const(0.0), build.zeros(x.shape)):
+        node = build.contract((0,), [(x, (0,))] * 9 + [(infinite, (0,)), (zero, zero.rank * (0,))])
+        got = _float64(lambda: Plan([node])({"x": np.full(3, 0.5)})[0])
         np.testing.assert_array_equal(got, np.full(3, np.nan))
 
 

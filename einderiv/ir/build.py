@@ -88,7 +88,8 @@ def contract(out, operands, broadcast: dict | None = None) -> Node:
         flat.append((node, tuple(labels)))
     # `0 * x` is 0 for every x (as symbolic tools have it), but a constant zero times an
     # infinite or nan constant is nan, as in float64: that product is left to evaluation.
-    if scale == 0.0 or (np.isfinite(scale) and any(is_zero(n) for n, _ in flat)):
+    constants = [scale, *(c for c in map(constant_value, (n for n, _ in flat)) if c is not None)]
+    if 0.0 in constants and all(np.isfinite(c) for c in constants):
         return zeros(_shape_of(out, operands, broadcast))
     # A broadcast axis of an inlined product that is summed here is carried by no operand:
     # all its entries are equal, so the sum over it multiplies by its size.
