@@ -39,6 +39,118 @@ def namespace(backend: str):
     return _TorchNumpy(module) if backend == "torch" else module
 
 
+# Backends whose arrays live on a device: a specialization is made per device, and the
+# constants it creates (ones, eye, ...) are made there.
+DEVICE_BACKENDS = ("torch", "jax", "cupy")
+
+
+def array_type(backend: str) -> type:
+    """The class of `backend`'s own arrays: inputs of any other type are converted."""
+    if backend == "numpy":
+        return np.ndarray
+    module = importlib.import_module(_MODULES[backend])
+    return {"torch": lambda: module.Tensor, "jax": lambda: importlib.import_module("jax").Array,
+            "cupy": lambda: module.ndarray, "dask": lambda: module.Array}[backend]()
+
+
+def dtype_kind(dtype) -> str:
+    """numpy's one-letter kind of `dtype` ('f' float, 'c' complex, 'i' integer, 'b' bool...),
+    for torch's dtypes too."""
+    if type(dtype).__module__ == "torch":
+        return ("c" if dtype.is_complex else "f" if dtype.is_floating_point else
+                "b" if str(dtype) == "torch.bool" else "i")
+    return np.dtype(dtype).kind
+
+
+def result_dtype(backend: str, xp, dtypes: list):
+    """The dtype of every result: the inputs' dtypes promoted as the backend does (numpy's
+    `result_type`), float64 when there are no inputs."""
+    if backend == "torch":
+        t = xp._torch
+        out = t.float64 if not dtypes else dtypes[0]
+        for d in dtypes[1:]:
+            out = t.promote_types(out, d)
+        return out
+    return np.result_type(*dtypes) if dtypes else np.dtype(np.float64)
+
+
+def cast(backend: str, value, dtype):
+    """`value` (an array of `backend`) as `dtype`."""
+    return value.to(dtype) if backend == "torch" else value.astype(dtype)
+
+
+def on_device(backend: str, xp, device):
+    """`xp` making new arrays on `device` (the inputs'), for one specialization."""
+    return _TorchNumpy(xp._torch, device) if backend == "torch" else xp
+
+
+def owner(backend: str):
+    """A function `(result, inputs, dtype)` that returns `result` in `dtype` as an array the
+    caller owns: never one of `inputs` nor a view of their memory (writing into a result must
+    not change an input), nor a read-only or broadcast view."""
+    if backend == "numpy":
+        return _own_array
+    if backend == "cupy":
+        return _array_owner(importlib.import_module("cupy"))
+    if backend == "torch":
+        return _own_tensor
+    return _immutable_owner(namespace(backend))  # jax and dask arrays are values
+
+
+def _array_owner(xp):
+    ndarray, generic, may_share_memory = xp.ndarray, np.generic, xp.may_share_memory
+
+    def own(r, inputs, dtype):
+        if type(r) is ndarray:
+            if r.dtype is not dtype and r.dtype != dtype:
+                return r.astype(dtype)  # a new array
+            if r.base is None:  # made by this call, or an input itself
+                for a in inputs:
+                    if a is r:
+                        return r.copy()
+                return r
+            if getattr(r.flags, "writeable", True) and not any(
+                    type(a) is ndarray and may_share_memory(r, a) for a in inputs):
+                return r  # a view of an array made by this call
+            return r.copy()
+        if isinstance(r, generic):  # numpy scalars are immutable
+            return r if r.dtype is dtype or r.dtype == dtype else r.astype(dtype)
+        return xp.asarray(r, dtype=dtype)[()]  # a Python number
+    return own
+
+
+_own_array = _array_owner(np)
+
+
+def _own_tensor(r, inputs, dtype):
+    import torch
+    if not isinstance(r, torch.Tensor):  # a Python number
+        like = next((a for a in inputs if isinstance(a, torch.Tensor)), None)
+        return torch.tensor(r, dtype=dtype, device=None if like is None else like.device)
+    if r.dtype != dtype:
+        return r.to(dtype)
+    if r.numel() > 1 and 0 in r.stride():
+        return r.clone()  # expanded (broadcast): one element stands for many
+    storage = r.untyped_storage().data_ptr()
+    for a in inputs:
+        if isinstance(a, torch.Tensor) and a.untyped_storage().data_ptr() == storage:
+            return r.clone()
+    return r
+
+
+def _immutable_owner(xp):
+    def own(r, inputs, dtype):
+        if not hasattr(r, "dtype"):  # a Python number
+            return xp.asarray(r, dtype=dtype)
+        if r.dtype != dtype:
+            return r.astype(dtype)
+        for a in inputs:
+            if a is r:  # dask's __setitem__ rebinds the object: hand back another one
+                return r.copy()
+        return r
+    return own
+
+
 def array_namespace(x):
     """The array namespace of `x` for kernels: numpy for numpy arrays and Python numbers,
     otherwise the array API namespace (via array-api-compat)."""
@@ -52,12 +164,14 @@ def array_namespace(x):
 
 
 class _TorchNumpy:
-    """torch under numpy's names, for the names generated code uses."""
+    """torch under numpy's names, for the names generated code uses. New arrays (`ones`,
+    `eye`, `arange`, ...) are made on `device`: the inputs' device."""
 
     _RENAMED = {"power": "pow", "arctan": "arctan", "divide": "divide"}
 
-    def __init__(self, torch):
+    def __init__(self, torch, device=None):
         self._torch = torch
+        self._device = device
         self.linalg = torch.linalg
 
     def __getattr__(self, name):
@@ -67,6 +181,9 @@ class _TorchNumpy:
         t = self._torch
         return value if isinstance(value, t.Tensor) else t.as_tensor(value, dtype=like.dtype,
                                                                       device=like.device)
+
+    def asarray(self, value, dtype=None):
+        return self._torch.asarray(value, dtype=dtype, device=self._device)
 
     def sum(self, x, axis=None):
         return self._torch.sum(x) if axis is None else self._torch.sum(x, dim=axis)
@@ -88,17 +205,21 @@ class _TorchNumpy:
 
     def where(self, condition, a, b):
         t = self._torch
-        def tensor(v):
-            return v if isinstance(v, t.Tensor) else t.tensor(v, dtype=t.float64)
-        return t.where(condition, tensor(a), tensor(b))
+        if isinstance(a, t.Tensor) or isinstance(b, t.Tensor):  # a scalar takes the other's dtype
+            like = a if isinstance(a, t.Tensor) else b
+            a, b = self._tensor(a, like), self._tensor(b, like)
+        return t.where(condition, a, b)
 
-    def eye(self, N, M=None, k=0):
-        out = self._torch.zeros((N, N if M is None else M), dtype=self._torch.float64)
+    def arange(self, *args, dtype=None):
+        return self._torch.arange(*args, dtype=dtype, device=self._device)
+
+    def eye(self, N, M=None, k=0, dtype=None):
+        out = self._torch.zeros((N, N if M is None else M), dtype=dtype, device=self._device)
         out.diagonal(k).fill_(1.0)  # numpy's eye(N, M, k): ones on the k-th diagonal
         return out
 
-    def ones(self, shape):
-        return self._torch.ones(shape, dtype=self._torch.float64)
+    def ones(self, shape, dtype=None):
+        return self._torch.ones(shape, dtype=dtype, device=self._device)
 
-    def zeros(self, shape):
-        return self._torch.zeros(shape, dtype=self._torch.float64)
+    def zeros(self, shape, dtype=None):
+        return self._torch.zeros(shape, dtype=dtype, device=self._device)

@@ -108,6 +108,9 @@ def _mismatch(actual, expected) -> str | None:
         return f"shape {actual.shape} instead of {expected.shape}"
     if expected.size == 0:
         return None
+    # Results keep the inputs' dtype: float32 results agree to float32's precision only.
+    rtol = max([RTOL] + [100 * float(np.finfo(d).eps) for d in (actual.dtype, expected.dtype)
+                         if d.kind in "fc"])
     expected = expected.astype(np.complex128 if np.iscomplexobj(expected) else np.float64)
     actual = actual.astype(expected.dtype)
     if not np.all(np.isfinite(expected)):
@@ -115,8 +118,8 @@ def _mismatch(actual, expected) -> str | None:
     scale = float(np.max(np.abs(expected)))
     # Two evaluation orders of one program differ by rounding relative to the intermediate
     # values, which can cancel to an exact zero: an absolute floor of 1e-12 covers that.
-    atol = RTOL * max(scale, 1e-3)
-    if not np.all(np.isfinite(actual)) or not np.allclose(actual, expected, rtol=RTOL,
+    atol = rtol * max(scale, 1e-3)
+    if not np.all(np.isfinite(actual)) or not np.allclose(actual, expected, rtol=rtol,
                                                            atol=atol):
         with np.errstate(all="ignore"):
             err = float(np.max(np.abs(actual - expected)))

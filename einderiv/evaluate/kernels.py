@@ -31,8 +31,11 @@ def softplus(x):
 def step(x):
     """Heaviside step with step(0) = 0: the derivative of relu."""
     xp = _xp(x)
+    if isinstance(x, (int, float)):
+        return float(x > 0)  # a Python number, which does not widen float32 arrays it meets
     if xp is np:
-        return (np.asarray(x) > 0).astype(np.result_type(x, np.float64))
+        x = np.asarray(x)
+        return (x > 0).astype(x.dtype if x.dtype.kind == "f" else np.float64)
     return xp.astype(x > 0, x.dtype)
 
 

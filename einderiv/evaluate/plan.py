@@ -6,11 +6,13 @@ shapes only runs the steps.
 """
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 import numpy as np
 import opt_einsum
 
+from ..backends import dtype_kind, owner
 from ..errors import EinderivError, EvaluationError, InputError, ShapeError, did_you_mean
 from ..ir.dims import Dim, show_shape
 from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Size, Unit, Var, topological
@@ -21,19 +23,30 @@ Step = Callable[[list], object]
 
 
 
-# What evaluating arrays can raise: a singular matrix, a domain error, or an implementation
-# from a user's rule table rejecting the arrays (TypeError); each becomes an EvaluationError.
-EVALUATION_FAILURES = (np.linalg.LinAlgError, FloatingPointError, ValueError, TypeError)
+# What evaluating arrays can raise: a singular matrix, a domain error, an implementation
+# from a user's rule table rejecting the arrays (TypeError), or arrays too large for memory;
+# each becomes an EvaluationError.
+EVALUATION_FAILURES = (np.linalg.LinAlgError, FloatingPointError, ValueError, TypeError,
+                       MemoryError)
 
 
 def evaluation_error(e: Exception) -> EvaluationError:
+    if isinstance(e, MemoryError):
+        return EvaluationError(f"evaluation ran out of memory: {e}",
+                               hint="the inputs are too large for this expression's results "
+                                    "and intermediates")
     if isinstance(e, TypeError):
         return EvaluationError(f"evaluation failed: {e} (TypeError: is every function's "
                                f"implementation in the rule tables elementwise on arrays?)")
     return EvaluationError(f"evaluation failed: {e}")
 
+_own = owner("numpy")
+
+
 class Plan:
-    """Evaluates `roots` from keyword arrays; caches one step list per shape signature."""
+    """Evaluates `roots` from keyword arrays; caches one step list per shape signature.
+
+    Re-entrant: a call keeps its state in locals, so one plan serves several threads."""
 
     def __init__(self, roots: list[Node], rules: RuleBook | None = None, accepted=None):
         """`accepted`: further names the call may pass although the results do not use them
@@ -48,21 +61,28 @@ class Plan:
         self.optional: dict[str, Var | None] = {
             name: Var(name, shapes[name]) if name in shapes else None
             for name in (accepted or ()) if name not in self.variables}
-        self._cache: dict[tuple, tuple[list[Step], list[int]]] = {}
+        self._cache: dict[tuple, tuple[list[Step], list[int], np.dtype]] = {}
+        self._lock = threading.Lock()  # one thread plans a signature; others wait and reuse it
 
     def __call__(self, arrays: dict) -> list:
         values, signature = self._inputs(arrays)
         compiled = self._cache.get(signature)
         if compiled is None:
-            compiled = self._cache[signature] = self._plan(values)
-        steps, results = compiled
+            with self._lock:
+                compiled = self._cache.get(signature)
+                if compiled is None:
+                    compiled = self._cache[signature] = self._plan(values)
+        steps, results, dtype = compiled
+        # Mixed precisions: every input in the result type, as the generated code does.
+        values = {k: v.astype(dtype, copy=False) for k, v in values.items()}
         slots: list = [None] * len(steps)
         try:
             for i, step in enumerate(steps):
                 slots[i] = step(slots) if step is not None else values[self.order[i].name]
         except EVALUATION_FAILURES as e:
             raise evaluation_error(e) from None
-        return [_finish(slots[i]) for i in results]
+        inputs = list(values.values())
+        return [_own(slots[i], inputs, dtype) for i in results]
 
     def _inputs(self, arrays: dict):
         reject_unknown(arrays, {**self.variables, **self.optional})
@@ -80,13 +100,16 @@ class Plan:
                 signature.append((name, value.shape, value.dtype.str))
         return values, tuple(signature)
 
-    def _plan(self, values: dict) -> tuple[list[Step], list[int]]:
+    def _plan(self, values: dict) -> tuple[list[Step], list[int], np.dtype]:
         given = {name: var for name, var in self.optional.items() if name in values}
         env = bind_dimensions({**self.variables, **given}, values)
+        # Constants are made in the inputs' result type, so float32 inputs give float32 results.
+        dtype = np.result_type(*[v.dtype for v in values.values()]) if values else \
+            np.dtype(np.float64)
         slot = {id(n): i for i, n in enumerate(self.order)}
-        steps = [None if isinstance(n, Var) else _step(n, slot, env, self.rules)
+        steps = [None if isinstance(n, Var) else _step(n, slot, env, self.rules, dtype)
                  for n in self.order]
-        return steps, [slot[id(r)] for r in self.roots]
+        return steps, [slot[id(r)] for r in self.roots], dtype
 
 
 def reject_unknown(arrays: dict, known) -> None:
@@ -103,17 +126,22 @@ def _as_array(name: str, value) -> np.ndarray:
         array = np.asarray(value)
     except Exception as e:  # numpy raises many kinds for ragged or odd objects
         raise InputError(f"input '{name}' is not an array: {e}") from None
-    if array.dtype.kind in "biu":
-        array = array.astype(np.float64)
-    elif array.dtype.kind not in "fc":
-        raise InputError(f"input '{name}' has dtype {array.dtype}; expected numbers")
-    return array
+    return array if is_float(name, array.dtype) else array.astype(np.float64)
 
 
-def _finish(value):
-    if isinstance(value, np.ndarray) and value.ndim and not value.flags.writeable:
-        return np.array(value)  # a broadcast view: hand back an array the caller owns
-    return value
+def is_float(name: str, dtype) -> bool:
+    """Whether input `name` of `dtype` is used as it is (floats); False for booleans and
+    integers, which are converted to float64; an InputError for anything else."""
+    kind = dtype_kind(dtype)
+    if kind == "f":
+        return True
+    if kind in "biu":
+        return False
+    if kind == "c":
+        raise InputError(f"input '{name}' is complex ({dtype}); einderiv's derivatives are of "
+                         f"real functions of real inputs",
+                         hint="pass the real and imaginary parts as two real inputs")
+    raise InputError(f"input '{name}' has dtype {dtype}; expected numbers")
 
 
 def bind_dimensions(variables: dict[str, Var], values: dict) -> dict[str, int]:
@@ -148,22 +176,21 @@ def size_of(dim: Dim, env: dict[str, int]) -> int:
     return size
 
 
-def _step(node: Node, slot: dict, env: dict, rules: RuleBook) -> Step:
+def _step(node: Node, slot: dict, env: dict, rules: RuleBook, dtype) -> Step:
     if isinstance(node, Const):
-        value = node.value
+        value = node.value  # a Python float: numpy keeps the arrays' dtype (NEP 50)
         return lambda s: value
     if isinstance(node, Size):
         value = float(size_of(node.dim, env))
         return lambda s: value
     if isinstance(node, Delta):
         rows, cols, off = check_structured(node, env)
-        value = np.eye(rows, cols, k=off)
-        return lambda s: value
+        return _constant(np.eye(rows, cols, k=off, dtype=dtype))
     if isinstance(node, Unit):
         size, pos = check_structured(node, env)
-        value = np.zeros(size)
+        value = np.zeros(size, dtype=dtype)
         value[pos] = 1.0
-        return lambda s: value
+        return _constant(value)
     if isinstance(node, Map):
         return _map_step(node, slot, rules)
     if isinstance(node, Prim):
@@ -172,8 +199,16 @@ def _step(node: Node, slot: dict, env: dict, rules: RuleBook) -> Step:
         terms = [(c, slot[id(t)]) for c, t in node.terms]
         return lambda s: _weighted_sum(s, terms)
     if isinstance(node, Contract):
-        return ContractionStep(node, slot, env)
+        return ContractionStep(node, slot, env, dtype)
     raise EinderivError(f"cannot evaluate {type(node).__name__}")
+
+
+def _constant(value: np.ndarray) -> Step:
+    """A step that returns `value` on every call: a read-only view, so that a result that is
+    this constant is copied before the caller gets it (it is shared by every call)."""
+    view = value.view()
+    view.flags.writeable = False
+    return lambda s: view
 
 
 def check_structured(node, env: dict) -> tuple[int, ...]:
@@ -234,7 +269,8 @@ class ContractionStep:
     precomputed path.
     """
 
-    def __init__(self, node: Contract, slot: dict, env: dict):
+    def __init__(self, node: Contract, slot: dict, env: dict, dtype=np.float64):
+        self.dtype = dtype
         sizes = [size_of(d, env) for d in node.dims]
         out = list(node.out)
         # Each operand: [source slot or constant array, pre-indexing per axis, labels].
@@ -295,7 +331,7 @@ class ContractionStep:
     def __call__(self, s):
         arrays = [s[src][idx] if idx else s[src] for src, idx in self.sources]
         if self.expr is None:
-            value = np.full(self.final_shape, self.scale)
+            value = np.full(self.final_shape, self.scale, dtype=self.dtype)
             return value
         value = self.expr(*arrays)
         if self.scale != 1.0:

@@ -1,21 +1,28 @@
 """Run generated code: compile the module once, specialize it once per shape signature.
 
 The first call with a new signature checks the arrays (binding dimension names, raising
-`ShapeError` on a mismatch) and plans every contraction; a later call with the same shapes and
-dtypes only looks the specialization up and calls it.
+`ShapeError` on a mismatch) and plans every contraction; a later call with inputs of exactly
+the same types, shapes and dtypes only looks the specialization up and calls it.
+
+Inputs of several float dtypes are all cast to their result type (numpy's `result_type`), so
+every result is computed and returned in it, on the inputs' device, and owned by the caller:
+never an input or a view of one (see `backends.owner`). A call keeps its state in locals, so one function
+serves several threads at once.
 """
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 import opt_einsum
 
-from ..backends import namespace
-
+from ..backends import (DEVICE_BACKENDS, array_type, cast, namespace, on_device, owner,
+                        result_dtype)
 from ..errors import InputError, ShapeError
 from ..evaluate.plan import (EVALUATION_FAILURES, _as_array, bind_dimensions,
-                             check_structured, evaluation_error, reject_unknown, size_of)
+                             check_structured, evaluation_error, is_float, reject_unknown,
+                             size_of)
 from ..ir.dims import show_shape
 from ..ir.nodes import Var
 from .python import PythonModule
@@ -34,44 +41,76 @@ class GeneratedFunction:
         # Inputs the result does not use may still be passed (SPEC §2) and are checked.
         self.optional = {name: Var(name, shape) for name, shape in declared.items()
                          if name not in self.variables}
-        self._cache: dict[tuple, object] = {}
         self.structured = list(structured)  # slices and picks to check per signature
-        self._seen: dict[tuple, object] = {}  # (name, shape, dtype) of every input -> function
+        # (dimension sizes, result dtype, device) -> (function, result dtype)
+        self._cache: dict[tuple, tuple] = {}
+        # (name, type, shape, dtype[, device]) of every input -> (function, result dtype), for
+        # inputs that the checks hand to the code as they are: exact arrays of the backend.
+        self._seen: dict[tuple, tuple] = {}
+        self._lock = threading.Lock()  # one thread specializes a signature; others reuse it
         self.backend = backend
         self.xp = namespace(backend)
+        self._native = array_type(backend)
+        self._devices = backend in DEVICE_BACKENDS
+        self._own = owner(backend)
+        self._failures = EVALUATION_FAILURES + ((RuntimeError,) if backend == "torch" else ())
         self._single = module.outputs == 1
 
     def __call__(self, arrays: dict) -> tuple:
         """The outputs, in order, for keyword `arrays`."""
         try:
-            seen = tuple([(k, v.shape, v.dtype) for k, v in arrays.items()])
+            # The type is part of the key: an np.matrix or another library's array with the
+            # shapes and dtypes of a fast call still goes through conversion.
+            seen = tuple([(k, type(v), v.shape, v.dtype) for k, v in arrays.items()])
+            if self._devices:
+                seen += tuple([v.device for v in arrays.values()])
         except AttributeError:
             seen = None  # a Python scalar or a list: take the careful path
-        function = self._seen.get(seen)
-        if function is None:
+        found = self._seen.get(seen)
+        if found is None:
             return self._first_call(arrays, seen)
-        # Exactly these names, shapes and dtypes passed the checks: call it, nothing else.
+        # Exactly these types, names, shapes and dtypes passed the checks unconverted.
+        function, dtype = found
+        args = [arrays[name] for name in self.arguments]
         try:
-            result = function(*[arrays[name] for name in self.arguments])
-        except EVALUATION_FAILURES as e:
+            result = function(*args)
+        except self._failures as e:
             raise evaluation_error(e) from None
-        return (result,) if self._single else result
+        own = self._own
+        if self._single:
+            return (own(result, args, dtype),)
+        return tuple([own(r, args, dtype) for r in result])
 
     def _first_call(self, arrays: dict, seen) -> tuple:
-        values, key = self._checked(arrays)
-        function = self._cache.get(key)
-        if function is None:
-            function = self._cache[key] = self._specialize(values)
-        if seen is not None and all(name in arrays and values[name] is arrays[name]
-                                    for name in self.arguments):
-            self._seen[seen] = function  # nothing was converted or stood in for
+        values, env = self._checked(arrays)
+        given = [values[name] for name in arrays]  # not the stand-ins for absent inputs
+        dtype = result_dtype(self.backend, self.xp, [v.dtype for v in given])
+        device = given[0].device if self._devices and given else None
+        for name in arrays:  # mixed precisions: the whole computation in the widest one
+            if values[name].dtype != dtype:
+                values[name] = cast(self.backend, values[name], dtype)
+        key = (tuple(sorted(env.items())), dtype, device)
+        found = self._cache.get(key)
+        if found is None:
+            with self._lock:
+                found = self._cache.get(key)
+                if found is None:  # checks the slices first: nothing invalid is cached
+                    found = self._cache[key] = (self._specialize(env, dtype, device), dtype)
+        if seen is not None and all(name in arrays for name in self.arguments) and all(
+                values[name] is value for name, value in arrays.items()):
+            self._seen[seen] = found  # nothing was converted or stood in for
+        function = found[0]
+        args = [values[name] for name in self.arguments]
         try:
-            result = function(*[values[name] for name in self.arguments])
-        except EVALUATION_FAILURES as e:
+            result = function(*args)
+        except self._failures as e:
             raise evaluation_error(e) from None
-        return (result,) if self._single else tuple(result)
+        if self._single:
+            return (self._own(result, args, dtype),)
+        return tuple([self._own(r, args, dtype) for r in result])
 
     def _checked(self, arrays: dict):
+        """The arrays to call the code with, and the dimension sizes they bind."""
         reject_unknown(arrays, {**self.variables, **self.optional})
         values = {}
         stand_ins = []
@@ -88,38 +127,43 @@ class GeneratedFunction:
                 values[name] = self._as_input(name, arrays[name])
                 given[name] = var
         bound = {n: v for n, v in {**self.variables, **given}.items() if n in values}
-        self._env = bind_dimensions(bound, values)
+        env = bind_dimensions(bound, values)
         for name in stand_ins:
             try:
-                shape = tuple(size_of(d, self._env) for d in self.variables[name].shape)
+                shape = tuple(size_of(d, env) for d in self.variables[name].shape)
             except ShapeError:
                 raise InputError(f"missing input '{name}' (shape "
                                  f"{show_shape(self.variables[name].shape)}): the result's "
                                  f"shape depends on it") from None
             values[name] = np.broadcast_to(np.zeros(()), shape)  # a shape, no memory
-        key = tuple((values[n].shape, values[n].dtype) for n in self.arguments)
-        return values, key
+        return values, env
 
     def _as_input(self, name: str, value):
-        """numpy inputs are converted (lists, ints); other backends' arrays are used as given."""
-        if self.backend == "numpy" or isinstance(value, (int, float, list, tuple)):
-            array = _as_array(name, value)
-            return array if self.backend == "numpy" else self._from_numpy(array)
-        if not hasattr(value, "shape"):
-            raise InputError(f"input '{name}' is not an array")
-        return value
+        """An array of the backend with a float dtype: its own arrays as they are (integers and
+        booleans as float64), anything else (numpy arrays, lists, numbers, another library's
+        arrays) converted through numpy; complex and non-numeric inputs are an InputError."""
+        if isinstance(value, self._native) and self.backend != "numpy":
+            if is_float(name, value.dtype):
+                return value
+            return cast(self.backend, value, self.xp.float64)
+        array = _as_array(name, value)
+        if self.backend == "numpy":
+            return array
+        try:
+            return self.xp.asarray(array)
+        except Exception as e:  # the library refuses the array
+            raise InputError(f"input '{name}' cannot be made a {self.backend} array: "
+                             f"{e}") from None
 
-    def _from_numpy(self, array):
-        return self.xp.asarray(array) if hasattr(self.xp, "asarray") else array
-
-    def _specialize(self, values: dict):
+    def _specialize(self, env: dict, dtype, device):
         for node in self.structured:
-            check_structured(node, self._env)
+            check_structured(node, env)
         scope: dict = {}
         exec(self.code, scope)  # our generated module, never user text
-        scope["_xp"] = self.xp
+        scope["_xp"] = on_device(self.backend, self.xp, device)
+        scope["_dtype"] = dtype
         for k, (spec, shapes) in enumerate(self.module.contractions):
-            concrete = [tuple(size_of(d, self._env) for d in shape) for shape in shapes]
+            concrete = [tuple(size_of(d, env) for d in shape) for shape in shapes]
             expression = opt_einsum.contract_expression(spec, *concrete)
             scope[f"_c{k}"] = (expression if self.backend == "numpy" else
                                functools.partial(expression, backend=_EINSUM[self.backend]))

@@ -95,6 +95,8 @@ class _Printer:
                 lines.append(f"import {module} as {alias}")
         for k, (spec, _) in enumerate(self.contractions):
             lines.append(f"_c{k} = _functools.partial(_oe.contract, {spec!r})")
+        # The dtype of the constants (ones, eye, ...); einderiv sets the inputs' result type.
+        lines.append("_dtype = _xp.float64")
         signature = ", ".join(self.names[a] for a in args)
         outputs = ", ".join(n for n, _ in self.program.outputs)
         lines += ["", "", f"def {function}({signature}):",
@@ -153,7 +155,7 @@ class _Printer:
             if _identity_row(e):  # eye(n)[k]: a one-hot row, without the n-by-n identity
                 n = self._dimension(e.operand.args[0])
                 k = self._index_int(e.items[0])
-                return f"_xp.where(_xp.arange({n}) == ({k}) % {n}, 1.0, 0.0)"
+                return f"_xp.asarray(_xp.arange({n}) == ({k}) % {n}, dtype=_dtype)"
             return f"{self._wrap(e.operand, 9)}[{', '.join(self._item(i) for i in e.items)}]"
         if isinstance(e, ast.Tuple):
             inner = ", ".join(self.expr(i) for i in e.items)
@@ -222,7 +224,7 @@ class _Printer:
             return f"_c{len(self.contractions) - 1}({operands})"
         if name in ("ones", "zeros"):
             dims = ", ".join(self._dimension(a) for a in e.args)
-            return f"_xp.{name}(({dims},))"
+            return f"_xp.{name}(({dims},), dtype=_dtype)"
         if name == "size":
             return f"float({self._dimension(e.args[0])})"
         if name == "stack":
@@ -231,8 +233,9 @@ class _Printer:
             pairs = ", ".join(f"({self._dimension(a)}, {self._dimension(b)})"
                               for a, b in (p.items for p in e.args[1].items))
             return f"_xp.pad({self.expr(e.args[0])}, ({pairs},))"
-        if name == "eye":
-            return f"_xp.eye({', '.join(self._dimension(a) for a in e.args)})"
+        if name == "eye":  # numpy.eye(N, M): M by keyword, as dask.array.eye's 2nd is chunks
+            dims = [self._dimension(a) for a in e.args]
+            return f"_xp.eye({dims[0]}, {''.join(f'M={m}, ' for m in dims[1:])}dtype=_dtype)"
         args = [self.expr(a) for a in e.args]
         args += [f"{k}={self._axis(v)}" for k, v in e.kwargs]
         if name in BUILTIN_CALLS:
