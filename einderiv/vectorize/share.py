@@ -217,7 +217,7 @@ def _children(e):
         return [e.left, e.right]
     if isinstance(e, (ast.UnaryOp, ast.Attribute, ast.Index)):
         return [e.operand]
-    if isinstance(e, ast.Call):
+    if isinstance(e, ast.Call) and e.func not in _CONSTANT_CALLS:  # `eye(n + 1)`: dimensions
         return [a for a in e.args if not isinstance(a, (ast.String, ast.Tuple))]
     return []
 
