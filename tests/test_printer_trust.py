@@ -139,6 +139,11 @@ def test_slice_bounds_jacobian(source, sizes, reference):
                                atol=1e-8)
 
 
+def test_named_start_that_is_no_dimension_is_a_clear_error():
+    with pytest.raises(einderiv.ShapeError, match="cannot slice from p to n"):
+        einderiv.value_and_grad("x: [n]; y: [p]; sum(x[p:] ** 2) + sum(y)", "x")
+
+
 @pytest.mark.no_roundtrip  # the call fails on purpose
 def test_negative_bound_on_too_short_an_axis_is_an_error():
     """`x[-2:]` relies on numpy counting from the end: an axis shorter than 2 must not slip

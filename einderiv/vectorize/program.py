@@ -28,6 +28,8 @@ MAX_INLINE_HEIGHT = 8
 @dataclass
 class VectorProgram:
     temporaries: list[tuple[str, ast.Expr]]
+    # (label, expression) per output, in the order given; a label that names something else to
+    # the user (`dx` bound to tanh(x * y)) is printed renamed (`dx_1`).
     outputs: list[tuple[str, ast.Expr]]
     variables: dict[str, Var]
     declarations: dict[str, tuple]  # every input variable -> its shape (Dims)
