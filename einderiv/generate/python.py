@@ -206,14 +206,14 @@ class _Printer:
             return f"{self._dimension(e.left)} {e.op} {self._dimension(e.right)}"
         raise TypeError("a dimension is a name, an integer, or a name plus an integer")
 
-    def _call(self, e: ast.Call) -> str:
-        name = e.func
     def _dim_name(self, dim: str) -> str:
         """`_dim_n` for dimension n; `_dim<k>_` for a name that is not ASCII (NFKC)."""
         if dim.isascii():
             return f"_dim_{dim}"
         return self.dim_names.setdefault(dim, f"_dim{len(self.dim_names)}_")
 
+    def _call(self, e: ast.Call) -> str:
+        name = e.func
         if name == "einsum":
             spec = e.args[0].value
             operands = ", ".join(self.expr(a) for a in e.args[1:])
