@@ -25,7 +25,7 @@ from einderiv.rulebook import default_rulebook
 
 # -- 6(a): hash-consing under threads --------------------------------------------------------
 
-THREADS, ROUNDS = 8, 300
+THREADS, ROUNDS = 8, 250
 
 
 def _build(r: int):
