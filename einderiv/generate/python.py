@@ -225,8 +225,9 @@ class _Printer:
         if name in ("ones", "zeros"):
             dims = ", ".join(self._dimension(a) for a in e.args)
             return f"_xp.{name}(({dims},), dtype=_dtype)"
-        if name == "size":
-            return f"float({self._dimension(e.args[0])})"
+        if name == "size":  # a 0-d array of the result dtype: `1 / size(n)` at n = 0 is inf
+            # and `2 ** size(n)` overflows to inf, as in numpy, where Python floats would raise
+            return f"_xp.asarray({self._dimension(e.args[0])}, dtype=_dtype)"
         if name == "stack":
             return f"_xp.stack([{', '.join(self.expr(a) for a in e.args)}])"
         if name == "pad":
