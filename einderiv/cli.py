@@ -184,8 +184,11 @@ def _derivative(args) -> int:
         print(f"# check: largest relative error against central finite differences: {error:.2e}")
         tolerance = CHECK_TOLERANCE if args.tol is None else args.tol
         if not error <= tolerance:  # nan too
-            print(f"einderiv: check failed: the largest relative error {error:.2e} is above the "
-                  f"tolerance {tolerance:g} (--tol)", file=sys.stderr)
+            why = (f"is above the tolerance {tolerance:g} (--tol)" if error == error else
+                   "is not a number: the expression or its derivative is not finite at the "
+                   "random inputs")
+            print(f"einderiv: check failed: the largest relative error {error:.2e} {why}",
+                  file=sys.stderr)
             return 1
     return 0
 
@@ -199,20 +202,21 @@ def _check(derived, source: str, args) -> float:
     arrays = random_inputs(derived.lowered.declared, rng)
     # The reference differentiates the forward program (or, for a Hessian, the gradient).
     names = list(derived.wrt)
-    results = derived(**arrays)
-    worst = 0.0
-    for i, a in enumerate(names):
-        if args.kind == "hessian":
-            ref_f = api.grad(source, a, args.shape or None)
-            blocks = results if len(names) > 1 else ((results,),)
-            for j, b in enumerate(names):
-                worst = max(worst, relative_error(blocks[i][j],
-                                                  finite_difference(ref_f, arrays, b)))
-        else:
-            forward = api.compile(source, args.shape or None)
-            got = results[i] if len(names) > 1 else results
-            worst = max(worst, relative_error(got, finite_difference(forward, arrays, a)))
-    return worst
+    errors = []
+    with np.errstate(all="ignore"):  # a nan or inf shows in the error, not as warnings
+        results = derived(**arrays)
+        for i, a in enumerate(names):
+            if args.kind == "hessian":
+                ref_f = api.grad(source, a, args.shape or None)
+                blocks = results if len(names) > 1 else ((results,),)
+                errors += [relative_error(blocks[i][j], finite_difference(ref_f, arrays, b))
+                           for j, b in enumerate(names)]
+            else:
+                forward = api.compile(source, args.shape or None)
+                got = results[i] if len(names) > 1 else results
+                errors.append(relative_error(got, finite_difference(forward, arrays, a)))
+    # np.max, unlike max(), keeps a nan: a comparison that is nan anywhere has failed.
+    return float(np.max(errors))
 
 
 def _read_expression(text: str) -> str:

@@ -56,6 +56,9 @@ class Tensor:
         raise SymbolicTypeError(f"cannot iterate over the symbolic tensor {_short(self)}",
                                 hint="index it instead, e.g. X[i] for i in range(n)")
 
+    def __contains__(self, item):  # else Python's `in` reports a plain "not iterable"
+        self.__iter__()
+
     def __len__(self):
         raise SymbolicTypeError(f"the symbolic tensor {_short(self)} has no len(): its "
                                 f"dimensions are bound when it is called",
