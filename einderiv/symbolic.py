@@ -214,7 +214,10 @@ def call(name: str, *args, **kwargs) -> Tensor:
         if isinstance(a, str) and name == "einsum" and not nodes:
             nodes.append(ast.String(a))
             continue
-        node, d = _operand(a) if not (name in DIMENSION_FUNCTIONS and isinstance(a, str)) else (ast.Name(a), {})
+        if name in DIMENSION_FUNCTIONS and isinstance(a, str):  # a dimension name: ones("n")
+            node, d = ast.Name(check_name(a, f"einderiv.fn.{name}: the dimension")), {}
+        else:
+            node, d = _operand(a)
         nodes.append(node)
         decls = _merge(decls, d)
     keywords = tuple((k, _axis(v)) for k, v in kwargs.items() if v is not None)

@@ -45,8 +45,9 @@ BOLD_T0, ITALIC_X, ITALIC_N = "\U0001d42d0", "\U0001d465", "\U0001d45b"
     (lambda: einderiv.compile("x", {"x": (ITALIC_N,)}), ShapeError),
     (lambda: einderiv.grad("sum(x * x)", ITALIC_X, {"x": ("n",)}), ParseError),
     (lambda: einderiv.grad("sum(x * x)", ["x", BOLD_T0], {"x": ("n",)}), ParseError),
+    (lambda: fn.ones(ITALIC_N), ParseError),
 ], ids=["var-temporary", "var-folds-to-x", "var-dimension", "shapes-key", "shapes-dimension",
-        "wrt", "wrt-list"])
+        "wrt", "wrt-list", "fn-dimension"])
 def test_a_name_python_would_fold_is_a_clear_error(make, error):
     with pytest.raises(error) as info:
         make()

@@ -91,8 +91,8 @@ def check_name(name, what: str, error: type = ParseError) -> str:
     '_', not starting with a digit, not `None`), else `error` saying which `what` is bad.
 
     Every name that reaches generated code without passing through the grammar (variables and
-    dimensions from `shapes` and `einderiv.var`, `wrt`, the command line's `--shape`) is checked
-    here. Python folds identifiers by NFKC ('𝐭0' is 't0'), einderiv compares them as strings:
+    dimensions from `shapes` and `einderiv.var`, dimension arguments of `einderiv.fn`, `wrt`,
+    the command line's `--shape`) is checked here. Python folds identifiers by NFKC ('𝐭0' is 't0'), einderiv compares them as strings:
     accepting non-ASCII names would let two different names be one variable in the generated
     code, or a user's variable be one of its temporaries.
     """
