@@ -39,9 +39,10 @@ def namespace(backend: str):
     return _TorchNumpy(module) if backend == "torch" else module
 
 
-# Backends whose arrays live on a device: a specialization is made per device, and the
-# constants it creates (ones, eye, ...) are made there.
-DEVICE_BACKENDS = ("torch", "jax", "cupy")
+# Backends whose new arrays must be placed on the inputs' device by einderiv: a specialization
+# is made per device, and the constants it creates (ones, eye, ...) are made there. (jax moves
+# its new, uncommitted arrays to the inputs' device itself; cupy uses the current device.)
+DEVICE_BACKENDS = ("torch",)
 
 
 def array_type(backend: str) -> type:

@@ -273,29 +273,47 @@ def test_float32_results_agree_with_float64():
             np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-4, err_msg=f"{kind} {expr}")
 
 
-@pytest.mark.parametrize("backend", ["dask", "torch"])
-def test_float32_on_other_backends(backend):
+def _backend(name):
+    """(backend, to the backend's float32 arrays, back to numpy, is it on the right device)."""
+    backend = name.split("-")[0]
     if not available(backend):
         pytest.skip(f"{backend} is not installed")
+    if name == "torch-cuda":
+        import torch
+        if not torch.cuda.is_available():
+            pytest.skip("no CUDA GPU")
+        return (backend, lambda a: torch.as_tensor(a, device="cuda"),
+                lambda t: t.cpu().numpy(), lambda t: t.device.type == "cuda")
     if backend == "torch":
         import torch
-        to, back, dtype = torch.as_tensor, lambda t: t.numpy(), torch.float32
-    else:
+        return backend, torch.as_tensor, lambda t: t.numpy(), lambda t: t.device.type == "cpu"
+    if backend == "dask":
         import dask.array as da
-        to, back, dtype = da.from_array, lambda a: np.asarray(a.compute()), np.float32
+        return (backend, lambda a: da.from_array(a, chunks=2), lambda a: np.asarray(a.compute()),
+                lambda a: isinstance(a, da.Array))
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+        return backend, jnp.asarray, np.asarray, lambda a: isinstance(a, jax.Array)
+    import cupy
+    return backend, cupy.asarray, cupy.asnumpy, lambda a: isinstance(a, cupy.ndarray)
+
+
+@pytest.mark.parametrize("name", ["dask", "torch", "torch-cuda", "jax", "cupy"])
+def test_float32_on_other_backends(name):
+    backend, to, back, placed = _backend(name)
     arrays = _sweep_inputs({"*": np.float32})
     for kind, expr, wrt in SWEEP:
         if backend == "dask" and ("det(" in expr or "inv(" in expr):
             continue  # dask.array.linalg has no det; inv needs scipy: covered by test_backends
-        f = _build(kind, expr, wrt)
         expected = _leaves(_build(kind, expr, wrt)(**arrays))
         g = getattr(einderiv, kind)(expr, wrt, dict(VECTORS), backend=backend) \
             if kind != "compile" else einderiv.compile(expr, dict(VECTORS), backend=backend)
         for leaf, want in zip(_leaves(g(**{k: to(v) for k, v in arrays.items()})), expected):
-            assert leaf.dtype == dtype, f"{kind} {expr}: {leaf.dtype}"
+            assert str(leaf.dtype).endswith("float32"), f"{kind} {expr}: {leaf.dtype}"
+            assert placed(leaf), f"{kind} {expr}: {type(leaf)} {getattr(leaf, 'device', '')}"
             np.testing.assert_allclose(back(leaf), want, rtol=1e-4, atol=1e-5,
                                        err_msg=f"{kind} {expr}")
-        del f
 
 
 # Numpy inputs on another backend, and failures that are no bad input -----------------------
@@ -324,12 +342,14 @@ def test_numpy_inputs_on_torch_are_converted():
 
 
 def test_running_out_of_memory_is_an_evaluation_error():
-    # An outer product of two 10^6-vectors needs 8 TB: the allocation fails at once.
-    f = einderiv.compile("outer(x, x)", {"x": ("n",)})
-    x = np.ones(10**6)
-    for call in (f, f.evaluate_ir):
-        with pytest.raises(EvaluationError, match="out of memory"):
-            call(x=x)
+    # A broadcast input takes no memory, but a result of its shape needs 2**61 bytes: more
+    # than any address space, so the allocation fails at once whatever the overcommit policy.
+    X = np.broadcast_to(np.zeros(()), (2**29, 2**29))
+    for expr in ("X * 2 + 1", "X"):  # computed, or a copy of the input
+        f = einderiv.compile(expr, {"X": ("n", "m")})
+        for call in (f, f, f.evaluate_ir):
+            with pytest.raises(EvaluationError, match="out of memory"):
+                call(X=X)
 
 
 # 6(b). Concurrent first calls with different shapes ----------------------------------------

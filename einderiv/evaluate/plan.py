@@ -79,10 +79,10 @@ class Plan:
         try:
             for i, step in enumerate(steps):
                 slots[i] = step(slots) if step is not None else values[self.order[i].name]
+            inputs = list(values.values())
+            return [_own(slots[i], inputs, dtype) for i in results]
         except EVALUATION_FAILURES as e:
             raise evaluation_error(e) from None
-        inputs = list(values.values())
-        return [_own(slots[i], inputs, dtype) for i in results]
 
     def _inputs(self, arrays: dict):
         reject_unknown(arrays, {**self.variables, **self.optional})

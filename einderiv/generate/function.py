@@ -64,31 +64,31 @@ class GeneratedFunction:
             seen = tuple([(k, type(v), v.shape, v.dtype) for k, v in arrays.items()])
             if self._devices:
                 seen += tuple([v.device for v in arrays.values()])
-        except AttributeError:
-            seen = None  # a Python scalar or a list: take the careful path
-        found = self._seen.get(seen)
+            found = self._seen.get(seen)
+        except (AttributeError, TypeError):  # a Python number or a list; an unhashable device
+            seen = found = None  # the careful path
         if found is None:
             return self._first_call(arrays, seen)
         # Exactly these types, names, shapes and dtypes passed the checks unconverted.
         function, dtype = found
         args = [arrays[name] for name in self.arguments]
+        own, given = self._own, arrays.values()
         try:
             result = function(*args)
-        except self._failures as e:
+            if self._single:
+                return (own(result, given, dtype),)
+            return tuple([own(r, given, dtype) for r in result])
+        except self._failures as e:  # a copy that `own` makes can run out of memory too
             raise evaluation_error(e) from None
-        own = self._own
-        if self._single:
-            return (own(result, args, dtype),)
-        return tuple([own(r, args, dtype) for r in result])
 
     def _first_call(self, arrays: dict, seen) -> tuple:
         values, env = self._checked(arrays)
-        given = [values[name] for name in arrays]  # not the stand-ins for absent inputs
-        dtype = result_dtype(self.backend, self.xp, [v.dtype for v in given])
-        device = given[0].device if self._devices and given else None
+        dtype = result_dtype(self.backend, self.xp, [values[name].dtype for name in arrays])
         for name in arrays:  # mixed precisions: the whole computation in the widest one
             if values[name].dtype != dtype:
                 values[name] = cast(self.backend, values[name], dtype)
+        given = [values[name] for name in arrays]  # not the stand-ins for absent inputs
+        device = given[0].device if self._devices and given else None
         key = (tuple(sorted(env.items())), dtype, device)
         found = self._cache.get(key)
         if found is None:
@@ -103,11 +103,11 @@ class GeneratedFunction:
         args = [values[name] for name in self.arguments]
         try:
             result = function(*args)
+            if self._single:
+                return (self._own(result, given, dtype),)
+            return tuple([self._own(r, given, dtype) for r in result])
         except self._failures as e:
             raise evaluation_error(e) from None
-        if self._single:
-            return (self._own(result, args, dtype),)
-        return tuple([self._own(r, args, dtype) for r in result])
 
     def _checked(self, arrays: dict):
         """The arrays to call the code with, and the dimension sizes they bind."""
