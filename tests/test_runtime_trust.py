@@ -12,6 +12,7 @@ import pytest
 import einderiv
 from einderiv import EvaluationError, InputError, ShapeError
 from einderiv.backends import available
+from einderiv.evaluate.plan import Plan
 
 pytestmark = pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
 
@@ -218,6 +219,8 @@ SWEEP = [  # (kind, expression, wrt): each constant constructor, kernel and numb
     ("compile", "A + eye(n)", None), ("compile", "sum(x) + size(n)", None),
     ("compile", "ones(n) * 2", None), ("compile", "softmax(x)", None),
     ("compile", "zeros(n) + sum(x)", None), ("compile", "2.5", None),
+    ("compile", "sum(x) * exp(2) + tanh(-0.5) * sigmoid(1.0)", None),
+    ("grad", "sum(x * log(3) + maximum(x, -0.5))", "x"),
 ]
 
 
@@ -396,8 +399,10 @@ def test_concurrent_first_calls_with_different_shapes():
     sys.setswitchinterval(1e-6)
     try:
         for r in range(rounds):
-            functions = [("value", einderiv.compile(SLICE)), ("grad", einderiv.grad(SLICE, "x")),
-                         ("value", einderiv.compile(SLICE).evaluate_ir)]
+            compiled = einderiv.compile(SLICE)
+            plan = Plan(list(compiled.roots.values()), accepted=compiled.lowered.declared)
+            functions = [("value", compiled), ("grad", einderiv.grad(SLICE, "x")),
+                         ("value", lambda **arrays: plan(arrays)[0])]  # one shared Plan
             threads = [threading.Thread(target=worker, args=(functions, 100 * r + k))
                        for k in range(threads_per_round)]
             for t in threads:

@@ -237,7 +237,11 @@ class _Printer:
         if name == "eye":  # numpy.eye(N, M): M by keyword, as dask.array.eye's 2nd is chunks
             dims = [self._dimension(a) for a in e.args]
             return f"_xp.eye({dims[0]}, {''.join(f'M={m}, ' for m in dims[1:])}dtype=_dtype)"
-        args = [self.expr(a) for a in e.args]
+        # A number given to a function is a 0-d array of the result dtype: torch's functions
+        # take no Python floats, and numpy's return float64 scalars for them.
+        args = [f"_xp.asarray({self.expr(a)}, dtype=_dtype)" if isinstance(a, ast.Number) or (
+            isinstance(a, ast.UnaryOp) and isinstance(a.operand, ast.Number)) else self.expr(a)
+                for a in e.args]
         args += [f"{k}={self._axis(v)}" for k, v in e.kwargs]
         if name in BUILTIN_CALLS:
             return f"{BUILTIN_CALLS[name]}({', '.join(args)})"
