@@ -344,6 +344,15 @@ def test_numpy_inputs_on_torch_are_converted():
     assert isinstance(result, torch.Tensor) and result.tolist() == [3.0, 3.0, 3.0]
 
 
+def test_a_torch_runtime_error_is_an_evaluation_error():
+    if not available("torch"):
+        pytest.skip("torch is not installed")
+    import torch
+    g = einderiv.grad("sum(inv(A))", "A", {"A": ("n", "n")}, backend="torch")
+    with pytest.raises(EvaluationError, match="singular"):  # torch raises a RuntimeError
+        g(A=torch.zeros(2, 2))
+
+
 def test_running_out_of_memory_is_an_evaluation_error():
     # A broadcast input takes no memory, but a result of its shape needs 2**61 bytes: more
     # than any address space, so the allocation fails at once whatever the overcommit policy.
