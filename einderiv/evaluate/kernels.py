@@ -55,6 +55,8 @@ def logsumexp(x, axis=None):
     axes = _axes(axis, x.ndim)
     if not axes:
         return x
+    if any(x.shape[a] == 0 for a in axes):  # a sum of no terms: log(0) = -inf; max() fails
+        return xp.log(xp.sum(xp.exp(x), axis=axes))
     m = xp.max(x, axis=axes, keepdims=True)
     m = xp.where(xp.isfinite(m), m, xp.zeros_like(m))
     out = xp.log(xp.sum(xp.exp(x - m), axis=axes, keepdims=True)) + m
@@ -64,5 +66,7 @@ def logsumexp(x, axis=None):
 def softmax(x, axis=-1):
     xp = _xp(x)
     axes = _axes(axis, x.ndim)
+    if any(x.shape[a] == 0 for a in axes):  # no entries to normalize; max() would fail
+        return xp.exp(x)
     e = xp.exp(x - xp.max(x, axis=axes, keepdims=True))
     return e / xp.sum(e, axis=axes, keepdims=True)
