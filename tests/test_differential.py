@@ -31,7 +31,9 @@ node eagerly, which is how it keeps values finite, bounded and away from kinks),
 Besides values: every result's dtype is `np.result_type` of the arrays passed; no returned array
 shares memory with an input or with another returned array; inputs are not modified; a second
 call with the same values in other containers (copies, strided views, Fortran order, read-only,
-`np.matrix`) gives the same results and leaves the first call's results alone.
+`np.matrix`, Python floats) or in the other float dtype gives the same results (in its own
+result type), and a third call with the first arrays the first results, which stay as they were.
+`result.source`, run on its own, gives the generated code's results.
 
 Tolerances scale with the dtype of the result: relative to `max(1, largest expected entry)`,
 1e-9 (float64) or 1e-4 (float32) between two evaluations or against the numpy value, plus 1e-5
@@ -947,8 +949,10 @@ def _variant(rng, arrays: dict, kind: str) -> dict:
             out[name] = np.asfortranarray(a)
         elif kind == "matrix" and a.ndim == 2:
             out[name] = np.matrix(a)
-        elif kind == "scalars" and a.ndim == 0 and a.dtype == np.float64:
-            out[name] = float(a)  # a Python float is a float64 scalar
+        elif kind == "scalars" and a.ndim == 0:
+            out[name] = float(a)  # a Python float: numpy's weak scalar, it keeps float32
+        elif kind == "other dtype":
+            out[name] = a.astype(np.float32 if a.dtype == np.float64 else np.float64)
         elif kind == "readonly":
             b = a.copy()
             b.flags.writeable = False
@@ -1086,20 +1090,56 @@ def check_case(case: Case, verbose: bool = False) -> list[str]:
     except Exception as e:
         problem(f"the formula round trip raised {type(e).__name__}: {str(e)[:300]}")
 
-    # A second call: the same values in other containers; the first results stay as they were.
-    rng = np.random.default_rng([SEED, 3, zlib.crc32(case.source.encode())])
-    how = str(rng.choice(["copy", "strided", "fortran", "matrix", "readonly", "scalars"]))
+    # The generated module on its own (SPEC 4: importable and runnable by itself).
     try:
-        second = _flatten(case, result(**_variant(rng, arrays, how)))
+        scope: dict = {}
+        exec(result.source, scope)  # einderiv's generated module, never user text
+        function = scope[re.findall(r"^def (\w+)\(", result.source, re.M)[-1]]
+        # Positional, in the module's order: a parameter need not carry the user's name
+        # (`lambda` is not a valid one).
+        values = function(*[arrays[name] for name in result._generated().arguments])
+        values = list(values) if isinstance(values, tuple) else [values]
+        positions = list(getattr(result, "positions", range(len(slots))))
+        for k, (label, value) in enumerate(slots):
+            # On its own, the module computes as numpy would: without the call's widening of
+            # mixed precision inputs to their result type, float32 parts stay float32.
+            loose = max(RTOL[np.dtype(a.dtype)] for a in arrays.values())
+            why = _mismatch(values[positions[k]], value, loose,
+                            f"{label}: result.source run on its own vs generated code")
+            if why:
+                problem(why)
+    except Exception as e:
+        problem(f"result.source run on its own raised {type(e).__name__}: {str(e)[:300]}")
+
+    # A second call with the same values in other containers (or the other float dtype), then
+    # the first call again: caches keyed on what came before must not change any answer.
+    rng = np.random.default_rng([SEED, 3, zlib.crc32(case.source.encode())])
+    how = str(rng.choice(["copy", "strided", "fortran", "matrix", "readonly", "scalars",
+                          "other dtype"]))
+    try:
+        variant = _variant(rng, arrays, how)
+        second = _flatten(case, result(**variant))
+        dtype2 = np.result_type(*variant.values())  # a Python float is weak: keeps float32
+        # Casting float64 inputs to float32 rounds them: then only float32 agreement is due.
+        tol = 10 * RTOL[np.dtype(np.float32)] if how == "other dtype" else rtol
         for (label, value), (_, v2) in zip(slots, second):
-            why = _mismatch(v2, value, rtol, f"{label}: second call ({how} inputs) vs first call")
+            why = _mismatch(v2, value, tol, f"{label}: second call ({how} inputs) vs first call")
+            if why:
+                problem(why)
+            if np.asarray(v2).dtype != dtype2:
+                problem(f"{label}: second call ({how} inputs) returned dtype "
+                        f"{np.asarray(v2).dtype}, the inputs' result type is {dtype2}")
+        third = _flatten(case, result(**arrays))
+        for (label, value), (_, v3) in zip(slots, third):
+            why = _mismatch(v3, value, rtol, f"{label}: third call (the first inputs again, "
+                                             f"after {how} inputs) vs first call")
             if why:
                 problem(why)
     except Exception as e:
         problem(f"a second call with {how} inputs raised {type(e).__name__}: {str(e)[:300]}")
     for (label, value), before in zip(slots, saved):
         if not np.array_equal(np.asarray(value), before, equal_nan=True):
-            problem(f"{label}: the first call's result changed during the second call")
+            problem(f"{label}: the first call's result changed during later calls")
     return problems
 
 
