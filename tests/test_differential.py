@@ -215,7 +215,28 @@ class Generator:
                                                                                  value)))
         if not options or (shape == P and self.chance(0.3)):
             return self.derived_leaf(shape)
+        if shape == S and self.chance(0.15):
+            try:
+                return self.constant_expression()
+            except Reject:  # 1 / size(p) at p = 0: a leaf is never refused
+                pass
         return self.pick(options)
+
+    def constant_expression(self) -> E:
+        """Arithmetic of numbers and sizes, which einderiv folds: with numpy's float64 semantics,
+        and without turning a float32 program into float64."""
+        def constant():
+            if self.chance(0.7):
+                c = self.pick(CONSTANTS)
+                return c, float(c)
+            d = self.pick(["n", "m", "p"])
+            return f"size({d})", float(self.sizes[d])
+        (a, x), (b, y) = constant(), constant()
+        op = self.pick(["+", "-", "*", "/", "**"])
+        with np.errstate(all="ignore"):
+            value = {"+": np.add, "-": np.subtract, "*": np.multiply, "/": np.divide,
+                     "**": np.power}[op](np.float64(x), np.float64(y))
+        return self.node(f"({a} {op} {b})", S, lambda env: value)
 
     def derived_leaf(self, shape) -> E:
         """A leaf for a shape no variable has: from the variables, cheaply."""
