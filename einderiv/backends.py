@@ -98,6 +98,39 @@ def owner(backend: str):
     return _immutable_owner(namespace(backend))  # jax and dask arrays are values
 
 
+def apart(backend: str):
+    """A function that takes a list of results (each owned, see `owner`) and copies any that
+    shares memory with an earlier one, so that writing into one result changes no other."""
+    if backend in ("numpy", "cupy"):
+        xp = np if backend == "numpy" else importlib.import_module("cupy")
+        ndarray = xp.ndarray
+
+        def shared(r, o):  # two arrays that own their memory (base None) never share it
+            return type(r) is ndarray and type(o) is ndarray and (r is o or (
+                (r.base is not None or o.base is not None) and xp.may_share_memory(r, o)))
+        copy = ndarray.copy
+    elif backend == "torch":
+        import torch
+
+        def shared(r, o):
+            return (isinstance(r, torch.Tensor) and isinstance(o, torch.Tensor) and r.numel()
+                    and r.untyped_storage().data_ptr() == o.untyped_storage().data_ptr())
+        copy = torch.Tensor.clone
+    else:  # jax arrays are immutable; dask's __setitem__ rebinds only the object itself
+        def shared(r, o):
+            return r is o and backend == "dask"
+
+        def copy(r):
+            return r.copy()
+
+    def separate(results: list) -> list:
+        for i in range(1, len(results)):
+            if any(shared(results[i], o) for o in results[:i]):
+                results[i] = copy(results[i])
+        return results
+    return separate
+
+
 def _array_owner(xp):
     ndarray, generic, may_share_memory = xp.ndarray, np.generic, xp.may_share_memory
 

@@ -113,6 +113,34 @@ def test_a_noncontiguous_input_makes_no_view_either():
     _assert_owned(f(X=strided), X)
 
 
+@pytest.mark.parametrize("expr", ["(y - x) @ abs(x)", "x @ (B @ C) @ y", "x @ B @ y"])
+def test_results_do_not_share_memory_with_each_other(expr):
+    # Hessian blocks [0][1] and [1][0] were one array twice, or an array and its transpose.
+    shapes = {"x": ("n",), "y": ("n",), "B": ("n", "n"), "C": ("n", "n")}
+    h = einderiv.hessian(expr, ["x", "y"], shapes)
+    rng = np.random.default_rng(2)
+    arrays = {k: rng.normal(size=(3,) * len(v)) for k, v in shapes.items()}
+    for call in (h, h, h.evaluate_ir):
+        blocks = [b for row in call(**arrays) for b in row]
+        _assert_owned(tuple(blocks), *arrays.values())
+        for i, a in enumerate(blocks):
+            for b in blocks[i + 1:]:
+                assert a is not b and not np.may_share_memory(a, b)
+
+
+def test_a_python_float_takes_the_arrays_dtype():
+    # As numpy's result_type: a Python number is weak, a numpy scalar or 0-d array is not.
+    f = einderiv.compile("s * x + s", {"s": (), "x": ("n",)})
+    g = einderiv.grad("s * sum(x)", "s", {"s": (), "x": ("n",)})
+    x = np.ones(3, np.float32)
+    for call in (f, f.evaluate_ir, g, g.evaluate_ir):
+        assert call(s=2.0, x=x).dtype == np.float32
+        assert call(s=2, x=x).dtype == np.float32
+        assert call(s=np.float64(2.0), x=x).dtype == np.float64
+        assert call(s=np.array(2.0), x=x).dtype == np.float64
+        assert call(s=2.0, x=x).dtype == np.float32  # not the float64 specialization
+
+
 def test_broadcast_and_constant_results_are_owned_arrays():
     # ones, eye and broadcast results are writeable arrays of the caller's own, and a
     # constant kept by the interpreter (an identity) is not handed out to be written into.

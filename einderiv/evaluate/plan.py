@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 import opt_einsum
 
-from ..backends import dtype_kind, owner
+from ..backends import apart, dtype_kind, owner
 from ..errors import EinderivError, EvaluationError, InputError, ShapeError, did_you_mean
 from ..ir.dims import Dim, show_shape
 from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Size, Unit, Var, topological
@@ -40,7 +40,7 @@ def evaluation_error(e: Exception) -> EvaluationError:
                                f"implementation in the rule tables elementwise on arrays?)")
     return EvaluationError(f"evaluation failed: {e}")
 
-_own = owner("numpy")
+_own, _apart = owner("numpy"), apart("numpy")
 
 
 class Plan:
@@ -71,7 +71,7 @@ class Plan:
             with self._lock:
                 compiled = self._cache.get(signature)
                 if compiled is None:
-                    compiled = self._cache[signature] = self._plan(values)
+                    compiled = self._cache[signature] = self._plan(values, signature)
         steps, results, dtype = compiled
         # Mixed precisions: every input in the result type, as the generated code does.
         values = {k: v.astype(dtype, copy=False) for k, v in values.items()}
@@ -80,7 +80,7 @@ class Plan:
             for i, step in enumerate(steps):
                 slots[i] = step(slots) if step is not None else values[self.order[i].name]
             inputs = list(values.values())
-            return [_own(slots[i], inputs, dtype) for i in results]
+            return _apart([_own(slots[i], inputs, dtype) for i in results])
         except EVALUATION_FAILURES as e:
             raise evaluation_error(e) from None
 
@@ -92,20 +92,20 @@ class Plan:
                 raise InputError(f"missing input '{name}' (shape {show_shape(var.shape)})")
             value = _as_array(name, arrays[name])
             values[name] = value
-            signature.append((name, value.shape, value.dtype.str))
+            signature.append((name, value.shape, value.dtype.str, weak(arrays[name])))
         for name, var in self.optional.items():
             if name in arrays and var is not None:  # unused, but checked and binds dimensions
                 value = _as_array(name, arrays[name])
                 values[name] = value
-                signature.append((name, value.shape, value.dtype.str))
+                signature.append((name, value.shape, value.dtype.str, weak(arrays[name])))
         return values, tuple(signature)
 
-    def _plan(self, values: dict) -> tuple[list[Step], list[int], np.dtype]:
+    def _plan(self, values: dict, signature: tuple) -> tuple[list[Step], list[int], np.dtype]:
         given = {name: var for name, var in self.optional.items() if name in values}
         env = bind_dimensions({**self.variables, **given}, values)
         # Constants are made in the inputs' result type, so float32 inputs give float32 results.
-        dtype = np.result_type(*[v.dtype for v in values.values()]) if values else \
-            np.dtype(np.float64)
+        strong = [values[name].dtype for name, _, _, is_weak in signature if not is_weak]
+        dtype = np.result_type(*strong) if strong else np.dtype(np.float64)
         slot = {id(n): i for i, n in enumerate(self.order)}
         steps = [None if isinstance(n, Var) else _step(n, slot, env, self.rules, dtype)
                  for n in self.order]
@@ -127,6 +127,12 @@ def _as_array(name: str, value) -> np.ndarray:
     except Exception as e:  # numpy raises many kinds for ragged or odd objects
         raise InputError(f"input '{name}' is not an array: {e}") from None
     return array if is_float(name, array.dtype) else array.astype(np.float64)
+
+
+def weak(value) -> bool:
+    """Is `value` a Python number? Like numpy (NEP 50), einderiv lets it take the other inputs'
+    dtype: a float32 array and a Python float give float32 results."""
+    return type(value) in (float, int, bool)
 
 
 def is_float(name: str, dtype) -> bool:

@@ -17,12 +17,12 @@ import threading
 import numpy as np
 import opt_einsum
 
-from ..backends import (DEVICE_BACKENDS, array_type, cast, namespace, on_device, owner,
-                        result_dtype)
+from ..backends import (DEVICE_BACKENDS, apart, array_type, cast, namespace, on_device,
+                        owner, result_dtype)
 from ..errors import InputError, ShapeError
 from ..evaluate.plan import (EVALUATION_FAILURES, _as_array, bind_dimensions,
                              check_structured, evaluation_error, is_float, reject_unknown,
-                             size_of)
+                             size_of, weak)
 from ..ir.dims import show_shape
 from ..ir.nodes import Var
 from .python import PythonModule
@@ -53,6 +53,7 @@ class GeneratedFunction:
         self._native = array_type(backend)
         self._devices = backend in DEVICE_BACKENDS
         self._own = owner(backend)
+        self._apart = apart(backend)
         self._failures = EVALUATION_FAILURES + ((RuntimeError,) if backend == "torch" else ())
         self._single = module.outputs == 1
 
@@ -77,13 +78,14 @@ class GeneratedFunction:
             result = function(*args)
             if self._single:
                 return (own(result, given, dtype),)
-            return tuple([own(r, given, dtype) for r in result])
+            return tuple(self._apart([own(r, given, dtype) for r in result]))
         except self._failures as e:  # a copy that `own` makes can run out of memory too
             raise evaluation_error(e) from None
 
     def _first_call(self, arrays: dict, seen) -> tuple:
         values, env = self._checked(arrays)
-        dtype = result_dtype(self.backend, self.xp, [values[name].dtype for name in arrays])
+        dtype = result_dtype(self.backend, self.xp, [values[name].dtype for name, value
+                                                     in arrays.items() if not weak(value)])
         for name in arrays:  # mixed precisions: the whole computation in the widest one
             if values[name].dtype != dtype:
                 values[name] = cast(self.backend, values[name], dtype)
@@ -105,7 +107,7 @@ class GeneratedFunction:
             result = function(*args)
             if self._single:
                 return (self._own(result, given, dtype),)
-            return tuple([self._own(r, given, dtype) for r in result])
+            return tuple(self._apart([self._own(r, given, dtype) for r in result]))
         except self._failures as e:
             raise evaluation_error(e) from None
 
