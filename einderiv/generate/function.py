@@ -6,8 +6,8 @@ the same types, shapes and dtypes only looks the specialization up and calls it.
 
 Inputs of several float dtypes are all cast to their result type (numpy's `result_type`), so
 every result is computed and returned in it, on the inputs' device, and owned by the caller:
-never an input or a view of one (see `backends.owner`). A call keeps its state in locals, so
-one function serves several threads at once.
+it shares memory with no input and no other result (`backends.owner`, `backends.apart`). A call
+keeps its state in locals, so one function serves several threads at once.
 """
 from __future__ import annotations
 
