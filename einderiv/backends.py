@@ -103,30 +103,37 @@ def apart(backend: str):
     shares memory with an earlier one, so that writing into one result changes no other."""
     if backend in ("numpy", "cupy"):
         xp = np if backend == "numpy" else importlib.import_module("cupy")
-        ndarray = xp.ndarray
+        ndarray, may_share_memory = xp.ndarray, xp.may_share_memory
 
-        def shared(r, o):  # two arrays that own their memory (base None) never share it
-            return type(r) is ndarray and type(o) is ndarray and (r is o or (
-                (r.base is not None or o.base is not None) and xp.may_share_memory(r, o)))
-        copy = ndarray.copy
-    elif backend == "torch":
+        def separate(results: list) -> list:
+            for i in range(1, len(results)):
+                r = results[i]
+                if type(r) is not ndarray:
+                    continue
+                for o in results[:i]:
+                    # Two arrays that own their memory (base None) never share it.
+                    if type(o) is ndarray and (o is r or (
+                            (r.base is not None or o.base is not None)
+                            and may_share_memory(r, o))):
+                        results[i] = r.copy()
+                        break
+            return results
+        return separate
+
+    if backend == "torch":
         import torch
 
         def shared(r, o):
             return (isinstance(r, torch.Tensor) and isinstance(o, torch.Tensor) and r.numel()
                     and r.untyped_storage().data_ptr() == o.untyped_storage().data_ptr())
-        copy = torch.Tensor.clone
     else:  # jax arrays are immutable; dask's __setitem__ rebinds only the object itself
         def shared(r, o):
             return r is o and backend == "dask"
 
-        def copy(r):
-            return r.copy()
-
     def separate(results: list) -> list:
         for i in range(1, len(results)):
             if any(shared(results[i], o) for o in results[:i]):
-                results[i] = copy(results[i])
+                results[i] = results[i].clone() if backend == "torch" else results[i].copy()
         return results
     return separate
 
