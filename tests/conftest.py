@@ -98,10 +98,26 @@ def _source(result, width: int = 400) -> str:
     return text if len(text) <= width else text[:width] + f" ... ({len(text)} characters)"
 
 
+def _host(value):
+    """A value of any backend as numpy: torch tensors (on any device) and cupy arrays are
+    copied to the host; numpy, jax and Python values pass through `np.asarray` as they are."""
+    if hasattr(value, "detach"):  # torch
+        return value.detach().cpu().numpy()
+    if hasattr(value, "get") and type(value).__module__.startswith("cupy"):
+        return value.get()
+    return value
+
+
+def _host_arrays(arrays: dict) -> dict:
+    """The call's inputs as numpy arrays: the IR interpreter and the parsed-back formula run
+    on numpy, whatever backend the result was made for."""
+    return {k: _host(v) for k, v in _copy(arrays).items()}
+
+
 def _mismatch(actual, expected) -> str | None:
     """Why `actual` is not `expected`, or None when they agree (non-finite outputs skipped)."""
-    expected = np.asarray(expected)
-    actual = np.asarray(actual)
+    expected = np.asarray(_host(expected))
+    actual = np.asarray(_host(actual))
     if expected.dtype == object or actual.dtype == object:
         return f"non-numeric values: {actual!r} vs {expected!r}"
     if actual.shape != expected.shape:
@@ -184,7 +200,7 @@ def _check_result(result, calls) -> list[str]:
         via_ir = None
         if ir_size <= IR_NODES_FOR_EVALUATE_IR:
             try:
-                via_ir = _per_output(result, result.evaluate_ir(**_copy(arrays)))
+                via_ir = _per_output(result, result.evaluate_ir(**_host_arrays(arrays)))
                 if via_ir is None:
                     problems.append(f"{head}\n  evaluate_ir's values do not match the outputs")
             except Exception as e:
@@ -198,7 +214,7 @@ def _check_result(result, calls) -> list[str]:
             if name not in compiled:
                 continue
             try:
-                again = compiled[name](**_copy(arrays))
+                again = compiled[name](**_host_arrays(arrays))
             except Exception as e:
                 problems.append(f"{head}\n  output '{name}': the parsed-back formula fails on "
                                 f"the same arrays: {type(e).__name__}: {e}")
