@@ -19,10 +19,11 @@ _MODULES = {"numpy": "numpy", "torch": "torch", "jax": "jax.numpy", "cupy": "cup
 
 
 def available(backend: str) -> bool:
+    """Is `backend` usable: its library and what einderiv needs with it installed?"""
     try:
-        importlib.import_module(_MODULES[backend])
+        namespace(backend)
         return True
-    except ImportError:
+    except EinderivError:
         return False
 
 
@@ -30,12 +31,14 @@ def namespace(backend: str):
     """The numpy-named namespace for `backend`; a clear error when it is not installed."""
     if backend not in BACKENDS:
         raise EinderivError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    # The kernels reach a non-numpy array's functions through array-api-compat: without it
+    # they would hand torch or cupy arrays to numpy, so it is required like the library itself.
+    needed = [_MODULES[backend]] + (["array_api_compat"] if backend != "numpy" else [])
     try:
-        module = importlib.import_module(_MODULES[backend])
-    except ImportError:
-        raise EinderivError(f"backend {backend!r} needs {_MODULES[backend].split('.')[0]}, "
-                            f"which is not installed",
-                            hint=f"pip install 'einderiv[{backend}]'") from None
+        module, *_ = [importlib.import_module(name) for name in needed]
+    except ImportError as e:
+        raise EinderivError(f"backend {backend!r} needs {e.name.split('.')[0]}, which is not "
+                            f"installed", hint=f"pip install 'einderiv[{backend}]'") from None
     return _TorchNumpy(module) if backend == "torch" else module
 
 
@@ -197,10 +200,7 @@ def array_namespace(x):
     otherwise the array API namespace (via array-api-compat)."""
     if isinstance(x, (np.ndarray, np.generic, float, int)):
         return np
-    try:
-        import array_api_compat
-    except ImportError:  # pragma: no cover - only reached with a non-numpy array
-        return np
+    import array_api_compat  # installed with every non-numpy backend (see `namespace`)
     return array_api_compat.array_namespace(x)
 
 
