@@ -34,11 +34,15 @@ def namespace(backend: str):
     # The kernels reach a non-numpy array's functions through array-api-compat: without it
     # they would hand torch or cupy arrays to numpy, so it is required like the library itself.
     needed = [_MODULES[backend]] + (["array_api_compat"] if backend != "numpy" else [])
-    try:
-        module, *_ = [importlib.import_module(name) for name in needed]
-    except ImportError as e:
-        raise EinderivError(f"backend {backend!r} needs {e.name.split('.')[0]}, which is not "
-                            f"installed", hint=f"pip install 'einderiv[{backend}]'") from None
+    modules = []
+    for name in needed:
+        try:
+            modules.append(importlib.import_module(name))
+        except ImportError:
+            raise EinderivError(f"backend {backend!r} needs {name.split('.')[0]}, which is "
+                                f"not installed",
+                                hint=f"pip install 'einderiv[{backend}]'") from None
+    module = modules[0]
     return _TorchNumpy(module) if backend == "torch" else module
 
 
