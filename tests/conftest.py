@@ -268,3 +268,26 @@ def restore_default_rules():
     table._DEFAULT = saved.copy() if saved else None
     yield
     table._DEFAULT = saved
+
+
+def _run_threads(*calls, timeout: float = 120.0) -> None:
+    """Run each `(target, *args)` in its own thread with the interpreter switching threads
+    every microsecond (as often as it can), and wait for all; the interval is restored."""
+    import sys
+    import threading
+    threads = [threading.Thread(target=target, args=args) for target, *args in calls]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout)
+    finally:
+        sys.setswitchinterval(interval)
+
+
+@pytest.fixture
+def run_threads():
+    """`run_threads((target, *args), ...)`: the thread harness of the thread-safety tests."""
+    return _run_threads

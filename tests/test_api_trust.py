@@ -299,7 +299,7 @@ def test_rules_files_are_scoped_to_one_run(capsys, tmp_path):
 
 # -- 6(c): the rule book under threads ---------------------------------------------------------
 
-def test_load_rules_while_other_threads_use_the_rules(tmp_path, restore_default_rules):
+def test_load_rules_while_other_threads_use_the_rules(tmp_path, restore_default_rules, run_threads):
     files = []
     for k in range(40):
         path = tmp_path / f"f{k}.rules"
@@ -326,17 +326,7 @@ def test_load_rules_while_other_threads_use_the_rules(tmp_path, restore_default_
         except BaseException as e:  # pragma: no cover
             errors.append(e)
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        threads = [threading.Thread(target=load)] + [threading.Thread(target=use)
-                                                     for _ in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-    finally:
-        sys.setswitchinterval(interval)
+    run_threads((load,), (use,), (use,), (use,), timeout=60)
     assert not errors, errors
     # Every load took effect, none lost to another.
     assert all(default_rulebook().get(f"f{k}") is not None for k in range(40))

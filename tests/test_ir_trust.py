@@ -7,7 +7,6 @@ gives inf or nan.
 """
 from __future__ import annotations
 
-import sys
 import threading
 import warnings
 
@@ -37,7 +36,7 @@ def _build(r: int):
     return lowered.root, tuple(grads)
 
 
-def test_threads_building_the_same_new_expression_share_its_nodes():
+def test_threads_building_the_same_new_expression_share_its_nodes(run_threads):
     built = [[None] * ROUNDS for _ in range(THREADS)]
     failures: list = []
     start = threading.Barrier(THREADS)
@@ -51,16 +50,7 @@ def test_threads_building_the_same_new_expression_share_its_nodes():
             failures.append(e)
             start.abort()
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads as often as possible
-    try:
-        threads = [threading.Thread(target=work, args=(k,)) for k in range(THREADS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(interval)
+    run_threads(*[(work, k) for k in range(THREADS)])
     assert not failures, failures
 
     x = np.linspace(-1.0, 1.0, 5)

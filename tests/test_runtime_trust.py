@@ -3,8 +3,6 @@ the same inputs give the same answer whatever was called before, a result is nev
 or a view of one, results keep the inputs' dtype, complex inputs are refused, concurrent first
 calls do not interfere, and a failing call is an EinderivError, never a raw traceback.
 """
-import sys
-import threading
 
 import numpy as np
 import pytest
@@ -397,7 +395,7 @@ def test_running_out_of_memory_is_an_evaluation_error():
 SLICE = "x: [m]; z: [p]; sum(x[:p] * z)"
 
 
-def test_concurrent_first_calls_with_different_shapes():
+def test_concurrent_first_calls_with_different_shapes(run_threads):
     # 8 threads make first calls of new shape signatures on the same functions, about one in
     # four invalid (a slice x[:p] with p > m): every invalid call must raise ShapeError, every
     # valid one must be right, whatever the other threads are doing. Fresh functions each
@@ -432,21 +430,11 @@ def test_concurrent_first_calls_with_different_shapes():
             elif not np.allclose(result, expected(kind, x, z), rtol=1e-12, atol=1e-12):
                 wrong.append((kind, m, p))
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        for r in range(rounds):
-            compiled = einderiv.compile(SLICE)
-            plan = Plan(list(compiled.roots.values()), accepted=compiled.lowered.declared)
-            functions = [("value", compiled), ("grad", einderiv.grad(SLICE, "x")),
-                         ("value", lambda **arrays: plan(arrays)[0])]  # one shared Plan
-            threads = [threading.Thread(target=worker, args=(functions, 100 * r + k))
-                       for k in range(threads_per_round)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-    finally:
-        sys.setswitchinterval(interval)
+    for r in range(rounds):
+        compiled = einderiv.compile(SLICE)
+        plan = Plan(list(compiled.roots.values()), accepted=compiled.lowered.declared)
+        functions = [("value", compiled), ("grad", einderiv.grad(SLICE, "x")),
+                     ("value", lambda **arrays: plan(arrays)[0])]  # one shared Plan
+        run_threads(*[(worker, functions, 100 * r + k) for k in range(threads_per_round)])
     assert len(done) == rounds * threads_per_round * calls_per_thread
     assert not wrong and not spurious and not missed, (wrong[:5], spurious[:5], missed[:5])

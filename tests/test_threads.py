@@ -13,7 +13,6 @@ Every answer is compared with a hand-written numpy value; an invalid call must r
 """
 from __future__ import annotations
 
-import sys
 import threading
 
 import numpy as np
@@ -27,7 +26,7 @@ ROUNDS = 320  # two calls per thread and round: 5,120 calls in all
 
 
 @pytest.mark.no_roundtrip  # the suite-wide recorder of results is not meant for threads
-def test_threads_build_call_and_load_rules(tmp_path, restore_default_rules):
+def test_threads_build_call_and_load_rules(tmp_path, restore_default_rules, run_threads):
     rules = tmp_path / "cube.rules"
     rules.write_text("def cube(x) = x * x * x\n")
     slices = [einderiv.grad("sum(x[:p] * y)", "x", {"x": ("m",), "y": ("p",)})
@@ -73,15 +72,6 @@ def test_threads_build_call_and_load_rules(tmp_path, restore_default_rules):
             if want is None or got.shape != want.shape or not np.array_equal(got, want):
                 failures.append((t, r, "slice", got, want))
 
-    old = sys.getswitchinterval()
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(THREADS)]
-    try:
-        sys.setswitchinterval(1e-6)
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-    finally:
-        sys.setswitchinterval(old)
+    run_threads(*[(worker, t) for t in range(THREADS)])
     assert sum(calls) >= 5000
     assert not failures, f"{len(failures)} of {sum(calls)} calls went wrong: {failures[:5]}"
