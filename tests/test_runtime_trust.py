@@ -207,6 +207,27 @@ def test_non_numeric_inputs_are_an_input_error(value):
             call(x=value)
 
 
+@pytest.mark.no_roundtrip
+def test_a_masked_array_is_refused_not_unmasked():
+    # np.asarray drops the mask: sum of [1, 2, --] would silently be 103, not numpy's 3.
+    f = einderiv.compile("sum(x)", {"x": ("n",)})
+    f(x=np.ones(3))  # a fast call first: the masked array must not take its path either
+    masked = np.ma.masked_array([1.0, 2.0, 100.0], mask=[0, 0, 1])
+    for call in (f, f.evaluate_ir):
+        with pytest.raises(InputError, match="'x' is a masked array"):
+            call(x=masked)
+
+
+def test_a_function_the_backend_lacks_is_an_evaluation_error():
+    if not available("dask"):
+        pytest.skip("dask is not installed")
+    import dask.array as da
+    g = einderiv.grad("det(X)", "X", {"X": ("n", "n")}, backend="dask")
+    with pytest.raises(EvaluationError, match="det") as info:
+        g(X=da.from_array(np.eye(2) + 1))
+    assert "backend" in str(info.value)
+
+
 def test_complex_inputs_are_refused_on_dask():
     if not available("dask"):
         pytest.skip("dask is not installed")

@@ -26,8 +26,10 @@ Step = Callable[[list], object]
 # What evaluating arrays can raise: a singular matrix, a domain error, an implementation
 # from a user's rule table rejecting the arrays (TypeError), or arrays too large for memory;
 # each becomes an EvaluationError.
+# An AttributeError is a backend that lacks a function the expression needs (dask.array has
+# no linalg.det).
 EVALUATION_FAILURES = (np.linalg.LinAlgError, FloatingPointError, ValueError, TypeError,
-                       MemoryError)
+                       MemoryError, AttributeError)
 
 
 def evaluation_error(e: Exception) -> EvaluationError:
@@ -35,6 +37,10 @@ def evaluation_error(e: Exception) -> EvaluationError:
         return EvaluationError(f"evaluation ran out of memory: {e}",
                                hint="the inputs are too large for this expression's results "
                                     "and intermediates")
+    if isinstance(e, AttributeError):
+        return EvaluationError(f"evaluation failed: {e}",
+                               hint="the array library (backend) lacks a function this "
+                                    "expression needs; try the numpy backend")
     if isinstance(e, TypeError):
         return EvaluationError(f"evaluation failed: {e} (TypeError: is every function's "
                                f"implementation in the rule tables elementwise on arrays?)")
@@ -122,6 +128,9 @@ def reject_unknown(arrays: dict, known) -> None:
 
 
 def _as_array(name: str, value) -> np.ndarray:
+    if isinstance(value, np.ma.MaskedArray):  # np.asarray would drop the mask, silently
+        raise InputError(f"input '{name}' is a masked array; einderiv computes on all entries",
+                         hint=f"pass {name}.filled(value) or {name}.compressed() explicitly")
     try:
         array = np.asarray(value)
     except Exception as e:  # numpy raises many kinds for ragged or odd objects
