@@ -128,8 +128,9 @@ def reject_unknown(arrays: dict, known) -> None:
 
 
 def _as_array(name: str, value) -> np.ndarray:
-    if isinstance(value, np.ma.MaskedArray):  # np.asarray would drop the mask, silently
-        raise InputError(f"input '{name}' is a masked array; einderiv computes on all entries",
+    if np.ma.is_masked(value):  # np.asarray would drop the mask, silently
+        raise InputError(f"input '{name}' is a masked array with masked entries; einderiv "
+                         f"computes on all entries",
                          hint=f"pass {name}.filled(value) or {name}.compressed() explicitly")
     try:
         array = np.asarray(value)
