@@ -155,6 +155,141 @@ def test_negative_bound_on_too_short_an_axis_is_an_error():
         f.evaluate_ir(x=np.ones(1))
 
 
+# Negative integer bounds next to named ones (breaker C1): `x[-2:n]` is `x[n-2:n]`, as in numpy.
+# (form, the sizes n at which einderiv must give numpy's value; at the others it may refuse
+# with a ShapeError where numpy would clip, never answer something else)
+MIXED_BOUNDS = [
+    ("x[-1:n]", range(1, 6)), ("x[-2:n]", range(2, 6)), ("x[-3:n - 1]", range(3, 6)),
+    ("x[-2:n - 1]", range(2, 6)), ("x[n - 3:-1]", range(3, 6)), ("x[n - 2:-1]", range(2, 6)),
+    ("x[1:-1]", range(2, 6)), ("x[-1:-3]", range(1, 6)), ("x[-2:n - 2]", range(2, 6)),
+    ("x[-2:n + 3]", range(2, 6)),
+    # A named bound past the end of its own axis stops at the end, as numpy clips it.
+    ("x[:n + 1]", range(0, 6)), ("x[n + 1:]", range(0, 6)), ("x[2:][:n - 1]", range(2, 6)),
+    ("x[2:][-1:n]", range(3, 6)),
+]
+
+
+def _numpy_slice(form: str, n: int):
+    """The form as numpy reads it at size n (every `n` replaced by the number)."""
+    return lambda x: eval(form.replace("n", str(n)), {"x": x})
+
+
+@pytest.mark.no_roundtrip  # the refused sizes fail on purpose; the others are checked here
+@pytest.mark.parametrize("form, sizes", MIXED_BOUNDS, ids=[m[0] for m in MIXED_BOUNDS])
+def test_negative_bound_with_a_named_one(form, sizes):
+    f = einderiv.value_and_grad(f"x: [n]; sum({form} ** 3) + sum(x)", "x")
+    j = einderiv.jacobian(f"x: [n]; {form} ** 2", "x")
+    rng = np.random.default_rng(7)
+    for n in range(0, 6):
+        x = rng.normal(size=n)
+        window = _numpy_slice(form, n)
+        if n not in sizes:
+            for call in (f, f.evaluate_ir, j, j.evaluate_ir):
+                with pytest.raises(einderiv.ShapeError):
+                    call(x=x)
+            continue
+        value, grad = three_ways(f, {"x": x})
+        np.testing.assert_allclose(value, np.sum(window(x) ** 3) + np.sum(x), rtol=1e-12)
+        expected = finite_difference(lambda x: np.sum(window(x) ** 3) + np.sum(x), {"x": x}, "x")
+        np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-8)
+        (jac,) = three_ways(j, {"x": x})
+        np.testing.assert_allclose(jac, finite_difference(lambda x: window(x) ** 2, {"x": x},
+                                                          "x"), rtol=1e-6, atol=1e-8)
+
+
+def test_negative_start_with_named_end_from_the_issue():
+    """`x[-1:n]` raised 'dimension -1 is negative' at every size, and the formula of the
+    gradient of `x[-2:n]` had a pad width of -2 that does not parse."""
+    assert einderiv.compile("x: [n]; sum(x[-1:n])")(x=np.arange(1.0, 5.0)) == 4.0
+    g = einderiv.grad("x: [n]; sum(x[-2:n] ** 2)", "x")
+    assert g.formula == "2 * pad(x[-2:], ((n - 2, 0),))"
+    np.testing.assert_array_equal(three_ways(g, {"x": np.arange(1.0, 5.0)})[0], [0, 0, 6, 8])
+
+
+def test_named_stop_before_the_start_is_refused():
+    """numpy counts `n - 3` from the end where it is negative (n = 2: `x[0:-1]`, not empty),
+    so a named stop before the start is an error, not an empty slice."""
+    for source in ("x: [n]; sum(x[-2:n - 3])", "x: [n]; sum(x[n - 1:n - 2])"):
+        with pytest.raises(einderiv.ShapeError, match="stops before it starts"):
+            einderiv.compile(source)
+
+
+# -- A1: a compound dimension (`n - 1`) pasted into a larger expression -----------------------
+
+# x: [n]; (expression, the same in numpy at size n)
+COMPOUND_DIMENSIONS = [
+    ("eye(n)[1:][1]", lambda x, n: np.eye(n)[1:][1]),
+    ("eye(n - 1)[1]", lambda x, n: np.eye(n - 1)[1]),
+    ("eye(n + 2)[-1]", lambda x, n: np.eye(n + 2)[-1]),
+    ("eye(n)[2:n - 1][0] * x", lambda x, n: np.eye(n)[2:n - 1][0] * x),
+    ("diag(x[1:])[1]", lambda x, n: np.diag(x[1:])[1]),
+    ("diag(x[1:])[-2] * x[:-1]", lambda x, n: np.diag(x[1:])[-2] * x[:-1]),
+    ("x[2:n - 1][0] * x", lambda x, n: x[2:n - 1][0] * x),
+    ("stack(x[1:], x[:-1])[1][2] * x", lambda x, n: np.stack([x[1:], x[:-1]])[1][2] * x),
+    ("outer(x[1:], x[:-2])[-1]", lambda x, n: np.outer(x[1:], x[:-2])[-1]),
+    ("ones(n - 1) * x[1:]", lambda x, n: np.ones(n - 1) * x[1:]),
+    ("zeros(n + 2) + pad(x * x, (1, 1))", lambda x, n: np.pad(x * x, (1, 1))),
+    ("pad(x[:2] ** 2, (n - 3, 1)) * x", lambda x, n: np.pad(x[:2] ** 2, (n - 3, 1)) * x),
+    ("size(n - 1) * x", lambda x, n: (n - 1) * x),
+    ("x / size(n + 2)", lambda x, n: x / (n + 2)),
+    ("-size(n - 1) * x", lambda x, n: -(n - 1) * x),
+    ("x ** size(n - 3)", lambda x, n: x ** (n - 3)),
+    ("eye(n - 1, n) @ (x * x)", lambda x, n: np.eye(n - 1, n) @ (x * x)),
+    ("x[n - 3:n - 1] * x[1:3]", lambda x, n: x[n - 3:n - 1] * x[1:3]),
+    ("mean(x[1:] ** 2) * x", lambda x, n: np.mean(x[1:] ** 2) * x),
+]
+
+
+@pytest.mark.parametrize("expression, reference", COMPOUND_DIMENSIONS,
+                         ids=[c[0] for c in COMPOUND_DIMENSIONS])
+def test_compound_dimensions(expression, reference):
+    """`eye(n - 1)[k]` was generated as `arange(_dim_n - 1) == (k) % _dim_n - 1`."""
+    source = f"x: [n]; {expression}"
+    f, j = einderiv.compile(source), einderiv.jacobian(source, "x")
+    rng = np.random.default_rng(8)
+    for n in (5, 7):
+        x = rng.normal(size=n)
+        (value,) = three_ways(f, {"x": x})
+        np.testing.assert_allclose(value, reference(x, n), rtol=1e-12)
+        (jac,) = three_ways(j, {"x": x})
+        np.testing.assert_allclose(jac, finite_difference(lambda x: reference(x, n), {"x": x},
+                                                          "x"), rtol=1e-6, atol=1e-8)
+
+
+def test_one_hot_rows_from_the_issue():
+    x = np.arange(1.0, 6.0)
+    g = einderiv.grad("x: [n]; sum(diag(x[1:])[1] * x[1:])", "x")
+    np.testing.assert_array_equal(three_ways(g, {"x": x})[0], [0, 0, 6, 0, 0])
+    g = einderiv.grad("x: [n]; sum(x[2:n-1][0] * x)", "x")
+    (grad,) = three_ways(g, {"x": x})
+    np.testing.assert_array_equal(grad, [3, 3, 18, 3, 3])
+    np.testing.assert_array_equal(einderiv.compile(g.formula, {"x": ("n",)})(x=x), grad)
+
+
+# -- C2: dimensions print as integers ---------------------------------------------------------
+
+def test_large_dimensions_print_as_integers():
+    g = einderiv.grad("sum(x)", "x", {"x": (10**15,)})
+    assert g.formula == "ones(1000000000000000)"
+    assert "1000000000000000}" in g.latex and "e+" not in g.latex and ".0" not in g.latex
+    assert einderiv.compile(g.formula).formula == g.formula  # parses back as itself
+
+
+def test_a_dimension_no_float_holds_exactly_is_refused(capsys):
+    """`--shape x=10**23` printed `ones(1e+23)`, which does not parse back."""
+    from einderiv.cli import main
+    with pytest.raises(einderiv.ShapeError, match="too large"):
+        einderiv.grad("sum(x)", "x", {"x": (10**23,)})
+    with pytest.raises(einderiv.ShapeError, match="too large"):
+        einderiv.compile("x: [10000000000000000]; sum(x)")
+    assert main(["grad", "sum(x)", "--wrt", "x", "--shape",
+                 "x=100000000000000000000000"]) == 2
+    assert "too large" in capsys.readouterr().err
+    # An index the parser cannot hold exactly (2**53 + 1 reads as 2**53) is refused too.
+    with pytest.raises(einderiv.ParseError, match="integer"):
+        einderiv.compile("x: [n]; x[9007199254740993]")
+
+
 # -- 4: outputs and temporaries never take a user's name ---------------------------------------
 
 def _lhs(text: str) -> list[str]:

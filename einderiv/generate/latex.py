@@ -144,7 +144,7 @@ def _number(v: float) -> tuple[str, int]:
         return r"\mathrm{NaN}", ATOM
     if v in (float("inf"), float("-inf")):
         return (r"\infty", ATOM) if v > 0 else (r"-\infty", NEG)
-    if abs(v) < 1e15 and v == int(v):
+    if abs(v) < 2**53 and v == int(v):  # sizes print as integers, as in the formula
         text = str(int(v))
     else:
         text = repr(v)

@@ -50,6 +50,11 @@ def _identity_row(e: ast.Index) -> bool:
             and not isinstance(e.items[0], (ast.Slice, ast.NoneLit)))
 
 
+def _atomic(e: ast.Expr) -> bool:
+    """A name or an integer at least 0: text that no neighbouring operator can split."""
+    return isinstance(e, ast.Name) or (isinstance(e, ast.Number) and e.value >= 0)
+
+
 def _safe(name: str) -> bool:
     """Can a user's name stand in Python code as it is? Not when Python reserves it, when it
     could be one of ours (all start with `_`), when it would shadow a builtin the module calls
@@ -197,13 +202,20 @@ class _Printer:
         return self._index_int(e)
 
     def _dimension(self, e) -> str:
+        """A dimension as an atom: `n - 1` comes bracketed, so that pasted next to any
+        operator (`k % (_dim_n - 1)`, a slice, a pad width) it still means the whole."""
+        text = self._dimension_sum(e)
+        return text if _atomic(e) else f"({text})"
+
+    def _dimension_sum(self, e) -> str:
         if isinstance(e, ast.Number):
             return str(int(e.value))
         if isinstance(e, ast.Name):
             self.dims_used.add(e.id)
             return self._dim_name(e.id)
         if isinstance(e, ast.BinOp) and e.op in "+-":
-            return f"{self._dimension(e.left)} {e.op} {self._dimension(e.right)}"
+            right = self._dimension(e.right)  # n - (m - 1)
+            return f"{self._dimension_sum(e.left)} {e.op} {right}"
         raise TypeError("a dimension is a name, an integer, or a name plus an integer")
 
     def _dim_name(self, dim: str) -> str:

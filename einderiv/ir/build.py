@@ -513,16 +513,28 @@ def _position(k: int, dim: Dim) -> Dim:
 
 
 def _slice_bounds(lo, hi, dim: Dim) -> tuple[Dim, Dim]:
-    if isinstance(lo, Dim) or isinstance(hi, Dim):  # symbolic bounds (`x[:m]`), used as given
-        lo_d = ZERO if lo is None else Dim.of(lo)
-        hi_d = dim if hi is None else Dim.of(hi)
-        return lo_d, hi_d
-    if dim.is_concrete:
+    if dim.is_concrete and not isinstance(lo, Dim) and not isinstance(hi, Dim):
         start, stop, _ = slice(lo, hi).indices(dim.offset)
         return Dim(None, start), Dim(None, max(start, stop))
-    lo_d = ZERO if lo is None else (dim + lo if lo < 0 else Dim(None, lo))
-    hi_d = dim if hi is None else (dim + hi if hi < 0 else Dim(None, hi))
+
+    # A negative integer counts from the end whatever the other bound is: `x[-2:n]` is
+    # `x[n-2:n]` (as the integer -2 it would be a window starting before the axis). A named
+    # bound past the end of its own axis (`x[:n + 1]` on [n]) stops at the end, as in numpy.
+    def bound(b) -> Dim:
+        if isinstance(b, Dim):
+            return dim if b.name == dim.name and b.offset > dim.offset else b
+        if b >= 0:
+            return Dim(None, b)
+        return Dim(None, max(dim.offset + b, 0)) if dim.is_concrete else dim + b
+
+    lo_d = ZERO if lo is None else bound(lo)
+    hi_d = dim if hi is None else bound(hi)
     if hi_d.name == lo_d.name and hi_d.offset < lo_d.offset:
+        if isinstance(hi, Dim):
+            # numpy counts a stop like `n - 3` from the end where it is negative, so the slice
+            # is not empty at every size; refused rather than guessed.
+            raise ShapeError(f"the slice {lo_d}:{hi_d} stops before it starts",
+                             hint="write a stop that is not before the start")
         hi_d = lo_d  # a stop before the start is an empty slice, as in numpy
     return lo_d, hi_d
 

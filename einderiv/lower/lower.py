@@ -104,6 +104,10 @@ def _shape(name: str, dims, span) -> tuple[Dim, ...]:
     for d in shape:
         if d.is_concrete and d.offset < 0:
             raise ShapeError(f"'{name}' has a negative dimension {d}", span)
+        if d.is_concrete and d.offset >= EXACT_INTEGERS:
+            # The printers write it as an integer literal, which must parse back as itself.
+            raise ShapeError(f"'{name}' has a dimension {d} too large to be a size "
+                             f"(at most {EXACT_INTEGERS - 1})", span)
         if d.name is not None:
             check_name(d.name, f"the shape of '{name}': dimension", ShapeError)
     return shape
@@ -183,6 +187,11 @@ def _lower_one(expr: ast.Expr, args: list[Node], scope: Scope) -> Node:
     raise ParseError(f"cannot lower {type(expr).__name__}", expr.span)
 
 
+# Integers below this are exact as floats, as the parser reads every literal; a larger one could
+# stand for another integer than the one written.
+EXACT_INTEGERS = 2**53
+
+
 def constant_int(expr: ast.Expr, what: str) -> int:
     """An integer literal, possibly negated (axes, indices, slice bounds)."""
     sign = 1
@@ -190,7 +199,8 @@ def constant_int(expr: ast.Expr, what: str) -> int:
     while isinstance(node, ast.UnaryOp):
         sign = -sign if node.op == "-" else sign
         node = node.operand
-    if isinstance(node, ast.Number) and abs(node.value) < 2**62 and node.value == int(node.value):
+    if isinstance(node, ast.Number) and abs(node.value) < EXACT_INTEGERS and \
+            node.value == int(node.value):
         return sign * int(node.value)
     raise ParseError(f"{what} must be an integer constant", expr.span)
 

@@ -37,7 +37,10 @@ class _Unparser:
                 # Not literals of the language: written as expressions that evaluate to them.
                 text = "(1e999 - 1e999)" if v != v else ("1e999" if v > 0 else "(-1e999)")
                 return self.spend(text)
-            return self.spend(str(int(v)) if abs(v) < 1e15 and v == int(v) else repr(v))
+            # Whole numbers as integers (sizes, indices, pad widths: `ones(1000000000000000)`,
+            # not `ones(1000000000000000.0)`) below 2**53, where floats stop holding every
+            # integer exactly (larger sizes are refused when declared).
+            return self.spend(str(int(v)) if abs(v) < 2**53 and v == int(v) else repr(v))
         if isinstance(node, ast.Name):
             return self.spend(node.id)
         if isinstance(node, ast.String):
