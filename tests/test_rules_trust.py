@@ -169,3 +169,87 @@ def test_no_text_of_a_rule_file_is_evaluated(capsys, tmp_path):
     code, out, _ = run(capsys, "rules", "check", str(path))
     assert code == 1 and "a string is not a tensor expression" in out
     assert "antigravity" not in sys.modules
+
+
+# -- an implementation without an import names a function of the array library or the kernels --
+
+# Public names all the way, but through modules numpy imports: os, sys, subprocess, ctypes.
+WALKS = ["xp.f2py.sys.exit", "xp.f2py.os.system", "xp.f2py.subprocess.run",
+         "xp.ctypeslib.ctypes.CDLL", "xp.ma.core.np.exp", "xp.lib.format.os.system"]
+
+
+@pytest.mark.parametrize("impl", WALKS)
+def test_an_implementation_chain_cannot_walk_to_other_modules(capsys, tmp_path, impl,
+                                                              restore_default_rules):
+    path = tmp_path / "bye.rules"
+    path.write_text(f"elementwise bye(x) = {impl}\nd bye(x) / dx = 1 + 0 * x\n")
+    for allow in ((), ("--allow-imports",)):  # not an import: allowing imports changes nothing
+        code, out, err = run(capsys, "rules", "check", str(path), *allow)
+        assert code == 2 and out == "", err
+        assert "bye.rules:1" in err and f"'{impl}' is not " in err and "Traceback" not in err
+        assert f"  elementwise bye(x) = {impl}\n" in err and "^" * len(impl) in err  # the caret
+    code, out, err = run(capsys, "grad", "sum(bye(x))", "--wrt", "x", "--shape", "x=n",
+                         "--rules", str(path), "--check")
+    assert code == 2 and out == "" and "bye.rules:1" in err
+    with pytest.raises(einderiv.RuleError, match="bye.rules:1"):
+        einderiv.load_rules(path)
+    with pytest.raises(einderiv.RuleError, match="is not"):
+        resolve(impl, np)  # a Function built in Python is checked where it is resolved
+
+
+@pytest.mark.parametrize("impl, problem", [
+    ("xp.f2py", "is a module, not a function"),
+    ("xp.linalg", "is a module, not a function"),
+    ("kernel.np", "is a module, not a function"),
+    ("xp.vectorize", "is a class, not a function"),
+    ("xp.pi", "is a float, not a function"),
+    ("xp.nosuch", "cannot find the implementation 'xp.nosuch'"),
+    ("kernel.nosuch", "cannot find the implementation 'kernel.nosuch'"),
+    ("xp.fft.fft", "only xp.NAME and xp.linalg.NAME"),  # complex results
+])
+def test_an_implementation_is_a_function(tmp_path, impl, problem):
+    path = tmp_path / "odd.rules"
+    path.write_text(f"# one\nelementwise odd(x) = {impl}\n")
+    with pytest.raises(einderiv.RuleError) as info:
+        RuleBook().load(path)  # at load time, not at the first call
+    assert "odd.rules:2" in str(info.value) and problem in str(info.value)
+    assert info.value.line == 2 and info.value.column == len("elementwise odd(x) = ") + 1
+
+
+def test_functions_of_the_array_library_and_kernels_load(tmp_path):
+    path = tmp_path / "fine.rules"
+    path.write_text("elementwise c(x) = xp.cbrt\ntensor i(X) -> square = xp.linalg.inv\n"
+                    "elementwise s(x) = kernel.sigmoid\n")
+    book = RuleBook().load(path)
+    assert [book.get(n).impl for n in "cis"] == ["xp.cbrt", "xp.linalg.inv", "kernel.sigmoid"]
+
+
+EXIT_RULES = "elementwise die(x) = sys:exit\nd die(x) / dx = 0 * x\n"
+
+
+def test_an_implementation_that_exits_is_an_evaluation_error(capsys, tmp_path,
+                                                             restore_default_rules):
+    path = tmp_path / "die.rules"
+    path.write_text(EXIT_RULES)
+    einderiv.load_rules(path, allow_imports=True)
+    f = einderiv.compile("die(x)", {"x": ("n",)})
+    for evaluate in (f, f.evaluate_ir):  # the generated code and the IR interpreter
+        with pytest.raises(einderiv.EvaluationError, match="an implementation called exit"):
+            evaluate(x=np.ones(2))
+    code, out, err = run(capsys, "jacobian", "die(x)", "--wrt", "x", "--shape", "x=n",
+                         "--rules", str(path), "--allow-imports", "--check")
+    assert code == 2 and "an implementation called exit" in err and "Traceback" not in err
+
+
+def test_a_module_that_cannot_be_imported_is_a_rule_error(capsys, tmp_path,
+                                                          restore_default_rules):
+    path = tmp_path / "gone.rules"
+    path.write_text("elementwise gone(x) = no_such_module_einderiv:f\nd gone(x) / dx = 0 * x\n")
+    einderiv.load_rules(path, allow_imports=True)
+    f = einderiv.compile("gone(x)", {"x": ("n",)})
+    for evaluate in (f, f.evaluate_ir):
+        with pytest.raises(einderiv.RuleError, match="No module named 'no_such_module_einderiv'"):
+            evaluate(x=np.ones(2))
+    code, _, err = run(capsys, "grad", "sum(gone(x))", "--wrt", "x", "--shape", "x=n",
+                       "--rules", str(path), "--allow-imports", "--check")
+    assert code == 2 and "no_such_module_einderiv" in err and "Traceback" not in err

@@ -27,12 +27,18 @@ Step = Callable[[list], object]
 # from a user's rule table rejecting the arrays (TypeError), or arrays too large for memory;
 # each becomes an EvaluationError.
 # An AttributeError is a backend that lacks a function the expression needs (dask.array has
-# no linalg.det).
+# no linalg.det). A SystemExit is an implementation (of a trusted rule file) calling exit: it
+# must not end the caller's process.
 EVALUATION_FAILURES = (np.linalg.LinAlgError, FloatingPointError, ValueError, TypeError,
-                       MemoryError, AttributeError)
+                       MemoryError, AttributeError, SystemExit)
 
 
-def evaluation_error(e: Exception) -> EvaluationError:
+def evaluation_error(e: BaseException) -> EvaluationError:
+    if isinstance(e, SystemExit):
+        return EvaluationError(f"evaluation failed: an implementation called exit "
+                               f"(SystemExit: {e})",
+                               hint="a function of a rule file loaded with allow_imports ended "
+                                    "the computation; einderiv rules check shows which")
     if isinstance(e, MemoryError):
         return EvaluationError(f"evaluation ran out of memory: {e}",
                                hint="the inputs are too large for this expression's results "

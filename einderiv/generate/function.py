@@ -19,7 +19,7 @@ import opt_einsum
 
 from ..backends import (DEVICE_BACKENDS, apart, array_type, cast, namespace, on_device,
                         owner, result_dtype)
-from ..errors import InputError, ShapeError
+from ..errors import InputError, RuleError, ShapeError
 from ..evaluate.plan import (EVALUATION_FAILURES, _as_array, bind_dimensions,
                              check_structured, evaluation_error, is_float, reject_unknown,
                              size_of, weak)
@@ -161,7 +161,13 @@ class GeneratedFunction:
         for node in self.structured:
             check_structured(node, env)
         scope: dict = {}
-        exec(self.code, scope)  # our generated module, never user text
+        try:
+            exec(self.code, scope)  # our generated module, never user text
+        except (Exception, SystemExit) as e:  # it imports the modules a trusted rule file names
+            raise RuleError(f"importing the modules of the implementations failed: "
+                            f"{type(e).__name__}: {e}",
+                            hint="a rule file loaded with allow_imports names a module that "
+                                 "cannot be imported here") from None
         scope["_xp"] = on_device(self.backend, self.xp, device)
         scope["_dtype"] = dtype
         for k, (spec, shapes) in enumerate(self.module.contractions):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import importlib
+import inspect
 import re
 import threading
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import lark
+import numpy as np
 
 from ..errors import RuleError, Span
 from ..parse.parser import MAX_SOURCE_CHARS
@@ -281,9 +283,12 @@ def _impl(tree: lark.Tree, text: str, origin: str, allow_imports: bool) -> str:
     token = tree.children[0]
     impl = str(token)
     problem = impl_problem(impl)
+    if problem is None and tree.data != "imported":
+        # Resolved now (against numpy, which imports nothing of the file's choosing), so that a
+        # name that is not a function is an error at its line, not at the first call.
+        problem = _resolve_problem(impl, np)
     if problem:
-        raise RuleError(f"{origin}: {problem}", _token_span(text, token),
-                        hint="name a public function: xp.NAME, kernel.NAME or module:NAME")
+        raise RuleError(f"{origin}: {problem}", _token_span(text, token), hint=IMPL_HINT)
     if tree.data == "imported" and not allow_imports:
         module = impl.split(":")[0]
         raise RuleError(f"{origin}: the implementation {impl} imports the Python module "
@@ -292,16 +297,25 @@ def _impl(tree: lark.Tree, text: str, origin: str, allow_imports: bool) -> str:
     return impl
 
 
+IMPL_HINT = ("name a function: xp.NAME or xp.linalg.NAME of the array library, "
+             "kernel.NAME of einderiv's kernels, or module:NAME (an import: trusted code)")
+
 _PART = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+# The submodules of the array namespace that an implementation may name a function of. Any
+# longer chain could walk through a module that the library imports (numpy.f2py.os,
+# numpy.ctypeslib.ctypes) to os.system or sys.exit without an import of the file's own. (Not
+# fft: its results are complex, and the language's values are real.)
+XP_SUBMODULES = ("linalg",)
 
 
 def impl_problem(impl: str) -> str | None:
     """Why `impl` may not name an implementation, or None.
 
-    An implementation is an attribute chain of the array namespace (`xp.linalg.inv`), a kernel
-    (`kernel.softmax`) or `module:attribute`; every part is a public name. A part starting with
-    '_' would reach private or special attributes (`xp.__class__.__bases__`), from which any
-    object of the process can be found.
+    An implementation is a function of the array namespace (`xp.exp`, `xp.linalg.inv`), a
+    kernel (`kernel.softmax`) or `module:attribute`; every part is a public name. A part
+    starting with '_' would reach private or special attributes (`xp.__class__.__bases__`),
+    from which any object of the process can be found; a longer chain would reach the modules
+    the library imports (`xp.f2py.sys.exit`).
     """
     if impl.startswith("xp.") or impl.startswith("kernel."):
         parts = impl.split(".")[1:]
@@ -315,27 +329,68 @@ def impl_problem(impl: str) -> str | None:
             what = "private or special" if part.startswith("_") else "malformed"
             return (f"the implementation {impl!r} reaches the {what} name '{part}': only "
                     "public names may be used")
+    if impl.startswith("kernel.") and len(parts) > 1:
+        return f"the implementation {impl!r} is not a kernel: write kernel.NAME"
+    if impl.startswith("xp.") and len(parts) > 1 and not (
+            len(parts) == 2 and parts[0] in XP_SUBMODULES):
+        return (f"the implementation {impl!r} is not a function of the array namespace: "
+                "only xp.NAME and xp.linalg.NAME are (a longer chain would reach other "
+                "modules)")
     return None
+
+
+def _lookup(impl: str, xp):
+    if impl.startswith("xp."):
+        target = xp
+        for part in impl[3:].split("."):
+            target = getattr(target, part)
+        return target
+    if impl.startswith("kernel."):
+        from ..evaluate import kernels
+        return getattr(kernels, impl[len("kernel."):])
+    module, attr = impl.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _resolve_problem(impl: str, xp) -> str | None:
+    """Why the `xp.`/`kernel.` implementation `impl` (of a valid form) names no function of
+    `xp` or of the kernels, or None."""
+    try:
+        target = _lookup(impl, xp)
+    except AttributeError as e:
+        return f"cannot find the implementation {impl!r}: {e}"
+    return _not_a_function(impl, target)
+
+
+def _not_a_function(impl: str, target) -> str | None:
+    # A module or a class is a way on to other objects (their attributes), never an
+    # implementation; a function or a ufunc is what the generated code calls.
+    if inspect.isroutine(target) or isinstance(target, np.ufunc):
+        return None
+    what = ("a module" if inspect.ismodule(target) else "a class" if inspect.isclass(target)
+            else f"a {type(target).__name__}")
+    return f"the implementation {impl!r} is {what}, not a function"
 
 
 def resolve(impl: str, xp):
     """The callable that an `impl` string names, for the array namespace `xp`."""
     problem = impl_problem(impl)
     if problem:
-        raise RuleError(problem)
+        raise RuleError(problem, hint=IMPL_HINT)
     try:
-        if impl.startswith("xp."):
-            target = xp
-            for part in impl[3:].split("."):
-                target = getattr(target, part)
-            return target
-        if impl.startswith("kernel."):
-            from ..evaluate import kernels
-            return getattr(kernels, impl[len("kernel."):])
-        module, attr = impl.split(":")
-        return getattr(importlib.import_module(module), attr)
+        target = _lookup(impl, xp)
     except (AttributeError, ImportError, ValueError) as e:
         raise RuleError(f"cannot find the implementation {impl!r}: {e}") from None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # a trusted module that fails on import, SystemExit included
+        raise RuleError(f"importing the module of the implementation {impl!r} failed: "
+                        f"{type(e).__name__}: {e}") from None
+    if ":" not in impl:  # a trusted module's attribute is whatever that module says it is
+        problem = _not_a_function(impl, target)
+        if problem:
+            raise RuleError(problem, hint=IMPL_HINT)
+    return target
 
 
 # The process-wide rule book. Readers take the reference once and use that book; writers
@@ -378,7 +433,8 @@ def load_rules(path: str | Path, allow_imports: bool = False) -> None:
     A rule file whose implementations name `module:attribute` imports that module, so it is
     trusted code: it loads only with `allow_imports=True` (a `RuleError` otherwise). `xp.` and
     `kernel.` implementations and derivative rules are data: no text of a rule file is
-    evaluated.
+    evaluated, and such an implementation must name a function (`xp.NAME`, `xp.linalg.NAME`,
+    `kernel.NAME`), never a module or a class.
 
     >>> import einderiv, tempfile, os
     >>> p = os.path.join(tempfile.mkdtemp(), "mine.rules")
