@@ -73,6 +73,7 @@ class _Result:
         self._program = None
         self._module = None
         self._function = None
+        self._plan = None  # the IR interpreter's, for evaluate_ir
         # The first use builds the program, the module and the function once, whichever
         # threads ask; later uses read them without the lock.
         self._building = threading.RLock()
@@ -147,8 +148,12 @@ class _Result:
     def evaluate_ir(self, /, **arrays):
         """The same results computed by interpreting the IR directly (no vectorizing, no code
         generation): an independent path, used to test the generated code."""
-        plan = Plan(list(self.roots.values()), self.rules, accepted=self.lowered.declared)
-        return self._structure(plan(arrays))
+        if self._plan is None:
+            with self._building:
+                if self._plan is None:  # re-entrant, and it plans each signature once
+                    self._plan = Plan(list(self.roots.values()), self.rules,
+                                      accepted=self.lowered.declared)
+        return self._structure(self._plan(arrays))
 
 
 def _single(results):

@@ -54,6 +54,10 @@ class ShapeArgument(argparse.Action):
                               else check_name(d, f"--shape {name}: dimension"))
         except ParseError as e:
             parser.error(f"{e.message} ({e.hint})")
+        if shapes.get(name, tuple(parsed)) != tuple(parsed):  # else the last would silently win
+            show = lambda shape: f"[{', '.join(map(str, shape))}]"
+            parser.error(f"--shape gives '{name}' two shapes: {show(shapes[name])} and "
+                         f"{show(parsed)}")
         shapes[name] = tuple(parsed)
         setattr(namespace, self.dest, shapes)
 
@@ -132,9 +136,12 @@ def _add_derivative_parser(sub, name: str) -> None:
                         "indexed notation; einsum: the contraction plan; python: the generated "
                         "module; latex; all: every one of them")
     p.add_argument("--check", action="store_true",
-                   help="also compare with central finite differences at random inputs, print "
-                        "the largest relative error, and exit 1 when it is above --tol (or not "
-                        "finite)")
+                   help="also compare the derivative with central finite differences of the "
+                        "expression's value as the IR interpreter computes it (an independent "
+                        "path: no vectorizing, no generated code) at random inputs, print the "
+                        "largest relative error, and exit 1 when it is above --tol (or not "
+                        "finite); named dimensions get random sizes from 2 to 4, and a check "
+                        "too large to afford is refused")
     p.add_argument("--tol", metavar="TOL", type=_tolerance, default=None,
                    help=f"the largest relative error --check accepts (default {CHECK_TOLERANCE:g}:"
                         " float64 central differences are good to about 1e-8 at the random "
@@ -194,27 +201,40 @@ def _derivative(args) -> int:
 
 
 def _check(derived, source: str, args) -> float:
+    import math
+
     import numpy as np
 
     from . import api
-    from .check import finite_difference, random_inputs, relative_error
+    from .check import (check_affordable, finite_difference, random_inputs_and_sizes,
+                        relative_error)
+    from .ir.dims import Dim
     rng = np.random.default_rng(0)
-    arrays = random_inputs(derived.lowered.declared, rng)
-    # The reference differentiates the forward program (or, for a Hessian, the gradient).
+    arrays, sizes = random_inputs_and_sizes(derived.lowered.declared, rng)
     names = list(derived.wrt)
+    # Refused before anything is computed: derivatives too large to hold, or too many
+    # evaluations (two per entry of a wrt variable, per row of Hessian blocks).
+    steps = sum(arrays[a].size for a in names) * (len(names) if args.kind == "hessian" else 1)
+    check_affordable(sum(math.prod(Dim.of(d).size(sizes) for d in root.shape)
+                         for root in derived.roots.values()), steps)
+    # The reference differentiates the forward program (or, for a Hessian, the gradient) as the
+    # IR interpreter evaluates it: an independent path, so that a fault of the vectorizer or of
+    # the generated code, which computes the derivative, cannot hide in the reference too.
+    forward = api.Compiled(derived.lowered, rules=derived.rules)
     errors = []
     with np.errstate(all="ignore"):  # a nan or inf shows in the error, not as warnings
         results = derived(**arrays)
         for i, a in enumerate(names):
             if args.kind == "hessian":
-                ref_f = api.grad(source, a, args.shape or None)
+                gradient = api.grad(source, a, args.shape or None)
                 blocks = results if len(names) > 1 else ((results,),)
-                errors += [relative_error(blocks[i][j], finite_difference(ref_f, arrays, b))
+                errors += [relative_error(blocks[i][j],
+                                          finite_difference(gradient.evaluate_ir, arrays, b))
                            for j, b in enumerate(names)]
             else:
-                forward = api.compile(source, args.shape or None)
                 got = results[i] if len(names) > 1 else results
-                errors.append(relative_error(got, finite_difference(forward, arrays, a)))
+                errors.append(relative_error(got, finite_difference(forward.evaluate_ir,
+                                                                    arrays, a)))
     # np.max, unlike max(), keeps a nan: a comparison that is nan anywhere has failed.
     return float(np.max(errors))
 
@@ -283,8 +303,10 @@ that raises anything (even SystemExit) fails its check. Exit status: 0 when ever
 A rule file is trusted code when an implementation names `module:attribute`: checking it
 imports that module, which runs the module's code (and a file beside the rule file can be that
 module). Such a file is refused unless --allow-imports is given; give it only for files you
-would run as a Python script. `xp.NAME`, `kernel.NAME` and the derivative rules are data: no
-text of a rule file is evaluated.
+would run as a Python script. `xp.NAME`, `xp.linalg.NAME`, `kernel.NAME` and the derivative
+rules are data: no text of a rule file is evaluated, and such an implementation must name a
+function of the array library or of einderiv's kernels (a longer chain such as
+`xp.f2py.sys.exit`, a module or a class is refused at its line).
 """
 
 

@@ -14,6 +14,7 @@ tanh(W @ tanh(W @ tanh(W @ x)))
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 from .errors import EinderivError, ShapeError, UnknownNameError, did_you_mean
@@ -24,7 +25,8 @@ from .parse.unparse import unparse
 
 class SymbolicTypeError(EinderivError, TypeError):
     """A symbolic tensor used where Python or numpy needs values: iterated, measured with len,
-    converted to an array, or given to a numpy function. A `TypeError` too, as Python expects."""
+    compared, converted to a number or an array, given to a numpy function, or to an operator
+    the language lacks (%, //). A `TypeError` too, as Python expects."""
 
 
 # numpy ufuncs that are operators of the language, and the functions of `einderiv.fn` that
@@ -97,6 +99,29 @@ class Tensor:
     def __rpow__(self, other): return _binary("**", other, self)
     def __neg__(self): return Tensor(ast.UnaryOp("-", self.node), self.declarations)
     def __pos__(self): return self
+    def __abs__(self): return call("abs", self)
+
+    # What Python would do with values: compare, convert, divide with a remainder. A tensor has
+    # no values until the expression is called, and the language has no such operators; each is
+    # a clear error (a TypeError too, as Python's own would be) naming what to use instead.
+    def __lt__(self, other): raise _comparison("<", self, other)
+    def __le__(self, other): raise _comparison("<=", self, other)
+    def __gt__(self, other): raise _comparison(">", self, other)
+    def __ge__(self, other): raise _comparison(">=", self, other)
+    def __float__(self): raise _conversion("float()", self)
+    def __int__(self): raise _conversion("int()", self)
+    def __complex__(self): raise _conversion("complex()", self)
+    def __index__(self): raise _conversion("use as an index", self)
+    def __round__(self, ndigits=None): raise _conversion("round()", self)
+    def __trunc__(self): raise _conversion("math.trunc()", self)
+    def __floor__(self): raise _conversion("math.floor()", self)
+    def __ceil__(self): raise _conversion("math.ceil()", self)
+    def __mod__(self, other): raise _no_operator("%")
+    def __rmod__(self, other): raise _no_operator("%")
+    def __floordiv__(self, other): raise _no_operator("//")
+    def __rfloordiv__(self, other): raise _no_operator("//")
+    def __divmod__(self, other): raise _no_operator("divmod")
+    def __rdivmod__(self, other): raise _no_operator("divmod")
 
     @property
     def T(self) -> "Tensor":
@@ -145,6 +170,27 @@ def _numpy_function(numpy_name: str, op: str | None) -> SymbolicTypeError:
     return SymbolicTypeError(f"numpy's {numpy_name} cannot take a symbolic tensor", hint=hint)
 
 
+def _comparison(op: str, left: Tensor, right) -> SymbolicTypeError:
+    right = _short(right) if isinstance(right, Tensor) else repr(right)
+    return SymbolicTypeError(
+        f"cannot compare the symbolic tensor {_short(left)} {op} {right}: it has no values "
+        "until the expression is called",
+        hint="in an expression, einderiv.fn.step(x) is 1 where x > 0 and 0 elsewhere, and "
+             "fn.maximum, fn.minimum, fn.relu and fn.abs choose between values; to compare "
+             "values, compile the expression and call it with arrays")
+
+
+def _conversion(to: str, t: Tensor) -> SymbolicTypeError:
+    return SymbolicTypeError(f"the symbolic tensor {_short(t)} has no value for {to}",
+                             hint="compile the expression and call it with arrays for values")
+
+
+def _no_operator(op: str) -> SymbolicTypeError:
+    return SymbolicTypeError(f"the expression language has no {op} on tensors",
+                             hint="its operators are + - * / @ ** and unary -; "
+                                  "dir(einderiv.fn) lists its functions")
+
+
 def _short(t: Tensor) -> str:
     text = unparse(t.node, limit=41)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -154,7 +200,10 @@ def _operand(x):
     if isinstance(x, Tensor):
         return x.node, x.declarations
     if isinstance(x, numbers.Real) and not isinstance(x, bool):
-        return _number(float(x)), {}
+        try:
+            return _number(float(x)), {}
+        except OverflowError:  # 10 ** 400: infinite, as the language reads the literal 1e400
+            return _number(math.inf if x > 0 else -math.inf), {}
     raise EinderivError(f"cannot combine a symbolic tensor with {type(x).__name__}",
                         hint="use einderiv.var for every tensor input")
 
@@ -192,16 +241,17 @@ def _index_item(item) -> ast.Expr:
     return _integer(item)
 
 
-def _integer(v) -> ast.Expr:
+def _integer(v, what: str = "indices must be integers, None or slices") -> ast.Expr:
     if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise EinderivError(f"indices must be integers, None or slices, got {v!r}")
+        raise EinderivError(f"{what}, got {v!r}")
     return _number(float(v))
 
 
 def _axis(axis) -> ast.Expr:
+    what = "an axis must be an integer or a tuple of integers"
     if isinstance(axis, tuple):
-        return ast.Tuple(tuple(_integer(a) for a in axis))
-    return _integer(axis)
+        return ast.Tuple(tuple(_integer(a, what) for a in axis))
+    return _integer(axis, what)
 
 
 DIMENSION_FUNCTIONS = {"eye", "ones", "zeros", "size"}

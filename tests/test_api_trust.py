@@ -127,6 +127,38 @@ def test_a_numpy_function_of_a_symbolic_tensor_names_the_einderiv_one(call, name
     assert isinstance(info.value, EinderivError) and name in str(info.value)
 
 
+@pytest.mark.parametrize("attempt, words", [
+    (lambda x: x > 0, "cannot compare the symbolic tensor x > 0"),
+    (lambda x: x <= x, "cannot compare the symbolic tensor x <= x"),
+    (lambda x: 1 < x, "cannot compare the symbolic tensor x > 1"),
+    (lambda x: float(fn.sum(x)), "sum(x) has no value for float()"),
+    (lambda x: int(fn.sum(x)), "has no value for int()"),
+    (lambda x: round(x), "has no value for round()"),
+    (lambda x: np.ones(3)[x], "no values"),
+    (lambda x: x % 2, "has no % on tensors"),
+    (lambda x: 2 // x, "has no // on tensors"),
+    (lambda x: divmod(x, 2), "has no divmod on tensors"),
+])
+def test_what_python_does_with_values_is_a_clear_type_error(attempt, words):
+    with pytest.raises(TypeError) as info:
+        attempt(einderiv.var("x", ("n",)))
+    assert isinstance(info.value, EinderivError) and words in str(info.value)
+    assert "hint: " in str(info.value)
+
+
+def test_abs_and_huge_numbers_of_symbolic_tensors():
+    x = einderiv.var("x", ("n",))
+    v = np.array([-1.5, 2.0])
+    np.testing.assert_array_equal(einderiv.compile(abs(x))(x=v), [1.5, 2.0])
+    np.testing.assert_array_equal(einderiv.grad(fn.sum(abs(x)), "x")(x=v), [-1.0, 1.0])
+    # As the language reads the literal 1e400: infinite.
+    np.testing.assert_array_equal(einderiv.compile(x + 10 ** 400)(x=v), [np.inf, np.inf])
+    np.testing.assert_array_equal(einderiv.compile(x - 10 ** 400)(x=v), [-np.inf, -np.inf])
+    np.testing.assert_array_equal(einderiv.compile(-(10 ** 400) * x)(x=v), [np.inf, -np.inf])
+    with pytest.raises(EinderivError, match="an axis must be an integer"):
+        fn.sum(einderiv.var("X", ("n", "d")), axis=1.0)
+
+
 def test_numbers_still_combine_with_symbolic_tensors():
     x = einderiv.var("x", ("n",))
     f = einderiv.compile(fn.sum(np.float64(2.0) * x + np.int64(1) - x * np.float32(0.5)))
@@ -248,6 +280,61 @@ def test_help_describes_check_and_tol(capsys):
         cli.main(["grad", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "exit 1 when it is above --tol" in out and "default 0.0001" in out
+    assert "as the IR interpreter computes it (an independent path" in out
+
+
+# Not round-tripped: the generated code is made wrong on purpose here.
+@pytest.mark.no_roundtrip
+@pytest.mark.parametrize("kind, expr", [("grad", "sum(x * x)"), ("jacobian", "x * x"),
+                                        ("hessian", "sum(x * x * x)")])
+def test_check_does_not_trust_the_generated_code(capsys, monkeypatch, kind, expr):
+    # Generated code wrong in the same way for the value and the derivative (every result
+    # doubled): differences of the generated forward would agree with it; the IR interpreter's
+    # do not.
+    from einderiv.generate.function import GeneratedFunction
+    call = GeneratedFunction.__call__
+    monkeypatch.setattr(GeneratedFunction, "__call__",
+                        lambda self, arrays: tuple(2 * r for r in call(self, arrays)))
+    code, out, err = run(capsys, kind, expr, "--wrt", "x", "--shape", "x=n", "--check")
+    assert code == 1 and check_error(out) > 0.3 and "check failed" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (("grad", "sum(x)", "--shape", "x=" + ",".join(["n"] * 20)),
+     "the random inputs of the check would have more than 10,000,000 entries"),
+    (("grad", "sum(x)", "--shape", "x=999999999999999"), "('x' has shape (999999999999999,))"),
+    (("grad", "sum(x)", "--shape", "x=1000000000"), "the check allocates at most 10,000,000"),
+    (("grad", "sum(x)", "--shape", "x=100000"), "would perturb 100,000 entries one at a time"),
+    (("jacobian", "x * y", "--shape", "x=5000", "--shape", "y=5000"),
+     "the derivatives to check would have 25,000,000 entries"),
+    (("hessian", "sum(x)", "--shape", "x=6000"), "would have 36,000,000 entries"),
+])
+def test_check_refuses_sizes_it_cannot_afford(capsys, args, message):
+    code, out, err = run(capsys, *args, "--wrt", "x", "--check")
+    assert code == 2 and "# check" not in out and "Traceback" not in err
+    assert err.startswith("einderiv: error: ") and message in err
+    assert "give dimensions as names" in err
+
+
+def test_random_inputs_are_refused_before_they_are_allocated():
+    from einderiv.check import random_inputs
+    with pytest.raises(EinderivError, match="more than 10,000,000 entries"):
+        random_inputs({"x": (10 ** 30,), "y": ("n",)}, np.random.default_rng(0))
+    arrays = random_inputs({"x": ("n", "n"), "y": ("n",)}, np.random.default_rng(0))
+    assert arrays["x"].shape == arrays["y"].shape * 2 and 2 <= len(arrays["y"]) <= 4
+
+
+# -- C3: a repeated --shape -------------------------------------------------------------------
+
+def test_a_variable_given_two_shapes_on_the_command_line_is_an_error(capsys):
+    for second, shown in (("x=m", "[n] and [m]"), ("x=", "[n] and []"), ("x=n,n", "[n] and [n, n]")):
+        with pytest.raises(SystemExit) as info:
+            cli.main(["grad", "sum(x)", "--wrt", "x", "--shape", "x=n", "--shape", second])
+        assert info.value.code == 2
+        assert f"--shape gives 'x' two shapes: {shown}" in capsys.readouterr().err
+    code, out, _ = run(capsys, "grad", "sum(x)", "--wrt", "x", "--shape", "x=n", "--shape",
+                       "x= n")
+    assert code == 0 and out == "ones(n)\n"  # the same shape again is fine
 
 
 # -- reading standard input and rule files is bounded -----------------------------------------
