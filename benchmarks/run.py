@@ -4,6 +4,7 @@ HIPS autograd, measured in one process.
     pip install -e '.[bench]'           # the peers: jax, jaxlib, autograd, torch==2.13.0 (CPU)
     python benchmarks/run.py            # the full tables (under 10 minutes)
     python benchmarks/run.py --quick    # small sizes, few repeats: a smoke test (under a minute)
+    python benchmarks/run.py --scaling  # stage times against size of long programs (scaling.py)
 
 Everything is float64 with fixed seeds, on one thread: BLAS, torch and XLA are limited to one
 thread before numpy, torch or jax loads, so that ratios are stable on a shared machine. Every
@@ -312,7 +313,14 @@ def memory_rows(mode: str):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--scaling" in argv:  # the scaling table (benchmarks/scaling.py) takes its own options
+        import scaling
+        return scaling.main([a for a in argv if a != "--scaling"])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scaling", action="store_true",
+                        help="instead, time each stage against the size of long programs "
+                             "(benchmarks/scaling.py: its options follow)")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes, few repeats: a smoke test")
     parser.add_argument("--only", metavar="TEXT", default="",

@@ -62,3 +62,44 @@ def test_quick_run_without_the_peers_skips_them():
     for peer in PEERS:
         assert f"skipped {peer}" in done.stdout
         assert not any(peer in who for who in rows.values())
+
+
+SCALING = ROOT / "benchmarks" / "scaling.py"
+# A row of the scaling table: workload, size, four stage times and their total, then the
+# growth over the previous size (absent on a workload's first row), rss MB, call/in.
+SCALING_ROW = re.compile(r"^(?P<workload>\S+)\s+(?P<size>\d+)\s+(?P<times>(?:[\d.]+ s\s+){5})"
+                         r"(?P<growth>[\d.]+x \([\d.]+x\)\s+)?\d+\s+[\d.]+x$")
+
+
+@pytest.mark.no_roundtrip
+def test_quick_scaling_prints_a_row_per_size_with_growth():
+    # The table's shape, not its timings (issue 11).
+    done = subprocess.run([sys.executable, str(SCALING), "--quick"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert re.search(r"workload\s+size\s+derive\s+vectorize\s+generate\s+first call\s+total"
+                     r"\s+growth", done.stdout), done.stdout
+    rows: dict = {}
+    for line in done.stdout.splitlines():
+        m = SCALING_ROW.match(line)
+        if m:
+            rows.setdefault(m["workload"], []).append((int(m["size"]), bool(m["growth"])))
+    assert set(rows) == {"rnn", "rnn-h", "lstm", "sum", "product", "chain", "slice"}, \
+        done.stdout
+    for workload, sizes in rows.items():
+        assert len(sizes) == 2 and sizes[0][0] < sizes[1][0], (workload, done.stdout)
+        assert [grew for _, grew in sizes] == [False, True], (workload, done.stdout)
+    assert "0 failed sizes" in done.stdout
+
+
+@pytest.mark.no_roundtrip
+def test_a_size_that_times_out_is_a_row_and_the_larger_ones_are_skipped():
+    done = subprocess.run([sys.executable, str(RUN), "--scaling", "--quick", "--workload", "sum",
+                           "--timeout", "0.01"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("sum ")]
+    assert len(lines) == 2, done.stdout
+    assert "FAILED timed out after 0.01 s" in lines[0]
+    assert "skipped: a smaller size timed out" in lines[1]
+    assert "1 failed sizes" in done.stdout
