@@ -121,7 +121,18 @@ class Plan:
         slot = {id(n): i for i, n in enumerate(self.order)}
         steps = [None if isinstance(n, Var) else _step(n, slot, env, self.rules, dtype)
                  for n in self.order]
-        return steps, [slot[id(r)] for r in self.roots], dtype
+        roots = [slot[id(r)] for r in self.roots]
+        # A window that every contraction using it turned into slices and pads is never
+        # built: np.eye(p, m) for x[:p] of x[m] would be p * m entries.
+        read = set(roots)
+        for n, step in zip(self.order, steps):
+            if isinstance(step, ContractionStep):
+                read.update(src for src, _ in step.sources)
+            elif step is not None:
+                read.update(slot[id(c)] for c in n.children())
+        steps = [_skip if isinstance(n, (Delta, Unit)) and i not in read else step
+                 for i, (n, step) in enumerate(zip(self.order, steps))]
+        return steps, roots, dtype
 
 
 def reject_unknown(arrays: dict, known) -> None:
@@ -207,7 +218,7 @@ def _step(node: Node, slot: dict, env: dict, rules: RuleBook, dtype) -> Step:
         return lambda s: value
     if isinstance(node, Delta):
         rows, cols, off = check_structured(node, env)
-        return _constant(np.eye(rows, cols, k=off, dtype=dtype))
+        return _lazy(lambda: np.eye(rows, cols, k=off, dtype=dtype))
     if isinstance(node, Unit):
         size, pos = check_structured(node, env)
         value = np.zeros(size, dtype=dtype)
@@ -223,6 +234,22 @@ def _step(node: Node, slot: dict, env: dict, rules: RuleBook, dtype) -> Step:
     if isinstance(node, Contract):
         return ContractionStep(node, slot, env, dtype)
     raise EinderivError(f"cannot evaluate {type(node).__name__}")
+
+
+def _skip(s):
+    return None
+
+
+def _lazy(make) -> Step:
+    """A constant built on the first call: a plan whose contractions all slice a window
+    never allocates it."""
+    box = []
+
+    def step(s):
+        if not box:
+            box.append(_constant(make())(s))
+        return box[0]
+    return step
 
 
 def _constant(value: np.ndarray) -> Step:
@@ -303,7 +330,8 @@ class ContractionStep:
                 self.scale *= child.value
             else:
                 ops.append([child, slot[id(child)], list(labels)])
-        ops = self._resolve_structured(ops, out, env)
+        self.pads: dict = {}  # output label -> (before, after): a window's adjoint, padded
+        ops = self._resolve_structured(ops, out, env, self.pads)
         self.sources = [(src, idx) for _, src, idx, _ in ops]
         present = [l for _, _, _, ls in ops for l in ls]
         self.out_present = [l for l in out if l in present]
@@ -316,12 +344,20 @@ class ContractionStep:
         else:
             self.expr = None
         self.final_shape = tuple(sizes[l] for l in out)
+        # Before padding, a padded output axis has the window's length.
+        inner = {l: sizes[l] - sum(self.pads[l]) if l in self.pads else sizes[l] for l in out}
         self.expand = len(self.out_present) != len(out)
-        self.keep_shape = tuple(sizes[l] if l in self.out_present else 1 for l in out)
+        self.keep_shape = tuple(inner[l] if l in self.out_present else 1 for l in out)
+        self.expand_shape = tuple(inner[l] for l in out)
+        self.pad_widths = [self.pads.get(l, (0, 0)) for l in out] if self.pads else None
 
     @staticmethod
-    def _resolve_structured(ops, out, env):
-        """Turn Unit/Delta operands on summed labels into picks and slices of their partners."""
+    def _resolve_structured(ops, out, env, pads):
+        """Turn Unit/Delta operands on summed labels into picks and slices of their partners.
+
+        A window whose column is an output label and whose row is summed (a slice's adjoint)
+        instead narrows the other operands on the column to the window, renames its row to
+        the column, and records a pad of that output axis: O(size), never a dense matrix."""
         result = [[child, src, [slice(None)] * len(ls), ls] for child, src, ls in ops]
         changed = True
         while changed:
@@ -334,6 +370,12 @@ class ContractionStep:
                     new_label, label = ls
                     off = size_of(child.offset, env)
                     index = slice(off, off + size_of(child.shape[0], env))
+                    if label in out and new_label not in out and label not in pads:
+                        if _adjoint_window(result, k, new_label, label, index, pads,
+                                           size_of(child.shape[1], env)):
+                            changed = True
+                            break
+                        continue
                 else:
                     continue
                 # Every other operand on the label is narrowed, deltas and units included
@@ -359,8 +401,29 @@ class ContractionStep:
         if self.scale != 1.0:
             value = self.scale * value
         if self.expand:
-            value = np.broadcast_to(np.reshape(value, self.keep_shape), self.final_shape)
+            value = np.broadcast_to(np.reshape(value, self.keep_shape), self.expand_shape)
+        if self.pad_widths is not None:
+            value = np.pad(value, self.pad_widths)
         return value
+
+
+def _adjoint_window(result, k, row, col, window: slice, pads, cols) -> bool:
+    """Delta result[k] over (row summed, col in the output): narrow every other operand on
+    `col` to the window, relabel the operands on `row` to `col`, pad `col` afterwards.
+    False (nothing changed) unless some plain array carries `row` exactly once each."""
+    rows = [r for j, r in enumerate(result) if j != k and row in r[3]]
+    if not rows or any(_structured(r[0]) or r[3].count(row) != 1 for r in rows):
+        return False
+    for j, r in enumerate(result):
+        if j != k and col in r[3]:
+            _narrow(r, col, window, col)
+            if _structured(r[0]):
+                r[0] = None
+    for r in rows:
+        r[3] = [col if l == row else l for l in r[3]]
+    pads[col] = (window.start, cols - window.stop)
+    del result[k]
+    return True
 
 
 def _structured(child) -> bool:

@@ -230,21 +230,65 @@ def _pad(call, args, scope):
                          f"rank-{x.rank} argument", widths.span or call.span)
     labels, out, ops = list(range(x.rank)), [], []
     for axis, pair in enumerate(pairs):
-        before, after = (_dimension(e, scope, "a pad width") for e in pair.items)
+        before = _dimension(pair.items[0], scope, "a pad width")
+        dim = x.shape[axis]
+        try:
+            after = _dimension(pair.items[1], scope, "a pad width")
+        except ParseError:  # `m - p`: a difference of dimensions, as a slice's gradient has it
+            after = _width_sum(pair.items[1], scope)
+            if after is None:
+                raise
         if before == Dim(None, 0) and after == Dim(None, 0):
             out.append(axis)
             continue
-        dim = x.shape[axis]
         try:
-            padded = dim + before + after
+            padded = _dims_sum([(1, dim), (1, before), *after]) if isinstance(after, list) \
+                else dim + before + after
         except ValueError:
-            raise ShapeError(f"pad(): {dim} + {before} + {after} is not a dimension",
+            from ..parse.unparse import unparse
+            shown = " + ".join(f"({unparse(e)})" if isinstance(e, ast.BinOp) else unparse(e)
+                               for e in pair.items)
+            raise ShapeError(f"pad(): {dim} + {shown} is not a dimension",
                              pair.span or call.span,
-                             hint="at most one of the size and the widths may be named") from None
+                             hint="the size and the widths must add up to one name plus an "
+                                  "integer, e.g. pad(y, (0, m - p)) for y of size p") from None
         new = 100 + axis
         ops.append((Delta(dim, padded, before), (axis, new)))
         out.append(new)
     return build.contract(tuple(out), [(x, tuple(labels)), *ops])
+
+
+def _width_sum(expr, scope):
+    """A pad width written as a sum of dimensions (`m - p`, `m - (p + 3)`): [(sign, Dim)], or
+    None when it is not one. A Dim holds one name; the padded size must, which _dims_sum checks.
+    """
+    if isinstance(expr, ast.BinOp) and expr.op in "+-":
+        left, right = _width_sum(expr.left, scope), _width_sum(expr.right, scope)
+        if left is None or right is None:
+            return None
+        return left + [(s if expr.op == "+" else -s, d) for s, d in right]
+    if isinstance(expr, ast.Name):
+        return [(1, _dimension(expr, scope))]
+    from .lower import constant_int
+    try:
+        return [(1, Dim(None, constant_int(expr, "a pad width")))]
+    except ParseError:
+        return None
+
+
+def _dims_sum(terms) -> Dim:
+    """The Dim that the signed sum of dimensions is (names must cancel to at most one with
+    coefficient 1); ValueError otherwise."""
+    names: dict[str, int] = {}
+    offset = 0
+    for sign, d in terms:
+        offset += sign * d.offset
+        if d.name is not None:
+            names[d.name] = names.get(d.name, 0) + sign
+    named = [(n, c) for n, c in names.items() if c]
+    if len(named) > 1 or (named and named[0][1] != 1):
+        raise ValueError("not a dimension")
+    return Dim(named[0][0] if named else None, offset)
 
 
 def _stack(call, args, scope):

@@ -76,7 +76,8 @@ class ContractionTranslator:
         self._diagonals()
         self._lonely_sums()
         while len(self.terms) > 1:
-            if not (self._diag_embed() or self._hadamard() or self._pair() or self._spread()):
+            if not (self._pads() or self._diag_embed() or self._hadamard() or self._pair()
+                    or self._spread()):
                 self._einsum_all()
             self._lonely_sums()
         if not self.terms:
@@ -128,6 +129,12 @@ class ContractionTranslator:
                 changed = True
                 break
 
+    def _pads(self) -> bool:
+        """A window left over by _select because several terms carried its row: now that
+        they may have been multiplied into one, its adjoint is a pad after all."""
+        return any(isinstance(t.node, Delta) and t.labels[0] != t.labels[1] and self._pad(t)
+                   for t in self.terms)
+
     def _pad(self, sel: Term) -> bool:
         """A window whose row index is summed against one partner: the partner, padded with
         zeros to the window's columns (`pad(g, (1, 0))`): the adjoint of a slice, in O(n)."""
@@ -137,17 +144,13 @@ class ContractionTranslator:
         if row in self.out or len(partners) != 1 or partners[0].labels.count(row) != 1 \
                 or col in partners[0].labels:
             return False
-        rows, cols = node.shape
-        try:
-            after = cols - rows - node.offset
-        except ValueError:
-            return False
         (p,) = partners
         axis = p.labels.index(row)
         zero = ast.Tuple((number(0), number(0)))
         widths = [zero] * len(p.labels)
-        widths[axis] = ast.Tuple((dimension(node.offset), dimension(after)))
-        p.expr = ast.Call("pad", (p.expr, ast.Tuple(tuple(widths))))
+        widths[axis] = ast.Tuple((dimension(node.offset), _rest(node)))
+        if not node.is_identity:  # the identity only renames the index
+            p.expr = ast.Call("pad", (p.expr, ast.Tuple(tuple(widths))))
         p.labels = p.labels[:axis] + (col,) + p.labels[axis + 1:]
         p.node = None
         self.terms = [t for t in self.terms if t is not sel]
@@ -305,6 +308,23 @@ class ContractionTranslator:
         if isinstance(aligned, ast.Number) and aligned.value in (0.0, 1.0):
             return ones if aligned.value else ast.Call("zeros", ones.args)
         return ast.BinOp("*", aligned, ones)
+
+
+def _rest(window: Delta) -> ast.Expr:
+    """The zeros after a window: `cols - offset - rows`, a dimension when it is one (`m - 1`,
+    `3`), else written as the difference (`m - p` for x[:p] of x[m]: a Dim holds one name),
+    which the code computes from the sizes at run time and `pad()` reads back."""
+    rows, cols = window.shape
+    try:
+        return dimension(cols - rows - window.offset)
+    except ValueError:
+        pass
+    try:
+        end = rows + window.offset
+    except ValueError:  # two names in the window's end (offset q, rows p): cols - q - p
+        return ast.BinOp("-", ast.BinOp("-", dimension(cols), dimension(window.offset)),
+                         dimension(rows))
+    return ast.BinOp("-", dimension(cols), dimension(end))
 
 
 def _reciprocal(expr):
