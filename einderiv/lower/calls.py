@@ -53,8 +53,8 @@ def lower_call(call: ast.Call, args: list[Node], scope) -> Node:
     if f.kind == "elementwise":
         _no_keywords(call)
         _arity(call, f.arity, f.arity)
-        from .lower import text_of
-        return build.elementwise(name, args, [text_of(a) for a in call.args])
+        from .lower import LazyText
+        return build.elementwise(name, args, [LazyText(a) for a in call.args])
     if f.kind == "tensor":
         return _tensor_primitive(call, f, args, scope)
     return _expand_definition(call, f, args, scope)
@@ -145,8 +145,8 @@ def _dot(call, args, scope):
     if a.rank == 0 or b.rank == 0:
         return build.multiply(a, b)
     if a.rank <= 2 and b.rank <= 2:
-        from .lower import text_of
-        return build.matmul(a, b, (text_of(call.args[0]), text_of(call.args[1])))
+        from .lower import LazyText
+        return build.matmul(a, b, (LazyText(call.args[0]), LazyText(call.args[1])))
     kb = b.shape[-1] if b.rank == 1 else b.shape[-2]
     if a.shape[-1] != kb:
         raise ShapeError(f"dot(): {show_shape(a.shape)} and {show_shape(b.shape)} do not align "

@@ -122,6 +122,22 @@ def text_of(expr: ast.Expr) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+class LazyText:
+    """`text_of(expr)`, computed only when an error message prints it: lowering names both
+    operands of every operation, and unparsing them eagerly was most of its time."""
+
+    __slots__ = ("expr",)
+
+    def __init__(self, expr: ast.Expr):
+        self.expr = expr
+
+    def __str__(self) -> str:
+        return text_of(self.expr)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
 def lower_expr(root: ast.Expr, scope: Scope) -> Node:
     """Lower one expression, children first, with an explicit stack."""
     done: dict[int, Node] = {}
@@ -158,7 +174,7 @@ def _lower_one(expr: ast.Expr, args: list[Node], scope: Scope) -> Node:
         return scope.lookup(expr.id, expr.span)
     if isinstance(expr, ast.BinOp):
         a, b = args
-        names = (text_of(expr.left), text_of(expr.right))
+        names = (LazyText(expr.left), LazyText(expr.right))
         if expr.op == "+":
             return build.binary_add(a, b, 1.0, names)
         if expr.op == "-":

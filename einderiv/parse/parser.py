@@ -16,7 +16,11 @@ from lark import Transformer_NonRecursive, v_args
 from ..errors import ParseError, Span
 from . import ast
 
+# One statement (what a person writes on a line) is at most MAX_SOURCE_CHARS characters; a
+# program of many statements, such as the formula printed for a long unrolled network (each
+# line short, cut into temporaries), at most MAX_PROGRAM_CHARS, so that every formula parses back.
 MAX_SOURCE_CHARS = 200_000
+MAX_PROGRAM_CHARS = 4_000_000
 MAX_NESTING = 200
 
 # Characters people paste from papers and word processors, and the ASCII they stand for.
@@ -56,9 +60,9 @@ def parse(source: str) -> ast.Program:
     """Parse a source text into a `Program`; raise `ParseError` with a caret on bad input."""
     if not isinstance(source, str):
         raise ParseError(f"expected the expression as a string, got {type(source).__name__}")
-    if len(source) > MAX_SOURCE_CHARS:
+    if len(source) > MAX_PROGRAM_CHARS:
         raise ParseError(f"source is too long: {len(source)} characters, the limit is "
-                         f"{MAX_SOURCE_CHARS}",
+                         f"{MAX_PROGRAM_CHARS}",
                          hint="build very large expressions in Python with einderiv.var")
     _check_characters(source)
     _check_nesting(_blank_comments(source))
@@ -177,7 +181,9 @@ def _check_characters(source: str) -> None:
 
 
 def _check_nesting(source: str) -> None:
-    depth = 0
+    """Brackets nest at most MAX_NESTING deep, and a statement (ended by a new line or ';'
+    outside brackets) is at most MAX_SOURCE_CHARS long."""
+    depth, start = 0, 0
     for pos, ch in enumerate(source):
         if ch in "([":
             depth += 1
@@ -187,6 +193,13 @@ def _check_nesting(source: str) -> None:
                                  hint="bind intermediate results to names: 't = ...'")
         elif ch in ")]" and depth > 0:
             depth -= 1
+        elif ch in "\n;" and depth == 0:
+            start = pos + 1
+        if pos - start >= MAX_SOURCE_CHARS:
+            raise ParseError(f"statement is too long: more than {MAX_SOURCE_CHARS} characters",
+                             Span(source, start, start + 1),
+                             hint="bind intermediate results to names: 't = ...', or build "
+                                  "very large expressions in Python with einderiv.var")
 
 
 def _span(builder, meta) -> Span | None:

@@ -210,10 +210,15 @@ class _Batcher:
     def _reduced_only(self, members: list[Node]) -> bool:
         """Every use of every member is a term of a sum over all of them."""
         ids = {id(m) for m in members}
-        return not ids & self.root_ids and all(
+        if ids & self.root_ids:
+            return False
+        # Each distinct user is checked once: the members of a T-step group share one sum of T
+        # terms, and checking it per member would be quadratic in T.
+        users = {id(u): u for m in members for u in self.users[id(m)]}
+        return all(
             isinstance(u, Add) and ids <= {id(t) for _, t in u.terms} and
             len({c for c, t in u.terms if id(t) in ids}) == 1
-            for m in members for u in self.users[id(m)])
+            for u in users.values())
 
     def lift(self, olds: tuple[Node, ...], lanes: int, depth: int, top=False):
         """The batched node for `olds` (one per lane) as (node, has the lane axis); for `top`,
