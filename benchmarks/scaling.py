@@ -225,7 +225,7 @@ def run_size(name: str, size: int, timeout: float, memory_gb: float) -> dict:
 
 
 STAGES = ["derive", "vectorize", "generate", "first call"]
-HEADER = (f"{'workload':<8} {'size':>7}  " + " ".join(f"{s:>10}" for s in STAGES)
+HEADER = (f"{'workload':<8} {'size':>8}  " + " ".join(f"{s:>10}" for s in STAGES)
           + f" {'total':>9} {'growth':>14} {'rss MB':>8} {'call/in':>8}")
 
 
@@ -243,7 +243,7 @@ def format_row(name: str, size: int, row: dict, previous: tuple | None) -> str:
     rss = f"{row['rss'] / 2 ** 20:.0f}" if "rss" in row else "-"
     ratio = (f"{row['call peak'] / row['inputs']:.2f}x" if "call peak" in row
              and row.get("inputs") else "-")
-    line = (f"{name:<8} {size:>7}  " + " ".join(f"{secs(t):>10}" for t in times)
+    line = (f"{name:<8} {size:>8}  " + " ".join(f"{secs(t):>10}" for t in times)
             + f" {secs(total):>9} {growth:>14} {rss:>8} {ratio:>8}")
     if "error" in row:
         line += f"  FAILED {row['error']}"
@@ -283,7 +283,7 @@ def main(argv=None) -> int:
         skipping = False
         for size in sizes(name, args.quick):
             if skipping:
-                print(f"{name:<8} {size:>7}  skipped: a smaller size timed out", flush=True)
+                print(f"{name:<8} {size:>8}  skipped: a smaller size timed out", flush=True)
                 continue
             row = run_size(name, size, args.timeout, args.memory_limit)
             print(format_row(name, size, row, previous), flush=True)
