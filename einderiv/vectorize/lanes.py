@@ -150,6 +150,8 @@ class _Batcher:
         expands = _expands(members[0])
         if expands and not self._reduced_only(members):
             return False  # an outer product per step: batching would materialize lanes x m x n
+        if self._recurrent(members) and not self._parts(members):
+            return False  # decided without building a stack of every step's input
         self.inputs: list[Node] = []
         self.stacks: list[tuple[Node, list[Node]]] = []
         self.heavy = expands
@@ -168,9 +170,7 @@ class _Batcher:
             if id(stack) not in self.index:
                 self.items[id(stack)] = nodes
         ready = max((self._position(n) for n in self.inputs), default=-1.0)
-        used = min([self.index[id(u)] for m in members for u in self.users[id(m)]] +
-                   [p for m in members for p in self.consumers[id(m)]],
-                   default=len(self.order))
+        used = self._first_use(members)
         if ready >= used:
             return False
         here = (ready + used) / 2
@@ -184,6 +184,20 @@ class _Batcher:
         for row, m in enumerate(members):
             self.rows[id(m)] = self.placed[id(m)] = (batched, row)
         return True
+
+    def _first_use(self, members: list[Node]) -> float:
+        return min([self.index[id(u)] for m in members for u in self.users[id(m)]] +
+                   [p for m in members for p in self.consumers[id(m)]],
+                   default=len(self.order))
+
+    def _recurrent(self, members: list[Node]) -> bool:
+        """Whether batching is sure to fail the validity check of `_batch`: some per-step input
+        (a hole of a member's signature, not itself batched, so it stays where it is in the
+        order) comes after a use of a member. That is the recurrence `h_t` from `h_{t-1}`, and
+        building its stack of every step first made each such group cost O(steps) nodes."""
+        floor = max((self.index[id(e)] for m in members for e in self.signature[id(m)]
+                     if not isinstance(e, int) and id(e) not in self.rows), default=-1)
+        return floor >= self._first_use(members)
 
     def _parts(self, members: list[Node]) -> list[list[Node]]:
         """The members split by the batches or stacks their per-step inputs are rows of."""
