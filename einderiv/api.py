@@ -12,6 +12,7 @@ from .generate.formula import format_formula
 from .generate.function import GeneratedFunction
 from .generate.python import generate
 from .vectorize import vectorize
+from .vectorize.gc_pause import paused_gc
 from .ir.einstein import format_program
 from .lower.lower import Lowered, lower
 from .parse import parse
@@ -298,11 +299,13 @@ def _first_derivatives(kind: str, expr, wrt, shapes, backend: str, jacobian: boo
     _check_backend(backend)
     names, many = _wrt_list(wrt)
     rules = default_rulebook()
-    lowered = lower_source(expr, shapes, rules)
-    if not jacobian:
-        _scalar_output(lowered, kind)
-    distinct, positions = _distinct(names)
-    roots = derivatives(lowered.root, _variables(lowered, distinct), rules, jacobian=jacobian)
+    with paused_gc():  # a long program's IR: see paused_gc
+        lowered = lower_source(expr, shapes, rules)
+        if not jacobian:
+            _scalar_output(lowered, kind)
+        distinct, positions = _distinct(names)
+        roots = derivatives(lowered.root, _variables(lowered, distinct), rules,
+                            jacobian=jacobian)
     labels = [f"d{n}" for n in distinct]
     if with_value:
         roots, labels = [lowered.root, *roots], ["out", *labels]

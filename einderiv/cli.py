@@ -243,11 +243,13 @@ def _read_expression(text: str) -> str:
     if text != "-":
         return text
     from .errors import ParseError
-    from .parse.parser import MAX_SOURCE_CHARS
-    # One character more than the parser accepts tells that it is too long: `< /dev/zero` ends.
-    source = sys.stdin.read(MAX_SOURCE_CHARS + 1)
-    if len(source) > MAX_SOURCE_CHARS:
-        raise ParseError(f"standard input is too long: more than {MAX_SOURCE_CHARS} characters",
+    from .parse.parser import MAX_PROGRAM_CHARS
+    # Standard input may hold a whole program (a long network's formula, many statements), so
+    # it is read up to the program limit; the parser checks each statement's own limit. One
+    # character more than the parser accepts tells that it is too long: `< /dev/zero` ends.
+    source = sys.stdin.read(MAX_PROGRAM_CHARS + 1)
+    if len(source) > MAX_PROGRAM_CHARS:
+        raise ParseError(f"standard input is too long: more than {MAX_PROGRAM_CHARS} characters",
                          hint="build very large expressions in Python with einderiv.var")
     return source
 

@@ -340,17 +340,31 @@ def test_a_variable_given_two_shapes_on_the_command_line_is_an_error(capsys):
 # -- reading standard input and rule files is bounded -----------------------------------------
 
 def test_standard_input_is_read_up_to_the_limit(capsys, monkeypatch):
-    from einderiv.parse.parser import MAX_SOURCE_CHARS
+    from einderiv.parse.parser import MAX_PROGRAM_CHARS
+    asked = []
 
     class Endless(io.TextIOBase):
         def read(self, n=-1):
             if n is None or n < 0:
                 raise AssertionError("read without a limit")
+            asked.append(n)
             return "\0" * n
     monkeypatch.setattr(sys, "stdin", Endless())
     code, out, err = run(capsys, "grad", "-", "--wrt", "x")
     assert code == 2 and out == ""
-    assert f"standard input is too long: more than {MAX_SOURCE_CHARS} characters" in err
+    assert asked == [MAX_PROGRAM_CHARS + 1]
+    assert f"standard input is too long: more than {MAX_PROGRAM_CHARS} characters" in err
+
+
+def test_standard_input_holds_a_program_longer_than_one_statement(capsys, monkeypatch):
+    # A whole program (a long network's formula) may exceed one statement's limit.
+    from einderiv.parse.parser import MAX_SOURCE_CHARS
+    source = "y = x * x\n" * (MAX_SOURCE_CHARS // 10 + 1) + "sum(y)"
+    assert len(source) > MAX_SOURCE_CHARS
+    monkeypatch.setattr(sys, "stdin", io.StringIO(source))
+    code, out, err = run(capsys, "grad", "-", "--wrt", "x", "--shape", "x=n")
+    assert code == 0, err
+    assert "2 * x" in out
 
 
 @pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")

@@ -178,3 +178,22 @@ def test_product_of_2000_factors():
 @slow
 def test_power_tower_30kb_gradient():
     _tower(30000)
+
+
+def test_passes_restore_the_cycle_collector():
+    # vectorize, generate and derive pause the collector (paused_gc) and give it back as found,
+    # also when they raise, and leave it off for a caller who turned it off.
+    import gc
+    from einderiv.errors import EinderivError
+    assert gc.isenabled()
+    einderiv.grad("sum(tanh(x * x))", "x", {"x": ("n",)}).source
+    assert gc.isenabled()
+    with pytest.raises(EinderivError):
+        einderiv.grad("sum(x * y)", "z", {"x": ("n",), "y": ("n",)})
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        einderiv.grad("sum(sin(x))", "x", {"x": ("n",)}).source
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

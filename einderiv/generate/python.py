@@ -18,6 +18,7 @@ import math
 from ..parse import ast
 from ..rulebook import RuleBook, default_rulebook
 from ..vectorize import VectorProgram
+from ..vectorize.gc_pause import paused_gc
 
 _PREC = {"+": 1, "-": 1, "*": 2, "/": 2, "@": 2, "neg": 3, "**": 4}
 BUILTIN_CALLS = {"sum": "_xp.sum", "mean": "_xp.mean", "tr": "_xp.trace", "trace": "_xp.trace",
@@ -41,7 +42,8 @@ def generate(program: VectorProgram, function: str = "f", rules: RuleBook | None
              preferred: tuple[str, ...] = ()) -> PythonModule:
     """`preferred`: inputs to read a dimension from first when the results use no input that
     has it (the variables a derivative is taken by: their shape is the result's)."""
-    return _Printer(program, rules or default_rulebook(), preferred).module(function)
+    with paused_gc():  # a long program's syntax trees: see paused_gc
+        return _Printer(program, rules or default_rulebook(), preferred).module(function)
 
 
 def _identity_row(e: ast.Index) -> bool:

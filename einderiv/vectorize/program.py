@@ -16,6 +16,7 @@ from ..parse import ast
 from ..rulebook import RuleBook, default_rulebook
 from .contraction import ContractionTranslator, dimension, number, scaled
 from .lanes import batch_lanes
+from .gc_pause import paused_gc
 from .share import cut_deep, share_repeats
 
 INFIX = {"div": "/", "pow": "**"}
@@ -38,6 +39,11 @@ class VectorProgram:
 def vectorize(roots: dict[str, Node], names: dict[Node, str] | None = None,
               rules: RuleBook | None = None, declared: dict | None = None) -> VectorProgram:
     """Translate `roots` (output name -> IR) into array expressions with shared temporaries."""
+    with paused_gc():
+        return _vectorize(roots, names, rules, declared)
+
+
+def _vectorize(roots, names, rules, declared) -> VectorProgram:
     rules = rules or default_rulebook()
     names = dict(names or {})
     # The user's names keep their meaning: an output label or a bound name that would rebind
