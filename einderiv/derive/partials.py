@@ -13,6 +13,7 @@ choice of `axis`.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import count
@@ -20,7 +21,7 @@ from itertools import count
 from ..errors import EinderivError, RuleError
 from ..ir import build
 from ..ir.dims import Dim
-from ..ir.nodes import Const, Delta, Map, Node, Prim
+from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Var, topological
 from ..parse import ast, parse
 from ..rulebook import RuleBook
 from ..rulebook.table import Derivative
@@ -53,17 +54,80 @@ def _missing(node, position: int, rules: RuleBook) -> RuleError:
                           f"d{param} = ...' to a rule file")
 
 
+# (rule book) -> {(function, position, argument signature): (template, placeholders)}. Only
+# frozen rule books are cached: an unfrozen one may still gain or replace rules.
+_TEMPLATES: "weakref.WeakKeyDictionary[RuleBook, dict]" = weakref.WeakKeyDictionary()
+
+
 def elementwise_partial(node: Map, position: int, rules: RuleBook) -> Node:
-    """d node / d node.args[position], elementwise: shaped like `node` (or a scalar)."""
-    from ..lower.lower import lower_expr
+    """d node / d node.args[position], elementwise: shaped like `node` (or a scalar).
+
+    The rule body is lowered once per (function, position, rule book, argument shapes and
+    constants), with placeholder variables for the arguments, and each use substitutes the
+    node's arguments into that template: re-lowering the body for every `tanh` of a long
+    program was most of derivation's time.
+    """
     rule = rules.derivative(node.fn, position)
     if rule is None:
         raise _missing(node, position, rules)
-    scope = _lowering_scope(rules, dict(zip(rule.params, node.args)))
+    # Constant arguments are part of the template (the rule folds them, `x ** 2`); any other
+    # argument is opaque to lowering, so one placeholder of its shape stands for it.
+    signature = tuple((a.shape, build.constant_value(a)) for a in node.args)
+    cache = _TEMPLATES.get(rules) if rules.frozen else None
+    if cache is None and rules.frozen:
+        cache = _TEMPLATES.setdefault(rules, {})
+    key = (node.fn, position, signature)
+    entry = cache.get(key) if cache is not None else None
+    if entry is None:
+        holders = tuple(a if value is not None else Var(f"\0arg{k}", shape)
+                        for k, (a, (shape, value)) in enumerate(zip(node.args, signature)))
+        template = _lower_rule(node, rule, rules, holders)
+        entry = (template, holders, _dependents(template, holders))
+        if cache is not None:
+            cache[key] = entry
+    template, holders, steps = entry
+    return substitute(template, {h: a for h, a in zip(holders, node.args) if h is not a}, steps)
+
+
+def _lower_rule(node: Map, rule: Derivative, rules: RuleBook, args) -> Node:
+    from ..lower.lower import lower_expr
+    scope = _lowering_scope(rules, dict(zip(rule.params, args)))
     try:
         return lower_expr(rule_body(rule), scope)
     except EinderivError as e:
         raise RuleError(f"{rule.origin}: cannot apply the rule for {node.fn}: {e.message}") from None
+
+
+def _dependents(template: Node, holders) -> list[Node]:
+    """The nodes of `template` that depend on a placeholder, children first."""
+    changed = set(holders)
+    steps = []
+    for n in topological(template):
+        if n not in changed and any(k in changed for k in n.children()):
+            changed.add(n)
+            steps.append(n)
+    return steps
+
+
+def substitute(template: Node, mapping: dict[Node, Node], steps=None) -> Node:
+    """`template` with the nodes in `mapping` replaced, rebuilt through the IR builders so
+    that every fold lowering would do with the real nodes (inlined products, merged terms,
+    cancelled reciprocals) is done here too; no recursion. `steps`: `_dependents(template,
+    mapping)`, when known."""
+    if not mapping:
+        return template
+    new: dict[Node, Node] = dict(mapping)
+    for n in steps if steps is not None else _dependents(template, mapping):
+        if isinstance(n, Map):
+            new[n] = build.elementwise(n.fn, [new.get(a, a) for a in n.args])
+        elif isinstance(n, Contract):
+            new[n] = build.contract(n.out, [(new.get(c, c), ls) for c, ls in n.operands],
+                                    {l: n.dims[l] for l in n.out})
+        elif isinstance(n, Add):
+            new[n] = build.add([(c, new.get(t, t)) for c, t in n.terms])
+        else:  # a tensor primitive: no folds apply to its arguments
+            new[n] = Prim(n.fn, tuple(new.get(a, a) for a in n.args), n.params, n.shape)
+    return new.get(template, template)
 
 
 @dataclass

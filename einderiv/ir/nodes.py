@@ -24,6 +24,7 @@ _TABLE: "weakref.WeakValueDictionary[tuple, Node]" = weakref.WeakValueDictionary
 # replaced once its node is dead. Reentrant: a garbage collection inside the lock may run a
 # finalizer that builds nodes on this same thread.
 _CREATING = threading.RLock()
+_REFS = _TABLE.data  # key -> weak reference; the same dict object for the table's lifetime
 _NAN = float("nan")
 
 
@@ -36,7 +37,10 @@ class Node:
     @classmethod
     def _intern(cls, key: tuple, shape: tuple[Dim, ...], **fields) -> "Node":
         full = (cls, *key)
-        node = _TABLE.get(full)
+        # The hit path reads the table's own dict of weak references: `_TABLE.get` is Python
+        # code, and interning is on every node built (a dead reference falls to the lock).
+        ref = _REFS.get(full)
+        node = ref() if ref is not None else None
         if node is not None:
             return node
         with _CREATING:
