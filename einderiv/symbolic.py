@@ -289,12 +289,21 @@ class _Functions:
     def __dir__(self):
         return sorted(self._names())
 
-    @staticmethod
-    def _names() -> set[str]:
+    # (rule book, its names): a program built term by term asks once per call, and a rule
+    # book in force is frozen, so its names change only when another book is swapped in.
+    _known: tuple = (None, frozenset())
+
+    @classmethod
+    def _names(cls) -> frozenset[str]:
         from .lower.calls import BUILTINS
         from .rulebook import default_rulebook
-        return set(BUILTINS) | {n for n, f in default_rulebook().functions.items()
-                                if n not in ("div", "pow")} | {"pow"}
+        rules = default_rulebook()
+        book, names = cls._known
+        if book is not rules or not rules.frozen:
+            names = frozenset(BUILTINS) | {n for n in rules.functions
+                                           if n not in ("div", "pow")} | {"pow"}
+            cls._known = (rules, names)
+        return names
 
 
 fn = _Functions()
