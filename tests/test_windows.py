@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import einderiv
-from einderiv import EinderivError
+from einderiv import EinderivError, ShapeError
 from einderiv.symbolic import fn, var
 
 # (expression, shapes, sizes of the named dimensions, the pad the formula shows)
@@ -144,3 +144,15 @@ def test_lstm_gate_adjoints_are_pads(monkeypatch):
     for value, ir in zip(g(**arrays), g.evaluate_ir(**arrays)):
         np.testing.assert_allclose(ir, value, rtol=1e-9, atol=1e-12)
     assert calls == []
+
+
+def test_a_pad_whose_end_is_no_dimension_is_refused_when_built():
+    # Accepted once and then a raw ValueError in the vectorizer: the window q:q+p of the
+    # result cannot be indexed with one name plus an integer.
+    shapes = {"x": ("m",), "w": ("p",), "v": ("q",)}
+    for text in ("pad(w, (q, m - p - q)) * x", "sum(pad(w, (q, m - p - q)) * x)"):
+        with pytest.raises(ShapeError, match=r"the argument's end, q \+ p, is not a dimension"):
+            einderiv.compile(text, shapes)
+    f = einderiv.compile("pad(w, (2, m - p - 2)) * x", shapes)  # an integer before: fine
+    x, w = np.arange(7.0), np.array([1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(f(x=x, w=w), np.pad(w, (2, 2)) * x)

@@ -242,6 +242,15 @@ def _pad(call, args, scope):
             out.append(axis)
             continue
         try:
+            dim + before  # noqa: B018 - a ValueError for two different names
+        except ValueError:
+            # The window's end is an index of the result (its adjoint slices there), so it
+            # must be one name plus an integer, like every dimension.
+            raise ShapeError(f"pad(): the argument's end, {before} + {dim}, is not a dimension",
+                             pair.items[0].span or pair.span or call.span,
+                             hint="before an argument of named size, pad by an integer: a "
+                                  "dimension is one name plus an integer") from None
+        try:
             padded = _dims_sum([(1, dim), (1, before), *after]) if isinstance(after, list) \
                 else dim + before + after
         except ValueError:
