@@ -21,6 +21,7 @@ import pytest
 
 import einderiv
 from einderiv import api
+from einderiv.generate.formula import output_programs
 from einderiv.ir.nodes import topological
 from einderiv.rulebook.table import using_rules
 
@@ -151,22 +152,6 @@ def _abridged(formula: str, lines: int = 24, width: int = 400) -> list[str]:
     return [t if len(t) <= width else t[:width] + f" ... ({len(t)} characters)" for t in text]
 
 
-def _output_programs(result, formula: str) -> list[tuple[str, str]]:
-    """(output name, program text) for each output: the lines up to the one defining it. An
-    output that other outputs use is defined where it is first needed, not necessarily last."""
-    names = [name for name, _ in result.program.outputs]  # as printed: never a user's name
-    lines = formula.split("\n")
-    if len(names) == 1:
-        return [(names[0], formula)]
-    programs = []
-    for name in names:
-        where = [i for i, line in enumerate(lines) if line.startswith(f"{name} = ")]
-        if not where:
-            raise AssertionError(f"output '{name}' has no line '{name} = ...'")
-        programs.append((name, "\n".join(lines[:where[0] + 1])))
-    return programs
-
-
 def _check_result(result, calls) -> list[str]:
     problems = []
     head = f"expression: {_source(result)!r} ({type(result).__name__}"
@@ -178,8 +163,8 @@ def _check_result(result, calls) -> list[str]:
     shown = "\n    ".join(_abridged(formula))
     head += f"\n  formula:\n    {shown}"
     try:
-        programs = _output_programs(result, formula)
-    except AssertionError as e:
+        programs = output_programs(formula, [name for name, _ in result.program.outputs])
+    except ValueError as e:
         return [f"{head}\n  {e}"]
     shapes = _shapes(result)
     ir_size = len(topological(*result.roots.values()))

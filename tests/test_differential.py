@@ -58,6 +58,7 @@ import pytest
 
 import einderiv
 from einderiv import EinderivError
+from einderiv.generate.formula import output_programs
 
 SEED = 20240610
 CI_PROGRAMS = 1000
@@ -941,23 +942,6 @@ def _short(a) -> str:
     return text.replace("\n", " ")
 
 
-def _formula_programs(result, formula: str) -> list[tuple[str, str]]:
-    """(printed output name, program text): the formula's lines up to the one defining it."""
-    program = result.program
-    names = [name for name, _ in program.outputs] if hasattr(program, "outputs") else list(
-        result.roots)
-    lines = formula.split("\n")
-    if len(names) == 1:
-        return [(names[0], formula)]
-    out = []
-    for name in names:
-        where = [i for i, line in enumerate(lines) if line.startswith(f"{name} = ")]
-        if not where:
-            raise AssertionError(f"output '{name}' has no line '{name} = ...' in the formula")
-        out.append((name, "\n".join(lines[:where[0] + 1])))
-    return out
-
-
 def _variant(rng, arrays: dict, kind: str) -> dict:
     """The same values in other containers."""
     out = {}
@@ -1007,8 +991,8 @@ def check_case(case: Case, verbose: bool = False) -> list[str]:
         result = _build(case)
         if case.expect == "reject":
             result(**arrays)
-            return [f"a name equal to another after NFKC was accepted, not refused "
-                    f"(EinderivError expected)"]
+            return ["a name equal to another after NFKC was accepted, not refused "
+                    "(EinderivError expected)"]
         structured = result(**arrays)
     except EinderivError as e:
         if case.expect in ("reject", "maybe"):
@@ -1098,7 +1082,7 @@ def check_case(case: Case, verbose: bool = False) -> list[str]:
         positions = list(getattr(result, "positions", range(len(slots))))
         if "..." in formula:
             problem("the formula contains an elision '...'")
-        programs = _formula_programs(result, formula)
+        programs = output_programs(formula, [name for name, _ in result.program.outputs])
         shapes = dict(case.declared)  # the formula has no inline declarations
         for k, (label, value) in enumerate(slots):
             name, text = programs[positions[k]]

@@ -25,3 +25,23 @@ def format_formula(program: VectorProgram) -> str:
         lines += [f"{name} = {unparse(expr, **_WHOLE)}" for name, expr in program.outputs
                   if not (isinstance(expr, ast.Name) and expr.id == name)]  # defined above
     return "\n".join(lines)
+
+
+def output_programs(formula: str, names: list[str]) -> list[tuple[str, str]]:
+    """Each output's own program: `(name, text)` with the formula's lines up to the one that
+    defines output `name` (an output other outputs use is defined where it is first needed, not
+    necessarily last). `names` are the printed output names, `program.outputs` in order; with
+    one output the whole formula is its program. Each text parses back through einderiv.
+
+    Raises ValueError when an output has no `name = ...` line.
+    """
+    lines = formula.split("\n")
+    if len(names) == 1:
+        return [(names[0], formula)]
+    programs = []
+    for name in names:
+        where = next((i for i, line in enumerate(lines) if line.startswith(f"{name} = ")), None)
+        if where is None:
+            raise ValueError(f"output '{name}' has no line '{name} = ...' in the formula")
+        programs.append((name, "\n".join(lines[:where + 1])))
+    return programs
