@@ -526,6 +526,22 @@ def _logistic_case():
                     "huge": pt(X=np.eye(4), y=arr(1, -1, 1, -1), w=arr(1e5, 1e5, -800, -800))})
 
 
+def _abs_squared_linear_case():
+    """A smooth function written with a kink: its Hessian is 2 A.T @ A wherever A @ x has
+    zeros too."""
+    A = [[1, 2], [-2, 1], [1, -0.5]]
+    return Case("abs_squared_linear", "abs(A @ x) ** 2", "sum(abs(A @ x) ** 2)",
+                {"A": ("m", "n"), "x": ("n",)}, "x",
+                value=lambda e: ew(lambda t: t * t, e["A"] @ e["x"]),
+                grad=lambda e: 2 * e["A"].T @ (e["A"] @ e["x"]),
+                hess=lambda e: 2 * e["A"].T @ e["A"],
+                scalar=lambda e: sum(ew(lambda t: t * t, e["A"] @ e["x"])), elementwise=True,
+                points={"ordinary": pt(A=A, x=arr(0.5, -1.5)),
+                        "zeros_of_A_x": pt(A=A, x=arr(2, -1)),  # A @ x = [0, -5, 2.5]
+                        "zero": pt(A=A, x=arr(0, 0)),
+                        "huge": pt(A=A, x=arr(1e5, -800))})
+
+
 def _sqrt_points():
     return {"ordinary": pt(x=arr(-1.5, -0.25, 0.75, 2, 4)),
             "issue": pt(x=arr(-1, 4)),
@@ -551,6 +567,13 @@ def _cases():
                          scale=SIGMOID_FAMILY),
         elementwise_case("softplus_rewrite_b", "log(exp(x) + 1)", softplus, sig, softplus_hess,
                          scale=SIGMOID_FAMILY),
+        # the same pattern of a compound argument, and rewrites that enable one another
+        elementwise_case("softplus_rewrite_compound", "log(1 + exp(-2 * x))",
+                         lambda t: softplus(-2 * t), lambda t: -2 * sig(-2 * t),
+                         lambda t: 4 * softplus_hess(2 * t), scale={"grad": 2, "hess": 4}),
+        elementwise_case("log_sigmoid_chain", "log(exp(x) / (1 + exp(x)))",
+                         lambda t: -softplus(-t), lambda t: sig(-t), lambda t: -sig(t) * sig(-t),
+                         scale=SIGMOID_FAMILY),
         elementwise_case("log_sigmoid_rewrite", "log(sigmoid(x))", lambda t: -softplus(-t),
                          lambda t: sig(-t), lambda t: -sig(t) * sig(-t), scale=SIGMOID_FAMILY),
         elementwise_case("log_1m_sigmoid_rewrite", "log(1 - sigmoid(x))", lambda t: -softplus(t),
@@ -563,6 +586,7 @@ def _cases():
                          lambda t: M.mpf(2), points={
                              "ordinary": pt(x=ORDINARY), "issue": pt(x=arr(0, 1)),
                              **{k: pt(x=v) for k, v in EXTREMES.items()}}),
+        _abs_squared_linear_case(),
         elementwise_case("sign_abs_rewrite", "sign(x) * abs(x)", lambda t: t, one, zero),
         # Deliver 2: a masked product is a select
         elementwise_case("sqrt_relu", "sqrt(relu(x))", sqrt_f, sqrt_d1, sqrt_d2,
