@@ -1,6 +1,7 @@
 """The Python API of SPEC §2: `compile` and the objects it returns."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 from .backends import namespace
@@ -20,6 +21,7 @@ from .parse import ast
 from .parse.parser import check_name
 from .parse.unparse import unparse
 from .rulebook import default_rulebook
+from .simplify import Rewriter
 from .symbolic import Tensor
 
 
@@ -44,6 +46,20 @@ def lower_source(expr, shapes: dict | None, rules=None) -> Lowered:
         raise EinderivError(f"shapes must be a dict of name -> shape, got {type(shapes).__name__}")
     program, shapes = to_program(expr, shapes)
     return lower(program, shapes, rules or default_rulebook())
+
+
+def rewritten(lowered: Lowered, rewriter: Rewriter) -> Lowered:
+    """`lowered` with its program in normal form under the rewrites (rules/rewrites.rules):
+    `log(1 + exp(u))` is `softplus(u)` before anything is derived or computed. The names of
+    bound temporaries follow their nodes."""
+    (root,) = rewriter([lowered.root])
+    if root is lowered.root:
+        return lowered
+    bound = dict(zip(lowered.bound, rewriter(list(lowered.bound.values()))))
+    names: dict = {}
+    for node, name in zip(rewriter(list(lowered.names)), lowered.names.values()):
+        names.setdefault(node, name)
+    return dataclasses.replace(lowered, root=root, names=names, bound=bound)
 
 
 def _check_backend(backend: str) -> None:
@@ -193,7 +209,7 @@ def compile(expr, shapes: dict | None = None, *, backend: str = "numpy") -> Comp
     """
     _check_backend(backend)
     rules = default_rulebook()
-    return Compiled(lower_source(expr, shapes, rules), backend, rules)
+    return Compiled(rewritten(lower_source(expr, shapes, rules), Rewriter(rules)), backend, rules)
 
 
 class Derived(_Result):
@@ -300,12 +316,13 @@ def _first_derivatives(kind: str, expr, wrt, shapes, backend: str, jacobian: boo
     names, many = _wrt_list(wrt)
     rules = default_rulebook()
     with paused_gc():  # a long program's IR: see paused_gc
-        lowered = lower_source(expr, shapes, rules)
+        rewriter = Rewriter(rules)
+        lowered = rewritten(lower_source(expr, shapes, rules), rewriter)
         if not jacobian:
             _scalar_output(lowered, kind)
         distinct, positions = _distinct(names)
-        roots = derivatives(lowered.root, _variables(lowered, distinct), rules,
-                            jacobian=jacobian)
+        roots = rewriter(derivatives(lowered.root, _variables(lowered, distinct), rules,
+                                     jacobian=jacobian))
     labels = [f"d{n}" for n in distinct]
     if with_value:
         roots, labels = [lowered.root, *roots], ["out", *labels]
@@ -354,12 +371,13 @@ def hessian(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy") ->
     _check_backend(backend)
     names, many = _wrt_list(wrt)
     rules = default_rulebook()
-    lowered = lower_source(expr, shapes, rules)
+    rewriter = Rewriter(rules)
+    lowered = rewritten(lower_source(expr, shapes, rules), rewriter)
     _scalar_output(lowered, "hessian")
     distinct, where = _distinct(names)
     variables = _variables(lowered, distinct)
-    grads = derivatives(lowered.root, variables, rules)
-    blocks = [derivatives(g, variables, rules, jacobian=True) for g in grads]
+    grads = rewriter(derivatives(lowered.root, variables, rules))
+    blocks = [rewriter(derivatives(g, variables, rules, jacobian=True)) for g in grads]
     roots = [b for row in blocks for b in row]
     labels = [f"d{a}d{b}" for a in distinct for b in distinct]
     k, m = len(distinct), len(names)

@@ -100,7 +100,7 @@ DERIVATIVE_EPILOG = {
     "grad": """\
 examples:
   einderiv grad "sum(log(1 + exp(-y * (X @ w))))" --wrt w --shape X=n,d --shape y=n --shape w=d
-      -(X.T @ (y / (1 + exp(y * (X @ w)))))
+      -(X.T @ (sigmoid(-(y * (X @ w))) * y))
   einderiv grad "tr(A @ X @ B)" --wrt X --shape A=p,m --shape X=m,n --shape B=n,p --check
   einderiv grad "x @ A @ x" --wrt x --shape A=n,n --shape x=n --format all
   einderiv grad "W: [h, d]; b: [h]; x: [d]; sum(tanh(W @ x + b))" --wrt W --wrt b
@@ -369,7 +369,7 @@ def _rules_with(paths, allow_imports: bool):
 
 def _rules_list(args) -> int:
     from .errors import UnknownNameError, did_you_mean
-    from .rulebook.table import Derivative
+    from .rulebook.table import Derivative, Rewrite
     # Listing only prints the rules: nothing is resolved or imported, so any file may be listed.
     book = _rules_with(args.tables, allow_imports=True)
     for name in args.names:
@@ -378,6 +378,10 @@ def _rules_list(args) -> int:
                                    hint=did_you_mean(name, book.functions))
     rows = []
     for rule in book.in_file_order():
+        if isinstance(rule, Rewrite):  # listed with each function it calls
+            if not args.names or set(args.names) & set(rule.functions):
+                rows.append((_shown(rule.origin), f"rewrite {rule.pattern}", rule.replacement))
+            continue
         name = rule.function if isinstance(rule, Derivative) else rule.name
         if args.names and name not in args.names:
             continue
@@ -395,7 +399,7 @@ def _rules_check(args) -> int:
     import time
 
     from .rulebook import Function, default_rulebook
-    from .rulebook.table import Derivative
+    from .rulebook.table import Derivative, Rewrite
     from .rulebook.verify import TOLERANCE, check_tables
     paths = [Path(p) for p in args.files]
     book = _rules_with(paths, args.allow_imports) if paths else default_rulebook()
@@ -423,9 +427,13 @@ def _rules_check(args) -> int:
         return 0
     derivatives = sum(1 for c in checks if isinstance(c.rule, Derivative))
     functions = len({c.rule.name for c in checks if isinstance(c.rule, Function)})
-    summary = (f"checked {_count(derivatives, 'derivative rule')} and "
-               f"{_count(functions, 'function')} in "
-               f"{seconds:.2f} s (errors relative to central finite differences, tolerance "
+    rewrites = sum(1 for c in checks if isinstance(c.rule, Rewrite))
+    counted = [_count(derivatives, 'derivative rule'), _count(functions, 'function')]
+    if rewrites:
+        counted.append(_count(rewrites, "rewrite"))
+    summary = (f"checked {', '.join(counted[:-1])} and {counted[-1]} in "
+               f"{seconds:.2f} s (errors relative to central finite differences"
+               f"{', or between the sides of a rewrite' if rewrites else ''}, tolerance "
                f"{TOLERANCE:.0e}): ")
     failed = list(dict.fromkeys(_shown(c.origin) for c in checks if not c.ok))
     if failed:

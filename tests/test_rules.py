@@ -37,7 +37,7 @@ def test_every_function_of_the_spec_is_known():
 
 def test_rules_ship_with_the_package():
     assert sorted(p.name for p in rules_dir().glob("*.rules")) == [
-        "definitions.rules", "elementwise.rules", "tensor.rules"]
+        "definitions.rules", "elementwise.rules", "rewrites.rules", "tensor.rules"]
 
 
 @pytest.mark.parametrize("wrong", [

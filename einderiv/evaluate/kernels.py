@@ -63,6 +63,17 @@ def logsumexp(x, axis=None):
     return xp.squeeze(out, axis=axes)
 
 
+def log_softmax(x, axis=-1):
+    """log(softmax(x)) as x - logsumexp(x): finite where softmax underflows to 0."""
+    xp = _xp(x)
+    axes = _axes(axis, x.ndim)
+    if any(x.shape[a] == 0 for a in axes):  # no entries to normalize; max() would fail
+        return x
+    m = xp.max(x, axis=axes, keepdims=True)
+    shifted = x - xp.where(xp.isfinite(m), m, xp.zeros_like(m))
+    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=axes, keepdims=True))
+
+
 def softmax(x, axis=-1):
     xp = _xp(x)
     axes = _axes(axis, x.ndim)

@@ -9,7 +9,7 @@ table (`_WRAPPED`) rather than in each construct.
 ...                   {"X": ("n", "d"), "y": ("n",), "w": ("d",)})
 >>> print(g.latex)
 \\begin{aligned}
-\\mathrm{d}w &= -X^{\\top} \\frac{y}{1 + \\exp\\left(y \\odot \\left(X w\\right)\\right)}
+\\mathrm{d}w &= -X^{\\top} \\left(\\sigma\\left(-y \\odot \\left(X w\\right)\\right) \\odot y\\right)
 \\end{aligned}
 """
 from __future__ import annotations

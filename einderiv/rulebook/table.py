@@ -71,6 +71,24 @@ class Function:
         return f"{self.kind} {self.name}({params}) = {self.impl}"
 
 
+@dataclass(frozen=True)
+class Rewrite:
+    """`rewrite PATTERN = REPLACEMENT`: an identity of the language, applied to every program
+    (and every derivative) where PATTERN matches, left to right, until none applies.
+
+    The pattern's free names are its variables; `axis` among them stands for the axes of the
+    reductions and axis functions it is passed to (see rules/rewrites.rules)."""
+
+    pattern: str
+    replacement: str
+    variables: tuple[str, ...]  # the pattern's free names, in order of appearance
+    functions: tuple[str, ...]  # the functions either side calls (`rules list NAME` shows it)
+    origin: str = ""
+
+    def __str__(self) -> str:
+        return f"rewrite {self.pattern} = {self.replacement}"
+
+
 # How a tensor primitive's result shape follows from its argument's.
 TENSOR_SHAPES = {
     "same": "shaped like the argument (an axis keyword may pick the axes it works along)",
@@ -107,6 +125,7 @@ class RuleBook:
     def __init__(self):
         self.functions: dict[str, Function] = {}
         self.derivatives: dict[tuple[str, str], Derivative] = {}  # (function, param) -> rule
+        self.rewrites: dict[str, Rewrite] = {}  # pattern text -> rewrite, in the order added
         self.files: list[Path] = []
         self.frozen = False
 
@@ -115,6 +134,7 @@ class RuleBook:
         other = RuleBook()
         other.functions = dict(self.functions)
         other.derivatives = dict(self.derivatives)
+        other.rewrites = dict(self.rewrites)
         other.files = list(self.files)
         return other
 
@@ -155,6 +175,10 @@ class RuleBook:
         for rule in rules:
             if isinstance(rule, Derivative):
                 self.derivatives[(rule.function, rule.wrt)] = rule
+            elif isinstance(rule, Rewrite):
+                # A later rewrite of the same pattern replaces an earlier one, at its own place.
+                self.rewrites.pop(rule.pattern, None)
+                self.rewrites[rule.pattern] = rule
             else:
                 self.functions[rule.name] = rule
         return self
@@ -163,13 +187,14 @@ class RuleBook:
         return self.functions.get(name)
 
     def in_file_order(self) -> list:
-        """Every function and derivative rule, by file (in load order) and line."""
+        """Every function, derivative rule and rewrite, by file (in load order) and line."""
         order = {str(p): i for i, p in enumerate(self.files)}
 
         def key(rule):
             file, _, line = rule.origin.rpartition(":")
             return order.get(file, len(order)), file, int(line) if line.isdigit() else 0
-        return sorted([*self.functions.values(), *self.derivatives.values()], key=key)
+        return sorted([*self.functions.values(), *self.derivatives.values(),
+                       *self.rewrites.values()], key=key)
 
 
 SYNTAX_HINT = "see the comments at the top of rules/*.rules for the syntax, or CONTRIBUTING.md"
@@ -194,6 +219,9 @@ def parse_rules(text: str, filename: str = "<rules>", bodies: bool = False,
         origin = f"{filename}:{rule.meta.line}"
         if bodies and rule.data in ("derivative", "definition"):
             _parse_body(rule.children[-1], text, origin)
+        if rule.data == "rewrite":
+            functions.append(_rewrite(rule.children[0], origin, text))
+            continue
         name = str(rule.children[0])
         params = tuple(str(p) for p in rule.children[1].children)
         if rule.data == "elementwise":
@@ -242,6 +270,124 @@ def _derivative(rule: lark.Tree, origin: str, text: str) -> Derivative:
                              wrt_idx.meta.end_pos if wrt_idx else wrt_token.end_pos),
                         hint="give each axis of the result and of the argument its own index")
     return Derivative(str(name), params, wrt, out_idx, wrt_idx_names, str(body).strip(), origin)
+
+
+# Calls that lower to index patterns (contractions, deltas), not to function applications.
+STRUCTURAL = {"sum", "mean", "dot", "outer", "tr", "trace", "diag", "eye", "einsum", "ones",
+              "zeros", "size", "pad", "stack"}
+AXIS = "axis"  # in a rewrite, the variable that stands for the axes of its reductions
+
+
+def _rewrite(token, origin: str, text: str) -> Rewrite:
+    """A rewrite line's two sides, parsed and checked: every variable of the replacement is in
+    the pattern, none is used more often there, and the replacement calls fewer functions (so
+    that each rewrite makes the program's expression tree smaller in calls, and rewriting
+    ends)."""
+    body = str(token)
+    split = _top_level_equals(body)
+    where = Span(text, token.start_pos + len(body) - len(body.lstrip()), token.end_pos)
+    if split is None:
+        raise RuleError(f"{origin}: a rewrite is 'rewrite PATTERN = REPLACEMENT'", where,
+                        hint=SYNTAX_HINT)
+    sides = []
+    for lo, hi in ((0, split), (split + 1, len(body))):
+        part = body[lo:hi]
+        start = token.start_pos + lo + len(part) - len(part.lstrip())
+        expr = _parse_expression(part.strip(), text, start, origin)
+        sides.append((part.strip(), expr, start))
+    (pattern, lhs, lstart), (replacement, rhs, rstart) = sides
+    from ..parse import ast
+    if isinstance(lhs, ast.Name):
+        raise RuleError(f"{origin}: the pattern of a rewrite is a variable alone: it would "
+                        "match everything", Span(text, lstart, lstart + len(pattern)))
+    left, right = _Uses(lhs), _Uses(rhs)
+    for name, node in right.first.items():
+        span = Span(text, rstart + node.span.start, rstart + node.span.end) if node.span \
+            else where
+        if name not in left.count:
+            raise RuleError(f"{origin}: '{name}' in the replacement is not a variable of the "
+                            "pattern", span, hint="a rewrite can only use what it matched")
+        if right.count[name] > left.count[name]:
+            raise RuleError(f"{origin}: the replacement uses '{name}' more often than the "
+                            "pattern: rewriting might not end", span,
+                            hint="each variable at most as often on the right as on the left")
+    for uses, start in ((left, lstart), (right, rstart)):
+        if uses.misplaced_axis is not None:
+            node = uses.misplaced_axis
+            raise RuleError(f"{origin}: '{AXIS}' stands for the axes of a reduction: it can "
+                            "only be passed as the axis of sum, mean or an axis function",
+                            Span(text, start + node.span.start, start + node.span.end)
+                            if node.span else where)
+    if right.calls >= left.calls:
+        raise RuleError(f"{origin}: the replacement must call fewer functions than the pattern "
+                        f"(counting / and **), so that rewriting ends: {right.calls} is not "
+                        f"fewer than {left.calls}", where)
+    return Rewrite(pattern, replacement, tuple(left.count), tuple(dict.fromkeys(
+        [*left.functions, *right.functions])), origin)
+
+
+def _top_level_equals(body: str) -> int | None:
+    depth = 0
+    for k, ch in enumerate(body):
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        elif ch == "=" and depth == 0:
+            return k
+    return None
+
+
+def _parse_expression(source: str, text: str, start: int, origin: str):
+    from ..errors import ParseError
+    from ..parse import ast, parse
+    try:
+        program = parse(source)
+    except ParseError as e:
+        lo, hi = (e.span.start, e.span.end) if e.span else (0, len(source))
+        raise RuleError(f"{origin}: a side of the rewrite does not parse: {e.message}",
+                        Span(text, start + lo, start + max(hi, lo + 1)), hint=e.hint) from None
+    if len(program.statements) != 1 or not isinstance(program.statements[0], ast.Expr):
+        raise RuleError(f"{origin}: each side of a rewrite is one expression",
+                        Span(text, start, start + max(1, len(source))))
+    return program.statements[0]
+
+
+class _Uses:
+    """What one side of a rewrite uses: its free names (with counts), the functions it calls,
+    how many function applications it makes, and an `axis` out of place (if any)."""
+
+    def __init__(self, expr):
+        from ..parse import ast
+        self.count: dict[str, int] = {}
+        self.first: dict = {}
+        self.functions: list[str] = []
+        self.calls = 0
+        self.misplaced_axis = None
+        stack, axis_slots = [expr], set()
+        while stack:  # a side is one line: small, but walked without recursion all the same
+            e = stack.pop()
+            if isinstance(e, ast.Name):
+                if e.id == AXIS and id(e) not in axis_slots:
+                    self.misplaced_axis = self.misplaced_axis or e
+                self.count[e.id] = self.count.get(e.id, 0) + 1
+                self.first.setdefault(e.id, e)
+            elif isinstance(e, ast.BinOp):
+                self.calls += e.op in ("/", "**")
+                stack += [e.right, e.left]
+            elif isinstance(e, ast.Call):
+                self.functions.append(e.func)
+                self.calls += e.func not in STRUCTURAL
+                if len(e.args) == 2:
+                    axis_slots.add(id(e.args[1]))
+                axis_slots.update(id(v) for k, v in e.kwargs if k == AXIS)
+                stack += [*reversed([v for _, v in e.kwargs]), *reversed(e.args)]
+            elif isinstance(e, ast.Tuple):
+                stack += reversed(e.items)
+            elif isinstance(e, ast.Index):
+                stack += [*reversed([i for i in e.items if isinstance(i, ast.Expr)]), e.operand]
+            else:
+                stack += reversed(e.children())
 
 
 def _token_span(text: str, token) -> Span | None:

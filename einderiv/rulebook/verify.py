@@ -5,7 +5,8 @@ whole pipeline with the rule book under test, so a wrong right-hand side, a wron
 a rule that does not lower all show up as an error at the rule's `file:line`. A function's own
 line is checked too (`check_tables`): a primitive's implementation must evaluate to finite values
 of the right shape and have a rule for each argument, and a definition must expand and
-differentiate.
+differentiate. A rewrite's two sides must agree at random points, and its pattern, lowered,
+must be rewritten to what its replacement is.
 """
 from __future__ import annotations
 
@@ -14,15 +15,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import EinderivError, RuleError
-from .table import Derivative, Function, RuleBook, resolve
+from .table import AXIS, Derivative, Function, Rewrite, RuleBook, resolve
 
 TOLERANCE = 1e-6
 
 
 @dataclass
 class RuleCheck:
-    rule: Derivative | Function
-    error: float  # largest relative error against finite differences; inf if it failed
+    rule: Derivative | Function | Rewrite
+    error: float  # largest relative error (against finite differences); inf if it failed
     message: str = ""
     measured: bool = True  # False when nothing was compared: an implementation that evaluates
 
@@ -121,6 +122,8 @@ def check_tables(rules: RuleBook, files=None) -> list[RuleCheck]:
             continue
         if isinstance(rule, Derivative):
             checks.append(check_rule(rule, rules))
+        elif isinstance(rule, Rewrite):
+            checks.append(check_rewrite(rule, rules))
         else:
             checks.append(check_function(rule, rules))
             checks.extend(missing_derivatives(rule, rules))
@@ -128,6 +131,72 @@ def check_tables(rules: RuleBook, files=None) -> list[RuleCheck]:
 
 
 _NOT_FINITE = "the derivative is not finite at the test inputs"
+
+
+def check_rewrite(rule: Rewrite, rules: RuleBook, seed: int = 0) -> RuleCheck:
+    """Both sides of a rewrite agree at random points (the first of the elementwise input
+    ranges where both are finite), with its variables vectors, or with `axis` matrices and
+    stacks along chosen axes; and its pattern, lowered, is rewritten to what its replacement
+    is (a pattern rewritten first by another rule, or one the matcher cannot see, never
+    applies)."""
+    from ..check import relative_error
+    from ..ir.nodes import Var
+    from ..simplify.pattern import compile_rewrite, lower_side
+    from ..simplify.rewrite import Rewriter
+    rng = np.random.default_rng(seed)
+    try:
+        c = compile_rewrite(rule, rules)
+        errors = []
+        for shape, axes in _rewrite_cases(rule):
+            values = {v: Var(v, shape) for v in rule.variables if v != AXIS}
+            lhs, rhs = (lower_side(e, rules, values, axes) for e in (c.pattern, c.replacement))
+            if lhs.shape != rhs.shape:
+                return RuleCheck(rule, float("inf"), f"the sides have different shapes, "
+                                                     f"{_dims(lhs.shape)} and {_dims(rhs.shape)}")
+            errors.append(relative_error(*_agree(lhs, rhs, values, rules, rng)))
+            before, after = Rewriter(rules)([lhs, rhs])
+            if before is not after:
+                shown = str(before).splitlines()[-1].partition(" = ")[2]
+                why = ("it never matches its own lowered form" if before is lhs else
+                       f"other rewrites change it first, to {shown}: write the pattern as "
+                       "they leave it")
+                return RuleCheck(rule, float("inf"), f"the pattern does not become the "
+                                                     f"replacement: {why}")
+        worst = _worst(errors)
+        return RuleCheck(rule, worst, "" if np.isfinite(worst) else _NOT_FINITE_SIDES)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # as in check_rule
+        return RuleCheck(rule, float("inf"), _describe(e))
+
+
+_NOT_FINITE_SIDES = "the two sides are not finite at any of the test inputs"
+
+
+def _rewrite_cases(rule: Rewrite):
+    """(shape of every variable, axes) to check a rewrite at."""
+    if AXIS not in rule.variables:
+        return [((5,), None)]
+    return [((4,), (0,)), ((3, 4), (1,)), ((3, 4), (0,)), ((2, 3, 4), (0, 2))]
+
+
+def _agree(lhs, rhs, variables: dict, rules, rng):
+    """The values of both sides at the first input range where both are finite."""
+    from ..evaluate.plan import Plan
+    declared = {name: v.shape for name, v in variables.items()}
+    plan = Plan([lhs, rhs], rules, accepted=declared)
+    for lo, hi, signed in _ELEMENTWISE_INPUTS:
+        arrays = {name: _away_from_zero(rng, tuple(d.offset for d in shape), lo, hi, signed)
+                  for name, shape in declared.items()}
+        with np.errstate(all="ignore"):
+            left, right = plan(arrays)
+        if np.all(np.isfinite(left)) and np.all(np.isfinite(right)):
+            break
+    return left, right
+
+
+def _dims(shape) -> str:
+    return "[" + ", ".join(map(str, shape)) + "]"
 
 
 def _worst(errors) -> float:
