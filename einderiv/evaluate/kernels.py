@@ -75,9 +75,24 @@ def log_softmax(x, axis=-1):
 
 
 def softmax(x, axis=-1):
+    """exp(x) / sum(exp(x)) along `axis`, shifted by the maximum so that nothing overflows.
+
+    At infinite entries it is the limit of finite ones: the entries at +inf share the whole
+    mass. A slice whose entries are all -inf (log-probabilities of impossible events) has none:
+    0 everywhere, the gradient of its logsumexp, which is -inf there whatever the entries' rates
+    (the zero gradient that JAX's maintainers agreed to in jax-ml/jax#6811 and PyTorch's issue
+    #31829 asks for; both libraries still give nan)."""
     xp = _xp(x)
     axes = _axes(axis, x.ndim)
     if any(x.shape[a] == 0 for a in axes):  # no entries to normalize; max() would fail
         return xp.exp(x)
-    e = xp.exp(x - xp.max(x, axis=axes, keepdims=True))
-    return e / xp.sum(e, axis=axes, keepdims=True)
+    m = xp.max(x, axis=axes, keepdims=True)
+    if xp is np and np.isfinite(m).all():  # the common case, in numpy: the plain shift
+        e = np.exp(x - m)
+        return e / np.sum(e, axis=axes, keepdims=True)  # a sum >= 1: exp(0) is in it
+    m = xp.where(m == -float("inf"), xp.zeros_like(m), m)  # -inf - -inf would be nan
+    # At +inf entries x == m and x - m is inf - inf: their exp(0) is 1, the others' is 0.
+    with np.errstate(invalid="ignore"):  # numpy warns of that discarded inf - inf
+        e = xp.exp(xp.where(x == m, xp.zeros_like(x), x - m))
+    s = xp.sum(e, axis=axes, keepdims=True)
+    return e / xp.where(s == 0, xp.ones_like(s), s)  # s == 0: every entry -inf, and e is 0
