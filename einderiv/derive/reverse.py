@@ -15,6 +15,7 @@ from ..errors import EinderivError
 from ..ir import build
 from ..ir.nodes import Add, Contract, Delta, Map, Node, Prim, Var, topological
 from ..rulebook import RuleBook
+from .masks import product
 from .partials import elementwise_partial, tensor_jacobian
 
 
@@ -61,7 +62,7 @@ def _pullback(node: Node, bar: Node, seed: tuple[int, ...], rules: RuleBook):
         for coef, term in node.terms:
             yield term, build.scale(coef, bar)
     elif isinstance(node, Contract):
-        yield from _contract_pullback(node, bar, seed)
+        yield from _contract_pullback(node, bar, seed, rules)
     elif isinstance(node, Map):
         labels = tuple(range(node.rank))
         for position, arg in enumerate(node.args):
@@ -69,8 +70,8 @@ def _pullback(node: Node, bar: Node, seed: tuple[int, ...], rules: RuleBook):
                 continue  # constants have no derivative to pass on
             local = elementwise_partial(node, position, rules)
             out = seed + (labels if arg.rank else ())
-            yield arg, build.contract(out, [(bar, seed + labels),
-                                            (local, labels if local.rank else ())])
+            yield arg, product(out, [(bar, seed + labels), (local, labels if local.rank else ())],
+                               {}, rules)
     elif isinstance(node, Prim):
         jac = tensor_jacobian(node, rules)
         (arg,) = node.args
@@ -84,7 +85,7 @@ def _pullback(node: Node, bar: Node, seed: tuple[int, ...], rules: RuleBook):
         yield arg, build.add(parts)
 
 
-def _contract_pullback(node: Contract, bar: Node, seed):
+def _contract_pullback(node: Contract, bar: Node, seed, rules: RuleBook):
     for k, (child, labels) in enumerate(node.operands):
         if not child.children() and not isinstance(child, Var):
             continue
@@ -100,5 +101,5 @@ def _contract_pullback(node: Contract, bar: Node, seed):
         others = [op for j, op in enumerate(node.operands) if j != k]
         # An index only the child carries was summed forward: its adjoint broadcasts along it.
         sizes = {l: node.dims[l] for l in labels}
-        yield child, build.contract(seed + tuple(out),
-                                    [(bar, seed + node.out), *others, *deltas], sizes)
+        yield child, product(seed + tuple(out), [(bar, seed + node.out), *others, *deltas],
+                             sizes, rules)

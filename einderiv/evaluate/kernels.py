@@ -96,3 +96,82 @@ def softmax(x, axis=-1):
         e = xp.exp(xp.where(x == m, xp.zeros_like(x), x - m))
     s = xp.sum(e, axis=axes, keepdims=True)
     return e / xp.where(s == 0, xp.ones_like(s), s)  # s == 0: every entry -inf, and e is 0
+
+
+def _number(*values) -> bool:
+    return all(isinstance(v, (int, float)) for v in values)
+
+
+def _like(value, x, xp):
+    """`value` (numbers or a bool array) as an array of `x`'s floating dtype, or float64."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None or (xp is np and np.dtype(dtype).kind != "f"):
+        dtype = np.float64 if xp is np else xp.float64
+    if xp is np:
+        return np.asarray(value).astype(dtype)
+    return xp.astype(value, dtype)
+
+
+def where(c, a, b):
+    """`a` where `c` is nonzero, else `b` (numpy's `where`, with a number as the condition):
+    a select, which never multiplies, so `where(step(x), inf, 0)` is 0 where x <= 0."""
+    if _number(c, a, b):
+        return float(a if c else b)  # a Python number, which does not widen float32 arrays
+    arrays = [v for v in (a, b, c) if not isinstance(v, (int, float))]
+    xp = _xp(arrays[0])
+    out = xp.where(c != 0, a, b)
+    if _number(a, b):  # numbers only in the branches: the result takes the condition's dtype
+        out = _like(out, c, xp)
+    return out
+
+
+def heaviside(x, h0):
+    """numpy's heaviside: 0 where x < 0, `h0` where x == 0, 1 where x > 0.
+    `heaviside(a - b, 0.5)` is the derivative of maximum(a, b) by a, split evenly at ties."""
+    if _number(x, h0):
+        return 1.0 if x > 0 else float(h0) if x == 0 else 0.0
+    like = h0 if isinstance(x, (int, float)) else x
+    xp = _xp(like)
+    return _like(xp.where(x > 0, 1.0, xp.where(x == 0, h0, 0.0)), like, xp)
+
+
+def adjugate(X):
+    """The adjugate (transposed cofactor matrix) of each square matrix of a stack: det(X) inv(X)
+    where X is regular, and exact where it is singular, where that product cannot be formed.
+
+    From the SVD X = U diag(s) V^T: adj(X) = det(U) det(V) V diag(p) U^T with p_i the product of
+    every singular value but s_i, a product with no division, so a zero singular value is as
+    good as any other (at rank n - 1, adj(X) = +-(s_1 ... s_{n-1}) v_n u_n^T).
+    """
+    xp = _xp(X)
+    n = X.shape[-1]
+    if n == 0 or any(d == 0 for d in X.shape[:-2]):
+        return xp.zeros_like(X)
+    U, s, Vh = xp.linalg.svd(X)
+    if xp is np:
+        others = np.eye(n, dtype=bool)
+    else:  # made on X's device
+        import array_api_compat
+        others = xp.eye(n, dtype=xp.bool, device=array_api_compat.device(X))
+    # p_i = prod over j != i of s_j: row i of the matrix that is s with 1 on the diagonal.
+    p = xp.prod(xp.where(others, xp.ones_like(s)[..., None, :], s[..., None, :]), axis=-1)
+    sign = xp.sign(xp.linalg.det(U) * xp.linalg.det(Vh))  # +-1, rounding removed
+    V, Ut = xp.swapaxes(Vh, -1, -2), xp.swapaxes(U, -1, -2)
+    return sign[..., None, None] * ((V * p[..., None, :]) @ Ut)
+
+
+def norm(x, axis=None):
+    """The 2-norm over `axis` (every axis by default: a vector's norm, a matrix's Frobenius
+    norm), scaled by the largest magnitude first so that squares of entries beyond 1e154
+    do not overflow (nor those below 1e-154 underflow) where the norm itself is finite."""
+    xp = _xp(x)
+    axes = _axes(axis, x.ndim)
+    if not axes:
+        return xp.abs(x)
+    if any(x.shape[a] == 0 for a in axes):  # a sum of no terms: 0; max() fails
+        return xp.sqrt(xp.sum(x * x, axis=axes))
+    m = xp.max(xp.abs(x), axis=axes, keepdims=True)
+    # Scaling by 0 (all zero) or inf (an infinite entry: the norm is inf) would give nan.
+    m = xp.where((m > 0) & (m < float("inf")), m, xp.ones_like(m))
+    y = x / m
+    return xp.squeeze(m, axis=axes) * xp.sqrt(xp.sum(y * y, axis=axes))

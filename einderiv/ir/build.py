@@ -390,8 +390,15 @@ def _arithmetic_identity(fn: str, args: list[Node], shape) -> Node | None:
     """Fold `a ** 1`, `a ** 0`, `0 / b` and constant operands of the operators `**` and `/`.
 
     Derivative rules produce these (`b * a ** (b - 1)` at b = 2), and folding them here keeps
-    derivatives as compact as a person would write them.
+    derivatives as compact as a person would write them. A select, `where(c, a, b)`, with a
+    constant condition or equal branches is the branch it takes.
     """
+    if fn == "where" and len(args) == 3:
+        c, a, b = args
+        condition = constant_value(c)
+        if a is b or condition is not None:
+            return broadcast_to(b if condition == 0.0 else a, shape)
+        return None
     if fn not in ("pow", "div") or len(args) != 2:
         return None
     a, b = args

@@ -420,8 +420,7 @@ def _tensor_primitive(call, f, args, scope) -> Node:
         axes = (x.rank - 1,) if f.shape == "same" and x.rank else tuple(range(x.rank))
     shape = x.shape if f.shape == "same" else tuple(d for i, d in enumerate(x.shape)
                                                      if i not in axes)
-    if not axes:
-        return x if f.shape == "reduce" else Prim(f.name, (x,), (axes,), shape)
+    # Over no axes (a scalar's) too: a reduction of one entry is not always the entry (norm).
     return Prim(f.name, (x,), (axes,), shape)
 
 

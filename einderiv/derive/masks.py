@@ -1,0 +1,139 @@
+"""The chain rule's products, with a factor at a kink built as a select.
+
+A derivative at a kink is piecewise constant, and 0 where the function is flat or by the kink's
+convention: `step(x)` from relu, `sign(x)` from abs, `heaviside(a - b, 0.5)` from maximum,
+`where(c, 1, 0)` from a select. Multiplied with the rest of a chain that is infinite there, it
+gives 0 * inf = nan: the gradient of `sum(sqrt(relu(x)))` at x = -1 is `step(x) * 0.5 / sqrt(0)`,
+though the function is flat there and its derivative 0 (JAX and PyTorch give 0). So the chain
+rule multiplies by such a factor m as `where(m, m * rest, 0)` (`where(m, rest, 0)` when m is 0 or
+1): the product where m is nonzero, and exactly 0 where it is 0, whatever the rest is. A
+factor is piecewise constant by the rule tables: a function whose derivative rules are 0 in
+every argument that is not itself constant (step, sign, heaviside, where with constant branches).
+"""
+from __future__ import annotations
+
+from itertools import count
+
+from ..ir import build
+from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Size, Unit, Var
+from ..parse import ast
+from ..rulebook import RuleBook
+
+# How deep a factor is searched for being piecewise constant, or finite by construction.
+_DEPTH = 3
+
+
+def product(out, operands, sizes: dict, rules: RuleBook) -> Node:
+    """`build.contract(out, operands, sizes)`, with each piecewise-constant factor applied as a
+    select over the factors that might be infinite (those of inputs and constants cannot)."""
+    fresh = count(1 + max([0, *out, *(l for _, ls in operands for l in ls)]))
+    factors = [f for node, labels in operands for f in _factors(node, labels, fresh)]
+    masks, values, others = [], [], []
+    for node, labels in factors:
+        if _constant(node):
+            others.append((node, labels))
+        elif _piecewise_constant(node, rules, _DEPTH):
+            masks.append((node, labels))
+        elif _finite(node, rules, _DEPTH):
+            others.append((node, labels))
+        else:
+            values.append((node, labels))
+    if not masks or not values:
+        return build.contract(out, operands, sizes)
+    dims = dict(sizes)
+    for node, labels in factors:
+        dims.update(zip(labels, node.shape))
+    # The select runs over every axis a mask or a value carries, output axes first.
+    carried = {l for _, ls in masks + values for l in ls}
+    axes = tuple(l for l in out if l in carried) + tuple(
+        dict.fromkeys(l for _, ls in masks + values for l in ls if l not in out))
+    on_axes = {l: dims[l] for l in axes}
+    value = build.contract(axes, values, on_axes)
+    if build.is_zero(value):
+        return build.contract(out, operands, sizes)
+    for mask, labels in masks:
+        if mask.rank:  # laid on the select's axes; a scalar is an argument as it is
+            mask = build.contract(axes, [(mask, labels)], on_axes)
+        value = _select(mask, value, axes, on_axes)
+    return build.contract(out, [(value, axes), *others], sizes)
+
+
+def _select(mask: Node, value: Node, axes, dims) -> Node:
+    """`mask * value`, 0 where the mask is 0: the select on `mask`'s own condition where it is
+    one (`where(c, p, q)` with constant branches), as `where(mask, value, 0)` for a 0/1 step."""
+    zero = Const(0.0)
+    if isinstance(mask, Map) and mask.fn == "where" and all(
+            build.constant_value(b) is not None for b in mask.args[1:]):
+        c, p, q = mask.args
+        branches = [build.scale(build.constant_value(b), value) if build.constant_value(b)
+                    else zero for b in (p, q)]
+        return build.elementwise("where", [c, *branches])
+    if _zero_one(mask):
+        return build.elementwise("where", [mask, value, zero])
+    scaled = build.contract(axes, [(mask, axes[:mask.rank]), (value, axes)], dims)
+    return build.elementwise("where", [mask, scaled, zero])
+
+
+def _zero_one(node: Node) -> bool:
+    """A step: 0 or 1 only (`step(x)`, `heaviside(x, 0)`, `heaviside(x, 1)`)."""
+    if not isinstance(node, Map):
+        return False
+    if node.fn == "step":
+        return True
+    return node.fn == "heaviside" and build.constant_value(node.args[1]) in (0.0, 1.0)
+
+
+def _factors(node: Node, labels, fresh) -> list:
+    """The factors of a product (a contraction that sums only size-1 axes and places every
+    output axis on some operand), relabelled to `labels`; any other node is one factor."""
+    if not (isinstance(node, Contract) and build._is_product(node)):
+        return [(node, labels)]
+    mapping = dict(zip(node.out, labels))
+    if not all(any(l in ls for _, ls in node.operands) for l in node.out):
+        return [(node, labels)]  # a broadcast axis: its size lives only in the contraction
+    for l in range(len(node.dims)):
+        if l not in mapping:
+            mapping[l] = next(fresh)
+    return [(n, tuple(mapping[l] for l in ls)) for n, ls in node.operands]
+
+
+def _constant(node: Node) -> bool:
+    return isinstance(node, (Const, Delta, Unit, Size)) or build.constant_value(node) is not None
+
+
+def _piecewise_constant(node: Node, rules: RuleBook, depth: int) -> bool:
+    """Whether `node` is a piecewise-constant function of the inputs (and not a constant)."""
+    if depth == 0 or _constant(node):
+        return False
+    if isinstance(node, Map):
+        if all(_constant(a) for a in node.args):
+            return False  # a function of constants is a constant
+        return all(_constant(a) or _zero_rule(node.fn, k, rules)
+                   or _piecewise_constant(a, rules, depth - 1) for k, a in enumerate(node.args))
+    children = [t for _, t in node.terms] if isinstance(node, Add) else \
+        [n for n, _ in node.operands] if isinstance(node, Contract) else None
+    if not children:
+        return False
+    return all(_constant(c) or _piecewise_constant(c, rules, depth - 1) for c in children) \
+        and not all(_constant(c) for c in children)
+
+
+def _zero_rule(fn: str, position: int, rules: RuleBook) -> bool:
+    from .partials import rule_body
+    rule = rules.derivative(fn, position)
+    if rule is None:
+        return False
+    body = rule_body(rule)
+    return isinstance(body, ast.Number) and body.value == 0
+
+
+def _finite(node: Node, rules: RuleBook, depth: int) -> bool:
+    """Finite by construction: made of inputs (finite, SPEC §2's algebra first) and constants
+    by sums and products, and of piecewise-constant functions. Anything else may overflow."""
+    if isinstance(node, Var) or _constant(node):
+        return True
+    if depth == 0:
+        return False
+    if isinstance(node, (Add, Contract)):
+        return all(_finite(c, rules, depth - 1) for c in node.children())
+    return _piecewise_constant(node, rules, depth)
