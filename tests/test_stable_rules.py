@@ -169,10 +169,22 @@ def test_power_gradient_by_the_exponent_elsewhere(dtype):
     close(scalar(a=np.array([0.0, 2.0]), b=1.0), 2 * np.log(2))
 
 
+def test_power_derivatives_by_the_base_at_a_zero_base():
+    g = einderiv.grad("sum(a ** b)", "a", POW)
+    out = both_paths(g, a=np.zeros(3), b=np.array([0.0, 1.0, 2.0]))
+    assert out.tolist() == [0.0, 1.0, 0.0]  # a ** 0 is 1 for every a: 0, not 0 * inf
+    assert g(a=np.zeros(1), b=np.array([0.5]))[0] == INF  # sqrt's derivative at 0
+    H = einderiv.hessian("sum(a ** b)", "a", POW)
+    # b * (b - 1) * a ** (b - 2): 0 where b == 1 (a ** 1 is a), 2 where b == 2, 0 where b == 3
+    close(both_paths(H, a=np.zeros(3), b=np.array([1.0, 2.0, 3.0])), np.diag([0.0, 2.0, 0.0]))
+
+
 def test_power_of_a_constant_base_reads_as_before():
     g = einderiv.grad("sum(2 ** x)", "x", VEC)
     assert "where" not in g.formula, g.formula
     close(g(x=np.array([0.0, 1.0])), [np.log(2), 2 * np.log(2)])
+    g = einderiv.grad("sum(x ** 3)", "x", VEC)  # a constant exponent: no select either
+    assert g.formula == "3 * x ** 2", g.formula
 
 
 # -- a masked product is a select --------------------------------------------------------------
