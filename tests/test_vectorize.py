@@ -56,6 +56,9 @@ def exact_target(*texts):
     return (f"formula is one of {texts!r}", lambda f: f in texts)
 
 
+LOGISTIC_HESSIAN = ("t0 = X @ w\nt1 = y * t0\n"
+                    "X.T @ ((y * sigmoid(-t1) * sigmoid(t1) * y)[:, None] * X)")
+
 CASES = [
     Case("least-squares", "grad", "sum((X @ w - y) ** 2)", "w", LINEAR,
          exact=("2 * (X.T @ (X @ w - y))",)),
@@ -68,10 +71,11 @@ CASES = [
     Case("logistic", "grad", "sum(log(1 + exp(-y * (X @ w))))", "w", LINEAR,
          exact=("-(X.T @ (y * sigmoid(-(y * (X @ w)))))",
                 "-(X.T @ (sigmoid(-(y * (X @ w))) * y))")),
-    # s = sigmoid(...) as one temporary, X.T @ ((...)[:, None] * X), no transpose of the whole.
+    # The weight sigmoid(m) * sigmoid(-m) (exact, where s * (1 - s) cancels at large margins)
+    # of the margin m as one temporary, X.T @ ((...)[:, None] * X), no transpose of the whole.
     Case("logistic-hessian", "hessian", "sum(log(1 + exp(-y * (X @ w))))", "w", LINEAR,
-         exact=("t0 = sigmoid(-(y * (X @ w)))\nX.T @ ((y * t0 * (1 - t0) * y)[:, None] * X)",
-                "t0 = sigmoid(-(y * (X @ w)))\nX.T @ ((y ** 2 * t0 * (1 - t0))[:, None] * X)")),
+         exact=(LOGISTIC_HESSIAN, LOGISTIC_HESSIAN.replace("y * sigmoid(-t1) * sigmoid(t1) * y",
+                                                           "y ** 2 * sigmoid(-t1) * sigmoid(t1)"))),
     # Binary cross-entropy through a sigmoid: its log-sigmoids are rewritten to softplus, and
     # the two softplus terms to softplus(z) - y * z, whose derivative has one sigmoid.
     Case("bce-sigmoid", "grad",
@@ -79,10 +83,10 @@ CASES = [
          exact=("X.T @ (sigmoid(X @ w) - y)", "X.T @ (-y + sigmoid(X @ w))")),
     Case("bce-sigmoid-hessian", "hessian",
          "sum(-(y * log(sigmoid(X @ w)) + (1 - y) * log(1 - sigmoid(X @ w))))", "w", LINEAR,
-         exact=("t0 = sigmoid(X @ w)\nX.T @ ((t0 * (1 - t0))[:, None] * X)",)),
+         exact=("t0 = X @ w\nX.T @ ((sigmoid(t0) * sigmoid(-t0))[:, None] * X)",)),
     Case("logistic-softplus-hessian", "hessian", "sum(softplus(-y * (X @ w)))", "w", LINEAR,
-         exact=("t0 = sigmoid(-(y * (X @ w)))\nX.T @ ((y * t0 * (1 - t0) * y)[:, None] * X)",
-                "t0 = sigmoid(-(y * (X @ w)))\nX.T @ ((y ** 2 * t0 * (1 - t0))[:, None] * X)")),
+         exact=(LOGISTIC_HESSIAN, LOGISTIC_HESSIAN.replace("y * sigmoid(-t1) * sigmoid(t1) * y",
+                                                           "y ** 2 * sigmoid(-t1) * sigmoid(t1)"))),
     Case("trace-AXB", "grad", "tr(A @ X @ B)", "X", {"A": ("p", "n"), "X": ("n", "m"),
                                                     "B": ("m", "p")},
          exact=("A.T @ B.T", "(B @ A).T")),
