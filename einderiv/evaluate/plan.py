@@ -394,9 +394,9 @@ class ContractionStep:
 
     def __call__(self, s):
         arrays = [s[src][idx] if idx else s[src] for src, idx in self.sources]
-        if self.expr is None:
-            value = np.full(self.final_shape, self.scale, dtype=self.dtype)
-            return value
+        if self.expr is None:  # constants alone (on a window: padded below)
+            value = np.full(self.expand_shape, self.scale, dtype=self.dtype)
+            return np.pad(value, self.pad_widths) if self.pad_widths is not None else value
         value = self.expr(*arrays)
         if self.scale != 1.0:
             value = self.scale * value
@@ -410,9 +410,10 @@ class ContractionStep:
 def _adjoint_window(result, k, row, col, window: slice, pads, cols) -> bool:
     """Delta result[k] over (row summed, col in the output): narrow every other operand on
     `col` to the window, relabel the operands on `row` to `col`, pad `col` afterwards.
-    False (nothing changed) unless some plain array carries `row` exactly once each."""
+    False (nothing changed) unless some plain array carries `row` exactly once each, or
+    nothing does (the adjoint of `sum(x[:p])`: the window's rows sum to ones on it)."""
     rows = [r for j, r in enumerate(result) if j != k and row in r[3]]
-    if not rows or any(_structured(r[0]) or r[3].count(row) != 1 for r in rows):
+    if any(_structured(r[0]) or r[3].count(row) != 1 for r in rows):
         return False
     for j, r in enumerate(result):
         if j != k and col in r[3]:
