@@ -747,8 +747,6 @@ def _xfail_table(*groups) -> dict:
 
 # The tests that fail on the current tree, by the issue item whose fix makes them pass.
 XFAIL = _xfail_table(
-    ("pow_wrt_a", "item 2, b * (b - 1) * a ** (b - 2) is 0 * inf at a == 0, b == 1",
-     "zero_base-hess"),
     ("det", "item 2, det's Hessian at singular matrices (adj's rule goes through inv)",
      "singular_2x2-hess rank_2-hess rank_1-hess zero-hess"),
 )
