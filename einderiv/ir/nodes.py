@@ -198,7 +198,7 @@ class Contract(Node):
     An output label that no operand carries broadcasts; its size is given in `broadcast`.
     """
 
-    __slots__ = ("out", "operands", "dims")
+    __slots__ = ("out", "operands", "dims", "_children")
     out: tuple[int, ...]
     operands: tuple[Operand, ...]
     dims: tuple[Dim, ...]  # size of every label, by label number
@@ -226,16 +226,19 @@ class Contract(Node):
                 dims[label] = given[pos]
         dims = tuple(dims)
         shape = tuple(dims[l] for l in out)
-        return cls._intern((out, ops, dims), shape, out=out, operands=ops, dims=dims)
+        # The children are kept: every pass walks them, and a generator per visit was a tenth
+        # of a long program's vectorizing.
+        return cls._intern((out, ops, dims), shape, out=out, operands=ops, dims=dims,
+                           _children=tuple(node for node, _ in ops))
 
     def children(self):
-        return tuple(node for node, _ in self.operands)
+        return self._children
 
 
 class Add(Node):
     """A weighted sum of terms of equal shape: `sum(coef * term)`."""
 
-    __slots__ = ("terms",)
+    __slots__ = ("terms", "_children")
     terms: tuple[tuple[float, Node], ...]
 
     def __new__(cls, terms: Iterable[tuple[float, Node]]) -> "Add":
@@ -244,10 +247,10 @@ class Add(Node):
         for _, t in terms:
             if t.shape != shape:
                 raise ValueError(f"Add: term shapes {[t.shape for _, t in terms]} differ")
-        return cls._intern((terms,), shape, terms=terms)
+        return cls._intern((terms,), shape, terms=terms, _children=tuple(t for _, t in terms))
 
     def children(self):
-        return tuple(t for _, t in self.terms)
+        return self._children
 
 
 def topological(*roots: Node) -> list[Node]:
