@@ -28,17 +28,18 @@ def product(out, operands, sizes: dict, rules: RuleBook) -> Node:
     select over the factors that might be infinite (those of inputs and constants cannot)."""
     fresh = count(1 + max([0, *out, *(l for _, ls in operands for l in ls)]))
     factors = [f for node, labels in operands for f in _factors(node, labels, fresh)]
-    masks, values, others = [], [], []
+    masks, rest = [], []
     for node, labels in factors:
-        if _constant(node):
-            others.append((node, labels))
-        elif _piecewise_constant(node, rules, _DEPTH):
+        if not _constant(node) and _piecewise_constant(node, rules, _DEPTH):
             masks.append((node, labels))
-        elif _finite(node, rules, _DEPTH):
-            others.append((node, labels))
         else:
-            values.append((node, labels))
-    if not masks or not values:
+            rest.append((node, labels))
+    if not masks:
+        return build.contract(out, operands, sizes)
+    values, others = [], []  # what may be infinite where a mask is 0, and the rest
+    for f in rest:
+        (others if _finite(f[0], rules, _DEPTH) else values).append(f)
+    if not values:
         return build.contract(out, operands, sizes)
     dims = dict(sizes)
     for node, labels in factors:

@@ -103,7 +103,6 @@ def contract(out, operands, broadcast: dict | None = None) -> Node:
     flat, factor = _eliminate_deltas(flat, set(out))
     scale *= factor
     flat = _cancel_reciprocals(flat)
-    flat = _logistic(flat)
     if not flat or scale != 1.0:
         flat.insert(0, (Const(scale), ()))
     if len(flat) == 1 and flat[0][1] == tuple(out) and flat[0][0].rank == len(out):
@@ -162,37 +161,6 @@ def _cancel_reciprocals(flat: list) -> list:
                     rest = [op for i, op in enumerate(flat) if i not in (j, k)]
                     return _cancel_reciprocals(rest)
     return flat
-
-
-def _logistic(flat: list) -> list:
-    """`exp(-u) * 1/(1 + exp(-u))` -> `1/(1 + exp(u))`: the derivative of `log(1 + exp(-u))`
-    (softplus, logistic losses) with one multiplication and one negation fewer."""
-    for k, (node, labels) in enumerate(flat):
-        if not (isinstance(node, Map) and node.fn == "div" and isinstance(node.args[0], Const)
-                and node.args[0].value == 1.0 and isinstance(node.args[1], Add)
-                and len(node.args[1].terms) == 2):
-            continue
-        (c1, one), (c2, e) = node.args[1].terms
-        if isinstance(one, Map):
-            (c1, one), (c2, e) = (c2, e), (c1, one)
-        if not (c1 == c2 == 1.0 and _is_one(one) and isinstance(e, Map) and e.fn == "exp"):
-            continue
-        c, u = split_scale(e.args[0])
-        if c != -1.0:
-            continue  # exp(u) would cost a negation of its own
-        for j, (other, other_labels) in enumerate(flat):
-            if j != k and other is e and other_labels == labels:
-                flipped = Map("div", Const(1.0), add([(1.0, one), (1.0, Map("exp", u))]))
-                rest = [op for i, op in enumerate(flat) if i not in (j, k)]
-                return _logistic([*rest, (flipped, labels)])
-    return flat
-
-
-def _is_one(node: Node) -> bool:
-    if isinstance(node, Const):
-        return node.value == 1.0
-    return isinstance(node, Contract) and len(node.operands) == 1 and \
-        isinstance(node.operands[0][0], Const) and node.operands[0][0].value == 1.0
 
 
 def is_zero(node: Node) -> bool:

@@ -48,10 +48,17 @@ class Compiled:
     rules: RuleBook
     templates: dict = dataclasses.field(default_factory=dict)
 
+    def complete(self, values: dict) -> bool:
+        """True once every variable has a value: the rest of the walk could only reject, and
+        lowering the pattern decides that as well (a wide sum is not searched again for each
+        term of the pattern)."""
+        return len(values) == len(self.rule.variables)
+
     def apply(self, node: Node) -> Node | None:
         """What replaces `node`, or None if the pattern does not match it."""
+        terms = {}  # a sum's terms -> their coefficients, made once for all proposals
         for values in propose(self, node):
-            replaced = self._replace(node, values)
+            replaced = self._replace(node, values, terms)
             if replaced is not None:
                 return replaced
         return None
@@ -82,7 +89,7 @@ class Compiled:
         mapping = {h: values[v] for v, h in holders.items() if h is not values[v]}
         return substitute(lhs, mapping), substitute(rhs, mapping)
 
-    def _replace(self, node: Node, values: dict) -> Node | None:
+    def _replace(self, node: Node, values: dict, terms: dict) -> Node | None:
         sides = self.sides(values)
         if sides is None:
             return None
@@ -92,15 +99,16 @@ class Compiled:
         if lhs is node:
             return rhs
         if isinstance(node, Add) and isinstance(lhs, Add):
-            return _replace_terms(node, lhs, rhs)
+            if not terms:
+                terms.update((t, c) for c, t in node.terms)
+            return _replace_terms(node, terms, lhs, rhs)
         if isinstance(node, Contract) and isinstance(lhs, Contract):
             return _replace_factors(node, lhs, rhs)
         return None
 
 
-def _replace_terms(node: Add, lhs: Add, rhs: Node) -> Node | None:
-    """`node` = r * lhs + rest  ->  r * rhs + rest."""
-    coefficient = {t: c for c, t in node.terms}
+def _replace_terms(node: Add, coefficient: dict, lhs: Add, rhs: Node) -> Node | None:
+    """`node` = r * lhs + rest  ->  r * rhs + rest (`coefficient`: each term's in `node`)."""
     ratio = None
     for c, t in lhs.terms:
         if t not in coefficient:
@@ -243,7 +251,9 @@ def propose(rule: Compiled, node: Node):
 
 def match(p: ast.Expr, t: Node, values: dict, rule: Compiled):
     """Values (extending `values`) under which pattern `p` may be node `t`."""
-    if isinstance(p, ast.Name):
+    if rule.complete(values):
+        yield values
+    elif isinstance(p, ast.Name):
         bound = values.get(p.id)
         if bound is None:
             yield {**values, p.id: t}
@@ -376,6 +386,9 @@ def _free(f: ast.Expr, values: dict) -> bool:
 
 
 def _assign_from(order, operands, values, rule, whole):
+    if rule.complete(values):
+        yield values
+        return
     if not order:
         if whole is None or (not operands and whole[1] == 1.0):
             yield values
@@ -439,6 +452,9 @@ def _terms(terms, t: Add, values, rule, partial: bool):
 
 
 def _terms_from(terms, left, values, rule, ratio, partial):
+    if rule.complete(values):
+        yield values
+        return
     if not terms:
         if partial or not left:
             yield values

@@ -119,8 +119,3 @@ def _rebuilt(node: Node, normal: dict[Node, Node]) -> Node:
     if isinstance(node, Add):
         return build.add([(c, normal[t]) for c, t in node.terms])
     return Prim(node.fn, tuple(normal[a] for a in node.args), node.params, node.shape)
-
-
-def rewrite(roots: list[Node], rules: RuleBook) -> list[Node]:
-    """`roots` in normal form under the rewrites of `rules`."""
-    return Rewriter(rules)(roots)
