@@ -254,20 +254,23 @@ class Add(Node):
 
 
 def topological(*roots: Node) -> list[Node]:
-    """Every node reachable from `roots`, each once, children before parents (no recursion)."""
+    """Every node reachable from `roots`, each once, children before parents (no recursion):
+    depth-first, children left to right, a node after the last of its children."""
     order: list[Node] = []
     seen: set[int] = set()
-    stack: list[tuple[Node, bool]] = [(r, False) for r in reversed(roots)]
-    while stack:
-        node, expanded = stack.pop()
-        if expanded:
-            order.append(node)
+    for root in roots:
+        if id(root) in seen:
             continue
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        stack.append((node, True))
-        for child in reversed(node.children()):
-            if id(child) not in seen:
-                stack.append((child, False))
+        seen.add(id(root))
+        stack = [(root, iter(root.children()))]
+        while stack:
+            node, children = stack[-1]
+            for child in children:
+                if id(child) not in seen:
+                    seen.add(id(child))
+                    stack.append((child, iter(child.children())))
+                    break
+            else:
+                stack.pop()
+                order.append(node)
     return order
