@@ -298,7 +298,8 @@ examples:
 Each derivative rule is compared with central finite differences of its function, through the
 whole pipeline, at random well-conditioned inputs (and, for a tensor primitive, on stacked
 arrays and along chosen axes); each primitive's implementation must evaluate to finite values
-of the declared shape, and each definition must expand and differentiate. An implementation
+of the declared shape, and each definition must expand and differentiate. The two sides of each
+rewrite must agree at random points, and its pattern, lowered, must become its replacement. An implementation
 that raises anything (even SystemExit) fails its check. Exit status: 0 when every check passes,
 1 when a rule is wrong, 2 on bad input (a missing file, a malformed rule, an import not allowed).
 
@@ -322,8 +323,9 @@ def _add_rules_parser(sub) -> None:
     actions.required = True
     listing = actions.add_parser(
         "list", help="print every function and rule with its file:line",
-        description="Print every function and derivative rule with its file:line, in file "
-                    "order; a derivative is indented under its function.",
+        description="Print every function, derivative rule and rewrite with its file:line, in "
+                    "file order; a derivative is indented under its function, and a rewrite is "
+                    "listed with each function it calls.",
         epilog=RULES_LIST_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     listing.add_argument("names", metavar="NAME", nargs="*",
                          help="only these functions (default: all)")

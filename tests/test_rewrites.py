@@ -237,6 +237,21 @@ def test_normal_form_is_a_fixed_point():
     assert einderiv.compile(formula, LINEAR).formula == formula  # parse back: nothing to redo
 
 
+CONFLUENCE = [LOGISTIC, BCE_LINEAR, "sum(log(exp(x) / sum(exp(x))))",
+              "sum(log(1 - 1 / (1 + exp(-x))))", "sum(sign(x) * abs(x) ** 2 * abs(x))",
+              "sum(log(exp(x) / (1 + exp(x))) * log(1 + exp(x)))", "sum(log(softmax(X @ w)))"]
+
+
+@pytest.mark.parametrize("source", CONFLUENCE)
+def test_the_order_of_the_rules_does_not_change_results(source):
+    shapes = {**LINEAR, "x": ("n",)}
+    forward = einderiv.grad(source, "w" if "w" in source else "x", shapes).formula
+    book = default_rulebook().copy()
+    book.rewrites = dict(reversed(list(book.rewrites.items())))
+    with using_rules(book):
+        assert einderiv.grad(source, "w" if "w" in source else "x", shapes).formula == forward
+
+
 def test_bound_names_follow_their_rewritten_nodes():
     f = einderiv.value_and_grad("h = log(1 + exp(W @ x))\nsum(h * h)", "W",
                                 {"W": ("m", "n"), "x": ("n",)})

@@ -238,12 +238,12 @@ def propose(rule: Compiled, node: Node):
     if rule.head == ("add",) and isinstance(node, Add):
         yield from _terms(_signed_terms(p), node, {}, rule, partial=True)
     elif rule.head == ("contract",) and _is_product(p) and isinstance(node, Contract):
-        scale, factors = _factors(p)
-        groups: dict = {}
+        factors = _factors(p)[1]
+        groups: dict = {}  # the factors on each tuple of labels: each may hold the pattern
         for n, labels in node.operands:
             if not isinstance(n, Const):
                 groups.setdefault(labels, []).append((n, labels))
-        for labels, operands in groups.items():
+        for operands in groups.values():
             yield from _assign(factors, operands, {}, rule, None)
     else:
         yield from match(p, node, {}, rule)
