@@ -33,7 +33,21 @@ EVALUATION_FAILURES = (np.linalg.LinAlgError, FloatingPointError, ValueError, Ty
                        MemoryError, AttributeError, SystemExit)
 
 
-def evaluation_error(e: BaseException) -> EvaluationError:
+def evaluation_error(e: BaseException, backend: str = "numpy") -> EvaluationError:
+    """What a failure inside evaluation tells the user. On another backend than numpy, a
+    failure that is not the expression's own (exit, memory) may be the array library's: a
+    function it lacks or an argument it refuses, so the message names the backend."""
+    error = _evaluation_error(e)
+    if backend != "numpy" and not isinstance(e, (SystemExit, MemoryError)) and \
+            "backend" not in str(error):
+        return EvaluationError(f"{error.message} (on the {backend} backend)",
+                               hint=error.hint or f"the {backend} array library may not support "
+                                                  "a function this expression needs; try the "
+                                                  "numpy backend")
+    return error
+
+
+def _evaluation_error(e: BaseException) -> EvaluationError:
     if isinstance(e, SystemExit):
         return EvaluationError(f"evaluation failed: an implementation called exit "
                                f"(SystemExit: {e})",
