@@ -16,7 +16,9 @@ Columns: derive (build the expression, parse, lower and derive: the `grad` call)
 (`.program`), generate (`.source`), first call (compile the module, run it), their total and
 its growth over the previous size (beside the growth of the size), the growth of resident
 memory over the process's baseline (ru_maxrss, after imports and inputs), and the peak memory
-numpy allocates in a warm call (tracemalloc) as a multiple of the inputs' size.
+numpy allocates in a warm call (tracemalloc; for generated code over 100,000 characters, the
+growth of the peak resident size, as tracemalloc is quadratic there) as a multiple of the
+inputs' size.
 """
 from __future__ import annotations
 
@@ -176,6 +178,41 @@ def _maxrss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
 
 
+# tracemalloc looks up the line of every allocation, and CPython finds it by a scan of the
+# function's line table from the start: in one generated function of 100,000 lines that is
+# quadratic (a 20,000-term sum's warm call took minutes under it, 0.2 s without).
+TRACED_SOURCE_CHARS = 100_000
+
+
+def _call_peak(call, source_chars: int) -> int:
+    """Peak bytes a warm call allocates: tracemalloc for ordinary programs; for very long
+    ones the growth of the peak resident size over the call (Linux: VmHWM reset through
+    /proc/self/clear_refs), coarser but without the per-allocation look-up."""
+    if source_chars < TRACED_SOURCE_CHARS:
+        tracemalloc.start()
+        try:
+            call()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the high-water mark to the current resident size
+        before = _status("VmRSS")
+        call()
+        return max(_status("VmHWM") - before, 0)
+    except OSError:
+        return 0
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(field)
+
+
 def child(name: str, size: int) -> dict:
     """Runs one size, stage by stage; the result (or how it failed, and where) as a dict."""
     import numpy as np
@@ -197,10 +234,7 @@ def child(name: str, size: int) -> dict:
             row[stage] = time.perf_counter() - t0
         row["rss"] = _maxrss() - base
         stage = "warm call"
-        tracemalloc.start()
-        g(**inputs)
-        row["call peak"] = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
+        row["call peak"] = _call_peak(lambda: g(**inputs), len(g.source))
     except Exception as e:  # RecursionError and MemoryError included: they are rows
         first = (str(e).splitlines() or [""])[0][:80]
         row["error"] = f"{stage}: {type(e).__name__}: {first}"

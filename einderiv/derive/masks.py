@@ -23,22 +23,31 @@ from ..rulebook import RuleBook
 _DEPTH = 3
 
 
-def product(out, operands, sizes: dict, rules: RuleBook) -> Node:
+def product(out, operands, sizes: dict, rules: RuleBook, memo: dict | None = None) -> Node:
     """`build.contract(out, operands, sizes)`, with each piecewise-constant factor applied as a
-    select over the factors that might be infinite (those of inputs and constants cannot)."""
+    select over the factors that might be infinite (those of inputs and constants cannot).
+
+    `memo` keeps, for one derivation, what each factor is (node -> a mask or not, and finite
+    or not): the chain rule meets the same forward nodes again and again, and a long program
+    must not pay the bounded searches below at every product."""
+    memo = {} if memo is None else memo
     fresh = count(1 + max([0, *out, *(l for _, ls in operands for l in ls)]))
     factors = [f for node, labels in operands for f in _factors(node, labels, fresh)]
     masks, rest = [], []
-    for node, labels in factors:
-        if not _constant(node) and _piecewise_constant(node, rules, _DEPTH):
-            masks.append((node, labels))
-        else:
-            rest.append((node, labels))
+    for factor in factors:
+        node = factor[0]
+        mask = memo.get(node)
+        if mask is None:
+            mask = memo[node] = not _constant(node) and _piecewise_constant(node, rules, _DEPTH)
+        (masks if mask else rest).append(factor)
     if not masks:
         return build.contract(out, operands, sizes)
     values, others = [], []  # what may be infinite where a mask is 0, and the rest
     for f in rest:
-        (others if _finite(f[0], rules, _DEPTH) else values).append(f)
+        finite = memo.get((f[0], "finite"))
+        if finite is None:
+            finite = memo[f[0], "finite"] = _finite(f[0], rules, _DEPTH)
+        (others if finite else values).append(f)
     if not values:
         return build.contract(out, operands, sizes)
     dims = dict(sizes)

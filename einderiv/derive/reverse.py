@@ -35,6 +35,7 @@ def derivatives(output: Node, wrt: list[Var], rules: RuleBook, jacobian: bool = 
     seed_shape = output.shape if jacobian else ()
     adjoint: dict[Node, list[Node]] = {output: [seed]}
     targets = set(wrt)
+    memo: dict = {}  # what each factor is, for the chain rule's selects (masks.product)
     for node in reversed(topological(output)):
         parts = adjoint.get(node)
         if not parts or isinstance(node, Var):
@@ -43,7 +44,7 @@ def derivatives(output: Node, wrt: list[Var], rules: RuleBook, jacobian: bool = 
         adjoint[node] = [total]
         if build.is_zero(total):
             continue
-        for child, contribution in _pullback(node, total, seed_labels, rules):
+        for child, contribution in _pullback(node, total, seed_labels, rules, memo):
             if child.children() or child in targets:
                 adjoint.setdefault(child, []).append(contribution)
     results = []
@@ -56,13 +57,13 @@ def derivatives(output: Node, wrt: list[Var], rules: RuleBook, jacobian: bool = 
     return results
 
 
-def _pullback(node: Node, bar: Node, seed: tuple[int, ...], rules: RuleBook):
+def _pullback(node: Node, bar: Node, seed: tuple[int, ...], rules: RuleBook, memo: dict):
     """(child, contribution to the child's adjoint) for each argument of `node`."""
     if isinstance(node, Add):
         for coef, term in node.terms:
             yield term, build.scale(coef, bar)
     elif isinstance(node, Contract):
-        yield from _contract_pullback(node, bar, seed, rules)
+        yield from _contract_pullback(node, bar, seed, rules, memo)
     elif isinstance(node, Map):
         labels = tuple(range(node.rank))
         for position, arg in enumerate(node.args):
@@ -71,7 +72,7 @@ def _pullback(node: Node, bar: Node, seed: tuple[int, ...], rules: RuleBook):
             local = elementwise_partial(node, position, rules)
             out = seed + (labels if arg.rank else ())
             yield arg, product(out, [(bar, seed + labels), (local, labels if local.rank else ())],
-                               {}, rules)
+                               {}, rules, memo)
     elif isinstance(node, Prim):
         jac = tensor_jacobian(node, rules)
         (arg,) = node.args
@@ -85,7 +86,7 @@ def _pullback(node: Node, bar: Node, seed: tuple[int, ...], rules: RuleBook):
         yield arg, build.add(parts)
 
 
-def _contract_pullback(node: Contract, bar: Node, seed, rules: RuleBook):
+def _contract_pullback(node: Contract, bar: Node, seed, rules: RuleBook, memo: dict):
     for k, (child, labels) in enumerate(node.operands):
         if not child.children() and not isinstance(child, Var):
             continue
@@ -102,4 +103,4 @@ def _contract_pullback(node: Contract, bar: Node, seed, rules: RuleBook):
         # An index only the child carries was summed forward: its adjoint broadcasts along it.
         sizes = {l: node.dims[l] for l in labels}
         yield child, product(seed + tuple(out), [(bar, seed + node.out), *others, *deltas],
-                             sizes, rules)
+                             sizes, rules, memo)

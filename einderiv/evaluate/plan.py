@@ -33,7 +33,21 @@ EVALUATION_FAILURES = (np.linalg.LinAlgError, FloatingPointError, ValueError, Ty
                        MemoryError, AttributeError, SystemExit)
 
 
-def evaluation_error(e: BaseException) -> EvaluationError:
+def evaluation_error(e: BaseException, backend: str = "numpy") -> EvaluationError:
+    """What a failure inside evaluation tells the user. On another backend than numpy, a
+    failure that is not the expression's own (exit, memory) may be the array library's: a
+    function it lacks or an argument it refuses, so the message names the backend."""
+    error = _evaluation_error(e)
+    if backend != "numpy" and not isinstance(e, (SystemExit, MemoryError)) and \
+            "backend" not in str(error):
+        return EvaluationError(f"{error.message} (on the {backend} backend)",
+                               hint=error.hint or f"the {backend} array library may not support "
+                                                  "a function this expression needs; try the "
+                                                  "numpy backend")
+    return error
+
+
+def _evaluation_error(e: BaseException) -> EvaluationError:
     if isinstance(e, SystemExit):
         return EvaluationError(f"evaluation failed: an implementation called exit "
                                f"(SystemExit: {e})",
@@ -394,9 +408,9 @@ class ContractionStep:
 
     def __call__(self, s):
         arrays = [s[src][idx] if idx else s[src] for src, idx in self.sources]
-        if self.expr is None:
-            value = np.full(self.final_shape, self.scale, dtype=self.dtype)
-            return value
+        if self.expr is None:  # constants alone (on a window: padded below)
+            value = np.full(self.expand_shape, self.scale, dtype=self.dtype)
+            return np.pad(value, self.pad_widths) if self.pad_widths is not None else value
         value = self.expr(*arrays)
         if self.scale != 1.0:
             value = self.scale * value
@@ -410,9 +424,10 @@ class ContractionStep:
 def _adjoint_window(result, k, row, col, window: slice, pads, cols) -> bool:
     """Delta result[k] over (row summed, col in the output): narrow every other operand on
     `col` to the window, relabel the operands on `row` to `col`, pad `col` afterwards.
-    False (nothing changed) unless some plain array carries `row` exactly once each."""
+    False (nothing changed) unless some plain array carries `row` exactly once each, or
+    nothing does (the adjoint of `sum(x[:p])`: the window's rows sum to ones on it)."""
     rows = [r for j, r in enumerate(result) if j != k and row in r[3]]
-    if not rows or any(_structured(r[0]) or r[3].count(row) != 1 for r in rows):
+    if any(_structured(r[0]) or r[3].count(row) != 1 for r in rows):
         return False
     for j, r in enumerate(result):
         if j != k and col in r[3]:

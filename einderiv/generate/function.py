@@ -80,7 +80,7 @@ class GeneratedFunction:
                 return (own(result, given, dtype),)
             return tuple(self._apart([own(r, given, dtype) for r in result]))
         except self._failures as e:  # a copy that `own` makes can run out of memory too
-            raise evaluation_error(e) from None
+            raise evaluation_error(e, self.backend) from None
 
     def _first_call(self, arrays: dict, seen) -> tuple:
         values, env = self._checked(arrays)
@@ -109,7 +109,7 @@ class GeneratedFunction:
                 return (self._own(result, given, dtype),)
             return tuple(self._apart([self._own(r, given, dtype) for r in result]))
         except self._failures as e:
-            raise evaluation_error(e) from None
+            raise evaluation_error(e, self.backend) from None
 
     def _checked(self, arrays: dict):
         """The arrays to call the code with, and the dimension sizes they bind."""

@@ -198,7 +198,7 @@ class Contract(Node):
     An output label that no operand carries broadcasts; its size is given in `broadcast`.
     """
 
-    __slots__ = ("out", "operands", "dims")
+    __slots__ = ("out", "operands", "dims", "_children")
     out: tuple[int, ...]
     operands: tuple[Operand, ...]
     dims: tuple[Dim, ...]  # size of every label, by label number
@@ -226,16 +226,19 @@ class Contract(Node):
                 dims[label] = given[pos]
         dims = tuple(dims)
         shape = tuple(dims[l] for l in out)
-        return cls._intern((out, ops, dims), shape, out=out, operands=ops, dims=dims)
+        # The children are kept: every pass walks them, and a generator per visit was a tenth
+        # of a long program's vectorizing.
+        return cls._intern((out, ops, dims), shape, out=out, operands=ops, dims=dims,
+                           _children=tuple(node for node, _ in ops))
 
     def children(self):
-        return tuple(node for node, _ in self.operands)
+        return self._children
 
 
 class Add(Node):
     """A weighted sum of terms of equal shape: `sum(coef * term)`."""
 
-    __slots__ = ("terms",)
+    __slots__ = ("terms", "_children")
     terms: tuple[tuple[float, Node], ...]
 
     def __new__(cls, terms: Iterable[tuple[float, Node]]) -> "Add":
@@ -244,27 +247,30 @@ class Add(Node):
         for _, t in terms:
             if t.shape != shape:
                 raise ValueError(f"Add: term shapes {[t.shape for _, t in terms]} differ")
-        return cls._intern((terms,), shape, terms=terms)
+        return cls._intern((terms,), shape, terms=terms, _children=tuple(t for _, t in terms))
 
     def children(self):
-        return tuple(t for _, t in self.terms)
+        return self._children
 
 
 def topological(*roots: Node) -> list[Node]:
-    """Every node reachable from `roots`, each once, children before parents (no recursion)."""
+    """Every node reachable from `roots`, each once, children before parents (no recursion):
+    depth-first, children left to right, a node after the last of its children."""
     order: list[Node] = []
     seen: set[int] = set()
-    stack: list[tuple[Node, bool]] = [(r, False) for r in reversed(roots)]
-    while stack:
-        node, expanded = stack.pop()
-        if expanded:
-            order.append(node)
+    for root in roots:
+        if id(root) in seen:
             continue
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        stack.append((node, True))
-        for child in reversed(node.children()):
-            if id(child) not in seen:
-                stack.append((child, False))
+        seen.add(id(root))
+        stack = [(root, iter(root.children()))]
+        while stack:
+            node, children = stack[-1]
+            for child in children:
+                if id(child) not in seen:
+                    seen.add(id(child))
+                    stack.append((child, iter(child.children())))
+                    break
+            else:
+                stack.pop()
+                order.append(node)
     return order

@@ -76,8 +76,11 @@ class ContractionTranslator:
         self._diagonals()
         self._lonely_sums()
         while len(self.terms) > 1:
-            if not (self._pads() or self._diag_embed() or self._hadamard() or self._pair()
-                    or self._spread()):
+            # A window whose partners were several terms may have one now that they are
+            # multiplied together: it indexes (or pads) that one instead of becoming a product
+            # with a dense selection matrix (`eye(m)[1:p + 1] @ (x * t0)`).
+            if not (self._select() or self._pads() or self._diag_embed() or self._hadamard()
+                    or self._pair() or self._spread()):
                 self._einsum_all()
             self._lonely_sums()
         if not self.terms:
@@ -90,9 +93,10 @@ class ContractionTranslator:
             return True
         return any(label in t.labels for t in self.terms if not any(t is s for s in skip))
 
-    def _select(self):
-        """Unit vectors and windows (deltas with an offset) on a summed index: index the partner."""
-        changed = True
+    def _select(self) -> bool:
+        """Unit vectors and windows (deltas with an offset) on a summed index: index the partner.
+        Whether anything changed."""
+        changed, any_change = True, False
         while changed:
             changed = False
             for sel in self.terms:
@@ -113,7 +117,7 @@ class ContractionTranslator:
                 partners = [t for t in self.terms if t is not sel and label in t.labels]
                 if label in self.out or len(partners) != 1 or partners[0].labels.count(label) != 1:
                     if isinstance(node, Delta) and self._pad(sel):
-                        changed = True
+                        changed = any_change = True
                         break
                     continue
                 (p,) = partners
@@ -126,8 +130,9 @@ class ContractionTranslator:
                     p.labels = p.labels[:axis] + (new,) + p.labels[axis + 1:]
                 p.node = None
                 self.terms = [t for t in self.terms if t is not sel]
-                changed = True
+                changed = any_change = True
                 break
+        return any_change
 
     def _pads(self) -> bool:
         """A window left over by _select because several terms carried its row: now that
@@ -141,6 +146,10 @@ class ContractionTranslator:
         node = sel.node
         row, col = sel.labels
         partners = [t for t in self.terms if t is not sel and row in t.labels]
+        if not partners and row not in self.out:
+            # Rows summed against nothing (the adjoint of `sum(x[:p])`): a window of ones.
+            partners = [Term(ast.Call("ones", (dimension(node.shape[0]),)), (row,))]
+            self.terms.append(partners[0])
         if row in self.out or len(partners) != 1 or partners[0].labels.count(row) != 1 \
                 or col in partners[0].labels:
             return False

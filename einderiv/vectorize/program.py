@@ -17,7 +17,7 @@ from ..rulebook import RuleBook, default_rulebook
 from .contraction import ContractionTranslator, dimension, number, scaled
 from .lanes import batch_lanes
 from .gc_pause import paused_gc
-from .share import cut_deep, share_repeats
+from .share import MAX_PRINT_HEIGHT, share_repeats
 
 INFIX = {"div": "/", "pow": "**"}
 # An expression nesting deeper than this many IR levels is cut into temporaries, so formulas
@@ -87,8 +87,7 @@ def _vectorize(roots, names, rules, declared) -> VectorProgram:
     translator = _Translator(temp_name, rules)
     temporaries = [(temp_name[id(n)], translator.define(n)) for n in order if id(n) in temp_name]
     outputs = [(name, translator.expr(node)) for name, node in roots.items()]
-    temporaries, outputs = share_repeats(temporaries, outputs, taken)
-    temporaries, outputs = cut_deep(temporaries, outputs, taken)
+    temporaries, outputs = share_repeats(temporaries, outputs, taken, limit=MAX_PRINT_HEIGHT)
     temporaries = _used(temporaries, outputs)
     return VectorProgram(temporaries, outputs, variables, dict(declared or {}))
 

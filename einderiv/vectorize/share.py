@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from ..parse import ast
 
+# Expressions with no parts: never replaced, and told apart by their value alone.
+_LEAVES = frozenset({ast.Name, ast.Number, ast.String, ast.NoneLit})
 # Only expressions that do work are worth a name: not names, numbers or plain views.
 _WORK = (ast.BinOp, ast.Call, ast.UnaryOp)
 # Calls whose arguments are only dimensions (`ones(1)`, `eye(n)`) cost nothing to repeat.
@@ -22,9 +24,11 @@ _CONSTANT_CALLS = {"ones", "zeros", "eye", "size"}
 MAX_PRINT_HEIGHT = 40
 
 
-def share_repeats(temporaries: list, outputs: list, taken: set) -> tuple[list, list]:
+def share_repeats(temporaries: list, outputs: list, taken: set,
+                  limit: int | None = None) -> tuple[list, list]:
     """Name each work expression that would be printed more than once: defined once, as a new
-    temporary before the first line that uses it. A line's whole expression stays that line's."""
+    temporary before the first line that uses it. A line's whole expression stays that line's.
+    With a `limit`, also `cut_deep` in the same pass (one walk of a long program, not two)."""
     lines = [*temporaries, *outputs]
     table = _Structure()
     roots = [table.intern(expr) for _, expr in lines]
@@ -42,9 +46,11 @@ def share_repeats(temporaries: list, outputs: list, taken: set) -> tuple[list, l
             for c in table.children[s]:
                 inside[c] += printed
     if not any(named):
-        return temporaries, outputs
+        return (temporaries, outputs) if limit is None else \
+            cut_deep(temporaries, outputs, taken, limit)
     fresh = _Fresh(taken)
     name_of: dict[int, str] = {}
+    cut = _Cutter(fresh, limit)
 
     def replace(e, emit):
         name = name_of.get(table.of(e))  # defined already: its name, without looking inside
@@ -53,7 +59,7 @@ def share_repeats(temporaries: list, outputs: list, taken: set) -> tuple[list, l
     def define(e, rebuilt, emit):
         s = table.of(e)
         if not named[s]:
-            return rebuilt
+            return rebuilt if limit is None else cut(e, rebuilt, emit)
         name_of[s] = temp = fresh()
         emit((temp, rebuilt))
         return ast.Name(temp)
@@ -65,22 +71,32 @@ def cut_deep(temporaries: list, outputs: list, taken: set,
              limit: int = MAX_PRINT_HEIGHT) -> tuple[list, list]:
     """Cut every work expression that nests `limit` levels deep into a temporary (a sum of 500
     terms becomes a few lines of partial sums, added in the same order)."""
-    fresh = _Fresh(taken)
-    height: dict[int, int] = {}  # id of a rewritten node -> how deeply it nests
-
     def keep(e, emit):
         return None, False
 
-    def define(e, rebuilt, emit):
-        h = 1 + max((height.get(id(c), 0) for c in _children(rebuilt)), default=0)
-        if h >= limit and isinstance(rebuilt, _WORK) and not _trivial(rebuilt):
-            temp = fresh()
+    return _rewrite([*temporaries, *outputs], len(temporaries), keep,
+                    _Cutter(_Fresh(taken), limit))
+
+
+class _Cutter:
+    """`define` for `_rewrite` that names a work expression nesting `limit` levels deep."""
+
+    def __init__(self, fresh, limit: int):
+        self.fresh, self.limit = fresh, limit
+        self.height: dict[int, int] = {}  # id of a rewritten node -> how deeply it nests
+        self.alive: list = []  # keeps the ids in `height` unique
+
+    def __call__(self, e, rebuilt, emit):
+        height = self.height
+        h = 1 + max((height.get(id(c), type(c) in _LEAVES) for c in _children(rebuilt)),
+                    default=0)
+        if h >= self.limit and isinstance(rebuilt, _WORK) and not _trivial(rebuilt):
+            temp = self.fresh()
             emit((temp, rebuilt))
             rebuilt, h = ast.Name(temp), 0
         height[id(rebuilt)] = h
+        self.alive.append(rebuilt)
         return rebuilt
-
-    return _rewrite([*temporaries, *outputs], len(temporaries), keep, define)
 
 
 def _rewrite(lines: list, n_temporaries: int, replace, define) -> tuple[list, list]:
@@ -95,7 +111,8 @@ def _rewrite(lines: list, n_temporaries: int, replace, define) -> tuple[list, li
     keep_alive = []  # the ids in `done` stay unique while it lives
     for index, (name, expr) in enumerate(lines):
         emit = temps.append
-        stack = [(c, False) for c in _children(expr)]
+        # Leaves (names, numbers) are never replaced: they stand for themselves unvisited.
+        stack = [(c, False) for c in _children(expr) if type(c) not in _LEAVES]
         while stack:
             e, ready = stack.pop()
             if id(e) in done:
@@ -107,12 +124,13 @@ def _rewrite(lines: list, n_temporaries: int, replace, define) -> tuple[list, li
                     keep_alive.append(e)
                     continue
                 stack.append((e, True))
-                stack.extend((c, False) for c in _children(e) if id(c) not in done)
+                stack.extend((c, False) for c in _children(e)
+                             if type(c) not in _LEAVES and id(c) not in done)
                 continue
-            done[id(e)] = define(e, _with_children(e, [done[id(c)] for c in _children(e)]),
+            done[id(e)] = define(e, _with_children(e, [done.get(id(c), c) for c in _children(e)]),
                                  emit)
             keep_alive.append(e)
-        line = (name, _with_children(expr, [done[id(c)] for c in _children(expr)]))
+        line = (name, _with_children(expr, [done.get(id(c), c) for c in _children(expr)]))
         (temps if index < n_temporaries else outs).append(line)
     return temps, outs
 
@@ -148,17 +166,19 @@ class _Structure:
         return self.memo[id(e)]
 
     def intern(self, root) -> int:
-        stack = [(root, False)]
+        memo = self.memo
+        stack = [(root, None)]
         while stack:
-            e, ready = stack.pop()
-            if id(e) in self.memo:
+            e, parts = stack.pop()
+            if id(e) in memo:
                 continue
-            parts = _parts(e)
-            if not ready:
-                stack.append((e, True))
-                stack.extend((p, False) for p in parts if p is not None and id(p) not in self.memo)
-                continue
-            key = _shape_key(e, tuple(None if p is None else self.memo[id(p)] for p in parts))
+            if parts is None:  # first visit: its parts first, then itself with them
+                parts = _parts(e)
+                if parts:
+                    stack.append((e, parts))
+                    stack.extend((p, None) for p in parts if p is not None and id(p) not in memo)
+                    continue
+            key = _shape_key(e, tuple(None if p is None else memo[id(p)] for p in parts))
             number = self.numbers.get(key)
             if number is None:
                 number = self.numbers[key] = len(self.children)
