@@ -40,6 +40,20 @@ def cofactors(X: np.ndarray) -> np.ndarray:
     return C
 
 
+def second_cofactors(X: np.ndarray) -> np.ndarray:
+    """d2 det(X) / dX[i,j] dX[k,l] from its definition: X[k,l] in the minor of X[i,j] is the
+    entry (k', l') of that minor, so the value is that minor's cofactor of (k', l'), a signed
+    minor of X without rows i, k and columns j, l; 0 where i == k or j == l."""
+    n = X.shape[0]
+    H = np.zeros((n, n, n, n))
+    for i, j, k, l in np.ndindex(n, n, n, n):
+        if i != k and j != l:
+            rest = np.delete(np.delete(X, [i, k], axis=0), [j, l], axis=1)
+            kk, ll = k - (k > i), l - (l > j)
+            H[i, j, k, l] = (-1) ** (i + j + kk + ll) * (np.linalg.det(rest) if n > 2 else 1.0)
+    return H
+
+
 # -- softmax's -inf guard ----------------------------------------------------------------------
 
 def test_logsumexp_gradient_at_all_minus_inf_is_zero():
@@ -130,6 +144,78 @@ def test_adj_is_a_function_of_the_language():
     close(f(X=np.array([[1.0, 2.0], [2.0, 4.0]])), [[4, -2], [-2, 1]], atol=1e-14)
     X = np.array([[2.0, -1.0, 0.5], [0.3, 1.0, 4.0], [-2.0, 0.0, 1.0]])
     close(f(X=X), np.linalg.det(X) * np.linalg.inv(X))
+
+
+SINGULAR = {
+    "singular_2x2": np.array([[1.0, 2.0], [2.0, 4.0]]),
+    "rank2": np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]),
+    "zero-row": np.array([[2.0, 0.0, 1.0], [0.0, 0.0, 0.0], [1.0, 3.0, 5.0]]),
+    "rank1": np.outer([1.0, 2.0, -1.0], [3.0, 1.0, 2.0]),
+    "zero": np.zeros((3, 3)),
+    "rank2_4x4": (np.outer([1.0, 0, 2, -1], [1.0, 1, 0, 2])
+                  + np.outer([0.0, 1, 1, 0], [3.0, 0, 1, 1])),
+    "regular": np.array([[2.0, -1.0, 0.5], [0.3, 1.0, 4.0], [-2.0, 0.0, 1.0]]),
+}
+
+
+@pytest.mark.parametrize("X", SINGULAR.values(), ids=SINGULAR)
+def test_det_hessian_is_the_second_cofactors(X):
+    """Exact at any rank: the second cofactors are a polynomial (products of singular values
+    in det_hessian's kernel, no inverse)."""
+    H = einderiv.hessian("det(X)", "X", MAT)
+    assert H.formula == "det_hessian(X)"
+    close(both_paths(H, X=X), second_cofactors(X), atol=1e-13)
+
+
+def test_det_hessian_of_a_stack_singular_and_regular_float32():
+    H = einderiv.hessian("sum(det(X))", "X", {"X": ("b", "n", "n")})
+    X = np.stack([SINGULAR["rank2"], SINGULAR["regular"], SINGULAR["zero"]])
+    expected = np.zeros((3, 3, 3, 3, 3, 3))
+    for b in range(3):  # no second derivative across two matrices of the stack
+        expected[b, :, :, b] = second_cofactors(X[b])
+    close(both_paths(H, X=X), expected, atol=1e-13)
+    out = both_paths(H, X=X.astype(np.float32))
+    assert out.dtype == np.float32
+    close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_det_hessian_of_small_matrices():
+    H = einderiv.hessian("det(X)", "X", MAT)
+    close(both_paths(H, X=np.array([[0.0]])), np.zeros((1, 1, 1, 1)))  # det is linear
+    assert H(X=np.zeros((0, 0))).shape == (0, 0, 0, 0)
+    assert H.evaluate_ir(X=np.zeros((0, 0))).shape == (0, 0, 0, 0)
+
+
+def test_adj_jacobian_at_a_singular_matrix():
+    """d adj(X)[i,j] / dX[k,l] is the second cofactor of (j, i), (k, l)."""
+    J = einderiv.jacobian("adj(X)", "X", MAT)
+    X = SINGULAR["rank1"]
+    close(both_paths(J, X=X), second_cofactors(X).transpose(1, 0, 2, 3), atol=1e-13)
+
+
+def test_det_hessian_is_a_function_of_the_language():
+    f = einderiv.compile("det_hessian(X)", {"X": ("b", "n", "n")})
+    X = np.stack([SINGULAR["singular_2x2"], np.eye(2)])
+    close(f(X=X), np.stack([second_cofactors(x) for x in X]), atol=1e-14)
+    with pytest.raises(einderiv.ShapeError, match="takes a square matrix"):
+        einderiv.compile("det_hessian(X)", {"X": ("n", "m")})
+
+
+def test_det_third_derivative_at_a_regular_matrix():
+    """det_hessian's own rule (through inv, for regular X): the gradient of a weighted sum of
+    det's second derivatives against finite differences."""
+    shapes = {"X": ("n", "n"), "C": ("n", "n", "n", "n")}
+    g = einderiv.grad("sum(det_hessian(X) * C)", "X", shapes)
+    rng = np.random.default_rng(4)
+    X, C = SINGULAR["regular"], rng.normal(size=(3, 3, 3, 3))
+    f = einderiv.compile("sum(det_hessian(X) * C)", shapes)
+    h = 1e-6
+    numeric = np.zeros((3, 3))
+    for p, q in np.ndindex(3, 3):
+        E = np.zeros((3, 3))
+        E[p, q] = h
+        numeric[p, q] = (f(X=X + E, C=C) - f(X=X - E, C=C)) / (2 * h)
+    close(both_paths(g, X=X, C=C), numeric, rtol=1e-7, atol=1e-7)
 
 
 def test_det_hessian_at_regular_matrices():
@@ -371,6 +457,9 @@ CASES_ON_BACKENDS = [
     ("sum(maximum(a, b))", "a", AB, {"a": [1.0, 2.0], "b": [1.0, 3.0]}, [0.5, 0.0]),
     ("sum(det(X))", "X", {"X": ("b", "n", "n")}, {"X": [[[1.0, 2.0], [2.0, 4.0]]]},
      [[[4.0, -2.0], [-2.0, 1.0]]]),
+    # adj(a, b; c, d) = (d, -b; -c, a): its sum's gradient, through det_hessian's kernel
+    ("sum(adj(X))", "X", {"X": ("b", "n", "n")}, {"X": [[[1.0, 2.0], [2.0, 4.0]]]},
+     [[[1.0, -1.0], [-1.0, 1.0]]]),
 ]
 
 
@@ -381,7 +470,7 @@ def test_on_other_backends(backend, expr, wrt, shapes, arrays, expected):
     from einderiv.backends import available
     if not available(backend):
         pytest.skip(f"{backend} is not installed")
-    if backend == "dask" and "det" in expr:
+    if backend == "dask" and ("det" in expr or "adj" in expr):
         pytest.skip("dask.array has no det (an EvaluationError, see test_backends)")
     g = einderiv.grad(expr, wrt, shapes, backend=backend)
     for dtype in (np.float64, np.float32):

@@ -152,10 +152,12 @@ class _Layout:
 def _layouts(node: Prim, rules: RuleBook) -> tuple[_Layout, _Layout]:
     f = rules.get(node.fn)
     (arg,) = node.args
-    if f.shape in ("square", "square_scalar"):
+    if f.shape in ("square", "square_scalar", "square_pair"):
         r = arg.rank
         arg_l = _Layout([(r - 2,), (r - 1,)], list(range(r - 2)))
-        out_l = arg_l if f.shape == "square" else _Layout([], list(range(r - 2)))
+        out_l = {"square": arg_l, "square_scalar": _Layout([], list(range(r - 2))),
+                 "square_pair": _Layout([(r - 2,), (r - 1,), (r,), (r + 1,)],
+                                        list(range(r - 2)))}[f.shape]
         return out_l, arg_l
     axes = node.params[0]
     batch = [a for a in range(arg.rank) if a not in axes]
@@ -284,6 +286,10 @@ class _IndexedLowering:
             return self.arg_l
         if node.shape == self.node.shape:
             return self.out_l
+        if isinstance(node, Prim) and node.args == self.node.args:
+            # another primitive of the same argument (adj's rule names det_hessian(X)): its own
+            # core axes, and the same batch axes
+            return _layouts(node, self.rules)[0]
         raise RuleError(f"{self.rule.origin}: a tensor in the rule is shaped like neither the "
                         f"argument nor the result")
 

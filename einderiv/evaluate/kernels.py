@@ -171,6 +171,42 @@ def adjugate(X):
     return sign[..., None, None] * ((V * p[..., None, :]) @ Ut)
 
 
+def det_hessian(X):
+    """The second derivatives of det at each square matrix of a stack, H[..., i, j, k, l] =
+    d^2 det(X) / dX[i, j] dX[k, l] (the second cofactors, signed), shaped [..., n, n, n, n]:
+    exact at any rank, where det(X) * (inv(X)[j, i] inv(X)[l, k] - inv(X)[j, k] inv(X)[l, i])
+    cannot be formed.
+
+    From the SVD X = U diag(s) V^T: det(X + E) = c det(diag(s) + U^T E V) with c = det(U) det(V),
+    whose second-order part gives H[i, j, k, l] = c sum over a != b of P[a, b] (U[i, a] V[j, a]
+    U[k, b] V[l, b] - U[i, a] V[l, a] U[k, b] V[j, b]), P[a, b] the product of every singular
+    value but s_a and s_b: products, no division, so a zero singular value is as good as any.
+    """
+    xp = _xp(X)
+    n = X.shape[-1]
+    batch = tuple(X.shape[:-2])
+    if n == 0 or any(d == 0 for d in batch):
+        return xp.zeros_like(X[..., None, None] * X[..., None, None, :, :])
+    U, s, Vh = xp.linalg.svd(X)
+    if xp is np:
+        eye = np.eye(n, dtype=bool)
+    else:  # made on X's device
+        import array_api_compat
+        eye = xp.eye(n, dtype=xp.bool, device=array_api_compat.device(X))
+    # P[a, b] = prod over m not in {a, b} of s_m; 0 on the diagonal (a == b has no term).
+    others = eye[:, None, :] | eye[None, :, :]  # [a, b, m]: m is a or b
+    ones = xp.ones_like(s)[..., None, None, :]
+    P = xp.prod(xp.where(others, ones, s[..., None, None, :]), axis=-1)
+    P = xp.where(eye, xp.zeros_like(P), P)
+    # W[a] = u_a v_a^T, flattened to a row of n * n: the first term is W^T P W.
+    W = xp.swapaxes(U, -1, -2)[..., :, :, None] * Vh[..., :, None, :]
+    W = xp.reshape(W, (*batch, n, n * n))
+    first = xp.reshape(xp.swapaxes(W, -1, -2) @ (P @ W), (*batch, n, n, n, n))
+    sign = xp.sign(xp.linalg.det(U) * xp.linalg.det(Vh))  # +-1, rounding removed
+    # The second term is the first with j and l exchanged.
+    return sign[..., None, None, None, None] * (first - xp.swapaxes(first, -3, -1))
+
+
 def norm(x, axis=None):
     """The 2-norm over `axis` (every axis by default: a vector's norm, a matrix's Frobenius
     norm), scaled by the largest magnitude first so that squares of entries beyond 1e154

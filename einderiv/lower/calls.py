@@ -405,11 +405,12 @@ def _tensor_primitive(call, f, args, scope) -> Node:
     else:
         axes = _axes(_axis_argument(call, f.axis), args[0].rank, call)
     (x,) = args
-    if f.shape in ("square", "square_scalar"):
+    if f.shape in ("square", "square_scalar", "square_pair"):
         if x.rank < 2 or x.shape[-1] != x.shape[-2]:
             raise ShapeError(f"{f.name}() takes a square matrix, got {show_shape(x.shape)}",
                              call.span)
-        shape = x.shape if f.shape == "square" else x.shape[:-2]
+        shape = {"square": x.shape, "square_scalar": x.shape[:-2],
+                 "square_pair": x.shape + x.shape[-2:]}[f.shape]
         return Prim(f.name, (x,), (), shape)
     if axes is None:
         # Inside a derivative rule, axis primitives work along the primal's axes.

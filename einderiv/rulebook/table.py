@@ -53,7 +53,7 @@ class Function:
     impl: str | None = None  # "xp.exp", "kernel.sigmoid", "module:attr"
     body: str | None = None  # a definition's expression, in the language of SPEC §1
     axis: str | None = None  # a tensor primitive's axis keyword, if it takes one
-    shape: str | None = None  # a tensor primitive's shape rule: same, reduce, square, square_scalar
+    shape: str | None = None  # a tensor primitive's shape rule: a key of TENSOR_SHAPES
     origin: str = ""  # "file:line"
 
     @property
@@ -95,6 +95,8 @@ TENSOR_SHAPES = {
     "reduce": "the argument's shape without the axes it reduces (all of them by default)",
     "square": "a square matrix (or a stack of them) to the same shape",
     "square_scalar": "a square matrix (or a stack of them) to a scalar (one per matrix)",
+    "square_pair": "a square matrix (or a stack of them) to a value per pair of its entries "
+                   "(n x n x n x n per matrix, as a Hessian by the matrix)",
 }
 
 

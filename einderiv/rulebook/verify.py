@@ -249,12 +249,13 @@ def _cases(f: Function, rng):
         yield f"sum({call} * C)", {**shapes, "C": (5,)}, arrays, None
         return
     (x,) = params
-    if f.shape in ("square", "square_scalar"):
+    if f.shape in ("square", "square_scalar", "square_pair"):
         for shape in ((3, 3), (2, 3, 3)):
             X = rng.uniform(-1, 1, size=shape) + 3 * np.eye(3)
-            if f.shape == "square_scalar":
+            if f.shape != "square":
                 X[..., 0, :] *= -1  # a negative determinant too
-            out_shape = shape if f.shape == "square" else shape[:-2]
+            out_shape = {"square": shape, "square_scalar": shape[:-2],
+                         "square_pair": shape + shape[-2:]}[f.shape]
             C = rng.uniform(0.5, 1.5, size=out_shape)
             yield f"sum({f.name}({x}) * C)", {x: shape, "C": out_shape}, {x: X, "C": C}, None
         return
