@@ -1,13 +1,46 @@
 """Dimensions: a concrete size, a named size (`n`), or a named size with an offset (`n-1`)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import operator
+
+_DIMS: dict = {}  # (name, offset) -> its Dim: one object per dimension
 
 
-@dataclass(frozen=True, slots=True)
 class Dim:
+    """Immutable and interned: `Dim("n", 1) is Dim("n", 1)`, with its hash computed once (IR
+    nodes are keyed by tuples of dimensions, hashed at every node built)."""
+
+    __slots__ = ("name", "offset", "_hash")
     name: str | None  # None for a concrete size
-    offset: int = 0
+    offset: int
+
+    def __new__(cls, name: str | None, offset: int = 0) -> "Dim":
+        offset = operator.index(offset)  # a numpy integer is the int it holds
+        key = (name, offset)
+        dim = _DIMS.get(key)
+        if dim is None:
+            dim = object.__new__(cls)
+            object.__setattr__(dim, "name", name)
+            object.__setattr__(dim, "offset", offset)
+            object.__setattr__(dim, "_hash", hash(key))
+            dim = _DIMS.setdefault(key, dim)  # another thread's, if it was first
+        return dim
+
+    def __setattr__(self, name, value):
+        raise AttributeError("dimensions are immutable")
+
+    def __eq__(self, other) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, Dim):
+            return NotImplemented
+        return self.name == other.name and self.offset == other.offset
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self):
+        return (Dim, (self.name, self.offset))
 
     @staticmethod
     def of(value) -> "Dim":

@@ -64,6 +64,7 @@ class _Batcher:
         # id(old node) -> positions of the batches that read it (directly or in a stack).
         self.consumers: dict[int, list[float]] = defaultdict(list)
         self.memo: dict[int, Node] = {}
+        self.stack_memo: dict[tuple[int, ...], Node] = {}
 
     # -- finding groups ---------------------------------------------------------------------
 
@@ -271,9 +272,15 @@ class _Batcher:
         return node if top else (node, True)
 
     def _stack(self, olds, lanes) -> Node:
-        labels = tuple(range(1, olds[0].rank + 1))
-        stack = Add([(1.0, Contract((0, *labels), [(Unit(lanes, k), (0,)), (n, labels)]))
-                     for k, n in enumerate(olds)])
+        # Groups that fail to batch, and parts of groups, ask for the same stacks again: each
+        # is T nodes, built once (the nodes in `olds` are the graph's, so their ids are stable).
+        key = tuple(map(id, olds))
+        stack = self.stack_memo.get(key)
+        if stack is None:
+            labels = tuple(range(1, olds[0].rank + 1))
+            stack = self.stack_memo[key] = Add(
+                [(1.0, Contract((0, *labels), [(Unit(lanes, k), (0,)), (n, labels)]))
+                 for k, n in enumerate(olds)])
         self.stacks.append((stack, list(olds)))
         self.inputs.append(stack)
         return stack
