@@ -327,3 +327,12 @@ def test_readme_lists_every_example_script():
     readme = (ROOT / "README.md").read_text()
     listed = set(re.findall(r"^\| \[examples/(\w+)\.py\]\(examples/\1\.py\) \|", readme, re.M))
     assert listed == {p.stem for p in (ROOT / "examples").glob("*.py")}
+
+
+def test_readme_states_the_parser_limits_in_force():
+    """The limits the README gives are the parser's own numbers."""
+    from einderiv.parse.parser import MAX_NESTING, MAX_PROGRAM_CHARS, MAX_SOURCE_CHARS
+    text = (ROOT / "README.md").read_text()
+    assert f"one statement is at most {MAX_SOURCE_CHARS:,} characters" in text
+    assert f"brackets nest at most {MAX_NESTING} deep" in text
+    assert f"is at most {MAX_PROGRAM_CHARS:,} characters" in text
