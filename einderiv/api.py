@@ -371,13 +371,14 @@ def hessian(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy") ->
     _check_backend(backend)
     names, many = _wrt_list(wrt)
     rules = default_rulebook()
-    rewriter = Rewriter(rules)
-    lowered = rewritten(lower_source(expr, shapes, rules), rewriter)
-    _scalar_output(lowered, "hessian")
-    distinct, where = _distinct(names)
-    variables = _variables(lowered, distinct)
-    grads = rewriter(derivatives(lowered.root, variables, rules))
-    blocks = [rewriter(derivatives(g, variables, rules, jacobian=True)) for g in grads]
+    with paused_gc():  # a long program's IR: see paused_gc
+        rewriter = Rewriter(rules)
+        lowered = rewritten(lower_source(expr, shapes, rules), rewriter)
+        _scalar_output(lowered, "hessian")
+        distinct, where = _distinct(names)
+        variables = _variables(lowered, distinct)
+        grads = rewriter(derivatives(lowered.root, variables, rules))
+        blocks = [rewriter(derivatives(g, variables, rules, jacobian=True)) for g in grads]
     roots = [b for row in blocks for b in row]
     labels = [f"d{a}d{b}" for a in distinct for b in distinct]
     k, m = len(distinct), len(names)

@@ -35,3 +35,17 @@ def test_rule_body_lowered_once_per_signature(monkeypatch):
     for i in range(50):
         partials.elementwise_partial(Map("tanh", Var(f"v{i}", ("m",))), 0, rules)
     assert len(calls) == 1
+
+
+def test_template_cache_is_bounded(monkeypatch):
+    """`x ** c` for many constants c is one template each; the cache keeps the newest only,
+    and an evicted template is lowered again to the same node."""
+    rules = default_rulebook()
+    monkeypatch.setattr(partials, "MAX_TEMPLATES", 8)
+    partials._TEMPLATES.pop(rules, None)
+    x = Var("x", ("n",))
+    first = partials.elementwise_partial(Map("pow", x, Const(0.5)), 0, rules)
+    for i in range(40):
+        partials.elementwise_partial(Map("pow", x, Const(1.0 + i)), 0, rules)
+    assert len(partials._TEMPLATES[rules]) <= 8
+    assert partials.elementwise_partial(Map("pow", x, Const(0.5)), 0, rules) is first

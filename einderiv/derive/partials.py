@@ -57,6 +57,10 @@ def _missing(node, position: int, rules: RuleBook) -> RuleError:
 # (rule book) -> {(function, position, argument signature): (template, placeholders)}. Only
 # frozen rule books are cached: an unfrozen one may still gain or replace rules.
 _TEMPLATES: "weakref.WeakKeyDictionary[RuleBook, dict]" = weakref.WeakKeyDictionary()
+# Templates kept per rule book, oldest dropped first: the key holds the constant arguments
+# (`x ** c` for 20,000 different c is 20,000 templates), and a long-lived process must not grow
+# without bound. Past this many, a rule is lowered again, which is only slower.
+MAX_TEMPLATES = 4096
 
 
 def elementwise_partial(node: Map, position: int, rules: RuleBook) -> Node:
@@ -84,6 +88,11 @@ def elementwise_partial(node: Map, position: int, rules: RuleBook) -> Node:
         template = _lower_rule(node, rule, rules, holders)
         entry = (template, holders, _dependents(template, holders))
         if cache is not None:
+            if len(cache) >= MAX_TEMPLATES:
+                try:
+                    cache.pop(next(iter(cache)), None)
+                except (StopIteration, RuntimeError):  # another thread changed it meanwhile
+                    pass
             cache[key] = entry
     template, holders, steps = entry
     return substitute(template, {h: a for h, a in zip(holders, node.args) if h is not a}, steps)
