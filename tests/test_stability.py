@@ -833,13 +833,10 @@ def _xfail_table(*groups) -> dict:
     return table
 
 
-# The tests that fail on the current tree, by the issue item whose fix makes them pass.
-XFAIL = _xfail_table(
-    ("sigmoid_rewrite_a", "item 2, sigmoid's second derivative near 0: the chain rule makes "
-     "s(x) s(-x) (s(-x) - s(x)), which cancels (relative error 6e-9 at 1e-8, all of it in "
-     "float32); a rewrite sigmoid(-u) - sigmoid(u) = -tanh(0.5 * u) makes it exact", "small-hess"),
-    ("sigmoid_rewrite_b", "item 2, as sigmoid_rewrite_a", "small-hess"),
-)
+# The tests that fail on the current tree, by the issue item whose fix makes them pass (none:
+# sigmoid's second derivative near 0 became exact with the rewrite
+# sigmoid(-u) - sigmoid(u) = -tanh(0.5 * u), and det's Hessian with det_hessian).
+XFAIL = _xfail_table()
 
 
 def _matrix():
