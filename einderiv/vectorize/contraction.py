@@ -204,7 +204,12 @@ class ContractionTranslator:
     def _hadamard(self) -> bool:
         """Multiply two terms elementwise when one's indices are a subset of the other's."""
         best = None
-        for i, a in enumerate(self.terms):
+        first = self.terms[0].labels
+        if all(t.labels == first for t in self.terms):
+            # An elementwise product (every term on the same indices): the search below would
+            # pick the first two every time; a chain's long products made it cubic in effect.
+            best = (None, self.terms[0], self.terms[1])
+        for i, a in enumerate(self.terms if best is None else ()):
             for b in self.terms[i + 1:]:
                 if set(a.labels) <= set(b.labels) or set(b.labels) <= set(a.labels):
                     small, big = (a, b) if len(a.labels) <= len(b.labels) else (b, a)
