@@ -12,6 +12,7 @@ every argument that is not itself constant (step, sign, heaviside, where with co
 """
 from __future__ import annotations
 
+import weakref
 from itertools import count
 
 from ..ir import build
@@ -128,7 +129,24 @@ def _piecewise_constant(node: Node, rules: RuleBook, depth: int) -> bool:
         and not all(_constant(c) for c in children)
 
 
+# (frozen rule book) -> {(function, position): whether its rule there is 0}: asked for every
+# factor of every product of a derivation, about a handful of functions.
+_ZERO_RULES: "weakref.WeakKeyDictionary[RuleBook, dict]" = weakref.WeakKeyDictionary()
+
+
 def _zero_rule(fn: str, position: int, rules: RuleBook) -> bool:
+    if not rules.frozen:  # an unfrozen book may still gain or replace rules
+        return _is_zero_rule(fn, position, rules)
+    known = _ZERO_RULES.get(rules)
+    if known is None:
+        known = _ZERO_RULES.setdefault(rules, {})
+    zero = known.get((fn, position))
+    if zero is None:
+        zero = known[fn, position] = _is_zero_rule(fn, position, rules)
+    return zero
+
+
+def _is_zero_rule(fn: str, position: int, rules: RuleBook) -> bool:
     from .partials import rule_body
     rule = rules.derivative(fn, position)
     if rule is None:
