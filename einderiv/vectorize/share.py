@@ -166,7 +166,7 @@ class _Structure:
         return self.memo[id(e)]
 
     def intern(self, root) -> int:
-        memo = self.memo
+        memo, numbers, alive = self.memo, self.numbers, self.alive
         stack = [(root, None)]
         while stack:
             e, parts = stack.pop()
@@ -176,17 +176,27 @@ class _Structure:
                 parts = _parts(e)
                 if parts:
                     stack.append((e, parts))
-                    stack.extend((p, None) for p in parts if p is not None and id(p) not in memo)
+                    for p in parts:
+                        if p is None or id(p) in memo:
+                            continue
+                        if type(p) in _LEAVES:  # numbered here: no visit of its own
+                            self._number(p, ())
+                        else:
+                            stack.append((p, None))
                     continue
-            key = _shape_key(e, tuple(None if p is None else memo[id(p)] for p in parts))
-            number = self.numbers.get(key)
-            if number is None:
-                number = self.numbers[key] = len(self.children)
-                self.children.append(tuple(self.memo[id(c)] for c in _children(e)))
-                self.work.append(isinstance(e, _WORK) and not _trivial(e))
-            self.memo[id(e)] = number
-            self.alive.append(e)
-        return self.memo[id(root)]
+            self._number(e, tuple([None if p is None else memo[id(p)] for p in parts]))
+        return memo[id(root)]
+
+    def _number(self, e, part_numbers: tuple) -> None:
+        key = _shape_key(e, part_numbers)
+        number = self.numbers.get(key)
+        if number is None:
+            number = self.numbers[key] = len(self.children)
+            memo = self.memo
+            self.children.append(tuple([memo[id(c)] for c in _children(e)]))
+            self.work.append(isinstance(e, _WORK) and not _trivial(e))
+        self.memo[id(e)] = number
+        self.alive.append(e)
 
 
 def _parts(e) -> list:
