@@ -305,6 +305,139 @@ def lstm(V, H, T) -> Instance:
     return _model("LSTM", V, H, T)
 
 
+# --- issue 13: products of stacks, broadcasts, normalization, ReLU ----------------------------
+#
+# Losses a new user writes, each with the derivative a person writes in numpy: the same
+# algorithm as the expression (no identities the expression does not state), with its
+# broadcasts as indexing and its matrix products as `@`.
+
+BATCHED = "sum((A @ B - C) ** 2)"
+
+
+def batched_matmul_loss(ops, p, D):
+    return ops.sum((p["A"] @ p["B"] - D["C"]) ** 2)
+
+
+def batched_matmul_hand(p, D):
+    R = 2.0 * (p["A"] @ p["B"] - D["C"])
+    return R @ p["B"].swapaxes(-1, -2), p["A"].swapaxes(-1, -2) @ R
+
+
+def batched_matmul(b, n, m, k) -> Instance:
+    rng = np.random.default_rng(6)
+    params = {"A": rng.normal(size=(b, n, m)), "B": rng.normal(size=(b, m, k))}
+    data = {"C": rng.normal(size=(b, n, k))}
+    shapes = {"A": ("b", "n", "m"), "B": ("b", "m", "k"), "C": ("b", "n", "k")}
+    return Instance("batched matmul", f"{b}x{n}x{m}x{k}", "grad", ["A", "B"], params, data,
+                    batched_matmul_loss, batched_matmul_hand, lambda: (BATCHED, shapes),
+                    {"b": b, "n": n, "m": m, "k": k})
+
+
+def mean_axis_loss(ops, p, D):
+    T = p["T"]
+    return ops.sum((ops.sum(T, axis=-1) / T.shape[-1]) ** 2)
+
+
+def mean_axis_hand(p, D):
+    T = p["T"]
+    g = (2.0 / T.shape[-1]) * T.mean(axis=-1)
+    return (np.broadcast_to(g[..., None], T.shape).copy(),)  # an array of its own
+
+
+def mean_axis(b, n, m) -> Instance:
+    rng = np.random.default_rng(7)
+    params = {"T": rng.normal(size=(b, n, m))}
+    return Instance("mean over an axis", f"{b}x{n}x{m}", "grad", ["T"], params, {},
+                    mean_axis_loss, mean_axis_hand,
+                    lambda: ("sum(mean(T, axis=-1) ** 2)", {"T": ("b", "n", "m")}),
+                    {"b": b, "n": n, "m": m})
+
+
+RBF = "sum(exp(-sum((P[:, None, :] - P[None, :, :]) ** 2, axis=2)))"
+
+
+def rbf_loss(ops, p, D):
+    P = p["P"]
+    return ops.sum(ops.exp(-ops.sum((P[:, None, :] - P[None, :, :]) ** 2, axis=2)))
+
+
+def rbf_hand(p, D):
+    P = p["P"]
+    Dif = P[:, None, :] - P[None, :, :]
+    K = np.exp(-np.sum(Dif * Dif, axis=2))
+    G = K[:, :, None] * Dif  # the chain rule through Dif[i, j] = P[i] - P[j]
+    return (2.0 * (G.sum(axis=0) - G.sum(axis=1)),)
+
+
+def rbf(n, m) -> Instance:
+    rng = np.random.default_rng(8)
+    params = {"P": rng.normal(size=(n, m)) / np.sqrt(m)}
+    return Instance("pairwise RBF", f"{n}x{m}", "grad", ["P"], params, {}, rbf_loss, rbf_hand,
+                    lambda: (RBF, {"P": ("n", "m")}), {"n": n, "m": m})
+
+
+LAYER_NORM = ("mu = mean(X, axis=1)\nC = X - mu[:, None]\nv = mean(C ** 2, axis=1)\n"
+              "N = C / sqrt(v + 1e-5)[:, None]\nsum((g * N + b - Y) ** 2)")
+LAYER_NORM_SHAPES = {"X": ("n", "f"), "g": ("f",), "b": ("f",), "Y": ("n", "f")}
+
+
+def layer_norm_loss(ops, p, D):
+    X = p["X"]
+    f = X.shape[1]
+    C = X - (ops.sum(X, axis=1) / f)[:, None]
+    N = C / ((ops.sum(C * C, axis=1) / f + 1e-5) ** 0.5)[:, None]
+    return ops.sum((p["g"] * N + p["b"] - D["Y"]) ** 2)
+
+
+def layer_norm_hand(p, D):
+    X, g = p["X"], p["g"]
+    C = X - X.mean(axis=1)[:, None]
+    s = 1.0 / np.sqrt((C * C).mean(axis=1) + 1e-5)
+    N = C * s[:, None]
+    dO = 2.0 * (g * N + p["b"] - D["Y"])
+    dN = dO * g
+    dX = s[:, None] * (dN - dN.mean(axis=1)[:, None] - N * (dN * N).mean(axis=1)[:, None])
+    return dX, (dO * N).sum(axis=0), dO.sum(axis=0)
+
+
+def layer_norm(n, f) -> Instance:
+    rng = np.random.default_rng(9)
+    params = {"X": rng.normal(size=(n, f)), "g": 1.0 + 0.1 * rng.normal(size=f),
+              "b": 0.1 * rng.normal(size=f)}
+    data = {"Y": rng.normal(size=(n, f))}
+    return Instance("layer norm", f"{n}x{f}", "grad", ["X", "g", "b"], params, data,
+                    layer_norm_loss, layer_norm_hand, lambda: (LAYER_NORM, LAYER_NORM_SHAPES),
+                    {"n": n, "f": f})
+
+
+RELU_MLP = "H = relu(X @ W1 + b1)\nsum((H @ W2 + b2 - Y) ** 2)"
+
+
+def relu_mlp_loss(ops, p, D):
+    Z = D["X"] @ p["W1"] + p["b1"]
+    H = Z * (Z > 0)  # relu, with the same derivative (0 at 0) in every framework
+    return ops.sum((H @ p["W2"] + p["b2"] - D["Y"]) ** 2)
+
+
+def relu_mlp_hand(p, D):
+    X = D["X"]
+    Z = X @ p["W1"] + p["b1"]
+    H = np.maximum(Z, 0.0)
+    R = 2.0 * (H @ p["W2"] + p["b2"] - D["Y"])
+    dZ = (R @ p["W2"].T) * (Z > 0)
+    return X.T @ dZ, dZ.sum(axis=0), H.T @ R, R.sum(axis=0)
+
+
+def relu_mlp(n, d, h, k) -> Instance:
+    rng = np.random.default_rng(10)
+    data = {"X": rng.normal(size=(n, d)), "Y": rng.normal(size=(n, k))}
+    params = {"W1": rng.normal(size=(d, h)) / np.sqrt(d), "b1": 0.1 * rng.normal(size=h),
+              "W2": rng.normal(size=(h, k)) / np.sqrt(h), "b2": 0.1 * rng.normal(size=k)}
+    return Instance("MLP relu+squared", f"{n}x{d}x{h}x{k}", "grad", MLP_WRT, params, data,
+                    relu_mlp_loss, relu_mlp_hand, lambda: (RELU_MLP, MLP_SHAPES),
+                    {"n": n, "d": d, "h": h, "k": k})
+
+
 # --- the suite ------------------------------------------------------------------------------
 
 SUITE = {
@@ -316,6 +449,11 @@ SUITE = {
         (logistic_hessian, [(1000, 100), (10_000, 1000)]),
         (rnn, [(9, 9, 11), (64, 128, 32)]),
         (lstm, [(9, 9, 11), (64, 128, 32)]),
+        (batched_matmul, [(8, 16, 16, 16), (64, 64, 64, 64)]),
+        (mean_axis, [(5, 20, 30), (50, 200, 300)]),
+        (rbf, [(50, 4), (300, 16)]),
+        (layer_norm, [(64, 32), (512, 256)]),
+        (relu_mlp, [(256, 64, 128, 10), (1000, 100, 200, 10)]),
     ],
     "quick": [
         (logistic, [(200, 20)]),
@@ -325,11 +463,18 @@ SUITE = {
         (logistic_hessian, [(200, 20)]),
         (rnn, [(9, 9, 11)]),
         (lstm, [(5, 6, 4)]),
+        (batched_matmul, [(4, 6, 5, 3)]),
+        (mean_axis, [(3, 4, 5)]),
+        (rbf, [(10, 3)]),
+        (layer_norm, [(8, 6)]),
+        (relu_mlp, [(32, 8, 16, 4)]),
     ],
 }
 # Small instances on which the hand-written derivatives are checked by finite differences.
 SMALL = [(logistic, (12, 4)), (least_squares, (12, 4)), (mlp, (6, 4, 5, 3)), (quadratic, (5,)),
-         (logistic_hessian, (12, 4)), (rnn, (4, 3, 5)), (rnn, (9, 9, 11)), (lstm, (4, 3, 5))]
+         (logistic_hessian, (12, 4)), (rnn, (4, 3, 5)), (rnn, (9, 9, 11)), (lstm, (4, 3, 5)),
+         (batched_matmul, (2, 3, 4, 2)), (mean_axis, (2, 3, 4)), (rbf, (5, 3)),
+         (layer_norm, (4, 5)), (relu_mlp, (6, 4, 5, 3))]
 
 
 def instances(mode: str):

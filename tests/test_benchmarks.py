@@ -11,7 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "benchmarks" / "run.py"
 PROBLEMS = ["logistic regression", "least squares", "MLP tanh+softmax CE", "hessian x@A@x",
-            "hessian logistic", "RNN char model", "LSTM char model"]
+            "hessian logistic", "RNN char model", "LSTM char model", "batched matmul",
+            "mean over an axis", "pairwise RBF", "layer norm", "MLP relu+squared"]
 PEERS = ["jax.jit", "torch eager", "autograd"]
 # A row of the timing table: problem, size, contender, median time, ratio.
 ROW = re.compile(r"^(?P<problem>.+?)\s+(?P<size>\d+(?:x\d+)*)\s+(?P<who>\S.*?)\s+"
