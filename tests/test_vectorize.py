@@ -156,6 +156,10 @@ CASES = [
          exact=("outer(eye(n)[1], w)",)),
     Case("einsum-broadcast", "grad", "sum(einsum('ijk,jk->i', T, M))", "T",
          {"T": ("a", "b", "c"), "M": ("b", "c")}, exact=("M * ones(a, b, c)",)),
+    # A user's batched product stays `@`; a stack's transpose is `.mT` (issue 13).
+    Case("batched-matmul", "grad", "sum((A @ B - C) ** 2)", ["A", "B"],
+         {"A": ("a", "n", "m"), "B": ("a", "m", "k"), "C": ("a", "n", "k")},
+         exact=("t0 = A @ B - C\ndA = 2 * (t0 @ B.mT)\ndB = 2 * (A.mT @ t0)",)),
     # A contraction over two axes at once has no matrix form in the language: einsum it is.
     Case("einsum-fallback", "grad", "sum(einsum('ijk,jk->i', T, M) ** 2)", "M",
          {"T": ("a", "b", "c"), "M": ("b", "c")},
@@ -349,3 +353,26 @@ def test_a_stack_of_matrices_multiplies_with_matmul(expr, formula):
     shapes = {"A": ("n", "n"), "B": ("n", "n"), "C": ("n", "n"), "x": ("n",),
               "M": ("n", "m"), "N": ("m", "n")}
     assert einderiv.compile(expr, shapes).formula == formula
+
+
+@pytest.mark.parametrize("expr, formula, value", [
+    ("einsum('bij,bkj->bik', A, B)", "A @ B.mT", lambda A, B: A @ np.swapaxes(B, 1, 2)),
+    ("einsum('bji,bjk->bik', A, B)", "A.mT @ B", lambda A, B: np.swapaxes(A, 1, 2) @ B),
+    ("einsum('bji,bkj->bki', A, B)", "B @ A", lambda A, B: B @ A),
+    ("einsum('bij->bji', A)", "A.mT", lambda A, B: np.swapaxes(A, 1, 2)),
+    ("A.mT.mT", "A", lambda A, B: A),
+])
+def test_stacks_multiply_with_matmul_and_mT(expr, formula, value):
+    # Stacks of matrices sharing their leading axis: `@` with `.mT` transposes, no einsum.
+    shapes = {"A": ("b", "n", "n"), "B": ("b", "n", "n")}
+    f = einderiv.compile(expr, shapes)
+    assert f.formula == formula
+    rng = np.random.default_rng(0)
+    A, B = rng.normal(size=(2, 3, 3)), rng.normal(size=(2, 3, 3))
+    np.testing.assert_allclose(f(A=A, B=B), value(A, B))
+    np.testing.assert_allclose(einderiv.compile(formula, shapes)(A=A, B=B), value(A, B))
+
+
+def test_mT_of_a_vector_is_a_shape_error():
+    with pytest.raises(einderiv.ShapeError, match="two axes"):
+        einderiv.compile("x.mT", {"x": ("n",)})

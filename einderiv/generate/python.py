@@ -157,6 +157,8 @@ class _Printer:
         if isinstance(e, ast.UnaryOp):
             return e.op + self._wrap(e.operand, _PREC["neg"])
         if isinstance(e, ast.Attribute):
+            if e.attr == "mT":  # every backend has swapaxes; not every one has .mT
+                return f"_xp.swapaxes({self.expr(e.operand)}, -1, -2)"
             return f"{self._wrap(e.operand, 9)}.T"
         if isinstance(e, ast.Index):
             if _identity_row(e):  # eye(n)[k]: a one-hot row, without the n-by-n identity

@@ -188,9 +188,18 @@ def _lower_one(expr: ast.Expr, args: list[Node], scope: Scope) -> Node:
     if isinstance(expr, ast.UnaryOp):
         return build.scale(-1.0, args[0]) if expr.op == "-" else args[0]
     if isinstance(expr, ast.Attribute):
+        if expr.attr == "mT":  # numpy's matrix transpose: the last two axes swapped
+            (x,) = args
+            if x.rank < 2:
+                raise ShapeError(f"cannot take .mT of {LazyText(expr.operand)} "
+                                 f"{show_shape(x.shape)}: it needs two axes or more",
+                                 expr.span, hint="a vector's .T is itself")
+            labels = tuple(range(x.rank))
+            return build.contract(labels[:-2] + labels[:-3:-1], [(x, labels)])
         if expr.attr != "T":
             raise ParseError(f"unknown attribute '.{expr.attr}'", expr.span,
-                             hint="the only attribute is .T (transpose)")
+                             hint="the attributes are .T (every axis reversed) and .mT (the "
+                                  "last two axes swapped)")
         return build.transpose(args[0])
     if isinstance(expr, ast.Index):
         return build.index(args[0], [_index_item(i, scope) for i in expr.items])

@@ -43,6 +43,15 @@ def transpose(expr: ast.Expr) -> ast.Expr:
     return ast.Attribute(expr, "T")
 
 
+def swap_last(expr: ast.Expr, rank: int) -> ast.Expr:
+    """The last two axes of a `rank`-axis array swapped: `.T` of a matrix, `.mT` of a stack."""
+    if rank == 2:
+        return transpose(expr)
+    if isinstance(expr, ast.Attribute) and expr.attr == "mT":
+        return expr.operand
+    return ast.Attribute(expr, "mT")
+
+
 class Term:
     """An intermediate array: its expression and the index label of each axis."""
 
@@ -261,10 +270,9 @@ class ContractionTranslator:
             for b in self.terms[i + 1:]:
                 shared = set(a.labels) & set(b.labels)
                 summed = [l for l in shared if not self._needed(l, skip=(a, b))]
-                # At most a matrix each, or a stack of matrices with a matrix or a vector
-                # (numpy's matmul broadcasts over the stack's leading axis).
-                ranks = sorted((len(a.labels), len(b.labels)))
-                if len(summed) != 1 or len(shared) != 1 or ranks[0] > 2 or ranks[1] > 3:
+                # Vectors, matrices and stacks of matrices (numpy's matmul broadcasts over the
+                # stack axes in front; _matmul checks the layout).
+                if len(summed) != 1:
                     continue
                 product = _matmul(a, b, summed[0], self.out)
                 if product is not None:
@@ -369,6 +377,8 @@ def _permute(expr, labels, target) -> ast.Expr:
         return expr
     if len(labels) == 2 and labels == target[::-1]:
         return transpose(expr)
+    if len(labels) > 2 and labels[:-2] == target[:-2] and labels[-2:] == target[:-3:-1]:
+        return swap_last(expr, len(labels))
     letters = {l: _symbol(i) for i, l in enumerate(labels)}
     spec = "".join(letters[l] for l in labels) + "->" + "".join(letters[l] for l in target)
     return ast.Call("einsum", (ast.String(spec), expr))  # a permutation: no planning needed
@@ -412,27 +422,33 @@ def _slice(lo: Dim, hi: Dim, dim: Dim) -> ast.Slice:
 
 
 def _matmul(a: Term, b: Term, k, out) -> Term | None:
-    """A matrix product contracting index k, matrix first, with the fewest transposes."""
+    """A matrix product contracting index k, matrix first, with the fewest transposes. Stacks
+    of matrices multiply as numpy's matmul does: over a stack axis of one operand, or over the
+    stack axes both carry in front (`A @ B.mT`, each of A and B [b, n, n])."""
     candidates = []
     for left, right in ((a, b), (b, a)):
         lf = _as_left(left, k)
         rt = _as_right(right, k)
         if lf is None or rt is None:
             continue
-        (lexpr, lrest, lt), (rexpr, rrest, rt_) = lf, rt
-        if set(lrest) & set(rrest):
+        (lexpr, llead, lrow, lt), (rexpr, rlead, rcol, rt_) = lf, rt
+        if llead and rlead and llead != rlead:
             continue
-        labels = lrest + rrest
-        if len(right.labels) == 3:  # a stack on the right: its leading axis comes first
-            labels = rrest[:1] + lrest + rrest[1:]
+        lead = llead or rlead
+        labels = lead + lrow + rcol
+        if len(set(labels)) != len(labels) or \
+                set(left.labels) & set(right.labels) != {k, *(llead if rlead else ())}:
+            continue
         # As a person writes it: the matrix first (`X.T @ v` rather than `v @ X`), then the
-        # fewest transposes, then the result already in the output's order.
+        # fewest transposes (one of the result counted too: `t5.T @ X`, not `(X.T @ t5).T`),
+        # then the result already in the output's order.
         vector_first = len(left.labels) == 1 and len(right.labels) == 2
         wanted = tuple(l for l in out if l in labels)
+        turned = labels != wanted
         # Transposing a name (`X.T`) reads better than transposing a compound expression.
-        compound = sum(1 for t, e in ((lt, left.expr), (rt_, right.expr))
-                       if t and not isinstance(e, ast.Name))
-        cost = (vector_first, lt + rt_, compound, labels != wanted)
+        compound = turned + sum(1 for t, e in ((lt, left.expr), (rt_, right.expr))
+                                if t and not isinstance(e, ast.Name))
+        cost = (vector_first, lt + rt_ + turned, compound, turned)
         candidates.append((cost, Term(ast.BinOp("@", lexpr, rexpr), labels)))
     if not candidates:
         return None
@@ -440,25 +456,24 @@ def _matmul(a: Term, b: Term, k, out) -> Term | None:
 
 
 def _as_left(t: Term, k):
-    """(expr, remaining labels, transposes) for `t` on the left of @, contracting k."""
+    """(expr, stack labels, row label, transposes) for `t` on the left of @, contracting k:
+    a vector, a matrix or a stack of matrices (the stack axes in front)."""
     if t.labels == (k,):
-        return t.expr, (), 0
-    if len(t.labels) == 2 and t.labels[1] == k:
-        return t.expr, (t.labels[0],), 0
-    if len(t.labels) == 2 and t.labels[0] == k:
-        return transpose(t.expr), (t.labels[1],), 1
-    if len(t.labels) == 3 and t.labels[2] == k:  # a stack of matrices, never transposed
-        return t.expr, t.labels[:2], 0
-    return None
+        return t.expr, (), (), 0
+    if len(t.labels) < 2 or k not in t.labels[-2:]:
+        return None
+    lead = t.labels[:-2]
+    if t.labels[-1] == k:
+        return t.expr, lead, t.labels[-2:-1], 0
+    return swap_last(t.expr, len(t.labels)), lead, t.labels[-1:], 1
 
 
 def _as_right(t: Term, k):
     if t.labels == (k,):
-        return t.expr, (), 0
-    if len(t.labels) == 2 and t.labels[0] == k:
-        return t.expr, (t.labels[1],), 0
-    if len(t.labels) == 2 and t.labels[1] == k:
-        return transpose(t.expr), (t.labels[0],), 1
-    if len(t.labels) == 3 and t.labels[1] == k:
-        return t.expr, (t.labels[0], t.labels[2]), 0
-    return None
+        return t.expr, (), (), 0
+    if len(t.labels) < 2 or k not in t.labels[-2:]:
+        return None
+    lead = t.labels[:-2]
+    if t.labels[-2] == k:
+        return t.expr, lead, t.labels[-1:], 0
+    return swap_last(t.expr, len(t.labels)), lead, t.labels[-2:-1], 1
