@@ -1072,3 +1072,22 @@ def test_unexpected_input():
     with pytest.raises(einderiv.EinderivError) as info:
         f(x=np.ones(3), z=np.ones(3))
     assert "'z'" in str(info.value)
+
+
+def test_a_diagonal_is_placed_not_multiplied_by_an_identity():
+    """The Hessian of sum(a ** 0.5) is delta[i,j] * f''(a)[j]: at a = 0, f'' is -inf, and the
+    entries off the diagonal are exact zeros (0 * -inf was nan in the IR interpreter, while the
+    generated code wrote diag())."""
+    import warnings
+    h = einderiv.hessian("sum(a ** 0.5)", "a", {"a": ("n",)})
+    a = np.array([0.0, 1.0, 4.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for value in (h(a=a), h.evaluate_ir(a=a)):
+            off = value[~np.eye(3, dtype=bool)]
+            assert np.all(off == 0), value
+            np.testing.assert_allclose(np.diag(value)[1:], [-0.25, -0.25 / 8])
+            assert np.diag(value)[0] == -np.inf
+    j = einderiv.jacobian("2 * tanh(X)", "X", {"X": ("n", "m")})
+    X = np.linspace(-1, 1, 6).reshape(2, 3)
+    np.testing.assert_allclose(j.evaluate_ir(X=X), j(X=X))

@@ -346,6 +346,26 @@ class ContractionStep:
                 ops.append([child, slot[id(child)], list(labels)])
         self.pads: dict = {}  # output label -> (before, after): a window's adjoint, padded
         ops = self._resolve_structured(ops, out, env, self.pads)
+        # An identity delta on two output labels (the Jacobian of an elementwise function)
+        # places the rest of the product on a diagonal: computed on one of its labels and
+        # written into zeros, not multiplied by an identity matrix, so the entries off the
+        # diagonal are exact zeros whatever the rest is (0 * inf was nan; the generated code
+        # writes diag()), and no n-by-n identity is made.
+        self.embeds: list[tuple[int, int]] = []  # (kept label, dropped label)
+        for op in list(ops):
+            child, _, idx, ls = op
+            if isinstance(child, Delta) and child.is_identity and \
+                    all(i == slice(None) for i in idx) and \
+                    ls[0] != ls[1] and ls[0] in out and ls[1] in out and \
+                    not (set(ls) & set(self.pads)) and \
+                    not any(ls[1] in e or ls[0] in e for e in self.embeds):
+                keep, drop = ls
+                ops.remove(op)
+                for other in ops:
+                    other[3] = [keep if l == drop else l for l in other[3]]
+                self.embeds.append((keep, drop))
+        dropped = {d for _, d in self.embeds}
+        full_out, out = out, [l for l in out if l not in dropped]
         self.sources = [(src, idx) for _, src, idx, _ in ops]
         present = [l for _, _, _, ls in ops for l in ls]
         self.out_present = [l for l in out if l in present]
@@ -364,6 +384,14 @@ class ContractionStep:
         self.keep_shape = tuple(inner[l] if l in self.out_present else 1 for l in out)
         self.expand_shape = tuple(inner[l] for l in out)
         self.pad_widths = [self.pads.get(l, (0, 0)) for l in out] if self.pads else None
+        # Each embedding puts the kept label's axis on the diagonal of (kept, dropped), in the
+        # order of the full output.
+        self.embed_steps = []
+        labels = list(out)
+        for keep, drop in self.embeds:
+            labels = [l for l in full_out if l in labels or l == drop]
+            self.embed_steps.append((labels.index(keep), labels.index(drop)))
+        self.final_shape = tuple(sizes[l] for l in full_out)
 
     @staticmethod
     def _resolve_structured(ops, out, env, pads):
@@ -408,9 +436,13 @@ class ContractionStep:
 
     def __call__(self, s):
         arrays = [s[src][idx] if idx else s[src] for src, idx in self.sources]
-        if self.expr is None:  # constants alone (on a window: padded below)
+        if self.expr is None:  # constants alone (on a window, padded; on a diagonal, placed)
             value = np.full(self.expand_shape, self.scale, dtype=self.dtype)
-            return np.pad(value, self.pad_widths) if self.pad_widths is not None else value
+            if self.pad_widths is not None:
+                value = np.pad(value, self.pad_widths)
+            for keep, drop in self.embed_steps:
+                value = _on_diagonal(value, keep, drop)
+            return value
         value = self.expr(*arrays)
         if self.scale != 1.0:
             value = self.scale * value
@@ -418,7 +450,22 @@ class ContractionStep:
             value = np.broadcast_to(np.reshape(value, self.keep_shape), self.expand_shape)
         if self.pad_widths is not None:
             value = np.pad(value, self.pad_widths)
+        for keep, drop in self.embed_steps:
+            value = _on_diagonal(value, keep, drop)
         return value
+
+
+def _on_diagonal(value: np.ndarray, keep: int, drop: int) -> np.ndarray:
+    """`value` with a new axis at position `drop` (of the result), its entries on the diagonal
+    of axes (keep, drop) and exact zeros elsewhere: `v[..., i, ...] * delta[i, j]`."""
+    where = keep if keep < drop else keep - 1  # the kept axis in `value`
+    moved = np.moveaxis(value, where, -1)
+    n = moved.shape[-1]
+    out = np.zeros(moved.shape + (n,), dtype=moved.dtype)
+    i = np.arange(n)
+    out[..., i, i] = moved
+    # Axes (kept, dropped) are the last two, in that order; put them where they belong.
+    return np.moveaxis(out, (-2, -1), (keep, drop))
 
 
 def _adjoint_window(result, k, row, col, window: slice, pads, cols) -> bool:
