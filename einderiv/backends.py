@@ -157,8 +157,9 @@ def _array_owner(xp):
                     if a is r:
                         return r.copy()
                 return r
-            if getattr(r.flags, "writeable", True) and not any(
-                    type(a) is ndarray and may_share_memory(r, a) for a in inputs):
+            # cupy has no read-only flag: a broadcast view (a zero stride) is copied too
+            if getattr(r.flags, "writeable", True) and not (r.size > 1 and 0 in r.strides) \
+                    and not any(type(a) is ndarray and may_share_memory(r, a) for a in inputs):
                 return r  # a view of an array made by this call
             return r.copy()
         if isinstance(r, generic):  # numpy scalars are immutable

@@ -160,6 +160,28 @@ CASES = [
     Case("batched-matmul", "grad", "sum((A @ B - C) ** 2)", ["A", "B"],
          {"A": ("a", "n", "m"), "B": ("a", "m", "k"), "C": ("a", "n", "k")},
          exact=("t0 = A @ B - C\ndA = 2 * (t0 @ B.mT)\ndB = 2 * (A.mT @ t0)",)),
+    # A broadcast is indexing (`[:, None]`), never a product with `ones` (issue 13); only an
+    # output that is itself a broadcast is written `* ones(...)` (computed as broadcast_to),
+    # with its constant on the small array.
+    Case("mean-over-axis", "grad", "sum(mean(T, axis=-1) ** 2)", "T", {"T": ("a", "n", "m")},
+         must=("(2 * ", ")[:, :, None] * ones(a, n, m)"), lines=1),
+    Case("pairwise-rbf", "grad", "sum(exp(-sum((P[:, None, :] - P[None, :, :]) ** 2, axis=2)))",
+         "P", {"P": ("n", "m")}, must=("t0 = P[:, None] - P\n",), must_not=("ones",),
+         einsum=True),
+    Case("layer-norm", "grad",
+         "mu = mean(X, axis=1)\nC = X - mu[:, None]\nv = mean(C ** 2, axis=1)\n"
+         "N = C / sqrt(v + 1e-5)[:, None]\nsum((g * N + b - Y) ** 2)", ["X", "g", "b"],
+         {"X": ("n", "m"), "g": ("m",), "b": ("m",), "Y": ("n", "m")},
+         must=("[:, None]",), must_not=("ones", "outer", "diag", "eye")),
+    Case("attention", "grad", "A = softmax(Q @ K.T, axis=1)\nsum((A @ V) * G)", ["Q", "K", "V"],
+         {"Q": ("n", "d"), "K": ("m", "d"), "V": ("m", "k"), "G": ("n", "k")},
+         must=("sum(t0 * A, axis=1)[:, None]", "dV = A.T @ G"), must_not=("ones",)),
+    # A transpose on the smaller side: `t.T @ X`, not `(X.T @ t).T`.
+    Case("mlp-transposed-weights", "grad",
+         "H = tanh(X @ W1.T + b1)\nsum((H @ W2.T + b2 - Y) ** 2)", MLP_WRT,
+         {"X": ("n", "d"), "W1": ("h", "d"), "b1": ("h",), "W2": ("k", "h"), "b2": ("k",),
+          "Y": ("n", "k")},
+         must=(".T @ X\n", ".T @ H)\n"), must_not=(").T", "outer", "diag", "eye")),
     # A contraction over two axes at once has no matrix form in the language: einsum it is.
     Case("einsum-fallback", "grad", "sum(einsum('ijk,jk->i', T, M) ** 2)", "M",
          {"T": ("a", "b", "c"), "M": ("b", "c")},
@@ -376,3 +398,21 @@ def test_stacks_multiply_with_matmul_and_mT(expr, formula, value):
 def test_mT_of_a_vector_is_a_shape_error():
     with pytest.raises(einderiv.ShapeError, match="two axes"):
         einderiv.compile("x.mT", {"x": ("n",)})
+
+
+@pytest.mark.parametrize("expr, wrt, shapes", [
+    ("sum(mean(T, axis=-1) ** 2)", "T", {"T": ("a", "n", "m")}),
+    ("sum(sum(X, axis=0) ** 2)", "X", {"X": ("n", "d")}),
+    ("2 * sum(x)", "x", {"x": ("n",)}),
+])
+def test_an_output_that_is_a_broadcast_is_computed_as_a_view_then_copied(expr, wrt, shapes):
+    # `x[:, None] * ones(n, m)` in the formula; numpy's broadcast_to in the code (no array of
+    # ones, no product), and the result is the caller's own writable array all the same.
+    g = einderiv.grad(expr, wrt, shapes)
+    assert "* ones(" in g.formula and "ones(" not in g.source and "broadcast_to(" in g.source
+    arrays = random_inputs(g.lowered.declared, np.random.default_rng(0), SIZES)
+    result = g(**arrays)
+    assert result.flags.writeable and result.flags.owndata
+    np.testing.assert_allclose(result, einderiv.compile(g.formula, declared_shapes(g))(**arrays))
+    result[...] = 0  # writable, and the next call is unaffected
+    np.testing.assert_allclose(g(**arrays), einderiv.compile(g.formula, declared_shapes(g))(**arrays))

@@ -149,6 +149,15 @@ class _Printer:
             return repr(value) if math.isfinite(value) else f"float({str(value)!r})"
         if isinstance(e, ast.Name):
             return self.names.get(e.id, e.id)
+        if isinstance(e, ast.BinOp) and getattr(e.right, "broadcast", False):
+            # `x[:, None] * ones(n, m)`, a broadcast the vectorizer materializes: a view (an
+            # output is copied once, where it is returned), not a product with an array of ones
+            left = self.expr(e.left)
+            if isinstance(e.left, ast.Number) or (isinstance(e.left, ast.UnaryOp) and
+                                                  isinstance(e.left.operand, ast.Number)):
+                left = f"_xp.asarray({left}, dtype=_dtype)"
+            dims = ", ".join(self._dimension(a) for a in e.right.args)
+            return f"_xp.broadcast_to({left}, ({dims},))"
         if isinstance(e, ast.BinOp):
             p = _PREC[e.op]
             left = self._wrap(e.left, p + 1 if e.op == "**" else p)

@@ -66,21 +66,56 @@ class Term:
 
 
 class ContractionTranslator:
-    def __init__(self, node: Contract, translate):
+    """`narrow(child)`, if given, is (expression, axes): the child with only the axes it does
+    not merely broadcast (`t0` for `t0[i]` broadcast to [i, j]); the product then broadcasts
+    the smaller operand itself (`x / t0[:, None]`, not `x / (t0[:, None] * ones(n, f))`)."""
+
+    def __init__(self, node: Contract, translate, narrow=None):
         self.node = node
         self.dims = node.dims
         self.out = tuple(node.out)
         self.coef = 1.0
         self.terms: list[Term] = []
+        dropped = []
         for child, labels in node.operands:
             if isinstance(child, Const):
                 self.coef *= child.value
-            else:
+                continue
+            if narrow is None or len(set(labels)) != len(labels):
                 self.terms.append(Term(translate(child), labels, child))
+                continue
+            expr, axes = narrow(child)
+            if len(axes) == len(labels):
+                self.terms.append(Term(expr, labels, child))
+                continue
+            self.terms.append(Term(expr, tuple(labels[a] for a in axes)))
+            dropped.append((self.terms[-1], child, labels, axes))
+        # An index that only a broadcast axis carried and that is summed would lose its count
+        # (the sum of a broadcast is a multiple): those operands are written whole.
+        carried = {l for t in self.terms for l in t.labels}
+        for term, child, labels, axes in dropped:
+            if any(l not in carried and l not in self.out for l in labels):
+                term.expr = broadcast(term.expr, axes, child.shape)
+                term.labels, term.node = labels, child
 
     # -- the steps -----------------------------------------------------------------------------
 
     def run(self) -> ast.Expr:
+        return broadcast(*self.narrow_result(), self.node.shape)
+
+    def narrow_result(self) -> tuple[ast.Expr, tuple]:
+        """The product without the output axes no operand carries (a broadcast is left to
+        the consumer's numpy broadcasting, or to `broadcast`): (expression, its axes)."""
+        self._combine()
+        if not self.terms:
+            return number(self.coef), ()
+        term = self.terms[0]
+        present = tuple(l for l in self.out if l in term.labels)
+        # The constant goes on the smaller array, before any broadcast.
+        expr = scaled(self.coef, _permute(term.expr, term.labels, present))
+        return expr, tuple(self.out.index(l) for l in present)
+
+    def _combine(self):
         self._select()
         self._diagonals()
         self._lonely_sums()
@@ -92,9 +127,6 @@ class ContractionTranslator:
                     or self._pair() or self._spread()):
                 self._einsum_all()
             self._lonely_sums()
-        if not self.terms:
-            return self._broadcast(Term(number(self.coef), ()))
-        return scaled(self.coef, self._broadcast(self.terms[0]))
 
     def _needed(self, label, skip=()) -> bool:
         """Is `label` in the output or carried by a term other than those in `skip`?"""
@@ -255,13 +287,18 @@ class ContractionTranslator:
         return any(sum(l in t.labels for t in self.terms) >= 3 for l in labels)
 
     def _diag_embed(self) -> bool:
-        """v[i] * delta[i,j] with both free -> diag(v)."""
+        """v[i] * w[j] * delta[i,j] -> diag(v * w): the delta makes i and j one index, so every
+        vector on either is on the diagonal (not `w * diag(v)`)."""
         for d in self.terms:
             if isinstance(d.node, Delta) and d.node.is_identity:
-                for v in self.terms:
-                    if v is not d and len(v.labels) == 1 and v.labels[0] in d.labels:
-                        self._replace([d, v], Term(ast.Call("diag", (v.expr,)), d.labels))
-                        return True
+                vectors = [v for v in self.terms
+                           if v is not d and len(v.labels) == 1 and v.labels[0] in d.labels]
+                if vectors:
+                    product = vectors[0].expr
+                    for v in vectors[1:]:
+                        product = ast.BinOp("*", product, v.expr)
+                    self._replace([d, *vectors], Term(ast.Call("diag", (product,)), d.labels))
+                    return True
         return False
 
     def _pair(self) -> bool:
@@ -318,18 +355,22 @@ class ContractionTranslator:
         rest.insert(min(first, len(rest)), new)
         self.terms = rest
 
-    def _broadcast(self, term: Term) -> ast.Expr:
-        """`term` in the output's index order, broadcast along output indices it lacks."""
-        missing = [l for l in self.out if l not in term.labels]
-        present = [l for l in self.out if l in term.labels]
-        expr = _permute(term.expr, term.labels, tuple(present))
-        if not missing:
-            return expr
-        aligned = _align(Term(expr, present), self.out)
-        ones = ast.Call("ones", tuple(dimension(self.dims[l]) for l in self.out))
-        if isinstance(aligned, ast.Number) and aligned.value in (0.0, 1.0):
-            return ones if aligned.value else ast.Call("zeros", ones.args)
-        return ast.BinOp("*", aligned, ones)
+
+
+def broadcast(expr: ast.Expr, axes, shape) -> ast.Expr:
+    """`expr`, whose axes are `axes` of `shape` (in order), broadcast to the whole `shape`: the
+    only place a broadcast is materialized, where a whole array is wanted (an output that is
+    itself a broadcast, `x[:, None] * ones(n, m)`). The `ones` is marked, so that the code
+    computes it as numpy's `broadcast_to` (a view, copied once if it is returned)."""
+    axes, everything = tuple(axes), tuple(range(len(shape)))
+    if axes == everything:
+        return expr
+    aligned = _align(Term(expr, axes), everything)
+    ones = ast.Call("ones", tuple(dimension(d) for d in shape))
+    if isinstance(aligned, ast.Number) and aligned.value in (0.0, 1.0):
+        return ones if aligned.value else ast.Call("zeros", ones.args)
+    ones.broadcast = True
+    return ast.BinOp("*", aligned, ones)
 
 
 def _rest(window: Delta) -> ast.Expr:

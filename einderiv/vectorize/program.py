@@ -14,7 +14,7 @@ from ..ir.names import input_names, output_labels
 from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Size, Unit, Var, topological
 from ..parse import ast
 from ..rulebook import RuleBook, default_rulebook
-from .contraction import ContractionTranslator, dimension, number, scaled
+from .contraction import ContractionTranslator, Term, _align, broadcast, dimension, number, scaled
 from .lanes import batch_lanes
 from .gc_pause import paused_gc
 from .share import MAX_PRINT_HEIGHT, share_repeats
@@ -85,9 +85,12 @@ def _vectorize(roots, names, rules, declared) -> VectorProgram:
         bound_names.add(name)
         temp_name[id(n)] = name
     translator = _Translator(temp_name, rules)
-    temporaries = [(temp_name[id(n)], translator.define(n)) for n in order if id(n) in temp_name]
+    temporaries = [(temp_name[id(n)], translator.define_temporary(n)) for n in order
+                   if id(n) in temp_name]
     outputs = [(name, translator.expr(node)) for name, node in roots.items()]
     temporaries, outputs = share_repeats(temporaries, outputs, taken, limit=MAX_PRINT_HEIGHT)
+    # After sharing: a repeated part is a name by then, which tidying leaves whole (`-t1`
+    # where `t1 = y * t0` is shared, not `-y * t0`).
     temporaries = _used(temporaries, outputs)
     return VectorProgram(temporaries, outputs, variables, dict(declared or {}))
 
@@ -111,9 +114,10 @@ def _worth_a_name(node: Node, uses: Counter, names) -> bool:
         return True
     if uses[id(node)] < 2:
         return False
-    # A transpose or a broadcast of something already named costs nothing to repeat.
+    # A transpose or a broadcast costs nothing to repeat (its operand gets a name of its own
+    # where that is worth one): its uses broadcast the operand themselves.
     if isinstance(node, Contract) and len(node.operands) == 1 and \
-            isinstance(node.operands[0][0], (Var, Const)):
+            set(node.operands[0][1]) <= set(node.out):
         return False
     return True
 
@@ -122,13 +126,46 @@ class _Translator:
     def __init__(self, temp_name: dict[int, str], rules: RuleBook):
         self.temp_name = temp_name
         self.rules = rules
+        self.narrowed: dict[int, tuple] = {}  # temporary -> the axes it is written with
 
     def expr(self, node: Node) -> ast.Expr:
         """The expression for `node` where it is used: a temporary's name if it has one."""
+        return broadcast(*self.narrow(node), node.shape)
+
+    def narrow(self, node: Node) -> tuple[ast.Expr, tuple]:
+        """(expression, axes): `node` written with only the axes it does not merely broadcast,
+        aligned among themselves; where it is used, numpy's broadcasting does the rest."""
         name = self.temp_name.get(id(node))
         if name is not None:
-            return ast.Name(name)
-        return self.define(node)
+            return ast.Name(name), self.narrowed.get(id(node), tuple(range(node.rank)))
+        return self._narrow_definition(node)
+
+    def _narrow_definition(self, node: Node) -> tuple[ast.Expr, tuple]:
+        if isinstance(node, Contract):
+            return ContractionTranslator(node, self.expr, self.narrow).narrow_result()
+        if isinstance(node, Add):
+            return self._sum(node)
+        if isinstance(node, Map) and node.fn not in INFIX:
+            return self._map(node, ast.Call, node.fn)
+        if isinstance(node, Map) and len(node.args) == 2:
+            return self._map(node, ast.BinOp, INFIX[node.fn])
+        return self.define(node), tuple(range(node.rank))
+
+    def define_temporary(self, node: Node) -> ast.Expr:
+        """A temporary's definition: without its broadcast axes, unless that leaves a bare
+        name (its uses broadcast it)."""
+        expr, axes = self._narrow_definition(node)
+        if len(axes) == node.rank or isinstance(expr, (ast.Name, ast.Number)):
+            return broadcast(expr, axes, node.shape)
+        self.narrowed[id(node)] = axes
+        return expr
+
+    def _map(self, node: Map, make, fn) -> tuple[ast.Expr, tuple]:
+        """An elementwise function broadcasts its arguments: each is written narrow."""
+        args = [self.narrow(a) for a in node.args]
+        axes = tuple(sorted({a for _, present in args for a in present}))
+        aligned = [_align(Term(e, present), axes) for e, present in args]
+        return (make(fn, *aligned) if make is ast.BinOp else make(fn, tuple(aligned))), axes
 
     def define(self, node: Node) -> ast.Expr:
         if isinstance(node, Var):
@@ -149,17 +186,10 @@ class _Translator:
             from .contraction import _position
             return ast.Index(ast.Call("eye", (dimension(node.shape[0]),)),
                              (_position(node.position, node.shape[0]),))
-        if isinstance(node, Map):
-            args = [self.expr(a) for a in node.args]
-            if node.fn in INFIX and len(args) == 2:
-                return ast.BinOp(INFIX[node.fn], *args)
-            return ast.Call(node.fn, tuple(args))
         if isinstance(node, Prim):
             return self._primitive(node)
-        if isinstance(node, Add):
-            return self._sum(node)
-        if isinstance(node, Contract):
-            return ContractionTranslator(node, self.expr).run()
+        if isinstance(node, (Map, Add, Contract)):
+            return broadcast(*self._narrow_definition(node), node.shape)
         raise TypeError(f"cannot vectorize {type(node).__name__}")
 
     def _primitive(self, node: Prim) -> ast.Expr:
@@ -199,47 +229,24 @@ class _Translator:
         right = ast.Call("stack", tuple(self.expr(b) for _, b in pairs))
         return scaled(coef, ast.BinOp("@", ast.Attribute(left, "T"), right))
 
-    def _sum(self, node: Add) -> ast.Expr:
+    def _sum(self, node: Add) -> tuple[ast.Expr, tuple]:
         batched = self._batched(node)
         if batched is not None:
-            return batched
-        # A term that only broadcasts something smaller (a scalar, a row) is written unbroadcast
-        # when another term has the full shape: numpy broadcasting does the rest.
-        full = any(_broadcast_of(t) is None or id(t) in self.temp_name for _, t in node.terms)
+            return batched, tuple(range(node.rank))
+        # A term that only broadcasts something smaller (a scalar, a row) is written unbroadcast:
+        # numpy broadcasting does the rest (the sum is broadcast, if at all, once).
+        terms = [(coef, self.narrow(term)) for coef, term in node.terms]
+        axes = tuple(sorted({a for _, (_, present) in terms for a in present}))
         result = None
-        for coef, term in node.terms:
-            source = _broadcast_of(term) if id(term) not in self.temp_name else None
-            if full and source is not None:
-                expr = source(self.expr)
-            else:
-                expr = self.expr(term)
+        for coef, (expr, present) in terms:
+            expr = _align(Term(expr, present), axes)
             if result is None:
                 result = scaled(coef, expr)
             elif coef < 0:
                 result = ast.BinOp("-", result, scaled(-coef, expr))
             else:
                 result = ast.BinOp("+", result, scaled(coef, expr))
-        return result
-
-
-def _broadcast_of(node: Node):
-    """For a pure broadcast (`1` to [n], `b` to [m, n]), a function giving the unbroadcast
-    operand aligned for numpy broadcasting; None for anything else."""
-    if not isinstance(node, Contract) or len(node.operands) != 1:
-        return None
-    child, labels = node.operands[0]
-    if len(set(labels)) != len(labels) or not set(labels) <= set(node.out) or \
-            len(labels) == len(node.out):
-        return None
-    order = [l for l in node.out if l in labels]
-    from .contraction import Term, _align
-
-    def aligned(translate):
-        return _align(Term(translate(child), labels), tuple(node.out[node.out.index(order[0]):])
-                      if order else ())
-    if not order:
-        return lambda translate: translate(child)
-    return aligned
+        return result, axes
 
 
 def _outer_pair(node: Node):
