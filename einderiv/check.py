@@ -91,6 +91,26 @@ def finite_difference(f, arrays: dict, wrt: str, h: float = 1e-6) -> np.ndarray:
     return out
 
 
+def as_written(source, shapes: dict | None, rules, wrt: str | None = None):
+    """The reference a check differentiates numerically: a function of keyword arrays that
+    computes the program as written (lowered without rewrites, evaluated by the IR
+    interpreter) or, given `wrt`, its gradient by `wrt` (derived without rewrites either).
+
+    Not the program the derivative was derived from: rewriting is what a check must see too
+    (a wrong rewrite from a rule file, `log(1 + exp(u)) = softplus(-u)`, would otherwise be
+    in the reference as well, and agree with itself)."""
+    from .api import lower_source
+    from .derive import derivatives
+    from .evaluate.plan import Plan
+    from .ir.nodes import Var
+    lowered = lower_source(source, shapes, rules)
+    root = lowered.root
+    if wrt is not None:
+        (root,) = derivatives(root, [Var(wrt, lowered.declared[wrt])], rules)
+    plan = Plan([root], rules, accepted=lowered.declared)
+    return lambda **arrays: plan(arrays)[0]
+
+
 def relative_error(actual, expected) -> float:
     """Largest entrywise error relative to the size of the expected values."""
     actual, expected = np.asarray(actual, float), np.asarray(expected, float)

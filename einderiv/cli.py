@@ -137,8 +137,9 @@ def _add_derivative_parser(sub, name: str) -> None:
                         "module; latex; all: every one of them")
     p.add_argument("--check", action="store_true",
                    help="also compare the derivative with central finite differences of the "
-                        "expression's value as the IR interpreter computes it (an independent "
-                        "path: no vectorizing, no generated code) at random inputs, print the "
+                        "expression's value as written, as the IR interpreter computes it (an "
+                        "independent path: no rewrites, no vectorizing, no generated code) at "
+                        "random inputs, print the "
                         "largest relative error, and exit 1 when it is above --tol (or not "
                         "finite); named dimensions get random sizes from 2 to 4, and a check "
                         "too large to afford is refused")
@@ -205,9 +206,8 @@ def _check(derived, source: str, args) -> float:
 
     import numpy as np
 
-    from . import api
-    from .check import (check_affordable, finite_difference, random_inputs_and_sizes,
-                        relative_error)
+    from .check import (as_written, check_affordable, finite_difference,
+                        random_inputs_and_sizes, relative_error)
     from .ir.dims import Dim
     rng = np.random.default_rng(0)
     arrays, sizes = random_inputs_and_sizes(derived.lowered.declared, rng)
@@ -217,24 +217,23 @@ def _check(derived, source: str, args) -> float:
     steps = sum(arrays[a].size for a in names) * (len(names) if args.kind == "hessian" else 1)
     check_affordable(sum(math.prod(Dim.of(d).size(sizes) for d in root.shape)
                          for root in derived.roots.values()), steps)
-    # The reference differentiates the forward program (or, for a Hessian, the gradient) as the
-    # IR interpreter evaluates it: an independent path, so that a fault of the vectorizer or of
-    # the generated code, which computes the derivative, cannot hide in the reference too.
-    forward = api.Compiled(derived.lowered, rules=derived.rules)
+    # The reference differentiates the program as written, without rewrites (or, for a
+    # Hessian, its gradient), as the IR interpreter evaluates it: an independent path, so that
+    # a fault of a rewrite, of the vectorizer or of the generated code, which computes the
+    # derivative, cannot hide in the reference too.
+    forward = as_written(source, args.shape or None, derived.rules)
     errors = []
     with np.errstate(all="ignore"):  # a nan or inf shows in the error, not as warnings
         results = derived(**arrays)
         for i, a in enumerate(names):
             if args.kind == "hessian":
-                gradient = api.grad(source, a, args.shape or None)
+                gradient = as_written(source, args.shape or None, derived.rules, wrt=a)
                 blocks = results if len(names) > 1 else ((results,),)
-                errors += [relative_error(blocks[i][j],
-                                          finite_difference(gradient.evaluate_ir, arrays, b))
+                errors += [relative_error(blocks[i][j], finite_difference(gradient, arrays, b))
                            for j, b in enumerate(names)]
             else:
                 got = results[i] if len(names) > 1 else results
-                errors.append(relative_error(got, finite_difference(forward.evaluate_ir,
-                                                                    arrays, a)))
+                errors.append(relative_error(got, finite_difference(forward, arrays, a)))
     # np.max, unlike max(), keeps a nan: a comparison that is nan anywhere has failed.
     return float(np.max(errors))
 
