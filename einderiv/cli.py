@@ -298,9 +298,11 @@ Each derivative rule is compared with central finite differences of its function
 whole pipeline, at random well-conditioned inputs (and, for a tensor primitive, on stacked
 arrays and along chosen axes); each primitive's implementation must evaluate to finite values
 of the declared shape, and each definition must expand and differentiate. The two sides of each
-rewrite must agree at random points, and its pattern, lowered, must become its replacement. An implementation
-that raises anything (even SystemExit) fails its check. Exit status: 0 when every check passes,
-1 when a rule is wrong, 2 on bad input (a missing file, a malformed rule, an import not allowed).
+rewrite must agree to rounding (1e-12) at random points of several ranges, zero included, the
+replacement finite wherever the pattern is, and its pattern, lowered, must become its
+replacement. An implementation that raises anything (even SystemExit) fails its check. Exit
+status: 0 when every check passes, 1 when a rule is wrong, 2 on bad input (a missing file, a
+malformed rule, an import not allowed).
 
 A rule file is trusted code when an implementation names `module:attribute`: checking it
 imports that module, which runs the module's code (and a file beside the rule file can be that
@@ -401,7 +403,7 @@ def _rules_check(args) -> int:
 
     from .rulebook import Function, default_rulebook
     from .rulebook.table import Derivative, Rewrite
-    from .rulebook.verify import TOLERANCE, check_tables
+    from .rulebook.verify import REWRITE_TOLERANCE, TOLERANCE, check_tables
     paths = [Path(p) for p in args.files]
     book = _rules_with(paths, args.allow_imports) if paths else default_rulebook()
     started = time.perf_counter()
@@ -418,7 +420,8 @@ def _rules_check(args) -> int:
         elif check.error == float("inf"):
             result = ""  # nothing was measured; the message says why
         else:
-            result = f"error {check.error:.1e}" + ("" if check.ok else f" > {TOLERANCE:.0e}")
+            result = f"error {check.error:.1e}" + ("" if check.ok
+                                                   else f" > {check.tolerance:.0e}")
         status = "ok" if check.ok else "FAIL"
         print(f"{status:<4}  {origin:<{where}}  {text:<{what}}  {result}".rstrip())
         if check.message:
@@ -433,9 +436,10 @@ def _rules_check(args) -> int:
     if rewrites:
         counted.append(_count(rewrites, "rewrite"))
     summary = (f"checked {', '.join(counted[:-1])} and {counted[-1]} in "
-               f"{seconds:.2f} s (errors relative to central finite differences"
-               f"{', or between the sides of a rewrite' if rewrites else ''}, tolerance "
-               f"{TOLERANCE:.0e}): ")
+               f"{seconds:.2f} s (errors relative to central finite differences, tolerance "
+               f"{TOLERANCE:.0e}"
+               + (f"; between the sides of a rewrite, {REWRITE_TOLERANCE:.0e}" if rewrites
+                  else "") + "): ")
     failed = list(dict.fromkeys(_shown(c.origin) for c in checks if not c.ok))
     if failed:
         print(summary + f"{len(failed)} wrong: " + ", ".join(failed))

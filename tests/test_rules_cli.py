@@ -179,7 +179,14 @@ def test_check_names_the_line_of_a_wrong_rewrite(capsys, tmp_path):
     # A matrix product is not a form the matcher proposes values for.
     ("rewrite log(exp(A @ B)) = A @ B\n", "never matches its own lowered form"),
     ("rewrite sum(abs(u) ** 2) = sum(u)\n", "error"),  # wrong, by the values
-], ids=["shadowed", "unmatched", "wrong"])
+    # Finite values made nan (x < 0): a rewrite may not shrink the domain.
+    ("rewrite log(x ** 2) = 2 * log(x)\n", "must be finite wherever its pattern is"),
+    # Only at 0, where the pattern is 0: zeros are among the inputs.
+    ("rewrite abs(sign(u)) ** 2 = sign(u) ** -2\n",
+     "at u = 0 the pattern is 0 but the replacement inf"),
+    # Off by 1e-7: a rewrite is exact to rounding, not to finite differences' 1e-6.
+    ("rewrite log(1 + exp(u)) = softplus(u) + 1e-7\n", "error 1.0e-07 > 1e-12"),
+], ids=["shadowed", "unmatched", "wrong", "domain", "at-zero", "inexact"])
 def test_check_of_a_rewrite_that_cannot_be_right(capsys, tmp_path, text, why):
     path = tmp_path / "mine.rules"
     path.write_text(text)
@@ -251,8 +258,14 @@ def test_a_missing_file_is_bad_input(capsys, tmp_path, args):
     ("rewrite sign(u) * abs(u) = u * u * u\n", 1, "u"),
     ("rewrite log(exp(u)) = exp(log(u))\n", 1, "log(exp(u)) = exp(log(u))"),
     ("rewrite log(softmax(x, axis)) = log_softmax(axis)\n", 1, "axis"),
+    ("rewrite sqrt(u) = norm(u)\n", 1, "sqrt(u) = norm(u)"),  # as many calls, as many uses
+    ("# brackets\nrewrite log(1 + exp(u) = softplus(u)\n", 2, "("),
+    ("rewrite log(1 + exp(u))) = softplus(u)\n", 1, ")"),
+    ("rewrite log(1 + exp(u]) = softplus(u)\n", 1, "]"),
 ], ids=["rule-syntax", "not-a-parameter", "right-hand-side-syntax", "rewrite-unbound",
-        "rewrite-syntax", "rewrite-copies", "rewrite-does-not-end", "rewrite-axis-as-tensor"])
+        "rewrite-syntax", "rewrite-copies", "rewrite-does-not-end", "rewrite-axis-as-tensor",
+        "rewrite-does-not-shrink", "rewrite-unclosed-bracket", "rewrite-stray-bracket",
+        "rewrite-mismatched-bracket"])
 def test_a_malformed_rule_is_bad_input_with_a_caret(capsys, tmp_path, text, line, marked):
     path = tmp_path / "bad.rules"
     path.write_text(text)
@@ -265,6 +278,18 @@ def test_a_malformed_rule_is_bad_input_with_a_caret(capsys, tmp_path, text, line
     assert lines[caret - 1] == "  " + quoted
     start = lines[caret].index("^") - 2
     assert quoted[start:start + lines[caret].count("^")] == marked
+
+
+@pytest.mark.parametrize("text, why", [
+    ("rewrite log(1 + exp(u) = softplus(u)\n", "the bracket '(' is never closed"),
+    ("rewrite log(1 + exp(u))) = softplus(u)\n", "')' closes no bracket"),
+    ("rewrite log(1 + exp(u]) = softplus(u)\n", "']' cannot close '('"),
+])
+def test_unbalanced_brackets_in_a_rewrite_are_named(capsys, tmp_path, text, why):
+    path = tmp_path / "bad.rules"
+    path.write_text(text)
+    code, _, err = run(capsys, "rules", "check", str(path))
+    assert code == 2 and f"bad.rules:1: {why}" in err and "PATTERN = REPLACEMENT" not in err
 
 
 def test_a_malformed_rule_in_a_process(tmp_path):

@@ -282,10 +282,15 @@ AXIS = "axis"  # in a rewrite, the variable that stands for the axes of its redu
 
 def _rewrite(token, origin: str, text: str) -> Rewrite:
     """A rewrite line's two sides, parsed and checked: every variable of the replacement is in
-    the pattern, none is used more often there, and the replacement calls fewer functions (so
-    that each rewrite makes the program's expression tree smaller in calls, and rewriting
-    ends)."""
+    the pattern, none is used more often there, and the replacement calls fewer functions, or
+    as many with fewer uses of the variables and no more numbers (so that each rewrite makes
+    the program's expression tree smaller, in calls, else in leaves, and rewriting ends)."""
     body = str(token)
+    unbalanced = _unbalanced_bracket(body)
+    if unbalanced is not None:  # else no '=' is at the top level, and the error would say so
+        at, why = unbalanced
+        raise RuleError(f"{origin}: {why}", Span(text, token.start_pos + at,
+                                                 token.start_pos + at + 1), hint=SYNTAX_HINT)
     split = _top_level_equals(body)
     where = Span(text, token.start_pos + len(body) - len(body.lstrip()), token.end_pos)
     if split is None:
@@ -320,12 +325,35 @@ def _rewrite(token, origin: str, text: str) -> Rewrite:
                             "only be passed as the axis of sum, mean or an axis function",
                             Span(text, start + node.span.start, start + node.span.end)
                             if node.span else where)
-    if right.calls >= left.calls:
+    # Each rewrite makes the program's expression tree smaller: fewer function applications,
+    # or as many and fewer leaves (each variable stands for a subtree with one leaf at least,
+    # and a number or a negation is a constant leaf of the IR), so rewriting ends.
+    uses = lambda u: sum(n for name, n in u.count.items() if name != AXIS)  # noqa: E731
+    if right.calls > left.calls or right.calls == left.calls and not (
+            uses(right) < uses(left) and right.constants <= left.constants):
         raise RuleError(f"{origin}: the replacement must call fewer functions than the pattern "
-                        f"(counting / and **), so that rewriting ends: {right.calls} is not "
-                        f"fewer than {left.calls}", where)
+                        f"(counting / and **), or as many with fewer uses of the variables and "
+                        f"no more numbers, so that rewriting ends: {right.calls} is not fewer "
+                        f"than {left.calls}", where)
     return Rewrite(pattern, replacement, tuple(left.count), tuple(dict.fromkeys(
         [*left.functions, *right.functions])), origin)
+
+
+def _unbalanced_bracket(body: str) -> tuple[int, str] | None:
+    """(offset, what is wrong) of the first bracket of `body` without its partner, or None."""
+    open_ = []
+    for k, ch in enumerate(body):
+        if ch in "([":
+            open_.append(k)
+        elif ch in ")]":
+            if not open_:
+                return k, f"'{ch}' closes no bracket"
+            opened = body[open_.pop()]
+            if opened != "(["[")]".index(ch)]:
+                return k, f"'{ch}' cannot close '{opened}'"
+    if open_:
+        return open_[-1], f"the bracket '{body[open_[-1]]}' is never closed"
+    return None
 
 
 def _top_level_equals(body: str) -> int | None:
@@ -365,6 +393,7 @@ class _Uses:
         self.first: dict = {}
         self.functions: list[str] = []
         self.calls = 0
+        self.constants = 0  # numbers and negations
         self.misplaced_axis = None
         stack, axis_slots = [expr], set()
         while stack:  # a side is one line: small, but walked without recursion all the same
@@ -386,6 +415,9 @@ class _Uses:
                 stack += [*reversed([v for _, v in e.kwargs]), *reversed(e.args)]
             elif isinstance(e, ast.Tuple):
                 stack += reversed(e.items)
+            elif isinstance(e, (ast.Number, ast.UnaryOp)):
+                self.constants += isinstance(e, ast.Number) or e.op == "-"
+                stack += reversed(e.children())
             elif isinstance(e, ast.Index):
                 stack += [*reversed([i for i in e.items if isinstance(i, ast.Expr)]), e.operand]
             else:

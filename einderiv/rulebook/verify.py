@@ -5,8 +5,9 @@ whole pipeline with the rule book under test, so a wrong right-hand side, a wron
 a rule that does not lower all show up as an error at the rule's `file:line`. A function's own
 line is checked too (`check_tables`): a primitive's implementation must evaluate to finite values
 of the right shape and have a rule for each argument, and a definition must expand and
-differentiate. A rewrite's two sides must agree at random points, and its pattern, lowered,
-must be rewritten to what its replacement is.
+differentiate. A rewrite's two sides must agree to rounding at random points of several
+ranges, the replacement finite wherever the pattern is, and its pattern, lowered, must be
+rewritten to what its replacement is.
 """
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from ..errors import EinderivError, RuleError
 from .table import AXIS, Derivative, Function, Rewrite, RuleBook, resolve
 
 TOLERANCE = 1e-6
+# A rewrite is an identity, applied to every program: its sides must agree to rounding, not to
+# the accuracy of finite differences (a rewrite that moved every value by 1e-7 passed 1e-6).
+REWRITE_TOLERANCE = 1e-12
 
 
 @dataclass
@@ -26,10 +30,11 @@ class RuleCheck:
     error: float  # largest relative error (against finite differences); inf if it failed
     message: str = ""
     measured: bool = True  # False when nothing was compared: an implementation that evaluates
+    tolerance: float = TOLERANCE
 
     @property
     def ok(self) -> bool:
-        return self.error <= TOLERANCE  # False for nan too
+        return self.error <= self.tolerance  # False for nan too
 
     @property
     def origin(self) -> str:
@@ -134,65 +139,120 @@ _NOT_FINITE = "the derivative is not finite at the test inputs"
 
 
 def check_rewrite(rule: Rewrite, rules: RuleBook, seed: int = 0) -> RuleCheck:
-    """Both sides of a rewrite agree at random points (the first of the elementwise input
-    ranges where both are finite), with its variables vectors, or with `axis` matrices and
-    stacks along chosen axes; and its pattern, lowered, is rewritten to what its replacement
-    is (a pattern rewritten first by another rule, or one the matcher cannot see, never
-    applies)."""
-    from ..check import relative_error
+    """Both sides of a rewrite agree, to rounding (REWRITE_TOLERANCE), at random points of
+    every range of _REWRITE_INPUTS, with its variables vectors, or with `axis` matrices and
+    stacks along chosen axes; wherever the pattern is finite, the replacement is finite too (a
+    rewrite may not shrink the domain, `log(x ** 2) = 2 * log(x)` at x < 0); and its pattern,
+    lowered, is rewritten to what its replacement is (a pattern rewritten first by another
+    rule, or one the matcher cannot see, never applies)."""
     from ..ir.nodes import Var
     from ..simplify.pattern import compile_rewrite, lower_side
     from ..simplify.rewrite import Rewriter
     rng = np.random.default_rng(seed)
+    fail = lambda message: RuleCheck(rule, float("inf"), message,  # noqa: E731
+                                     tolerance=REWRITE_TOLERANCE)
     try:
         c = compile_rewrite(rule, rules)
-        errors = []
+        errors, compared, unused = [], 0, None
         for shape, axes in _rewrite_cases(rule):
             values = {v: Var(v, shape) for v in rule.variables if v != AXIS}
             lhs, rhs = (lower_side(e, rules, values, axes) for e in (c.pattern, c.replacement))
             if lhs.shape != rhs.shape:
-                return RuleCheck(rule, float("inf"), f"the sides have different shapes, "
-                                                     f"{_dims(lhs.shape)} and {_dims(rhs.shape)}")
-            errors.append(relative_error(*_agree(lhs, rhs, values, rules, rng)))
+                return fail(f"the sides have different shapes, {_dims(lhs.shape)} and "
+                            f"{_dims(rhs.shape)}")
+            for arrays, left, right in _sides_at(lhs, rhs, values, rules, rng):
+                finite = np.isfinite(left)
+                lost = finite & ~np.isfinite(right)
+                if np.any(lost):
+                    return fail(_where_lost(arrays, left, right, lost))
+                compared += int(np.sum(finite))
+                if np.any(finite):
+                    errors.append(_rounding_error(left[finite], right[finite]))
             before, after = Rewriter(rules)([lhs, rhs])
-            if before is not after:
+            if before is not after and unused is None:
                 shown = str(before).splitlines()[-1].partition(" = ")[2]
                 why = ("it never matches its own lowered form" if before is lhs else
                        f"other rewrites change it first, to {shown}: write the pattern as "
                        "they leave it")
-                return RuleCheck(rule, float("inf"), f"the pattern does not become the "
-                                                     f"replacement: {why}")
-        worst = _worst(errors)
-        return RuleCheck(rule, worst, "" if np.isfinite(worst) else _NOT_FINITE_SIDES)
+                unused = f"the pattern does not become the replacement: {why}"
+        if not compared:
+            return fail(_NOT_FINITE_SIDES)
+        worst = RuleCheck(rule, _worst(errors), tolerance=REWRITE_TOLERANCE)
+        # A wrong identity is said first: that it would not apply is the lesser news.
+        return worst if unused is None or not worst.ok else fail(unused)
     except KeyboardInterrupt:
         raise
     except BaseException as e:  # as in check_rule
-        return RuleCheck(rule, float("inf"), _describe(e))
+        return fail(_describe(e))
 
 
-_NOT_FINITE_SIDES = "the two sides are not finite at any of the test inputs"
+_NOT_FINITE_SIDES = "the pattern is not finite at any of the test inputs"
 
 
 def _rewrite_cases(rule: Rewrite):
     """(shape of every variable, axes) to check a rewrite at."""
     if AXIS not in rule.variables:
-        return [((5,), None)]
+        return [((8,), None)]
     return [((4,), (0,)), ((3, 4), (1,)), ((3, 4), (0,)), ((2, 3, 4), (0, 2))]
 
 
-def _agree(lhs, rhs, variables: dict, rules, rng):
-    """The values of both sides at the first input range where both are finite."""
+# The ranges a rewrite's variables are drawn from, (low, high, sign) with sign +1, -1 or 0 for
+# both: a rewrite must hold on each. Large values stop at 9, and the huge ones start at 1000:
+# in between, the forms that rewrites replace still give a finite value but have lost digits to
+# cancellation (log(1 - sigmoid(u)) keeps 4 of them at u = 30), and would not agree with their
+# exact replacement to rounding; from 1000 on they saturate (to 0, inf or nan) exactly. Last,
+# zeros, and every entry from a range of its own (one variable large and another small).
+_REWRITE_INPUTS = ((0.5, 1.5, 0), (0.5, 1.5, 1), (0.5, 1.5, -1), (1e-3, 0.1, 0), (3.0, 9.0, 0),
+                   (1e3, 1e5, 0), (0.0, 0.0, 1))
+
+
+def _sides_at(lhs, rhs, variables: dict, rules, rng):
+    """(inputs, pattern's value, replacement's value) at each range of _REWRITE_INPUTS, then at
+    inputs that take each entry from a range of its own."""
     from ..evaluate.plan import Plan
     declared = {name: v.shape for name, v in variables.items()}
     plan = Plan([lhs, rhs], rules, accepted=declared)
-    for lo, hi, signed in _ELEMENTWISE_INPUTS:
-        arrays = {name: _away_from_zero(rng, tuple(d.offset for d in shape), lo, hi, signed)
-                  for name, shape in declared.items()}
+    shapes = {name: tuple(d.offset for d in shape) for name, shape in declared.items()}
+    every = len(_REWRITE_INPUTS)
+    for pick in [*range(every), None]:
+        arrays = {}
+        for name, shape in shapes.items():
+            ranges = np.full(shape, pick) if pick is not None else rng.integers(every, size=shape)
+            arrays[name] = _drawn(rng, ranges)
         with np.errstate(all="ignore"):
-            left, right = plan(arrays)
-        if np.all(np.isfinite(left)) and np.all(np.isfinite(right)):
-            break
-    return left, right
+            left, right = (np.asarray(v, dtype=float) for v in plan(arrays))
+        yield arrays, left, right
+
+
+def _drawn(rng, ranges):
+    """An entry from _REWRITE_INPUTS[k] for each entry k of `ranges`."""
+    lo, hi, sign = (np.array([r[i] for r in _REWRITE_INPUTS])[ranges] for i in range(3))
+    signs = np.where(sign == 0, rng.choice([-1.0, 1.0], size=ranges.shape), sign)
+    return signs * np.exp(rng.uniform(np.log(np.maximum(lo, 1e-300)),
+                                      np.log(np.maximum(hi, 1e-300)))) * (hi > 0)
+
+
+def _rounding_error(left, right) -> float:
+    """The largest difference between the sides, relative to the larger of them where it is
+    beyond 1, and absolute below (a rewrite exact to rounding, softplus(u) for
+    log(1 + exp(u)), still differs from its pattern by the rounding of 1 + exp(u), which is all
+    of log(1 + exp(u)) at u = -40)."""
+    scale = np.maximum(1.0, np.maximum(np.abs(left), np.abs(right)))
+    return float(np.max(np.abs(left - right) / scale))
+
+
+def _where_lost(arrays: dict, left, right, lost) -> str:
+    """Says where the replacement is not finite but the pattern is."""
+    at = tuple(int(k[0]) for k in np.nonzero(lost))
+    inputs = ", ".join(f"{name} = {_entry(a, at, left.shape)}" for name, a in arrays.items())
+    return (f"at {inputs} the pattern is {left[at]:.6g} but the replacement {right[at]:.6g}: "
+            "a rewrite must be finite wherever its pattern is")
+
+
+def _entry(a, at, shape) -> str:
+    if a.shape == shape:
+        return f"{a[at]:.6g}"
+    return np.array2string(a, precision=3, threshold=8)
 
 
 def _dims(shape) -> str:
