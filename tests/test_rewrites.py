@@ -187,13 +187,28 @@ def test_hessian_of_abs_squared_is_smooth():
     ("sum(z * abs(u) * sign(u))", {"u": ("n",), "z": ("n",)}, None,
      lambda a: np.sum(a["z"] * a["u"])),
     ("abs(u) ** 2 * z", {"u": ("n",), "z": ("n",)}, None, lambda a: a["u"] ** 2 * a["z"]),
+    ("square(abs(u))", {"u": ("n",)}, "square", lambda a: a["u"] ** 2),
+    ("abs(u) * z * abs(u)", {"u": ("n",), "z": ("n",)}, None, lambda a: a["u"] ** 2 * a["z"]),
+    # Smooth functions written with kinks: the textbook stable softplus and log-sigmoid.
+    ("relu(u) + log1p(exp(-abs(u)))", {"u": ("n",)}, "softplus", lambda a: softplus(a["u"])),
+    ("maximum(0, u) + log(1 + exp(-abs(u)))", {"u": ("n",)}, "softplus",
+     lambda a: softplus(a["u"])),
+    ("minimum(u, 0) - log1p(exp(-abs(u)))", {"u": ("n",)}, "softplus",
+     lambda a: -softplus(-a["u"])),
+    # Norms written out, and squared.
+    ("sqrt(sum(u ** 2))", {"u": ("n",)}, "norm", lambda a: np.linalg.norm(a["u"])),
+    ("sqrt(sum(X * X, axis=0))", {"X": ("n", "k")}, "norm",
+     lambda a: np.linalg.norm(a["X"], axis=0)),
+    ("norm(X, axis=1) ** 2", {"X": ("n", "k")}, None, lambda a: np.sum(a["X"] ** 2, axis=1)),
+    ("log(exp(u) + exp(z))", {"u": ("n",), "z": ("n",)}, "logaddexp",
+     lambda a: np.logaddexp(a["u"], a["z"])),
 ], ids=lambda v: v if isinstance(v, str) and "(" in v else None)
 def test_pattern_forms(source, shapes, becomes, reference):
     f = einderiv.compile(source, shapes)
     functions = functions_in(f.formula)
     if becomes is not None:
         assert becomes in functions, f.formula
-    assert not functions & {"exp", "abs", "sign", "log"}, f.formula
+    assert not functions & {"exp", "abs", "sign", "log", "sqrt"}, f.formula
     rng = np.random.default_rng(5)
     sizes = {"n": 4, "k": 3, "a": 2, "b": 3, "c": 4}
     arrays = {k: 800 * rng.normal(size=tuple(sizes[d] for d in s)) for k, s in shapes.items()}
@@ -217,11 +232,18 @@ def test_pattern_forms(source, shapes, becomes, reference):
     ("abs(u) ** 3", {"u": ("n",)}),
     ("log(sum(exp(X), axis=1) + 1)", {"X": ("n", "k")}),
     ("y * softplus(-u) + (1 - v) * softplus(u)", {"u": ("n",), "v": ("n",), "y": ("n",)}),
+    # Binary cross-entropy itself is kept: softplus(u) - y * u would cancel.
+    ("y * softplus(-u) + (1 - y) * softplus(u)", {"u": ("n",), "y": ("n",)}),
+    ("(1 - y) * sigmoid(u) - v * sigmoid(-u)", {"u": ("n",), "v": ("n",), "y": ("n",)}),
+    ("relu(u) + softplus(-abs(v))", {"u": ("n",), "v": ("n",)}),
+    ("sqrt(sum(u * v))", {"u": ("n",), "v": ("n",)}),
+    ("log(exp(u) + 2 * exp(v))", {"u": ("n",), "v": ("n",)}),
 ])
 def test_what_is_not_a_pattern_is_left_alone(source, shapes):
     f = einderiv.compile(source, shapes)
     assert not functions_in(f.formula) & {"softplus", "sigmoid", "softmax", "logsumexp",
-                                          "log_softmax"} - functions_in(source), f.formula
+                                          "log_softmax", "norm", "logaddexp"} - \
+        functions_in(source), f.formula
     rng = np.random.default_rng(6)
     sizes = {"n": 3, "k": 4}
     arrays = {k: rng.uniform(0.5, 1.5, size=tuple(sizes[d] for d in s))
@@ -274,14 +296,38 @@ def test_a_sum_rewritten_in_part():
     rules = default_rulebook()
     y, u, v = (Var(n, ("n",)) for n in "yuv")
     one = build.broadcast_to(build.const(1.0), ("n",))
-    sp = lambda a: build.elementwise("softplus", [a])  # noqa: E731
-    bce = [(-2.0, build.multiply(y, sp(build.scale(-1.0, u)))),
-           (-2.0, build.multiply(build.add([(1.0, one), (-1.0, y)]), sp(u)))]
+    s = lambda a: build.elementwise("sigmoid", [a])  # noqa: E731
+    # -2 * ((1 - y) * sigmoid(u) - y * sigmoid(-u)), the derivative of binary cross-entropy
+    bce = [(-2.0, build.multiply(build.add([(1.0, one), (-1.0, y)]), s(u))),
+           (2.0, build.multiply(y, s(build.scale(-1.0, u))))]
     node = build.add([(3.0, v), *bce])
     (done,) = Rewriter(rules)([node])
-    expected = build.add([(3.0, v), (-2.0, build.add([(1.0, sp(u)),
-                                                      (-1.0, build.multiply(y, u))]))])
+    expected = build.add([(3.0, v), (-2.0, build.add([(1.0, s(u)), (-1.0, y)]))])
     assert done is expected
+
+
+def test_a_sum_nested_in_a_sum_rewritten_in_part():
+    """Lowering keeps `a - b + c` as `(a - b) + c`: a pattern's terms may lie at both levels
+    (the textbook stable binary cross-entropy on logits)."""
+    shapes = {"z": ("n",), "y": ("n",), "a": ("n",)}
+    for source in ("sum(relu(z) - z * y + log1p(exp(-abs(z))))",
+                   "sum(relu(z) - a - z * y + log(1 + exp(-abs(z))))",
+                   "sum(a + (maximum(z, 0) - z * y) + log1p(exp(-abs(z))))"):
+        lowered = lower_source(source, shapes)
+        f = einderiv.compile(source, shapes)
+        assert functions_in(f.formula) == {"sum", "softplus"}, (source, f.formula)
+        rng = np.random.default_rng(4)
+        arrays = {k: rng.normal(size=4) for k in shapes}
+        written = Plan([lowered.root], default_rulebook(), accepted=lowered.declared)(arrays)[0]
+        np.testing.assert_allclose(f(**arrays), written, rtol=1e-13)
+    # In the IR itself: (relu(z) - z * y) + softplus(-abs(z)) -> softplus(z) - z * y.
+    z, y = Var("z", ("n",)), Var("y", ("n",))
+    fn_ = lambda name, a: build.elementwise(name, [a])  # noqa: E731
+    zy = build.multiply(z, y)
+    inner = build.add([(1.0, fn_("relu", z)), (-1.0, zy)])
+    node = build.add([(1.0, inner), (1.0, fn_("softplus", build.scale(-1.0, fn_("abs", z))))])
+    (done,) = Rewriter(default_rulebook())([node])
+    assert done is build.add([(-1.0, zy), (1.0, fn_("softplus", z))])
 
 
 def _chain(steps: int):

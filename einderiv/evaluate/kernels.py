@@ -75,14 +75,24 @@ def _log_total(shifted, axes, xp):
 
 def log_softmax(x, axis=-1):
     """log(softmax(x)) as x - logsumexp(x): finite where softmax underflows to 0, and exact
-    where it is near 0 (the largest entry's, -log1p of the others' share)."""
+    where it is near 0 (the largest entry's, -log1p of the others' share).
+
+    At infinite entries it is the log of softmax's limit (see `softmax`): the entries at +inf
+    share the whole mass (log(1/k) for k of them, -inf elsewhere), and a slice all -inf has
+    none (-inf everywhere)."""
     xp = _xp(x)
     axes = _axes(axis, x.ndim)
     if any(x.shape[a] == 0 for a in axes):  # no entries to normalize; max() would fail
         return x
     m = xp.max(x, axis=axes, keepdims=True)
-    shifted = x - xp.where(xp.isfinite(m), m, xp.zeros_like(m))
-    return shifted - _log_total(shifted, axes, xp)
+    m = xp.where(m == -float("inf"), xp.zeros_like(m), m)  # -inf - -inf would be nan
+    # At +inf entries x == m and x - m is inf - inf: 0 there, as at a finite maximum. numpy
+    # warns of that discarded inf - inf, and of log1p(-1) = -inf for a slice all -inf.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shifted = xp.where(x == m, xp.zeros_like(x), x - m)
+        total = _log_total(shifted, axes, xp)
+    # A slice all -inf stays so (-inf - -inf would be nan).
+    return shifted - xp.where(total == -float("inf"), xp.zeros_like(total), total)
 
 
 def softmax(x, axis=-1):

@@ -11,7 +11,8 @@ pattern.)
 
 Two kinds of node match in part: a product (a `Contract`) whose factors on one set of indices
 include the pattern's factors (`sign(u) * abs(u)` in `sign(u) * abs(u) * z`, or under a sum),
-and a sum (an `Add`) whose terms include the pattern's terms, all scaled by one constant.
+and a sum (an `Add`) whose terms include the pattern's terms, all scaled by one constant; the
+terms of a sum nested in it count as its own (lowering keeps `a - b + c` as `(a - b) + c`).
 
 `axis` in a rule stands for the axes of the reductions and axis functions it is passed to.
 A reduction by `axis` that meets a tensor of full rank keeps its axes (numpy's `keepdims`):
@@ -56,7 +57,7 @@ class Compiled:
 
     def apply(self, node: Node) -> Node | None:
         """What replaces `node`, or None if the pattern does not match it."""
-        terms = {}  # a sum's terms -> their coefficients, made once for all proposals
+        terms = {}  # a sum's (flattened) terms -> their coefficients, once for all proposals
         for values in propose(self, node):
             replaced = self._replace(node, values, terms)
             if replaced is not None:
@@ -100,26 +101,59 @@ class Compiled:
             return rhs
         if isinstance(node, Add) and isinstance(lhs, Add):
             if not terms:
-                terms.update((t, c) for c, t in node.terms)
+                terms.update(_merged(flat_terms(node)))
             return _replace_terms(node, terms, lhs, rhs)
         if isinstance(node, Contract) and isinstance(lhs, Contract):
             return _replace_factors(node, lhs, rhs)
         return None
 
 
-def _replace_terms(node: Add, coefficient: dict, lhs: Add, rhs: Node) -> Node | None:
-    """`node` = r * lhs + rest  ->  r * rhs + rest (`coefficient`: each term's in `node`)."""
+def _replace_terms(node: Add, flat: dict, lhs: Add, rhs: Node) -> Node | None:
+    """`node` = r * lhs + rest  ->  r * rhs + rest. The rest is `node`'s other terms, or, where
+    the pattern takes terms of a sum nested in it, the others of `flat` (each flattened
+    term's coefficient)."""
+    wanted = _merged(flat_terms(lhs))
+    own = _merged(node.terms)
+    coefficient = own if all(t in own for t in wanted) else flat
     ratio = None
-    for c, t in lhs.terms:
+    for t, c in wanted.items():
         if t not in coefficient:
             return None
         r = coefficient[t] / c
         if ratio is not None and r != ratio:
             return None
         ratio = r
-    matched = {t for _, t in lhs.terms}
-    rest = [(c, t) for c, t in node.terms if t not in matched]
+    rest = [(c, t) for t, c in coefficient.items() if t not in wanted]
     return build.add([*rest, (ratio, rhs)])
+
+
+# Sums nested in a sum are kept by the builders (one may be shared), so the terms a pattern
+# names may lie at two levels: `relu(z) - z * y + softplus(-abs(z))` is `(relu(z) - z*y) +
+# softplus(-abs(z))`. Their terms are seen up to this many in all: a pattern has a few, and a
+# long chain of nested sums is not flattened again at each of its levels.
+MAX_FLAT_TERMS = 16
+
+
+def flat_terms(node: Add) -> list[tuple[float, Node]]:
+    """`node`'s terms, with the terms of the sums among them in their place (scaled by their
+    coefficients), as far as MAX_FLAT_TERMS allows."""
+    out = list(node.terms)
+    k = 0
+    while k < len(out):
+        c, t = out[k]
+        if isinstance(t, Add) and len(out) - 1 + len(t.terms) <= MAX_FLAT_TERMS:
+            out[k:k + 1] = [(c * ci, ti) for ci, ti in t.terms]
+        else:
+            k += 1
+    return out
+
+
+def _merged(terms) -> dict:
+    """(coefficient, term) pairs as term -> total coefficient."""
+    merged: dict = {}
+    for c, t in terms:
+        merged[t] = merged.get(t, 0.0) + c
+    return merged
 
 
 def _replace_factors(node: Contract, lhs: Contract, rhs: Node) -> Node | None:
@@ -236,7 +270,7 @@ def propose(rule: Compiled, node: Node):
     (each is checked by lowering the pattern with it)."""
     p = rule.pattern
     if rule.head == ("add",) and isinstance(node, Add):
-        yield from _terms(_signed_terms(p), node, {}, rule, partial=True)
+        yield from _terms(_signed_terms(p), flat_terms(node), {}, rule, partial=True)
     elif rule.head == ("contract",) and _is_product(p) and isinstance(node, Contract):
         factors = _factors(p)[1]
         groups: dict = {}  # the factors on each tuple of labels: each may hold the pattern
@@ -266,7 +300,7 @@ def match(p: ast.Expr, t: Node, values: dict, rule: Compiled):
         yield from match(p.operand, t, values, rule)
     elif isinstance(p, ast.BinOp) and p.op in "+-":
         if isinstance(t, Add):
-            yield from _terms(_signed_terms(p), t, values, rule, partial=False)
+            yield from _terms(_signed_terms(p), t.terms, values, rule, partial=False)
     elif _is_product(p):
         yield from _product(p, t, values, rule)
     elif isinstance(p, ast.BinOp) and p.op in ("/", "**"):
@@ -323,6 +357,13 @@ def _reduction(t: Node):
         inner, labels = t.operands[0]
         if set(labels) < set(t.out) and not isinstance(inner, Const):
             t = inner  # sum(...)[:, None] broadcast to the full shape
+    if isinstance(t, Contract) and len(t.operands) > 1:
+        # A sum of an elementwise product (`x[i]*x[i]` summed): the product, then its sum.
+        labels = t.operands[0][1]
+        if any(ls != labels or isinstance(n, Const) for n, ls in t.operands):
+            return None
+        t = Contract(t.out, [(build.contract(labels, t.operands,
+                                             {l: t.dims[l] for l in labels}), labels)])
     if not (isinstance(t, Contract) and len(t.operands) == 1):
         return None
     operand, labels = t.operands[0]
@@ -442,12 +483,13 @@ def _product_of(factors: list[ast.Expr]) -> ast.Expr:
     return e
 
 
-def _terms(terms, t: Add, values, rule, partial: bool):
-    """Match each signed pattern term to its own term of `t`, with one ratio of coefficients
-    (1 unless `partial`); all of `t`'s terms are used unless `partial`."""
-    if not partial and len(terms) != len(t.terms):
+def _terms(terms, given, values, rule, partial: bool):
+    """Match each signed pattern term to its own term of `given` (a sum's (coefficient, term)
+    pairs), with one ratio of coefficients (1 unless `partial`); all of them are used unless
+    `partial`."""
+    if not partial and len(terms) != len(given):
         return
-    yield from _terms_from(terms, list(t.terms), values, rule, None if partial else 1.0,
+    yield from _terms_from(terms, list(given), values, rule, None if partial else 1.0,
                            partial)
 
 

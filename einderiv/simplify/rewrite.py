@@ -6,10 +6,11 @@ at the node in file order, and what one gives is rewritten in turn, until none a
 node is visited once (memoized on the hash-consed node, without recursion), so the pass is
 linear in the program's size, and a shared subexpression is rewritten once.
 
-It ends because each rewrite calls fewer functions on its right than on its left, and uses no
-variable more often (both checked when its line is read): every application takes at least one
-function application (`Map` or `Prim`) out of the program's expression tree, and the builders
-never add one.
+It ends because each rewrite calls fewer functions on its right than on its left, or as many
+with fewer uses of its variables and no more numbers, and uses no variable more often (all
+checked when its line is read): every application takes at least one function application
+(`Map` or `Prim`) out of the program's expression tree, or keeps their number and takes out a
+leaf (each variable stands for a subtree with a leaf at least), and the builders never add one.
 
 >>> import einderiv
 >>> print(einderiv.compile("log(1 + exp(x))", {"x": ("n",)}).formula)
@@ -20,7 +21,7 @@ from __future__ import annotations
 from ..ir import build
 from ..ir.nodes import Add, Contract, Map, Node, Prim
 from ..rulebook import RuleBook
-from .pattern import compiled
+from .pattern import compiled, flat_terms
 
 
 class Rewriter:
@@ -98,9 +99,11 @@ class Rewriter:
 
 def _functions_within(node: Node) -> set[str]:
     """The elementwise functions applied at `node`'s operands and their operands (a product's
-    factors, a sum's terms and their factors): enough to skip a rewrite that cannot match."""
+    factors, a sum's terms, those of the sums nested in it, and their factors): enough to skip
+    a rewrite that cannot match."""
     found = set()
-    for child in node.children():
+    children = [t for _, t in flat_terms(node)] if isinstance(node, Add) else node.children()
+    for child in children:
         if isinstance(child, Map):
             found.add(child.fn)
         for grandchild in child.children():
