@@ -6,7 +6,8 @@ reaches later stages is already small.
 """
 from __future__ import annotations
 
-from itertools import count
+from itertools import count, groupby, permutations, product
+from math import factorial
 
 import numpy as np
 
@@ -19,6 +20,9 @@ ZERO = Dim(None, 0)
 # double the operand list at every step, and a product shared along a chain (`h = tanh(h) * h`)
 # would be copied into every later one. Eight covers the products people write.
 MAX_INLINED_OPERANDS = 8
+# A product with repeated factors is compared with others in each order of its repeats, up to
+# this many orders (then in the order given: equal terms may stay apart, never unequal ones meet).
+MAX_LIKE_ORDERS = 24
 
 
 def _named(name: str | None, node: Node) -> str:
@@ -195,20 +199,23 @@ def add(terms: list[tuple[float, Node]]) -> Node:
     Nested sums are kept as they are: one of them may be shared (`x + y` in `(x + y) + x*(x + y)`),
     and flattening it into its parent would compute it twice.
     """
-    merged: dict[Node, float] = {}
+    # like-term key -> [the first such term, its coefficient]; the constants, scalar or
+    # broadcast (`-1 + log(x) + 1`), under the key None, where the first of them is
+    merged: dict = {}
     shape = terms[0][1].shape
-    constant = 0.0
     for coef, term in terms:
         if is_zero(term):
             continue
-        if isinstance(term, Const):
-            constant += coef * term.value
+        value = constant_value(term)
+        if value is not None:
+            entry = merged.setdefault(None, [None, 0.0])
+            entry[1] += coef * value
         else:
             c, term = split_scale(term)
-            merged[term] = merged.get(term, 0.0) + coef * c
-    kept = [(c, t) for t, c in merged.items() if c != 0.0]
-    if constant != 0.0:
-        kept.insert(0, (1.0, broadcast_to(Const(constant), shape)))
+            entry = merged.setdefault(_like(term), [term, 0.0])
+            entry[1] += coef * c
+    kept = [(c, t) if t is not None else (1.0, broadcast_to(Const(c), shape))
+            for t, c in merged.values() if c != 0.0]
     if not kept:
         return zeros(shape)
     if len(kept) == 1:
@@ -216,6 +223,61 @@ def add(terms: list[tuple[float, Node]]) -> Node:
         return t if c == 1.0 else scale(c, t)
     factored = _factor_common(kept)
     return factored if factored is not None else Add(kept)
+
+
+def _like(term: Node):
+    """A key that terms share when they are one product written differently: factors in another
+    order, summed indices named otherwise, a transposed product written out (`(X @ X).T` and
+    `X[j,k]*X[k,i]`), a quotient as a product by a reciprocal (`a / b` and `a * (1 / b)`), so
+    that `add` collects them as it collects `x + x` (the three terms of the gradient of
+    `tr(X @ X @ X)` are one)."""
+    if isinstance(term, Contract):
+        out, ops = term.out, term.operands
+        if len(ops) == 1 and isinstance(ops[0][0], Contract) and sorted(ops[0][1]) == sorted(out):
+            inner, labels = ops[0]  # a transpose of a product: its operands, relabelled
+            rename = dict(zip(inner.out, labels))
+            fresh = count(len(term.dims))
+            ops = [(n, tuple(rename[l] if l in rename else rename.setdefault(l, next(fresh))
+                             for l in ls)) for n, ls in inner.operands]
+    elif isinstance(term, Map) and term.fn == "div":
+        out = tuple(range(term.rank))
+        ops = [(term, out)]
+    else:
+        return term
+    ops = [factor for op in ops for factor in _quotient_factors(op)]
+    position = {l: k for k, l in enumerate(out)}
+
+    def unnamed(op):  # an operand's place, its summed indices not yet named
+        return id(op[0]), tuple(position.get(l, -1) for l in op[1])
+
+    ops = sorted(ops, key=unnamed)
+    # Operands that tie (one node, the same output indices) name the summed indices in their
+    # order: every order of each tie is tried, the first in sorted order kept, while few.
+    ties = [list(tie) for _, tie in groupby(ops, key=unnamed)]
+    orders = 1
+    for tie in ties:
+        orders *= factorial(len(tie))
+    if orders > MAX_LIKE_ORDERS:
+        return _labelled(out, ops)
+    return min(_labelled(out, [op for order in choice for op in order])
+               for choice in product(*(permutations(tie) for tie in ties)))
+
+
+def _quotient_factors(op) -> list:
+    """`a / b` on `labels` as the factors `a` and `1 / b`; any other operand as itself."""
+    node, labels = op
+    if isinstance(node, Map) and node.fn == "div" and len(node.args) == 2:
+        a, b = node.args
+        if not isinstance(a, Const) and a.shape == node.shape and b.rank in (0, node.rank):
+            return [(a, labels), (Map("div", Const(1.0), b), labels if b.rank else ())]
+    return [op]
+
+
+def _labelled(out, ops) -> tuple:
+    """The key: each operand (its node kept, so that its id stays its own) on labels numbered
+    output first, then in order of appearance."""
+    names = {l: k for k, l in enumerate(out)}
+    return tuple((id(n), n, tuple(names.setdefault(l, len(names)) for l in ls)) for n, ls in ops)
 
 
 def _factor_common(terms: list[tuple[float, Node]]) -> Node | None:
@@ -377,6 +439,10 @@ def _arithmetic_identity(fn: str, args: list[Node], shape) -> Node | None:
         return broadcast_to(Const(1.0) if b.value == 0.0 else a, shape)
     if fn == "div" and is_zero(a) and not is_zero(b):
         return zeros(shape)
+    if fn == "div" and isinstance(b, Const) and 1e-300 < abs(b.value) < 1e300:
+        # a / c as (1 / c) * a: the constant joins the scale of the products `a` meets and folds
+        # there (`2 * (lam / 2 * w)` is `lam * w`); the printers write `a / 3` back as such.
+        return broadcast_to(scale(1.0 / b.value, a), shape)
     if fn == "div" and isinstance(a, Const) and a.value != 1.0:
         # c / b as c * (1 / b): the constant joins the product's scale and folds there.
         return scale(a.value, elementwise("div", [Const(1.0), b]))
