@@ -124,9 +124,11 @@ CASES = [
          must=("X.T @ (", "softmax(X @ W"), must_not=("outer", "diag", "eye"), lines=1),
     Case("mlp-squared-loss", "grad", "H = tanh(X @ W1 + b1)\nsum((H @ W2 + b2 - Y) ** 2)",
          MLP_WRT, MLP_SHAPES,
-         must=("H = tanh(X @ W1 + b1)\n", "dW1 = X.T @ ", "\ndb1 = sum(", "\ndW2 = 2 * (H.T @ ",
-               "\ndb2 = 2 * sum(", "W2.T", "1 - H ** 2"),
-         must_not=("outer", "diag", "eye")),
+         # the residual scaled once, as a person writes it (R = 2 * (H @ W2 + b2 - Y)), not
+         # each of its three uses (one as large as the hidden layer)
+         must=("H = tanh(X @ W1 + b1)\n", " = 2 * (H @ W2 + b2 - Y)\n", "dW1 = X.T @ ",
+               "\ndb1 = sum(", "\ndW2 = H.T @ t", "\ndb2 = sum(t", "W2.T", "1 - H ** 2"),
+         must_not=("outer", "diag", "eye", "2 * (H.T", "2 * sum")),
     Case("mlp-cross-entropy", "grad",
          "H = tanh(X @ W1 + b1)\nZ = H @ W2 + b2\n-sum(Y * log(softmax(Z, axis=1)))",
          MLP_WRT, MLP_SHAPES,
@@ -159,7 +161,7 @@ CASES = [
     # A user's batched product stays `@`; a stack's transpose is `.mT` (issue 13).
     Case("batched-matmul", "grad", "sum((A @ B - C) ** 2)", ["A", "B"],
          {"A": ("a", "n", "m"), "B": ("a", "m", "k"), "C": ("a", "n", "k")},
-         exact=("t0 = A @ B - C\ndA = 2 * (t0 @ B.mT)\ndB = 2 * (A.mT @ t0)",)),
+         exact=("t0 = 2 * (A @ B - C)\ndA = t0 @ B.mT\ndB = A.mT @ t0",)),
     # A broadcast is indexing (`[:, None]`), never a product with `ones` (issue 13); only an
     # output that is itself a broadcast is written `* ones(...)` (computed as broadcast_to),
     # with its constant on the small array.
@@ -176,12 +178,16 @@ CASES = [
     Case("attention", "grad", "A = softmax(Q @ K.T, axis=1)\nsum((A @ V) * G)", ["Q", "K", "V"],
          {"Q": ("n", "d"), "K": ("m", "d"), "V": ("m", "k"), "G": ("n", "k")},
          must=("sum(t0 * A, axis=1)[:, None]", "dV = A.T @ G"), must_not=("ones",)),
+    Case("relu-mlp", "grad", "H = relu(X @ W1 + b1)\nsum((H @ W2 + b2 - Y) ** 2)", MLP_WRT,
+         MLP_SHAPES, must=(" = 2 * (H @ W2 + b2 - Y)\n", "where(step(t", "\ndW2 = H.T @ t",
+                           "\ndb2 = sum(t"),
+         must_not=("outer", "diag", "eye", "2 * (H.T", "2 * sum", "maximum")),
     # A transpose on the smaller side: `t.T @ X`, not `(X.T @ t).T`.
     Case("mlp-transposed-weights", "grad",
          "H = tanh(X @ W1.T + b1)\nsum((H @ W2.T + b2 - Y) ** 2)", MLP_WRT,
          {"X": ("n", "d"), "W1": ("h", "d"), "b1": ("h",), "W2": ("k", "h"), "b2": ("k",),
           "Y": ("n", "k")},
-         must=(".T @ X\n", ".T @ H)\n"), must_not=(").T", "outer", "diag", "eye")),
+         must=(".T @ X\n", ".T @ H\n"), must_not=(").T", "outer", "diag", "eye")),
     # A contraction over two axes at once has no matrix form in the language: einsum it is.
     Case("einsum-fallback", "grad", "sum(einsum('ijk,jk->i', T, M) ** 2)", "M",
          {"T": ("a", "b", "c"), "M": ("b", "c")},
@@ -416,3 +422,19 @@ def test_an_output_that_is_a_broadcast_is_computed_as_a_view_then_copied(expr, w
     np.testing.assert_allclose(result, einderiv.compile(g.formula, declared_shapes(g))(**arrays))
     result[...] = 0  # writable, and the next call is unaffected
     np.testing.assert_allclose(g(**arrays), einderiv.compile(g.formula, declared_shapes(g))(**arrays))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_relu_select_is_generated_without_step_values_and_stays_exact(dtype):
+    # where(step(u), a, 0) is generated as a select by u > 0 (no array of step's values), and
+    # the select stays one: 0 where 1 / sqrt(relu(x)) is inf, never 0 * inf (README, kinks).
+    g = einderiv.grad("sum(sqrt(relu(x)))", "x", {"x": ("n",)})
+    assert "where(step(x)" in g.formula and "step(" not in g.source and "(x) > 0" in g.source
+    x = np.array([-1.0, 4.0, 0.0, -0.0, 1e-300, np.inf], dtype=dtype)
+    with np.errstate(divide="ignore"):
+        expected = np.where(x > 0, 0.5 / np.sqrt(np.maximum(x, 0)), 0).astype(dtype)
+    with np.errstate(divide="ignore"):  # the branch not taken is computed too
+        result = g(x=x)
+    assert result.dtype == dtype
+    np.testing.assert_array_equal(result, expected)
+    assert not np.signbit(result).any()

@@ -52,6 +52,14 @@ def _identity_row(e: ast.Index) -> bool:
             and not isinstance(e.items[0], (ast.Slice, ast.NoneLit)))
 
 
+def _step_select(e: ast.Call, rules: RuleBook) -> bool:
+    """Is `e` the built-in where of a built-in step (`where(step(u), a, b)`)?"""
+    c = e.args[0] if e.args else None
+    return isinstance(c, ast.Call) and c.func == "step" and len(c.args) == 1 and \
+        not c.kwargs and all(getattr(rules.get(f), "impl", None) == f"kernel.{f}"
+                             for f in ("where", "step"))
+
+
 def _atomic(e: ast.Expr) -> bool:
     """A name or an integer at least 0: text that no neighbouring operator can split."""
     return isinstance(e, ast.Name) or (isinstance(e, ast.Number) and e.value >= 0)
@@ -268,6 +276,10 @@ class _Printer:
             isinstance(a, ast.UnaryOp) and isinstance(a.operand, ast.Number)) else self.expr(a)
                 for a in e.args]
         args += [f"{k}={self._axis(v)}" for k, v in e.kwargs]
+        if name == "where" and _step_select(e, self.rules):
+            # where(step(u), a, b), relu's derivative as a select: u > 0 is the same condition
+            # without an array of step's values
+            args[0] = f"({self.expr(e.args[0].args[0])}) > 0"
         if name in BUILTIN_CALLS:
             return f"{BUILTIN_CALLS[name]}({', '.join(args)})"
         f = self.rules.get(name)

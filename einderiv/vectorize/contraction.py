@@ -68,9 +68,10 @@ class Term:
 class ContractionTranslator:
     """`narrow(child)`, if given, is (expression, axes): the child with only the axes it does
     not merely broadcast (`t0` for `t0[i]` broadcast to [i, j]); the product then broadcasts
-    the smaller operand itself (`x / t0[:, None]`, not `x / (t0[:, None] * ones(n, f))`)."""
+    the smaller operand itself (`x / t0[:, None]`, not `x / (t0[:, None] * ones(n, f))`).
+    `scale`: id of an operand -> the constant its expression already carries (placement.py)."""
 
-    def __init__(self, node: Contract, translate, narrow=None):
+    def __init__(self, node: Contract, translate, narrow=None, scale=None):
         self.node = node
         self.dims = node.dims
         self.out = tuple(node.out)
@@ -81,6 +82,8 @@ class ContractionTranslator:
             if isinstance(child, Const):
                 self.coef *= child.value
                 continue
+            if scale and id(child) in scale:  # a temporary computed with its constant on it
+                self.coef /= scale[id(child)]
             if narrow is None or len(set(labels)) != len(labels):
                 self.terms.append(Term(translate(child), labels, child))
                 continue

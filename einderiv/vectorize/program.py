@@ -16,6 +16,7 @@ from ..parse import ast
 from ..rulebook import RuleBook, default_rulebook
 from .contraction import ContractionTranslator, Term, _align, broadcast, dimension, number, scaled
 from .lanes import batch_lanes
+from .placement import prescaled
 from .gc_pause import paused_gc
 from .share import MAX_PRINT_HEIGHT, share_repeats
 
@@ -84,7 +85,8 @@ def _vectorize(roots, names, rules, declared) -> VectorProgram:
             taken.add(name)
         bound_names.add(name)
         temp_name[id(n)] = name
-    translator = _Translator(temp_name, rules)
+    scale = prescaled(order, temp_name, root_ids | {id(n) for n in names})
+    translator = _Translator(temp_name, rules, scale)
     temporaries = [(temp_name[id(n)], translator.define_temporary(n)) for n in order
                    if id(n) in temp_name]
     outputs = [(name, translator.expr(node)) for name, node in roots.items()]
@@ -123,9 +125,10 @@ def _worth_a_name(node: Node, uses: Counter, names) -> bool:
 
 
 class _Translator:
-    def __init__(self, temp_name: dict[int, str], rules: RuleBook):
+    def __init__(self, temp_name: dict[int, str], rules: RuleBook, scale=None):
         self.temp_name = temp_name
         self.rules = rules
+        self.scale = scale or {}  # temporary -> the constant it is computed with (placement)
         self.narrowed: dict[int, tuple] = {}  # temporary -> the axes it is written with
 
     def expr(self, node: Node) -> ast.Expr:
@@ -142,7 +145,8 @@ class _Translator:
 
     def _narrow_definition(self, node: Node) -> tuple[ast.Expr, tuple]:
         if isinstance(node, Contract):
-            return ContractionTranslator(node, self.expr, self.narrow).narrow_result()
+            return ContractionTranslator(node, self.expr, self.narrow,
+                                         self.scale).narrow_result()
         if isinstance(node, Add):
             return self._sum(node)
         if isinstance(node, Map) and node.fn not in INFIX:
@@ -155,6 +159,8 @@ class _Translator:
         """A temporary's definition: without its broadcast axes, unless that leaves a bare
         name (its uses broadcast it)."""
         expr, axes = self._narrow_definition(node)
+        if id(node) in self.scale:
+            expr = scaled(self.scale[id(node)], expr)
         if len(axes) == node.rank or isinstance(expr, (ast.Name, ast.Number)):
             return broadcast(expr, axes, node.shape)
         self.narrowed[id(node)] = axes
@@ -235,7 +241,8 @@ class _Translator:
             return batched, tuple(range(node.rank))
         # A term that only broadcasts something smaller (a scalar, a row) is written unbroadcast:
         # numpy broadcasting does the rest (the sum is broadcast, if at all, once).
-        terms = [(coef, self.narrow(term)) for coef, term in node.terms]
+        terms = [(coef / self.scale.get(id(term), 1.0), self.narrow(term))
+                 for coef, term in node.terms]
         axes = tuple(sorted({a for _, (_, present) in terms for a in present}))
         result = None
         for coef, (expr, present) in terms:
