@@ -100,7 +100,7 @@ DERIVATIVE_EPILOG = {
     "grad": """\
 examples:
   einderiv grad "sum(log(1 + exp(-y * (X @ w))))" --wrt w --shape X=n,d --shape y=n --shape w=d
-      -(X.T @ (sigmoid(-(y * (X @ w))) * y))
+      -(X.T @ (sigmoid(-y * (X @ w)) * y))
   einderiv grad "tr(A @ X @ B)" --wrt X --shape A=p,m --shape X=m,n --shape B=n,p --check
   einderiv grad "x @ A @ x" --wrt x --shape A=n,n --shape x=n --format all
   einderiv grad "W: [h, d]; b: [h]; x: [d]; sum(tanh(W @ x + b))" --wrt W --wrt b

@@ -181,7 +181,7 @@ def test_bound_names_become_rows():
     text = _latex(einderiv.compile("h = tanh(W1 @ x); sum(h * h)",
                                    {"W1": ("m", "n"), "x": ("n",)}))
     assert "h &= \\tanh\\left(W_{1} x\\right)" in text
-    assert "\\mathit{out} &= \\sum \\left(h \\odot h\\right)" in text
+    assert "\\mathit{out} &= \\sum h^{2}" in text
 
 
 # -- LaTeX of single constructs (through the parser, so the tree is what the language makes) ----

@@ -19,6 +19,7 @@ from .lanes import batch_lanes
 from .placement import prescaled
 from .gc_pause import paused_gc
 from .share import MAX_PRINT_HEIGHT, share_repeats
+from .tidy import mean_of, renumber, tidy
 
 INFIX = {"div": "/", "pow": "**"}
 # An expression nesting deeper than this many IR levels is cut into temporaries, so formulas
@@ -60,6 +61,7 @@ def _vectorize(roots, names, rules, declared) -> VectorProgram:
         root_name.setdefault(id(node), name)
     variables = {n.name: n for n in order if isinstance(n, Var)}
     taken = inputs | set(variables) | set(roots) | set(names.values())
+    reserved = set(taken)  # the user's names: every other name is a temporary of ours
     counter = 0
     temp_name: dict[int, str] = {}
     bound_names: set[str] = set()
@@ -93,7 +95,9 @@ def _vectorize(roots, names, rules, declared) -> VectorProgram:
     temporaries, outputs = share_repeats(temporaries, outputs, taken, limit=MAX_PRINT_HEIGHT)
     # After sharing: a repeated part is a name by then, which tidying leaves whole (`-t1`
     # where `t1 = y * t0` is shared, not `-y * t0`).
+    temporaries, outputs = tidy(temporaries, outputs)
     temporaries = _used(temporaries, outputs)
+    temporaries, outputs = renumber(temporaries, outputs, reserved)
     return VectorProgram(temporaries, outputs, variables, dict(declared or {}))
 
 
@@ -144,6 +148,9 @@ class _Translator:
         return self._narrow_definition(node)
 
     def _narrow_definition(self, node: Node) -> tuple[ast.Expr, tuple]:
+        mean = mean_of(node, self.temp_name)
+        if mean is not None:  # the user's mean, not the sum and division it expands to
+            return self._reduction("mean", *mean), tuple(range(node.rank))
         if isinstance(node, Contract):
             return ContractionTranslator(node, self.expr, self.narrow,
                                          self.scale).narrow_result()
@@ -197,6 +204,14 @@ class _Translator:
         if isinstance(node, (Map, Add, Contract)):
             return broadcast(*self._narrow_definition(node), node.shape)
         raise TypeError(f"cannot vectorize {type(node).__name__}")
+
+    def _reduction(self, fn: str, x: Node, axes: tuple) -> ast.Expr:
+        """`fn(x, axis=axes)`, without the axis where it is every axis (the default)."""
+        args = (self.expr(x),)
+        if len(axes) == x.rank:
+            return ast.Call(fn, args)
+        axis = number(axes[0]) if len(axes) == 1 else ast.Tuple(tuple(number(a) for a in axes))
+        return ast.Call(fn, args, (("axis", axis),))
 
     def _primitive(self, node: Prim) -> ast.Expr:
         (arg,) = node.args
