@@ -127,7 +127,7 @@ class ContractionTranslator:
             # multiplied together: it indexes (or pads) that one instead of becoming a product
             # with a dense selection matrix (`eye(m)[1:p + 1] @ (x * t0)`).
             if not (self._select() or self._pads() or self._diag_embed() or self._hadamard()
-                    or self._pair() or self._spread()):
+                    or self._pair() or self._spread() or self._hadamard(batched=True)):
                 self._einsum_all()
             self._lonely_sums()
 
@@ -245,8 +245,10 @@ class ContractionTranslator:
             t.labels = tuple(l for a, l in enumerate(t.labels) if a not in lonely)
             t.node = None
 
-    def _hadamard(self) -> bool:
-        """Multiply two terms elementwise when one's indices are a subset of the other's."""
+    def _hadamard(self, batched: bool = False) -> bool:
+        """Multiply two terms elementwise when one's indices are a subset of the other's.
+        `batched`: also where the product sums an index afterwards, if the two share an output
+        index too (no matrix product fits, and an einsum has no faster way either)."""
         best = None
         first = self.terms[0].labels
         if all(t.labels == first for t in self.terms):
@@ -262,7 +264,8 @@ class ContractionTranslator:
                     # third term needs the same summed index (then the product must come first).
                     summed = [l for l in shared if not self._needed(l, skip=(a, b))]
                     if summed and len(big.labels) > len(small.labels) and \
-                            not self._shared_by_three(summed):
+                            not self._shared_by_three(summed) and \
+                            not (batched and shared & set(self.out)):
                         continue
                     # Multiply into the factor that carries the later output index, so the
                     # plain one comes first in the product (X.T @ (v[:, None] * X)).
