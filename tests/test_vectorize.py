@@ -182,6 +182,9 @@ CASES = [
          MLP_SHAPES, must=(" = 2 * (H @ W2 + b2 - Y)\n", "where(step(t", "\ndW2 = H.T @ t",
                            "\ndb2 = sum(t"),
          must_not=("outer", "diag", "eye", "2 * (H.T", "2 * sum", "maximum")),
+    # The constant on the smallest array: a vector, not the outer product.
+    Case("tanh-outer", "grad", "sum(tanh(W @ x) ** 2)", "W", {"W": ("m", "n"), "x": ("n",)},
+         exact=("t0 = tanh(W @ x)\nouter(2 * t0 * (1 - t0 ** 2), x)",)),
     # A transpose on the smaller side: `t.T @ X`, not `(X.T @ t).T`.
     Case("mlp-transposed-weights", "grad",
          "H = tanh(X @ W1.T + b1)\nsum((H @ W2.T + b2 - Y) ** 2)", MLP_WRT,

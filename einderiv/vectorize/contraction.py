@@ -122,6 +122,7 @@ class ContractionTranslator:
         self._select()
         self._diagonals()
         self._lonely_sums()
+        self._place_constant()
         while len(self.terms) > 1:
             # A window whose partners were several terms may have one now that they are
             # multiplied together: it indexes (or pads) that one instead of becoming a product
@@ -130,6 +131,22 @@ class ContractionTranslator:
                     or self._pair() or self._spread() or self._hadamard(batched=True)):
                 self._einsum_all()
             self._lonely_sums()
+
+    def _place_constant(self):
+        """A constant multiplies the smallest array it can: an operand of fewer axes than the
+        result (`outer(2 * a, b)`, not `2 * outer(a, b)`), else the result. Sizes are bound
+        only when the code runs, so the estimate takes every dimension at one size: an
+        array's cost is its number of axes. 1 and -1 stay where they read best."""
+        if self.coef in (1.0, -1.0) or len(self.terms) < 2:
+            return
+        candidates = [t for t in self.terms if not isinstance(t.node, (Delta, Unit))
+                      and _reciprocal(t.expr) is None]
+        if not candidates:
+            return
+        small = min(candidates, key=lambda t: len(t.labels))
+        if len(small.labels) < len(self.out):
+            small.expr, small.node = scaled(self.coef, small.expr), None
+            self.coef = 1.0
 
     def _needed(self, label, skip=()) -> bool:
         """Is `label` in the output or carried by a term other than those in `skip`?"""
