@@ -352,11 +352,15 @@ class ContractionTranslator:
                 order = [l for l in self.out if l in a.labels or l in b.labels]
                 if order and order[0] in b.labels:
                     a, b = b, a  # keep the output's index order: outer(a, b), not outer(b, a).T
+                labels = a.labels + b.labels
                 if len(a.labels) == 1 and len(b.labels) == 1:
                     expr = ast.Call("outer", (a.expr, b.expr))
                 else:
-                    expr = ast.BinOp("*", _align(a, a.labels + b.labels), _align(b, a.labels + b.labels))
-                self._replace([a, b], Term(expr, a.labels + b.labels))
+                    # Broadcast into the output's order (`t0[:, None, :, None] * t0.T[:, None, :]`),
+                    # rather than concatenate the axes and permute the product after.
+                    labels = tuple(order) + tuple(l for l in labels if l not in self.out)
+                    expr = ast.BinOp("*", _align(a, labels), _align(b, labels))
+                self._replace([a, b], Term(expr, labels))
                 return True
         return False
 
