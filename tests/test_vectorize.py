@@ -90,6 +90,9 @@ CASES = [
     Case("trace-AXB", "grad", "tr(A @ X @ B)", "X", {"A": ("p", "n"), "X": ("n", "m"),
                                                     "B": ("m", "p")},
          exact=("A.T @ B.T", "(B @ A).T")),
+    # The transpose of a product goes on its operands (A.T @ X, was (X.T @ A).T).
+    Case("trace-XtAX", "grad", "tr(X.T @ A @ X)", "X", {"X": ("n", "n"), "A": ("n", "n")},
+         exact=("A.T @ X + A @ X", "(A + A.T) @ X", "(A.T + A) @ X")),
     Case("quadratic-form", "grad", "x @ A @ x", "x", {"A": ("n", "n"), "x": ("n",)},
          exact=("(A + A.T) @ x", "(A.T + A) @ x")),
     Case("quadratic-form-hessian", "hessian", "x @ A @ x", "x", {"A": ("n", "n"), "x": ("n",)},

@@ -152,6 +152,7 @@ class _Translator:
         if mean is not None:  # the user's mean, not the sum and division it expands to
             return self._reduction("mean", *mean), tuple(range(node.rank))
         if isinstance(node, Contract):
+            node = self._transposed_product(node)
             return ContractionTranslator(node, self.expr, self.narrow,
                                          self.scale).narrow_result()
         if isinstance(node, Add):
@@ -161,6 +162,19 @@ class _Translator:
         if isinstance(node, Map) and len(node.args) == 2:
             return self._map(node, ast.BinOp, INFIX[node.fn])
         return self.define(node), tuple(range(node.rank))
+
+    def _transposed_product(self, node: Contract) -> Contract:
+        """A transpose (an axis permutation) of a product that has no name of its own is that
+        product in the permuted order: `A.T @ X`, not `(X.T @ A).T`."""
+        if len(node.operands) != 1:
+            return node
+        (child, labels), = node.operands
+        if not isinstance(child, Contract) or id(child) in self.temp_name or \
+                id(child) in self.scale or sorted(labels) != sorted(node.out):
+            return node
+        from ..ir import build
+        out = tuple(child.out[labels.index(l)] for l in node.out)
+        return build.contract(out, child.operands, {l: child.dims[l] for l in child.out})
 
     def define_temporary(self, node: Node) -> ast.Expr:
         """A temporary's definition: without its broadcast axes, unless that leaves a bare
