@@ -284,6 +284,13 @@ def test_common_subexpressions_are_named(case, results):
 
 
 @pytest.mark.parametrize("case", params(CASES))
+def test_each_name_is_bound_once(case, results):
+    bound = [s.name for s in parse(results(case).formula).statements
+             if isinstance(s, ast.Assign)]
+    assert len(bound) == len(set(bound)), results(case).formula
+
+
+@pytest.mark.parametrize("case", params(CASES))
 def test_temporaries_are_worth_a_name(case, results):
     """A temporary names a computation: never a bare name, a transpose, negation or index of
     one, or a dimension-only call such as `ones(1)` (a person writes those inline)."""
@@ -443,3 +450,15 @@ def test_relu_select_is_generated_without_step_values_and_stays_exact(dtype):
     assert result.dtype == dtype
     np.testing.assert_array_equal(result, expected)
     assert not np.signbit(result).any()
+
+
+def test_an_output_used_twice_is_written_whole_once():
+    # The output dxdc is also dcdx: a temporary of its own name, written whole (its definition
+    # without its broadcast axes, then rebound to its broadcast, bound the name twice).
+    result = einderiv.hessian("mean((x - c) ** 2)", ["x", "c"], {"x": ("n",), "c": ()})
+    assert "dcdx = dxdc\n" in result.formula
+    bound = [s.name for s in parse(result.formula).statements if isinstance(s, ast.Assign)]
+    assert len(bound) == len(set(bound)), result.formula
+    arrays = inputs_for(result)
+    for x, y in zip(round_trip(result, arrays), flatten(result(**arrays))):
+        np.testing.assert_allclose(x, y, rtol=1e-12, err_msg=result.formula)

@@ -89,8 +89,10 @@ def _vectorize(roots, names, rules, declared) -> VectorProgram:
         temp_name[id(n)] = name
     scale = prescaled(order, temp_name, root_ids | {id(n) for n in names})
     translator = _Translator(temp_name, rules, scale)
-    temporaries = [(temp_name[id(n)], translator.define_temporary(n)) for n in order
-                   if id(n) in temp_name]
+    # Outputs and the user's names keep their whole shape (only our temporaries are narrowed).
+    temporaries = [(temp_name[id(n)], translator.define_temporary(n, id(n) in root_ids
+                                                                  or n in names))
+                   for n in order if id(n) in temp_name]
     outputs = [(name, translator.expr(node)) for name, node in roots.items()]
     temporaries, outputs = share_repeats(temporaries, outputs, taken, limit=MAX_PRINT_HEIGHT)
     # After sharing: a repeated part is a name by then, which tidying leaves whole (`-t1`
@@ -176,13 +178,13 @@ class _Translator:
         out = tuple(child.out[labels.index(l)] for l in node.out)
         return build.contract(out, child.operands, {l: child.dims[l] for l in child.out})
 
-    def define_temporary(self, node: Node) -> ast.Expr:
+    def define_temporary(self, node: Node, whole: bool = False) -> ast.Expr:
         """A temporary's definition: without its broadcast axes, unless that leaves a bare
-        name (its uses broadcast it)."""
+        name (its uses broadcast it) or it is to be `whole` (an output, a user's name)."""
         expr, axes = self._narrow_definition(node)
         if id(node) in self.scale:
             expr = scaled(self.scale[id(node)], expr)
-        if len(axes) == node.rank or isinstance(expr, (ast.Name, ast.Number)):
+        if whole or len(axes) == node.rank or isinstance(expr, (ast.Name, ast.Number)):
             return broadcast(expr, axes, node.shape)
         self.narrowed[id(node)] = axes
         return expr
