@@ -13,7 +13,8 @@ or runs past --timeout is a row saying so, not the end of the table; after a tim
 sizes of that workload are skipped.
 
 Columns: derive (build the expression, parse, lower and derive: the `grad` call), vectorize
-(`.program`), generate (`.source`), first call (compile the module, run it), their total and
+(`.program`), generate (`.source`, then the printers: `.formula`, `.einstein`, `.einsum`,
+`.latex`), first call (compile the module, run it), their total and
 its growth over the previous size (beside the growth of the size), the growth of resident
 memory over the process's baseline (ru_maxrss, after imports and inputs), and the peak memory
 numpy allocates in a warm call (tracemalloc; for generated code over 100,000 characters, the
@@ -145,6 +146,14 @@ def _slice(m: int):
     return (lambda: einderiv.grad("sum(x[:p] * y)", "x", {"x": ("m",), "y": ("p",)}), inputs)
 
 
+def _named(K: int):
+    """K short statements `t_i = sin(t_{i-1}) * 0.5 + x`, each named: compile, and print."""
+    import numpy as np
+    import einderiv
+    text = "\n".join(["t0 = x"] + [f"t{i} = sin(t{i - 1}) * 0.5 + x" for i in range(1, K)])
+    return (lambda: einderiv.grad(text, "x", {"x": ()}), {"x": np.float64(0.3)})
+
+
 def _limit() -> int:
     try:
         from einderiv.parse.parser import MAX_SOURCE_CHARS
@@ -161,6 +170,7 @@ WORKLOADS = {
     "sum": (_sum, [250, 1000, 5000, 20000], [10, 20], "N"),
     "product": (_product, [200, 800, 2000], [10, 20], "N"),
     "chain": (_chain, None, [100, 200], "chars"),  # full: up to the source limit
+    "named": (_named, [1000, 4000, 16000], [10, 20], "statements"),
     "slice": (_slice, [10 ** 5, 10 ** 6, 10 ** 7], [1000, 10000], "m"),
 }
 
@@ -213,6 +223,13 @@ def _status(field: str) -> int:
     raise OSError(field)
 
 
+def _printed(g) -> None:
+    """Code generation and every printer: the module, the formula, the indexed and einsum forms
+    and LaTeX (each must be linear in the program's size)."""
+    for text in (g.source, g.formula, g.einstein, g.einsum, g.latex):
+        assert text
+
+
 def child(name: str, size: int) -> dict:
     """Runs one size, stage by stage; the result (or how it failed, and where) as a dict."""
     import numpy as np
@@ -227,7 +244,7 @@ def child(name: str, size: int) -> dict:
         t0 = time.perf_counter()
         g = derive()
         row[stage] = time.perf_counter() - t0
-        for stage, step in [("vectorize", lambda: g.program), ("generate", lambda: g.source),
+        for stage, step in [("vectorize", lambda: g.program), ("generate", lambda: _printed(g)),
                             ("first call", lambda: g(**inputs))]:
             t0 = time.perf_counter()
             step()
@@ -307,7 +324,7 @@ def main(argv=None) -> int:
           f"{sys.version.split()[0]}, recursion limit {sys.getrecursionlimit()}, one process "
           f"per size, timeout {args.timeout:g} s, memory limit {args.memory_limit:g} GB")
     print(f"size: T steps (rnn, rnn-h, lstm; H={H} V={V}), N terms (sum) or factors (product), "
-          "characters (chain), m entries (slice, p = m/2)")
+          "characters (chain), m entries (slice, p = m/2), statements (named)")
     print("growth: total over the previous size's (the size's growth); rss: resident memory "
           "over the baseline; call/in: peak of a warm call over the inputs' size")
     print(HEADER)

@@ -147,9 +147,14 @@ class _Result:
 
     @property
     def inputs(self) -> dict:
-        """The input variables the results depend on, with their declared shapes."""
-        return {name: tuple(str(d) for d in v.shape)
-                for name, v in sorted(self.program.variables.items())}
+        """The inputs a call needs, with their declared shapes: the variables the results
+        depend on, and an input read only for a dimension that no other of them has (the
+        gradient of `sum(x[:p] * y)` by x is `y` padded to x's length m: it needs x)."""
+        variables = self.program.variables
+        declared = self.lowered.declared
+        return {name: tuple(str(d) for d in (variables[name].shape if name in variables
+                                             else declared[name]))
+                for name in sorted(self._generated().arguments)}
 
     def __call__(self, /, **arrays):  # `/`: an input may be named `self`
         if self._function is None:

@@ -85,7 +85,7 @@ def test_quick_scaling_prints_a_row_per_size_with_growth():
         m = SCALING_ROW.match(line)
         if m:
             rows.setdefault(m["workload"], []).append((int(m["size"]), bool(m["growth"])))
-    assert set(rows) == {"rnn", "rnn-h", "lstm", "sum", "product", "chain", "slice"}, \
+    assert set(rows) == {"rnn", "rnn-h", "lstm", "sum", "product", "chain", "named", "slice"}, \
         done.stdout
     for workload, sizes in rows.items():
         assert len(sizes) == 2 and sizes[0][0] < sizes[1][0], (workload, done.stdout)

@@ -335,4 +335,4 @@ def test_readme_states_the_parser_limits_in_force():
     text = (ROOT / "README.md").read_text()
     assert f"one statement is at most {MAX_SOURCE_CHARS:,} characters" in text
     assert f"brackets nest at most {MAX_NESTING} deep" in text
-    assert f"is at most {MAX_PROGRAM_CHARS:,} characters" in text
+    assert f"at most {MAX_PROGRAM_CHARS:,} characters" in text

@@ -46,16 +46,19 @@ class _Plan:
                 self.name.setdefault(id(node), out)
         taken = inputs | set(roots) | set(names.values())
         counter = 0
+        given = set(self.name.values())  # a set beside the dict: one look-up per node, not a scan
         for node in self.order:
             if id(node) in self.name:
                 continue
             user = names.get(node)
-            if user is not None and user not in inputs and user not in self.name.values():
+            if user is not None and user not in inputs and user not in given:
                 self.name[id(node)] = user
+                given.add(user)
                 continue
             while f"t{counter}" in taken:
                 counter += 1
             self.name[id(node)] = f"t{counter}"
+            given.add(f"t{counter}")
             taken.add(f"t{counter}")
 
     def text(self) -> str:

@@ -63,16 +63,18 @@ def format_program(root: Node, names: dict[Node, str] | None = None, output: str
     nodes = line_nodes(list(roots.values()), names)
     temp = 0
     taken = set(chosen.values()) | set(names.values()) | inputs
+    given = set(chosen.values())  # a set beside the dict: one look-up per node, not a scan
     for n in nodes:
         if id(n) in chosen:
             continue
-        if n in names and names[n] not in inputs and names[n] not in chosen.values():
+        if n in names and names[n] not in inputs and names[n] not in given:
             chosen[id(n)] = names[n]
         else:
             while f"t{temp}" in taken:
                 temp += 1
             chosen[id(n)] = f"t{temp}"
             taken.add(f"t{temp}")
+        given.add(chosen[id(n)])
     lines = []
     for n in nodes:
         printer = _Line(chosen, defining=n)
