@@ -87,7 +87,8 @@ class Plan:
         self.optional: dict[str, Var | None] = {
             name: Var(name, shapes[name]) if name in shapes else None
             for name in (accepted or ()) if name not in self.variables}
-        self._cache: dict[tuple, tuple[list[Step], list[int], np.dtype]] = {}
+        # signature -> (steps, the slots each step is the last to read, roots' slots, dtype)
+        self._cache: dict[tuple, tuple[list[Step], list[tuple], list[int], np.dtype]] = {}
         self._lock = threading.Lock()  # one thread plans a signature; others wait and reuse it
 
     def __call__(self, arrays: dict) -> list:
@@ -98,13 +99,15 @@ class Plan:
                 compiled = self._cache.get(signature)
                 if compiled is None:
                     compiled = self._cache[signature] = self._plan(values, signature)
-        steps, results, dtype = compiled
+        steps, dead, results, dtype = compiled
         # Mixed precisions: every input in the result type, as the generated code does.
         values = {k: v.astype(dtype, copy=False) for k, v in values.items()}
         slots: list = [None] * len(steps)
         try:
             for i, step in enumerate(steps):
                 slots[i] = step(slots) if step is not None else values[self.order[i].name]
+                for j in dead[i]:  # read by no later step: a deep chain holds one link
+                    slots[j] = None
             inputs = list(values.values())
             return _apart([_own(slots[i], inputs, dtype) for i in results])
         except EVALUATION_FAILURES as e:
@@ -126,7 +129,8 @@ class Plan:
                 signature.append((name, value.shape, value.dtype.str, weak(arrays[name])))
         return values, tuple(signature)
 
-    def _plan(self, values: dict, signature: tuple) -> tuple[list[Step], list[int], np.dtype]:
+    def _plan(self, values: dict,
+              signature: tuple) -> tuple[list[Step], list[tuple], list[int], np.dtype]:
         given = {name: var for name, var in self.optional.items() if name in values}
         env = bind_dimensions({**self.variables, **given}, values)
         # Constants are made in the inputs' result type, so float32 inputs give float32 results.
@@ -136,17 +140,24 @@ class Plan:
         steps = [None if isinstance(n, Var) else _step(n, slot, env, self.rules, dtype)
                  for n in self.order]
         roots = [slot[id(r)] for r in self.roots]
+        # The last step that reads each slot: after it the slot's value is dropped (a root's
+        # never), so that a program holds the values still to be read, not every node's.
+        last: dict[int, int] = {}
+        for i, (n, step) in enumerate(zip(self.order, steps)):
+            if isinstance(step, ContractionStep):
+                last.update((src, i) for src, _ in step.sources)
+            elif step is not None:
+                last.update((slot[id(c)], i) for c in n.children())
         # A window that every contraction using it turned into slices and pads is never
         # built: np.eye(p, m) for x[:p] of x[m] would be p * m entries.
-        read = set(roots)
-        for n, step in zip(self.order, steps):
-            if isinstance(step, ContractionStep):
-                read.update(src for src, _ in step.sources)
-            elif step is not None:
-                read.update(slot[id(c)] for c in n.children())
-        steps = [_skip if isinstance(n, (Delta, Unit)) and i not in read else step
-                 for i, (n, step) in enumerate(zip(self.order, steps))]
-        return steps, roots, dtype
+        steps = [_skip if isinstance(n, (Delta, Unit)) and i not in last and i not in roots
+                 else step for i, (n, step) in enumerate(zip(self.order, steps))]
+        dead: list[list[int]] = [[] for _ in steps]
+        kept = set(roots)
+        for j, i in last.items():
+            if j not in kept:
+                dead[i].append(j)
+        return steps, [tuple(d) for d in dead], roots, dtype
 
 
 def reject_unknown(arrays: dict, known) -> None:
@@ -370,11 +381,17 @@ class ContractionStep:
         present = [l for _, _, _, ls in ops for l in ls]
         self.out_present = [l for l in out if l in present]
         letters = {l: opt_einsum.get_symbol(i) for i, l in enumerate(dict.fromkeys(present + out))}
-        if ops:
+        if ops and all(not ls or ls == self.out_present for *_, ls in ops):
+            # Scalars and arrays on the output's labels in its order: a product of elements,
+            # which no contraction order makes cheaper (opt_einsum's search for one took ~4 ms
+            # for the 6 to 9 scalars of a power's derivative)
+            self.expr = _product
+        elif ops:
             spec = ",".join("".join(letters[l] for l in ls) for *_, ls in ops)
             spec += "->" + "".join(letters[l] for l in self.out_present)
             shapes = [tuple(sizes[l] for l in ls) for *_, ls in ops]
-            self.expr = opt_einsum.contract_expression(spec, *shapes)
+            self.expr = opt_einsum.contract_expression(spec, *shapes,
+                                                       optimize=_path(spec, shapes))
         else:
             self.expr = None
         self.final_shape = tuple(sizes[l] for l in out)
@@ -453,6 +470,29 @@ class ContractionStep:
         for keep, drop in self.embed_steps:
             value = _on_diagonal(value, keep, drop)
         return value
+
+
+def _product(*arrays):
+    """The elementwise product, left to right (as the generated code writes `a * b * c`)."""
+    value = arrays[0]
+    for a in arrays[1:]:
+        value = value * a
+    return value
+
+
+# opt_einsum's default search for more than 4 operands (branch and bound) takes milliseconds;
+# it can only pay where the contraction costs more than that: at most this many operations
+# on greedy's path, greedy's path is taken.
+_SEARCH_PAYS = 10 ** 6
+
+
+def _path(spec: str, shapes: list[tuple]):
+    """The contraction path for `spec` on arrays of `shapes`: opt_einsum's default ("auto"),
+    or greedy's where that search cannot pay (see _SEARCH_PAYS)."""
+    if len(shapes) <= 4:  # "auto" is an exhaustive search, quick for so few
+        return "auto"
+    path, info = opt_einsum.contract_path(spec, *shapes, shapes=True, optimize="greedy")
+    return path if info.opt_cost <= _SEARCH_PAYS else "auto"
 
 
 def _on_diagonal(value: np.ndarray, keep: int, drop: int) -> np.ndarray:

@@ -3,7 +3,8 @@
 The module imports the array library and one function that computes the results from the
 input arrays. It is built from the IR alone: user text never reaches it, and every name in it
 is either an identifier the grammar accepted (renamed if Python reserves it) or one of ours,
-which all start with an underscore.
+which all start with an underscore. Each temporary is deleted after the line that reads it last,
+so that a long program holds only the arrays still to be read.
 
 Contractions with no matrix form call `_c0`, `_c1`, ...: plain `opt_einsum.contract` when the
 module is used on its own, and an `opt_einsum.contract_expression` with a precomputed path when
@@ -18,6 +19,7 @@ import math
 from ..parse import ast
 from ..rulebook import RuleBook, default_rulebook
 from ..vectorize import VectorProgram
+from ..vectorize.share import names_in
 from ..vectorize.gc_pause import paused_gc
 
 _PREC = {"+": 1, "-": 1, "*": 2, "/": 2, "@": 2, "neg": 3, "**": 4}
@@ -50,6 +52,13 @@ def _identity_row(e: ast.Index) -> bool:
     return (isinstance(e.operand, ast.Call) and e.operand.func == "eye"
             and len(e.operand.args) == 1 and len(e.items) == 1
             and not isinstance(e.items[0], (ast.Slice, ast.NoneLit)))
+
+
+def _window(e: ast.Index) -> bool:
+    """Is `e` rows lo:hi of an identity (`eye(n)[lo:hi]`, a slice's Jacobian)?"""
+    return (isinstance(e.operand, ast.Call) and e.operand.func == "eye"
+            and len(e.operand.args) == 1 and len(e.items) == 1
+            and isinstance(e.items[0], ast.Slice))
 
 
 def _step_select(e: ast.Call, rules: RuleBook) -> bool:
@@ -92,7 +101,11 @@ class _Printer:
 
     def module(self, function: str) -> PythonModule:
         self.arguments = set(self.program.variables)
-        body = [f"    {self.names[n]} = {self.expr(e)}" for n, e in self.program.temporaries]
+        body = []
+        for (n, e), dead in zip(self.program.temporaries, self._last_reads()):
+            body.append(f"    {self.names[n]} = {self.expr(e)}")
+            if dead:
+                body.append(f"    del {', '.join(self.names[d] for d in dead)}")
         results = [self.expr(e) for _, e in self.program.outputs]
         ret = results[0] if len(results) == 1 else "(" + ", ".join(results) + ")"
         body.append(f"    return {ret}")
@@ -120,6 +133,26 @@ class _Printer:
                               len(self.program.outputs))
         module.dimension_only = set(args) - set(self.program.variables)
         return module
+
+    def _last_reads(self) -> list[list[str]]:
+        """Per line of the body, the temporaries no later line reads: the line `del`s them, so
+        that a chain cut into temporaries holds one link at a time, not all of them until
+        the function returns. What the return statement reads (an output, or the temporary an
+        output is) is never deleted; nor is an input, which the caller holds anyway."""
+        temporaries = self.program.temporaries
+        last = {n: i for i, (n, _) in enumerate(temporaries)}  # one nothing reads: at once
+        for i, (_, e) in enumerate(temporaries):
+            for name in names_in(e):
+                if name in last:
+                    last[name] = i
+        for _, e in self.program.outputs:
+            for name in names_in(e):
+                last.pop(name, None)
+        dead: list[list[str]] = [[] for _ in temporaries]
+        for name, i in last.items():
+            if name not in self.program.variables:
+                dead[i].append(name)
+        return dead
 
     def _dimension_lines(self) -> list[str]:
         """Read each dimension the code needs off an input's shape. An input whose values the
@@ -182,6 +215,10 @@ class _Printer:
                 n = self._dimension(e.operand.args[0])
                 k = self._index_int(e.items[0])
                 return f"_xp.asarray(_xp.arange({n}) == ({k}) % {n}, dtype=_dtype)"
+            if _window(e):  # eye(n)[lo:hi]: its rows' one-hot columns, without the n-by-n
+                n = self._dimension(e.operand.args[0])  # identity (rows x n, not n x n)
+                rows = f"_xp.arange({n})[{self._item(e.items[0])}]"
+                return f"_xp.asarray({rows}[:, None] == _xp.arange({n}), dtype=_dtype)"
             return f"{self._wrap(e.operand, 9)}[{', '.join(self._item(i) for i in e.items)}]"
         if isinstance(e, ast.Tuple):
             inner = ", ".join(self.expr(i) for i in e.items)
