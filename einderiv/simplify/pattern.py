@@ -67,6 +67,12 @@ class Compiled:
     def sides(self, values: dict) -> tuple[Node, Node] | None:
         """Both sides lowered with `values` (variable -> node, `axis` -> axes), or None where
         they do not lower (values of shapes the rule does not take)."""
+        lazy = self._lazy_sides(values)
+        return None if lazy is None else (lazy[0], lazy[1]())
+
+    def _lazy_sides(self, values: dict):
+        """(the pattern lowered with `values`, a function that lowers the replacement): most
+        proposals are rejected by the pattern alone, and the replacement is then not built."""
         names = [v for v in self.rule.variables if v != AXIS]
         if any(v not in values for v in names):
             return None
@@ -88,17 +94,18 @@ class Compiled:
             return None
         lhs, rhs, holders = entry
         mapping = {h: values[v] for v, h in holders.items() if h is not values[v]}
-        return substitute(lhs, mapping), substitute(rhs, mapping)
+        # Substitution keeps shapes: the replacement's is its template's.
+        return substitute(lhs, mapping), lambda: substitute(rhs, mapping), rhs.shape
 
     def _replace(self, node: Node, values: dict, terms: dict) -> Node | None:
-        sides = self.sides(values)
+        sides = self._lazy_sides(values)
         if sides is None:
             return None
-        lhs, rhs = sides
-        if lhs.shape != rhs.shape:
+        lhs, rhs, rhs_shape = sides
+        if lhs.shape != rhs_shape:
             return None  # a rule that changes shapes is reported by `rules check`
         if lhs is node:
-            return rhs
+            return rhs()
         if isinstance(node, Add) and isinstance(lhs, Add):
             if not terms:
                 terms.update(_merged(flat_terms(node)))
@@ -108,7 +115,7 @@ class Compiled:
         return None
 
 
-def _replace_terms(node: Add, flat: dict, lhs: Add, rhs: Node) -> Node | None:
+def _replace_terms(node: Add, flat: dict, lhs: Add, rhs) -> Node | None:
     """`node` = r * lhs + rest  ->  r * rhs + rest. The rest is `node`'s other terms, or, where
     the pattern takes terms of a sum nested in it, the others of `flat` (each flattened
     term's coefficient)."""
@@ -124,7 +131,7 @@ def _replace_terms(node: Add, flat: dict, lhs: Add, rhs: Node) -> Node | None:
             return None
         ratio = r
     rest = [(c, t) for t, c in coefficient.items() if t not in wanted]
-    return build.add([*rest, (ratio, rhs)])
+    return build.add([*rest, (ratio, rhs())])
 
 
 # Sums nested in a sum are kept by the builders (one may be shared), so the terms a pattern
@@ -156,7 +163,7 @@ def _merged(terms) -> dict:
     return merged
 
 
-def _replace_factors(node: Contract, lhs: Contract, rhs: Node) -> Node | None:
+def _replace_factors(node: Contract, lhs: Contract, rhs) -> Node | None:
     """`node` = ... * lhs[L] * ...  ->  ... * rhs[L] * ... for the factors of `lhs` (an
     elementwise product) found among `node`'s operands on one tuple of labels L."""
     scale, factors = 1.0, []
@@ -178,7 +185,7 @@ def _replace_factors(node: Contract, lhs: Contract, rhs: Node) -> Node | None:
         else:
             if scale != 1.0:
                 rest.append((Const(1.0 / scale), ()))
-            return build.contract(node.out, [*rest, (rhs, labels)],
+            return build.contract(node.out, [*rest, (rhs(), labels)],
                                   {l: node.dims[l] for l in node.out})
     return None
 
