@@ -251,7 +251,9 @@ def child(name: str, size: int) -> dict:
             row[stage] = time.perf_counter() - t0
         row["rss"] = _maxrss() - base
         stage = "warm call"
-        row["call peak"] = _call_peak(lambda: g(**inputs), len(g.source))
+        peak = _call_peak(lambda: g(**inputs), len(g.source))
+        if peak:  # 0: the call fit in memory the process already held (the rss measure)
+            row["call peak"] = peak
     except Exception as e:  # RecursionError and MemoryError included: they are rows
         first = (str(e).splitlines() or [""])[0][:80]
         row["error"] = f"{stage}: {type(e).__name__}: {first}"
