@@ -38,10 +38,19 @@ _TEMPORARY = re.compile(r"t\d+")
 
 def tidy(temporaries: list, outputs: list) -> tuple[list, list]:
     """Every line's expression rewritten by the rules above, bottom-up, each part once."""
+    rewrite = _bottom_up(lambda e, rebuilt: _local(rebuilt))
+    return ([(name, rewrite(e)) for name, e in temporaries],
+            [(name, rewrite(e)) for name, e in outputs])
+
+
+def _bottom_up(make):
+    """A function rebuilding an expression children first, without recursion: each part
+    becomes `make(part, part with its children rebuilt)`, once for all the lines it is called
+    on (a part shared by lines is rebuilt once)."""
     done: dict[int, ast.Expr] = {}
     alive = []  # keeps the ids in `done` unique
 
-    def rewrite(root):
+    def rebuild(root):
         stack = [(root, False)]
         while stack:
             e, ready = stack.pop()
@@ -52,12 +61,11 @@ def tidy(temporaries: list, outputs: list) -> tuple[list, list]:
                 stack.append((e, True))
                 stack.extend((p, False) for p in parts if id(p) not in done)
                 continue
-            done[id(e)] = _local(_with_children(e, [done[id(p)] for p in parts]))
+            done[id(e)] = make(e, _with_children(e, [done[id(p)] for p in parts]))
             alive.append(e)
         return done[id(root)]
 
-    return ([(name, rewrite(e)) for name, e in temporaries],
-            [(name, rewrite(e)) for name, e in outputs])
+    return rebuild
 
 
 def renumber(temporaries: list, outputs: list, reserved: set) -> tuple[list, list]:
@@ -73,27 +81,8 @@ def renumber(temporaries: list, outputs: list, reserved: set) -> tuple[list, lis
         counter += 1
     if all(old == new for old, new in mapping.items()):
         return temporaries, outputs
-    done: dict[int, ast.Expr] = {}
-    alive = []
-
-    def rename(root):
-        stack = [(root, False)]
-        while stack:
-            e, ready = stack.pop()
-            if id(e) in done:
-                continue
-            parts = _children(e)
-            if not ready:
-                stack.append((e, True))
-                stack.extend((p, False) for p in parts if id(p) not in done)
-                continue
-            if isinstance(e, ast.Name) and e.id in mapping:
-                done[id(e)] = ast.Name(mapping[e.id])
-            else:
-                done[id(e)] = _with_children(e, [done[id(p)] for p in parts])
-            alive.append(e)
-        return done[id(root)]
-
+    rename = _bottom_up(lambda e, rebuilt: ast.Name(mapping[e.id]) if isinstance(e, ast.Name)
+                        and e.id in mapping else rebuilt)
     return ([(mapping.get(name, name), rename(e)) for name, e in temporaries],
             [(name, rename(e)) for name, e in outputs])
 
