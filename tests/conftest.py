@@ -15,6 +15,7 @@ opt out.
 from __future__ import annotations
 
 import copy
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -276,3 +277,19 @@ def _run_threads(*calls, timeout: float = 120.0) -> None:
 def run_threads():
     """`run_threads((target, *args), ...)`: the thread harness of the thread-safety tests."""
     return _run_threads
+
+
+def _peak_bytes(f) -> int:
+    """The peak of what Python and numpy allocate while `f()` runs (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        f()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.fixture
+def peak_bytes():
+    """`peak_bytes(f)`: the peak memory allocated while `f()` runs, in bytes."""
+    return _peak_bytes

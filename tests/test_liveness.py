@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import ast
-import tracemalloc
 
 import numpy as np
 import opt_einsum
@@ -21,14 +20,6 @@ import einderiv
 from einderiv.backends import available
 from einderiv.evaluate.plan import _path
 
-
-def _peak(f) -> int:
-    tracemalloc.start()
-    try:
-        f()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 def _sin_chain(depth: int):
@@ -46,7 +37,7 @@ def sin_chain():
 # Before: the generated code held every temporary (~250x the input here), the interpreter every
 # node's value (~2000x).
 @pytest.mark.parametrize("path", ["generated", "interpreter"])
-def test_a_deep_chain_holds_one_link_at_a_time(sin_chain, path):
+def test_a_deep_chain_holds_one_link_at_a_time(sin_chain, path, peak_bytes):
     x = np.linspace(0, 1, 4000)
     run = (lambda: sin_chain(x=x)) if path == "generated" else (lambda: sin_chain.evaluate_ir(x=x))
     expected = x
@@ -54,7 +45,7 @@ def test_a_deep_chain_holds_one_link_at_a_time(sin_chain, path):
         expected = np.sin(expected) * 0.9
     np.testing.assert_allclose(run(), expected.sum(), rtol=1e-12)
     # the link being computed, its sine and its product: three arrays of the input's size
-    assert _peak(run) < 5 * x.nbytes
+    assert peak_bytes(run) < 5 * x.nbytes
 
 
 def _deleted_and_read(source: str):
@@ -187,7 +178,7 @@ def test_the_jacobian_of_a_window_builds_no_identity(backend, expr, expected):
         np.testing.assert_array_equal(back(got), expected(m))
 
 
-def test_the_jacobian_of_a_window_with_named_bounds_and_float32():
+def test_the_jacobian_of_a_window_with_named_bounds_and_float32(peak_bytes):
     J = einderiv.jacobian("x[:p] * sum(y)", "x", {"x": ("m",), "y": ("p",)})
     x, y = np.ones(6, dtype=np.float32), np.ones(4, dtype=np.float32)
     got = J(x=x, y=y)
@@ -197,7 +188,7 @@ def test_the_jacobian_of_a_window_with_named_bounds_and_float32():
     J = einderiv.jacobian("x[-2:]", "x", {"x": ("m",)})
     x = np.ones(m)
     J(x=x)
-    assert _peak(lambda: J(x=x)) < 3 * (x.nbytes + 2 * m * 8)
+    assert peak_bytes(lambda: J(x=x)) < 3 * (x.nbytes + 2 * m * 8)
 
 
 @pytest.mark.skipif(not available("torch"), reason="torch is not installed")

@@ -13,7 +13,6 @@ and is a strict xfail, so that the fix turns it into a plain pass.
 from __future__ import annotations
 
 import os
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -46,26 +45,18 @@ def test_printers_name_every_statement_of_a_long_named_program(named_programs):
         assert {f"t{i}" for i in range(1, 6000)} <= set(defined)
 
 
-def _peak(f) -> int:
-    tracemalloc.start()
-    try:
-        f()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
 
 # The generated code was `eye(m)[-2:]` (`eye(m)[:2]` times 3): an m-by-m identity for a 2-by-m
 # Jacobian (EvaluationError at m = 10^5; the IR interpreter needs 0.1 MB).
 @pytest.mark.parametrize("expr", ["x[-2:]", "x[:2] * 3"])
-def test_jacobian_of_a_short_window_builds_no_identity(expr):
+def test_jacobian_of_a_short_window_builds_no_identity(expr, peak_bytes):
     m = 2000
     J = einderiv.jacobian(expr, "x", {"x": ("m",)})
     x = np.linspace(0, 1, m)
     J(x=x), J(x=x)  # past the suite's recording of the first calls
     expected = np.eye(m)[:2] * 3 if expr.endswith("3") else np.eye(m)[-2:]
     np.testing.assert_array_equal(J(x=x), expected)
-    assert _peak(lambda: J(x=x)) < 3 * (x.nbytes + expected.nbytes)
+    assert peak_bytes(lambda: J(x=x)) < 3 * (x.nbytes + expected.nbytes)
 
 
 @pytest.mark.xfail(strict=True, reason="the Hessian is `t0 @ (t1[:, None] * eye(m)[1:])` with "
@@ -87,7 +78,7 @@ def test_hessian_of_a_stencil_has_no_selection_matrices():
 # t1 = pad(pad(t0 ...)), ... that all stayed alive (generated code 73x the inputs, the IR
 # interpreter 500x, at 1,000 slices; 13.7 GB at 50,000).
 @pytest.mark.parametrize("path", ["generated", "interpreter"])
-def test_gradient_of_a_slice_chain_stays_linear_in_memory(path):
+def test_gradient_of_a_slice_chain_stays_linear_in_memory(path, peak_bytes):
     K, n = 1000, 3000
     g = einderiv.grad("sum(v" + "[1:]" * K + " * w)", "v", {"v": (n,), "w": (n - K,)})
     v, w = np.ones(n), np.arange(float(n - K))
@@ -96,7 +87,7 @@ def test_gradient_of_a_slice_chain_stays_linear_in_memory(path):
     value = run()
     np.testing.assert_array_equal(value[K:], w)
     assert not value[:K].any()
-    assert _peak(run) < 3 * (v.nbytes + w.nbytes)
+    assert peak_bytes(run) < 3 * (v.nbytes + w.nbytes)
 
 
 def test_inputs_name_every_variable_the_result_needs():

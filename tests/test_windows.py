@@ -2,7 +2,6 @@
 formula, in the generated code and in the IR interpreter, for every bound form (issue 11.3)."""
 from __future__ import annotations
 
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -98,16 +97,8 @@ def test_pad_width_as_a_difference_of_dimensions_parses():
             einderiv.compile(bad, shapes)
 
 
-def _peak(f) -> int:
-    tracemalloc.start()
-    try:
-        f()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
-
-def test_slice_gradient_memory_is_linear():
+def test_slice_gradient_memory_is_linear(peak_bytes):
     """At m = 10^6 a selection matrix would be 4 TB; the gradient needs one array of m."""
     m = 10 ** 6
     g = einderiv.grad("sum(x[:p] * y)", "x", {"x": ("m",), "y": ("p",)})
@@ -115,7 +106,7 @@ def test_slice_gradient_memory_is_linear():
     inputs = x.nbytes + y.nbytes
     for run in (lambda: g(x=x, y=y), lambda: g.evaluate_ir(x=x, y=y)):
         run(), run()  # compiled, planned and past the suite's recording of the first calls
-        assert _peak(run) < 3 * inputs
+        assert peak_bytes(run) < 3 * inputs
         value = run()
         np.testing.assert_array_equal(value[:m // 2], y)
         assert not value[m // 2:].any()
@@ -124,7 +115,7 @@ def test_slice_gradient_memory_is_linear():
 @pytest.mark.parametrize("expr, wrt", [("sum(x[:p]) * sum(y)", "x"),
                                        ("sum(pad(y, (1, m - p - 1)) ** 2 * x)", "y"),
                                        ("sum(x[1:p + 1] * x[:p] * y)", "x")])
-def test_window_adjoints_stay_linear_in_memory(expr, wrt):
+def test_window_adjoints_stay_linear_in_memory(expr, wrt, peak_bytes):
     """Windows summed against nothing and pads met by several factors: a selection matrix
     would be m * p entries (2 TB here); generated code and interpreter stay within 3x."""
     m = 10 ** 6
@@ -134,7 +125,7 @@ def test_window_adjoints_stay_linear_in_memory(expr, wrt):
     np.testing.assert_allclose(g(**small), g.evaluate_ir(**small))
     for run in (lambda: g(x=x, y=y), lambda: g.evaluate_ir(x=x, y=y)):
         run(), run()
-        assert _peak(run) < 3 * (x.nbytes + y.nbytes)
+        assert peak_bytes(run) < 3 * (x.nbytes + y.nbytes)
 
 
 def test_interpreter_never_builds_the_window(monkeypatch):
