@@ -38,12 +38,14 @@ Criteria, per output array `a` against the reference `r` (float64 `rtol` 1e-10, 
     relative to a result of e^-30. An exact form needs the dominant entry's 1 - s_m as a sum of
     the other entries, which no sum of delta and outer-product terms gives: a dense
     off-diagonal mask or a pivot on the argmax is needed (the `gap_*` points show it).
-  The sigmoid family has no such floor: the rule `sigmoid(x) * sigmoid(-x)` is exact where
-  `sigmoid(x) * (1 - sigmoid(x))` cancelled. Binary cross-entropy's gradient `sigmoid(z) - y`,
-  the issue's golden one-sigmoid form, is compared norm-wise at points with a misclassified
-  entry: it is exact to rounding relative to max(y, sigmoid(z)), which is as well as `y` is
-  known (at y = 1 and z = 30 the result, -9.4e-14, changes by 1e-3 of itself with the last bit
-  of y).
+  The sigmoid family has no such floor: the rules `0.25 * sech2(0.5 * x)` for sigmoid's
+  derivative and `sech2(x)` for tanh's are exact where `sigmoid(x) * (1 - sigmoid(x))` and
+  `1 - tanh(x) ** 2` cancel, and so are their own derivatives, products of tanh and sech2
+  (`_family_points` checks each magnitude apart, exact zero and the subnormals included).
+  Binary cross-entropy's gradient `sigmoid(z) - y`, the issue's golden one-sigmoid form, is
+  compared norm-wise at points with a misclassified entry: it is exact to rounding relative to
+  max(y, sigmoid(z)), which is as well as `y` is known (at y = 1 and z = 30 the result,
+  -9.4e-14, changes by 1e-3 of itself with the last bit of y).
 
 Kink conventions (issue 12, item 3): `maximum`/`minimum` split the derivative 1/2-1/2 at ties
 (as JAX); `relu'(0) = 0`, `abs'(0) = sign(0) = 0`, `sign' = 0`; `norm` has the zero
@@ -639,6 +641,20 @@ def _sqrt_points():
             "inf": pt(x=arr(-INF, INF))}
 
 
+def _family_points(subnormal64, subnormal32):
+    """Points for the sigmoid family (sigmoid, softplus, tanh, sech2), one magnitude each, so
+    that the norm-wise comparison of derivatives is entrywise: exact zero; near it, where
+    sigmoid'' = -x/8 and tanh'' = -2x come from a difference unless written as products; 30
+    and 100, where 1 - sigmoid and 1 - tanh ** 2 cancel; magnitudes where the value or a
+    derivative is subnormal in float64 or in float32; and beyond, where they underflow."""
+    return {"ordinary": pt(x=ORDINARY), "zero": pt(x=arr(0)), "small": pt(x=arr(1e-8, -1e-8)),
+            "one": pt(x=arr(1, -1)), "thirty": pt(x=arr(30, -30)),
+            "hundred": pt(x=arr(100, -100)),
+            "subnormal": pt(x=arr(-subnormal64, subnormal64)),
+            "subnormal_float32": pt(x=arr(-subnormal32, subnormal32)),
+            "huge": pt(x=EXTREMES["huge"]), "inf": pt(x=EXTREMES["inf"])}
+
+
 def _cases():
     def nonneg(f):
         return lambda t: f(t) if t > 0 else M.mpf(0)
@@ -649,12 +665,11 @@ def _cases():
     sig_d1 = lambda t: sig(t) * sig(-t)  # noqa: E731
     sig_d2 = lambda t: sig(t) * sig(-t) * (sig(-t) - sig(t))  # noqa: E731
     softplus_hess = lambda t: sig(t) * sig(-t)  # noqa: E731
-    # near 0 too, where sigmoid'' = s(x) s(-x) (s(-x) - s(x)) is -x/8 (see XFAIL)
-    sigmoid_points = {"ordinary": pt(x=ORDINARY), "small": pt(x=arr(1e-8)),
-                      **{k: pt(x=v) for k, v in EXTREMES.items()}}
+    sech2 = lambda t: M.sech(t) ** 2  # noqa: E731
     cases = [
         # Deliver 1: the rewrites, elementwise
-        elementwise_case("softplus_rewrite_a", "log(1 + exp(x))", softplus, sig, softplus_hess),
+        elementwise_case("softplus_rewrite_a", "log(1 + exp(x))", softplus, sig, softplus_hess,
+                         points=_family_points(720, 95)),
         elementwise_case("softplus_rewrite_b", "log(exp(x) + 1)", softplus, sig, softplus_hess),
         # the same pattern of a compound argument, and rewrites that enable one another
         elementwise_case("softplus_rewrite_compound", "log(1 + exp(-2 * x))",
@@ -667,9 +682,16 @@ def _cases():
         elementwise_case("log_1m_sigmoid_rewrite", "log(1 - sigmoid(x))", lambda t: -softplus(t),
                          lambda t: -sig(t), lambda t: -sig(t) * sig(-t)),
         elementwise_case("sigmoid_rewrite_a", "exp(x) / (1 + exp(x))", sig, sig_d1, sig_d2,
-                         points=sigmoid_points),
+                         points=_family_points(720, 95)),
         elementwise_case("sigmoid_rewrite_b", "1 / (1 + exp(-x))", sig, sig_d1, sig_d2,
-                         points=sigmoid_points),
+                         points=_family_points(720, 95)),
+        # Deliver 2: the stable derivative of tanh, sech2(x) = sech(x) ** 2; tanh's derivative
+        # as a program, whose Hessian is tanh's third derivative
+        elementwise_case("tanh", "tanh(x)", M.tanh, sech2,
+                         lambda t: -2 * M.tanh(t) * sech2(t), points=_family_points(360, 48)),
+        elementwise_case("sech2", "sech2(x)", sech2, lambda t: -2 * M.tanh(t) * sech2(t),
+                         lambda t: 2 * sech2(t) * (2 * M.tanh(t) ** 2 - sech2(t)),
+                         points=_family_points(360, 48)),
         elementwise_case("abs_squared_rewrite", "abs(x) ** 2", lambda t: t * t, lambda t: 2 * t,
                          lambda t: M.mpf(2), points={
                              "ordinary": pt(x=ORDINARY), "issue": pt(x=arr(0, 1)),
@@ -833,17 +855,8 @@ def _xfail_table(*groups) -> dict:
     return table
 
 
-# The tests that fail on the current tree, and why. Sigmoid's second derivative near 0 is
-# s(x) s(-x) (s(-x) - s(x)), whose difference cancels (relative error 6e-9 at 1e-8 in float64;
-# its absolute error is that of the inputs, 1e-17). The rewrite sigmoid(-u) - sigmoid(u) =
-# -tanh(u / 2) makes it exact there but sends the derivative through tanh's, 1 - tanh(x) ** 2,
-# which cancels for |x| > 20 (tests/test_stability_breaker.py): it needs a stable sech^2 first.
-XFAIL = _xfail_table(
-    ("sigmoid_rewrite_a", "sigmoid's second derivative near 0: s(-x) - s(x) cancels (relative "
-     "error 6e-9 at 1e-8, all of it in float32); exact through -tanh(x / 2) once tanh's "
-     "derivative is a stable sech^2", "small-hess"),
-    ("sigmoid_rewrite_b", "as sigmoid_rewrite_a", "small-hess"),
-)
+# The tests that fail on the current tree, and why (none at present).
+XFAIL = _xfail_table()
 
 
 def _matrix():
@@ -1020,42 +1033,51 @@ def test_bce_gradient_is_sigmoid_minus_y():
     assert one_sigmoid(formula), formula
 
 
-def sigmoid_arguments(formula: str) -> list[str]:
-    """The argument text of each `sigmoid(...)` call in `formula`, in order."""
-    args, at = [], formula.find("sigmoid(")
+def call_arguments(formula: str, name: str) -> list[str]:
+    """The argument text of each `name(...)` call in `formula` (not of a longer name ending in
+    it), in order."""
+    args, at = [], formula.find(f"{name}(")
     while at >= 0:
-        start = end = at + len("sigmoid(")
+        start = end = at + len(name) + 1
         depth = 1
         while depth:
             depth += {"(": 1, ")": -1}.get(formula[end], 0)
             end += 1
-        args.append(formula[start:end - 1])
-        at = formula.find("sigmoid(", end)
+        if at == 0 or not (formula[at - 1].isalnum() or formula[at - 1] == "_"):
+            args.append(formula[start:end - 1])
+        at = formula.find(f"{name}(", end)
     return args
 
 
-def exact_sigmoid_pair(formula: str) -> bool:
-    """sigmoid(m) * sigmoid(-m)-like: two sigmoids, of one argument and its negation, and none
-    of the forms that cancel or overflow (`1 - s`, a division, exp or log)."""
-    args = sigmoid_arguments(formula)
-    return (len(args) == 2 and any(b in (f"-{a}", f"-({a})") for a in args for b in args)
+def one_logistic_density(formula: str) -> bool:
+    """sigmoid'(m) = sech2(m / 2) / 4-like: one `sech2` (sech ** 2), of half a margin, and no
+    sigmoid nor any of the forms that cancel or overflow (`1 - s`, a division, exp or log)."""
+    args = call_arguments(formula, "sech2")
+    return (len(args) == 1 and "0.5 * " in args[0] and not call_arguments(formula, "sigmoid")
             and "1 - " not in formula and "/" not in formula and "exp(" not in formula
             and "log(" not in formula)
 
 
 @pytest.mark.parametrize("loss", [LOGISTIC, BCE.format(z="X @ w")], ids=["logistic", "bce"])
-def test_hessian_is_an_exact_sigmoid_pair(loss):
-    """The issue asked for one sigmoid and no `1 / t1 / t1`; s * (1 - s) has one but cancels
-    (relative error 1e-3 at a margin of 30, all of it at 100), so the Hessian's weight is
-    sigmoid(m) * sigmoid(-m): two sigmoids of one margin, exact at every margin."""
+def test_hessian_weight_is_one_logistic_density(loss):
+    """The issue asked for one sigmoid and no `1 / t1 / t1`. s * (1 - s) has one sigmoid but
+    cancels (relative error 1e-3 at a margin of 30, all of it at 100); sigmoid(m) *
+    sigmoid(-m) is exact but its own derivative cancels near 0, and so does that of any form
+    in sigmoid alone (sigmoid'' vanishes at 0, and a polynomial in s(x) and s(-x), both near
+    1/2 there, reaches it only by a difference). So the Hessian's weight is sigmoid'(m) =
+    sech2(m / 2) / 4: one function call, exact at every margin, and so are its derivatives
+    (rules/elementwise.rules)."""
     formula = einderiv.hessian(loss, "w", LIN).formula
-    assert exact_sigmoid_pair(formula), formula
-    assert formula.startswith("t0 = X @ w\n") and formula.endswith("[:, None] * X)"), formula
+    assert one_logistic_density(formula), formula
+    assert formula.endswith("[:, None] * X)") and formula.count("X @ w") == 1, formula
 
 
-def test_sigmoid_pair_check():
-    assert exact_sigmoid_pair("X.T @ ((sigmoid(t0) * sigmoid(-t0))[:, None] * X)")
-    assert exact_sigmoid_pair("sigmoid(-(y * (X @ w))) * sigmoid(y * (X @ w))")
-    assert not exact_sigmoid_pair("t0 = sigmoid(m)\nt0 * (1 - t0)")
-    assert not exact_sigmoid_pair("sigmoid(m) * sigmoid(-n)")
-    assert not exact_sigmoid_pair("sigmoid(m) * sigmoid(-m) * sigmoid(m)")
+def test_logistic_density_check():
+    assert one_logistic_density("X.T @ ((0.25 * sech2(0.5 * t0))[:, None] * X)")
+    assert one_logistic_density("t0 = X @ w\nt1 = sech2(-0.5 * t0)\nX.T @ (t1[:, None] * X)")
+    assert not one_logistic_density("sech2(t0)")  # not of half the margin
+    assert not one_logistic_density("sech2(0.5 * m) * sech2(0.5 * m)")
+    assert not one_logistic_density("t0 = sech2(0.5 * m)\nt0 * (1 - t0)")
+    assert not one_logistic_density("sech2(0.5 * m) * sigmoid(m)")
+    assert not one_logistic_density("sech2(0.5 * m) / sech2(0.5 * n)")
+    assert call_arguments("logsigmoid(a) + sigmoid(b)", "sigmoid") == ["b"]

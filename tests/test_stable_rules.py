@@ -391,13 +391,54 @@ def test_norm_hessian_at_a_regular_point():
 
 def test_softplus_hessian_is_finite_at_800():
     H = einderiv.hessian("sum(softplus(u))", "u", {"u": ("n",)})
-    assert "sigmoid" in H.formula
+    assert H.formula == "diag(0.25 * sech2(0.5 * u))"  # sigmoid'(u), exact at every u
     u = np.array([-800.0, -30.0, 0.0, 800.0])
     s = 1 / (1 + np.exp(30.0))
     close(both_paths(H, u=u), np.diag([0.0, s * (1 - s), 0.25, 0.0]), atol=1e-300)
     out = H(u=np.array([-100.0, 0.0, 100.0], np.float32))
     assert out.dtype == np.float32
     close(out, np.diag([0.0, 0.25, 0.0]), atol=1e-30)
+
+
+# -- the sigmoid family's kernels: exact down to the subnormals, on every array library ---------
+
+# Per function and dtype: ordinary points, where 1 - sigmoid and 1 - tanh ** 2 would cancel,
+# where sigmoid(-x) and sech2(x) are subnormal, and where they underflow to 0 (past the
+# overflow of exp and cosh).
+FAMILY_X = {
+    "sigmoid": {np.float64: [0.0, 1e-8, -1.0, 30.0, -100.0, 709.0, 720.0, -740.0, 800.0, INF,
+                             -INF],
+                np.float32: [0.0, 1e-8, -1.0, 30.0, -50.0, 88.0, 95.0, -103.0, 110.0, INF,
+                             -INF]},
+    "sech2": {np.float64: [0.0, 1e-8, -1.0, 30.0, -100.0, 360.0, -370.0, 720.0, INF, -INF],
+              np.float32: [0.0, 1e-8, -1.0, 30.0, -45.0, 50.0, 95.0, INF, -INF]}}
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch", "jax", "cupy", "dask"])
+@pytest.mark.parametrize("name", ["sigmoid", "sech2"])
+def test_sigmoid_and_sech2_kernels_down_to_the_subnormals(name, backend):
+    """Exact to a few ulps, and absolutely below the smallest normal number (subnormals have
+    fewer bits): scipy's expit, numpy's fast path, is 0 where exp(-x) overflows, where
+    sigmoid(x) is still subnormal (down to 4.9e-324); the kernel fills those in."""
+    mp = pytest.importorskip("mpmath")
+    from einderiv.backends import available
+    if not available(backend):
+        pytest.skip(f"{backend} is not installed")
+    if backend == "jax":  # else jax makes float32 of every float64 input (as test_backends)
+        import jax
+        jax.config.update("jax_enable_x64", True)
+    ref = {"sigmoid": lambda t: 1 / (1 + mp.exp(t)),  # sigmoid(-t)
+           "sech2": lambda t: mp.sech(t) ** 2}[name]
+    f = einderiv.compile("sigmoid(-x)" if name == "sigmoid" else "sech2(x)", VEC,
+                         backend=backend)
+    for dtype, xs in FAMILY_X[name].items():
+        out = f(x=np.array(xs, dtype))
+        out = np.asarray(out.cpu() if hasattr(out, "cpu") else out)
+        assert out.dtype == dtype
+        with mp.workdps(30):
+            want = np.array([float(ref(mp.mpf(float(t)))) for t in xs])
+        err = np.abs(out - want) / np.maximum(np.abs(want), np.finfo(dtype).tiny)
+        assert np.max(err) < 8 * np.finfo(dtype).eps, (dtype, out, want)
 
 
 # -- kinks: maximum and minimum split ties evenly, abs/relu/sign as before ----------------------
