@@ -453,3 +453,65 @@ def test_log_softmax_kernel():
     assert log_softmax(np.zeros((2, 0)), axis=1).shape == (2, 0)
     f = einderiv.compile("log_softmax(x, axis=0)", {"x": ("n", "k")})
     np.testing.assert_allclose(f(x=x[:, :2] * 0.5), log_softmax_reference(0.5 * x[:, :2], 0))
+
+
+# -- the softmax family's derivatives: split on the argmax, O(n) -------------------------------
+
+SOFTMAX_FAMILY = [
+    ("c @ softmax(x)", "x", {"c": ("n",), "x": ("n",)}),
+    ("-(y @ log(softmax(x)))", "x", {"x": ("n",), "y": ("n",)}),
+    ("sum(C * log_softmax(X, axis=0))", "X", {"C": ("n", "k"), "X": ("n", "k")}),
+    ("logsumexp(x)", "x", {"x": ("n",)}),
+    ("sum(C * softmax(X, axis=1))", "X", {"C": ("k", "n"), "X": ("k", "n")}),
+]
+
+
+@pytest.mark.parametrize("source, wrt, shapes", SOFTMAX_FAMILY,
+                         ids=[s for s, _, _ in SOFTMAX_FAMILY])
+def test_softmax_family_gradients_hold_no_n_by_n_matrix(source, wrt, shapes, peak_bytes):
+    """The Jacobians of softmax and log_softmax are Kronecker deltas and outer products, each
+    contracted with the adjoint on its own: the gradient of a function of n logits allocates
+    O(n), never the n by n Jacobian (800 MB at n = 10,000)."""
+    g = einderiv.grad(source, wrt, shapes)
+    assert not {"diag", "outer", "eye", "einsum"} & functions_in(g.formula), g.formula
+    n = 10_000
+    rng = np.random.default_rng(9)
+    arrays = {k: rng.normal(size=tuple(n if d == "n" else 2 for d in s))
+              for k, s in shapes.items()}
+    size = arrays[wrt].nbytes
+    assert peak_bytes(lambda: g(**arrays)) < 40 * size
+
+
+def test_softmax_jacobian_rules_are_exact_at_a_lead_of_30():
+    """The Hessian of logsumexp is diag(s) - outer(s, s), whose largest entry s_m (1 - s_m)
+    the textbook formula cancels (3 digits left): here each entry is one term."""
+    H = einderiv.hessian("logsumexp(x)", "x", {"x": ("n",)})
+    x = np.array([0.0, -30.0, -60.0])
+    e = np.exp(x)
+    s = e / e.sum()
+    want = np.diag(s * (1 - s)) - np.outer(s, s) + np.diag(s * s)
+    want[0, 0] = s[0] * (e[1] + e[2]) / e.sum()
+    np.testing.assert_allclose(H(x=x), want, rtol=1e-14, atol=0)
+
+
+def test_argmax_onehot_and_complement_kernels():
+    from einderiv.evaluate.kernels import argmax_onehot, complement, softmax
+    x = np.array([[0.0, 30.0, -30.0], [1.0, 1.0, 0.0], [-np.inf, -np.inf, -np.inf]])
+    np.testing.assert_array_equal(argmax_onehot(x, axis=1), [[0, 1, 0], [1, 0, 0], [1, 0, 0]])
+    s = softmax(x, axis=1)
+    for q in (complement(s, axis=1), complement(s.T, axis=0).T, complement(s, axis=(1,))):
+        e = np.exp([-30.0, -60.0])  # the others' softmax, relative to the largest entry's
+        # at the largest entry, where 1 - softmax rounds to 9.348e-14 (3 digits): 9.3576e-14
+        np.testing.assert_allclose(q[0, 1], e.sum() / (1 + e.sum()), rtol=1e-15)
+        np.testing.assert_allclose(q[0, [0, 2]], 1 - e / (1 + e.sum()), rtol=1e-15)
+        np.testing.assert_allclose(q[1], 1 - np.exp([1.0, 1, 0]) / (2 * np.e + 1), rtol=1e-15)
+        np.testing.assert_array_equal(q[2], [1.0, 1.0, 1.0])  # softmax is 0 there: 1 - 0
+    T = np.random.default_rng(10).normal(size=(2, 3, 4)).astype(np.float32)
+    p = argmax_onehot(T, axis=(0, 2))
+    assert p.dtype == np.float32 and np.all(p.sum(axis=(0, 2)) == 1)
+    assert np.all(np.max(np.where(p == 1, T, -np.inf), axis=(0, 2)) == T.max(axis=(0, 2)))
+    q = complement(softmax(T, axis=(0, 2)), axis=(0, 2))
+    assert q.dtype == np.float32
+    np.testing.assert_allclose(q.sum(axis=(0, 2)), 7.0, rtol=1e-6)
+    assert argmax_onehot(np.zeros((2, 0)), axis=1).shape == (2, 0)
+    assert complement(np.zeros((2, 0)), axis=1).shape == (2, 0)

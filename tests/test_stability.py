@@ -9,10 +9,11 @@ and through `.evaluate_ir`, on float64 and on float32 copies of the point.
 The reference is mpmath at 50 digits and is independent of einderiv: each case writes its
 function, gradient and Hessian in closed form in mpmath (tensors are numpy object arrays of
 `mpf`). mpmath has no overflow, so the closed forms only avoid cancellation (`1 - sigmoid(u)`
-is written `sigmoid(-u)`, `log(1 + e)` is `log1p(e)`). `test_reference_closed_forms` checks
-every closed form against `mpmath.diff` of the case's function at a smooth point. The
-reference is computed from the exact values of the arrays passed (so the float32 copy of a
-point has its own reference) and rounded to float64 for the comparison.
+is written `sigmoid(-u)`, `log(1 + e)` is `log1p(e)`, `1 - softmax(x)[i]` the sum of the
+other entries' softmax). `test_reference_closed_forms` checks every closed form against
+`mpmath.diff` of the case's function at a smooth point. The reference is computed from the
+exact values of the arrays passed (so the float32 copy of a point has its own reference) and
+rounded to float64 for the comparison.
 
 Criteria, per output array `a` against the reference `r` (float64 `rtol` 1e-10, float32 1e-4):
 
@@ -22,22 +23,19 @@ Criteria, per output array `a` against the reference `r` (float64 `rtol` 1e-10, 
   * values of elementwise functions, elementwise: max_i |a_i - r_i| / max(|r_i|, s);
   * everything else norm-wise: max_i |a_i - r_i| / max(max_i |r_i|, s).
   `s` is the dtype's smallest normal number (a true value below it is not representable to
-  full precision), except for two families of results:
+  full precision), except for one family of results:
   * `det` takes Hadamard's bound (the product of the row norms that its value, cofactors and
     second cofactors are made of): where they vanish, as at singular matrices, a relative
     change of eps in the entries moves them by up to eps times that bound, so no algorithm
-    on floats is exact relative to 0 (the cofactors at rank 1 come out near 1e-15, not 0);
-  * the derivatives of softmax, logsumexp and log_softmax (not their values) take the size of
-    the terms their formulas add, in absolute value (`lse_hess_terms` and its siblings): the
-    rules give the Jacobians of softmax and log_softmax as `diag(s) - outer(s, s)` and
-    `I - outer(1, s)`, Kronecker deltas that keep every product through them O(n), and these
-    cancel in their largest entry, `s_m - s_m^2` and `1 - s_m`, when one logit leads the others
-    by 30 or more (3 digits left at a lead of 30, none from 37 on). So the Hessian of logsumexp,
-    the gradient of `c @ softmax(x)` and of a confident cross-entropy are exact to rounding
-    relative to those terms (at most 1.1e-16 of them in float64, 5.4e-8 in float32), not
-    relative to a result of e^-30. An exact form needs the dominant entry's 1 - s_m as a sum of
-    the other entries, which no sum of delta and outer-product terms gives: a dense
-    off-diagonal mask or a pivot on the argmax is needed (the `gap_*` points show it).
+    on floats is exact relative to 0 (the cofactors at rank 1 come out near 1e-15, not 0).
+  The softmax family has no such floor: the textbook Jacobians of softmax and log_softmax,
+  `diag(s) - outer(s, s)` and `I - outer(1, s)`, cancel in their largest entry, `s_m - s_m^2`
+  and `1 - s_m`, when one logit leads the others by 30 or more (3 digits left at a lead of 30,
+  none from 37 on), and so did the Hessian of logsumexp, the gradient of `c @ softmax(x)` and of
+  a confident cross-entropy. The rules split them on the argmax (`argmax_onehot`) into delta
+  and outer-product terms with no entry in common where they would cancel, `1 - s_m` being
+  `complement(s)`, the sum of the other entries: every product through them stays O(n),
+  and the derivatives are exact relative to results of e^-30 and e^-100 (the `gap_*` points).
   The sigmoid family has no such floor: the rules `0.25 * sech2(0.5 * x)` for sigmoid's
   derivative and `sech2(x)` for tanh's are exact where `sigmoid(x) * (1 - sigmoid(x))` and
   `1 - tanh(x) ** 2` cancel, and so are their own derivatives, products of tanh and sech2
@@ -119,7 +117,9 @@ def lse(x):
     m = max(x)
     if m == -M.inf:
         return -M.inf
-    return m + M.log(sum(M.exp(t - m) for t in x))
+    # log1p of the others' share: log(1 + e^-100) would keep 7 of the 50 digits
+    k = list(x).index(m)
+    return m + M.log1p(sum(M.exp(t - m) for i, t in enumerate(x) if i != k))
 
 
 def softmax(x):
@@ -131,9 +131,22 @@ def softmax(x):
     return e / sum(e)
 
 
+def complement(s):
+    """1 - s for a softmax s, each entry as the sum of the others (1 - s_m for s_m = 1 - e^-100
+    keeps 7 of the 50 digits); 1 where s is 0 (every entry -inf)."""
+    if not any(s):
+        return ew(lambda _: M.mpf(1), s)
+    return np.array([sum(t for j, t in enumerate(s) if j != i) for i in range(len(s))],
+                    dtype=object)
+
+
 def softmax_hess(s):
-    """d softmax(x) / dx = diag(s) - outer(s, s): also the Hessian of logsumexp."""
-    return diag(s) - np.outer(s, s)
+    """d softmax(x) / dx = diag(s) - outer(s, s), its diagonal s * (1 - s): also the Hessian of
+    logsumexp."""
+    out = -np.outer(s, s)
+    for i, t in enumerate(s * complement(s)):
+        out[i, i] = t
+    return out
 
 
 def det(X):
@@ -180,60 +193,6 @@ def hadamard(removed: int):
     def scale(env):
         norms = sorted(np.linalg.norm(np.asarray(env["X"], np.float64), axis=1), reverse=True)
         return float(np.prod(norms[:len(norms) - removed]))
-    return scale
-
-
-# The terms that the derivative formulas of softmax, logsumexp and log_softmax add, in absolute
-# value, per slice of logits x (and weights c): the scale of their rounding errors (see the
-# module docstring). s is softmax(x), 0 where every entry is -inf.
-def _softmax64(x):
-    m = np.max(x)
-    with np.errstate(invalid="ignore", over="ignore"):
-        e = np.exp(x - (m if np.isfinite(m) else 0.0))
-        return np.nan_to_num(e / np.sum(e))
-
-
-def lse_hess_terms(x):
-    """diag(s) - outer(s, s)."""
-    s = _softmax64(x)
-    return float(np.max(s + s * s, initial=0.0))
-
-
-def softmax_grad_terms(x, c):
-    """s * (c - c @ s)."""
-    s, a = _softmax64(x), np.abs(c)
-    return float(np.max(s * (a + a @ s), initial=0.0))
-
-
-def softmax_hess_terms(x, c):
-    """s_j (delta_jk - s_k) (c_j - c @ s) - s_j s_k (c_k - c @ s)."""
-    s, a = _softmax64(x), np.abs(c)
-    a = a + a @ s
-    t = s[:, None] * (np.eye(len(s)) + s) * a[:, None] + np.outer(s, s) * a
-    return float(np.max(t, initial=0.0))
-
-
-def log_softmax_grad_terms(x, c):
-    """c - sum(c) * s."""
-    return float(np.max(np.abs(c) + abs(np.sum(c)) * _softmax64(x), initial=0.0))
-
-
-def log_softmax_hess_terms(x, c):
-    """-sum(c) * (diag(s) - outer(s, s))."""
-    return abs(float(np.sum(c))) * lse_hess_terms(x)
-
-
-def softmax_terms(fn, logits, weights=None, axis=-1):
-    """The absolute floor `fn` of each slice along `axis` of env[logits] (and env[weights]),
-    the largest over the slices."""
-    def scale(env):
-        def slices(a):
-            a = np.moveaxis(np.asarray(a, np.float64), axis, -1)
-            return a.reshape(-1, a.shape[-1])
-        xs = slices(env[logits])
-        if weights is None:
-            return max(fn(x) for x in xs)
-        return max(fn(x, c) for x, c in zip(xs, slices(env[weights])))
     return scale
 
 
@@ -387,19 +346,27 @@ def _bce_linear_case():
 
 def weighted_softmax_grad(x, c):
     """d (c @ softmax(x)) / dx = s * (c - c @ s)."""
+    return softmax(x) * centered(x, c)
+
+
+def centered(x, c):
+    """c - c @ softmax(x), each entry as sum_i s_i (c_j - c_i) (c_m - c @ s cancels where s_m
+    is near 1); c where s is 0 (every entry -inf)."""
     s = softmax(x)
-    return s * (c - c @ s)
+    if not any(s):
+        return c
+    return ew(lambda cj: sum(si * (cj - ci) for si, ci in zip(s, c)), c)
 
 
 def weighted_softmax_hess(x, c):
     """d2 (c @ softmax(x)) / dx_j dx_k, from d s_j / dx_k = s_j (delta_jk - s_k)."""
-    s = softmax(x)
-    cbar = c @ s
+    s, d = softmax(x), centered(x, c)
+    J = softmax_hess(s)  # s_j (delta_jk - s_k)
     n = len(s)
     out = zeros(n, n)
     for j in range(n):
         for k in range(n):
-            out[j, k] = s[j] * ((j == k) - s[k]) * (c[j] - cbar) - s[j] * s[k] * (c[k] - cbar)
+            out[j, k] = J[j, k] * d[j] - s[j] * s[k] * d[k]
     return out
 
 
@@ -408,8 +375,9 @@ def log_softmax(x):
 
 
 def weighted_log_softmax_grad(x, c):
-    """d (c @ log_softmax(x)) / dx = c - sum(c) * s."""
-    return c - sum(c) * softmax(x)
+    """d (c @ log_softmax(x)) / dx = c - sum(c) * s, as c * (1 - s) - s * (sum(c) - c)."""
+    s = softmax(x)
+    return c * complement(s) - s * (sum(c) - c)
 
 
 def weighted_log_softmax_hess(x, c):
@@ -455,7 +423,7 @@ def _softmax_cases():
         cases.append(Case(
             id, text, text, {"x": ("n",)}, "x", value=lambda e: lse(e["x"]),
             grad=lambda e: softmax(e["x"]), hess=lambda e: softmax_hess(softmax(e["x"])),
-            scale={"hess": softmax_terms(lse_hess_terms, "x")}, points={
+            points={
                 "ordinary": pt(x=arr(-1, 0.5, 2)),
                 "large": pt(x=nine),
                 "huge": pt(x=arr(-1e5, 0, 1e5, 2e5)),
@@ -477,7 +445,7 @@ def _softmax_cases():
         {"L": ("m", "n")}, "L", value=lambda e: np.array([lse(r) for r in e["L"]], dtype=object),
         grad=lambda e: per_column(softmax, e["L"].T).T, hess=lse_rows_hess,
         scalar=lambda e: sum(lse(r) for r in e["L"]), elementwise=True,
-        scale={"hess": softmax_terms(lse_hess_terms, "L")}, points={
+        points={
             "ordinary": pt(L=[[-1, 0.5, 2], [0, 0.25, -3]]),
             "large": pt(L=[[1000, 2000, 3000], [-1e5, 0, 1e5]]),
             "neg_inf": pt(L=[[-INF, 0, 1], [2, -INF, -INF]]),
@@ -490,8 +458,6 @@ def _softmax_cases():
         grad=lambda e: weighted_softmax_grad(e["x"], e["c"]),
         hess=lambda e: weighted_softmax_hess(e["x"], e["c"]),
         scalar=lambda e: e["c"] @ softmax(e["x"]), elementwise=True,
-        scale={"grad": softmax_terms(softmax_grad_terms, "x", "c"),
-               "hess": softmax_terms(softmax_hess_terms, "x", "c")},
         points={**vector_points, "all_neg_inf": pt(x=arr(-INF, -INF), c=arr(1, -1))}))
     cases.append(Case(
         "softmax_axis0", "exp(L) / sum(exp(L), axis=0)",
@@ -500,8 +466,7 @@ def _softmax_cases():
         grad=lambda e: per_column(weighted_softmax_grad, e["L"], e["C"]),
         hess=lambda e: per_column_hessian(weighted_softmax_hess, e["L"], e["C"]),
         scalar=lambda e: np.sum(e["C"] * per_column(softmax, e["L"])), elementwise=True,
-        scale={"grad": softmax_terms(softmax_grad_terms, "L", "C", axis=0),
-               "hess": softmax_terms(softmax_hess_terms, "L", "C", axis=0)}, points={
+        points={
             **matrix_points,
             "neg_inf": pt(L=[[-INF, 0], [0, -INF], [1, -INF]], C=[[1, -1], [0.5, 2], [-2, 1]])}))
 
@@ -512,8 +477,6 @@ def _softmax_cases():
         grad=lambda e: weighted_log_softmax_grad(e["x"], e["c"]),
         hess=lambda e: weighted_log_softmax_hess(e["x"], e["c"]),
         scalar=lambda e: e["c"] @ log_softmax(e["x"]),
-        scale={"grad": softmax_terms(log_softmax_grad_terms, "x", "c"),
-               "hess": softmax_terms(log_softmax_hess_terms, "x", "c")},
         points=vector_points))
     cases.append(Case(
         "log_softmax_axis0", "log(softmax(L, axis=0))", "sum(C * log(softmax(L, axis=0)))",
@@ -521,16 +484,13 @@ def _softmax_cases():
         grad=lambda e: per_column(weighted_log_softmax_grad, e["L"], e["C"]),
         hess=lambda e: per_column_hessian(weighted_log_softmax_hess, e["L"], e["C"]),
         scalar=lambda e: np.sum(e["C"] * per_column(log_softmax, e["L"])),
-        scale={"grad": softmax_terms(log_softmax_grad_terms, "L", "C", axis=0),
-               "hess": softmax_terms(log_softmax_hess_terms, "L", "C", axis=0)},
         points=matrix_points))
     cases.append(Case(
         "cross_entropy", "-(y @ log(softmax(x)))", "-(y @ log(softmax(x)))",
         {"x": ("n",), "y": ("n",)}, "x", value=lambda e: -(e["y"] @ log_softmax(e["x"])),
         grad=lambda e: -weighted_log_softmax_grad(e["x"], e["y"]),
         hess=lambda e: -weighted_log_softmax_hess(e["x"], e["y"]),
-        scale={"grad": softmax_terms(log_softmax_grad_terms, "x", "y"),
-               "hess": softmax_terms(log_softmax_hess_terms, "x", "y")}, points={
+        points={
             "ordinary": pt(x=arr(-1, 0.5, 2), y=arr(0.25, 0.5, 0.25)),
             "issue": pt(x=nine, y=np.eye(9)[0]),
             "huge": pt(x=arr(1e5, 2e5, 3e5), y=arr(1, 0, 0)),

@@ -216,7 +216,7 @@ class _IndexedLowering:
 
     def run(self, arg: Node) -> Jacobian:
         try:
-            node, labels = self._labelled(self.expr(rule_body(self.rule)))
+            node, labels = self._terms(rule_body(self.rule))
         except EinderivError as e:
             if isinstance(e, RuleError):
                 raise
@@ -225,6 +225,27 @@ class _IndexedLowering:
         out_labels = self._positions(self.out_l, self.node.rank, self.rule.out_indices)
         arg_labels = self._positions(self.arg_l, arg.rank, self.rule.wrt_indices)
         return Jacobian(node, labels, out_labels, arg_labels)
+
+    def _terms(self, body: ast.Expr):
+        """The body's sum of terms as written, one flat sum, neither nested nor factored: the
+        pullback applies a Jacobian term by term, each term's deltas and outer products on
+        their own (O(n)), and softmax's terms, factored (`s[i] * (delta[i,j] * ... - ...)`),
+        would be one n by n operand, materialized."""
+        terms, work = [], [(1.0, body)]
+        while work:
+            sign, e = work.pop()
+            if isinstance(e, ast.BinOp) and e.op in "+-":
+                work += [(sign if e.op == "+" else -sign, e.right), (sign, e.left)]
+            elif isinstance(e, ast.UnaryOp) and e.op == "-":
+                work.append((-sign, e.operand))
+            else:
+                terms.append((sign, self._labelled(self.expr(e))))
+        labels = self._union([v for _, v in terms])
+        parts = [(c, self._spread(v, labels)) for c, v in terms]
+        parts = [(c, t) for c, t in parts if not build.is_zero(t)] or parts[:1]
+        if len(parts) == 1:
+            return build.scale(*parts[0]), labels
+        return Add(parts), labels
 
     def _positions(self, layout: _Layout, rank: int, names) -> tuple[int, ...]:
         labels = [None] * rank

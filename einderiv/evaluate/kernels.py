@@ -151,6 +151,62 @@ def softmax(x, axis=-1):
     return e / xp.where(s == 0, xp.ones_like(s), s)  # s == 0: every entry -inf, and e is 0
 
 
+def argmax_onehot(x, axis=-1):
+    """1 at the largest entry along `axis` (the first in C order over those axes, at a tie),
+    0 elsewhere: the pivot that the derivative rules of softmax split on. Exactly one entry of
+    each slice is 1, so `1 - argmax_onehot(x)` is 0 there and 1 elsewhere, exactly."""
+    xp = _xp(x)
+    axes = tuple(a % x.ndim for a in _axes(axis, x.ndim)) if x.ndim else ()
+    if x.ndim == 0 or not axes or any(x.shape[a] == 0 for a in axes):
+        return _like(xp.ones_like(x) if not axes else xp.zeros_like(x), x, xp)
+    if xp is np and len(axes) == 1:  # the common case: one pass for argmax, one to write
+        out = np.zeros(x.shape, x.dtype if x.dtype.kind == "f" else np.float64)
+        np.put_along_axis(out, np.argmax(x, axis=axes[0], keepdims=True), 1, axis=axes[0])
+        return out
+    rest = tuple(a for a in range(x.ndim) if a not in axes)
+    order = rest + axes
+    moved = xp.permute_dims(x, order)
+    size = 1
+    for a in axes:
+        size *= x.shape[a]
+    flat = xp.reshape(moved, (*moved.shape[:len(rest)], size))
+    k = xp.argmax(flat, axis=-1, keepdims=True)
+    if xp is np:
+        positions = np.arange(size)
+    else:  # made on x's device
+        import array_api_compat
+        positions = xp.arange(size, device=array_api_compat.device(x))
+    onehot = xp.reshape(_like(positions == k, x, xp), moved.shape)
+    return xp.permute_dims(onehot, tuple(order.index(a) for a in range(x.ndim)))
+
+
+def complement(p, axis=-1):
+    """1 - p for probabilities p (summing to 1 along `axis`, as softmax's), exact where an
+    entry is near 1: the largest entry's is the sum of the others (argmax_onehot picks it).
+    1 - softmax(x) rounds to 9.3e-14 at logits 30 and 0 (3 digits) and to 0 from a lead of
+    37 on, where the others' softmax, each exact, sum to e^-30 or e^-100. Every other entry is
+    at most 1/2, and 1 - p is exact there. A slice of zeros (softmax where every entry is -inf)
+    has nothing to sum: 1 - 0 = 1 there."""
+    xp = _xp(p)
+    axes = _axes(axis, p.ndim)
+    if p.ndim == 0 or not axes or any(p.shape[a] == 0 for a in axes):
+        return 1 - p
+    if xp is np and len(axes) == 1 and p.dtype.kind == "f":  # the common case, in fewer passes
+        k = np.argmax(p, axis=axes[0], keepdims=True)
+        rest = p.copy()
+        np.put_along_axis(rest, k, 0, axis=axes[0])
+        others = np.sum(rest, axis=axes[0], keepdims=True)
+        mass = others + np.take_along_axis(p, k, axis=axes[0])  # 0 only for a slice of zeros
+        out = np.subtract(1, p, out=rest)
+        np.put_along_axis(out, k, np.where(mass != 0, others, 1), axis=axes[0])
+        return out
+    top = argmax_onehot(p, axis)
+    rest = p * (1 - top)
+    others = xp.sum(rest, axis=axes, keepdims=True)
+    mass = xp.sum(p, axis=axes, keepdims=True)
+    return xp.where((top != 0) & (mass != 0), others, 1 - p)
+
+
 def _number(*values) -> bool:
     return all(isinstance(v, (int, float)) for v in values)
 
