@@ -455,6 +455,71 @@ def test_log_softmax_kernel():
     np.testing.assert_allclose(f(x=x[:, :2] * 0.5), log_softmax_reference(0.5 * x[:, :2], 0))
 
 
+# -- rewrites seen through a pick, a transpose, a mean ----------------------------------------
+
+@pytest.mark.parametrize("source, shapes, becomes, reference", [
+    ("log(softmax(x)[0])", {"x": ("n",)}, "log_softmax",
+     lambda a: log_softmax_reference(a["x"], 0)[0]),
+    ("-log(softmax(X, axis=0)[1])", {"X": ("n", "k")}, "log_softmax",
+     lambda a: -log_softmax_reference(a["X"], 0)[1]),
+    ("log(softmax(X, axis=0).T)", {"X": ("n", "k")}, "log_softmax",
+     lambda a: log_softmax_reference(a["X"], 0).T),
+    ("log(sigmoid(u)[2])", {"u": ("n",)}, "softplus", lambda a: -softplus(-a["u"][2])),
+    ("log(1 + exp(X.T))", {"X": ("n", "k")}, "softplus", lambda a: softplus(a["X"].T)),
+    # a quotient of a transpose: exp(X) / sum(exp(X), axis=1)[:, None], transposed
+    ("exp(X).T / sum(exp(X), axis=1)", {"X": ("n", "k")}, "softmax",
+     lambda a: np.exp(a["X"] - logsumexp(a["X"], 1)[:, None]).T),
+    ("log(mean(exp(x)))", {"x": ("n",)}, "logsumexp",
+     lambda a: logsumexp(a["x"], 0) - np.log(4)),
+    ("log(mean(exp(X), axis=1))", {"X": ("n", "k")}, "logsumexp",
+     lambda a: logsumexp(a["X"], 1) - np.log(3)),
+    ("log(mean(exp(x)))", {"x": (3,)}, "logsumexp", lambda a: logsumexp(a["x"], 0) - np.log(3)),
+    ("log(sum(exp(X), axis=0) / c)", {"X": ("n", "k"), "c": ("k",)}, "logsumexp",
+     lambda a: logsumexp(a["X"], 0) - np.log(np.abs(a["c"]))),
+], ids=lambda v: v if isinstance(v, str) and "(" in v else None)
+def test_rewrites_seen_through_selections_and_means(source, shapes, becomes, reference):
+    f = einderiv.compile(source, shapes)
+    assert becomes in functions_in(f.formula) and "exp" not in functions_in(f.formula), f.formula
+    rng = np.random.default_rng(7)
+    sizes = {"n": 4, "k": 3}
+    arrays = {k: 800 * rng.normal(size=tuple(sizes.get(d, d) for d in s))
+              for k, s in shapes.items()}
+    if "c" in arrays:
+        arrays["c"] = np.abs(arrays["c"])
+    with np.errstate(all="ignore"):
+        got = f(**arrays)
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, reference(arrays), rtol=1e-12, atol=1e-300)
+
+
+@pytest.mark.parametrize("source, shapes", [
+    # the column sums broadcast along the rows of the transpose: not a softmax of X
+    ("exp(X).T / sum(exp(X), axis=0)", {"X": ("n", "n")}),
+    ("log(2 * softmax(x)[0])", {"x": ("n",)}),  # a scaled pick: log(2) + ..., left as written
+    ("log(softmax(x)[0] + softmax(x)[1])", {"x": ("n",)}),
+    ("exp(X).T / sum(exp(Y), axis=1)", {"X": ("n", "n"), "Y": ("n", "n")}),
+])
+def test_what_a_selection_does_not_hide_is_left_alone(source, shapes):
+    f = einderiv.compile(source, shapes)
+    assert not functions_in(f.formula) & {"softmax", "log_softmax", "logsumexp"} - \
+        functions_in(source), f.formula
+    rng = np.random.default_rng(8)
+    arrays = {k: rng.uniform(0.5, 1.5, size=(3,) * len(s)) for k, s in shapes.items()}
+    lowered = lower_source(source, shapes)
+    written = Plan([lowered.root], default_rulebook(), accepted=lowered.declared)(arrays)[0]
+    np.testing.assert_allclose(f(**arrays), written, rtol=1e-13)
+
+
+def test_cross_entropy_by_class_index_gradient_at_a_gap_of_30():
+    """-log(softmax(x)[k]) is -log_softmax(x)[k]: its gradient softmax(x) - e_k is exact where
+    the class is right and confident (1 - softmax(x)[k] = e^-30, the sum of the others)."""
+    g = einderiv.grad("-log(softmax(x)[1])", "x", {"x": ("n",)})
+    x = np.array([0.0, 30.0, -30.0])
+    e = np.exp(x - 30)
+    others = (e[0] + e[2]) / e.sum()
+    np.testing.assert_allclose(g(x=x), [e[0] / e.sum(), -others, e[2] / e.sum()], rtol=1e-14)
+
+
 # -- the softmax family's derivatives: split on the argmax, O(n) -------------------------------
 
 SOFTMAX_FAMILY = [

@@ -14,6 +14,9 @@ include the pattern's factors (`sign(u) * abs(u)` in `sign(u) * abs(u) * z`, or 
 and a sum (an `Add`) whose terms include the pattern's terms, all scaled by one constant; the
 terms of a sum nested in it count as its own (lowering keeps `a - b + c` as `(a - b) + c`).
 
+`a / c` proposes the number c for a product scaled by 1 / c, the form lowering gives a quotient
+by a number (`mean(x)` where the sizes are numbers).
+
 `axis` in a rule stands for the axes of the reductions and axis functions it is passed to.
 A reduction by `axis` that meets a tensor of full rank keeps its axes (numpy's `keepdims`):
 `exp(x) / sum(exp(x), axis)` is softmax along any axes, in any rank.
@@ -313,6 +316,14 @@ def match(p: ast.Expr, t: Node, values: dict, rule: Compiled):
     elif isinstance(p, ast.BinOp) and p.op in ("/", "**"):
         if isinstance(t, Map) and t.fn == ("div" if p.op == "/" else "pow"):
             yield from _arguments([p.left, p.right], t.args, values, rule)
+        elif p.op == "/" and _free(p.right, values) and isinstance(t, Contract):
+            # a / c for a number c is lowered as the scale 1 / c: `mean(x)` where the sizes
+            # are numbers (lowering the pattern with that c decides, as always)
+            scale, rest = build.split_scale(t)
+            if scale not in (0.0, 1.0):
+                for v in match(p.left, rest, values, rule):
+                    if p.right.id not in v:
+                        yield {**v, p.right.id: Const(1.0 / scale)}
     elif isinstance(p, ast.Call):
         yield from _call(p, t, values, rule)
 

@@ -4,7 +4,9 @@ Children are rewritten before their parents, and a node whose children changed i
 through the IR builders (so every fold of lowering applies again); then the rewrites are tried
 at the node in file order, and what one gives is rewritten in turn, until none applies. Each
 node is visited once (memoized on the hash-consed node, without recursion), so the pass is
-linear in the program's size, and a shared subexpression is rewritten once.
+linear in the program's size, and a shared subexpression is rewritten once. An elementwise
+function of a pick, a transpose or a broadcast that no rewrite matches is tried once more as
+the function of the whole tensor (`log(softmax(x)[k])` is `log_softmax(x)[k]`).
 
 It ends because each rewrite calls fewer functions on its right than on its left, or as many
 with fewer uses of its variables and no more numbers, and uses no variable more often (all
@@ -19,7 +21,7 @@ softplus(x)
 from __future__ import annotations
 
 from ..ir import build
-from ..ir.nodes import Add, Contract, Map, Node, Prim
+from ..ir.nodes import Add, Const, Contract, Map, Node, Prim, Unit
 from ..rulebook import RuleBook
 from .pattern import compiled, flat_terms
 
@@ -94,7 +96,55 @@ class Rewriter:
             replaced = rule.apply(node)
             if replaced is not None and replaced is not node:
                 return replaced
+        return _through_selection(node, rules) if isinstance(node, Map) else None
+
+
+def _through_selection(node: Map, rules) -> Node | None:
+    """An elementwise function of a pick, a transpose or a broadcast of a tensor is that
+    selection of the function of the tensor: `log(softmax(x)[k])` is `log_softmax(x)[k]`,
+    `exp(X).T / sum(exp(X), axis=1)` is `softmax(X, axis=1).T`. Tried where no rewrite applies
+    to the node itself, and kept only where one applies to the function of the whole tensor
+    (whose size the program already computes): one more look per such node."""
+    seen = _seen_through(node)
+    if seen is None:
         return None
+    inner, back = seen
+    for rule in rules:
+        replaced = rule.apply(inner)
+        if replaced is not None and replaced is not inner:
+            return back(replaced)
+    return None
+
+
+def _seen_through(node: Map):
+    """(the Map of the whole tensor, a function that selects from a replacement as `node`'s
+    argument selects from the tensor), or None. With one argument of rank > 0 (the others
+    scalars), it may pick entries with integer indices (`Unit`s) and broadcast; with several,
+    only a transpose is seen through, and the others are transposed back alike."""
+    for a in node.args:
+        if not isinstance(a, Contract):
+            continue
+        (main, labels), picks = a.operands[0], a.operands[1:]
+        if isinstance(main, Const) or len(set(labels)) != len(labels):
+            continue
+        alone = all(b.rank == 0 for b in node.args if b is not a)
+        if alone:
+            picked = {ls[0] for n, ls in picks if isinstance(n, Unit)}
+            if len(picked) != len(picks) or any(l not in a.out and l not in picked
+                                               for l in labels):
+                continue  # a product, a sum or a scale: not a selection
+        elif picks or sorted(labels) != sorted(a.out) or labels == a.out:
+            continue
+        dims = {l: a.dims[l] for l in a.out}
+        if alone:
+            args = [main if b is a else b for b in node.args]
+        else:  # every argument indexed as `main` is: a's own transpose undone
+            args = [build.contract(labels, [(b, a.out)]) if b.rank else b for b in node.args]
+        inner = build.elementwise(node.fn, args)
+        if not (isinstance(inner, Map) and inner.fn == node.fn):
+            return None
+        return inner, lambda r: build.contract(a.out, [(r, labels), *picks], dims)
+    return None
 
 
 def _functions_within(node: Node) -> set[str]:
