@@ -33,6 +33,9 @@ class Rewriter:
     def __init__(self, rules: RuleBook):
         self.index = compiled(rules)
         self.normal: dict[Node, Node] = {}  # node -> its normal form
+        # a function of a whole tensor, seen through a selection -> what a rewrite makes of it,
+        # or None: many picks of one tensor (x[0], x[1], ...) look at one such node
+        self.whole: dict[Node, Node | None] = {}
 
     def __call__(self, roots: list[Node]) -> list[Node]:
         if not self.index:
@@ -96,24 +99,27 @@ class Rewriter:
             replaced = rule.apply(node)
             if replaced is not None and replaced is not node:
                 return replaced
-        return _through_selection(node, rules) if isinstance(node, Map) else None
+        return self._through_selection(node, rules) if isinstance(node, Map) else None
 
-
-def _through_selection(node: Map, rules) -> Node | None:
-    """An elementwise function of a pick, a transpose or a broadcast of a tensor is that
-    selection of the function of the tensor: `log(softmax(x)[k])` is `log_softmax(x)[k]`,
-    `exp(X).T / sum(exp(X), axis=1)` is `softmax(X, axis=1).T`. Tried where no rewrite applies
-    to the node itself, and kept only where one applies to the function of the whole tensor
-    (whose size the program already computes): one more look per such node."""
-    seen = _seen_through(node)
-    if seen is None:
-        return None
-    inner, back = seen
-    for rule in rules:
-        replaced = rule.apply(inner)
-        if replaced is not None and replaced is not inner:
-            return back(replaced)
-    return None
+    def _through_selection(self, node: Map, rules) -> Node | None:
+        """An elementwise function of a pick, a transpose or a broadcast of a tensor is that
+        selection of the function of the tensor: `log(softmax(x)[k])` is `log_softmax(x)[k]`,
+        `exp(X).T / sum(exp(X), axis=1)` is `softmax(X, axis=1).T`. Tried where no rewrite
+        applies to the node itself, and kept only where one applies to the function of the
+        whole tensor (whose size the program already computes): one more look per tensor."""
+        seen = _seen_through(node)
+        if seen is None:
+            return None
+        inner, back = seen
+        if inner not in self.whole:
+            self.whole[inner] = None
+            for rule in rules:
+                replaced = rule.apply(inner)
+                if replaced is not None and replaced is not inner:
+                    self.whole[inner] = replaced
+                    break
+        replaced = self.whole[inner]
+        return None if replaced is None else back(replaced)
 
 
 def _seen_through(node: Map):
