@@ -196,8 +196,8 @@ def is_zero(node: Node) -> bool:
 
 def _is_product(node: Contract) -> bool:
     """True when the contraction sums nothing but size-1 axes (a pure product or relabelling)."""
-    used = set(node.out)
-    return all(l in used or node.dims[l] == ONE for _, ls in node.operands for l in ls)
+    # Labels are canonical, the output's first: every label past them is summed.
+    return all(d is ONE for d in node.dims[len(node.out):])
 
 
 def _shape_of(out, operands, broadcast) -> tuple[Dim, ...]:
@@ -270,9 +270,12 @@ def _like(term: Node):
     position = {l: k for k, l in enumerate(out)}
 
     def unnamed(op):  # an operand's place, its summed indices not yet named
-        return id(op[0]), tuple(position.get(l, -1) for l in op[1])
+        return id(op[0]), tuple([position.get(l, -1) for l in op[1]])
 
-    ops = sorted(ops, key=unnamed)
+    keyed = sorted([(unnamed(op), k) for k, op in enumerate(ops)])
+    if len({key for key, _ in keyed}) == len(keyed):  # no ties: one order, the sorted one
+        return _labelled(out, [ops[k] for _, k in keyed])
+    ops = [ops[k] for _, k in keyed]
     # Operands that tie (one node, the same output indices) name the summed indices in their
     # order: every order of each tie is tried, the first in sorted order kept, while few.
     ties = [list(tie) for _, tie in groupby(ops, key=unnamed)]
