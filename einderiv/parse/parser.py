@@ -1,7 +1,8 @@
 """Source text -> AST, with the lark grammar in `grammar.lark`.
 
-Both the LALR parse and the (non-recursive) transform run without Python recursion however deeply
-the input nests; limits on size and nesting keep later stages bounded too.
+The LALR parser builds the syntax tree as it reduces (no parse tree in between), without Python
+recursion however deeply the input nests; limits on size and nesting keep later stages bounded
+too.
 """
 from __future__ import annotations
 
