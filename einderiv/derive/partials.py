@@ -126,9 +126,16 @@ def substitute(template: Node, mapping: dict[Node, Node], steps=None) -> Node:
     if not mapping:
         return template
     new: dict[Node, Node] = dict(mapping)
+    # A function of arguments none of which is a constant folds no differently with the real
+    # nodes than with the placeholders (the folds of `build.elementwise` look at constant
+    # arguments, and a select at equal branches): it is built as it is, directly.
     for n in steps if steps is not None else _dependents(template, mapping):
         if isinstance(n, Map):
-            new[n] = build.elementwise(n.fn, [new.get(a, a) for a in n.args])
+            args = [new.get(a, a) for a in n.args]
+            new[n] = Map(n.fn, *args) if n.fn != "where" and all(
+                (a.shape == n.shape or not a.shape) and build.constant_value(a) is None
+                for a in args) \
+                else build.elementwise(n.fn, args)
         elif isinstance(n, Contract):
             new[n] = build.contract(n.out, [(new.get(c, c), ls) for c, ls in n.operands],
                                     {l: n.dims[l] for l in n.out})

@@ -48,7 +48,8 @@ GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "
 OPERATORS = {"exp": r"\exp", "log": r"\log", "sin": r"\sin", "cos": r"\cos", "tan": r"\tan",
              "sinh": r"\sinh", "cosh": r"\cosh", "tanh": r"\tanh", "arctan": r"\arctan",
              "det": r"\det", "sigmoid": r"\sigma", "maximum": r"\max", "minimum": r"\min",
-             "tr": r"\operatorname{tr}", "trace": r"\operatorname{tr}"}
+             "tr": r"\operatorname{tr}", "trace": r"\operatorname{tr}",
+             "sech2": r"\operatorname{sech}^2"}
 
 
 def format_latex(program: VectorProgram) -> str:

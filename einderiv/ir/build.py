@@ -68,52 +68,74 @@ def const(value: float) -> Node:
 
 def contract(out, operands, broadcast: dict | None = None) -> Node:
     """A `Contract`, with constants folded and operands that are plain products inlined."""
-    broadcast = dict(broadcast or {})
+    broadcast = dict(broadcast) if broadcast else {}
     flat: list = []
     scale = 1.0
-    fresh = count(1 + max([*out, *(l for _, ls in operands for l in ls)], default=-1))
+    fresh = None  # labels for the summed axes of inlined products, made when first needed
     work = list(operands)
+    # Every node built goes through here: the folds below are looked for only where they can
+    # apply (constants, deltas and quotients noted in this one pass over the operands).
+    constants = deltas = quotients = False
     while work:
         node, labels = work.pop(0)
-        if isinstance(node, Const):
+        kind = type(node)
+        if kind is Const:
             scale *= node.value
             continue
-        if (isinstance(node, Contract) and _is_product(node)
-                and len(flat) + len(work) + len(node.operands) <= MAX_INLINED_OPERANDS):
-            # Inline: the inner output labels become ours; inner summed labels are size-1 axes.
-            mapping = dict(zip(node.out, labels))
-            for l in range(len(node.dims)):
-                if l not in mapping:
-                    mapping[l] = next(fresh)
-            for pos, l in enumerate(node.out):
-                broadcast.setdefault(labels[pos], node.dims[l])
-            work[0:0] = [(n, tuple(mapping[l] for l in ls)) for n, ls in node.operands]
-            continue
+        if kind is Contract:
+            ops = node.operands
+            if len(flat) + len(work) + len(ops) <= MAX_INLINED_OPERANDS and _is_product(node):
+                # Inline: the inner output labels become ours; inner summed labels are
+                # size-1 axes.
+                if fresh is None:
+                    fresh = count(1 + max([*out, *(l for _, ls in operands for l in ls),
+                                           *(l for _, ls in flat for l in ls),
+                                           *(l for _, ls in work for l in ls)], default=-1))
+                mapping = dict(zip(node.out, labels))
+                for l in range(len(node.dims)):
+                    if l not in mapping:
+                        mapping[l] = next(fresh)
+                for pos, l in enumerate(node.out):
+                    broadcast.setdefault(labels[pos], node.dims[l])
+                work[0:0] = [(n, tuple([mapping[l] for l in ls])) for n, ls in ops]
+                continue
+            if len(ops) == 1 and type(ops[0][0]) is Const:
+                constants = True  # a broadcast constant, not inlined
+        elif kind is Delta:
+            deltas = True
+        elif kind is Map and node.fn == "div":
+            quotients = True
         flat.append((node, tuple(labels)))
     # `0 * x` is 0 for every x (as symbolic tools have it), but a constant zero times an
     # infinite or nan constant is nan, as in float64: that product is left to evaluation.
-    constants = [scale, *(c for c in map(constant_value, (n for n, _ in flat)) if c is not None)]
-    if 0.0 in constants and all(np.isfinite(c) for c in constants):
-        return zeros(_shape_of(out, operands, broadcast))
+    if scale == 0.0 or constants:
+        values = [scale, *(c for c in map(constant_value, (n for n, _ in flat))
+                           if c is not None)]
+        if 0.0 in values and all(np.isfinite(c) for c in values):
+            return zeros(_shape_of(out, operands, broadcast))
     # A broadcast axis of an inlined product that is summed here is carried by no operand:
     # all its entries are equal, so the sum over it multiplies by its size.
-    carried = {l for _, ls in flat for l in ls}
-    for l, dim in broadcast.items():
-        if l not in out and l not in carried:
-            if dim.is_concrete:
-                scale *= dim.offset
-            else:
-                flat.append((Size(dim), ()))
-    flat, factor = _eliminate_deltas(flat, set(out))
-    scale *= factor
-    flat = _cancel_reciprocals(flat)
+    if broadcast:
+        carried = {l for _, ls in flat for l in ls}
+        for l, dim in broadcast.items():
+            if l not in out and l not in carried:
+                if dim.is_concrete:
+                    scale *= dim.offset
+                else:
+                    flat.append((Size(dim), ()))
+    if deltas:
+        flat, factor = _eliminate_deltas(flat, set(out))
+        scale *= factor
+    if quotients:
+        flat = _cancel_reciprocals(flat)
     if not flat or scale != 1.0:
         flat.insert(0, (Const(scale), ()))
-    if len(flat) == 1 and flat[0][1] == tuple(out) and flat[0][0].rank == len(out):
+    out = tuple(out)
+    if len(flat) == 1 and flat[0][1] == out and flat[0][0].rank == len(out):
         return flat[0][0]
     for l in out:
-        if not any(l in ls for _, ls in flat) and l not in broadcast:
-            broadcast[l] = _shape_of(out, operands, broadcast)[list(out).index(l)]
+        if l not in broadcast and not any(l in ls for _, ls in flat):
+            broadcast[l] = _shape_of(out, operands, broadcast)[out.index(l)]
     return Contract(out, flat, broadcast)
 
 
@@ -174,8 +196,8 @@ def is_zero(node: Node) -> bool:
 
 def _is_product(node: Contract) -> bool:
     """True when the contraction sums nothing but size-1 axes (a pure product or relabelling)."""
-    used = set(node.out)
-    return all(l in used or node.dims[l] == ONE for _, ls in node.operands for l in ls)
+    # Labels are canonical, the output's first: every label past them is summed.
+    return all(d is ONE for d in node.dims[len(node.out):])
 
 
 def _shape_of(out, operands, broadcast) -> tuple[Dim, ...]:
@@ -248,9 +270,12 @@ def _like(term: Node):
     position = {l: k for k, l in enumerate(out)}
 
     def unnamed(op):  # an operand's place, its summed indices not yet named
-        return id(op[0]), tuple(position.get(l, -1) for l in op[1])
+        return id(op[0]), tuple([position.get(l, -1) for l in op[1]])
 
-    ops = sorted(ops, key=unnamed)
+    keyed = sorted([(unnamed(op), k) for k, op in enumerate(ops)])
+    if len({key for key, _ in keyed}) == len(keyed):  # no ties: one order, the sorted one
+        return _labelled(out, [ops[k] for _, k in keyed])
+    ops = [ops[k] for _, k in keyed]
     # Operands that tie (one node, the same output indices) name the summed indices in their
     # order: every order of each tie is tried, the first in sorted order kept, while few.
     ties = [list(tie) for _, tie in groupby(ops, key=unnamed)]

@@ -7,10 +7,11 @@ _DIMS: dict = {}  # (name, offset) -> its Dim: one object per dimension
 
 
 class Dim:
-    """Immutable and interned: `Dim("n", 1) is Dim("n", 1)`, with its hash computed once (IR
-    nodes are keyed by tuples of dimensions, hashed at every node built)."""
+    """Immutable and interned: `Dim("n", 1) is Dim("n", 1)`, so equality is identity and the
+    hash is object's own (in C: IR nodes are keyed by tuples of dimensions, hashed at every
+    node built)."""
 
-    __slots__ = ("name", "offset", "_hash")
+    __slots__ = ("name", "offset")
     name: str | None  # None for a concrete size
     offset: int
 
@@ -22,22 +23,11 @@ class Dim:
             dim = object.__new__(cls)
             object.__setattr__(dim, "name", name)
             object.__setattr__(dim, "offset", offset)
-            object.__setattr__(dim, "_hash", hash(key))
             dim = _DIMS.setdefault(key, dim)  # another thread's, if it was first
         return dim
 
     def __setattr__(self, name, value):
         raise AttributeError("dimensions are immutable")
-
-    def __eq__(self, other) -> bool:
-        if self is other:
-            return True
-        if not isinstance(other, Dim):
-            return NotImplemented
-        return self.name == other.name and self.offset == other.offset
-
-    def __hash__(self) -> int:
-        return self._hash
 
     def __reduce__(self):
         return (Dim, (self.name, self.offset))

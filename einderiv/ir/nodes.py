@@ -25,13 +25,19 @@ _TABLE: "weakref.WeakValueDictionary[tuple, Node]" = weakref.WeakValueDictionary
 # finalizer that builds nodes on this same thread.
 _CREATING = threading.RLock()
 _REFS = _TABLE.data  # key -> weak reference; the same dict object for the table's lifetime
+_REMOVE = _TABLE._remove  # the table's callback: drops a key once its node has died
+KeyedRef = weakref.KeyedRef
 _NAN = float("nan")
 
 
 class Node:
-    """Base of all IR nodes. Equality is identity: equal structure means the same object."""
+    """Base of all IR nodes. Equality is identity: equal structure means the same object.
 
-    __slots__ = ("shape", "_hash", "__weakref__")
+    Hashing and equality are object's own (identity, in C): hash-consing makes structurally
+    equal nodes one object, so nothing more is needed, and every node built hashes the tuple of
+    its children's nodes (a Python `__hash__` there was a tenth of a long program's lowering)."""
+
+    __slots__ = ("shape", "__weakref__")
     shape: tuple[Dim, ...]
 
     @classmethod
@@ -44,24 +50,21 @@ class Node:
         if node is not None:
             return node
         with _CREATING:
-            node = _TABLE.get(full)
+            ref = _REFS.get(full)
+            node = ref() if ref is not None else None
             if node is None:
                 node = object.__new__(cls)
-                object.__setattr__(node, "shape", shape)
-                object.__setattr__(node, "_hash", hash(full))
+                setattr_ = object.__setattr__
+                setattr_(node, "shape", shape)
                 for k, v in fields.items():
-                    object.__setattr__(node, k, v)
-                _TABLE[full] = node
+                    setattr_(node, k, v)
+                # What `_TABLE[full] = node` does, without its Python-level wrapper (nothing
+                # iterates the table, so it never defers a removal).
+                _REFS[full] = KeyedRef(node, _REMOVE, full)
         return node
 
     def __setattr__(self, name, value):
         raise AttributeError("IR nodes are immutable")
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __eq__(self, other) -> bool:
-        return self is other
 
     @property
     def rank(self) -> int:
@@ -181,17 +184,6 @@ class Prim(Node):
 Operand = tuple[Node, tuple[int, ...]]
 
 
-def _canonical(out: tuple, operands: Iterable[tuple[Node, tuple]]) -> tuple[tuple, tuple]:
-    """Renumber labels 0, 1, ... in order of first appearance (output first)."""
-    names: dict = {}
-    for label in out:
-        names.setdefault(label, len(names))
-    ops = []
-    for node, labels in operands:
-        ops.append((node, tuple(names.setdefault(l, len(names)) for l in labels)))
-    return tuple(names[l] for l in out), tuple(ops)
-
-
 class Contract(Node):
     """Einstein product: `out[out_labels] = sum over other labels of prod(operand[labels])`.
 
@@ -204,32 +196,45 @@ class Contract(Node):
     dims: tuple[Dim, ...]  # size of every label, by label number
 
     def __new__(cls, out, operands, broadcast: dict | None = None) -> "Contract":
-        out = tuple(out)
-        given = {pos: Dim.of(broadcast[l]) for pos, l in enumerate(out)
-                 if broadcast and l in broadcast}
-        out, ops = _canonical(out, operands)
-        if len(set(out)) != len(out):
+        # One pass renumbers the labels canonically (0, 1, ... in order of first appearance,
+        # output first) and binds each to its dimension: every node built goes
+        # through here.
+        given = tuple(out)
+        names: dict = {}
+        for label in given:
+            names.setdefault(label, len(names))
+        if len(names) != len(given):
             raise ValueError("Contract: an output label repeats (use a Delta for a diagonal)")
-        nlabels = 1 + max([*out, *(l for _, ls in ops for l in ls)], default=-1)
-        dims: list = [None] * nlabels
-        for node, labels in ops:
-            if len(labels) != node.rank:
-                raise ValueError(f"Contract: {len(labels)} labels for a rank-{node.rank} operand")
-            for label, dim in zip(labels, node.shape):
-                if dims[label] is not None and dims[label] != dim:
-                    raise ValueError(f"Contract: label bound to {dims[label]} and {dim}")
-                dims[label] = dim
-        for pos, label in enumerate(out):
-            if dims[label] is None:
-                if pos not in given:
+        dims: list = [None] * len(names)
+        ops = []
+        for node, labels in operands:
+            shape = node.shape
+            if len(labels) != len(shape):
+                raise ValueError(f"Contract: {len(labels)} labels for a rank-{len(shape)} operand")
+            renamed = []
+            for label, dim in zip(labels, shape):
+                k = names.get(label)
+                if k is None:
+                    k = names[label] = len(dims)
+                    dims.append(dim)
+                elif dims[k] is None:
+                    dims[k] = dim
+                elif dims[k] is not dim:  # dimensions are interned: equal is identical
+                    raise ValueError(f"Contract: label bound to {dims[k]} and {dim}")
+                renamed.append(k)
+            ops.append((node, tuple(renamed)))
+        out = tuple(range(len(given)))
+        for pos in out:
+            if dims[pos] is None:
+                if not broadcast or given[pos] not in broadcast:
                     raise ValueError("Contract: a label with no operand needs a broadcast size")
-                dims[label] = given[pos]
+                dims[pos] = Dim.of(broadcast[given[pos]])
         dims = tuple(dims)
-        shape = tuple(dims[l] for l in out)
+        ops = tuple(ops)
         # The children are kept: every pass walks them, and a generator per visit was a tenth
         # of a long program's vectorizing.
-        return cls._intern((out, ops, dims), shape, out=out, operands=ops, dims=dims,
-                           _children=tuple(node for node, _ in ops))
+        return cls._intern((out, ops, dims), dims[:len(out)], out=out, operands=ops, dims=dims,
+                           _children=tuple([node for node, _ in ops]))
 
     def children(self):
         return self._children

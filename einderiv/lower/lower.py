@@ -141,15 +141,15 @@ class LazyText:
 def lower_expr(root: ast.Expr, scope: Scope) -> Node:
     """Lower one expression, children first, with an explicit stack."""
     done: dict[int, Node] = {}
-    stack = [(root, False)]
+    stack = [(root, None)]
     while stack:
-        expr, ready = stack.pop()
+        expr, deps = stack.pop()
         if id(expr) in done:
             continue
-        deps = _tensor_children(expr, scope)
-        if not ready:
-            stack.append((expr, True))
-            stack.extend((d, False) for d in deps if id(d) not in done)
+        if deps is None:  # first visit: its tensor children first, then itself with them
+            deps = _tensor_children(expr, scope)
+            stack.append((expr, deps))
+            stack.extend([(d, None) for d in deps if id(d) not in done])
             continue
         try:
             node = _lower_one(expr, [done[id(d)] for d in deps], scope)

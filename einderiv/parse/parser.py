@@ -1,17 +1,18 @@
 """Source text -> AST, with the lark grammar in `grammar.lark`.
 
-Both the LALR parse and the (non-recursive) transform run without Python recursion however deeply
-the input nests; limits on size and nesting keep later stages bounded too.
+The LALR parser builds the syntax tree as it reduces (no parse tree in between), without Python
+recursion however deeply the input nests; limits on size and nesting keep later stages bounded
+too.
 """
 from __future__ import annotations
 
 import re
+import threading
 import unicodedata
 from functools import lru_cache
 from pathlib import Path
 
 import lark
-from lark import Transformer_NonRecursive, v_args
 
 from ..errors import ParseError, Span
 from . import ast
@@ -52,8 +53,8 @@ class _BracketNewlines(lark.lark.PostLex):
 @lru_cache(maxsize=None)
 def _parser() -> lark.Lark:
     grammar = (Path(__file__).parent / "grammar.lark").read_text()
-    return lark.Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True,
-                     postlex=_BracketNewlines())
+    return lark.Lark(grammar, parser="lalr", keep_all_tokens=True, maybe_placeholders=True,
+                     postlex=_BracketNewlines(), transformer=_Builder())
 
 
 def parse(source: str) -> ast.Program:
@@ -66,8 +67,9 @@ def parse(source: str) -> ast.Program:
                          hint="build very large expressions in Python with einderiv.var")
     _check_characters(source)
     _check_nesting(_blank_comments(source))
+    _CURRENT.source = source
     try:
-        tree = _Builder(source).transform(_parser().parse(source))
+        statements = _parser().parse(source)
     except lark.exceptions.UnexpectedCharacters as e:
         raise ParseError(f"unexpected character {source[e.pos_in_stream]!r}",
                          Span(source, e.pos_in_stream, e.pos_in_stream + 1)) from None
@@ -80,7 +82,9 @@ def parse(source: str) -> ast.Program:
         if isinstance(e.orig_exc, ParseError):
             raise e.orig_exc from None
         raise
-    program = ast.Program(list(tree.children), source)
+    finally:
+        _CURRENT.source = None
+    program = ast.Program(statements, source)
     if not program.statements:
         raise ParseError("empty expression", Span(source, 0, len(source)),
                          hint="write an expression such as 'sum(x * x)'")
@@ -202,89 +206,108 @@ def _check_nesting(source: str) -> None:
                                   "very large expressions in Python with einderiv.var")
 
 
-def _span(builder, meta) -> Span | None:
-    if getattr(meta, "empty", True):
-        return None
-    return Span(builder.source, meta.start_pos, meta.end_pos)
-
-
 def _binary(op):
-    def build(self, meta, children):
-        return ast.BinOp(op, children[0], children[1], span=self._s(meta))
+    def build(self, children):
+        left, _, right = children
+        return ast.BinOp(op, left, right, span=self._span(children))
     return build
 
 
-@v_args(meta=True)
-class _Builder(Transformer_NonRecursive):
-    """Parse tree -> AST."""
+class _Builder:
+    """Parse tree -> AST, applied by the LALR parser at each reduction (lark's `transformer=`):
+    no parse tree is built and walked again, which made parsing most of the time a long text
+    took to compile. The parser is made with `keep_all_tokens`, so every callback sees the
+    punctuation of its rule too: a node's span runs from its first token to its last (the `-`
+    of a negation, the `)` of a call), as far as the brackets around a parenthesized operand.
 
-    def __init__(self, source: str):
-        super().__init__()
-        self.source = source
+    The source text the spans point into is the parsing thread's (`_CURRENT`): one parser
+    serves every thread."""
 
-    def _s(self, meta):
-        return _span(self, meta)
+    def _span(self, children) -> Span | None:
+        start = end = None
+        for c in children:
+            start = _start(c)
+            if start is not None:
+                break
+        for c in reversed(children):
+            end = _end(c)
+            if end is not None:
+                break
+        if start is None or end is None:
+            return None
+        return Span(_CURRENT.source, start, end)
 
-    def start(self, meta, children):
-        return lark.Tree("start", [c for c in children if c is not None])
+    def start(self, children):
+        return [c for c in children if c is not None and not isinstance(c, lark.Token)]
 
-    def decl(self, meta, children):
-        name, dims = children
-        return ast.Decl(str(name), dims, self._s(meta))
+    def decl(self, children):
+        name, _, dims = children
+        return ast.Decl(str(name), tuple(dims), self._span(children))
 
-    def shape(self, meta, children):
-        return tuple(c for c in children if c is not None)
+    def shape(self, children):
+        dims = _Dims(c for c in children if c is not None and not isinstance(c, lark.Token))
+        dims._container = (children[0].start_pos, children[-1].end_pos)  # `[` to `]`
+        return dims
 
-    def dim_int(self, meta, children):
+    def dim_int(self, children):
         text = str(children[0])
         if len(text) > 18:  # int() of thousands of digits is slow, or refused by Python
-            raise ParseError(f"dimension {text[:20]}... is too large", self._s(meta))
+            raise ParseError(f"dimension {text[:20]}... is too large", self._span(children))
         return int(text)
 
-    def dim_name(self, meta, children):
+    def dim_name(self, children):
         return str(children[0])
 
-    def assign(self, meta, children):
-        name, value = children
-        return ast.Assign(str(name), value, self._s(meta))
+    def assign(self, children):
+        name, _, value = children
+        return ast.Assign(str(name), value, self._span(children))
 
     add, sub, mul, div, matmul, pow = (_binary(o) for o in ("+", "-", "*", "/", "@", "**"))
 
-    def neg(self, meta, children):
-        return ast.UnaryOp("-", children[0], span=self._s(meta))
+    def neg(self, children):
+        return ast.UnaryOp("-", children[1], span=self._span(children))
 
-    def pos(self, meta, children):
-        return ast.UnaryOp("+", children[0], span=self._s(meta))
+    def pos(self, children):
+        return ast.UnaryOp("+", children[1], span=self._span(children))
 
-    def attribute(self, meta, children):
-        return ast.Attribute(children[0], str(children[1]), span=self._s(meta))
+    def attribute(self, children):
+        return ast.Attribute(children[0], str(children[2]), span=self._span(children))
 
-    def getitem(self, meta, children):
-        return ast.Index(children[0], children[1], span=self._s(meta))
+    def getitem(self, children):
+        return ast.Index(children[0], children[2], span=self._span(children))
 
-    def subscripts(self, meta, children):
-        return tuple(c for c in children if c is not None)
+    def subscripts(self, children):
+        return tuple(c for c in children if c is not None and not _is_comma(c))
 
-    def slice(self, meta, children):
-        return ast.Slice(children[0], children[1], span=self._s(meta))
+    def slice(self, children):
+        lo, _, hi = children
+        return ast.Slice(lo, hi, span=self._span(children))
 
-    def number(self, meta, children):
-        return ast.Number(float(children[0]), span=self._s(meta))
+    def number(self, children):
+        return ast.Number(float(children[0]), span=self._span(children))
 
-    def string(self, meta, children):
-        return ast.String(str(children[0])[1:-1], span=self._s(meta))
+    def string(self, children):
+        return ast.String(str(children[0])[1:-1], span=self._span(children))
 
-    def none(self, meta, children):
-        return ast.NoneLit(span=self._s(meta))
+    def none(self, children):
+        return ast.NoneLit(span=self._span(children))
 
-    def name(self, meta, children):
-        return ast.Name(str(children[0]), span=self._s(meta))
+    def name(self, children):
+        return ast.Name(str(children[0]), span=self._span(children))
 
-    def tuple(self, meta, children):
-        return ast.Tuple(tuple(c for c in children if c is not None), span=self._s(meta))
+    def atom(self, children):
+        # `( expr )`, the one alternative of `atom` with no name of its own: the expression,
+        # whose span in its parent's reaches over the brackets (what lark calls its container).
+        _, inner, close = children
+        inner._container = (children[0].start_pos, close.end_pos)
+        return inner
 
-    def call(self, meta, children):
-        name, args = children
+    def tuple(self, children):
+        items = tuple(c for c in children if c is not None and not isinstance(c, lark.Token))
+        return ast.Tuple(items, span=self._span(children))
+
+    def call(self, children):
+        name, _, args, _ = children
         positional, keywords = [], []
         for a in args or ():
             if isinstance(a, tuple):
@@ -293,12 +316,43 @@ class _Builder(Transformer_NonRecursive):
                 raise ParseError("positional argument after a keyword argument", a.span)
             else:
                 positional.append(a)
-        func_span = Span(self.source, name.start_pos, name.end_pos)
-        return ast.Call(str(name), tuple(positional), tuple(keywords), span=self._s(meta),
-                        func_span=func_span)
+        func_span = Span(_CURRENT.source, name.start_pos, name.end_pos)
+        return ast.Call(str(name), tuple(positional), tuple(keywords),
+                        span=self._span(children), func_span=func_span)
 
-    def arguments(self, meta, children):
-        return [c for c in children if c is not None]
+    def arguments(self, children):
+        return [c for c in children if c is not None and not _is_comma(c)]
 
-    def keyword(self, meta, children):
-        return (str(children[0]), children[1])
+    def keyword(self, children):
+        return (str(children[0]), children[2])
+
+
+class _Dims(tuple):
+    """A shape's dimensions, with where its brackets are (for the span of its declaration)."""
+
+
+def _is_comma(c) -> bool:
+    return isinstance(c, lark.Token) and c.type == "COMMA"
+
+
+def _start(c) -> int | None:
+    if isinstance(c, lark.Token):
+        return c.start_pos
+    container = getattr(c, "_container", None)
+    if container is not None:
+        return container[0]
+    span = getattr(c, "span", None)
+    return span.start if span is not None else None
+
+
+def _end(c) -> int | None:
+    if isinstance(c, lark.Token):
+        return c.end_pos
+    container = getattr(c, "_container", None)
+    if container is not None:
+        return container[1]
+    span = getattr(c, "span", None)
+    return span.end if span is not None else None
+
+
+_CURRENT = threading.local()  # .source: the text the parsing thread is reading
