@@ -160,11 +160,12 @@ class _Result:
         if self._function is None:
             with self._building:
                 if self._function is None:
-                    structured = [n for n in topological(*self.roots.values())
-                                  if isinstance(n, (Delta, Unit))]
-                    self._function = GeneratedFunction(self._generated(),
-                                                       self.lowered.declared, structured,
-                                                       self.backend)
+                    with paused_gc():  # a long program's IR walked once more: see paused_gc
+                        structured = [n for n in topological(*self.roots.values())
+                                      if isinstance(n, (Delta, Unit))]
+                        self._function = GeneratedFunction(self._generated(),
+                                                           self.lowered.declared, structured,
+                                                           self.backend)
         return self._structure(self._function(arrays))
 
     def evaluate_ir(self, /, **arrays):
