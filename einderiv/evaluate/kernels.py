@@ -335,3 +335,108 @@ def norm(x, axis=None):
     m = xp.where((m > 0) & (m < float("inf")), m, xp.ones_like(m))
     y = x / m
     return xp.squeeze(m, axis=axes) * xp.sqrt(xp.sum(y * y, axis=axes))
+
+
+# -- special functions: scipy.special on numpy arrays, the backend's own elsewhere -------------
+#
+# numpy has no erf, lgamma or digamma. On numpy arrays (and numbers) these kernels call
+# scipy.special, a core dependency; on another library's arrays they call that library's own
+# (torch.special, jax.scipy.special, cupyx.scipy.special), which runs on its device and, for
+# jax, under jit. dask arrays take scipy's ufuncs lazily, chunk by chunk (__array_ufunc__).
+
+_SPECIAL_MODULES = {"torch": "torch.special", "jax": "jax.scipy.special",
+                    "jaxlib": "jax.scipy.special", "cupy": "cupyx.scipy.special"}
+
+
+def _library(*args) -> str | None:
+    """The top-level module of the first argument that is not numpy's (or a number), or None."""
+    for a in args:
+        if not isinstance(a, (np.ndarray, np.generic, int, float)):
+            return type(a).__module__.split(".")[0]
+    return None
+
+
+def _special(name: str, *args):
+    """scipy.special's `name` of `args`, or the backend's function of that name: a Python
+    number for numbers (which does not widen float32 arrays), the inputs' float dtype for
+    numpy arrays (scipy's loops may widen float32 to float64)."""
+    import importlib
+    library = _library(*args)
+    if library in _SPECIAL_MODULES:
+        return getattr(importlib.import_module(_SPECIAL_MODULES[library]), name)(*args)
+    import scipy.special
+    out = getattr(scipy.special, name)(*args)
+    if _number(*args):
+        return float(out)
+    floats = [a.dtype for a in args if isinstance(a, (np.ndarray, np.generic))
+              and a.dtype.kind == "f"]
+    if floats and library is None:
+        dtype = np.result_type(*floats)
+        if out.dtype != dtype:
+            out = np.asarray(out).astype(dtype)
+    return out
+
+
+def erf(x):
+    """The error function, 2/sqrt(pi) times the integral of exp(-t ** 2) from 0 to x."""
+    return _special("erf", x)
+
+
+def erfc(x):
+    """1 - erf(x), exact where erf(x) is near 1 (erfc(10) is 2.1e-45, 1 - erf(10) is 0)."""
+    return _special("erfc", x)
+
+
+def lgamma(x):
+    """log |Gamma(x)| (scipy's gammaln), finite where Gamma(x) overflows (from x = 171.6)."""
+    return _special("gammaln", x)
+
+
+def digamma(x):
+    """The derivative of lgamma, psi(x) = Gamma'(x) / Gamma(x)."""
+    return _special("digamma", x)
+
+
+def trigamma(x):
+    """The derivative of digamma: polygamma(1, x)."""
+    return polygamma(1, x)
+
+
+def polygamma(n, x):
+    """The n-th derivative of digamma (scipy's polygamma). The order n is rounded down to a
+    whole number, so that polygamma is piecewise constant in n (its derivative by n is 0, as
+    floor's); a negative order gives nan."""
+    library = _library(n, x)
+    if library is None:
+        return _special("polygamma", float(np.floor(n)) if _number(n) else np.floor(n), x)
+    xp = _xp(x if _library(x) else n)
+    if library == "torch":  # torch takes one Python int as the order: one call per order
+        import torch
+        like = x if isinstance(x, torch.Tensor) else n
+        k = torch.floor(torch.as_tensor(n, dtype=like.dtype, device=like.device))
+        x = torch.as_tensor(x, dtype=like.dtype, device=like.device)
+        out = torch.full(torch.broadcast_shapes(k.shape, x.shape), float("nan"),
+                         dtype=like.dtype, device=like.device)
+        for v in torch.unique(k).tolist():
+            if v >= 0:
+                out = torch.where(k == v, torch.special.polygamma(int(v), x), out)
+        return out
+    if library == "dask":  # scipy's polygamma is not a ufunc: it would compute the whole array
+        import dask.array as da
+        import scipy.special
+        return da.map_blocks(scipy.special.polygamma, *da.broadcast_arrays(xp.floor(n), x))
+    return _special("polygamma", xp.floor(n), x)
+
+
+def gelu(x):
+    """x Phi(x), Phi the standard normal distribution function: the exact GELU (PyTorch's
+    default, jax.nn.gelu(approximate=False)), not its tanh approximation. Phi is scipy's ndtr,
+    exact in the left tail where 0.5 (1 + erf(x / sqrt(2))) cancels."""
+    library = _library(x)
+    if library == "torch":
+        import torch
+        return torch.nn.functional.gelu(x)
+    if library in ("jax", "jaxlib"):
+        import jax
+        return jax.nn.gelu(x, approximate=False)
+    return x * _special("ndtr", x)

@@ -49,7 +49,10 @@ OPERATORS = {"exp": r"\exp", "log": r"\log", "sin": r"\sin", "cos": r"\cos", "ta
              "sinh": r"\sinh", "cosh": r"\cosh", "tanh": r"\tanh", "arctan": r"\arctan",
              "det": r"\det", "sigmoid": r"\sigma", "maximum": r"\max", "minimum": r"\min",
              "tr": r"\operatorname{tr}", "trace": r"\operatorname{tr}",
-             "sech2": r"\operatorname{sech}^2"}
+             "sech2": r"\operatorname{sech}^2", "arcsin": r"\arcsin", "arccos": r"\arccos",
+             "arctanh": r"\operatorname{artanh}", "arcsinh": r"\operatorname{arsinh}",
+             "lgamma": r"\log\Gamma", "digamma": r"\psi", "trigamma": r"\psi'",
+             "gelu": r"\operatorname{GELU}"}
 
 
 def format_latex(program: VectorProgram) -> str:
