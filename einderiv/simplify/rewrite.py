@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from ..ir import build
 from ..ir.nodes import Add, Const, Contract, Map, Node, Prim, Unit
+from ..parse import ast
 from ..rulebook import RuleBook
 from .pattern import compiled, flat_terms
 
@@ -91,7 +92,14 @@ class Rewriter:
             return None
         present = None
         for rule in rules:
-            if rule.needs and not isinstance(node, (Map, Prim)):
+            if isinstance(node, (Map, Prim)):
+                needs = _argument_heads(rule)
+                if needs:
+                    if present is None:
+                        present = _functions_near(node)
+                    if not needs <= present:
+                        continue
+            elif rule.needs:
                 if present is None:
                     present = _functions_within(node)
                 if not rule.needs <= present:
@@ -151,6 +159,35 @@ def _seen_through(node: Map):
             return None
         return inner, lambda r: build.contract(a.out, [(r, labels), *picks], dims)
     return None
+
+
+def _argument_heads(rule) -> frozenset:
+    """The functions that a pattern applies directly to the arguments of its head
+    (`exp` in `exp(u) / (1 + exp(u))`, `abs` in `abs(u) ** 2`): a node none of whose
+    arguments applies them, near enough to be seen through a broadcast or transpose, is not
+    matched. Memoized on the compiled rule."""
+    heads = rule.__dict__.get("_argument_heads")
+    if heads is None:
+        p = rule.pattern
+        args = p.args if isinstance(p, ast.Call) else \
+            (p.left, p.right) if isinstance(p, ast.BinOp) else ()
+        heads = frozenset(a.func for a in args if isinstance(a, ast.Call)
+                          and a.func in rule.rules.functions)
+        rule.__dict__["_argument_heads"] = heads
+    return heads
+
+
+def _functions_near(node: Node) -> set[str]:
+    """The functions (elementwise and tensor) applied at `node`'s arguments and at their
+    operands: what a head's arguments apply, seen through one broadcast, transpose or sum."""
+    found = set()
+    for child in node.children():
+        if isinstance(child, (Map, Prim)):
+            found.add(child.fn)
+        for grandchild in child.children():
+            if isinstance(grandchild, (Map, Prim)):
+                found.add(grandchild.fn)
+    return found
 
 
 def _functions_within(node: Node) -> set[str]:
