@@ -425,6 +425,8 @@ def polygamma(n, x):
         import dask.array as da
         import scipy.special
         return da.map_blocks(scipy.special.polygamma, *da.broadcast_arrays(xp.floor(n), x))
+    if library in ("jax", "jaxlib"):  # jax takes an order of an integer dtype only
+        return _special("polygamma", xp.astype(xp.floor(xp.asarray(n)), xp.int32), x)
     return _special("polygamma", xp.floor(n), x)
 
 
