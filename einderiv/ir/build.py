@@ -278,14 +278,18 @@ def _like(term: Node):
     ops = [ops[k] for _, k in keyed]
     # Operands that tie (one node, the same output indices) name the summed indices in their
     # order: every order of each tie is tried, the first in sorted order kept, while few.
-    ties = [list(tie) for _, tie in groupby(ops, key=unnamed)]
+    # A tie whose operands sum no index gives the same key in every order: only the others'
+    # orders are tried.
+    groups = [(-1 in key[1], list(tie)) for key, tie in groupby(ops, key=unnamed)]
     orders = 1
-    for tie in ties:
-        orders *= factorial(len(tie))
-    if orders > MAX_LIKE_ORDERS:
+    for summed, tie in groups:
+        if summed:
+            orders *= factorial(len(tie))
+    if orders == 1 or orders > MAX_LIKE_ORDERS:
         return _labelled(out, ops)
     return min(_labelled(out, [op for order in choice for op in order])
-               for choice in product(*(permutations(tie) for tie in ties)))
+               for choice in product(*(permutations(tie) if summed else (tie,)
+                                       for summed, tie in groups)))
 
 
 def _quotient_factors(op) -> list:
