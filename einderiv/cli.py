@@ -1,4 +1,4 @@
-"""The `einderiv` command line (SPEC §3)."""
+"""The `einderiv` command line (README.md, "Two commands"; the language: docs/language.md)."""
 from __future__ import annotations
 
 import argparse
@@ -64,7 +64,8 @@ class ShapeArgument(argparse.Action):
 
 def _add_expression_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("expr", metavar="EXPR",
-                   help="the expression, in the language of SPEC §1 ('-' reads standard input)")
+                   help="the expression ('-' reads standard input); the language is described in "
+                        "docs/language.md")
     p.add_argument("--shape", metavar="NAME=DIMS", action=ShapeArgument, default={},
                    help="shape of a variable, e.g. X=n,d or c= for a scalar (repeatable)")
     p.add_argument("--rules", metavar="FILE", action="append", default=[],

@@ -76,7 +76,7 @@ def _cut(text: str, limit: int = 400) -> str:
 
 
 class ParseError(EinderivError):
-    """The source text is not in the expression language (SPEC §1)."""
+    """The source text is not in the expression language (docs/language.md)."""
 
 
 class ShapeError(EinderivError):

@@ -49,7 +49,7 @@ def lower_call(call: ast.Call, args: list[Node], scope) -> Node:
     if f is None:
         raise UnknownNameError(f"unknown function '{name}'", call.func_span or call.span,
                                did_you_mean(name, known_functions(scope))
-                               or "see SPEC §1 for the built-in functions, or add a rule file")
+                               or "docs/language.md lists the functions; a rule file adds one")
     if f.kind == "elementwise":
         _no_keywords(call)
         _arity(call, f.arity, f.arity)

@@ -51,7 +51,7 @@ class Function:
     kind: str  # "elementwise", "tensor" or "def"
     params: tuple[str, ...]
     impl: str | None = None  # "xp.exp", "kernel.sigmoid", "module:attr"
-    body: str | None = None  # a definition's expression, in the language of SPEC §1
+    body: str | None = None  # a definition's expression, in the language
     axis: str | None = None  # a tensor primitive's axis keyword, if it takes one
     shape: str | None = None  # a tensor primitive's shape rule: a key of TENSOR_SHAPES
     origin: str = ""  # "file:line"
