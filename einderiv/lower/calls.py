@@ -403,7 +403,11 @@ def _tensor_primitive(call, f, args, scope) -> Node:
         _arity(call, f.arity, f.arity)
         axes = None
     else:
-        axes = _axes(_axis_argument(call, f.axis), args[0].rank, call)
+        axis = _axis_argument(call, f.axis)
+        # An explicit `axis=None` is every axis, as numpy's, scipy's and JAX's (and sum's here);
+        # only an omitted axis takes the primitive's default below.
+        axes = (tuple(range(args[0].rank)) if isinstance(axis, ast.NoneLit)
+                else _axes(axis, args[0].rank, call))
     (x,) = args
     if f.shape in ("square", "square_scalar", "square_pair"):
         if x.rank < 2 or x.shape[-1] != x.shape[-2]:
