@@ -201,6 +201,10 @@ def test_hessian_of_abs_squared_is_smooth():
     ("sqrt(sum(X * X, axis=0))", {"X": ("n", "k")}, "norm",
      lambda a: np.linalg.norm(a["X"], axis=0)),
     ("norm(X, axis=1) ** 2", {"X": ("n", "k")}, None, lambda a: np.sum(a["X"] ** 2, axis=1)),
+    ("square(norm(X, axis=0))", {"X": ("n", "k")}, None,
+     lambda a: np.sum(a["X"] ** 2, axis=0)),
+    ("z * norm(u) * norm(u)", {"u": ("n",), "z": ("n",)}, None,
+     lambda a: a["z"] * np.sum(a["u"] ** 2)),
     ("log(exp(u) + exp(z))", {"u": ("n",), "z": ("n",)}, "logaddexp",
      lambda a: np.logaddexp(a["u"], a["z"])),
 ], ids=lambda v: v if isinstance(v, str) and "(" in v else None)
@@ -238,6 +242,8 @@ def test_pattern_forms(source, shapes, becomes, reference):
     ("(1 - y) * sigmoid(u) - v * sigmoid(-u)", {"u": ("n",), "v": ("n",), "y": ("n",)}),
     ("relu(u) + softplus(-abs(v))", {"u": ("n",), "v": ("n",)}),
     ("sqrt(sum(u * v))", {"u": ("n",), "v": ("n",)}),
+    ("norm(u) * norm(v)", {"u": ("n",), "v": ("n",)}),
+    ("norm(X, axis=0)[0] * norm(X, axis=1)[0]", {"X": ("n", "n")}),
     ("log(exp(u) + 2 * exp(v))", {"u": ("n",), "v": ("n",)}),
 ])
 def test_what_is_not_a_pattern_is_left_alone(source, shapes):

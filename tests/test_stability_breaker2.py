@@ -202,13 +202,26 @@ def test_select_hessian_branch_factor_outside_where():
 
 # --- 8. the squared norm, other spellings --------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="square(norm(x)) and norm(x) * norm(x) are not rewritten "
-                   "as norm(x) ** 2 is (to sum(x ** 2)): their Hessian at x = 0 is 0 (norm's "
-                   "zero subgradient), right 2 I (the function is smooth)")
 def test_norm_squared_other_spellings_hessian_at_zero():
     for expr in ("square(norm(x))", "norm(x) * norm(x)"):
         got = einderiv.hessian(expr, "x", VEC)(x=np.zeros(3))
         np.testing.assert_array_equal(got, 2 * np.eye(3), err_msg=expr)
+
+
+@pytest.mark.parametrize("expr, weights", [("sum(square(norm(X, axis=1)))", False),
+                                           ("sum(norm(X, axis=1) * norm(X, axis=1))", False),
+                                           ("sum(c * norm(X, 1) * norm(X, 1))", True),
+                                           ("c @ square(norm(X, 1))", True)])
+def test_norm_squared_along_an_axis_hessian_at_a_zero_row(expr, weights):
+    """Squared row norms, spelled either way, also inside a longer product: smooth, so the
+    Hessian of sum(c[i] * |X[i]|^2) is 2 c[i] at every entry of row i, a zero row included
+    (norm's zero subgradient would make it 0 there)."""
+    X = np.array([[0.0, 0.0], [3.0, -4.0]])
+    c = np.array([1.5, 2.0]) if weights else np.ones(2)
+    h = einderiv.hessian(expr, "X", {"X": ("n", "k"), "c": ("n",)})
+    assert "norm" not in h.formula, h.formula
+    want = 2 * np.einsum("i,ij,ab->iajb", c, np.eye(2), np.eye(2))
+    np.testing.assert_array_equal(h(X=X, c=c), want)
 
 
 # --- 9. axis=None ---------------------------------------------------------------------------

@@ -587,12 +587,12 @@ def _head(p: ast.Expr, rules: RuleBook) -> tuple:
 
 
 def _needs(p: ast.Expr, rules: RuleBook) -> frozenset:
-    """Elementwise functions that a product or sum matching `p` applies to its factors or
-    terms (or their factors): a node without them is not walked."""
+    """Functions (elementwise or tensor) that a product or sum matching `p` applies to its
+    factors or terms (or their factors): a node without them is not walked."""
     def heads(e: ast.Expr) -> set[str]:
         tops = _factors(e)[1] if _is_product(e) else [e]
         return {t.func for t in tops if isinstance(t, ast.Call)
-                and getattr(rules.get(t.func), "kind", None) == "elementwise"}
+                and getattr(rules.get(t.func), "kind", None) in ("elementwise", "tensor")}
     if _is_product(p):
         return frozenset(heads(p))
     if isinstance(p, ast.BinOp) and p.op in "+-":

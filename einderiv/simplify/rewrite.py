@@ -191,16 +191,16 @@ def _functions_near(node: Node) -> set[str]:
 
 
 def _functions_within(node: Node) -> set[str]:
-    """The elementwise functions applied at `node`'s operands and their operands (a product's
-    factors, a sum's terms, those of the sums nested in it, and their factors): enough to skip
-    a rewrite that cannot match."""
+    """The functions (elementwise and tensor) applied at `node`'s operands and their operands
+    (a product's factors, a sum's terms, those of the sums nested in it, and their factors):
+    enough to skip a rewrite that cannot match."""
     found = set()
     children = [t for _, t in flat_terms(node)] if isinstance(node, Add) else node.children()
     for child in children:
-        if isinstance(child, Map):
+        if isinstance(child, (Map, Prim)):
             found.add(child.fn)
         for grandchild in child.children():
-            if isinstance(grandchild, Map):
+            if isinstance(grandchild, (Map, Prim)):
                 found.add(grandchild.fn)
     return found
 
