@@ -78,7 +78,8 @@ def _add_expression_arguments(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="einderiv",
-        description="Einstein-notation tensor derivative compiler.",
+        description="Einstein-notation tensor derivative compiler.\n"
+                    "The expression language is described in docs/language.md.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     from . import __version__
     parser.add_argument("--version", action="version", version=f"einderiv {__version__}")
