@@ -19,7 +19,7 @@ from .lanes import batch_lanes
 from .placement import prescaled
 from .gc_pause import paused_gc
 from .share import MAX_PRINT_HEIGHT, share_repeats
-from .tidy import mean_of, renumber, tidy
+from .tidy import mean_of, renumber, tidy_part
 
 INFIX = {"div": "/", "pow": "**"}
 # An expression nesting deeper than this many IR levels is cut into temporaries, so formulas
@@ -94,10 +94,10 @@ def _vectorize(roots, names, rules, declared) -> VectorProgram:
                                                                   or n in names))
                    for n in order if id(n) in temp_name]
     outputs = [(name, translator.expr(node)) for name, node in roots.items()]
-    temporaries, outputs = share_repeats(temporaries, outputs, taken, limit=MAX_PRINT_HEIGHT)
-    # After sharing: a repeated part is a name by then, which tidying leaves whole (`-t1`
-    # where `t1 = y * t0` is shared, not `-y * t0`).
-    temporaries, outputs = tidy(temporaries, outputs)
+    # Tidied while sharing, in the same walk: a repeated part is a name by then, which tidying
+    # leaves whole (`-t1` where `t1 = y * t0` is shared, not `-y * t0`).
+    temporaries, outputs = share_repeats(temporaries, outputs, taken, limit=MAX_PRINT_HEIGHT,
+                                         rewrite=tidy_part)
     temporaries = _used(temporaries, outputs)
     temporaries, outputs = renumber(temporaries, outputs, reserved)
     return VectorProgram(temporaries, outputs, variables, dict(declared or {}))

@@ -43,6 +43,12 @@ def tidy(temporaries: list, outputs: list) -> tuple[list, list]:
             [(name, rewrite(e)) for name, e in outputs])
 
 
+def tidy_part(e: ast.Expr) -> ast.Expr:
+    """`e`, whose children are tidied already, by the rules above (for a pass that rebuilds
+    the program bottom-up anyway: `share_repeats`)."""
+    return _local(e)
+
+
 def _bottom_up(make):
     """A function rebuilding an expression children first, without recursion: each part
     becomes `make(part, part with its children rebuilt)`, once for all the lines it is called
