@@ -454,12 +454,20 @@ def _permute(expr, labels, target) -> ast.Expr:
 
 def _align(term: Term, order) -> ast.Expr:
     """`term` permuted to `order`'s relative order, with None axes so that it broadcasts."""
-    mine = [l for l in order if l in term.labels]
-    expr = _permute(term.expr, term.labels, tuple(mine))
+    return align(term.expr, term.labels, order)
+
+
+def align(expr: ast.Expr, labels: tuple, order) -> ast.Expr:
+    """`expr`, whose axes are `labels`, permuted to `order`'s relative order, with None axes
+    so that it broadcasts."""
+    if not labels or labels == order:  # a scalar, or in place already: most operands
+        return expr
+    mine = [l for l in order if l in labels]
+    expr = _permute(expr, labels, tuple(mine))
     if not mine:
         return expr
     first = list(order).index(mine[0])
-    items = [ast.Slice(None, None) if l in term.labels else ast.NoneLit() for l in order[first:]]
+    items = [ast.Slice(None, None) if l in labels else ast.NoneLit() for l in order[first:]]
     while items and isinstance(items[-1], ast.Slice):
         items.pop()
     return ast.Index(expr, tuple(items)) if items else expr

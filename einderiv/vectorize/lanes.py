@@ -33,15 +33,22 @@ STRICT = False
 MAX_DEPTH = 64
 
 
-def batch_lanes(roots: dict[str, Node]) -> dict[str, Node]:
-    """`roots` with every valid lane group computed once, as a batched node."""
-    return _Batcher(roots).run()
+def batch_lanes(roots: dict[str, Node], order: list[Node] | None = None) -> dict[str, Node]:
+    """`roots` with every valid lane group computed once, as a batched node (`roots` itself,
+    the same dict, when there is none). `order`: `topological(*roots.values())`, when the
+    caller has it already."""
+    order = topological(*roots.values()) if order is None else order
+    # Steps are told apart by their unit vectors (`X[t]`, a row of a stack): without one, no
+    # node varies by step, and there is nothing to batch.
+    if not any(type(n) is Unit and n.position.is_concrete for n in order):
+        return roots
+    return _Batcher(roots, order).run()
 
 
 class _Batcher:
-    def __init__(self, roots: dict[str, Node]):
+    def __init__(self, roots: dict[str, Node], order: list[Node] | None = None):
         self.roots = roots
-        self.order = topological(*roots.values())
+        self.order = topological(*roots.values()) if order is None else order
         self.index = {id(n): i for i, n in enumerate(self.order)}
         self.users: dict[int, list[Node]] = defaultdict(list)
         for n in self.order:

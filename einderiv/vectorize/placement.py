@@ -25,27 +25,34 @@ def prescaled(order: list[Node], temp_name: dict[int, str], fixed: set[int]) -> 
     scalings it replaces (each on the smallest array of its product, as the translator
     places it)."""
     uses: dict[int, list] = {}  # id of a temporary -> (constant, axes it is scaled on) per use
+    ranks: dict[int, int] = {}  # id of a used temporary -> its number of axes
     for node in order:
-        if isinstance(node, Contract):
-            coef = 1.0
+        found = [c for c in node.children() if id(c) in temp_name]
+        if not found:  # most nodes: nothing to look at
+            continue
+        for c in found:
+            ranks[id(c)] = len(c.shape)
+        kind = type(node)
+        if kind is Contract:
+            coef, arrays = 1.0, []
             for child, _ in node.operands:
-                if isinstance(child, Const):
+                if type(child) is Const:
                     coef *= child.value
-            arrays = [c for c, _ in node.operands if not isinstance(c, Const)]
-            axes = min([node.rank, *(c.rank for c in arrays)]) if len(arrays) > 1 else node.rank
-            found = [id(c) for c in arrays if id(c) in temp_name]
+                else:
+                    arrays.append(child)
+            rank = len(node.shape)
+            axes = min([rank, *(len(c.shape) for c in arrays)]) if len(arrays) > 1 else rank
+            found = [id(c) for c in found]
             for key in set(found):
                 # used twice in one product (t * t), the constant would be needed twice
                 uses.setdefault(key, []).append((coef if found.count(key) == 1 else None, axes))
-        elif isinstance(node, Add):
+        elif kind is Add:
             for coef, term in node.terms:
                 if id(term) in temp_name:
-                    uses.setdefault(id(term), []).append((coef, node.rank))
+                    uses.setdefault(id(term), []).append((coef, len(node.shape)))
         else:
-            for child in node.children():
-                if id(child) in temp_name:
-                    uses.setdefault(id(child), []).append((None, node.rank))
-    ranks = {id(n): n.rank for n in order}
+            for child in found:
+                uses.setdefault(id(child), []).append((None, len(node.shape)))
     scale = {}
     for key, found in uses.items():
         constants = {c for c, _ in found}

@@ -98,6 +98,12 @@ def mean_of(node, named) -> tuple | None:
     one over the axes' sizes that are numbers, divided by those that are names; so that it
     prints as the user wrote it. None otherwise, or when the sum is a temporary of its own
     (`named`: ids of nodes with one), which the division then reads."""
+    if type(node) is Contract and len(node.dims) == len(node.out):
+        # Nothing summed: a mean only as a scaled sum of its own (`0.5 * sum(x, 0)`), which
+        # most products (`c * x`) are not; they are told apart here, once per node translated.
+        ops = node.operands
+        if len(ops) != 2 or type(ops[0][0]) is not Const or type(ops[1][0]) is not Contract:
+            return None
     total, sizes = node, []
     if isinstance(node, Map) and node.fn == "div" and len(node.args) == 2:
         total, size = node.args
