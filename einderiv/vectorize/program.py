@@ -18,8 +18,8 @@ from .contraction import ContractionTranslator, align, broadcast, dimension, num
 from .lanes import batch_lanes
 from .placement import prescaled
 from .gc_pause import paused_gc
-from .share import MAX_PRINT_HEIGHT, share_repeats
-from .tidy import mean_of, renumber, tidy_part
+from .share import MAX_PRINT_HEIGHT, finish
+from .tidy import mean_of, tidy_part
 
 INFIX = {"div": "/", "pow": "**"}
 # An expression nesting deeper than this many IR levels is cut into temporaries, so formulas
@@ -102,27 +102,12 @@ def _vectorize(roots, names, rules, declared) -> VectorProgram:
                                                                   or id(n) in bound))
                    for n in order if id(n) in temp_name]
     outputs = [(name, translator.expr(node)) for name, node in roots.items()]
-    # Tidied while sharing, in the same walk: a repeated part is a name by then, which tidying
-    # leaves whole (`-t1` where `t1 = y * t0` is shared, not `-y * t0`).
-    temporaries, outputs = share_repeats(temporaries, outputs, taken, limit=MAX_PRINT_HEIGHT,
-                                         rewrite=tidy_part)
-    temporaries = _used(temporaries, outputs)
-    temporaries, outputs = renumber(temporaries, outputs, reserved)
+    # Shared, cut, tidied and numbered in one walk. Tidied after sharing: a repeated part is a
+    # name by then, which tidying leaves whole (`-t1` where `t1 = y * t0` is shared, not
+    # `-y * t0`).
+    temporaries, outputs = finish(temporaries, outputs, reserved, limit=MAX_PRINT_HEIGHT,
+                                  rewrite=tidy_part)
     return VectorProgram(temporaries, outputs, variables, dict(declared or {}))
-
-
-def _used(temporaries: list, outputs: list) -> list:
-    """The temporaries some later line or output reads (batching can leave one unread)."""
-    from .share import names_in
-    needed = set()
-    for _, expr in outputs:
-        needed |= names_in(expr)
-    kept = []
-    for name, expr in reversed(temporaries):
-        if name in needed:
-            kept.append((name, expr))
-            needed |= names_in(expr)
-    return kept[::-1]
 
 
 def _worth_a_name(node: Node, uses: Counter, bound: dict) -> bool:

@@ -10,6 +10,8 @@ of the program and uses an explicit stack, however deeply an expression nests.
 """
 from __future__ import annotations
 
+import re
+
 from ..parse import ast
 
 # Expressions with no parts: never replaced, and told apart by their value alone.
@@ -20,6 +22,8 @@ _CONSTANT_CALLS = {"ones", "zeros", "eye", "size"}
 # recursive, a few frames per level) prints it whole, with no elision and no recursion trouble,
 # and its text parses back under the parser's bracket nesting limit.
 MAX_PRINT_HEIGHT = 40
+# The names the vectorizer gives its own temporaries.
+_TEMPORARY = re.compile(r"t\d+")
 
 
 def share_repeats(temporaries: list, outputs: list, taken: set, limit: int | None = None,
@@ -38,6 +42,27 @@ def share_repeats(temporaries: list, outputs: list, taken: set, limit: int | Non
     return _rewrite(table, lines, roots, len(temporaries), named, _Fresh(taken), limit, rewrite)
 
 
+def finish(temporaries: list, outputs: list, reserved: set, limit: int | None = None,
+           rewrite=None) -> tuple[list, list]:
+    """`share_repeats` (with `limit` and `rewrite`) of a whole program, which is finished in the
+    same walk: the temporaries no output needs are dropped first (batching can leave one
+    unread), and ours (`t<k>`, not in `reserved`: the user's names) are named t0, t1, ... in
+    the order they are defined, new ones included (sharing and cutting add some)."""
+    lines = [*temporaries, *outputs]
+    table = _Structure()
+    roots = [table.intern(expr) for _, expr in lines]
+    live = table.live(lines, roots, len(temporaries))
+    if live is not None:  # unread temporaries: gone before they count as uses
+        n_temporaries = sum(live[:len(temporaries)])
+        lines = [line for line, keep in zip(lines, live) if keep]
+        roots = [root for root, keep in zip(roots, live) if keep]
+    else:
+        n_temporaries = len(temporaries)
+    named = table.repeated(roots)
+    return _rewrite(table, lines, roots, n_temporaries, named, _Numbering(reserved), limit,
+                    rewrite, reserved)
+
+
 def cut_deep(temporaries: list, outputs: list, taken: set,
              limit: int = MAX_PRINT_HEIGHT) -> tuple[list, list]:
     """Cut every work expression that nests `limit` levels deep into a temporary (a sum of 500
@@ -50,12 +75,15 @@ def cut_deep(temporaries: list, outputs: list, taken: set,
 
 
 def _rewrite(table: "_Structure", lines: list, roots: list, n_temporaries: int, named: list,
-             fresh, limit: int | None, rewrite) -> tuple[list, list]:
+             fresh, limit: int | None, rewrite, reserved: set | None = None
+             ) -> tuple[list, list]:
     """Rebuild every line children first, without recursion and without changing the given
-    trees: a `named` structure becomes a temporary where it is first met (defined before the
-    line being rebuilt) and its name everywhere after; with a `limit`, a work expression that
-    would nest `limit` levels deep becomes a temporary too; `rewrite`, if given, rewrites each
-    rebuilt part. A line's whole expression is rebuilt but never replaced.
+    trees: a `named` structure becomes a temporary (named by `fresh()`) where it is first met
+    (defined before the line being rebuilt) and its name everywhere after; with a `limit`, a
+    work expression that would nest `limit` levels deep becomes a temporary too; `rewrite`, if
+    given, rewrites each rebuilt part. A line's whole expression is rebuilt but never replaced.
+    With `reserved`, each temporary `t<k>` not in it is renamed `fresh()` where it is defined,
+    and read by that name after.
 
     Each structure is rebuilt once, however many times it occurs: one that occurs twice outside
     line roots is a name by then, unless it does no work (`t0[1]`, `x.T`), and then it is the
@@ -97,10 +125,23 @@ def _rewrite(table: "_Structure", lines: list, roots: list, n_temporaries: int, 
                     continue
                 height[s] = h
             result[s] = node
-        line = _rebuilt(expr, [result[c] for c in kids[root]])
-        if rewrite is not None:
-            line = rewrite(line)
-        (temps if index < n_temporaries else outs).append((name, line))
+        if type(expr) is ast.Name and result[root]:  # a temporary's name, renamed
+            line = result[root]
+        else:
+            line = _rebuilt(expr, [result[c] for c in kids[root]])
+            if rewrite is not None:
+                line = rewrite(line)
+        if index >= n_temporaries:
+            outs.append((name, line))
+            continue
+        if reserved is not None and name not in reserved and _TEMPORARY.fullmatch(name):
+            new = fresh()
+            # Every later line reads it by its new name: it is read after it is defined.
+            read = table.numbers.get(_name_key(name))
+            if read is not None and new != name:
+                result[read] = ast.Name(new)
+            name = new
+        temps.append((name, line))
     return temps, outs
 
 
@@ -146,6 +187,20 @@ class _Fresh:
         return name
 
 
+class _Numbering:
+    """Hands out the names t0, t1, ... in turn, skipping `reserved`."""
+
+    def __init__(self, reserved: set):
+        self.reserved = reserved
+        self.counter = 0
+
+    def __call__(self) -> str:
+        while f"t{self.counter}" in self.reserved:
+            self.counter += 1
+        self.counter += 1
+        return f"t{self.counter - 1}"
+
+
 class _Structure:
     """Hash-consing of syntax trees: `intern(e)` numbers `e` and every part of it so that two
     parts get the same number exactly when they are the same expression. Numbers grow from the
@@ -185,6 +240,31 @@ class _Structure:
             number(e)
         return memo[id(root)]
 
+    def live(self, lines: list, roots: list, n_temporaries: int) -> list[bool] | None:
+        """Whether each line is needed: an output, or a temporary a needed line reads. None
+        when every one is (so when every temporary is read by some line: the last unread one
+        would be read by none)."""
+        numbers = self.numbers
+        if all(_name_key(name) in numbers for name, _ in lines[:n_temporaries]):
+            return None
+        temporary = {numbers.get(_name_key(name)): name for name, _ in lines[:n_temporaries]}
+        kids, needed, seen = self.kids, set(), bytearray(len(self.kids))
+        live = [False] * len(lines)
+        for index in range(len(lines) - 1, -1, -1):
+            if index < n_temporaries and lines[index][0] not in needed:
+                continue
+            live[index] = True
+            stack = [roots[index]]
+            while stack:
+                s = stack.pop()
+                if seen[s]:
+                    continue
+                seen[s] = 1
+                if s in temporary:
+                    needed.add(temporary[s])
+                stack += kids[s]
+        return live
+
     def repeated(self, roots: list) -> list[bool]:
         """number -> whether it is named: work that would be printed more than once, and not
         only as a line's whole expression. Parents have larger numbers than their children:
@@ -217,7 +297,7 @@ class _Structure:
         elif t is ast.Number:
             key, kids = (1, repr(float(e.value))), ()  # repr: -0.0 is not 0.0, nan is nan
         elif t is ast.Name:
-            key, kids = (2, e.id), ()
+            key, kids = _name_key(e.id), ()
         elif t is ast.Call:
             numbers = tuple([memo[id(p)] for p in _parts(e)])
             key = (3, e.func, len(e.args), tuple([k for k, _ in e.kwargs]), numbers,
@@ -254,6 +334,11 @@ class _Structure:
             self.rep.append(e)
         memo[id(e)] = s
         self.alive.append(e)
+
+
+def _name_key(name: str) -> tuple:
+    """The structure key of the name `name`."""
+    return (2, name)
 
 
 def _shapes(call) -> tuple | None:

@@ -20,20 +20,18 @@ in the order they are defined.
 """
 from __future__ import annotations
 
-import re
 from math import prod
 
 from ..ir.nodes import Const, Contract, Map, Size
 from ..parse import ast
 from .contraction import number
-from .share import _children, _with_children
+from .share import _TEMPORARY, _children, _with_children
 
 # Subexpressions compared for equal factors have at most this many parts: enough for
 # `t0[:, None]` or `sigmoid(-x)`, and a bound on the work at each product.
 MAX_COMPARED_PARTS = 24
 # A product is searched for a repeated factor over at most this many factors.
 MAX_SEARCHED_FACTORS = 16
-_TEMPORARY = re.compile(r"t\d+")
 
 
 def tidy(temporaries: list, outputs: list) -> tuple[list, list]:
