@@ -265,6 +265,14 @@ class _Batcher:
             len({c for c, t in u.terms if id(t) in ids}) == 1
             for u in users.values())
 
+    def _alike(self, olds: tuple[Node, ...]) -> bool:
+        """Whether `olds` are one operation (with the same fields) of as many children."""
+        # Nodes of one template are (its key holds all that): the usual case, told cheaply.
+        template = self.template.get(id(olds[0]))
+        if template is not None and all([self.template.get(id(o)) == template for o in olds]):
+            return True
+        return len({(type(o), _fields(o), len(o.children())) for o in olds}) == 1
+
     def lift(self, olds: tuple[Node, ...], lanes: int, depth: int, top=False):
         """The batched node for `olds` (one per lane) as (node, has the lane axis); for `top`,
         the node alone, or None when the members cannot be batched."""
@@ -286,11 +294,11 @@ class _Batcher:
                 if [o.position.offset for o in olds] == list(range(start, start + lanes)):
                     return Delta(lanes, first.shape[0], start), True
                 return self._stack(olds, lanes), True
-            if any(self._hole(o) for o in olds) or depth >= MAX_DEPTH or \
-                    len({(type(o), _fields(o), len(o.children())) for o in olds}) != 1:
+            if any([self._hole(o) for o in olds]) or depth >= MAX_DEPTH or \
+                    not self._alike(olds):
                 return self._stack(olds, lanes), True
-        parts = [self.lift(tuple(o.children()[i] for o in olds), lanes, depth + 1)
-                 for i in range(len(first.children()))]
+        parts = [self.lift(column, lanes, depth + 1)
+                 for column in zip(*[o.children() for o in olds])]
         node = _lifted(first, parts, lanes)
         if isinstance(first, Prim) or isinstance(first, Contract) and any(
                 not lifted and n.rank for n, lifted in parts):
