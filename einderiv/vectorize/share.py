@@ -98,17 +98,28 @@ def _rewrite(table: "_Structure", lines: list, roots: list, n_temporaries: int, 
     plain = [t is ast.Name or t is ast.Number for t in map(type, rep)]
     temps, outs = [], []
     for index, ((name, expr), root) in enumerate(zip(lines, roots)):
-        stack = [(c, False) for c in kids[root] if result[c] is None]
+        # Structure s is pushed as s to be expanded, as ~s (negative) once its kids are done.
+        stack = [c for c in kids[root] if result[c] is None]
         while stack:
-            s, ready = stack.pop()
+            s = stack.pop()
+            if s >= 0:
+                if result[s] is None:
+                    stack.append(~s)
+                    stack += [c for c in kids[s] if result[c] is None]
+                continue
+            s = ~s
             if result[s] is not None:
                 continue
-            ks = kids[s]
-            if not ready:
-                stack.append((s, True))
-                stack.extend([(c, False) for c in ks if result[c] is None])
-                continue
-            node = _rebuilt(rep[s], [result[c] for c in ks])
+            e, ks = rep[s], kids[s]
+            if type(e) is ast.BinOp:  # most parts: rebuilt here, not by `_rebuilt`
+                a, b = ks
+                left, right = result[a] or e.left, result[b] or e.right
+                node = e if left is e.left and right is e.right else \
+                    ast.BinOp(e.op, left, right)
+                h = 1 + (height[a] if height[a] > height[b] else height[b])
+            else:
+                node = _rebuilt(e, [result[c] for c in ks])
+                h = 1 + max([height[c] for c in ks]) if ks else 1
             if rewrite is not None:
                 node = rewrite(node)
             if named[s]:
@@ -117,7 +128,6 @@ def _rewrite(table: "_Structure", lines: list, roots: list, n_temporaries: int, 
                 result[s], plain[s] = ast.Name(temp), True
                 continue
             if limit is not None:
-                h = 1 + max([height[c] for c in ks]) if ks else 1
                 if h >= limit and (kind[s] == 1 or kind[s] == 2 and not plain[ks[0]]):
                     temp = fresh()
                     temps.append((temp, node))
@@ -209,7 +219,6 @@ class _Structure:
     def __init__(self):
         self.numbers: dict[tuple, int] = {}
         self.memo: dict[int, int] = {}  # id of a node -> its number
-        self.alive: list = []  # keeps the ids in `memo` unique
         self.kids: list[tuple[int, ...]] = []  # number -> numbers of its replaceable children
         self.work: list[bool] = []  # number -> worth a name
         # number -> 1 for work (a product, a call), 2 for a sign (work unless of a name or a
@@ -218,26 +227,53 @@ class _Structure:
         self.rep: list = []  # number -> the first node seen with it
 
     def intern(self, root) -> int:
-        memo = self.memo
+        """`root`'s number (every part of it numbered too). Numbers are kept by the id of a
+        part: the caller keeps `root` alive while it uses them."""
+        memo, numbers, kids, rep = self.memo, self.numbers, self.kids, self.rep
         number = self._number
-        stack = [(root, None)]
-        while stack:
-            e, parts = stack.pop()
+        stack = [root]
+        while stack:  # a part stays on the stack until its parts are numbered
+            e = stack[-1]
             if id(e) in memo:
+                stack.pop()
                 continue
-            if parts is None:  # first visit: its parts first, then itself with them
-                parts = _parts(e)
-                if parts:
-                    stack.append((e, parts))
-                    for p in parts:
-                        if p is None or id(p) in memo:
-                            continue
-                        if type(p) in _LEAVES:  # numbered here: no visit of its own
-                            number(p)
-                        else:
-                            stack.append((p, None))
+            if type(e) is ast.BinOp:  # most parts: numbered here, not by `_number`
+                left, right = e.left, e.right
+                a, b = memo.get(id(left)), memo.get(id(right))
+                if a is None:
+                    if type(left) in _LEAVES:
+                        a = number(left)
+                    else:
+                        stack.append(left)
+                if b is None:
+                    if type(right) in _LEAVES:
+                        b = number(right)
+                    else:
+                        stack.append(right)
+                if a is None or b is None:
                     continue
-            number(e)
+                key = (0, e.op, a, b)
+                s = numbers.get(key)
+                if s is None:
+                    s = numbers[key] = len(kids)
+                    kids.append((a, b))
+                    self.kind.append(1)
+                    self.work.append(True)
+                    rep.append(e)
+                memo[id(e)] = s
+                stack.pop()
+                continue
+            waiting = False
+            for p in _parts(e):
+                if p is not None and id(p) not in memo:
+                    if type(p) in _LEAVES:  # numbered here: no visit of its own
+                        number(p)
+                    else:
+                        stack.append(p)
+                        waiting = True
+            if not waiting:
+                stack.pop()
+                number(e)
         return memo[id(root)]
 
     def live(self, lines: list, roots: list, n_temporaries: int) -> list[bool] | None:
@@ -287,7 +323,7 @@ class _Structure:
                 inside[c] += printed
         return named
 
-    def _number(self, e) -> None:
+    def _number(self, e) -> int:
         memo = self.memo
         t = type(e)
         kind = 0
@@ -295,7 +331,9 @@ class _Structure:
             a, b = memo[id(e.left)], memo[id(e.right)]
             key, kids, kind = (0, e.op, a, b), (a, b), 1
         elif t is ast.Number:
-            key, kids = (1, repr(float(e.value))), ()  # repr: -0.0 is not 0.0, nan is nan
+            v = float(e.value)
+            # By value, but by repr where values mislead: -0.0 is not 0.0, and nan is nan.
+            key, kids = (1, v) if v == v and v else (1, repr(v)), ()
         elif t is ast.Name:
             key, kids = _name_key(e.id), ()
         elif t is ast.Call:
@@ -333,7 +371,7 @@ class _Structure:
                              type(e.operand) is not ast.Name and type(e.operand) is not ast.Number)
             self.rep.append(e)
         memo[id(e)] = s
-        self.alive.append(e)
+        return s
 
 
 def _name_key(name: str) -> tuple:
