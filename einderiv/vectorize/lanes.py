@@ -16,7 +16,7 @@ A group is batched only when none of its inputs depends on one of its members: t
 """
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 
 from ..ir import build
 from ..ir.dims import Dim
@@ -54,8 +54,10 @@ class _Batcher:
         for n in self.order:
             for c in n.children():
                 self.users[id(c)].append(n)
-        self.uses = Counter({k: len(v) for k, v in self.users.items()})
-        self.uses.update(id(n) for n in roots.values())
+        # A plain dict: a Counter's missing key is a Python-level call, and `_hole` asks often.
+        self.uses = {k: len(v) for k, v in self.users.items()}
+        for n in roots.values():
+            self.uses[id(n)] = self.uses.get(id(n), 0) + 1
         self.root_ids = {id(n) for n in roots.values()}
         self.varying: dict[int, bool] = {}
         self.selections: set[int] = set()  # ids of the varying nodes `_cheap` holds for
@@ -110,7 +112,7 @@ class _Batcher:
 
     def _hole(self, n: Node) -> bool:
         """A per-step input used elsewhere too: stacked, not recomputed inside the batch."""
-        return self.varying[id(n)] and self.uses[id(n)] > 1 and not self._is_lane(n) and \
+        return self.varying[id(n)] and self.uses.get(id(n), 0) > 1 and not self._is_lane(n) and \
             id(n) not in self.selections
 
     def _groups(self) -> list[list[Node]]:

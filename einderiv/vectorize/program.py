@@ -61,8 +61,10 @@ def _vectorize(roots, names, rules, declared) -> VectorProgram:
         order = topological(*roots.values())
     # Keyed by id: a node's own hash is a Python method, and these are read once per node.
     bound = {id(n): name for n, name in names.items()}
-    uses = Counter([id(c) for n in order for c in n.children()])
-    uses.update([id(n) for n in roots.values()])  # an output used elsewhere is computed once
+    # A plain dict (read with .get): a Counter's missing key is a Python-level call.
+    uses = dict(Counter([id(c) for n in order for c in n.children()]))
+    for n in roots.values():  # an output used elsewhere is computed once
+        uses[id(n)] = uses.get(id(n), 0) + 1
     root_ids = {id(n) for n in roots.values()}
     root_name = {}
     for name, node in roots.items():
@@ -77,12 +79,13 @@ def _vectorize(roots, names, rules, declared) -> VectorProgram:
     height: dict[int, int] = {}
     for n in order:
         key = id(n)
-        h = height[key] = 1 + max([height[id(c)] for c in n.children()], default=0)
+        inline = [height[id(c)] for c in n.children()]
+        h = height[key] = 1 + max(inline) if inline else 1
         if type(n) in _LEAF_NODES:
             continue
         if h < MAX_INLINE_HEIGHT and not _worth_a_name(n, uses, bound):
             continue
-        if key in root_ids and uses[key] <= 1 and key not in bound:
+        if key in root_ids and uses.get(key, 0) <= 1 and key not in bound:
             continue  # an output is a statement of its own already
         height[key] = 0
         name = root_name.get(key) or bound.get(key)
@@ -110,10 +113,10 @@ def _vectorize(roots, names, rules, declared) -> VectorProgram:
     return VectorProgram(temporaries, outputs, variables, dict(declared or {}))
 
 
-def _worth_a_name(node: Node, uses: Counter, bound: dict) -> bool:
+def _worth_a_name(node: Node, uses: dict, bound: dict) -> bool:
     if id(node) in bound:
         return True
-    if uses[id(node)] < 2:
+    if uses.get(id(node), 0) < 2:
         return False
     # A transpose or a broadcast costs nothing to repeat (its operand gets a name of its own
     # where that is worth one): its uses broadcast the operand themselves.
