@@ -79,12 +79,12 @@ class ContractionTranslator:
         self.terms: list[Term] = []
         dropped = []
         for child, labels in node.operands:
-            if isinstance(child, Const):
+            if type(child) is Const:
                 self.coef *= child.value
                 continue
             if scale and id(child) in scale:  # a temporary computed with its constant on it
                 self.coef /= scale[id(child)]
-            if narrow is None or len(set(labels)) != len(labels):
+            if narrow is None or len(labels) > 1 and len(set(labels)) != len(labels):
                 self.terms.append(Term(translate(child), labels, child))
                 continue
             expr, axes = narrow(child)
@@ -95,7 +95,7 @@ class ContractionTranslator:
             dropped.append((self.terms[-1], child, labels, axes))
         # An index that only a broadcast axis carried and that is summed would lose its count
         # (the sum of a broadcast is a multiple): those operands are written whole.
-        carried = {l for t in self.terms for l in t.labels}
+        carried = {l for t in self.terms for l in t.labels} if dropped else ()
         for term, child, labels, axes in dropped:
             if any(l not in carried and l not in self.out for l in labels):
                 term.expr = broadcast(term.expr, axes, child.shape)
