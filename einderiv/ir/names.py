@@ -7,19 +7,33 @@ the user gave to something else.
 """
 from __future__ import annotations
 
-from .nodes import Node, Var, topological
+from .nodes import Contract, Delta, Node, Size, Unit, Var, topological
 
 
-def input_names(roots, declared: dict | None = None) -> set[str]:
+def input_names(roots, declared: dict | None = None, order: list | None = None) -> set[str]:
     """The variables (used by `roots` or declared) and every dimension name: of their shapes,
-    and of any node (a summed index, `size(m)`, a slice bound)."""
-    nodes = topological(*roots)
-    names = {n.name for n in nodes if isinstance(n, Var)} | set(declared or {})
-    dims = [d for shape in (declared or {}).values() for d in shape]
+    and of any node (a summed index, `size(m)`, a slice bound). `order`: every node reachable
+    from `roots` (`topological(*roots)`), when the caller has it already."""
+    nodes = topological(*roots) if order is None else order
+    names = set(declared or {})
+    # Shapes and label sizes are tuples shared by many nodes: each distinct one is read once.
+    groups: set[tuple] = set()
+    dims = {d for shape in (declared or {}).values() for d in shape}
     for n in nodes:
-        dims += [*n.shape, *getattr(n, "dims", ()), *(getattr(n, a) for a in ("dim", "offset",
-                                                                            "position")
-                                                     if hasattr(n, a))]
+        groups.add(n.shape)
+        t = type(n)
+        if t is Contract:
+            groups.add(n.dims)
+        elif t is Var:
+            names.add(n.name)
+        elif t is Size:
+            dims.add(n.dim)
+        elif t is Delta:
+            dims.add(n.offset)
+        elif t is Unit:
+            dims.add(n.position)
+    for group in groups:
+        dims.update(group)
     return names | {d.name for d in dims if d.name}
 
 

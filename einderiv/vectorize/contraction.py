@@ -79,12 +79,12 @@ class ContractionTranslator:
         self.terms: list[Term] = []
         dropped = []
         for child, labels in node.operands:
-            if isinstance(child, Const):
+            if type(child) is Const:
                 self.coef *= child.value
                 continue
             if scale and id(child) in scale:  # a temporary computed with its constant on it
                 self.coef /= scale[id(child)]
-            if narrow is None or len(set(labels)) != len(labels):
+            if narrow is None or len(labels) > 1 and len(set(labels)) != len(labels):
                 self.terms.append(Term(translate(child), labels, child))
                 continue
             expr, axes = narrow(child)
@@ -95,7 +95,7 @@ class ContractionTranslator:
             dropped.append((self.terms[-1], child, labels, axes))
         # An index that only a broadcast axis carried and that is summed would lose its count
         # (the sum of a broadcast is a multiple): those operands are written whole.
-        carried = {l for t in self.terms for l in t.labels}
+        carried = {l for t in self.terms for l in t.labels} if dropped else ()
         for term, child, labels, axes in dropped:
             if any(l not in carried and l not in self.out for l in labels):
                 term.expr = broadcast(term.expr, axes, child.shape)
@@ -152,7 +152,10 @@ class ContractionTranslator:
         """Is `label` in the output or carried by a term other than those in `skip`?"""
         if label in self.out:
             return True
-        return any(label in t.labels for t in self.terms if not any(t is s for s in skip))
+        for t in self.terms:
+            if label in t.labels and t not in skip:  # a Term compares by identity
+                return True
+        return False
 
     def _select(self) -> bool:
         """Unit vectors and windows (deltas with an offset) on a summed index: index the partner.
@@ -229,24 +232,32 @@ class ContractionTranslator:
     def _diagonals(self):
         """X[i,i] -> diag(X) (or tr(X) when i is summed and nothing else carries it)."""
         for t in self.terms:
-            if len(t.labels) == 2 and t.labels[0] == t.labels[1]:
-                label = t.labels[0]
+            labels = t.labels
+            if len(labels) < 2:
+                continue
+            if len(labels) == 2 and labels[0] == labels[1]:
+                label = labels[0]
                 if not self._needed(label, skip=(t,)):
                     t.expr, t.labels = ast.Call("tr", (t.expr,)), ()
                 else:
                     t.expr, t.labels = ast.Call("diag", (t.expr,)), (label,)
                 t.node = None
-            elif len(set(t.labels)) != len(t.labels):
+            elif len(set(labels)) != len(labels):
                 self._einsum_all()
                 return
 
     def _lonely_sums(self):
         """Sum away indices that only one term carries and the output does not."""
+        # How many terms carry each index: summing one away changes no other's count.
+        carriers: dict = {}
         for t in self.terms:
-            lonely = [a for a, l in enumerate(t.labels)
-                      if not self._needed(l, skip=(t,)) and self.dims[l] != ONE]
-            ones = [a for a, l in enumerate(t.labels)
-                    if not self._needed(l, skip=(t,)) and self.dims[l] == ONE]
+            for l in set(t.labels):
+                carriers[l] = carriers.get(l, 0) + 1
+        for t in self.terms:
+            lonely, ones = [], []
+            for a, l in enumerate(t.labels):
+                if l not in self.out and carriers[l] == 1:
+                    (ones if self.dims[l] == ONE else lonely).append(a)
             if ones and not lonely:
                 lonely = ones
             elif ones:
@@ -268,7 +279,7 @@ class ContractionTranslator:
         index too (no matrix product fits, and an einsum has no faster way either)."""
         best = None
         first = self.terms[0].labels
-        if all(t.labels == first for t in self.terms):
+        if all([t.labels == first for t in self.terms]):
             # An elementwise product (every term on the same indices): the search below would
             # pick the first two every time; a chain's long products made it cubic in effect.
             best = (None, self.terms[0], self.terms[1])
@@ -377,8 +388,8 @@ class ContractionTranslator:
         self.terms = [Term(expr, keep)]
 
     def _replace(self, old, new: Term):
-        first = min(self.terms.index(t) for t in old)
-        rest = [t for t in self.terms if not any(t is o for o in old)]
+        first = min([self.terms.index(t) for t in old])
+        rest = [t for t in self.terms if t not in old]  # a Term compares by identity
         rest.insert(min(first, len(rest)), new)
         self.terms = rest
 
@@ -454,12 +465,20 @@ def _permute(expr, labels, target) -> ast.Expr:
 
 def _align(term: Term, order) -> ast.Expr:
     """`term` permuted to `order`'s relative order, with None axes so that it broadcasts."""
-    mine = [l for l in order if l in term.labels]
-    expr = _permute(term.expr, term.labels, tuple(mine))
+    return align(term.expr, term.labels, order)
+
+
+def align(expr: ast.Expr, labels: tuple, order) -> ast.Expr:
+    """`expr`, whose axes are `labels`, permuted to `order`'s relative order, with None axes
+    so that it broadcasts."""
+    if not labels or labels == order:  # a scalar, or in place already: most operands
+        return expr
+    mine = [l for l in order if l in labels]
+    expr = _permute(expr, labels, tuple(mine))
     if not mine:
         return expr
     first = list(order).index(mine[0])
-    items = [ast.Slice(None, None) if l in term.labels else ast.NoneLit() for l in order[first:]]
+    items = [ast.Slice(None, None) if l in labels else ast.NoneLit() for l in order[first:]]
     while items and isinstance(items[-1], ast.Slice):
         items.pop()
     return ast.Index(expr, tuple(items)) if items else expr

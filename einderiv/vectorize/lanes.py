@@ -16,7 +16,7 @@ A group is batched only when none of its inputs depends on one of its members: t
 """
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 
 from ..ir import build
 from ..ir.dims import Dim
@@ -33,24 +33,34 @@ STRICT = False
 MAX_DEPTH = 64
 
 
-def batch_lanes(roots: dict[str, Node]) -> dict[str, Node]:
-    """`roots` with every valid lane group computed once, as a batched node."""
-    return _Batcher(roots).run()
+def batch_lanes(roots: dict[str, Node], order: list[Node] | None = None) -> dict[str, Node]:
+    """`roots` with every valid lane group computed once, as a batched node (`roots` itself,
+    the same dict, when there is none). `order`: `topological(*roots.values())`, when the
+    caller has it already."""
+    order = topological(*roots.values()) if order is None else order
+    # Steps are told apart by their unit vectors (`X[t]`, a row of a stack): without one, no
+    # node varies by step, and there is nothing to batch.
+    if not any(type(n) is Unit and n.position.is_concrete for n in order):
+        return roots
+    return _Batcher(roots, order).run()
 
 
 class _Batcher:
-    def __init__(self, roots: dict[str, Node]):
+    def __init__(self, roots: dict[str, Node], order: list[Node] | None = None):
         self.roots = roots
-        self.order = topological(*roots.values())
+        self.order = topological(*roots.values()) if order is None else order
         self.index = {id(n): i for i, n in enumerate(self.order)}
         self.users: dict[int, list[Node]] = defaultdict(list)
         for n in self.order:
             for c in n.children():
                 self.users[id(c)].append(n)
-        self.uses = Counter({k: len(v) for k, v in self.users.items()})
-        self.uses.update(id(n) for n in roots.values())
+        # A plain dict: a Counter's missing key is a Python-level call, and `_hole` asks often.
+        self.uses = {k: len(v) for k, v in self.users.items()}
+        for n in roots.values():
+            self.uses[id(n)] = self.uses.get(id(n), 0) + 1
         self.root_ids = {id(n) for n in roots.values()}
         self.varying: dict[int, bool] = {}
+        self.selections: set[int] = set()  # ids of the varying nodes `_cheap` holds for
         self.template: dict[int, int] = {}
         self.signature: dict[int, tuple] = {}
         # id(old member) -> (batched node, its row); rebuilt nodes read picks of the rows.
@@ -64,6 +74,7 @@ class _Batcher:
         # id(old node) -> positions of the batches that read it (directly or in a stack).
         self.consumers: dict[int, list[float]] = defaultdict(list)
         self.memo: dict[int, Node] = {}
+        self.lane_sums: dict[int, dict] = {}  # id of a sum being rebuilt -> its `_lane_sums`
         self.stack_memo: dict[tuple[int, ...], Node] = {}
 
     # -- finding groups ---------------------------------------------------------------------
@@ -85,48 +96,60 @@ class _Batcher:
             return self.roots  # batching is an optimization: keep the program correct
 
     def _is_lane(self, n: Node) -> bool:
-        return isinstance(n, Unit) and n.position.is_concrete
+        return type(n) is Unit and n.position.name is None
 
     def _cheap(self, n: Node) -> bool:
         """A selection (`X[t]`): a contraction of fixed operands with per-step unit vectors."""
-        return isinstance(n, Contract) and any(self._is_lane(c) for c, _ in n.operands) and \
-            all(self._is_lane(c) or not self.varying[id(c)] for c, _ in n.operands)
+        return id(n) in self.selections
+
+    def _selection(self, n: Node) -> bool:
+        """`_cheap`, worked out once per node (by `_groups`, once its children's `varying` are)."""
+        if type(n) is not Contract:
+            return False
+        operands = n.operands
+        return any([self._is_lane(c) for c, _ in operands]) and \
+            all([self._is_lane(c) or not self.varying[id(c)] for c, _ in operands])
 
     def _hole(self, n: Node) -> bool:
         """A per-step input used elsewhere too: stacked, not recomputed inside the batch."""
-        return self.varying[id(n)] and self.uses[id(n)] > 1 and not self._is_lane(n) and \
-            not self._cheap(n)
+        return self.varying[id(n)] and self.uses.get(id(n), 0) > 1 and not self._is_lane(n) and \
+            id(n) not in self.selections
 
     def _groups(self) -> list[list[Node]]:
         keys: dict[tuple, int] = {}
         by_template: dict[int, list[Node]] = defaultdict(list)
         depth: dict[int, int] = {}
+        varying_of, template, signature = self.varying, self.template, self.signature
+        # Keys name nodes and dimensions by id (both are interned, so equal means identical):
+        # their own hashes are Python methods, and every varying node is keyed.
         for n in self.order:
             children = n.children()
-            varying = self._is_lane(n) or any(self.varying[id(c)] for c in children)
-            self.varying[id(n)] = varying
+            lane = self._is_lane(n)
+            varying = varying_of[id(n)] = lane or any([varying_of[id(c)] for c in children])
             if not varying:
                 continue
-            if self._is_lane(n):
-                key, sig, depth[id(n)] = ("lane", n.shape), (n.position.offset,), 0
+            if self._selection(n):
+                self.selections.add(id(n))
+            if lane:
+                key, sig, depth[id(n)] = ("lane", _ids(n.shape)), (n.position.offset,), 0
             else:
                 parts, sig, d = [], (), 0
                 for c in children:
-                    if not self.varying[id(c)]:
-                        parts.append(("same", c))
+                    if not varying_of[id(c)]:
+                        parts.append(("same", id(c)))
                     elif self._hole(c) or depth[id(c)] >= MAX_DEPTH:
-                        parts.append(("input", c.shape))
+                        parts.append(("input", _ids(c.shape)))
                         sig += (c,)
                     else:
-                        parts.append(self.template[id(c)])
-                        sig += self.signature[id(c)]
+                        parts.append(template[id(c)])
+                        sig += signature[id(c)]
                         d = max(d, depth[id(c)] + 1)
-                key, depth[id(n)] = (type(n).__name__, _fields(n), tuple(parts)), d
+                key, depth[id(n)] = (type(n), _fields(n), tuple(parts)), d
                 sig = sig[:16]
-            self.template[id(n)] = keys.setdefault(key, len(keys))
-            self.signature[id(n)] = sig
-            if children and not self._cheap(n):
-                by_template[self.template[id(n)]].append(n)
+            t = template[id(n)] = keys.setdefault(key, len(keys))
+            signature[id(n)] = sig
+            if children and id(n) not in self.selections:
+                by_template[t].append(n)
         groups = [g for g in by_template.values() if len(g) >= MIN_LANES]
         # Bottom up; sums of outer products last, to read rows that other batches stacked.
         groups.sort(key=lambda g: (_expands(g[0]), min(self.index[id(n)] for n in g)))
@@ -138,11 +161,17 @@ class _Batcher:
         """Where `n` stands among its group's members: by the steps it reads, that is its
         unit positions, then the rows its per-step inputs have in batches made before, and
         only last by when it was built (a backward pass builds steps in reverse)."""
-        sig = self.signature[id(n)]
-        units = tuple(e for e in sig if isinstance(e, int))
-        inputs = [e for e in sig if not isinstance(e, int)]
-        rows = tuple(self.placed[id(e)][1] for e in inputs if id(e) in self.placed)
-        return units, rows, tuple(self.index[id(e)] for e in inputs), self.index[id(n)]
+        units, rows, built = [], [], []
+        placed, index = self.placed, self.index
+        for e in self.signature[id(n)]:
+            if type(e) is int:
+                units.append(e)
+                continue
+            where = placed.get(id(e))
+            if where is not None:
+                rows.append(where[1])
+            built.append(index[id(e)])
+        return units, rows, built, index[id(n)]
 
     def _batch(self, members: list[Node]) -> bool:
         """Batch one group if that is valid and pays; whether it was."""
@@ -151,7 +180,8 @@ class _Batcher:
         expands = _expands(members[0])
         if expands and not self._reduced_only(members):
             return False  # an outer product per step: batching would materialize lanes x m x n
-        if self._recurrent(members) and not self._parts(members):
+        used = self._first_use(members)  # no batch is made before it is read again below
+        if self._recurrent(members, used) and not self._parts(members):
             return False  # decided without building a stack of every step's input
         self.inputs: list[Node] = []
         self.stacks: list[tuple[Node, list[Node]]] = []
@@ -171,7 +201,6 @@ class _Batcher:
             if id(stack) not in self.index:
                 self.items[id(stack)] = nodes
         ready = max((self._position(n) for n in self.inputs), default=-1.0)
-        used = self._first_use(members)
         if ready >= used:
             return False
         here = (ready + used) / 2
@@ -187,18 +216,21 @@ class _Batcher:
         return True
 
     def _first_use(self, members: list[Node]) -> float:
-        return min([self.index[id(u)] for m in members for u in self.users[id(m)]] +
-                   [p for m in members for p in self.consumers[id(m)]],
-                   default=len(self.order))
+        # Users are listed in the order's order: each member's first is its earliest.
+        index, users, consumers = self.index, self.users, self.consumers
+        first = [index[id(found[0])] for found in map(users.get, map(id, members)) if found]
+        first += [p for m in members if id(m) in consumers for p in consumers[id(m)]]
+        return min(first, default=len(self.order))
 
-    def _recurrent(self, members: list[Node]) -> bool:
+    def _recurrent(self, members: list[Node], used: float) -> bool:
         """Whether batching is sure to fail the validity check of `_batch`: some per-step input
         (a hole of a member's signature, not itself batched, so it stays where it is in the
         order) comes after a use of a member. That is the recurrence `h_t` from `h_{t-1}`, and
         building its stack of every step first made each such group cost O(steps) nodes."""
-        floor = max((self.index[id(e)] for m in members for e in self.signature[id(m)]
-                     if not isinstance(e, int) and id(e) not in self.rows), default=-1)
-        return floor >= self._first_use(members)
+        index, rows = self.index, self.rows
+        floor = max([index[id(e)] for m in members for e in self.signature[id(m)]
+                     if type(e) is not int and id(e) not in rows], default=-1)
+        return floor >= used
 
     def _parts(self, members: list[Node]) -> list[list[Node]]:
         """The members split by the batches or stacks their per-step inputs are rows of."""
@@ -235,6 +267,14 @@ class _Batcher:
             len({c for c, t in u.terms if id(t) in ids}) == 1
             for u in users.values())
 
+    def _alike(self, olds: tuple[Node, ...]) -> bool:
+        """Whether `olds` are one operation (with the same fields) of as many children."""
+        # Nodes of one template are (its key holds all that): the usual case, told cheaply.
+        template = self.template.get(id(olds[0]))
+        if template is not None and all([self.template.get(id(o)) == template for o in olds]):
+            return True
+        return len({(type(o), _fields(o), len(o.children())) for o in olds}) == 1
+
     def lift(self, olds: tuple[Node, ...], lanes: int, depth: int, top=False):
         """The batched node for `olds` (one per lane) as (node, has the lane axis); for `top`,
         the node alone, or None when the members cannot be batched."""
@@ -256,11 +296,11 @@ class _Batcher:
                 if [o.position.offset for o in olds] == list(range(start, start + lanes)):
                     return Delta(lanes, first.shape[0], start), True
                 return self._stack(olds, lanes), True
-            if any(self._hole(o) for o in olds) or depth >= MAX_DEPTH or \
-                    len({(type(o), _fields(o), len(o.children())) for o in olds}) != 1:
+            if any([self._hole(o) for o in olds]) or depth >= MAX_DEPTH or \
+                    not self._alike(olds):
                 return self._stack(olds, lanes), True
-        parts = [self.lift(tuple(o.children()[i] for o in olds), lanes, depth + 1)
-                 for i in range(len(first.children()))]
+        parts = [self.lift(column, lanes, depth + 1)
+                 for column in zip(*[o.children() for o in olds])]
         node = _lifted(first, parts, lanes)
         if isinstance(first, Prim) or isinstance(first, Contract) and any(
                 not lifted and n.rank for n, lifted in parts):
@@ -314,9 +354,18 @@ class _Batcher:
                     raise _Cycle
                 active.add(id(node))
                 work.append((node, True))
+                if type(node) is Add:
+                    # The terms summed over the lane axis are not read row by row: their
+                    # batched node is, and no pick of a row is built for them (T nodes each).
+                    summed = self.lane_sums[id(node)] = self._lane_sums(node)
+                    if summed:
+                        rows = self.rows
+                        children = [t for c, t in node.terms if id(t) not in rows or
+                                    (id(rows[id(t)][0]), c) not in summed]
+                        children += summed.values()
                 work.extend((c, False) for c in children if id(c) not in self.memo)
                 continue
-            new = [self.memo[id(c)] for c in children]
+            new = [self.memo.get(id(c)) for c in children]  # None: a term summed over lanes
             if isinstance(node, Add):
                 self.memo[id(node)] = self._sum(node, new)
             elif all(a is b for a, b in zip(new, children)):
@@ -325,28 +374,33 @@ class _Batcher:
                 self.memo[id(node)] = _with_children(node, new)
         return self.memo[id(root)]
 
-    def _sum(self, node: Add, new: list[Node]) -> Node:
-        """A sum whose terms include every row of one batched node, with one coefficient,
-        sums over the lane axis instead: `sum_t outer(d_t, h_t)` is `D.T @ H`."""
+    def _lane_sums(self, node: Add) -> dict[tuple, Node]:
+        """(id of a batched node, coefficient) -> that node, for each batched node all of whose
+        rows are terms of `node` with that one coefficient, in the order the terms come."""
         rows = defaultdict(list)
         for coef, term in node.terms:
-            if id(term) in self.rows:
-                batched, row = self.rows[id(term)]
-                rows[(id(batched), coef)].append((row, self.memo[id(batched)]))
-        done: set[tuple] = set()
-        terms = []
-        for (key, coef), found in rows.items():
-            batched = found[0][1]
-            if sorted(r for r, _ in found) == list(range(batched.shape[0].offset)):
-                labels = tuple(range(1, batched.rank))
-                terms.append((coef, build.contract(labels, [(batched, (0, *labels))])))
-                done.add((key, coef))
-        if not done:
+            found = self.rows.get(id(term))
+            if found is not None:
+                rows[(id(found[0]), coef)].append(found)
+        return {key: found[0][0] for key, found in rows.items()
+                if len(found) == found[0][0].shape[0].offset and  # most: a row or two
+                sorted([row for _, row in found]) == list(range(len(found)))}
+
+    def _sum(self, node: Add, new: list) -> Node:
+        """A sum whose terms include every row of one batched node, with one coefficient,
+        sums over the lane axis instead: `sum_t outer(d_t, h_t)` is `D.T @ H`."""
+        summed = self.lane_sums.pop(id(node))
+        if not summed:
             changed = any(a is not b for a, b in zip(new, node.children()))
             return Add(list(zip((c for c, _ in node.terms), new))) if changed else node
+        terms = []
+        for (_, coef), batched in summed.items():
+            batched = self.memo[id(batched)]
+            labels = tuple(range(1, batched.rank))
+            terms.append((coef, build.contract(labels, [(batched, (0, *labels))])))
         for (coef, term), n in zip(node.terms, new):
-            batched = self.rows.get(id(term), (None,))[0]
-            if (id(batched), coef) not in done:
+            found = self.rows.get(id(term))
+            if found is None or (id(found[0]), coef) not in summed:
                 terms.append((coef, n))
         return build.add(terms)
 
@@ -356,16 +410,21 @@ class _Cycle(Exception):
 
 
 def _fields(n: Node) -> tuple:
-    """What besides its children makes a node what it is."""
-    if isinstance(n, Contract):
-        return (n.out, tuple(ls for _, ls in n.operands), n.dims)
-    if isinstance(n, Add):
-        return tuple(c for c, _ in n.terms)
-    if isinstance(n, Map):
+    """What besides its children makes a node what it is (dimensions and nodes by id)."""
+    kind = type(n)
+    if kind is Contract:
+        return (n.out, tuple([ls for _, ls in n.operands]), _ids(n.dims))
+    if kind is Add:
+        return tuple([c for c, _ in n.terms])
+    if kind is Map:
         return (n.fn,)
-    if isinstance(n, Prim):
-        return (n.fn, n.params, n.shape)
-    return (n,)
+    if kind is Prim:
+        return (n.fn, n.params, _ids(n.shape))
+    return (id(n),)
+
+
+def _ids(dims: tuple) -> tuple:
+    return tuple(map(id, dims))
 
 
 def _expands(n: Node) -> bool:

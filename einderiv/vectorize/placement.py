@@ -24,35 +24,59 @@ def prescaled(order: list[Node], temp_name: dict[int, str], fixed: set[int]) -> 
     (other than 1 and -1), where scaling the temporary once costs no more than the uses'
     scalings it replaces (each on the smallest array of its product, as the translator
     places it)."""
-    uses: dict[int, list] = {}  # id of a temporary -> (constant, axes it is scaled on) per use
+    # Per temporary, as its uses are met: the one constant they all scale it by so far (None
+    # once a use scales it by none, or two by different ones: it is not scaled then), how
+    # many uses there are, and what their scalings cost.
+    constant: dict[int, float | None] = {}
+    count: dict[int, int] = {}
+    cost: dict[int, int] = {}
+    ranks: dict[int, int] = {}  # id of a used temporary -> its number of axes
+
+    def use(key: int, c: float | None, axes: int) -> None:
+        seen = constant.get(key, _NONE_YET)
+        if seen is _NONE_YET:
+            constant[key], count[key], cost[key] = c, 1, SIZE ** axes
+        elif seen is not None:
+            if seen is c or seen == c:  # as a set of the constants would tell them apart
+                count[key] += 1
+                cost[key] += SIZE ** axes
+            else:
+                constant[key] = None
+
     for node in order:
-        if isinstance(node, Contract):
-            coef = 1.0
+        found = [c for c in node.children() if id(c) in temp_name]
+        if not found:  # most nodes: nothing to look at
+            continue
+        for c in found:
+            ranks[id(c)] = len(c.shape)
+        kind = type(node)
+        if kind is Contract:
+            coef, arrays = 1.0, []
             for child, _ in node.operands:
-                if isinstance(child, Const):
+                if type(child) is Const:
                     coef *= child.value
-            arrays = [c for c, _ in node.operands if not isinstance(c, Const)]
-            axes = min([node.rank, *(c.rank for c in arrays)]) if len(arrays) > 1 else node.rank
-            found = [id(c) for c in arrays if id(c) in temp_name]
-            for key in set(found):
+                else:
+                    arrays.append(child)
+            rank = len(node.shape)
+            axes = min([rank, *(len(c.shape) for c in arrays)]) if len(arrays) > 1 else rank
+            found = [id(c) for c in found]
+            for key in dict.fromkeys(found):
                 # used twice in one product (t * t), the constant would be needed twice
-                uses.setdefault(key, []).append((coef if found.count(key) == 1 else None, axes))
-        elif isinstance(node, Add):
+                use(key, coef if found.count(key) == 1 else None, axes)
+        elif kind is Add:
             for coef, term in node.terms:
                 if id(term) in temp_name:
-                    uses.setdefault(id(term), []).append((coef, node.rank))
+                    use(id(term), coef, len(node.shape))
         else:
-            for child in node.children():
-                if id(child) in temp_name:
-                    uses.setdefault(id(child), []).append((None, node.rank))
-    ranks = {id(n): n.rank for n in order}
+            for child in found:
+                constant[id(child)] = None
     scale = {}
-    for key, found in uses.items():
-        constants = {c for c, _ in found}
-        if key in fixed or len(found) < 2 or len(constants) != 1:
+    for key, c in constant.items():
+        if c is None or key in fixed or count[key] < 2:
             continue
-        (c,) = constants
-        if c is not None and c not in (1.0, -1.0) and \
-                SIZE ** ranks[key] <= sum(SIZE ** axes for _, axes in found):
+        if c not in (1.0, -1.0) and SIZE ** ranks[key] <= cost[key]:
             scale[key] = c
     return scale
+
+
+_NONE_YET = object()  # no use met yet

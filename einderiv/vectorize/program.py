@@ -14,18 +14,20 @@ from ..ir.names import input_names, output_labels
 from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Size, Unit, Var, topological
 from ..parse import ast
 from ..rulebook import RuleBook, default_rulebook
-from .contraction import ContractionTranslator, Term, _align, broadcast, dimension, number, scaled
+from .contraction import ContractionTranslator, align, broadcast, dimension, number, scaled
 from .lanes import batch_lanes
 from .placement import prescaled
 from .gc_pause import paused_gc
-from .share import MAX_PRINT_HEIGHT, share_repeats
-from .tidy import mean_of, renumber, tidy
+from .share import MAX_PRINT_HEIGHT, finish
+from .tidy import mean_of, tidy_part
 
 INFIX = {"div": "/", "pow": "**"}
 # An expression nesting deeper than this many IR levels is cut into temporaries, so formulas
 # stay readable, parse back under the parser's nesting limit, and are printed without recursion
 # trouble however deep an unrolled network is.
 MAX_INLINE_HEIGHT = 8
+# Nodes that are written where they are used, never as temporaries of their own.
+_LEAF_NODES = frozenset({Var, Const, Size, Delta, Unit})
 
 
 @dataclass
@@ -48,36 +50,45 @@ def vectorize(roots: dict[str, Node], names: dict[Node, str] | None = None,
 def _vectorize(roots, names, rules, declared) -> VectorProgram:
     rules = rules or default_rulebook()
     names = dict(names or {})
+    # One topological order serves every pass until batching changes the graph, if it does.
+    order = topological(*roots.values())
     # The user's names keep their meaning: an output label or a bound name that would rebind
     # one gives way (`dx` when the user bound `dx = tanh(x * y)`), and no temporary takes one.
-    inputs = input_names(roots.values(), declared)
-    roots = batch_lanes(output_labels(roots, names, inputs))
-    order = topological(*roots.values())
-    uses = Counter(id(c) for n in order for c in n.children())
-    uses.update(id(n) for n in roots.values())  # an output used elsewhere is computed once
+    inputs = input_names(roots.values(), declared, order)
+    labelled = output_labels(roots, names, inputs)  # the same nodes, in the same order
+    roots = batch_lanes(labelled, order)
+    if roots is not labelled:
+        order = topological(*roots.values())
+    # Keyed by id: a node's own hash is a Python method, and these are read once per node.
+    bound = {id(n): name for n, name in names.items()}
+    # A plain dict (read with .get): a Counter's missing key is a Python-level call.
+    uses = dict(Counter([id(c) for n in order for c in n.children()]))
+    for n in roots.values():  # an output used elsewhere is computed once
+        uses[id(n)] = uses.get(id(n), 0) + 1
     root_ids = {id(n) for n in roots.values()}
     root_name = {}
     for name, node in roots.items():
         root_name.setdefault(id(node), name)
-    variables = {n.name: n for n in order if isinstance(n, Var)}
+    variables = {n.name: n for n in order if type(n) is Var}
     taken = inputs | set(variables) | set(roots) | set(names.values())
     reserved = set(taken)  # the user's names: every other name is a temporary of ours
     counter = 0
     temp_name: dict[int, str] = {}
     bound_names: set[str] = set()
+    # How deeply each node nests inline, up to its named children (a temporary's is 0).
     height: dict[int, int] = {}
     for n in order:
-        inline = [height[id(c)] for c in n.children() if id(c) not in temp_name]
-        height[id(n)] = 1 + max(inline, default=0)
-        if isinstance(n, (Var, Const, Size, Delta, Unit)):
+        key = id(n)
+        inline = [height[id(c)] for c in n.children()]
+        h = height[key] = 1 + max(inline) if inline else 1
+        if type(n) in _LEAF_NODES:
             continue
-        too_deep = height[id(n)] >= MAX_INLINE_HEIGHT
-        if not too_deep and not _worth_a_name(n, uses, names):
+        if h < MAX_INLINE_HEIGHT and not _worth_a_name(n, uses, bound):
             continue
-        if id(n) in root_ids and uses[id(n)] <= 1 and n not in names:
+        if key in root_ids and uses.get(key, 0) <= 1 and key not in bound:
             continue  # an output is a statement of its own already
-        height[id(n)] = 0
-        name = root_name.get(id(n)) or names.get(n)
+        height[key] = 0
+        name = root_name.get(key) or bound.get(key)
         # Every name is bound once (`a = a * a` rebinding a user's name gets a fresh one), so a
         # name means one value everywhere in the program.
         if name is None or name in inputs or name in bound_names:
@@ -86,41 +97,26 @@ def _vectorize(roots, names, rules, declared) -> VectorProgram:
             name = f"t{counter}"
             taken.add(name)
         bound_names.add(name)
-        temp_name[id(n)] = name
-    scale = prescaled(order, temp_name, root_ids | {id(n) for n in names})
+        temp_name[key] = name
+    scale = prescaled(order, temp_name, root_ids | set(bound))
     translator = _Translator(temp_name, rules, scale)
     # Outputs and the user's names keep their whole shape (only our temporaries are narrowed).
     temporaries = [(temp_name[id(n)], translator.define_temporary(n, id(n) in root_ids
-                                                                  or n in names))
+                                                                  or id(n) in bound))
                    for n in order if id(n) in temp_name]
     outputs = [(name, translator.expr(node)) for name, node in roots.items()]
-    temporaries, outputs = share_repeats(temporaries, outputs, taken, limit=MAX_PRINT_HEIGHT)
-    # After sharing: a repeated part is a name by then, which tidying leaves whole (`-t1`
-    # where `t1 = y * t0` is shared, not `-y * t0`).
-    temporaries, outputs = tidy(temporaries, outputs)
-    temporaries = _used(temporaries, outputs)
-    temporaries, outputs = renumber(temporaries, outputs, reserved)
+    # Shared, cut, tidied and numbered in one walk. Tidied after sharing: a repeated part is a
+    # name by then, which tidying leaves whole (`-t1` where `t1 = y * t0` is shared, not
+    # `-y * t0`).
+    temporaries, outputs = finish(temporaries, outputs, reserved, limit=MAX_PRINT_HEIGHT,
+                                  rewrite=tidy_part)
     return VectorProgram(temporaries, outputs, variables, dict(declared or {}))
 
 
-def _used(temporaries: list, outputs: list) -> list:
-    """The temporaries some later line or output reads (batching can leave one unread)."""
-    from .share import names_in
-    needed = set()
-    for _, expr in outputs:
-        needed |= names_in(expr)
-    kept = []
-    for name, expr in reversed(temporaries):
-        if name in needed:
-            kept.append((name, expr))
-            needed |= names_in(expr)
-    return kept[::-1]
-
-
-def _worth_a_name(node: Node, uses: Counter, names) -> bool:
-    if node in names:
+def _worth_a_name(node: Node, uses: dict, bound: dict) -> bool:
+    if id(node) in bound:
         return True
-    if uses[id(node)] < 2:
+    if uses.get(id(node), 0) < 2:
         return False
     # A transpose or a broadcast costs nothing to repeat (its operand gets a name of its own
     # where that is worth one): its uses broadcast the operand themselves.
@@ -136,6 +132,12 @@ class _Translator:
         self.rules = rules
         self.scale = scale or {}  # temporary -> the constant it is computed with (placement)
         self.narrowed: dict[int, tuple] = {}  # temporary -> the axes it is written with
+        # id of a node written inline -> its (expression, axes): one written the same way
+        # wherever it is used (the broadcast `1` in each of 20,000 terms) is translated once,
+        # and its syntax tree shared by those uses (no pass changes a tree in place).
+        self.inline: dict[int, tuple] = {}
+        self.alive: list[Node] = []  # keeps the ids in `inline` unique (some nodes are built
+        # here, `_outer_pair`'s factors, and would die, their ids taken by the next ones)
 
     def expr(self, node: Node) -> ast.Expr:
         """The expression for `node` where it is used: a temporary's name if it has one."""
@@ -144,24 +146,31 @@ class _Translator:
     def narrow(self, node: Node) -> tuple[ast.Expr, tuple]:
         """(expression, axes): `node` written with only the axes it does not merely broadcast,
         aligned among themselves; where it is used, numpy's broadcasting does the rest."""
-        name = self.temp_name.get(id(node))
+        key = id(node)
+        name = self.temp_name.get(key)
         if name is not None:
-            return ast.Name(name), self.narrowed.get(id(node), tuple(range(node.rank)))
-        return self._narrow_definition(node)
+            return ast.Name(name), self.narrowed.get(key, tuple(range(len(node.shape))))
+        found = self.inline.get(key)
+        if found is None:
+            found = self.inline[key] = self._narrow_definition(node)
+            self.alive.append(node)
+        return found
 
     def _narrow_definition(self, node: Node) -> tuple[ast.Expr, tuple]:
-        mean = mean_of(node, self.temp_name)
-        if mean is not None:  # the user's mean, not the sum and division it expands to
-            return self._reduction("mean", *mean), tuple(range(node.rank))
-        if isinstance(node, Contract):
+        kind = type(node)
+        if kind is Contract or kind is Map and node.fn == "div":
+            mean = mean_of(node, self.temp_name)
+            if mean is not None:  # the user's mean, not the sum and division it expands to
+                return self._reduction("mean", *mean), tuple(range(node.rank))
+        if kind is Contract:
             node = self._transposed_product(node)
             return ContractionTranslator(node, self.expr, self.narrow,
                                          self.scale).narrow_result()
-        if isinstance(node, Add):
+        if kind is Add:
             return self._sum(node)
-        if isinstance(node, Map) and node.fn not in INFIX:
+        if kind is Map and node.fn not in INFIX:
             return self._map(node, ast.Call, node.fn)
-        if isinstance(node, Map) and len(node.args) == 2:
+        if kind is Map and len(node.args) == 2:
             return self._map(node, ast.BinOp, INFIX[node.fn])
         return self.define(node), tuple(range(node.rank))
 
@@ -193,7 +202,7 @@ class _Translator:
         """An elementwise function broadcasts its arguments: each is written narrow."""
         args = [self.narrow(a) for a in node.args]
         axes = tuple(sorted({a for _, present in args for a in present}))
-        aligned = [_align(Term(e, present), axes) for e, present in args]
+        aligned = [align(e, present, axes) for e, present in args]
         return (make(fn, *aligned) if make is ast.BinOp else make(fn, tuple(aligned))), axes
 
     def define(self, node: Node) -> ast.Expr:
@@ -277,7 +286,7 @@ class _Translator:
         axes = tuple(sorted({a for _, (_, present) in terms for a in present}))
         result = None
         for coef, (expr, present) in terms:
-            expr = _align(Term(expr, present), axes)
+            expr = align(expr, present, axes)
             if result is None:
                 result = scaled(coef, expr)
             elif coef < 0:

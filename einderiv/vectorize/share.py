@@ -10,129 +10,176 @@ of the program and uses an explicit stack, however deeply an expression nests.
 """
 from __future__ import annotations
 
+import re
+
 from ..parse import ast
 
 # Expressions with no parts: never replaced, and told apart by their value alone.
 _LEAVES = frozenset({ast.Name, ast.Number, ast.String, ast.NoneLit})
-# Only expressions that do work are worth a name: not names, numbers or plain views.
-_WORK = (ast.BinOp, ast.Call, ast.UnaryOp)
 # Calls whose arguments are only dimensions (`ones(1)`, `eye(n)`) cost nothing to repeat.
 _CONSTANT_CALLS = {"ones", "zeros", "eye", "size"}
 # An expression nesting deeper than this is cut into temporaries, so that every printer (each
 # recursive, a few frames per level) prints it whole, with no elision and no recursion trouble,
 # and its text parses back under the parser's bracket nesting limit.
 MAX_PRINT_HEIGHT = 40
+# The names the vectorizer gives its own temporaries.
+_TEMPORARY = re.compile(r"t\d+")
 
 
-def share_repeats(temporaries: list, outputs: list, taken: set,
-                  limit: int | None = None) -> tuple[list, list]:
+def share_repeats(temporaries: list, outputs: list, taken: set, limit: int | None = None,
+                  rewrite=None) -> tuple[list, list]:
     """Name each work expression that would be printed more than once: defined once, as a new
     temporary before the first line that uses it. A line's whole expression stays that line's.
-    With a `limit`, also `cut_deep` in the same pass (one walk of a long program, not two)."""
+    With a `limit`, also `cut_deep` in the same pass; with `rewrite` (a function of one part whose
+    children are rewritten already: tidy's rules), every part of every line is rewritten by it on
+    the way too. One walk of a long program, not three."""
     lines = [*temporaries, *outputs]
     table = _Structure()
     roots = [table.intern(expr) for _, expr in lines]
-    inside = [0] * len(table.children)  # how often printed inside another printed expression
-    as_root = [0] * len(table.children)
-    for r in roots:
-        as_root[r] += 1
-    named = [False] * len(table.children)
-    # Parents have larger numbers than their children: count from the outside in, so that a
-    # repeated expression given a name is printed once, and its insides with it.
-    for s in range(len(table.children) - 1, -1, -1):
-        named[s] = table.work[s] and inside[s] >= 1 and inside[s] + as_root[s] >= 2
-        printed = as_root[s] + 1 if named[s] else inside[s] + as_root[s]
-        if printed:
-            for c in table.children[s]:
-                inside[c] += printed
-    if not any(named):
-        return (temporaries, outputs) if limit is None else \
-            cut_deep(temporaries, outputs, taken, limit)
-    fresh = _Fresh(taken)
-    name_of: dict[int, str] = {}
-    cut = _Cutter(fresh, limit)
+    named = table.repeated(roots)
+    if limit is None and rewrite is None and not any(named):
+        return temporaries, outputs
+    return _rewrite(table, lines, roots, len(temporaries), named, _Fresh(taken), limit, rewrite)
 
-    def replace(e, emit):
-        name = name_of.get(table.of(e))  # defined already: its name, without looking inside
-        return (None, False) if name is None else (ast.Name(name), True)
 
-    def define(e, rebuilt, emit):
-        s = table.of(e)
-        if not named[s]:
-            return rebuilt if limit is None else cut(e, rebuilt, emit)
-        name_of[s] = temp = fresh()
-        emit((temp, rebuilt))
-        return ast.Name(temp)
-
-    return _rewrite(lines, len(temporaries), replace, define)
+def finish(temporaries: list, outputs: list, reserved: set, limit: int | None = None,
+           rewrite=None) -> tuple[list, list]:
+    """`share_repeats` (with `limit` and `rewrite`) of a whole program, which is finished in the
+    same walk: the temporaries no output needs are dropped first (batching can leave one
+    unread), and ours (`t<k>`, not in `reserved`: the user's names) are named t0, t1, ... in
+    the order they are defined, new ones included (sharing and cutting add some)."""
+    lines = [*temporaries, *outputs]
+    table = _Structure()
+    roots = [table.intern(expr) for _, expr in lines]
+    live = table.live(lines, roots, len(temporaries))
+    if live is not None:  # unread temporaries: gone before they count as uses
+        n_temporaries = sum(live[:len(temporaries)])
+        lines = [line for line, keep in zip(lines, live) if keep]
+        roots = [root for root, keep in zip(roots, live) if keep]
+    else:
+        n_temporaries = len(temporaries)
+    named = table.repeated(roots)
+    return _rewrite(table, lines, roots, n_temporaries, named, _Numbering(reserved), limit,
+                    rewrite, reserved)
 
 
 def cut_deep(temporaries: list, outputs: list, taken: set,
              limit: int = MAX_PRINT_HEIGHT) -> tuple[list, list]:
     """Cut every work expression that nests `limit` levels deep into a temporary (a sum of 500
     terms becomes a few lines of partial sums, added in the same order)."""
-    def keep(e, emit):
-        return None, False
-
-    return _rewrite([*temporaries, *outputs], len(temporaries), keep,
-                    _Cutter(_Fresh(taken), limit))
-
-
-class _Cutter:
-    """`define` for `_rewrite` that names a work expression nesting `limit` levels deep."""
-
-    def __init__(self, fresh, limit: int):
-        self.fresh, self.limit = fresh, limit
-        self.height: dict[int, int] = {}  # id of a rewritten node -> how deeply it nests
-        self.alive: list = []  # keeps the ids in `height` unique
-
-    def __call__(self, e, rebuilt, emit):
-        height = self.height
-        h = 1 + max((height.get(id(c), type(c) in _LEAVES) for c in _children(rebuilt)),
-                    default=0)
-        if h >= self.limit and isinstance(rebuilt, _WORK) and not _trivial(rebuilt):
-            temp = self.fresh()
-            emit((temp, rebuilt))
-            rebuilt, h = ast.Name(temp), 0
-        height[id(rebuilt)] = h
-        self.alive.append(rebuilt)
-        return rebuilt
+    lines = [*temporaries, *outputs]
+    table = _Structure()
+    roots = [table.intern(expr) for _, expr in lines]
+    return _rewrite(table, lines, roots, len(temporaries), [False] * len(table.kids),
+                    _Fresh(taken), limit, None)
 
 
-def _rewrite(lines: list, n_temporaries: int, replace, define) -> tuple[list, list]:
-    """Rebuild every line bottom-up, without recursion and without changing the given trees.
+def _rewrite(table: "_Structure", lines: list, roots: list, n_temporaries: int, named: list,
+             fresh, limit: int | None, rewrite, reserved: set | None = None
+             ) -> tuple[list, list]:
+    """Rebuild every line children first, without recursion and without changing the given
+    trees: a `named` structure becomes a temporary (named by `fresh()`) where it is first met
+    (defined before the line being rebuilt) and its name everywhere after; with a `limit`, a
+    work expression that would nest `limit` levels deep becomes a temporary too; `rewrite`, if
+    given, rewrites each rebuilt part. A line's whole expression is rebuilt but never replaced.
+    With `reserved`, each temporary `t<k>` not in it is renamed `fresh()` where it is defined,
+    and read by that name after.
 
-    `replace(e, emit)` -> (expr, True) stands in for a subexpression without looking inside it;
-    `define(e, rebuilt, emit)` -> what a subexpression becomes once its children are rebuilt
-    (`rebuilt`). `emit((name, expr))` adds a temporary before the line being rebuilt. A line's
-    whole expression is rebuilt but never replaced."""
+    Each structure is rebuilt once, however many times it occurs: one that occurs twice outside
+    line roots is a name by then, unless it does no work (`t0[1]`, `x.T`), and then it is the
+    same expression wherever it is."""
+    kids, rep, kind = table.kids, table.rep, table.kind
+    # What each structure became: None while it is not rebuilt yet, False for a leaf (a name
+    # or a number stands for itself: the parent keeps its own child object).
+    result: list = [False if t in _LEAVES else None for t in map(type, rep)]
+    # How deeply that nests as built (before `rewrite`): 1 for a leaf or a name, 0 for a cut.
+    height = [1] * len(kids)
+    # Whether that is a name or a number: a minus of one does no work (`-x`) and is not cut.
+    plain = [t is ast.Name or t is ast.Number for t in map(type, rep)]
     temps, outs = [], []
-    done: dict[int, ast.Expr] = {}  # id of a given subexpression -> what it became
-    keep_alive = []  # the ids in `done` stay unique while it lives
-    for index, (name, expr) in enumerate(lines):
-        emit = temps.append
-        # Leaves (names, numbers) are never replaced: they stand for themselves unvisited.
-        stack = [(c, False) for c in _children(expr) if type(c) not in _LEAVES]
+    for index, ((name, expr), root) in enumerate(zip(lines, roots)):
+        # Structure s is pushed as s to be expanded, as ~s (negative) once its kids are done.
+        stack = [c for c in kids[root] if result[c] is None]
         while stack:
-            e, ready = stack.pop()
-            if id(e) in done:
+            s = stack.pop()
+            if s >= 0:
+                if result[s] is None:
+                    stack.append(~s)
+                    stack += [c for c in kids[s] if result[c] is None]
                 continue
-            if not ready:
-                stand_in, hit = replace(e, emit)
-                if hit:
-                    done[id(e)] = stand_in
-                    keep_alive.append(e)
+            s = ~s
+            if result[s] is not None:
+                continue
+            e, ks = rep[s], kids[s]
+            if type(e) is ast.BinOp:  # most parts: rebuilt here, not by `_rebuilt`
+                a, b = ks
+                left, right = result[a] or e.left, result[b] or e.right
+                node = e if left is e.left and right is e.right else \
+                    ast.BinOp(e.op, left, right)
+                h = 1 + (height[a] if height[a] > height[b] else height[b])
+            else:
+                node = _rebuilt(e, [result[c] for c in ks])
+                h = 1 + max([height[c] for c in ks]) if ks else 1
+            if rewrite is not None:
+                node = rewrite(node)
+            if named[s]:
+                temp = fresh()
+                temps.append((temp, node))
+                result[s], plain[s] = ast.Name(temp), True
+                continue
+            if limit is not None:
+                if h >= limit and (kind[s] == 1 or kind[s] == 2 and not plain[ks[0]]):
+                    temp = fresh()
+                    temps.append((temp, node))
+                    result[s], height[s], plain[s] = ast.Name(temp), 0, True
                     continue
-                stack.append((e, True))
-                stack.extend((c, False) for c in _children(e)
-                             if type(c) not in _LEAVES and id(c) not in done)
-                continue
-            done[id(e)] = define(e, _with_children(e, [done.get(id(c), c) for c in _children(e)]),
-                                 emit)
-            keep_alive.append(e)
-        line = (name, _with_children(expr, [done.get(id(c), c) for c in _children(expr)]))
-        (temps if index < n_temporaries else outs).append(line)
+                height[s] = h
+            result[s] = node
+        if type(expr) is ast.Name and result[root]:  # a temporary's name, renamed
+            line = result[root]
+        else:
+            line = _rebuilt(expr, [result[c] for c in kids[root]])
+            if rewrite is not None:
+                line = rewrite(line)
+        if index >= n_temporaries:
+            outs.append((name, line))
+            continue
+        if reserved is not None and name not in reserved and _TEMPORARY.fullmatch(name):
+            new = fresh()
+            # Every later line reads it by its new name: it is read after it is defined.
+            read = table.numbers.get(_name_key(name))
+            if read is not None and new != name:
+                result[read] = ast.Name(new)
+            name = new
+        temps.append((name, line))
     return temps, outs
+
+
+def _rebuilt(e, new: list):
+    """`e` with its replaceable children swapped for `new` (False: that child kept as it is):
+    `e` itself when none changed."""
+    t = type(e)
+    if t is ast.BinOp:
+        left, right = new
+        left = left or e.left
+        right = right or e.right
+        if left is e.left and right is e.right:
+            return e
+        return ast.BinOp(e.op, left, right)
+    if not new:
+        return e
+    if t is ast.Call:
+        old = _children(e)
+        children = [n or o for n, o in zip(new, old)]
+        return _with_children(e, children)
+    (child,) = new
+    if not child or child is e.operand:
+        return e
+    if t is ast.UnaryOp:
+        return ast.UnaryOp(e.op, child)
+    if t is ast.Attribute:
+        return ast.Attribute(child, e.attr)
+    return ast.Index(child, e.items)
 
 
 class _Fresh:
@@ -150,6 +197,20 @@ class _Fresh:
         return name
 
 
+class _Numbering:
+    """Hands out the names t0, t1, ... in turn, skipping `reserved`."""
+
+    def __init__(self, reserved: set):
+        self.reserved = reserved
+        self.counter = 0
+
+    def __call__(self) -> str:
+        while f"t{self.counter}" in self.reserved:
+            self.counter += 1
+        self.counter += 1
+        return f"t{self.counter - 1}"
+
+
 class _Structure:
     """Hash-consing of syntax trees: `intern(e)` numbers `e` and every part of it so that two
     parts get the same number exactly when they are the same expression. Numbers grow from the
@@ -158,112 +219,216 @@ class _Structure:
     def __init__(self):
         self.numbers: dict[tuple, int] = {}
         self.memo: dict[int, int] = {}  # id of a node -> its number
-        self.alive: list = []  # keeps the ids in `memo` unique
-        self.children: list[tuple[int, ...]] = []  # number -> numbers of its replaceable children
+        self.kids: list[tuple[int, ...]] = []  # number -> numbers of its replaceable children
         self.work: list[bool] = []  # number -> worth a name
-
-    def of(self, e) -> int:
-        return self.memo[id(e)]
+        # number -> 1 for work (a product, a call), 2 for a sign (work unless of a name or a
+        # number), 0 for the rest (views, constants, leaves): what a cut may name.
+        self.kind: list[int] = []
+        self.rep: list = []  # number -> the first node seen with it
 
     def intern(self, root) -> int:
-        memo, numbers, alive = self.memo, self.numbers, self.alive
-        stack = [(root, None)]
-        while stack:
-            e, parts = stack.pop()
+        """`root`'s number (every part of it numbered too). Numbers are kept by the id of a
+        part: the caller keeps `root` alive while it uses them."""
+        memo, numbers, kids, rep = self.memo, self.numbers, self.kids, self.rep
+        number = self._number
+        stack = [root]
+        while stack:  # a part stays on the stack until its parts are numbered
+            e = stack[-1]
             if id(e) in memo:
+                stack.pop()
                 continue
-            if parts is None:  # first visit: its parts first, then itself with them
-                parts = _parts(e)
-                if parts:
-                    stack.append((e, parts))
-                    for p in parts:
-                        if p is None or id(p) in memo:
-                            continue
-                        if type(p) in _LEAVES:  # numbered here: no visit of its own
-                            self._number(p, ())
-                        else:
-                            stack.append((p, None))
+            if type(e) is ast.BinOp:  # most parts: numbered here, not by `_number`
+                left, right = e.left, e.right
+                a, b = memo.get(id(left)), memo.get(id(right))
+                if a is None:
+                    if type(left) in _LEAVES:
+                        a = number(left)
+                    else:
+                        stack.append(left)
+                if b is None:
+                    if type(right) in _LEAVES:
+                        b = number(right)
+                    else:
+                        stack.append(right)
+                if a is None or b is None:
                     continue
-            self._number(e, tuple([None if p is None else memo[id(p)] for p in parts]))
+                key = (0, e.op, a, b)
+                s = numbers.get(key)
+                if s is None:
+                    s = numbers[key] = len(kids)
+                    kids.append((a, b))
+                    self.kind.append(1)
+                    self.work.append(True)
+                    rep.append(e)
+                memo[id(e)] = s
+                stack.pop()
+                continue
+            waiting = False
+            for p in _parts(e):
+                if p is not None and id(p) not in memo:
+                    if type(p) in _LEAVES:  # numbered here: no visit of its own
+                        number(p)
+                    else:
+                        stack.append(p)
+                        waiting = True
+            if not waiting:
+                stack.pop()
+                number(e)
         return memo[id(root)]
 
-    def _number(self, e, part_numbers: tuple) -> None:
-        key = _shape_key(e, part_numbers)
-        number = self.numbers.get(key)
-        if number is None:
-            number = self.numbers[key] = len(self.children)
-            memo = self.memo
-            self.children.append(tuple([memo[id(c)] for c in _children(e)]))
-            self.work.append(isinstance(e, _WORK) and not _trivial(e))
-        self.memo[id(e)] = number
-        self.alive.append(e)
+    def live(self, lines: list, roots: list, n_temporaries: int) -> list[bool] | None:
+        """Whether each line is needed: an output, or a temporary a needed line reads. None
+        when every one is (so when every temporary is read by some line: the last unread one
+        would be read by none)."""
+        numbers = self.numbers
+        if all(_name_key(name) in numbers for name, _ in lines[:n_temporaries]):
+            return None
+        temporary = {numbers.get(_name_key(name)): name for name, _ in lines[:n_temporaries]}
+        kids, needed, seen = self.kids, set(), bytearray(len(self.kids))
+        live = [False] * len(lines)
+        for index in range(len(lines) - 1, -1, -1):
+            if index < n_temporaries and lines[index][0] not in needed:
+                continue
+            live[index] = True
+            stack = [roots[index]]
+            while stack:
+                s = stack.pop()
+                if seen[s]:
+                    continue
+                seen[s] = 1
+                if s in temporary:
+                    needed.add(temporary[s])
+                stack += kids[s]
+        return live
+
+    def repeated(self, roots: list) -> list[bool]:
+        """number -> whether it is named: work that would be printed more than once, and not
+        only as a line's whole expression. Parents have larger numbers than their children:
+        counted from the outside in, so that a repeated expression given a name is printed
+        once, and its insides with it."""
+        kids, work = self.kids, self.work
+        inside = [0] * len(kids)  # how often printed inside another printed expression
+        as_root = [0] * len(kids)
+        for r in roots:
+            as_root[r] += 1
+        named = [False] * len(kids)
+        for s in range(len(kids) - 1, -1, -1):
+            printed = inside[s] + as_root[s]
+            if not printed:
+                continue
+            if work[s] and inside[s] and printed >= 2:
+                named[s] = True
+                printed = as_root[s] + 1
+            for c in kids[s]:
+                inside[c] += printed
+        return named
+
+    def _number(self, e) -> int:
+        memo = self.memo
+        t = type(e)
+        kind = 0
+        if t is ast.BinOp:
+            a, b = memo[id(e.left)], memo[id(e.right)]
+            key, kids, kind = (0, e.op, a, b), (a, b), 1
+        elif t is ast.Number:
+            v = float(e.value)
+            # By value, but by repr where values mislead: -0.0 is not 0.0, and nan is nan.
+            key, kids = (1, v) if v == v and v else (1, repr(v)), ()
+        elif t is ast.Name:
+            key, kids = _name_key(e.id), ()
+        elif t is ast.Call:
+            numbers = tuple([memo[id(p)] for p in _parts(e)])
+            key = (3, e.func, len(e.args), tuple([k for k, _ in e.kwargs]), numbers,
+                   getattr(e, "broadcast", False), _shapes(e))
+            if e.func in _CONSTANT_CALLS:  # `eye(n + 1)`: dimensions
+                kids = ()
+            else:
+                kids, kind = tuple([memo[id(a)] for a in e.args
+                                    if not isinstance(a, (ast.String, ast.Tuple))]), 1
+        elif t is ast.UnaryOp:
+            a = memo[id(e.operand)]
+            key, kids, kind = (4, e.op, a), (a,), 2
+        elif t is ast.Attribute:
+            a = memo[id(e.operand)]
+            key, kids = (5, e.attr, a), (a,)
+        elif t is ast.Index:
+            a = memo[id(e.operand)]
+            key, kids = (6, a, tuple([memo[id(i)] for i in e.items])), (a,)
+        elif t is ast.Slice or t is ast.Tuple:
+            key, kids = (7, t, tuple([None if p is None else memo[id(p)] for p in _parts(e)])), ()
+        elif t is ast.String:
+            key, kids = (8, e.value), ()
+        elif t is ast.NoneLit:
+            key, kids = (9,), ()
+        else:
+            key, kids = (10, id(e)), ()  # equal to nothing else
+        s = self.numbers.get(key)
+        if s is None:
+            s = self.numbers[key] = len(self.kids)
+            self.kids.append(kids)
+            self.kind.append(kind)
+            self.work.append(kind == 1 or kind == 2 and
+                             type(e.operand) is not ast.Name and type(e.operand) is not ast.Number)
+            self.rep.append(e)
+        memo[id(e)] = s
+        return s
 
 
-def _parts(e) -> list:
+def _name_key(name: str) -> tuple:
+    """The structure key of the name `name`."""
+    return (2, name)
+
+
+def _shapes(call) -> tuple | None:
+    """The operand shapes an einsum call carries for the code generator: part of what it is."""
+    shapes = getattr(call, "operand_shapes", None)
+    return None if shapes is None else tuple(shapes)
+
+
+def _parts(e) -> tuple:
     """Every subexpression that tells `e` apart, in a fixed order (None for an absent bound)."""
-    if isinstance(e, ast.BinOp):
-        return [e.left, e.right]
-    if isinstance(e, (ast.UnaryOp, ast.Attribute)):
-        return [e.operand]
-    if isinstance(e, ast.Index):
-        return [e.operand, *e.items]
-    if isinstance(e, ast.Slice):
-        return [e.lo, e.hi]
-    if isinstance(e, ast.Tuple):
-        return list(e.items)
-    if isinstance(e, ast.Call):
-        return [*e.args, *(v for _, v in e.kwargs)]
-    return []
-
-
-def _shape_key(e, parts: tuple) -> tuple:
-    if isinstance(e, ast.Number):
-        return ("number", repr(float(e.value)))  # repr: -0.0 is not 0.0, nan is nan
-    if isinstance(e, ast.Name):
-        return ("name", e.id)
-    if isinstance(e, ast.String):
-        return ("string", e.value)
-    if isinstance(e, ast.NoneLit):
-        return ("none",)
-    if isinstance(e, (ast.BinOp, ast.UnaryOp)):
-        return (type(e).__name__, e.op, parts)
-    if isinstance(e, ast.Attribute):
-        return ("attribute", e.attr, parts)
-    if isinstance(e, (ast.Index, ast.Slice, ast.Tuple)):
-        return (type(e).__name__, parts)
-    if isinstance(e, ast.Call):
-        return ("call", e.func, len(e.args), tuple(k for k, _ in e.kwargs), parts)
-    return ("unknown", id(e))  # equal to nothing else
-
-
-def _trivial(e) -> bool:
-    return (isinstance(e, ast.Call) and e.func in _CONSTANT_CALLS) or \
-        (isinstance(e, ast.UnaryOp) and isinstance(e.operand, (ast.Name, ast.Number)))
+    t = type(e)
+    if t is ast.BinOp:
+        return (e.left, e.right)
+    if t is ast.Call:
+        return (*e.args, *[v for _, v in e.kwargs]) if e.kwargs else e.args
+    if t is ast.UnaryOp or t is ast.Attribute:
+        return (e.operand,)
+    if t is ast.Index:
+        return (e.operand, *e.items)
+    if t is ast.Slice:
+        return (e.lo, e.hi)
+    if t is ast.Tuple:
+        return e.items
+    return ()
 
 
 def _children(e):
     """The subexpressions that may be replaced by a name (not dimensions, strings, axes)."""
-    if isinstance(e, ast.BinOp):
+    t = type(e)
+    if t is ast.BinOp:
         return [e.left, e.right]
-    if isinstance(e, (ast.UnaryOp, ast.Attribute, ast.Index)):
+    if t is ast.UnaryOp or t is ast.Attribute or t is ast.Index:
         return [e.operand]
-    if isinstance(e, ast.Call) and e.func not in _CONSTANT_CALLS:  # `eye(n + 1)`: dimensions
+    if t is ast.Call and e.func not in _CONSTANT_CALLS:  # `eye(n + 1)`: dimensions
         return [a for a in e.args if not isinstance(a, (ast.String, ast.Tuple))]
     return []
 
 
 def _with_children(e, children: list):
     """`e` with its replaceable children swapped for `children`: `e` itself when none changed."""
+    t = type(e)
+    if t is ast.BinOp:
+        left, right = children
+        return e if left is e.left and right is e.right else ast.BinOp(e.op, left, right)
     old = _children(e)
     if all(a is b for a, b in zip(old, children)):
         return e
-    if isinstance(e, ast.BinOp):
-        return ast.BinOp(e.op, *children)
-    if isinstance(e, ast.UnaryOp):
+    if t is ast.UnaryOp:
         return ast.UnaryOp(e.op, children[0])
-    if isinstance(e, ast.Attribute):
+    if t is ast.Attribute:
         return ast.Attribute(children[0], e.attr)
-    if isinstance(e, ast.Index):
+    if t is ast.Index:
         return ast.Index(children[0], e.items)
     new = iter(children)
     call = ast.Call(e.func, tuple(a if isinstance(a, (ast.String, ast.Tuple)) else next(new)
@@ -278,9 +443,14 @@ def names_in(expr) -> set[str]:
     found, stack = set(), [expr]
     while stack:
         e = stack.pop()
-        if isinstance(e, ast.Name):
+        t = type(e)
+        if t is ast.Name:
             found.add(e.id)
-        stack.extend(_children(e))
-        if isinstance(e, ast.Index):
-            stack.extend(i for i in e.items if isinstance(i, ast.Expr))
+        elif t is ast.BinOp:
+            stack += (e.left, e.right)
+        elif t is ast.Index:
+            stack.append(e.operand)
+            stack += [i for i in e.items if isinstance(i, ast.Expr)]
+        elif t is not ast.Number:
+            stack += _children(e)
     return found

@@ -20,20 +20,18 @@ in the order they are defined.
 """
 from __future__ import annotations
 
-import re
 from math import prod
 
 from ..ir.nodes import Const, Contract, Map, Size
 from ..parse import ast
 from .contraction import number
-from .share import _children, _with_children
+from .share import _TEMPORARY, _children, _with_children
 
 # Subexpressions compared for equal factors have at most this many parts: enough for
 # `t0[:, None]` or `sigmoid(-x)`, and a bound on the work at each product.
 MAX_COMPARED_PARTS = 24
 # A product is searched for a repeated factor over at most this many factors.
 MAX_SEARCHED_FACTORS = 16
-_TEMPORARY = re.compile(r"t\d+")
 
 
 def tidy(temporaries: list, outputs: list) -> tuple[list, list]:
@@ -41,6 +39,12 @@ def tidy(temporaries: list, outputs: list) -> tuple[list, list]:
     rewrite = _bottom_up(lambda e, rebuilt: _local(rebuilt))
     return ([(name, rewrite(e)) for name, e in temporaries],
             [(name, rewrite(e)) for name, e in outputs])
+
+
+def tidy_part(e: ast.Expr) -> ast.Expr:
+    """`e`, whose children are tidied already, by the rules above (for a pass that rebuilds
+    the program bottom-up anyway: `share_repeats`)."""
+    return _local(e)
 
 
 def _bottom_up(make):
@@ -92,6 +96,12 @@ def mean_of(node, named) -> tuple | None:
     one over the axes' sizes that are numbers, divided by those that are names; so that it
     prints as the user wrote it. None otherwise, or when the sum is a temporary of its own
     (`named`: ids of nodes with one), which the division then reads."""
+    if type(node) is Contract and len(node.dims) == len(node.out):
+        # Nothing summed: a mean only as a scaled sum of its own (`0.5 * sum(x, 0)`), which
+        # most products (`c * x`) are not; they are told apart here, once per node translated.
+        ops = node.operands
+        if len(ops) != 2 or type(ops[0][0]) is not Const or type(ops[1][0]) is not Contract:
+            return None
     total, sizes = node, []
     if isinstance(node, Map) and node.fn == "div" and len(node.args) == 2:
         total, size = node.args
@@ -125,22 +135,31 @@ def mean_of(node, named) -> tuple | None:
 # -- the rules -----------------------------------------------------------------------------------
 
 def _local(e: ast.Expr) -> ast.Expr:
-    if isinstance(e, ast.BinOp):
+    # Each rule is given `e` too, and returns it where it changes nothing: most parts.
+    kind = type(e)
+    if kind is ast.BinOp:
         rule = _BINARY.get(e.op)
-        return e if rule is None else rule(e.left, e.right)
-    if isinstance(e, ast.UnaryOp) and e.op == "-":
-        return _neg(e.operand)
+        return e if rule is None else rule(e.left, e.right, e)
+    if kind is ast.UnaryOp and e.op == "-":
+        return _neg(e.operand, e)
     return e
 
 
-def _neg(e: ast.Expr) -> ast.Expr:
+def _binary(op: str, a: ast.Expr, b: ast.Expr, same: ast.BinOp | None) -> ast.BinOp:
+    """`a op b`: `same` itself where it is that."""
+    if same is not None and same.op == op and same.left is a and same.right is b:
+        return same
+    return ast.BinOp(op, a, b)
+
+
+def _neg(e: ast.Expr, same: ast.UnaryOp | None = None) -> ast.Expr:
     """`-e`: no double minus, and a product's or quotient's minus on its first factor."""
     if isinstance(e, ast.UnaryOp) and e.op == "-":
         return e.operand
     spine = _spine(e, ("*", "/"))
     if spine:
         return _rebuilt(spine, _neg(spine[0].left))
-    return ast.UnaryOp("-", e)
+    return same if same is not None and same.operand is e else ast.UnaryOp("-", e)
 
 
 def _negated(e: ast.Expr) -> ast.Expr | None:
@@ -152,24 +171,24 @@ def _negated(e: ast.Expr) -> ast.Expr | None:
     return _rebuilt(spine, first.operand)
 
 
-def _add(a: ast.Expr, b: ast.Expr) -> ast.Expr:
+def _add(a: ast.Expr, b: ast.Expr, same=None) -> ast.Expr:
     positive = _negated(b)
     if positive is not None:
         return ast.BinOp("-", a, positive)
     positive = _negated(a)
     if positive is not None:  # -a + b is b - a, exactly
         return ast.BinOp("-", b, positive)
-    return ast.BinOp("+", a, b)
+    return _binary("+", a, b, same)
 
 
-def _sub(a: ast.Expr, b: ast.Expr) -> ast.Expr:
+def _sub(a: ast.Expr, b: ast.Expr, same=None) -> ast.Expr:
     positive = _negated(b)
     if positive is not None:
         return _add(a, positive)
-    return ast.BinOp("-", a, b)
+    return _binary("-", a, b, same)
 
 
-def _mul(a: ast.Expr, b: ast.Expr) -> ast.Expr:
+def _mul(a: ast.Expr, b: ast.Expr, same=None) -> ast.Expr:
     c, d = _number(a), _number(b)
     if c is not None and d is not None:
         return number(c * d)
@@ -177,15 +196,15 @@ def _mul(a: ast.Expr, b: ast.Expr) -> ast.Expr:
     if positive is not None:  # a * -b is -a * b
         return _neg(_mul(a, positive))
     if c is not None:
-        return _scale(a, c, b)
+        return _scale(a, c, b, same)
     if _is_reciprocal(b):  # x * (1 / y) is x / y
         return _quotient(a, b.right)
     if _is_reciprocal(a):
         return _quotient(b, a.right)
-    return _collect(a, b)
+    return _collect(a, b, same)
 
 
-def _scale(a: ast.Expr, c: float, b: ast.Expr) -> ast.Expr:
+def _scale(a: ast.Expr, c: float, b: ast.Expr, same=None) -> ast.Expr:
     """The number `a` (of value `c`) times `b`."""
     k = _reciprocal_integer(c)
     if k is not None:  # 0.3333333333333333 * x is x / 3
@@ -195,13 +214,13 @@ def _scale(a: ast.Expr, c: float, b: ast.Expr) -> ast.Expr:
     spine = _spine(b, ("*", "/"))
     if 0 < len(spine) < MAX_SEARCHED_FACTORS:  # 2 * (y * x) is 2 * y * x
         return _rebuilt(spine, _mul(a, spine[0].left))
-    return ast.BinOp("*", a, b)
+    return _binary("*", a, b, same)
 
 
 _BINARY = {"+": _add, "-": _sub, "*": _mul}
 
 
-def _collect(a: ast.Expr, b: ast.Expr) -> ast.Expr:
+def _collect(a: ast.Expr, b: ast.Expr, same=None) -> ast.Expr:
     """`a * b`, with `b` joined to an equal factor of the product `a` as a power (a factor: the
     first operand of the chain of `*` and `/` that `a` is, or one that a `*` multiplies in)."""
     spine = _spine(a, ("*", "/"))
@@ -218,7 +237,7 @@ def _collect(a: ast.Expr, b: ast.Expr) -> ast.Expr:
             if k < 0:
                 return _rebuilt(spine, joined)
             return _rebuilt(spine[k + 1:], ast.BinOp("*", spine[k].left, joined))
-    return ast.BinOp("*", a, b)
+    return _binary("*", a, b, same)
 
 
 def _joined(a: ast.Expr, b: ast.Expr) -> ast.Expr | None:
