@@ -188,16 +188,33 @@ def test_log_cosh_hessian():
 
 # --- 7. a select's branch factor moved out of the select --------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="the Hessian of sum(where(step(x), sqrt(x), 0)) is "
-                   "0.25 * where(step(x), -t1 / t0, 0) * t1 with t1 = 1 / sqrt(x) outside the "
-                   "select: NaN (0 * nan, 0 * inf) at x = -1 and 0, right 0 (the gradient is "
-                   "right: 0 there)")
 def test_select_hessian_branch_factor_outside_where():
     x = np.array([-1.0, 0.0, 4.0])
     h = einderiv.hessian("sum(where(step(x), sqrt(x), 0))", "x", VEC)
     with np.errstate(all="ignore"):
         got = h(x=x)
     close(np.diag(got), [0.0, 0.0, -0.25 * 4.0 ** -1.5])
+
+
+@pytest.mark.parametrize("expr, want", [
+    # the zero branch first: 0 where step(-x) is 1
+    ("sum(where(step(-x), 0, sqrt(x)))", lambda x: np.where(x > 0, -0.25 * x ** -1.5, 0)),
+    # the select times x: its Hessian is a sum of selects on step(x), times 1 / sqrt(x)
+    ("sum(where(step(x), sqrt(x), 0) * x)", lambda x: np.where(x > 0, 0.75 * x ** -0.5, 0)),
+    # squared: x where x > 0, a Hessian of 0 everywhere
+    ("sum(where(step(x), sqrt(x), 0) ** 2)", lambda x: 0 * x),
+    # a third power of the root, whose Hessian is finite at 0 too
+    ("sum(where(step(x), sqrt(x) ** 3, 0))", lambda x: np.where(x > 0, 0.75 * x ** -0.5, 0)),
+])
+def test_select_hessians_at_the_masked_side(expr, want):
+    """A select's branch, differentiated twice, is infinite (or NaN) on the side the select
+    masks: every factor of the chain rule that may be infinite there goes into the branch."""
+    x = np.array([-1.0, -1e-300, 4.0, 0.25])
+    h = einderiv.hessian(expr, "x", VEC)
+    with np.errstate(all="ignore"):
+        got = np.diag(h(x=x))
+        ref = want(x)
+    close(got, ref)
 
 
 # --- 8. the squared norm, other spellings --------------------------------------------------

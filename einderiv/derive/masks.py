@@ -9,6 +9,11 @@ rule multiplies by such a factor m as `where(m, m * rest, 0)` (`where(m, rest, 0
 1): the product where m is nonzero, and exactly 0 where it is 0, whatever the rest is. A
 factor is piecewise constant by the rule tables: a function whose derivative rules are 0 in
 every argument that is not itself constant (step, sign, heaviside, where with constant branches).
+
+Such a select, once made, is a factor of the next derivative's products: `where(c, a, 0)` times
+a factor that may be infinite where c is 0 (1 / sqrt(x) in the Hessian of
+`where(step(x), sqrt(x), 0)`) takes it into its branch, `where(c, a * f, 0)`, and so does a sum
+or product of selects that are all 0 where c is.
 """
 from __future__ import annotations
 
@@ -41,7 +46,8 @@ def product(out, operands, sizes: dict, rules: RuleBook, memo: dict | None = Non
         if mask is None:
             mask = memo[node] = not _constant(node) and _piecewise_constant(node, rules, _DEPTH)
         (masks if mask else rest).append(factor)
-    if not masks:
+    selects = [f for f in rest if _vanishing(f[0], memo, _DEPTH) is not None]
+    if not masks and not selects:
         return build.contract(out, operands, sizes)
     values, others = [], []  # what may be infinite where a mask is 0, and the rest
     for f in rest:
@@ -49,11 +55,22 @@ def product(out, operands, sizes: dict, rules: RuleBook, memo: dict | None = Non
         if finite is None:
             finite = memo[f[0], "finite"] = _finite(f[0], rules, _DEPTH)
         (others if finite else values).append(f)
-    if not values:
-        return build.contract(out, operands, sizes)
     dims = dict(sizes)
     for node, labels in factors:
         dims.update(zip(labels, node.shape))
+    selects = [f for f in values if _vanishing(f[0], memo, _DEPTH) is not None]
+    if selects and len(values) > 1:
+        # A select with a zero branch, where(c, a, 0), times what may be infinite where c is
+        # 0 (the chain rule's next factor, 1 / sqrt(x) at x = 0 in the Hessian of
+        # where(step(x), sqrt(x), 0)): the others go into its other branch, where(c, a * f, 0),
+        # so that they are never multiplied by its 0. So for a sum or product that is 0 where c
+        # is: where(c, (where(c, a, 0) + where(c, b, 0)) * f, 0).
+        values = [_into_branch(selects[0], [f for f in values if f is not selects[0]], out,
+                               dims, rules, memo)]
+        if not masks:
+            return build.contract(out, [*values, *others], sizes)
+    if not masks or not values:
+        return build.contract(out, operands, sizes)
     # The select runs over every axis a mask or a value carries, output axes first.
     carried = {l for _, ls in masks + values for l in ls}
     axes = tuple(l for l in out if l in carried) + tuple(
@@ -83,6 +100,77 @@ def _select(mask: Node, value: Node, axes, dims) -> Node:
         return build.elementwise("where", [mask, value, zero])
     scaled = build.contract(axes, [(mask, axes[:mask.rank]), (value, axes)], dims)
     return build.elementwise("where", [mask, scaled, zero])
+
+
+def _zero_branch(node: Node) -> int | None:
+    """For a select with one branch a constant 0, `where(c, a, 0)` or `where(c, 0, b)`, the
+    position of its other branch (1 or 2); None for any other node."""
+    if not (isinstance(node, Map) and node.fn == "where"):
+        return None
+    _, p, q = node.args
+    if build.is_zero(q) and not build.is_zero(p):
+        return 1
+    if build.is_zero(p) and not build.is_zero(q):
+        return 2
+    return None
+
+
+def _vanishing(node: Node, memo: dict, depth: int) -> Node | None:
+    """For a factor that is 0 wherever a select with a zero branch is, that select: the
+    factor itself (`where(c, a, 0)` or `where(c, 0, b)`), an elementwise product with such a
+    factor, or a sum whose terms are all 0 on one condition (the same c, the same branch 0).
+    None for any other node."""
+    known = memo.get((node, "vanishing"), False)
+    if known is not False:
+        return known
+    c = None
+    if _zero_branch(node) is not None:
+        c = node
+    elif depth > 1 and isinstance(node, Add):
+        c = _vanishing(node.terms[0][1], memo, depth - 1)
+        for _, t in node.terms[1:]:
+            if c is None:
+                break
+            if _key(_vanishing(t, memo, depth - 1)) != _key(c):
+                c = None
+    elif depth > 1 and isinstance(node, Contract) and build._is_product(node):
+        for n, labels in node.operands:
+            if labels == node.out:
+                c = _vanishing(n, memo, depth - 1)
+                if c is not None:
+                    break
+    memo[node, "vanishing"] = c
+    return c
+
+
+def _key(select: Node | None):
+    """What a select vanishes on, as a key: its condition, and which branch is 0."""
+    return None if select is None else (select.args[0], _zero_branch(select))
+
+
+def _into_branch(factor, values, out, dims, rules, memo):
+    """`factor * values`, the factor 0 where the condition c of the select it vanishes with
+    (`_vanishing`) says, as `where(c, factor * values, 0)` (or the mirror image), laid on the
+    axes that they carry, output axes first: (the select, its labels). A select is replaced
+    by its branch: `where(c, a, 0) * f` is `where(c, a * f, 0)`."""
+    node, labels = factor
+    axes = tuple(l for l in out if l in {l for _, ls in [factor, *values] for l in ls})
+    axes += tuple(dict.fromkeys(l for _, ls in [factor, *values] for l in ls if l not in axes))
+    on_axes = {l: dims[l] for l in axes}
+    select = _vanishing(node, memo, _DEPTH)
+    k = _zero_branch(select)
+    if select is node:
+        branch = node.args[k]
+        # The branch's product is one of the chain rule's too: a select in it is handled alike.
+        inner = product(axes, [(branch, labels if branch.rank else ()), *values], on_axes,
+                        rules, memo)
+    else:  # a sum or product of selects on c: each term is its branch where c holds
+        inner = build.contract(axes, [factor, *values], on_axes)
+    c = select.args[0]
+    args = [build.contract(axes, [(c, labels)], on_axes) if c.rank else c, Const(0.0),
+            Const(0.0)]
+    args[k] = inner
+    return build.elementwise("where", args), axes
 
 
 def _zero_one(node: Node) -> bool:
