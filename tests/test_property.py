@@ -55,6 +55,10 @@ SAFE_UNARY = [
     "square({0})", "exp(tanh({0}))", "expm1(tanh({0}))", "sinh(tanh({0}))", "cosh(tanh({0}))",
     "tan(tanh({0}))", "log(1 + {0} * {0})", "log1p(square({0}))", "sqrt(2 + tanh({0}))",
     "sqrt(1 + {0} * {0})", "exp(0.3 * sin({0}))",
+    "erf({0})", "erfc({0})", "gelu({0})", "arcsinh({0})", "arcsin(0.9 * tanh({0}))",
+    "arccos(0.9 * tanh({0}))", "arctanh(0.9 * tanh({0}))", "hypot({0}, 0.5)",
+    "lgamma(1.5 + square({0}))", "digamma(1.5 + square({0}))", "trigamma(1 + square({0}))",
+    "logsigmoid({0})", "logaddexp({0}, 0.5 * {0})",
 ]
 # Unary templates with a kink at 0 of the argument.
 KINK_UNARY = ["abs({0})", "relu({0})", "(sign({0}) * {0})"]
