@@ -61,6 +61,9 @@ _TEMPLATES: "weakref.WeakKeyDictionary[RuleBook, dict]" = weakref.WeakKeyDiction
 # (`x ** c` for 20,000 different c is 20,000 templates), and a long-lived process must not grow
 # without bound. Past this many, a rule is lowered again, which is only slower.
 MAX_TEMPLATES = 4096
+# (rule book) -> {(function, parameters, argument shape): (Jacobian, placeholder, steps)}: a
+# tensor rule lowered once with a placeholder argument (tensor_jacobian).
+_JACOBIANS: "weakref.WeakKeyDictionary[RuleBook, dict]" = weakref.WeakKeyDictionary()
 
 
 def elementwise_partial(node: Map, position: int, rules: RuleBook) -> Node:
@@ -191,7 +194,33 @@ def tensor_jacobian(node: Prim, rules: RuleBook) -> Jacobian:
         raise RuleError(f"{rule.origin}: {node.fn} needs {len(out_l.groups)} output and "
                         f"{len(arg_l.groups)} argument indices")
     (arg,) = node.args
-    return _IndexedLowering(node, rule, rules, out_l, arg_l).run(arg)
+    # The rule is lowered once per (function, parameters, argument shape) with a placeholder
+    # for the argument, and each use substitutes the node's own: an unrolled network applies
+    # softmax's rule (a dozen indexed terms) once per step.
+    cache = _JACOBIANS.get(rules) if rules.frozen else None
+    if cache is None and rules.frozen:
+        cache = _JACOBIANS.setdefault(rules, {})
+    key = (node.fn, node.params, arg.shape)
+    entry = cache.get(key) if cache is not None else None
+    if entry is None:
+        holder = Var("\0arg0", arg.shape)
+        general = Prim(node.fn, (holder,), node.params, node.shape)
+        template = _IndexedLowering(general, rule, rules, out_l, arg_l).run(holder)
+        # A sum of terms is kept a flat sum (see _IndexedLowering._terms): each term is
+        # substituted on its own, and the sum made directly, not by the builder that factors.
+        terms = template.node.terms if isinstance(template.node, Add) else [(1.0, template.node)]
+        entry = (template, holder, [(c, t, _dependents(t, (holder,))) for c, t in terms])
+        if cache is not None:
+            if len(cache) >= MAX_TEMPLATES:
+                try:
+                    cache.pop(next(iter(cache)), None)
+                except (StopIteration, RuntimeError):  # another thread changed it meanwhile
+                    pass
+            cache[key] = entry
+    template, holder, terms = entry
+    parts = [(c, substitute(t, {holder: arg}, steps)) for c, t, steps in terms]
+    jac = Add(parts) if isinstance(template.node, Add) else parts[0][1]
+    return Jacobian(jac, template.labels, template.out_labels, template.arg_labels)
 
 
 class _IndexedLowering:
