@@ -392,6 +392,23 @@ def test_a_later_rewrite_of_a_pattern_replaces_the_earlier():
         assert einderiv.compile("abs(x) ** 2", {"x": ("n",)}).formula == "square(x)"
 
 
+def test_a_function_redefined_drops_the_rewrites_that_call_it():
+    """A rewrite is an identity of the functions it was written for: a later file that
+    replaces one (here by a definition, which a rewrite could not name) drops the rewrites
+    that call it, and keeps the others."""
+    book = default_rulebook().copy()
+    book.add(parse_rules("def logcosh(x) = log(cosh(x))\n"
+                         "elementwise softplus(x) = kernel.softplus\n"
+                         "d softplus(x) / dx = sigmoid(x)\n", "mine.rules"))
+    assert not any({"logcosh", "softplus"} & set(r.functions) for r in book.rewrites.values())
+    with using_rules(book):
+        x = np.array([-1.0, 0.5, 2.0])
+        f = einderiv.compile("logcosh(x)", {"x": ("n",)})
+        np.testing.assert_allclose(f(x=x), np.log(np.cosh(x)), rtol=1e-15)
+        assert einderiv.compile("log(1 + exp(x))", {"x": ("n",)}).formula == "log(1 + exp(x))"
+        assert einderiv.compile("log(sum(exp(x)))", {"x": ("n",)}).formula == "logsumexp(x)"
+
+
 def test_without_rewrites_programs_are_as_written():
     book = default_rulebook().copy()
     book.rewrites.clear()

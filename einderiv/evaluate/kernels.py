@@ -48,6 +48,19 @@ def sech2(x):
     return r * r
 
 
+def logcosh(x):
+    """log(cosh(x)) without cosh's overflow (from |x| = 710) or the rounding of cosh(x) to 1
+    (below |x| = 1e-8, where log(cosh(x)) is x ** 2 / 2): log1p(2 sinh(x / 2) ** 2) (cosh - 1
+    exactly) below |x| = 1, |x| - log 2 + log1p(exp(-2 |x|)) from there, where both terms
+    keep their digits."""
+    xp = _xp(x)
+    a = xp.abs(x)
+    with np.errstate(over="ignore"):  # sinh overflows where the far form is taken
+        near = xp.log1p(2 * xp.sinh(a / 2) ** 2)
+    far = a + (xp.log1p(xp.exp(-2 * a)) - 0.6931471805599453)
+    return xp.where(a < 1, near, far)
+
+
 def relu(x):
     xp = _xp(x)
     if xp is np:  # no array of zeros (a fresh allocation the size of x, as slow as the max)

@@ -174,6 +174,13 @@ class RuleBook:
             raise RuleError("this rule book is in use and is never changed in place",
                             hint="einderiv.load_rules(path) loads a file for every later call; "
                                  "to build a rule book of your own, add to its copy()")
+        # A rewrite is an identity of the functions it calls: where a later rule replaces one
+        # of them (`def logcosh(x) = ...` over the built-in logcosh), the earlier rewrites that
+        # call it no longer hold (and one naming a definition could not be matched at all).
+        replaced = {r.name for r in rules if isinstance(r, Function) and r.name in self.functions}
+        if replaced:
+            self.rewrites = {k: r for k, r in self.rewrites.items()
+                             if replaced.isdisjoint(r.functions)}
         for rule in rules:
             if isinstance(rule, Derivative):
                 self.derivatives[(rule.function, rule.wrt)] = rule
