@@ -434,6 +434,8 @@ def polygamma(n, x):
             if v >= 0:
                 out = torch.where(k == v, torch.special.polygamma(int(v), x), out)
         return out
+    if _number(n) and hasattr(x, "dtype"):  # trigamma's 1: an array on x's device (cupy's
+        n = xp.asarray(float(n), dtype=x.dtype)  # floor and polygamma take no Python number)
     if library == "dask":  # scipy's polygamma is not a ufunc: it would compute the whole array
         import dask.array as da
         import scipy.special
