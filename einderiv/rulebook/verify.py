@@ -6,12 +6,14 @@ a rule that does not lower all show up as an error at the rule's `file:line`. A 
 line is checked too (`check_tables`): a primitive's implementation must evaluate to finite values
 of the right shape and have a rule for each argument, and a definition must expand and
 differentiate. A rewrite's two sides must agree to rounding at random points of several
-ranges, the replacement finite wherever the pattern is, and its pattern, lowered, must be
+ranges, the replacement finite wherever the pattern is and no less precise than the pattern
+(relative to the pattern's exact value, with mpmath), and its pattern, lowered, must be
 rewritten to what its replacement is.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -141,7 +143,9 @@ _NOT_FINITE = "the derivative is not finite at the test inputs"
 def check_rewrite(rule: Rewrite, rules: RuleBook, seed: int = 0) -> RuleCheck:
     """Both sides of a rewrite agree, to rounding (REWRITE_TOLERANCE), at random points of
     every range of _REWRITE_INPUTS, with its variables vectors, or with `axis` matrices and
-    stacks along chosen axes; wherever the pattern is finite, the replacement is finite too (a
+    stacks along chosen axes; the replacement keeps the relative precision that the pattern
+    has, against its exact value (_digits_lost, for an elementwise pattern where mpmath is
+    installed); wherever the pattern is finite, the replacement is finite too (a
     rewrite may not shrink the domain, `log(x ** 2) = 2 * log(x)` at x < 0); and its pattern,
     lowered, is rewritten to what its replacement is (a pattern rewritten first by another
     rule, or one the matcher cannot see, never applies)."""
@@ -153,7 +157,8 @@ def check_rewrite(rule: Rewrite, rules: RuleBook, seed: int = 0) -> RuleCheck:
                                      tolerance=REWRITE_TOLERANCE)
     try:
         c = compile_rewrite(rule, rules)
-        errors, compared, unused = [], 0, None
+        errors, compared, unused, lost_digits = [], 0, None, None
+        exact = _exact_pattern(c.pattern, rule, rules)
         for shape, axes in _rewrite_cases(rule):
             values = {v: Var(v, shape) for v in rule.variables if v != AXIS}
             lhs, rhs = (lower_side(e, rules, values, axes) for e in (c.pattern, c.replacement))
@@ -168,6 +173,8 @@ def check_rewrite(rule: Rewrite, rules: RuleBook, seed: int = 0) -> RuleCheck:
                 compared += int(np.sum(finite))
                 if np.any(finite):
                     errors.append(_rounding_error(left[finite], right[finite]))
+                if exact is not None and lost_digits is None:
+                    lost_digits = _digits_lost(exact, arrays, left, right)
             before, after = Rewriter(rules)([lhs, rhs])
             if before is not after and unused is None:
                 shown = str(before).splitlines()[-1].partition(" = ")[2]
@@ -178,7 +185,10 @@ def check_rewrite(rule: Rewrite, rules: RuleBook, seed: int = 0) -> RuleCheck:
         if not compared:
             return fail(_NOT_FINITE_SIDES)
         worst = RuleCheck(rule, _worst(errors), tolerance=REWRITE_TOLERANCE)
-        # A wrong identity is said first: that it would not apply is the lesser news.
+        # A wrong identity is said first, then digits lost: that it would not apply is the
+        # lesser news.
+        if worst.ok and lost_digits is not None:
+            return RuleCheck(rule, *lost_digits, tolerance=REWRITE_TOLERANCE)
         return worst if unused is None or not worst.ok else fail(unused)
     except KeyboardInterrupt:
         raise
@@ -239,6 +249,108 @@ def _rounding_error(left, right) -> float:
     of log(1 + exp(u)) at u = -40)."""
     scale = np.maximum(1.0, np.maximum(np.abs(left), np.abs(right)))
     return float(np.max(np.abs(left - right) / scale))
+
+
+# The exact value of an elementwise rewrite's pattern, entry by entry with mpmath (where it is
+# installed: the `test` extra) at _DIGITS digits. The sides' difference is compared absolutely
+# below 1 (above), which a replacement that cancels passes: `tanh(u) ** 2 = 1 - sech2(u)` is
+# 1e-16 from its pattern at u = 1e-3, where it keeps 6 of the 16 digits that the pattern has.
+# So the replacement's error against the exact value is also taken relative to it, and counted
+# where the replacement is worse than the pattern written out in floating point (where that
+# loses digits to cancellation too, the rewrite has taken nothing from the program).
+_DIGITS = 50
+
+
+def _mp_functions(mp) -> dict:
+    """mpmath's counterparts of the elementwise functions of the rule tables, by name."""
+    sign = lambda x: mp.mpf(1 if x > 0 else -1 if x < 0 else 0)  # noqa: E731
+    step = lambda x: mp.mpf(1 if x > 0 else 0)  # noqa: E731
+    return {
+        "exp": mp.exp, "log": mp.log, "log1p": mp.log1p, "expm1": mp.expm1, "sqrt": mp.sqrt,
+        "square": lambda x: x * x, "abs": abs, "sign": sign, "sin": mp.sin, "cos": mp.cos,
+        "tan": mp.tan, "sinh": mp.sinh, "cosh": mp.cosh, "tanh": mp.tanh,
+        "sech2": lambda x: mp.sech(x) ** 2, "arctan": mp.atan, "arcsin": mp.asin,
+        "arccos": mp.acos, "arctanh": mp.atanh, "arcsinh": mp.asinh,
+        "sigmoid": lambda x: 1 / (1 + mp.exp(-x)), "relu": lambda x: max(x, 0),
+        "softplus": lambda x: mp.log1p(mp.exp(x)),
+        "logaddexp": lambda a, b: max(a, b) + mp.log1p(mp.exp(-abs(a - b))),
+        "logcosh": lambda x: mp.log(mp.cosh(x)), "step": step,
+        "heaviside": lambda x, h0: h0 if x == 0 else step(x), "maximum": max, "minimum": min,
+        "where": lambda c, a, b: a if c != 0 else b, "hypot": mp.hypot, "erf": mp.erf,
+        "erfc": mp.erfc, "pow": lambda a, b: a ** b, "div": lambda a, b: a / b,
+    }
+
+
+def _exact_pattern(pattern, rule: Rewrite, rules: RuleBook):
+    """A function of the variables' entries (floats) that gives the pattern's exact value (an
+    mpf), or None where it is not real; None itself for a pattern this cannot evaluate (with
+    `axis`, a function mpmath lacks or one a rule file has replaced, or without mpmath)."""
+    try:
+        import mpmath
+    except ImportError:
+        return None
+    from ..parse import ast
+    from . import rules_dir
+    if AXIS in rule.variables:
+        return None
+    mp = mpmath.MPContext()  # its own precision: the global one is left alone
+    mp.dps = _DIGITS
+    functions = _mp_functions(mp)
+    for name in rule.functions:
+        f = rules.get(name)
+        if name not in functions or f is None or f.kind != "elementwise" or \
+                Path(_file(f.origin)).parent != rules_dir():
+            return None
+
+    def value(e, env):
+        if isinstance(e, ast.Name):
+            return env[e.id]
+        if isinstance(e, ast.Number):
+            return mp.mpf(e.value)
+        if isinstance(e, ast.UnaryOp):
+            return -value(e.operand, env) if e.op == "-" else value(e.operand, env)
+        if isinstance(e, ast.BinOp) and e.op in ("+", "-", "*", "/", "**"):
+            a, b = value(e.left, env), value(e.right, env)
+            return {"+": a + b, "-": a - b, "*": a * b}[e.op] if e.op in "+-*" else \
+                functions["div" if e.op == "/" else "pow"](a, b)
+        if isinstance(e, ast.Call) and not e.kwargs:
+            return functions[e.func](*(value(a, env) for a in e.args))
+        raise ValueError("not evaluated")
+
+    def exact(entries: dict):
+        try:
+            v = value(pattern, {k: mp.mpf(float(x)) for k, x in entries.items()})
+        except (ZeroDivisionError, OverflowError, TypeError):  # TypeError: compared complex
+            return None
+        return v if isinstance(v, mp.mpf) and mp.isfinite(v) else None
+    try:  # a pattern of a form this does not evaluate is left to the absolute comparison
+        exact({v: 0.5 for v in rule.variables})
+    except (ValueError, KeyError):
+        return None
+    return exact
+
+
+def _digits_lost(exact, arrays: dict, left, right):
+    """(relative error, why) where the replacement is further from the pattern's exact value
+    than REWRITE_TOLERANCE relative to it and than the pattern in floating point is, or None.
+    Exact values beyond the floating-point range are skipped (the replacement's inf or 0 is
+    right there), and so are entries where the pattern is not real."""
+    tiny, huge = np.finfo(float).tiny, np.finfo(float).max
+    worst = None
+    for k in np.ndindex(left.shape):
+        ref = exact({name: a[k] for name, a in arrays.items()})
+        if ref is None or abs(ref) > huge:
+            continue
+        err_right = abs(float(right[k] - ref)) if np.isfinite(right[k]) else float("inf")
+        err_left = abs(float(left[k] - ref)) if np.isfinite(left[k]) else float("inf")
+        relative = err_right / max(abs(float(ref)), tiny)
+        if relative > REWRITE_TOLERANCE and err_right > 2 * err_left and (
+                worst is None or relative > worst[0]):
+            at = ", ".join(f"{name} = {a[k]:.6g}" for name, a in arrays.items())
+            worst = (relative, f"at {at} the pattern is {float(ref):.17g} (exact; "
+                               f"{left[k]:.17g} in floating point) but the replacement "
+                               f"{right[k]:.17g}: it loses digits that the pattern keeps")
+    return worst
 
 
 def _where_lost(arrays: dict, left, right, lost) -> str:

@@ -133,7 +133,8 @@ def _replace_terms(node: Add, flat: dict, lhs: Add, rhs) -> Node | None:
         if ratio is not None and r != ratio:
             return None
         ratio = r
-    rest = [(c, t) for t, c in coefficient.items() if t not in wanted]
+    rest = [(c, _constant_term(t) if isinstance(t, tuple) else t)
+            for t, c in coefficient.items() if t not in wanted]
     return build.add([*rest, (ratio, rhs())])
 
 
@@ -159,11 +160,20 @@ def flat_terms(node: Add) -> list[tuple[float, Node]]:
 
 
 def _merged(terms) -> dict:
-    """(coefficient, term) pairs as term -> total coefficient."""
+    """(coefficient, term) pairs as term -> total coefficient. A constant term counts by its
+    value, under the key ("constant", shape): `2 - 2 * tanh(u) ** 2` is twice `1 - tanh(u) **
+    2`, though lowering keeps 2 as a constant term of coefficient 1."""
     merged: dict = {}
     for c, t in terms:
+        value = build.constant_value(t)
+        if value is not None:
+            c, t = c * value, ("constant", t.shape)
         merged[t] = merged.get(t, 0.0) + c
     return merged
+
+
+def _constant_term(key) -> Node:
+    return build.broadcast_to(build.const(1.0), key[1])
 
 
 def _replace_factors(node: Contract, lhs: Contract, rhs) -> Node | None:
@@ -591,6 +601,8 @@ def _needs(p: ast.Expr, rules: RuleBook) -> frozenset:
     factors or terms (or their factors): a node without them is not walked."""
     def heads(e: ast.Expr) -> set[str]:
         tops = _factors(e)[1] if _is_product(e) else [e]
+        # a power's base is one level further down (`tanh` in `1 - tanh(u) ** 2`)
+        tops = [t.left if isinstance(t, ast.BinOp) and t.op == "**" else t for t in tops]
         return {t.func for t in tops if isinstance(t, ast.Call)
                 and getattr(rules.get(t.func), "kind", None) in ("elementwise", "tensor")}
     if _is_product(p):
