@@ -198,3 +198,24 @@ def test_passes_restore_the_cycle_collector():
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def _quotient_chain_hessian(n: int):
+    # The Hessian of x / x / ... / x is a sum of n terms that share up to n factors: factoring
+    # them out one by one recursed once per factor (RecursionError at n = 3000) and went over
+    # every term again per factor (33 s at n = 1000). x ** (2 - n) has the closed form below.
+    h = einderiv.hessian("/".join(["x"] * n), "x", {"x": ()})
+    x = np.float64(0.99)
+    expected = (2 - n) * (1 - n) * x ** (-n)
+    np.testing.assert_allclose(h(x=x), expected, rtol=1e-9)
+    return h, x, expected
+
+
+def test_hessian_of_a_quotient_chain():
+    h, x, expected = _quotient_chain_hessian(600)
+    np.testing.assert_allclose(h.evaluate_ir(x=x), expected, rtol=1e-9)
+
+
+@slow
+def test_hessian_of_a_3000_quotient_chain():
+    _quotient_chain_hessian(3000)

@@ -23,6 +23,10 @@ MAX_INLINED_OPERANDS = 8
 # A product with repeated factors is compared with others in each order of its repeats, up to
 # this many orders (then in the order given: equal terms may stay apart, never unequal ones meet).
 MAX_LIKE_ORDERS = 24
+# Factoring takes at most this many common factors out of one sum: each is a pass over all its
+# terms, and the Hessian of a chain of n quotients has n terms sharing n factors (quadratic:
+# 33 s at n = 1000 without the bound). The factors people see factored are one or two.
+MAX_COMMON_FACTORS = 16
 
 
 def _named(name: str | None, node: Node) -> str:
@@ -221,6 +225,28 @@ def add(terms: list[tuple[float, Node]]) -> Node:
     Nested sums are kept as they are: one of them may be shared (`x + y` in `(x + y) + x*(x + y)`),
     and flattening it into its parent would compute it twice.
     """
+    # Factoring a common factor out of the terms (`_factor_common`) leaves a sum of what
+    # remains, in which another factor may be common, and so on through nested products: a
+    # loop, with the factors taken out kept to multiply back, not a recursion per factor.
+    outside: list = []  # (out, keep, factor, dims) per factor taken out, outermost first
+    while True:
+        total, terms = _merged_sum(terms)
+        if terms is None:
+            break
+        step = _factor_common(terms) if len(outside) < MAX_COMMON_FACTORS else None
+        if step is None:
+            total = Add(terms)
+            break
+        terms, *level = step
+        outside.append(level)
+    for out, keep, factor, dims in reversed(outside):
+        total = contract(out, [(total, keep), factor], {l: dims[l] for l in out})
+    return total
+
+
+def _merged_sum(terms: list[tuple[float, Node]]) -> tuple[Node | None, list | None]:
+    """Like terms and constants merged: (the sum, None) when it is zero or one term, else
+    (None, the terms left)."""
     # like-term key -> [the first such term, its coefficient]; the constants, scalar or
     # broadcast (`-1 + log(x) + 1`), under the key None, where the first of them is
     merged: dict = {}
@@ -239,12 +265,11 @@ def add(terms: list[tuple[float, Node]]) -> Node:
     kept = [(c, t) if t is not None else (1.0, broadcast_to(Const(c), shape))
             for t, c in merged.values() if c != 0.0]
     if not kept:
-        return zeros(shape)
+        return zeros(shape), None
     if len(kept) == 1:
         c, t = kept[0]
-        return t if c == 1.0 else scale(c, t)
-    factored = _factor_common(kept)
-    return factored if factored is not None else Add(kept)
+        return (t if c == 1.0 else scale(c, t)), None
+    return None, kept
 
 
 def _like(term: Node):
@@ -309,8 +334,10 @@ def _labelled(out, ops) -> tuple:
     return tuple((id(n), n, tuple(names.setdefault(l, len(names)) for l in ls)) for n, ls in ops)
 
 
-def _factor_common(terms: list[tuple[float, Node]]) -> Node | None:
-    """`P*X + Q*X` -> `(P + Q)*X` for a factor X that every term carries on output indices.
+def _factor_common(terms: list[tuple[float, Node]]) -> tuple | None:
+    """`P*X + Q*X` -> `(P + Q)*X` for a factor X that every term carries on output indices:
+    (the terms P, Q, ... left, the output labels, the labels they keep, X, the dimensions), or
+    None where no factor is common (`add` sums what is left and multiplies X back).
 
     Derivatives are sums of products that share factors (each path through the graph ends in
     the same input-side Jacobian); factoring leaves a smaller sum and one product, which is how
@@ -352,8 +379,7 @@ def _factor_common(terms: list[tuple[float, Node]]) -> Node | None:
     if summed and any(isinstance(n, (Delta, Unit)) for _, ops, _ in remainders for n, _ in ops):
         return None  # a slice or pick stays with its partner, never a dense selection matrix
     parts = [(c, contract(keep, ops, {l: t.dims[l] for l in keep})) for c, ops, t in remainders]
-    rest = add(parts)
-    return contract(out, [(rest, keep), factor], {l: dims[l] for l in out})
+    return parts, out, keep, factor, dims
 
 
 def distribute(node: Node) -> list[tuple[float, Node]]:
