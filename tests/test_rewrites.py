@@ -499,6 +499,20 @@ def test_log_softmax_kernel():
     ("log(mean(exp(x)))", {"x": (3,)}, "logsumexp", lambda a: logsumexp(a["x"], 0) - np.log(3)),
     ("log(sum(exp(X), axis=0) / c)", {"X": ("n", "k"), "c": ("k",)}, "logsumexp",
      lambda a: logsumexp(a["X"], 0) - np.log(np.abs(a["c"]))),
+    # the function inside the selection (exp(x[k]) as exp(x)[k]), a slice, a column and a row
+    # of a softmax along the other axis (its sums broadcast back along the picked axis)
+    ("exp(x[2]) / sum(exp(x))", {"x": ("n",)}, "softmax",
+     lambda a: np.exp(a["x"][2] - logsumexp(a["x"], 0))),
+    ("exp(x[1:]) / sum(exp(x))", {"x": ("n",)}, "softmax",
+     lambda a: np.exp(a["x"][1:] - logsumexp(a["x"], 0))),
+    ("log(softmax(x)[:-1])", {"x": ("n",)}, "log_softmax",
+     lambda a: log_softmax_reference(a["x"], 0)[:-1]),
+    ("exp(X[1]) / sum(exp(X), axis=0)", {"X": ("n", "k")}, "softmax",
+     lambda a: np.exp(a["X"][1] - logsumexp(a["X"], 0))),
+    ("exp(X)[:, 2] / sum(exp(X), axis=1)", {"X": ("n", "k")}, "softmax",
+     lambda a: np.exp(a["X"][:, 2] - logsumexp(a["X"], 1))),
+    ("log(sigmoid(X[1:, 0]))", {"X": ("n", "k")}, "softplus",
+     lambda a: -softplus(-a["X"][1:, 0])),
 ], ids=lambda v: v if isinstance(v, str) and "(" in v else None)
 def test_rewrites_seen_through_selections_and_means(source, shapes, becomes, reference):
     f = einderiv.compile(source, shapes)
@@ -521,6 +535,12 @@ def test_rewrites_seen_through_selections_and_means(source, shapes, becomes, ref
     ("log(2 * softmax(x)[0])", {"x": ("n",)}),  # a scaled pick: log(2) + ..., left as written
     ("log(softmax(x)[0] + softmax(x)[1])", {"x": ("n",)}),
     ("exp(X).T / sum(exp(Y), axis=1)", {"X": ("n", "n"), "Y": ("n", "n")}),
+    # the row sums picked at row 0, against a column: not a softmax
+    ("exp(X[:, 0]) / sum(exp(X), axis=1)[0]", {"X": ("n", "n")}),
+    ("exp(X[0]) / sum(exp(X), axis=1)", {"X": ("n", "n")}),
+    # a pad is no selection: log(0) is -inf around it, not 0
+    ("log(pad(softmax(x), (1, 1)))", {"x": ("n",)}),
+    ("exp(x[1:]) / sum(exp(x[:-1]))", {"x": ("n",)}),
 ])
 def test_what_a_selection_does_not_hide_is_left_alone(source, shapes):
     f = einderiv.compile(source, shapes)

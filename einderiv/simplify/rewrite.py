@@ -5,8 +5,9 @@ through the IR builders (so every fold of lowering applies again); then the rewr
 at the node in file order, and what one gives is rewritten in turn, until none applies. Each
 node is visited once (memoized on the hash-consed node, without recursion), so the pass is
 linear in the program's size, and a shared subexpression is rewritten once. An elementwise
-function of a pick, a transpose or a broadcast that no rewrite matches is tried once more as
-the function of the whole tensor (`log(softmax(x)[k])` is `log_softmax(x)[k]`).
+function of a pick, a slice, a transpose or a broadcast that no rewrite matches is tried once
+more as the function of the whole tensor (`log(softmax(x)[k])` is `log_softmax(x)[k]`, and
+`exp(x[k]) / sum(exp(x))`, seen as `exp(x)[k] / sum(exp(x))`, is `softmax(x)[k]`).
 
 It ends because each rewrite calls fewer functions on its right than on its left, or as many
 with fewer uses of its variables and no more numbers, and uses no variable more often (all
@@ -21,7 +22,7 @@ softplus(x)
 from __future__ import annotations
 
 from ..ir import build
-from ..ir.nodes import Add, Const, Contract, Map, Node, Prim, Unit
+from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Unit
 from ..parse import ast
 from ..rulebook import RuleBook
 from .pattern import compiled, flat_terms
@@ -37,6 +38,7 @@ class Rewriter:
         # a function of a whole tensor, seen through a selection -> what a rewrite makes of it,
         # or None: many picks of one tensor (x[0], x[1], ...) look at one such node
         self.whole: dict[Node, Node | None] = {}
+        self.lift: dict[str, frozenset] = {}  # a head function -> _lifts
 
     def __call__(self, roots: list[Node]) -> list[Node]:
         if not self.index:
@@ -109,13 +111,22 @@ class Rewriter:
                 return replaced
         return self._through_selection(node, rules) if isinstance(node, Map) else None
 
+    def _lifts(self, fn: str, rules) -> frozenset:
+        """The elementwise functions that the rewrites of `fn` apply to its arguments: one of
+        them applied to a selection is seen as the selection of it (`exp(x[0])`)."""
+        lifts = self.lift.get(fn)
+        if lifts is None:
+            lifts = self.lift[fn] = frozenset().union(*map(_argument_heads, rules))
+        return lifts
+
     def _through_selection(self, node: Map, rules) -> Node | None:
-        """An elementwise function of a pick, a transpose or a broadcast of a tensor is that
-        selection of the function of the tensor: `log(softmax(x)[k])` is `log_softmax(x)[k]`,
-        `exp(X).T / sum(exp(X), axis=1)` is `softmax(X, axis=1).T`. Tried where no rewrite
+        """An elementwise function of a pick, a slice, a transpose or a broadcast of a tensor is
+        that selection of the function of the tensor: `log(softmax(x)[k])` is
+        `log_softmax(x)[k]`, `exp(X).T / sum(exp(X), axis=1)` is `softmax(X, axis=1).T`, and
+        `exp(x[k]) / sum(exp(x))` is `softmax(x)[k]`. Tried where no rewrite
         applies to the node itself, and kept only where one applies to the function of the
         whole tensor (whose size the program already computes): one more look per tensor."""
-        seen = _seen_through(node)
+        seen = _seen_through(node, self._lifts(node.fn, rules))
         if seen is None:
             return None
         inner, back = seen
@@ -130,35 +141,69 @@ class Rewriter:
         return None if replaced is None else back(replaced)
 
 
-def _seen_through(node: Map):
+def _seen_through(node: Map, lift: frozenset = frozenset()):
     """(the Map of the whole tensor, a function that selects from a replacement as `node`'s
-    argument selects from the tensor), or None. With one argument of rank > 0 (the others
-    scalars), it may pick entries with integer indices (`Unit`s) and broadcast; with several,
-    only a transpose is seen through, and the others are transposed back alike."""
-    for a in node.args:
-        if not isinstance(a, Contract):
-            continue
+    argument selects from the tensor), or None. The argument may pick entries with integer
+    indices (`Unit`s), slice windows (`Delta`s), transpose and broadcast; an elementwise
+    function in `lift` of one such selection counts as that selection of the function
+    (`exp(x[0])` as `exp(x)[0]`). The other arguments are scalars, or, where the selection
+    neither slices nor broadcasts, tensors laid back on the whole tensor's axes (broadcast
+    along the picked ones, transposed back): `exp(Y)[:, 0] / sum(exp(Y), axis=1)` is
+    `(exp(Y) / sum(exp(Y), axis=1)[:, None])[:, 0]`."""
+    for k, a in enumerate(node.args):
+        if isinstance(a, Map) and a.fn in lift:
+            a = _lifted(a)
+        if not isinstance(a, Contract) or a.shape != node.shape:
+            continue  # (a scalar, broadcast by the Map, is no selection of its shape)
         (main, labels), picks = a.operands[0], a.operands[1:]
         if isinstance(main, Const) or len(set(labels)) != len(labels):
             continue
-        alone = all(b.rank == 0 for b in node.args if b is not a)
-        if alone:
-            picked = {ls[0] for n, ls in picks if isinstance(n, Unit)}
-            if len(picked) != len(picks) or any(l not in a.out and l not in picked
-                                               for l in labels):
-                continue  # a product, a sum or a scale: not a selection
-        elif picks or sorted(labels) != sorted(a.out) or labels == a.out:
+        picked, windows = set(), False
+        for n, ls in picks:
+            if isinstance(n, Unit):
+                picked.add(ls[0])
+            elif isinstance(n, Delta) and len(ls) == 2 and ls[0] in a.out \
+                    and ls[0] not in labels and ls[1] in labels and ls[1] not in a.out:
+                picked.add(ls[1])  # a window: output row i is the tensor's i + offset
+                windows = True
+            else:
+                picked = None
+                break
+        if picked is None or len(picked) != len(picks) or any(
+                l not in a.out and l not in picked for l in labels):
+            continue  # a product, a sum or a scale: not a selection
+        if not picks and labels == a.out:
             continue
-        dims = {l: a.dims[l] for l in a.out}
-        if alone:
-            args = [main if b is a else b for b in node.args]
-        else:  # every argument indexed as `main` is: a's own transpose undone
-            args = [build.contract(labels, [(b, a.out)]) if b.rank else b for b in node.args]
+        tensors = any(b.rank for j, b in enumerate(node.args) if j != k)
+        if tensors and (windows or not set(a.out) <= set(labels)):
+            continue
+        sizes = {l: a.dims[l] for l in labels}
+        args = [main if j == k else build.contract(labels, [(b, a.out)], sizes) if b.rank
+                else b for j, b in enumerate(node.args)]
         inner = build.elementwise(node.fn, args)
         if not (isinstance(inner, Map) and inner.fn == node.fn):
             return None
-        return inner, lambda r: build.contract(a.out, [(r, labels), *picks], dims)
+        dims = {l: a.dims[l] for l in a.out}
+        return inner, lambda r, a=a, labels=labels, picks=picks, dims=dims: build.contract(
+            a.out, [(r, labels), *picks], dims)
     return None
+
+
+def _lifted(a: Map) -> Contract | None:
+    """`f(sel(x))` as `sel(f(x))`, for an elementwise f of one selection (the other arguments
+    scalars); None for anything else."""
+    varying = [b for b in a.args if build.constant_value(b) is None]
+    if len(varying) != 1 or not isinstance(varying[0], Contract) or any(
+            b.rank for b in a.args if b is not varying[0]):
+        return None
+    sel = varying[0]
+    (main, labels), picks = sel.operands[0], sel.operands[1:]
+    if isinstance(main, Const) or not main.rank:
+        return None
+    whole = build.elementwise(a.fn, [main if b is sel else b for b in a.args])
+    lifted = build.contract(sel.out, [(whole, labels), *picks],
+                            {l: sel.dims[l] for l in sel.out})
+    return lifted if isinstance(lifted, Contract) else None
 
 
 def _argument_heads(rule) -> frozenset:
