@@ -18,7 +18,7 @@ from .ir.einstein import format_program
 from .lower.lower import Lowered, lower
 from .parse import parse
 from .parse import ast
-from .parse.parser import check_name
+from .parse.parser import check_name, derivation_budget
 from .parse.unparse import unparse
 from .rulebook import default_rulebook
 from .simplify import Rewriter
@@ -39,12 +39,15 @@ def to_program(expr, shapes: dict | None) -> tuple[ast.Program, dict | None]:
                         f"{type(expr).__name__}")
 
 
-def lower_source(expr, shapes: dict | None, rules=None) -> Lowered:
+def lower_source(expr, shapes: dict | None, rules=None, order: int = 0) -> Lowered:
     """Parse and lower `expr` with `rules` (default: the rule book in force now). Every name in
-    `shapes`, keys and dimensions, is checked by `check_name` on the way (in `lower`)."""
+    `shapes`, keys and dimensions, is checked by `check_name` on the way (in `lower`). `order`:
+    the derivative to be taken (1 or 2), whose text is held to `derivation_budget`."""
     if shapes is not None and not isinstance(shapes, dict):
         raise EinderivError(f"shapes must be a dict of name -> shape, got {type(shapes).__name__}")
     program, shapes = to_program(expr, shapes)
+    if order:
+        derivation_budget(program, order)
     return lower(program, shapes, rules or default_rulebook())
 
 
@@ -323,7 +326,7 @@ def _first_derivatives(kind: str, expr, wrt, shapes, backend: str, jacobian: boo
     rules = default_rulebook()
     with paused_gc():  # a long program's IR: see paused_gc
         rewriter = Rewriter(rules)
-        lowered = rewritten(lower_source(expr, shapes, rules), rewriter)
+        lowered = rewritten(lower_source(expr, shapes, rules, order=1), rewriter)
         if not jacobian:
             _scalar_output(lowered, kind)
         distinct, positions = _distinct(names)
@@ -379,7 +382,7 @@ def hessian(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy") ->
     rules = default_rulebook()
     with paused_gc():  # a long program's IR: see paused_gc
         rewriter = Rewriter(rules)
-        lowered = rewritten(lower_source(expr, shapes, rules), rewriter)
+        lowered = rewritten(lower_source(expr, shapes, rules, order=2), rewriter)
         _scalar_output(lowered, "hessian")
         distinct, where = _distinct(names)
         variables = _variables(lowered, distinct)

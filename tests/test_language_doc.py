@@ -82,9 +82,12 @@ def test_every_operator_is_in_the_precedence_table():
 
 
 def test_the_limits_are_the_parsers():
-    limits = TEXT.split("## Limits", 1)[1]
+    limits = " ".join(TEXT.split("## Limits", 1)[1].split())
     for number in (parser.MAX_SOURCE_CHARS, parser.MAX_PROGRAM_CHARS):
         assert f"{number:,} characters" in limits
+    assert f"{parser.MAX_OPERATIONS:,} operations" in limits
+    assert (f"at most {parser.MAX_GRADIENT_OPERATIONS:,} operations for a gradient or Jacobian "
+            f"and {parser.MAX_HESSIAN_OPERATIONS:,} for a Hessian") in limits
     assert f"nest at most {parser.MAX_NESTING} deep" in limits
 
 

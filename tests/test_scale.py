@@ -219,3 +219,28 @@ def test_hessian_of_a_quotient_chain():
 @slow
 def test_hessian_of_a_3000_quotient_chain():
     _quotient_chain_hessian(3000)
+
+
+def test_a_text_past_the_derivation_budget_is_an_error_at_once():
+    # Every text within the limits is a result within about 10 s, or a ParseError at once
+    # (issue 11): x ** x ** ... is the costliest form per operation measured.
+    from einderiv.parse import parser
+    for api, limit in (("grad", parser.MAX_GRADIENT_OPERATIONS),
+                       ("hessian", parser.MAX_HESSIAN_OPERATIONS)):
+        text = " ** ".join(["x"] * (limit + 2))  # limit + 1 operations
+        with pytest.raises(ParseError, match=f"too large to differentiate: {limit + 1:,} op"):
+            getattr(einderiv, api)(text, "x", {"x": ()})
+    # At the limit it is derived, and its formula parses back (the suite's round trip).
+    h = einderiv.hessian(" ** ".join(["x"] * (parser.MAX_HESSIAN_OPERATIONS + 1)), "x",
+                         {"x": ()})
+    assert np.isfinite(h(x=np.float64(1.01)))
+
+
+def test_a_program_past_the_operation_limit_is_an_error():
+    from einderiv.parse import parser
+    per_line = parser.MAX_SOURCE_CHARS // 2 - 10  # x+x+...: 2 characters per operation
+    lines = [f"t{k} = " + "+".join(["x"] * per_line) for k in range(4)]
+    text = "\n".join(lines)
+    assert len(text) < parser.MAX_PROGRAM_CHARS and 4 * (per_line - 1) > parser.MAX_OPERATIONS
+    with pytest.raises(ParseError, match=f"too large: {4 * (per_line - 1):,} operations"):
+        einderiv.compile(text, {"x": ()})

@@ -17,11 +17,22 @@ import lark
 from ..errors import ParseError, Span
 from . import ast
 
-# One statement (what a person writes on a line) is at most MAX_SOURCE_CHARS characters; a
-# program of many statements, such as the formula printed for a long unrolled network (each
-# line short, cut into temporaries), at most MAX_PROGRAM_CHARS, so that every formula parses back.
-MAX_SOURCE_CHARS = 200_000
-MAX_PROGRAM_CHARS = 4_000_000
+# Limits that keep every text einderiv accepts to about 10 s of work on a 2-core machine, or a
+# clean error at once (measured with benchmarks/scaling.py and the worst forms per character:
+# `x / x / ...` and `x ** x ** ...`). One statement (what a person writes on a line) is at most
+# MAX_SOURCE_CHARS characters: the formula of a 3000-step network stacks its states in one
+# 64 KB line. A program of many statements, such as the formula printed for a long unrolled
+# network (each line short, cut into temporaries), is at most MAX_PROGRAM_CHARS characters
+# (parsing alone takes 3-4 s per million) and MAX_OPERATIONS operations (operators, calls,
+# indexing, attributes), so that the formulas of the scaling benchmark's workloads parse back.
+# Deriving multiplies the work and the text: a text to differentiate is held to fewer
+# operations (`derivation_budget`), so that its derivative's formula, 140 characters per
+# operation for the gradient of x ** x ** ... and 880 for its Hessian, parses back too.
+MAX_SOURCE_CHARS = 100_000
+MAX_PROGRAM_CHARS = 1_000_000
+MAX_OPERATIONS = 150_000
+MAX_GRADIENT_OPERATIONS = 6_000  # grad, jacobian, value_and_grad: 4 s for x ** x ** ...
+MAX_HESSIAN_OPERATIONS = 1_000  # hessian, the derivative of a derivative: 5 s for x ** x ** ...
 MAX_NESTING = 200
 
 # Characters people paste from papers and word processors, and the ASCII they stand for.
@@ -58,7 +69,9 @@ def _parser() -> lark.Lark:
 
 
 def parse(source: str) -> ast.Program:
-    """Parse a source text into a `Program`; raise `ParseError` with a caret on bad input."""
+    """Parse a source text into a `Program`; raise `ParseError` with a caret on bad input, and
+    for a text past the limits above. The program's `operations` is its number of operators,
+    calls, indexings and attributes (see `derivation_budget`)."""
     if not isinstance(source, str):
         raise ParseError(f"expected the expression as a string, got {type(source).__name__}")
     if len(source) > MAX_PROGRAM_CHARS:
@@ -68,6 +81,7 @@ def parse(source: str) -> ast.Program:
     _check_characters(source)
     _check_nesting(_blank_comments(source))
     _CURRENT.source = source
+    _CURRENT.operations = 0
     try:
         statements = _parser().parse(source)
     except lark.exceptions.UnexpectedCharacters as e:
@@ -83,12 +97,32 @@ def parse(source: str) -> ast.Program:
             raise e.orig_exc from None
         raise
     finally:
+        operations = _CURRENT.operations
         _CURRENT.source = None
+    if operations > MAX_OPERATIONS:
+        raise ParseError(f"program is too large: {operations:,} operations, the limit is "
+                         f"{MAX_OPERATIONS:,}",
+                         hint="build very large expressions in Python with einderiv.var")
     program = ast.Program(statements, source)
+    program.operations = operations
     if not program.statements:
         raise ParseError("empty expression", Span(source, 0, len(source)),
                          hint="write an expression such as 'sum(x * x)'")
     return program
+
+
+def derivation_budget(program: ast.Program, order: int) -> None:
+    """Raise `ParseError` for a text too large to differentiate within the limits (`order` 1
+    for a gradient or Jacobian, 2 for a Hessian). A program built with `einderiv.var` has no
+    text and no such limit."""
+    limit = MAX_HESSIAN_OPERATIONS if order > 1 else MAX_GRADIENT_OPERATIONS
+    operations = getattr(program, "operations", None)
+    if operations is not None and operations > limit:
+        what = "a Hessian" if order > 1 else "a derivative"
+        raise ParseError(f"program is too large to differentiate: {operations:,} operations, "
+                         f"the limit for {what} of a text is {limit:,}",
+                         hint="build larger programs in Python with einderiv.var, which has no "
+                              "text limit")
 
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -209,6 +243,7 @@ def _check_nesting(source: str) -> None:
 def _binary(op):
     def build(self, children):
         left, _, right = children
+        _CURRENT.operations += 1
         return ast.BinOp(op, left, right, span=self._span(children))
     return build
 
@@ -265,15 +300,19 @@ class _Builder:
     add, sub, mul, div, matmul, pow = (_binary(o) for o in ("+", "-", "*", "/", "@", "**"))
 
     def neg(self, children):
+        _CURRENT.operations += 1
         return ast.UnaryOp("-", children[1], span=self._span(children))
 
     def pos(self, children):
+        _CURRENT.operations += 1
         return ast.UnaryOp("+", children[1], span=self._span(children))
 
     def attribute(self, children):
+        _CURRENT.operations += 1
         return ast.Attribute(children[0], str(children[2]), span=self._span(children))
 
     def getitem(self, children):
+        _CURRENT.operations += 1
         return ast.Index(children[0], children[2], span=self._span(children))
 
     def subscripts(self, children):
@@ -307,6 +346,7 @@ class _Builder:
         return ast.Tuple(items, span=self._span(children))
 
     def call(self, children):
+        _CURRENT.operations += 1
         name, _, args, _ = children
         positional, keywords = [], []
         for a in args or ():
@@ -355,4 +395,5 @@ def _end(c) -> int | None:
     return span.end if span is not None else None
 
 
-_CURRENT = threading.local()  # .source: the text the parsing thread is reading
+# .source: the text the parsing thread is reading; .operations: how many it has read so far
+_CURRENT = threading.local()
