@@ -29,6 +29,9 @@ MIN_LANES = 3
 STACK_ONLY_FOR_PRODUCTS = True
 # A cycle after batching is a bug; tests raise it, users get the unbatched (correct) program.
 STRICT = False
+# Elementwise arithmetic, not worth a stack of per-step inputs on its own (a named function
+# such as sech2 or exp is: a call per step costs more than the copy).
+_ARITHMETIC = frozenset({"div", "pow", "where"})
 # Templates nest no deeper than this (a deeper per-step subgraph is cut into stacked inputs).
 MAX_DEPTH = 64
 
@@ -303,8 +306,11 @@ class _Batcher:
                  for column in zip(*[o.children() for o in olds])]
         node = _lifted(first, parts, lanes)
         if isinstance(first, Prim) or isinstance(first, Contract) and any(
-                not lifted and n.rank for n, lifted in parts):
-            self.heavy = True  # a primitive, or a product with a shared tensor: a GEMV -> GEMM
+                not lifted and n.rank for n, lifted in parts) or \
+                isinstance(first, Map) and first.fn not in _ARITHMETIC:
+            # a primitive, a product with a shared tensor (a GEMV -> GEMM), or a function such
+            # as tanh's derivative sech2(z_t): one call on all steps, not one per step
+            self.heavy = True
         if node is None:
             return None if top else (self._stack(olds, lanes), True)
         if id(node) in self.index:  # built before (hash-consing): its own inputs count too
