@@ -153,6 +153,8 @@ def _seen_through(node: Map, lift: frozenset = frozenset()):
     for k, a in enumerate(node.args):
         if isinstance(a, Map) and a.fn in lift:
             a = _lifted(a)
+        elif isinstance(a, Add):
+            a = _lifted_sum(a)
         if not isinstance(a, Contract) or a.shape != node.shape:
             continue  # (a scalar, broadcast by the Map, is no selection of its shape)
         (main, labels), picks = a.operands[0], a.operands[1:]
@@ -203,6 +205,33 @@ def _lifted(a: Map) -> Contract | None:
     whole = build.elementwise(a.fn, [main if b is sel else b for b in a.args])
     lifted = build.contract(sel.out, [(whole, labels), *picks],
                             {l: sel.dims[l] for l in sel.out})
+    return lifted if isinstance(lifted, Contract) else None
+
+
+def _lifted_sum(a: Add) -> Contract | None:
+    """A sum of one selection of tensors and numbers, `1 + exp(X).T`, as the selection of
+    the sum, `(1 + exp(X)).T`; None for anything else."""
+    form, terms = None, []
+    for c, t in a.terms:
+        value = build.constant_value(t)
+        if value is not None:
+            terms.append((c * value, None))
+            continue
+        if not isinstance(t, Contract):
+            return None
+        (main, labels), picks = t.operands[0], t.operands[1:]
+        if form is None:
+            form = (labels, picks, main.shape, t.out)
+            dims = {l: t.dims[l] for l in t.out}
+        elif form != (labels, picks, main.shape, t.out):
+            return None
+        terms.append((c, main))
+    if form is None:
+        return None
+    labels, picks, shape, out = form
+    whole = build.add([(c, build.broadcast_to(build.const(1.0), shape) if m is None else m)
+                       for c, m in terms])
+    lifted = build.contract(out, [(whole, labels), *picks], dims)
     return lifted if isinstance(lifted, Contract) else None
 
 
