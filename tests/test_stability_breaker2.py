@@ -9,7 +9,6 @@ in exact arithmetic is finite in the result".
 from __future__ import annotations
 
 import sys
-import timeit
 
 import numpy as np
 import pytest
@@ -355,30 +354,3 @@ def test_textbook_forms_scaled_or_inside_products(expr, want):
     got = einderiv.compile(expr, {"x": ("n",), "z": ("n",)})(x=x, z=z)
     close(got, [float(want(mp.mpf(t))) for t in x])
 
-
-# --- 11. speed of the split softmax family -----------------------------------------------------
-# Measured on 2 shared cores: the gradient of -sum(Y * log_softmax(X, axis=1)) at 2000 x 1000
-# took 13.5 ms with the former rule (sum(y) * softmax(x) - y), 35 ms now, 16 ms hand-written;
-# at n = 1000, 17 -> 49 us (hand 8 us). The Hessian of -(y @ log_softmax(x)) at n = 2000:
-# 29 -> 117 ms (hand 14 ms).
-
-def _best(f, number, repeat=7):
-    return min(timeit.repeat(f, number=number, repeat=repeat)) / number
-
-
-@pytest.mark.xfail(strict=True, reason="the argmax split of log_softmax's Jacobian makes the "
-                   "cross-entropy gradient 2.2x hand-written numpy (2.6x the former rule) at "
-                   "1000 x 1000: softmax, argmax_onehot, 1 - onehot, complement and five "
-                   "products, each a full pass")
-def test_cross_entropy_gradient_speed():
-    rng = np.random.default_rng(0)
-    X, Y = rng.normal(size=(1000, 1000)), rng.random((1000, 1000))
-    g = einderiv.grad("-sum(Y * log_softmax(X, axis=1))", "X", {"X": ("n", "k"), "Y": ("n", "k")})
-
-    def hand():
-        e = np.exp(X - X.max(axis=1, keepdims=True))
-        return Y.sum(axis=1, keepdims=True) * (e / e.sum(axis=1, keepdims=True)) - Y
-
-    np.testing.assert_allclose(g(X=X, Y=Y), hand(), rtol=1e-10, atol=1e-15)
-    ratio = _best(lambda: g(X=X, Y=Y), 2) / _best(hand, 2)
-    assert ratio <= 1.5, f"{ratio:.2f}x hand-written numpy"
