@@ -130,6 +130,15 @@ def contract(out, operands, broadcast: dict | None = None) -> Node:
     if deltas:
         flat, factor = _eliminate_deltas(flat, set(out))
         scale *= factor
+        pair = _window_pair(flat, out)
+        if pair is not None:
+            if len(pair) == 2:  # one window, and a sum of windows on the same summed row
+                sizes = dict(zip(out, _shape_of(out, operands, broadcast)))
+                (k, _), (s, _) = pair
+                return add([(scale * c, contract(out, [*flat[:s], (t, flat[s][1]),
+                                                       *flat[s + 1:]], sizes))
+                            for c, t in flat[s][0].terms])
+            flat = _split_windows(flat, out, *pair)
     if quotients:
         flat = _cancel_reciprocals(flat)
     if not flat or scale != 1.0:
@@ -179,6 +188,76 @@ def _eliminate_deltas(flat: list, out: set) -> tuple[list, float]:
             changed = True
             break
     return flat, factor
+
+
+def _window_pair(flat: list, out) -> tuple | None:
+    """Two windows on one summed row label `k` whose columns are output labels, with a plain
+    operand on `k` too: `A[k] * d1[k,i] * d2[k,j]` (a stencil's Hessian). Neither window can
+    become a slice or pad of its partner, since `k` has two: printed and evaluated as they
+    stand, they are dense selection matrices multiplied together (O(n^3) for an n-by-n
+    answer). Returns (k, position of d1, position of d2); or ((k, position of d1), (position
+    of a sum of windows on `k`, None)) when the second window is in each term of such a sum
+    (the stencil's Jacobian, shared): multiplied out, each term has two. None otherwise."""
+    rows: dict = {}  # summed label -> positions of the windows with it as their row
+    for p, (node, labels) in enumerate(flat):
+        if type(node) is Delta and not node.is_identity and labels[0] not in out \
+                and labels[1] in out and labels[0] != labels[1]:
+            rows.setdefault(labels[0], []).append(p)
+    if not rows:
+        return None
+    for k, windows in rows.items():
+        plain = [p for p, (node, labels) in enumerate(flat)
+                 if k in labels and type(node) not in (Delta, Add, Unit)]
+        if not plain:
+            continue  # windows alone: a selection, which is its own answer
+        if len(windows) > 1:
+            i, j = (flat[p][1][1] for p in windows[:2])
+            if i != j:
+                return k, windows[0], windows[1]
+            continue
+        for p, (node, labels) in enumerate(flat):
+            if type(node) is Add and labels.count(k) == 1 and len(node.terms) <= \
+                    MAX_INLINED_OPERANDS and all(_window_row(t, labels, k, out)
+                                                 for _, t in node.terms):
+                return (k, windows[0]), (p, None)
+    return None
+
+
+def _window_row(term: Node, labels, k, out) -> bool:
+    """Is `term`, on `labels`, a (scaled) window with row `k` and its column an output label
+    other than `k`?"""
+    if type(term) is Contract:
+        ops = [(n, ls) for n, ls in term.operands if type(n) is not Const]
+        if len(ops) != 1 or type(ops[0][0]) is not Delta or sorted(ops[0][1]) != [0, 1] \
+                or term.out != (0, 1):
+            return False
+        node, (r, c) = ops[0]
+        row, col = labels[r], labels[c]
+    elif type(term) is Delta:
+        node, (row, col) = term, labels
+    else:
+        return False
+    return not node.is_identity and row == k and col in out and col != k
+
+
+def _split_windows(flat: list, out, k, first: int, second: int) -> list:
+    """`A[k] * d1[k,i] * d2[k,j]` summed over k -> `d1[k,i] * V[k,j]` with `V[k,j] =
+    A[k] * d2[k,j]` (k, j free): the product on the second window's column first, so that the
+    first window is a pad of one operand (O(size), in the generated code and the IR
+    interpreter alike). `V` is built whole, the product around it as it stands: passed back
+    through `contract`, `V` (which sums nothing) would be inlined again."""
+    members = [p for p, (_, labels) in enumerate(flat) if k in labels and p != first]
+    inside = [flat[p] for p in members]
+    outside = [op for p, op in enumerate(flat) if p not in members]
+    needed = set(out) | {l for _, ls in outside for l in ls}
+    j = flat[second][1][1]
+    keep = [k, j, *dict.fromkeys(l for _, ls in inside for l in ls
+                                 if l in needed and l not in (k, j))]
+    sizes = dict(zip(keep, _shape_of(keep, inside, None)))
+    v = contract(tuple(keep), inside, sizes)
+    at = min(members)
+    outside.insert(sum(1 for p in range(at) if p not in members), (v, tuple(keep)))
+    return outside
 
 
 def _cancel_reciprocals(flat: list) -> list:

@@ -333,6 +333,22 @@ class ContractionTranslator:
                         product = ast.BinOp("*", product, v.expr)
                     self._replace([d, *vectors], Term(ast.Call("diag", (product,)), d.labels))
                     return True
+            elif isinstance(d.node, Delta) and d.labels[0] != d.labels[1] and \
+                    all(l in self.out for l in d.labels):
+                # v[k] * window[k,j]: v placed on a shifted diagonal, `pad(diag(v), ...)` in
+                # O(size), not multiplied into a dense selection matrix (a stencil's Hessian).
+                row, col = d.labels
+                vectors = [v for v in self.terms if v is not d and v.labels == (row,)]
+                if vectors:
+                    product = vectors[0].expr
+                    for v in vectors[1:]:
+                        product = ast.BinOp("*", product, v.expr)
+                    zero = ast.Tuple((number(0), number(0)))
+                    widths = ast.Tuple((zero, ast.Tuple((dimension(d.node.offset),
+                                                         _rest(d.node)))))
+                    placed = ast.Call("pad", (ast.Call("diag", (product,)), widths))
+                    self._replace([d, *vectors], Term(placed, d.labels))
+                    return True
         return False
 
     def _pair(self) -> bool:
