@@ -431,7 +431,7 @@ class ContractionStep:
                     index = slice(off, off + size_of(child.shape[0], env))
                     if label in out and new_label not in out and label not in pads:
                         if _adjoint_window(result, k, new_label, label, index, pads,
-                                           size_of(child.shape[1], env)):
+                                           size_of(child.shape[1], env), out):
                             changed = True
                             break
                         continue
@@ -508,14 +508,22 @@ def _on_diagonal(value: np.ndarray, keep: int, drop: int) -> np.ndarray:
     return np.moveaxis(out, (-2, -1), (keep, drop))
 
 
-def _adjoint_window(result, k, row, col, window: slice, pads, cols) -> bool:
+def _adjoint_window(result, k, row, col, window: slice, pads, cols, out=()) -> bool:
     """Delta result[k] over (row summed, col in the output): narrow every other operand on
     `col` to the window, relabel the operands on `row` to `col`, pad `col` afterwards.
     False (nothing changed) unless some plain array carries `row` exactly once each, or
     nothing does (the adjoint of `sum(x[:p])`: the window's rows sum to ones on it)."""
     rows = [r for j, r in enumerate(result) if j != k and row in r[3]]
-    if any(_structured(r[0]) or r[3].count(row) != 1 for r in rows):
+    # Another window on the row whose column is an output label too (`d1[k,i] * d2[k,j]`, a
+    # Hessian of x[1:] * x[:-1]) is taken as the array it is, no bigger than the result:
+    # left to einsum, the two were multiplied as dense matrices, O(n^3).
+    if any(_structured(r[0]) and not (isinstance(r[0], Delta) and
+                                      all(l == row or l in out for l in r[3]))
+           or r[3].count(row) != 1 for r in rows):
         return False
+    for r in rows:
+        if _structured(r[0]):
+            r[0] = None
     for j, r in enumerate(result):
         if j != k and col in r[3]:
             _narrow(r, col, window, col)
