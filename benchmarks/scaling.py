@@ -155,11 +155,23 @@ def _named(K: int):
 
 
 def _limit() -> int:
+    """The longest `x ** x ** ...` text einderiv differentiates: one operation per `**`, up to
+    the derivation limit (the parser's MAX_GRADIENT_OPERATIONS)."""
     try:
-        from einderiv.parse.parser import MAX_SOURCE_CHARS
-        return MAX_SOURCE_CHARS
-    except ImportError:
+        from einderiv.parse.parser import MAX_GRADIENT_OPERATIONS
+    except ImportError:  # an einderiv from before the limit
         return 200_000
+    return 5 * (MAX_GRADIENT_OPERATIONS + 1) - 4
+
+
+def _named_limit() -> int:
+    """The most statements `t_i = sin(t_{i-1}) * 0.5 + x` (three operations each) einderiv
+    differentiates as text."""
+    try:
+        from einderiv.parse.parser import MAX_GRADIENT_OPERATIONS
+    except ImportError:
+        return 16000
+    return MAX_GRADIENT_OPERATIONS // 3
 
 
 # name: (builder, full sizes, quick sizes, what a size counts)
@@ -169,8 +181,8 @@ WORKLOADS = {
     "lstm": (_lstm, [100, 300, 1000, 3000], [3, 6], "T"),
     "sum": (_sum, [250, 1000, 5000, 20000], [10, 20], "N"),
     "product": (_product, [200, 800, 2000], [10, 20], "N"),
-    "chain": (_chain, None, [100, 200], "chars"),  # full: up to the source limit
-    "named": (_named, [1000, 4000, 16000], [10, 20], "statements"),
+    "chain": (_chain, None, [100, 200], "chars"),  # full: up to the derivation limit
+    "named": (_named, None, [10, 20], "statements"),  # full: up to the derivation limit
     "slice": (_slice, [10 ** 5, 10 ** 6, 10 ** 7], [1000, 10000], "m"),
 }
 
@@ -179,8 +191,10 @@ def sizes(name: str, quick: bool) -> list[int]:
     _, full, small, _ = WORKLOADS[name]
     if quick:
         return small
-    if full is None:  # the chain: 2 KB, 4 KB, 30 KB, and the longest text the parser takes
-        return [2000, 4000, 30000, _limit()]
+    if full is None and name == "chain":  # 2 KB, 4 KB, 10 KB, the longest text derived
+        return [2000, 4000, 10000, _limit()]
+    if full is None:  # named statements: up to the most derived as text
+        return [_named_limit() // 4, _named_limit() // 2, _named_limit()]
     return full
 
 
