@@ -601,10 +601,13 @@ def _needs(p: ast.Expr, rules: RuleBook) -> frozenset:
     factors or terms (or their factors): a node without them is not walked."""
     def heads(e: ast.Expr) -> set[str]:
         tops = _factors(e)[1] if _is_product(e) else [e]
-        # a power's base is one level further down (`tanh` in `1 - tanh(u) ** 2`)
+        # a power is the function `pow` (lowering keeps `u ** 2` one), and its base one level
+        # further down (`tanh` in `1 - tanh(u) ** 2`)
+        found = {"pow" for t in tops if isinstance(t, ast.BinOp) and t.op == "**"
+                 and isinstance(t.right, ast.Number) and t.right.value not in (0, 1)}
         tops = [t.left if isinstance(t, ast.BinOp) and t.op == "**" else t for t in tops]
-        return {t.func for t in tops if isinstance(t, ast.Call)
-                and getattr(rules.get(t.func), "kind", None) in ("elementwise", "tensor")}
+        return found | {t.func for t in tops if isinstance(t, ast.Call)
+                        and getattr(rules.get(t.func), "kind", None) in ("elementwise", "tensor")}
     if _is_product(p):
         return frozenset(heads(p))
     if isinstance(p, ast.BinOp) and p.op in "+-":
