@@ -27,9 +27,15 @@ from ..rulebook import RuleBook
 
 # How deep a factor is searched for being piecewise constant, or finite by construction.
 _DEPTH = 3
+# How many selects nested in one another's branches a product is carried into: a chain of kinks
+# (`maximum` after `maximum`, thousands of steps) nests one per step, and carrying the factors
+# through every level was a recursion per step (RecursionError at 600 steps) and quadratic.
+# Deeper, the factors multiply the select as they are.
+MAX_BRANCH_NESTING = 8
 
 
-def product(out, operands, sizes: dict, rules: RuleBook, memo: dict | None = None) -> Node:
+def product(out, operands, sizes: dict, rules: RuleBook, memo: dict | None = None,
+            nesting: int = 0) -> Node:
     """`build.contract(out, operands, sizes)`, with each piecewise-constant factor applied as a
     select over the factors that might be infinite (those of inputs and constants cannot).
 
@@ -59,14 +65,14 @@ def product(out, operands, sizes: dict, rules: RuleBook, memo: dict | None = Non
     for node, labels in factors:
         dims.update(zip(labels, node.shape))
     selects = [f for f in values if _vanishing(f[0], memo, _DEPTH) is not None]
-    if selects and len(values) > 1:
+    if selects and len(values) > 1 and nesting < MAX_BRANCH_NESTING:
         # A select with a zero branch, where(c, a, 0), times what may be infinite where c is
         # 0 (the chain rule's next factor, 1 / sqrt(x) at x = 0 in the Hessian of
         # where(step(x), sqrt(x), 0)): the others go into its other branch, where(c, a * f, 0),
         # so that they are never multiplied by its 0. So for a sum or product that is 0 where c
         # is: where(c, (where(c, a, 0) + where(c, b, 0)) * f, 0).
         values = [_into_branch(selects[0], [f for f in values if f is not selects[0]], out,
-                               dims, rules, memo)]
+                               dims, rules, memo, nesting)]
         if not masks:
             return build.contract(out, [*values, *others], sizes)
     if not masks or not values:
@@ -148,7 +154,7 @@ def _key(select: Node | None):
     return None if select is None else (select.args[0], _zero_branch(select))
 
 
-def _into_branch(factor, values, out, dims, rules, memo):
+def _into_branch(factor, values, out, dims, rules, memo, nesting=0):
     """`factor * values`, the factor 0 where the condition c of the select it vanishes with
     (`_vanishing`) says, as `where(c, factor * values, 0)` (or the mirror image), laid on the
     axes that they carry, output axes first: (the select, its labels). A select is replaced
@@ -163,7 +169,7 @@ def _into_branch(factor, values, out, dims, rules, memo):
         branch = node.args[k]
         # The branch's product is one of the chain rule's too: a select in it is handled alike.
         inner = product(axes, [(branch, labels if branch.rank else ()), *values], on_axes,
-                        rules, memo)
+                        rules, memo, nesting + 1)
     else:  # a sum or product of selects on c: each term is its branch where c holds
         inner = build.contract(axes, [factor, *values], on_axes)
     c = select.args[0]
