@@ -80,25 +80,35 @@ def elementwise_partial(node: Map, position: int, rules: RuleBook) -> Node:
     # Constant arguments are part of the template (the rule folds them, `x ** 2`); any other
     # argument is opaque to lowering, so one placeholder of its shape stands for it.
     signature = tuple((a.shape, build.constant_value(a)) for a in node.args)
-    cache = _TEMPLATES.get(rules) if rules.frozen else None
-    if cache is None and rules.frozen:
-        cache = _TEMPLATES.setdefault(rules, {})
-    key = (node.fn, position, signature)
-    entry = cache.get(key) if cache is not None else None
-    if entry is None:
+
+    def make():
         holders = tuple(a if value is not None else Var(f"\0arg{k}", shape)
                         for k, (a, (shape, value)) in enumerate(zip(node.args, signature)))
         template = _lower_rule(node, rule, rules, holders)
-        entry = (template, holders, _dependents(template, holders))
-        if cache is not None:
-            if len(cache) >= MAX_TEMPLATES:
-                try:
-                    cache.pop(next(iter(cache)), None)
-                except (StopIteration, RuntimeError):  # another thread changed it meanwhile
-                    pass
-            cache[key] = entry
-    template, holders, steps = entry
+        return template, holders, _dependents(template, holders)
+
+    template, holders, steps = _cached(_TEMPLATES, rules, (node.fn, position, signature), make)
     return substitute(template, {h: a for h, a in zip(holders, node.args) if h is not a}, steps)
+
+
+def _cached(caches: "weakref.WeakKeyDictionary", rules: RuleBook, key, make):
+    """`make()`, kept in `caches[rules]` under `key` when the rule book is frozen (an unfrozen
+    one may still gain or replace rules), at most MAX_TEMPLATES per book, oldest dropped."""
+    if not rules.frozen:
+        return make()
+    cache = caches.get(rules)
+    if cache is None:
+        cache = caches.setdefault(rules, {})
+    entry = cache.get(key)
+    if entry is None:
+        entry = make()
+        if len(cache) >= MAX_TEMPLATES:
+            try:
+                cache.pop(next(iter(cache)), None)
+            except (StopIteration, RuntimeError):  # another thread changed it meanwhile
+                pass
+        cache[key] = entry
+    return entry
 
 
 def _lower_rule(node: Map, rule: Derivative, rules: RuleBook, args) -> Node:
@@ -197,27 +207,17 @@ def tensor_jacobian(node: Prim, rules: RuleBook) -> Jacobian:
     # The rule is lowered once per (function, parameters, argument shape) with a placeholder
     # for the argument, and each use substitutes the node's own: an unrolled network applies
     # softmax's rule (a dozen indexed terms) once per step.
-    cache = _JACOBIANS.get(rules) if rules.frozen else None
-    if cache is None and rules.frozen:
-        cache = _JACOBIANS.setdefault(rules, {})
-    key = (node.fn, node.params, arg.shape)
-    entry = cache.get(key) if cache is not None else None
-    if entry is None:
+    def make():
         holder = Var("\0arg0", arg.shape)
         general = Prim(node.fn, (holder,), node.params, node.shape)
         template = _IndexedLowering(general, rule, rules, out_l, arg_l).run(holder)
         # A sum of terms is kept a flat sum (see _IndexedLowering._terms): each term is
         # substituted on its own, and the sum made directly, not by the builder that factors.
         terms = template.node.terms if isinstance(template.node, Add) else [(1.0, template.node)]
-        entry = (template, holder, [(c, t, _dependents(t, (holder,))) for c, t in terms])
-        if cache is not None:
-            if len(cache) >= MAX_TEMPLATES:
-                try:
-                    cache.pop(next(iter(cache)), None)
-                except (StopIteration, RuntimeError):  # another thread changed it meanwhile
-                    pass
-            cache[key] = entry
-    template, holder, terms = entry
+        return template, holder, [(c, t, _dependents(t, (holder,))) for c, t in terms]
+
+    template, holder, terms = _cached(_JACOBIANS, rules, (node.fn, node.params, arg.shape),
+                                      make)
     parts = [(c, substitute(t, {holder: arg}, steps)) for c, t, steps in terms]
     jac = Add(parts) if isinstance(template.node, Add) else parts[0][1]
     return Jacobian(jac, template.labels, template.out_labels, template.arg_labels)

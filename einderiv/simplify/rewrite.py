@@ -254,8 +254,13 @@ def _argument_heads(rule) -> frozenset:
 def _functions_near(node: Node) -> set[str]:
     """The functions (elementwise and tensor) applied at `node`'s arguments and at their
     operands: what a head's arguments apply, seen through one broadcast, transpose or sum."""
+    return _functions_at(node.children())
+
+
+def _functions_at(children) -> set[str]:
+    """The functions applied at `children` and at their operands."""
     found = set()
-    for child in node.children():
+    for child in children:
         if isinstance(child, (Map, Prim)):
             found.add(child.fn)
         for grandchild in child.children():
@@ -268,7 +273,6 @@ def _functions_within(node: Node) -> set[str]:
     """The functions (elementwise and tensor) applied at `node`'s operands and their operands
     (a product's factors, a sum's terms, those of the sums nested in it, and their factors):
     enough to skip a rewrite that cannot match."""
-    found = set()
     if isinstance(node, Add):
         # The terms `flat_terms` gives, without building its list: nested sums are opened
         # left to right, depth first, while the count of terms stays within MAX_FLAT_TERMS
@@ -285,13 +289,7 @@ def _functions_within(node: Node) -> set[str]:
                 children.append(t)
     else:
         children = node.children()
-    for child in children:
-        if isinstance(child, (Map, Prim)):
-            found.add(child.fn)
-        for grandchild in child.children():
-            if isinstance(grandchild, (Map, Prim)):
-                found.add(grandchild.fn)
-    return found
+    return _functions_at(children)
 
 
 def _rebuilt(node: Node, normal: dict[Node, Node]) -> Node:
