@@ -350,6 +350,41 @@ def norm(x, axis=None):
     return xp.squeeze(m, axis=axes) * xp.sqrt(xp.sum(y * y, axis=axes))
 
 
+def max_weights(x, axis=-1):
+    """The derivative of max(x) over `axis` by x: 1 / k at each of the k entries equal to the
+    maximum of their slice, 0 elsewhere (a tie splits the gradient evenly, as JAX's max)."""
+    xp = _xp(x)
+    axes = _axes(axis, x.ndim)
+    if x.ndim == 0 or not axes or any(x.shape[a] == 0 for a in axes):
+        return _like(xp.ones_like(x), x, xp)
+    top = _like(x == xp.max(x, axis=axes, keepdims=True), x, xp)
+    return top / xp.sum(top, axis=axes, keepdims=True)
+
+
+def prod_others(x, axis=-1):
+    """The product of the other entries of each entry's slice along `axis`, the derivative of
+    prod(x) by x: exact where entries are 0 (prod(x) / x would be 0 / 0 there), from the
+    running products before and after each entry (cumprod), O(n) per slice."""
+    xp = _xp(x)
+    axes = _axes(axis, x.ndim)
+    if x.ndim == 0 or not axes or any(x.shape[a] == 0 for a in axes):
+        return _like(xp.ones_like(x), x, xp)
+    axes = tuple(a % x.ndim for a in axes)
+    rest = tuple(a for a in range(x.ndim) if a not in axes)
+    order = rest + axes
+    moved = xp.permute_dims(x, order)
+    flat = xp.reshape(moved, (*moved.shape[:len(rest)], -1))
+    ones = xp.ones_like(flat[..., :1])
+    before = xp.cumulative_prod(xp.concat([ones, flat[..., :-1]], axis=-1), axis=-1) \
+        if hasattr(xp, "cumulative_prod") else xp.cumprod(xp.concat([ones, flat[..., :-1]],
+                                                                     axis=-1), axis=-1)
+    tail = xp.flip(xp.concat([flat[..., 1:], ones], axis=-1), axis=-1)
+    after = xp.flip(xp.cumulative_prod(tail, axis=-1) if hasattr(xp, "cumulative_prod")
+                    else xp.cumprod(tail, axis=-1), axis=-1)
+    out = xp.reshape(before * after, moved.shape)
+    return xp.permute_dims(out, tuple(order.index(a) for a in range(x.ndim)))
+
+
 # -- special functions: scipy.special on numpy arrays, the backend's own elsewhere -------------
 #
 # numpy has no erf, lgamma or digamma. On numpy arrays (and numbers) these kernels call

@@ -15,7 +15,7 @@ from ..ir.nodes import Delta, Node, Prim, Size, Unit
 from ..parse import ast, parse
 
 MAX_DEFINITION_DEPTH = 32
-AXIS_FUNCTIONS = {"sum", "mean"}
+AXIS_FUNCTIONS = {"sum", "mean", "var", "std"}
 
 
 def tensor_args(call: ast.Call, scope) -> list[ast.Expr]:
@@ -121,7 +121,40 @@ def _mean(call, args, scope):
     axis = _axis_argument(call)  # checks the argument count before `args` is unpacked
     (x,) = args
     axes = _axes(axis, x.rank, call)
-    axes = tuple(range(x.rank)) if axes is None else axes
+    return _average(x, tuple(range(x.rank)) if axes is None else axes)
+
+
+def _var(call, args, scope):
+    """var(x, axis=None): the population variance (numpy's default ddof=0), lowered as the
+    mean of squared deviations from the mean, two passes as numpy (no E[x**2] - E[x]**2,
+    which cancels to nothing for data far from 0)."""
+    axis = _axis_argument(call)
+    (x,) = args
+    axes = _axes(axis, x.rank, call)
+    return _variance(x, tuple(range(x.rank)) if axes is None else axes)
+
+
+def _std(call, args, scope):
+    """std(x, axis=None): sqrt(var(x, axis)). Its derivative is infinite where every entry
+    is equal (var 0), as sqrt's at 0, and JAX's and PyTorch's."""
+    axis = _axis_argument(call)
+    (x,) = args
+    axes = _axes(axis, x.rank, call)
+    return build.elementwise("sqrt", [_variance(x, tuple(range(x.rank)) if axes is None
+                                                else axes)])
+
+
+def _variance(x: Node, axes: tuple[int, ...]) -> Node:
+    labels = tuple(range(x.rank))
+    # the mean broadcast back along the reduced axes (numpy's keepdims)
+    centre = build.contract(labels, [(_average(x, axes), tuple(l for l in labels
+                                                               if l not in axes))],
+                            {a: x.shape[a] for a in axes})
+    deviation = build.binary_add(x, centre, -1.0)
+    return _average(build.multiply(deviation, deviation), axes)
+
+
+def _average(x: Node, axes: tuple[int, ...]) -> Node:
     total = build.reduce_sum(x, axes)
     dims = [x.shape[a] for a in axes]
     concrete = 1
@@ -386,7 +419,7 @@ def _einsum(call, args, scope):
 
 
 BUILTINS = {
-    "sum": _sum, "mean": _mean, "dot": _dot, "outer": _outer, "tr": _trace, "trace": _trace,
+    "sum": _sum, "mean": _mean, "var": _var, "std": _std, "dot": _dot, "outer": _outer, "tr": _trace, "trace": _trace,
     "diag": _diag, "eye": _eye, "einsum": _einsum,
     "ones": _filled(1.0), "zeros": _filled(0.0), "size": _size, "pad": _pad,
     "stack": _stack,
