@@ -163,6 +163,15 @@ def test_prod_at_zeros():
     np.testing.assert_array_equal(g(X=X), [[0, 2, 0], [20, 15, 12]])
 
 
+def test_std_at_constant_data_is_nan():
+    """std has no derivative where every entry is equal: nan (0 / 0), as JAX's, as documented;
+    var's is 0 there."""
+    shapes = {"x": ("n",)}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        assert np.isnan(einderiv.grad("std(x)", "x", shapes)(x=np.ones(3))).all()
+    np.testing.assert_array_equal(einderiv.grad("var(x)", "x", shapes)(x=np.ones(3)), 0)
+
+
 def test_var_std_axis_errors():
     with pytest.raises(einderiv.errors.ShapeError, match="out of bounds"):
         einderiv.compile("var(X, axis=2)", MATRIX)

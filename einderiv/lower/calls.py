@@ -135,8 +135,8 @@ def _var(call, args, scope):
 
 
 def _std(call, args, scope):
-    """std(x, axis=None): sqrt(var(x, axis)). Its derivative is infinite where every entry
-    is equal (var 0), as sqrt's at 0, and JAX's and PyTorch's."""
+    """std(x, axis=None): sqrt(var(x, axis)). Its derivative is nan where every entry is
+    equal (var 0: 0 times sqrt's infinite derivative at 0), as JAX's."""
     axis = _axis_argument(call)
     (x,) = args
     axes = _axes(axis, x.rank, call)
