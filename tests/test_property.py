@@ -217,7 +217,8 @@ class Builder:
         if shape == ():
             src = self.choice([s for s in SHAPES if s])
             inner = self.expr(src)
-            kind = self.choice(["sum", "mean", "logsumexp", "norm", "sum-all-axes"])
+            kind = self.choice(["sum", "mean", "logsumexp", "norm", "sum-all-axes", "var",
+                                "prod"])
             if kind == "norm":
                 self.guards.append(f"sum({inner} * {inner})")
                 return f"norm({inner})"
@@ -229,7 +230,7 @@ class Builder:
             c = self.dim()
             src, axis = self.choice([((shape[0], c), self.choice(["1", "-1"])),
                                      ((c, shape[0]), self.choice(["0", "-2"]))])
-            fn = self.choice(["sum", "mean", "logsumexp"])
+            fn = self.choice(["sum", "mean", "logsumexp", "var", "prod"])
             keyword = "axis=" if self.draw(st.booleans()) else ""
             return f"{fn}({self.expr(src)}, {keyword}{axis})"
         # a matrix from a reduction, broadcast back along the reduced axis
