@@ -348,7 +348,10 @@ def grad(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy") -> De
     """The gradient of a scalar expression: shaped like `wrt` (a tuple for a list of names).
 
     A name repeated in the list gives its gradient again at each place it appears (as `jax.grad`
-    with `argnums=(0, 0)`); it is derived and computed once.
+    with `argnums=(0, 0)`); it is derived and computed once. Raises `ParseError`, `ShapeError`
+    or `UnknownNameError` (all `EinderivError`) on bad input, and `ParseError` for a text past
+    the derivation limit (`parser.MAX_GRADIENT_OPERATIONS` operations; docs/language.md,
+    "Limits"): build larger programs with `einderiv.var`.
 
     >>> import numpy as np, einderiv
     >>> g = einderiv.grad("sum(x * x)", "x", {"x": ("n",)})
@@ -376,7 +379,9 @@ def hessian(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy") ->
     """The Hessian of a scalar expression: shape `wrt_shape + wrt_shape`; for a list of names a
     tuple of tuples whose block [i][j] has shape `wrt_i + wrt_j` (as `jax.hessian`). It is the
     symbolic derivative of the gradient program. A repeated name repeats its rows and columns
-    of blocks (as `jax.hessian` with `argnums=(0, 0)`); each block is computed once."""
+    of blocks (as `jax.hessian` with `argnums=(0, 0)`); each block is computed once. A text
+    past `parser.MAX_HESSIAN_OPERATIONS` operations is a `ParseError` (docs/language.md,
+    "Limits")."""
     _check_backend(backend)
     names, many = _wrt_list(wrt)
     rules = default_rulebook()
