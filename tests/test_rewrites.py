@@ -647,3 +647,22 @@ def test_argmax_onehot_and_complement_kernels():
     np.testing.assert_allclose(q.sum(axis=(0, 2)), 7.0, rtol=1e-6)
     assert argmax_onehot(np.zeros((2, 0)), axis=1).shape == (2, 0)
     assert complement(np.zeros((2, 0)), axis=1).shape == (2, 0)
+
+
+@pytest.mark.parametrize("text, shift", [
+    ("log(sum(3 * exp(X), axis=1))", np.log(3)),
+    ("log(sum(exp(X) * 0.5, axis=1))", np.log(0.5)),
+    ("log(sum(exp(X) / size(m), axis=1))", -np.log(2)),
+    ("log(sum(exp(X) / 4, axis=-1))", -np.log(4)),
+])
+def test_a_scalar_inside_the_sum_of_a_logsumexp(text, shift):
+    # The builders keep a constant where it is written (inside the sum); the rewriter sees it
+    # outside too, where logsumexp's pattern has it: exact at 800, where exp overflows.
+    f = einderiv.compile(text, {"X": ("n", "m")})
+    assert "logsumexp(X, axis=1)" in f.formula and "exp(" not in f.formula.replace("sumexp(", "")
+    X = np.array([[800.0, 0.0], [1.0, 2.0]])
+    expected = np.logaddexp(X[:, 0], X[:, 1]) + shift
+    np.testing.assert_allclose(f(X=X), expected, rtol=1e-14)
+    g = einderiv.grad(f"sum({text})", "X", {"X": ("n", "m")})
+    e = np.exp(X - X.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(g(X=X), e / e.sum(axis=1, keepdims=True), rtol=1e-14)

@@ -117,14 +117,6 @@ def test_softplus_through_transpose_and_broadcast_inside_sum():
 
 # --- 5. other spellings of logsumexp and logaddexp ------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="log(sum(exp(x) / size(n))), log(sum(exp(x) / 2)) and "
-                   "log(sum(2 * exp(x))) are not rewritten to logsumexp: inf at x = [800, 0], "
-                   "right 799.307 and 800.693. Lowering keeps a constant factor inside the sum "
-                   "(sum[i](2 * exp(x[i]))) where 2 * sum(exp(x)) has it outside, two IR forms "
-                   "of one value, and a pattern matches only the form lowering gives it "
-                   "(log(2 * sum(exp(x))) is rewritten); the division by size(n) is a div "
-                   "inside the sum. Needs the builders (ir/build.py) to put a reduction's "
-                   "scalar factors in one place")
 def test_log_mean_exp_division_inside_sum():
     x = np.array([800.0, 0.0])
     lse = lse_mp(x)

@@ -109,7 +109,24 @@ class Rewriter:
             replaced = rule.apply(node)
             if replaced is not None and replaced is not node:
                 return replaced
-        return self._through_selection(node, rules) if isinstance(node, Map) else None
+        if not isinstance(node, Map):
+            return None
+        return self._scale_outside(node, rules) or self._through_selection(node, rules)
+
+    def _scale_outside(self, node: Map, rules) -> Node | None:
+        """A function of a sum with a constant factor inside, `log(sum(2 * exp(x)))`, seen as
+        of the factor times the sum, `log(2 * sum(exp(x)))`: the builders keep a constant
+        where it is written, and a pattern (`log(sum(exp(x), axis) / c)`) matches only the one
+        form. Tried where no rewrite applies to the node as it is."""
+        args = [_scaled_sum(a) for a in node.args]
+        if all(a is None for a in args):
+            return None
+        seen = Map(node.fn, *[a if a is not None else b for a, b in zip(args, node.args)])
+        for rule in rules:
+            replaced = rule.apply(seen)
+            if replaced is not None and replaced is not seen:
+                return replaced
+        return None
 
     def _lifts(self, fn: str, rules) -> frozenset:
         """The elementwise functions that the rewrites of `fn` apply to its arguments: one of
@@ -233,6 +250,26 @@ def _lifted_sum(a: Add) -> Contract | None:
                        for c, m in terms])
     lifted = build.contract(out, [(whole, labels), *picks], dims)
     return lifted if isinstance(lifted, Contract) else None
+
+
+def _scaled_sum(node: Node) -> Node | None:
+    """For a contraction that sums an index, with a constant factor `c` or a quotient by a
+    scalar `a / s` among its operands: `c * sum(rest)` or `sum(a * rest) / s`, the scalar taken
+    out of the sum; None for any other node."""
+    if not isinstance(node, Contract) or build._is_product(node):
+        return None
+    out = node.out
+    sizes = {l: node.dims[l] for l in out}
+    for k, (operand, labels) in enumerate(node.operands):
+        rest = node.operands[:k] + node.operands[k + 1:]
+        if isinstance(operand, Const) and rest:
+            return Contract(out, [(operand, ()), (build.contract(out, rest, sizes), out)], sizes)
+        if isinstance(operand, Map) and operand.fn == "div" and not operand.args[1].rank \
+                and build.constant_value(operand.args[1]) is None:
+            a, scalar = operand.args
+            inner = build.contract(out, [*rest, (a, labels if a.rank else ())], sizes)
+            return build.elementwise("div", [inner, scalar])
+    return None
 
 
 def _argument_heads(rule) -> frozenset:
