@@ -24,7 +24,8 @@ def tensor_args(call: ast.Call, scope) -> list[ast.Expr]:
         return []
     if call.func == "einsum":
         return list(call.args[1:])
-    if call.func in AXIS_FUNCTIONS or call.func == "pad" or _takes_axis(call.func, scope):
+    if call.func in AXIS_FUNCTIONS or call.func in ("pad", "transpose", "swapaxes") or \
+            _takes_axis(call.func, scope):
         return list(call.args[:1])
     return list(call.args)
 
@@ -350,6 +351,49 @@ def _stack(call, args, scope):
                       for i, a in enumerate(args)])
 
 
+def _transpose(call, args, scope):
+    """transpose(x, axes=None): numpy.transpose, the result's axis i is x's axis axes[i];
+    without axes every axis reversed, as `.T`. A relabelling, so derivatives need no rule."""
+    axes = _axis_argument(call, "axes")
+    (x,) = args
+    if axes is None or isinstance(axes, ast.NoneLit):
+        return build.transpose(x)
+    order = _permutation(axes.items if isinstance(axes, ast.Tuple) else (axes,), x.rank,
+                         call, axes.span)
+    if len(order) != x.rank:
+        raise ShapeError(f"transpose(): {len(order)} axes given for a rank-{x.rank} tensor "
+                         f"{show_shape(x.shape)}", axes.span or call.span,
+                         hint="name every axis once, e.g. transpose(x, (1, 0, 2))")
+    labels = tuple(range(x.rank))
+    return build.contract(order, [(x, labels)])
+
+
+def _swapaxes(call, args, scope):
+    """swapaxes(x, a, b): numpy.swapaxes, axes a and b exchanged."""
+    _no_keywords(call)
+    _arity(call, 3, 3)
+    (x,) = args
+    a, b = (_permutation((e,), x.rank, call, e.span)[0] for e in call.args[1:])
+    order = list(range(x.rank))
+    order[a], order[b] = b, a
+    return build.contract(tuple(order), [(x, tuple(range(x.rank)))])
+
+
+def _permutation(items, rank: int, call: ast.Call, span) -> tuple[int, ...]:
+    """Integer-constant axes, negative from the end, each once (in the order given)."""
+    from .lower import constant_int
+    axes = []
+    for item in items:
+        k = constant_int(item, "an axis")
+        if not -rank <= k < rank:
+            raise ShapeError(f"axis {k} is out of bounds for {call.func}() of a rank-{rank} "
+                             f"tensor", item.span or span or call.span)
+        if k % rank in axes:
+            raise ShapeError(f"{call.func}(): axis {k} repeats", item.span or span or call.span)
+        axes.append(k % rank)
+    return tuple(axes)
+
+
 def _size(call, args, scope):
     """size(n): the size of a dimension, as a scalar (formulas use it for `mean`)."""
     _no_keywords(call)
@@ -422,7 +466,7 @@ BUILTINS = {
     "sum": _sum, "mean": _mean, "var": _var, "std": _std, "dot": _dot, "outer": _outer, "tr": _trace, "trace": _trace,
     "diag": _diag, "eye": _eye, "einsum": _einsum,
     "ones": _filled(1.0), "zeros": _filled(0.0), "size": _size, "pad": _pad,
-    "stack": _stack,
+    "stack": _stack, "transpose": _transpose, "swapaxes": _swapaxes,
 }
 # Functions whose arguments are dimensions (ints or names from the shapes), not tensors.
 DIMENSION_FUNCTIONS = {"eye", "ones", "zeros", "size"}
