@@ -35,20 +35,23 @@ def _all_ways(made, shapes, arrays):
     return [made(**arrays), made.evaluate_ir(**arrays), again(**arrays)]
 
 
-def _check(expr, shapes, sizes, reference, wrt):
-    """expr's value against numpy's `reference`; the gradient of sum(log(1 + expr) * W) by
-    `wrt` against finite differences; every evaluation of both agrees."""
+def _check(expr, shapes, sizes, reference, wrt, weight="W", weight_shapes=None):
+    """expr's value against numpy's `reference`; the gradient of sum(log(1 + expr) * weight)
+    by `wrt` against finite differences; every evaluation of both agrees. The weight is W, of
+    the result's shape, or an expression of the arrays `weight_shapes` declares (a shape like
+    n + 2 cannot be declared)."""
     arrays = _arrays(shapes, sizes)
     value = einderiv.compile(expr, shapes)
     expected = reference(**arrays)
     for got in _all_ways(value, shapes, arrays):
         np.testing.assert_allclose(got, expected, rtol=1e-12)
     # A nonlinear loss weighted entry by entry, so every entry's place in the result matters.
-    W = np.random.default_rng(1).uniform(0.5, 1.5, expected.shape)
-    loss_shapes = {**shapes, "W": tuple(d.offset if d.is_concrete else str(d)
-                                        for d in value.lowered.root.shape)}
-    loss_text = f"sum(log(1 + {expr}) * W)"
-    arrays["W"] = W
+    if weight_shapes is None:
+        weight_shapes = {"W": tuple(d.offset if d.is_concrete else str(d)
+                                    for d in value.lowered.root.shape)}
+    loss_shapes = {**shapes, **weight_shapes}
+    arrays.update(_arrays(weight_shapes, sizes, seed=1))
+    loss_text = f"sum(log(1 + {expr}) * {weight})"
     g = einderiv.grad(loss_text, wrt, loss_shapes)
     assert "eye(" not in g.formula and "eye(" not in g.source, g.formula
     fd = _finite_differences(einderiv.compile(loss_text, loss_shapes), arrays, wrt)
@@ -105,3 +108,62 @@ def test_transpose_of_a_matrix_and_a_vector():
 def test_transpose_errors(expr, error, message):
     with pytest.raises(error, match=message):
         einderiv.compile(expr, XYZ)
+
+
+# -- concatenate -----------------------------------------------------------------------------
+
+# (expression, shapes, sizes, numpy, the weight: the same concatenation of arrays of its own)
+CONCATENATES = [
+    ("concatenate((x, y))", {"x": ("n",), "y": (2,)}, {"n": 3},
+     lambda x, y: np.concatenate((x, y)), "concatenate((u, v))"),
+    ("concatenate((y, x, y))", {"x": ("n",), "y": (2,)}, {"n": 3},
+     lambda x, y: np.concatenate((y, x, y)), "concatenate((v, u, v2))"),
+    ("concatenate((x, y), axis=0)", {"x": (3,), "y": (2,)}, {},
+     lambda x, y: np.concatenate((x, y)), "concatenate((u, v))"),
+    ("concatenate((A, B), axis=1)", {"A": ("k", 3), "B": ("k", "m")}, {"k": 2, "m": 4},
+     lambda A, B: np.concatenate((A, B), axis=1), "concatenate((U, V), axis=1)"),
+    ("concatenate((A, B), axis=-1)", {"A": ("k", 3), "B": ("k", "m")}, {"k": 2, "m": 4},
+     lambda A, B: np.concatenate((A, B), axis=-1), "concatenate((U, V), axis=1)"),
+    ("concatenate((A, B, A), axis=0)", {"A": (2, "k"), "B": (1, "k")}, {"k": 3},
+     lambda A, B: np.concatenate((A, B, A)), "concatenate((U, V, U2))"),
+    ("concatenate((X, 2 * X), axis=-2)", {"X": ("b", 2, "c")}, {"b": 2, "c": 3},
+     lambda X: np.concatenate((X, 2 * X), axis=-2), "concatenate((U, V), axis=1)"),
+]
+@pytest.mark.parametrize("expr, shapes, sizes, reference, weight", CONCATENATES,
+                         ids=[c[0] for c in CONCATENATES])
+def test_concatenates(expr, shapes, sizes, reference, weight):
+    names = tuple(shapes)
+    if names == ("x", "y"):
+        weights = {"u": shapes["x"], "v": shapes["y"], "v2": shapes["y"]}
+    elif names == ("A", "B"):
+        weights = {"U": shapes["A"], "V": shapes["B"], "U2": shapes["A"]}
+    else:
+        weights = {"U": shapes["X"], "V": shapes["X"]}
+    weights = {k: v for k, v in weights.items() if k in weight}
+    for wrt in names:
+        _check(expr, shapes, sizes, reference, wrt, weight, weights)
+
+
+def test_concatenate_gradient_is_slices():
+    # by an operand: a slice of what meets it
+    g = einderiv.grad("sum(log(concatenate((y, x, y))) * concatenate((u, x, u)))", "x",
+                      {"x": ("n",), "y": (2,), "u": (2,)})
+    assert "eye(" not in g.formula
+    assert g.formula.splitlines()[-1].endswith(")[2:-2]"), g.formula
+
+
+@pytest.mark.parametrize("expr, error, message", [
+    ("concatenate((x, z))", ShapeError, r"the sizes along axis 0, n \+ m, do not add up to a "
+                                        r"dimension"),
+    ("concatenate((x, x))", ShapeError, r"concatenate needs concrete sizes along the axis"),
+    ("concatenate((A, x))", ShapeError, r"\[n\] does not match \[2, n\] but along axis 0"),
+    ("concatenate((A, A.T), axis=1)", ShapeError, r"does not match \[2, n\] but along axis 1"),
+    ("concatenate((A, A), axis=2)", ShapeError, r"axis 2 is out of bounds for concatenate"),
+    ("concatenate((A, A), axis=(0, 1))", ParseError, r"takes one axis"),
+    ("concatenate(x, x)", ParseError, r"takes a tuple of tensors"),
+    ("concatenate((s, s))", ShapeError, r"zero-dimensional"),
+    ("concatenate((x, x), dim=0)", ParseError, r"unexpected keyword argument 'dim'"),
+])
+def test_concatenate_errors(expr, error, message):
+    with pytest.raises(error, match=message):
+        einderiv.compile(expr, {"x": ("n",), "z": ("m",), "A": (2, "n"), "s": ()})

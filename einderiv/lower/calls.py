@@ -24,6 +24,9 @@ def tensor_args(call: ast.Call, scope) -> list[ast.Expr]:
         return []
     if call.func == "einsum":
         return list(call.args[1:])
+    if call.func == "concatenate":  # numpy's: a tuple of tensors, then axis=
+        first = call.args[0] if call.args else None
+        return list(first.items) if isinstance(first, ast.Tuple) else list(call.args[:1])
     if call.func in AXIS_FUNCTIONS or call.func in ("pad", "transpose", "swapaxes") or \
             _takes_axis(call.func, scope):
         return list(call.args[:1])
@@ -394,6 +397,54 @@ def _permutation(items, rank: int, call: ast.Call, span) -> tuple[int, ...]:
     return tuple(axes)
 
 
+def _concatenate(call, args, scope):
+    """concatenate((a, b, ...), axis=0): numpy.concatenate, lowered as a sum of pads (each
+    operand zero-padded along the axis to the total, at its offset), so its adjoint is slices.
+    """
+    axis_expr = _axis_argument(call)
+    if not isinstance(call.args[0], ast.Tuple) or not args:
+        raise ParseError("concatenate() takes a tuple of tensors, e.g. concatenate((a, b), "
+                         "axis=0)", call.args[0].span or call.span)
+    rank = args[0].rank
+    if rank == 0:
+        raise ShapeError("concatenate(): zero-dimensional tensors cannot be concatenated",
+                         call.span)
+    axis = 0 if axis_expr is None else _axes(axis_expr, rank, call)[0]
+    if axis_expr is not None and isinstance(axis_expr, ast.Tuple):
+        raise ParseError("concatenate() takes one axis", axis_expr.span or call.span)
+    first = args[0].shape
+    for a, src in zip(args, call.args[0].items):
+        if a.rank != rank or any(d != e for i, (d, e) in enumerate(zip(a.shape, first))
+                                 if i != axis):
+            raise ShapeError(f"concatenate(): {show_shape(a.shape)} does not match "
+                             f"{show_shape(first)} but along axis {axis}",
+                             src.span or call.span)
+    try:
+        total = _dims_sum([(1, a.shape[axis]) for a in args])
+    except ValueError:
+        total = None
+    labels = tuple(range(rank))
+    out = labels[:axis] + (rank,) + labels[axis + 1:]
+    terms, before = [], Dim(None, 0)
+    for a, src in zip(args, call.args[0].items):
+        dim = a.shape[axis]
+        try:
+            end = before + dim
+        except ValueError:
+            end = None
+        if total is None or end is None:
+            # A pad's window must end at one name plus an integer: n + 3 is one, n + m is not.
+            sizes = " + ".join(str(b.shape[axis]) for b in args)
+            raise ShapeError(f"concatenate(): the sizes along axis {axis}, {sizes}, do not add "
+                             f"up to a dimension", src.span or call.span,
+                             hint="concatenate needs concrete sizes along the axis, but for "
+                                  "one operand of named size")
+        terms.append((1.0, build.contract(out, [(a, labels), (Delta(dim, total, before),
+                                                              (axis, rank))])))
+        before = end
+    return build.add(terms)
+
+
 def _size(call, args, scope):
     """size(n): the size of a dimension, as a scalar (formulas use it for `mean`)."""
     _no_keywords(call)
@@ -467,6 +518,7 @@ BUILTINS = {
     "diag": _diag, "eye": _eye, "einsum": _einsum,
     "ones": _filled(1.0), "zeros": _filled(0.0), "size": _size, "pad": _pad,
     "stack": _stack, "transpose": _transpose, "swapaxes": _swapaxes,
+    "concatenate": _concatenate,
 }
 # Functions whose arguments are dimensions (ints or names from the shapes), not tensors.
 DIMENSION_FUNCTIONS = {"eye", "ones", "zeros", "size"}
