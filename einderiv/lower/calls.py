@@ -24,9 +24,11 @@ def tensor_args(call: ast.Call, scope) -> list[ast.Expr]:
         return []
     if call.func == "einsum":
         return list(call.args[1:])
-    if call.func == "concatenate":  # numpy's: a tuple of tensors, then axis=
+    if call.func in ("concatenate", "stack"):  # numpy's: a tuple of tensors, then axis=
         first = call.args[0] if call.args else None
-        return list(first.items) if isinstance(first, ast.Tuple) else list(call.args[:1])
+        if isinstance(first, ast.Tuple):
+            return list(first.items)
+        return list(call.args[:1]) if call.func == "concatenate" else list(call.args)
     if call.func in AXIS_FUNCTIONS or call.func in ("pad", "transpose", "swapaxes") or \
             _takes_axis(call.func, scope):
         return list(call.args[:1])
@@ -338,19 +340,26 @@ def _dims_sum(terms) -> Dim:
 
 
 def _stack(call, args, scope):
-    """stack(a, b, ...): the arguments along a new first axis, as numpy.stack."""
-    _no_keywords(call)
+    """stack(a, b, ...) or stack((a, b, ...), axis=0): the arguments along a new axis, as
+    numpy.stack."""
+    for k, v in call.kwargs:
+        if k != "axis":
+            raise ParseError(f"stack() got an unexpected keyword argument '{k}'",
+                             v.span or call.span, hint="stack takes axis=")
     if not args:
         raise ParseError("stack() takes at least one tensor", call.span)
+    sources = call.args[0].items if isinstance(call.args[0], ast.Tuple) else call.args
     shape = args[0].shape
-    for a, src in zip(args, call.args):
+    for a, src in zip(args, sources):
         if a.shape != shape:
             raise ShapeError(f"stack(): all arguments need one shape; {show_shape(a.shape)} is "
                              f"not {show_shape(shape)}", src.span or call.span)
     k = Dim(None, len(args))
     rest = tuple(range(1, len(shape) + 1))
+    axis = _axes(call.kwargs[0][1], len(shape) + 1, call)[0] if call.kwargs else 0
+    out = rest[:axis] + (0,) + rest[axis:]
     # stack(...)[s, ...] = sum over k of e_k[s] * a_k[...]: linear, so derivatives need no rule.
-    return build.add([(1.0, build.contract((0,) + rest, [(Unit(k, i), (0,)), (a, rest)]))
+    return build.add([(1.0, build.contract(out, [(Unit(k, i), (0,)), (a, rest)]))
                       for i, a in enumerate(args)])
 
 
