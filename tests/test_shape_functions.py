@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import einderiv
+from einderiv.check import finite_difference
 from einderiv import EinderivError, ParseError, ShapeError
 
 
@@ -17,16 +18,6 @@ def _arrays(shapes, sizes, seed=0):
     rng = np.random.default_rng(seed)
     return {n: rng.uniform(0.5, 1.5, tuple(d if isinstance(d, int) else sizes[d] for d in s))
             for n, s in shapes.items()}
-
-
-def _finite_differences(f, arrays, wrt, eps=1e-6):
-    out = np.zeros_like(arrays[wrt])
-    for i in np.ndindex(out.shape):
-        up, down = arrays[wrt].copy(), arrays[wrt].copy()
-        up[i] += eps
-        down[i] -= eps
-        out[i] = (f(**{**arrays, wrt: up}) - f(**{**arrays, wrt: down})) / (2 * eps)
-    return out
 
 
 def _all_ways(made, shapes, arrays):
@@ -55,7 +46,7 @@ def _check(expr, shapes, sizes, reference, wrt, weight="W", weight_shapes=None):
     g = einderiv.grad(loss_text, wrt, loss_shapes)
     if "stack(" not in expr:  # stack's formula picks entries with unit vectors, eye(2)[0]
         assert "eye(" not in g.formula and "eye(" not in g.source, g.formula
-    fd = _finite_differences(einderiv.compile(loss_text, loss_shapes), arrays, wrt)
+    fd = finite_difference(einderiv.compile(loss_text, loss_shapes), arrays, wrt)
     for got in _all_ways(g, loss_shapes, arrays):
         np.testing.assert_allclose(got, fd, atol=1e-6)
 

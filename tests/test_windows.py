@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import einderiv
+from einderiv.check import finite_difference
 from einderiv import EinderivError, ShapeError
 from einderiv.symbolic import fn, var
 
@@ -49,16 +50,6 @@ def _arrays(shapes, sizes, seed=0):
             for n, s in shapes.items()}
 
 
-def _finite_differences(f, arrays, wrt, eps=1e-6):
-    out = np.zeros_like(arrays[wrt])
-    for i in np.ndindex(out.shape):
-        up, down = arrays[wrt].copy(), arrays[wrt].copy()
-        up[i] += eps
-        down[i] -= eps
-        out[i] = (f(**{**arrays, wrt: up}) - f(**{**arrays, wrt: down})) / (2 * eps)
-    return out
-
-
 @pytest.mark.parametrize("expr, shapes, sizes, pad", SLICES, ids=[c[0] for c in SLICES])
 def test_slice_adjoint_is_a_pad(expr, shapes, sizes, pad):
     g = einderiv.grad(expr, "x", shapes)
@@ -66,7 +57,7 @@ def test_slice_adjoint_is_a_pad(expr, shapes, sizes, pad):
     if pad is not None:
         assert g.formula == pad
     arrays = _arrays(shapes, sizes)
-    expected = _finite_differences(einderiv.compile(expr, shapes), arrays, "x")
+    expected = finite_difference(einderiv.compile(expr, shapes), arrays, "x")
     np.testing.assert_allclose(g(**arrays), expected, atol=1e-6)
     np.testing.assert_allclose(g.evaluate_ir(**arrays), expected, atol=1e-6)
 
@@ -78,7 +69,7 @@ def test_pad_adjoint_is_a_slice(expr, shapes, sizes, line):
     if line is not None:
         assert g.formula.splitlines()[-1] == line
     arrays = _arrays(shapes, sizes)
-    expected = _finite_differences(einderiv.compile(expr, shapes), arrays, "y")
+    expected = finite_difference(einderiv.compile(expr, shapes), arrays, "y")
     np.testing.assert_allclose(g(**arrays), expected, atol=1e-6)
     np.testing.assert_allclose(g.evaluate_ir(**arrays), expected, atol=1e-6)
 
@@ -171,7 +162,7 @@ def test_lstm_gate_adjoints_are_pads(monkeypatch):
                   X=np.eye(V)[rng.integers(0, V, T)], Y=np.eye(V)[rng.integers(0, V, T)])
     loss = einderiv.compile(_lstm(4))
     for name, value in zip(["W", "U", "b"], g(**arrays)):
-        np.testing.assert_allclose(value, _finite_differences(loss, arrays, name), atol=1e-6)
+        np.testing.assert_allclose(value, finite_difference(loss, arrays, name), atol=1e-6)
     calls = []
     real = np.eye
     monkeypatch.setattr(np, "eye", lambda *a, **k: calls.append(a) or real(*a, **k))
