@@ -117,3 +117,6 @@ class Program:
 
     statements: list
     source: str = ""
+
+    def __repr__(self) -> str:  # the dataclass repr recurses once per nesting level
+        return f"Program({len(self.statements)} statements)"
