@@ -179,11 +179,14 @@ def _into_branch(factor, values, out, dims, rules, memo, nesting=0):
     return build.elementwise("where", args), axes
 
 
+_COMPARISONS = frozenset(ast.COMPARISONS.values())  # `x > 0` is the mask greater(x, 0)
+
+
 def _zero_one(node: Node) -> bool:
-    """A step: 0 or 1 only (`step(x)`, `heaviside(x, 0)`, `heaviside(x, 1)`)."""
+    """A step: 0 or 1 only (`step(x)`, `heaviside(x, 0)`, `heaviside(x, 1)`, a comparison)."""
     if not isinstance(node, Map):
         return False
-    if node.fn == "step":
+    if node.fn == "step" or node.fn in _COMPARISONS:
         return True
     return node.fn == "heaviside" and build.constant_value(node.args[1]) in (0.0, 1.0)
 

@@ -5,6 +5,8 @@ serves numpy and the other backends, and each is numerically stable for large ar
 """
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from ..backends import array_namespace as _xp
@@ -270,6 +272,62 @@ def heaviside(x, h0):
     like = h0 if isinstance(x, (int, float)) else x
     xp = _xp(like)
     return _like(xp.where(x > 0, 1.0, xp.where(x == 0, h0, 0.0)), like, xp)
+
+
+def _mask(holds, a, b):
+    """The comparison `holds(a, b)` as a mask of 0 and 1 in the arguments' float dtype (a
+    Python number for two numbers, which does not widen float32 arrays it meets)."""
+    if _number(a, b):
+        return float(holds(a, b))
+    like = b if isinstance(a, (int, float)) else a
+    return _like(holds(a, b), like, _xp(like))
+
+
+def less(a, b):
+    return _mask(operator.lt, a, b)
+
+
+def less_equal(a, b):
+    return _mask(operator.le, a, b)
+
+
+def greater(a, b):
+    return _mask(operator.gt, a, b)
+
+
+def greater_equal(a, b):
+    return _mask(operator.ge, a, b)
+
+
+def equal(a, b):
+    return _mask(operator.eq, a, b)
+
+
+def not_equal(a, b):
+    return _mask(operator.ne, a, b)
+
+
+def argmax(x, axis=None):
+    """The position of the largest entry over `axis` (every axis by default: the position in
+    x flattened, as numpy's), the first at a tie, as a float of x's dtype (every value of the
+    language is one). Over several axes, the position in those axes flattened (C order)."""
+    return _argbest(x, axis, "argmax")
+
+
+def argmin(x, axis=None):
+    """As argmax, of the smallest entry."""
+    return _argbest(x, axis, "argmin")
+
+
+def _argbest(x, axis, name):
+    xp = _xp(x)
+    axes = tuple(a % x.ndim for a in _axes(axis, x.ndim)) if x.ndim else ()
+    if not axes:  # a scalar, or no axis: each entry is the only one of its slice
+        return _like(xp.zeros_like(x), x, xp)
+    rest = tuple(a for a in range(x.ndim) if a not in axes)
+    moved = xp.permute_dims(x, rest + axes) if rest + axes != tuple(range(x.ndim)) else x
+    flat = xp.reshape(moved, (*moved.shape[:len(rest)], -1))
+    return _like(getattr(xp, name)(flat, axis=-1), x, xp)
 
 
 def adjugate(X):

@@ -222,6 +222,11 @@ class _Printer:
 
     def binary(self, e: ast.BinOp) -> tuple[str, int]:
         op = e.op
+        if op in ast.COMPARISONS:  # a mask: Iverson's bracket, 1 where it holds
+            return rf"\left[{self.text(e.left)} {_RELATIONS[op]} {self.text(e.right)}\right]", ATOM
+        if op == "//":
+            return (rf"\left\lfloor \frac{{{self.text(e.left)}}}{{{self.text(e.right)}}} "
+                    r"\right\rfloor"), ATOM
         if op in "+-":
             return f"{self.operand(e.left, 'left')} {op} {self.operand(e.right, 'right')}", SUM
         if op == "/":
@@ -266,6 +271,10 @@ class _Printer:
     def special(self, f: str, args) -> tuple[str, int] | None:
         """Functions with a notation of their own, or None for the plain `\\operatorname` form."""
         n = len(args)
+        if f in _COMPARED and n == 2:
+            return self.binary(ast.BinOp(_COMPARED[f], *args))
+        if f == "floor_divide" and n == 2:
+            return self.binary(ast.BinOp("//", *args))
         if f == "eye" and n == 1:
             return f"I_{{{self.text(args[0])}}}", SUB
         if f in ("ones", "zeros") and n >= 1:
@@ -294,6 +303,10 @@ class _Printer:
             return (f"{self.operand(args[0], 'factor', kind)} {sign} "
                     f"{self.operand(args[1], 'last')}"), kind
         return None
+
+
+_RELATIONS = {"<": "<", "<=": r"\le", ">": ">", ">=": r"\ge", "==": "=", "!=": r"\ne"}
+_COMPARED = {fn: op for op, fn in ast.COMPARISONS.items()}
 
 
 def _parenthesize(text: str, kind: int, position: str, product: int | None = None) -> str:

@@ -183,7 +183,9 @@ def _lower_one(expr: ast.Expr, args: list[Node], scope: Scope) -> Node:
             return build.multiply(a, b, names)
         if expr.op == "@":
             return build.matmul(a, b, names)
-        fn = "div" if expr.op == "/" else "pow"
+        if expr.op in ast.COMPARISONS:  # a mask: the rule table's `greater(a, b)` for `a > b`
+            return build.elementwise(ast.COMPARISONS[expr.op], [a, b], list(names))
+        fn = {"/": "div", "**": "pow", "//": "floor_divide"}[expr.op]
         return build.elementwise(fn, [a, b], list(names))
     if isinstance(expr, ast.UnaryOp):
         return build.scale(-1.0, args[0]) if expr.op == "-" else args[0]

@@ -38,9 +38,14 @@ class Name(Expr):
     id: str
 
 
+# The comparison operators, and the rule-table function each is (a mask of 0 and 1).
+COMPARISONS = {"<": "less", "<=": "less_equal", ">": "greater", ">=": "greater_equal",
+               "==": "equal", "!=": "not_equal"}
+
+
 @dataclass(eq=False)
 class BinOp(Expr):
-    op: str  # one of + - * / @ **
+    op: str  # one of + - * / // @ ** or a comparison (COMPARISONS)
     left: Expr
     right: Expr
 

@@ -297,7 +297,19 @@ class _Builder:
         name, _, value = children
         return ast.Assign(str(name), value, self._span(children))
 
-    add, sub, mul, div, matmul, pow = (_binary(o) for o in ("+", "-", "*", "/", "@", "**"))
+    add, sub, mul, div, floordiv, matmul, pow = (_binary(o) for o in ("+", "-", "*", "/", "//",
+                                                                      "@", "**"))
+
+    def compare(self, children):
+        left, op, right = children
+        if isinstance(left, ast.BinOp) and left.op in ast.COMPARISONS and \
+                getattr(left, "_container", None) is None:
+            raise ParseError(f"comparisons do not chain: '{left.op}' then '{op}'",
+                             Span(_CURRENT.source, op.start_pos, op.end_pos),
+                             hint="a comparison is a mask of 0 and 1: bracket it, or multiply "
+                                  "two masks, e.g. (a < b) * (b < c)")
+        _CURRENT.operations += 1
+        return ast.BinOp(str(op), left, right, span=self._span(children))
 
     def neg(self, children):
         _CURRENT.operations += 1

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 from . import ast
 
-_PREC = {"+": 1, "-": 1, "*": 2, "/": 2, "@": 2, "neg": 3, "**": 4}
+_PREC = {**{op: 0 for op in ast.COMPARISONS}, "+": 1, "-": 1, "*": 2, "/": 2, "//": 2, "@": 2,
+         "neg": 3, "**": 4}
+# The function of an operator, called with two arguments, is printed as the operator
+# (`greater(x, 0)` as `x > 0`), the form a person writes; either parses to the same function.
+_OPERATOR = {**{fn: op for op, fn in ast.COMPARISONS.items()}, "floor_divide": "//"}
 MAX_DEPTH = 40
 MAX_CHARS = 10_000
 
@@ -50,7 +54,8 @@ class _Unparser:
         if isinstance(node, ast.BinOp):
             p = _PREC[node.op]
             self.spend(f" {node.op} ")
-            left = self.wrap(node.left, p if node.op != "**" else p + 1, d)
+            # `**` groups to the right; comparisons do not chain: bracketed on either side
+            left = self.wrap(node.left, p + 1 if node.op == "**" or p == 0 else p, d)
             right = self.wrap(node.right, p + 1 if node.op != "**" else p, d)
             return f"{left} {node.op} {right}"
         if isinstance(node, ast.UnaryOp):
@@ -66,6 +71,8 @@ class _Unparser:
             self.spend("()")
             inner = ", ".join(self.text(i, d) for i in node.items)
             return f"({inner},)" if len(node.items) == 1 else f"({inner})"
+        if _infix(node):
+            return self.text(ast.BinOp(_OPERATOR[node.func], *node.args), depth)
         if isinstance(node, ast.Call):
             self.spend(node.func + "()")
             args = [self.text(a, d) for a in node.args]
@@ -85,9 +92,17 @@ class _Unparser:
         return f"({text})" if _precedence(node) < prec else text
 
 
+def _infix(node) -> bool:
+    """Is `node` a call of an operator's function, printed as the operator?"""
+    return isinstance(node, ast.Call) and node.func in _OPERATOR and len(node.args) == 2 \
+        and not node.kwargs
+
+
 def _precedence(node) -> int:
     if isinstance(node, ast.BinOp):
         return _PREC[node.op]
+    if _infix(node):
+        return _PREC[_OPERATOR[node.func]]
     if isinstance(node, ast.UnaryOp):
         return _PREC["neg"]
     if isinstance(node, ast.Number) and node.value < 0:
