@@ -129,3 +129,30 @@ def test_every_valid_group_batched_stays_correct(builder, monkeypatch):
     declared = {n: tuple(s) for n, s in g.program.declarations.items()}
     for end in range(1, len(lines)):
         einderiv.compile("\n".join(lines[:end]), declared).source
+
+
+@pytest.mark.parametrize("loss_form", ["squared", "abs", "scaled"])
+def test_per_step_products_of_any_loss_form_are_one_product(loss_form):
+    # sum_t outer(d_t, h_{t-1}) over the steps is one `D.T @ H`, whatever the per-step loss:
+    # a squared loss leaves its 2 on one step's term only (the others carry it inside d_t),
+    # and the terms' coefficients then differ; the odd one is added back on its own (issue 13).
+    from einderiv import fn, var
+    steps = 16
+    W, U = var("W", ("H", "H")), var("U", ("H", "V"))
+    X, Y = var("X", (steps, "V")), var("Y", (steps, "H"))
+    h = loss = None
+    for t in range(steps):
+        z = U @ X[t]
+        h = fn.tanh(z if h is None else W @ h + z)
+        step = {"squared": fn.sum((h - Y[t]) ** 2), "abs": fn.sum(fn.abs(h - Y[t])),
+                "scaled": 3 * fn.sum(h * Y[t])}[loss_form]
+        loss = step if loss is None else loss + step
+    g = einderiv.grad(loss, "W")
+    # At most the first step and one odd coefficient stay outer products of their own.
+    assert _calls(g.formula, "outer") <= 2, g.formula
+    rng = np.random.default_rng(3)
+    arrays = {"W": rng.normal(size=(4, 4)) / 3, "U": rng.normal(size=(4, 3)),
+              "X": rng.normal(size=(steps, 3)), "Y": rng.normal(size=(steps, 4))}
+    f = einderiv.compile(loss, {})
+    expected = finite_difference(f, arrays, "W")
+    assert relative_error(g(**arrays), expected) < 1e-6

@@ -182,7 +182,14 @@ class _Batcher:
         lanes = len(members)
         expands = _expands(members[0])
         if expands and not self._reduced_only(members):
-            return False  # an outer product per step: batching would materialize lanes x m x n
+            # An outer product per step: batching would materialize lanes x m x n. The members
+            # that are only summed (all but a last step's, masked by a loss's kink) still are.
+            users = self.users
+            summed = [m for m in members if id(m) not in self.root_ids and
+                      all([type(u) is Add for u in users[id(m)]])]
+            if MIN_LANES <= len(summed) < lanes and self._reduced_only(summed):
+                return self._batch(summed)
+            return False
         used = self._first_use(members)  # no batch is made before it is read again below
         if self._recurrent(members, used) and not self._parts(members):
             return False  # decided without building a stack of every step's input
@@ -265,10 +272,10 @@ class _Batcher:
         # Each distinct user is checked once: the members of a T-step group share one sum of T
         # terms, and checking it per member would be quadratic in T.
         users = {id(u): u for m in members for u in self.users[id(m)]}
-        return all(
-            isinstance(u, Add) and ids <= {id(t) for _, t in u.terms} and
-            len({c for c, t in u.terms if id(t) in ids}) == 1
-            for u in users.values())
+        # The coefficients may differ (`2 * outer(d_T, h_T) + outer(d_1, h_1) + ...`, where
+        # a loss's factor sits on one step's term only): `_sum` corrects the odd rows.
+        return all(isinstance(u, Add) and ids <= {id(t) for _, t in u.terms}
+                   for u in users.values())
 
     def _alike(self, olds: tuple[Node, ...]) -> bool:
         """Whether `olds` are one operation (with the same fields) of as many children."""
@@ -366,9 +373,12 @@ class _Batcher:
                     summed = self.lane_sums[id(node)] = self._lane_sums(node)
                     if summed:
                         rows = self.rows
-                        children = [t for c, t in node.terms if id(t) not in rows or
-                                    (id(rows[id(t)][0]), c) not in summed]
-                        children += summed.values()
+                        children = [t for _, t in node.terms if id(t) not in rows or
+                                    id(rows[id(t)][0]) not in summed]
+                        for batched, coefs, members in summed.values():
+                            children.append(batched)
+                            # an odd row is added as itself: its member, from its inputs
+                            children += [c for row in _odd(coefs) for c in members[row].children()]
                 work.extend((c, False) for c in children if id(c) not in self.memo)
                 continue
             new = [self.memo.get(id(c)) for c in children]  # None: a term summed over lanes
@@ -380,35 +390,55 @@ class _Batcher:
                 self.memo[id(node)] = _with_children(node, new)
         return self.memo[id(root)]
 
-    def _lane_sums(self, node: Add) -> dict[tuple, Node]:
-        """(id of a batched node, coefficient) -> that node, for each batched node all of whose
-        rows are terms of `node` with that one coefficient, in the order the terms come."""
-        rows = defaultdict(list)
+    def _lane_sums(self, node: Add) -> dict[int, tuple[Node, list[float], list[Node]]]:
+        """id of a batched node -> (that node, the coefficient and the member of each of its
+        rows), for each batched node all of whose rows are terms of `node` (most are: a row or
+        two)."""
+        rows = defaultdict(dict)
         for coef, term in node.terms:
             found = self.rows.get(id(term))
             if found is not None:
-                rows[(id(found[0]), coef)].append(found)
-        return {key: found[0][0] for key, found in rows.items()
-                if len(found) == found[0][0].shape[0].offset and  # most: a row or two
-                sorted([row for _, row in found]) == list(range(len(found)))}
+                rows[id(found[0])][found[1]] = (found[0], coef, term)
+        summed = {}
+        for key, found in rows.items():
+            batched = next(iter(found.values()))[0]
+            if len(found) == batched.shape[0].offset:  # rows are 0 .. lanes - 1, each once
+                summed[key] = (batched, [found[row][1] for row in range(len(found))],
+                               [found[row][2] for row in range(len(found))])
+        return summed
 
     def _sum(self, node: Add, new: list) -> Node:
-        """A sum whose terms include every row of one batched node, with one coefficient,
-        sums over the lane axis instead: `sum_t outer(d_t, h_t)` is `D.T @ H`."""
+        """A sum whose terms include every row of one batched node sums over the lane axis
+        instead: `sum_t outer(d_t, h_t)` is `D.T @ H`. Rows whose coefficient differs from
+        the most common one `c` are corrected one by one: `sum_t c_t B[t]` is
+        `c sum_t B[t] + sum_t (c_t - c) B[t]`, and the last sum has a term or two (the
+        step where a loss's factor was not distributed)."""
         summed = self.lane_sums.pop(id(node))
         if not summed:
             changed = any(a is not b for a, b in zip(new, node.children()))
             return Add(list(zip((c for c, _ in node.terms), new))) if changed else node
         terms = []
-        for (_, coef), batched in summed.items():
-            batched = self.memo[id(batched)]
+        memo = self.memo
+        for batched, coefs, members in summed.values():
+            batched = memo[id(batched)]
             labels = tuple(range(1, batched.rank))
-            terms.append((coef, build.contract(labels, [(batched, (0, *labels))])))
+            common = max(set(coefs), key=coefs.count)
+            terms.append((common, build.contract(labels, [(batched, (0, *labels))])))
+            for row in _odd(coefs):
+                member = members[row]
+                terms.append((coefs[row] - common, _with_children(
+                    member, [memo[id(c)] for c in member.children()])))
         for (coef, term), n in zip(node.terms, new):
             found = self.rows.get(id(term))
-            if found is None or (id(found[0]), coef) not in summed:
+            if found is None or id(found[0]) not in summed:
                 terms.append((coef, n))
         return build.add(terms)
+
+
+def _odd(coefs: list[float]) -> list[int]:
+    """The rows whose coefficient is not the most common one."""
+    common = max(set(coefs), key=coefs.count)
+    return [row for row, coef in enumerate(coefs) if coef != common]
 
 
 class _Cycle(Exception):
