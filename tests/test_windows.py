@@ -151,10 +151,12 @@ def _lstm(steps):
 
 def test_lstm_gate_adjoints_are_pads(monkeypatch):
     """Each gate's gradient is a product of several factors: they are multiplied first, then
-    padded into place (it was eye(16)[12:].T @ (...), one matrix per gate and step)."""
+    placed side by side (it was eye(16)[12:].T @ (...), one matrix per gate and step, then a
+    sum of one pad per gate): one concatenate per step, in the gates' order."""
     g = einderiv.grad(_lstm(4), ["W", "U", "b"])
     assert "eye(" not in g.source and "eye(" not in g.formula
-    assert "pad(" in g.formula
+    assert "pad(" not in g.formula and "pad(" not in g.source
+    assert g.formula.count("concatenate((") == 4  # one per step
     rng = np.random.default_rng(1)
     V, T = 3, 4
     arrays = dict(W=rng.standard_normal((16, 4)) * .5, U=rng.standard_normal((16, V)) * .5,

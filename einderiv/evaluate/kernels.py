@@ -550,3 +550,16 @@ def gelu(x):
         import jax
         return jax.nn.gelu(x, approximate=False)
     return x * _special("ndtr", x)
+
+
+def pad(x, widths, xp=np):
+    """`x` with zeros before and after it along each axis (`widths`: one (before, after) pair
+    per axis), as numpy.pad with zeros: the adjoint of a slice. For a numpy array, one array of
+    zeros and one slice assignment: numpy.pad spends about 20 us a call in Python, ten times
+    this, and the adjoints of an unrolled network's slices are many small pads. `xp`: the
+    namespace of the generated code, whose own pad serves every other backend."""
+    if xp is np and isinstance(x, np.ndarray):
+        out = np.zeros(tuple(n + a + b for n, (a, b) in zip(x.shape, widths)), x.dtype)
+        out[tuple(slice(a, a + n) for n, (a, _) in zip(x.shape, widths))] = x
+        return out
+    return xp.pad(x, widths)

@@ -303,7 +303,11 @@ class _Printer:
         if name == "pad":
             pairs = ", ".join(f"({self._dimension(a)}, {self._dimension(b)})"
                               for a, b in (p.items for p in e.args[1].items))
-            return f"_xp.pad({self.expr(e.args[0])}, ({pairs},))"
+            self.imports["einderiv.evaluate.kernels"] = "_kernels"
+            return f"_kernels.pad({self.expr(e.args[0])}, ({pairs},), _xp)"
+        if name == "concatenate":  # the vectorizer's: the parts as arguments (unparse.py)
+            axis = "".join(f", axis={self._axis(v)}" for k, v in e.kwargs if k == "axis")
+            return f"_xp.concatenate([{', '.join(self.expr(a) for a in e.args)}]{axis})"
         if name == "eye":  # numpy.eye(N, M): M by keyword, as dask.array.eye's 2nd is chunks
             dims = [self._dimension(a) for a in e.args]
             return f"_xp.eye({dims[0]}, {''.join(f'M={m}, ' for m in dims[1:])}dtype=_dtype)"

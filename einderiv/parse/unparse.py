@@ -76,6 +76,9 @@ class _Unparser:
         if isinstance(node, ast.Call):
             self.spend(node.func + "()")
             args = [self.text(a, d) for a in node.args]
+            if node.func == "concatenate" and not isinstance(node.args[0], ast.Tuple):
+                # the vectorizer's, with the parts as arguments: numpy's takes a tuple
+                args = [f"({', '.join(args)}{',' if len(args) == 1 else ''})"]
             args += [f"{k}={self.text(v, d)}" for k, v in node.kwargs]
             return f"{node.func}({', '.join(args)})"
         return "?"
