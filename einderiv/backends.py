@@ -245,6 +245,10 @@ class _TorchNumpy:
         like = a if isinstance(a, self._torch.Tensor) else b
         return self._torch.minimum(self._tensor(a, like), self._tensor(b, like))
 
+    def flip(self, x, axis=None):
+        return self._torch.flip(x, tuple(range(x.ndim)) if axis is None else
+                                (axis,) if isinstance(axis, int) else tuple(axis))
+
     def pad(self, x, widths):
         flat = [w for pair in reversed(widths) for w in pair]  # torch: last axis first
         return self._torch.nn.functional.pad(x, flat)

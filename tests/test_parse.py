@@ -36,7 +36,8 @@ def sexpr(node):
     if isinstance(node, ast.Index):
         return ("[]", sexpr(node.operand), tuple(sexpr(i) for i in node.items))
     if isinstance(node, ast.Slice):
-        return ("slice", sexpr(node.lo) if node.lo else None, sexpr(node.hi) if node.hi else None)
+        bounds = ("slice", sexpr(node.lo) if node.lo else None, sexpr(node.hi) if node.hi else None)
+        return bounds if node.step is None else bounds + (sexpr(node.step),)
     if isinstance(node, ast.Tuple):
         return ("tuple",) + tuple(sexpr(i) for i in node.items)
     if isinstance(node, ast.Call):
@@ -286,12 +287,15 @@ def test_positional_after_keyword_is_an_error():
     ("x[1:]", (("slice", 1.0, None),)),
     ("x[:-1]", (("slice", None, ("neg", 1.0)),)),
     ("x[None, :, None]", (None, ("slice", None, None), None)),
+    ("x[::2]", (("slice", None, None, 2.0),)),  # steps (issue 14)
+    ("x[1:2:-3]", (("slice", 1.0, 2.0, ("neg", 3.0)),)),
+    ("x[::]", (("slice", None, None),)),
 ])
 def test_indexing(source, items):
     assert tree(source)[2] == items
 
 
-@pytest.mark.parametrize("source", ["x[]", "x[,]", "x[::2]", "x[1:2:3]"])
+@pytest.mark.parametrize("source", ["x[]", "x[,]", "x[:::2]", "x[1:2:3:4]"])
 def test_bad_indexing(source):
     with pytest.raises(ParseError):
         parse(source)

@@ -15,6 +15,7 @@ from ..errors import EinderivError
 from ..ir import build
 from ..ir.nodes import Add, Contract, Delta, Map, Node, Prim, Var, topological
 from ..rulebook import RuleBook
+from ..lower.linear import adjoint, is_linear
 from .masks import product
 from .partials import elementwise_partial, tensor_jacobian
 
@@ -73,6 +74,8 @@ def _pullback(node: Node, bar: Node, seed: tuple[int, ...], rules: RuleBook, mem
             out = seed + (labels if arg.rank else ())
             yield arg, product(out, [(bar, seed + labels), (local, labels if local.rank else ())],
                                {}, rules, memo)
+    elif is_linear(node):  # cumsum, reversal, reshape...: the adjoint map, never the Jacobian
+        yield node.args[0], adjoint(node, bar, len(seed))
     elif isinstance(node, Prim):
         jac = tensor_jacobian(node, rules)
         (arg,) = node.args

@@ -217,7 +217,8 @@ class _Printer:
         if isinstance(item, ast.Slice):
             lo = "" if item.lo is None else self.text(item.lo)
             hi = "" if item.hi is None else self.text(item.hi)
-            return f"{lo}{{:}}{hi}"
+            step = "" if item.step is None else f"{{:}}{self.text(item.step)}"
+            return f"{lo}{{:}}{hi}{step}"
         return self.text(item)
 
     def binary(self, e: ast.BinOp) -> tuple[str, int]:

@@ -69,6 +69,19 @@ def _step_select(e: ast.Call, rules: RuleBook) -> bool:
                              for f in ("where", "step"))
 
 
+def _reversal(e: ast.Index) -> int | None:
+    """The axis `e` reverses when it is `x[:, ..., ::-1]` (the vectorizer's reversal), else
+    None."""
+    *whole, last = e.items
+    if not all(isinstance(i, ast.Slice) and i.lo is i.hi is i.step is None for i in whole):
+        return None
+    if isinstance(last, ast.Slice) and last.lo is None and last.hi is None and \
+            isinstance(last.step, ast.UnaryOp) and last.step.op == "-" and \
+            isinstance(last.step.operand, ast.Number) and last.step.operand.value == 1:
+        return len(whole)
+    return None
+
+
 def _atomic(e: ast.Expr) -> bool:
     """A name or an integer at least 0: text that no neighbouring operator can split."""
     return isinstance(e, ast.Name) or (isinstance(e, ast.Number) and e.value >= 0)
@@ -219,6 +232,9 @@ class _Printer:
                 n = self._dimension(e.operand.args[0])  # identity (rows x n, not n x n)
                 rows = f"_xp.arange({n})[{self._item(e.items[0])}]"
                 return f"_xp.asarray({rows}[:, None] == _xp.arange({n}), dtype=_dtype)"
+            flipped = _reversal(e)
+            if flipped is not None:  # x[::-1]: torch's tensors take no negative step
+                return f"_xp.flip({self.expr(e.operand)}, axis={flipped})"
             return f"{self._wrap(e.operand, 9)}[{', '.join(self._item(i) for i in e.items)}]"
         if isinstance(e, ast.Tuple):
             inner = ", ".join(self.expr(i) for i in e.items)
@@ -241,6 +257,8 @@ class _Printer:
         if isinstance(item, ast.Slice):
             lo = "" if item.lo is None else self._index_int(item.lo)
             hi = "" if item.hi is None else self._index_int(item.hi)
+            if item.step is not None:
+                return f"{lo}:{hi}:{self._index_int(item.step)}"
             return f"{lo}:{hi}"
         if isinstance(item, ast.NoneLit):
             return "None"
@@ -292,6 +310,9 @@ class _Printer:
                 return f"_xp.einsum({spec!r}, {operands})"
             self.contractions.append((spec, shapes))
             return f"_c{len(self.contractions) - 1}({operands})"
+        if name == "cumsum":  # a vector's without an axis (numpy's flattens anything else)
+            axis = self._axis(e.kwargs[0][1]) if e.kwargs else "0"
+            return f"_xp.cumsum({self.expr(e.args[0])}, axis={axis})"
         if name in ("ones", "zeros"):
             dims = ", ".join(self._dimension(a) for a in e.args)
             return f"_xp.{name}(({dims},), dtype=_dtype)"

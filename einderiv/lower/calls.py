@@ -13,9 +13,10 @@ from ..ir import build
 from ..ir.dims import Dim, show_shape
 from ..ir.nodes import Delta, Node, Prim, Size, Unit
 from ..parse import ast, parse
+from . import linear
 
 MAX_DEFINITION_DEPTH = 32
-AXIS_FUNCTIONS = {"sum", "mean", "var", "std"}
+AXIS_FUNCTIONS = {"sum", "mean", "var", "std", "cumsum", "flip"}
 
 
 def tensor_args(call: ast.Call, scope) -> list[ast.Expr]:
@@ -454,6 +455,40 @@ def _concatenate(call, args, scope):
     return build.add(terms)
 
 
+def _cumsum(call, args, scope):
+    """cumsum(x, axis=None): numpy's cumulative sum along `axis` (one axis), a linear map whose
+    derivative is the running sum from the other end (lower/linear.py), never a triangle."""
+    axis = _axis_argument(call)
+    (x,) = args
+    if axis is None or isinstance(axis, ast.NoneLit):
+        if x.rank != 1:
+            raise ShapeError(f"cumsum() of a rank-{x.rank} tensor {show_shape(x.shape)} needs "
+                             f"axis=", call.span,
+                             hint="numpy's cumsum without an axis flattens the array first: "
+                                  "name the axis, e.g. cumsum(x, axis=0)")
+        return linear.cumsum(x, 0)
+    return linear.cumsum(x, _one_axis(axis, x.rank, call))
+
+
+def _flip(call, args, scope):
+    """flip(x, axis=None): numpy's flip, x reversed along the axes (every axis by default);
+    `x[::-1]` reverses the first."""
+    axis = _axis_argument(call)
+    (x,) = args
+    axes = _axes(axis, x.rank, call)
+    for a in range(x.rank) if axes is None else axes:
+        x = linear.flip(x, a)
+    return x
+
+
+def _one_axis(expr, rank: int, call) -> int:
+    if isinstance(expr, ast.Tuple):
+        raise ParseError(f"{call.func}() takes one axis", expr.span or call.span)
+    if rank == 0:
+        raise ShapeError(f"{call.func}() of a scalar has no axis", expr.span or call.span)
+    return _axes(expr, rank, call)[0]
+
+
 def _size(call, args, scope):
     """size(n): the size of a dimension, as a scalar (formulas use it for `mean`)."""
     _no_keywords(call)
@@ -527,7 +562,7 @@ BUILTINS = {
     "diag": _diag, "eye": _eye, "einsum": _einsum,
     "ones": _filled(1.0), "zeros": _filled(0.0), "size": _size, "pad": _pad,
     "stack": _stack, "transpose": _transpose, "swapaxes": _swapaxes,
-    "concatenate": _concatenate,
+    "concatenate": _concatenate, "cumsum": _cumsum, "flip": _flip,
 }
 # Functions whose arguments are dimensions (ints or names from the shapes), not tensors.
 DIMENSION_FUNCTIONS = {"eye", "ones", "zeros", "size"}

@@ -17,7 +17,7 @@ from ..parse import ast
 from ..parse.parser import check_name
 from ..parse.unparse import unparse
 from ..rulebook import RuleBook, default_rulebook
-from . import calls
+from . import calls, linear
 
 
 @dataclass
@@ -204,7 +204,7 @@ def _lower_one(expr: ast.Expr, args: list[Node], scope: Scope) -> Node:
                                   "last two axes swapped)")
         return build.transpose(args[0])
     if isinstance(expr, ast.Index):
-        return build.index(args[0], [_index_item(i, scope) for i in expr.items])
+        return _index(args[0], expr.items, scope)
     if isinstance(expr, ast.Call):
         return calls.lower_call(expr, args, scope)
     if isinstance(expr, (ast.String, ast.Tuple, ast.NoneLit, ast.Slice)):
@@ -230,6 +230,56 @@ def constant_int(expr: ast.Expr, what: str) -> int:
             node.value == int(node.value):
         return sign * int(node.value)
     raise ParseError(f"{what} must be an integer constant", expr.span)
+
+
+def _index(x: Node, items, scope) -> Node:
+    """numpy's basic indexing, steps included: a slice with a negative step reverses its axis
+    first (`x[::-1]`, a linear map) and is then a slice with a positive one, and a step past 1
+    takes every k-th entry of the slice after it (`x[1::2]`)."""
+    basic, strides, axis, out = [], [], 0, 0
+    for item in items:
+        if not isinstance(item, ast.Slice) or item.step is None:
+            basic.append(_index_item(item, scope))
+        else:
+            k = constant_int(item.step, "a slice step")
+            if k == 0:
+                raise ShapeError("a slice step cannot be zero", item.step.span)
+            lo = None if item.lo is None else _bound(item.lo, scope)
+            hi = None if item.hi is None else _bound(item.hi, scope)
+            if k < 0 and axis < x.rank:
+                x = linear.flip(x, axis)
+                lo, hi = _reversed_bounds(lo, hi, k, x.shape[axis], item)
+            basic.append(("slice", lo, hi))
+            if abs(k) != 1:
+                raise ParseError("a slice step other than 1 or -1 is not supported yet",
+                                 item.step.span)
+        kind = basic[-1][0]
+        axis += kind != "none"
+        out += kind != "int"
+    node = build.index(x, basic)
+    for at, k, item in strides:
+        node = linear.stride(node, at, k)
+    return node
+
+
+def _reversed_bounds(lo, hi, k: int, dim: Dim, item):
+    """The bounds lo:hi of a slice with the negative step k, as bounds of the reversed axis
+    (entry i of the axis is entry dim - 1 - i reversed) to take with the step -k."""
+    if dim.is_concrete:
+        if isinstance(lo, Dim) or isinstance(hi, Dim):
+            raise ShapeError("a slice with a negative step takes integer bounds", item.span)
+        start, stop, _ = slice(lo, hi, k).indices(dim.offset)
+        count = len(range(start, stop, k))
+        first = dim.offset - 1 - start
+        return (0, 0) if count == 0 else (first, first + (count - 1) * -k + 1)
+    if isinstance(lo, Dim) or isinstance(hi, Dim):
+        raise ShapeError("a slice with a negative step takes integer bounds (counted from the "
+                         "end where negative)", item.span,
+                         hint="reverse first, then slice: x[::-1][:m]")
+    # lo (the first entry taken) is at dim - 1 - lo reversed; the entries stop before hi.
+    first = None if lo is None else (Dim(None, -1 - lo) if lo < 0 else dim - (1 + lo))
+    last = None if hi is None else (Dim(None, -1 - hi) if hi < 0 else dim - (1 + hi))
+    return first, last
 
 
 def _index_item(item, scope):

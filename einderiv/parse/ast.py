@@ -75,6 +75,7 @@ class Attribute(Expr):
 class Slice(Expr):
     lo: Expr | None
     hi: Expr | None
+    step: Expr | None = None  # `x[::2]`, `x[::-1]`; None for none written
 
 
 @dataclass(eq=False)

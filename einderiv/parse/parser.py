@@ -334,6 +334,10 @@ class _Builder:
         lo, _, hi = children
         return ast.Slice(lo, hi, span=self._span(children))
 
+    def slice_step(self, children):
+        lo, _, hi, _, step = children
+        return ast.Slice(lo, hi, step, span=self._span(children))
+
     def number(self, children):
         return ast.Number(float(children[0]), span=self._span(children))
 

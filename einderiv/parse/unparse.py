@@ -87,6 +87,8 @@ class _Unparser:
         if isinstance(item, ast.Slice):
             lo = "" if item.lo is None else self.text(item.lo, depth)
             hi = "" if item.hi is None else self.text(item.hi, depth)
+            if item.step is not None:
+                return f"{lo}:{hi}:{self.text(item.step, depth)}"
             return f"{lo}:{hi}"
         return self.text(item, depth)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from ..ir.dims import Dim
 from ..ir.names import input_names, output_labels
 from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Size, Unit, Var, topological
+from ..lower.linear import is_linear, surface as linear_surface
 from ..parse import ast
 from ..rulebook import RuleBook, default_rulebook
 from .contraction import ContractionTranslator, align, broadcast, dimension, number, scaled
@@ -239,8 +240,10 @@ class _Translator:
         return ast.Call(fn, args, (("axis", axis),))
 
     def _primitive(self, node: Prim) -> ast.Expr:
-        (arg,) = node.args
-        call = ast.Call(node.fn, (self.expr(arg),))
+        if is_linear(node):  # cumsum, x[::-1], reshape...: lower/linear.py writes them
+            return linear_surface(node, self.expr(node.args[0]))
+        arg = node.args[0]
+        call = ast.Call(node.fn, tuple(self.expr(a) for a in node.args))
         if not node.params:
             return call
         axes = node.params[0]

@@ -397,7 +397,7 @@ def _parts(e) -> tuple:
     if t is ast.Index:
         return (e.operand, *e.items)
     if t is ast.Slice:
-        return (e.lo, e.hi)
+        return (e.lo, e.hi, e.step)
     if t is ast.Tuple:
         return e.items
     return ()

@@ -333,7 +333,7 @@ def _key(e: ast.Expr) -> tuple | None:
             stack += [*reversed(x.items), x.operand]
         elif isinstance(x, ast.Slice):
             key.append(("slice",))
-            stack += [x.hi, x.lo]
+            stack += [x.step, x.hi, x.lo]
         elif isinstance(x, ast.Tuple):
             key.append(("tuple", len(x.items)))
             stack += reversed(x.items)
