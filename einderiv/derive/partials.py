@@ -178,9 +178,18 @@ class _Layout:
         self.batch = batch  # batch axes, in order (matched positionally to the batch labels)
 
 
-def _layouts(node: Prim, rules: RuleBook) -> tuple[_Layout, _Layout]:
+def _layouts(node: Prim, rules: RuleBook, position: int = 0) -> tuple[_Layout, _Layout]:
+    """The layouts of the node's result and of its argument number `position`."""
     f = rules.get(node.fn)
-    (arg,) = node.args
+    arg = node.args[position]
+    if f.shape == "square_rhs":
+        # solve(A, b): A's two axes are core, each its own index; b's (and the result's)
+        # first axis after the batch is core, and b's column axis, if any, is a batch axis
+        # that A lacks (the same A for every column).
+        r = node.args[0].rank
+        batch = list(range(r - 2))
+        rhs = _Layout([(r - 2,)], batch + ([r - 1] if node.rank == r else []))
+        return rhs, (_Layout([(r - 2,), (r - 1,)], batch) if position == 0 else rhs)
     if f.shape in ("square", "square_scalar", "square_pair"):
         r = arg.rank
         arg_l = _Layout([(r - 2,), (r - 1,)], list(range(r - 2)))
@@ -195,30 +204,32 @@ def _layouts(node: Prim, rules: RuleBook) -> tuple[_Layout, _Layout]:
     return out_l, arg_l
 
 
-def tensor_jacobian(node: Prim, rules: RuleBook) -> Jacobian:
-    rule = rules.derivative(node.fn, 0)
+def tensor_jacobian(node: Prim, rules: RuleBook, position: int = 0) -> Jacobian:
+    """The Jacobian of `node` by its argument number `position`."""
+    rule = rules.derivative(node.fn, position)
     if rule is None:
-        raise _missing(node, 0, rules)
-    out_l, arg_l = _layouts(node, rules)
+        raise _missing(node, position, rules)
+    out_l, arg_l = _layouts(node, rules, position)
     if len(rule.out_indices) != len(out_l.groups) or len(rule.wrt_indices) != len(arg_l.groups):
         raise RuleError(f"{rule.origin}: {node.fn} needs {len(out_l.groups)} output and "
                         f"{len(arg_l.groups)} argument indices")
-    (arg,) = node.args
-    # The rule is lowered once per (function, parameters, argument shape) with a placeholder
-    # for the argument, and each use substitutes the node's own: an unrolled network applies
-    # softmax's rule (a dozen indexed terms) once per step.
+    shapes = tuple(a.shape for a in node.args)
+    # The rule is lowered once per (function, position, parameters, argument shapes) with
+    # placeholders for the arguments, and each use substitutes the node's own: an unrolled
+    # network applies softmax's rule (a dozen indexed terms) once per step.
     def make():
-        holder = Var("\0arg0", arg.shape)
-        general = Prim(node.fn, (holder,), node.params, node.shape)
-        template = _IndexedLowering(general, rule, rules, out_l, arg_l).run(holder)
+        holders = tuple(Var(f"\0arg{k}", shape) for k, shape in enumerate(shapes))
+        general = Prim(node.fn, holders, node.params, node.shape)
+        template = _IndexedLowering(general, rule, rules, out_l, arg_l, position).run()
         # A sum of terms is kept a flat sum (see _IndexedLowering._terms): each term is
         # substituted on its own, and the sum made directly, not by the builder that factors.
         terms = template.node.terms if isinstance(template.node, Add) else [(1.0, template.node)]
-        return template, holder, [(c, t, _dependents(t, (holder,))) for c, t in terms]
+        return template, holders, [(c, t, _dependents(t, holders)) for c, t in terms]
 
-    template, holder, terms = _cached(_JACOBIANS, rules, (node.fn, node.params, arg.shape),
-                                      make)
-    parts = [(c, substitute(t, {holder: arg}, steps)) for c, t, steps in terms]
+    template, holders, terms = _cached(_JACOBIANS, rules,
+                                       (node.fn, position, node.params, shapes), make)
+    mapping = dict(zip(holders, node.args))
+    parts = [(c, substitute(t, mapping, steps)) for c, t, steps in terms]
     jac = Add(parts) if isinstance(template.node, Add) else parts[0][1]
     return Jacobian(jac, template.labels, template.out_labels, template.arg_labels)
 
@@ -226,13 +237,21 @@ def tensor_jacobian(node: Prim, rules: RuleBook) -> Jacobian:
 class _IndexedLowering:
     """Lower an indexed rule body to a labelled contraction."""
 
-    def __init__(self, node: Prim, rule: Derivative, rules: RuleBook, out_l, arg_l):
+    def __init__(self, node: Prim, rule: Derivative, rules: RuleBook, out_l, arg_l,
+                 position: int = 0):
         self.node, self.rule, self.rules = node, rule, rules
-        self.out_l, self.arg_l = out_l, arg_l
+        self.out_l, self.arg_l, self.position = out_l, arg_l, position
+        # The layout of each argument, to tell the tensors of the body apart.
+        self.arg_ls = [_layouts(node, rules, k)[1] if k != position else arg_l
+                       for k in range(len(node.args))]
         fresh = count()
-        (arg,) = node.args
-        self.batch = [next(fresh) for _ in arg_l.batch]
-        self.dims: dict[int, Dim] = {l: arg.shape[a] for l, a in zip(self.batch, arg_l.batch)}
+        arg = node.args[position]
+        # The batch labels, each shared by every factor that has the axis: the longest batch
+        # of the result's and the arguments' (solve's result has b's column axis, A does not).
+        whole = max([(out_l, node.shape), *zip(self.arg_ls, (a.shape for a in node.args))],
+                    key=lambda ls: len(ls[0].batch))
+        self.batch = [next(fresh) for _ in whole[0].batch]
+        self.dims: dict[int, Dim] = {l: whole[1][a] for l, a in zip(self.batch, whole[0].batch)}
         # Each rule index stands for a group of labels (one per axis in its core group).
         self.index: dict[str, tuple[int, ...]] = {}
         for name, group in zip(rule.out_indices, out_l.groups):
@@ -240,6 +259,7 @@ class _IndexedLowering:
         for name, group in zip(rule.wrt_indices, arg_l.groups):
             self.index[name] = self._group(group, arg.shape, fresh)
         self.free = set(self.batch) | {l for g in self.index.values() for l in g}
+        self.summed: set[int] = set()  # the labels of indices not on the left (_summed_index)
         self.fresh = fresh
         self.scope = _lowering_scope(rules, dict(zip(rule.params, node.args)),
                                      node.params[0] if node.params else None)
@@ -250,7 +270,8 @@ class _IndexedLowering:
             self.dims[l] = shape[a]
         return labels
 
-    def run(self, arg: Node) -> Jacobian:
+    def run(self) -> Jacobian:
+        arg = self.node.args[self.position]
         try:
             node, labels = self._terms(rule_body(self.rule))
         except EinderivError as e:
@@ -276,6 +297,9 @@ class _IndexedLowering:
                 work.append((-sign, e.operand))
             else:
                 terms.append((sign, self._labelled(self.expr(e))))
+        if self.summed:  # kept open only where every term has it (see _summed_index)
+            shared = set.intersection(*(set(v[1]) for _, v in terms))
+            terms = [(c, self._close(v, shared)) for c, v in terms]
         labels = self._union([v for _, v in terms])
         parts = [(c, self._spread(v, labels)) for c, v in terms]
         parts = [(c, t) for c, t in parts if not build.is_zero(t)] or parts[:1]
@@ -322,19 +346,25 @@ class _IndexedLowering:
     def _index(self, e: ast.Index):
         names = []
         for item in e.items:
-            if not isinstance(item, ast.Name) or item.id not in self.index:
-                raise RuleError(f"{self.rule.origin}: indices in a rule must be the indices of "
-                                f"its left-hand side")
+            if not isinstance(item, ast.Name):
+                raise RuleError(f"{self.rule.origin}: the indices in a rule are names")
             names.append(item.id)
         if isinstance(e.operand, ast.Name) and e.operand.id == "delta":
             if len(names) != 2:
                 raise RuleError(f"{self.rule.origin}: delta takes two indices")
+            known = [n for n in names if n in self.index]
+            if not known:
+                raise RuleError(f"{self.rule.origin}: delta needs an index of the left-hand "
+                                "side or of a tensor before it")
+            for n in names:  # a summed index takes its partner's size
+                if n not in self.index:
+                    self._summed_index(n, [self.dims[l] for l in self.index[known[0]]])
             a, b = (self.index[n] for n in names)
             ops = [(Delta(self.dims[x], self.dims[y]), (x, y)) for x, y in zip(a, b)]
             labels = a + b
             return build.contract(labels, ops), labels
         node, _ = self.expr(e.operand)
-        layout = self._layout_of(node)
+        layout = self._layout_of(node, len(names))
         if len(names) != len(layout.groups):
             raise RuleError(f"{self.rule.origin}: {len(names)} indices for a tensor with "
                             f"{len(layout.groups)} core axis groups")
@@ -342,16 +372,34 @@ class _IndexedLowering:
         for l, a in zip(self.batch, layout.batch):
             labels[a] = l
         for name, group in zip(names, layout.groups):
+            if name not in self.index:
+                self._summed_index(name, [node.shape[a] for a in group])
             for l, a in zip(self.index[name], group):
                 labels[a] = l
         return node, tuple(labels)
 
-    def _layout_of(self, node: Node) -> _Layout:
-        (arg,) = self.node.args
-        if node.shape == arg.shape:
-            return self.arg_l
-        if node.shape == self.node.shape:
-            return self.out_l
+    def _summed_index(self, name: str, dims) -> None:
+        """An index not on the left is summed over (Einstein's convention): the product it
+        appears in keeps it open, and the pullback sums it with the adjoint's indices, so a
+        rule L[i,p] * M[p,j] * ... is applied as one contraction (cholesky's: O(n^3), where
+        its Jacobian, summed first, would be n^4 entries). It is summed within a term of a
+        sum that the other term lacks, and within each argument of a function or quotient."""
+        labels = tuple(next(self.fresh) for _ in dims)
+        self.dims.update(zip(labels, dims))
+        self.index[name] = labels
+        self.summed.update(labels)
+        self.free.update(labels)
+
+    def _layout_of(self, node: Node, indices: int) -> _Layout:
+        # A tensor of the body is laid out as the argument or the result it is shaped like,
+        # with as many core axis groups as it is given indices (solve's A [n, n] and a b of
+        # n columns [n, n] have one shape, two indices and one).
+        shaped = [layout for layout, shape in [*zip(self.arg_ls, (a.shape for a in
+                                                                   self.node.args)),
+                                                (self.out_l, self.node.shape)]
+                  if node.shape == shape]
+        if shaped:  # the first with that many groups; else the first (an error in _index)
+            return next((l for l in shaped if len(l.groups) == indices), shaped[0])
         if isinstance(node, Prim) and node.args == self.node.args:
             # another primitive of the same argument (adj's rule names det_hessian(X)): its own
             # core axes, and the same batch axes
@@ -385,12 +433,21 @@ class _IndexedLowering:
             return node
         return build.contract(labels, [value], {l: self.dims[l] for l in labels})
 
+    def _close(self, value, keep=()):
+        """`value` summed over its open summed indices but those in `keep`."""
+        node, ls = value
+        out = tuple(l for l in ls if l not in self.summed or l in keep)
+        return value if out == ls else (build.contract(out, [value]), out)
+
     def _sum(self, left, right, sign):
+        both = set(left[1]) & set(right[1])
+        left, right = self._close(left, both), self._close(right, both)
         labels = self._union([left, right])
         return build.add([(1.0, self._spread(left, labels)),
                           (sign, self._spread(right, labels))]), labels
 
     def _elementwise(self, fn, values):
+        values = [self._close(v) for v in values]
         labels = self._union(values)
         args = [v[0] if not v[1] else self._spread(v, labels) for v in values]
         return Map(fn, *args), labels

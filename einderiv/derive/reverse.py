@@ -77,16 +77,18 @@ def _pullback(node: Node, bar: Node, seed: tuple[int, ...], rules: RuleBook, mem
     elif is_linear(node):  # cumsum, reversal, reshape...: the adjoint map, never the Jacobian
         yield node.args[0], adjoint(node, bar, len(seed))
     elif isinstance(node, Prim):
-        jac = tensor_jacobian(node, rules)
-        (arg,) = node.args
-        # A Jacobian that is a sum (softmax's `s*delta - s*s`) is applied term by term, so
-        # each term's deltas contract against the adjoint instead of being materialized.
-        terms = build.distribute(jac.node)
-        parts = [(c, build.contract(seed + jac.arg_labels, [(bar, seed + jac.out_labels),
-                                                            (t, jac.labels)],
-                                    dict(zip(jac.labels, t.shape))))
-                 for c, t in terms]
-        yield arg, build.add(parts)
+        for position, arg in enumerate(node.args):
+            if position and not arg.children() and not isinstance(arg, Var):
+                continue  # a constant (solve's right-hand side) has no derivative to pass on
+            jac = tensor_jacobian(node, rules, position)
+            # A Jacobian that is a sum (softmax's `s*delta - s*s`) is applied term by term, so
+            # each term's deltas contract against the adjoint instead of being materialized.
+            terms = build.distribute(jac.node)
+            parts = [(c, build.contract(seed + jac.arg_labels, [(bar, seed + jac.out_labels),
+                                                                (t, jac.labels)],
+                                        dict(zip(jac.labels, t.shape))))
+                     for c, t in terms]
+            yield arg, build.add(parts)
 
 
 def _contract_pullback(node: Contract, bar: Node, seed, rules: RuleBook, memo: dict):

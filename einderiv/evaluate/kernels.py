@@ -87,8 +87,57 @@ def step(x):
 
 
 def logdet(X):
-    """log |det X|, as numpy's slogdet."""
+    """log |det X|, as numpy's slogdet. A symmetric positive definite numpy matrix (a
+    covariance, a kernel matrix) takes the Cholesky factorization instead, 2 sum(log(diag(L))):
+    half the work of slogdet's LU (about 2x faster from n = 100). Any other matrix, or one whose
+    factorization fails (not positive definite), takes slogdet."""
+    if isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype.kind == "f" and X.size \
+            and np.array_equal(X, X.T):
+        from scipy.linalg import lapack
+        (potrf,) = lapack.get_lapack_funcs(("potrf",), (X,))
+        factor, info = potrf(X, lower=1, clean=0)  # LAPACK's: no copy of the triangle, no check
+        if info == 0:
+            return 2 * np.sum(np.log(np.diagonal(factor)))
     return _xp(X).linalg.slogdet(X)[1]
+
+
+def cholesky(X):
+    """The lower Cholesky factor L (L L^T = S) of the symmetric part S = (X + X^T) / 2 of each
+    matrix of a stack, as JAX's: for a symmetric X it is numpy's, which reads X's lower
+    triangle only. Through the symmetric part, the derivative by X is symmetric too (JAX's and
+    PyTorch's), and it is the derivative of this function at every X."""
+    xp = _xp(X)
+    S = (X + xp.swapaxes(X, -1, -2)) / 2
+    if _library(X) == "dask":  # dask's (and array-api-compat's for dask) is the upper factor
+        import dask.array
+        return dask.array.linalg.cholesky(S, lower=True)
+    return xp.linalg.cholesky(S)
+
+
+def lower_half(X):
+    """1 below the diagonal, 1/2 on it, 0 above, shaped like X: the mask that cholesky's
+    derivative takes the lower triangle with (Murray 2016's Phi)."""
+    xp = _xp(X)
+    n = X.shape[-1]
+    rows = xp.arange(n)[:, None]
+    cols = xp.arange(n)[None, :]
+    if xp is not np:  # made on X's device
+        import array_api_compat
+        device = array_api_compat.device(X)
+        rows, cols = xp.arange(n, device=device)[:, None], xp.arange(n, device=device)[None, :]
+    mask = xp.where(rows > cols, 1.0, xp.where(rows == cols, 0.5, 0.0))
+    return xp.zeros_like(X) + xp.astype(mask, X.dtype) if xp is not np else \
+        np.broadcast_to(mask.astype(X.dtype), X.shape).copy()
+
+
+def solve(A, b):
+    """The solution x of A x = b for each matrix of a stack A [..., n, n]: b [..., n] (with
+    A's batch axes) is a vector per matrix, b [..., n, k] k columns per matrix. numpy's solve
+    takes only a 1-d b as a vector, so a stack of vectors is passed as one column each."""
+    xp = _xp(A)
+    if b.ndim == A.ndim - 1 and A.ndim > 2:
+        return xp.linalg.solve(A, b[..., None])[..., 0]
+    return xp.linalg.solve(A, b)
 
 
 def _axes(axis, ndim):

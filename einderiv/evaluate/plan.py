@@ -332,7 +332,10 @@ def _prim_step(node: Prim, slot, rules) -> Step:
     if f is None or f.impl is None:
         raise EinderivError(f"no evaluation rule for '{node.fn}'")
     impl = resolve(f.impl, np)
-    (a,) = [slot[id(x)] for x in node.args]
+    args = [slot[id(x)] for x in node.args]
+    if len(args) > 1:  # solve(A, b)
+        return lambda s: impl(*[s[a] for a in args])
+    (a,) = args
     if node.params:
         axis = node.params[0]
         return lambda s: impl(s[a], axis=axis)

@@ -285,6 +285,8 @@ class _Printer:
             return self.expr(args[0])
         if f == "inv" and n == 1:
             return self.operand(args[0], "base") + "^{-1}", SUP
+        if f == "solve" and n == 2:  # A^{-1} b, as mathematics writes it (computed with no inverse)
+            return self.binary(ast.BinOp("@", ast.Call("inv", (args[0],)), args[1]))
         if f == "square" and n == 1:
             return self.operand(args[0], "base") + "^{2}", SUP
         if f == "sqrt" and n == 1:

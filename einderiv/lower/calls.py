@@ -571,6 +571,8 @@ DIMENSION_FUNCTIONS = {"eye", "ones", "zeros", "size"}
 # -- rule-table functions -----------------------------------------------------------------------
 
 def _tensor_primitive(call, f, args, scope) -> Node:
+    if f.shape == "square_rhs":
+        return _square_rhs(call, f, args)
     if f.axis is None:
         _no_keywords(call)
         _arity(call, f.arity, f.arity)
@@ -600,6 +602,28 @@ def _tensor_primitive(call, f, args, scope) -> Node:
                                                      if i not in axes)
     # Over no axes (a scalar's) too: a reduction of one entry is not always the entry (norm).
     return Prim(f.name, (x,), (axes,), shape)
+
+
+def _square_rhs(call, f, args) -> Node:
+    """solve(A, b) and its kin: A [..., n, n]; b [..., n] (a vector per matrix) or [..., n, k]
+    (k columns per matrix), with A's batch axes (numpy's solve, which takes a 1-d b as a
+    vector, and PyTorch's, which takes b [..., n] with A's batch as a vector per matrix)."""
+    _no_keywords(call)
+    _arity(call, 2, 2)
+    a, b = args
+    if a.rank < 2 or a.shape[-1] != a.shape[-2]:
+        raise ShapeError(f"{f.name}() takes a square matrix first, got {show_shape(a.shape)}",
+                         call.args[0].span or call.span)
+    batch, n = a.shape[:-2], a.shape[-1]
+    if b.rank not in (a.rank - 1, a.rank) or b.shape[:len(batch)] != batch or \
+            b.shape[len(batch)] != n:
+        want = show_shape((*batch, n)) + " or " + show_shape((*batch, n, Dim("k")))
+        raise ShapeError(f"{f.name}(): the right-hand side {show_shape(b.shape)} does not fit "
+                         f"the matrix {show_shape(a.shape)}: it must be {want}",
+                         call.args[1].span or call.span,
+                         hint="a vector per matrix, or k columns per matrix, with the "
+                              "matrix's batch axes")
+    return Prim(f.name, (a, b), (), b.shape)
 
 
 @lru_cache(maxsize=None)

@@ -97,7 +97,12 @@ TENSOR_SHAPES = {
     "square_scalar": "a square matrix (or a stack of them) to a scalar (one per matrix)",
     "square_pair": "a square matrix (or a stack of them) to a value per pair of its entries "
                    "(n x n x n x n per matrix, as a Hessian by the matrix)",
+    "square_rhs": "a square matrix (or a stack of them) and a right-hand side for each, "
+                  "[..., n, n] and [..., n] or [..., n, k], to the right-hand side's shape "
+                  "(two arguments, as solve's)",
 }
+# The number of tensor arguments each shape rule takes.
+TENSOR_ARITY = {"square_rhs": 2}
 
 
 def rules_dir() -> Path:
@@ -246,13 +251,17 @@ def parse_rules(text: str, filename: str = "<rules>", bodies: bool = False,
                 raise RuleError(f"{origin}: unknown shape rule '{shape}' for {name}",
                                 _token_span(text, rule.children[3]),
                                 hint="one of " + ", ".join(TENSOR_SHAPES))
-            if len(params) != 1:
+            arity = TENSOR_ARITY.get(shape, 1)
+            if len(params) != arity or (axis is not None and arity != 1):
                 params_tree = rule.children[1]
-                raise RuleError(f"{origin}: a tensor primitive takes one argument, {name} "
-                                f"declares {len(params)}",
+                what = "one argument" if arity == 1 else f"{arity} arguments and no axis"
+                raise RuleError(f"{origin}: a tensor primitive of shape rule {shape} takes "
+                                f"{what}, {name} declares {len(params)}"
+                                + (" and an axis" if axis is not None else ""),
                                 Span(text, params_tree.meta.start_pos, params_tree.meta.end_pos),
                                 hint="write a function of several tensors as a `def` in terms "
-                                     "of tensor primitives of one argument")
+                                     "of tensor primitives of one argument (square_rhs takes "
+                                     "a matrix and a right-hand side)")
             functions.append(Function(name, "tensor", params,
                                       _impl(rule.children[4], text, origin, allow_imports),
                                       axis=axis, shape=shape, origin=origin))

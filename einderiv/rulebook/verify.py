@@ -420,6 +420,15 @@ def _cases(f: Function, rng):
             arrays[params[1]] = arrays[params[0]] + rng.choice([-0.5, 0.5], size=5)
         yield f"sum({call} * C)", {**shapes, "C": (5,)}, arrays, None
         return
+    if f.shape == "square_rhs":  # solve(A, b): b a vector or columns, per matrix of a stack
+        a, b = params
+        for batch, columns in (((), ()), ((), (2,)), ((2,), ()), ((2,), (2,))):
+            A = rng.uniform(-1, 1, size=(*batch, 3, 3)) + 3 * np.eye(3)
+            B = rng.uniform(-1, 1, size=(*batch, 3, *columns))
+            C = rng.uniform(0.5, 1.5, size=B.shape)
+            yield (f"sum({f.name}({a}, {b}) * C)", {a: A.shape, b: B.shape, "C": C.shape},
+                   {a: A, b: B, "C": C}, None)
+        return
     (x,) = params
     if f.shape in ("square", "square_scalar", "square_pair"):
         for shape in ((3, 3), (2, 3, 3)):

@@ -25,6 +25,7 @@ from ..ir import build
 from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Unit
 from ..parse import ast
 from ..rulebook import RuleBook
+from . import solves
 from .pattern import MAX_FLAT_TERMS, compiled
 
 
@@ -39,9 +40,10 @@ class Rewriter:
         # or None: many picks of one tensor (x[0], x[1], ...) look at one such node
         self.whole: dict[Node, Node | None] = {}
         self.lift: dict[str, frozenset] = {}  # a head function -> _lifts
+        self.solves = solves.enabled(rules)  # inv(A) @ b -> solve(A, b) (simplify/solves.py)
 
     def __call__(self, roots: list[Node]) -> list[Node]:
-        if not self.index:
+        if not self.index and not self.solves:
             return list(roots)
         for root in roots:
             self._normalize(root)
@@ -87,6 +89,10 @@ class Rewriter:
         elif isinstance(node, Add):
             rules = self.index.get(("add",))
         elif isinstance(node, Contract):
+            if self.solves:
+                solved = solves.into_solve(node)
+                if solved is not None:
+                    return solved
             rules = self.index.get(("contract",))
         else:
             return None
