@@ -22,7 +22,7 @@ import numpy as np
 
 import einderiv
 from einderiv.check import finite_difference, relative_error
-from einderiv.models import GATES, lstm_loss, rnn_loss
+from einderiv.models import GATES, lstm_loss, lstm_stacked_loss, rnn_loss
 
 
 @dataclass
@@ -297,6 +297,48 @@ def _model(kind, V, H, T) -> Instance:
                     hand, lambda: (build(T)[0], None), {"V": V, "H": H, "T": T})
 
 
+def lstm_stacked_model_loss(ops, p, D):
+    X, Y = D["X"], D["Y"]
+    H = p["Wh"].shape[1]
+    h = c = loss = None
+    for t in range(X.shape[0]):
+        z = p["Wx"] @ X[t] + p["b"]
+        z = z if h is None else z + p["Wh"] @ h
+        f, i, o = ops.sigmoid(z[:H]), ops.sigmoid(z[H:2 * H]), ops.sigmoid(z[2 * H:3 * H])
+        candidate = ops.tanh(z[3 * H:])
+        c = i * candidate if c is None else f * c + i * candidate
+        h = o * ops.tanh(c)
+        step = -ops.sum(Y[t] * ops.log_softmax(p["Wy"] @ h + p["by"], axis=0))
+        loss = step if loss is None else loss + step
+    return loss
+
+
+def lstm_stacked_hand(p, D):
+    """lstm_hand's stacked computation, whose weights these are: dWx, dWh, db, dWy, dby."""
+    H = p["Wh"].shape[1]
+    per_gate = {}
+    for k, g in enumerate(GATES):
+        rows = slice(k * H, (k + 1) * H)
+        per_gate.update({"W" + g: p["Wh"][rows], "U" + g: p["Wx"][rows], "b" + g: p["b"][rows]})
+    out = lstm_hand({**per_gate, "Wy": p["Wy"], "by": p["by"]}, D)
+    dW = np.concatenate(out[0:12:3])
+    dU = np.concatenate(out[1:12:3])
+    db = np.concatenate(out[2:12:3])
+    return dU, dW, db, out[12], out[13]
+
+
+def lstm_stacked(V, H, T) -> Instance:
+    _, weights = lstm_stacked_loss(1, H)
+    params, data = _char_data(V, H, T, lstm_loss(1)[1], seed=6)
+    stacked = {"Wx": np.concatenate([params["U" + g] for g in GATES]),
+               "Wh": np.concatenate([params["W" + g] for g in GATES]),
+               "b": np.concatenate([params["b" + g] for g in GATES]),
+               "Wy": params["Wy"], "by": params["by"]}
+    return Instance("LSTM stacked gates", f"{V}x{H}x{T}", "grad", weights, stacked, data,
+                    lstm_stacked_model_loss, lstm_stacked_hand,
+                    lambda: (lstm_stacked_loss(T, H)[0], None), {"V": V, "H": H, "T": T})
+
+
 def rnn(V, H, T) -> Instance:
     return _model("RNN", V, H, T)
 
@@ -449,6 +491,7 @@ SUITE = {
         (logistic_hessian, [(1000, 100), (10_000, 1000)]),
         (rnn, [(9, 9, 11), (64, 128, 32)]),
         (lstm, [(9, 9, 11), (64, 128, 32)]),
+        (lstm_stacked, [(9, 9, 11), (64, 128, 32)]),
         (batched_matmul, [(8, 16, 16, 16), (64, 64, 64, 64)]),
         (mean_axis, [(5, 20, 30), (50, 200, 300)]),
         (rbf, [(50, 4), (300, 16)]),
@@ -463,6 +506,7 @@ SUITE = {
         (logistic_hessian, [(200, 20)]),
         (rnn, [(9, 9, 11)]),
         (lstm, [(5, 6, 4)]),
+        (lstm_stacked, [(5, 6, 4)]),
         (batched_matmul, [(4, 6, 5, 3)]),
         (mean_axis, [(3, 4, 5)]),
         (rbf, [(10, 3)]),
@@ -473,6 +517,7 @@ SUITE = {
 # Small instances on which the hand-written derivatives are checked by finite differences.
 SMALL = [(logistic, (12, 4)), (least_squares, (12, 4)), (mlp, (6, 4, 5, 3)), (quadratic, (5,)),
          (logistic_hessian, (12, 4)), (rnn, (4, 3, 5)), (rnn, (9, 9, 11)), (lstm, (4, 3, 5)),
+         (lstm_stacked, (4, 3, 5)),
          (batched_matmul, (2, 3, 4, 2)), (mean_axis, (2, 3, 4)), (rbf, (5, 3)),
          (layer_norm, (4, 5)), (relu_mlp, (6, 4, 5, 3))]
 

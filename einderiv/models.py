@@ -61,3 +61,24 @@ def lstm_loss(steps: int) -> tuple[Tensor, list[str]]:
         step = _step_loss(h, Wy, by, Y[t])
         loss = step if loss is None else loss + step
     return loss, [n for g in GATES for n in ("W" + g, "U" + g, "b" + g)] + ["Wy", "by"]
+
+
+def lstm_stacked_loss(steps: int, hidden: int) -> tuple[Tensor, list[str]]:
+    """An LSTM written as hand-written code and most frameworks write it: one stacked
+    pre-activation `z = Wx @ x_t + Wh @ h + b` of all four gates (f, i, o, c: rows
+    k * hidden to (k + 1) * hidden), each gate a slice of it. `hidden` is a concrete size
+    (a slice's bounds are integers). (loss, names of its weights)."""
+    H = hidden
+    Wx, Wh, b = var("Wx", (4 * H, "V")), var("Wh", (4 * H, H)), var("b", (4 * H,))
+    Wy, by = var("Wy", ("V", H)), var("by", ("V",))
+    X, Y = _inputs()
+    h = c = loss = None
+    for t in range(steps):
+        z = Wx @ X[t] + b if h is None else Wx @ X[t] + Wh @ h + b
+        f, i, o = fn.sigmoid(z[:H]), fn.sigmoid(z[H:2 * H]), fn.sigmoid(z[2 * H:3 * H])
+        candidate = fn.tanh(z[3 * H:])
+        c = i * candidate if c is None else f * c + i * candidate
+        h = o * fn.tanh(c)
+        step = _step_loss(h, Wy, by, Y[t])
+        loss = step if loss is None else loss + step
+    return loss, ["Wx", "Wh", "b", "Wy", "by"]
