@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
+from pathlib import Path
 
 from .backends import namespace
 from .derive import derivatives
-from .errors import EinderivError, ShapeError, UnknownNameError, did_you_mean
+from .errors import (EinderivError, InputError, RuleError, ShapeError, UnknownNameError,
+                     did_you_mean)
+from .ir.dims import Dim, show_shape
 from .ir.nodes import Delta, Unit, Var, topological
 from .evaluate.plan import Plan
 from .generate.formula import format_formula
@@ -20,7 +24,8 @@ from .parse import parse
 from .parse import ast
 from .parse.parser import check_name, derivation_budget
 from .parse.unparse import unparse
-from .rulebook import default_rulebook
+from .rulebook import RuleBook, default_rulebook
+from .rulebook.table import _shipped, parse_rules, using_rules
 from .simplify import Rewriter
 from .symbolic import Tensor
 
@@ -70,7 +75,8 @@ def _check_backend(backend: str) -> None:
 
 
 class _Result:
-    """What every API call returns: callable with keyword arrays, and printable in every format.
+    """What every API call returns: callable with arrays (by keyword, or positional in the
+    order the expression declares its variables), printable in every format, and picklable.
 
     `roots` maps output names to IR; `structure` turns the list of computed outputs into what
     the call returns, and `positions` says, for each array the call returns (flattened), the
@@ -150,16 +156,24 @@ class _Result:
 
     @property
     def inputs(self) -> dict:
-        """The inputs a call needs, with their declared shapes: the variables the results
-        depend on, and an input read only for a dimension that no other of them has (the
-        gradient of `sum(x[:p] * y)` by x is `y` padded to x's length m: it needs x)."""
+        """The inputs a call needs, with their declared shapes, in the order the expression
+        declares them (the order positional arrays bind in): the variables the results depend
+        on, and an input read only for a dimension that no other of them has (the gradient of
+        `sum(x[:p] * y)` by x is `y` padded to x's length m: it needs x). A variable the
+        results do not use is left out here, but keeps its place among positional arrays."""
         variables = self.program.variables
         declared = self.lowered.declared
+        needed = self._generated().arguments
         return {name: tuple(str(d) for d in (variables[name].shape if name in variables
                                              else declared[name]))
-                for name in sorted(self._generated().arguments)}
+                for name in declared if name in needed}
 
-    def __call__(self, /, **arrays):  # `/`: an input may be named `self`
+    def __call__(self, /, *args, **arrays):  # `/`: an input may be named `self`
+        """The results for the input arrays: by keyword, or positional in the order the
+        expression declares its variables (`.inputs`), or both."""
+        return self._evaluate(self._keywords(args, arrays) if args else arrays)
+
+    def _evaluate(self, arrays: dict):
         if self._function is None:
             with self._building:
                 if self._function is None:
@@ -171,9 +185,10 @@ class _Result:
                                                            self.backend)
         return self._structure(self._function(arrays))
 
-    def evaluate_ir(self, /, **arrays):
+    def evaluate_ir(self, /, *args, **arrays):
         """The same results computed by interpreting the IR directly (no vectorizing, no code
         generation): an independent path, used to test the generated code."""
+        arrays = self._keywords(args, arrays) if args else arrays
         if self._plan is None:
             with self._building:
                 if self._plan is None:  # re-entrant, and it plans each signature once
@@ -181,13 +196,94 @@ class _Result:
                                       accepted=self.lowered.declared)
         return self._structure(self._plan(arrays))
 
+    def _keywords(self, args: tuple, arrays: dict) -> dict:
+        """Positional `args` bound to the variables in the order the expression declares them,
+        with the keyword `arrays`."""
+        order = list(self.lowered.declared)
+        if len(args) > len(order):
+            raise InputError(f"{len(args)} positional arrays, but the expression has "
+                             f"{len(order)} variables: {', '.join(order)}",
+                             hint="positional arrays bind to the variables in the order "
+                                  "they are declared")
+        for name, _ in zip(order, args):
+            if name in arrays:
+                raise InputError(f"input '{name}' is given twice: as positional array "
+                                 f"{order.index(name) + 1} and by keyword")
+        return {**dict(zip(order, args)), **arrays}
+
+    # A result pickles and copies as the public call that made it (`rebuildable`), made again
+    # on load under the rule book it was made with, sent as rule-file text: IR nodes,
+    # generated code and locks stay in the process that made them.
+    _made_by = None
+
+    def __reduce__(self):
+        if self._made_by is None:
+            raise EinderivError(f"this {type(self).__name__} was not made by a public function "
+                                "of einderiv: it cannot be pickled or copied",
+                                hint="pickle what einderiv.compile, grad, jacobian, hessian "
+                                     "or value_and_grad return")
+        return (_rebuilt, (self._made_by, _rules_text(self.rules)))
+
+
+def rebuildable(function):
+    """`function`'s results pickle and copy: each remembers the call that made it (`expr`,
+    `wrt`, `shapes`, options: plain data and `einderiv.var` expressions, which pickle as
+    text), and is rebuilt by that call on load."""
+    @functools.wraps(function)
+    def made(*args, **kwargs):
+        result = function(*args, **kwargs)
+        result._made_by = (made, _snapshot(args), _snapshot(kwargs))
+        return result
+    return made
+
+
+def _snapshot(value):
+    """`value` with its dicts, lists and tuples copied: a `shapes` dict changed after the call
+    does not change what the result pickles as."""
+    if isinstance(value, dict):
+        return {k: _snapshot(v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_snapshot(v) for v in value)
+    return value
+
+
+def _rebuilt(made_by, rules):
+    function, args, kwargs = made_by
+    with using_rules(_rulebook_from_text(*rules)):
+        return function(*args, **kwargs)
+
+
+def _rules_text(book: RuleBook) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """The rule book as the text of a rule file (one line per rule, in the order of its
+    tables), each rule's origin (`file:line`) and the files it was loaded from."""
+    rules = [*book.functions.values(), *book.derivatives.values(), *book.rewrites.values()]
+    return ("\n".join(map(str, rules)), tuple(r.origin for r in rules),
+            tuple(map(str, book.files)))
+
+
+@functools.lru_cache(maxsize=16)
+def _rulebook_from_text(text: str, origins: tuple[str, ...], files: tuple[str, ...]) -> RuleBook:
+    """The frozen rule book that `_rules_text` wrote: the shipped one itself where it is that."""
+    shipped = _shipped()
+    if (text, origins, files) == _rules_text(shipped):
+        return shipped
+    # Implementations `module:attribute` import their modules: unpickling runs code anyway, so
+    # a pickle is trusted as a rule file loaded with allow_imports is.
+    rules = parse_rules(text, "<pickled rules>", allow_imports=True)
+    if len(rules) != len(origins):
+        raise RuleError(f"the pickled rule book has {len(origins)} rules, its text "
+                        f"{len(rules)}")
+    book = RuleBook().add([dataclasses.replace(r, origin=o) for r, o in zip(rules, origins)])
+    book.files = [Path(f) for f in files]
+    return book.freeze()
+
 
 def _single(results):
     return results[0]
 
 
 class Compiled(_Result):
-    """An expression compiled for evaluation: call it with keyword arrays.
+    """An expression compiled for evaluation: call it with arrays (keyword or positional).
 
     >>> import numpy as np, einderiv
     >>> f = einderiv.compile("W @ x + b", {"W": ("m", "n"), "x": ("n",), "b": ("m",)})
@@ -209,6 +305,7 @@ class Compiled(_Result):
         return f"<einderiv.Compiled {self.formula!r}>"
 
 
+@rebuildable
 def compile(expr, shapes: dict | None = None, *, backend: str = "numpy") -> Compiled:
     """Compile an expression (source text or `einderiv.var` expression) for evaluation.
 
@@ -222,7 +319,7 @@ def compile(expr, shapes: dict | None = None, *, backend: str = "numpy") -> Comp
 
 
 class Derived(_Result):
-    """Derivatives of an expression, compiled: call with keyword arrays.
+    """Derivatives of an expression, compiled: call with arrays (keyword or positional).
 
     >>> import numpy as np, einderiv
     >>> g = einderiv.grad("x @ A @ x", "x", {"A": ("n", "n"), "x": ("n",)})
@@ -245,15 +342,34 @@ class Derived(_Result):
 
 
 def _wrt_list(wrt) -> tuple[list[str], bool]:
-    if isinstance(wrt, str):
-        names, many = [wrt], False
-    elif isinstance(wrt, (list, tuple)) and wrt and all(isinstance(w, str) for w in wrt):
-        names, many = list(wrt), True
-    else:
-        raise EinderivError(f"wrt must be a variable name or a list of names, got {wrt!r}")
-    for name in names:
-        check_name(name, "wrt: the variable")
+    """The names `wrt` gives (a name or an `einderiv.var`, or a list of them), and whether it
+    is a list."""
+    many = isinstance(wrt, (list, tuple))
+    names = []
+    for w in (wrt if many else [wrt]):
+        if isinstance(w, Tensor):
+            if not isinstance(w.node, ast.Name):
+                raise EinderivError(f"wrt takes variables, got the expression {w!r}",
+                                    hint="pass the einderiv.var itself, or its name")
+            w = w.node.id
+        elif not isinstance(w, str):
+            raise EinderivError(f"wrt must be a variable name, an einderiv.var, or a list of "
+                                f"them, got {wrt!r}")
+        names.append(check_name(w, "wrt: the variable"))
+    if not names:
+        raise EinderivError("wrt is an empty list: name at least one variable")
     return names, many
+
+
+def _check_wrt_shapes(lowered: Lowered, wrt) -> None:
+    """An `einderiv.var` in `wrt` has the shape the expression declares for its name."""
+    for w in (wrt if isinstance(wrt, (list, tuple)) else [wrt]):
+        if isinstance(w, Tensor) and w.node.id in w.declarations:
+            name, shape = w.node.id, tuple(Dim.of(d) for d in w.declarations[w.node.id])
+            declared = lowered.declared.get(name)
+            if declared is not None and declared != shape:
+                raise ShapeError(f"wrt: the variable '{name}' has shape {show_shape(shape)}, "
+                                 f"but the expression declares it {show_shape(declared)}")
 
 
 def _distinct(names: list[str]) -> tuple[list[str], list[int]]:
@@ -327,6 +443,7 @@ def _first_derivatives(kind: str, expr, wrt, shapes, backend: str, jacobian: boo
     with paused_gc():  # a long program's IR: see paused_gc
         rewriter = Rewriter(rules)
         lowered = rewritten(lower_source(expr, shapes, rules, order=1), rewriter)
+        _check_wrt_shapes(lowered, wrt)
         if not jacobian:
             _scalar_output(lowered, kind)
         distinct, positions = _distinct(names)
@@ -344,6 +461,7 @@ def _first_derivatives(kind: str, expr, wrt, shapes, backend: str, jacobian: boo
     return Derived(lowered, kind, names, roots, labels, structure, backend, rules, positions)
 
 
+@rebuildable
 def grad(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy") -> Derived:
     """The gradient of a scalar expression: shaped like `wrt` (a tuple for a list of names).
 
@@ -363,18 +481,21 @@ def grad(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy") -> De
     return _first_derivatives("grad", expr, wrt, shapes, backend)
 
 
+@rebuildable
 def value_and_grad(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy") -> Derived:
     """`(value, gradient)`, with the forward pass computed once and shared. For a list of names
     the gradient is a tuple in that order (a repeated name repeats its entry, as `grad`)."""
     return _first_derivatives("value_and_grad", expr, wrt, shapes, backend, with_value=True)
 
 
+@rebuildable
 def jacobian(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy") -> Derived:
     """The Jacobian: shape `output_shape + wrt_shape` (the convention of `jax.jacobian`). For a
     list of names a tuple in that order (a repeated name repeats its entry, as `grad`)."""
     return _first_derivatives("jacobian", expr, wrt, shapes, backend, jacobian=True)
 
 
+@rebuildable
 def hessian(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy") -> Derived:
     """The Hessian of a scalar expression: shape `wrt_shape + wrt_shape`; for a list of names a
     tuple of tuples whose block [i][j] has shape `wrt_i + wrt_j` (as `jax.hessian`). It is the
@@ -388,6 +509,7 @@ def hessian(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy") ->
     with paused_gc():  # a long program's IR: see paused_gc
         rewriter = Rewriter(rules)
         lowered = rewritten(lower_source(expr, shapes, rules, order=2), rewriter)
+        _check_wrt_shapes(lowered, wrt)
         _scalar_output(lowered, "hessian")
         distinct, where = _distinct(names)
         variables = _variables(lowered, distinct)

@@ -14,25 +14,27 @@ tanh(W @ tanh(W @ tanh(W @ x)))
 """
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 
 from .errors import EinderivError, ShapeError, UnknownNameError, did_you_mean
-from .parse import ast
-from .parse.parser import check_name
+from .parse import ast, parse
+from .parse.parser import MAX_OPERATIONS, MAX_PROGRAM_CHARS, check_name
 from .parse.unparse import unparse
 
 
 class SymbolicTypeError(EinderivError, TypeError):
     """A symbolic tensor used where Python or numpy needs values: iterated, measured with len,
-    compared, converted to a number or an array, given to a numpy function, or to an operator
-    the language lacks (%, //). A `TypeError` too, as Python expects."""
+    converted to a number or an array, given to a numpy function, or to an operator the
+    language lacks (%, divmod). A `TypeError` too, as Python expects."""
 
 
 # numpy ufuncs that are operators of the language, and the functions of `einderiv.fn` that
 # other ufuncs stand for when their names differ.
 _UFUNC_OPERATORS = {"add": "+", "subtract": "-", "multiply": "*", "divide": "/",
-                    "true_divide": "/", "matmul": "@", "power": "**"}
+                    "true_divide": "/", "floor_divide": "//", "matmul": "@", "power": "**",
+                    **{f: op for op, f in ast.COMPARISONS.items()}}
 _UFUNC_FUNCTIONS = {"absolute": "abs", "float_power": "pow", "fmax": "maximum",
                     "fmin": "minimum", "trace": "tr"}
 
@@ -77,6 +79,9 @@ class Tensor:
         # numpy hands every ufunc with a Tensor operand here: `ndarray + Tensor` and
         # `np.float64(2) * Tensor` as np.add / np.multiply, `np.exp(Tensor)` as np.exp.
         op = _UFUNC_OPERATORS.get(ufunc.__name__)
+        # A comparison with a numpy scalar comes as a 0-d array: the number it holds.
+        inputs = [i.item() if not isinstance(i, Tensor) and getattr(i, "shape", None) == ()
+                  else i for i in inputs]
         if op and method == "__call__" and len(inputs) == 2 and not kwargs:
             return _binary(op, *inputs)  # a number combines; an ndarray is a clear error
         raise _numpy_function(ufunc.__name__, op)
@@ -100,14 +105,25 @@ class Tensor:
     def __neg__(self): return Tensor(ast.UnaryOp("-", self.node), self.declarations)
     def __pos__(self): return self
     def __abs__(self): return call("abs", self)
+    def __floordiv__(self, other): return _binary("//", self, other)
+    def __rfloordiv__(self, other): return _binary("//", other, self)
 
-    # What Python would do with values: compare, convert, divide with a remainder. A tensor has
-    # no values until the expression is called, and the language has no such operators; each is
-    # a clear error (a TypeError too, as Python's own would be) naming what to use instead.
-    def __lt__(self, other): raise _comparison("<", self, other)
-    def __le__(self, other): raise _comparison("<=", self, other)
-    def __gt__(self, other): raise _comparison(">", self, other)
-    def __ge__(self, other): raise _comparison(">=", self, other)
+    # Comparisons are masks of the language (1 where it holds, 0 elsewhere), as numpy's and
+    # JAX's arrays compare entry by entry. So is `==` with a tensor or a number (anything else
+    # is Python's identity, `x == None` False), and a tensor hashes by identity.
+    def __lt__(self, other): return _binary("<", self, other)
+    def __le__(self, other): return _binary("<=", self, other)
+    def __gt__(self, other): return _binary(">", self, other)
+    def __ge__(self, other): return _binary(">=", self, other)
+    def __eq__(self, other): return _binary("==", self, other) if _comparable(other) \
+        else NotImplemented
+    def __ne__(self, other): return _binary("!=", self, other) if _comparable(other) \
+        else NotImplemented
+    __hash__ = object.__hash__
+
+    # What Python would do with values: convert, divide with a remainder. A tensor has no values
+    # until the expression is called, and the language has no such operators; each is a clear
+    # error (a TypeError too, as Python's own would be) naming what to use instead.
     def __float__(self): raise _conversion("float()", self)
     def __int__(self): raise _conversion("int()", self)
     def __complex__(self): raise _conversion("complex()", self)
@@ -118,14 +134,43 @@ class Tensor:
     def __ceil__(self): raise _conversion("math.ceil()", self)
     def __mod__(self, other): raise _no_operator("%")
     def __rmod__(self, other): raise _no_operator("%")
-    def __floordiv__(self, other): raise _no_operator("//")
-    def __rfloordiv__(self, other): raise _no_operator("//")
     def __divmod__(self, other): raise _no_operator("divmod")
     def __rdivmod__(self, other): raise _no_operator("divmod")
 
     @property
     def T(self) -> "Tensor":
         return Tensor(ast.Attribute(self.node, "T"), self.declarations)
+
+    # numpy's and JAX's method spellings of the language's reductions
+    def sum(self, axis=None) -> "Tensor":
+        return call("sum", self, axis=axis)
+
+    def mean(self, axis=None) -> "Tensor":
+        return call("mean", self, axis=axis)
+
+    @property
+    def shape(self) -> tuple:
+        """The dimensions: ints and dimension names, as declared (`("n", "d")`); of an
+        expression, its shape as the expression language works it out (`("n", "n-1")`)."""
+        if isinstance(self.node, ast.Name) and self.node.id in self.declarations:
+            return tuple(self.declarations[self.node.id])
+        from .api import lower_source  # the api builds on this module
+        root = lower_source(self, None).root
+        return tuple(d.offset if d.name is None else str(d) for d in root.shape)
+
+    def _repr_latex_(self) -> str | None:
+        """The expression as a notebook shows it: its compiled formula in LaTeX (None, so that
+        the notebook shows the repr, when it does not compile)."""
+        from .api import compile
+        try:
+            return compile(self)._repr_latex_()
+        except EinderivError:
+            return None
+
+    # Pickled and copied as program text (`program_text`), never as a syntax tree: a
+    # Python-built tree can be deep (a recursion error) and share subtrees.
+    def __reduce__(self):
+        return (_from_program_text, (program_text(self.node), dict(self.declarations)))
 
     def __getitem__(self, key) -> "Tensor":
         items = key if isinstance(key, tuple) else (key,)
@@ -156,7 +201,23 @@ def var(name: str, shape=()) -> Tensor:
         else:
             raise ShapeError(f"the shape of '{name}' must hold ints and dimension names, "
                              f"got {shape!r}")
-    return Tensor(ast.Name(name), {name: tuple(dims)})
+    return Tensor(ast.Name(name), {name: _Shape(dims)})
+
+
+class _Shape(tuple):
+    """A variable's shape in `Tensor.declarations`, numbered in the order the variables were
+    made with `einderiv.var`: an expression lists its variables in that order (the order
+    positional arrays bind in), not in the order they appear in it (`-y * (X @ w)`)."""
+
+    _made = itertools.count()  # next() of a count is atomic: threads may make vars at once
+
+    def __new__(cls, dims):
+        shape = super().__new__(cls, dims)
+        shape.made = next(cls._made)
+        return shape
+
+    def __reduce__(self):  # made again on load, in the order of the dict that holds it
+        return (_Shape, (tuple(self),))
 
 
 def _numpy_function(numpy_name: str, op: str | None) -> SymbolicTypeError:
@@ -170,16 +231,6 @@ def _numpy_function(numpy_name: str, op: str | None) -> SymbolicTypeError:
     return SymbolicTypeError(f"numpy's {numpy_name} cannot take a symbolic tensor", hint=hint)
 
 
-def _comparison(op: str, left: Tensor, right) -> SymbolicTypeError:
-    right = _short(right) if isinstance(right, Tensor) else repr(right)
-    return SymbolicTypeError(
-        f"cannot compare the symbolic tensor {_short(left)} {op} {right}: it has no values "
-        "until the expression is called",
-        hint="in an expression, einderiv.fn.step(x) is 1 where x > 0 and 0 elsewhere, and "
-             "fn.maximum, fn.minimum, fn.relu and fn.abs choose between values; to compare "
-             "values, compile the expression and call it with arrays")
-
-
 def _conversion(to: str, t: Tensor) -> SymbolicTypeError:
     return SymbolicTypeError(f"the symbolic tensor {_short(t)} has no value for {to}",
                              hint="compile the expression and call it with arrays for values")
@@ -187,13 +238,18 @@ def _conversion(to: str, t: Tensor) -> SymbolicTypeError:
 
 def _no_operator(op: str) -> SymbolicTypeError:
     return SymbolicTypeError(f"the expression language has no {op} on tensors",
-                             hint="its operators are + - * / @ ** and unary -; "
+                             hint="its operators are + - * / // @ **, unary - and the "
+                                  "comparisons < <= > >= == !=; "
                                   "dir(einderiv.fn) lists its functions")
 
 
 def _short(t: Tensor) -> str:
     text = unparse(t.node, limit=41)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _comparable(x) -> bool:
+    return isinstance(x, Tensor) or isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 def _operand(x):
@@ -220,8 +276,10 @@ def _merge(a: dict, b: dict) -> dict:
     merged = dict(a)
     for name, shape in b.items():
         if merged.setdefault(name, shape) != shape:
-            raise ShapeError(f"variable '{name}' is used with two shapes: {merged[name]} and "
-                             f"{shape}")
+            raise ShapeError(f"variable '{name}' is used with two shapes: {tuple(merged[name])} "
+                             f"and {tuple(shape)}")
+    if len(merged) > len(a):  # a variable new to `a`: in the order the variables were made
+        merged = dict(sorted(merged.items(), key=lambda item: getattr(item[1], "made", -1)))
     return merged
 
 
@@ -307,3 +365,84 @@ class _Functions:
 
 
 fn = _Functions()
+
+
+# A statement of `program_text` holds at most this many nodes of the tree (about 1 KB of text):
+# far within the parser's limits on a statement's length and nesting, however deep the tree.
+STATEMENT_NODES = 64
+
+
+def _with_children(node: ast.Expr, new) -> ast.Expr:
+    """`node` with each of its tensor operands (`node.children()`) replaced by `new(operand)`;
+    indices, axes and einsum strings are kept."""
+    if isinstance(node, ast.BinOp):
+        return ast.BinOp(node.op, new(node.left), new(node.right))
+    if isinstance(node, ast.UnaryOp):
+        return ast.UnaryOp(node.op, new(node.operand))
+    if isinstance(node, ast.Attribute):
+        return ast.Attribute(new(node.operand), node.attr)
+    if isinstance(node, ast.Index):
+        return ast.Index(new(node.operand), node.items)
+    if isinstance(node, ast.Call):
+        tensors = {id(t) for t in node.children()}
+        return ast.Call(node.func, tuple(new(a) if id(a) in tensors else a for a in node.args),
+                        node.kwargs)
+    return node
+
+
+def program_text(node: ast.Expr) -> str:
+    """`node` as a program of the language that `_from_program_text` reads back into the same
+    tree: a subtree used more than once, and every STATEMENT_NODES nodes of a deep one, is a
+    statement `_t0 = ...` of its own. The text is linear in the number of distinct nodes (the
+    unparsed text of a tree that shares subtrees can be exponentially long)."""
+    uses: dict[int, int] = {}
+    order, stack = [], [(node, False)]
+    while stack:  # children before parents, each distinct node once
+        n, done = stack.pop()
+        if done:
+            order.append(n)
+            continue
+        uses[id(n)] = uses.get(id(n), 0) + 1
+        if uses[id(n)] == 1:
+            stack.append((n, True))
+            stack.extend((c, False) for c in reversed(n.children()))
+    taken = {n.id for n in order if isinstance(n, ast.Name)}
+    prefix = "_t"
+    while any(name.startswith(prefix) for name in taken):  # no variable or dimension is one
+        prefix += "_"
+    rebuilt: dict[int, tuple] = {}  # id -> (node with statements' names for operands, size)
+    lines = []
+    for n in order:
+        size = 1 + sum(rebuilt[id(c)][1] for c in n.children())
+        shallow = _with_children(n, lambda c: rebuilt[id(c)][0])
+        if n.children() and n is not node and (uses[id(n)] > 1 or size > STATEMENT_NODES):
+            name = f"{prefix}{len(lines)}"
+            lines.append(f"{name} = {unparse(shallow, limit=None, max_depth=None)}")
+            shallow, size = ast.Name(name), 1
+        rebuilt[id(n)] = (shallow, size)
+    lines.append(unparse(rebuilt[id(node)][0], limit=None, max_depth=None))
+    text = "\n".join(lines)
+    operations = sum(isinstance(n, _OPERATIONS) for n in order)
+    if len(text) > MAX_PROGRAM_CHARS or operations > MAX_OPERATIONS:
+        raise EinderivError(f"the expression is too large to write as a program: "
+                            f"{operations:,} operations in {len(text):,} characters, the "
+                            f"parser's limits are {MAX_OPERATIONS:,} and {MAX_PROGRAM_CHARS:,}")
+    return text
+
+
+_OPERATIONS = (ast.BinOp, ast.UnaryOp, ast.Attribute, ast.Index, ast.Call)  # as the parser counts
+
+
+def _from_program_text(text: str, declarations: dict) -> Tensor:
+    """The `Tensor` that `program_text` wrote: each statement's name replaced by its tree, so
+    that a subtree used twice is one node again."""
+    trees: dict[str, ast.Expr] = {}
+
+    def tree(n):  # a statement is shallow (STATEMENT_NODES): recursion is safe
+        if isinstance(n, ast.Name):
+            return trees.get(n.id, n)
+        return _with_children(n, tree)
+    *statements, last = parse(text).statements
+    for statement in statements:
+        trees[statement.name] = tree(statement.value)
+    return Tensor(tree(last), declarations)

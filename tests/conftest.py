@@ -51,23 +51,25 @@ def _copy(value):
         return value
 
 
-_original_call = api._Result.__call__
+# Every call, with keyword or positional arrays, evaluates through `_evaluate(arrays)` with
+# the arrays by name.
+_original_call = api._Result._evaluate
 
 
-def _recording_call(self, /, **arrays):
+def _recording_call(self, arrays):
     if not _state["active"] or _state["checking"]:
-        return _original_call(self, **arrays)
+        return _original_call(self, arrays)
     _, calls = _state["records"].get(id(self), (self, []))
     if len(calls) >= CALLS_PER_RESULT:
-        return _original_call(self, **arrays)
+        return _original_call(self, arrays)
     saved = {k: _copy(v) for k, v in arrays.items()}
-    result = _original_call(self, **arrays)
+    result = _original_call(self, arrays)
     calls.append((saved, _copy(result)))
     _state["records"].setdefault(id(self), (self, calls))
     return result
 
 
-api._Result.__call__ = _recording_call
+api._Result._evaluate = _recording_call
 
 
 def _flatten(structured) -> list:

@@ -48,7 +48,7 @@ class GeneratedFunction:
         self.structured = list(structured)  # slices and picks to check per signature
         # (dimension sizes, result dtype, device) -> (function, result dtype)
         self._cache: dict[tuple, tuple] = {}
-        # (name, type, shape, dtype[, device]) of every input -> (function, result dtype), for
+        # (name, type, dtype, shape[, device]) of every input -> (function, result dtype), for
         # inputs that the checks hand to the code as they are: exact arrays of the backend.
         self._seen: dict[tuple, tuple] = {}
         self._lock = threading.Lock()  # one thread specializes a signature; others reuse it
@@ -65,8 +65,10 @@ class GeneratedFunction:
         """The outputs, in order, for keyword `arrays`."""
         try:
             # The type is part of the key: an np.matrix or another library's array with the
-            # shapes and dtypes of a fast call still goes through conversion.
-            seen = tuple([(k, type(v), v.shape, v.dtype) for k, v in arrays.items()])
+            # shapes and dtypes of a fast call still goes through conversion. The dtype is read
+            # first: an `einderiv.var` expression has none, and its shape is worked out by
+            # lowering it (an error of its own).
+            seen = tuple([(k, type(v), v.dtype, v.shape) for k, v in arrays.items()])
             if self._devices:
                 seen += tuple([v.device for v in arrays.values()])
             found = self._seen.get(seen)
