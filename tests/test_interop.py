@@ -15,6 +15,8 @@ import pickle
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import einderiv
 from einderiv import InputError, ShapeError, api, fn
@@ -126,6 +128,16 @@ def test_a_variable_named_like_a_python_keyword(name):
     h = einderiv.grad((v * v).sum(), v)
     np.testing.assert_allclose(h(**{name: x}), 2 * x)
     np.testing.assert_allclose(pickle.loads(pickle.dumps(h))(x), 2 * x)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,6}", fullmatch=True).filter(
+    lambda name: name not in ("None", "c")))
+def test_any_name_of_the_grammar_works_by_keyword_and_position(name):
+    x = np.array([1.0, 2.0])
+    g = einderiv.grad(f"sum({name} * {name} * c)", name, {name: ("n",), "c": ()})
+    for value in (g(**{name: x, "c": 3.0}), g(x, 3.0), pickle.loads(pickle.dumps(g))(x, 3.0)):
+        np.testing.assert_allclose(value, 6 * x)
 
 
 def test_wrt_as_vars_and_names_mixed():
