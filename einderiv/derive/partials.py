@@ -9,7 +9,8 @@ Tensor rules carry indices (`d inv(X)[i,j] / dX[k,l] = -inv(X)[i,k]*inv(X)[l,j]`
 a *core* axis group of the primitive: for a square-matrix primitive each matrix axis, for an
 axis primitive (`softmax(x; axis)`) the whole group of axes it works along. All other axes are
 batch axes, shared elementwise by every factor, so one rule serves stacked matrices and any
-choice of `axis`.
+choice of `axis`. A primitive of two arguments (`solve(A, b)`) has a rule per argument, and a
+Jacobian by each. An index that is not on the left is summed (`_summed_index`).
 """
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ primitive, a tensor primitive, or a definition expanded in place.
 from __future__ import annotations
 
 from functools import lru_cache
+from itertools import count
 
 from ..errors import ParseError, RuleError, ShapeError, UnknownNameError, did_you_mean
 from ..ir import build
@@ -30,7 +31,8 @@ def tensor_args(call: ast.Call, scope) -> list[ast.Expr]:
         if isinstance(first, ast.Tuple):
             return list(first.items)
         return list(call.args[:1]) if call.func == "concatenate" else list(call.args)
-    if call.func in AXIS_FUNCTIONS or call.func in ("pad", "transpose", "swapaxes") or \
+    if call.func in AXIS_FUNCTIONS or \
+            call.func in ("pad", "transpose", "swapaxes", "matrix_power") or \
             _takes_axis(call.func, scope):
         return list(call.args[:1])
     return list(call.args)
@@ -517,6 +519,10 @@ def _dimension(expr, scope, what: str = "a dimension") -> Dim:
 
 
 def _einsum(call, args, scope):
+    """einsum("ij,jk->ik", A, B), numpy's: one letter per axis, letters repeated across operands
+    summed unless in the output; `...` stands for the axes that no letter names, broadcast
+    across operands as numpy broadcasts (right-aligned, equal sizes or 1); without `->` the
+    output is `...` then the letters that appear once, in alphabetical order."""
     _no_keywords(call)
     if not call.args or not isinstance(call.args[0], ast.String):
         raise ParseError('einsum() takes a subscript string first, e.g. einsum("ij,j->i", A, x)',
@@ -524,37 +530,115 @@ def _einsum(call, args, scope):
     spec_node = call.args[0]
     spec = spec_node.value.replace(" ", "")
     where = spec_node.span or call.span
-    if "." in spec:
-        raise ParseError("einsum(): '...' is not supported; name every axis", where)
     inputs, arrow, output = spec.partition("->")
     terms = inputs.split(",")
-    if any(not t.isalpha() and t != "" for t in terms) or (arrow and output and not
-                                                          output.isalpha()):
-        raise ParseError(f"einsum(): subscripts must be letters, got {spec_node.value!r}", where)
+    for t in (*terms, *([output] if arrow else [])):
+        rest = t.replace("...", "", 1)
+        if rest and not rest.isalpha():
+            raise ParseError(f"einsum(): subscripts must be letters, with at most one '...' per "
+                             f"operand, got {spec_node.value!r}", where)
     if len(terms) != len(args):
         raise ShapeError(f"einsum(): {len(terms)} subscript groups for {len(args)} operands",
                          where)
-    letters: dict[str, Dim] = {}
+    one = Dim(None, 1)
+    ellipsis: list[Dim] = []  # the axes `...` stands for, broadcast across the operands
+    extras = []
     for term, node, src in zip(terms, args, call.args[1:]):
-        if len(term) != node.rank:
+        extra = node.rank - len(term.replace("...", ""))
+        if extra < 0 or (extra and "..." not in term):
             raise ShapeError(f"einsum(): subscripts '{term}' for an operand of rank {node.rank} "
-                             f"{show_shape(node.shape)}", src.span or where)
-        for ch, dim in zip(term, node.shape):
-            if letters.setdefault(ch, dim) != dim:
+                             f"{show_shape(node.shape)}", src.span or where,
+                             hint="'...' stands for the axes no letter names" if extra > 0
+                             else None)
+        start = term.find("...")
+        dims = node.shape[start:start + extra]
+        extras.append(dims)
+        for i in range(1, len(dims) + 1):
+            if i > len(ellipsis):
+                ellipsis.insert(0, dims[-i])
+            elif ellipsis[-i] == one:
+                ellipsis[-i] = dims[-i]
+            elif dims[-i] not in (ellipsis[-i], one):
+                raise ShapeError(f"einsum(): the axes of '...' do not broadcast: "
+                                 f"{show_shape(dims)} against {show_shape(tuple(ellipsis))}",
+                                 src.span or where, hint="numpy broadcasting needs equal "
+                                                         "dimensions or 1")
+    fresh = count()
+    symbols = []  # per operand, a symbol per axis: a letter, ("...", k), or a summed size-1 axis
+    letters: dict[str, Dim] = {}
+    for term, node, dims, src in zip(terms, args, extras, call.args[1:]):
+        lead = len(ellipsis) - len(dims)
+        dots = [("...", lead + j) if d == ellipsis[lead + j] else ("one", next(fresh))
+                for j, d in enumerate(dims)]
+        before, _, after = term.partition("...")
+        row = [*before, *dots, *after]
+        for ch, dim in zip(row, node.shape):
+            if isinstance(ch, str) and letters.setdefault(ch, dim) != dim:
                 raise ShapeError(f"einsum(): index '{ch}' has size {letters[ch]} and {dim}",
                                  src.span or where)
+        symbols.append(row)
+    dots = [("...", k) for k in range(len(ellipsis))]
     if not arrow:
-        seen = "".join(terms)
-        output = "".join(sorted(ch for ch in set(seen) if seen.count(ch) == 1))
-    if len(set(output)) != len(output):
-        raise ParseError(f"einsum(): output subscripts '{output}' repeat a letter", where)
-    missing = [ch for ch in output if ch not in letters]
+        seen = "".join(t.replace("...", "") for t in terms)
+        output = [*dots, *sorted(ch for ch in set(seen) if seen.count(ch) == 1)]
+    else:
+        if "..." not in output and ellipsis:
+            raise ShapeError(f"einsum(): the output {output!r} has no '...' for the axes "
+                             f"{show_shape(tuple(ellipsis))} that '...' stands for", where,
+                             hint="write '...' in the output too, e.g. '...ij,...jk->...ik'")
+        before, _, after = output.partition("...")
+        output = [*before, *(dots if "..." in output else []), *after]
+    named = [ch for ch in output if isinstance(ch, str)]
+    if len(set(named)) != len(named):
+        raise ParseError(f"einsum(): output subscripts '{''.join(named)}' repeat a letter",
+                         where)
+    missing = [ch for ch in named if ch not in letters]
     if missing:
         raise ParseError(f"einsum(): output index '{missing[0]}' appears in no operand", where)
-    code = {ch: i for i, ch in enumerate(dict.fromkeys(output + "".join(terms)))}
+    code = {ch: i for i, ch in enumerate(dict.fromkeys([*output, *(c for row in symbols
+                                                                    for c in row)]))}
     return build.contract(tuple(code[c] for c in output),
-                          [(node, tuple(code[c] for c in term)) for term, node in
-                           zip(terms, args)])
+                          [(node, tuple(code[c] for c in row)) for row, node in
+                           zip(symbols, args)],
+                          {code[d]: ellipsis[d[1]] for d in dots})
+
+
+def _matrix_power(call, args, scope):
+    """matrix_power(X, k): numpy.linalg's, the product of k factors X for an integer literal k
+    (of each matrix of a stack), by repeated squaring: about 2 log2(k) products, so its
+    derivative is the sum of products the chain rule gives through them. k = 0 is the
+    identity, k < 0 the inverse of the power -k (one inverse, of X^-k)."""
+    from .lower import constant_int
+    _no_keywords(call)
+    _arity(call, 2, 2)
+    x = args[0]
+    if x.rank < 2 or x.shape[-1] != x.shape[-2]:
+        raise ShapeError(f"matrix_power() takes a square matrix, got {show_shape(x.shape)}",
+                         call.args[0].span or call.span)
+    k = constant_int(call.args[1], "matrix_power's exponent")
+    if k < 0:
+        f = scope.rules.get("inv")
+        if f is None or f.kind != "tensor" or f.shape != "square":
+            raise ShapeError("matrix_power() with a negative exponent needs inv, which the "
+                             "rules in force do not define", call.args[1].span or call.span)
+        return Prim("inv", (_power(x, -k),), (), x.shape)
+    if k == 0:
+        labels = tuple(range(x.rank))
+        n = x.shape[-1]
+        return build.contract(labels, [(Delta(n, n), labels[-2:])], dict(zip(labels, x.shape)))
+    return _power(x, k)
+
+
+def _power(x: Node, k: int) -> Node:
+    """x @ x @ ... (k >= 1 factors), by repeated squaring."""
+    result, power = None, x
+    while True:
+        if k & 1:
+            result = power if result is None else build.matmul(result, power)
+        k >>= 1
+        if not k:
+            return result
+        power = build.matmul(power, power)
 
 
 BUILTINS = {
@@ -563,6 +647,7 @@ BUILTINS = {
     "ones": _filled(1.0), "zeros": _filled(0.0), "size": _size, "pad": _pad,
     "stack": _stack, "transpose": _transpose, "swapaxes": _swapaxes,
     "concatenate": _concatenate, "cumsum": _cumsum, "flip": _flip,
+    "matrix_power": _matrix_power,
 }
 # Functions whose arguments are dimensions (ints or names from the shapes), not tensors.
 DIMENSION_FUNCTIONS = {"eye", "ones", "zeros", "size"}
