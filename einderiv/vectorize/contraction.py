@@ -179,7 +179,11 @@ class ContractionTranslator:
                 else:
                     continue
                 partners = [t for t in self.terms if t is not sel and label in t.labels]
-                if label in self.out or len(partners) != 1 or partners[0].labels.count(label) != 1:
+                # Not into a partner that carries the window's other index already: it would
+                # carry it twice, a diagonal nothing after takes (tangent[i,j] * f[i,j,k,l]
+                # against delta[k+1,i] * delta[l+1,j] was summed over all four axes: a jvp).
+                if label in self.out or len(partners) != 1 or partners[0].labels.count(label) != 1 \
+                        or new in partners[0].labels:
                     if isinstance(node, Delta) and self._pad(sel):
                         changed = any_change = True
                         break
@@ -294,6 +298,15 @@ class ContractionTranslator:
                     if summed and len(big.labels) > len(small.labels) and \
                             not self._shared_by_three(summed) and \
                             not (batched and shared & set(self.out)):
+                        continue
+                    # Nor into a term that a matrix product with another would shrink first:
+                    # y * (X @ v), not (y[:, None] * X) @ v, a second array of X's size (the
+                    # Hessian-vector product of a logistic loss).
+                    if len(big.labels) > len(small.labels) and any(
+                            len(s := [l for l in set(big.labels) & set(p.labels)
+                                      if not self._needed(l, skip=(big, p))]) == 1
+                            and _matmul(big, p, s[0], self.out) is not None
+                            for p in self.terms if p is not small and p is not big):
                         continue
                     # Multiply into the factor that carries the later output index, so the
                     # plain one comes first in the product (X.T @ (v[:, None] * X)).
