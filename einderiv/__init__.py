@@ -10,10 +10,13 @@ from .errors import (EinderivError, EvaluationError, InputError, ParseError, Rul
                      ShapeError, UnknownNameError)
 from .rulebook import load_rules
 from .symbolic import Tensor, fn, var
+from .optimize import Flat, flat
+from .transforms import Product, hvp, jvp, vjp
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "compile", "grad", "jacobian", "hessian", "value_and_grad", "Derived", "var", "fn", "load_rules", "Compiled", "Tensor", "EinderivError", "ParseError",
+    "compile", "grad", "jacobian", "hessian", "value_and_grad", "hvp", "jvp", "vjp", "flat",
+    "Product", "Flat", "Derived", "var", "fn", "load_rules", "Compiled", "Tensor", "EinderivError", "ParseError",
     "ShapeError", "UnknownNameError", "RuleError", "InputError", "EvaluationError",
 ]

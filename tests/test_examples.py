@@ -27,7 +27,8 @@ def run(name: str, capsys) -> tuple[dict, str]:
 
 
 def test_every_example_is_tested():
-    tested = {"quickstart", "mlp", "gaussian_mle", "softmax_regression", "newton", "char_lstm"}
+    tested = {"quickstart", "mlp", "gaussian_mle", "softmax_regression", "newton", "char_lstm",
+              "newton_cg_logistic"}
     assert {p.stem for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -78,6 +79,24 @@ def test_newton_converges_quadratically_to_the_optimum(capsys):
     w = r["w"]
     hand = w - X.T @ (y / (1.0 + np.exp(y * (X @ w))))  # lam = 1
     assert np.linalg.norm(hand) < 1e-6
+
+
+def test_newton_cg_with_hessp_converges_to_the_optimum_of_the_full_hessian(capsys):
+    """examples/newton_cg_logistic.py at a tenth of its size: SciPy's Newton-CG through
+    einderiv.flat, with einderiv.hvp, a hand-written H v and the full Hessian."""
+    r = load("newton_cg_logistic").main(n=2000, d=20)
+    out = capsys.readouterr().out
+    assert "Newton-CG, hessp" in out and "hvp_w = " in out
+    runs = r["runs"]
+    assert set(runs) == {"hessp", "by hand", "hess"}
+    for run in runs.values():
+        assert run["result"].success and run["gradient_norm"] < 1e-6
+        np.testing.assert_allclose(run["result"].x, runs["hess"]["result"].x, atol=1e-8)
+    assert runs["hessp"]["result"].nhev > runs["hessp"]["result"].nit  # products, not Hessians
+    # the optimum by a gradient written by hand
+    X, y, w, b, lam = r["X"], r["y"], r["w"], r["b"], r["lam"]
+    s = y / (1.0 + np.exp(y * (X @ w + b)))
+    assert np.linalg.norm(lam * w - X.T @ s) < 1e-6 and abs(s.sum()) < 1e-6
 
 
 def test_char_lstm_says_hello_world(capsys):

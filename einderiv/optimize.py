@@ -1,0 +1,269 @@
+"""One flat parameter vector for `scipy.optimize.minimize`: `einderiv.flat`.
+
+SciPy's minimizers work on a 1-D float64 vector `x`; a model has several parameters of their
+own shapes. `flat` lays the `wrt` variables out in `x` one after the other, each raveled in C
+order, and gives the value, gradient, Hessian and Hessian-vector product of the expression over
+that vector, with the other variables fixed to the arrays of `data`:
+
+    problem = einderiv.flat(loss, ["W", "b"], shapes, data={"X": X, "y": y})
+    fun, jac, hess, hessp = problem
+    result = scipy.optimize.minimize(fun, problem.pack(W=W0, b=b0), jac=jac, hessp=hessp,
+                                     method="Newton-CG")
+    W, b = problem.unpack(result.x).values()
+
+`hessp` is `einderiv.hvp` (the Hessian is never formed), `hess` the blocks of
+`einderiv.hessian` put together; both are derived on first use.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .api import (Derived, _Result, _distinct_labels, _scalar_output,
+                  _variables, _wrt_list, lower_source, rewritten, to_program)
+from .derive import derivatives
+from .errors import EinderivError, InputError, ShapeError, UnknownNameError, did_you_mean
+from .evaluate.plan import bind_dimensions
+from .ir.nodes import Var
+from .parse.parser import derivation_budget
+from .rulebook import default_rulebook
+from .simplify import Rewriter
+from .transforms import _fresh, _hvp
+from .vectorize.gc_pause import paused_gc
+
+
+def flat(expr, wrt=None, shapes: dict | None = None, *, data: dict | None = None,
+         sizes: dict | None = None) -> "Flat":
+    """The scalar expression `expr` as a function of one flat vector holding the `wrt`
+    variables, for `scipy.optimize.minimize`: a `Flat`, which unpacks as `fun, jac, hess,
+    hessp` and has `pack` and `unpack`.
+
+    `expr` is a source text or an `einderiv.var` expression (with `shapes` as for `grad`), or
+    a result of `compile`, `grad`, ... (its expression; `wrt` defaults to the result's).
+    `wrt` is a name or a list of names, each at most once. `data` gives every other variable
+    the expression uses, fixed for every call. The size of each dimension of a `wrt` variable
+    comes from `data`'s arrays, an integer in `shapes`, or `sizes` (dimension name -> int, for
+    one that no array of `data` has, such as a hidden layer's). Runs on numpy, in the result
+    dtype of `data` and `x` (float64 for SciPy's `x`).
+
+    Raises `ShapeError` for a non-scalar expression, a `data` array of the wrong shape or a
+    dimension no array or integer sizes, `UnknownNameError` for a name of `data` or `wrt` the
+    expression does not declare, and `InputError` for a `wrt` variable in `data`, a variable
+    missing from `data`, and (at call time) an `x` or `p` that is not a 1-D vector of
+    `size` entries.
+
+    >>> import numpy as np, einderiv
+    >>> problem = einderiv.flat("sum((A @ x - b) ** 2) + c * c", ["x", "c"],
+    ...                         {"A": ("m", "n"), "x": ("n",), "b": ("m",), "c": ()},
+    ...                         data={"A": np.eye(2), "b": np.array([1.0, 2.0])})
+    >>> fun, jac, hess, hessp = problem
+    >>> x = problem.pack(x=np.zeros(2), c=3.0)
+    >>> x
+    array([0., 0., 3.])
+    >>> float(fun(x)), jac(x)
+    (14.0, array([-2., -4.,  6.]))
+    >>> hessp(x, np.array([1.0, 0.0, 1.0]))
+    array([2., 0., 2.])
+    >>> problem.unpack(np.array([1.0, 2.0, 0.0]))
+    {'x': array([1., 2.]), 'c': array(0.)}
+    """
+    rules = default_rulebook()
+    if isinstance(expr, _Result):
+        lowered, rules = expr.lowered, expr.rules
+        if wrt is None:
+            wrt = getattr(expr, "wrt", None)
+        if shapes is not None:
+            raise EinderivError("flat of a result takes the shapes it was made with: pass the "
+                                "expression instead to declare others")
+        program = None
+    else:
+        program = to_program(expr, shapes)[0]
+        with paused_gc():
+            lowered = rewritten(lower_source(expr, shapes, rules, order=1), Rewriter(rules))
+    if wrt is None:
+        raise EinderivError("flat needs wrt: the variables the flat vector holds")
+    names, _ = _wrt_list(wrt)
+    if len(set(names)) != len(names):
+        raise EinderivError(f"wrt names a variable twice ({', '.join(names)}): the flat vector "
+                            f"holds each variable once")
+    _scalar_output(lowered, "flat")
+    return Flat(lowered, names, dict(data or {}), rules, program, dict(sizes or {}))
+
+
+class Flat:
+    """The value, gradient, Hessian and Hessian-vector product of a scalar expression over one
+    flat vector `x` (see `flat`). `x` holds `names` in order, each raveled in C order:
+    `layout` maps each to its slice and shape; `size` is the length of `x`.
+
+    - `fun(x)`: the value, a Python float;
+    - `jac(x)`: the gradient, 1-D of `size` entries;
+    - `hess(x)`: the Hessian, `size` by `size`;
+    - `hessp(x, p)`: the Hessian times `p` (1-D of `size` entries), never forming it.
+
+    `fun` and `jac` come from one `value_and_grad` call: the value and gradient at the last `x`
+    are kept, so SciPy's calls of both at one point compute the forward pass once.
+    """
+
+    def __init__(self, lowered, names: list[str], data: dict, rules, program=None,
+                 sizes: dict | None = None):
+        self.names = names
+        self.data = data
+        self._lowered = lowered
+        self._rules = rules
+        self._program = program  # the text's program, held to the Hessian's limit on first use
+        self._variables = _variables(lowered, names)
+        self.layout = self._layout(sizes or {})
+        self.size = sum(where.stop - where.start for where, _ in self.layout.values())
+        self._value_and_grad = self._first_derivatives()
+        needed = set(self._value_and_grad.inputs) - set(names) - set(data)
+        if needed:
+            raise InputError(f"data has no array for {', '.join(sorted(needed))}",
+                             hint="data gives every variable that is not in wrt")
+        self._hessian = self._hvp = None
+        self._last = None  # (x, value, gradient) of the last fun or jac call
+
+    def _layout(self, sizes: dict) -> dict:
+        declared = self._lowered.declared
+        for name in self.data:
+            if name in self.names:
+                raise InputError(f"'{name}' is in wrt and in data: the flat vector holds it",
+                                 hint="give its start value to pack() instead")
+            if name not in declared:
+                raise UnknownNameError(f"data has '{name}', which the expression does not "
+                                       f"declare", hint=did_you_mean(name, declared))
+        env = dict(sizes)
+        for name, size in bind_dimensions({n: Var(n, declared[n]) for n in self.data},
+                                          {n: np.asarray(v) for n, v in self.data.items()}
+                                          ).items():
+            if env.setdefault(name, size) != size:
+                raise ShapeError(f"sizes gives dimension '{name}' as {env[name]}, but the "
+                                 f"arrays of data have it {size}")
+        layout, start = {}, 0
+        for var in self._variables:
+            try:
+                shape = tuple(d.size(env) for d in var.shape)
+            except KeyError as e:
+                raise ShapeError(f"the size of dimension '{e.args[0]}' of '{var.name}' is not "
+                                 f"known: no array of data has it",
+                                 hint=f"give it in sizes ({e.args[0]}=...), or in shapes as an "
+                                      f"integer") from None
+            size = int(np.prod(shape))
+            layout[var.name] = (slice(start, start + size), shape)
+            start += size
+        return layout
+
+    # -- the derivatives ----------------------------------------------------------------------
+
+    def _first_derivatives(self) -> Derived:
+        lowered, rules = self._lowered, self._rules
+        with paused_gc():
+            grads = Rewriter(rules)(derivatives(lowered.root, self._variables, rules))
+        return Derived(lowered, "value_and_grad", self.names, [lowered.root, *grads],
+                       ["out", *(f"d{n}" for n in self.names)], tuple, "numpy", rules)
+
+    def _second(self):
+        if self._program is not None:
+            derivation_budget(self._program, 2)
+        return self._lowered, self._rules, Rewriter(self._rules)
+
+    def _hessian_result(self) -> Derived:
+        if self._hessian is None:
+            lowered, rules, rewriter = self._second()
+            with paused_gc():
+                grads = rewriter(derivatives(lowered.root, self._variables, rules))
+                blocks = [b for g in grads for b in
+                          rewriter(derivatives(g, self._variables, rules, jacobian=True))]
+            labels = _distinct_labels([f"d{a}d{b}" for a in self.names for b in self.names])
+            self._hessian = Derived(lowered, "hessian", self.names, blocks, labels,
+                                    tuple, "numpy", rules)
+        return self._hessian
+
+    def _hvp_result(self):
+        if self._hvp is None:
+            lowered, rules, rewriter = self._second()
+            with paused_gc():
+                self._hvp = _hvp(lowered, self.names, True, rules, rewriter, "numpy",
+                                 _fresh(lowered, "tangent"))
+        return self._hvp
+
+    # -- over the flat vector -----------------------------------------------------------------
+
+    def pack(self, **arrays) -> np.ndarray:
+        """The flat vector holding `arrays`, one per name of `wrt` (float64)."""
+        unknown = set(arrays) - set(self.names)
+        missing = [n for n in self.names if n not in arrays]
+        if unknown or missing:
+            raise InputError(f"pack takes exactly the wrt variables {', '.join(self.names)}"
+                             + (f"; missing {', '.join(missing)}" if missing else "")
+                             + (f"; not in wrt: {', '.join(sorted(unknown))}" if unknown else ""))
+        x = np.empty(self.size)
+        for name, (where, shape) in self.layout.items():
+            value = np.asarray(arrays[name], dtype=np.float64)
+            if value.shape != shape:
+                raise ShapeError(f"pack: '{name}' should have shape {shape}, got "
+                                 f"{value.shape}")
+            x[where] = value.ravel()
+        return x
+
+    def unpack(self, x) -> dict:
+        """`{name: array}` for each `wrt` variable, from the flat vector `x` (copies)."""
+        x = self._vector(x, "x")
+        return {name: x[where].reshape(shape).copy()
+                for name, (where, shape) in self.layout.items()}
+
+    def _vector(self, x, what: str) -> np.ndarray:
+        x = np.asarray(x)
+        if x.ndim != 1 or x.shape[0] != self.size:
+            raise InputError(f"{what} should be a 1-D vector of {self.size} entries "
+                             f"({self._described()}), got shape {x.shape}")
+        return x
+
+    def _described(self) -> str:
+        return ", ".join(f"{n} {list(shape)}" for n, (_, shape) in self.layout.items())
+
+    def _arrays(self, x) -> dict:
+        x = self._vector(x, "x")
+        arrays = dict(self.data)
+        for name, (where, shape) in self.layout.items():
+            arrays[name] = x[where].reshape(shape)
+        return arrays
+
+    def _value_and_gradient(self, x):
+        last = self._last
+        if last is not None and last[0].shape == np.shape(x) and np.array_equal(last[0], x):
+            return last[1], last[2]
+        value, *grads = self._value_and_grad(**self._arrays(x))
+        gradient = np.concatenate([np.ravel(g) for g in grads]) if grads else np.empty(0)
+        # A copy of x: SciPy may change its array in place before the next call.
+        self._last = (np.array(x, copy=True), float(value), gradient)
+        return self._last[1], self._last[2]
+
+    def fun(self, x) -> float:
+        """The value at `x`."""
+        return self._value_and_gradient(x)[0]
+
+    def jac(self, x) -> np.ndarray:
+        """The gradient at `x`, flat like `x`."""
+        return self._value_and_gradient(x)[1].copy()
+
+    def hess(self, x) -> np.ndarray:
+        """The Hessian at `x`, `size` by `size` (the blocks of `einderiv.hessian`)."""
+        blocks = self._hessian_result()(**self._arrays(x))
+        sizes = [where.stop - where.start for where, _ in self.layout.values()]
+        k = len(sizes)
+        return np.block([[np.reshape(blocks[i * k + j], (sizes[i], sizes[j]))
+                          for j in range(k)] for i in range(k)])
+
+    def hessp(self, x, p) -> np.ndarray:
+        """The Hessian at `x` times `p`, flat like `x` (`einderiv.hvp`: no Hessian formed)."""
+        p = self._vector(p, "p")
+        tangent = tuple(p[where].reshape(shape) for where, shape in self.layout.values())
+        result = self._hvp_result()
+        products = result(**self._arrays(x), **{result.keyword: tangent})
+        return np.concatenate([np.ravel(v) for v in products])
+
+    def __iter__(self):
+        """`fun, jac, hess, hessp = flat(...)`."""
+        return iter((self.fun, self.jac, self.hess, self.hessp))
+
+    def __repr__(self) -> str:
+        return f"<einderiv.Flat over {self._described()}: {self.size} entries>"
