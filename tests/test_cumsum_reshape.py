@@ -43,11 +43,14 @@ def against_jax(text, shapes, arrays, wrt, loss, hessian=True):
     value = einderiv.compile(text, shapes)
     assert relative_error(value(**arrays), float(f(*values))) < 1e-13
     g = einderiv.grad(text, wrt, shapes)
-    assert relative_error(g(**arrays), np.asarray(jax.grad(f, index)(*values))) < 1e-12
+    # jit: one compilation is quicker than JAX's operations one by one on such small arrays
+    expected = jax.jit(jax.grad(f, index))(*values)
+    assert relative_error(g(**arrays), np.asarray(expected)) < 1e-12
     assert relative_error(g(**arrays), finite_difference(value, arrays, wrt)) < 1e-7
     if hessian:
         h = einderiv.hessian(text, wrt, shapes)
-        assert relative_error(h(**arrays), np.asarray(jax.hessian(f, index)(*values))) < 1e-12
+        expected = jax.jit(jax.hessian(f, index))(*values)
+        assert relative_error(h(**arrays), np.asarray(expected)) < 1e-12
     return g
 
 
@@ -178,3 +181,204 @@ def test_slice_step_errors():
         einderiv.compile("x: [n]; m: []; x[n:0:-1]")
     with pytest.raises(einderiv.ParseError, match="a slice step must be an integer constant"):
         einderiv.compile("x: [n]; x[::1.5]")
+
+
+def test_cumsum_without_axis_flattens_as_numpy():
+    X = draw(13, (3, 4))
+    f = einderiv.compile("cumsum(X)", {"X": ("b", "n")})
+    assert relative_error(f(X=X), np.cumsum(X)) < 1e-15
+    assert f.shape == ("n * b",) or f.shape == ("b * n",)
+    assert f.formula == "cumsum(reshape(X, (b * n,)))"
+
+
+# -- reshape ---------------------------------------------------------------------------------------
+
+RESHAPES = [
+    # (text, shapes, numpy's)
+    ("reshape(X, (b * n,))", {"X": ("b", "n")}, lambda X: X.reshape(-1)),
+    ("reshape(X, (n * b,))", {"X": ("b", "n")}, lambda X: X.reshape(-1)),
+    ("reshape(X, (-1,))", {"X": ("b", "n")}, lambda X: X.reshape(-1)),
+    ("reshape(X, (n, b))", {"X": ("b", "n")}, lambda X: X.reshape(4, 3)),
+    ("reshape(X, (b, -1, 2))", {"X": ("b", 4)}, lambda X: X.reshape(3, -1, 2)),
+    ("reshape(X, (2 * b, 2))", {"X": ("b", 4)}, lambda X: X.reshape(6, 2)),
+    ("reshape(X, b * n)", {"X": ("b", "n")}, lambda X: X.reshape(-1)),
+    ("reshape(T, (a, b * c))", CUBE, lambda T: T.reshape(2, -1)),
+    ("reshape(T, (a * b, c))", CUBE, lambda T: T.reshape(-1, 4)),
+    ("reshape(reshape(T, (-1,)), (a, b, c))", CUBE, lambda T: T),
+    ("reshape(x, (1, n, 1))", {"x": ("n",)}, lambda x: x.reshape(1, -1, 1)),
+    ("reshape(s, (1, 1))", {"s": ()}, lambda s: np.reshape(s, (1, 1))),
+]
+
+
+@pytest.mark.parametrize("text,shapes,expected", RESHAPES)
+def test_reshape_is_numpys(text, shapes, expected):
+    sizes = {"b": 3, "n": 4, "a": 2, "c": 4}
+    arrays = {k: draw(14, tuple(sizes.get(d, d) for d in shape)) for k, shape in shapes.items()
+              if k in text}
+    f = einderiv.compile(text, {k: v for k, v in shapes.items() if k in arrays})
+    assert np.array_equal(f(**arrays), expected(*arrays.values()))
+
+
+def test_reshape_sizes_are_products_of_dimensions():
+    f = einderiv.compile("reshape(T, (a * b, c))", CUBE)
+    assert f.shape == ("a * b", "c")
+    assert f.formula == "reshape(T, (a * b, c))"
+    g = einderiv.compile("X: [b, n]; sum(reshape(X, (b * n,)) * ones(n * b)) + size(b * n)")
+    assert float(g(X=np.ones((2, 3)))) == 12.0
+
+
+@pytest.mark.parametrize("text", ["sum(W * sin(reshape(X, (n, b))).T)",
+                                  "sum(cumsum(reshape(X, (-1,))) ** 2)",
+                                  "sum(reshape(X, (n * b,))[1:] * reshape(X, (n * b,))[:-1])"])
+def test_reshape_gradient_and_hessian_against_jax(text):
+    _, jnp = jax_modules()
+    X, W = draw(15, (3, 4)), draw(16, (3, 4))
+    jax_text = (text.replace("reshape(X, (n, b))", "jnp.reshape(X, (4, 3))")
+                .replace("(n * b,)", "(-1,)").replace("reshape(", "jnp.reshape(")
+                .replace("jnp.jnp.", "jnp.").replace("sin(", "jnp.sin(")
+                .replace("cumsum(", "jnp.cumsum(").replace("sum(", "jnp.sum(")
+                .replace("jnp.jnp.", "jnp.").replace("jnp.cumjnp.sum(", "jnp.cumsum("))
+    g = against_jax(text, MATRIX, {"X": X, "W": W}, "X",
+                    lambda X, W: eval(jax_text, {"jnp": jnp, "X": X, "W": W}))
+    assert "eye" not in g.formula
+
+
+def test_reshape_of_a_stack_keeps_the_batch():
+    """The gradient of a reshape is the reshape back, per row of a stack too."""
+    _, jnp = jax_modules()
+    T, U = draw(17, (2, 3, 4)), draw(18, (2, 12))
+    g = against_jax("sum(U * reshape(T, (a, -1)) ** 3)", {"T": ("a", 3, 4), "U": ("a", 12)},
+                    {"T": T, "U": U}, "T", lambda T, U: jnp.sum(U * jnp.reshape(T, (2, -1)) ** 3))
+    assert g.formula == "3 * reshape(U, (a, 3, 4)) * T ** 2"
+
+
+def test_reshape_errors():
+    with pytest.raises(einderiv.ShapeError, match="cannot reshape \\[b, n\\] to \\(n,\\)"):
+        einderiv.compile("X: [b, n]; reshape(X, (n,))")
+    with pytest.raises(einderiv.ShapeError, match="cannot infer the -1"):
+        einderiv.compile("X: [b, n]; reshape(X, (2, -1))")
+    with pytest.raises(einderiv.ShapeError, match="only one size can be -1"):
+        einderiv.compile("X: [b, n]; reshape(X, (-1, -1))")
+    with pytest.raises(einderiv.ShapeError, match="cannot reshape \\[3, 4\\] to \\(5, 2\\)"):
+        einderiv.compile("X: [3, 4]; reshape(X, (5, 2))")
+    with pytest.raises(einderiv.UnknownNameError, match="unknown dimension 'k'"):
+        einderiv.compile("X: [b, n]; reshape(X, (k,))")
+    with pytest.raises(einderiv.ParseError, match="one product of dimensions plus an integer"):
+        einderiv.compile("X: [b, n]; reshape(X, (b + n,))")
+
+
+# -- kron ------------------------------------------------------------------------------------------
+
+def test_kron_is_numpys_and_differentiates_as_jax():
+    _, jnp = jax_modules()
+    A, B = draw(19, (2, 3)), draw(20, (3, 2))
+    shapes = {"A": ("n", "m"), "B": ("p", "q")}
+    f = einderiv.compile("kron(A, B)", shapes)
+    assert np.array_equal(f(A=A, B=B), np.kron(A, B))
+    assert f.shape == ("n * p", "m * q")
+    a, b = draw(21, (3,)), draw(22, (4,))
+    v = einderiv.compile("kron(a, b) + kron(a, B)[0, 1]", {"a": ("n",), "b": (4,), "B": (3, 2)})
+    assert np.array_equal(v(a=a, b=b, B=B), np.kron(a, b) + np.kron(a, B)[0, 1])
+    for wrt in ("A", "B"):
+        against_jax("sum(sin(kron(A, B)))", shapes, {"A": A, "B": B}, wrt,
+                    lambda A, B: jnp.sum(jnp.sin(jnp.kron(A, B))))
+
+
+# -- steps -----------------------------------------------------------------------------------------
+
+STEPS = ["x[::2]", "x[1::2]", "x[::3]", "x[2::3]", "x[1:-1:2]", "x[:5:2]", "x[::-2]",
+         "x[-2::-3]", "x[5:0:-2]", "x[::2][::2]", "x[::7]"]
+
+
+@pytest.mark.parametrize("text", STEPS)
+@pytest.mark.parametrize("n", [6, 7])
+def test_steps_are_numpys(text, n):
+    """Of a named dimension and a fixed one, at even and odd lengths."""
+    x = draw(23, (n,))
+    expected = eval(text, {"x": x})
+    if text != "x[5:0:-2]":  # from a fixed entry down: its length is no dimension of n
+        f = einderiv.compile(f"x: [n]; {text}")
+        assert np.array_equal(f(x=x), expected)
+        assert np.array_equal(f.evaluate_ir(x=x), expected)
+    assert np.array_equal(einderiv.compile(f"x: [{n}]; {text}")(x=x), expected)
+
+
+def test_step_lengths_are_quotients():
+    assert einderiv.compile("x: [n]; x[::2]").shape == ("(n + 1) // 2",)
+    assert einderiv.compile("x: [n]; x[1::2]").shape == ("n // 2",)
+    assert einderiv.compile("X: [n, m]; X[::3, 1:-1:2]").shape == ("(n + 2) // 3", "(m - 1) // 2")
+    # an even length, reshaped into pairs: x[::2] has n of the 2 * n entries
+    f = einderiv.compile("x: [n]; y = reshape(x[:, None] * ones(n, 2), (2 * n,)); y[::2] - x")
+    assert f.shape == ("n",)
+    assert np.array_equal(f(x=np.arange(3.0)), np.zeros(3))
+
+
+@pytest.mark.parametrize("text", ["sum(sin(X[::2]))", "sum(W[::2, 1::2] * X[::2, 1::2] ** 2)",
+                                  "sum(X[::-2] * X[::2])", "sum(exp(X[1:, ::3]))"])
+def test_step_gradient_and_hessian_against_jax(text):
+    _, jnp = jax_modules()
+    X, W = draw(24, (5, 4)), draw(25, (5, 4))
+    jax_text = text.replace("sum(", "jnp.sum(").replace("sin(", "jnp.sin(") \
+        .replace("exp(", "jnp.exp(")
+    g = against_jax(text, MATRIX, {"X": X, "W": W}, "X",
+                    lambda X, W: eval(jax_text, {"jnp": jnp, "X": X, "W": W}))
+    assert "dilate" in g.formula and "eye" not in g.formula
+
+
+def test_step_gradient_at_a_million_is_linear(peak_bytes):
+    """The adjoint of x[::3] spreads the cotangent 3 apart: O(n), never a selection matrix."""
+    n = 10 ** 6
+    x = np.random.default_rng(26).uniform(-1, 1, n)
+    g = einderiv.grad("sum(sin(x[1::3]) * x[1::3][::-1]) + sum(x[::-3] ** 2)", "x",
+                      {"x": ("n",)})
+    y = x[1::3]
+    expected = np.zeros(n)
+    expected[1::3] += np.cos(y) * y[::-1] + np.sin(y)[::-1]
+    expected[::-3] += 2 * x[::-3]
+    for run in (g, g.evaluate_ir):
+        assert relative_error(run(x=x), expected) < 1e-13
+        assert peak_bytes(lambda: run(x=x)) < 6 * 8 * n
+
+
+def test_dilate_is_the_adjoint_of_a_step():
+    x = np.arange(1.0, 4.0)
+    f = einderiv.compile("x: [3]; dilate(x, 2, 6) + dilate(x, 2, 5)[:1][0]")
+    assert np.array_equal(f(x=x), [2.0, 1.0, 3.0, 1.0, 4.0, 1.0])
+    X = np.arange(6.0).reshape(2, 3)
+    g = einderiv.compile("X: [2, n]; dilate(X[:, ::2], 2, n, axis=1)")
+    assert np.array_equal(g(X=X), [[0.0, 0.0, 2.0], [3.0, 0.0, 5.0]])
+    with pytest.raises(einderiv.ShapeError, match="do not make a length of 7"):
+        einderiv.compile("x: [3]; dilate(x, 2, 7)")
+    with pytest.raises(einderiv.ShapeError, match="the step must be at least 1"):
+        einderiv.compile("x: [3]; dilate(x, 0, 7)")
+
+
+# -- triu and tril ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text", ["triu(X)", "tril(X)", "triu(X, 1)", "tril(X, -1)",
+                                  "triu(X, -2)", "tril(triu(X, -1), 1)", "triu(triu(X, 1), -1)"])
+def test_triangles_are_numpys(text):
+    X = draw(27, (4, 5))
+    f = einderiv.compile(text, {"X": ("n", "m")})
+    assert np.array_equal(f(X=X), eval(text, {"X": X, "triu": np.triu, "tril": np.tril}))
+    T = draw(28, (2, 3, 3))
+    stacked = einderiv.compile(text.replace("X", "T"), {"T": ("a", "n", "n")})
+    assert np.array_equal(stacked(T=T), eval(text.replace("X", "T"),
+                                             {"T": T, "triu": np.triu, "tril": np.tril}))
+
+
+def test_triangle_gradient_and_hessian_against_jax():
+    _, jnp = jax_modules()
+    X, W = draw(29, (3, 4)), draw(30, (3, 4))
+    g = against_jax("sum(W * triu(X, 1) ** 2) + sum(tril(X) @ tril(X).T)", MATRIX,
+                    {"X": X, "W": W}, "X",
+                    lambda X, W: jnp.sum(W * jnp.triu(X, 1) ** 2)
+                    + jnp.sum(jnp.tril(X) @ jnp.tril(X).T))
+    assert "triu(" in g.formula and "eye" not in g.formula
+
+
+def test_triangle_errors():
+    with pytest.raises(einderiv.ShapeError, match="triu\\(\\) takes a matrix"):
+        einderiv.compile("x: [n]; triu(x)")
+    with pytest.raises(einderiv.ParseError, match="a diagonal must be an integer constant"):
+        einderiv.compile("X: [n, n]; tril(X, 0.5)")

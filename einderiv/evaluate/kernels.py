@@ -323,6 +323,23 @@ def heaviside(x, h0):
     return _like(xp.where(x > 0, 1.0, xp.where(x == 0, h0, 0.0)), like, xp)
 
 
+def dilate(x, k, n, axis=0):
+    """x's entries k apart along `axis`, in zeros of length n (entry i at i * k): the adjoint
+    of the step x[::k], O(size)."""
+    xp = _xp(x)
+    if xp is np:
+        out = np.zeros(x.shape[:axis] + (n,) + x.shape[axis + 1:], dtype=x.dtype)
+        out[(slice(None),) * axis + (slice(None, None, k),)] = x
+        return out
+    # Without writing into an array (jax's are immutable): each entry followed by k - 1
+    # zeros, the axis then cut to n.
+    moved = xp.moveaxis(x, axis, -1)
+    gaps = xp.zeros((*moved.shape, k - 1), dtype=x.dtype)
+    spread = xp.concat([moved[..., None], gaps], axis=-1)
+    flat = xp.reshape(spread, (*moved.shape[:-1], moved.shape[-1] * k))[..., :n]
+    return xp.moveaxis(flat, -1, axis)
+
+
 def _mask(holds, a, b):
     """The comparison `holds(a, b)` as a mask of 0 and 1 in the arguments' float dtype (a
     Python number for two numbers, which does not widen float32 arrays it meets)."""

@@ -18,6 +18,9 @@ from ..ir.dims import Dim
 from ..ir.einstein import format_number
 from ..ir.names import input_names, output_labels
 from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Size, Unit, Var, topological
+from ..lower.linear import is_linear, surface as linear_surface
+from ..parse import ast
+from ..parse.unparse import unparse
 from ..rulebook import RuleBook, default_rulebook
 
 LEAVES = (Var, Const, Size, Delta, Unit)
@@ -103,6 +106,8 @@ class _Plan:
             if node.fn in INFIX and len(args) == 2:
                 return f" {INFIX[node.fn]} ".join(args)
             return f"{node.fn}({', '.join(args)})"
+        if is_linear(node):  # cumsum, x[::2], reshape...: as the formula writes them
+            return unparse(linear_surface(node, ast.Name(self.operand(node.args[0]))))
         if isinstance(node, Prim):
             args = [self.operand(a) for a in node.args]
             if node.params:

@@ -16,6 +16,8 @@ import builtins
 import keyword
 import math
 
+from ..ir.dims import is_composite
+from ..lower.dimensions import composite_expr
 from ..parse import ast
 from ..rulebook import RuleBook, default_rulebook
 from ..vectorize import VectorProgram
@@ -69,22 +71,20 @@ def _step_select(e: ast.Call, rules: RuleBook) -> bool:
                              for f in ("where", "step"))
 
 
-def _reversal(e: ast.Index) -> int | None:
-    """The axis `e` reverses when it is `x[:, ..., ::-1]` (the vectorizer's reversal), else
-    None."""
-    *whole, last = e.items
-    if not all(isinstance(i, ast.Slice) and i.lo is i.hi is i.step is None for i in whole):
-        return None
-    if isinstance(last, ast.Slice) and last.lo is None and last.hi is None and \
-            isinstance(last.step, ast.UnaryOp) and last.step.op == "-" and \
-            isinstance(last.step.operand, ast.Number) and last.step.operand.value == 1:
-        return len(whole)
-    return None
+def _reversals(e: ast.Index) -> list[int]:
+    """The axes that `e`, an index of slices only, takes with a negative step and no bounds
+    (the vectorizer's reversals, `x[::-1]` and `x[::-2]`)."""
+    if not all(isinstance(i, ast.Slice) for i in e.items):
+        return []
+    return [a for a, i in enumerate(e.items) if i.lo is None and i.hi is None and
+            isinstance(i.step, ast.UnaryOp) and i.step.op == "-" and
+            isinstance(i.step.operand, ast.Number)]
 
 
 def _atomic(e: ast.Expr) -> bool:
     """A name or an integer at least 0: text that no neighbouring operator can split."""
-    return isinstance(e, ast.Name) or (isinstance(e, ast.Number) and e.value >= 0)
+    return isinstance(e, ast.Name) and not is_composite(e.id) or \
+        (isinstance(e, ast.Number) and e.value >= 0)
 
 
 def _safe(name: str) -> bool:
@@ -232,9 +232,17 @@ class _Printer:
                 n = self._dimension(e.operand.args[0])  # identity (rows x n, not n x n)
                 rows = f"_xp.arange({n})[{self._item(e.items[0])}]"
                 return f"_xp.asarray({rows}[:, None] == _xp.arange({n}), dtype=_dtype)"
-            flipped = _reversal(e)
-            if flipped is not None:  # x[::-1]: torch's tensors take no negative step
-                return f"_xp.flip({self.expr(e.operand)}, axis={flipped})"
+            flipped = _reversals(e)
+            if flipped:  # x[::-1], x[::-2]: torch's tensors take no negative step
+                operand = f"_xp.flip({self.expr(e.operand)}, axis={flipped[0]})"
+                for axis in flipped[1:]:
+                    operand = f"_xp.flip({operand}, axis={axis})"
+                items = [ast.Slice(None, None, ast.Number(i.step.operand.value))
+                         if a in flipped else i for a, i in enumerate(e.items)]
+                if all(isinstance(i, ast.Slice) and i.lo is i.hi is None and
+                       (i.step is None or i.step.value == 1) for i in items):
+                    return operand
+                return f"{operand}[{', '.join(self._item(i) for i in items)}]"
             return f"{self._wrap(e.operand, 9)}[{', '.join(self._item(i) for i in e.items)}]"
         if isinstance(e, ast.Tuple):
             inner = ", ".join(self.expr(i) for i in e.items)
@@ -286,12 +294,15 @@ class _Printer:
     def _dimension_sum(self, e) -> str:
         if isinstance(e, ast.Number):
             return str(int(e.value))
+        if isinstance(e, ast.Name) and is_composite(e.id):  # `m * n`: a product's text
+            return self._dimension_sum(composite_expr(e.id))
         if isinstance(e, ast.Name):
             self.dims_used.add(e.id)
             return self._dim_name(e.id)
-        if isinstance(e, ast.BinOp) and e.op in "+-":
+        if isinstance(e, ast.BinOp) and e.op in ("+", "-", "*", "//"):
             right = self._dimension(e.right)  # n - (m - 1)
-            return f"{self._dimension_sum(e.left)} {e.op} {right}"
+            left = self._dimension_sum(e.left) if e.op in "+-" else self._dimension(e.left)
+            return f"{left} {e.op} {right}"
         raise TypeError("a dimension is a name, an integer, or a name plus an integer")
 
     def _dim_name(self, dim: str) -> str:
@@ -313,6 +324,17 @@ class _Printer:
         if name == "cumsum":  # a vector's without an axis (numpy's flattens anything else)
             axis = self._axis(e.kwargs[0][1]) if e.kwargs else "0"
             return f"_xp.cumsum({self.expr(e.args[0])}, axis={axis})"
+        if name == "reshape":
+            dims = "".join(f"{self._dimension(d)}, " for d in e.args[1].items)
+            return f"_xp.reshape({self.expr(e.args[0])}, ({dims.rstrip()}))"
+        if name in ("triu", "tril"):  # numpy's k, torch's diagonal: given by position
+            k = self._index_int(e.args[1]) if len(e.args) > 1 else "0"
+            return f"_xp.{name}({self.expr(e.args[0])}, {k})"
+        if name == "dilate":
+            self.imports["einderiv.evaluate.kernels"] = "_kernels"
+            axis = self._axis(e.kwargs[0][1]) if e.kwargs else "0"
+            return (f"_kernels.dilate({self.expr(e.args[0])}, {self._index_int(e.args[1])}, "
+                    f"{self._dimension(e.args[2])}, {axis})")
         if name in ("ones", "zeros"):
             dims = ", ".join(self._dimension(a) for a in e.args)
             return f"_xp.{name}(({dims},), dtype=_dtype)"

@@ -1,7 +1,14 @@
-"""Dimensions: a concrete size, a named size (`n`), or a named size with an offset (`n-1`)."""
+"""Dimensions: a concrete size, a named size (`n`), or a named size with an offset (`n-1`).
+
+A name may also be a *composite* size, the text of a product or quotient of sizes in the
+language (`m * n`, `(n + 1) // 2`, made by lower/dimensions.py for reshapes and strided
+slices): it is one dimension like any name, and its size is computed from its parts'.
+"""
 from __future__ import annotations
 
+import ast
 import operator
+from functools import lru_cache
 
 _DIMS: dict = {}  # (name, offset) -> its Dim: one object per dimension
 
@@ -63,17 +70,59 @@ class Dim:
         return Dim(self.name, self.offset - k)
 
     def size(self, env: dict[str, int]) -> int:
-        """The concrete size, with named sizes taken from `env`."""
-        return self.offset if self.name is None else env[self.name] + self.offset
+        """The concrete size, with named sizes taken from `env` (KeyError for one missing)."""
+        if self.name is None:
+            return self.offset
+        base = env.get(self.name)
+        if base is None:
+            base = _composite_size(self.name, env) if is_composite(self.name) else \
+                env[self.name]
+        return base + self.offset
 
     def __str__(self) -> str:
         if self.name is None:
             return str(self.offset)
         if self.offset == 0:
             return self.name
+        if is_composite(self.name):
+            return f"{self.name} {'+' if self.offset > 0 else '-'} {abs(self.offset)}"
         return f"{self.name}{self.offset:+d}"
 
     __repr__ = __str__
+
+
+def is_composite(name: str) -> bool:
+    """Is `name` a composite size (`m * n`), not a dimension name?"""
+    return not name.isidentifier()
+
+
+_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+              ast.FloorDiv: operator.floordiv}
+
+
+@lru_cache(maxsize=None)
+def _composite(name: str):
+    return ast.parse(name, mode="eval").body
+
+
+def _composite_size(name: str, env: dict[str, int]) -> int:
+    """The size of a composite name: its text is integers, dimension names, + - * // and
+    brackets (read with Python's parser, never evaluated as code)."""
+    stack, values = [_composite(name)], []
+    while stack:  # postfix: a node, then (None, its operator) after its operands
+        node = stack.pop()
+        if isinstance(node, tuple):
+            right, left = values.pop(), values.pop()
+            values.append(_OPERATORS[node[1]](left, right))
+        elif isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+            stack += [(None, type(node.op)), node.right, node.left]
+        elif isinstance(node, ast.Name):
+            values.append(env[node.id])
+        elif isinstance(node, ast.Constant) and type(node.value) is int:
+            values.append(node.value)
+        else:
+            raise ValueError(f"malformed composite dimension {name!r}")
+    return values[0]
 
 
 def show_shape(shape) -> str:

@@ -14,10 +14,12 @@ from ..ir import build
 from ..ir.dims import Dim, show_shape
 from ..ir.nodes import Delta, Node, Prim, Size, Unit
 from ..parse import ast, parse
-from . import linear
+from . import dimensions, linear
 
 MAX_DEFINITION_DEPTH = 32
 AXIS_FUNCTIONS = {"sum", "mean", "var", "std", "cumsum", "flip"}
+# Functions whose only tensor is the first argument (the others are sizes and constants).
+FIRST_ONLY = {"reshape", "dilate", "triu", "tril"}
 
 
 def tensor_args(call: ast.Call, scope) -> list[ast.Expr]:
@@ -31,7 +33,7 @@ def tensor_args(call: ast.Call, scope) -> list[ast.Expr]:
         if isinstance(first, ast.Tuple):
             return list(first.items)
         return list(call.args[:1]) if call.func == "concatenate" else list(call.args)
-    if call.func in AXIS_FUNCTIONS or \
+    if call.func in AXIS_FUNCTIONS or call.func in FIRST_ONLY or \
             call.func in ("pad", "transpose", "swapaxes", "matrix_power") or \
             _takes_axis(call.func, scope):
         return list(call.args[:1])
@@ -318,8 +320,8 @@ def _width_sum(expr, scope):
         if left is None or right is None:
             return None
         return left + [(s if expr.op == "+" else -s, d) for s, d in right]
-    if isinstance(expr, ast.Name):
-        return [(1, _dimension(expr, scope))]
+    if isinstance(expr, ast.Name) or isinstance(expr, ast.BinOp) and expr.op in ("*", "//"):
+        return [(1, _dimension(expr, scope))]  # a name, or a product (`m * n - m`)
     from .lower import constant_int
     try:
         return [(1, Dim(None, constant_int(expr, "a pad width")))]
@@ -462,13 +464,8 @@ def _cumsum(call, args, scope):
     derivative is the running sum from the other end (lower/linear.py), never a triangle."""
     axis = _axis_argument(call)
     (x,) = args
-    if axis is None or isinstance(axis, ast.NoneLit):
-        if x.rank != 1:
-            raise ShapeError(f"cumsum() of a rank-{x.rank} tensor {show_shape(x.shape)} needs "
-                             f"axis=", call.span,
-                             hint="numpy's cumsum without an axis flattens the array first: "
-                                  "name the axis, e.g. cumsum(x, axis=0)")
-        return linear.cumsum(x, 0)
+    if axis is None or isinstance(axis, ast.NoneLit):  # numpy's: of x flattened
+        return linear.cumsum(linear.reshape(x, (dimensions.product(x.shape),)), 0)
     return linear.cumsum(x, _one_axis(axis, x.rank, call))
 
 
@@ -481,6 +478,85 @@ def _flip(call, args, scope):
     for a in range(x.rank) if axes is None else axes:
         x = linear.flip(x, a)
     return x
+
+
+def _reshape(call, args, scope):
+    """reshape(x, (d0, d1, ...)): numpy's reshape (C order); sizes are dimension expressions,
+    products of names among them (`reshape(X, (n * m,))`), and one may be -1."""
+    _no_keywords(call)
+    _arity(call, 2, 2)
+    (x,) = args
+    given = call.args[1]
+    items = given.items if isinstance(given, ast.Tuple) else (given,)
+    shape = []
+    for item in items:
+        if _minus_one(item):
+            shape.append(None)
+        else:
+            shape.append(_dimension(item, scope, "a size"))
+    return linear.reshape(x, linear.reshaped(x, shape, given.span or call.span))
+
+
+def _minus_one(expr) -> bool:
+    return isinstance(expr, ast.UnaryOp) and expr.op == "-" and \
+        isinstance(expr.operand, ast.Number) and expr.operand.value == 1
+
+
+def _dilate(call, args, scope):
+    """dilate(x, k, n, axis=0): x's entries k apart along the axis, in zeros of length n (entry
+    i at i * k): the adjoint of the step x[::k], which formulas print."""
+    from .lower import constant_int
+    axis = None
+    for key, value in call.kwargs:
+        if key != "axis":
+            raise ParseError(f"dilate() got an unexpected keyword argument '{key}'",
+                             value.span or call.span, hint="dilate takes axis=")
+        axis = value
+    _arity(call, 3, 3)
+    (x,) = args
+    k = constant_int(call.args[1], "a step")
+    if k < 1:
+        raise ShapeError("dilate(): the step must be at least 1", call.args[1].span)
+    n = _dimension(call.args[2], scope, "a length")
+    if x.rank == 0:
+        raise ShapeError("dilate() of a scalar has no axis", call.span)
+    axis = 0 if axis is None else _one_axis(axis, x.rank, call)
+    if x.shape[axis] != dimensions.ceildiv(n, k):
+        need = dimensions.text(dimensions.ceildiv(n, k))
+        raise ShapeError(f"dilate(): {dimensions.text(x.shape[axis])} entries {k} apart do not "
+                         f"make a length of {dimensions.text(n)}", call.span,
+                         hint=f"it takes ceil(n / k) = {need} entries, as x[::k] of a length "
+                              f"n has")
+    return linear.dilate(x, axis, k, n)
+
+
+def _triangle(upper: bool):
+    def build_triangle(call, args, scope):
+        """triu(x, k=0), tril(x, k=0): numpy's, of the last two axes."""
+        from .lower import constant_int
+        k = _axis_argument(call, "k")
+        (x,) = args
+        if x.rank < 2:
+            raise ShapeError(f"{call.func}() takes a matrix or a stack of them, got "
+                             f"{show_shape(x.shape)}", call.span)
+        return linear.triangle(x, 0 if k is None else constant_int(k, "a diagonal"), upper)
+    return build_triangle
+
+
+def _kron(call, args, scope):
+    """kron(a, b): numpy's Kronecker product, a block of b per entry of a: the product of
+    every entry of a with every entry of b, axes interleaved, reshaped. Its derivative needs
+    no rule (a reshape's adjoint and a product's)."""
+    _no_keywords(call)
+    _arity(call, 2, 2)
+    a, b = args
+    rank = max(a.rank, b.rank)
+    a = linear.reshape(a, (Dim(None, 1),) * (rank - a.rank) + a.shape)  # numpy's leading 1s
+    b = linear.reshape(b, (Dim(None, 1),) * (rank - b.rank) + b.shape)
+    pairs = tuple(range(2 * rank))
+    outer = build.contract(pairs, [(a, pairs[0::2]), (b, pairs[1::2])])
+    shape = tuple(dimensions.product([p, q]) for p, q in zip(a.shape, b.shape))
+    return linear.reshape(outer, shape)
 
 
 def _one_axis(expr, rank: int, call) -> int:
@@ -500,22 +576,12 @@ def _size(call, args, scope):
 
 
 def _dimension(expr, scope, what: str = "a dimension") -> Dim:
-    """An integer, a dimension name, or a name plus or minus an integer (`n - 1`)."""
-    from .lower import constant_int
-    if isinstance(expr, ast.Name):
-        if expr.id in scope.dims():
-            return Dim(expr.id)
-        raise UnknownNameError(f"unknown dimension '{expr.id}'", expr.span,
-                               did_you_mean(expr.id, scope.dims())
-                               or "this function takes integers or dimension names used in a "
-                                  "shape")
-    if isinstance(expr, ast.BinOp) and expr.op in "+-" and isinstance(expr.left, ast.Name):
-        k = constant_int(expr.right, what)
-        return _dimension(expr.left, scope, what) + (k if expr.op == "+" else -k)
-    k = constant_int(expr, what)
-    if k < 0:
+    """An integer, a dimension name, a name plus or minus an integer (`n - 1`), or a product
+    or quotient of them (`n * m`, `2 * n`, `n // 2`: lower/dimensions.py)."""
+    d = dimensions.dimension(expr, scope, what)
+    if d.is_concrete and d.offset < 0:
         raise ShapeError(f"{what} cannot be negative", expr.span)
-    return Dim(None, k)
+    return d
 
 
 def _einsum(call, args, scope):
@@ -646,7 +712,8 @@ BUILTINS = {
     "diag": _diag, "eye": _eye, "einsum": _einsum,
     "ones": _filled(1.0), "zeros": _filled(0.0), "size": _size, "pad": _pad,
     "stack": _stack, "transpose": _transpose, "swapaxes": _swapaxes,
-    "concatenate": _concatenate, "cumsum": _cumsum, "flip": _flip,
+    "concatenate": _concatenate, "cumsum": _cumsum, "flip": _flip, "reshape": _reshape,
+    "dilate": _dilate, "triu": _triangle(True), "tril": _triangle(False), "kron": _kron,
     "matrix_power": _matrix_power,
 }
 # Functions whose arguments are dimensions (ints or names from the shapes), not tensors.

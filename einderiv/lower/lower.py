@@ -17,7 +17,7 @@ from ..parse import ast
 from ..parse.parser import check_name
 from ..parse.unparse import unparse
 from ..rulebook import RuleBook, default_rulebook
-from . import calls, linear
+from . import calls, dimensions, linear
 
 
 @dataclass
@@ -251,13 +251,12 @@ def _index(x: Node, items, scope) -> Node:
                 lo, hi = _reversed_bounds(lo, hi, k, x.shape[axis], item)
             basic.append(("slice", lo, hi))
             if abs(k) != 1:
-                raise ParseError("a slice step other than 1 or -1 is not supported yet",
-                                 item.step.span)
+                strides.append((out, abs(k)))
         kind = basic[-1][0]
         axis += kind != "none"
         out += kind != "int"
     node = build.index(x, basic)
-    for at, k, item in strides:
+    for at, k in strides:
         node = linear.stride(node, at, k)
     return node
 
@@ -302,4 +301,7 @@ def _bound(expr: ast.Expr, scope):
         if isinstance(base, Dim):
             k = constant_int(expr.right, "a slice bound")
             return base + (k if expr.op == "+" else -k)
+    if isinstance(expr, ast.BinOp) and expr.op in ("+", "-", "*", "//"):  # `x[:m * n - 1]`
+        bound = dimensions.dimension(expr, scope, "a slice bound")
+        return bound.offset if bound.is_concrete else bound
     return constant_int(expr, "a slice bound")
