@@ -99,6 +99,8 @@ class Flat:
     - `hess(x)`: the Hessian, `size` by `size`;
     - `hessp(x, p)`: the Hessian times `p` (1-D of `size` entries), never forming it.
 
+    The einderiv results behind them are `value_and_grad`, `hessian` and `hvp`.
+
     `fun` and `jac` come from one `value_and_grad` call: the value and gradient at the last `x`
     are kept, so SciPy's calls of both at one point compute the forward pass once.
     """
@@ -165,7 +167,14 @@ class Flat:
             derivation_budget(self._program, 2)
         return self._lowered, self._rules, Rewriter(self._rules)
 
-    def _hessian_result(self) -> Derived:
+    @property
+    def value_and_grad(self) -> Derived:
+        """The einderiv result behind `fun` and `jac` (`.formula`, `.source`, ...)."""
+        return self._value_and_grad
+
+    @property
+    def hessian(self) -> Derived:
+        """The einderiv result behind `hess`, its blocks flat (derived on first use)."""
         if self._hessian is None:
             lowered, rules, rewriter = self._second()
             with paused_gc():
@@ -177,7 +186,9 @@ class Flat:
                                     tuple, "numpy", rules)
         return self._hessian
 
-    def _hvp_result(self):
+    @property
+    def hvp(self):
+        """The `einderiv.hvp` result behind `hessp` (derived on first use)."""
         if self._hvp is None:
             lowered, rules, rewriter = self._second()
             with paused_gc():
@@ -247,7 +258,7 @@ class Flat:
 
     def hess(self, x) -> np.ndarray:
         """The Hessian at `x`, `size` by `size` (the blocks of `einderiv.hessian`)."""
-        blocks = self._hessian_result()(**self._arrays(x))
+        blocks = self.hessian(**self._arrays(x))
         sizes = [where.stop - where.start for where, _ in self.layout.values()]
         k = len(sizes)
         return np.block([[np.reshape(blocks[i * k + j], (sizes[i], sizes[j]))
@@ -257,7 +268,7 @@ class Flat:
         """The Hessian at `x` times `p`, flat like `x` (`einderiv.hvp`: no Hessian formed)."""
         p = self._vector(p, "p")
         tangent = tuple(p[where].reshape(shape) for where, shape in self.layout.values())
-        result = self._hvp_result()
+        result = self.hvp
         products = result(**self._arrays(x), **{result.keyword: tangent})
         return np.concatenate([np.ravel(v) for v in products])
 

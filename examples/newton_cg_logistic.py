@@ -38,7 +38,7 @@ def main(n=20_000, d=200, lam=1.0, seed=0, verbose=True):
     x0 = problem.pack(w=np.zeros(d), b=0.0)
     hessp(x0, x0), hess(x0)  # derive and generate both before timing
     say(f"loss:\n    {LOSS}")
-    say(f"H @ v (einderiv.hvp), over w and b:\n{indent(problem._hvp_result().formula, '    ')}\n")
+    say(f"H @ v (einderiv.hvp), over w and b:\n{indent(problem.hvp.formula, '    ')}\n")
 
     def by_hand(x, p):
         """H @ p written out in numpy for this loss: what hessp saves writing."""

@@ -55,6 +55,8 @@ def test_the_layout_and_every_function_against_the_results_they_flatten():
     _close(hess(x), hess(x).T)
     p = np.random.default_rng(1).normal(size=17)
     _close(hessp(x, p), H @ p)
+    assert problem.hvp.kind == "hvp" and "hvp_W = " in problem.hvp.formula
+    assert problem.hessian.kind == "hessian" and "out = " in problem.value_and_grad.formula
 
 
 # Multinomial logistic regression with L2: strictly convex, one optimum for every method.
