@@ -16,6 +16,7 @@ from ..lower.linear import is_linear, surface as linear_surface
 from ..parse import ast
 from ..rulebook import RuleBook, default_rulebook
 from .contraction import ContractionTranslator, align, broadcast, dimension, number, scaled
+from .fuse import fuse_products
 from .lanes import batch_lanes
 from .placement import prescaled
 from .gc_pause import paused_gc
@@ -60,6 +61,9 @@ def _vectorize(roots, names, rules, declared) -> VectorProgram:
     roots = batch_lanes(labelled, order)
     if roots is not labelled:
         order = topological(*roots.values())
+    fused = fuse_products(roots, order)
+    if fused is not roots:
+        roots, order = fused, topological(*fused.values())
     # Keyed by id: a node's own hash is a Python method, and these are read once per node.
     bound = {id(n): name for n, name in names.items()}
     # A plain dict (read with .get): a Counter's missing key is a Python-level call.
@@ -268,15 +272,28 @@ class _Translator:
                 list(range(len(rows))) and rows[0][1].shape and \
                 node.shape[0] == Dim(None, len(rows)):
             ordered = [a for _, a in sorted(rows, key=lambda r: r[0])]
-            return scaled(coef, ast.Call("stack", tuple(self.expr(a) for a in ordered)))
+            return self._scaled_stack(coef, ordered)
         if len(node.terms) < 3:
             return None
         pairs = [_outer_pair(t) for _, t in node.terms]
         if any(p is None for p in pairs):
             return None
-        left = ast.Call("stack", tuple(self.expr(a) for a, _ in pairs))
+        # A temporary computed with its constant on it (placement) carries it into the stack:
+        # the pair's coefficient is divided by both factors' constants, row by row.
+        scale = self.scale
+        coefs = [coef / (scale.get(id(a), 1.0) * scale.get(id(b), 1.0)) for a, b in pairs]
+        common = coefs[0] if len(set(coefs)) == 1 else 1.0
+        left = ast.Call("stack", tuple(scaled(c / common, self.expr(a))
+                                       for c, (a, _) in zip(coefs, pairs)))
         right = ast.Call("stack", tuple(self.expr(b) for _, b in pairs))
-        return scaled(coef, ast.BinOp("@", ast.Attribute(left, "T"), right))
+        return scaled(common, ast.BinOp("@", ast.Attribute(left, "T"), right))
+
+    def _scaled_stack(self, coef: float, rows: list) -> ast.Expr:
+        """`coef * stack(rows)`, each row divided by the constant its temporary carries."""
+        coefs = [coef / self.scale.get(id(a), 1.0) for a in rows]
+        common = coefs[0] if len(set(coefs)) == 1 else 1.0
+        return scaled(common, ast.Call("stack", tuple(scaled(c / common, self.expr(a))
+                                                      for c, a in zip(coefs, rows))))
 
     def _sum(self, node: Add) -> tuple[ast.Expr, tuple]:
         batched = self._batched(node)

@@ -1,0 +1,72 @@
+"""Products that share an operand, fused (einderiv/vectorize/fuse.py): an LSTM's per-gate
+products `W_g @ h` of every step are one product of the stacked weights.
+
+conftest.py checks every result here against the IR interpreter (which runs the unfused graph)
+and its formula parsed back; these tests check what is fused and compare with finite
+differences.
+"""
+import re
+
+import numpy as np
+import pytest
+
+import einderiv
+from einderiv import fn, var
+from einderiv.check import finite_difference, relative_error
+from einderiv.models import lstm_loss
+from einderiv.vectorize.fuse import MIN_STEPS
+
+
+def _lstm_arrays(steps, V=3, H=4, seed=0):
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for g in "fioc":
+        arrays["W" + g] = rng.normal(size=(H, H)) / 2
+        arrays["U" + g] = rng.normal(size=(H, V)) / 2
+        arrays["b" + g] = rng.normal(size=H) / 2
+    arrays["Wy"], arrays["by"] = rng.normal(size=(V, H)), rng.normal(size=V)
+    X = np.eye(V)[rng.integers(0, V, size=steps)]
+    arrays["X"], arrays["Y"] = X, np.roll(X, -1, axis=0)
+    return arrays
+
+
+@pytest.mark.parametrize("steps", [4, 9])
+def test_lstm_gate_products_are_one_product_per_step(steps):
+    loss, weights = lstm_loss(steps)
+    g = einderiv.grad(loss, weights)
+    formula = g.formula
+    # The weights are stacked once, and no step multiplies by one gate's weight alone.
+    assert formula.count("stack(Wc, Wf, Wi, Wo)") == 1, formula
+    assert not re.search(r"\bW[fioc] @", formula), formula
+    arrays = _lstm_arrays(steps)
+    f = einderiv.compile(loss, {})
+    for name, value in zip(weights, g(**arrays)):
+        if name in ("Wf", "Wo", "Wc"):
+            assert relative_error(value, finite_difference(f, arrays, name)) < 1e-6
+
+
+def test_products_done_once_are_not_fused():
+    # Two weights times one vector, once: stacking the weights costs more than the call saved.
+    shapes = {"A": ("n", "n"), "B": ("n", "n"), "x": ("n",)}
+    f = einderiv.compile("tanh(A @ x) * tanh(B @ x)", shapes)
+    assert "stack(" not in f.formula
+    assert MIN_STEPS > 1
+
+
+def test_matrix_products_of_a_batch_are_fused_too():
+    # A batch of states H times each gate's weight, transposed (X @ W.T, as a framework
+    # writes it), over several steps: one product of the stacked weights per step.
+    steps = 4
+    Wa, Wb, Wc = (var(n, ("h", "h")) for n in ("Wa", "Wb", "Wc"))
+    H = var("H0", ("b", "h"))
+    for _ in range(steps):
+        H = fn.tanh(H @ Wa.T) * fn.sigmoid(H @ Wb.T) + fn.tanh(H @ Wc.T)
+    loss = fn.sum(H * H)
+    g = einderiv.grad(loss, ["Wa", "Wb", "Wc"])
+    assert g.formula.count("stack(Wa, Wb, Wc)") == 1, g.formula
+    rng = np.random.default_rng(2)
+    arrays = {"H0": rng.normal(size=(3, 4)), **{n: rng.normal(size=(4, 4)) / 2
+                                                for n in ("Wa", "Wb", "Wc")}}
+    f = einderiv.compile(loss, {})
+    for name, value in zip(["Wa", "Wb", "Wc"], g(**arrays)):
+        assert relative_error(value, finite_difference(f, arrays, name)) < 1e-6
