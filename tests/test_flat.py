@@ -77,8 +77,6 @@ def test_newton_cg_with_hessp_reaches_the_optimum_of_the_full_hessian_and_of_bfg
                           options={"xtol": 1e-12}),
         "hess": minimize(fun, x0, jac=jac, hess=hess, method="Newton-CG",
                          options={"xtol": 1e-12}),
-        "trust-krylov": minimize(fun, x0, jac=jac, hessp=hessp, method="trust-krylov",
-                                 options={"gtol": 1e-10}),
         "bfgs": minimize(fun, x0, jac=jac, method="BFGS", options={"gtol": 1e-9}),
     }
     for name, r in runs.items():

@@ -311,13 +311,16 @@ def test_textbook_products_agree_with_jax():
     jax = _jax()
     jnp = jax.numpy
     arrays = _arrays(LOGISTIC_SHAPES, {"n": 9, "d": 4})
-    X, y, w, lam = (jnp.asarray(arrays[k]) for k in ("X", "y", "w", "lam"))
+    X, y, lam = (jnp.asarray(arrays[k]) for k in ("X", "y", "lam"))
     v = np.random.default_rng(3).normal(size=4)
     f = _jax_logistic(jnp)
-    loss = lambda w: f(X, y, w, lam)  # noqa: E731
-    expected = jax.jvp(jax.grad(loss), (w,), (jnp.asarray(v),))[1]
-    _close(einderiv.hvp(LOGISTIC, "w", LOGISTIC_SHAPES)(**arrays, tangent=v), expected)
-    value, tangent_out = jax.jvp(loss, (w,), (jnp.asarray(v),))
+
+    @jax.jit  # one compilation for the three, not one per operation
+    def logistic(w, v):
+        loss = lambda w: f(X, y, w, lam)  # noqa: E731
+        return jax.jvp(jax.grad(loss), (w,), (v,))[1], jax.jvp(loss, (w,), (v,))
+    hv, (value, tangent_out) = logistic(jnp.asarray(arrays["w"]), jnp.asarray(v))
+    _close(einderiv.hvp(LOGISTIC, "w", LOGISTIC_SHAPES)(**arrays, tangent=v), hv)
     out, t = einderiv.jvp(LOGISTIC, "w", LOGISTIC_SHAPES)(**arrays, tangent=v)
     _close(out, value)
     _close(t, tangent_out)
@@ -325,26 +328,27 @@ def test_textbook_products_agree_with_jax():
     # a network with several parameters and a tensor output
     shapes = {"W1": ("h", "d"), "b1": ("h",), "W2": ("k", "h"), "x": ("d",)}
     arrays = _arrays(shapes, {"h": 5, "d": 3, "k": 2})
-    params = [jnp.asarray(arrays[k]) for k in ("W1", "b1", "W2")]
-    net = lambda W1, b1, W2: jax.nn.softmax(W2 @ jnp.tanh(W1 @ arrays["x"] + b1))  # noqa: E731
+    names = ["W1", "b1", "W2"]
     expr = "softmax(W2 @ tanh(W1 @ x + b1))"
-    tangents = _directions(arrays, ["W1", "b1", "W2"])
-    value, tangent_out = jax.jvp(net, params, [jnp.asarray(t) for t in tangents])
-    out, t = einderiv.jvp(expr, ["W1", "b1", "W2"], shapes)(**arrays, tangent=tuple(tangents))
+    tangents = _directions(arrays, names)
+    u = np.array([0.3, -1.2])
+
+    @jax.jit
+    def network(params, tangents, u):
+        net = lambda W1, b1, W2: jax.nn.softmax(W2 @ jnp.tanh(W1 @ arrays["x"] + b1))  # noqa
+        loss = lambda *p: jnp.sum(net(*p) ** 2)  # noqa: E731
+        return (jax.jvp(net, params, tangents), jax.vjp(net, *params)[1](u),
+                jax.jvp(jax.grad(loss, argnums=(0, 1, 2)), params, tangents)[1])
+    (value, tangent_out), pulled, hv = network(
+        tuple(jnp.asarray(arrays[n]) for n in names), tuple(jnp.asarray(t) for t in tangents),
+        jnp.asarray(u))
+    out, t = einderiv.jvp(expr, names, shapes)(**arrays, tangent=tuple(tangents))
     _close(out, value)
     _close(t, tangent_out)
-    u = np.array([0.3, -1.2])
-    _, pull = jax.vjp(net, *params)
-    for mine, theirs in zip(einderiv.vjp(expr, ["W1", "b1", "W2"], shapes)(**arrays,
-                                                                           cotangent=u),
-                            pull(jnp.asarray(u))):
+    for mine, theirs in zip(einderiv.vjp(expr, names, shapes)(**arrays, cotangent=u), pulled):
         _close(mine, theirs)
-    loss = lambda W1, b1, W2: jnp.sum(net(W1, b1, W2) ** 2)  # noqa: E731
-    expected = jax.jvp(jax.grad(loss, argnums=(0, 1, 2)), params,
-                       [jnp.asarray(t) for t in tangents])[1]
-    mine = einderiv.hvp(f"sum({expr} ** 2)", ["W1", "b1", "W2"], shapes)(
-        **arrays, tangent=tuple(tangents))
-    for a, b in zip(mine, expected):
+    mine = einderiv.hvp(f"sum({expr} ** 2)", names, shapes)(**arrays, tangent=tuple(tangents))
+    for a, b in zip(mine, hv):
         _close(a, b)
 
 
@@ -353,7 +357,7 @@ def test_textbook_products_agree_with_jax():
 # on JAX arrays (backend="jax"): the derivatives come from JAX alone. JAX compiles each program
 # (about 0.15 s): CI runs the first JAX_PROGRAMS, EINDERIV_SLOW=1 the first SLOW_JAX_PROGRAMS
 # (issue 15's acceptance: at least 200 checked, no mismatch).
-JAX_PROGRAMS = 10
+JAX_PROGRAMS = 6
 SLOW_JAX_PROGRAMS = 300
 
 
@@ -365,7 +369,7 @@ def test_products_agree_with_jax_on_random_programs():
     jax = _jax()
     slow = bool(os.environ.get("EINDERIV_SLOW"))
     failures, checked = _against_jax(jax, SLOW_JAX_PROGRAMS if slow else JAX_PROGRAMS)
-    assert checked >= (200 if slow else 8), f"only {checked} programs checked"
+    assert checked >= (200 if slow else 5), f"only {checked} programs checked"
     assert not failures, f"{len(failures)} mismatches:\n" + "\n".join(failures[:6])
 
 
