@@ -7,14 +7,17 @@ shape, over the dimensions `n` and `m` (sizes 2..4, drawn per example): variable
 constant exponent), unary minus, .T, broadcasting (`v[:, None]`, scalars), indexing and slices,
 elementwise functions kept inside their domains, sum/mean with and without axis,
 logsumexp/softmax with axes, dot/outer/tr/diag, inv/det/logdet of a well-conditioned matrix,
-norm, einsum, eye, axes of size 1, and bound temporaries.
+norm, einsum, eye, axes of size 1, and bound temporaries; comparisons as masks (in products and
+as where's condition) and argmax as a value; the linear index maps cumsum, reversals, steps and
+dilate, reshape (sizes products of dimensions), triu/tril and kron.
 
 For each expression, `jacobian` and `grad` (of the scalar output, or of `sum((expr) * C)` with a
 random weight C) are compared with central differences of the compiled forward expression
 (Richardson-extrapolated from two steps), scale-aware: |a - b| <= 1e-5 * max(1, max|b|) + 1e-8.
 A scalar output's Hessian (every block, for up to three variables) is compared with differences
 of its gradient. An example is skipped (and counted) when its value is not finite or huge, when
-the argument of a kink (abs, relu, sign, maximum, minimum, norm) comes within 1e-2 of it, or when
+the argument of a kink (abs, relu, sign, maximum, minimum, norm, a comparison; argmax's top two
+entries) comes within 1e-2 of it, or when
 the differences at the two steps disagree by more than the tolerance (they are then no
 reference). No generated text is ever evaluated by Python: expressions go to einderiv as strings.
 """
@@ -101,7 +104,8 @@ class Builder:
             return self.leaf(shape)
         self.budget -= 1
         productions = ["leaf", "arith", "arith", "div", "pow", "neg", "unary", "unary", "kink",
-                       "minmax", "matmul", "reduce", "index", "slice", "einsum", "linalg"]
+                       "minmax", "matmul", "reduce", "index", "slice", "einsum", "linalg",
+                       "mask", "linear", "linear"]
         if len(shape) >= 1:
             productions += ["softmax", "broadcast", "size_one", "transpose"]
         else:
@@ -251,6 +255,60 @@ class Builder:
             f"({self.expr((a,))}[:, None] * {self.expr((b,))}[None, :])",
             f"({self.expr((a,))}[:, None] + {self.expr((b,))})",
             f"({self.expr((b,))}[None, :] - {self.expr(shape)})",
+        ])
+
+    def p_mask(self, shape):
+        """Comparisons as masks (issue 14): in a product and as a where's condition, their
+        operands kept apart (a guard), and argmax as a value, its top two entries apart."""
+        a, b = self.expr(shape), self.expr(shape)
+        sub, template = self.sub_shape(shape)
+        c = template.format(self.expr(sub))
+        op = self.choice(["<", "<=", ">", ">="])
+        self.guards.append(f"({b} - {c})")
+        kind = self.choice(["argmax", "product", "where"] if shape == () else
+                           ["product", "where"])
+        if kind == "product":
+            return f"({a} * ({b} {op} {c}))"
+        if kind == "where":
+            return f"where({b} {op} {c}, {a}, {self.expr(shape)})"
+        v = self.expr((self.dim(),))
+        # the gap between the largest entry and the next: argmax stays put within it
+        self.guards.append(f"(max({v}) - max({v} - 1000 * argmax_onehot({v})))")
+        return f"({a} * argmax({v}))"
+
+    def p_linear(self, shape):
+        """The linear index maps of issue 14: cumsum, reversals, steps and their adjoint
+        dilate, reshape (sizes products of dimensions), triu/tril and kron."""
+        if shape == ():
+            c, d = self.dim(), self.dim()
+            return self.choice([
+                f"sum(sin(kron({self.expr((c, d))}, {self.expr((d, c))})))",
+                f"sum(sin(cumsum({self.expr((c, d))}, axis={self.choice(['0', '1'])})))",
+                f"sum(cumsum({self.expr((c, d))}) * {self.expr(())})",
+                f"({self.expr((c,))}[::2] @ {self.expr((c,))}[::-2])",
+                f"sum({self.expr((c, d))}[1::2, ::-1] ** 2)",
+                f"sum(reshape({self.expr((c, d))}, (-1,)) * reshape({self.expr((c, d))}, "
+                f"({d} * {c},)))",
+                f"sum({self.expr((c, d))}[::-1, 1::2])",
+            ])
+        if len(shape) == 1:
+            a = shape[0]
+            return self.choice([
+                f"flip({self.expr(shape)})", f"cumsum({self.expr(shape)})",
+                f"{self.expr(shape)}[::-1]",
+                f"cumsum({self.expr((self.dim(), a))}, axis=1)[-1]",
+                f"dilate({self.expr(shape)}[::2], 2, {a})",
+                f"reshape({self.expr((a, self.dim()))}, (-1,))[:{a}]",
+            ])
+        a, b = shape
+        return self.choice([
+            f"triu({self.expr(shape)}, {self.choice(['0', '1', '-1'])})",
+            f"tril({self.expr(shape)}, {self.choice(['0', '1', '-1'])})",
+            f"cumsum({self.expr(shape)}, axis={self.choice(['0', '1', '-1'])})",
+            f"{self.expr(shape)}[::-1]", f"{self.expr(shape)}[:, ::-1]",
+            f"reshape({self.expr((b, a))}, ({a}, {b}))",
+            f"reshape(reshape({self.expr(shape)}, ({a} * {b},)), ({a}, {b}))",
+            f"dilate({self.expr(shape)}[::2], 2, {a})",
         ])
 
     def p_index(self, shape):
