@@ -1,5 +1,5 @@
 """Linear algebra of issue 14, item 5: solve(A, b), inv(A) met on one axis as a solve, cholesky,
-logdet through Cholesky, matrix_power.
+logdet through Cholesky, matrix_power, pinv.
 
 Each construct, on random well-conditioned inputs (unbatched and stacked): its value, gradient
 and Hessian against JAX (float64) and the gradient against central finite differences; then
@@ -262,13 +262,41 @@ def test_matrix_power_of_a_stack_is_products():
         np.broadcast_to(np.eye(3), X.shape).tolist()
 
 
+# -- pinv -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape,dims,with_jax", [((4, 3), ("m", "n"), True),
+                                                 ((3, 4), ("m", "n"), False),
+                                                 ((2, 4, 3), ("s", "m", "n"), False)],
+                         ids=["tall", "wide", "stack"])
+def test_pinv_value_gradient_and_hessian(shape, dims, with_jax):
+    """At matrices of full rank, where the rank is constant nearby and pinv is smooth."""
+    A = RNG.normal(size=shape) + np.eye(*shape[-2:])
+    agree("sum(sin(pinv(A)))", {"A": dims}, {"A": A},
+          lambda A: np.sum(np.sin(np.linalg.pinv(A))),
+          (lambda A: jnp.sum(jnp.sin(jnp.linalg.pinv(A)))) if with_jax else None)
+
+
+def test_pinv_adjoint_is_matrix_products():
+    """Golub and Pereyra's five terms, each one contraction with the adjoint: no tensor of
+    rank 3 or more (the Jacobian would be m^2 n^2), and least squares through it agrees with
+    solving the normal equations."""
+    shapes = {"A": ("m", "n"), "y": ("m",)}
+    g = einderiv.grad("sum(sin(pinv(A)))", "A", {"A": ("m", "n")})
+    assert all(node.rank <= 2 for root in g.roots.values() for node in topological(root))
+    A, y = RNG.normal(size=(5, 3)), RNG.normal(size=5)
+    fit = einderiv.grad("sum((A @ (pinv(A) @ y) - y) ** 2)", "y", shapes)(A=A, y=y)
+    normal = "sum((A @ solve(A.T @ A, A.T @ y) - y) ** 2)"
+    assert relative_error(fit, einderiv.grad(normal, "y", shapes)(A=A, y=y)) < 1e-12
+
+
 # -- backends -------------------------------------------------------------------------------
 
 BACKEND_CASES = [
     ("sum(sin(solve(A, b))) + sum(sin(cholesky(P))) + tr(matrix_power(A, 3)) + b @ inv(P) @ b",
      {"A": ("n", "n"), "P": ("n", "n"), "b": ("n",)}, ("A", "P")),
-    ("sum(sin(solve(S, T))) + sum(logdet(S)) + logdet(P)",
-     {"S": ("s", "n", "n"), "T": ("s", "n"), "P": ("n", "n")}, ("S", "P")),
+    ("sum(sin(solve(S, T))) + sum(logdet(S)) + logdet(P) + sum(sin(pinv(W)))",
+     {"S": ("s", "n", "n"), "T": ("s", "n"), "P": ("n", "n"), "W": ("s", "m", "n")},
+     ("S", "P", "W")),
 ]
 
 
@@ -278,6 +306,8 @@ def _inputs(shapes):
         batch = (2,) if shape[0] == "s" else ()
         if name == "P":
             out[name] = spd()
+        elif name == "W":
+            out[name] = RNG.normal(size=(2, 4, 3))
         elif len(shape) - len(batch) == 2:
             out[name] = regular(*batch)
         else:
@@ -292,7 +322,8 @@ def test_backends_agree_with_numpy(backend, expr, shapes, wrt):
     if not available(backend):
         pytest.skip(f"{backend} is not installed")
     if backend == "dask" and "S" in shapes:
-        pytest.skip("dask.array's solve takes 2-d matrices only, and it has no slogdet")
+        pytest.skip("dask.array's solve takes 2-d matrices only, and it has no slogdet nor "
+                    "pinv")
     arrays = _inputs(shapes)
     if backend == "torch":
         import torch
@@ -321,6 +352,7 @@ def test_backends_agree_with_numpy(backend, expr, shapes, wrt):
     ("solve(S, b)", {"S": ("s", "n", "n"), "b": ("n",)}, einderiv.ShapeError, "does not fit"),
     ("solve(A)", {"A": ("n", "n")}, einderiv.ParseError, "takes 2 arguments"),
     ("cholesky(B)", {"B": ("n", "m")}, einderiv.ShapeError, "square matrix"),
+    ("pinv(x)", {"x": ("n",)}, einderiv.ShapeError, "takes a matrix"),
     ("matrix_power(A, 1.5)", {"A": ("n", "n")}, einderiv.ParseError, "integer constant"),
     ("matrix_power(A, n)", {"A": ("n", "n")}, einderiv.ParseError, "integer constant"),
     ("matrix_power(B, 2)", {"B": ("n", "m")}, einderiv.ShapeError, "square matrix"),

@@ -165,10 +165,15 @@ class Jacobian:
     """A labelled tensor J with `out_labels` for the node's axes and `arg_labels` for the
     argument's: `d node[out_labels] / d arg[arg_labels] = J[labels]`."""
 
-    node: Node
+    node: Node | None
     labels: tuple[int, ...]
     out_labels: tuple[int, ...]
     arg_labels: tuple[int, ...]
+    # A rule that sums an index not on the left: its terms, each (coefficient, tensor, labels)
+    # with its own summed indices open (the pullback sums them with the adjoint's), and `node`
+    # None. One tensor would have to sum them first, term by term: an n^4 Jacobian where the
+    # pullback through each term is a product of matrices (pinv's, cholesky's).
+    terms: list | None = None
 
 
 class _Layout:
@@ -191,10 +196,10 @@ def _layouts(node: Prim, rules: RuleBook, position: int = 0) -> tuple[_Layout, _
         batch = list(range(r - 2))
         rhs = _Layout([(r - 2,)], batch + ([r - 1] if node.rank == r else []))
         return rhs, (_Layout([(r - 2,), (r - 1,)], batch) if position == 0 else rhs)
-    if f.shape in ("square", "square_scalar", "square_pair"):
+    if f.shape in ("square", "square_scalar", "square_pair", "transposed"):
         r = arg.rank
         arg_l = _Layout([(r - 2,), (r - 1,)], list(range(r - 2)))
-        out_l = {"square": arg_l, "square_scalar": _Layout([], list(range(r - 2))),
+        out_l = {"square": arg_l, "transposed": arg_l, "square_scalar": _Layout([], list(range(r - 2))),
                  "square_pair": _Layout([(r - 2,), (r - 1,), (r,), (r + 1,)],
                                         list(range(r - 2)))}[f.shape]
         return out_l, arg_l
@@ -224,14 +229,20 @@ def tensor_jacobian(node: Prim, rules: RuleBook, position: int = 0) -> Jacobian:
         template = _IndexedLowering(general, rule, rules, out_l, arg_l, position).run()
         # A sum of terms is kept a flat sum (see _IndexedLowering._terms): each term is
         # substituted on its own, and the sum made directly, not by the builder that factors.
-        terms = template.node.terms if isinstance(template.node, Add) else [(1.0, template.node)]
-        return template, holders, [(c, t, _dependents(t, holders)) for c, t in terms]
+        if template.terms is not None:
+            terms = template.terms
+        else:
+            terms = [(c, t, template.labels) for c, t in (
+                template.node.terms if isinstance(template.node, Add) else [(1.0, template.node)])]
+        return template, holders, [(c, t, ls, _dependents(t, holders)) for c, t, ls in terms]
 
     template, holders, terms = _cached(_JACOBIANS, rules,
                                        (node.fn, position, node.params, shapes), make)
     mapping = dict(zip(holders, node.args))
-    parts = [(c, substitute(t, mapping, steps)) for c, t, steps in terms]
-    jac = Add(parts) if isinstance(template.node, Add) else parts[0][1]
+    parts = [(c, substitute(t, mapping, steps), ls) for c, t, ls, steps in terms]
+    if template.terms is not None:
+        return Jacobian(None, template.labels, template.out_labels, template.arg_labels, parts)
+    jac = Add([(c, t) for c, t, _ in parts]) if isinstance(template.node, Add) else parts[0][1]
     return Jacobian(jac, template.labels, template.out_labels, template.arg_labels)
 
 
@@ -274,7 +285,7 @@ class _IndexedLowering:
     def run(self) -> Jacobian:
         arg = self.node.args[self.position]
         try:
-            node, labels = self._terms(rule_body(self.rule))
+            node, labels, terms = self._terms(rule_body(self.rule))
         except EinderivError as e:
             if isinstance(e, RuleError):
                 raise
@@ -282,7 +293,7 @@ class _IndexedLowering:
                             f"{e.message}") from None
         out_labels = self._positions(self.out_l, self.node.rank, self.rule.out_indices)
         arg_labels = self._positions(self.arg_l, arg.rank, self.rule.wrt_indices)
-        return Jacobian(node, labels, out_labels, arg_labels)
+        return Jacobian(node, labels, out_labels, arg_labels, terms)
 
     def _terms(self, body: ast.Expr):
         """The body's sum of terms as written, one flat sum, neither nested nor factored: the
@@ -298,15 +309,23 @@ class _IndexedLowering:
                 work.append((-sign, e.operand))
             else:
                 terms.append((sign, self._labelled(self.expr(e))))
-        if self.summed:  # kept open only where every term has it (see _summed_index)
-            shared = set.intersection(*(set(v[1]) for _, v in terms))
-            terms = [(c, self._close(v, shared)) for c, v in terms]
+        if self.summed:
+            # Each term keeps its own summed indices open, for the pullback to sum (one
+            # contraction per term); the indices of the left are spread to all of them.
+            labels = self._union([(n, tuple(l for l in ls if l not in self.summed))
+                                  for _, (n, ls) in terms])
+            parts = []
+            for c, (n, ls) in terms:
+                full = labels + tuple(l for l in ls if l in self.summed)
+                parts.append((c, self._spread((n, ls), full), full))
+            parts = [p for p in parts if not build.is_zero(p[1])] or parts[:1]
+            return None, labels, parts
         labels = self._union([v for _, v in terms])
         parts = [(c, self._spread(v, labels)) for c, v in terms]
         parts = [(c, t) for c, t in parts if not build.is_zero(t)] or parts[:1]
         if len(parts) == 1:
-            return build.scale(*parts[0]), labels
-        return Add(parts), labels
+            return build.scale(*parts[0]), labels, None
+        return Add(parts), labels, None
 
     def _positions(self, layout: _Layout, rank: int, names) -> tuple[int, ...]:
         labels = [None] * rank

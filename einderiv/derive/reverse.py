@@ -82,12 +82,13 @@ def _pullback(node: Node, bar: Node, seed: tuple[int, ...], rules: RuleBook, mem
                 continue  # a constant (solve's right-hand side) has no derivative to pass on
             jac = tensor_jacobian(node, rules, position)
             # A Jacobian that is a sum (softmax's `s*delta - s*s`) is applied term by term, so
-            # each term's deltas contract against the adjoint instead of being materialized.
-            terms = build.distribute(jac.node)
+            # each term's deltas contract against the adjoint instead of being materialized
+            # (and a term's summed indices, cholesky's, are summed with the adjoint's).
+            terms = jac.terms or [(c, t, jac.labels) for c, t in build.distribute(jac.node)]
             parts = [(c, build.contract(seed + jac.arg_labels, [(bar, seed + jac.out_labels),
-                                                                (t, jac.labels)],
-                                        dict(zip(jac.labels, t.shape))))
-                     for c, t in terms]
+                                                                (t, labels)],
+                                        dict(zip(labels, t.shape))))
+                     for c, t, labels in terms]
             yield arg, build.add(parts)
 
 

@@ -743,6 +743,10 @@ def _tensor_primitive(call, f, args, scope) -> Node:
         shape = {"square": x.shape, "square_scalar": x.shape[:-2],
                  "square_pair": x.shape + x.shape[-2:]}[f.shape]
         return Prim(f.name, (x,), (), shape)
+    if f.shape == "transposed":
+        if x.rank < 2:
+            raise ShapeError(f"{f.name}() takes a matrix, got {show_shape(x.shape)}", call.span)
+        return Prim(f.name, (x,), (), (*x.shape[:-2], x.shape[-1], x.shape[-2]))
     if axes is None:
         # Inside a derivative rule, axis primitives work along the primal's axes.
         axes = getattr(scope, "default_axes", None)

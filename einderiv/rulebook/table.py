@@ -97,6 +97,8 @@ TENSOR_SHAPES = {
     "square_scalar": "a square matrix (or a stack of them) to a scalar (one per matrix)",
     "square_pair": "a square matrix (or a stack of them) to a value per pair of its entries "
                    "(n x n x n x n per matrix, as a Hessian by the matrix)",
+    "transposed": "a matrix (or a stack of them) to one of the transposed shape: [..., m, n] "
+                  "to [..., n, m] (pinv's)",
     "square_rhs": "a square matrix (or a stack of them) and a right-hand side for each, "
                   "[..., n, n] and [..., n] or [..., n, k], to the right-hand side's shape "
                   "(two arguments, as solve's)",

@@ -430,6 +430,13 @@ def _cases(f: Function, rng):
                    {a: A, b: B, "C": C}, None)
         return
     (x,) = params
+    if f.shape == "transposed":  # tall, wide and stacked, of full rank
+        for shape in ((4, 3), (3, 4), (2, 4, 3)):
+            X = rng.uniform(-1, 1, size=shape) + 2 * np.eye(*shape[-2:])
+            out_shape = (*shape[:-2], shape[-1], shape[-2])
+            C = rng.uniform(0.5, 1.5, size=out_shape)
+            yield f"sum({f.name}({x}) * C)", {x: shape, "C": out_shape}, {x: X, "C": C}, None
+        return
     if f.shape in ("square", "square_scalar", "square_pair"):
         for shape in ((3, 3), (2, 3, 3)):
             X = rng.uniform(-1, 1, size=shape) + 3 * np.eye(3)
