@@ -559,6 +559,107 @@ def _kron(call, args, scope):
     return linear.reshape(outer, shape)
 
 
+def _norm(call, args, scope):
+    """norm(x, ord=None, axis=None): numpy's linalg.norm. Without an order, the 2-norm over the
+    axes (every axis by default: a matrix's Frobenius norm), the rule table's `norm`. With one
+    (the second argument when it is a number, as numpy's, or ord=), a vector norm along one
+    axis (a vector's, or axis=k): 1 is sum(abs(x)), inf max(abs(x)), 0 the count of nonzero
+    entries, p (sum(abs(x) ** p)) ** (1 / p); or a matrix norm over two axes (a matrix's, or
+    axis=(r, c)): 'fro', 1 (the largest column sum of abs(x)), inf (the largest row sum),
+    -1 and -inf the smallest. An axis as the second argument (a tuple, or the rewrites' name
+    `axis`) is the axis, as the other reductions take it."""
+    _arity(call, 1, 3)
+    order = axis = None
+    rest = list(call.args[1:])
+    if rest and not isinstance(_order_value(rest[0]), (float, str)):
+        axis = rest.pop(0)
+    elif rest:
+        order = rest.pop(0)
+    if rest:
+        axis = rest.pop(0) if axis is None else None
+        if axis is None:
+            raise ParseError("norm() takes the order, then the axis", call.span)
+    for key, value in call.kwargs:
+        if key not in ("ord", "axis") or (order if key == "ord" else axis) is not None:
+            raise ParseError(f"norm() got an unexpected or repeated keyword argument '{key}'",
+                             value.span or call.span, hint="norm takes ord= and axis=")
+        order, axis = (value, axis) if key == "ord" else (order, value)
+    value = None if order is None or isinstance(order, ast.NoneLit) else _order_value(order)
+    (x,) = args
+    two_norm = ast.Call("norm", call.args[:1], () if axis is None else (("axis", axis),),
+                        span=call.span, func_span=call.func_span)
+    if value is None or value == "fro":
+        return _tensor_primitive(two_norm, scope.rules.get("norm"), args, scope)
+    where = order.span or call.span
+    if axis is None or isinstance(axis, ast.NoneLit):
+        if x.rank not in (1, 2):
+            raise ShapeError(f"norm() with an order takes a vector or a matrix, or axis=; got "
+                             f"{show_shape(x.shape)}", where)
+        axes = tuple(range(x.rank))
+    else:
+        items = axis.items if isinstance(axis, ast.Tuple) else (axis,)
+        axes = _permutation(items, x.rank, call, axis.span)  # in the order given: (rows, cols)
+        if len(axes) > 2:
+            raise ShapeError("norm() takes one axis (a vector norm) or two (a matrix norm)",
+                             axis.span or call.span)
+    if len(axes) == 1:
+        (a,) = axes
+        if value == 2:
+            return _tensor_primitive(two_norm, scope.rules.get("norm"), args, scope)
+        if value == 1:
+            return build.reduce_sum(build.elementwise("abs", [x]), axes)
+        if value in (float("inf"), -float("inf")):
+            return _reduced("max" if value > 0 else "min", build.elementwise("abs", [x]),
+                            axes, scope)
+        if value == 0:
+            return build.reduce_sum(build.elementwise("not_equal", [x, build.const(0.0)]), axes)
+        if isinstance(value, float):
+            powered = build.elementwise("pow", [build.elementwise("abs", [x]),
+                                                build.const(value)])
+            return build.elementwise("pow", [build.reduce_sum(powered, axes),
+                                            build.const(1.0 / value)])
+    else:
+        rows, cols = axes
+        if value in (1, -1, float("inf"), -float("inf")):
+            # 1: the columns' sums (over the rows), their largest; inf: the rows' sums
+            summed, kept = (rows, cols) if abs(value) == 1 else (cols, rows)
+            sums = build.reduce_sum(build.elementwise("abs", [x]), (summed,))
+            return _reduced("max" if value > 0 else "min", sums,
+                            (kept - (kept > summed),), scope)
+        if value in (2, -2, "nuc"):
+            raise ShapeError(f"norm(): the matrix norm of order {_shown_order(value)} needs singular "
+                             f"values, which the language does not have", where,
+                             hint="norm(X) is the Frobenius norm; norm(X, 2, axis=k) the "
+                                  "2-norm of each row or column")
+    raise ShapeError(f"norm(): invalid order {_shown_order(value)} for "
+                     f"{'a vector' if len(axes) == 1 else 'a matrix'} norm", where,
+                     hint="numpy's orders: a number for vectors; 'fro', 1, -1, and +-1e999 "
+                          "(inf) for matrices")
+
+
+def _order_value(expr):
+    """A norm order written as a number (a float, inf for 1e999) or a string; None else."""
+    sign = 1.0
+    while isinstance(expr, ast.UnaryOp):
+        sign = -sign if expr.op == "-" else sign
+        expr = expr.operand
+    if isinstance(expr, ast.Number):
+        return sign * float(expr.value)
+    if isinstance(expr, ast.String):
+        return expr.value
+    return None
+
+
+def _shown_order(value) -> str:
+    return repr(value) if isinstance(value, str) else f"{value:g}"
+
+
+def _reduced(name: str, x: Node, axes: tuple, scope) -> Node:
+    """The rule table's reduction `name` (max, min) of x over `axes`."""
+    return Prim(name, (x,), (tuple(sorted(axes)),),
+                tuple(d for i, d in enumerate(x.shape) if i not in axes))
+
+
 def _one_axis(expr, rank: int, call) -> int:
     if isinstance(expr, ast.Tuple):
         raise ParseError(f"{call.func}() takes one axis", expr.span or call.span)
@@ -714,6 +815,7 @@ BUILTINS = {
     "stack": _stack, "transpose": _transpose, "swapaxes": _swapaxes,
     "concatenate": _concatenate, "cumsum": _cumsum, "flip": _flip, "reshape": _reshape,
     "dilate": _dilate, "triu": _triangle(True), "tril": _triangle(False), "kron": _kron,
+    "norm": _norm,
     "matrix_power": _matrix_power,
 }
 # Functions whose arguments are dimensions (ints or names from the shapes), not tensors.
