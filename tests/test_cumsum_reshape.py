@@ -382,3 +382,17 @@ def test_triangle_errors():
         einderiv.compile("x: [n]; triu(x)")
     with pytest.raises(einderiv.ParseError, match="a diagonal must be an integer constant"):
         einderiv.compile("X: [n, n]; tril(X, 0.5)")
+
+
+@pytest.mark.parametrize("text", ["reshape(X, (-1,))", "X[::2, 1::2]", "triu(X, 1)",
+                                  "cumsum(X)", "kron(X[0], X[1])"])
+def test_jacobians_of_the_maps_are_their_matrices(text):
+    """The Jacobian of a linear map is the matrix it never builds for a derivative (here it is
+    the answer): against JAX's jacfwd, and its formula parses back (conftest)."""
+    jax, jnp = jax_modules()
+    X = draw(31, (3, 4))
+    J = einderiv.jacobian(text, "X", {"X": ("b", "n")})
+    f = lambda X: eval(text.replace("reshape(X, (-1,))", "jnp.reshape(X, (-1,))")  # noqa: E731
+                       .replace("triu", "jnp.triu").replace("cumsum", "jnp.cumsum")
+                       .replace("kron", "jnp.kron"), {"X": X, "jnp": jnp})
+    assert relative_error(J(X=X), np.asarray(jax.jacfwd(f)(jnp.asarray(X)))) == 0

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import re
 
+from ..ir.dims import is_composite
+from ..lower.dimensions import composite_expr
 from ..parse import ast
 from ..vectorize import VectorProgram
 
@@ -189,6 +191,8 @@ class _Printer:
     def expr(self, e: ast.Expr) -> tuple[str, int]:
         if isinstance(e, ast.Number):
             return _number(e.value)
+        if isinstance(e, ast.Name) and is_composite(e.id):  # a size `m * n`, as its expression
+            return self.size(composite_expr(e.id)), ATOM
         if isinstance(e, ast.Name):
             name = self.names.get(e.id) or latex_name(e.id)
             return name, (SUB if re.search(r"(?<!\\)_", name) else ATOM)
@@ -212,6 +216,19 @@ class _Printer:
         if isinstance(e, ast.Call):
             return self.call(e)
         raise TypeError(f"cannot typeset {type(e).__name__}")
+
+    def size(self, e: ast.Expr) -> str:
+        """A composite size (`(n + 1) // 2`, `m * n`): products of sizes with a dot,
+        quotients rounded down."""
+        if isinstance(e, ast.BinOp) and e.op == "//":
+            return rf"\left\lfloor \frac{{{self.size(e.left)}}}{{{self.text(e.right)}}} \right\rfloor"
+        if isinstance(e, ast.BinOp) and e.op == "*":
+            factors = [self.size(f) if not (isinstance(f, ast.BinOp) and f.op in "+-")
+                       else rf"\left({self.size(f)}\right)" for f in (e.left, e.right)]
+            return r" \cdot ".join(factors)
+        if isinstance(e, ast.BinOp) and e.op in "+-":
+            return f"{self.size(e.left)} {e.op} {self.size(e.right)}"
+        return self.text(e)
 
     def item(self, item: ast.Expr) -> str:
         if isinstance(item, ast.Slice):

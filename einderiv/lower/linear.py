@@ -169,13 +169,16 @@ def _unreshaped(x: Node, shape: tuple, depth: int) -> tuple[Node, bool] | None:
     if type(x) is Contract and build._is_product(x) and \
             all(not labels or labels == x.out for _, labels in x.operands):
         out = tuple(range(len(shape)))
-        parts = [(node, False, ()) if not labels else (*_unreshaped(node, shape, depth - 1), out)
-                 if _unreshaped(node, shape, depth - 1) is not None else (None, False, out)
-                 for node, labels in x.operands]
-        if any(node is None for node, _, _ in parts):
-            return None
-        return (build.contract(out, [(node, labels) for node, _, labels in parts],
-                               dict(zip(out, shape))), any(u for _, u, _ in parts))
+        operands, undone = [], False
+        for node, labels in x.operands:
+            if labels:
+                found = _unreshaped(node, shape, depth - 1)
+                if found is None:
+                    return None
+                node, labels = found[0], out
+                undone = undone or found[1]
+            operands.append((node, labels))
+        return build.contract(out, operands, dict(zip(out, shape))), undone
     return None
 
 
@@ -312,9 +315,13 @@ def _number(v: int) -> ast.Expr:
 
 
 def _dimension(d: Dim) -> ast.Expr:
+    """`d` as the printers write a dimension: its name (a composite size's text is one), plus
+    or minus its offset."""
     if d.is_concrete:
         return ast.Number(float(d.offset))
-    return dimensions.composite_expr(dimensions.text(d))
+    if d.offset == 0:
+        return ast.Name(d.name)
+    return ast.BinOp("+" if d.offset > 0 else "-", ast.Name(d.name), ast.Number(abs(d.offset)))
 
 
 # -- the checks of lowering ------------------------------------------------------------------------
