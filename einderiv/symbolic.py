@@ -292,10 +292,9 @@ def _binary(op: str, left, right) -> Tensor:
 def _index_item(item) -> ast.Expr:
     if item is None:
         return ast.NoneLit()
-    if isinstance(item, slice):
-        if item.step not in (None, 1):
-            raise EinderivError("slices with a step are not supported")
-        return ast.Slice(*(None if v is None else _integer(v) for v in (item.start, item.stop)))
+    if isinstance(item, slice):  # with a step too: x[::2], x[::-1] (docs/language.md)
+        return ast.Slice(*(None if v is None else _integer(v)
+                           for v in (item.start, item.stop, item.step)))
     return _integer(item)
 
 

@@ -396,3 +396,15 @@ def test_jacobians_of_the_maps_are_their_matrices(text):
                        .replace("triu", "jnp.triu").replace("cumsum", "jnp.cumsum")
                        .replace("kron", "jnp.kron"), {"X": X, "jnp": jnp})
     assert relative_error(J(X=X), np.asarray(jax.jacfwd(f)(jnp.asarray(X)))) == 0
+
+
+def test_python_built_expressions_take_steps_and_the_maps():
+    x = einderiv.var("x", ("n",))
+    X = einderiv.var("X", ("n", "m"))
+    e = einderiv.fn.cumsum(x[::-1]) + x[1::2].sum() if hasattr(x, "sum") else \
+        einderiv.fn.cumsum(x[::-1]) + einderiv.fn.sum(x[1::2])
+    a = draw(32, (5,))
+    assert relative_error(einderiv.compile(e)(x=a), np.cumsum(a[::-1]) + a[1::2].sum()) < 1e-15
+    t = einderiv.fn.triu(X, 1) + einderiv.fn.tril(X[::-1], -1)
+    A = draw(33, (3, 3))
+    assert np.array_equal(einderiv.compile(t)(X=A), np.triu(A, 1) + np.tril(A[::-1], -1))
