@@ -15,6 +15,15 @@ from .transforms import Product, hvp, jvp, vjp
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # einderiv.torch and einderiv.jax (training-loop adapters) load on first use: neither
+    # imports its framework before a function is made, so `import einderiv` never does.
+    if name in ("torch", "jax"):
+        import importlib
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "compile", "grad", "jacobian", "hessian", "value_and_grad", "hvp", "jvp", "vjp", "flat",
     "Product", "Flat", "Derived", "var", "fn", "load_rules", "Compiled", "Tensor", "EinderivError", "ParseError",

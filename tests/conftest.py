@@ -15,6 +15,7 @@ opt out.
 from __future__ import annotations
 
 import copy
+import sys
 import tracemalloc
 
 import numpy as np
@@ -57,7 +58,7 @@ _original_call = api._Result._evaluate
 
 
 def _recording_call(self, arrays):
-    if not _state["active"] or _state["checking"]:
+    if not _state["active"] or _state["checking"] or _traced(arrays):
         return _original_call(self, arrays)
     _, calls = _state["records"].get(id(self), (self, []))
     if len(calls) >= CALLS_PER_RESULT:
@@ -70,6 +71,13 @@ def _recording_call(self, arrays):
 
 
 api._Result._evaluate = _recording_call
+
+
+def _traced(arrays: dict) -> bool:
+    """A call under a JAX transformation (jit, grad: einderiv.jax.function) gets tracers, whose
+    values are gone after it: not recorded (its eager calls are)."""
+    jax = sys.modules.get("jax")
+    return jax is not None and any(isinstance(v, jax.core.Tracer) for v in arrays.values())
 
 
 def _flatten(structured) -> list:
