@@ -89,7 +89,7 @@ CASES = [
          exact=("A.T @ B.T", "(B @ A).T")),
     # The transpose of a product goes on its operands (A.T @ X, was (X.T @ A).T).
     Case("trace-XtAX", "grad", "tr(X.T @ A @ X)", "X", {"X": ("n", "n"), "A": ("n", "n")},
-         exact=("A.T @ X + A @ X", "(A + A.T) @ X", "(A.T + A) @ X")),
+         exact=("(A + A.T) @ X", "(A.T + A) @ X")),  # one product (issue 13), not two
     Case("quadratic-form", "grad", "x @ A @ x", "x", {"A": ("n", "n"), "x": ("n",)},
          exact=("(A + A.T) @ x", "(A.T + A) @ x")),
     Case("quadratic-form-hessian", "hessian", "x @ A @ x", "x", {"A": ("n", "n"), "x": ("n",)},

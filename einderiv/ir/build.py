@@ -358,13 +358,8 @@ def _like(term: Node):
     that `add` collects them as it collects `x + x` (the three terms of the gradient of
     `tr(X @ X @ X)` are one)."""
     if isinstance(term, Contract):
-        out, ops = term.out, term.operands
-        if len(ops) == 1 and isinstance(ops[0][0], Contract) and sorted(ops[0][1]) == sorted(out):
-            inner, labels = ops[0]  # a transpose of a product: its operands, relabelled
-            rename = dict(zip(inner.out, labels))
-            fresh = count(len(term.dims))
-            ops = [(n, tuple(rename[l] if l in rename else rename.setdefault(l, next(fresh))
-                             for l in ls)) for n, ls in inner.operands]
+        out = term.out
+        ops = _transposed_operands(term) or term.operands
     elif isinstance(term, Map) and term.fn == "div":
         out = tuple(range(term.rank))
         ops = [(term, out)]
@@ -396,6 +391,20 @@ def _like(term: Node):
                                        for summed, tie in groups)))
 
 
+def _transposed_operands(term: Contract) -> list | None:
+    """The operands of the product that `term` transposes (`(X.T @ A).T`, a product whose
+    result is used elsewhere too, so not inlined when built), relabelled as `term`'s own: the
+    same product written out. None for any other term."""
+    ops = term.operands
+    if len(ops) == 1 and isinstance(ops[0][0], Contract) and sorted(ops[0][1]) == sorted(term.out):
+        inner, labels = ops[0]
+        rename = dict(zip(inner.out, labels))
+        fresh = count(len(term.dims))
+        return [(n, tuple(rename[l] if l in rename else rename.setdefault(l, next(fresh))
+                          for l in ls)) for n, ls in inner.operands]
+    return None
+
+
 def _quotient_factors(op) -> list:
     """`a / b` on `labels` as the factors `a` and `1 / b`; any other operand as itself."""
     node, labels = op
@@ -424,6 +433,8 @@ def _factor_common(terms: list[tuple[float, Node]]) -> tuple | None:
     """
     if not all(isinstance(t, Contract) for _, t in terms):
         return None
+    # A transposed product is its operands here (`(X.T @ A).T + A @ X` is `(A.T + A) @ X`).
+    terms = [(c, _written_out(t)) for c, t in terms]
     out = terms[0][1].out
     dims = terms[0][1].dims
 
@@ -459,6 +470,16 @@ def _factor_common(terms: list[tuple[float, Node]]) -> tuple | None:
         return None  # a slice or pick stays with its partner, never a dense selection matrix
     parts = [(c, contract(keep, ops, {l: t.dims[l] for l in keep})) for c, ops, t in remainders]
     return parts, out, keep, factor, dims
+
+
+def _written_out(term: Contract) -> Contract:
+    ops = _transposed_operands(term)
+    if ops is None:
+        return term
+    try:
+        return Contract(term.out, ops, {l: term.dims[l] for l in term.out})
+    except ValueError:  # an index the inner product broadcast: left as it is
+        return term
 
 
 def distribute(node: Node) -> list[tuple[float, Node]]:
