@@ -110,6 +110,11 @@ def test_torch_tensor_output_backward_is_the_vjp(torch):
     torch.testing.assert_close(out, torch.tanh(W1 @ x1).detach())
     torch.testing.assert_close(W.grad, W1.grad)
     torch.testing.assert_close(x.grad, x1.grad)
+    # out.sum()'s backward hands over an expanded cotangent (stride 0)
+    W.grad = W1.grad = None
+    F(W, x).sum().backward()
+    torch.tanh(W1 @ x1).sum().backward()
+    torch.testing.assert_close(W.grad, W1.grad)
 
 
 def test_torch_gradcheck(torch):
