@@ -229,8 +229,10 @@ def test_norm_squared_other_spellings_hessian_at_zero():
 
 @pytest.mark.parametrize("expr, weights", [("sum(square(norm(X, axis=1)))", False),
                                            ("sum(norm(X, axis=1) * norm(X, axis=1))", False),
-                                           ("sum(c * norm(X, 1) * norm(X, 1))", True),
-                                           ("c @ square(norm(X, 1))", True)])
+                                           # norm(X, 1) is numpy's matrix 1-norm: the axis
+                                           # by keyword
+                                           ("sum(c * norm(X, axis=1) * norm(X, axis=1))", True),
+                                           ("c @ square(norm(X, axis=1))", True)])
 def test_norm_squared_along_an_axis_hessian_at_a_zero_row(expr, weights):
     """Squared row norms, spelled either way, also inside a longer product: smooth, so the
     Hessian of sum(c[i] * |X[i]|^2) is 2 c[i] at every entry of row i, a zero row included
