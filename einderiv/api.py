@@ -129,7 +129,7 @@ class _Result:
     def latex(self) -> str:
         """The vectorized program as a LaTeX `aligned` block, one row per line of `formula`."""
         from .generate.latex import format_latex
-        return format_latex(self.program)
+        return format_latex(self.program, self._function_name, self.rules)
 
     def _repr_latex_(self) -> str:
         return "$$" + self.latex + "$$"
@@ -261,12 +261,18 @@ def _rules_text(book: RuleBook) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
             tuple(map(str, book.files)))
 
 
-@functools.lru_cache(maxsize=16)
 def _rulebook_from_text(text: str, origins: tuple[str, ...], files: tuple[str, ...]) -> RuleBook:
     """The frozen rule book that `_rules_text` wrote: the shipped one itself where it is that."""
+    # Compared each time, not cached: the shipped book is rebuilt when rules are reloaded, and
+    # a cached one would be an old copy of it.
     shipped = _shipped()
     if (text, origins, files) == _rules_text(shipped):
         return shipped
+    return _parsed_rulebook(text, origins, files)
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed_rulebook(text: str, origins: tuple[str, ...], files: tuple[str, ...]) -> RuleBook:
     # Implementations `module:attribute` import their modules: unpickling runs code anyway, so
     # a pickle is trusted as a rule file loaded with allow_imports is.
     rules = parse_rules(text, "<pickled rules>", allow_imports=True)
