@@ -72,10 +72,13 @@ def test_the_default_axes_are_stated():
 
 def test_every_operator_is_in_the_precedence_table():
     grammar = (ROOT / "einderiv" / "parse" / "grammar.lark").read_text()
-    operators = set(re.findall(r'"([^"\w]+)"\s+\w+\s+->\s+(?:add|sub|mul|div|matmul|pow)\b',
-                               grammar))
+    operators = set(re.findall(
+        r'"([^"\w]+)"\s+\w+\s+->\s+(?:add|sub|mul|div|floordiv|matmul|pow)\b', grammar))
     operators |= set(re.findall(r'"([^"\w]+)"\s+unary\s+->\s+(?:neg|pos)\b', grammar))
-    assert operators == {"+", "-", "*", "/", "@", "**"}
+    assert operators == {"+", "-", "*", "/", "//", "@", "**"}
+    # the comparisons, one terminal of the grammar (they do not chain)
+    assert "COMPARISON sum -> compare" in grammar
+    operators |= {"<", "<=", ">", ">=", "==", "!="}
     table = TEXT.split("## Operators and precedence", 1)[1].split("\n## ", 1)[0]
     for op in operators | {".T", ".mT"}:
         assert f"`{op}`" in table, op
