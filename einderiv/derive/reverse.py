@@ -15,6 +15,7 @@ from ..errors import EinderivError
 from ..ir import build
 from ..ir.nodes import Add, Contract, Delta, Map, Node, Prim, Var, topological
 from ..rulebook import RuleBook
+from ..lower.convolution import is_convolution, pullback as convolution_pullback
 from ..lower.linear import adjoint, is_linear
 from .masks import product
 from .partials import elementwise_partial, tensor_jacobian
@@ -76,6 +77,8 @@ def _pullback(node: Node, bar: Node, seed: tuple[int, ...], rules: RuleBook, mem
                                {}, rules, memo)
     elif is_linear(node):  # cumsum, reversal, reshape...: the adjoint map, never the Jacobian
         yield node.args[0], adjoint(node, bar, len(seed))
+    elif is_convolution(node):  # correlate, conv2d...: a convolution again, never a band matrix
+        yield from convolution_pullback(node, bar, len(seed))
     elif isinstance(node, Prim):
         for position, arg in enumerate(node.args):
             if position and not arg.children() and not isinstance(arg, Var):

@@ -635,3 +635,195 @@ def pad(x, widths, xp=np):
         out[tuple(slice(a, a + n) for n, (a, _) in zip(x.shape, widths))] = x
         return out
     return xp.pad(x, widths)
+
+
+# -- convolutions (lower/convolution.py) -----------------------------------------------------------
+# Each works on its arguments reshaped to one batch axis, one channel axis and the spatial ones:
+# x [BX, C, *S] with w [BW, C, *K] (a correlation) or d [BX, C, *S] with w [C, BW, *K] (a full
+# convolution), to [BX, BW, *spatial], reshaped back. On numpy: O(output x kernel) work and no
+# band matrix; memory O(inputs + output), the windows copied whole (im2col) only where that
+# copy is no larger than a few times the inputs and output. torch and jax call their own.
+
+def correlate(x, w, stride=1):
+    """numpy's correlate in "valid" mode of each row of x [..., n] with each row of w [..., k],
+    every stride-th entry: [x's leading axes, w's leading axes, (n - k) // stride + 1]."""
+    return _correlation("correlate", x, w, 1, 0, _per_axis(stride, 1))
+
+
+def conv1d(x, w, stride=1):
+    """PyTorch's conv1d: x [..., C, n], w [..., C, k] (any leading axes on each)."""
+    return _correlation("conv1d", x, w, 1, 1, _per_axis(stride, 1))
+
+
+def conv2d(x, w, stride=1):
+    """PyTorch's conv2d: x [..., C, h, w], w [..., C, kh, kw] (any leading axes on each)."""
+    return _correlation("conv2d", x, w, 2, 1, _per_axis(stride, 2))
+
+
+def convolve(d, w):
+    """numpy's convolve in "full" mode of each row of d [..., n] with each row of w [..., k]:
+    [d's leading axes, w's leading axes, n + k - 1]."""
+    return _full("convolve", d, w, 1, 0)
+
+
+def conv_transpose1d(d, w):
+    """PyTorch's conv_transpose1d at stride 1: d [..., C, n], w [C, ..., k]."""
+    return _full("conv_transpose1d", d, w, 1, 1)
+
+
+def conv_transpose2d(d, w):
+    """PyTorch's conv_transpose2d at stride 1: d [..., C, h, w], w [C, ..., kh, kw]."""
+    return _full("conv_transpose2d", d, w, 2, 1)
+
+
+def _per_axis(stride, n: int) -> tuple:
+    return tuple(stride) if isinstance(stride, (tuple, list)) else (stride,) * n
+
+
+def _canonical(name: str, x, w, n: int, c: int, kernel_first: bool):
+    """(x as [BX, C, *S], w as [BW, C, *K] or [C, BW, *K], leading shapes, C) with checks."""
+    import math
+    if x.ndim < n + c or w.ndim < n + c:
+        raise ValueError(f"{name}(): arrays of shapes {tuple(x.shape)} and {tuple(w.shape)} "
+                         f"have too few axes")
+    lead_x, lead_w = tuple(x.shape[:x.ndim - n - c]), \
+        tuple(w.shape[c:w.ndim - n] if kernel_first else w.shape[:w.ndim - n - c])
+    channels = int(x.shape[x.ndim - n - 1]) if c else 1
+    have = (int(w.shape[0]) if kernel_first else int(w.shape[w.ndim - n - 1])) if c else 1
+    if channels != have:
+        raise ValueError(f"{name}(): the input has {channels} channels and the kernel {have}")
+    bx, bw = math.prod(lead_x), math.prod(lead_w)
+    x3 = x.reshape((bx, channels, *x.shape[x.ndim - n:]))
+    w3 = w.reshape(((channels, bw) if kernel_first else (bw, channels)) +
+                   tuple(w.shape[w.ndim - n:]))
+    return x3, w3, lead_x, lead_w
+
+
+def _correlation(name: str, x, w, n: int, c: int, strides: tuple):
+    x3, w3, lead_x, lead_w = _canonical(name, x, w, n, c, False)
+    S, K = tuple(x3.shape[2:]), tuple(w3.shape[2:])
+    if any(k > s for s, k in zip(S, K)):
+        raise ValueError(f"{name}(): the kernel {K} is larger than the signal {S}")
+    library = _library(x, w)
+    if library == "torch":
+        import torch.nn.functional as F
+        y = (F.conv1d if n == 1 else F.conv2d)(x3, w3, stride=strides)
+    elif library in ("jax", "jaxlib"):
+        from jax import lax
+        spec = ("NCH", "OIH", "NCH") if n == 1 else ("NCHW", "OIHW", "NCHW")
+        y = lax.conv_general_dilated(x3, w3, strides, "VALID", dimension_numbers=spec,
+                                     precision=lax.Precision.HIGHEST)
+    elif library == "dask":
+        raise _no_dask(name)
+    else:
+        y = _correlation_arrays(x3, w3, strides, _xp(x3))
+    return y.reshape((*lead_x, *lead_w, *y.shape[2:]))
+
+
+def _full(name: str, d, w, n: int, c: int):
+    d3, w3, lead_d, lead_w = _canonical(name, d, w, n, c, True)
+    library = _library(d, w)
+    if library == "torch":
+        import torch.nn.functional as F
+        y = (F.conv_transpose1d if n == 1 else F.conv_transpose2d)(d3, w3)
+    elif library in ("jax", "jaxlib"):
+        from jax import lax
+        import jax.numpy as jnp
+        spec = ("NCH", "OIH", "NCH") if n == 1 else ("NCHW", "OIHW", "NCHW")
+        kernel = jnp.flip(jnp.swapaxes(w3, 0, 1), tuple(range(2, 2 + n)))
+        y = lax.conv_general_dilated(d3, kernel, (1,) * n, [(k - 1, k - 1) for k in
+                                                            w3.shape[2:]],
+                                     dimension_numbers=spec, precision=lax.Precision.HIGHEST)
+    elif library == "dask":
+        raise _no_dask(name)
+    else:
+        y = _full_arrays(d3, w3, _xp(d3))
+    return y.reshape((*lead_d, *lead_w, *y.shape[2:]))
+
+
+def _no_dask(name: str):
+    from ..errors import EvaluationError
+    return EvaluationError(f"{name}() is not available on the dask backend",
+                           hint="dask.array has no convolution; compute it with the numpy "
+                                "backend, or torch or jax")
+
+
+# A window copy (im2col) is made where it is at most this many times the inputs and output.
+_IM2COL_RATIO = 4
+
+
+def _window(starts, sizes, steps=None):
+    """The index of a window of `sizes` entries from `starts` on the spatial axes."""
+    steps = steps or (1,) * len(starts)
+    return (slice(None), slice(None)) + tuple(
+        slice(a, a + (m - 1) * s + 1, s) for a, m, s in zip(starts, sizes, steps))
+
+
+def _correlation_arrays(x, w, strides, xp):
+    """[BX, C, *S] correlated with [BW, C, *K], strided: [BX, BW, *S']."""
+    import math
+    bx, channels, *S = x.shape
+    bw, _, *K = w.shape
+    out_s = tuple((s - k) // st + 1 for s, k, st in zip(S, K, strides))
+    positions, taps = math.prod(out_s), math.prod(K)
+    dtype = xp.result_type(x, w)
+    if not positions or not taps or not bx or not bw or not channels:
+        return xp.zeros((bx, bw, *out_s), dtype=dtype)
+    if positions < taps:
+        # A small output of a large kernel (a kernel's gradient): one contraction of the
+        # whole kernel per output position, each a matrix product.
+        kernel = xp.reshape(w, (bw, channels * taps)).T
+        out = xp.empty((bx, bw, positions), dtype=dtype)
+        for q, at in enumerate(np.ndindex(*out_s)):
+            starts = [a * st for a, st in zip(at, strides)]
+            out[:, :, q] = xp.reshape(x[_window(starts, K)], (bx, channels * taps)) @ kernel
+        return xp.reshape(out, (bx, bw, *out_s))
+    cols = bx * channels * positions * taps
+    if xp is np and cols <= _IM2COL_RATIO * (x.size + bx * bw * positions):
+        axes = tuple(range(2, 2 + len(K)))
+        view = np.lib.stride_tricks.sliding_window_view(x, tuple(K), axis=axes)
+        view = view[(slice(None), slice(None)) + tuple(slice(None, None, st) for st in strides)]
+        y = np.tensordot(view, w, axes=((1, *(a + len(K) for a in axes)), (1, *axes)))
+        return np.moveaxis(y, -1, 1)  # [BX, *S', BW] -> [BX, BW, *S']
+    # One matrix product per kernel entry, accumulated: O(output) memory.
+    kernel = xp.reshape(w, (bw, channels, taps))
+    out = xp.zeros((bx, bw, positions), dtype=dtype)
+    for t, at in enumerate(np.ndindex(*K)):
+        shifted = xp.reshape(x[_window(at, out_s, strides)], (bx, channels, positions))
+        out += kernel[:, :, t] @ shifted
+    return xp.reshape(out, (bx, bw, *out_s))
+
+
+def _full_arrays(d, w, xp):
+    """[BX, C, *S] convolved in full with [C, BW, *K]: [BX, BW, *(S + K - 1)]."""
+    import math
+    bx, channels, *S = d.shape
+    _, bw, *K = w.shape
+    out_s = tuple(s + k - 1 for s, k in zip(S, K))
+    positions, taps = math.prod(S), math.prod(K)
+    dtype = xp.result_type(d, w)
+    out = xp.zeros((bx, bw, *out_s), dtype=dtype)
+    if not positions or not taps or not bx or not bw or not channels:
+        return out
+    if positions < taps:
+        # A short input and a long kernel: the kernel, weighted by each input entry, added
+        # where that entry sits.
+        kernel = xp.reshape(w, (channels, bw * taps))
+        for at in np.ndindex(*S):
+            part = d[(slice(None), slice(None), *at)] @ kernel  # [BX, BW * taps]
+            out[_window(at, K)] += xp.reshape(part, (bx, bw, *K))
+        return out
+    flat = xp.reshape(d, (bx, channels, positions))
+    cols = bx * bw * positions * taps
+    if cols <= _IM2COL_RATIO * (d.size + math.prod(out.shape)):
+        # Every kernel entry's product at once (one matrix product), then added shifted.
+        kernel = xp.reshape(xp.moveaxis(w, 1, 0), (bw, channels, taps))
+        parts = xp.reshape(xp.moveaxis(kernel, 2, 0), (taps * bw, channels)) @ flat
+        parts = xp.reshape(parts, (bx, taps, bw, *S))
+        for t, at in enumerate(np.ndindex(*K)):
+            out[_window(at, S)] += parts[:, t]
+        return out
+    for t, at in enumerate(np.ndindex(*K)):
+        tap = w[(slice(None), slice(None), *at)].T  # [BW, C]
+        out[_window(at, S)] += xp.reshape(tap @ flat, (bx, bw, *S))
+    return out

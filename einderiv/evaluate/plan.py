@@ -16,6 +16,7 @@ from ..backends import apart, dtype_kind, owner
 from ..errors import EinderivError, EvaluationError, InputError, ShapeError, did_you_mean
 from ..ir.dims import Dim, show_shape
 from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Size, Unit, Var, topological
+from ..lower.convolution import evaluator as convolution_evaluator, is_convolution
 from ..lower.linear import evaluator as linear_evaluator, is_linear
 from ..rulebook import RuleBook, default_rulebook
 from ..rulebook.table import resolve
@@ -255,6 +256,9 @@ def _step(node: Node, slot: dict, env: dict, rules: RuleBook, dtype) -> Step:
     if is_linear(node):  # cumsum, reversal, reshape...: O(size), never a matrix
         run, a = linear_evaluator(node, env), slot[id(node.args[0])]
         return lambda s: run(s[a])
+    if is_convolution(node):  # correlate, conv2d...: O(output x kernel), never a band matrix
+        run, (a, b) = convolution_evaluator(node), (slot[id(x)] for x in node.args)
+        return lambda s: run(s[a], s[b])
     if isinstance(node, Prim):
         return _prim_step(node, slot, rules)
     if isinstance(node, Add):

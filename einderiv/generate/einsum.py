@@ -18,6 +18,7 @@ from ..ir.dims import Dim
 from ..ir.einstein import format_number
 from ..ir.names import input_names, output_labels
 from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Size, Unit, Var, topological
+from ..lower.convolution import is_convolution, surface as convolution_surface
 from ..lower.linear import is_linear, surface as linear_surface
 from ..parse import ast
 from ..parse.unparse import unparse
@@ -108,6 +109,9 @@ class _Plan:
             return f"{node.fn}({', '.join(args)})"
         if is_linear(node):  # cumsum, x[::2], reshape...: as the formula writes them
             return unparse(linear_surface(node, ast.Name(self.operand(node.args[0]))))
+        if is_convolution(node):  # correlate, conv2d...: as the formula writes them
+            return unparse(convolution_surface(node, tuple(ast.Name(self.operand(a))
+                                                           for a in node.args)))
         if isinstance(node, Prim):
             args = [self.operand(a) for a in node.args]
             if node.params:

@@ -17,6 +17,7 @@ import keyword
 import math
 
 from ..ir.dims import is_composite
+from ..lower.convolution import NAMES as CONVOLUTIONS
 from ..lower.dimensions import composite_expr
 from ..parse import ast
 from ..rulebook import RuleBook, default_rulebook
@@ -366,6 +367,9 @@ class _Printer:
             args[0] = f"({self.expr(e.args[0].args[0])}) > 0"
         if name in BUILTIN_CALLS:
             return f"{BUILTIN_CALLS[name]}({', '.join(args)})"
+        if name in CONVOLUTIONS:  # correlate, conv2d...: kernels.py's, stride by keyword
+            self.imports["einderiv.evaluate.kernels"] = "_kernels"
+            return f"_kernels.{name}({', '.join(args)})"
         f = self.rules.get(name)
         if f is None or f.impl is None:
             raise TypeError(f"no implementation for {name}")

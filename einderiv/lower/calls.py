@@ -14,7 +14,7 @@ from ..ir import build
 from ..ir.dims import Dim, show_shape
 from ..ir.nodes import Delta, Node, Prim, Size, Unit
 from ..parse import ast, parse
-from . import dimensions, linear
+from . import convolution, dimensions, linear
 
 MAX_DEFINITION_DEPTH = 32
 AXIS_FUNCTIONS = {"sum", "mean", "var", "std", "cumsum", "flip"}
@@ -817,6 +817,11 @@ BUILTINS = {
     "dilate": _dilate, "triu": _triangle(True), "tril": _triangle(False), "kron": _kron,
     "norm": _norm,
     "matrix_power": _matrix_power,
+    # convolutions and correlations: lower/convolution.py
+    "correlate": convolution.lower_correlate, "convolve": convolution.lower_convolve,
+    "conv1d": convolution.lower_conv(1), "conv2d": convolution.lower_conv(2),
+    "conv_transpose1d": convolution.lower_transposed(1),
+    "conv_transpose2d": convolution.lower_transposed(2),
 }
 # Functions whose arguments are dimensions (ints or names from the shapes), not tensors.
 DIMENSION_FUNCTIONS = {"eye", "ones", "zeros", "size"}

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from ..ir.dims import Dim
 from ..ir.names import input_names, output_labels
 from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Size, Unit, Var, topological
+from ..lower.convolution import is_convolution, surface as convolution_surface
 from ..lower.linear import is_linear, surface as linear_surface
 from ..parse import ast
 from ..rulebook import RuleBook, default_rulebook
@@ -246,6 +247,8 @@ class _Translator:
     def _primitive(self, node: Prim) -> ast.Expr:
         if is_linear(node):  # cumsum, x[::-1], reshape...: lower/linear.py writes them
             return linear_surface(node, self.expr(node.args[0]))
+        if is_convolution(node):  # correlate, conv2d...: lower/convolution.py writes them
+            return convolution_surface(node, tuple(self.expr(a) for a in node.args))
         arg = node.args[0]
         call = ast.Call(node.fn, tuple(self.expr(a) for a in node.args))
         if not node.params:
