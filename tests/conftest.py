@@ -303,3 +303,68 @@ def _peak_bytes(f) -> int:
 def peak_bytes():
     """`peak_bytes(f)`: the peak memory allocated while `f()` runs, in bytes."""
     return _peak_bytes
+
+
+# -- every `.latex` a test makes renders with matplotlib's mathtext (issue 15) ----------------
+# A block's rows are rendered one at a time (mathtext has no `aligned`), at most
+# LATEX_ROWS_PER_TEST distinct rows per test spread evenly over them, none longer than
+# LATEX_ROW_CHARACTERS (an unrolled network's rows: ~15 ms per row, a second for 1500
+# characters); tests/test_latex.py renders its whole corpus.
+LATEX_ROWS_PER_TEST = 40
+LATEX_ROW_CHARACTERS = 1000
+_latex_made: list[str] = []
+_original_latex = api._Result.latex
+
+
+def _recording_latex(self):
+    text = _original_latex.fget(self)
+    _latex_made.append(text)
+    return text
+
+
+api._Result.latex = property(_recording_latex, doc=_original_latex.__doc__)
+
+
+def _mathtext_problems(latex, limit: int | None = None) -> list[str]:
+    """What matplotlib's mathtext cannot render among the rows of a `.latex` block (or of a
+    list of them)."""
+    from einderiv.generate.latex import mathtext_lines
+    from matplotlib.mathtext import MathTextParser
+    blocks = [latex] if isinstance(latex, str) else latex
+    rows = list(dict.fromkeys(row for text in blocks for row in mathtext_lines(text)))
+    if limit is not None:
+        rows = [r for r in rows if len(r) <= LATEX_ROW_CHARACTERS]
+        if len(rows) > limit:
+            rows = [rows[round(i * (len(rows) - 1) / (limit - 1))] for i in range(limit)]
+    parser = MathTextParser("agg")
+    problems = []
+    for row in rows:
+        try:
+            parser.parse(f"${row}$")
+        except ValueError as e:
+            problems.append(f"{row}\n    {str(e).splitlines()[-1]}")
+    return problems
+
+
+@pytest.fixture
+def mathtext():
+    """`mathtext(latex)`: the rows of a `.latex` block that matplotlib cannot render."""
+    pytest.importorskip("matplotlib")
+    return _mathtext_problems
+
+
+@pytest.fixture(autouse=True)
+def latex_renders():
+    _latex_made.clear()
+    yield
+    if not _latex_made:
+        return
+    try:
+        import matplotlib  # noqa: F401 - the test extra has it
+    except ImportError:
+        return
+    made = list(_latex_made)
+    _latex_made.clear()
+    problems = _mathtext_problems(made, LATEX_ROWS_PER_TEST)
+    if problems:
+        pytest.fail("LaTeX that matplotlib's mathtext cannot render:\n" + "\n".join(problems))

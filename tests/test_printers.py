@@ -107,21 +107,21 @@ def _latex(result) -> str:
 def test_logistic_regression_gradient():
     text = _latex(einderiv.grad(LOGISTIC[0], "w", LOGISTIC[1]))
     assert text == ("\\begin{aligned}\n"  # log(1 + exp(u)) is rewritten to softplus(u)
-                    "\\mathrm{d}w &= -X^{\\top} \\left(\\sigma\\left(-y \\odot "
+                    "\\frac{\\partial f}{\\partial w} &= -X^{\\top} \\left(\\sigma\\left(-y \\odot "
                     "\\left(X w\\right)\\right) \\odot y\\right)\n"
                     "\\end{aligned}")
 
 
 def test_quadratic_form_hessian():
     text = _latex(einderiv.hessian("x @ A @ x", "x", {"A": ("n", "n"), "x": ("n",)}))
-    assert "\\mathrm{d}x\\,\\mathrm{d}x &= " in text
+    assert "\\frac{\\partial^2 f}{\\partial x\\,\\partial x} &= " in text
     assert "A^{\\top}" in text
 
 
 def test_softmax_cross_entropy():
     g = einderiv.grad(*SOFTMAX_CE[:1], "W", SOFTMAX_CE[1])
     text = _latex(g)
-    assert "\\mathrm{d}W &= " in text
+    assert "\\frac{\\partial f}{\\partial W} &= " in text
     assert "\\operatorname{softmax}" in text
     assert "X^{\\top}" in text
 
@@ -130,7 +130,8 @@ def test_mlp_gradients():
     text = _latex(einderiv.grad(MLP[0], ["W1", "b1", "W2"], MLP[1]))
     # the layer's input is a temporary: tanh and its derivative, sech2, both take it
     assert "t_{0} &= W_{1} x + b_{1}" in text and "\\tanh(t_{0})" in text
-    for name in ("\\mathrm{d}W_{1} &= ", "\\mathrm{d}b_{1} &= ", "\\mathrm{d}W_{2} &= "):
+    for name in ("W_{1}", "b_{1}", "W_{2}"):
+        name = f"\\frac{{\\partial f}}{{\\partial {name}}} &= "
         assert name in text
     assert "W_{2}^{\\top}" in text
 
@@ -138,7 +139,7 @@ def test_mlp_gradients():
 def test_logdet_and_friends():
     shapes = {"A": ("n", "n"), "B": ("n", "n")}
     text = _latex(einderiv.compile("logdet(A) + det(A) + tr(inv(A) @ B)", shapes))
-    assert "\\log\\left\\lvert \\det(A) \\right\\rvert" in text
+    assert "\\log\\left|\\det(A)\\right|" in text  # mathtext has no \\lvert
     assert "\\det(A)" in text
     assert "\\operatorname{tr}\\left(A^{-1} B\\right)" in text
     grad = _latex(einderiv.grad("logdet(A)", "A", shapes))
@@ -146,50 +147,62 @@ def test_logdet_and_friends():
 
 
 def test_jacobian_with_identity():
-    assert "\\mathrm{d}x &= 2 I_{n}" in _latex(einderiv.jacobian("x * 2", "x", {"x": ("n",)}))
+    assert "\\frac{\\partial f}{\\partial x} &= 2 I_{n}" in \
+        _latex(einderiv.jacobian("x * 2", "x", {"x": ("n",)}))
+    # a tensor of three axes: index notation, the identity a Kronecker delta
     text = _latex(einderiv.jacobian("A @ x", "A", {"A": ("m", "n"), "x": ("n",)}))
-    assert "I_{m}" in text
+    assert "\\frac{\\partial f_{i}}{\\partial A_{jk}} &= \\delta_{ij} x_{k}" in text
 
 
 def test_einsum_fallback():
     shapes = {"T": ("a", "b", "c"), "M": ("b", "c")}
     text = _latex(einderiv.compile("einsum('ijk,jk->i', T, M)", shapes))
-    assert "\\operatorname{einsum}_{\\text{ijk,jk}{\\to}\\text{i}}\\left(T, M\\right)" in text
+    assert "f_{i} &= \\sum_{j,k} T_{ijk} M_{jk}" in text  # the sum an einsum is
     _latex(einderiv.grad("sum(einsum('ijk,jk->i', T, M) ** 2)", "M", shapes))
 
 
 def test_sum_with_axis():
-    assert "\\sum_{\\text{axis}=0} X" in _latex(einderiv.compile("sum(X, axis=0)",
-                                                                  {"X": ("n", "d")}))
+    # X's rows added: X^T 1, a column like every vector
+    assert "f &= X^{\\top} \\mathbf{1}_{n}" in _latex(einderiv.compile("sum(X, axis=0)",
+                                                                       {"X": ("n", "d")}))
+    assert "f &= X \\mathbf{1}_{d}" in _latex(einderiv.compile("sum(X, axis=1)",
+                                                              {"X": ("n", "d")}))
     text = _latex(einderiv.grad("sum(sum(X, axis=0) ** 2)", "X", {"X": ("n", "d")}))
-    assert "\\sum_{\\text{axis}=0} X" in text
+    assert "&= 2 \\mathbf{1}_{n} \\mathbf{1}_{n}^{\\top} X" in text
 
 
 def test_slicing():
     text = _latex(einderiv.compile("x[1:] - x[:-1]", {"x": ("n",)}))
-    assert "x_{1{:}} - x_{{:}-1}" in text
+    assert "f_{i} &= x_{i+1} - x_{i}" in text
     _latex(einderiv.grad("sum(x[1:] * x[:-1]) + x[0]", "x", {"x": ("n",)}))
 
 
 def test_value_and_grad_and_several_outputs():
     text = _latex(einderiv.value_and_grad(*LOGISTIC[:1], "w", LOGISTIC[1]))
-    assert "\\mathit{out} &= \\sum \\operatorname{softplus}" in text
+    assert "f &= \\sum_{i} \\operatorname{softplus}" in text
     text = _latex(einderiv.hessian("sum(x * y)", ["x", "y"], {"x": ("n",), "y": ("n",)}))
-    assert "\\mathrm{d}x\\,\\mathrm{d}y &= I_{n}" in text
+    assert "\\frac{\\partial^2 f}{\\partial x\\,\\partial y} &= I_{n}" in text
 
 
 def test_bound_names_become_rows():
     text = _latex(einderiv.compile("h = tanh(W1 @ x); sum(h * h)",
                                    {"W1": ("m", "n"), "x": ("n",)}))
     assert "h &= \\tanh\\left(W_{1} x\\right)" in text
-    assert "\\mathit{out} &= \\sum h^{2}" in text
+    assert "f &= \\sum_{i} h_{i}^{2}" in text
 
 
 # -- LaTeX of single constructs (through the parser, so the tree is what the language makes) ----
 
+# The shapes the constructs are typeset with: lowercase letters are vectors of n, uppercase ones
+# n x n matrices, s a scalar.
+N, NN = ("n",), ("n", "n")
+SHAPES = {**{k: N for k in "abcvxy"}, "t0": N, **{k: NN for k in "ABCX"}, "W1": NN, "s": (),
+          "Y": ("n", "d"), "T": ("n", "n", "n")}
+
+
 def tex(source: str) -> str:
     (expr,) = parse(source).statements
-    text = latex_expr(expr)
+    text = latex_expr(expr, shapes=SHAPES)
     assert_well_formed(text)
     return text
 
@@ -203,95 +216,147 @@ def tex(source: str) -> str:
     ("(a + b) ** 2", "\\left(a + b\\right)^{2}"),
     ("(x ** 2) ** 3", "\\left(x^{2}\\right)^{3}"),
     ("t0 ** 2", "t_{0}^{2}"),
+    ("X ** 2", "X^{\\circ 2}"),  # a matrix's elementwise square: X^2 would be X X
     ("(a / b) ** 2", "\\left(\\frac{a}{b}\\right)^{2}"),
     ("-(a + b)", "-\\left(a + b\\right)"),
     ("-(-a)", "-\\left(-a\\right)"),
     ("-a * b", "-a \\odot b"),
     ("a + -b", "a + \\left(-b\\right)"),
+    ("-(A @ B) @ C", "-A B C"),
+    ("-(a * b) @ C", "C^{\\top} \\left(-a \\odot b\\right)"),
     # sums and differences
     ("a - (b - c)", "a - \\left(b - c\\right)"),
     ("a - b - c", "a - b - c"),
     ("a - (b + c)", "a - \\left(b + c\\right)"),
-    # products: elementwise, matrix, scalar; mixed products are bracketed
+    # products: elementwise, matrix, scalar (the scalar first); mixed products are bracketed,
+    # matrix products associate
     ("a * b * c", "a \\odot b \\odot c"),
     ("a * (b * c)", "a \\odot \\left(b \\odot c\\right)"),
     ("A @ B @ x", "A B x"),
-    ("A @ (B @ x)", "A \\left(B x\\right)"),
+    ("A @ (B @ x)", "A B x"),
     ("a * (B @ x)", "a \\odot \\left(B x\\right)"),
-    ("(A @ B) * c", "\\left(A B\\right) \\odot c"),
-    ("(a * b) @ C", "\\left(a \\odot b\\right) C"),
+    ("(a * b) @ C", "C^{\\top} \\left(a \\odot b\\right)"),  # vectors are columns
+    ("x @ y", "x^{\\top} y"),
     ("2 * x", "2 x"),
     ("2 * x * y", "2 x \\odot y"),
-    ("x * 2", "x \\cdot 2"),
+    ("x * 2", "2 x"),
+    ("X * s", "s X"),
+    ("2 * (X @ x)", "2 X x"),
     ("2 * 3", "2 \\cdot 3"),
     ("-2 * x", "-2 x"),
     ("0.5 * x", "0.5 x"),
     ("1e-20 * x", "10^{-20} x"),
     ("(a + b) * c", "\\left(a + b\\right) \\odot c"),
+    # broadcasts written out: a row repeated, a column repeated, rows and columns scaled
+    ("A + b", "A + \\mathbf{1}_{n} b^{\\top}"),
+    ("A + b[:, None]", "A + b \\mathbf{1}_{n}^{\\top}"),
+    ("A - b[None, :]", "A - \\mathbf{1}_{n} b^{\\top}"),
+    ("Y * a[:, None]", "\\operatorname{diag}(a) Y"),
+    ("A * b", "A \\operatorname{diag}(b)"),
+    ("(2 * a)[:, None] * Y", "\\operatorname{diag}\\left(2 a\\right) Y"),
+    ("a[:, None] * b", "a b^{\\top}"),
+    ("Y / a[:, None]", "\\operatorname{diag}(a)^{-1} Y"),
+    ("exp(A - b[:, None])", "\\exp\\left(A - b \\mathbf{1}_{n}^{\\top}\\right)"),
+    ("v[:, None]", "v"),
+    ("v[None, :]", "v^{\\top}"),
+    ("ones(n, n) * a", "\\mathbf{1}_{n} a^{\\top}"),
+    # fractions: one line, signs in front, equal factors as powers
     ("a / (b + c)", "\\frac{a}{b + c}"),
     ("a * b / c", "\\frac{a \\odot b}{c}"),
+    ("-1 / x / x", "-\\frac{1}{x^{2}}"),
+    ("-a / b / b", "-\\frac{a}{b^{2}}"),
+    ("(a / b) / (c / x)", "\\frac{a \\odot x}{b \\odot c}"),
+    ("-0.25 * a ** 2 / b", "-\\frac{0.25 a^{2}}{b}"),
+    ("2 * x / size(n)", "\\frac{2 x}{n}"),
+    ("mean(x) / size(n)", "\\frac{\\sum_{i} x_{i}}{n^{2}}"),
+    ("ones(n, n) / (size(n) * size(n))", "\\frac{\\mathbf{1}_{n \\times n}}{n^{2}}"),
+    ("a * (b / c)", "\\frac{a \\odot b}{c}"),
     # postfix: transpose, inverse, indexing
     ("X.T", "X^{\\top}"),
-    ("X.T.T", "\\left(X^{\\top}\\right)^{\\top}"),
-    ("(A @ B).T", "\\left(A B\\right)^{\\top}"),
+    ("X.T.T", "X"),
+    ("x.T", "x"),  # a vector's transpose is itself, as numpy's
+    ("(A @ B).T", "B^{\\top} A^{\\top}"),
     ("inv(A)", "A^{-1}"),
     ("inv(A).T", "\\left(A^{-1}\\right)^{\\top}"),
     ("inv(A @ B)", "\\left(A B\\right)^{-1}"),
+    ("solve(A, b)", "A^{-1} b"),
     ("W1.T", "W_{1}^{\\top}"),
     ("x[0]", "x_{0}"),
-    ("x[1:]", "x_{1{:}}"),
-    ("x[:-1]", "x_{{:}-1}"),
-    ("X[:, 0]", "X_{{:},0}"),
-    ("v[:, None]", "v_{{:},\\mathrm{None}}"),
+    ("x[-1]", "x_{n-1}"),
+    ("X[1, 0]", "X_{1,0}"),
     ("t0[0]", "\\left(t_{0}\\right)_{0}"),
-    ("X.T[0]", "\\left(X^{\\top}\\right)_{0}"),
-    ("eye(n)[0]", "\\left(I_{n}\\right)_{0}"),
+    ("eye(n)[0]", "\\mathbf{e}_{0}"),
+    # indexing with a slice has no matrix form: index notation (free indices i, j, ...)
+    ("x[1:]", "x_{i+1}"),
+    ("x[:-1]", "x_{i}"),
+    ("x[2:] * y[:-2]", "x_{i+2} y_{i}"),
+    ("x[::-1]", "x_{n-1-i}"),
+    ("x[1::2]", "x_{2i+1}"),
+    ("X[:, 0]", "X_{i0}"),
+    ("X.T[0]", "X_{i0}"),
+    ("eye(n)[1:]", "\\delta_{i+1,j}"),
+    ("pad(x, (1, 0))", "\\left[i \\geq 1\\right] x_{i-1}"),
     # functions
     ("exp(x)", "\\exp(x)"),
     ("log(1 + x)", "\\log\\left(1 + x\\right)"),
     ("sigmoid(x)", "\\sigma(x)"),
     ("tanh(x) ** 2", "\\tanh(x)^{2}"),
     ("softmax(x)", "\\operatorname{softmax}(x)"),
-    ("softmax(X, axis=0)", "\\operatorname{softmax}_{\\text{axis}=0}(X)"),
-    ("logsumexp(X, axis=(0, 1))",
-     "\\operatorname{logsumexp}_{\\text{axis}=\\left(0, 1\\right)}(X)"),
+    ("softmax(x, axis=0)", "\\operatorname{softmax}(x)"),  # a vector's only axis
+    ("softmax(X, axis=0)", "\\operatorname{softmax}_{i}\\left(X_{ij}\\right)"),
+    ("logsumexp(X, axis=1)", "\\operatorname{logsumexp}_{j}\\left(X_{ij}\\right)"),
+    ("logsumexp(X, axis=(0, 1))", "\\operatorname{logsumexp}_{i,j}\\left(X_{ij}\\right)"),
     ("tr(A)", "\\operatorname{tr}(A)"),
     ("diag(v)", "\\operatorname{diag}(v)"),
     ("det(A)", "\\det(A)"),
-    ("logdet(A)", "\\log\\left\\lvert \\det(A) \\right\\rvert"),
-    ("norm(x - y)", "\\left\\lVert x - y \\right\\rVert"),
+    ("logdet(A)", "\\log\\left|\\det(A)\\right|"),
+    ("norm(x - y)", "\\left\\|x - y\\right\\|"),
     ("sqrt(x)", "\\sqrt{x}"),
-    ("abs(x)", "\\left\\lvert x \\right\\rvert"),
+    ("abs(x)", "\\left|x\\right|"),
     ("square(a + b)", "\\left(a + b\\right)^{2}"),
     ("log1p(x)", "\\log\\left(1 + x\\right)"),
     ("expm1(x) * y", "\\left(\\exp(x) - 1\\right) \\odot y"),
     ("maximum(x, 0)", "\\max\\left(x, 0\\right)"),
     ("relu(x)", "\\operatorname{relu}(x)"),
-    ("my_rule(x)", "\\operatorname{my\\_rule}(x)"),
+    ("x <= y", "\\left[x \\leq y\\right]"),
+    ("where(x >= 0, x, y)", "\\operatorname{where}\\left(\\left[x \\geq 0\\right], x, y\\right)"),
     ("eye(n)", "I_{n}"),
     ("eye(3)", "I_{3}"),
     ("ones(n)", "\\mathbf{1}_{n}"),
     ("ones(n, d)", "\\mathbf{1}_{n \\times d}"),
     ("zeros(n)", "\\mathbf{0}_{n}"),
     ("1 / size(n)", "\\frac{1}{n}"),
-    ("outer(a, b)", "a \\otimes b"),
-    ("outer(a * b, c)", "\\left(a \\odot b\\right) \\otimes c"),
-    ("dot(a, b) * c", "\\left(a \\cdot b\\right) \\odot c"),
-    ("einsum('ij,jk->ik', A, B)", "\\operatorname{einsum}_{\\text{ij,jk}{\\to}\\text{ik}}"
-                                  "\\left(A, B\\right)"),
-    ("einsum('ij->ji', A)", "\\operatorname{einsum}_{\\text{ij}{\\to}\\text{ji}}\\left(A\\right)"),
-    # the sum operator
-    ("sum(x)", "\\sum x"),
-    ("sum(x * y)", "\\sum \\left(x \\odot y\\right)"),
-    ("sum(x ** 2)", "\\sum x^{2}"),
-    ("sum(X, axis=0)", "\\sum_{\\text{axis}=0} X"),
-    ("sum(x) * y", "\\left(\\sum x\\right) \\odot y"),
-    ("y * sum(x)", "y \\odot \\left(\\sum x\\right)"),
-    ("sum(x) + y", "\\left(\\sum x\\right) + y"),
-    ("y - sum(x)", "y - \\left(\\sum x\\right)"),
-    ("sum(x) ** 2", "\\left(\\sum x\\right)^{2}"),
-    ("-sum(x)", "-\\sum x"),
-    ("sqrt(sum(x * x))", "\\sqrt{\\sum \\left(x \\odot x\\right)}"),
+    ("outer(a, b)", "a b^{\\top}"),
+    ("outer(a * b, c)", "\\left(a \\odot b\\right) c^{\\top}"),
+    ("dot(a, b) * c", "\\left(a^{\\top} b\\right) c"),
+    ("kron(A, B)", "A \\otimes B"),
+    # einsum is the sum it writes
+    ("einsum('ij,jk->ik', A, B)", "\\sum_{k} A_{ik} B_{kj}"),
+    ("einsum('ij->ji', A)", "A_{ji}"),
+    ("einsum('ijk,jk->i', T, A)", "\\sum_{j,k} T_{ijk} A_{jk}"),
+    ("einsum('ii', A)", "\\sum_{i} A_{ii}"),
+    # sums: of every entry with its index, over one axis of a matrix a product with ones
+    ("sum(x)", "\\sum_{i} x_{i}"),
+    ("sum(x * y)", "\\sum_{i} x_{i} y_{i}"),
+    ("sum(x ** 2)", "\\sum_{i} x_{i}^{2}"),
+    ("sum(X)", "\\sum_{i,j} X_{ij}"),
+    ("sum(X, axis=0)", "X^{\\top} \\mathbf{1}_{n}"),
+    ("sum(X, axis=1)", "X \\mathbf{1}_{n}"),
+    ("sum(A * B, axis=0)", "\\left(A \\odot B\\right)^{\\top} \\mathbf{1}_{n}"),
+    ("mean(X, axis=1)", "\\frac{1}{n} X \\mathbf{1}_{n}"),
+    ("sum(T, axis=2)", "\\sum_{k} T_{ijk}"),
+    ("sum(x) * y", "\\left(\\sum_{i} x_{i}\\right) y"),
+    ("y * sum(x)", "\\left(\\sum_{i} x_{i}\\right) y"),
+    ("sum(x) + y", "\\left(\\sum_{i} x_{i}\\right) + y"),
+    ("y - sum(x)", "y - \\left(\\sum_{i} x_{i}\\right)"),
+    ("sum(x) ** 2", "\\left(\\sum_{i} x_{i}\\right)^{2}"),
+    ("sum(x) * sum(y)", "\\left(\\sum_{i} x_{i}\\right) \\left(\\sum_{i} y_{i}\\right)"),
+    ("-sum(x)", "-\\sum_{i} x_{i}"),
+    ("sqrt(sum(x * x))", "\\sqrt{\\sum_{i} x_{i} x_{i}}"),
+    # tensors of three axes: index notation
+    ("T + A", "T_{ijk} + A_{jk}"),
+    ("T * x[:, None, None]", "T_{ijk} x_{i}"),
+    ("T @ A", "\\sum_{l} T_{ijl} A_{lk}"),
 ])
 def test_construct(source, expected):
     assert tex(source) == expected

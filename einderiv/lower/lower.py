@@ -138,9 +138,11 @@ class LazyText:
         return format(str(self), spec)
 
 
-def lower_expr(root: ast.Expr, scope: Scope) -> Node:
-    """Lower one expression, children first, with an explicit stack."""
-    done: dict[int, Node] = {}
+def lower_expr(root: ast.Expr, scope: Scope, done: dict | None = None) -> Node:
+    """Lower one expression, children first, with an explicit stack. `done` (id of a syntax
+    node -> its IR), when given, is filled in with every subexpression's node: the LaTeX
+    printer reads their shapes."""
+    done = {} if done is None else done
     stack = [(root, None)]
     while stack:
         expr, deps = stack.pop()

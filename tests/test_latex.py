@@ -1,0 +1,294 @@
+"""LaTeX as mathematics (issue 15, item 6): the `latex` format reads as a paper writes it.
+
+- Goldens: the exact LaTeX of typical results (a gradient, a Hessian, broadcasts, tensors with
+  no matrix form, fractions, slices) and of their left sides (`\\frac{\\partial f}{\\partial w}`).
+- No numpy in the mathematics: no `None` indexing, slices `{:}`, einsum, `axis=`, nested
+  fractions, and only what matplotlib's mathtext renders (`\\left|`, not `\\left\\lvert`).
+- Every formula of a broad corpus renders with matplotlib's mathtext, row by row: every case of
+  tests/test_vectorize.py and tests/test_printers.py, every function of the rule tables, every
+  `einderiv grad|hessian|jacobian` example of the documentation. (tests/conftest.py renders the
+  `.latex` of every test as well; a `.latex` block is an `aligned` environment, which mathtext
+  has not, so its rows are rendered one at a time: `mathtext_lines`.)
+"""
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+import einderiv
+from einderiv.cli import main
+from einderiv.generate.latex import mathtext_lines
+from einderiv.rulebook import default_rulebook
+
+ROOT = Path(__file__).resolve().parent.parent
+LINEAR = {"X": ("n", "d"), "w": ("d",), "y": ("n",)}
+LOGISTIC = "sum(log(1 + exp(-y * (X @ w))))"
+
+
+def rows(result) -> list[str]:
+    return mathtext_lines(result.latex)
+
+
+def block(*lines: str) -> str:
+    return "\\begin{aligned}\n" + " \\\\\n".join(lines) + "\n\\end{aligned}"
+
+
+# -- goldens -------------------------------------------------------------------------------------
+
+def test_logistic_gradient():
+    g = einderiv.grad(LOGISTIC, "w", LINEAR)
+    assert g.latex == block(r"\frac{\partial f}{\partial w} &= -X^{\top} \left(\sigma\left(-y "
+                            r"\odot \left(X w\right)\right) \odot y\right)")
+
+
+def test_logistic_hessian_is_x_transpose_d_x():
+    """The weights scale X's rows, `(...)[:, None] * X`: a diagonal matrix, X^T D X."""
+    h = einderiv.hessian(LOGISTIC, "w", LINEAR)
+    assert h.latex == block(
+        r"\frac{\partial^2 f}{\partial w\,\partial w} &= X^{\top} \operatorname{diag}\left(0.25 "
+        r"y^{2} \odot \operatorname{sech}^2\left(-0.5 y \odot \left(X w\right)\right)\right) X")
+
+
+def test_value_and_mixed_hessian_blocks():
+    vg = einderiv.value_and_grad("sum((X @ w - y) ** 2)", "w", LINEAR)
+    assert vg.latex == block(r"t_{0} &= X w - y", r"f &= \sum_{i} (t_{0})_{i}^{2}",
+                             r"\frac{\partial f}{\partial w} &= 2 X^{\top} t_{0}")
+    h = einderiv.hessian("sum(x * y * y)", ["x", "y"], {"x": ("n",), "y": ("n",)})
+    # a block the others use is defined where first needed: the symmetric one names it
+    assert rows(h) == [
+        r"\frac{\partial^2 f}{\partial x\,\partial y} = \operatorname{diag}\left(2 y\right)",
+        r"\frac{\partial^2 f}{\partial x\,\partial x} = \mathbf{0}_{n \times n}",
+        r"\frac{\partial^2 f}{\partial y\,\partial x} = "
+        r"\frac{\partial^2 f}{\partial x\,\partial y}",
+        r"\frac{\partial^2 f}{\partial y\,\partial y} = \operatorname{diag}\left(2 x\right)"]
+
+
+def test_broadcasts_written_out():
+    """A bias added to every row is `\\mathbf{1}_{n} b^{\\top}`; its gradient sums the rows:
+    `t^{\\top} \\mathbf{1}_{n}`."""
+    shapes = {"X": ("n", "d"), "W": ("d", "k"), "b": ("k",), "Y": ("n", "k")}
+    g = einderiv.grad("sum((X @ W + b - Y) ** 2)", ["W", "b"], shapes)
+    assert g.latex == block(r"t_{0} &= 2 \left(X W + \mathbf{1}_{n} b^{\top} - Y\right)",
+                            r"\frac{\partial f}{\partial W} &= X^{\top} t_{0}",
+                            r"\frac{\partial f}{\partial b} &= t_{0}^{\top} \mathbf{1}_{n}")
+    # a column repeated, and rows scaled by a vector
+    f = einderiv.compile("X - mean(X, axis=1)[:, None]", {"X": ("n", "d")})
+    assert rows(f) == [r"f = X - \frac{1}{d} X \mathbf{1}_{d} \mathbf{1}_{d}^{\top}"]
+    f = einderiv.compile("X / (1 + sum(X ** 2, axis=1))[:, None]", {"X": ("n", "d")})
+    assert rows(f) == [r"f = \operatorname{diag}\left(1 + X^{\circ 2} \mathbf{1}_{d}\right)^{-1} X"]
+    # an axis of a function: index notation, the index it runs along below it
+    f = einderiv.compile("X / norm(X, axis=1)[:, None]", {"X": ("n", "d")})
+    assert rows(f) == [r"f_{ij} = \frac{X_{ij}}{\operatorname{norm}_{k}\left(X_{ik}\right)}"]
+
+
+def test_softmax_batch_scales_rows():
+    g = einderiv.grad("-sum(Y * log(softmax(X @ W, axis=1)))", "W",
+                      {"X": ("n", "d"), "Y": ("n", "k"), "W": ("d", "k")})
+    assert rows(g)[-1] == (
+        r"\frac{\partial f}{\partial W} = X^{\top} \left(\operatorname{diag}\left(\left(Y \odot "
+        r"t_{2}\right) \mathbf{1}_{k}\right) t_{0} - Y \odot \left(t_{1} \odot "
+        r"\operatorname{complement}(t_{0}) + t_{2}\right) + \operatorname{diag}\left(\left(Y "
+        r"\odot t_{1}\right) \mathbf{1}_{k}\right) \left(t_{2} \odot t_{0}\right)\right)")
+
+
+def test_tensors_in_index_notation():
+    """A Jacobian of a matrix by a matrix, an einsum, a batched product: indices, explicit sums
+    and Kronecker deltas."""
+    j = einderiv.jacobian("inv(X)", "X", {"X": ("n", "n")})
+    assert rows(j) == [r"t_{0} = X^{-1}",
+                       r"\frac{\partial f_{ij}}{\partial X_{kl}} = -(t_{0})_{ik} (t_{0})_{lj}"]
+    j = einderiv.jacobian("W @ x", "W", {"W": ("m", "n"), "x": ("n",)})
+    assert rows(j) == [r"\frac{\partial f_{i}}{\partial W_{jk}} = \delta_{ij} x_{k}"]
+    g = einderiv.grad("sum(einsum('ijk,jk->i', T, M) ** 2)", "M",
+                      {"T": ("a", "b", "c"), "M": ("b", "c")})
+    assert rows(g) == [r"\frac{\partial f}{\partial M_{ij}} = \sum_{k} 2 \left(\sum_{l,p} "
+                       r"T_{klp} M_{lp}\right) T_{kij}"]
+    g = einderiv.grad("sum((A @ B - C) ** 2)", ["A", "B"],
+                      {"A": ("a", "n", "m"), "B": ("a", "m", "k"), "C": ("a", "n", "k")})
+    assert rows(g)[1:] == [r"\frac{\partial f}{\partial A_{ijl}} = \sum_{p} (t_{0})_{ijp} B_{ilp}",
+                           r"\frac{\partial f}{\partial B_{ijl}} = \sum_{p} A_{ipj} (t_{0})_{ipl}"]
+
+
+def test_fractions_are_one_line():
+    h = einderiv.hessian("sum(log(t))", "t", {"t": ("n",)})
+    assert rows(h) == [r"\frac{\partial^2 f}{\partial t\,\partial t} = "
+                       r"\operatorname{diag}\left(-\frac{1}{t^{2}}\right)"]
+    g = einderiv.grad("sum(mean(T, axis=-1) ** 2)", "T", {"T": ("a", "n", "m")})
+    assert rows(g) == [r"\frac{\partial f}{\partial T_{ijk}} = \frac{2 \sum_{l} T_{ijl}}{m^{2}}"]
+    for result in (h, g, einderiv.hessian("sum(x / y)", "y", {"x": ("n",), "y": ("n",)})):
+        for row in rows(result):
+            assert not nested_fraction(row), row
+
+
+def test_slices_and_pads():
+    g = einderiv.grad("sum((x[1:] - x[:-1]) ** 2)", "x", {"x": ("n",)})
+    assert rows(g) == [r"(t_{0})_{i} = x_{i+1} - x_{i}",
+                       r"\frac{\partial f}{\partial x_{i}} = 2 \left[i \geq 1\right] "
+                       r"(t_{0})_{i-1} - 2 \left[i < n - 1\right] (t_{0})_{i}"]
+    f = einderiv.compile("x[::-1] * x[::2][0]", {"x": ("n",)})
+    assert rows(f) == [r"f_{i} = x_{0} x_{n-1-i}"]
+
+
+def test_the_value_symbol_gives_way_to_a_variable_named_f():
+    g = einderiv.value_and_grad("sum(f * f)", "f", {"f": ("n",)})
+    assert rows(g) == [r"F = \sum_{i} f_{i}^{2}", r"\frac{\partial F}{\partial f} = 2 f"]
+
+
+def test_products_keep_their_own_names():
+    """vjp's outputs are cotangents, not derivatives: they keep `\\mathrm{d}x`."""
+    v = einderiv.vjp("W @ x", "x", {"W": ("m", "n"), "x": ("n",)})
+    assert rows(v) == [r"\mathrm{d}x = W^{\top} \mathit{cotangent}"]
+    j = einderiv.jvp("W @ x", "x", {"W": ("m", "n"), "x": ("n",)})
+    assert rows(j) == [r"f = W x", r"\mathit{jvp} = W \mathit{tangent}"]
+
+
+def test_mathtext_lines():
+    text = block("t_{0} &= x", "f &= 2 t_{0}")
+    assert mathtext_lines(text) == ["t_{0} = x", "f = 2 t_{0}"]
+
+
+# -- no numpy in the mathematics -----------------------------------------------------------------
+
+NUMPY = [r"\mathrm{None}", "{:}", "einsum", r"\text{axis}", r"\lvert", r"\lVert", "{\\to}",
+         "aligned", ".T", "@", "**"]
+
+
+def nested_fraction(text: str) -> bool:
+    """Does a fraction's numerator or denominator hold a fraction at its top level (outside
+    any bracket or argument of its own): `\\frac{-\\frac{1}{t}}{t}`?"""
+    for match in re.finditer(r"\\frac\{", text):
+        start = match.end()
+        for _ in range(2):  # numerator, then denominator
+            depth, end = 1, start
+            while depth:
+                depth += {"{": 1, "}": -1}.get(text[end], 0)
+                end += 1
+            inner = text[start:end - 1]
+            flat = re.sub(r"\\left.*?\\right.", "", _without_groups(inner))
+            if r"\frac" in flat:
+                return True
+            start = end + 1  # past the denominator's "{"
+    return False
+
+
+def _without_groups(text: str) -> str:
+    """`text` with every {...} group emptied, so only its top level is left."""
+    out, depth = [], 0
+    for ch in text:
+        depth += ch == "{"
+        if depth == 0:
+            out.append(ch)
+        depth -= ch == "}"
+    return "".join(out)
+
+
+def test_the_nested_fraction_check():
+    assert nested_fraction(r"\frac{-\frac{1}{t_{1}}}{t_{1}}")
+    assert nested_fraction(r"x + \frac{a}{2 \frac{b}{c}}")
+    assert not nested_fraction(r"-\frac{1}{t_{1}^{2}} + \frac{\sqrt{\frac{a}{b}}}{c}")
+
+
+# -- the corpus: every formula renders ------------------------------------------------------------
+
+def _cases() -> list:
+    from test_printers import PLAN_CASES
+    from test_vectorize import CASES
+    made = [(f"vectorize:{c.id}", c.make) for c in CASES]
+    made += [(f"plan:{kind}:{expr}", lambda k=kind, e=expr, s=shapes, w=wrt:
+              getattr(einderiv, k)(e, w, s)) for kind, expr, shapes, wrt in PLAN_CASES]
+    return made
+
+
+def _rule_table_cases() -> list:
+    """Every function of the rule tables, on a matrix: its value and gradient (the function
+    and its derivative's functions typeset), and for the axis functions along each axis."""
+    book = default_rulebook()
+    shapes = {"X": ("n", "d"), "Y": ("n", "d"), "A": ("n", "n"), "b": ("n",)}
+    special = {"polygamma": "polygamma(1, X)", "heaviside": "heaviside(X, 0.5)",
+               "where": "where(X > 0, X, Y)", "clip": "clip(X, -1, 1)",
+               "solve": "solve(A, b)", "floor_divide": "floor_divide(X, Y)"}
+    made = []
+    for name, f in sorted(book.functions.items()):
+        if name in ("div", "pow"):  # the operators / and **
+            continue
+        if name in special:
+            call = special[name]
+        elif f.kind == "tensor" and f.shape and f.shape.startswith("square") or \
+                f.shape == "transposed":
+            call = f"{name}(A)"
+        elif f.kind == "tensor":
+            made.append((f"rules:{name}:axis0", lambda n=name: einderiv.compile(
+                f"{n}(X, axis=0)", shapes)))
+            call = f"{name}(X)"
+        else:
+            call = f"{name}(" + ", ".join(["X", "Y"][:f.arity]) + ")"
+        wrt = "A" if "A" in call else "X"
+        made.append((f"rules:{name}", lambda c=call, w=wrt: _value_and_grad(c, w, shapes)))
+    return made
+
+
+def _value_and_grad(call: str, wrt: str, shapes: dict):
+    try:
+        return einderiv.value_and_grad(f"sum({call})", wrt, shapes)
+    except einderiv.EinderivError:  # not differentiable (argmax): its value
+        return einderiv.compile(call, shapes)
+
+
+def _documented_cases() -> list:
+    """Every `einderiv grad|hessian|jacobian ...` of README.md and docs/, in the latex format."""
+    made = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for line in path.read_text().splitlines():
+            if re.match(r"\$ einderiv (grad|hessian|jacobian) ", line):
+                args = [a for a in shlex.split(line[2:])[1:] if a != "--check"]
+                if "--format" in args:
+                    i = args.index("--format")
+                    del args[i:i + 2]
+                made.append((f"{path.name}: {line[2:]}", args + ["--format", "latex"]))
+    return made
+
+
+@pytest.fixture(scope="module")
+def corpus() -> dict[str, str]:
+    """Every formula of the corpus: its name -> its LaTeX."""
+    out = {}
+    for name, make in _cases() + _rule_table_cases():
+        out[name] = make().latex
+    return out
+
+
+def test_the_corpus_has_no_numpy(corpus):
+    for name, text in corpus.items():
+        for line in mathtext_lines(text):
+            for spelled in NUMPY:
+                assert spelled not in line, (name, spelled, line)
+            assert not nested_fraction(line), (name, line)
+            assert not re.search(r"\\(le|ge)\b", line), (name, line)  # mathtext: \leq, \geq
+
+
+def test_the_corpus_renders(corpus, mathtext):
+    problems = []
+    for name, text in corpus.items():
+        problems += [f"{name}: {p}" for p in mathtext(text)]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_documented_examples_render(mathtext, capsys):
+    cases = _documented_cases()
+    assert len(cases) >= 15
+    for name, args in cases:
+        capsys.readouterr()
+        assert main(args) == 0, name
+        printed = capsys.readouterr().out
+        text = "\n".join(l for l in printed.splitlines() if not l.startswith("#"))
+        assert text.startswith("\\begin{aligned}"), (name, printed)
+        assert not mathtext(text), (name, mathtext(text))
+
+
+def test_the_renderer_catches_what_mathtext_cannot_render(mathtext):
+    assert mathtext(block(r"f &= \left\lvert x \right\rvert"))
+    assert mathtext(block(r"f &= \left[x \le y\right]"))
+    assert not mathtext(block(r"f &= \left|x\right| + \left[x \leq y\right]"))
