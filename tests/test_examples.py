@@ -28,7 +28,7 @@ def run(name: str, capsys) -> tuple[dict, str]:
 
 def test_every_example_is_tested():
     tested = {"quickstart", "mlp", "gaussian_mle", "softmax_regression", "newton", "char_lstm",
-              "newton_cg_logistic"}
+              "newton_cg_logistic", "cnn"}
     assert {p.stem for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -104,3 +104,14 @@ def test_char_lstm_says_hello_world(capsys):
     assert r["text"] == "hello world!"
     assert r["final_loss"] < 0.01 * r["initial_loss"]
     assert "'hello world!'" in out
+
+
+def test_cnn_learns_stripes_and_checkerboards(capsys):
+    """examples/cnn.py: conv2d -> relu -> mean over each map -> linear -> cross-entropy,
+    trained on generated images; the filters' gradient is printed as a convolution."""
+    r, out = run("cnn", capsys)
+    assert "dK = " in out and "conv2d(" in out
+    losses = r["losses"]
+    assert r["final_loss"] < 0.05 * r["initial_loss"]
+    assert all(b < a for a, b in zip(losses[::30], losses[30::30]))  # falling all along
+    assert r["accuracy"] >= 0.95  # on images it was not trained on
