@@ -480,6 +480,79 @@ def relu_mlp(n, d, h, k) -> Instance:
                     {"n": n, "d": d, "h": h, "k": k})
 
 
+# --- a small convolutional network ----------------------------------------------------------
+
+CNN = """
+H = relu(conv2d(X, K, c))
+P = mean(H, axis=(2, 3))
+-sum(Y * log_softmax(P @ V + d, axis=1)) / size(n)
+"""
+CNN_WRT = ["K", "c", "V", "d"]
+
+
+def _conv2d(X, K):
+    """PyTorch's conv2d (valid, stride 1) in each framework: torch's own, jax's
+    lax.conv_general_dilated, and for numpy and autograd the sum over the kernel's entries of
+    the shifted images times that entry (a matrix product over the channels)."""
+    library = type(K).__module__.split(".")[0]
+    if library == "torch":
+        import torch
+        return torch.nn.functional.conv2d(X, K)
+    if library in ("jax", "jaxlib"):
+        from jax import lax
+        return lax.conv_general_dilated(X, K, (1, 1), "VALID",
+                                        dimension_numbers=("NCHW", "OIHW", "NCHW"))
+    n, c, h, w = X.shape
+    o, _, kh, kw = K.shape
+    out = 0.0
+    for i in range(kh):
+        for j in range(kw):
+            window = X[:, :, i:i + h - kh + 1, j:j + w - kw + 1].reshape(n, c, -1)
+            out = out + K[:, :, i, j] @ window
+    return out.reshape(n, o, h - kh + 1, w - kw + 1)
+
+
+def cnn_loss(ops, p, D):
+    Z = _conv2d(D["X"], p["K"]) + p["c"][:, None, None]
+    H = Z * (Z > 0)  # relu, with the same derivative (0 at 0) in every framework
+    n, o = H.shape[0], H.shape[1]
+    P = ops.sum(H.reshape(n, o, -1), -1) / (H.shape[2] * H.shape[3])
+    return -ops.sum(D["Y"] * ops.log_softmax(P @ p["V"] + p["d"], axis=1)) / n
+
+
+def cnn_hand(p, D):
+    """Backpropagation by hand, the images' windows copied once (im2col)."""
+    X, Y, K = D["X"], D["Y"], p["K"]
+    n, c, h, w = X.shape
+    o, _, kh, kw = K.shape
+    rows, cols = h - kh + 1, w - kw + 1
+    windows = np.empty((n, c, kh, kw, rows, cols))
+    for i in range(kh):
+        for j in range(kw):
+            windows[:, :, i, j] = X[:, :, i:i + rows, j:j + cols]
+    windows = windows.reshape(n, c * kh * kw, rows * cols)
+    Z = K.reshape(o, -1) @ windows + p["c"][:, None]  # [n, o, positions]
+    P = np.maximum(Z, 0.0).mean(axis=2)
+    S = softmax_rows(P @ p["V"] + p["d"])
+    G = (S * Y.sum(axis=1, keepdims=True) - Y) / n  # by the logits
+    dZ = (G @ p["V"].T)[:, :, None] * (Z > 0) / (rows * cols)
+    dK = np.tensordot(dZ, windows, axes=((0, 2), (0, 2))).reshape(K.shape)
+    return dK, dZ.sum(axis=(0, 2)), P.T @ G, G.sum(axis=0)
+
+
+def cnn(n, c, o, size, k, classes=10) -> Instance:
+    rng = np.random.default_rng(11)
+    labels = rng.integers(0, classes, size=n)
+    data = {"X": rng.normal(size=(n, c, size, size)), "Y": np.eye(classes)[labels]}
+    params = {"K": rng.normal(size=(o, c, k, k)) / np.sqrt(c * k * k),
+              "c": 0.1 * rng.normal(size=o), "V": rng.normal(size=(o, classes)) / np.sqrt(o),
+              "d": 0.1 * rng.normal(size=classes)}
+    shapes = {"X": ("n", c, size, size), "Y": ("n", classes), "K": (o, c, k, k), "c": (o,),
+              "V": (o, classes), "d": (classes,)}
+    return Instance("conv2d", f"{n}x{c}->{o}x{size}x{size}x{k}", "grad", CNN_WRT, params, data,
+                    cnn_loss, cnn_hand, lambda: (CNN, shapes), {"n": n})
+
+
 # --- the suite ------------------------------------------------------------------------------
 
 SUITE = {
@@ -497,6 +570,7 @@ SUITE = {
         (rbf, [(50, 4), (300, 16)]),
         (layer_norm, [(64, 32), (512, 256)]),
         (relu_mlp, [(256, 64, 128, 10), (1000, 100, 200, 10)]),
+        (cnn, [(32, 3, 16, 32, 3)]),
     ],
     "quick": [
         (logistic, [(200, 20)]),
@@ -512,6 +586,7 @@ SUITE = {
         (rbf, [(10, 3)]),
         (layer_norm, [(8, 6)]),
         (relu_mlp, [(32, 8, 16, 4)]),
+        (cnn, [(4, 2, 3, 8, 3)]),
     ],
 }
 # Small instances on which the hand-written derivatives are checked by finite differences.
@@ -519,7 +594,7 @@ SMALL = [(logistic, (12, 4)), (least_squares, (12, 4)), (mlp, (6, 4, 5, 3)), (qu
          (logistic_hessian, (12, 4)), (rnn, (4, 3, 5)), (rnn, (9, 9, 11)), (lstm, (4, 3, 5)),
          (lstm_stacked, (4, 3, 5)),
          (batched_matmul, (2, 3, 4, 2)), (mean_axis, (2, 3, 4)), (rbf, (5, 3)),
-         (layer_norm, (4, 5)), (relu_mlp, (6, 4, 5, 3))]
+         (layer_norm, (4, 5)), (relu_mlp, (6, 4, 5, 3)), (cnn, (3, 2, 3, 6, 3))]
 
 
 def instances(mode: str):

@@ -770,23 +770,34 @@ def _correlation_arrays(x, w, strides, xp):
     if not positions or not taps or not bx or not bw or not channels:
         return xp.zeros((bx, bw, *out_s), dtype=dtype)
     if positions < taps:
-        # A small output of a large kernel (a kernel's gradient): one contraction of the
-        # whole kernel per output position, each a matrix product.
+        # A small output of a large kernel (a kernel's gradient): the whole kernel contracted
+        # with the window at each output position, the windows copied together where that is
+        # small (one matrix product), else one at a time.
         kernel = xp.reshape(w, (bw, channels * taps)).T
+        windows = [x[_window([a * st for a, st in zip(at, strides)], K)]
+                   for at in np.ndindex(*out_s)]
+        if bx * positions * channels * taps <= _IM2COL_RATIO * (x.size + w.size):
+            cols = xp.empty((bx, positions, channels, *K), dtype=x.dtype)
+            for q, v in enumerate(windows):
+                cols[:, q] = v
+            out = xp.reshape(cols, (bx * positions, channels * taps)) @ kernel
+            return xp.reshape(xp.moveaxis(xp.reshape(out, (bx, positions, bw)), 2, 1),
+                              (bx, bw, *out_s))
         out = xp.empty((bx, bw, positions), dtype=dtype)
-        for q, at in enumerate(np.ndindex(*out_s)):
-            starts = [a * st for a, st in zip(at, strides)]
-            out[:, :, q] = xp.reshape(x[_window(starts, K)], (bx, channels * taps)) @ kernel
+        for q, v in enumerate(windows):
+            out[:, :, q] = xp.reshape(v, (bx, channels * taps)) @ kernel
         return xp.reshape(out, (bx, bw, *out_s))
-    cols = bx * channels * positions * taps
-    if xp is np and cols <= _IM2COL_RATIO * (x.size + bx * bw * positions):
-        axes = tuple(range(2, 2 + len(K)))
-        view = np.lib.stride_tricks.sliding_window_view(x, tuple(K), axis=axes)
-        view = view[(slice(None), slice(None)) + tuple(slice(None, None, st) for st in strides)]
-        y = np.tensordot(view, w, axes=((1, *(a + len(K) for a in axes)), (1, *axes)))
-        return np.moveaxis(y, -1, 1)  # [BX, *S', BW] -> [BX, BW, *S']
-    # One matrix product per kernel entry, accumulated: O(output) memory.
     kernel = xp.reshape(w, (bw, channels, taps))
+    if bx * channels * positions * taps <= _IM2COL_RATIO * (x.size + bx * bw * positions):
+        # The windows copied once, [BX, C, taps, *S'], a slice per kernel entry (contiguous
+        # writes), and one matrix product.
+        cols = xp.empty((bx, channels, taps, *out_s), dtype=x.dtype)
+        for t, at in enumerate(np.ndindex(*K)):
+            cols[:, :, t] = x[_window(at, out_s, strides)]
+        out = xp.reshape(kernel, (bw, channels * taps)) @ \
+            xp.reshape(cols, (bx, channels * taps, positions))
+        return xp.reshape(out, (bx, bw, *out_s))
+    # One matrix product per kernel entry, accumulated: O(output) memory.
     out = xp.zeros((bx, bw, positions), dtype=dtype)
     for t, at in enumerate(np.ndindex(*K)):
         shifted = xp.reshape(x[_window(at, out_s, strides)], (bx, channels, positions))
