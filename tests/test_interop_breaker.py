@@ -217,3 +217,33 @@ def test_flat_pack_takes_a_variable_named_self():
     x = problem.pack(**{"self": np.array([1.0, 2.0]), "x": np.array([3.0, 4.0])})
     _close(x, np.array([1.0, 2.0, 3.0, 4.0]))
     _close(problem.jac(x), 2 * x)
+
+
+# -- einderiv.fn with the language's tuple and string arguments -------------------------------
+
+_X = np.arange(1.0, 6.0)
+_A = np.arange(15.0).reshape(3, 5) / 10
+_W = np.array([1.0, 2.0, 3.0])
+
+
+@pytest.mark.xfail(strict=True, reason="symbolic.call passes positional arguments through "
+                   "_operand (tensors and numbers only) and keywords through _axis (integers "
+                   "only): a tuple or a string argument is 'cannot combine a symbolic tensor "
+                   "with tuple/str', although the text of the same call works and "
+                   "docs/language.md says einderiv.fn.NAME(...) calls any function")
+@pytest.mark.parametrize("build, expected", [
+    (lambda x, A, z, w: einderiv.fn.pad(x, (1, 2)), np.pad(_X, (1, 2))),
+    (lambda x, A, z, w: einderiv.fn.transpose(A, (1, 0)), _A.T),
+    (lambda x, A, z, w: einderiv.fn.concatenate((z, z), axis=0), np.concatenate((_X, _X))),
+    (lambda x, A, z, w: einderiv.fn.reshape(A, (-1,)), _A.reshape(-1)),
+    (lambda x, A, z, w: einderiv.fn.norm(A, "fro"), np.linalg.norm(_A)),
+    (lambda x, A, z, w: einderiv.fn.correlate(x, w, mode="same"),
+     np.correlate(_X, _W, mode="same")),
+], ids=["pad", "transpose", "concatenate", "reshape", "norm-fro", "correlate-same"])
+def test_fn_takes_the_tuple_and_string_arguments_of_the_language(build, expected):
+    x, A = einderiv.var("x", ("n",)), einderiv.var("A", ("m", "n"))
+    z, w = einderiv.var("z", (5,)), einderiv.var("w", (3,))
+    expr = build(x, A, z, w)
+    f = einderiv.compile(expr)
+    arrays = {"x": _X, "A": _A, "z": _X, "w": _W}
+    _close(f(**{name: arrays[name] for name in f.inputs}), expected)
