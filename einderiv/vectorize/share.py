@@ -18,6 +18,9 @@ from ..parse import ast
 _LEAVES = frozenset({ast.Name, ast.Number, ast.String, ast.NoneLit})
 # Calls whose arguments are only dimensions (`ones(1)`, `eye(n)`) cost nothing to repeat.
 _CONSTANT_CALLS = {"ones", "zeros", "eye", "size"}
+# Calls whose arguments after the first are dimensions (`dilate(x, 2, 2 * n - 1)`): never a
+# temporary, which would be no dimension where it is read.
+_FIRST_ONLY = {"dilate"}
 # An expression nesting deeper than this is cut into temporaries, so that every printer (each
 # recursive, a few frames per level) prints it whole, with no elision and no recursion trouble,
 # and its text parses back under the parser's bracket nesting limit.
@@ -343,8 +346,7 @@ class _Structure:
             if e.func in _CONSTANT_CALLS:  # `eye(n + 1)`: dimensions
                 kids = ()
             else:
-                kids, kind = tuple([memo[id(a)] for a in e.args
-                                    if not isinstance(a, (ast.String, ast.Tuple))]), 1
+                kids, kind = tuple([memo[id(a)] for a in _tensor_args(e)]), 1
         elif t is ast.UnaryOp:
             a = memo[id(e.operand)]
             key, kids, kind = (4, e.op, a), (a,), 2
@@ -411,8 +413,14 @@ def _children(e):
     if t is ast.UnaryOp or t is ast.Attribute or t is ast.Index:
         return [e.operand]
     if t is ast.Call and e.func not in _CONSTANT_CALLS:  # `eye(n + 1)`: dimensions
-        return [a for a in e.args if not isinstance(a, (ast.String, ast.Tuple))]
+        return _tensor_args(e)
     return []
+
+
+def _tensor_args(e: ast.Call) -> list:
+    """A call's arguments that are tensors (not strings, axes or dimensions)."""
+    args = e.args[:1] if e.func in _FIRST_ONLY else e.args
+    return [a for a in args if not isinstance(a, (ast.String, ast.Tuple))]
 
 
 def _with_children(e, children: list):
@@ -430,9 +438,9 @@ def _with_children(e, children: list):
         return ast.Attribute(children[0], e.attr)
     if t is ast.Index:
         return ast.Index(children[0], e.items)
-    new = iter(children)
-    call = ast.Call(e.func, tuple(a if isinstance(a, (ast.String, ast.Tuple)) else next(new)
-                                  for a in e.args), e.kwargs)
+    new, tensors = iter(children), {id(a) for a in old}
+    call = ast.Call(e.func, tuple(next(new) if id(a) in tensors else a for a in e.args),
+                    e.kwargs)
     if hasattr(e, "operand_shapes"):
         call.operand_shapes = e.operand_shapes
     return call
