@@ -124,7 +124,11 @@ class _Line:
             return self._map(node, idx)
         if isinstance(node, Prim):
             args = [self.names.get(id(a), getattr(a, "name", "?")) for a in node.args]
-            if node.params:
+            from ..lower.convolution import NAMES as CONVOLUTIONS
+            if node.fn in CONVOLUTIONS:  # a correlation's stride, where it is not 1
+                if node.params and any(s != 1 for s in node.params[0]):
+                    args.append("stride=" + _axis_text(node.params[0]))
+            elif node.params:
                 args.append("axis=" + _axis_text(node.params[0]))
             return f"{node.fn}({', '.join(args)}){sub}", ATOM
         if isinstance(node, Add):
