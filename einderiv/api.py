@@ -19,7 +19,7 @@ from .generate.python import generate
 from .vectorize import vectorize
 from .vectorize.gc_pause import paused_gc
 from .ir.einstein import format_program
-from .lower.lower import Lowered, lower
+from .lower.lower import Lowered, declared_shape, lower
 from .parse import parse
 from .parse import ast
 from .parse.parser import check_name, derivation_budget
@@ -44,16 +44,18 @@ def to_program(expr, shapes: dict | None) -> tuple[ast.Program, dict | None]:
                         f"{type(expr).__name__}")
 
 
-def lower_source(expr, shapes: dict | None, rules=None, order: int = 0) -> Lowered:
+def lower_source(expr, shapes: dict | None, rules=None, order: int = 0,
+                 sizes: dict | None = None) -> Lowered:
     """Parse and lower `expr` with `rules` (default: the rule book in force now). Every name in
     `shapes`, keys and dimensions, is checked by `check_name` on the way (in `lower`). `order`:
-    the derivative to be taken (1 or 2), whose text is held to `derivation_budget`."""
+    the derivative to be taken (1 or 2), whose text is held to `derivation_budget`. `sizes`:
+    dimension names fixed to integers (`{"k": 3}` for an `eye(k)`)."""
     if shapes is not None and not isinstance(shapes, dict):
         raise EinderivError(f"shapes must be a dict of name -> shape, got {type(shapes).__name__}")
     program, shapes = to_program(expr, shapes)
     if order:
         derivation_budget(program, order)
-    return lower(program, shapes, rules or default_rulebook())
+    return lower(program, shapes, rules or default_rulebook(), sizes)
 
 
 def rewritten(lowered: Lowered, rewriter: Rewriter) -> Lowered:
@@ -312,16 +314,20 @@ class Compiled(_Result):
 
 
 @rebuildable
-def compile(expr, shapes: dict | None = None, *, backend: str = "numpy") -> Compiled:
+def compile(expr, shapes: dict | None = None, *, backend: str = "numpy",
+            sizes: dict | None = None) -> Compiled:
     """Compile an expression (source text or `einderiv.var` expression) for evaluation.
 
-    `shapes` maps each variable to a tuple of ints and dimension names (`()` for a scalar);
-    inline declarations (`X: [n, d]`) may stand in for it. Raises `ParseError`, `ShapeError` or
-    `UnknownNameError` (all `EinderivError`) on bad input.
+    `shapes` maps each variable to a tuple of ints, dimension names and dimension expressions
+    (`("n", "n - 1")`, `("2 * n",)`; `()` for a scalar); inline declarations (`X: [n, d]`) may
+    stand in for it. `sizes` fixes dimension names to integers when the result is built
+    (`sizes={"k": 3}` for an `eye(k)` whose k no input's shape has). Raises `ParseError`,
+    `ShapeError` or `UnknownNameError` (all `EinderivError`) on bad input.
     """
     _check_backend(backend)
     rules = default_rulebook()
-    return Compiled(rewritten(lower_source(expr, shapes, rules), Rewriter(rules)), backend, rules)
+    return Compiled(rewritten(lower_source(expr, shapes, rules, sizes=sizes), Rewriter(rules)),
+                    backend, rules)
 
 
 class Derived(_Result):
@@ -371,7 +377,8 @@ def _check_wrt_shapes(lowered: Lowered, wrt) -> None:
     """An `einderiv.var` in `wrt` has the shape the expression declares for its name."""
     for w in (wrt if isinstance(wrt, (list, tuple)) else [wrt]):
         if isinstance(w, Tensor) and w.node.id in w.declarations:
-            name, shape = w.node.id, tuple(Dim.of(d) for d in w.declarations[w.node.id])
+            name = w.node.id
+            shape = declared_shape(name, w.declarations[name], None, lowered.sizes)
             declared = lowered.declared.get(name)
             if declared is not None and declared != shape:
                 raise ShapeError(f"wrt: the variable '{name}' has shape {show_shape(shape)}, "
@@ -441,14 +448,14 @@ def _scalar_output(lowered: Lowered, what: str) -> None:
 
 
 def _first_derivatives(kind: str, expr, wrt, shapes, backend: str, jacobian: bool = False,
-                       with_value: bool = False) -> Derived:
+                       with_value: bool = False, sizes: dict | None = None) -> Derived:
     """grad, jacobian and value_and_grad: one derivative per distinct name of `wrt`."""
     _check_backend(backend)
     names, many = _wrt_list(wrt)
     rules = default_rulebook()
     with paused_gc():  # a long program's IR: see paused_gc
         rewriter = Rewriter(rules)
-        lowered = rewritten(lower_source(expr, shapes, rules, order=1), rewriter)
+        lowered = rewritten(lower_source(expr, shapes, rules, order=1, sizes=sizes), rewriter)
         _check_wrt_shapes(lowered, wrt)
         if not jacobian:
             _scalar_output(lowered, kind)
@@ -468,7 +475,8 @@ def _first_derivatives(kind: str, expr, wrt, shapes, backend: str, jacobian: boo
 
 
 @rebuildable
-def grad(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy") -> Derived:
+def grad(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy",
+         sizes: dict | None = None) -> Derived:
     """The gradient of a scalar expression: shaped like `wrt` (a tuple for a list of names).
 
     A name repeated in the list gives its gradient again at each place it appears (as `jax.grad`
@@ -484,25 +492,30 @@ def grad(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy") -> De
     >>> einderiv.grad("sum(x * x)", ["x", "x"], {"x": ("n",)})(x=np.array([1.0, 2.0]))
     (array([2., 4.]), array([2., 4.]))
     """
-    return _first_derivatives("grad", expr, wrt, shapes, backend)
+    return _first_derivatives("grad", expr, wrt, shapes, backend, sizes=sizes)
 
 
 @rebuildable
-def value_and_grad(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy") -> Derived:
+def value_and_grad(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy",
+                   sizes: dict | None = None) -> Derived:
     """`(value, gradient)`, with the forward pass computed once and shared. For a list of names
     the gradient is a tuple in that order (a repeated name repeats its entry, as `grad`)."""
-    return _first_derivatives("value_and_grad", expr, wrt, shapes, backend, with_value=True)
+    return _first_derivatives("value_and_grad", expr, wrt, shapes, backend, with_value=True,
+                              sizes=sizes)
 
 
 @rebuildable
-def jacobian(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy") -> Derived:
+def jacobian(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy",
+             sizes: dict | None = None) -> Derived:
     """The Jacobian: shape `output_shape + wrt_shape` (the convention of `jax.jacobian`). For a
     list of names a tuple in that order (a repeated name repeats its entry, as `grad`)."""
-    return _first_derivatives("jacobian", expr, wrt, shapes, backend, jacobian=True)
+    return _first_derivatives("jacobian", expr, wrt, shapes, backend, jacobian=True,
+                              sizes=sizes)
 
 
 @rebuildable
-def hessian(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy") -> Derived:
+def hessian(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy",
+            sizes: dict | None = None) -> Derived:
     """The Hessian of a scalar expression: shape `wrt_shape + wrt_shape`; for a list of names a
     tuple of tuples whose block [i][j] has shape `wrt_i + wrt_j` (as `jax.hessian`). It is the
     symbolic derivative of the gradient program. A repeated name repeats its rows and columns
@@ -514,7 +527,7 @@ def hessian(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy") ->
     rules = default_rulebook()
     with paused_gc():  # a long program's IR: see paused_gc
         rewriter = Rewriter(rules)
-        lowered = rewritten(lower_source(expr, shapes, rules, order=2), rewriter)
+        lowered = rewritten(lower_source(expr, shapes, rules, order=2, sizes=sizes), rewriter)
         _check_wrt_shapes(lowered, wrt)
         _scalar_output(lowered, "hessian")
         distinct, where = _distinct(names)

@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from .errors import EinderivError
-from .ir.dims import Dim
+from .ir.dims import Dim, names_in
 
 # A numerical check allocates its random inputs and the derivatives it compares whole, and
 # evaluates the expression twice per entry of a variable it differentiates by: sizes beyond
@@ -45,8 +45,9 @@ def random_inputs_and_sizes(variables: dict, rng: np.random.Generator,
         dims = []
         for d in shape:
             d = Dim.of(d)
-            if d.name is not None and d.name not in sizes:
-                sizes[d.name] = int(rng.integers(2, 5)) + max(0, -d.offset)
+            for n in sorted(names_in(d)):  # each name of `n - 1` or `2 * n`, not the text
+                if n not in sizes:
+                    sizes[n] = int(rng.integers(2, 5)) + max(0, -d.offset)
             dims.append(d.size(sizes))
         total += math.prod(dims)  # Python ints: a size too large for numpy is counted too
         if total > MAX_CHECK_ENTRIES:

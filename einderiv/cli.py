@@ -17,8 +17,9 @@ examples:
   einderiv rules list
   einderiv rules check my.rules
 
-Shapes come from --shape NAME=DIMS (comma separated ints and dimension names; NAME= for a
-scalar) or from inline declarations such as 'X: [n, d]'. Names are ASCII letters, digits and
+Shapes come from --shape NAME=DIMS (comma separated ints, dimension names and dimension
+expressions such as y=n-1 or Z=2*n,m; NAME= for a scalar) or from inline declarations such as
+'X: [n, d]'. Names are ASCII letters, digits and
 '_'. An expression that starts with '-' goes after '--'. Exit status: 0 on success, 1 when
 --check measures an error above --tol or a rule fails `rules check`, 2 on bad input.
 
@@ -39,7 +40,8 @@ class ShapeArgument(argparse.Action):
     """Collects `--shape NAME=DIMS` into a dict; names are checked as everywhere else."""
 
     def __call__(self, parser, namespace, value, option_string=None):
-        from .errors import ParseError
+        from .errors import EinderivError
+        from .lower.dimensions import declared
         from .parse.parser import check_name
         shapes = getattr(namespace, self.dest) or {}
         name, sep, dims = value.partition("=")
@@ -50,10 +52,13 @@ class ShapeArgument(argparse.Action):
         try:
             check_name(name, "--shape: the variable")
             for d in (p.strip() for p in dims.split(",")) if dims.strip() else ():
-                parsed.append(int(d) if d.isascii() and d.isdigit()
-                              else check_name(d, f"--shape {name}: dimension"))
-        except ParseError as e:
-            parser.error(f"{e.message} ({e.hint})")
+                if d.isascii() and d.isdigit():
+                    parsed.append(int(d))
+                    continue
+                dim = declared(d, name)  # a name, or a dimension expression: y=n-1, Z=2*n,m
+                parsed.append(dim.offset if dim.is_concrete else str(dim))
+        except EinderivError as e:
+            parser.error(f"--shape: {e.message}" + (f" ({e.hint})" if e.hint else ""))
         if shapes.get(name, tuple(parsed)) != tuple(parsed):  # else the last would silently win
             show = lambda shape: f"[{', '.join(map(str, shape))}]"
             parser.error(f"--shape gives '{name}' two shapes: {show(shapes[name])} and "
@@ -67,7 +72,7 @@ def _add_expression_arguments(p: argparse.ArgumentParser) -> None:
                    help="the expression ('-' reads standard input); the language is described in "
                         "docs/language.md")
     p.add_argument("--shape", metavar="NAME=DIMS", action=ShapeArgument, default={},
-                   help="shape of a variable, e.g. X=n,d or c= for a scalar (repeatable)")
+                   help="shape of a variable, e.g. X=n,d, y=n-1 or c= for a scalar (repeatable)")
     p.add_argument("--rules", metavar="FILE", action="append", default=[],
                    help="also load this rule file for this run (repeatable); see rules/*.rules")
     p.add_argument("--allow-imports", action="store_true",

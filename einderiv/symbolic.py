@@ -182,7 +182,8 @@ def var(name: str, shape=()) -> Tensor:
     """A symbolic input tensor: `var("X", ("n", "d"))`, `var("c", ())` for a scalar.
 
     Names (of the variable and of its dimensions) are names of the expression language: ASCII
-    letters, digits and '_'. A size may be an int or a numpy integer.
+    letters, digits and '_'. A size may be an int or a numpy integer, or a dimension expression
+    (`var("y", ("n - 1",))`, `("2 * n",)`), kept in its canonical text (`"n-1"`).
     """
     check_name(name, "einderiv.var: the variable name")
     if isinstance(shape, (str, numbers.Integral)) and not isinstance(shape, bool):
@@ -196,8 +197,10 @@ def var(name: str, shape=()) -> Tensor:
     for d in entries:
         if isinstance(d, numbers.Integral) and not isinstance(d, bool):
             dims.append(int(d))  # np.int64(3), e.g. from an array's .shape, is the size 3
-        elif isinstance(d, str):
+        elif isinstance(d, str) and d.isidentifier():
             dims.append(check_name(d, f"the shape of '{name}': dimension", ShapeError))
+        elif isinstance(d, str):
+            dims.append(_declared_text(d, name))  # `n - 1`, `2 * n`
         else:
             raise ShapeError(f"the shape of '{name}' must hold ints and dimension names, "
                              f"got {shape!r}")
@@ -314,17 +317,46 @@ def _axis(axis) -> ast.Expr:
 DIMENSION_FUNCTIONS = {"eye", "ones", "zeros", "size"}
 
 
+def _declared_text(text: str, owner: str) -> str:
+    """A dimension expression of a declared shape (`"n - 1"`), in its canonical text (`"n-1"`,
+    as shapes print it): two spellings of one dimension are one shape."""
+    from .lower.dimensions import declared
+    d = declared(text, owner)
+    return d.offset if d.is_concrete else str(d)
+
+
+def _dimension_argument(text: str, what: str) -> ast.Expr:
+    """A dimension given as text (`ones("n")`, `reshape(x, ("n * m",))`): a name, or the
+    syntax tree of a dimension expression (`"n - 1"`, `"2 * n"`), which lowering checks."""
+    if text.isidentifier():
+        return ast.Name(check_name(text, what))
+    from .lower.dimensions import dimension_tree
+    return dimension_tree(text, what)
+
+
+def _argument(a, name: str, first: bool):
+    """One positional argument of `fn.name`: a tensor or a number; a tuple (axes, pad widths,
+    reshape sizes, the tensors of `concatenate`) item by item, a string in it a dimension; a
+    string the subscripts of `einsum`, else a dimension (`ones("n")`)."""
+    if isinstance(a, str) and name == "einsum" and first:
+        return ast.String(a), {}
+    if isinstance(a, str):
+        return _dimension_argument(a, f"einderiv.fn.{name}: the dimension"), {}
+    if isinstance(a, (tuple, list)):
+        items, decls = [], {}
+        for item in a:
+            node, d = _argument(item, name, False)
+            items.append(node)
+            decls = _merge(decls, d)
+        return ast.Tuple(tuple(items)), decls
+    return _operand(a)
+
+
 def call(name: str, *args, **kwargs) -> Tensor:
     """Apply the language function `name` to symbolic (or numeric) arguments."""
     nodes, decls = [], {}
     for a in args:
-        if isinstance(a, str) and name == "einsum" and not nodes:
-            nodes.append(ast.String(a))
-            continue
-        if name in DIMENSION_FUNCTIONS and isinstance(a, str):  # a dimension name: ones("n")
-            node, d = ast.Name(check_name(a, f"einderiv.fn.{name}: the dimension")), {}
-        else:
-            node, d = _operand(a)
+        node, d = _argument(a, name, not nodes)
         nodes.append(node)
         decls = _merge(decls, d)
     keywords = tuple((k, _axis(v)) for k, v in kwargs.items() if v is not None)

@@ -336,7 +336,7 @@ def test_spans_across_lines_inside_brackets():
     ("a = (x +\n  y)\nb = a * * y", 3, 9),
     ("x; y; z z", 1, 9),
     ("f(x,, y)", 1, 5),
-    ("X: [n, 2.5]", 1, 9),
+    ("X: [n, 2.5]", 1, 8),  # a dimension that is no integer: the number
     ("x\n+\n", 2, 2),  # the line ends right after the unary +
 ])
 def test_parse_error_positions(source, line, column):

@@ -17,6 +17,7 @@ from ..errors import EinderivError, EvaluationError, InputError, ShapeError, did
 from ..ir.dims import Dim, show_shape
 from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Size, Unit, Var, topological
 from ..lower.convolution import evaluator as convolution_evaluator, is_convolution
+from ..lower.dimensions import bind
 from ..lower.linear import evaluator as linear_evaluator, is_linear
 from ..rulebook import RuleBook, default_rulebook
 from ..rulebook.table import resolve
@@ -205,25 +206,15 @@ def is_float(name: str, dtype) -> bool:
 
 
 def bind_dimensions(variables: dict[str, Var], values: dict) -> dict[str, int]:
-    """Sizes of the named dimensions, read off the arrays; ShapeError on any mismatch."""
-    env: dict[str, int] = {}
+    """Sizes of the named dimensions, read off the arrays (`n` of a `y: [n - 1]` or a
+    `y: [2 * n]` too: lower/dimensions.py's `bind`); ShapeError on any mismatch."""
     for name, var in variables.items():
         actual = values[name].shape
-        expected = show_shape(var.shape)
         if len(actual) != var.rank:
-            raise ShapeError(f"input '{name}' should have shape {expected} (rank {var.rank}), "
-                             f"got an array of shape {tuple(actual)}")
-        for dim, size in zip(var.shape, actual):
-            if dim.is_concrete:
-                ok = dim.offset == size
-            else:
-                value = size - dim.offset
-                ok = env.setdefault(dim.name, value) == value and value >= 0
-            if not ok:
-                bound = ", ".join(f"{k}={v}" for k, v in env.items())
-                raise ShapeError(f"input '{name}' should have shape {expected}, got an array of "
-                                 f"shape {tuple(actual)}" + (f" (with {bound})" if bound else ""))
-    return env
+            raise ShapeError(f"input '{name}' should have shape {show_shape(var.shape)} (rank "
+                             f"{var.rank}), got an array of shape {tuple(actual)}")
+    return bind({name: (var.shape, tuple(values[name].shape))
+                 for name, var in variables.items()})
 
 
 def size_of(dim: Dim, env: dict[str, int]) -> int:

@@ -16,8 +16,9 @@ import builtins
 import keyword
 import math
 
-from ..ir.dims import is_composite
+from ..ir.dims import Dim, is_composite, names_in as dimension_names
 from ..lower.convolution import NAMES as CONVOLUTIONS
+from ..lower import dimensions
 from ..lower.dimensions import composite_expr
 from ..parse import ast
 from ..rulebook import RuleBook, default_rulebook
@@ -178,23 +179,48 @@ class _Printer:
                                           key=lambda item: (rank.get(item[0], len(rank)),
                                                             item[0]))
                   if n not in shapes}
-        lines = []
+        lines, solved = [], []
+        ordered = [*sorted(shapes.items()), *others.items()]
         for dim in sorted(self.dims_used):
-            for name, shape in [*sorted(shapes.items()), *others.items()]:
+            for name, shape in ordered:
                 hit = [(a, d) for a, d in enumerate(shape) if d.name == dim]
                 if hit:
                     axis, d = hit[0]
-                    offset = f" - {d.offset}" if d.offset > 0 else \
-                        (f" + {-d.offset}" if d.offset < 0 else "")
-                    if name not in self.names:
-                        self.names[name] = name if _safe(name) else f"_v{len(self.names)}"
-                    self.arguments.add(name)
-                    lines.append(f"    {self._dim_name(dim)} = "
-                                 f"{self.names[name]}.shape[{axis}]{offset}")
+                    lines.append(f"    {self._dim_name(dim)} = {self._axis_size(name, axis, d)}")
                     break
             else:
+                solved.append(dim)
+        # A name that no shape has alone is one factor of a product (`y: [2 * n]`): read from
+        # it, after the other factors' names (lower/dimensions.py's `readings`).
+        readings = dimensions.readings(dict(ordered))
+        needed, stack = set(), list(solved)
+        while stack:
+            dim = stack.pop()
+            if dim not in readings:
                 raise ValueError(f"dimension {dim} is bound by no input")
+            if dim not in needed:
+                needed.add(dim)
+                stack += [n for o in readings[dim][3][1] for n in dimension_names(o)
+                          if n not in self.dims_used]
+        for dim, (name, axis, d, (c, others_, k)) in readings.items():
+            if dim in needed:
+                size = self._axis_size(name, axis, d)
+                if c != 1 or others_:
+                    divisor = dimensions.text(dimensions.product([Dim(None, c), *others_]))
+                    size = size if d.offset == 0 else f"({size})"
+                    size = f"{size} // {self._dimension(composite_expr(divisor))}"
+                if k:
+                    size += f" - {k}" if k > 0 else f" + {-k}"
+                lines.append(f"    {self._dim_name(dim)} = {size}")
         return lines
+
+    def _axis_size(self, name: str, axis: int, d) -> str:
+        """The size of `name`'s axis, less the offset of its dimension `d` there."""
+        offset = f" - {d.offset}" if d.offset > 0 else (f" + {-d.offset}" if d.offset < 0 else "")
+        if name not in self.names:
+            self.names[name] = name if _safe(name) else f"_v{len(self.names)}"
+        self.arguments.add(name)
+        return f"{self.names[name]}.shape[{axis}]{offset}"
 
     # expressions -------------------------------------------------------------------------------
 

@@ -48,7 +48,11 @@ class Dim:
         if isinstance(value, int):
             return Dim(None, value)
         if isinstance(value, str):
-            return Dim(value, 0)
+            if value.isidentifier():
+                return Dim(value, 0)
+            # The text of a dimension expression, as a shape declares it: `n - 1`, `2 * n`
+            from ..lower.dimensions import read
+            return read(value)
         raise TypeError(f"a dimension is an int or a name, not {type(value).__name__}")
 
     @property
@@ -123,6 +127,21 @@ def _composite_size(name: str, env: dict[str, int]) -> int:
         else:
             raise ValueError(f"malformed composite dimension {name!r}")
     return values[0]
+
+
+def names_in(dim: Dim) -> frozenset[str]:
+    """The dimension names that `dim`'s size is computed from: `{"m", "n"}` for `m * (n - 1)`,
+    none for a concrete size."""
+    if dim.name is None:
+        return frozenset()
+    if not is_composite(dim.name):
+        return frozenset((dim.name,))
+    return _composite_names(dim.name)
+
+
+@lru_cache(maxsize=None)
+def _composite_names(name: str) -> frozenset[str]:
+    return frozenset(n.id for n in ast.walk(_composite(name)) if isinstance(n, ast.Name))
 
 
 def show_shape(shape) -> str:

@@ -12,11 +12,13 @@ Products are not multiplied out: `(n - 1) * m` is a product of two factors, not 
 """
 from __future__ import annotations
 
+import numbers
 from functools import lru_cache
 
 from ..errors import ParseError, ShapeError, UnknownNameError, did_you_mean
-from ..ir.dims import Dim, is_composite
+from ..ir.dims import Dim, is_composite, names_in, show_shape
 from ..parse import ast, parse
+from ..parse.parser import check_name
 
 ONE = Dim(None, 1)
 
@@ -129,28 +131,219 @@ def dimension(expr: ast.Expr, scope, what: str = "a dimension") -> Dim:
     return _value(expr, scope, what)
 
 
-def _value(expr, scope, what) -> Dim:
+def _value(expr, scope, what, sizes=None) -> Dim:
+    """`scope` None: any name is a dimension (a declaration names them). `sizes`: names fixed
+    to integers when the result is built (`sizes={"k": 3}`), the scope's unless given."""
     from .lower import constant_int
+    sizes = getattr(scope, "sizes", None) if sizes is None else sizes
     if isinstance(expr, ast.Name):
+        if sizes and expr.id in sizes:
+            return Dim(None, sizes[expr.id])
         if scope is None or expr.id in scope.dims():
             return Dim(expr.id)
-        raise UnknownNameError(f"unknown dimension '{expr.id}'", expr.span,
-                               did_you_mean(expr.id, scope.dims())
-                               or "this function takes integers or dimension names used in a "
-                                  "shape")
+        known = scope.dims() | set(sizes or ())
+        raise UnknownNameError(
+            f"unknown dimension '{expr.id}'", expr.span,
+            did_you_mean(expr.id, known)
+            or f"'{expr.id}' is in no variable's shape: give its size when you build the "
+               f"result (sizes={{'{expr.id}': 3}} in Python), or write an integer")
     if isinstance(expr, ast.BinOp) and expr.op in ("+", "-", "*", "//"):
         if expr.op == "//":
             k = constant_int(expr.right, "a divisor of a dimension")
             if k < 1:
                 raise ShapeError("a dimension is divided by a positive integer",
                                  expr.right.span or expr.span)
-            return floordiv(_value(expr.left, scope, what), k)
-        left, right = _value(expr.left, scope, what), _value(expr.right, scope, what)
+            return floordiv(_value(expr.left, scope, what, sizes), k)
+        left = _value(expr.left, scope, what, sizes)
+        right = _value(expr.right, scope, what, sizes)
         if expr.op == "*":
             return product([left, right])
         try:
             return left + right if expr.op == "+" else left - right
         except ValueError:
-            raise ParseError(f"{what} must be one product of dimensions plus an integer",
-                             expr.span) from None
+            raise ParseError(f"{what} must be one product of dimensions plus an integer, not "
+                             f"a sum of two names", expr.span,
+                             hint="name the sum: declare it as a dimension of its own "
+                                  "(p for n + m)") from None
     return Dim(None, constant_int(expr, what))
+
+
+# -- declared shapes -------------------------------------------------------------------------
+
+def declared(spec, owner: str, span=None, sizes=None) -> Dim:
+    """A dimension of a declared shape: an integer, a name, or the text (or, from an inline
+    declaration, the syntax tree) of a dimension expression (`n - 1`, `2 * n`, `m * n`),
+    with the names of `sizes` fixed to their integers. ShapeError naming `owner`'s shape for
+    anything else."""
+    from .lower import EXACT_INTEGERS
+    where = f"the shape of '{owner}': dimension"
+    if isinstance(spec, Dim):  # a shape taken from a node (rule checks)
+        if spec.is_concrete or not names_in(spec) & set(sizes or ()):
+            return spec
+        spec = composite_expr(text(spec))
+    if isinstance(spec, str):
+        if spec.isidentifier():
+            check_name(spec, where, ShapeError)
+            spec = ast.Name(spec)
+        else:
+            spec = _dimension_text(spec, where)
+    if isinstance(spec, numbers.Integral) and not isinstance(spec, bool):
+        d = Dim(None, int(spec))
+    elif isinstance(spec, ast.Expr):
+        try:
+            d = _value(spec, None, f"{where} {_shown(spec)}", sizes or {})
+        except ParseError as e:  # not a dimension: a shape's error
+            raise ShapeError(e.message, e.span or span, e.hint or DECLARED_HINT) from None
+    else:
+        raise TypeError(f"a dimension is an int or a name, not {type(spec).__name__}")
+    if d.is_concrete and d.offset < 0:
+        raise ShapeError(f"'{owner}' has a negative dimension {d}", span)
+    if d.is_concrete and d.offset >= EXACT_INTEGERS:
+        # The printers write it as an integer literal, which must parse back as itself.
+        raise ShapeError(f"'{owner}' has a dimension {d} too large to be a size "
+                         f"(at most {EXACT_INTEGERS - 1})", span)
+    return d
+
+
+DECLARED_HINT = ("a dimension is an integer, a name, a name plus or minus an integer (n - 1), "
+                 "or a product or quotient of them (2 * n, n * m, n // 2)")
+
+
+def _shown(expr) -> str:
+    from ..parse.unparse import unparse
+    return repr(unparse(expr))
+
+
+def _dimension_text(text: str, where: str) -> ast.Expr:
+    return dimension_tree(text, where, ShapeError)
+
+
+def dimension_tree(text: str, what: str, error: type = ParseError) -> ast.Expr:
+    """The dimension expression `text` (`"n - 1"`), as a syntax tree: `error` saying which
+    `what` is bad where it is not one expression (lowering checks that it is a dimension)."""
+    try:
+        program = parse(text)
+    except ParseError as e:
+        raise error(f"{what} {text!r} is not a dimension expression: {e.message}",
+                    hint=e.hint or DECLARED_HINT) from None
+    if len(program.statements) != 1 or not isinstance(program.statements[0], ast.Expr):
+        raise error(f"{what} {text!r} is not a dimension expression", hint=DECLARED_HINT)
+    return program.statements[0]
+
+
+def reading(d: Dim, name: str) -> tuple[int, tuple[Dim, ...], int] | None:
+    """How the size of `name` follows from the size S of an axis of dimension `d`: as
+    (c, others, k) with name = (S - d.offset) / (c * the product of others) - k, where `name`
+    is one factor of `d`, plus k (`n` from `n - 1`, `2 * n`, `m * (n + 1)` with m known);
+    None where `d` does not tell it (a quotient `(n + 1) // 2` rounds, `n * n` is no factor
+    once)."""
+    if d.name == name:
+        return 1, (), 0
+    if d.name is None or not is_composite(d.name) or name not in names_in(d):
+        return None
+    c, parts = factors(Dim(d.name))
+    hits = [p for p in parts if name in names_in(p)]
+    if len(hits) != 1 or hits[0].name != name:
+        return None
+    others = list(parts)
+    others.remove(hits[0])
+    return c, tuple(others), hits[0].offset
+
+
+def readings(shapes: dict) -> dict:
+    """Where each dimension name of the declared `shapes` (variable -> tuple of Dims) is read
+    from: name -> (variable, axis, its Dim there, `reading`), in an order where the names a
+    reading needs (the other factors) come first. A name that appears alone (`n`, `n - 1`)
+    is read there; else from a product it is one factor of (`2 * n`), once its other factors
+    are known. Names that no shape tells are left out."""
+    known: dict = {}
+    for variable, shape in shapes.items():
+        for axis, d in enumerate(shape):
+            if d.name is not None and not is_composite(d.name) and d.name not in known:
+                known[d.name] = (variable, axis, d, (1, (), 0))
+    progress = True
+    while progress:
+        progress = False
+        for variable, shape in shapes.items():
+            for axis, d in enumerate(shape):
+                for name in sorted(names_in(d) - set(known)):
+                    r = reading(d, name)
+                    if r is not None and all(names_in(o) <= set(known) for o in r[1]):
+                        known[name] = (variable, axis, d, r)
+                        progress = True
+    return known
+
+
+def bind(given: dict) -> dict[str, int]:
+    """The size of each dimension name, read off arrays: `given` is input name -> (its
+    declared shape, the array's shape). A name alone (`n`, `n - 1`) is read first, then each
+    name from a product it is one factor of (`2 * n`, `m * n` once m is known), and every axis
+    is checked against the sizes: ShapeError naming the input, the dimension and where its
+    names' sizes came from. A name that no given array tells is left out."""
+    env: dict[str, int] = {}
+    source: dict[str, str] = {}
+
+    def fail(name, why=""):
+        shape, actual = given[name]
+        raise ShapeError(f"input '{name}' should have shape {show_shape(shape)}, got an array "
+                         f"of shape {tuple(actual)}{why}")
+
+    def bound(names) -> str:
+        return ", ".join(f"{n} is {env[n]} (from '{source[n]}')" for n in sorted(names))
+
+    composites = []
+    for name, (shape, actual) in given.items():
+        for d, size in zip(shape, actual):
+            if d.is_concrete:
+                if d.offset != size:
+                    fail(name)
+            elif is_composite(d.name):
+                composites.append((name, d, size))
+            else:
+                value = size - d.offset
+                if value < 0:
+                    fail(name, f": {d.name} would be {value}")
+                if env.setdefault(d.name, value) != value:
+                    fail(name, f": {bound([d.name])}, so {d} is {env[d.name] + d.offset}")
+                source.setdefault(d.name, name)
+    progress = True
+    while progress:
+        progress = False
+        for name, d, size in composites:
+            for n in sorted(names_in(d) - set(env)):
+                r = reading(d, n)
+                if r is None or not all(names_in(o) <= set(env) for o in r[1]):
+                    continue
+                c, others, k = r
+                divisor = c
+                for o in others:
+                    divisor *= o.size(env)
+                quotient, remainder = divmod(size - d.offset, divisor) if divisor > 0 \
+                    else (None, 1)
+                if remainder or quotient - k < 0:
+                    known = bound({m for o in others for m in names_in(o)})
+                    fail(name, f": no size of {n} makes {text(d)} {size}" +
+                         (f" ({known})" if known else ""))
+                env[n], source[n] = quotient - k, name
+                progress = True
+    for name, d, size in composites:
+        if names_in(d) <= set(env) and d.size(env) != size:
+            fail(name, f": {bound(names_in(d))}, so {text(d)} is {d.size(env)}")
+    return env
+
+
+def unreadable(shapes: dict, spans: dict | None = None) -> None:
+    """ShapeError for a dimension name of the declared `shapes` that no shape tells: every
+    size must follow from the arrays passed."""
+    known = readings(shapes)
+    for variable, shape in shapes.items():
+        for d in shape:
+            missing = sorted(names_in(d) - set(known))
+            if missing:
+                name = missing[0]
+                raise ShapeError(
+                    f"the shape of '{variable}': the size of '{name}' cannot be read off the "
+                    f"inputs: {text(d)} does not tell it, and no input's shape has {name} "
+                    f"alone or as one factor of a product", (spans or {}).get(variable),
+                    hint=f"declare an input whose shape has '{name}' (x: [{name}]), or give "
+                         f"its size when you build the result (sizes={{'{name}': 3}})")

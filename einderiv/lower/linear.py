@@ -28,8 +28,10 @@ from ..ir.nodes import Add, Const, Contract, Map, Node, Prim, Var
 from ..parse import ast
 from . import dimensions
 
+# The step `x[::k]` is no function of the language: its name is one that no name of the
+# language (nor of a rule file) can be, so a user's function `stride` is never taken for it.
 CUMSUM, FLIP, STRIDE, DILATE, RESHAPE, TRIU, TRIL = (
-    "cumsum", "flip", "stride", "dilate", "reshape", "triu", "tril")
+    "cumsum", "flip", "<stride>", "dilate", "reshape", "triu", "tril")
 MAPS = frozenset({CUMSUM, FLIP, STRIDE, DILATE, RESHAPE, TRIU, TRIL})
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from ..errors import EinderivError, ParseError, ShapeError, UnknownNameError, did_you_mean
 from ..ir import build
-from ..ir.dims import Dim, show_shape
+from ..ir.dims import Dim, names_in, show_shape
 from ..ir.nodes import Const, Node, Var
 from ..parse import ast
 from ..parse.parser import check_name
@@ -31,16 +31,19 @@ class Lowered:
     source: str = ""
     declared: dict = field(default_factory=dict)  # every declared variable -> shape
     bound: dict = field(default_factory=dict)  # every bound temporary -> node
+    sizes: dict = field(default_factory=dict)  # dimension names fixed to integers
 
 
 class Scope:
     """Names visible while lowering: declared variables, bound temporaries, dimension names."""
 
-    def __init__(self, declared: dict[str, tuple[Dim, ...]], rules: RuleBook):
+    def __init__(self, declared: dict[str, tuple[Dim, ...]], rules: RuleBook,
+                 sizes: dict[str, int] | None = None):
         self.declared = declared
         self.bound: dict[str, Node] = {}
         self.rules = rules
         self.used: dict[str, Var] = {}
+        self.sizes = sizes or {}  # dimension names fixed to integers when the result is built
 
     def lookup(self, name: str, span) -> Node:
         if name in self.bound:
@@ -56,23 +59,31 @@ class Scope:
         raise UnknownNameError(f"unknown name '{name}'", span, hint)
 
     def dims(self) -> set[str]:
-        return {d.name for shape in self.declared.values() for d in shape if d.name}
+        """The dimension names of the declared shapes, those inside products too (`n` of a
+        `y: [2 * n]`)."""
+        return {n for shape in self.declared.values() for d in shape for n in names_in(d)}
 
 
-def lower(program: ast.Program, shapes: dict | None = None, rules: RuleBook | None = None
-          ) -> Lowered:
+def lower(program: ast.Program, shapes: dict | None = None, rules: RuleBook | None = None,
+          sizes: dict | None = None) -> Lowered:
+    """`sizes`: dimension names fixed to integers (`{"k": 3}`), in the declared shapes and
+    wherever the program writes a dimension (`eye(k)`)."""
     rules = rules or default_rulebook()
-    declared = {name: _shape(name, dims, None) for name, dims in (shapes or {}).items()}
-    scope = Scope(declared, rules)
+    sizes = check_sizes(sizes)
+    declared = {name: declared_shape(name, dims, None, sizes)
+                for name, dims in (shapes or {}).items()}
+    spans: dict = {}
+    scope = Scope(declared, rules, sizes)
     names: dict[Node, str] = {}
     root, output_name = None, None
     for stmt in program.statements:
         if isinstance(stmt, ast.Decl):
-            shape = _shape(stmt.name, stmt.dims, stmt.span)
+            shape = declared_shape(stmt.name, stmt.dims, stmt.span, sizes)
             if stmt.name in declared and declared[stmt.name] != shape:
                 raise ShapeError(f"'{stmt.name}' is declared as {show_shape(shape)} but was "
                                  f"given as {show_shape(declared[stmt.name])}", stmt.span)
             declared[stmt.name] = shape
+            spans.setdefault(stmt.name, stmt.span)
         elif isinstance(stmt, ast.Assign):
             node = lower_expr(stmt.value, scope)
             scope.bound[stmt.name] = node
@@ -86,31 +97,40 @@ def lower(program: ast.Program, shapes: dict | None = None, rules: RuleBook | No
         raise ParseError("the program has no output: it only declares shapes",
                          getattr(last, "span", None),
                          hint="end it with an expression, e.g. 'sum(x * x)'")
+    dimensions.unreadable(declared, spans)  # every size follows from the arrays passed
     return Lowered(root, dict(scope.used), names, output_name, program.source,
-                   dict(declared), dict(scope.bound))
+                   dict(declared), dict(scope.bound), sizes)
 
 
-def _shape(name: str, dims, span) -> tuple[Dim, ...]:
+def declared_shape(name: str, dims, span=None, sizes=None) -> tuple[Dim, ...]:
+    """A declared shape: ints (a numpy integer, an array's shape entry, is one), names and
+    dimension expressions (`"n - 1"`, `"2 * n"`; syntax trees from an inline declaration)."""
     check_name(name, "shapes: the variable", ShapeError)
     if isinstance(dims, (str, numbers.Integral)) and not isinstance(dims, bool):
         dims = (dims,)
     try:
-        # A numpy integer (an array's shape entry) is a size like an int.
-        shape = tuple(Dim.of(int(d) if isinstance(d, numbers.Integral)
-                             and not isinstance(d, bool) else d) for d in dims)
+        return tuple(dimensions.declared(d, name, span, sizes) for d in dims)
     except TypeError:
         raise ShapeError(f"the shape of '{name}' must be a tuple of ints and dimension names, "
                          f"got {dims!r}", span) from None
-    for d in shape:
-        if d.is_concrete and d.offset < 0:
-            raise ShapeError(f"'{name}' has a negative dimension {d}", span)
-        if d.is_concrete and d.offset >= EXACT_INTEGERS:
-            # The printers write it as an integer literal, which must parse back as itself.
-            raise ShapeError(f"'{name}' has a dimension {d} too large to be a size "
-                             f"(at most {EXACT_INTEGERS - 1})", span)
-        if d.name is not None:
-            check_name(d.name, f"the shape of '{name}': dimension", ShapeError)
-    return shape
+
+
+def check_sizes(sizes) -> dict[str, int]:
+    """`sizes` (dimension name -> int, fixed when the result is built), checked."""
+    if sizes is None:
+        return {}
+    if not isinstance(sizes, dict):
+        raise ShapeError(f"sizes must be a dict of dimension name -> int, got "
+                         f"{type(sizes).__name__}")
+    checked = {}
+    for name, size in sizes.items():
+        check_name(name, "sizes: the dimension", ShapeError)
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or \
+                not 0 <= size < EXACT_INTEGERS:
+            raise ShapeError(f"sizes gives dimension '{name}' the size {size!r}: a size is an "
+                             f"integer from 0 to {EXACT_INTEGERS - 1}")
+        checked[name] = int(size)
+    return checked
 
 
 def text_of(expr: ast.Expr) -> str:
@@ -295,6 +315,8 @@ def _index_item(item, scope):
 
 def _bound(expr: ast.Expr, scope):
     """A slice bound: an integer, or a dimension name plus or minus an integer (`x[:m]`)."""
+    if isinstance(expr, ast.Name) and expr.id in scope.sizes:
+        return scope.sizes[expr.id]
     if isinstance(expr, ast.Name) and expr.id in scope.dims() and expr.id not in scope.bound \
             and expr.id not in scope.declared:
         return Dim(expr.id)
@@ -303,7 +325,9 @@ def _bound(expr: ast.Expr, scope):
         if isinstance(base, Dim):
             k = constant_int(expr.right, "a slice bound")
             return base + (k if expr.op == "+" else -k)
-    if isinstance(expr, ast.BinOp) and expr.op in ("+", "-", "*", "//"):  # `x[:m * n - 1]`
+    if isinstance(expr, ast.BinOp) and expr.op in ("+", "-", "*", "//") or \
+            isinstance(expr, ast.Name) and expr.id not in scope.bound and \
+            expr.id not in scope.declared:  # `x[:m * n - 1]`; an unknown name says so
         bound = dimensions.dimension(expr, scope, "a slice bound")
         return bound.offset if bound.is_concrete else bound
     return constant_int(expr, "a slice bound")

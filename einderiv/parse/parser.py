@@ -284,14 +284,21 @@ class _Builder:
         dims._container = (children[0].start_pos, children[-1].end_pos)  # `[` to `]`
         return dims
 
-    def dim_int(self, children):
-        text = str(children[0])
-        if len(text) > 18:  # int() of thousands of digits is slow, or refused by Python
-            raise ParseError(f"dimension {text[:20]}... is too large", self._span(children))
-        return int(text)
-
-    def dim_name(self, children):
-        return str(children[0])
+    def dim(self, children):
+        """An integer as an int, a name as a str, an expression (`n - 1`) as its tree, which
+        lowering reads as a dimension (lower/dimensions.py)."""
+        (expr,) = children
+        if isinstance(expr, ast.Name):
+            return expr.id
+        if isinstance(expr, ast.Number) and getattr(expr, "_container", None) is None:
+            text = _CURRENT.source[expr.span.start:expr.span.end]
+            if not text.isdigit():
+                raise ParseError(f"a dimension is an integer, not {text}", expr.span,
+                                 hint="a size is a count of entries: 3, not 3.0")
+            if len(text) > 18:  # past 2**53 a float is no longer the integer written
+                raise ParseError(f"dimension {text[:20]}... is too large", expr.span)
+            return int(text)
+        return expr
 
     def assign(self, children):
         name, _, value = children
