@@ -46,7 +46,8 @@ def broadcast_shapes(a: Node, b: Node, names=(None, None), op: str = "combine") 
             raise ShapeError(
                 f"cannot {op} {_named(names[0], a)} with {_named(names[1], b)}: dimension {da} "
                 f"does not match {db} (axis {-i})",
-                hint="numpy broadcasting needs equal dimensions or 1; give equal sizes one name")
+                hint="numpy broadcasting needs equal dimensions or 1; give equal sizes one name, "
+                     "or declare one in terms of the other (y: [n - 1], z: [2 * n])")
     return tuple(reversed(out))
 
 
@@ -740,5 +741,9 @@ def _difference(hi: Dim, lo: Dim) -> Dim:
         return Dim(hi.name, hi.offset - lo.offset)
     if hi.name == lo.name:
         return Dim(None, hi.offset - lo.offset)
-    raise ShapeError(f"cannot slice from {lo} to {hi}: the length would not be a dimension",
-                     hint="use slice bounds that are integers, or a negative stop")
+    try:
+        return hi - lo  # like products: n to 2 * n is n long (lower/dimensions.py)
+    except ValueError:
+        raise ShapeError(f"cannot slice from {lo} to {hi}: the length would not be a "
+                         f"dimension", hint="use slice bounds that are integers, or a negative "
+                                            "stop") from None

@@ -62,14 +62,14 @@ class Dim:
     def __add__(self, k) -> "Dim":
         if isinstance(k, Dim):
             if k.name is not None and self.name is not None:
-                raise ValueError(f"cannot add dimensions {self} and {k}")
+                return _combined(self, k, 1)  # n + n is 2 * n; n + m is no dimension
             return Dim(self.name or k.name, self.offset + k.offset)
         return Dim(self.name, self.offset + k)
 
     def __sub__(self, k) -> "Dim":
         if isinstance(k, Dim):
             if k.name is not None and k.name != self.name:
-                raise ValueError(f"cannot subtract dimension {k} from {self}")
+                return _combined(self, k, -1)  # 2 * n - n is n
             return Dim(None if k.name else self.name, self.offset - k.offset)
         return Dim(self.name, self.offset - k)
 
@@ -93,6 +93,17 @@ class Dim:
         return f"{self.name}{self.offset:+d}"
 
     __repr__ = __str__
+
+
+def _combined(a: Dim, b: Dim, sign: int) -> Dim:
+    """`a + sign * b` of two named sizes where it is one dimension (lower/dimensions.py's
+    `combine`: like products add), else ValueError."""
+    if a.name is not None and b.name is not None:
+        from ..lower.dimensions import combine
+        d = combine(a, b, sign)
+        if d is not None:
+            return d
+    raise ValueError(f"cannot {'add' if sign > 0 else 'subtract'} dimensions {a} and {b}")
 
 
 def is_composite(name: str) -> bool:

@@ -331,7 +331,7 @@ def _width_sum(expr, scope):
 
 def _dims_sum(terms) -> Dim:
     """The Dim that the signed sum of dimensions is (names must cancel to at most one with
-    coefficient 1); ValueError otherwise."""
+    coefficient 1, or add up as like products: n + n is 2 * n); ValueError otherwise."""
     names: dict[str, int] = {}
     offset = 0
     for sign, d in terms:
@@ -340,7 +340,10 @@ def _dims_sum(terms) -> Dim:
             names[d.name] = names.get(d.name, 0) + sign
     named = [(n, c) for n, c in names.items() if c]
     if len(named) > 1 or (named and named[0][1] != 1):
-        raise ValueError("not a dimension")
+        total = Dim(None, 0)  # sums first, then differences: Dim adds like products
+        for sign, d in sorted(terms, key=lambda t: -t[0]):
+            total = total + d if sign > 0 else total - d
+        return total
     return Dim(named[0][0] if named else None, offset)
 
 
@@ -451,8 +454,9 @@ def _concatenate(call, args, scope):
             sizes = " + ".join(str(b.shape[axis]) for b in args)
             raise ShapeError(f"concatenate(): the sizes along axis {axis}, {sizes}, do not add "
                              f"up to a dimension", src.span or call.span,
-                             hint="concatenate needs concrete sizes along the axis, but for "
-                                  "one operand of named size")
+                             hint="the sizes along the axis must add up to one dimension: "
+                                  "integers and one name (n + 2), or like products (n and n "
+                                  "make 2 * n), not two names (n + m)")
         terms.append((1.0, build.contract(out, [(a, labels), (Delta(dim, total, before),
                                                               (axis, rank))])))
         before = end

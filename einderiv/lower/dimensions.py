@@ -106,6 +106,36 @@ def divide(total: Dim, part: Dim) -> Dim | None:
     return product([Dim(None, c // k), *rest])
 
 
+def combine(a: Dim, b: Dim, sign: int) -> Dim | None:
+    """`a + sign * b` (sign 1 or -1) for two named sizes, as one dimension where their products
+    add up to one: like products add (`n + n` is `2 * n`, `4 * h - h` is `3 * h`), and a
+    product with one factor more takes the other in that factor (`m * n - n` is
+    `(m - 1) * n`, `m * n + n` is `(m + 1) * n`). None where they do not (`n + m`, `n - 2 * n`):
+    a dimension is one product plus an integer."""
+    ca, fa = factors(Dim(a.name))
+    cb, fb = factors(Dim(b.name))
+    offset = a.offset + sign * b.offset
+    if sorted(fa, key=_factor_text) == sorted(fb, key=_factor_text):  # c * F + c' * F
+        c = ca + sign * cb
+        return None if c < 0 else product([Dim(None, c), *fa]) + offset
+    candidates = [(ca, fa, cb, fb, sign)] + ([(cb, fb, ca, fa, 1)] if sign == 1 else [])
+    for cx, fx, cy, fy, s in candidates:  # r * G + s * cy * G = (r + s * cy) * G
+        rest = _without(fx, fy)
+        if cx == 1 and rest is not None and len(rest) == 1:
+            return product([rest[0] + s * cy, *fy]) + offset
+    return None
+
+
+def _without(have, remove) -> list | None:
+    """The factors `have` less those of `remove`, or None where one of them is not there."""
+    rest = list(have)
+    for f in remove:
+        if f not in rest:
+            return None
+        rest.remove(f)
+    return rest
+
+
 def equal(a: Dim, b: Dim) -> bool:
     """Are the sizes equal for every value of the names (as products, not multiplied out)?"""
     ca, fa = factors(a)
