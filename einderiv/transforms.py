@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from .api import (Derived, _check_backend, _distinct, _picked, _scalar_output, _variables,
-                  _wrt_list, lower_source, rebuildable, rewritten)
+from .api import (Derived, _check_backend, _check_wrt_shapes, _distinct, _picked,
+                  _scalar_output, _variables, _wrt_list, lower_source, rebuildable, rewritten)
 from .derive import derivatives
 from .errors import EinderivError, InputError
 from .ir import build
@@ -149,7 +149,9 @@ def jvp(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy",
     of names a tuple of one array per name, the derivative along all of them together, as
     `jax.jvp`). `tangent_out` has the output's shape. The Jacobian is never formed: the
     program is the derivative by the output cotangent u of `<vjp(u), tangent>`, free of u.
-    `tangent_name` renames the keyword.
+    `tangent_name` renames the keyword. That is a derivative of a derivative, as `hvp`'s, and
+    takes as long (two to three times a `vjp`), so a text past `parser.MAX_HESSIAN_OPERATIONS`
+    operations is a `ParseError`, as for `hessian` and `hvp`.
 
     >>> import numpy as np, einderiv
     >>> f = einderiv.jvp("W @ x", "x", {"W": ("m", "n"), "x": ("n",)})
@@ -212,12 +214,13 @@ def vjp(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy",
 def _prepared(expr, wrt, shapes, backend, order):
     """What every product starts from: the wrt names, the rule book in force and a rewriter
     of it, and the expression lowered and rewritten (held to the derivation limit of
-    `order`)."""
+    `order`). A `wrt` var of another shape than the expression's is a `ShapeError`."""
     _check_backend(backend)
     names, many = _wrt_list(wrt)
     rules = default_rulebook()
     rewriter = Rewriter(rules)
     lowered = rewritten(lower_source(expr, shapes, rules, order=order), rewriter)
+    _check_wrt_shapes(lowered, wrt)
     return names, many, rules, rewriter, lowered
 
 
