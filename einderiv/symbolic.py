@@ -334,18 +334,24 @@ def _dimension_argument(text: str, what: str) -> ast.Expr:
     return dimension_tree(text, what)
 
 
-def _argument(a, name: str, first: bool):
-    """One positional argument of `fn.name`: a tensor or a number; a tuple (axes, pad widths,
-    reshape sizes, the tensors of `concatenate`) item by item, a string in it a dimension; a
-    string the subscripts of `einsum`, else a dimension (`ones("n")`)."""
-    if isinstance(a, str) and name == "einsum" and first:
+# The positional arguments the language takes as a string literal: einsum's subscripts and
+# norm's order ('fro'). A string anywhere else is a dimension.
+_STRING_ARGUMENTS = {("einsum", 0), ("norm", 1)}
+
+
+def _argument(a, name: str, position: int | None):
+    """Positional argument `position` of `fn.name` (None: an item of a tuple): a tensor or a
+    number; a tuple (axes, pad widths, reshape sizes, the tensors of `concatenate`) item by
+    item, a string in it a dimension; a string the subscripts of `einsum` or the order of
+    `norm`, else a dimension (`ones("n")`)."""
+    if isinstance(a, str) and (name, position) in _STRING_ARGUMENTS:
         return ast.String(a), {}
     if isinstance(a, str):
         return _dimension_argument(a, f"einderiv.fn.{name}: the dimension"), {}
     if isinstance(a, (tuple, list)):
         items, decls = [], {}
         for item in a:
-            node, d = _argument(item, name, False)
+            node, d = _argument(item, name, None)
             items.append(node)
             decls = _merge(decls, d)
         return ast.Tuple(tuple(items)), decls
@@ -355,12 +361,29 @@ def _argument(a, name: str, first: bool):
 def call(name: str, *args, **kwargs) -> Tensor:
     """Apply the language function `name` to symbolic (or numeric) arguments."""
     nodes, decls = [], {}
-    for a in args:
-        node, d = _argument(a, name, not nodes)
+    for position, a in enumerate(args):
+        node, d = _argument(a, name, position)
         nodes.append(node)
         decls = _merge(decls, d)
-    keywords = tuple((k, _axis(v)) for k, v in kwargs.items() if v is not None)
+    keywords = tuple((k, _keyword(name, k, v)) for k, v in kwargs.items())
     return Tensor(ast.Call(name, tuple(nodes), keywords), decls)
+
+
+def _keyword(name: str, key: str, value) -> ast.Expr:
+    """The value of keyword `key` of `fn.name`, as the language writes it: None (`axis=None`:
+    every axis, which for softmax is not the default last axis), an axis or a tuple of them,
+    and for the other keywords a string (`mode="same"`, `ord="fro"`), a tuple of integers
+    (strides, paddings) or a number (`ord=math.inf`)."""
+    if value is None:
+        return ast.NoneLit()
+    if isinstance(value, (tuple, list)) or key == "axis":
+        return _axis(tuple(value) if isinstance(value, list) else value)
+    if isinstance(value, str):
+        return ast.String(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return _operand(value)[0]
+    raise EinderivError(f"einderiv.fn.{name}: {key}= takes a string, None, an integer, a "
+                        f"tuple of integers or a number, got {type(value).__name__}")
 
 
 class _Functions:

@@ -224,11 +224,6 @@ _A = np.arange(15.0).reshape(3, 5) / 10
 _W = np.array([1.0, 2.0, 3.0])
 
 
-@pytest.mark.xfail(strict=True, reason="symbolic.call passes positional arguments through "
-                   "_operand (tensors and numbers only) and keywords through _axis (integers "
-                   "only): a tuple or a string argument is 'cannot combine a symbolic tensor "
-                   "with tuple/str', although the text of the same call works and "
-                   "docs/language.md says einderiv.fn.NAME(...) calls any function")
 @pytest.mark.parametrize("build, expected", [
     (lambda x, A, z, w: einderiv.fn.pad(x, (1, 2)), np.pad(_X, (1, 2))),
     (lambda x, A, z, w: einderiv.fn.transpose(A, (1, 0)), _A.T),
@@ -245,3 +240,19 @@ def test_fn_takes_the_tuple_and_string_arguments_of_the_language(build, expected
     f = einderiv.compile(expr)
     arrays = {"x": _X, "A": _A, "z": _X, "w": _W}
     _close(f(**{name: arrays[name] for name in f.inputs}), expected)
+
+
+@pytest.mark.parametrize("build, expected", [
+    # axis=None is every axis, as in the text: softmax's default is the last axis
+    (lambda A: einderiv.fn.softmax(A, axis=None), np.exp(_A) / np.exp(_A).sum()),
+    (lambda A: einderiv.fn.norm(A, ord="fro"), np.linalg.norm(_A)),
+    (lambda A: einderiv.fn.norm(A, ord=np.inf), np.linalg.norm(_A, np.inf)),
+    (lambda A: einderiv.fn.norm(A, 1, axis=[1]), np.linalg.norm(_A, 1, axis=1)),
+], ids=["softmax-axis-None", "norm-ord-fro", "norm-ord-inf", "norm-axis-list"])
+def test_fn_keywords_take_what_the_text_takes(build, expected):
+    f = einderiv.compile(build(einderiv.var("A", ("m", "n"))))
+    _close(f(A=_A), expected)
+    with pytest.raises(EinderivError, match="an axis must be an integer"):
+        einderiv.fn.sum(einderiv.var("A", ("m", "n")), axis={0})
+    with pytest.raises(EinderivError, match="stride= takes"):
+        einderiv.fn.correlate(einderiv.var("x", ("n",)), einderiv.var("w", (3,)), stride=True)
