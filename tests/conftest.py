@@ -306,12 +306,13 @@ def peak_bytes():
 
 
 # -- every `.latex` a test makes renders with matplotlib's mathtext (issue 15) ----------------
-# A block's rows are rendered one at a time (mathtext has no `aligned`), at most
-# LATEX_ROWS_PER_TEST distinct rows per test spread evenly over them, none longer than
-# LATEX_ROW_CHARACTERS (an unrolled network's rows: ~15 ms per row, a second for 1500
-# characters); tests/test_latex.py renders its whole corpus.
-LATEX_ROWS_PER_TEST = 40
-LATEX_ROW_CHARACTERS = 1000
+# A block's rows are rendered one at a time (mathtext has no `aligned`). Rendering takes about
+# 0.1 to 0.5 ms a character (a second for a row of an unrolled product), so a test's distinct
+# rows are taken spread evenly, at most LATEX_ROWS_PER_TEST of them and LATEX_CHARACTERS in
+# all (tests/test_latex.py checks a broad corpus: every row well formed, and rows holding all
+# that the corpus writes rendered).
+LATEX_ROWS_PER_TEST = 12
+LATEX_CHARACTERS = 1500
 _latex_made: list[str] = []
 _original_latex = api._Result.latex
 
@@ -333,9 +334,14 @@ def _mathtext_problems(latex, limit: int | None = None) -> list[str]:
     blocks = [latex] if isinstance(latex, str) else latex
     rows = list(dict.fromkeys(row for text in blocks for row in mathtext_lines(text)))
     if limit is not None:
-        rows = [r for r in rows if len(r) <= LATEX_ROW_CHARACTERS]
         if len(rows) > limit:
             rows = [rows[round(i * (len(rows) - 1) / (limit - 1))] for i in range(limit)]
+        budget, taken = LATEX_CHARACTERS, []
+        for row in sorted(rows, key=len):
+            if len(row) <= budget:
+                taken.append(row)
+                budget -= len(row)
+        rows = taken
     parser = MathTextParser("agg")
     problems = []
     for row in rows:

@@ -81,8 +81,9 @@ OPERATORS = {"exp": r"\exp", "log": r"\log", "sin": r"\sin", "cos": r"\cos", "ta
              "arctanh": r"\operatorname{artanh}", "arcsinh": r"\operatorname{arsinh}",
              "lgamma": r"\log\Gamma", "digamma": r"\psi", "trigamma": r"\psi'",
              "gelu": r"\operatorname{GELU}"}
-# The kinds of result whose outputs `dx`, `dxdy` are partial derivatives of the value f.
-DERIVATIVES = {"grad", "jacobian", "hessian", "value_and_grad", None}
+# The kinds of result whose outputs `dx`, `dxdy` are partial derivatives of the value f, and
+# of what order (None: any, as the names say).
+DERIVATIVES = {"grad": 1, "jacobian": 1, "value_and_grad": 1, "hessian": 2, None: None}
 # The value's symbol: the first one no name of the user's is typeset as.
 FUNCTION_SYMBOLS = ("f", "F", r"\varphi", r"\mathcal{F}")
 # Index names, in the order handed out; a letter the user's names take is skipped.
@@ -120,7 +121,7 @@ def latex_rows(program: VectorProgram, kind: str | None = None,
         shapes = {**program.declarations, **{n: v.shape for n, v in program.variables.items()}}
         printer.symbol = _function_symbol(program)
         for name, _ in program.outputs:
-            parts = _differentials(name, inputs)
+            parts = _differentials(name, inputs, DERIVATIVES[kind])
             if parts:
                 printer.partials[name] = [(names.get(p) or latex_name(p), len(shapes[p]))
                                           for p in parts]
@@ -160,7 +161,16 @@ def _lowered(lines, declarations: dict, rules: RuleBook | None) -> dict:
     that lacks a function now) leaves it and the later lines without shapes: they are typeset
     as they read."""
     from ..lower.lower import Scope, lower_expr
-    scope = Scope(dict(declarations), rules or default_rulebook())
+
+    class Sized(Scope):
+        # A size the program writes as one name (`ones((n + 1) // 2)`, vectorize's composite
+        # dimensions) is a dimension here, as it was where the program was made.
+        def dims(self) -> set[str]:
+            return super().dims() | sizes
+
+    sizes = {e.id for _, expr in lines for e in _walk(expr)
+             if isinstance(e, ast.Name) and is_composite(e.id)}
+    scope = Sized(dict(declarations), rules or default_rulebook())
     nodes: dict = {}
     for name, expr in lines:
         try:
@@ -168,6 +178,20 @@ def _lowered(lines, declarations: dict, rules: RuleBook | None) -> dict:
         except (EinderivError, ValueError, TypeError, KeyError):
             break
     return nodes
+
+
+def _walk(expr: ast.Expr):
+    """Every syntax node of `expr`, arguments of calls and items of tuples included."""
+    stack = [expr]
+    while stack:
+        e = stack.pop()
+        yield e
+        for value in vars(e).values():
+            for item in value if isinstance(value, tuple) else (value,):
+                if isinstance(item, tuple):  # a keyword argument: (name, value)
+                    item = item[-1]
+                if isinstance(item, ast.Expr):
+                    stack.append(item)
 
 
 def _user_names(program: VectorProgram) -> set[str]:
@@ -215,7 +239,7 @@ def _subscripted(text: str, kind: int, idx) -> str:
     """An expression's entry: `\\exp(x)_{i}`, `\\left(X w\\right)_{i}`."""
     if not idx:
         return text
-    if kind != ATOM or re.search(r"(?<!\\)_", text):
+    if kind != ATOM:  # a function's value, \exp(x)_{i}, takes its subscript as it is
         text = rf"\left({text}\right)"
     return f"{text}_{{{_subscript(idx)}}}"
 
@@ -278,16 +302,17 @@ def output_name(name: str, program: VectorProgram) -> str:
     return latex_name(name)
 
 
-def _differentials(name: str, inputs: set) -> list[str] | None:
-    """`dxdy` -> [x, y] when x and y are inputs; None when `name` is not such a chain."""
-    if not name.startswith("d"):
+def _differentials(name: str, inputs: set, count: int | None = None) -> list[str] | None:
+    """`dxdy` -> [x, y] when x and y are inputs; None when `name` is not such a chain (of
+    `count` names, when given: `dxdxddout` of a Hessian by xdx and dout is [xdx, dout])."""
+    if not name.startswith("d") or count == 0:
         return None
     rest = name[1:]
-    if rest in inputs:
+    if rest in inputs and count in (None, 1):
         return [rest]
     for cut in range(1, len(rest)):
         if rest[cut] == "d" and rest[:cut] in inputs:
-            tail = _differentials(rest[cut:], inputs)
+            tail = _differentials(rest[cut:], inputs, None if count is None else count - 1)
             if tail:
                 return [rest[:cut], *tail]
     return None
@@ -410,7 +435,7 @@ class _Printer:
         if isinstance(e, ast.Index):
             return self._index_form(e) is not None and self.fits(e.operand)
         if isinstance(e, ast.Call):
-            if e.func in ("einsum", "pad"):
+            if e.func in ("einsum", "pad", "dilate"):
                 return False
             if e.func in ("sum", "mean"):
                 axes = self.axes(e)
@@ -456,6 +481,17 @@ class _Printer:
         return rf"\left({text}\right)"
 
     def expr(self, e: ast.Expr) -> tuple[str, int]:
+        """`e` in matrix notation; a part without one (an argument of a function that has
+        one, a slice inside an inverse) is the array of its entries: `\\left[x_{i+1}\\right]_{i}`."""
+        if not self.fits(e) and not isinstance(e, ast.Name):
+            start = self.used
+            idx = self.fresh(self.rank(e))
+            text, kind = self.ix(e, idx)
+            self.used = start
+            return (rf"\left[{text}\right]_{{{_subscript(idx)}}}", SUB) if idx else (text, kind)
+        return self.matrix(e)
+
+    def matrix(self, e: ast.Expr) -> tuple[str, int]:
         if isinstance(e, ast.Number):
             return _number(e.value)
         if isinstance(e, ast.Name):
@@ -923,9 +959,16 @@ class _Printer:
             text, kind = self.sigma(summed, self.ix(arg, inner)), BIGOP
         self.used = start  # the summed indices are bound: the next sum may take them again
         if whole and e.func == "mean" and axes:
-            count = " ".join(self.dim(shape[a]) for a in axes)
+            count = self.count([shape[a] for a in axes])
             return self.scale((rf"\frac{{1}}{{{count}}}", FRAC), (text, kind))
         return text, kind
+
+    def count(self, dims) -> str:
+        """The number of entries of `dims`: `n d`, `n^{2}`."""
+        powers: dict = {}
+        for d in dims:
+            powers[d] = powers.get(d, 0) + 1
+        return " ".join(self.dim(d) + (f"^{{{k}}}" if k > 1 else "") for d, k in powers.items())
 
     def sigma(self, idx, summand: tuple[str, int]) -> str:
         return rf"\sum_{{{','.join(idx)}}} {_parenthesize(*summand, 'summand')}"
@@ -1015,7 +1058,7 @@ class _Printer:
             return self.ix_index(e, idx)
         if isinstance(e, ast.Call):
             return self.ix_call(e, idx)
-        text, kind = self.expr(e)
+        text, kind = self.matrix(e)
         return _subscripted(text, kind, idx), SUB
 
     def _block(self, e: ast.Expr) -> bool:
@@ -1030,12 +1073,13 @@ class _Printer:
                                    "trace", "dot", "size", "einsum", "pad"))
         return False
 
-    def _along(self, call: ast.Call) -> bool:
-        """Does `call` work along axes of a tensor (softmax, logsumexp, cumsum, max)?"""
+    def _along(self, call: ast.Call, rank: int = 2) -> bool:
+        """Does `call` work along axes (softmax, logsumexp, cumsum, max) of a tensor of
+        `rank` axes or more?"""
         f = self.rules.get(call.func)
         along = (f is not None and f.kind == "tensor" and f.axis is not None) or \
             call.func in ("cumsum", "norm", "var", "std")
-        return along and bool(call.args) and (self.rank(call.args[0]) or 0) >= 2
+        return along and bool(call.args) and (self.rank(call.args[0]) or 0) >= rank
 
     def ix_binary(self, e: ast.BinOp, idx) -> tuple[str, int]:
         op = e.op
@@ -1048,6 +1092,10 @@ class _Printer:
         left = self.ix(e.left, self.aligned(e.left, e, idx))
         right = self.ix(e.right, self.aligned(e.right, e, idx))
         if op in "+-":
+            if right[0] == "0":  # a term that is 0 at these indices (a delta's, a zero's)
+                return left
+            if left[0] == "0":
+                return right if op == "+" else _negated(*right)
             return f"{_parenthesize(*left, 'left')} {op} {_parenthesize(*right, 'right')}", SUM
         if op == "**":
             return f"{_parenthesize(*left, 'base')}^{{{right[0]}}}", SUP
@@ -1066,6 +1114,9 @@ class _Printer:
 
     def juxtaposed(self, factors: list[tuple[str, int]]) -> tuple[str, int]:
         """Scalars multiplied: numbers first, a sum bracketed, a \\sum unless it is last."""
+        if any(f[0] == "0" for f in factors):
+            return "0", ATOM
+        factors = [f for f in factors if f[0] != "1"]  # an entry of ones, or a delta's
         if not factors:
             return "1", ATOM
         numbers = [f for f in factors if re.fullmatch(r"-?[\d.]+", f[0])]
@@ -1157,6 +1208,8 @@ class _Printer:
                 return self.ix(ast.BinOp("*", *args), idx)
             return self.ix_matmul(args[0], args[1], idx)
         if f == "eye":
+            if all(i.isdigit() for i in idx):  # an entry of the identity: 1 or 0
+                return ("1" if len(set(idx)) == 1 else "0"), ATOM
             return rf"\delta_{{{_subscript(idx)}}}", SUB
         if f in ("ones", "zeros"):
             return ("1" if f == "ones" else "0"), ATOM
@@ -1175,13 +1228,21 @@ class _Printer:
             return text, BIGOP
         if f == "pad" and len(args) == 2:
             return self.ix_pad(e, idx)
+        if f == "dilate" and len(args) == 3 and _number_value(args[1]) is not None:
+            # x's entries k apart in zeros: entry i is x_{i/k} where k divides i
+            k = int(_number_value(args[1]))
+            axis = (self.axes(e) or (0,))[0]
+            i = idx[axis] if len(idx[axis]) == 1 or idx[axis].isdigit() else f"({idx[axis]})"
+            inner = [f"{i}/{k}" if a == axis else j for a, j in enumerate(idx)]
+            return self.juxtaposed([(rf"\left[{k} \mid {idx[axis]}\right]", ATOM),
+                                    self.ix(args[0], inner)])
         if self.elementwise(e) or f in _COMPARED:
             texts = [self.ix(a, self.aligned(a, e, idx)) for a in args]
             special = self.special(f, args, texts)
             return special if special is not None else self.applied(f, args, texts)
-        if self._along(e) and self.shape(e) is not None:
+        if self._along(e, 1) and self.shape(e) is not None:
             return self.ix_along(e, idx)
-        text, kind = self.expr(e)
+        text, kind = self.matrix(e)
         return _subscripted(text, kind, idx), SUB
 
     def ix_along(self, e: ast.Call, idx) -> tuple[str, int]:
@@ -1194,6 +1255,24 @@ class _Printer:
         start = self.used
         if axes is None:
             axes = (rank - 1,) if same else tuple(range(rank))
+        if same and e.func == "cumsum":  # a running sum: the sum up to the entry
+            (axis,), (k,) = axes, self.fresh(1)
+            inner = [k if a == axis else i for a, i in enumerate(idx)]
+            text = self.sigma([rf"{k} \leq {idx[axis]}"], self.ix(arg, inner))
+            self.used = start
+            return text, BIGOP
+        if same and not all(len(idx[a]) == 1 and idx[a].isalpha() and idx.count(idx[a]) == 1
+                            for a in axes):
+            # at an index that is no free letter (x_{n-1-i}): the function of the array
+            # [x_k]_k, taken there
+            bound = self.fresh(len(axes))
+            inner = list(idx)
+            for a, k in zip(axes, bound):
+                inner[a] = k
+            name = OPERATORS.get(e.func, rf"\operatorname{{{_escape(e.func)}}}")
+            text = rf"\left[{self.ix(arg, inner)[0]}\right]_{{{_subscript(bound)}}}"
+            self.used = start
+            return rf"{name}\left({text}\right)_{{{_subscript([idx[a] for a in axes])}}}", SUB
         if same:
             inner, along = list(idx), [idx[a] for a in axes]
         else:
@@ -1222,7 +1301,7 @@ class _Printer:
             if b_text is None:
                 inner.append(i)
             else:
-                inner.append(f"{i}-{b_text}")
+                inner.append(_affine(i, -1, _compact(b_text)))
                 brackets.append(rf"\left[{i} \geq {b_text}\right]")
             if _number_value(after) != 0:
                 end = self.dim(d + int(b)) if b is not None else f"{b_text} + {self.dim(d)}"
