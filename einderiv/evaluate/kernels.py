@@ -769,6 +769,8 @@ def _correlation_arrays(x, w, strides, xp):
     dtype = xp.result_type(x, w)
     if not positions or not taps or not bx or not bw or not channels:
         return xp.zeros((bx, bw, *out_s), dtype=dtype)
+    if xp is np and bx == bw == channels == 1 and strides == (1,):  # numpy's own, in C
+        return np.correlate(x[0, 0], w[0, 0]).reshape(1, 1, -1)
     if positions < taps:
         # A small output of a large kernel (a kernel's gradient): the whole kernel contracted
         # with the window at each output position, the windows copied together where that is
@@ -797,11 +799,13 @@ def _correlation_arrays(x, w, strides, xp):
         out = xp.reshape(kernel, (bw, channels * taps)) @ \
             xp.reshape(cols, (bx, channels * taps, positions))
         return xp.reshape(out, (bx, bw, *out_s))
-    # One matrix product per kernel entry, accumulated: O(output) memory.
+    # One matrix product per kernel entry (a product by each kernel's entry where there is one
+    # channel), accumulated: O(output) memory.
     out = xp.zeros((bx, bw, positions), dtype=dtype)
     for t, at in enumerate(np.ndindex(*K)):
         shifted = xp.reshape(x[_window(at, out_s, strides)], (bx, channels, positions))
-        out += kernel[:, :, t] @ shifted
+        out += shifted * kernel[None, :, 0, t, None] if channels == 1 else \
+            kernel[:, :, t] @ shifted
     return xp.reshape(out, (bx, bw, *out_s))
 
 
@@ -813,6 +817,8 @@ def _full_arrays(d, w, xp):
     out_s = tuple(s + k - 1 for s, k in zip(S, K))
     positions, taps = math.prod(S), math.prod(K)
     dtype = xp.result_type(d, w)
+    if xp is np and bx == bw == channels == 1 and len(S) == 1:  # numpy's own, in C
+        return np.convolve(d[0, 0], w[0, 0]).reshape(1, 1, -1)
     out = xp.zeros((bx, bw, *out_s), dtype=dtype)
     if not positions or not taps or not bx or not bw or not channels:
         return out
@@ -836,5 +842,6 @@ def _full_arrays(d, w, xp):
         return out
     for t, at in enumerate(np.ndindex(*K)):
         tap = w[(slice(None), slice(None), *at)].T  # [BW, C]
-        out[_window(at, S)] += xp.reshape(tap @ flat, (bx, bw, *S))
+        part = flat * tap[None, :, 0, None] if channels == 1 else tap @ flat
+        out[_window(at, S)] += xp.reshape(part, (bx, bw, *S))
     return out
