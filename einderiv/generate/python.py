@@ -192,7 +192,7 @@ class _Printer:
                 solved.append(dim)
         # A name that no shape has alone is one factor of a product (`y: [2 * n]`): read from
         # it, after the other factors' names (lower/dimensions.py's `readings`).
-        readings = dimensions.readings(dict(ordered))
+        readings = dimensions.readings(dict(ordered)) if solved else {}
         needed, stack = set(), list(solved)
         while stack:
             dim = stack.pop()

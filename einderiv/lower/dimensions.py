@@ -287,20 +287,24 @@ def readings(shapes: dict) -> dict:
     is read there; else from a product it is one factor of (`2 * n`), once its other factors
     are known. Names that no shape tells are left out."""
     known: dict = {}
+    composites = []
     for variable, shape in shapes.items():
         for axis, d in enumerate(shape):
-            if d.name is not None and not is_composite(d.name) and d.name not in known:
+            if d.name is None:
+                continue
+            if is_composite(d.name):
+                composites.append((variable, axis, d))
+            elif d.name not in known:
                 known[d.name] = (variable, axis, d, (1, (), 0))
-    progress = True
+    progress = bool(composites)
     while progress:
         progress = False
-        for variable, shape in shapes.items():
-            for axis, d in enumerate(shape):
-                for name in sorted(names_in(d) - set(known)):
-                    r = reading(d, name)
-                    if r is not None and all(names_in(o) <= set(known) for o in r[1]):
-                        known[name] = (variable, axis, d, r)
-                        progress = True
+        for variable, axis, d in composites:
+            for name in sorted(n for n in names_in(d) if n not in known):
+                r = reading(d, name)
+                if r is not None and all(n in known for o in r[1] for n in names_in(o)):
+                    known[name] = (variable, axis, d, r)
+                    progress = True
     return known
 
 
@@ -365,10 +369,13 @@ def bind(given: dict) -> dict[str, int]:
 def unreadable(shapes: dict, spans: dict | None = None) -> None:
     """ShapeError for a dimension name of the declared `shapes` that no shape tells: every
     size must follow from the arrays passed."""
+    if not any(d.name is not None and is_composite(d.name)
+               for shape in shapes.values() for d in shape):
+        return  # every name is read where a shape has it alone
     known = readings(shapes)
     for variable, shape in shapes.items():
         for d in shape:
-            missing = sorted(names_in(d) - set(known))
+            missing = sorted(n for n in names_in(d) if n not in known)
             if missing:
                 name = missing[0]
                 raise ShapeError(
