@@ -143,10 +143,12 @@ class Tensor:
 
     # numpy's and JAX's method spellings of the language's reductions
     def sum(self, axis=None) -> "Tensor":
-        return call("sum", self, axis=axis)
+        """`sum(self)` over every entry, or `sum(self, axis=axis)`, as numpy's `x.sum()`."""
+        return call("sum", self) if axis is None else call("sum", self, axis=axis)
 
     def mean(self, axis=None) -> "Tensor":
-        return call("mean", self, axis=axis)
+        """`mean(self)` over every entry, or `mean(self, axis=axis)`, as numpy's `x.mean()`."""
+        return call("mean", self) if axis is None else call("mean", self, axis=axis)
 
     @property
     def shape(self) -> tuple:
