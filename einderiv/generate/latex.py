@@ -90,7 +90,6 @@ FUNCTION_SYMBOLS = ("f", "F", r"\varphi", r"\mathcal{F}")
 INDEX_LETTERS = "ijklpqrsuvwabcgh"
 _RELATIONS = {"<": "<", "<=": r"\leq", ">": ">", ">=": r"\geq", "==": "=", "!=": r"\neq"}
 _COMPARED = {fn: op for op, fn in ast.COMPARISONS.items()}
-_ELEMENTWISE_OPS = {"+", "-", "*", "/", "**", "//", *ast.COMPARISONS}
 
 
 def format_latex(program: VectorProgram, kind: str | None = None,
@@ -1042,8 +1041,7 @@ class _Printer:
         if isinstance(e, ast.Name) and e.id in self.partials:
             return self.left(e.id, idx), FRAC
         if isinstance(e, ast.Name):
-            text, _ = self.name(e)
-            return _indexed(text, idx), (SUB if idx else ATOM)
+            return (_indexed(self.name(e)[0], idx), SUB) if idx else self.name(e)
         if isinstance(e, ast.UnaryOp):
             if e.op == "+":
                 return self.ix(e.operand, idx)
