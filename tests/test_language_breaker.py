@@ -1,0 +1,132 @@
+"""Faults found by using issue 14's language (comparisons, where, argmax, cumsum, steps,
+reshape, norms, max/min/prod, solve, matrix_power, ...) as a numpy/JAX user would and then with
+hostile inputs. Each test states the right behaviour from an independent reference (exact
+integer arithmetic, numpy, the language reference's own claim), and is an expected failure
+until the fault is fixed (strict: a fix turns it into an error, so that the marker is removed).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import einderiv
+from einderiv import EinderivError
+
+# -- matrix_power with a negative exponent ----------------------------------------------------
+# A = [[2, 1], [1, 1]] has det 1 and the integer inverse [[1, -1], [-1, 2]] (condition number
+# 6.9), so A^-k = inv(A)^k is an integer matrix, exact in float64 for these k (numpy's
+# matrix_power, which inverts first, returns it exactly). einderiv lowers matrix_power(A, -k)
+# to inv(A^k) (lower/calls.py, _matrix_power: `Prim("inv", (_power(x, -k),))`): A^k has
+# condition number 6.9^k, so the inverse of the power loses about k * 0.84 digits, and at
+# k = 20 numpy reports A^20 singular.
+
+POWER_A = np.array([[2.0, 1.0], [1.0, 1.0]])
+
+
+def _inverse_power(k: int) -> np.ndarray:
+    """inv(POWER_A) ** k in exact integers."""
+    inverse = np.array([[1, -1], [-1, 2]], dtype=object)
+    result = np.eye(2, dtype=int).astype(object)
+    for _ in range(k):
+        result = result.dot(inverse)
+    return result.astype(float)
+
+
+@pytest.mark.xfail(strict=True, reason="matrix_power(A, -k) is lowered to inv(A^k) instead of "
+                   "inv(A)^k: the inverse of a power whose condition number is cond(A)^k; "
+                   "4e-9 relative error at k = 10, 'Singular matrix' at k = 20 for a 2x2 matrix "
+                   "of det 1 that numpy inverts exactly")
+@pytest.mark.parametrize("k", [10, 20])
+def test_matrix_power_of_a_negative_exponent_inverts_first(k):
+    f = einderiv.compile(f"matrix_power(A, {-k})", {"A": ("n", "n")})
+    expected = _inverse_power(k)
+    np.testing.assert_allclose(np.linalg.matrix_power(POWER_A, -k), expected, rtol=1e-14)
+    np.testing.assert_allclose(f(A=POWER_A), expected, rtol=1e-12)
+
+
+@pytest.mark.xfail(strict=True, reason="the derivative of matrix_power(A, -k) goes through "
+                   "inv(A^k) too: 2.5e-5 relative error at k = 15")
+def test_matrix_power_of_a_negative_exponent_gradient():
+    k = 15
+    g = einderiv.grad(f"tr(matrix_power(A, {-k}))", "A", {"A": ("n", "n")})
+    # d tr(A^-k) / dA = -k (A^(-k-1))^T
+    np.testing.assert_allclose(g(A=POWER_A), -k * _inverse_power(k + 1).T, rtol=1e-10)
+
+
+# -- max, min and prod on the torch backend ---------------------------------------------------
+# rules/tensor.rules implements max, min and prod as xp.max, xp.min and xp.prod; on torch,
+# backends._TorchNumpy forwards them to torch.max / torch.min / torch.prod, whose signatures are
+# not numpy's: torch.max(x, axis=None) is refused, torch.max(x, axis=1) returns a
+# (values, indices) pair, torch.prod takes one dim only. So every max, min, prod over all axes,
+# norm(X, 1) of a matrix and the usual `X - max(X, axis=1)[:, None]` fail on torch (their
+# gradients, max_weights and prod_others, run).
+
+TORCH_X = np.array([[1.0, 5.0, 2.0], [4.0, 0.0, 3.0]])
+
+
+@pytest.mark.xfail(strict=True, reason="max/min/prod are xp.max/xp.min/xp.prod, which "
+                   "_TorchNumpy passes to torch.max/min/prod: axis=None refused, an int axis "
+                   "returns (values, indices), a tuple of axes refused")
+@pytest.mark.parametrize("expr,expected", [
+    ("max(X)", lambda X: np.max(X)),
+    ("max(X, axis=1)", lambda X: np.max(X, axis=1)),
+    ("min(X, axis=0)", lambda X: np.min(X, axis=0)),
+    ("min(X, axis=(0, 1))", lambda X: np.min(X)),
+    ("prod(X + 1)", lambda X: np.prod(X + 1)),
+    ("norm(X, 1)", lambda X: np.linalg.norm(X, 1)),
+    ("X - max(X, axis=-1)[:, None]", lambda X: X - np.max(X, axis=-1)[:, None]),
+], ids=["max", "max-axis", "min-axis", "min-axes", "prod", "norm1", "centered"])
+def test_max_min_prod_on_torch(expr, expected):
+    torch = pytest.importorskip("torch")
+    f = einderiv.compile(expr, {"X": ("n", "m")}, backend="torch")
+    value = f(X=torch.as_tensor(TORCH_X))
+    np.testing.assert_allclose(value.numpy(), expected(TORCH_X), rtol=1e-12)
+
+
+# -- argmax over a nonempty axis of an array with an empty one --------------------------------
+
+@pytest.mark.xfail(strict=True, reason="kernels._argbest reshapes the moved array to "
+                   "(*rest, -1), which numpy cannot do when rest has a 0 (EvaluationError "
+                   "'cannot reshape array of size 0 into shape (0,newaxis)'); numpy's argmax "
+                   "gives an empty result")
+@pytest.mark.parametrize("name", ["argmax", "argmin"])
+def test_argmax_along_a_full_axis_of_an_empty_array(name):
+    f = einderiv.compile(f"{name}(X, axis=0)", {"X": ("n", "m")})
+    X = np.zeros((3, 0))
+    expected = getattr(np, name)(X, axis=0).astype(float)  # shape (0,)
+    value = f(X=X)
+    assert np.shape(value) == expected.shape == (0,)
+
+
+# -- dask: a raw ZeroDivisionError -------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="concatenate with an empty operand is a pad of a "
+                   "zero-size array; dask.array.pad raises ZeroDivisionError there, which "
+                   "evaluate/plan.py's EVALUATION_FAILURES does not turn into an "
+                   "EvaluationError: a raw traceback from the backend")
+def test_concatenate_with_an_empty_operand_on_dask():
+    pytest.importorskip("dask.array")
+    f = einderiv.compile("x: [n]; y: [0]; concatenate((x, y))", backend="dask")
+    x = np.array([1.0, 2.0])
+    try:
+        value = f(x=x, y=np.zeros(0))
+    except EinderivError:
+        return  # a clear error is acceptable
+    np.testing.assert_array_equal(np.asarray(value.compute()), x)  # numpy's concatenate
+
+
+# -- the gradient of a solve's column sum is an inverse ---------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="grad of sum(solve(A, b)) by b is printed and computed "
+                   "as sum(inv(A), axis=0): simplify/solves.py makes a solve only where inv(A)'s "
+                   "summed axis meets another tensor, and here the cotangent is a constant one; "
+                   "docs/language.md says solve's derivatives are solves")
+def test_gradient_of_the_sum_of_a_solve_is_a_solve():
+    import scipy.linalg
+    g = einderiv.grad("sum(solve(A, b))", "b", {"A": ("n", "n"), "b": ("n",)})
+    assert "inv(" not in g.formula
+    A = scipy.linalg.hilbert(9)
+    value = g(A=A, b=np.ones(9))
+    # the gradient is the solution of A^T g = 1; a solve's residual is ~1e-11 here, the
+    # inverse's column sums leave ~1e-7
+    assert np.max(np.abs(A.T @ value - 1)) < 1e-9
