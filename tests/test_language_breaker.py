@@ -130,3 +130,39 @@ def test_gradient_of_the_sum_of_a_solve_is_a_solve():
     # the gradient is the solution of A^T g = 1; a solve's residual is ~1e-11 here, the
     # inverse's column sums leave ~1e-7
     assert np.max(np.abs(A.T @ value - 1)) < 1e-9
+
+
+# -- one-axis functions given axis=None, () or several axes -----------------------------------
+# lower/calls.py's _concatenate, _stack and _dilate take `_axes(...)[0]`: _axes returns None
+# for axis=None (every axis) and () for an empty tuple, so these are a raw TypeError or
+# IndexError from the lowering; _stack never checks that one axis is given, so
+# stack(..., axis=(0, 1)) is silently a stack on axis 0 (numpy: TypeError).
+
+@pytest.mark.xfail(strict=True, reason="_concatenate/_stack/_dilate index _axes(...)[0]: "
+                   "axis=None is a raw TypeError 'NoneType' object is not subscriptable, "
+                   "axis=() a raw IndexError")
+@pytest.mark.parametrize("expr", [
+    "concatenate((A, A), axis=None)",
+    "concatenate((A, A), axis=())",
+    "stack((A, A), axis=None)",
+    "stack((A, A), axis=())",
+    "dilate(A, 2, 3, axis=None)",
+], ids=["concatenate-None", "concatenate-empty", "stack-None", "stack-empty", "dilate-None"])
+def test_one_axis_functions_refuse_no_axis_cleanly(expr):
+    A = np.arange(6.0).reshape(2, 3)
+    try:
+        f = einderiv.compile(expr, {"A": (2, 3)})
+    except EinderivError as e:
+        assert "^" in str(e)  # a caret under the place
+        return
+    # numpy's concatenate with axis=None joins the operands flattened
+    assert expr.startswith("concatenate((A, A), axis=None)")
+    np.testing.assert_array_equal(f(A=A), np.concatenate((A, A), axis=None))
+
+
+@pytest.mark.xfail(strict=True, reason="_stack takes the first of several axes silently: "
+                   "stack((A, A), axis=(0, 1)) is stack on axis 0, where numpy refuses a tuple "
+                   "(concatenate says 'takes one axis')")
+def test_stack_refuses_several_axes():
+    with pytest.raises(EinderivError):
+        einderiv.compile("stack((A, A), axis=(0, 1))", {"A": (2, 3)})
