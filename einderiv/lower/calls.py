@@ -778,7 +778,8 @@ def _matrix_power(call, args, scope):
     """matrix_power(X, k): numpy.linalg's, the product of k factors X for an integer literal k
     (of each matrix of a stack), by repeated squaring: about 2 log2(k) products, so its
     derivative is the sum of products the chain rule gives through them. k = 0 is the
-    identity, k < 0 the inverse of the power -k (one inverse, of X^-k)."""
+    identity, k < 0 the power -k of the inverse (inverted first, as numpy: inv(X^-k) would invert
+    a matrix whose condition number is cond(X)^-k)."""
     from .lower import constant_int
     _no_keywords(call)
     _arity(call, 2, 2)
@@ -792,7 +793,7 @@ def _matrix_power(call, args, scope):
         if f is None or f.kind != "tensor" or f.shape != "square":
             raise ShapeError("matrix_power() with a negative exponent needs inv, which the "
                              "rules in force do not define", call.args[1].span or call.span)
-        return Prim("inv", (_power(x, -k),), (), x.shape)
+        return _power(Prim("inv", (x,), (), x.shape), -k)
     if k == 0:
         labels = tuple(range(x.rank))
         n = x.shape[-1]
