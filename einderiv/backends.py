@@ -237,6 +237,28 @@ class _TorchNumpy:
     def mean(self, x, axis=None):
         return self._torch.mean(x) if axis is None else self._torch.mean(x, dim=axis)
 
+    def _dims(self, x, axis) -> tuple:
+        """numpy's axis (None, an int or a tuple, negative from the end) as torch dims."""
+        if axis is None:
+            return tuple(range(x.ndim))
+        return tuple(a % x.ndim for a in ((axis,) if isinstance(axis, int) else axis))
+
+    # torch.max/min return (values, indices) for a dim and take no tuple; amax/amin are
+    # numpy's max/min (a tuple, and every axis given as all dims).
+    def max(self, x, axis=None, keepdims=False):
+        dims = self._dims(x, axis)
+        return self._torch.amax(x, dim=dims, keepdim=keepdims) if dims else x
+
+    def min(self, x, axis=None, keepdims=False):
+        dims = self._dims(x, axis)
+        return self._torch.amin(x, dim=dims, keepdim=keepdims) if dims else x
+
+    def prod(self, x, axis=None, keepdims=False):
+        # torch.prod takes one dim: one axis at a time, from the last (the others keep place).
+        for d in sorted(self._dims(x, axis), reverse=True):
+            x = self._torch.prod(x, dim=d, keepdim=keepdims)
+        return x
+
     def maximum(self, a, b):
         like = a if isinstance(a, self._torch.Tensor) else b
         return self._torch.maximum(self._tensor(a, like), self._tensor(b, like))
