@@ -1,6 +1,7 @@
 """Backends: the generated code on torch, jax, cupy and dask, each against numpy.
 
-Each backend's tests run where it is installed and are skipped otherwise; CI installs dask.
+Each backend's tests run where it is installed and are skipped otherwise; CI installs dask and
+jax (the test extra).
 GPU checks run only where torch sees CUDA or cupy is installed.
 """
 import numpy as np
