@@ -9,7 +9,12 @@ elementwise functions kept inside their domains, sum/mean with and without axis,
 logsumexp/softmax with axes, dot/outer/tr/diag, inv/det/logdet of a well-conditioned matrix,
 norm, einsum, eye, axes of size 1, and bound temporaries; comparisons as masks (in products and
 as where's condition) and argmax as a value; the linear index maps cumsum, reversals, steps and
-dilate, reshape (sizes products of dimensions), triu/tril and kron.
+dilate, reshape (sizes products of dimensions), triu/tril and kron; solve (of a well-conditioned
+matrix, symmetric or not), cholesky of a symmetric positive definite one, matrix_power with a
+small literal exponent (negative ones of a well-conditioned matrix), pinv of a tall matrix of
+full rank (a positive definite block on top of another), einsum with `...`, and the
+convolutions correlate and convolve (every mode, a stride), conv1d and conv2d (padding), their
+kernels of integer sizes made by stack, slices or outer.
 
 For each expression, `jacobian` and `grad` (of the scalar output, or of `sum((expr) * C)` with a
 random weight C) are compared with central differences of the compiled forward expression
@@ -105,7 +110,7 @@ class Builder:
         self.budget -= 1
         productions = ["leaf", "arith", "arith", "div", "pow", "neg", "unary", "unary", "kink",
                        "minmax", "matmul", "reduce", "index", "slice", "einsum", "linalg",
-                       "mask", "linear", "linear"]
+                       "mask", "linear", "linear", "conv"]
         if len(shape) >= 1:
             productions += ["softmax", "broadcast", "size_one", "transpose"]
         else:
@@ -337,8 +342,17 @@ class Builder:
 
     def p_einsum(self, shape):
         c = self.dim()
+        ellipsis = self.draw(st.booleans())  # `...`: the axes no letter names (issue 14)
         if len(shape) == 2:
             a, b = shape
+            if ellipsis:
+                return self.pick(
+                    lambda: f'einsum("...ij,...jk->...ik", {self.expr((a, c))}, '
+                            f'{self.expr((c, b))})',
+                    lambda: f'einsum("...i,i->...i", {self.expr(shape)}, {self.expr((b,))})',
+                    lambda: f'einsum("...j,...j->...j", {self.expr(shape)}, '
+                            f'{self.expr((b,))}[None, :])',  # a size-1 axis broadcast
+                )
             return self.choice([
                 f'einsum("ij,jk->ik", {self.expr((a, c))}, {self.expr((c, b))})',
                 f'einsum("ij->ji", {self.expr((b, a))})',
@@ -346,11 +360,25 @@ class Builder:
             ])
         if len(shape) == 1:
             a = shape[0]
+            if ellipsis:
+                return self.pick(
+                    lambda: f'einsum("...ij,...j->...i", {self.expr((a, c))}, '
+                            f'{self.expr((c,))})',
+                    lambda: f'einsum("...i,...i->...", {self.expr((a, c))}, '
+                            f'{self.expr((a, c))})',
+                    lambda: f'einsum("i...->...", {self.expr((c, a))})',
+                )
             return self.choice([
                 f'einsum("ij,j->i", {self.expr((a, c))}, {self.expr((c,))})',
                 f'einsum("ii->i", {self.expr((a, a))})',
                 f'einsum("ji,j", {self.expr((c, a))}, {self.expr((c,))})',
             ])
+        if ellipsis:
+            return self.pick(
+                lambda: f'einsum("...i,...i", {self.expr((c,))}, {self.expr((c,))})',
+                lambda: f'einsum("...ii", {self.expr((c, c))})',
+                lambda: f'sum(einsum("...ij,...j", {self.expr((c, c))}, {self.expr((c,))}))',
+            )
         d = self.dim()
         return self.choice([
             f'einsum("ij,ij->", {self.expr((c, d))}, {self.expr((c, d))})',
@@ -363,7 +391,22 @@ class Builder:
         e = self.expr((d, self.dim()))
         return self.choice([f"({e} @ {e}.T + eye({d}) * 2)", f"(eye({d}) * 1.5 + {e} @ {e}.T)"])
 
+    def regular(self, d) -> str:
+        """A matrix, not symmetric, whose singular values are >= 0.4: 2 I plus one whose
+        2-norm is at most 0.4 d <= 1.6 (entries in (-0.4, 0.4))."""
+        return f"(eye({d}) * 2 + 0.4 * tanh({self.expr((d, d))}))"
+
+    def tall(self, d) -> str:
+        """A [2 d, d] matrix of full rank, its singular values >= 1.5 (those of its top)."""
+        return f"concatenate(({self.well_conditioned(d)}, {self.expr((d, d))}))"
+
+    def pick(self, *options) -> str:
+        """One of the options (callables), only that one drawn."""
+        return self.choice(options)()
+
     def p_linalg(self, shape):
+        """Matrix functions of well-conditioned matrices (issue 14 item 5 too: solve,
+        cholesky, matrix_power, pinv)."""
         if shape == ():
             c = self.dim()
             return self.choice([
@@ -371,19 +414,78 @@ class Builder:
                 f"logdet({self.well_conditioned(c)})",
                 f"(det({self.well_conditioned(c)}) * 0.01)",
                 f"sum(inv({self.well_conditioned(c)}) * {self.expr((c, c))})",
-            ])
+            ]) if self.draw(st.booleans()) else self.pick(
+                lambda: f"({self.expr((c,))} @ solve({self.regular(c)}, {self.expr((c,))}))",
+                lambda: f"sum(log(diag(cholesky({self.well_conditioned(c)}))))",
+                lambda: f"tr(matrix_power({self.expr((c, c))}, {self.choice(['2', '3'])}))",
+                lambda: f"sum(sin(pinv({self.tall(c)})))",
+            )
         if len(shape) == 1:
             a = shape[0]
-            return self.choice([
-                f"diag({self.expr((a, a))})",
-                f"(inv({self.well_conditioned(a)}) @ {self.expr((a,))})",
-            ])
+            return self.pick(
+                lambda: f"diag({self.expr((a, a))})",
+                lambda: f"(inv({self.well_conditioned(a)}) @ {self.expr((a,))})",
+                lambda: f"solve({self.regular(a)}, {self.expr((a,))})",
+                lambda: f"(cholesky({self.well_conditioned(a)}) @ {self.expr((a,))})",
+                lambda: f"(pinv({self.tall(a)}) @ concatenate(({self.expr((a,))}, "
+                        f"{self.expr((a,))})))",
+            )
         a, b = shape
-        options = [f"outer({self.expr((a,))}, {self.expr((b,))})"]
+        options = [lambda: f"outer({self.expr((a,))}, {self.expr((b,))})",
+                   lambda: f"solve({self.regular(a)}, {self.expr(shape)})",
+                   lambda: f"(pinv({self.tall(a)}) @ concatenate(({self.expr(shape)}, "
+                           f"{self.expr(shape)})))"]
         if a == b:
-            options += [f"diag({self.expr((a,))})", f"inv({self.well_conditioned(a)})",
-                        f"(eye({a}) * {self.expr(())} + {self.expr(shape)})"]
-        return self.choice(options)
+            options += [
+                lambda: f"diag({self.expr((a,))})", lambda: f"inv({self.well_conditioned(a)})",
+                lambda: f"(eye({a}) * {self.expr(())} + {self.expr(shape)})",
+                lambda: f"cholesky({self.well_conditioned(a)})",
+                lambda: f"matrix_power({self.expr(shape)}, {self.choice(['0', '2', '3'])})",
+                lambda: f"matrix_power({self.regular(a)}, {self.choice(['-1', '-2'])})",
+                lambda: f"pinv({self.regular(a)})"]
+        return self.pick(*options)
+
+    def kernel(self, k: int) -> str:
+        """A vector of k entries (an integer size, as a kernel must have)."""
+        if k == 2 and self.draw(st.booleans()):
+            return f"{self.expr((self.dim(),))}[{self.choice([':2', '-2:'])}]"
+        return f"stack(({', '.join(self.expr(()) for _ in range(k))}))"
+
+    def p_conv(self, shape):
+        """Convolutions and correlations (issue 14 item 7), numpy's of vectors and PyTorch's
+        layers: kernels of integer sizes, signals of the shape's dimensions (a batch and
+        channels of size 1 added and taken off), modes, padding and a stride that give sizes
+        back in the shape's dimensions, or reduced."""
+        if shape == ():
+            return self.pick(
+                lambda: f"sum(sin(correlate({self.expr((self.dim(),))}, {self.kernel(2)}, "
+                        f"stride=2)))",
+                lambda: f"sum(correlate({self.expr((self.dim(),))}, {self.kernel(2)}) ** 2)",
+                lambda: f"sum(sin(convolve({self.expr((self.dim(),))}, {self.kernel(3)})))",
+                lambda: f"sum(tanh(conv2d({self.expr((self.dim(), self.dim()))}[None, None], "
+                        f"{self.expr((self.dim(), self.dim()))}[:2, :2][None, None])))",
+            )
+        if len(shape) == 1:
+            fn = self.choice(["correlate", "convolve"])
+            return self.pick(
+                lambda: f'{fn}({self.expr(shape)}, {self.kernel(self.choice([2, 3]))}, '
+                        f'mode="same")',
+                lambda: f'{fn}({self.expr(shape)}, {self.kernel(2)}, mode="full")[1:]',
+                lambda: f"pad(correlate({self.expr(shape)}, {self.kernel(2)}), (1, 0))",
+            )
+        a, b = shape
+        c = self.dim()
+        return self.pick(
+            # [1, c, b] by [a, c, 3], padding 1: [1, a, b]
+            lambda: f"conv1d({self.expr((c, b))}[None], stack(({self.expr((a, c))}, "
+                    f"{self.expr((a, c))}, {self.expr((a, c))}), axis=-1), padding=1)[0]",
+            # a 3 x 3 kernel of rank one, padding 1
+            lambda: f"conv2d({self.expr(shape)}[None, None], outer({self.kernel(3)}, "
+                    f"{self.kernel(3)})[None, None], padding=1)[0, 0]",
+            # a 2 x 2 kernel, padding 1: one more row and column, the first ones dropped
+            lambda: f"conv2d({self.expr(shape)}[None, None], {self.expr((c, self.dim()))}"
+                    f"[:2, :2][None, None], padding=1)[0, 0, 1:, 1:]",
+        )
 
 
 @st.composite
@@ -460,7 +562,13 @@ def assert_matches(actual, expected, what, source):
         f"einderiv:\n{actual}\nfinite differences:\n{expected}")
 
 
-STATS = {"checked": 0, "skipped": {}, "hessians": 0, "by_shape": {}}
+STATS = {"checked": 0, "skipped": {}, "hessians": 0, "by_shape": {}, "constructs": {}}
+# Constructs of issue 14 that the checked expressions must contain, each at least MIN_EACH times
+# (a change to the generator that stops drawing one fails, not skips, the test).
+CONSTRUCTS = ["solve(", "cholesky(", "matrix_power(", "pinv(", "einsum(\"...", "correlate(",
+              "convolve(", "conv1d(", "conv2d(", "stack(", "concatenate(", "cumsum(", "kron(",
+              "where("]
+MIN_EACH = 3
 
 
 def skip_unless(condition: bool, reason: str) -> None:
@@ -528,16 +636,22 @@ def check_random_expression(program):
             STATS["hessians"] += 1
 
     STATS["checked"] += 1
+    for construct in CONSTRUCTS:
+        if construct in source:
+            STATS["constructs"][construct] = STATS["constructs"].get(construct, 0) + 1
     STATS["by_shape"][out_shape] = STATS["by_shape"].get(out_shape, 0) + 1
 
 
 def test_random_expressions_against_finite_differences():
-    STATS.update(checked=0, skipped={}, hessians=0, by_shape={})
+    STATS.update(checked=0, skipped={}, hessians=0, by_shape={}, constructs={})
     start = time.perf_counter()
     check_random_expression()
     elapsed = time.perf_counter() - start
     print(f"\n{STATS['checked']} random expressions checked against finite differences "
           f"({STATS['hessians']} Hessians too) in {elapsed:.1f} s; skipped: {STATS['skipped']}; "
-          f"by output shape: {STATS['by_shape']}")
+          f"by output shape: {STATS['by_shape']}; by construct: {STATS['constructs']}")
     assert STATS["checked"] >= MIN_CHECKED
     assert len(STATS["by_shape"]) == len(SHAPES)  # every output shape was exercised
+    rare = {c: STATS["constructs"].get(c, 0) for c in CONSTRUCTS
+            if STATS["constructs"].get(c, 0) < MIN_EACH}
+    assert not rare, f"constructs checked fewer than {MIN_EACH} times: {rare}"
