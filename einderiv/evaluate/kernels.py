@@ -398,7 +398,10 @@ def _argbest(x, axis, name):
         return _like(xp.zeros_like(x), x, xp)
     rest = tuple(a for a in range(x.ndim) if a not in axes)
     moved = xp.permute_dims(x, rest + axes) if rest + axes != tuple(range(x.ndim)) else x
-    flat = xp.reshape(moved, (*moved.shape[:len(rest)], -1))
+    size = 1  # spelled out: -1 cannot be inferred when another axis is empty
+    for a in axes:
+        size *= x.shape[a]
+    flat = xp.reshape(moved, (*moved.shape[:len(rest)], size))
     return _like(getattr(xp, name)(flat, axis=-1), x, xp)
 
 
@@ -503,7 +506,10 @@ def prod_others(x, axis=-1):
     rest = tuple(a for a in range(x.ndim) if a not in axes)
     order = rest + axes
     moved = xp.permute_dims(x, order)
-    flat = xp.reshape(moved, (*moved.shape[:len(rest)], -1))
+    size = 1  # spelled out: -1 cannot be inferred when another axis is empty
+    for a in axes:
+        size *= x.shape[a]
+    flat = xp.reshape(moved, (*moved.shape[:len(rest)], size))
     ones = xp.ones_like(flat[..., :1])
     before = xp.cumulative_prod(xp.concat([ones, flat[..., :-1]], axis=-1), axis=-1) \
         if hasattr(xp, "cumulative_prod") else xp.cumprod(xp.concat([ones, flat[..., :-1]],
