@@ -94,10 +94,6 @@ def test_prod_gradient_along_a_full_axis_of_an_empty_array():
 
 # -- dask: a raw ZeroDivisionError -------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="concatenate with an empty operand is a pad of a "
-                   "zero-size array; dask.array.pad raises ZeroDivisionError there, which "
-                   "evaluate/plan.py's EVALUATION_FAILURES does not turn into an "
-                   "EvaluationError: a raw traceback from the backend")
 def test_concatenate_with_an_empty_operand_on_dask():
     pytest.importorskip("dask.array")
     f = einderiv.compile("x: [n]; y: [0]; concatenate((x, y))", backend="dask")

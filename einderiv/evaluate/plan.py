@@ -31,8 +31,9 @@ Step = Callable[[list], object]
 # each becomes an EvaluationError.
 # An AttributeError is a backend that lacks a function the expression needs (dask.array has
 # no linalg.det). A SystemExit is an implementation (of a trusted rule file) calling exit: it
-# must not end the caller's process.
-EVALUATION_FAILURES = (np.linalg.LinAlgError, FloatingPointError, ValueError, TypeError,
+# must not end the caller's process. An ArithmeticError (FloatingPointError among them) may
+# also be a backend's own division by a zero size (dask.array.pad of an empty array).
+EVALUATION_FAILURES = (np.linalg.LinAlgError, ArithmeticError, ValueError, TypeError,
                        MemoryError, AttributeError, SystemExit)
 
 
