@@ -128,9 +128,6 @@ def test_gradient_of_the_sum_of_a_solve_is_a_solve():
 # IndexError from the lowering; _stack never checks that one axis is given, so
 # stack(..., axis=(0, 1)) is silently a stack on axis 0 (numpy: TypeError).
 
-@pytest.mark.xfail(strict=True, reason="_concatenate/_stack/_dilate index _axes(...)[0]: "
-                   "axis=None is a raw TypeError 'NoneType' object is not subscriptable, "
-                   "axis=() a raw IndexError")
 @pytest.mark.parametrize("expr", [
     "concatenate((A, A), axis=None)",
     "concatenate((A, A), axis=())",
@@ -150,9 +147,16 @@ def test_one_axis_functions_refuse_no_axis_cleanly(expr):
     np.testing.assert_array_equal(f(A=A), np.concatenate((A, A), axis=None))
 
 
-@pytest.mark.xfail(strict=True, reason="_stack takes the first of several axes silently: "
-                   "stack((A, A), axis=(0, 1)) is stack on axis 0, where numpy refuses a tuple "
-                   "(concatenate says 'takes one axis')")
+def test_concatenate_with_no_axis_flattens_and_its_gradient_is_slices():
+    A, B = np.arange(6.0).reshape(2, 3), np.array([7.0, 8.0])
+    shapes = {"A": ("n", "m"), "B": (2,), "w": (8,)}
+    f = einderiv.compile("concatenate((A, B), axis=None)", shapes)
+    np.testing.assert_array_equal(f(A=A, B=B), np.concatenate((A, B), axis=None))
+    w = np.arange(1.0, 9.0)
+    g = einderiv.grad("sum(w * concatenate((A, B), axis=None))", "A", shapes)
+    np.testing.assert_array_equal(g(A=A, B=B, w=w), w[:6].reshape(2, 3))
+
+
 def test_stack_refuses_several_axes():
     with pytest.raises(EinderivError):
         einderiv.compile("stack((A, A), axis=(0, 1))", {"A": (2, 3)})

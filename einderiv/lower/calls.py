@@ -364,7 +364,7 @@ def _stack(call, args, scope):
                              f"not {show_shape(shape)}", src.span or call.span)
     k = Dim(None, len(args))
     rest = tuple(range(1, len(shape) + 1))
-    axis = _axes(call.kwargs[0][1], len(shape) + 1, call)[0] if call.kwargs else 0
+    axis = _one_axis(call.kwargs[0][1], len(shape) + 1, call) if call.kwargs else 0
     out = rest[:axis] + (0,) + rest[axis:]
     # stack(...)[s, ...] = sum over k of e_k[s] * a_k[...]: linear, so derivatives need no rule.
     return build.add([(1.0, build.contract(out, [(Unit(k, i), (0,)), (a, rest)]))
@@ -417,18 +417,20 @@ def _permutation(items, rank: int, call: ast.Call, span) -> tuple[int, ...]:
 def _concatenate(call, args, scope):
     """concatenate((a, b, ...), axis=0): numpy.concatenate, lowered as a sum of pads (each
     operand zero-padded along the axis to the total, at its offset), so its adjoint is slices.
+    axis=None joins the operands flattened, as numpy.
     """
     axis_expr = _axis_argument(call)
     if not isinstance(call.args[0], ast.Tuple) or not args:
         raise ParseError("concatenate() takes a tuple of tensors, e.g. concatenate((a, b), "
                          "axis=0)", call.args[0].span or call.span)
+    if isinstance(axis_expr, ast.NoneLit):
+        args = [linear.reshape(a, (dimensions.product(a.shape),)) for a in args]
+        axis_expr = None
     rank = args[0].rank
     if rank == 0:
         raise ShapeError("concatenate(): zero-dimensional tensors cannot be concatenated",
                          call.span)
-    axis = 0 if axis_expr is None else _axes(axis_expr, rank, call)[0]
-    if axis_expr is not None and isinstance(axis_expr, ast.Tuple):
-        raise ParseError("concatenate() takes one axis", axis_expr.span or call.span)
+    axis = 0 if axis_expr is None else _one_axis(axis_expr, rank, call)
     first = args[0].shape
     for a, src in zip(args, call.args[0].items):
         if a.rank != rank or any(d != e for i, (d, e) in enumerate(zip(a.shape, first))
@@ -665,8 +667,10 @@ def _reduced(name: str, x: Node, axes: tuple, scope) -> Node:
 
 
 def _one_axis(expr, rank: int, call) -> int:
-    if isinstance(expr, ast.Tuple):
+    if isinstance(expr, ast.Tuple):  # () too: _axes would give no axis
         raise ParseError(f"{call.func}() takes one axis", expr.span or call.span)
+    if isinstance(expr, ast.NoneLit):  # _axes' None is every axis
+        raise ParseError(f"{call.func}() takes one axis, not None", expr.span or call.span)
     if rank == 0:
         raise ShapeError(f"{call.func}() of a scalar has no axis", expr.span or call.span)
     return _axes(expr, rank, call)[0]
