@@ -149,7 +149,7 @@ def test_one_axis_functions_refuse_no_axis_cleanly(expr):
 
 def test_concatenate_with_no_axis_flattens_and_its_gradient_is_slices():
     A, B = np.arange(6.0).reshape(2, 3), np.array([7.0, 8.0])
-    shapes = {"A": ("n", "m"), "B": (2,), "w": (8,)}
+    shapes = {"A": (2, 3), "B": ("k",), "w": ("k + 6",)}
     f = einderiv.compile("concatenate((A, B), axis=None)", shapes)
     np.testing.assert_array_equal(f(A=A, B=B), np.concatenate((A, B), axis=None))
     w = np.arange(1.0, 9.0)
