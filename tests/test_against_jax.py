@@ -9,10 +9,11 @@ afresh for each case but the same in every run. Variants take axes (negative, tu
 axes and tensor bounds.
 
 Kinks are compared where JAX's convention is the documented one (docs/language.md,
-"Derivatives at kinks"): `max`/`min` split the gradient evenly among ties and `clip`, which is
-`minimum(maximum(x, lo), hi)` in both, gives 1/2 to each side of a tie, so those cases draw
-whole numbers in {-1, 0, 1}, full of ties, besides entries that are all distinct. A `where`'s
-condition has the derivative 0 in both; its operands are drawn apart (no ties there).
+"Derivatives at kinks"): `max`/`min` split the gradient evenly among ties, `maximum` and
+`minimum` give 1/2 to each side of a tie, and so does `clip`, `minimum(maximum(x, lo), hi)` in
+both; so those cases draw whole numbers in {-1, 0, 1}, full of ties, besides entries that are
+all distinct. A `where`'s condition has the derivative 0 in both; its operands are drawn apart
+(no ties there).
 """
 from __future__ import annotations
 
@@ -93,6 +94,8 @@ CASES = [
          {"X": "zeros"}, id="prod-zeros"),
     case("prod(x)", {"x": ("m",)}, lambda x: jnp.prod(x), {"x": "zeros"},
          id="prod-all-two-zeros"),
+    case("prod(X, axis=(0, 2))", {"X": ("b", "n", "m")}, lambda X: jnp.prod(X, axis=(0, 2)),
+         {"X": "zeros"}, id="prod-tuple-zeros"),
     case("max(X)", {"X": ("n", "m")}, lambda X: jnp.max(X), {"X": "distinct"}, id="max-all"),
     case("min(X, axis=0)", {"X": ("n", "m")}, lambda X: jnp.min(X, axis=0),
          {"X": "distinct"}, id="min-axis0"),
@@ -107,6 +110,13 @@ CASES = [
          {"X": "ties"}, id="min-batched-ties"),
     case("max(X, axis=(0, 2))", {"X": ("b", "n", "m")}, lambda X: jnp.max(X, axis=(0, 2)),
          {"X": "ties"}, id="max-tuple-ties"),
+    case("min(X, axis=(-1, -2))", {"X": ("b", "n", "m")},
+         lambda X: jnp.min(X, axis=(-1, -2)), {"X": "ties"}, id="min-tuple-neg-ties"),
+    case("max(x) * min(x)", {"x": ("m",)}, lambda x: jnp.max(x) * jnp.min(x), {"x": "ties"},
+         id="max-times-min-ties"),
+    case("maximum(X, y) - minimum(y, X)", {"X": ("b", "n"), "y": ("n",)},
+         lambda X, y: jnp.maximum(X, y) - jnp.minimum(y, X), {"X": "ties", "y": "ties"},
+         id="maximum-minimum-ties"),
     case("clip(x, -0.5, 0.5)", {"x": ("n",)}, lambda x: jnp.clip(x, -0.5, 0.5),
          {"x": "distinct"}, id="clip-numbers"),
     case("clip(X, lo, hi)", {"X": ("b", "n"), "lo": ("n",), "hi": ("n",)},
@@ -136,8 +146,12 @@ CASES = [
          lambda A, B: jnp.concatenate((A, B, A), axis=1), id="concatenate-three-axis1"),
     case("concatenate((A, B), axis=-2)", {"A": ("b", "n", "m"), "B": ("b", "n", "m")},
          lambda A, B: jnp.concatenate((A, B), axis=-2), id="concatenate-batched-neg"),
+    case("concatenate((x, x * y))", {"x": ("n",), "y": ("n",)},
+         lambda x, y: jnp.concatenate((x, x * y)), id="concatenate-like-sizes"),
     case("stack((a, b), axis=0)", {"a": ("n",), "b": ("n",)},
          lambda a, b: jnp.stack((a, b), axis=0), id="stack"),
+    case("stack((s, t, s * t))", {"s": (), "t": ()}, lambda s, t: jnp.stack((s, t, s * t)),
+         id="stack-scalars"),
     case("stack((A, B, A * B), axis=-1)", {"A": ("n", "m"), "B": ("n", "m")},
          lambda A, B: jnp.stack((A, B, A * B), axis=-1), id="stack-three-neg"),
     case("stack((A, B), axis=1)", {"A": ("b", "n", "m"), "B": ("b", "n", "m")},
@@ -146,6 +160,8 @@ CASES = [
          id="transpose"),
     case("transpose(X, (2, 0, 1))", {"X": ("b", "n", "m")},
          lambda X: jnp.transpose(X, (2, 0, 1)), id="transpose-axes"),
+    case("transpose(X, (3, 1, 0, 2))", {"X": ("b", "n", "m", "p")},
+         lambda X: jnp.transpose(X, (3, 1, 0, 2)), id="transpose-4d"),
     case("transpose(X, (-1, 0, -2)) * Y", {"X": ("b", "n", "m"), "Y": ("m", "b", "n")},
          lambda X, Y: jnp.transpose(X, (-1, 0, -2)) * Y, id="transpose-neg-axes"),
     case("swapaxes(X, 0, -1)", {"X": ("b", "n", "m")}, lambda X: jnp.swapaxes(X, 0, -1),
@@ -165,6 +181,8 @@ CASES = [
          id="kron-ranks"),
     case("kron(A, B)", {"A": ("b", "n", "m"), "B": ("p", "q")},
          lambda A, B: jnp.kron(A, B), id="kron-batched"),
+    case("kron(A, B)", {"A": ("b", "n", "m"), "B": ("p", "n", "q")},
+         lambda A, B: jnp.kron(A, B), id="kron-3d"),
     case("kron(A, A)", {"A": ("n", "p")}, lambda A: jnp.kron(A, A), id="kron-square"),
 ]
 
@@ -227,10 +245,10 @@ def test_value_gradient_and_hessian_match_jax(index):
     text, shapes, reference, draws = CASES[index].values
     arrays, weight = _inputs(text, shapes, reference, draws)
     names = list(shapes)
+    forward = einderiv.compile(text, shapes)
+    value = forward(**arrays)
     loss_text = f"sum(C * sin({text}))"
-    loss_shapes = {**shapes, "C": einderiv.compile(text, shapes).shape}
-
-    value = einderiv.compile(text, shapes)(**arrays)
+    loss_shapes = {**shapes, "C": forward.shape}
     grads = einderiv.grad(loss_text, names, loss_shapes)(**arrays, C=weight)
     hessian = einderiv.hessian(loss_text, names, loss_shapes)(**arrays, C=weight)
 
