@@ -20,6 +20,7 @@ from collections import Counter
 
 from ..ir import build
 from ..ir.nodes import Add, Contract, Node, Unit, Var
+from .lanes import _with_children
 
 # A group of weights is stacked only if this many groups of products use it (an unrolled loop).
 MIN_STEPS = 3
@@ -157,8 +158,3 @@ def _rebuilt(other: Node, memo: dict) -> Node:
     if type(other) is Contract:
         return _with_children(other, [memo.get(id(c), c) for c in other.children()])
     return other
-
-
-def _with_children(node: Node, new: list[Node]) -> Node:
-    from .lanes import _with_children as rebuild
-    return rebuild(node, new)
