@@ -107,10 +107,6 @@ def test_concatenate_with_an_empty_operand_on_dask():
 
 # -- the gradient of a solve's column sum is an inverse ---------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="grad of sum(solve(A, b)) by b is printed and computed "
-                   "as sum(inv(A), axis=0): simplify/solves.py makes a solve only where inv(A)'s "
-                   "summed axis meets another tensor, and here the cotangent is a constant one; "
-                   "docs/language.md says solve's derivatives are solves")
 def test_gradient_of_the_sum_of_a_solve_is_a_solve():
     import scipy.linalg
     g = einderiv.grad("sum(solve(A, b))", "b", {"A": ("n", "n"), "b": ("n",)})

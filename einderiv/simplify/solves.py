@@ -6,7 +6,9 @@ solve(A.mT, b)[..., j, k]): one LU factorization and two triangular solves, neve
 (more accurate, where A is ill-conditioned, and no slower). So `x @ inv(A) @ x` is computed as
 `x @ solve(A, x)`, and the adjoints through inv(A) that the derivative rules of inv, solve and
 logdet write (an adjoint g meets inv(A) on one axis) come out as solves: the gradient of
-`b @ solve(A, b)` by b is `solve(A, b) + solve(A.mT, b)`.
+`b @ solve(A, b)` by b is `solve(A, b) + solve(A.mT, b)`. An axis of inv(A) summed with no
+other factor is a solve of ones: the gradient of `sum(solve(A, b))` by b, `sum(inv(A),
+axis=0)`, is `solve(A.mT, ones(n))`.
 
 This is a rewrite of the rule tables' sense, applied with theirs by the rewrite pass, but it is
 code: a pattern of rewrites.rules matches factors on one tuple of indices, not a product that
@@ -60,7 +62,7 @@ def _solve(node: Contract, matrix: Node, labels, batch, summed: int, kept: int,
     if summed in node.out:
         return None
     rhs = [op for op in others if summed in op[1]]
-    if not rhs or all(isinstance(o, _STRUCTURAL) for o, _ in rhs):
+    if rhs and all(isinstance(o, _STRUCTURAL) for o, _ in rhs):
         return None
     rest = [op for op in others if summed not in op[1]]
     # b's columns: the labels of its factors that the rest of the product (or the output, or
@@ -71,7 +73,10 @@ def _solve(node: Contract, matrix: Node, labels, batch, summed: int, kept: int,
     if len(columns) > 1:
         return None
     out = (*batch, summed, *columns)
-    b = build.contract(out, rhs, {l: node.dims[l] for l in out})
+    if rhs:
+        b = build.contract(out, rhs, {l: node.dims[l] for l in out})
+    else:  # the axis is summed alone (a cotangent of ones): inv(A)'s sums are A's solves of 1
+        b = build.broadcast_to(build.const(1.0), tuple(node.dims[l] for l in out))
     if transposed:  # b[..., i, k] inv(A)[..., i, j] = solve(A.mT, b)[..., j, k]
         axes = tuple(range(matrix.rank))
         matrix = build.contract((*axes[:-2], axes[-1], axes[-2]), [(matrix, axes)])
