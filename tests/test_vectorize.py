@@ -101,8 +101,9 @@ CASES = [
          {"X": ("n", "n"), "a": ("n",), "b": ("n",)},
          # inv(X) met by a vector on one axis is a solve (simplify/solves.py)
          exact=("-outer(solve(X.T, a), solve(X, b))",)),
+    # sum(inv(X)) is sum(solve(X, ones(n))): an axis of inv(X) summed alone is a solve of ones
     Case("sum-inv", "grad", "sum(inv(X))", "X", {"X": ("n", "n")},
-         exact=("t0 = inv(X)\n-outer(sum(t0, axis=0), sum(t0, axis=1))",)),
+         exact=("-outer(solve(X.T, ones(n)), solve(X, ones(n)))",)),
     # d inv(X)[i,j] / dX[k,l] = -inv(X)[i,k] inv(X)[l,j] has the broadcast form: each factor
     # broadcast into the output's order, no einsum.
     Case("inv-jacobian", "jacobian", "inv(X)", "X", {"X": ("n", "n")},
