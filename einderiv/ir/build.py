@@ -1,6 +1,6 @@
 """Build IR with numpy semantics: broadcasting, matmul, transposes, reductions, indexing.
 
-These are the only constructors lowering uses, so every shape rule of SPEC §1 lives here. They
+These are the only constructors lowering uses, so every shape rule of the language (docs/language.md) lives here. They
 also fold the trivial cases (products with 1, sums of one term, nested products) so the IR that
 reaches later stages is already small.
 """
