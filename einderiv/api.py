@@ -1,4 +1,4 @@
-"""The Python API of SPEC §2: `compile` and the objects it returns."""
+"""The Python API (README, "Python API"): `compile` and the objects it returns."""
 from __future__ import annotations
 
 import dataclasses

@@ -42,7 +42,7 @@ class GeneratedFunction:
             self.code = compile(module.source, f"<einderiv {module.function}>", "exec")
         self.arguments = module.arguments
         self.variables = {name: Var(name, declared[name]) for name in module.arguments}
-        # Inputs the result does not use may still be passed (SPEC §2) and are checked.
+        # Inputs the result does not use may still be passed (the API accepts every declared variable) and are checked.
         self.optional = {name: Var(name, shape) for name, shape in declared.items()
                          if name not in self.variables}
         self.structured = list(structured)  # slices and picks to check per signature

@@ -1,4 +1,4 @@
-"""Function calls: the built-in structural functions of SPEC §1, and those of the rule tables.
+"""Function calls: the built-in structural functions of the language (docs/language.md), and those of the rule tables.
 
 Structural functions (`sum`, `dot`, `diag`, `einsum` ...) are index patterns and lower straight
 to contractions and deltas. Every other function comes from the rule book: an elementwise
