@@ -253,7 +253,7 @@ def _is_zero_rule(fn: str, position: int, rules: RuleBook) -> bool:
 
 
 def _finite(node: Node, rules: RuleBook, depth: int) -> bool:
-    """Finite by construction: made of inputs (finite: the API checks them) and constants
+    """Finite by construction: made of inputs (taken as finite: the rules are exact for finite values first) and constants
     by sums and products, and of piecewise-constant functions. Anything else may overflow."""
     if isinstance(node, Var) or _constant(node):
         return True
