@@ -11,7 +11,7 @@ from .derive import derivatives
 from .errors import (EinderivError, InputError, RuleError, ShapeError, UnknownNameError,
                      did_you_mean)
 from .ir.dims import Dim, show_shape
-from .ir.nodes import Delta, Unit, Var, topological
+from .ir.nodes import Delta, Size, Unit, Var, topological
 from .evaluate.plan import Plan
 from .generate.formula import format_formula
 from .generate.function import GeneratedFunction
@@ -180,8 +180,14 @@ class _Result:
             with self._building:
                 if self._function is None:
                     with paused_gc():  # a long program's IR walked once more: see paused_gc
-                        structured = [n for n in topological(*self.roots.values())
-                                      if isinstance(n, (Delta, Unit))]
+                        order = topological(*self.roots.values())
+                        structured = [n for n in order if isinstance(n, (Delta, Unit))]
+                        # Every size computed from the names (`n - 5`, of `ones(n - 5)` or a
+                        # mean's count) is checked too: the generated code computes it, and
+                        # a negative one would be a silent wrong value, not an error.
+                        structured += sorted({d for n in order for d in (
+                            *n.shape, *((n.dim,) if type(n) is Size else ()))
+                            if not d.is_concrete}, key=str)
                         self._function = GeneratedFunction(self._generated(),
                                                            self.lowered.declared, structured,
                                                            self.backend)

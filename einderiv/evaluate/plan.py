@@ -287,7 +287,10 @@ def _constant(value: np.ndarray) -> Step:
 
 def check_structured(node, env: dict) -> tuple[int, ...]:
     """Concrete sizes of a window (Delta) or pick (Unit), checked against the bound sizes:
-    with named dimensions a slice or index can only be checked once the arrays are known."""
+    with named dimensions a slice or index can only be checked once the arrays are known. A
+    dimension (`n - 5`) is checked to be bound and not negative."""
+    if isinstance(node, Dim):
+        return (size_of(node, env),)
     if isinstance(node, Delta):
         rows, cols, off = (size_of(d, env) for d in (*node.shape, node.offset))
         if off < 0 or off + rows > cols:  # a delta is a window of its second axis

@@ -241,8 +241,9 @@ def _eye(call, args, scope):
     _arity(call, 1, 2)
     dims = [_dimension(a, scope) for a in call.args]
     rows, cols = dims[0], dims[-1]
-    # numpy.eye(N, M). A delta is a window of its second axis, so a tall one is transposed.
-    if rows.is_concrete and cols.is_concrete and rows.offset > cols.offset:
+    # numpy.eye(N, M). A delta is a window of its second axis, so a tall one is transposed:
+    # known tall when both are integers or one name with a larger offset (eye(n, n - 1)).
+    if rows.name == cols.name and rows.offset > cols.offset:
         return build.transpose(Delta(cols, rows))
     return Delta(rows, cols)
 
