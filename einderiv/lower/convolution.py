@@ -229,16 +229,17 @@ def _arguments(call: ast.Call, args, lo: int, hi: int):
                          call.span)
 
 
-def pad(x: Node, widths: dict[int, tuple[int, int]]) -> Node:
-    """x with zeros before and after it along some axes ({axis: (before, after)})."""
+def pad(x: Node, widths: dict[int, tuple]) -> Node:
+    """x with zeros before and after it along some axes ({axis: (before, after)}, integers or
+    dimensions: `k - 1` around a signal of the kernel's name)."""
     labels, out, ops = list(range(x.rank)), [], []
     for axis, dim in enumerate(x.shape):
-        before, after = widths.get(axis, (0, 0))
-        if not before and not after:
+        before, after = (Dim.of(w) for w in widths.get(axis, (0, 0)))
+        if before is Dim(None, 0) and after is Dim(None, 0):
             out.append(axis)
             continue
         new = 100 + axis
-        ops.append((Delta(dim, dim + (before + after), Dim(None, before)), (axis, new)))
+        ops.append((Delta(dim, dim + before + after, before), (axis, new)))
         out.append(new)
     return build.contract(tuple(out), [(x, tuple(labels)), *ops]) if ops else x
 
@@ -249,8 +250,18 @@ def _mode_pad(x: Node, k: Dim, mode: str, where) -> Node:
     if mode in (None, "valid"):
         return x
     if not k.is_concrete:
-        raise ShapeError(f'mode="{mode}" pads by the kernel\'s length, {k}, which must be an '
-                         "integer here", where, hint=_NAMED_KERNEL)
+        # A named kernel length pads by dimensions (k - 1): where the padded length is one
+        # (the signal and the kernel of one name, autocorrelation), else refused.
+        if mode == "full":
+            widths = (k - 1, k - 1)
+        else:
+            widths = (dimensions.floordiv(k, 2), dimensions.floordiv(k - 1, 2))
+        try:
+            return pad(x, {x.rank - 1: widths})
+        except ValueError:
+            raise ShapeError(f'mode="{mode}" pads by the kernel\'s length, {k}: the padded '
+                             f"length is not a dimension here", where,
+                             hint=_NAMED_KERNEL) from None
     k = k.offset
     if mode == "same" and x.shape[-1].is_concrete and k > x.shape[-1].offset:
         raise ShapeError(f'mode="same" with a kernel ({k} entries) longer than the signal '
