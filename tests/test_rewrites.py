@@ -666,3 +666,15 @@ def test_a_scalar_inside_the_sum_of_a_logsumexp(text, shift):
     g = einderiv.grad(f"sum({text})", "X", {"X": ("n", "m")})
     e = np.exp(X - X.max(axis=1, keepdims=True))
     np.testing.assert_allclose(g(X=X), e / e.sum(axis=1, keepdims=True), rtol=1e-14)
+
+
+def test_a_select_inside_a_select_on_its_condition_is_one_select():
+    # The derivative of a kink through another one (abs per step of a loss) made
+    # where(c, where(c, a, 0), 0); the inner select's other branch is never taken.
+    shapes = {"x": ("n",), "y": ("n",)}
+    x, y = np.array([-1.0, 0.0, 2.0]), np.array([5.0, 6.0, 7.0])
+    for text, expected in (("where(x > 0, where(x > 0, y, 2), 3)", [3.0, 3.0, 7.0]),
+                           ("where(x > 0, 1, where(x > 0, y, 3))", [3.0, 3.0, 1.0])):
+        f = einderiv.compile(text, shapes)
+        assert f.formula.count("where(") == 1, f.formula
+        np.testing.assert_array_equal(f(x=x, y=y), expected)
