@@ -335,7 +335,10 @@ def _concatenated(terms: list, node: Add) -> list:
     if not any(len(w) > 1 for w in windows.values()):
         return terms
     for axis, pads in windows.items():
-        spans = sorted((int(e.args[1].items[axis].items[0].value), coef, e) for coef, e in pads)
+        # By where each window starts and ends (an empty window z[3:3] starts where z[3:6]
+        # does): never by the expressions, which do not order.
+        spans = sorted(((int(e.args[1].items[axis].items[0].value), coef, e) for coef, e in pads),
+                       key=lambda p: (p[0], -int(p[2].args[1].items[axis].items[1].value)))
         size = node.shape[axis].offset
         ends = [size - int(e.args[1].items[axis].items[1].value) for _, _, e in spans]
         starts = [start for start, _, _ in spans]
