@@ -227,20 +227,28 @@ def _sigmoid(z):
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def lstm_model_loss(ops, p, D):
+def _lstm_loss(ops, p, D, gates):
+    """The LSTM character model's loss; `gates(x_t, h)` (h None at the first step) gives the
+    activated gates f, i, o and the candidate of one step."""
     X, Y = D["X"], D["Y"]
     h = c = loss = None
     for t in range(X.shape[0]):
-        def gate(g, activation):
-            z = p["U" + g] @ X[t] + p["b" + g]
-            return activation(z if h is None else p["W" + g] @ h + z)
-        f, i, o = gate("f", ops.sigmoid), gate("i", ops.sigmoid), gate("o", ops.sigmoid)
-        candidate = gate("c", ops.tanh)
+        f, i, o, candidate = gates(X[t], h)
         c = i * candidate if c is None else f * c + i * candidate
         h = o * ops.tanh(c)
         step = -ops.sum(Y[t] * ops.log_softmax(p["Wy"] @ h + p["by"], axis=0))
         loss = step if loss is None else loss + step
     return loss
+
+
+def lstm_model_loss(ops, p, D):
+    def gates(x, h):  # one weight matrix per gate
+        def gate(g, activation):
+            z = p["U" + g] @ x + p["b" + g]
+            return activation(z if h is None else p["W" + g] @ h + z)
+        return (gate("f", ops.sigmoid), gate("i", ops.sigmoid), gate("o", ops.sigmoid),
+                gate("c", ops.tanh))
+    return _lstm_loss(ops, p, D, gates)
 
 
 def lstm_hand(p, D):
@@ -298,19 +306,14 @@ def _model(kind, V, H, T) -> Instance:
 
 
 def lstm_stacked_model_loss(ops, p, D):
-    X, Y = D["X"], D["Y"]
     H = p["Wh"].shape[1]
-    h = c = loss = None
-    for t in range(X.shape[0]):
-        z = p["Wx"] @ X[t] + p["b"]
+
+    def gates(x, h):  # slices of one stacked pre-activation
+        z = p["Wx"] @ x + p["b"]
         z = z if h is None else z + p["Wh"] @ h
-        f, i, o = ops.sigmoid(z[:H]), ops.sigmoid(z[H:2 * H]), ops.sigmoid(z[2 * H:3 * H])
-        candidate = ops.tanh(z[3 * H:])
-        c = i * candidate if c is None else f * c + i * candidate
-        h = o * ops.tanh(c)
-        step = -ops.sum(Y[t] * ops.log_softmax(p["Wy"] @ h + p["by"], axis=0))
-        loss = step if loss is None else loss + step
-    return loss
+        return (ops.sigmoid(z[:H]), ops.sigmoid(z[H:2 * H]), ops.sigmoid(z[2 * H:3 * H]),
+                ops.tanh(z[3 * H:]))
+    return _lstm_loss(ops, p, D, gates)
 
 
 def lstm_stacked_hand(p, D):
