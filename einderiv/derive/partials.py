@@ -196,10 +196,11 @@ def _layouts(node: Prim, rules: RuleBook, position: int = 0) -> tuple[_Layout, _
         batch = list(range(r - 2))
         rhs = _Layout([(r - 2,)], batch + ([r - 1] if node.rank == r else []))
         return rhs, (_Layout([(r - 2,), (r - 1,)], batch) if position == 0 else rhs)
-    if f.shape in ("square", "square_scalar", "square_pair", "transposed"):
+    if f.shape in ("square", "square_scalar", "square_pair", "transposed", "square_square"):
         r = arg.rank
         arg_l = _Layout([(r - 2,), (r - 1,)], list(range(r - 2)))
-        out_l = {"square": arg_l, "transposed": arg_l, "square_scalar": _Layout([], list(range(r - 2))),
+        out_l = {"square": arg_l, "transposed": arg_l, "square_square": arg_l,
+                 "square_scalar": _Layout([], list(range(r - 2))),
                  "square_pair": _Layout([(r - 2,), (r - 1,), (r,), (r + 1,)],
                                         list(range(r - 2)))}[f.shape]
         return out_l, arg_l
@@ -420,9 +421,10 @@ class _IndexedLowering:
                   if node.shape == shape]
         if shaped:  # the first with that many groups; else the first (an error in _index)
             return next((l for l in shaped if len(l.groups) == indices), shaped[0])
-        if isinstance(node, Prim) and node.args == self.node.args:
-            # another primitive of the same argument (adj's rule names det_hessian(X)): its own
-            # core axes, and the same batch axes
+        if isinstance(node, Prim) and set(node.args) <= set(self.node.args):
+            # another primitive of the same arguments, or of some of them (adj's rule names
+            # det_hessian(X), and det_hvp(X, V)'s too): its own core axes, and the same batch
+            # axes
             return _layouts(node, self.rules)[0]
         raise RuleError(f"{self.rule.origin}: a tensor in the rule is shaped like neither the "
                         f"argument nor the result")

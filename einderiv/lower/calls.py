@@ -842,6 +842,8 @@ DIMENSION_FUNCTIONS = {"eye", "ones", "zeros", "size"}
 def _tensor_primitive(call, f, args, scope) -> Node:
     if f.shape == "square_rhs":
         return _square_rhs(call, f, args)
+    if f.shape == "square_square":
+        return _square_square(call, f, args)
     if f.axis is None:
         _no_keywords(call)
         _arity(call, f.arity, f.arity)
@@ -897,6 +899,22 @@ def _square_rhs(call, f, args) -> Node:
                          hint="a vector per matrix, or k columns per matrix, with the "
                               "matrix's batch axes")
     return Prim(f.name, (a, b), (), b.shape)
+
+
+def _square_square(call, f, args) -> Node:
+    """det_hvp(X, V) and its kin: two square matrices, or stacks of them, of one shape (the
+    second a direction per matrix of the first), to that shape."""
+    _no_keywords(call)
+    _arity(call, 2, 2)
+    x, v = args
+    if x.rank < 2 or x.shape[-1] != x.shape[-2]:
+        raise ShapeError(f"{f.name}() takes a square matrix first, got {show_shape(x.shape)}",
+                         call.args[0].span or call.span)
+    if v.shape != x.shape:
+        raise ShapeError(f"{f.name}(): the second argument {show_shape(v.shape)} is not shaped "
+                         f"like the first, {show_shape(x.shape)}",
+                         call.args[1].span or call.span)
+    return Prim(f.name, (x, v), (), x.shape)
 
 
 @lru_cache(maxsize=None)

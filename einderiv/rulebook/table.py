@@ -102,9 +102,11 @@ TENSOR_SHAPES = {
     "square_rhs": "a square matrix (or a stack of them) and a right-hand side for each, "
                   "[..., n, n] and [..., n] or [..., n, k], to the right-hand side's shape "
                   "(two arguments, as solve's)",
+    "square_square": "two square matrices (or stacks of them) of one shape to a matrix of "
+                     "that shape (two arguments, as det_hvp's: a matrix and a direction)",
 }
 # The number of tensor arguments each shape rule takes.
-TENSOR_ARITY = {"square_rhs": 2}
+TENSOR_ARITY = {"square_rhs": 2, "square_square": 2}
 
 
 def rules_dir() -> Path:
@@ -262,8 +264,8 @@ def parse_rules(text: str, filename: str = "<rules>", bodies: bool = False,
                                 + (" and an axis" if axis is not None else ""),
                                 Span(text, params_tree.meta.start_pos, params_tree.meta.end_pos),
                                 hint="write a function of several tensors as a `def` in terms "
-                                     "of tensor primitives of one argument (square_rhs takes "
-                                     "a matrix and a right-hand side)")
+                                     "of tensor primitives of one argument (square_rhs and "
+                                     "square_square take two)")
             functions.append(Function(name, "tensor", params,
                                       _impl(rule.children[4], text, origin, allow_imports),
                                       axis=axis, shape=shape, origin=origin))

@@ -429,6 +429,16 @@ def _cases(f: Function, rng):
             yield (f"sum({f.name}({a}, {b}) * C)", {a: A.shape, b: B.shape, "C": C.shape},
                    {a: A, b: B, "C": C}, None)
         return
+    if f.shape == "square_square":  # det_hvp(X, V): a matrix and a direction, or stacks of them
+        x, v = params
+        for shape in ((3, 3), (2, 3, 3)):
+            X = rng.uniform(-1, 1, size=shape) + 3 * np.eye(3)
+            X[..., 0, :] *= -1  # a negative determinant too
+            V = rng.uniform(-1, 1, size=shape)
+            C = rng.uniform(0.5, 1.5, size=shape)
+            yield (f"sum({f.name}({x}, {v}) * C)", {x: shape, v: shape, "C": shape},
+                   {x: X, v: V, "C": C}, None)
+        return
     (x,) = params
     if f.shape == "transposed":  # tall, wide and stacked, of full rank
         for shape in ((4, 3), (3, 4), (2, 4, 3)):
