@@ -125,16 +125,6 @@ def test_hvp_of_prod_never_forms_a_d_by_d_matrix(peak_bytes):
     assert peak < 50 * 8 * d, f"peak {peak / (8 * d):.0f} vectors of d (d x d is {d})"
 
 
-@pytest.mark.xfail(strict=True, reason="det's Hessian is the tensor primitive det_hessian "
-                   "(rules/tensor.rules), so hvp of det(X) is einsum('kl,klij->ij', tangent, "
-                   "det_hessian(X)): the whole n^4 Hessian (n^6 for hvp of sum(adj(X) * X)). "
-                   "Left: a rule line writes a Jacobian from tensors of X alone, and det's second "
-                   "derivative as products is either det(X) inv(X)[l,k] inv(X)[i,j] - det(X) "
-                   "inv(X)[i,k] inv(X)[l,j] (inf at a singular X, where det's Hessian is exact "
-                   "and tested, tests/test_stable_rules.py) or sums over the SVD's factors (whose "
-                   "own derivatives fail at repeated singular values); an exact O(n^3) product "
-                   "needs a built-in pullback for adj, as lower/convolution.py has (a change to "
-                   "derive/reverse.py)")
 def test_hvp_of_det_never_forms_the_hessian(peak_bytes):
     hv = einderiv.hvp("det(X)", "X", {"X": ("n", "n")})
     n = 40

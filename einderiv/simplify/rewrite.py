@@ -25,7 +25,7 @@ from ..ir import build
 from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Unit
 from ..parse import ast
 from ..rulebook import RuleBook
-from . import solves
+from . import det_products, solves
 from .pattern import MAX_FLAT_TERMS, compiled
 
 
@@ -41,9 +41,11 @@ class Rewriter:
         self.whole: dict[Node, Node | None] = {}
         self.lift: dict[str, frozenset] = {}  # a head function -> _lifts
         self.solves = solves.enabled(rules)  # inv(A) @ b -> solve(A, b) (simplify/solves.py)
+        # det_hessian(X) summed with V on a pair of axes -> det_hvp(X, V) (det_products.py)
+        self.det_products = det_products.enabled(rules)
 
     def __call__(self, roots: list[Node]) -> list[Node]:
-        if not self.index and not self.solves:
+        if not self.index and not self.solves and not self.det_products:
             return list(roots)
         for root in roots:
             self._normalize(root)
@@ -93,6 +95,10 @@ class Rewriter:
                 solved = solves.into_solve(node)
                 if solved is not None:
                     return solved
+            if self.det_products:
+                made = det_products.into_product(node)
+                if made is not None:
+                    return made
             rules = self.index.get(("contract",))
         else:
             return None
