@@ -369,7 +369,8 @@ class _Printer:
             # and `2 ** size(n)` overflows to inf, as in numpy, where Python floats would raise
             return f"_xp.asarray({self._dimension(e.args[0])}, dtype=_dtype)"
         if name == "stack":
-            return f"_xp.stack([{', '.join(self.expr(a) for a in e.args)}])"
+            self.imports["einderiv.evaluate.kernels"] = "_kernels"
+            return f"_kernels.stack([{', '.join(self.expr(a) for a in e.args)}], _xp)"
         if name == "pad":
             pairs = ", ".join(f"({self._dimension(a)}, {self._dimension(b)})"
                               for a, b in (p.items for p in e.args[1].items))

@@ -1,0 +1,121 @@
+"""The numpy fast paths of evaluate/kernels.py agree with the careful forms they shortcut.
+
+Each kernel has a fast path for plain numpy arrays (few calls, in place) beside the form written
+against any array namespace; these tests hold the two to the same values, at the edges where
+the fast path hands over (overflow bounds, size thresholds, infinities, ties, nan).
+"""
+from __future__ import annotations
+
+import mpmath
+import numpy as np
+import pytest
+
+from einderiv.evaluate import kernels
+
+
+def _sigmoid_exact(x: float) -> float:
+    return float(1 / (1 + mpmath.exp(-mpmath.mpf(float(x)))))
+
+
+@pytest.mark.parametrize("dtype, span", [(np.float64, 745.0), (np.float32, 104.0)])
+def test_sigmoid_has_full_relative_precision_on_both_sides_of_the_overflow_bound(dtype, span):
+    mpmath.mp.dps = 40
+    low = -np.log(np.finfo(dtype).max)  # exp(-x) overflows below it
+    x = np.concatenate([np.linspace(-span, span, 801), low + np.linspace(-2, 2, 41),
+                        [-1e-30, 0.0, 1e-30]]).astype(dtype)
+    tiny = np.finfo(dtype).smallest_normal
+    for part in (x[x >= low], x):  # the fast path alone; then with the careful form's entries
+        got = kernels.sigmoid(part).astype(np.float64)
+        want = np.array([_sigmoid_exact(v) for v in part]).astype(dtype).astype(np.float64)
+        normal = np.abs(want) >= tiny
+        rel = np.abs(got[normal] - want[normal]) / want[normal]
+        assert rel.max() <= 4 * np.finfo(dtype).eps, (dtype, part[normal][rel.argmax()])
+        # subnormal results: within a few units of the smallest subnormal
+        assert np.all(np.abs(got[~normal] - want[~normal]) <= 4 * np.finfo(dtype).smallest_subnormal)
+    assert kernels.sigmoid(x).dtype == dtype
+
+
+def test_sigmoid_keeps_nan_and_infinities_and_takes_empty_and_0d_arrays():
+    got = kernels.sigmoid(np.array([np.nan, np.inf, -np.inf, 0.0]))
+    assert np.isnan(got[0]) and got[1] == 1.0 and got[2] == 0.0 and got[3] == 0.5
+    assert kernels.sigmoid(np.array([])).shape == (0,)
+    assert float(kernels.sigmoid(np.array(-800.0))) == 0.0  # exp(-800) is below subnormals
+    assert float(kernels.sigmoid(np.array(2.0))) == pytest.approx(_sigmoid_exact(2.0), rel=1e-15)
+    x = np.array([1.0, -2.0])
+    kernels.sigmoid(x)
+    assert np.array_equal(x, [1.0, -2.0])  # in place on its own array only
+
+
+def _onehot_reference(x, axis):
+    moved = np.moveaxis(x, axis, -1)
+    flat = moved.reshape(-1, moved.shape[-1])
+    out = np.zeros(flat.shape)
+    for r, row in enumerate(flat):
+        out[r, int(np.argmax(row))] = 1.0  # the first at a tie; the first nan
+    return np.moveaxis(out.reshape(moved.shape), -1, axis)
+
+
+def _complement_reference(p, axis):
+    top = _onehot_reference(p, axis) == 1
+    others = np.sum(np.where(top, 0.0, p), axis=axis, keepdims=True)
+    mass = np.sum(p, axis=axis, keepdims=True)
+    return np.where(top & (mass != 0), others, 1.0 - p)
+
+
+SHAPES = [((11, 9), -1), ((11, 9), 0), ((3, 5, 7), 1), ((700, 10), -1), ((10, 700), 0),
+          ((5, 2000), -1)]
+
+
+def test_the_shapes_are_on_both_sides_of_the_threshold():
+    sizes = [np.prod(shape) for shape, _ in SHAPES]
+    assert min(sizes) <= kernels._FEW < max(sizes)
+
+
+@pytest.mark.parametrize("shape, axis", SHAPES)
+def test_argmax_onehot_and_complement_agree_below_and_above_the_size_threshold(shape, axis):
+    # (700, 10) and (5, 2000) are above kernels._FEW entries: put_along_axis writes the top;
+    # the smaller ones mark it with one compare. Ties, a nan, a slice of zeros, huge leads.
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=shape) * 3
+    z[(0,) * len(shape)] = 60.0  # a confident slice, where 1 - p rounds to 0
+    p = kernels.softmax(z, axis=axis)
+    index = [0] * len(shape)
+    index[axis] = slice(None)
+    p2 = p.copy()
+    p2[tuple(index)] = 0.0  # a slice of zeros (softmax of all -inf)
+    ties = np.round(p, 1)
+    for q in (p, p2, ties):
+        assert np.array_equal(kernels.argmax_onehot(q, axis=axis), _onehot_reference(q, axis))
+        got, want = kernels.complement(q, axis=axis), _complement_reference(q, axis)
+        assert np.allclose(got, want, rtol=1e-13, atol=0), np.abs(got - want).max()
+    # the confident slice: 1 - p at the top is the sum of the others, not 0
+    top = kernels.complement(p, axis=axis)[tuple(i if isinstance(i, int) else
+                                                 int(np.argmax(p[tuple(index)]))
+                                                 for i in index)]
+    assert top > 0
+    with_nan = p.copy()
+    with_nan[(1,) * len(shape)] = np.nan
+    assert np.array_equal(kernels.argmax_onehot(with_nan, axis=axis),
+                          _onehot_reference(with_nan, axis))
+
+
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_softmax_fast_path_matches_the_careful_form_at_infinities_and_overflowing_maxima(axis):
+    x = np.array([[0.0, 1.0, 2.0], [np.inf, 0.0, np.inf], [-np.inf] * 3, [1e308, 1e308, 0.0]])
+    x = x if axis == -1 else x.T
+    got = kernels.softmax(x, axis=axis)
+    want = np.array([np.exp([0, 1, 2]) / np.exp([0, 1, 2]).sum(), [0.5, 0, 0.5], [0, 0, 0],
+                     [0.5, 0.5, 0]])
+    want = want if axis == -1 else want.T
+    assert np.allclose(got, want, rtol=1e-15, atol=0)
+    assert not np.isnan(got).any()
+
+
+def test_stack_is_numpy_stack_for_numpy_and_the_namespace_stack_otherwise():
+    rows = [np.arange(3.0), np.arange(3, dtype=np.float32), np.float64(2.0) * np.ones(3)]
+    got = kernels.stack(rows)
+    assert np.array_equal(got, np.stack(rows)) and got.dtype == np.stack(rows).dtype
+    assert kernels.stack([np.float64(1.0), np.float64(2.0)]).shape == (2,)
+    torch = pytest.importorskip("torch")
+    t = kernels.stack([torch.ones(2), torch.zeros(2)], torch)
+    assert isinstance(t, torch.Tensor) and t.shape == (2, 2)
