@@ -18,6 +18,7 @@ from ..parse import ast
 from ..rulebook import RuleBook, default_rulebook
 from .contraction import ContractionTranslator, align, broadcast, dimension, number, scaled
 from .fuse import fuse_products
+from .siblings import batch_siblings
 from .lanes import batch_lanes
 from .placement import prescaled
 from .gc_pause import paused_gc
@@ -65,6 +66,9 @@ def _vectorize(roots, names, rules, declared) -> VectorProgram:
     fused = fuse_products(roots, order)
     if fused is not roots:
         roots, order = fused, topological(*fused.values())
+    joined = batch_siblings(roots, order)
+    if joined is not roots:
+        roots, order = joined, topological(*joined.values())
     # Keyed by id: a node's own hash is a Python method, and these are read once per node.
     bound = {id(n): name for n, name in names.items()}
     # A plain dict (read with .get): a Counter's missing key is a Python-level call.
