@@ -14,7 +14,7 @@ from .ir.dims import Dim, show_shape
 from .ir.nodes import Delta, Size, Unit, Var, topological
 from .evaluate.plan import Plan
 from .generate.formula import format_formula
-from .generate.function import GeneratedFunction
+from .generate.function import MISS, GeneratedFunction
 from .generate.python import generate
 from .vectorize import vectorize
 from .vectorize.gc_pause import paused_gc
@@ -173,7 +173,16 @@ class _Result:
     def __call__(self, /, *args, **arrays):  # `/`: an input may be named `self`
         """The results for the input arrays: by keyword, or positional in the order the
         expression declares its variables (`.inputs`), or both."""
-        return self._evaluate(self._keywords(args, arrays) if args else arrays)
+        if args:
+            arrays = self._keywords(args, arrays)
+        function = self._function
+        if function is not None:
+            guarded = function.guarded
+            if guarded is not None:  # the signature seen first, checked as straight-line code
+                results = guarded(arrays)
+                if results is not MISS:
+                    return self._structure(results)
+        return self._evaluate(arrays)
 
     def _evaluate(self, arrays: dict):
         if self._function is None:

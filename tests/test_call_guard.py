@@ -1,0 +1,119 @@
+"""The per-signature fast path of a call (generate/function.py `_guard`) covers exactly the
+calls the checked path would let through unconverted, and returns what it would return."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import einderiv
+from einderiv.generate.function import MISS
+
+
+def _grad():
+    g = einderiv.grad("sum(exp(x) * y)", "x", {"x": ("n",), "y": ("n",)})
+    x, y = np.linspace(0, 1, 4), np.linspace(1, 2, 4)
+    g(x=x, y=y)
+    assert g._function.guarded is not None  # the first signature is guarded
+    return g, x, y
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix, on purpose
+def test_the_guard_takes_its_own_signature_and_no_other():
+    g, x, y = _grad()
+    guarded = g._function.guarded
+    assert guarded({"x": x, "y": y}) is not MISS
+    for other in ({"x": x}, {"x": x, "y": y, "z": y}, {"x": x, "z": y},
+                  {"x": x.astype(np.float32), "y": y}, {"x": np.linspace(0, 1, 5), "y": y},
+                  {"x": np.matrix(x), "y": y}, {"x": list(x), "y": y}):
+        assert guarded(other) is MISS, other
+
+
+def test_calls_the_guard_misses_go_the_checked_way_with_the_same_results():
+    g, x, y = _grad()
+    want = np.exp(x) * y
+    np.testing.assert_allclose(g(x=x, y=y), want)
+    np.testing.assert_allclose(g(x, y), want)  # positional, bound to the same names
+    x32 = x.astype(np.float32)
+    got = g(x=x32, y=y)  # mixed precision: computed in the wider dtype
+    assert got.dtype == np.float64
+    with pytest.raises(einderiv.ShapeError):
+        g(x=np.ones(5), y=y)
+    with pytest.raises(einderiv.InputError):
+        g(x=x, y=y, z=y)
+
+
+def test_an_array_changed_in_place_is_checked_again():
+    g, x, y = _grad()
+    x2 = x.copy()
+    g(x=x2, y=y)
+    x2.shape = (2, 2)  # the same object, another shape: the guard must not pass it
+    with pytest.raises(einderiv.ShapeError):
+        g(x=x2, y=y)
+
+
+def test_a_result_that_is_an_input_or_a_view_of_one_is_a_copy():
+    g = einderiv.grad("sum(x * y)", "x", {"x": ("n",), "y": ("n",)})  # the gradient is y
+    x, y = np.ones(3), np.arange(3.0)
+    for _ in range(3):  # the first call and the guarded ones
+        got = g(x=x, y=y)
+        assert got is not y and not np.shares_memory(got, y)
+        got[0] = 99.0
+        assert y[0] == 0.0
+    m = einderiv.grad("sum(A * B)", ["A", "B"], {"A": ("n", "n"), "B": ("n", "n")})
+    A, B = np.eye(2), np.ones((2, 2))
+    for _ in range(3):
+        dA, dB = m(A=A, B=B)
+        assert not np.shares_memory(dA, B) and not np.shares_memory(dB, A)
+        assert not np.shares_memory(dA, dB)
+
+
+def test_several_results_that_share_memory_are_apart():
+    # the gradient of sum(x * x) by x twice over is one array: two results, never one object
+    g = einderiv.grad("sum(x * x)", ["x", "x"], {"x": ("n",)})
+    x = np.arange(3.0)
+    for _ in range(3):
+        a, b = g(x=x)
+        assert a is not b and not np.shares_memory(a, b)
+        np.testing.assert_allclose(a, 2 * x)
+
+
+def test_the_guard_of_an_expression_without_inputs():
+    f = einderiv.compile("eye(2, 3)", {})
+    for _ in range(3):
+        np.testing.assert_array_equal(f(), np.eye(2, 3))
+
+
+def test_an_evaluation_error_on_the_guarded_path_is_ours():
+    f = einderiv.compile("inv(A)", {"A": ("n", "n")})
+    f(A=np.eye(2))
+    with pytest.raises(einderiv.EinderivError):
+        f(A=np.zeros((2, 2)))  # singular: numpy's LinAlgError, reported as ours
+
+
+def test_threads_share_one_guard():
+    g, x, y = _grad()
+    inputs = [(np.linspace(0, k, 4), np.linspace(k, 1, 4)) for k in range(8)]
+    wrong = []
+
+    def work(a, b):
+        for _ in range(200):
+            if not np.allclose(g(x=a, y=b), np.exp(a) * b):
+                wrong.append((a, b))
+    threads = [threading.Thread(target=work, args=ab) for ab in inputs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong
+
+
+def test_input_names_are_values_of_the_guard_never_its_source():
+    # names that are not identifiers of the guard's code (keywords, `self`, a name like one of
+    # its locals) still work
+    g = einderiv.grad("sum(r * arrays * self)", "r", {"r": ("n",), "arrays": ("n",),
+                                                      "self": ("n",)})
+    r, a, s = np.ones(2), np.full(2, 2.0), np.full(2, 3.0)
+    for _ in range(3):
+        np.testing.assert_allclose(g(r=r, arrays=a, self=s), a * s)
