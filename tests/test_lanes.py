@@ -66,6 +66,21 @@ def test_lstm_batches_its_input_projections_and_output_layer():
         assert g.formula.count(f"@ U{gate}.T") == 1
 
 
+def test_a_bias_gradient_sums_the_stack_its_weight_gradient_builds():
+    # db = sum_t a_t beside dW = sum_t outer(a_t, h_t) = stack(a).T @ stack(h): the sum is
+    # sum(stack(a), axis=0) over the same stack, built once, not T - 1 additions (and T
+    # scalings by sigmoid's 0.25)
+    steps = 8
+    loss, weights = lstm_loss(steps)
+    g = einderiv.grad(loss, weights)
+    returned = [line for line in g.source.splitlines() if line.strip().startswith("return")][0]
+    assert returned.count("+") == 0, returned
+    stacks = re.findall(r"_xp\.sum\((t\d+), axis=0\)", returned)
+    assert len(stacks) >= 4  # the four gates' biases (and the output layer's)
+    for name in stacks:
+        assert f"{name}.T @" in returned  # the same stack as a weight gradient's
+
+
 @pytest.mark.parametrize("builder", [rnn_loss, lstm_loss])
 def test_batched_unrolled_gradients_match_finite_differences(builder):
     loss, weights = builder(5)

@@ -109,7 +109,7 @@ def _vectorize(roots, names, rules, declared) -> VectorProgram:
         bound_names.add(name)
         temp_name[key] = name
     scale = prescaled(order, temp_name, root_ids | set(bound))
-    translator = _Translator(temp_name, rules, scale)
+    translator = _Translator(temp_name, rules, scale, _stacked_factors(order))
     # Outputs and the user's names keep their whole shape (only our temporaries are narrowed).
     temporaries = [(temp_name[id(n)], translator.define_temporary(n, id(n) in root_ids
                                                                   or id(n) in bound))
@@ -137,8 +137,10 @@ def _worth_a_name(node: Node, uses: dict, bound: dict) -> bool:
 
 
 class _Translator:
-    def __init__(self, temp_name: dict[int, str], rules: RuleBook, scale=None):
+    def __init__(self, temp_name: dict[int, str], rules: RuleBook, scale=None, stacked=None):
         self.temp_name = temp_name
+        # the factors that sums of outer products stack (`_stacked_factors`), by their ids
+        self.stacked = stacked or {}
         self.rules = rules
         self.scale = scale or {}  # temporary -> the constant it is computed with (placement)
         self.narrowed: dict[int, tuple] = {}  # temporary -> the axes it is written with
@@ -282,6 +284,16 @@ class _Translator:
             return self._scaled_stack(coef, ordered)
         if len(node.terms) < 3:
             return None
+        rows = self.stacked.get(frozenset([id(t) for _, t in node.terms]))
+        if rows is not None and node.rank and all(t.shape == node.shape for _, t in node.terms):
+            # The rows of a stack that a weight's gradient builds (below): their sum is one
+            # sum over it (a bias's gradient beside its weight's), the stack written alike,
+            # so that the program builds it once (share.py names the repeat).
+            coefs = [coef / self.scale.get(id(a), 1.0) for a in rows]
+            common = coefs[0] if len(set(coefs)) == 1 else 1.0
+            stack = ast.Call("stack", tuple(scaled(c / common, self.expr(a))
+                                            for c, a in zip(coefs, rows)))
+            return scaled(common, ast.Call("sum", (stack,), (("axis", number(0)),)))
         pairs = [_outer_pair(t) for _, t in node.terms]
         if any(p is None for p in pairs):
             return None
@@ -378,6 +390,19 @@ def _pad_axis(expr: ast.Expr) -> int | None:
 def _zeros(shape: tuple, axis: int, length: int) -> ast.Expr:
     return ast.Call("zeros", tuple(ast.Number(float(length)) if k == axis else dimension(d)
                                    for k, d in enumerate(shape)))
+
+
+def _stacked_factors(order: list[Node]) -> dict[frozenset, list[Node]]:
+    """The factors that `_Translator._batched` stacks for each sum over steps of outer products
+    (`sum_t outer(a_t, b_t)`: the a_t in order, and the b_t), keyed by the set of their ids."""
+    stacked: dict[frozenset, list[Node]] = {}
+    for n in order:
+        if type(n) is Add and len(n.terms) >= 3 and len({c for c, _ in n.terms}) == 1:
+            pairs = [_outer_pair(t) for _, t in n.terms]
+            if all(p is not None for p in pairs):
+                for side in zip(*pairs):  # (the list keeps built factors alive: ids stay)
+                    stacked.setdefault(frozenset(map(id, side)), list(side))
+    return stacked
 
 
 def _outer_pair(node: Node):
