@@ -1,77 +1,223 @@
-"""einderiv under JAX's transforms: `function(expr, shapes)` is a `jax.custom_vjp` function whose
-forward is einderiv's generated code on jax arrays and whose vjp is einderiv's symbolic
-derivative, so `jax.grad`, `jax.value_and_grad` and `jax.jit` go through them.
+"""einderiv under JAX's transforms: `function(expr, shapes)` computes an expression with
+einderiv's generated code on jax arrays, and every derivative JAX takes of it, at any order and
+in either mode, is einderiv's own symbolic derivative.
+
+The function is a JAX primitive, `einderiv`, whose parameter is a `pullback.Program`. Its JVP
+rule binds the program's `jvp` (a primitive of a derived program again), and the transpose of
+that is the program's `vjp`, which is what reverse mode (`jax.grad`) computes: the cotangent
+of the inputs that have a tangent, derived on first use. A second derivative differentiates
+that primitive the same way, and so on, so JAX never differentiates einderiv's generated code,
+whose JAX derivative can be NaN or wrong where the function's is not (an SVD-based det at
+repeated singular values, a stable softplus's `where`). Under `jax.vmap` the primitive runs its
+program under `jax.vmap`, one layer of input axes per vmap; under `jax.jit` it lowers to the
+generated code's operations.
 
 JAX is imported when `function` is called, not when this module is: `import einderiv` never
 imports it.
 """
 from __future__ import annotations
 
+import threading
+
 from .errors import EinderivError
 from .pullback import Pullback
 
 
 def function(expr, shapes: dict | None = None):
-    """A function computing `expr` on jax arrays, with einderiv's derivative as its
-    `jax.custom_vjp` rule.
+    """A function computing `expr` on jax arrays, whose derivatives of every order are
+    einderiv's.
 
     Call it with one array per variable, positional in the order the expression declares them
     (`f.inputs`: the order of `shapes`, then of inline declarations; an `einderiv.var`
     expression's in the order they were made) or by keyword. It returns an array of the
     expression's shape, in the inputs' promoted dtype (JAX's default float32 unless x64 is
     enabled). It runs under `jax.jit` (traced once per shape signature: einderiv's checks see
-    the shapes and dtypes, and generated code is what is traced) and under `jax.grad`,
-    `jax.vjp` and `jax.value_and_grad`. Inputs are checked as every einderiv call checks them:
-    a missing or unexpected input is an `InputError`, shapes that do not fit a `ShapeError`.
+    the shapes and dtypes, and generated code is what is traced), `jax.vmap`, and every
+    derivative: `jax.grad`, `jax.vjp`, `jax.value_and_grad`, `jax.jvp`, `jax.hessian`, a
+    `jax.grad` of a `jax.grad` to any order. Inputs are checked as every einderiv call checks
+    them: a missing or unexpected input is an `InputError`, shapes that do not fit a
+    `ShapeError`.
 
-    The vjp rule is `einderiv.vjp` by every input with a float dtype (derived on the first
-    backward for that set of inputs, and kept): the output's cotangent times the Jacobian,
-    never a Jacobian. Under `jax.jit` XLA drops the cotangents nobody asked for; outside it
-    all of them are computed. An integer input gets a zero (float0) cotangent, as JAX gives
-    it. Second derivatives (`jax.grad` of `jax.grad`, `jax.hessian`) are JAX's derivatives of
-    the generated backward code, which is jax.numpy code; forward mode of the function itself
-    (`jax.jvp`) is JAX's `TypeError` for any `custom_vjp` function.
+    Reverse mode is `einderiv.vjp` by the inputs JAX differentiates by (derived on the first
+    derivative by that set of inputs, and kept): the output's cotangent times the Jacobian,
+    never a Jacobian. Forward mode is einderiv's jvp (the transpose of its reverse pass), and a
+    derivative of either is einderiv's vjp or jvp of that derived program, derived when JAX
+    first asks for it: JAX never differentiates einderiv's generated code, so a second
+    derivative is as exact as einderiv's `hessian` and `hvp` (for `det(X)` at `X = eye(n)`, where
+    JAX's derivative of an SVD-based kernel would be NaN). An integer input gets a zero
+    (float0) cotangent, as JAX gives it.
 
     `f.forward_result` is the compiled expression (`.formula`, `.source`, ...) and
-    `f.backward_result(names)` the `einderiv.vjp` by a tuple of names that the rule uses.
+    `f.backward_result(names)` the `einderiv.vjp` by a tuple of names that reverse mode uses.
     Without JAX (and array-api-compat, which the jax backend needs) this raises
     `EinderivError`; a bad expression or shapes raise as `einderiv.compile` does.
 
     Example: the README, "In PyTorch and JAX training loops" (a session that
     tests/test_frameworks.py runs where JAX is installed).
     """
-    jax = _imported()
-    import numpy as np
-
+    _imported()
     pullback = Pullback(expr, shapes, "jax")
-
-    @jax.custom_vjp
-    def value(*args):
-        return pullback.value(*args)
-
-    def forward(*args):
-        return pullback.value(*args), args
-
-    def backward(args, cotangent):
-        inexact = [jax.numpy.issubdtype(jax.numpy.result_type(a), jax.numpy.inexact)
-                   for a in args]
-        wrt = tuple(n for n, float_ in zip(pullback.names, inexact) if float_)
-        found = dict(zip(wrt, pullback.cotangents(wrt, args, cotangent) if wrt else ()))
-        # JAX wants each cotangent in its input's shape and dtype: float0 for integers.
-        return tuple(found[name].astype(jax.numpy.result_type(a)) if name in found else
-                     np.zeros(np.shape(a), jax.dtypes.float0)
-                     for name, a in zip(pullback.names, args))
-
-    value.defvjp(forward, backward)
+    primitive = _primitive()
 
     def f(*args, **arrays):
-        return value(*pullback.bound(args, arrays))
+        (out,) = primitive.bind(*pullback.bound(args, arrays), program=pullback.program,
+                                layers=())
+        return out
 
     f.inputs = {name: tuple(map(str, shape))
                 for name, shape in pullback.value.lowered.declared.items()}
     f.forward_result = pullback.value
     f.backward_result = lambda names: pullback.vjp(tuple(names))
     return f
+
+
+# -- the primitive ------------------------------------------------------------------------------
+# Its parameters: `program`, a pullback.Program, and `layers`, one tuple per enclosing
+# jax.vmap (innermost first) saying of each input whether its axis 0 is that vmap's (0) or it
+# is not batched there (None). Every output is batched at every layer, at the front, the
+# outermost layer's axis first.
+
+_made: list = []
+_making = threading.Lock()
+
+
+def _primitive():
+    """The `einderiv` primitive, made with its rules on first use."""
+    if not _made:
+        with _making:
+            if not _made:
+                _made.append(_define())
+    return _made[0]
+
+
+def _define():
+    from jax.extend.core import Primitive
+    from jax.interpreters import ad, batching, mlir
+
+    primitive = Primitive("einderiv")
+    primitive.multiple_results = True
+    primitive.def_impl(_evaluated)
+    primitive.def_abstract_eval(_abstract)
+    ad.primitive_jvps[primitive] = _jvp_rule
+    ad.primitive_transposes[primitive] = _transpose_rule
+    batching.primitive_batchers[primitive] = _batch_rule
+    mlir.register_lowering(primitive, mlir.lower_fun(_evaluated, multiple_results=True))
+    return primitive
+
+
+def _evaluated(*args, program, layers):
+    import jax
+    run = program
+    for axes in layers:
+        run = jax.vmap(run, in_axes=axes)
+    outs = run(*args)
+    if program.tangent_of is not None:
+        # A tangent has its primal's dtype, which is what _abstract says it is.
+        outs = [o.astype(a.dtype) for o, a in zip(outs, _abstract(*map(jax.typeof, args),
+                                                                  program=program,
+                                                                  layers=layers))]
+    return list(outs)
+
+
+def _abstract(*avals, program, layers):
+    """The outputs' shapes and dtypes: each layer's axis in front of the program's own output,
+    found by tracing the program once per signature of unbatched inputs; a jvp program's are
+    its parent's, found without deriving it (reverse mode only transposes it)."""
+    import jax
+    sizes, unbatched = _split(avals, layers)
+    return [jax.core.ShapedArray(sizes + out.shape, out.dtype)
+            for out in _outputs(program, unbatched)]
+
+
+def _split(avals, layers) -> tuple[tuple[int, ...], list]:
+    """The size of each layer's axis (outermost first) and each input's (shape, dtype) without
+    the axes of the layers it is batched in, which lead its shape, outermost first."""
+    depth = len(layers)
+    sizes = [0] * depth
+    unbatched = []
+    for k, aval in enumerate(avals):
+        outer_first = [depth - 1 - layer for layer in reversed(range(depth))
+                       if layers[layer][k] is not None]
+        for axis, at in enumerate(outer_first):
+            sizes[at] = aval.shape[axis]
+        unbatched.append((tuple(aval.shape[len(outer_first):]), aval.dtype))
+    return tuple(sizes), unbatched
+
+
+def _outputs(program, unbatched: list) -> list:
+    import jax
+    if program.tangent_of is not None:
+        parent, positions = program.tangent_of
+        return _outputs(parent, unbatched[:len(unbatched) - len(positions)])
+    key = tuple(unbatched)
+    found = program.adapters.get(key)
+    if found is None:
+        found = program.adapters[key] = list(jax.eval_shape(
+            program, *(jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in unbatched)))
+    return found
+
+
+def _jvp_rule(primals, tangents, *, program, layers):
+    import jax
+    from jax.interpreters import ad
+    primitive = _primitive()
+    outs = primitive.bind(*primals, program=program, layers=layers)
+    positions = tuple(k for k, t in enumerate(tangents)
+                      if type(t) is not ad.Zero and jax.numpy.result_type(t) != jax.dtypes.float0)
+    if not positions:
+        return outs, [ad.Zero(jax.typeof(o).to_tangent_aval()) for o in outs]
+    pushed = primitive.bind(*primals, *(tangents[k] for k in positions),
+                            program=program.jvp(positions),
+                            layers=tuple(axes + tuple(axes[k] for k in positions)
+                                         for axes in layers))
+    return outs, pushed
+
+
+def _transpose_rule(cotangents, *args, program, layers):
+    """The cotangent of each linear input (an `UndefinedPrimal`) of a bind linear in them."""
+    from jax.interpreters import ad
+    cotangents = [ad.instantiate_zeros(c) for c in cotangents]
+    linear = [k for k, a in enumerate(args) if ad.is_undefined_primal(a)]
+    parent, positions = program.tangent_of or (None, ())
+    n = len(args) - len(positions)
+    if parent is not None and not any(ad.is_undefined_primal(a) for a in args[:n]):
+        # The transpose of parent.jvp(positions) is parent.vjp(positions): derived already
+        # where reverse mode comes here, and never the jvp program itself.
+        back, known, of = parent.vjp(positions), args[:n], range(n, len(args))
+        spec = tuple(axes[:n] for axes in layers)
+    else:
+        # Linear in `linear`: the vjp by them is free of them, which are passed as zeros.
+        back, of = program.vjp(tuple(linear)), linear
+        known = [_zeros(a.aval) if ad.is_undefined_primal(a) else a for a in args]
+        spec = layers
+    pulled = _primitive().bind(*known, *cotangents, program=back,
+                               layers=tuple(axes + (0,) * len(cotangents) for axes in spec))
+    out = [None] * len(args)
+    for k, c in zip(of, pulled):
+        if ad.is_undefined_primal(args[k]):
+            out[k] = _unbatched(c, [axes[k] for axes in layers]).astype(args[k].aval.dtype)
+    return out
+
+
+def _unbatched(cotangent, axes):
+    """A cotangent computed batched at every layer, summed over the layers where its input
+    is not batched."""
+    depth = len(axes)
+    summed = tuple(depth - 1 - layer for layer, axis in enumerate(axes) if axis is None)
+    return cotangent.sum(axis=summed) if summed else cotangent
+
+
+def _zeros(aval):
+    import jax
+    return jax.numpy.zeros(aval.shape, aval.dtype)
+
+
+def _batch_rule(args, dims, *, program, layers):
+    import jax
+    args = [a if d is None else jax.numpy.moveaxis(a, d, 0) for a, d in zip(args, dims)]
+    axes = tuple(None if d is None else 0 for d in dims)
+    outs = _primitive().bind(*args, program=program, layers=layers + (axes,))
+    return outs, [0] * len(outs)
 
 
 def _imported():

@@ -1,6 +1,7 @@
 """einderiv in a PyTorch training loop: `function(expr, shapes)` is a `torch.autograd.Function`
 whose forward is einderiv's generated code and whose backward is einderiv's symbolic
-derivative, so `loss.backward()` and `torch.autograd.gradcheck` go through them.
+derivative, so `loss.backward()` and `torch.autograd.gradcheck` go through them; a backward
+under `create_graph=True` is einderiv's derivative again, at any order.
 
 PyTorch is imported when `function` is called, not when this module is: `import einderiv`
 never imports it.
@@ -26,10 +27,12 @@ def function(expr, shapes: dict | None = None):
     `ctx.needs_input_grad` is set, derived on the first backward that needs that set of inputs
     and kept: the output's gradient times the Jacobian (times the gradient for a scalar
     output), computed by generated code, never a Jacobian. Each input's gradient comes back in
-    its own dtype. Backward itself is not differentiable: a backward with `create_graph=True`
-    (double backward, a gradient penalty) raises `EinderivError` rather than return gradients
-    that a second derivative would take for constants; for second derivatives use
-    `einderiv.hessian` or `einderiv.hvp`.
+    its own dtype. Under `create_graph=True` (double backward, a gradient penalty,
+    `torch.autograd.functional.hessian`) backward is itself such a Function, of the vjp
+    program, whose backward is einderiv's vjp of that program, and so on to any order: PyTorch
+    never differentiates einderiv's generated code, so a second derivative is as exact as
+    einderiv's `hessian` and `hvp` (for `det(X)` at a singular `X`, say). Each is derived when
+    PyTorch first asks for it. Forward-mode AD (`torch.func.jvp`) is not supported.
 
     `F.forward_result` is the compiled expression (`.formula`, `.source`, ...) and
     `F.backward_result(names)` the `einderiv.vjp` by a tuple of names that backward uses. Without
@@ -47,7 +50,7 @@ def function(expr, shapes: dict | None = None):
         def __call__(cls, /, *args, **arrays):
             return cls.apply(*pullback.bound(args, arrays))
 
-    class EinderivFunction(torch.autograd.Function, metaclass=Callable):
+    class EinderivFunction(_function(torch, pullback.program), metaclass=Callable):
         inputs = {name: tuple(map(str, shape))
                   for name, shape in pullback.value.lowered.declared.items()}
         forward_result = pullback.value
@@ -60,6 +63,24 @@ def function(expr, shapes: dict | None = None):
         def forward(*args):
             return pullback.value(*args)
 
+    EinderivFunction.__name__ = EinderivFunction.__qualname__ = "EinderivFunction"
+    return EinderivFunction
+
+
+def _function(torch, program):
+    """The `torch.autograd.Function` of a `pullback.Program` (its outputs a tuple), made once
+    per program: its backward is the program's vjp by the inputs that need a gradient, run as
+    this same kind of Function under `create_graph=True`, so that a derivative of any order is
+    einderiv's and PyTorch differentiates none of einderiv's generated code."""
+    found = program.adapters.get("torch")
+    if found is not None:
+        return found
+
+    class Derivative(torch.autograd.Function):
+        @staticmethod
+        def forward(*args):
+            return program(*args)
+
         @staticmethod
         def setup_context(ctx, inputs, output):
             tensors = [a for a in inputs if isinstance(a, torch.Tensor)]
@@ -68,27 +89,21 @@ def function(expr, shapes: dict | None = None):
             ctx.numbers = [None if isinstance(a, torch.Tensor) else a for a in inputs]
 
         @staticmethod
-        def backward(ctx, cotangent):
-            # Grad mode is on in a backward exactly under create_graph=True. PyTorch's
-            # once_differentiable would hand back gradients that are constants there when the
-            # output's gradient is (torch.autograd.grad(loss, w, create_graph=True)), and
-            # a second derivative through them silently 0: refuse instead.
-            if torch.is_grad_enabled():
-                raise EinderivError(
-                    "einderiv.torch.function has no double backward (create_graph=True)",
-                    hint="derive second derivatives with einderiv.hessian or einderiv.hvp")
+        def backward(ctx, *cotangents):
             saved = iter(ctx.saved_tensors)
             inputs = tuple(next(saved) if a is None else a for a in ctx.numbers)
-            wrt = tuple(n for n, need in zip(pullback.names, ctx.needs_input_grad) if need)
-            if not wrt:
+            positions = tuple(k for k, need in enumerate(ctx.needs_input_grad) if need)
+            if not positions:
                 return (None,) * len(inputs)
-            found = dict(zip(wrt, pullback.cotangents(wrt, inputs, cotangent)))
-            return tuple(None if name not in found else
-                         found[name].to(inputs[k].dtype)  # PyTorch wants the input's dtype
-                         for k, name in enumerate(pullback.names))
+            back = program.vjp(positions)
+            # Grad mode is on in a backward exactly under create_graph=True: then the
+            # cotangents are a graph PyTorch differentiates, through back's own Function.
+            run = _function(torch, back).apply if torch.is_grad_enabled() else back
+            found = dict(zip(positions, run(*inputs, *cotangents)))
+            return tuple(found[k].to(a.dtype) if k in found else None  # the input's dtype
+                         for k, a in enumerate(inputs))
 
-    EinderivFunction.__name__ = EinderivFunction.__qualname__ = "EinderivFunction"
-    return EinderivFunction
+    return program.adapters.setdefault("torch", Derivative)
 
 
 def _imported():

@@ -212,11 +212,6 @@ def test_third_derivative_at_a_singular_matrix(expr, n, exact):
 # point) the Hessian is all NaN where the true one is finite. (det(X) alone is NaN there too:
 # its backward is kernel.adjugate, from the same SVD.)
 
-@pytest.mark.xfail(strict=True, reason="jax.hessian (or grad of grad) of einderiv.jax.function("
-                   "'sum(adj(X) * A)') at X = eye(3) is all NaN: the vjp rule's det_hvp kernel "
-                   "is SVD-based and JAX's SVD derivative is NaN at repeated singular values, "
-                   "where det's third derivative is finite (the same for 'det(X)', through "
-                   "kernel.adjugate)")
 def test_jax_hessian_of_a_jax_function_at_the_identity():
     jax, jnp = _jax()
     import einderiv.jax as ej
