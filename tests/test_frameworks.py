@@ -1,5 +1,5 @@
 """einderiv inside PyTorch and JAX training code (issue 15 item 5): `einderiv.torch.function` is a
-`torch.autograd.Function` and `einderiv.jax.function` a `jax.custom_vjp` function, each
+`torch.autograd.Function` and `einderiv.jax.function` a JAX primitive's function, each
 computing with einderiv's generated code and differentiating with its symbolic vjp.
 
 Every gradient is compared with the framework's own autograd of the same computation written
