@@ -328,6 +328,11 @@ def bind(given: dict) -> dict[str, int]:
     composites = []
     for name, (shape, actual) in given.items():
         for d, size in zip(shape, actual):
+            if not isinstance(size, numbers.Integral):  # dask's nan: a size not known yet
+                raise ShapeError(f"input '{name}' has an axis of unknown size: shape "
+                                 f"{tuple(actual)}, declared {show_shape(shape)}",
+                                 hint="a dask array sliced by a mask has chunks of unknown "
+                                      "size: call its compute_chunk_sizes() first")
             if d.is_concrete:
                 if d.offset != size:
                     fail(name)
