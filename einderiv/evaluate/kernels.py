@@ -23,12 +23,15 @@ def sigmoid(x):
     if isinstance(x, np.ndarray) and x.ndim and x.dtype.kind == "f":
         # 1 / (1 + exp(-x)) keeps full relative precision wherever exp(-x) is finite: far
         # right exp(-x) is tiny and 1 + it rounds as 1 should, far left 1 + exp(-x) is
-        # exp(-x) to rounding and its reciprocal exp(x) as precise. Four passes, in place, at
-        # numpy's vectorized exp: 3x faster than scipy's expit (logistic losses and LSTM gates
-        # spend their time here). Where exp(-x) overflows (x < -709.78 in float64, -88.72 in
-        # float32), sigmoid(x) is exp(x) to rounding, subnormal down to -745 (-104): the careful
-        # form below. (The bound is kept per dtype: unrolled networks call this on many small
-        # arrays.)
+        # exp(-x) to rounding and its reciprocal exp(x) as precise. scipy's expit computes it
+        # in one call, the cheapest on a few entries (an LSTM's gates); on many, four passes in
+        # place at numpy's vectorized exp are 3x faster (logistic losses spend their time
+        # here). Where exp(-x) overflows (x < -709.78 in float64, -88.72 in float32),
+        # sigmoid(x) is exp(x) to rounding, subnormal down to -745 (-104), and a nan makes the
+        # minimum nan: the careful form below. (The bound is kept per dtype: unrolled networks
+        # call this on many small arrays.)
+        if not x.size:
+            return np.empty_like(x)
         low = _EXP_OVERFLOW.get(x.dtype)
         if low is None:
             # (a unit inside: exp rounds near its own bound, and float32's may overflow there)
