@@ -25,7 +25,7 @@ from ..ir.dims import Dim
 from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Var, topological
 from ..parse import ast, parse
 from ..rulebook import RuleBook
-from ..rulebook.table import Derivative
+from ..rulebook.table import SQUARE_PAIRS, Derivative
 
 
 @lru_cache(maxsize=None)
@@ -196,13 +196,13 @@ def _layouts(node: Prim, rules: RuleBook, position: int = 0) -> tuple[_Layout, _
         batch = list(range(r - 2))
         rhs = _Layout([(r - 2,)], batch + ([r - 1] if node.rank == r else []))
         return rhs, (_Layout([(r - 2,), (r - 1,)], batch) if position == 0 else rhs)
-    if f.shape in ("square", "square_scalar", "square_pair", "transposed", "square_square"):
+    if f.shape == "transposed" or f.shape in SQUARE_PAIRS:
+        # core axes: the matrix's two, and for det's derivatives (square_pair, ...) a pair
+        # more per derivative: each axis its own index
         r = arg.rank
         arg_l = _Layout([(r - 2,), (r - 1,)], list(range(r - 2)))
-        out_l = {"square": arg_l, "transposed": arg_l, "square_square": arg_l,
-                 "square_scalar": _Layout([], list(range(r - 2))),
-                 "square_pair": _Layout([(r - 2,), (r - 1,), (r,), (r + 1,)],
-                                        list(range(r - 2)))}[f.shape]
+        pairs = SQUARE_PAIRS.get(f.shape, 1)
+        out_l = _Layout([(a,) for a in range(r - 2, r - 2 + 2 * pairs)], list(range(r - 2)))
         return out_l, arg_l
     axes = node.params[0]
     batch = [a for a in range(arg.rank) if a not in axes]

@@ -547,6 +547,183 @@ def det_hvp(X, E):
     return sign[..., None, None] * (U @ K @ Vh)
 
 
+def _det_svd(X):
+    """The SVD of each matrix of a stack as det's third derivatives use it: (xp, U, s, Vh, c,
+    eye), c = det(U) det(Vh) (+-1, rounding removed), eye the boolean identity on X's device."""
+    xp = _xp(X)
+    U, s, Vh = xp.linalg.svd(X)
+    if xp is np:
+        eye = np.eye(X.shape[-1], dtype=bool)
+    else:  # made on X's device
+        import array_api_compat
+        eye = xp.eye(X.shape[-1], dtype=xp.bool, device=array_api_compat.device(X))
+    return xp, U, s, Vh, xp.sign(xp.linalg.det(U) * xp.linalg.det(Vh)), eye
+
+
+def _leaving_three(s, eye, xp, start=0, stop=None):
+    """P[..., a, b, c] for a in range(start, stop) (every a by default): the product of every
+    singular value but s_a, s_b and s_c (running products, no division: exact at a zero s_m),
+    0 where two of a, b, c are equal."""
+    first = eye[start:stop]  # [a, m]: m is a
+    two = first[:, None, :] | eye[None, :, :]  # [a, b, m]: m is a or b
+    rows = xp.where(two, xp.ones_like(s)[..., None, None, :], s[..., None, None, :])
+    P = prod_others(rows, axis=-1)  # [a, b, c]: the product over m != c of rows[a, b, m]
+    apart = ~(first[:, :, None] | two)  # a != b, and c is neither
+    return xp.where(apart, P, xp.zeros_like(P))
+
+
+def _pair_units(U, Vh, xp):
+    """W[..., a, i * n + j] = U[i, a] V[j, a]: the matrix u_a v_a^T of each a, flattened."""
+    n = U.shape[-1]
+    W = xp.swapaxes(U, -1, -2)[..., :, :, None] * Vh[..., :, None, :]
+    return xp.reshape(W, (*U.shape[:-2], n, n * n))
+
+
+def det_third_vv(X, E, F):
+    """det's third derivative along two directions, per square matrix of a stack: D[..., i, j]
+    = the sum over k, l, p, q of d^3 det(X) / dX[i, j] dX[k, l] dX[p, q] E[k, l] F[p, q], E and
+    F shaped like X (symmetric in them). It is the derivative of det_hvp(X, E) along F, so an
+    hvp through adj or det_hvp is O(n^3) time and O(n^2) memory, and exact at any rank.
+
+    From the SVD X = U diag(s) V^T: det(X + Z) = c det(diag(s) + U^T Z V), c = det(U) det(V),
+    whose third-order part in three directions is c times the sum over ordered triples of
+    distinct a, b, e of P[a, b, e] (the product of every singular value but those three) times
+    the sum over the permutations t of (a, b, e) of sgn(t) A[a, t(a)] B[b, t(b)] C[e, t(e)]
+    (A, B, C the directions turned, U^T Z V: 3 x 3 minors, expanded). Its gradient by the first,
+    with M = U^T E V and N = U^T F V, is c U G V^T: G[a, a] = the sum over b, e of P[a, b, e]
+    (M[b, b] N[e, e] - M[b, e] N[e, b]), and off the diagonal G[a, x] = the sum over e of
+    P[a, x, e] (M[x, e] N[e, a] + N[x, e] M[e, a] - M[x, a] N[e, e] - N[x, a] M[e, e]).
+    """
+    xp = _xp(X)
+    if X.shape[-1] == 0 or any(d == 0 for d in X.shape[:-2]):
+        return xp.zeros_like(X * E * F)
+    xp, U, s, Vh, c, eye = _det_svd(X)
+    Ut, V = xp.swapaxes(U, -1, -2), xp.swapaxes(Vh, -1, -2)
+    M, N = Ut @ E @ V, Ut @ F @ V
+    Mt, Nt = xp.swapaxes(M, -1, -2), xp.swapaxes(N, -1, -2)
+    zero = xp.zeros_like(M)
+    m = xp.sum(xp.where(eye, M, zero), axis=-1)  # the diagonals
+    d = xp.sum(xp.where(eye, N, zero), axis=-1)
+    Q = (m[..., :, None] * d[..., None, :] - M * Nt)[..., None, :, :]
+    # P is n^3: taken a few rows a at a time (all at once for small n), so that memory stays
+    # O(n^2) as det_hvp's
+    n = X.shape[-1]
+    step = max(1, 4096 // (n * n))
+    on, off = [], []
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        P = _leaving_three(s, eye, xp, start, stop)  # [a, x, e]
+        on.append(xp.sum(xp.sum(P * Q, axis=-1), axis=-1))
+        cross = xp.sum(P * (M[..., None, :, :] * Nt[..., start:stop, None, :]
+                            + N[..., None, :, :] * Mt[..., start:stop, None, :]), axis=-1)
+        off.append(cross - Mt[..., start:stop, :] * xp.sum(P * d[..., None, None, :], axis=-1)
+                   - Nt[..., start:stop, :] * xp.sum(P * m[..., None, None, :], axis=-1))
+    on, off = xp.concat(on, axis=-1), xp.concat(off, axis=-2)
+    G = xp.where(eye, on[..., :, None] * xp.ones_like(M), off)
+    return c[..., None, None] * (U @ G @ Vh)
+
+
+def det_third_v(X, E):
+    """det's third derivative along one direction, per square matrix of a stack: T[..., i, j,
+    k, l] = the sum over p, q of d^3 det(X) / dX[i, j] dX[k, l] dX[p, q] E[p, q], shaped
+    [..., n, n, n, n]: the derivative of det_hessian(X) along E, and det_hvp(X, E)'s Jacobian
+    by X. O(n^5) time, as det_hessian; exact at any rank.
+
+    det_third_vv's expansion with the gradient taken by two directions: with N = U^T E V, its
+    diagonal d, K[a, e] = the sum over b of P[a, b, e] d[b] and w_a = u_a v_a^T, T = c (F - F
+    with j and l exchanged), F = the sum over a, e of K[a, e] w_a[i, j] w_e[k, l], less Y and Y
+    with its pairs exchanged, Y[i, j, k, l] = the sum over a, b, e of P[a, b, e] N[b, a]
+    U[i, a] V[j, b] w_e[k, l].
+    """
+    xp = _xp(X)
+    n = X.shape[-1]
+    batch = tuple(X.shape[:-2])
+    if n == 0 or any(d == 0 for d in batch):
+        return xp.zeros_like((X * E)[..., None, None] * X[..., None, None, :, :])
+    xp, U, s, Vh, c, eye = _det_svd(X)
+    N = xp.swapaxes(U, -1, -2) @ E @ xp.swapaxes(Vh, -1, -2)
+    P = _leaving_three(s, eye, xp)
+    d = xp.sum(xp.where(eye, N, xp.zeros_like(N)), axis=-1)
+    K = xp.sum(P * d[..., None, :, None], axis=-2)
+    W = _pair_units(U, Vh, xp)
+    first = xp.swapaxes(W, -1, -2) @ (K @ W)
+    # R[e, a, b] = P[a, b, e] N[b, a]; (U R[e] V^T)[i, j] is Y's first pair
+    b = len(batch)
+    R = xp.permute_dims(P * xp.swapaxes(N, -1, -2)[..., :, :, None], (*range(b), b + 2, b, b + 1))
+    Y = xp.reshape(U[..., None, :, :] @ R @ Vh[..., None, :, :], (*batch, n, n * n))
+    Y = xp.swapaxes(Y, -1, -2) @ W
+    F = xp.reshape(first - Y - xp.swapaxes(Y, -1, -2), (*batch, n, n, n, n))
+    return c[..., None, None, None, None] * (F - xp.swapaxes(F, -3, -1))
+
+
+# The permutations of three column axes (as their positions among six) with their signs.
+_COLUMN_ORDERS = (((1, 3, 5), 1), ((3, 1, 5), -1), ((5, 3, 1), -1), ((1, 5, 3), -1),
+                  ((3, 5, 1), 1), ((5, 1, 3), 1))
+
+
+def det_third(X):
+    """det's third derivatives at each square matrix of a stack, T[..., i, j, k, l, p, q] =
+    d^3 det(X) / dX[i, j] dX[k, l] dX[p, q], shaped [..., n, n, n, n, n, n] (n^6 per matrix,
+    O(n^7) time): exact at any rank. With det_third_vv's P and w_a = u_a v_a^T, F = the sum
+    over a, b, e of P[a, b, e] w_a[i, j] w_b[k, l] w_e[p, q], and T is c times the sum over the
+    permutations t of the column indices (j, l, q) of sgn(t) F with its columns so permuted
+    (det_hessian's first term less its j-l exchange, one order up).
+    """
+    xp = _xp(X)
+    n = X.shape[-1]
+    batch = tuple(X.shape[:-2])
+    b = len(batch)
+    if n == 0 or any(d == 0 for d in batch):
+        return xp.zeros_like(X[..., None, None, None, None] * X[..., None, None, :, :, None, None]
+                             * X[..., None, None, None, None, :, :])
+    xp, U, s, Vh, c, eye = _det_svd(X)
+    P = _leaving_three(s, eye, xp)
+    W = _pair_units(U, Vh, xp)  # [a, (i, j)]
+    # F[(p, q), (k, l), (i, j)] in three products, one index of P at a time (F is symmetric
+    # in its pairs, as P in its indices)
+    F = xp.reshape(xp.reshape(P, (*batch, n * n, n)) @ W, (*batch, n, n, n * n))
+    F = xp.reshape(xp.permute_dims(F, (*range(b), b, b + 2, b + 1)), (*batch, n ** 3, n)) @ W
+    F = xp.swapaxes(xp.reshape(F, (*batch, n, n ** 4)), -1, -2) @ W
+    F = xp.reshape(F, (*batch, *(n,) * 6))
+    T = None
+    for (j, l, q), sign in _COLUMN_ORDERS:
+        term = xp.permute_dims(F, (*range(b), *(b + a for a in (0, j, 2, l, 4, q))))
+        T = term if T is None else T + term if sign > 0 else T - term
+    return c[(...,) + (None,) * 6] * T
+
+
+def inv_regular(X):
+    """inv(X) of each square matrix of a stack, refused (numpy's LinAlgError, which the user
+    sees as an EvaluationError) where a matrix is singular to working precision: its smallest
+    singular value at most sqrt(eps) times its largest (a condition number beyond 6.7e7 in
+    float64, 2.9e3 in float32), where inv(X) is rounding noise or raises. det's fourth and
+    higher derivatives go through it: they cancel terms of the size of inv(X) to a result of
+    det's, so their relative error is about eps times the condition number, and a refusal is
+    better than garbage. Under tracing (jax.jit), where there is no value to test, a refused
+    matrix gives NaN.
+    """
+    xp = _xp(X)
+    if X.shape[-1] == 0 or any(d == 0 for d in X.shape[:-2]):
+        return xp.linalg.inv(X)
+    s = np.linalg.svd(X, compute_uv=False) if xp is np else xp.linalg.svdvals(X)
+    limit = float(xp.finfo(X.dtype).eps) ** 0.5
+    regular = s[..., -1] > limit * s[..., 0]
+    try:
+        refused = not bool(xp.all(regular))
+    except Exception:  # a traced array (jax.jit): no value to test
+        return xp.where(regular[..., None, None], xp.linalg.inv(X), float("nan"))
+    if refused:
+        with np.errstate(divide="ignore", invalid="ignore"):  # inf at an exactly singular one
+            worst = float(xp.max(s[..., 0] / s[..., -1]))
+        raise np.linalg.LinAlgError(
+            f"a matrix is singular to working precision (condition number {worst:.2g}, beyond "
+            f"{1 / limit:.2g}): det's fourth and higher derivatives go through its inverse "
+            f"(inv_regular), and would be rounding noise there; det's derivatives up to the "
+            f"third (det_hessian, det_hvp, det_third, det_third_v, det_third_vv) are exact at "
+            f"any matrix")
+    return xp.linalg.inv(X)
+
+
 def norm(x, axis=None):
     """The 2-norm over `axis` (every axis by default: a vector's norm, a matrix's Frobenius
     norm), scaled by the largest magnitude first so that squares of entries beyond 1e154

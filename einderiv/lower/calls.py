@@ -14,6 +14,7 @@ from ..ir import build
 from ..ir.dims import Dim, show_shape
 from ..ir.nodes import Delta, Node, Prim, Size, Unit
 from ..parse import ast, parse
+from ..rulebook.table import SQUARE_PAIRS, TENSOR_ARITY
 from . import convolution, dimensions, linear
 
 MAX_DEFINITION_DEPTH = 32
@@ -842,7 +843,7 @@ DIMENSION_FUNCTIONS = {"eye", "ones", "zeros", "size"}
 def _tensor_primitive(call, f, args, scope) -> Node:
     if f.shape == "square_rhs":
         return _square_rhs(call, f, args)
-    if f.shape == "square_square":
+    if f.shape in ("square_square", "square_square_pair", "square_square_square"):
         return _square_square(call, f, args)
     if f.axis is None:
         _no_keywords(call)
@@ -855,13 +856,11 @@ def _tensor_primitive(call, f, args, scope) -> Node:
         axes = (tuple(range(args[0].rank)) if isinstance(axis, ast.NoneLit)
                 else _axes(axis, args[0].rank, call))
     (x,) = args
-    if f.shape in ("square", "square_scalar", "square_pair"):
+    if f.shape in ("square", "square_scalar", "square_pair", "square_triple"):
         if x.rank < 2 or x.shape[-1] != x.shape[-2]:
             raise ShapeError(f"{f.name}() takes a square matrix, got {show_shape(x.shape)}",
                              call.span)
-        shape = {"square": x.shape, "square_scalar": x.shape[:-2],
-                 "square_pair": x.shape + x.shape[-2:]}[f.shape]
-        return Prim(f.name, (x,), (), shape)
+        return Prim(f.name, (x,), (), x.shape[:-2] + x.shape[-2:] * SQUARE_PAIRS[f.shape])
     if f.shape == "transposed":
         if x.rank < 2:
             raise ShapeError(f"{f.name}() takes a matrix, got {show_shape(x.shape)}", call.span)
@@ -902,19 +901,22 @@ def _square_rhs(call, f, args) -> Node:
 
 
 def _square_square(call, f, args) -> Node:
-    """det_hvp(X, V) and its kin: two square matrices, or stacks of them, of one shape (the
-    second a direction per matrix of the first), to that shape."""
+    """det_hvp(X, V) and its kin (det_third_v(X, V), det_third_vv(X, V, W)): square matrices,
+    or stacks of them, of one shape (the first a matrix, the others a direction per matrix of
+    it), to that shape (or with another pair of its axes for square_square_pair)."""
     _no_keywords(call)
-    _arity(call, 2, 2)
-    x, v = args
+    arity = TENSOR_ARITY[f.shape]
+    _arity(call, arity, arity)
+    x = args[0]
     if x.rank < 2 or x.shape[-1] != x.shape[-2]:
         raise ShapeError(f"{f.name}() takes a square matrix first, got {show_shape(x.shape)}",
                          call.args[0].span or call.span)
-    if v.shape != x.shape:
-        raise ShapeError(f"{f.name}(): the second argument {show_shape(v.shape)} is not shaped "
-                         f"like the first, {show_shape(x.shape)}",
-                         call.args[1].span or call.span)
-    return Prim(f.name, (x, v), (), x.shape)
+    for k, v in enumerate(args[1:], 1):
+        if v.shape != x.shape:
+            raise ShapeError(f"{f.name}(): the {('second', 'third')[k - 1]} argument "
+                             f"{show_shape(v.shape)} is not shaped like the first, "
+                             f"{show_shape(x.shape)}", call.args[k].span or call.span)
+    return Prim(f.name, tuple(args), (), x.shape[:-2] + x.shape[-2:] * SQUARE_PAIRS[f.shape])
 
 
 @lru_cache(maxsize=None)

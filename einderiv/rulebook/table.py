@@ -104,9 +104,22 @@ TENSOR_SHAPES = {
                   "(two arguments, as solve's)",
     "square_square": "two square matrices (or stacks of them) of one shape to a matrix of "
                      "that shape (two arguments, as det_hvp's: a matrix and a direction)",
+    "square_triple": "a square matrix (or a stack of them) to a value per triple of its "
+                     "entries (n^6 per matrix, as det's third derivatives)",
+    "square_square_pair": "two square matrices (or stacks of them) of one shape to a value per "
+                          "pair of entries of that shape (two arguments, as det_third_v's: a "
+                          "matrix and a direction, to n x n x n x n per matrix)",
+    "square_square_square": "three square matrices (or stacks of them) of one shape to a "
+                            "matrix of that shape (three arguments, as det_third_vv's: a "
+                            "matrix and two directions)",
 }
 # The number of tensor arguments each shape rule takes.
-TENSOR_ARITY = {"square_rhs": 2, "square_square": 2}
+TENSOR_ARITY = {"square_rhs": 2, "square_square": 2, "square_square_pair": 2,
+                "square_square_square": 3}
+# The shape rules of square matrices of one shape (a matrix and its directions): how many
+# n x n pairs of axes each adds to the batch axes in its result.
+SQUARE_PAIRS = {"square": 1, "square_scalar": 0, "square_pair": 2, "square_triple": 3,
+                "square_square": 1, "square_square_pair": 2, "square_square_square": 1}
 
 
 def rules_dir() -> Path:
@@ -264,8 +277,9 @@ def parse_rules(text: str, filename: str = "<rules>", bodies: bool = False,
                                 + (" and an axis" if axis is not None else ""),
                                 Span(text, params_tree.meta.start_pos, params_tree.meta.end_pos),
                                 hint="write a function of several tensors as a `def` in terms "
-                                     "of tensor primitives of one argument (square_rhs and "
-                                     "square_square take two)")
+                                     "of tensor primitives of one argument (square_rhs, "
+                                     "square_square and square_square_pair take two, "
+                                     "square_square_square three)")
             functions.append(Function(name, "tensor", params,
                                       _impl(rule.children[4], text, origin, allow_imports),
                                       axis=axis, shape=shape, origin=origin))

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EinderivError, RuleError
-from .table import AXIS, Derivative, Function, Rewrite, RuleBook, resolve
+from .table import AXIS, SQUARE_PAIRS, Derivative, Function, Rewrite, RuleBook, resolve
 
 TOLERANCE = 1e-6
 # A rewrite is an identity, applied to every program: its sides must agree to rounding, not to
@@ -429,15 +429,17 @@ def _cases(f: Function, rng):
             yield (f"sum({f.name}({a}, {b}) * C)", {a: A.shape, b: B.shape, "C": C.shape},
                    {a: A, b: B, "C": C}, None)
         return
-    if f.shape == "square_square":  # det_hvp(X, V): a matrix and a direction, or stacks of them
-        x, v = params
+    if f.shape in ("square_square", "square_square_pair", "square_square_square"):
+        # det_hvp(X, V) and its kin: a matrix and directions, or stacks of them
+        x, *vs = params
         for shape in ((3, 3), (2, 3, 3)):
             X = rng.uniform(-1, 1, size=shape) + 3 * np.eye(3)
             X[..., 0, :] *= -1  # a negative determinant too
-            V = rng.uniform(-1, 1, size=shape)
-            C = rng.uniform(0.5, 1.5, size=shape)
-            yield (f"sum({f.name}({x}, {v}) * C)", {x: shape, v: shape, "C": shape},
-                   {x: X, v: V, "C": C}, None)
+            out_shape = shape[:-2] + shape[-2:] * SQUARE_PAIRS[f.shape]
+            C = rng.uniform(0.5, 1.5, size=out_shape)
+            arrays = {x: X, **{v: rng.uniform(-1, 1, size=shape) for v in vs}, "C": C}
+            yield (f"sum({f.name}({', '.join(params)}) * C)",
+                   {**{p: shape for p in params}, "C": out_shape}, arrays, None)
         return
     (x,) = params
     if f.shape == "transposed":  # tall, wide and stacked, of full rank
@@ -447,13 +449,12 @@ def _cases(f: Function, rng):
             C = rng.uniform(0.5, 1.5, size=out_shape)
             yield f"sum({f.name}({x}) * C)", {x: shape, "C": out_shape}, {x: X, "C": C}, None
         return
-    if f.shape in ("square", "square_scalar", "square_pair"):
+    if f.shape in ("square", "square_scalar", "square_pair", "square_triple"):
         for shape in ((3, 3), (2, 3, 3)):
             X = rng.uniform(-1, 1, size=shape) + 3 * np.eye(3)
             if f.shape != "square":
                 X[..., 0, :] *= -1  # a negative determinant too
-            out_shape = {"square": shape, "square_scalar": shape[:-2],
-                         "square_pair": shape + shape[-2:]}[f.shape]
+            out_shape = shape[:-2] + shape[-2:] * SQUARE_PAIRS[f.shape]
             C = rng.uniform(0.5, 1.5, size=out_shape)
             yield f"sum({f.name}({x}) * C)", {x: shape, "C": out_shape}, {x: X, "C": C}, None
         return
