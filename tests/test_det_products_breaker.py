@@ -88,12 +88,6 @@ def _diag_cases():
     ]
 
 
-@pytest.mark.xfail(strict=True, reason="det_products.into_product leaves any det_hessian with a "
-                   "repeated label alone, but a diagonal within one pair (H[i,i,k,l] summed over "
-                   "i) is det_hvp(X, eye(n)) and H[i,i,k,l] V[k,l] is diag(det_hvp(X, V)): grad "
-                   "of tr(adj(X)), jvp/vjp of diag(adj(X)) and adj(X) * eye(n) still form "
-                   "einsum('kkij->ij', det_hessian(X)), the n^4 Hessian (2,700 n x n matrices "
-                   "at n = 30)")
 @pytest.mark.parametrize("case", range(5), ids=["grad tr(adj(X))", "grad sum(adj(X) * eye(n))",
                                                 "jvp diag(adj(X))", "vjp diag(adj(X))",
                                                 "einsum ijkk->ij"])
@@ -106,11 +100,6 @@ def test_a_diagonal_on_one_pair_is_a_product(case):
     assert "det_hessian" not in f.formula, f.formula
 
 
-@pytest.mark.xfail(strict=True, reason="the gradient of tr(adj(X)) keeps det_hessian(X) (fault "
-                   "above), whose own rule by X is a product of three inv(X) over six indices: "
-                   "hvp of tr(adj(X)) builds an n^6 tensor (einsum('mmlkji->ijkl', ...)); at "
-                   "n = 30 it takes ~12 GB, 1.6 million n x n matrices, where det_hvp's rule by "
-                   "X is O(n^2)")
 def test_hvp_of_the_trace_of_adj_is_not_n_to_the_sixth(peak_bytes):
     hv = einderiv.hvp("tr(adj(X))", "X", SQUARE)
     n = 12
@@ -159,11 +148,6 @@ def _sym_cases():
     ]
 
 
-@pytest.mark.xfail(strict=True, reason="the derivative of det(X + X.T) is einsum('ijkl->klji', "
-                   "det_hessian(S)) + einsum('ijkl->lkji', det_hessian(S)) contracted with the "
-                   "tangent: det_products.into_product only matches a det_hessian operand of a "
-                   "Contract, not a sum of its transposes, so hvp of det(X + X.T), det((X + X.T) "
-                   "/ 2), det(X) + det(X.T) and jvp/vjp of adj(X + X.T) form the n^4 Hessian")
 @pytest.mark.parametrize("case", range(5), ids=["hvp det(X + X.T)", "hvp det((X + X.T) / 2)",
                                                 "hvp det(X) + det(X.T)", "jvp adj(X + X.T)",
                                                 "vjp adj(X + X.T)"])
@@ -183,10 +167,6 @@ def test_a_sum_of_transposed_hessians_is_a_product(case):
 # polynomial's derivative, is finite and O(1). At an exactly singular X it is an
 # EvaluationError, even for n = 2, where adj is linear and the third derivative is 0.
 
-@pytest.mark.xfail(strict=True, reason="det_hvp's rule by X goes through inv(X): at a rank n - 1 "
-                   "X in floating point, hvp of sum(adj(X) * A) is ~1e17 (silently; no error, no "
-                   "warning), and det(X) * sum(adj(X) * A) off by O(1); at an exactly singular X "
-                   "'evaluation failed: Singular matrix', even at n = 2 where the value is 0")
 @pytest.mark.parametrize("expr, n, exact", [
     ("sum(adj(X) * A)", 4, False),
     ("det(X) * sum(adj(X) * A)", 4, False),

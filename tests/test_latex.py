@@ -219,7 +219,8 @@ def _rule_table_cases() -> list:
     special = {"polygamma": "polygamma(1, X)", "heaviside": "heaviside(X, 0.5)",
                "where": "where(X > 0, X, Y)", "clip": "clip(X, -1, 1)",
                "solve": "solve(A, b)", "floor_divide": "floor_divide(X, Y)",
-               "det_hvp": "det_hvp(A, A.T)"}
+               "det_hvp": "det_hvp(A, A.T)", "det_third_v": "det_third_v(A, A.T)",
+               "det_third_vv": "det_third_vv(A, A.T, A)"}
     made = []
     for name, f in sorted(book.functions.items()):
         if name in ("div", "pow"):  # the operators / and **

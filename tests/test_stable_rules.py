@@ -202,7 +202,7 @@ def test_det_hessian_is_a_function_of_the_language():
 
 
 def test_det_third_derivative_at_a_regular_matrix():
-    """det_hessian's own rule (through inv, for regular X): the gradient of a weighted sum of
+    """det_hessian's own rule (det_third(X), exact at any X): the gradient of a weighted sum of
     det's second derivatives against finite differences."""
     shapes = {"X": ("n", "n"), "C": ("n", "n", "n", "n")}
     g = einderiv.grad("sum(det_hessian(X) * C)", "X", shapes)
