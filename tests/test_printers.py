@@ -18,6 +18,7 @@ from einderiv.generate import einsum as einsum_printer
 from einderiv.generate import latex as latex_printer
 from einderiv.generate.latex import latex_expr, latex_name
 from einderiv.parse import parse
+from einderiv.parse import ast
 from einderiv.rulebook import default_rulebook
 from einderiv.rulebook.table import resolve
 
@@ -100,7 +101,11 @@ def test_the_checker_catches_malformed_latex():
 def _latex(result) -> str:
     program = result.program
     text = result.latex
-    assert_valid_document(text, len(program.temporaries) + len(program.outputs))
+    # an output that another output reads is a temporary of its own name: one row, not two
+    defined = {name for name, _ in program.temporaries}
+    outputs = [name for name, expr in program.outputs
+               if not (isinstance(expr, ast.Name) and expr.id == name and name in defined)]
+    assert_valid_document(text, len(program.temporaries) + len(outputs))
     return text
 
 

@@ -313,7 +313,7 @@ class _Batcher:
                  for column in zip(*[o.children() for o in olds])]
         node = _lifted(first, parts, lanes)
         if isinstance(first, Prim) or isinstance(first, Contract) and any(
-                not lifted and n.rank for n, lifted in parts) or \
+                not lifted and n.rank for n, lifted in parts) and _sums(first) or \
                 isinstance(first, Map) and first.fn not in _ARITHMETIC:
             # a primitive, a product with a shared tensor (a GEMV -> GEMM), or a function such
             # as tanh's derivative sech2(z_t): one call on all steps, not one per step
@@ -505,6 +505,12 @@ def _lifted(first: Node, parts: list, lanes: int) -> Node | None:
         return Prim(first.fn, (node,), (axes, *first.params[1:]),
                     (Dim.of(lanes), *first.shape))
     return None
+
+
+def _sums(n: Contract) -> bool:
+    """Whether the product sums an index (a matrix product with a shared tensor batches into a
+    larger one; an elementwise product with a shared vector does not pay for a stack)."""
+    return any(l not in n.out for _, ls in n.operands for l in ls)
 
 
 def _window(batched: Node, row: int, lanes: int) -> Node:

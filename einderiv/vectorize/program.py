@@ -19,6 +19,7 @@ from ..rulebook import RuleBook, default_rulebook
 from .contraction import ContractionTranslator, align, broadcast, dimension, number, scaled
 from .fuse import fuse_products
 from .siblings import batch_siblings
+from .subproducts import share_subproducts
 from .lanes import batch_lanes
 from .placement import prescaled
 from .gc_pause import paused_gc
@@ -60,8 +61,11 @@ def _vectorize(roots, names, rules, declared) -> VectorProgram:
     # one gives way (`dx` when the user bound `dx = tanh(x * y)`), and no temporary takes one.
     inputs = input_names(roots.values(), declared, order)
     labelled = output_labels(roots, names, inputs)  # the same nodes, in the same order
-    roots = batch_lanes(labelled, order)
-    if roots is not labelled:
+    shared = share_subproducts(labelled, order)
+    if shared is not labelled:
+        order = topological(*shared.values())
+    roots = batch_lanes(shared, order)
+    if roots is not shared:
         order = topological(*roots.values())
     fused = fuse_products(roots, order)
     if fused is not roots:
