@@ -67,7 +67,10 @@ def dtype_kind(dtype) -> str:
     if type(dtype).__module__ == "torch":
         return ("c" if dtype.is_complex else "f" if dtype.is_floating_point else
                 "b" if str(dtype) == "torch.bool" else "i")
-    return np.dtype(dtype).kind
+    dtype = np.dtype(dtype)
+    if dtype.kind == "V" and "float" in dtype.name:  # ml_dtypes' bfloat16, float8_* (JAX's)
+        return "f"
+    return dtype.kind
 
 
 def result_dtype(backend: str, xp, dtypes: list):

@@ -68,6 +68,12 @@ def _evaluation_error(e: BaseException) -> EvaluationError:
     if isinstance(e, TypeError):
         return EvaluationError(f"evaluation failed: {e} (TypeError: is every function's "
                                f"implementation in the rule tables elementwise on arrays?)")
+    if isinstance(e, np.linalg.LinAlgError) or "singular" in str(e).lower():
+        # the inputs' own: every backend refuses such a matrix alike (never blame the backend)
+        return EvaluationError(f"evaluation failed: {e}",
+                               hint="a matrix that the expression inverts, solves with or "
+                                    "factors is singular (or singular to working precision) "
+                                    "at these inputs")
     return EvaluationError(f"evaluation failed: {e}")
 
 _own, _apart = owner("numpy"), apart("numpy")

@@ -162,7 +162,10 @@ class GeneratedFunction:
         if isinstance(value, self._native) and self.backend != "numpy":
             if is_float(name, value.dtype):
                 return value
-            return cast(self.backend, value, self.xp.float64)
+            # the library's own default float: JAX's is float32 unless x64 is on, and asking it
+            # for float64 warns on every call
+            return cast(self.backend, value, self.xp.asarray(0.0).dtype
+                        if self.backend == "jax" else self.xp.float64)
         array = _as_array(name, value)
         if self.backend == "numpy":
             return array
