@@ -243,8 +243,6 @@ def test_cli_repeated_shape_with_another_value_is_an_error(capsys):
 
 
 @pytest.mark.no_roundtrip
-@pytest.mark.xfail(strict=True, reason="numpy-style spellings get a bare 'unexpected' error "
-                                       "with no did-you-mean")
 @pytest.mark.parametrize("source, suggestion", [
     ("sum(np.exp(x))", "exp"), ("sum(numpy.log(x))", "log"), ("sum(x ^ 2)", "**"),
 ])

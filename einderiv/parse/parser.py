@@ -14,7 +14,7 @@ from pathlib import Path
 
 import lark
 
-from ..errors import ParseError, Span
+from ..errors import EinderivError, ParseError, Span, did_you_mean
 from . import ast
 
 # Limits that keep every text einderiv accepts to about 10 s of work on a 2-core machine, or a
@@ -86,7 +86,8 @@ def parse(source: str) -> ast.Program:
         statements = _parser().parse(source)
     except lark.exceptions.UnexpectedCharacters as e:
         raise ParseError(f"unexpected character {source[e.pos_in_stream]!r}",
-                         Span(source, e.pos_in_stream, e.pos_in_stream + 1)) from None
+                         Span(source, e.pos_in_stream, e.pos_in_stream + 1),
+                         _caret_hint(source, e.pos_in_stream)) from None
     except lark.exceptions.UnexpectedToken as e:
         raise _unexpected_token(source, e) from None
     except lark.exceptions.UnexpectedEOF:
@@ -158,12 +159,99 @@ def _unexpected_token(source: str, e) -> ParseError:
         end = len(source.rstrip())
         return ParseError("unexpected end of input", Span(source, max(0, end - 1), max(1, end)))
     start = tok.start_pos if tok.start_pos is not None else 0
+    if str(tok) == "(":
+        dotted = _dotted_call(source, start)
+        if dotted is not None:
+            return dotted
     shown = "end of line" if tok.type == "_SEP" and tok.value.strip() == "" else repr(str(tok))
     expected = sorted(_describe(t) for t in _acceptable(e) if not t.startswith("__"))
     hint = None
     if expected and len(expected) <= 8:
         hint = "expected " + ", ".join(dict.fromkeys(expected))
     return ParseError(f"unexpected {shown}", Span(source, start, start + max(1, len(tok))), hint)
+
+
+# What people coming from numpy write, and what the language writes instead. The language has
+# no modules and no methods: a function is called by its bare name (docs/language.md).
+_MODULES = {"np", "numpy", "jnp", "jax", "onp", "torch", "math", "scipy", "sp", "tf"}
+_DOTTED = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:[ \t]*\.[ \t]*[A-Za-z_][A-Za-z0-9_]*)+)[ \t]*$")
+_OPERAND = r"[A-Za-z_][A-Za-z0-9_]*|[0-9]+\.?[0-9]*"
+
+
+def _dotted_call(source: str, paren: int) -> ParseError | None:
+    """The error for `np.exp(x)` (a module prefix) or `x.sum()` (a method), whose '(' the parser
+    cannot take after an attribute: the caret under the prefix, and the bare call as the hint.
+    None for any other '(' the parser stops at."""
+    line_start = source.rfind("\n", 0, paren) + 1
+    m = _DOTTED.search(source, line_start, paren)
+    if m is None:
+        return None
+    first, rest = m.group(1), m.group(2).replace(" ", "").replace("\t", "")
+    function = rest.rsplit(".", 1)[1]
+    arguments = _bracketed(source, paren)
+    if first in _MODULES:
+        prefix = first + rest[:-len(function)]
+        end = m.start() + len(m.group(0).rstrip(" \t")) - len(function)
+        known = _known_functions()
+        if function in known:
+            hint = f"the language has {function}({arguments}): drop the '{prefix}' prefix"
+        else:
+            hint = (f"the language has no modules: a function is called by its bare name, and "
+                    f"it has no '{function}' (docs/language.md lists its functions)")
+            close = did_you_mean(function, known)
+            if close:
+                hint += f"; {close}"
+        return ParseError(f"'{prefix}{function}' is not a function of the language",
+                          Span(source, m.start(), end), hint)
+    if rest.count(".") == 1 and function in _known_functions():  # x.sum(): numpy's method
+        arguments = first + (f", {arguments}" if arguments else "")
+        return ParseError(f"'{first}.{function}(...)' is a method call, which the language "
+                          f"does not have", Span(source, m.start(), paren),
+                          f"write {function}({arguments})")
+    return None
+
+
+def _bracketed(source: str, paren: int) -> str:
+    """The text between the '(' at `paren` and its ')', when short and on one line; else '...'."""
+    depth = 0
+    for i in range(paren, min(len(source), paren + 60)):
+        if source[i] == "\n":
+            break
+        depth += {"(": 1, ")": -1}.get(source[i], 0)
+        if depth == 0:
+            return source[paren + 1:i].strip()
+    return "..."
+
+
+def _known_functions() -> set[str]:
+    # Imported here: lowering imports this module, and only an error needs the rule book. An
+    # error in a rule of the shipped tables, parsed while the rule book is being built, names
+    # only the built-in functions rather than build the rule book again from inside itself.
+    from ..lower.calls import BUILTINS
+    from ..rulebook.table import default_rulebook
+    if getattr(_HINTING, "busy", False):
+        return set(BUILTINS)
+    _HINTING.busy = True
+    try:
+        return set(BUILTINS) | set(default_rulebook().functions)
+    except EinderivError:  # that error, met again: the hint names what is sure
+        return set(BUILTINS)
+    finally:
+        _HINTING.busy = False
+
+
+_HINTING = threading.local()
+
+
+def _caret_hint(source: str, pos: int) -> str | None:
+    """A hint for `x ^ 2`: '^' is a power in papers and xor in Python, neither in the language."""
+    if source[pos] != "^":
+        return None
+    left = re.search(rf"({_OPERAND}|\))[ \t]*$", source[:pos])
+    right = re.match(rf"[ \t]*({_OPERAND}|\()", source[pos + 1:])
+    simple = (left and right and left.group(1) != ")" and right.group(1) != "(")
+    example = f"{left.group(1)} ** {right.group(1)}" if simple else "a ** b"
+    return f"'^' is not power: write {example}"
 
 
 def _acceptable(e) -> set[str]:
