@@ -49,26 +49,40 @@ def function(expr, shapes: dict | None = None):
 
     `f.forward_result` is the compiled expression (`.formula`, `.source`, ...) and
     `f.backward_result(names)` the `einderiv.vjp` by a tuple of names that reverse mode uses.
-    Without JAX (and array-api-compat, which the jax backend needs) this raises
+    `f` pickles, cloudpickles and deep-copies (to a `multiprocessing` pool, a dask worker): as
+    its expression, shapes and rule book, compiled again on load. Without JAX (and array-api-compat, which the jax backend needs) this raises
     `EinderivError`; a bad expression or shapes raise as `einderiv.compile` does.
 
     Example: the README, "In PyTorch and JAX training loops" (a session that
     tests/test_frameworks.py runs where JAX is installed).
     """
     _imported()
-    pullback = Pullback(expr, shapes, "jax")
-    primitive = _primitive()
+    return Function(Pullback(expr, shapes, "jax"))
 
-    def f(*args, **arrays):
-        (out,) = primitive.bind(*pullback.bound(args, arrays), program=pullback.program,
-                                layers=())
+
+class Function:
+    """What `function` returns: see there. It pickles, cloudpickles and deep-copies as its
+    expression, shapes and rule book, compiled again on load (its `Pullback` does)."""
+
+    def __init__(self, pullback: Pullback):
+        self._pullback = pullback
+        self.inputs = {name: tuple(map(str, shape))
+                       for name, shape in pullback.value.lowered.declared.items()}
+        self.forward_result = pullback.value
+
+    def __call__(self, *args, **arrays):
+        (out,) = _primitive().bind(*self._pullback.bound(args, arrays),
+                                   program=self._pullback.program, layers=())
         return out
 
-    f.inputs = {name: tuple(map(str, shape))
-                for name, shape in pullback.value.lowered.declared.items()}
-    f.forward_result = pullback.value
-    f.backward_result = lambda names: pullback.vjp(tuple(names))
-    return f
+    def backward_result(self, names):
+        return self._pullback.vjp(tuple(names))
+
+    def __reduce__(self):
+        return (Function, (self._pullback,))
+
+    def __repr__(self) -> str:
+        return f"<einderiv.jax.function {self.forward_result.formula!r}>"
 
 
 # -- the primitive ------------------------------------------------------------------------------

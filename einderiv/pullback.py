@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import threading
 
-from .api import Derived, _variables, compile
+from .api import Derived, _rebuilt, _rules_text, _snapshot, _variables, compile
 from .derive import derivatives
 from .errors import EinderivError, InputError
+from .rulebook.table import using_rules
 from .ir.nodes import Var, topological
 from .simplify import Rewriter
 from .transforms import _declaring, _fresh, _inner, vjp
@@ -40,10 +41,14 @@ class Program:
     and their transpose is `p.vjp(positions)` (already derived, where a framework only
     linearizes p to transpose it: `jax.grad` never builds the jvp program itself).
     `adapters` keeps what a framework made of the program (a torch Function), with it.
+
+    A program pickles and copies as the way to it from its tower's `Pullback` (which pickles
+    as its source, shapes and rules): derived again on load, never sent as code or locks.
     """
 
-    def __init__(self, made, backend: str, tangent_of=None, first_vjp=None):
+    def __init__(self, made, backend: str, tangent_of=None, first_vjp=None, made_from=None):
         self._made = made
+        self._made_from = made_from  # (its Pullback,) or (its parent, kind, positions)
         self._result = None
         self.backend = backend
         self.tangent_of = tangent_of
@@ -77,15 +82,24 @@ class Program:
             with self._lock:
                 found = self._derived.get((kind, positions))
                 if found is None:
+                    made_from = (self, kind, positions)
                     if kind == "jvp":
                         found = Program(lambda: _jvp(self.result, positions), self.backend,
-                                        tangent_of=(self, positions))
+                                        tangent_of=(self, positions), made_from=made_from)
                     elif self._first_vjp is not None:
-                        found = Program(lambda: self._first_vjp(positions), self.backend)
+                        found = Program(lambda: self._first_vjp(positions), self.backend,
+                                        made_from=made_from)
                     else:
-                        found = Program(lambda: _vjp(self.result, positions), self.backend)
+                        found = Program(lambda: _vjp(self.result, positions), self.backend,
+                                        made_from=made_from)
                     self._derived[kind, positions] = found
         return found
+
+    def __reduce__(self):
+        if len(self._made_from) == 1:
+            return (getattr, (self._made_from[0], "program"))
+        parent, kind, positions = self._made_from
+        return (getattr(parent, kind), (positions,))
 
 
 def _vjp(result, positions: tuple[int, ...]) -> Derived:
@@ -148,7 +162,13 @@ class Pullback:
         self._vjps: dict[tuple[str, ...], object] = {}
         self._lock = threading.Lock()
         self.program = Program(lambda: self.value, backend, first_vjp=lambda positions: self.vjp(
-            tuple(self.names[p] for p in positions)))
+            tuple(self.names[p] for p in positions)), made_from=(self,))
+
+    def __reduce__(self):
+        # Made again on load from the source, shapes and rule book (as text), as every einderiv
+        # result is: derived programs and locks stay in the process that made them.
+        return (_rebuilt, ((Pullback, (self._expr, _snapshot(self._shapes), self._backend), {}),
+                           _rules_text(self.value.rules)))
 
     def bound(self, args: tuple, arrays: dict) -> tuple:
         """Every input in the order of `names`: positional `args` first, then by keyword."""
@@ -170,7 +190,8 @@ class Pullback:
             with self._lock:
                 found = self._vjps.get(wrt)
                 if found is None:
-                    found = self._vjps[wrt] = vjp(self._expr, list(wrt), self._shapes,
-                                                  backend=self._backend,
-                                                  cotangent_name=self.keyword)
+                    with using_rules(self.value.rules):  # the book `value` was made with
+                        found = self._vjps[wrt] = vjp(self._expr, list(wrt), self._shapes,
+                                                      backend=self._backend,
+                                                      cotangent_name=self.keyword)
         return found
