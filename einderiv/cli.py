@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -20,8 +22,12 @@ examples:
 Shapes come from --shape NAME=DIMS (comma separated ints, dimension names and dimension
 expressions such as y=n-1 or Z=2*n,m; NAME= for a scalar) or from inline declarations such as
 'X: [n, d]'. Names are ASCII letters, digits and
-'_'. An expression that starts with '-' goes after '--'. Exit status: 0 on success, 1 when
---check measures an error above --tol or a rule fails `rules check`, 2 on bad input.
+'_'. An argument that starts with '-' is an option when it is one of the command's options
+(or an abbreviation of one) or is written as one (--name, --name=value); any other is the
+expression, wherever it stands: einderiv grad "-sum(log(x))" --wrt x --shape x=n. '-h' is help:
+write the expression '-h' as "(-h)" or after '--', which still ends the options. Exit status: 0
+on success, 1 when --check measures an error above --tol or a rule fails `rules check`, 2 on
+bad input.
 
 A rule file (--rules, rules check) whose implementations import Python modules
 (`module:attribute`) is trusted code, run like a script: it loads only with --allow-imports.
@@ -69,8 +75,9 @@ class ShapeArgument(argparse.Action):
 
 def _add_expression_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("expr", metavar="EXPR",
-                   help="the expression ('-' reads standard input); the language is described in "
-                        "docs/language.md")
+                   help="the expression ('-' reads standard input; one that starts with '-', "
+                        "such as '-sum(log(x))', may stand anywhere); the language is described "
+                        "in docs/language.md")
     p.add_argument("--shape", metavar="NAME=DIMS", action=ShapeArgument, default={},
                    help="shape of a variable, e.g. X=n,d, y=n-1 or c= for a scalar (repeatable)")
     p.add_argument("--rules", metavar="FILE", action="append", default=[],
@@ -97,10 +104,58 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EINSTEIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_expression_arguments(einstein)
     einstein.set_defaults(run=_einstein)
+    # The commands that take an EXPR, for `_expression_as_positional`.
+    parser.expression_commands = {"einstein": einstein}
     for name in ("grad", "jacobian", "hessian"):
-        _add_derivative_parser(sub, name)
+        parser.expression_commands[name] = _add_derivative_parser(sub, name)
     _add_rules_parser(sub)
     return parser
+
+
+# `--name` or `--name=value`: an option as written, known or not (argparse resolves an
+# abbreviation, or reports an unknown option).
+_LONG_OPTION = re.compile(r"--[A-Za-z][A-Za-z0-9_-]*(=.*)?", re.DOTALL)
+
+
+def _expression_as_positional(parser, argv: list[str]) -> list[str]:
+    """`argv` with an expression that starts with '-' moved after '--', where argparse takes it
+    for the positional EXPR rather than an unknown option ("required: EXPR").
+
+    Of a command that takes an EXPR, an argument that starts with '-' is an option when it is
+    one of the command's option strings, or a unique abbreviation of one, or is written as a
+    long option (`--name`, `--name=value`); the value of an option that takes one is its value
+    whatever it looks like. Any other argument that starts with '-' (`-sum(log(x))`, `-x`,
+    `-2 * x`), except '-' (standard input), is the expression. Arguments after '--' are left
+    as they are.
+    """
+    command = next((i for i, a in enumerate(argv) if a == "--" or not a.startswith("-")), None)
+    if command is None or argv[command] not in getattr(parser, "expression_commands", {}):
+        return argv
+    options = {s: action for action in parser.expression_commands[argv[command]]._actions
+               for s in action.option_strings}
+    kept, expressions = argv[:command + 1], []
+    i = command + 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            break
+        name = arg.partition("=")[0]
+        if arg in options or name in options or _LONG_OPTION.fullmatch(arg):
+            kept.append(arg)
+            matches = [s for s in options if s.startswith(name) and s.startswith("--")]
+            action = options.get(name) or (options[matches[0]] if len(matches) == 1 else None)
+            if action is not None and action.nargs != 0 and "=" not in arg and i + 1 < len(argv):
+                i += 1
+                kept.append(argv[i])  # the option's value, whatever it looks like
+        elif arg.startswith("-") and arg != "-":
+            expressions.append(arg)
+        else:
+            kept.append(arg)
+        i += 1
+    if not expressions:
+        return argv
+    rest = argv[i + 1:] if i < len(argv) else []  # what came after a '--' of the user's
+    return kept + ["--"] + expressions + rest
 
 
 DERIVATIVE_EPILOG = {
@@ -131,17 +186,19 @@ DERIVATIVE_HELP = {
 }
 
 
-def _add_derivative_parser(sub, name: str) -> None:
+def _add_derivative_parser(sub, name: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=DERIVATIVE_HELP[name], description=DERIVATIVE_HELP[name] + ".",
                        epilog=DERIVATIVE_EPILOG[name],
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_expression_arguments(p)
     p.add_argument("--wrt", metavar="NAME", action="append", required=True,
                    help="differentiate with respect to this variable (repeatable)")
-    p.add_argument("--format", choices=FORMATS + ("all",), default="formula",
+    p.add_argument("--format", choices=FORMATS + ("all", "json"), default="formula",
                    help="formula (default): vectorized, in the expression language; einstein: "
                         "indexed notation; einsum: the contraction plan; python: the generated "
-                        "module; latex; all: every one of them")
+                        "module; latex; all: every one of them; json: every one of them in one "
+                        "JSON object for tools, keyed by format name, with 'kind', 'wrt', "
+                        "'inputs' and 'outputs' (name: shape) and, with --check, 'check'")
     p.add_argument("--check", action="store_true",
                    help="also compare the derivative with central finite differences of the "
                         "expression's value as written, as the IR interpreter computes it (an "
@@ -155,6 +212,7 @@ def _add_derivative_parser(sub, name: str) -> None:
                         " float64 central differences are good to about 1e-8 at the random "
                         "inputs, a wrong derivative is off by far more)")
     p.set_defaults(run=_derivative, kind=name)
+    return p
 
 
 # Central differences with steps of 1e-6 (relative) in float64 err by about eps * |f| / h
@@ -179,11 +237,29 @@ ATTRIBUTES = {"formula": "formula", "einstein": "einstein", "einsum": "einsum",
               "python": "source", "latex": "latex"}
 
 
-def render(result, fmt: str) -> str:
-    """`result` in one output format, or every format under a heading each."""
+def render(result, fmt: str, check: dict | None = None) -> str:
+    """`result` in one output format, every format under a heading each ("all"), or every
+    format in one JSON object ("json", with `check`'s entries under "check" when given)."""
+    if fmt == "json":
+        return json.dumps(_document(result, check), indent=2)
     if fmt != "all":
         return getattr(result, ATTRIBUTES[fmt]).rstrip("\n")
     return "\n\n".join(f"# {name}\n{render(result, name)}" for name in FORMATS)
+
+
+def _document(result, check: dict | None) -> dict:
+    """`--format json`: each format's text under its name, and what a tool needs to call the
+    result: the derivative's kind, its wrt, its inputs in call order and its outputs, with
+    shapes as lists of sizes and dimension names."""
+    from .ir.dims import Dim
+    shape = lambda dims: [d.offset if d.is_concrete else str(d) for d in map(Dim.of, dims)]
+    document = {name: render(result, name) for name in FORMATS}
+    document.update(kind=result.kind, wrt=list(result.wrt),
+                    inputs={name: shape(dims) for name, dims in result.inputs.items()},
+                    outputs={name: shape(root.shape) for name, root in result.roots.items()})
+    if check is not None:
+        document["check"] = check
+    return document
 
 
 def _derivative(args) -> int:
@@ -193,18 +269,24 @@ def _derivative(args) -> int:
     source = _read_expression(args.expr)
     wrt = args.wrt if len(args.wrt) > 1 else args.wrt[0]
     derived = getattr(api, args.kind)(source, wrt, args.shape or None)
-    print(render(derived, args.format))
-    if args.check:
-        error = _check(derived, source, args)
+    if not args.check:
+        print(render(derived, args.format))
+        return 0
+    error = _check(derived, source, args)
+    tolerance = CHECK_TOLERANCE if args.tol is None else args.tol
+    if args.format == "json":  # one object on stdout; NaN is not JSON: null
+        print(render(derived, "json", {"error": error if error == error else None,
+                                       "tolerance": tolerance, "ok": error <= tolerance}))
+    else:
+        print(render(derived, args.format))
         print(f"# check: largest relative error against central finite differences: {error:.2e}")
-        tolerance = CHECK_TOLERANCE if args.tol is None else args.tol
-        if not error <= tolerance:  # nan too
-            why = (f"is above the tolerance {tolerance:g} (--tol)" if error == error else
-                   "is not a number: the expression or its derivative is not finite at the "
-                   "random inputs")
-            print(f"einderiv: check failed: the largest relative error {error:.2e} {why}",
-                  file=sys.stderr)
-            return 1
+    if not error <= tolerance:  # nan too
+        why = (f"is above the tolerance {tolerance:g} (--tol)" if error == error else
+               "is not a number: the expression or its derivative is not finite at the "
+               "random inputs")
+        print(f"einderiv: check failed: the largest relative error {error:.2e} {why}",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -461,7 +543,8 @@ def _count(n: int, thing: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_expression_as_positional(
+        parser, sys.argv[1:] if argv is None else list(argv)))
     try:
         if not getattr(args, "rules", None):
             return args.run(args)
