@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -269,16 +270,17 @@ def _derivative(args) -> int:
     source = _read_expression(args.expr)
     wrt = args.wrt if len(args.wrt) > 1 else args.wrt[0]
     derived = getattr(api, args.kind)(source, wrt, args.shape or None)
-    if not args.check:
+    as_json = args.format == "json"
+    if not (as_json and args.check):  # else printed with the check's result, in one object
         print(render(derived, args.format))
+    if not args.check:
         return 0
     error = _check(derived, source, args)
     tolerance = CHECK_TOLERANCE if args.tol is None else args.tol
-    if args.format == "json":  # one object on stdout; NaN is not JSON: null
-        print(render(derived, "json", {"error": error if error == error else None,
+    if as_json:  # NaN and inf are not JSON: null
+        print(render(derived, "json", {"error": error if math.isfinite(error) else None,
                                        "tolerance": tolerance, "ok": error <= tolerance}))
     else:
-        print(render(derived, args.format))
         print(f"# check: largest relative error against central finite differences: {error:.2e}")
     if not error <= tolerance:  # nan too
         why = (f"is above the tolerance {tolerance:g} (--tol)" if error == error else
@@ -291,8 +293,6 @@ def _derivative(args) -> int:
 
 
 def _check(derived, source: str, args) -> float:
-    import math
-
     import numpy as np
 
     from .check import (as_written, check_affordable, finite_difference,
