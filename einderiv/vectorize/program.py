@@ -398,15 +398,56 @@ def _zeros(shape: tuple, axis: int, length: int) -> ast.Expr:
 
 def _stacked_factors(order: list[Node]) -> dict[frozenset, list[Node]]:
     """The factors that `_Translator._batched` stacks for each sum over steps of outer products
-    (`sum_t outer(a_t, b_t)`: the a_t in order, and the b_t), keyed by the set of their ids."""
-    stacked: dict[frozenset, list[Node]] = {}
+    (`sum_t outer(a_t, b_t)`: the a_t in order, and the b_t), keyed by the set of their ids,
+    for the sums of vectors that are sums of those very factors (a bias's beside its
+    weight's): only those are built (`_outer_pair` builds nodes; most sums need none)."""
+    # A cheap prefilter on the leaves of each product (its factors flattened, both sides
+    # alike, so a match is never missed); the ids of the built factors decide in _batched.
+    memo: dict[int, tuple] = {}
+    vector_sums = set()
     for n in order:
-        if type(n) is Add and len(n.terms) >= 3 and len({c for c, _ in n.terms}) == 1:
-            pairs = [_outer_pair(t) for _, t in n.terms]
-            if all(p is not None for p in pairs):
-                for side in zip(*pairs):  # (the list keeps built factors alive: ids stay)
-                    stacked.setdefault(frozenset(map(id, side)), list(side))
+        if type(n) is Add and len(n.terms) >= 3 and len(n.shape) == 1:
+            vector_sums.add(frozenset(_leaves(t, memo) for _, t in n.terms))
+    stacked: dict[frozenset, list[Node]] = {}
+    if not vector_sums:
+        return stacked
+    for n in order:
+        if type(n) is Add and len(n.terms) >= 3 and len({c for c, _ in n.terms}) == 1 and \
+                len(n.shape) == 2:
+            for side in (0, 1):
+                key = frozenset(_side_leaves(t, side, memo) for _, t in n.terms)
+                if None in key or key not in vector_sums:
+                    continue
+                pairs = [_outer_pair(t) for _, t in n.terms]
+                if all(p is not None for p in pairs):
+                    rows = [p[side] for p in pairs]  # (the list keeps built nodes alive)
+                    stacked.setdefault(frozenset(map(id, rows)), rows)
     return stacked
+
+
+def _leaves(node: Node, memo: dict) -> tuple:
+    """The ids of what a vector is the elementwise product of, sorted: a product of vectors on
+    its one index (no constant) flattened, any other node itself."""
+    found = memo.get(id(node))
+    if found is None:
+        if type(node) is Contract and node.out == (0,) and \
+                all(ls == (0,) and type(c) is not Const for c, ls in node.operands):
+            found = tuple(sorted(i for c, _ in node.operands for i in _leaves(c, memo)))
+        else:
+            found = (id(node),)
+        memo[id(node)] = found
+    return found
+
+
+def _side_leaves(node: Node, side: int, memo: dict):
+    """`_leaves` of one side (label 0 or 1) of an outer product of two vectors, or None."""
+    if type(node) is not Contract or node.out != (0, 1) or \
+            any(type(c) is Const or ls not in ((0,), (1,)) for c, ls in node.operands):
+        return None
+    ops = [c for c, ls in node.operands if ls == (side,)]
+    if not ops:
+        return None
+    return tuple(sorted(i for c in ops for i in _leaves(c, memo)))
 
 
 def _outer_pair(node: Node):
