@@ -134,8 +134,12 @@ def apart(backend: str):
         import torch
 
         def shared(r, o):
-            return (isinstance(r, torch.Tensor) and isinstance(o, torch.Tensor) and r.numel()
-                    and r.untyped_storage().data_ptr() == o.untyped_storage().data_ptr())
+            if not (isinstance(r, torch.Tensor) and isinstance(o, torch.Tensor) and r.numel()):
+                return False
+            try:
+                return r.untyped_storage().data_ptr() == o.untyped_storage().data_ptr()
+            except (NotImplementedError, RuntimeError):  # torch.func's wrappers: no storage
+                return True  # so copied: the outputs never share memory
     else:  # jax arrays are immutable; dask's __setitem__ rebinds only the object itself
         def shared(r, o):
             return r is o and backend == "dask"
@@ -183,10 +187,14 @@ def _own_tensor(r, inputs, dtype):
         return r.to(dtype)
     if r.numel() > 1 and 0 in r.stride():
         return r.clone()  # expanded (broadcast): one element stands for many
-    storage = r.untyped_storage().data_ptr()
-    for a in inputs:
-        if isinstance(a, torch.Tensor) and a.untyped_storage().data_ptr() == storage:
-            return r.clone()
+    try:
+        storage = r.untyped_storage().data_ptr()
+        for a in inputs:
+            if isinstance(a, torch.Tensor) and a.untyped_storage().data_ptr() == storage:
+                return r.clone()
+    except (NotImplementedError, RuntimeError):
+        # Under torch.func (vmap, grad) tensors are wrappers without a storage to compare.
+        return r.clone()
     return r
 
 

@@ -77,7 +77,19 @@ def _traced(arrays: dict) -> bool:
     """A call under a JAX transformation (jit, grad: einderiv.jax.function) gets tracers, whose
     values are gone after it: not recorded (its eager calls are)."""
     jax = sys.modules.get("jax")
-    return jax is not None and any(isinstance(v, jax.core.Tracer) for v in arrays.values())
+    if jax is not None and any(isinstance(v, jax.core.Tracer) for v in arrays.values()):
+        return True
+    torch = sys.modules.get("torch")  # under torch.func or vmap: wrappers with no storage
+    return torch is not None and any(isinstance(v, torch.Tensor) and not _stored(v)
+                                     for v in arrays.values())
+
+
+def _stored(tensor) -> bool:
+    try:
+        tensor.untyped_storage()
+        return True
+    except (NotImplementedError, RuntimeError):
+        return False
 
 
 def _flatten(structured) -> list:

@@ -81,8 +81,6 @@ def _dumps_loads(how):
     return lambda f: cloudpickle.loads(cloudpickle.dumps(f))
 
 
-@pytest.mark.xfail(strict=True, reason="einderiv.jax.function is a local closure holding "
-                                       "threading locks: pickle and cloudpickle both fail")
 @pytest.mark.parametrize("how", ["pickle", "cloudpickle"])
 def test_a_jax_function_pickles(jax, how):
     f = einderiv.jax.function("sum(x ** 3)", {"x": ("n",)})
@@ -92,8 +90,6 @@ def test_a_jax_function_pickles(jax, how):
     _close(jax.grad(g)(x), 3 * x ** 2)
 
 
-@pytest.mark.xfail(strict=True, reason="einderiv.torch.function is a class made in a function "
-                                       "(pickle) holding threading locks (cloudpickle)")
 @pytest.mark.parametrize("how", ["pickle", "cloudpickle"])
 def test_a_torch_function_pickles(torch, how):
     F = einderiv.torch.function("sum(x ** 3)", {"x": ("n",)})
@@ -120,8 +116,6 @@ def test_deep_copies_of_both_work(jax, torch):
 # says "the torch array library may not support a function this expression needs; try the
 # numpy backend", which is not what happened.
 
-@pytest.mark.xfail(strict=True, reason="torch Function has no vmap rule: RuntimeError 'You "
-                                       "tried to vmap over EinderivFunction'")
 def test_torch_per_sample_gradients_with_func_vmap(torch):
     F = einderiv.torch.function("sum(tanh(W @ x) ** 2)", {"W": ("m", "n"), "x": ("n",)})
     g = torch.Generator().manual_seed(0)
@@ -133,8 +127,6 @@ def test_torch_per_sample_gradients_with_func_vmap(torch):
     _close(got.numpy(), expected)
 
 
-@pytest.mark.xfail(strict=True, reason="vectorize=True batches the backward: EvaluationError "
-                                       "'Cannot access storage of BatchedTensorImpl'")
 def test_torch_vectorized_hessian(torch):
     F = einderiv.torch.function("sum(tanh(W @ x) ** 2)", {"W": ("m", "n"), "x": ("n",)})
     g = torch.Generator().manual_seed(1)
