@@ -50,8 +50,9 @@ def function(expr, shapes: dict | None = None):
     `f.forward_result` is the compiled expression (`.formula`, `.source`, ...) and
     `f.backward_result(names)` the `einderiv.vjp` by a tuple of names that reverse mode uses.
     `f` pickles, cloudpickles and deep-copies (to a `multiprocessing` pool, a dask worker): as
-    its expression, shapes and rule book, compiled again on load. Without JAX (and array-api-compat, which the jax backend needs) this raises
-    `EinderivError`; a bad expression or shapes raise as `einderiv.compile` does.
+    its expression, shapes and rule book, compiled again on load. Without JAX (and
+    array-api-compat, which the jax backend needs) this raises `EinderivError`; a bad
+    expression or shapes raise as `einderiv.compile` does.
 
     Example: the README, "In PyTorch and JAX training loops" (a session that
     tests/test_frameworks.py runs where JAX is installed).

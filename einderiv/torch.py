@@ -10,6 +10,7 @@ never imports it.
 from __future__ import annotations
 
 import copyreg
+import threading
 
 from .errors import EinderivError
 from .pullback import Pullback
@@ -71,6 +72,7 @@ def _made(pullback: Pullback):
 
 
 _metaclasses: list = []
+_making = threading.Lock()
 
 
 def _callable(torch):
@@ -80,27 +82,36 @@ def _callable(torch):
     Pullback (a class is otherwise pickled by a name, which F has not). `copy.deepcopy` keeps a
     class as it is, and cloudpickle copies F's namespace, whose Pullback and Programs pickle as
     their source: neither copies a lock or generated code."""
-    if not _metaclasses:
-        class _Callable(type(torch.autograd.Function)):
-            def __call__(cls, /, *args, **arrays):
-                return cls.apply(*cls._pullback.bound(args, arrays))
-
-            @property
-            def inputs(cls) -> dict:
-                return {name: tuple(map(str, shape))
-                        for name, shape in cls._pullback.value.lowered.declared.items()}
-
-            @property
-            def forward_result(cls):
-                return cls._pullback.value
-
-            def backward_result(cls, names):
-                return cls._pullback.vjp(tuple(names))
-
-        _Callable.__qualname__ = "_Callable"  # found by name: see __getattr__
-        copyreg.pickle(_Callable, lambda F: (_made, (F._pullback,)))
-        _metaclasses.append(_Callable)
+    with _making:
+        if not _metaclasses:
+            _metaclasses.append(_metaclass(torch))
     return _metaclasses[0]
+
+
+def _metaclass(torch):
+    class _Callable(type(torch.autograd.Function)):
+        def __call__(cls, /, *args, **arrays):
+            return cls.apply(*cls._pullback.bound(args, arrays))
+
+        @property
+        def inputs(cls) -> dict:
+            return {name: tuple(map(str, shape))
+                    for name, shape in cls._pullback.value.lowered.declared.items()}
+
+        @property
+        def forward_result(cls):
+            return cls._pullback.value
+
+        def backward_result(cls, names):
+            return cls._pullback.vjp(tuple(names))
+
+    _Callable.__qualname__ = "_Callable"  # found by name: see __getattr__
+    copyreg.pickle(_Callable, _reduced)
+    return _Callable
+
+
+def _reduced(F):
+    return (_made, (F._pullback,))
 
 
 def __getattr__(name: str):
