@@ -11,6 +11,7 @@ JAX, singular and empty matrices on every backend, user errors, pickling and thr
 """
 from __future__ import annotations
 
+import os
 import pickle
 import threading
 
@@ -19,6 +20,9 @@ import pytest
 
 import einderiv
 from einderiv.evaluate import kernels
+
+slow = pytest.mark.skipif(not os.environ.get("EINDERIV_SLOW"),
+                          reason="slow interop check (a sample runs in CI): set EINDERIV_SLOW=1")
 
 SQUARE = {"X": ("n", "n")}
 WITH_A = {"X": ("n", "n"), "A": ("n", "n")}
@@ -299,6 +303,7 @@ def test_pairings_on_stacks_of_two_batch_axes():
         _close(f(X=X, V=V, W=W, w=w), np.einsum(spec, H, *values))
 
 
+@slow
 def test_composite_hvp_and_gradients_against_jax():
     """det and adj of transposes, products and adjugates, with X elsewhere too (one expression:
     JAX's eager second derivative takes a second or two whatever its size)."""
@@ -323,6 +328,7 @@ def test_composite_hvp_and_gradients_against_jax():
     _close(hv(X=X, A=A, tangent=V), jax.jvp(jax.grad(f), (X,), (V,))[1], 1e-8)
 
 
+@slow
 def test_batch_broadcasting_against_jax():
     """X [1, n, n] against A [b, n, n], X [n, n] inside a stack of A, hvp by two arguments."""
     jax, jnp = _jax()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import os
 import pickle
 import threading
 import warnings
@@ -27,6 +28,9 @@ import pytest
 import einderiv
 from einderiv import cli
 
+
+slow = pytest.mark.skipif(not os.environ.get("EINDERIV_SLOW"),
+                          reason="slow interop check (a sample runs in CI): set EINDERIV_SLOW=1")
 
 @pytest.fixture
 def jax():
@@ -315,6 +319,7 @@ def test_jax_float32_second_derivatives_with_x64_off(jax):
         _close(H, expected, 1e-5)
 
 
+@slow
 def test_jax_and_torch_towers_derived_from_several_threads(jax, torch):
     jnp = jax.numpy
     rng = np.random.default_rng(6)
@@ -398,6 +403,7 @@ def _jax_mixture(jnp, text, A, x):
     }[text]
 
 
+@slow
 def test_hvp_of_det_and_adj_mixtures_at_every_rank_against_jax(jax):
     """At a singular X JAX's det derivative is NaN, but each expression is a polynomial in X:
     the reference is JAX's H v at X + t R for 16 Chebyshev nodes t in [-1, 1] (all regular),
