@@ -105,7 +105,18 @@ def _primitive():
     return _made[0]
 
 
+# The JAX this module is written against: jax.extend.core.Primitive, jax.typeof and an aval's
+# to_tangent_aval; an older one is a clear error here, not an AttributeError inside a trace.
+JAX_AT_LEAST = (0, 5)
+
+
 def _define():
+    import jax
+    version = tuple(int(p) for p in jax.__version__.split(".")[:2] if p.isdigit())
+    if version < JAX_AT_LEAST or not hasattr(jax, "typeof"):
+        raise EinderivError(f"einderiv.jax.function needs jax >= "
+                            f"{'.'.join(map(str, JAX_AT_LEAST))}; this is jax {jax.__version__}",
+                            hint="pip install -U 'einderiv[jax]'")
     from jax.extend.core import Primitive
     from jax.interpreters import ad, batching, mlir
 

@@ -213,3 +213,13 @@ def test_torch_gradchecks_with_forward_mode_and_batched_grads(torch):
     assert torch.autograd.gradcheck(F, (W, x), check_forward_ad=True, check_batched_grad=True,
                                     check_backward_ad=True)
     assert torch.autograd.gradgradcheck(F, (W, x))
+
+
+def test_an_older_jax_is_a_clear_error(monkeypatch):
+    jax = pytest.importorskip("jax")
+    import einderiv.jax as ejax
+    monkeypatch.setattr(jax, "__version__", "0.4.30")
+    monkeypatch.setattr(ejax, "_made", [])  # the primitive is defined (and checked) anew
+    f = ejax.function("sum(x * x)", {"x": ("n",)})
+    with pytest.raises(einderiv.EinderivError, match="needs jax >= 0.5"):
+        f(jax.numpy.ones(2))
