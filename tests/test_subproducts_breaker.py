@@ -28,11 +28,9 @@ def _stack_arrays(seed=0):
 
 # dc = v + u + w (c is a bias on three steps); dW = outer(v, h1) + outer(u, h2) + outer(w, h3)
 # + outer(R, h4), where the fourth step's row R is one of the first three: the stack of dW's
-# left factors is [R, w, u, v], whose *set* is {v, u, w} = dc's terms, and dc is written as
-# sum(stack([R, w, u, v]), axis=0) = v + u + w + R (R counted twice).
-@pytest.mark.xfail(strict=True, reason="_stacked_factors keys a stack by the frozenset of its "
-                   "rows: a stack with a repeated row matches a sum of its distinct rows, and "
-                   "sum(stack) counts the repeated row twice")
+# left factors is [R, w, u, v], whose *set* is {v, u, w} = dc's terms: dc was written as
+# sum(stack([R, w, u, v]), axis=0) = v + u + w + R (R counted twice) while stacks were matched
+# as sets; they are matched as multisets now.
 @pytest.mark.parametrize("repeated", ["v", "u"])
 @pytest.mark.parametrize("wrt", [["W", "c"], ["c", "W"]])
 def test_a_bias_gradient_beside_a_stack_with_a_repeated_row(repeated, wrt):
@@ -48,8 +46,6 @@ def test_a_bias_gradient_beside_a_stack_with_a_repeated_row(repeated, wrt):
     np.testing.assert_allclose(got["c"], a["v"] + a["u"] + a["w"], rtol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="the same fault where the repeated row is a bias step's "
-                   "own: dc = u + w + v came out 2 v + u + w")
 def test_a_bias_gradient_whose_own_row_repeats_in_the_stack():
     # steps 2-4 carry the bias c with rows u, w, v; step 1 (no bias) repeats row v
     src = ("sum(v * (W @ h1)) + sum(u * (W @ h2 + c)) + sum(w * (W @ h3 + c)) + "
@@ -61,8 +57,6 @@ def test_a_bias_gradient_whose_own_row_repeats_in_the_stack():
     np.testing.assert_allclose(dc, a["v"] + a["u"] + a["w"], rtol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="the same stack-with-a-repeated-row fault in the torch "
-                   "backend (the translation is shared)")
 def test_a_bias_gradient_beside_a_stack_with_a_repeated_row_torch():
     torch = pytest.importorskip("torch")
     src = ("sum(v * (W @ h1 + c)) + sum(u * (W @ h2 + c)) + sum(w * (W @ h3 + c)) + "

@@ -288,7 +288,8 @@ class _Translator:
             return self._scaled_stack(coef, ordered)
         if len(node.terms) < 3:
             return None
-        rows = self.stacked.get(frozenset([id(t) for _, t in node.terms]))
+        # (matched as a multiset: a stack with a row twice is not a sum of each row once)
+        rows = self.stacked.get(tuple(sorted([id(t) for _, t in node.terms])))
         if rows is not None and node.rank and all(t.shape == node.shape for _, t in node.terms):
             # The rows of a stack that a weight's gradient builds (below): their sum is one
             # sum over it (a bias's gradient beside its weight's), the stack written alike,
@@ -396,9 +397,9 @@ def _zeros(shape: tuple, axis: int, length: int) -> ast.Expr:
                                    for k, d in enumerate(shape)))
 
 
-def _stacked_factors(order: list[Node]) -> dict[frozenset, list[Node]]:
+def _stacked_factors(order: list[Node]) -> dict[tuple, list[Node]]:
     """The factors that `_Translator._batched` stacks for each sum over steps of outer products
-    (`sum_t outer(a_t, b_t)`: the a_t in order, and the b_t), keyed by the set of their ids,
+    (`sum_t outer(a_t, b_t)`: the a_t in order, and the b_t), keyed by their ids, sorted,
     for the sums of vectors that are sums of those very factors (a bias's beside its
     weight's): only those are built (`_outer_pair` builds nodes; most sums need none)."""
     # A cheap prefilter on the leaves of each product (its factors flattened, both sides
@@ -408,7 +409,7 @@ def _stacked_factors(order: list[Node]) -> dict[frozenset, list[Node]]:
     for n in order:
         if type(n) is Add and len(n.terms) >= 3 and len(n.shape) == 1:
             vector_sums.add(frozenset(_leaves(t, memo) for _, t in n.terms))
-    stacked: dict[frozenset, list[Node]] = {}
+    stacked: dict[tuple, list[Node]] = {}
     if not vector_sums:
         return stacked
     for n in order:
@@ -421,7 +422,7 @@ def _stacked_factors(order: list[Node]) -> dict[frozenset, list[Node]]:
                 pairs = [_outer_pair(t) for _, t in n.terms]
                 if all(p is not None for p in pairs):
                     rows = [p[side] for p in pairs]  # (the list keeps built nodes alive)
-                    stacked.setdefault(frozenset(map(id, rows)), rows)
+                    stacked.setdefault(tuple(sorted(map(id, rows))), rows)
     return stacked
 
 
