@@ -386,3 +386,16 @@ def latex_renders():
     problems = _mathtext_problems(made, LATEX_ROWS_PER_TEST)
     if problems:
         pytest.fail("LaTeX that matplotlib's mathtext cannot render:\n" + "\n".join(problems))
+
+
+# The frameworks, skipped where not installed; JAX with x64, as every JAX reference of the suite.
+@pytest.fixture
+def jax():
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)  # as the other JAX references of the suite
+    return jax
+
+
+@pytest.fixture
+def torch():
+    return pytest.importorskip("torch")

@@ -20,28 +20,10 @@ import pytest
 
 import einderiv
 from einderiv.evaluate import kernels
+from test_det_products import SQUARE, WITH_A, _close, _matrix  # the same helpers
 
 slow = pytest.mark.skipif(not os.environ.get("EINDERIV_SLOW"),
                           reason="slow interop check (a sample runs in CI): set EINDERIV_SLOW=1")
-
-SQUARE = {"X": ("n", "n")}
-WITH_A = {"X": ("n", "n"), "A": ("n", "n")}
-
-
-def _close(actual, expected, tol=1e-9):
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
-    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale)
-
-
-def _matrix(rng, n, rank=None, batch=()):
-    """A random [*batch, n, n] matrix of the given rank (full by default), in floating point."""
-    X = rng.normal(size=(*batch, n, n))
-    if rank is None or rank >= n:
-        return X
-    U, s, Vh = np.linalg.svd(X)
-    s[..., rank:] = 0.0
-    return (U * s[..., None, :]) @ Vh
 
 
 def _brute_hessian(X):

@@ -26,18 +26,6 @@ TEXT = "sum(tanh(W @ x) ** 2) + det(W @ W.T)"
 SHAPES = {"W": ("m", "n"), "x": ("n",)}
 
 
-@pytest.fixture
-def torch():
-    return pytest.importorskip("torch")
-
-
-@pytest.fixture
-def jax():
-    jax = pytest.importorskip("jax")
-    jax.config.update("jax_enable_x64", True)  # as the other JAX references of the suite
-    return jax
-
-
 def _torch_reference(torch):
     return lambda W, x: (torch.tanh(W @ x) ** 2).sum() + torch.linalg.det(W @ W.T)
 

@@ -36,18 +36,6 @@ def data(seed=0, n=7, d=3):
     return r.normal(size=(n, d)), np.sign(r.normal(size=n)), r.normal(size=d)
 
 
-@pytest.fixture
-def torch():
-    return pytest.importorskip("torch")
-
-
-@pytest.fixture
-def jax():
-    jax = pytest.importorskip("jax")
-    jax.config.update("jax_enable_x64", True)  # as the other JAX references of the suite
-    return jax
-
-
 def readme_session(tag: str) -> str:
     text = (ROOT / "README.md").read_text()
     blocks = re.findall(rf"^```{tag}\n(.*?)^```\s*$", text, re.M | re.S)

@@ -32,18 +32,6 @@ from einderiv import cli
 slow = pytest.mark.skipif(not os.environ.get("EINDERIV_SLOW"),
                           reason="slow interop check (a sample runs in CI): set EINDERIV_SLOW=1")
 
-@pytest.fixture
-def jax():
-    jax = pytest.importorskip("jax")
-    jax.config.update("jax_enable_x64", True)  # as the other JAX references of the suite
-    return jax
-
-
-@pytest.fixture
-def torch():
-    return pytest.importorskip("torch")
-
-
 def _close(actual, expected, tol=1e-9):
     actual, expected = np.asarray(actual, dtype=np.float64), np.asarray(expected, np.float64)
     assert np.all(np.isfinite(actual)), actual

@@ -25,18 +25,6 @@ import einderiv.pullback
 from einderiv.evaluate import kernels
 
 
-@pytest.fixture
-def jax():
-    jax = pytest.importorskip("jax")
-    jax.config.update("jax_enable_x64", True)  # as the other JAX references of the suite
-    return jax
-
-
-@pytest.fixture
-def torch():
-    return pytest.importorskip("torch")
-
-
 def _close(actual, expected, tol=1e-9):
     actual, expected = np.asarray(actual), np.asarray(expected)
     assert np.all(np.isfinite(actual)), actual
