@@ -85,13 +85,17 @@ def test_broadcasts_written_out():
 
 
 def test_softmax_batch_scales_rows():
-    g = einderiv.grad("-sum(Y * log(softmax(X @ W, axis=1)))", "W",
-                      {"X": ("n", "d"), "Y": ("n", "k"), "W": ("d", "k")})
+    shapes = {"X": ("n", "d"), "Y": ("n", "k"), "W": ("d", "k")}
+    g = einderiv.grad("sum(Y * softmax(X @ W, axis=1))", "W", shapes)
     assert rows(g)[-1] == (
-        r"\frac{\partial f}{\partial W} = X^{\top} \left(\operatorname{diag}\left(\left(Y \odot "
-        r"t_{2}\right) \mathbf{1}_{k}\right) t_{0} - Y \odot \left(t_{1} \odot "
-        r"\operatorname{complement}(t_{0}) + t_{2}\right) + \operatorname{diag}\left(\left(Y "
-        r"\odot t_{1}\right) \mathbf{1}_{k}\right) \left(t_{2} \odot t_{0}\right)\right)")
+        r"\frac{\partial f}{\partial W} = X^{\top} \left(\left(Y \odot \left(t_{1} \odot "
+        r"\operatorname{complement}(t_{0}) + t_{2}\right) - \left(Y \odot t_{2} \odot "
+        r"t_{0}\right) \mathbf{1}_{k} \mathbf{1}_{k}^{\top} - \operatorname{diag}\left(\left(Y "
+        r"\odot t_{1} \odot t_{0}\right) \mathbf{1}_{k}\right) t_{2}\right) \odot t_{0}\right)")
+    # the cross-entropy pulls back through log_softmax in one call
+    g = einderiv.grad("-sum(Y * log(softmax(X @ W, axis=1)))", "W", shapes)
+    assert rows(g) == [r"\frac{\partial f}{\partial W} = X^{\top} "
+                       r"\operatorname{log\_softmax\_vjp}\left(X W, -Y\right)"]
 
 
 def test_tensors_in_index_notation():
@@ -220,7 +224,8 @@ def _rule_table_cases() -> list:
                "where": "where(X > 0, X, Y)", "clip": "clip(X, -1, 1)",
                "solve": "solve(A, b)", "floor_divide": "floor_divide(X, Y)",
                "det_hvp": "det_hvp(A, A.T)", "det_third_v": "det_third_v(A, A.T)",
-               "det_third_vv": "det_third_vv(A, A.T, A)"}
+               "det_third_vv": "det_third_vv(A, A.T, A)",
+               "log_softmax_vjp": "log_softmax_vjp(X, Y, axis=0) + log_softmax_vjp(X, Y)"}
     made = []
     for name, f in sorted(book.functions.items()):
         if name in ("div", "pow"):  # the operators / and **

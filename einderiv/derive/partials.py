@@ -207,7 +207,7 @@ def _layouts(node: Prim, rules: RuleBook, position: int = 0) -> tuple[_Layout, _
     axes = node.params[0]
     batch = [a for a in range(arg.rank) if a not in axes]
     arg_l = _Layout([tuple(axes)], batch)
-    out_l = arg_l if f.shape == "same" else _Layout([], list(range(len(batch))))
+    out_l = arg_l if f.shape in ("same", "cotangent") else _Layout([], list(range(len(batch))))
     return out_l, arg_l
 
 

@@ -21,10 +21,12 @@ from .masks import product
 from .partials import elementwise_partial, tensor_jacobian
 
 
-def derivatives(output: Node, wrt: list[Var], rules: RuleBook, jacobian: bool = False
-                ) -> list[Node]:
+def derivatives(output: Node, wrt: list[Var], rules: RuleBook, jacobian: bool = False,
+                fused: bool = True) -> list[Node]:
     """d output / d v for each v in `wrt`: shaped `v.shape` (gradient of a scalar output) or
-    `output.shape + v.shape` (Jacobian)."""
+    `output.shape + v.shape` (Jacobian). `fused`: a gradient pulls back through a primitive
+    that has a `_vjp` primitive in the rules (log_softmax_vjp) with one call to it; without,
+    through its Jacobian's rule (the rule check tests the rule itself)."""
     seed_labels = tuple(-1 - i for i in range(output.rank)) if jacobian else ()
     if jacobian and output.rank:
         out = seed_labels + tuple(-100 - i for i in range(output.rank))
@@ -46,7 +48,7 @@ def derivatives(output: Node, wrt: list[Var], rules: RuleBook, jacobian: bool = 
         adjoint[node] = [total]
         if build.is_zero(total):
             continue
-        for child, contribution in _pullback(node, total, seed_labels, rules, memo):
+        for child, contribution in _pullback(node, total, seed_labels, rules, memo, fused):
             if child.children() or child in targets:
                 adjoint.setdefault(child, []).append(contribution)
     results = []
@@ -59,7 +61,8 @@ def derivatives(output: Node, wrt: list[Var], rules: RuleBook, jacobian: bool = 
     return results
 
 
-def _pullback(node: Node, bar: Node, seed: tuple[int, ...], rules: RuleBook, memo: dict):
+def _pullback(node: Node, bar: Node, seed: tuple[int, ...], rules: RuleBook, memo: dict,
+              fused: bool = True):
     """(child, contribution to the child's adjoint) for each argument of `node`."""
     if isinstance(node, Add):
         for coef, term in node.terms:
@@ -79,6 +82,10 @@ def _pullback(node: Node, bar: Node, seed: tuple[int, ...], rules: RuleBook, mem
         yield node.args[0], adjoint(node, bar, len(seed))
     elif is_convolution(node):  # correlate, conv2d...: a convolution again, never a band matrix
         yield from convolution_pullback(node, bar, len(seed))
+    elif isinstance(node, Prim) and fused and not seed and _vjp(node, rules) is not None:
+        # one call to NAME_vjp(x, adjoint) (rules/tensor.rules, shape rule `cotangent`)
+        (arg,) = node.args
+        yield arg, Prim(_vjp(node, rules), (arg, bar), node.params, arg.shape)
     elif isinstance(node, Prim):
         for position, arg in enumerate(node.args):
             if position and not arg.children() and not isinstance(arg, Var):
@@ -93,6 +100,17 @@ def _pullback(node: Node, bar: Node, seed: tuple[int, ...], rules: RuleBook, mem
                                         dict(zip(labels, t.shape))))
                      for c, t, labels in terms]
             yield arg, build.add(parts)
+
+
+def _vjp(node: Prim, rules: RuleBook) -> str | None:
+    """The name of `node`'s vjp primitive, where the rules have one that fits: NAME_vjp of
+    shape rule `cotangent`, for a one-argument primitive shaped like its argument."""
+    f = rules.get(node.fn + "_vjp")
+    if f is None or f.kind != "tensor" or f.shape != "cotangent" or len(node.args) != 1 or \
+            node.shape != node.args[0].shape or not node.params:
+        return None
+    own = rules.get(node.fn)
+    return f.name if own is not None and own.shape == "same" else None
 
 
 def _contract_pullback(node: Contract, bar: Node, seed, rules: RuleBook, memo: dict):

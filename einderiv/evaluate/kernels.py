@@ -324,6 +324,64 @@ def complement(p, axis=-1):
     return xp.where((top != 0) & (mass != 0), others, 1 - p)
 
 
+# A slice whose exponentials (the largest exp(0) = 1) sum below this has one entry of softmax
+# above 2/3 and no tie for it: only there does `g - s * sum(g)` lose digits (it is
+# g_m * (1 - s_m) - s_m * (the others' g), and 1 - s_m is rounded from s_m). Elsewhere its
+# rounding is a few units in the last place of the terms, as the exact split's.
+_CONFIDENT = 1.5
+
+
+def log_softmax_vjp(x, g, axis=-1):
+    """The vector-Jacobian product of log_softmax at `x` with cotangent `g` (shaped like x):
+    `g - softmax(x) * sum(g)` along `axis`, one call where the pullback through log_softmax's
+    Jacobian (rules/tensor.rules) is a dozen. The gradient of a cross-entropy
+    `-sum(y * log_softmax(z))` is `log_softmax_vjp(z, -y)`, `softmax(z) * sum(y) - y`.
+
+    Exact as the Jacobian's split on the argmax: at a slice's largest entry m where softmax is
+    confident, the difference `g_m - s_m * sum(g)` cancels, and it is computed as
+    `g_m * (1 - s_m) - s_m * (the others' g)`, with 1 - s_m the sum of the others' softmax
+    (`complement`). Infinite or nan maxima, several axes and the other array libraries take
+    that split as the rule writes it."""
+    xp = _xp(x)
+    axes = _axes(axis, x.ndim)
+    if type(x) is np.ndarray and type(g) is np.ndarray and x.shape == g.shape and \
+            x.dtype == g.dtype and x.dtype.kind == "f" and len(axes) == 1 and x.size:
+        a = axes[0] % x.ndim
+        m = x.max(axis=a, keepdims=True)
+        if np.isfinite(m).all():
+            e = x - m
+            np.exp(e, out=e)
+            total = e.sum(axis=a, keepdims=True)  # >= 1: exp(0) is in it
+            out = e * (g.sum(axis=a, keepdims=True) / total)
+            np.subtract(g, out, out=out)
+            if total.min() < _CONFIDENT:
+                _confident_vjp(e, g, out, total, a)
+            return out
+    # The rule's split (rules/tensor.rules, log_softmax), term by term.
+    s = softmax(x, axis)
+    top = argmax_onehot(s, axis)
+    rest = 1 - top
+    g_rest = xp.sum(g * rest, axis=axes, keepdims=True)
+    g_top = xp.sum(g * top, axis=axes, keepdims=True)
+    return g * (top * complement(s, axis) + rest) - s * g_rest - rest * s * g_top
+
+
+def _confident_vjp(e, g, out, total, a):
+    """The entries of log_softmax_vjp at the top of each confident slice, exactly, in place."""
+    # the slices as rows of the other axes (views: writes to om reach out), a vector one row
+    em, gm, om, tm = (np.moveaxis(v, a, -1)[None] if v.ndim == 1 else np.moveaxis(v, a, -1)
+                      for v in (e, g, out, total))
+    where = np.nonzero(tm[..., 0] < _CONFIDENT)
+    rows_e, rows_g = em[where], gm[where]  # copies: one slice per row
+    k = rows_e.argmax(axis=-1)
+    picked = np.arange(len(k))
+    g_top = rows_g[picked, k]
+    rows_e[picked, k] = 0.0
+    rows_g[picked, k] = 0.0
+    others = rows_e.sum(axis=-1)  # sum of the others' exp: 1 - s_m = others / total, exactly
+    om[(*where, k)] = (g_top * others - rows_g.sum(axis=-1)) / (1.0 + others)
+
+
 def _number(*values) -> bool:
     return all(isinstance(v, (int, float)) for v in values)
 

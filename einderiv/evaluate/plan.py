@@ -338,6 +338,9 @@ def _prim_step(node: Prim, slot, rules) -> Step:
         raise EinderivError(f"no evaluation rule for '{node.fn}'")
     impl = resolve(f.impl, np)
     args = [slot[id(x)] for x in node.args]
+    if len(args) > 1 and node.params:  # log_softmax_vjp(x, g, axis=...)
+        axis = node.params[0]
+        return lambda s: impl(*[s[a] for a in args], axis=axis)
     if len(args) > 1:  # solve(A, b)
         return lambda s: impl(*[s[a] for a in args])
     (a,) = args

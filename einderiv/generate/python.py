@@ -403,7 +403,7 @@ class _Printer:
         if f.kind == "tensor" and f.axis and not e.kwargs:
             # The language's default, spelled out: a user's implementation may default to
             # other axes (scipy's log_softmax works over every axis).
-            args.append(f"{f.axis}={'-1' if f.shape == 'same' else 'None'}")
+            args.append(f"{f.axis}={'-1' if f.shape in ('same', 'cotangent') else 'None'}")
         return f"{self._impl(f.impl)}({', '.join(args)})"
 
     def _impl(self, impl: str) -> str:

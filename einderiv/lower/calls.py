@@ -34,6 +34,9 @@ def tensor_args(call: ast.Call, scope) -> list[ast.Expr]:
         if isinstance(first, ast.Tuple):
             return list(first.items)
         return list(call.args[:1]) if call.func == "concatenate" else list(call.args)
+    f = scope.rules.get(call.func)
+    if f is not None and f.kind == "tensor" and f.shape == "cotangent":
+        return list(call.args[:2])
     if call.func in AXIS_FUNCTIONS or call.func in FIRST_ONLY or \
             call.func in ("pad", "transpose", "swapaxes", "matrix_power") or \
             _takes_axis(call.func, scope):
@@ -43,7 +46,9 @@ def tensor_args(call: ast.Call, scope) -> list[ast.Expr]:
 
 def _takes_axis(name: str, scope) -> bool:
     f = scope.rules.get(name)
-    return f is not None and f.kind == "tensor" and f.axis is not None
+    # (a cotangent primitive's two tensors come first, then its axis)
+    return f is not None and f.kind == "tensor" and f.axis is not None and \
+        f.shape != "cotangent"
 
 
 def known_functions(scope) -> set[str]:
@@ -845,6 +850,8 @@ def _tensor_primitive(call, f, args, scope) -> Node:
         return _square_rhs(call, f, args)
     if f.shape in ("square_square", "square_square_pair", "square_square_square"):
         return _square_square(call, f, args)
+    if f.shape == "cotangent":
+        return _cotangent(call, f, args, scope)
     if f.axis is None:
         _no_keywords(call)
         _arity(call, f.arity, f.arity)
@@ -917,6 +924,37 @@ def _square_square(call, f, args) -> Node:
                              f"{show_shape(v.shape)} is not shaped like the first, "
                              f"{show_shape(x.shape)}", call.args[k].span or call.span)
     return Prim(f.name, tuple(args), (), x.shape[:-2] + x.shape[-2:] * SQUARE_PAIRS[f.shape])
+
+
+def _cotangent(call, f, args, scope) -> Node:
+    """log_softmax_vjp(x, g) and its kin: a tensor and a cotangent shaped like it, to that
+    shape, along the axes (the last by default, as the primitive whose pullback it is)."""
+    x, g = args
+    if g.shape != x.shape:
+        raise ShapeError(f"{f.name}(): the cotangent {show_shape(g.shape)} is not shaped like "
+                         f"the first argument, {show_shape(x.shape)}",
+                         call.args[1].span or call.span)
+    axes = None
+    if f.axis is None:
+        _no_keywords(call)
+        _arity(call, 2, 2)
+    else:
+        for k, v in call.kwargs:
+            if k != f.axis:
+                raise ParseError(f"{call.func}() got an unexpected keyword argument '{k}'",
+                                 v.span or call.span, hint=f"{call.func} takes {f.axis}=")
+        _arity(call, 2, 3)
+        if len(call.args) == 3 and call.kwargs:
+            raise ParseError(f"{call.func}() got {f.axis} twice", call.span)
+        axis = call.args[2] if len(call.args) == 3 else \
+            call.kwargs[0][1] if call.kwargs else None
+        axes = (tuple(range(x.rank)) if isinstance(axis, ast.NoneLit)
+                else _axes(axis, x.rank, call))
+    if axes is None:
+        axes = getattr(scope, "default_axes", None)
+    if axes is None:
+        axes = (x.rank - 1,) if x.rank else ()
+    return Prim(f.name, (x, g), (axes,), x.shape)
 
 
 @lru_cache(maxsize=None)

@@ -112,10 +112,15 @@ TENSOR_SHAPES = {
     "square_square_square": "three square matrices (or stacks of them) of one shape to a "
                             "matrix of that shape (three arguments, as det_third_vv's: a "
                             "matrix and two directions)",
+    "cotangent": "an argument and a cotangent shaped like it, to that shape, along the axes "
+                 "(two arguments and an axis keyword, as log_softmax_vjp's: the pullback of "
+                 "the primitive without the suffix, applied in one call)",
 }
 # The number of tensor arguments each shape rule takes.
 TENSOR_ARITY = {"square_rhs": 2, "square_square": 2, "square_square_pair": 2,
-                "square_square_square": 3}
+                "square_square_square": 3, "cotangent": 2}
+# The shape rules whose primitives work along axes (an axis keyword, or their default axes).
+AXIS_SHAPES = ("same", "reduce", "cotangent")
 # The shape rules of square matrices of one shape (a matrix and its directions): how many
 # n x n pairs of axes each adds to the batch axes in its result.
 SQUARE_PAIRS = {"square": 1, "square_scalar": 0, "square_pair": 2, "square_triple": 3,
@@ -269,17 +274,19 @@ def parse_rules(text: str, filename: str = "<rules>", bodies: bool = False,
                                 _token_span(text, rule.children[3]),
                                 hint="one of " + ", ".join(TENSOR_SHAPES))
             arity = TENSOR_ARITY.get(shape, 1)
-            if len(params) != arity or (axis is not None and arity != 1):
+            if len(params) != arity or (axis is not None and arity != 1 and
+                                        shape not in AXIS_SHAPES):
                 params_tree = rule.children[1]
-                what = "one argument" if arity == 1 else f"{arity} arguments and no axis"
+                what = "one argument" if arity == 1 else f"{arity} arguments" + (
+                    "" if shape in AXIS_SHAPES else " and no axis")
                 raise RuleError(f"{origin}: a tensor primitive of shape rule {shape} takes "
                                 f"{what}, {name} declares {len(params)}"
                                 + (" and an axis" if axis is not None else ""),
                                 Span(text, params_tree.meta.start_pos, params_tree.meta.end_pos),
                                 hint="write a function of several tensors as a `def` in terms "
                                      "of tensor primitives of one argument (square_rhs, "
-                                     "square_square and square_square_pair take two, "
-                                     "square_square_square three)")
+                                     "square_square, square_square_pair and cotangent "
+                                     "take two, square_square_square three)")
             functions.append(Function(name, "tensor", params,
                                       _impl(rule.children[4], text, origin, allow_imports),
                                       axis=axis, shape=shape, origin=origin))

@@ -90,11 +90,16 @@ def check_function(f: Function, rules: RuleBook, seed: int = 0) -> RuleCheck:
                 return RuleCheck(f, float("inf"), f"{f.impl} is not finite at the test inputs "
                                                   f"{_show(args)}")
             if axis is None and f.axis and args[0].ndim >= 2 and not _default_axis_ok(
-                    f, impl, args[0], value):
-                where = "along the last axis" if f.shape == "same" else "over every axis"
+                    f, impl, args, value):
+                where = "along the last axis" if f.shape in ("same", "cotangent") else \
+                    "over every axis"
                 return RuleCheck(f, float("inf"), f"{f.impl} called without {f.axis}= does not "
                                                   f"work {where}, as the language's {f.name} "
                                                   "does (generated code calls it that way)")
+            if f.shape == "cotangent":
+                problem = _vjp_problem(f, rules, args, axis, value)
+                if problem:
+                    return RuleCheck(f, float("inf"), problem)
         return RuleCheck(f, 0.0, measured=False)
     except KeyboardInterrupt:
         raise
@@ -102,10 +107,37 @@ def check_function(f: Function, rules: RuleBook, seed: int = 0) -> RuleCheck:
         return RuleCheck(f, float("inf"), _describe(e))
 
 
-def _default_axis_ok(f: Function, impl, x, value) -> bool:
-    axes = (x.ndim - 1,) if f.shape == "same" else tuple(range(x.ndim))
+def _vjp_problem(f: Function, rules: RuleBook, args, axis, value) -> str:
+    """Where a vjp primitive (NAME_vjp, shape rule cotangent) is not the pullback through
+    NAME's Jacobian rule, which reverse mode replaces with it: why, else ''."""
+    from ..derive import derivatives
+    from ..evaluate.plan import Plan
+    from ..ir.nodes import Var
+    from ..lower.lower import lower
+    from ..parse import parse
+    base = rules.get(f.name[:-len("_vjp")]) if f.name.endswith("_vjp") else None
+    if base is None or base.kind != "tensor" or base.shape != "same":
+        return (f"a primitive of shape rule cotangent is named NAME_vjp after a tensor "
+                f"primitive NAME of shape rule same, whose pullback it is")
+    x, g = args
+    keyword = "" if axis is None else f", {base.axis}={axis}"
+    shapes = {"x": x.shape, "g": g.shape}
+    lowered = lower(parse(f"sum({base.name}(x{keyword}) * g)"), shapes, rules)
+    (pullback,) = derivatives(lowered.root, [Var("x", lowered.declared["x"])], rules,
+                              fused=False)
+    want = Plan([pullback], rules, accepted=lowered.declared)({"x": x, "g": g})[0]
+    if np.allclose(value, want, rtol=1e-12, atol=1e-14):
+        return ""
+    worst = float(np.max(np.abs(value - want)))
+    return (f"{f.impl} differs from the pullback through {base.name}'s Jacobian rule by up to "
+            f"{worst:.2e} at {_show(args)}")
+
+
+def _default_axis_ok(f: Function, impl, args, value) -> bool:
+    x = args[0]
+    axes = (x.ndim - 1,) if f.shape in ("same", "cotangent") else tuple(range(x.ndim))
     with np.errstate(all="ignore"):
-        explicit = np.asarray(impl(x, axis=axes))
+        explicit = np.asarray(impl(*args, axis=axes))
     return explicit.shape == value.shape and np.allclose(explicit, value, rtol=1e-12, atol=0)
 
 
@@ -441,6 +473,18 @@ def _cases(f: Function, rng):
             yield (f"sum({f.name}({', '.join(params)}) * C)",
                    {**{p: shape for p in params}, "C": out_shape}, arrays, None)
         return
+    if f.shape == "cotangent":
+        # log_softmax_vjp(x, g) and its kin: x and a cotangent shaped like it, along an axis
+        x, g = params
+        for shape, axis in (((4,), None), ((3, 4), None), ((3, 4), 0), ((2, 3, 4), (0, 2))):
+            if axis is not None and f.axis is None:
+                continue
+            arg = "" if axis is None else f", {f.axis}={axis}"
+            arrays = {x: rng.uniform(-2, 2, size=shape), g: rng.uniform(-1, 1, size=shape),
+                      "C": rng.uniform(0.5, 1.5, size=shape)}
+            yield (f"sum({f.name}({x}, {g}{arg}) * C)", {x: shape, g: shape, "C": shape},
+                   arrays, axis)
+        return
     (x,) = params
     if f.shape == "transposed":  # tall, wide and stacked, of full rank
         for shape in ((4, 3), (3, 4), (2, 4, 3)):
@@ -526,7 +570,9 @@ def _gradient_error(source, shapes, wrt, rules, arrays) -> float:
     from ..lower.lower import lower
     from ..parse import parse
     lowered = lower(parse(source), shapes, rules)
-    (gradient,) = derivatives(lowered.root, [Var(wrt, lowered.declared[wrt])], rules)
+    # (through the Jacobian's rule, never a primitive's one-call vjp: the rule is what is checked)
+    (gradient,) = derivatives(lowered.root, [Var(wrt, lowered.declared[wrt])], rules,
+                              fused=False)
     symbolic = Plan([gradient], rules, accepted=lowered.declared)(arrays)[0]
     forward = Plan([lowered.root], rules, accepted=lowered.declared)
     with np.errstate(all="ignore"):

@@ -504,6 +504,13 @@ def _lifted(first: Node, parts: list, lanes: int) -> Node | None:
         axes = tuple(a + 1 for a in first.params[0])
         return Prim(first.fn, (node,), (axes, *first.params[1:]),
                     (Dim.of(lanes), *first.shape))
+    if isinstance(first, Prim) and first.params and any(lifted for _, lifted in parts) and \
+            all(a.shape == first.shape for a in first.args):
+        # several arguments shaped like the result (log_softmax_vjp(x, g)): each lifted, or
+        # the same for every lane, broadcast
+        axes = tuple(a + 1 for a in first.params[0])
+        args = tuple(_broadcast(node, lifted, first.shape, lanes) for node, lifted in parts)
+        return Prim(first.fn, args, (axes, *first.params[1:]), (Dim.of(lanes), *first.shape))
     return None
 
 

@@ -265,7 +265,7 @@ class _Translator:
             return call
         axes = node.params[0]
         f = self.rules.get(node.fn)
-        default = (arg.rank - 1,) if f is not None and f.shape == "same" else \
+        default = (arg.rank - 1,) if f is not None and f.shape in ("same", "cotangent") else \
             tuple(range(arg.rank))
         if tuple(axes) == default:
             return call
