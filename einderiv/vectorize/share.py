@@ -5,8 +5,10 @@ The IR shares every node, but one IR product can be written into several array e
 (`t8 * t9` in each of an RNN's weight gradients), so the vectorized program is searched once
 more for repeated subexpressions. Subexpressions are compared by structure, never by their
 printed text: each node gets an integer, computed bottom-up once per node, that two nodes share
-exactly when they are the same expression (hash-consing). Every pass here is linear in the size
-of the program and uses an explicit stack, however deeply an expression nests.
+exactly when they are the same expression (hash-consing). By the same numbers, a stack whose
+rows are a run of another stack's rows is read as a slice of it (`big[1:]`), not built again.
+Every pass here is linear in the size of the program (the stacks, few, are matched among
+themselves) and uses an explicit stack, however deeply an expression nests.
 """
 from __future__ import annotations
 
@@ -49,8 +51,10 @@ def finish(temporaries: list, outputs: list, reserved: set, limit: int | None = 
            rewrite=None) -> tuple[list, list]:
     """`share_repeats` (with `limit` and `rewrite`) of a whole program, which is finished in the
     same walk: the temporaries no output needs are dropped first (batching can leave one
-    unread), and ours (`t<k>`, not in `reserved`: the user's names) are named t0, t1, ... in
-    the order they are defined, new ones included (sharing and cutting add some)."""
+    unread), a stack whose rows are a run of another's that is built no later is read as its
+    slice (`_stack_slices`), and ours (`t<k>`, not in `reserved`: the user's names) are named
+    t0, t1, ... in the order they are defined, new ones included (sharing and cutting add
+    some); one of ours that repeats an earlier line is that line's name."""
     lines = [*temporaries, *outputs]
     table = _Structure()
     roots = [table.intern(expr) for _, expr in lines]
@@ -61,9 +65,97 @@ def finish(temporaries: list, outputs: list, reserved: set, limit: int | None = 
         roots = [root for root, keep in zip(roots, live) if keep]
     else:
         n_temporaries = len(temporaries)
+    slices = _stack_slices(table, roots, n_temporaries)
+    if slices:  # numbered afresh: what is printed how often has changed
+        lines = _with_slices(table, lines, roots, slices)
+        table = _Structure()
+        roots = [table.intern(expr) for _, expr in lines]
     named = table.repeated(roots)
     return _rewrite(table, lines, roots, n_temporaries, named, _Numbering(reserved), limit,
                     rewrite, reserved)
+
+
+def _stack_slices(table: "_Structure", roots: list, n_temporaries: int) -> dict:
+    """small -> (big, window) for each `stack(...)` whose rows are a run of another stack's
+    rows (the same expressions, scaling included, in the same order) that the program builds
+    in the same statement or an earlier one (the outputs are one statement): it is read as
+    `big[a:b]`, not built again (an RNN's `dW` stacks steps 1..T-1 of the rows `dU` stacks).
+    A stack is only ever sliced from one the program builds anyway."""
+    kids, rep = table.kids, table.rep
+    stacks = [s for s, e in enumerate(rep) if type(e) is ast.Call and e.func == "stack" and
+              not e.kwargs and 0 < len(kids[s]) == len(e.args)]
+    rows_of = {}  # row -> the stacks that have it
+    for s in stacks:
+        for r in kids[s]:
+            rows_of.setdefault(r, set()).add(s)
+    if not any(len(rows_of[kids[s][0]]) > 1 for s in stacks):
+        return {}  # no stack shares its first row with another: most programs end here
+    # The statement each structure is first built in.
+    first = [None] * len(kids)
+    for index, root in enumerate(roots):
+        statement = min(index, n_temporaries)
+        todo = [root]
+        while todo:
+            s = todo.pop()
+            if first[s] is None:
+                first[s] = statement
+                todo += kids[s]
+    # Longest first: a stack is sliced from one that is itself built, never from a slice.
+    built, slices = [], {}
+    for small in sorted((s for s in stacks if first[s] is not None),
+                        key=lambda s: -len(kids[s])):
+        rows, n = kids[small], len(kids[small])
+        for big in built:
+            whole = kids[big]
+            if first[big] > first[small] or big not in rows_of[rows[0]]:
+                continue
+            at = next((a for a in range(len(whole) - n + 1) if whole[a:a + n] == rows), None)
+            if at is not None and not _inside(kids, small, big):
+                slices[small] = (big, ast.Slice(ast.Number(float(at)) if at else None,
+                                                ast.Number(float(at + n))
+                                                if at + n < len(whole) else None))
+                break
+        else:
+            built.append(small)
+    return slices
+
+
+def _inside(kids: list, small: int, big: int) -> bool:
+    """Whether structure `small` is part of `big` (its parts are numbered below it)."""
+    todo, seen = [big], set()
+    while todo:
+        s = todo.pop()
+        if s == small:
+            return True
+        if s > small and s not in seen:
+            seen.add(s)
+            todo += kids[s]
+    return False
+
+
+def _with_slices(table: "_Structure", lines: list, roots: list, slices: dict) -> list:
+    """`lines` rebuilt with each stack of `slices` written as the slice of its big one."""
+    kids, rep = table.kids, table.rep
+    result: list = [None] * len(kids)
+    rebuilt = []
+    for (name, _), root in zip(lines, roots):
+        todo = [root]
+        while todo:
+            s = todo[-1]
+            if result[s] is not None:
+                todo.pop()
+                continue
+            swap = slices.get(s)
+            parts = (swap[0],) if swap else kids[s]
+            waiting = [c for c in parts if result[c] is None]
+            if waiting:
+                todo += waiting
+                continue
+            todo.pop()
+            result[s] = ast.Index(result[swap[0]], (swap[1],)) if swap else \
+                _rebuilt(rep[s], [result[c] for c in kids[s]])
+        rebuilt.append((name, result[root]))
+    return rebuilt
 
 
 def cut_deep(temporaries: list, outputs: list, taken: set,
@@ -86,7 +178,8 @@ def _rewrite(table: "_Structure", lines: list, roots: list, n_temporaries: int, 
     work expression that would nest `limit` levels deep becomes a temporary too; `rewrite`, if
     given, rewrites each rebuilt part. A line's whole expression is rebuilt but never replaced.
     With `reserved`, each temporary `t<k>` not in it is renamed `fresh()` where it is defined,
-    and read by that name after.
+    and read by that name after. The work a temporary's line computes is read by its name in
+    every later line; an output that a later output reads too becomes a temporary.
 
     Each structure is rebuilt once, however many times it occurs: one that occurs twice outside
     line roots is a name by then, unless it does no work (`t0[1]`, `x.T`), and then it is the
@@ -138,13 +231,26 @@ def _rewrite(table: "_Structure", lines: list, roots: list, n_temporaries: int, 
                     continue
                 height[s] = h
             result[s] = node
-        if type(expr) is ast.Name and result[root]:  # a temporary's name, renamed
+        if type(result[root]) is ast.Name:  # renamed, or an earlier line computes it
             line = result[root]
+            if index < n_temporaries and type(expr) is not ast.Name and reserved is not None \
+                    and name not in reserved and _TEMPORARY.fullmatch(name):
+                # One of ours that repeats an earlier line (a stack written alike for a weight's
+                # and a bias's gradient): read as that line's name, not computed again.
+                read = table.numbers.get(_name_key(name))
+                if read is not None:
+                    result[read] = line
+                continue
         else:
             line = _rebuilt(expr, [result[c] for c in kids[root]])
             if rewrite is not None:
                 line = rewrite(line)
         if index >= n_temporaries:
+            if named[root] and result[root] is None:  # a later output reads it too
+                temp = fresh()
+                temps.append((temp, line))
+                line = result[root] = ast.Name(temp)
+                plain[root] = True
             outs.append((name, line))
             continue
         if reserved is not None and name not in reserved and _TEMPORARY.fullmatch(name):
@@ -155,6 +261,8 @@ def _rewrite(table: "_Structure", lines: list, roots: list, n_temporaries: int, 
                 result[read] = ast.Name(new)
             name = new
         temps.append((name, line))
+        if result[root] is None and table.work[root]:  # the same work later reads this name
+            result[root], plain[root] = ast.Name(name), True
     return temps, outs
 
 
