@@ -51,22 +51,12 @@ def sigmoid(x):
     return xp.where(x >= 0, 1.0 / (1.0 + z), z / (1.0 + z))
 
 
-def sech2(x, tanh_x=None):
+def sech2(x):
     """sech(x) ** 2 = 1 / cosh(x) ** 2: 1 - tanh(x) ** 2 without its cancellation (all digits
     lost from |x| = 19 on). The reciprocal is taken before squaring, so that only the result
     underflows: where cosh(x) overflows to inf, sech(x) ** 2 is below 1 / max ** 2, far below
-    the smallest subnormal number, and 0 is right.
-
-    `tanh_x`, optional, is tanh(x) as the caller computed it (the generated gradient of a tanh
-    layer passes its forward value): a large numpy array then takes 1 - tanh(x) ** 2 where
-    that is exact to a few units in the last place (see _sech2_near), 1 / cosh(x) ** 2 on the
-    other entries only. Other arrays ignore it."""
+    the smallest subnormal number, and 0 is right."""
     if isinstance(x, np.ndarray) and x.ndim and x.dtype.kind == "f":  # (a 0-d one gives scalars)
-        if type(tanh_x) is np.ndarray and x.size >= _SECH2_MANY and tanh_x.shape == x.shape \
-                and tanh_x.dtype == x.dtype and tanh_x.flags.c_contiguous:
-            r = _sech2_near(x, tanh_x)
-            if r is not None:
-                return r
         with np.errstate(over="ignore"):
             r = np.cosh(x)
         np.reciprocal(r, out=r)  # in place: three passes, no new array after the first
@@ -75,49 +65,6 @@ def sech2(x, tanh_x=None):
     with np.errstate(over="ignore"):  # numpy warns of cosh's overflow
         r = 1 / xp.cosh(x)
     return r * r
-
-
-# sech2 from tanh(x): 1 - t * t where t * t <= _SECH2_NEAR. Its error there: t = tanh(x) is off
-# by k units in its last place (numpy's tanh: k <= 1.1 in float64, 1.3 in float32, measured
-# against mpmath), which is eps / 2 from |t| = 1/2 up (eps: the dtype's machine epsilon), so
-# |dt| <= k eps / 2; t * t rounds by at most eps / 4 (it is below 1), and 1 - t * t is exact
-# from t * t = 1/2 on (Sterbenz). So 1 - t * t is off by (2 |t| k + 1/2) eps / 2 at most,
-# relative to sech(x) ** 2 = 1 - t ** 2: at most (c k + 1/4) / (1 - c ** 2) eps up to |t| = c,
-# growing with c. (Below t * t = 1/2 the subtraction rounds too, by eps / 4, but 1 - t * t is
-# above 1/2 there: (1.41 k + 0.75) eps at most.) At c = 0.9: (4.74 k + 1.32) eps, 6.5 eps in
-# float64 and 7.5 in float32; at c = 0.95 it would be 13 and 15: the error of t is amplified by
-# 2 t ** 2 / (1 - t ** 2), the cancellation that 1 / cosh(x) ** 2 avoids on the other entries.
-_SECH2_NEAR = 0.81
-# Taken from this many entries on (below, gathering even one far entry costs more than cosh on
-# the whole array saves), where at most this share of an evenly spaced sample of t is far:
-# gathering the far entries and scattering their 1 / cosh(x) ** 2 costs about as much as cosh
-# on the whole array from a share of 0.15 at 32768 entries, 0.03 at 10^6 (measured: 15, 42,
-# 55 us at shares of 0, 0.07, 0.14 of 32768 entries, against 56 us for 1 / cosh(x) ** 2 and
-# 12 us for 1 - t * t). The sample costs 3 to 5 us where it sends x to 1 / cosh(x) ** 2: a
-# tanh layer of unit-variance pre-activations has a share of 0.14 (benchmarks' MLP).
-_SECH2_MANY = 8192
-_SECH2_FAR_SHARE = 1 / 32
-_SECH2_SAMPLE = 1024
-
-
-def _sech2_near(x, t):
-    """sech2(x) given t = tanh(x), numpy float arrays of one shape and dtype, t C-contiguous:
-    1 - t * t in place where it is exact to a few units in the last place (above),
-    1 / cosh(x) ** 2 on the other entries; None where a sample says that many are far."""
-    sample = t.reshape(-1)[::t.size // _SECH2_SAMPLE]
-    if np.count_nonzero(sample * sample > _SECH2_NEAR) > _SECH2_FAR_SHARE * sample.size:
-        return None
-    r = np.multiply(t, t, out=np.empty(x.shape, x.dtype))  # C order: r.reshape(-1) is a view
-    far = r > _SECH2_NEAR  # (a nan is near: 1 - nan is nan)
-    np.subtract(1, r, out=r)
-    if far.any():
-        where = np.flatnonzero(far)
-        z = x.reshape(-1).take(where)  # (x.reshape copies x if x is not C-contiguous)
-        with np.errstate(over="ignore"):
-            np.cosh(z, out=z)
-        np.reciprocal(z, out=z)
-        r.reshape(-1)[where] = np.square(z, out=z)
-    return r
 
 
 def logcosh(x):

@@ -13,7 +13,6 @@ einderiv compiles it for a shape signature.
 from __future__ import annotations
 
 import builtins
-import copy
 import keyword
 import math
 
@@ -102,39 +101,6 @@ def _safe(name: str) -> bool:
 _BUILTINS = frozenset(dir(builtins))
 
 
-def _tanh_passed(e: ast.Expr, computed: dict[str, str], memo: dict) -> ast.Expr:
-    """`e` with each `sech2(x)` of a name x in `computed` as `sech2(x, computed[x])`: copies of
-    the nodes on the way (with their other attributes, such as an einsum's operand shapes), the
-    others shared."""
-    done = memo.get(id(e))
-    if done is not None:
-        return done
-    new, t = e, type(e)
-    if t is ast.Call:
-        args = []
-        for a in e.args:  # (a loop: no generator's frame per level of a deep expression)
-            args.append(_tanh_passed(a, computed, memo))
-        if e.func == "sech2" and len(args) == 1 and not e.kwargs and \
-                type(args[0]) is ast.Name and args[0].id in computed:
-            args.append(ast.Name(computed[args[0].id]))
-        if tuple(args) != e.args:  # (nodes compare by identity)
-            new = copy.copy(e)
-            new.args = tuple(args)
-    elif t is ast.BinOp:
-        left = _tanh_passed(e.left, computed, memo)
-        right = _tanh_passed(e.right, computed, memo)
-        if left is not e.left or right is not e.right:
-            new = copy.copy(e)
-            new.left, new.right = left, right
-    elif t is ast.UnaryOp or t is ast.Attribute or t is ast.Index:
-        operand = _tanh_passed(e.operand, computed, memo)
-        if operand is not e.operand:
-            new = copy.copy(e)
-            new.operand = operand
-    memo[id(e)] = new
-    return new
-
-
 class _Printer:
     def __init__(self, program: VectorProgram, rules: RuleBook, preferred=()):
         self.program = program
@@ -151,12 +117,11 @@ class _Printer:
     def module(self, function: str) -> PythonModule:
         self.arguments = set(self.program.variables)
         body = []
-        temporaries, outputs = self._tanh_given()
-        for (n, e), dead in zip(temporaries, self._last_reads(temporaries, outputs)):
+        for (n, e), dead in zip(self.program.temporaries, self._last_reads()):
             body.append(f"    {self.names[n]} = {self.expr(e)}")
             if dead:
                 body.append(f"    del {', '.join(self.names[d] for d in dead)}")
-        results = [self.expr(e) for _, e in outputs]
+        results = [self.expr(e) for _, e in self.program.outputs]
         ret = results[0] if len(results) == 1 else "(" + ", ".join(results) + ")"
         body.append(f"    return {ret}")
         head = self._dimension_lines()
@@ -184,36 +149,18 @@ class _Printer:
         module.dimension_only = set(args) - set(self.program.variables)
         return module
 
-    def _tanh_given(self) -> tuple[list, list]:
-        """The program's lines and outputs, where `sech2(x)` of a name x follows a line
-        `t = tanh(x)`, as `sech2(x, t)`: kernels.sech2 takes 1 - t * t where that is exact (a
-        tanh layer's gradient, given the forward value as hand-written numpy is)."""
-        lines, outputs = self.program.temporaries, self.program.outputs
-        if getattr(self.rules.get("tanh"), "impl", None) != "xp.tanh" or \
-                getattr(self.rules.get("sech2"), "impl", None) != "kernel.sech2":
-            return lines, outputs  # a user's own tanh or sech2
-        computed: dict[str, str] = {}  # x -> the temporary tanh(x), from its line on
-        given = []
-        for n, e in lines:
-            given.append((n, _tanh_passed(e, computed, {}) if computed else e))
-            if isinstance(e, ast.Call) and e.func == "tanh" and len(e.args) == 1 and \
-                    not e.kwargs and isinstance(e.args[0], ast.Name):
-                computed.setdefault(e.args[0].id, n)
-        if not computed:
-            return lines, outputs
-        return given, [(n, _tanh_passed(e, computed, {})) for n, e in outputs]
-
-    def _last_reads(self, temporaries, outputs) -> list[list[str]]:
+    def _last_reads(self) -> list[list[str]]:
         """Per line of the body, the temporaries no later line reads: the line `del`s them, so
         that a chain cut into temporaries holds one link at a time, not all of them until
         the function returns. What the return statement reads (an output, or the temporary an
         output is) is never deleted; nor is an input, which the caller holds anyway."""
+        temporaries = self.program.temporaries
         last = {n: i for i, (n, _) in enumerate(temporaries)}  # one nothing reads: at once
         for i, (_, e) in enumerate(temporaries):
             for name in names_in(e):
                 if name in last:
                     last[name] = i
-        for _, e in outputs:
+        for _, e in self.program.outputs:
             for name in names_in(e):
                 last.pop(name, None)
         dead: list[list[str]] = [[] for _ in temporaries]
