@@ -70,3 +70,42 @@ def test_matrix_products_of_a_batch_are_fused_too():
     f = einderiv.compile(loss, {})
     for name, value in zip(["Wa", "Wb", "Wc"], g(**arrays)):
         assert relative_error(value, finite_difference(f, arrays, name)) < 1e-6
+
+
+@pytest.mark.parametrize("steps", [4, 9])
+def test_lstm_backward_sums_are_one_product_of_the_stacked_weights_per_step(steps):
+    """Each step's `Wc.T @ a_c + 0.25 * (Wf.T @ a_f) + ...` is one matrix product of the
+    stacked adjoints with the weights stacked once, sigmoid's 1/4 on the weights' rows."""
+    loss, weights = lstm_loss(steps)
+    g = einderiv.grad(loss, weights)
+    formula = g.formula
+    assert not re.search(r"\bW[fioc]\.T @", formula), formula
+    assert formula.count("stack(Wc, 0.25 * Wf, 0.25 * Wi, 0.25 * Wo)") == 1, formula
+    assert formula.count("reshape(stack(") == steps - 1, formula  # one per step but the first
+    assert "einsum" not in formula
+    arrays = _lstm_arrays(steps)
+    f = einderiv.compile(loss, {})
+    for name, value in zip(weights, g(**arrays)):
+        assert relative_error(value, finite_difference(f, arrays, name)) < 1e-6, name
+
+
+def test_backward_sums_of_a_batch_are_not_fused():
+    """A batch of adjoints (`A_g @ W_g`, A_g [b, h]) keeps its products: with the stack's axis
+    between the batch and the summed axis, one product would be an einsum (or a copy)."""
+    steps = 4
+    Wa, Wb, Wc = (var(n, ("h", "h")) for n in ("Wa", "Wb", "Wc"))
+    X = var("X", ("b", "h"))
+    H, loss = X, 0
+    for _ in range(steps):
+        H = fn.tanh(H @ Wa.T) * fn.tanh(H @ Wb.T) + fn.tanh(H @ Wc.T)
+        loss = loss + fn.sum(H ** 2)
+    g = einderiv.grad(loss, ["Wa", "Wb", "Wc", "X"])
+    formula = g.formula
+    assert formula.count("stack(Wa, Wb, Wc)") == 1, formula  # the forward is fused
+    assert "einsum" not in formula and "reshape" not in formula, formula
+    rng = np.random.default_rng(3)
+    arrays = {"X": rng.normal(size=(3, 4)),
+              **{n: rng.normal(size=(4, 4)) / 2 for n in ("Wa", "Wb", "Wc")}}
+    f = einderiv.compile(loss, {})
+    for name, value in zip(["Wa", "Wb", "Wc", "X"], g(**arrays)):
+        assert relative_error(value, finite_difference(f, arrays, name)) < 1e-6

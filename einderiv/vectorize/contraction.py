@@ -11,7 +11,7 @@ from __future__ import annotations
 from opt_einsum import get_symbol
 
 from ..ir.dims import ONE, Dim
-from ..ir.nodes import Const, Contract, Delta, Unit
+from ..ir.nodes import Add, Const, Contract, Delta, Unit
 from ..parse import ast
 
 
@@ -128,7 +128,8 @@ class ContractionTranslator:
             # multiplied together: it indexes (or pads) that one instead of becoming a product
             # with a dense selection matrix (`eye(m)[1:p + 1] @ (x * t0)`).
             if not (self._select() or self._pads() or self._diag_embed() or self._hadamard()
-                    or self._pair() or self._spread() or self._hadamard(batched=True)):
+                    or self._pair() or self._spread() or self._hadamard(batched=True)
+                    or self._merged_pair()):
                 self._einsum_all()
             self._lonely_sums()
 
@@ -404,6 +405,34 @@ class ContractionTranslator:
                 return True
         return False
 
+    def _merged_pair(self) -> bool:
+        """Two stacks sharing several summed indices, in one order, last in one and first in
+        the other, each with at most one index besides: a matrix product over the merged
+        indices, `reshape(A, (g * n,)) @ reshape(S, (g * n, m))` (numpy's tensordot, without
+        its per-call cost; an LSTM's backward sum over its stacked gate weights). Only stacks
+        the program builds: new C-ordered arrays, whose reshapes are views (a user's einsum
+        of inputs, which may be strided, stays an einsum)."""
+        stacks = [t for t in self.terms if _stacked(t)]
+        for i, a in enumerate(stacks):
+            for b in stacks[i + 1:]:
+                for left, right in ((a, b), (b, a)):
+                    shared = [l for l in left.labels if l in right.labels]
+                    k = len(shared)
+                    if k < 2 or any(self._needed(l, skip=(left, right)) for l in shared) or \
+                            tuple(shared) != left.labels[len(left.labels) - k:] or \
+                            tuple(shared) != right.labels[:k] or len(left.labels) > k + 1 or \
+                            len(right.labels) > k + 1:
+                        continue
+                    merged = _product_of([self.dims[l] for l in shared])
+                    rows, cols = left.labels[:-k], right.labels[k:]
+                    lexpr = ast.Call("reshape", (left.expr, ast.Tuple(
+                        tuple(dimension(self.dims[l]) for l in rows) + (merged,))))
+                    rexpr = ast.Call("reshape", (right.expr, ast.Tuple(
+                        (merged,) + tuple(dimension(self.dims[l]) for l in cols))))
+                    self._replace([a, b], Term(ast.BinOp("@", lexpr, rexpr), rows + cols))
+                    return True
+        return False
+
     def _einsum_all(self):
         keep = [l for l in dict.fromkeys(l for t in self.terms for l in t.labels)
                 if l in self.out]
@@ -455,6 +484,30 @@ def _rest(window: Delta) -> ast.Expr:
         return ast.BinOp("-", ast.BinOp("-", dimension(cols), dimension(window.offset)),
                          dimension(rows))
     return ast.BinOp("-", dimension(cols), dimension(end))
+
+
+def _stacked(t: Term) -> bool:
+    """Whether `t` is a stack the program builds: `stack(...)`, or the name of one."""
+    if isinstance(t.expr, ast.Call):
+        return t.expr.func == "stack"
+    return isinstance(t.expr, ast.Name) and type(t.node) is Add and all(
+        type(c) is Contract and any(type(u) is Unit for u, _ in c.operands)
+        for _, c in t.node.terms)
+
+
+def _product_of(dims) -> ast.Expr:
+    """The product of sizes, its numbers folded first (`4 * h`)."""
+    known = 1
+    names = []
+    for d in dims:
+        if d.is_concrete:
+            known *= d.offset
+        else:
+            names.append(dimension(d))
+    expr = None if known == 1 and names else ast.Number(float(known))
+    for name in names:
+        expr = name if expr is None else ast.BinOp("*", expr, name)
+    return expr
 
 
 def _reciprocal(expr):
