@@ -1,7 +1,7 @@
 """Breaker checks of log_softmax_vjp (commit 4e3fbdd): reverse mode pulls back through
 log_softmax with one call, `log_softmax_vjp(x, g, axis) = g - softmax(x) * sum(g)`.
 
-What held is a plain test; each fault found is a strict xfail that asserts the right value:
+Each behaviour that held is a test, and so is each fault found (a strict xfail until fixed):
 
 - the kernel against mpmath at 100 digits (confident slices led by 30, 40, 100, 800, ties,
   -inf entries, every axis, float32), and the non-finite rows as the rule's split;
@@ -11,11 +11,12 @@ What held is a plain test; each fault found is a strict xfail that asserts the r
   backends and function wrappers, pickling, threads, empty and scalar shapes, dtypes;
 - the language, the CLI and the rule check (user rule files with their own `_vjp`).
 
-Faults (strict xfails): lanes lift a convolution as if it were a vjp (a silent wrong value);
-`log_softmax_vjp(Z)` is a raw ValueError; the LaTeX of a vjp along a non-default axis drops
-the cotangent; a user `_vjp` without an axis keyword prints `None=0` and raises a raw
-SyntaxError; the kernel overflows `sum(g)` where the rule's split did not; a user `_vjp`
-with an axis keyword other than `axis` passes the rule check but fails every call.
+Faults found and fixed: lanes lifted a convolution as if it were a vjp (a silent wrong value);
+`log_softmax_vjp(Z)` was a raw ValueError; the LaTeX of a vjp along a non-default axis dropped
+the cotangent; a user `_vjp` without an axis keyword printed `None=0` and raised a raw
+SyntaxError (now a RuleError at load); the kernel overflowed `sum(g)` where the rule's split
+did not; a user `_vjp` with an axis keyword other than `axis` passed the rule check but failed
+every call (the check and the interpreter now pass the axes by the declared keyword).
 """
 from __future__ import annotations
 
@@ -150,9 +151,6 @@ def test_kernel_non_finite_rows():
     assert np.all(np.isnan(got[0])) and ulps(got[1], reference(x[1:2], g[1:2], 1)[0]) <= 4
 
 
-@pytest.mark.xfail(strict=True, reason="the fast path forms sum(g), which overflows to inf for "
-                   "cotangents near the largest float; the rule's split (g less s times the "
-                   "others' sum and the top's) gave the finite right values")
 def test_kernel_sum_of_cotangent_overflow():
     x = np.array([[1.0, 3.0, 2.0]])
     g = np.array([[1e308, 1e308, 0.0]])
@@ -163,9 +161,6 @@ def test_kernel_sum_of_cotangent_overflow():
     np.testing.assert_allclose(got, want, rtol=1e-14)
 
 
-@pytest.mark.xfail(strict=True, reason="grad of sum(G * log_softmax(Z)) at G near the largest "
-                   "float is -inf everywhere since 4e3fbdd (the Jacobian's split was finite "
-                   "and exact)")
 def test_gradient_with_huge_cotangent_is_finite():
     g = einderiv.grad("sum(G * log_softmax(Z))", "Z", {"Z": ("k",), "G": ("k",)})
     Z, G = np.array([1.0, 3.0, 2.0]), np.array([1e308, 1e308, 0.0])
@@ -372,11 +367,6 @@ def test_lifted_vjp_with_a_cotangent_shared_by_every_step():
         assert f(**arrays) == pytest.approx(want, rel=1e-13)
 
 
-@pytest.mark.xfail(strict=True, reason="vectorize/lanes.py _lifted's new branch for several "
-                   "arguments shaped like the result takes any such Prim with params, so a "
-                   "correlate of two size-1 vectors is lifted with its strides read as axes "
-                   "(stride=2) and its kernel broadcast over the lanes: a wrong value of the "
-                   "wrong shape, where 4e3fbdd~1 computed 3.5")
 def test_lanes_do_not_lift_a_correlation_as_a_vjp():
     src = "sum(correlate(X[0], w) ** 2) + sum(correlate(X[1], w) ** 2) + " \
           "sum(correlate(X[2], w) ** 2)"
@@ -388,8 +378,6 @@ def test_lanes_do_not_lift_a_correlation_as_a_vjp():
     np.testing.assert_allclose(dw, [14.0])  # a [3, 3, 1] array
 
 
-@pytest.mark.xfail(strict=True, reason="the same mis-lift for conv1d: a 1x1 convolution of "
-                   "length-1 signals whose batch equals its output channels")
 def test_lanes_do_not_lift_a_conv1d_as_a_vjp():
     src = " + ".join(f"sum(conv1d(X[{t}], W) ** 2)" for t in range(3))
     shapes = {"X": (3, 2, 2, 1), "W": (2, 2, 1)}
@@ -485,8 +473,6 @@ def test_bad_calls_are_clear_errors_with_a_caret(src):
 @pytest.mark.parametrize("src", ["log_softmax_vjp(Z)", "log_softmax_vjp()",
                                  "log_softmax_vjp(x=Z, g=G)"])
 @pytest.mark.no_roundtrip
-@pytest.mark.xfail(strict=True, reason="lower/calls.py _cotangent unpacks `x, g = args` before "
-                   "checking the arity: a raw ValueError (a traceback from the CLI, exit 1)")
 def test_too_few_arguments_is_a_clear_error(src):
     with pytest.raises(EinderivError, match="arguments") as e:
         einderiv.compile(src, {"Z": ("n", "k"), "G": ("n", "k")})
@@ -494,8 +480,6 @@ def test_too_few_arguments_is_a_clear_error(src):
 
 
 @pytest.mark.no_roundtrip
-@pytest.mark.xfail(strict=True, reason="the CLI shows a Python traceback (ValueError from "
-                   "_cotangent) for log_softmax_vjp(Z) instead of exit 2 with a caret")
 def test_cli_too_few_arguments(capsys):
     code = cli.main(["einstein", "log_softmax_vjp(Z)", "--shape", "Z=n,k"])
     err = capsys.readouterr().err
@@ -517,9 +501,6 @@ def test_cli_grad_all_formats_and_check(capsys):
     ("-sum(Y * log_softmax(Z, axis=1))", {"Z": ("b", "n", "k"), "Y": ("b", "n", "k")}),
     ("-sum(Y * log_softmax(Z, axis=(0, 1)))", CE_SHAPES),
 ])
-@pytest.mark.xfail(strict=True, reason="the LaTeX printer's index notation of an axis "
-                   "primitive prints its first argument only: the cotangent -Y is dropped "
-                   r"(\operatorname{log\_softmax\_vjp}_{i}\left(Z_{ij}\right))")
 def test_latex_keeps_the_cotangent(src, shapes):
     latex = einderiv.grad(src, "Z", shapes).latex
     assert "Y" in latex
@@ -624,12 +605,6 @@ def test_orphan_cotangent_primitive_fails_the_check(tmp_path, monkeypatch, user_
 
 
 @pytest.mark.no_roundtrip
-@pytest.mark.xfail(strict=True, reason="a cotangent primitive without an axis keyword loads; "
-                   "the gradient through its base along axis 0 prints mysm_vjp(Z, -Y, None=0) "
-                   "and its generated code is a raw SyntaxError ('cannot assign to None'); "
-                   "the IR interpreter passes axis= to it at every axis (the check says 'is "
-                   "every function's implementation elementwise?'). Either a RuleError at "
-                   "load, or the Jacobian's pullback")
 def test_user_vjp_without_an_axis_keyword(user_rules):
     path = user_rules("noaxis", f"tensor mysm_vjp(x, g) -> cotangent = "
                                 f"{_MODULE}:vjp_last_axis_only")
@@ -648,10 +623,6 @@ def test_user_vjp_without_an_axis_keyword(user_rules):
 
 
 @pytest.mark.no_roundtrip
-@pytest.mark.xfail(strict=True, reason="(pre-existing for shape rule same too) a primitive "
-                   "whose axis keyword is not `axis` passes the rule check, which calls its "
-                   "implementation with axis=, while the generated code calls it with dim=: "
-                   "every gradient through the base fails")
 def test_user_vjp_with_another_axis_keyword(user_rules, capsys):
     path = user_rules("dim", f"tensor mysm_vjp(x, g; dim) -> cotangent = {_MODULE}:vjp_right")
     checked = cli.main(["rules", "check", "--allow-imports", "-q", str(path)])

@@ -110,7 +110,8 @@ def _vjp(node: Prim, rules: RuleBook) -> str | None:
             node.shape != node.args[0].shape or not node.params:
         return None
     own = rules.get(node.fn)
-    return f.name if own is not None and own.shape == "same" else None
+    # (the same axis keyword: the call passes the primitive's axes on to it)
+    return f.name if own is not None and own.shape == "same" and own.axis == f.axis else None
 
 
 def _contract_pullback(node: Contract, bar: Node, seed, rules: RuleBook, memo: dict):

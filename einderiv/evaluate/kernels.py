@@ -348,11 +348,14 @@ def log_softmax_vjp(x, g, axis=-1):
             x.dtype == g.dtype and x.dtype.kind == "f" and len(axes) == 1 and x.size:
         a = axes[0] % x.ndim
         m = x.max(axis=a, keepdims=True)
-        if np.isfinite(m).all():
+        g_total = g.sum(axis=a, keepdims=True)
+        # (a sum of g that overflows, of finite terms, is left to the split, which sums the
+        # top entry's apart)
+        if np.isfinite(m).all() and np.isfinite(g_total).all():
             e = x - m
             np.exp(e, out=e)
             total = e.sum(axis=a, keepdims=True)  # >= 1: exp(0) is in it
-            out = e * (g.sum(axis=a, keepdims=True) / total)
+            out = e * (g_total / total)
             np.subtract(g, out, out=out)
             if total.min() < _CONFIDENT:
                 _confident_vjp(e, g, out, total, a)

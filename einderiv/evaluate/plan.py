@@ -338,15 +338,16 @@ def _prim_step(node: Prim, slot, rules) -> Step:
         raise EinderivError(f"no evaluation rule for '{node.fn}'")
     impl = resolve(f.impl, np)
     args = [slot[id(x)] for x in node.args]
+    keyword = f.axis or "axis"  # (the keyword the generated code passes the axes by)
     if len(args) > 1 and node.params:  # log_softmax_vjp(x, g, axis=...)
-        axis = node.params[0]
-        return lambda s: impl(*[s[a] for a in args], axis=axis)
+        axis = {keyword: node.params[0]}
+        return lambda s: impl(*[s[a] for a in args], **axis)
     if len(args) > 1:  # solve(A, b)
         return lambda s: impl(*[s[a] for a in args])
     (a,) = args
     if node.params:
-        axis = node.params[0]
-        return lambda s: impl(s[a], axis=axis)
+        axis = {keyword: node.params[0]}
+        return lambda s: impl(s[a], **axis)
     return lambda s: impl(s[a])
 
 

@@ -1268,7 +1268,8 @@ class _Printer:
             for a, k in zip(axes, bound):
                 inner[a] = k
             name = OPERATORS.get(e.func, rf"\operatorname{{{_escape(e.func)}}}")
-            text = rf"\left[{self.ix(arg, inner)[0]}\right]_{{{_subscript(bound)}}}"
+            text = ", ".join(rf"\left[{self.ix(a, inner)[0]}\right]_{{{_subscript(bound)}}}"
+                             for a in self._along_args(e))
             self.used = start
             return rf"{name}\left({text}\right)_{{{_subscript([idx[a] for a in axes])}}}", SUB
         if same:
@@ -1279,9 +1280,15 @@ class _Printer:
             for a in range(rank):
                 inner.append(next(taken) if a in axes else next(rest))
         name = OPERATORS.get(e.func, rf"\operatorname{{{_escape(e.func)}}}")
-        text, _ = self.ix(arg, inner)
+        text = ", ".join(self.ix(a, inner)[0] for a in self._along_args(e))
         self.used = start
         return rf"{name}_{{{','.join(along)}}}\left({text}\right)", ATOM
+
+    def _along_args(self, e: ast.Call) -> list:
+        """The tensors a function along axes takes: its first argument, and a cotangent's
+        primitive (log_softmax_vjp(x, g)) its second too, at the same indices."""
+        f = self.rules.get(e.func)
+        return list(e.args[:2] if f is not None and f.shape == "cotangent" else e.args[:1])
 
     def ix_pad(self, e: ast.Call, idx) -> tuple[str, int]:
         """`pad(x, ...)` at i: x_{i-b} where i - b is an index of x, else 0 (an Iverson

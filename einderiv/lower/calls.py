@@ -929,6 +929,8 @@ def _square_square(call, f, args) -> Node:
 def _cotangent(call, f, args, scope) -> Node:
     """log_softmax_vjp(x, g) and its kin: a tensor and a cotangent shaped like it, to that
     shape, along the axes (the last by default, as the primitive whose pullback it is)."""
+    if len(args) < 2:
+        _arity(call, 2, 2 if f.axis is None else 3)
     x, g = args
     if g.shape != x.shape:
         raise ShapeError(f"{f.name}(): the cotangent {show_shape(g.shape)} is not shaped like "

@@ -274,6 +274,13 @@ def parse_rules(text: str, filename: str = "<rules>", bodies: bool = False,
                                 _token_span(text, rule.children[3]),
                                 hint="one of " + ", ".join(TENSOR_SHAPES))
             arity = TENSOR_ARITY.get(shape, 1)
+            if shape == "cotangent" and axis is None and len(params) == arity:
+                raise RuleError(f"{origin}: a tensor primitive of shape rule cotangent works "
+                                f"along axes: {name} declares no axis keyword",
+                                _token_span(text, rule.children[3]),
+                                hint=f"tensor {name}({', '.join(params)}; axis) -> cotangent = "
+                                     "...: the axis keyword of the primitive whose pullback "
+                                     "it is")
             if len(params) != arity or (axis is not None and arity != 1 and
                                         shape not in AXIS_SHAPES):
                 params_tree = rule.children[1]

@@ -21,6 +21,7 @@ from collections import defaultdict
 from ..ir import build
 from ..ir.dims import Dim
 from ..ir.nodes import Add, Contract, Delta, Map, Node, Prim, Unit, topological
+from ..lower.convolution import is_convolution
 
 # Fewer copies than this are left alone: stacking costs a copy, batching pays per saved call.
 MIN_LANES = 3
@@ -504,14 +505,23 @@ def _lifted(first: Node, parts: list, lanes: int) -> Node | None:
         axes = tuple(a + 1 for a in first.params[0])
         return Prim(first.fn, (node,), (axes, *first.params[1:]),
                     (Dim.of(lanes), *first.shape))
-    if isinstance(first, Prim) and first.params and any(lifted for _, lifted in parts) and \
+    if isinstance(first, Prim) and _axis_params(first) and len(first.args) > 1 and \
+            not is_convolution(first) and any(lifted for _, lifted in parts) and \
             all(a.shape == first.shape for a in first.args):
-        # several arguments shaped like the result (log_softmax_vjp(x, g)): each lifted, or
-        # the same for every lane, broadcast
+        # several arguments shaped like the result, along axes (log_softmax_vjp(x, g)): each
+        # lifted, or the same for every lane, broadcast (not a convolution: its parameters
+        # are strides and modes, not axes)
         axes = tuple(a + 1 for a in first.params[0])
         args = tuple(_broadcast(node, lifted, first.shape, lanes) for node, lifted in parts)
         return Prim(first.fn, args, (axes, *first.params[1:]), (Dim.of(lanes), *first.shape))
     return None
+
+
+def _axis_params(p: Prim) -> bool:
+    """Whether the primitive's parameters are its axes alone (the rule tables' axis
+    primitives: one tuple of axis numbers)."""
+    return len(p.params) == 1 and type(p.params[0]) is tuple and \
+        all(type(a) is int for a in p.params[0])
 
 
 def _sums(n: Contract) -> bool:
