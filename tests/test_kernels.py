@@ -10,6 +10,7 @@ import mpmath
 import numpy as np
 import pytest
 
+import einderiv.backends
 from einderiv.evaluate import kernels
 
 
@@ -119,3 +120,35 @@ def test_stack_is_numpy_stack_for_numpy_and_the_namespace_stack_otherwise():
     torch = pytest.importorskip("torch")
     t = kernels.stack([torch.ones(2), torch.zeros(2)], torch)
     assert isinstance(t, torch.Tensor) and t.shape == (2, 2)
+
+
+def test_the_generated_codes_reductions_and_transposes_agree_with_numpy_on_every_backend():
+    """kernels.array_sum, array_mean, matrix_transpose and broadcast_copy: numpy arrays take
+    their own methods (numpy's module functions cost about a microsecond a call more), the
+    other backends their namespace's functions; results as numpy's."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 4, 5))
+    for axis in (None, 0, 2, (0, 2)):
+        np.testing.assert_array_equal(kernels.array_sum(x, np, axis=axis), np.sum(x, axis=axis))
+        np.testing.assert_array_equal(kernels.array_mean(x, np, axis=axis),
+                                      np.mean(x, axis=axis))
+    np.testing.assert_array_equal(kernels.matrix_transpose(x, np), np.swapaxes(x, -1, -2))
+    scalar = kernels.array_sum(np.float64(2.0), np)  # a numpy scalar: numpy's function
+    assert scalar == 2.0
+    copied = kernels.broadcast_copy(x[:, :, :1], (3, 4, 5), np)
+    np.testing.assert_array_equal(copied, np.broadcast_to(x[:, :, :1], (3, 4, 5)))
+    assert copied.flags.owndata and copied.flags.writeable
+    filled = kernels.broadcast_copy(np.asarray(1.5, dtype=np.float32), (2, 3), np)
+    assert filled.dtype == np.float32 and filled.shape == (2, 3) and filled.flags.writeable
+    torch = pytest.importorskip("torch")
+    t = torch.tensor(x)
+    tx = einderiv.backends.namespace("torch")
+    np.testing.assert_allclose(kernels.array_sum(t, tx, axis=(0, 2)).numpy(),
+                               x.sum(axis=(0, 2)), rtol=1e-15)
+    np.testing.assert_allclose(kernels.array_mean(t, tx, axis=1).numpy(), x.mean(axis=1),
+                               rtol=1e-15)
+    np.testing.assert_array_equal(kernels.matrix_transpose(t, tx).numpy(),
+                                  np.swapaxes(x, -1, -2))
+    np.testing.assert_array_equal(
+        np.asarray(kernels.broadcast_copy(t[:, :, :1], (3, 4, 5), tx)),
+        np.broadcast_to(x[:, :, :1], (3, 4, 5)))

@@ -959,6 +959,43 @@ def stack(arrays, xp=np):
     return xp.stack(arrays)
 
 
+# numpy's module functions for sums, means and axis swaps spend about a microsecond a call in
+# Python before the array's own method (a tenth of that) does the work: the generated code
+# calls these in loops (an unrolled network's bias gradients, a batch of transposes), on
+# small arrays too. `xp`: the namespace of the generated code, for every other backend.
+
+def array_sum(x, xp=np, axis=None):
+    """The sum over `axis` (every axis by default), as numpy.sum."""
+    if type(x) is np.ndarray:
+        return x.sum(axis=axis)
+    return xp.sum(x, axis=axis)
+
+
+def array_mean(x, xp=np, axis=None):
+    """The mean over `axis` (every axis by default), as numpy.mean."""
+    if type(x) is np.ndarray:
+        return x.mean(axis=axis)
+    return xp.mean(x, axis=axis)
+
+
+def matrix_transpose(x, xp=np):
+    """The last two axes swapped (`x.mT`: a batch of matrices transposed)."""
+    if type(x) is np.ndarray:
+        return x.swapaxes(-1, -2)
+    return xp.swapaxes(x, -1, -2)
+
+
+def broadcast_copy(x, shape, xp=np):
+    """`x` broadcast to `shape` as an array of its own (a result the caller owns): for numpy one
+    new array written once, where a read-only broadcast view, copied after, costs 3.7 us at
+    3000 entries against 1.4 us. Other backends broadcast (their results are owned after)."""
+    if type(x) is np.ndarray or isinstance(x, np.generic):
+        out = np.empty(shape, dtype=x.dtype)
+        out[...] = x
+        return out
+    return xp.broadcast_to(x, shape)
+
+
 def pad(x, widths, xp=np):
     """`x` with zeros before and after it along each axis (`widths`: one (before, after) pair
     per axis), as numpy.pad with zeros: the adjoint of a slice. For a numpy array, one array of

@@ -121,7 +121,7 @@ class _Printer:
             body.append(f"    {self.names[n]} = {self.expr(e)}")
             if dead:
                 body.append(f"    del {', '.join(self.names[d] for d in dead)}")
-        results = [self.expr(e) for _, e in self.program.outputs]
+        results = [self._result(e) for _, e in self.program.outputs]
         ret = results[0] if len(results) == 1 else "(" + ", ".join(results) + ")"
         body.append(f"    return {ret}")
         head = self._dimension_lines()
@@ -224,6 +224,17 @@ class _Printer:
 
     # expressions -------------------------------------------------------------------------------
 
+    def _result(self, e: ast.Expr) -> str:
+        """An output: a broadcast one as a new array (the caller owns its results: a
+        broadcast view would be copied where it is returned, after numpy.broadcast_to's
+        Python-level cost)."""
+        if isinstance(e, ast.BinOp) and getattr(e.right, "broadcast", False):
+            view = self.expr(e)
+            assert view.startswith("_xp.broadcast_to(")
+            self.imports["einderiv.evaluate.kernels"] = "_kernels"
+            return f"_kernels.broadcast_copy({view[len('_xp.broadcast_to('):-1]}, _xp)"
+        return self.expr(e)
+
     def expr(self, e: ast.Expr) -> str:
         if isinstance(e, ast.Number):
             value = float(e.value)
@@ -248,7 +259,8 @@ class _Printer:
             return e.op + self._wrap(e.operand, _PREC["neg"])
         if isinstance(e, ast.Attribute):
             if e.attr == "mT":  # every backend has swapaxes; not every one has .mT
-                return f"_xp.swapaxes({self.expr(e.operand)}, -1, -2)"
+                self.imports["einderiv.evaluate.kernels"] = "_kernels"
+                return f"_kernels.matrix_transpose({self.expr(e.operand)}, _xp)"
             return f"{self._wrap(e.operand, 9)}.T"
         if isinstance(e, ast.Index):
             if _identity_row(e):  # eye(n)[k]: a one-hot row, without the n-by-n identity
@@ -392,6 +404,9 @@ class _Printer:
             # where(step(u), a, b), relu's derivative as a select: u > 0 is the same condition
             # without an array of step's values
             args[0] = f"({self.expr(e.args[0].args[0])}) > 0"
+        if name in ("sum", "mean") and len(e.args) == 1:  # (numpy's own methods, see kernels)
+            self.imports["einderiv.evaluate.kernels"] = "_kernels"
+            return f"_kernels.array_{name}({', '.join([args[0], '_xp', *args[1:]])})"
         if name in BUILTIN_CALLS:
             return f"{BUILTIN_CALLS[name]}({', '.join(args)})"
         if name in CONVOLUTIONS:  # correlate, conv2d...: kernels.py's, stride by keyword
