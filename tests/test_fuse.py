@@ -109,3 +109,41 @@ def test_backward_sums_of_a_batch_are_not_fused():
     f = einderiv.compile(loss, {})
     for name, value in zip(["Wa", "Wb", "Wc", "X"], g(**arrays)):
         assert relative_error(value, finite_difference(f, arrays, name)) < 1e-6
+
+
+@pytest.mark.parametrize("steps", [4, 9])
+def test_lstm_gate_pre_activations_are_one_sum_per_step(steps):
+    """Each step's `W_g @ h + (U_g @ x_t + b_g)` of the four gates is one sum,
+    `S @ h + stack(...)`, and the three sigmoid gates its rows 1:4 in one call (siblings.py):
+    one sigmoid call per step after the first (which has no recurrent product: two)."""
+    loss, weights = lstm_loss(steps)
+    g = einderiv.grad(loss, weights)
+    formula = g.formula
+    assert len(re.findall(r"\bsigmoid\(", formula)) == steps - 1 + 2, formula
+    assert len(re.findall(r"@ t\d+ \+ stack\(", formula)) == steps - 1, formula
+    arrays = _lstm_arrays(steps)
+    f = einderiv.compile(loss, {})
+    for name, value in zip(weights, g(**arrays)):
+        assert relative_error(value, finite_difference(f, arrays, name)) < 1e-6, name
+
+
+def test_a_sum_whose_other_term_depends_on_the_step_is_not_joined():
+    """`Wa @ h + tanh(Wb @ h)` beside `Wb @ h + x`: the first sum's other term depends on the
+    group's own product, so joining the two into `S @ h + stack(tanh(Wb @ h), x)` would make
+    the product depend on itself. The sums stay apart; values as the unfused graph's."""
+    steps = 4
+    Wa, Wb = (var(n, ("h", "h")) for n in ("Wa", "Wb"))
+    x = var("x", ("h",))
+    h, loss = x, 0
+    for _ in range(steps):
+        a, b = Wa @ h, Wb @ h
+        h = fn.tanh(a + fn.tanh(b)) * fn.sigmoid(b + x)
+        loss = loss + fn.sum(h ** 2)
+    g = einderiv.grad(loss, ["Wa", "Wb", "x"])
+    assert g.formula.count("stack(Wa, Wb)") == 1, g.formula
+    assert not re.search(r"@ t\d+ \+ stack\(", g.formula), g.formula
+    rng = np.random.default_rng(4)
+    arrays = {"x": rng.normal(size=4), **{n: rng.normal(size=(4, 4)) / 2 for n in ("Wa", "Wb")}}
+    f = einderiv.compile(loss, {})
+    for name, value in zip(["Wa", "Wb", "x"], g(**arrays)):
+        assert relative_error(value, finite_difference(f, arrays, name)) < 1e-6, name
