@@ -156,3 +156,25 @@ def test_an_output_that_a_later_output_slices_is_built_once():
     assert temps == ["t0 = stack(a, b, c)"]
     assert outs == ["t0", "t0[1:].T @ x"]
     assert isinstance(_finish([], ["stack(a, b, c)"])[1][0][1], ast.Call)  # alone: no name
+
+
+def test_weight_gradients_stack_their_steps_in_order_and_read_input_rows_as_a_slice():
+    """Sums over steps of outer products stack their pairs in step order (the b_t's rows of
+    one array by row, other values as computed): each gate's dW, dU and db of an LSTM read one
+    stack of its adjoints (dW the slice [1:]), and the input rows are `X[a:b]`, not a stack of
+    X[t] picks in reverse."""
+    inst = problems.lstm(4, 3, 5)
+    expr, shapes = inst.einderiv()
+    g = einderiv.grad(expr, inst.wrt, shapes)
+    (returned,) = [line for line in g.source.splitlines() if line.strip().startswith("return")]
+    assert "stack" not in returned, returned
+    assert not re.search(r"stack\(\[X\[", g.source), g.source
+    # dW, dU, db of one gate: one stack (dW by the steps from the second)
+    names = re.findall(r"(t\d+)(?:\[1:\])?\.T @ \S+, [^,]*?\b\1\.T @ X\[:5\]", returned)
+    assert len(names) == 3, returned  # the gates used at every step (f has no first step)
+    for name in names:
+        assert f"_kernels.array_sum({name}, _xp, axis=0)" in returned
+    got = g(**inst.params, **inst.data)
+    want = inst.hand(inst.params, inst.data)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)

@@ -113,7 +113,9 @@ def _vectorize(roots, names, rules, declared) -> VectorProgram:
         bound_names.add(name)
         temp_name[key] = name
     scale = prescaled(order, temp_name, root_ids | set(bound))
-    translator = _Translator(temp_name, rules, scale, _stacked_factors(order))
+    position = {id(n): k for k, n in enumerate(order)}
+    translator = _Translator(temp_name, rules, scale, _stacked_factors(order, position),
+                             position)
     # Outputs and the user's names keep their whole shape (only our temporaries are narrowed).
     temporaries = [(temp_name[id(n)], translator.define_temporary(n, id(n) in root_ids
                                                                   or id(n) in bound))
@@ -141,8 +143,10 @@ def _worth_a_name(node: Node, uses: dict, bound: dict) -> bool:
 
 
 class _Translator:
-    def __init__(self, temp_name: dict[int, str], rules: RuleBook, scale=None, stacked=None):
+    def __init__(self, temp_name: dict[int, str], rules: RuleBook, scale=None, stacked=None,
+                 position=None):
         self.temp_name = temp_name
+        self.position = position or {}  # id of a node -> its place in the topological order
         # the factors that sums of outer products stack (`_stacked_factors`), by their ids
         self.stacked = stacked or {}
         self.rules = rules
@@ -293,7 +297,9 @@ class _Translator:
         if rows is not None and node.rank and all(t.shape == node.shape for _, t in node.terms):
             # The rows of a stack that a weight's gradient builds (below): their sum is one
             # sum over it (a bias's gradient beside its weight's), the stack written alike,
-            # so that the program builds it once (share.py names the repeat).
+            # so that the program builds it once (share.py names the repeat). In step order
+            # (adjoints are computed last step first), as the weights' stacks are.
+            rows = sorted(rows, key=lambda a: -_place(a, self.position))
             coefs = [coef / self.scale.get(id(a), 1.0) for a in rows]
             common = coefs[0] if len(set(coefs)) == 1 else 1.0
             stack = ast.Call("stack", tuple(scaled(c / common, self.expr(a))
@@ -302,6 +308,7 @@ class _Translator:
         pairs = [_outer_pair(t) for _, t in node.terms]
         if any(p is None for p in pairs):
             return None
+        pairs = _in_step_order(pairs, self.position)
         # A temporary computed with its constant on it (placement) carries it into the stack:
         # the pair's coefficient is divided by both factors' constants, row by row.
         scale = self.scale
@@ -309,7 +316,9 @@ class _Translator:
         common = coefs[0] if len(set(coefs)) == 1 else 1.0
         left = ast.Call("stack", tuple(scaled(c / common, self.expr(a))
                                        for c, (a, _) in zip(coefs, pairs)))
-        right = ast.Call("stack", tuple(self.expr(b) for _, b in pairs))
+        window = _rows_window([b for _, b in pairs])
+        right = self.expr(window) if window is not None else \
+            ast.Call("stack", tuple(self.expr(b) for _, b in pairs))
         return scaled(common, ast.BinOp("@", ast.Attribute(left, "T"), right))
 
     def _scaled_stack(self, coef: float, rows: list) -> ast.Expr:
@@ -397,7 +406,56 @@ def _zeros(shape: tuple, axis: int, length: int) -> ast.Expr:
                                    for k, d in enumerate(shape)))
 
 
-def _stacked_factors(order: list[Node]) -> dict[tuple, list[Node]]:
+def _row_of(node: Node):
+    """(base, k) when `node` is row k of `base` (`base[k]`: a unit vector on its first axis),
+    else None."""
+    if type(node) is not Contract or len(node.operands) != 2:
+        return None
+    (x, lx), (u, lu) = node.operands
+    if type(x) is Unit:
+        (x, lx), (u, lu) = (u, lu), (x, lx)
+    if type(u) is not Unit or not u.position.is_concrete or not lx or lu != lx[:1] or \
+            node.out != lx[1:] or len(set(lx)) != len(lx):
+        return None
+    return x, u.position.offset
+
+
+def _in_step_order(pairs: list, position: dict) -> list:
+    """The pairs (a_t, b_t) of a sum over steps of outer products in the order of their b_t:
+    rows of one array by row, other values as the program computes them (a forward state's
+    steps in time). Two sums whose b_t are the steps of one loop (a weight's gradient by the
+    state, its input weight's by the input rows) then stack their a_t alike, and the stacks
+    are shared or slices of one another (share.py), and the b_t are a slice of what the
+    program stacks or reads anyway, not a stack in reverse."""
+    def key(pair):
+        row = _row_of(pair[1])
+        return (0, id(row[0]), row[1]) if row is not None else (1, _place(pair[1], position), 0)
+    return sorted(pairs, key=key)
+
+
+def _place(node: Node, position: dict) -> int:
+    """Where the program computes `node`: its place in the topological order, or for a
+    product built since (a factor of an outer product), where its last factor is."""
+    found = position.get(id(node))
+    if found is None:
+        found = max([position.get(id(c), -1) for c in node.children()], default=-1)
+    return found
+
+
+def _rows_window(rows: list) -> Node | None:
+    """`base[k:k + n]` when `rows` are the rows k, k + 1, ... of one array, else None."""
+    found = [_row_of(r) for r in rows]
+    if len(rows) < 2 or any(f is None for f in found):
+        return None
+    base, start = found[0]
+    if any(b is not base or k != start + i for i, (b, k) in enumerate(found)):
+        return None
+    rest = tuple(range(2, base.rank + 1))
+    return Contract((0, *rest), [(Delta(len(rows), base.shape[0], start), (0, 1)),
+                                 (base, (1, *rest))])
+
+
+def _stacked_factors(order: list[Node], position: dict) -> dict[tuple, list[Node]]:
     """The factors that `_Translator._batched` stacks for each sum over steps of outer products
     (`sum_t outer(a_t, b_t)`: the a_t in order, and the b_t), keyed by their ids, sorted,
     for the sums of vectors that are sums of those very factors (a bias's beside its
@@ -421,6 +479,7 @@ def _stacked_factors(order: list[Node]) -> dict[tuple, list[Node]]:
                     continue
                 pairs = [_outer_pair(t) for _, t in n.terms]
                 if all(p is not None for p in pairs):
+                    pairs = _in_step_order(pairs, position)  # (as _batched stacks them)
                     rows = [p[side] for p in pairs]  # (the list keeps built nodes alive)
                     stacked.setdefault(tuple(sorted(map(id, rows))), rows)
     return stacked
