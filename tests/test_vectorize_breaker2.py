@@ -6,7 +6,10 @@ means, transposes and broadcast outputs (kernels.py, python.py, f158304).
 
 Each behaviour that holds is a test; a fault found is a test of the right value, marked
 xfail(strict=True) until it is fixed. conftest.py also checks every result called here against
-the IR interpreter and its printed formula parsed back.
+the IR interpreter and its printed formula parsed back. The two faults found are fixed: one
+weight multiplied by one state twice in a step (`W @ h` beside `h @ W.T`) stacked it twice in
+the group's rows and crashed the joined gate sum; an LSTM of hidden size 0 on dask failed in
+dask's reshape of an empty array (kernels.reshape makes it anew).
 """
 import itertools
 import re
@@ -205,11 +208,6 @@ def test_source_text_recurrences_with_unusual_other_terms():
         _agrees("\n".join(lines), ["Wa", "Wb", "x", "y"], arrays)
 
 
-@pytest.mark.xfail(strict=True, reason="3c224f3: a weight multiplied by one state twice in a "
-                   "step (W @ h and h @ W.T: the same weight twice in the fused group) beside "
-                   "joined gate sums makes fuse._joined_row add the group's product of 3 rows "
-                   "(_row's weights, not deduplicated) to a stack of 2: a raw ValueError "
-                   "'Add: term shapes [(3, h), (2, h)] differ' from compile and grad")
 def test_the_same_weight_written_two_ways_in_one_step():
     Wa, Wb = (var(n, ("h", "h")) for n in ("Wa", "Wb"))
     x, y = var("x", ("h",)), var("y", ("h",))
@@ -377,11 +375,6 @@ def test_lstm_gradient_on_other_backends(backend):
         assert relative_error(a, b) < (1e-5 if a.dtype == np.float32 else 1e-12), name
 
 
-@pytest.mark.xfail(strict=True, reason="ca17ccf: the backward sums are now "
-                   "reshape(stack(...), (4 * H,)) @ reshape(S, (4 * H, H)); dask.array.reshape "
-                   "of an array with no entries raises TypeError 'reduce() of empty iterable', "
-                   "so an LSTM with H = 0 on dask is an EvaluationError where numpy, torch and "
-                   "jax (and dask before ca17ccf) give the zero gradients")
 def test_lstm_with_no_hidden_units_on_dask():
     da = pytest.importorskip("dask.array")
     import dask

@@ -365,7 +365,8 @@ class _Printer:
             return f"_xp.cumsum({self.expr(e.args[0])}, axis={axis})"
         if name == "reshape":
             dims = "".join(f"{self._dimension(d)}, " for d in e.args[1].items)
-            return f"_xp.reshape({self.expr(e.args[0])}, ({dims.rstrip()}))"
+            self.imports["einderiv.evaluate.kernels"] = "_kernels"
+            return f"_kernels.reshape({self.expr(e.args[0])}, ({dims.rstrip()}), _xp)"
         if name in ("triu", "tril"):  # numpy's k, torch's diagonal: given by position
             k = self._index_int(e.args[1]) if len(e.args) > 1 else "0"
             return f"_xp.{name}({self.expr(e.args[0])}, {k})"

@@ -268,7 +268,9 @@ def _weight_labels(member: Contract, weight: Var) -> tuple:
 def _row(products: dict, group: list[Node], member: Contract, found: dict, memo: dict) -> Node:
     """`member` (one of `group`: the same factor times several weights) as a row of the
     group's fused product."""
-    weights = sorted((found[id(m)][0] for m in group), key=lambda w: w.name)
+    # (each weight once: two products of one weight with the state, `W @ h` and `h @ W.T`,
+    # read one row)
+    weights = sorted({found[id(m)][0] for m in group}, key=lambda w: w.name)
     fused = products.get(id(group[0]))
     if fused is None:
         first = group[0]
