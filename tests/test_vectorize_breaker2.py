@@ -12,6 +12,7 @@ the group's rows and crashed the joined gate sum; an LSTM of hidden size 0 on da
 dask's reshape of an empty array (kernels.reshape makes it anew).
 """
 import itertools
+import os
 import re
 import threading
 
@@ -22,6 +23,9 @@ import einderiv
 from einderiv import fn, var
 from einderiv.check import finite_difference, relative_error
 from einderiv.models import lstm_loss
+
+slow = pytest.mark.skipif(not os.environ.get("EINDERIV_SLOW"),
+                          reason="slow interop check (a sample runs in CI): set EINDERIV_SLOW=1")
 
 H, V = 3, 2
 # The LSTM's gradients are taken by these (its recurrent weights: every fused path) and not by
@@ -164,6 +168,7 @@ def test_rectangular_weight_groups_beside_square_ones():
     assert g.formula.count("reshape(stack(") >= 2, g.formula
 
 
+@slow
 def test_five_gates_with_coefficients_against_jax(jax):
     jnp = jax.numpy
     steps, names, coef = 4, ["Wa", "Wb", "Wc", "Wd", "We"], [2.0, -1.0, 1.0, 0.5, 1.0]
@@ -328,7 +333,8 @@ def test_broadcast_gradients_are_new_arrays_of_the_right_dtype(text, shapes, dty
         np.testing.assert_allclose(g(**arrays), expected, rtol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["torch", "jax", "dask"])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("jax", marks=slow),
+                                     pytest.param("dask", marks=slow)])
 def test_broadcast_gradients_on_other_backends(backend):
     pytest.importorskip({"torch": "torch", "jax": "jax", "dask": "dask.array"}[backend])
     rng = np.random.default_rng(15)
@@ -358,7 +364,8 @@ def test_lstm_gradient_in_float32_and_with_integer_inputs():
     assert max(relative_error(a, b) for a, b in zip(onehot, expected)) < 1e-15
 
 
-@pytest.mark.parametrize("backend", ["torch", "jax", "dask"])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("jax", marks=slow),
+                                     pytest.param("dask", marks=slow)])
 def test_lstm_gradient_on_other_backends(backend):
     pytest.importorskip({"torch": "torch", "jax": "jax", "dask": "dask.array"}[backend])
     steps = 4
