@@ -332,7 +332,8 @@ def _rnn(T, axis, batch):
     return loss
 
 
-@pytest.mark.parametrize("axis,batch", [(0, False), (-2, True), ((0, 1), True)])
+@pytest.mark.parametrize("axis,batch", [(0, False), pytest.param(-2, True, marks=slow),
+                                        pytest.param((0, 1), True, marks=slow)])
 def test_rnn_cross_entropy_matches_jax(jax, axis, batch):
     jnp = jax.numpy
     T, H, V, B = 4, 3, 5, 2

@@ -55,6 +55,7 @@ def test_gradient_of_a_text_chain_of_maxima():
     np.testing.assert_allclose(g(x=X0), _maximum_chain_grad(600), atol=1e-6)
 
 
+@slow  # (the text chain above runs in CI: the same derivation, parsed instead of built)
 def test_gradient_of_a_var_chain_of_maxima():
     g = einderiv.grad(_maximum_chain_var(3000), "x")
     np.testing.assert_allclose(g(x=X0), _maximum_chain_grad(3000), atol=1e-6)
