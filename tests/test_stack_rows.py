@@ -57,8 +57,8 @@ def test_the_rnn_weight_gradient_reads_the_stack_of_the_input_weights():
     (returned,) = [line for line in source.splitlines() if line.strip().startswith("return")]
     assert "stack" not in returned, returned
     # dW = t[1:].T @ H[:T-1], dU = t.T @ X, db = sum(t, axis=0): one stack t of the dz_t
-    assert re.match(r"\s*return \((t\d+)\[1:\]\.T @ \S+, \1\.T @ \S+, _kernels\.array_sum\(\1, _xp, axis=0\), ",
-                    returned), returned
+    assert re.match(r"\s*return \((t\d+)\[1:\]\.T @ \S+, \1\.T @ \S+, "
+                    r"_kernels\.array_sum\(\1, _xp, axis=0\), ", returned), returned
     assert len(_stacks(source)) == 3  # h_t, the pre-activations (for sech2), dz_t
 
 

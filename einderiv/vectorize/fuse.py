@@ -12,10 +12,11 @@ sigmoids one call on the rows they cover (siblings.py), as a hand-written LSTM's
 `sigmoid(z[:3H])` (LSTM 9x9x11 329 -> 280 us, 64x128x32 1725 -> 1677 us).
 
 The backward pass's sums `W_f.T @ a_f + W_i.T @ a_i + ...` (vectors a_g) over every weight of
-a stack are one product too, of the stacked adjoints with the same stack: `A.reshape(-1) @ S.reshape(-1,
-n)` with `A = stack(a_f, a_i, ...)` (one stack and one matrix product for four products, three
-scalings and three additions: 6.5 -> 3.2 us at n = 9, 12.5 -> 9.8 us at n = 128, per step).
-As an einsum it was slower at every size measured.
+a stack are one product too, of the stacked adjoints with the weights stacked once (their
+coefficients on its rows): `reshape(A, (4 * n,)) @ reshape(S, (4 * n, n))` with
+`A = stack(a_f, a_i, ...)`, one stack and one matrix product for four products, three scalings
+and three additions (6.5 -> 3.2 us at n = 9, 12.5 -> 9.8 us at n = 128, per step). As an
+einsum it was slower at every size measured.
 
 Only weights (input variables) are stacked, and only groups of weights that recur at least
 `MIN_STEPS` times: for a product done once, copying the weights into a stack costs more than
