@@ -30,7 +30,7 @@ def _lstm_arrays(steps, V=3, H=4, seed=0):
         arrays["U" + g] = rng.normal(size=(H, V)) / 2
         arrays["b" + g] = rng.normal(size=H) / 2
     arrays["Wy"], arrays["by"] = rng.normal(size=(V, H)), rng.normal(size=V)
-    X = np.eye(V)[rng.integers(0, V, size=steps)]
+    X = np.eye(V)[rng.integers(0, V, size=steps)] if V else np.zeros((steps, 0))
     arrays["X"], arrays["Y"] = X, np.roll(X, -1, axis=0)
     return arrays
 

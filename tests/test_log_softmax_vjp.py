@@ -26,11 +26,16 @@ from einderiv.rulebook import default_rulebook
 from einderiv.rulebook.verify import check_function
 
 
-def reference(x, g, axis):
-    """g - softmax(x) * sum(g) along one axis, at 200 digits."""
+def reference(x, g, axes):
+    """g - softmax(x) * sum(g) along the axes (an int or a tuple), at 200 digits."""
+    x, g = np.asarray(x, float), np.asarray(g, float)
+    axes = (axes,) if isinstance(axes, int) else tuple(axes)
+    axes = tuple(a % x.ndim for a in axes)
+    rest = [a for a in range(x.ndim) if a not in axes]
+    xm = np.transpose(x, rest + list(axes)).reshape(*[x.shape[a] for a in rest], -1)
+    gm = np.transpose(g, rest + list(axes)).reshape(xm.shape)
+    out = np.empty(xm.shape)
     with mp.workdps(200):
-        xm, gm = np.moveaxis(x, axis, -1), np.moveaxis(g, axis, -1)
-        out = np.empty(xm.shape)
         for idx in np.ndindex(xm.shape[:-1]):
             xs = [mp.mpf(float(v)) for v in xm[idx]]
             gs = [mp.mpf(float(v)) for v in gm[idx]]
@@ -38,12 +43,14 @@ def reference(x, g, axis):
             es = [mp.exp(v - top) for v in xs]
             total, sg = sum(es), sum(gs)
             out[idx] = [float(gi - ei / total * sg) for gi, ei in zip(gs, es)]
-    return np.moveaxis(out, -1, axis)
+    full = out.reshape(*[x.shape[a] for a in rest], *[x.shape[a] for a in axes])
+    return np.transpose(full, np.argsort(rest + list(axes)))
 
 
-def ulps(got, want):
+def ulps(got, want) -> float:
     """Largest error in units of the reference's last place (0 where both are 0)."""
-    scale = np.spacing(np.maximum(np.abs(want), np.finfo(want.dtype).tiny))
+    got, want = np.asarray(got, float), np.asarray(want, float)
+    scale = np.spacing(np.maximum(np.abs(want), np.finfo(float).tiny))
     return float(np.max(np.abs(got - want) / scale))
 
 

@@ -37,34 +37,9 @@ from einderiv.rulebook.table import using_rules
 
 slow = pytest.mark.skipif(not os.environ.get("EINDERIV_SLOW"),
                           reason="slow interop check (a sample runs in CI): set EINDERIV_SLOW=1")
+from test_log_softmax_vjp import reference, ulps  # the same references
+
 CE_SHAPES = {"Z": ("n", "k"), "Y": ("n", "k")}
-
-
-def reference(x, g, axes):
-    """g - softmax(x) * sum(g) over `axes` (an int or a tuple), at 100 digits."""
-    x, g = np.asarray(x, float), np.asarray(g, float)
-    axes = (axes,) if isinstance(axes, int) else tuple(axes)
-    axes = tuple(a % x.ndim for a in axes)
-    rest = [a for a in range(x.ndim) if a not in axes]
-    xm = np.transpose(x, rest + list(axes)).reshape(*[x.shape[a] for a in rest], -1)
-    gm = np.transpose(g, rest + list(axes)).reshape(xm.shape)
-    out = np.empty(xm.shape)
-    with mp.workdps(100):
-        for idx in np.ndindex(xm.shape[:-1]):
-            xs = [mp.mpf(float(v)) for v in xm[idx]]
-            gs = [mp.mpf(float(v)) for v in gm[idx]]
-            top = max(xs)
-            es = [mp.exp(v - top) for v in xs]
-            total, sg = sum(es), sum(gs)
-            out[idx] = [float(gi - ei / total * sg) for gi, ei in zip(gs, es)]
-    full = out.reshape(*[x.shape[a] for a in rest], *[x.shape[a] for a in axes])
-    return np.transpose(full, np.argsort(rest + list(axes)))
-
-
-def ulps(got, want) -> float:
-    got, want = np.asarray(got, float), np.asarray(want, float)
-    scale = np.spacing(np.maximum(np.abs(want), np.finfo(float).tiny))
-    return float(np.max(np.abs(got - want) / scale))
 
 
 def confident_logits():

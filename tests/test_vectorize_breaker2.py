@@ -23,6 +23,7 @@ import einderiv
 from einderiv import fn, var
 from einderiv.check import finite_difference, relative_error
 from einderiv.models import lstm_loss
+from test_fuse import _lstm_arrays as fuse_lstm_arrays
 
 slow = pytest.mark.skipif(not os.environ.get("EINDERIV_SLOW"),
                           reason="slow interop check (a sample runs in CI): set EINDERIV_SLOW=1")
@@ -46,16 +47,7 @@ def _agrees(loss, wrt, arrays, tol=1e-6):
 
 
 def _lstm_arrays(steps, hidden=H, vocab=V, seed=0):
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for g in "fioc":
-        arrays["W" + g] = rng.normal(size=(hidden, hidden)) / 2
-        arrays["U" + g] = rng.normal(size=(hidden, vocab)) / 2
-        arrays["b" + g] = rng.normal(size=hidden) / 2
-    arrays["Wy"], arrays["by"] = rng.normal(size=(vocab, hidden)), rng.normal(size=vocab)
-    X = np.eye(vocab)[rng.integers(0, vocab, size=steps)] if vocab else np.zeros((steps, 0))
-    arrays["X"], arrays["Y"] = X, np.roll(X, -1, axis=0)
-    return arrays
+    return fuse_lstm_arrays(steps, V=vocab, H=hidden, seed=seed)  # (test_fuse's inputs)
 
 
 def _weights(names, shape=(H, H), seed=0):
