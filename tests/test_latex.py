@@ -48,8 +48,8 @@ def test_logistic_hessian_is_x_transpose_d_x():
     """The weights scale X's rows, `(...)[:, None] * X`: a diagonal matrix, X^T D X."""
     h = einderiv.hessian(LOGISTIC, "w", LINEAR)
     assert h.latex == block(
-        r"\frac{\partial^2 f}{\partial w\,\partial w} &= X^{\top} \operatorname{diag}\left(0.25 "
-        r"y^{2} \odot \operatorname{sech}^2\left(-0.5 y \odot \left(X w\right)\right)\right) X")
+        r"\frac{\partial^2 f}{\partial w\,\partial w} &= X^{\top} \operatorname{diag}\left("
+        r"y^{2} \odot \sigma'\left(-y \odot \left(X w\right)\right)\right) X")
 
 
 def test_value_and_mixed_hessian_blocks():

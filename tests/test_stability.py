@@ -36,9 +36,10 @@ Criteria, per output array `a` against the reference `r` (float64 `rtol` 1e-10, 
   and outer-product terms with no entry in common where they would cancel, `1 - s_m` being
   `complement(s)`, the sum of the other entries: every product through them stays O(n),
   and the derivatives are exact relative to results of e^-30 and e^-100 (the `gap_*` points).
-  The sigmoid family has no such floor: the rules `0.25 * sech2(0.5 * x)` for sigmoid's
-  derivative and `sech2(x)` for tanh's are exact where `sigmoid(x) * (1 - sigmoid(x))` and
-  `1 - tanh(x) ** 2` cancel, and so are their own derivatives, products of tanh and sech2
+  The sigmoid family has no such floor: the rules `dsigmoid(x)` (sech(x / 2) ** 2 / 4) for
+  sigmoid's derivative and `sech2(x)` for tanh's are exact where `sigmoid(x) * (1 -
+  sigmoid(x))` and `1 - tanh(x) ** 2` cancel, and so are their own derivatives, products of
+  tanh, sech2 and dsigmoid
   (`_family_points` checks each magnitude apart, exact zero and the subnormals included).
   Binary cross-entropy's gradient `sigmoid(z) - y`, the issue's golden one-sigmoid form, is
   compared norm-wise at points with a misclassified entry: it is exact to rounding relative to
@@ -652,6 +653,11 @@ def _cases():
         elementwise_case("sech2", "sech2(x)", sech2, lambda t: -2 * M.tanh(t) * sech2(t),
                          lambda t: 2 * sech2(t) * (2 * M.tanh(t) ** 2 - sech2(t)),
                          points=_family_points(360, 48)),
+        # sigmoid's derivative, the logistic density sech(x / 2) ** 2 / 4: its value and
+        # derivatives are products, exact where s(x) (1 - s(x)) and s(-x) - s(x) cancel
+        elementwise_case("dsigmoid", "dsigmoid(x)", sig_d1, sig_d2,
+                         lambda t: sig_d1(t) * (M.tanh(t / 2) ** 2 - M.sech(t / 2) ** 2 / 2),
+                         points=_family_points(720, 95)),
         elementwise_case("abs_squared_rewrite", "abs(x) ** 2", lambda t: t * t, lambda t: 2 * t,
                          lambda t: M.mpf(2), points={
                              "ordinary": pt(x=ORDINARY), "issue": pt(x=arr(0, 1)),
@@ -1010,10 +1016,10 @@ def call_arguments(formula: str, name: str) -> list[str]:
 
 
 def one_logistic_density(formula: str) -> bool:
-    """sigmoid'(m) = sech2(m / 2) / 4-like: one `sech2` (sech ** 2), of half a margin, and no
-    sigmoid nor any of the forms that cancel or overflow (`1 - s`, a division, exp or log)."""
-    args = call_arguments(formula, "sech2")
-    return (len(args) == 1 and "0.5 * " in args[0] and not call_arguments(formula, "sigmoid")
+    """sigmoid'(m), the logistic density: one `dsigmoid` call and no sigmoid, sech2 nor any
+    of the forms that cancel or overflow (`1 - s`, a division, exp or log)."""
+    return (len(call_arguments(formula, "dsigmoid")) == 1
+            and not call_arguments(formula, "sigmoid") and not call_arguments(formula, "sech2")
             and "1 - " not in formula and "/" not in formula and "exp(" not in formula
             and "log(" not in formula)
 
@@ -1025,19 +1031,19 @@ def test_hessian_weight_is_one_logistic_density(loss):
     sigmoid(-m) is exact but its own derivative cancels near 0, and so does that of any form
     in sigmoid alone (sigmoid'' vanishes at 0, and a polynomial in s(x) and s(-x), both near
     1/2 there, reaches it only by a difference). So the Hessian's weight is sigmoid'(m) =
-    sech2(m / 2) / 4: one function call, exact at every margin, and so are its derivatives
-    (rules/elementwise.rules)."""
+    dsigmoid(m) = sech(m / 2) ** 2 / 4: one function call, exact at every margin, and so are
+    its derivatives (rules/elementwise.rules)."""
     formula = einderiv.hessian(loss, "w", LIN).formula
     assert one_logistic_density(formula), formula
     assert formula.endswith("[:, None] * X)") and formula.count("X @ w") == 1, formula
 
 
 def test_logistic_density_check():
-    assert one_logistic_density("X.T @ ((0.25 * sech2(0.5 * t0))[:, None] * X)")
-    assert one_logistic_density("t0 = X @ w\nt1 = sech2(-0.5 * t0)\nX.T @ (t1[:, None] * X)")
-    assert not one_logistic_density("sech2(t0)")  # not of half the margin
-    assert not one_logistic_density("sech2(0.5 * m) * sech2(0.5 * m)")
-    assert not one_logistic_density("t0 = sech2(0.5 * m)\nt0 * (1 - t0)")
-    assert not one_logistic_density("sech2(0.5 * m) * sigmoid(m)")
-    assert not one_logistic_density("sech2(0.5 * m) / sech2(0.5 * n)")
+    assert one_logistic_density("X.T @ (dsigmoid(t0)[:, None] * X)")
+    assert one_logistic_density("t0 = X @ w\nt1 = dsigmoid(-t0)\nX.T @ (t1[:, None] * X)")
+    assert not one_logistic_density("0.25 * sech2(0.5 * m)")  # the density, not by name
+    assert not one_logistic_density("dsigmoid(m) * dsigmoid(m)")
+    assert not one_logistic_density("t0 = sigmoid(m)\nt0 * (1 - t0)")
+    assert not one_logistic_density("dsigmoid(m) * sigmoid(m)")
+    assert not one_logistic_density("dsigmoid(m) / dsigmoid(n)")
     assert call_arguments("logsigmoid(a) + sigmoid(b)", "sigmoid") == ["b"]

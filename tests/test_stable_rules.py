@@ -391,7 +391,7 @@ def test_norm_hessian_at_a_regular_point():
 
 def test_softplus_hessian_is_finite_at_800():
     H = einderiv.hessian("sum(softplus(u))", "u", {"u": ("n",)})
-    assert H.formula == "diag(0.25 * sech2(0.5 * u))"  # sigmoid'(u), exact at every u
+    assert H.formula == "diag(dsigmoid(u))"  # sigmoid'(u), exact at every u
     u = np.array([-800.0, -30.0, 0.0, 800.0])
     s = 1 / (1 + np.exp(30.0))
     close(both_paths(H, u=u), np.diag([0.0, s * (1 - s), 0.25, 0.0]), atol=1e-300)
@@ -411,11 +411,17 @@ FAMILY_X = {
                 np.float32: [0.0, 1e-8, -1.0, 30.0, -50.0, 88.0, 95.0, -103.0, 110.0, INF,
                              -INF]},
     "sech2": {np.float64: [0.0, 1e-8, -1.0, 30.0, -100.0, 360.0, -370.0, 720.0, INF, -INF],
-              np.float32: [0.0, 1e-8, -1.0, 30.0, -45.0, 50.0, 95.0, INF, -INF]}}
+              np.float32: [0.0, 1e-8, -1.0, 30.0, -45.0, 50.0, 95.0, INF, -INF]},
+    # sigmoid's derivative, e^-|x| from |x| = 40 on: subnormal from 709 (88), 0 past 745
+    # (104) and where cosh(x / 2) overflows (past 1420, 178)
+    "dsigmoid": {np.float64: [0.0, 1e-8, -1.0, 30.0, -100.0, 720.0, -740.0, 800.0, 1500.0,
+                              INF, -INF],
+                 np.float32: [0.0, 1e-8, -1.0, 30.0, -50.0, 95.0, -103.0, 110.0, 200.0, INF,
+                              -INF]}}
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch", "jax", "cupy", "dask"])
-@pytest.mark.parametrize("name", ["sigmoid", "sech2"])
+@pytest.mark.parametrize("name", ["sigmoid", "sech2", "dsigmoid"])
 def test_sigmoid_and_sech2_kernels_down_to_the_subnormals(name, backend):
     """Exact to a few ulps, and absolutely below the smallest normal number (subnormals have
     fewer bits): scipy's expit, numpy's fast path, is 0 where exp(-x) overflows, where
@@ -428,8 +434,9 @@ def test_sigmoid_and_sech2_kernels_down_to_the_subnormals(name, backend):
         import jax
         jax.config.update("jax_enable_x64", True)
     ref = {"sigmoid": lambda t: 1 / (1 + mp.exp(t)),  # sigmoid(-t)
-           "sech2": lambda t: mp.sech(t) ** 2}[name]
-    f = einderiv.compile("sigmoid(-x)" if name == "sigmoid" else "sech2(x)", VEC,
+           "sech2": lambda t: mp.sech(t) ** 2,
+           "dsigmoid": lambda t: mp.sech(t / 2) ** 2 / 4}[name]
+    f = einderiv.compile("sigmoid(-x)" if name == "sigmoid" else f"{name}(x)", VEC,
                          backend=backend)
     for dtype, xs in FAMILY_X[name].items():
         out = f(x=np.array(xs, dtype))

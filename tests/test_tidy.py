@@ -56,7 +56,7 @@ GOLDEN = [
      "mean(X, axis=1)"),
     # Was `sigmoid(-x) * diag(sigmoid(x))`: the diagonal holds the whole vector.
     ("sigmoid-jacobian", "jacobian", "sigmoid(x)", "x", {"x": ("n",)},
-     "diag(0.25 * sech2(0.5 * x))"),
+     "diag(dsigmoid(x))"),
     ("tanh-jacobian", "jacobian", "tanh(x)", "x", {"x": ("n",)}, "diag(sech2(x))"),
     ("diag-of-two-vectors", "jacobian", "a * exp(-x)", "x", {"a": ("n",), "x": ("n",)},
      "-diag(a * exp(-x))"),

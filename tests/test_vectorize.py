@@ -56,7 +56,7 @@ def exact_target(*texts):
     return (f"formula is one of {texts!r}", lambda f: f in texts)
 
 
-LOGISTIC_HESSIAN = "X.T @ ((0.25 * y ** 2 * sech2(-0.5 * y * (X @ w)))[:, None] * X)"
+LOGISTIC_HESSIAN = "X.T @ ((y ** 2 * dsigmoid(-y * (X @ w)))[:, None] * X)"
 
 CASES = [
     Case("least-squares", "grad", "sum((X @ w - y) ** 2)", "w", LINEAR,
@@ -70,8 +70,8 @@ CASES = [
     Case("logistic", "grad", "sum(log(1 + exp(-y * (X @ w))))", "w", LINEAR,
          exact=("-(X.T @ (y * sigmoid(-y * (X @ w))))",
                 "-(X.T @ (sigmoid(-y * (X @ w)) * y))")),
-    # The weight sigmoid'(m) = 0.25 * sech2(0.5 * m) (exact, where s * (1 - s) cancels at
-    # large margins) of the margin m, X.T @ ((...)[:, None] * X), no transpose of the whole.
+    # The weight sigmoid'(m) = dsigmoid(m) = sech(m / 2) ** 2 / 4 (exact, where s * (1 - s)
+    # cancels at large margins) of the margin m, X.T @ ((...)[:, None] * X), no transpose of the whole.
     Case("logistic-hessian", "hessian", "sum(log(1 + exp(-y * (X @ w))))", "w", LINEAR,
          exact=(LOGISTIC_HESSIAN,)),
     # Binary cross-entropy through a sigmoid: its log-sigmoids are rewritten to softplus, and
@@ -81,7 +81,7 @@ CASES = [
          exact=("X.T @ (sigmoid(X @ w) - y)", "X.T @ (-y + sigmoid(X @ w))")),
     Case("bce-sigmoid-hessian", "hessian",
          "sum(-(y * log(sigmoid(X @ w)) + (1 - y) * log(1 - sigmoid(X @ w))))", "w", LINEAR,
-         exact=("X.T @ ((0.25 * sech2(0.5 * (X @ w)))[:, None] * X)",)),
+         exact=("X.T @ (dsigmoid(X @ w)[:, None] * X)",)),
     Case("logistic-softplus-hessian", "hessian", "sum(softplus(-y * (X @ w)))", "w", LINEAR,
          exact=(LOGISTIC_HESSIAN,)),
     Case("trace-AXB", "grad", "tr(A @ X @ B)", "X", {"A": ("p", "n"), "X": ("n", "m"),

@@ -74,8 +74,8 @@ GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "
 # Functions with a LaTeX operator of their own.
 OPERATORS = {"exp": r"\exp", "log": r"\log", "sin": r"\sin", "cos": r"\cos", "tan": r"\tan",
              "sinh": r"\sinh", "cosh": r"\cosh", "tanh": r"\tanh", "arctan": r"\arctan",
-             "det": r"\det", "sigmoid": r"\sigma", "maximum": r"\max", "minimum": r"\min",
-             "max": r"\max", "min": r"\min",
+             "det": r"\det", "sigmoid": r"\sigma", "dsigmoid": r"\sigma'", "maximum": r"\max",
+             "minimum": r"\min", "max": r"\max", "min": r"\min",
              "tr": r"\operatorname{tr}", "trace": r"\operatorname{tr}",
              "sech2": r"\operatorname{sech}^2", "arcsin": r"\arcsin", "arccos": r"\arccos",
              "arctanh": r"\operatorname{artanh}", "arcsinh": r"\operatorname{arsinh}",
