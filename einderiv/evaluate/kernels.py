@@ -19,7 +19,12 @@ _MANY = 256
 _EXPIT_TYPES = (np.dtype(np.float32), np.dtype(np.float64))  # expit's own loops
 
 
-def sigmoid(x):
+def sigmoid(x, negated=False, times=None):
+    """sigmoid(x) = 1 / (1 + exp(-x)); sigmoid(-x) with `negated`; times `times` (an array of
+    the result's shape and dtype, a Python number, or anything the product broadcasts) where
+    given. The generated code calls the last two for `sigmoid(-m) * y`, a logistic loss's
+    gradient: 1 / (1 + exp(m)) needs no negation of m, and y / (1 + exp(m)) one division for
+    the reciprocal and the product (three passes fewer than the formula as written)."""
     if isinstance(x, np.ndarray) and x.ndim and x.dtype.kind == "f":
         # 1 / (1 + exp(-x)) keeps full relative precision wherever exp(-x) is finite: far
         # right exp(-x) is tiny and 1 + it rounds as 1 should, far left 1 + exp(-x) is
@@ -31,24 +36,37 @@ def sigmoid(x):
         # minimum nan: the careful form below. (The bound is kept per dtype: unrolled networks
         # call this on many small arrays.)
         if not x.size:
-            return np.empty_like(x)
+            return _times(np.empty_like(x), times)
         low = _EXP_OVERFLOW.get(x.dtype)
         if low is None:
             # (a unit inside: exp rounds near its own bound, and float32's may overflow there)
             low = _EXP_OVERFLOW[x.dtype] = 1 - np.log(np.finfo(x.dtype).max)
-        if x.min() >= low:  # (False for a nan)
+        if (np.maximum.reduce(x, None) <= -low) if negated else (
+                np.minimum.reduce(x, None) >= low):  # (False for a nan)
             if x.size < _MANY and x.dtype in _EXPIT_TYPES:  # (it computes float16 in float64)
                 from scipy.special import expit
-                return expit(x)
-            s = np.negative(x)
-            np.exp(s, out=s)
+                return _times(expit(np.negative(x) if negated else x), times)
+            if negated:
+                s = np.exp(x)
+            else:
+                s = np.negative(x)
+                np.exp(s, out=s)
             s += 1
-            return np.reciprocal(s, out=s)
+            if type(times) is float or (type(times) is np.ndarray and times.shape == s.shape
+                                        and times.dtype == s.dtype):
+                return np.divide(times, s, out=s)
+            return _times(np.reciprocal(s, out=s), times)
+    if negated:
+        x = -x
     xp = _xp(x)
     # exp(-|x|) never overflows, and z / (1 + z) keeps full relative precision far left,
     # where 1 / (1 + exp(-x)) overflows and 0.5 * (1 + tanh(x / 2)) cancels to 0.
     z = xp.exp(-xp.abs(x))
-    return xp.where(x >= 0, 1.0 / (1.0 + z), z / (1.0 + z))
+    return _times(xp.where(x >= 0, 1.0 / (1.0 + z), z / (1.0 + z)), times)
+
+
+def _times(s, times):
+    return s if times is None else s * times
 
 
 def sech2(x):

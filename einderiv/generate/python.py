@@ -83,6 +83,20 @@ def _reversals(e: ast.Index) -> list[int]:
             isinstance(i.step.operand, ast.Number)]
 
 
+def _without_sign(e: ast.Expr) -> ast.Expr | None:
+    """-e as an expression without a leading minus, where `e` has one: `-u` or a product or
+    quotient whose first factor is `-u`; else None."""
+    if isinstance(e, ast.UnaryOp) and e.op == "-":
+        return e.operand
+    if isinstance(e, ast.Number) and e.value < 0:
+        return ast.Number(-e.value)
+    if isinstance(e, ast.BinOp) and e.op in ("*", "/"):
+        left = _without_sign(e.left)
+        if left is not None:
+            return ast.BinOp(e.op, left, e.right)
+    return None
+
+
 def _atomic(e: ast.Expr) -> bool:
     """A name or an integer at least 0: text that no neighbouring operator can split."""
     return isinstance(e, ast.Name) and not is_composite(e.id) or \
@@ -250,6 +264,9 @@ class _Printer:
                 left = f"_xp.asarray({left}, dtype=_dtype)"
             dims = ", ".join(self._dimension(a) for a in e.right.args)
             return f"_xp.broadcast_to({left}, ({dims},))"
+        fused = self._sigmoid_product(e)
+        if fused is not None:  # `y * sigmoid(m)`: one division (kernels.sigmoid)
+            return self._sigmoid(*fused)
         if isinstance(e, ast.BinOp):
             p = _PREC[e.op]
             left = self._wrap(e.left, p + 1 if e.op == "**" else p)
@@ -292,7 +309,7 @@ class _Printer:
 
     def _wrap(self, e, prec) -> str:
         text = self.expr(e)
-        if isinstance(e, ast.BinOp):
+        if isinstance(e, ast.BinOp) and self._sigmoid_product(e) is None:
             own = _PREC[e.op]
         elif isinstance(e, ast.UnaryOp) or (isinstance(e, ast.Number) and e.value < 0):
             own = _PREC["neg"]
@@ -350,8 +367,43 @@ class _Printer:
             return f"_dim_{dim}"
         return self.dim_names.setdefault(dim, f"_dim{len(self.dim_names)}_")
 
+    def _argument(self, e: ast.Expr) -> str:
+        """A function's argument. A number is a 0-d array of the result dtype: torch's
+        functions take no Python floats, and numpy's return float64 scalars for them."""
+        if isinstance(e, ast.Number) or (isinstance(e, ast.UnaryOp) and
+                                         isinstance(e.operand, ast.Number)):
+            return f"_xp.asarray({self.expr(e)}, dtype=_dtype)"
+        return self.expr(e)
+
+    def _kernel_sigmoid(self, e: ast.Expr) -> bool:
+        """Is `e` a call of sigmoid as kernels.py computes it (not a rule file's own)?"""
+        return isinstance(e, ast.Call) and e.func == "sigmoid" and len(e.args) == 1 and \
+            not e.kwargs and getattr(self.rules.get("sigmoid"), "impl", None) == "kernel.sigmoid"
+
+    def _sigmoid_product(self, e: ast.Expr) -> tuple[ast.Expr, ast.Expr] | None:
+        """(argument, other factor) of `e` where it is a product with a kernel sigmoid."""
+        if isinstance(e, ast.BinOp) and e.op == "*" and not getattr(e.right, "broadcast", False):
+            for call, times in ((e.right, e.left), (e.left, e.right)):
+                if self._kernel_sigmoid(call):
+                    return call.args[0], times
+        return None
+
+    def _sigmoid(self, arg: ast.Expr, times: ast.Expr | None = None) -> str:
+        """kernels.sigmoid of `arg`, given a negated argument (`sigmoid(-y * m)`, a logistic
+        loss's margin) without its sign and a factor of the product it is in as `times`."""
+        self.imports["einderiv.evaluate.kernels"] = "_kernels"
+        extra = ""
+        positive = _without_sign(arg)
+        if positive is not None:
+            arg, extra = positive, ", negated=True"
+        if times is not None:
+            extra += f", times={self.expr(times)}"
+        return f"_kernels.sigmoid({self._argument(arg)}{extra})"
+
     def _call(self, e: ast.Call) -> str:
         name = e.func
+        if self._kernel_sigmoid(e):
+            return self._sigmoid(e.args[0])
         if name == "einsum":
             spec = e.args[0].value
             operands = ", ".join(self.expr(a) for a in e.args[1:])
@@ -395,11 +447,7 @@ class _Printer:
         if name == "eye":  # numpy.eye(N, M): M by keyword, as dask.array.eye's 2nd is chunks
             dims = [self._dimension(a) for a in e.args]
             return f"_xp.eye({dims[0]}, {''.join(f'M={m}, ' for m in dims[1:])}dtype=_dtype)"
-        # A number given to a function is a 0-d array of the result dtype: torch's functions
-        # take no Python floats, and numpy's return float64 scalars for them.
-        args = [f"_xp.asarray({self.expr(a)}, dtype=_dtype)" if isinstance(a, ast.Number) or (
-            isinstance(a, ast.UnaryOp) and isinstance(a.operand, ast.Number)) else self.expr(a)
-                for a in e.args]
+        args = [self._argument(a) for a in e.args]
         args += [f"{k}={self._axis(v)}" for k, v in e.kwargs]
         if name == "where" and _step_select(e, self.rules):
             # where(step(u), a, b), relu's derivative as a select: u > 0 is the same condition
