@@ -93,6 +93,18 @@ def test_golden_formula_values(case, results):
     assert err < 1e-6, f"relative error {err:.2g} of:\n{results(case).formula}"
 
 
+def test_minus_signs_cancel_through_a_matrix_product():
+    """Was `-(X.T @ (-(X @ tangent) * ...))`: the logistic loss's Hessian-vector product."""
+    shapes = {"X": ("n", "d"), "y": ("n",), "w": ("d",)}
+    loss = "sum(log(1 + exp(-y * (X @ w))))"
+    hv = einderiv.hvp(loss, "w", shapes)
+    assert hv.formula == "X.T @ (X @ tangent * y ** 2 * dsigmoid(-y * (X @ w)))"
+    arrays = random_inputs(dict(shapes), np.random.default_rng(4), SIZES)
+    v = np.random.default_rng(5).normal(size=SIZES["d"])
+    H = einderiv.hessian(loss, "w", shapes)(**arrays)
+    np.testing.assert_allclose(hv(**arrays, tangent=v), H @ v, rtol=1e-12)
+
+
 def test_mean_and_norm_print_as_written():
     shapes = {"x": ("n",), "X": ("n", "d")}
     assert einderiv.compile("mean(x)", shapes).formula == "mean(x)"
@@ -147,6 +159,12 @@ def test_renumbering_keeps_the_users_names():
     ("-(a * b)", "-a * b"),
     ("-(1 / x)", "-1 / x"),
     ("-(-(1 / x) / x)", "1 / x / x"),
+    ("-(A @ -u)", "A @ u"),
+    ("-(A @ (-u * v))", "A @ (u * v)"),
+    ("-((-B) @ u)", "B @ u"),
+    ("v - A @ -u", "v + A @ u"),
+    ("A @ -u + v", "v - A @ u"),
+    ("v + A @ (-u / w)", "v - A @ (u / w)"),
     ("0.5 * (1 / sqrt(x))", "0.5 / sqrt(x)"),
     ("x * (1 / y)", "x / y"),
     ("2 * (y * x)", "2 * y * x"),
@@ -165,6 +183,8 @@ def test_renumbering_keeps_the_users_names():
     ("x ** 0.5 * x ** 0.5", "x ** 0.5 * x ** 0.5"),
     ("a / b / b", "a / b / b"),
     ("-(X.T @ y)", "-(X.T @ y)"),
+    ("A @ -u", "A @ -u"),  # (the minus stays on the smaller operand)
+    ("x * (A @ -u)", "x * (A @ -u)"),
     ("0.5 * x", "0.5 * x"),
 ])
 def test_rules(text, tidied):

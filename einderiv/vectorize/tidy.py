@@ -156,6 +156,9 @@ def _neg(e: ast.Expr, same: ast.UnaryOp | None = None) -> ast.Expr:
     """`-e`: no double minus, and a product's or quotient's minus on its first factor."""
     if isinstance(e, ast.UnaryOp) and e.op == "-":
         return e.operand
+    positive = _negated_product(e)
+    if positive is not None:  # -(A @ -u) is A @ u
+        return positive
     spine = _spine(e, ("*", "/"))
     if spine:
         return _rebuilt(spine, _neg(spine[0].left))
@@ -171,11 +174,28 @@ def _negated(e: ast.Expr) -> ast.Expr | None:
     return _rebuilt(spine, first.operand)
 
 
+def _negated_product(e: ast.Expr) -> ast.Expr | None:
+    """A matrix product with a minus on an operand (`A @ (-u * v)`) without it, or None. Only
+    where the minus cancels another one: moved out of the product, it would negate the
+    product's result, which the vectorizer left to the smaller operand."""
+    if not (isinstance(e, ast.BinOp) and e.op == "@"):
+        return None
+    positive = _negated(e.right)
+    if positive is not None:
+        return ast.BinOp("@", e.left, positive)
+    positive = _negated(e.left)
+    return None if positive is None else ast.BinOp("@", positive, e.right)
+
+
 def _add(a: ast.Expr, b: ast.Expr, same=None) -> ast.Expr:
     positive = _negated(b)
+    if positive is None:
+        positive = _negated_product(b)
     if positive is not None:
         return ast.BinOp("-", a, positive)
     positive = _negated(a)
+    if positive is None:
+        positive = _negated_product(a)
     if positive is not None:  # -a + b is b - a, exactly
         return ast.BinOp("-", b, positive)
     return _binary("+", a, b, same)
@@ -183,6 +203,8 @@ def _add(a: ast.Expr, b: ast.Expr, same=None) -> ast.Expr:
 
 def _sub(a: ast.Expr, b: ast.Expr, same=None) -> ast.Expr:
     positive = _negated(b)
+    if positive is None:
+        positive = _negated_product(b)
     if positive is not None:
         return _add(a, positive)
     return _binary("-", a, b, same)
