@@ -5,8 +5,9 @@ The translation from the IR writes each product, sum and scale as it comes (`-lo
 way a person would (`-log(p) - 1`, `0.5 / sqrt(x)`, `y ** 2 * x`, `1 / x / x`). Each rule is
 local, looks a bounded depth into its operands, and is exact or within rounding of the original:
 
-- signs: `a + -b` is `a - b`, `a - -b` is `a + b`, `-a + b` is `b - a`, `--a` is `a`, and a
-  negated product or quotient carries its minus on its first factor (`-(1 / x)` is `-1 / x`);
+- signs: `a + -b` is `a - b`, `a - -b` is `a + b`, `-a + b` is `b - a`, `--a` is `a`, two
+  minus signs cancel through a matrix product (`-(A @ -u)` is `A @ u`), and a negated product
+  or quotient carries its minus on its first factor (`-(1 / x)` is `-1 / x`);
 - reciprocals: `c * (1 / y)` is `c / y`, and a scale that is the reciprocal of a whole number
   divides (`0.3333333333333333 * x` is `x / 3`); `a / b / b` stays, where `a / b ** 2` would
   overflow with b ** 2 (the quotient rule is written `-(a / b) / b` for that);
