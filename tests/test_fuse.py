@@ -16,6 +16,7 @@ from einderiv import fn, var
 from einderiv.check import finite_difference, relative_error
 from einderiv.models import lstm_loss
 from einderiv.vectorize.fuse import MIN_STEPS
+from einderiv.vectorize.lanes import MIN_LANES
 
 # Nine steps, beside four, only with EINDERIV_SLOW=1 (the suite's time).
 NINE = pytest.param(9, marks=pytest.mark.skipif(not os.environ.get("EINDERIV_SLOW"),
@@ -142,12 +143,18 @@ def test_backward_sums_of_a_batch_are_not_fused():
 def test_lstm_gate_pre_activations_are_one_sum_per_step(steps):
     """Each step's `W_g @ h + (U_g @ x_t + b_g)` of the four gates is one sum,
     `S @ h + stack(...)`, and the three sigmoid gates its rows 1:4 in one call (siblings.py):
-    one sigmoid call per step after the first (which has no recurrent product: two)."""
+    one sigmoid call per step after the first (which has no recurrent product: two). The
+    stacks of every step are one, `R = stack(..., axis=1)` ([T, 4, H], built once; fusing
+    takes MIN_STEPS steps, batching MIN_LANES: no fewer), and a step adds its row:
+    `S @ h + R[t]`."""
     loss, weights = lstm_loss(steps)
     g = einderiv.grad(loss, weights)
     formula = g.formula
     assert len(re.findall(r"\bsigmoid\(", formula)) == steps - 1 + 2, formula
-    assert len(re.findall(r"@ t\d+ \+ stack\(", formula)) == steps - 1, formula
+    assert MIN_STEPS >= MIN_LANES
+    (name,) = re.findall(r"(t\d+) = stack\(.*, axis=1\)", formula)
+    rows = re.findall(rf"@ t\d+ \+ {name}\[(\d+)\]", formula)
+    assert rows == [str(k) for k in range(steps - 1)], formula
     arrays = _lstm_arrays(steps)
     f = einderiv.compile(loss, {})
     for name, value in zip(weights, g(**arrays)):

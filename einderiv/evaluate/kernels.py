@@ -59,10 +59,22 @@ def sigmoid(x, negated=False, times=None):
     if negated:
         x = -x
     xp = _xp(x)
-    # exp(-|x|) never overflows, and z / (1 + z) keeps full relative precision far left,
-    # where 1 / (1 + exp(-x)) overflows and 0.5 * (1 + tanh(x / 2)) cancels to 0.
-    z = xp.exp(-xp.abs(x))
-    return _times(xp.where(x >= 0, 1.0 / (1.0 + z), z / (1.0 + z)), times)
+    if times is None:
+        # exp(-|x|) never overflows, and z / (1 + z) keeps full relative precision far left,
+        # where 1 / (1 + exp(-x)) overflows and 0.5 * (1 + tanh(x / 2)) cancels to 0.
+        z = xp.exp(-xp.abs(x))
+        return xp.where(x >= 0, 1.0 / (1.0 + z), z / (1.0 + z))
+    # That form times `times`, except far left: below the log of the smallest normal number
+    # (-708.4 in float64, -87.3 in float32, -9.7 in float16) sigmoid(x) = exp(x) is subnormal
+    # or 0 where its product need not be (a loss scaled by 1024 in float16: 1.56e-5 at x = -18,
+    # where sigmoid is 0). There times meets exp(x / 2) twice, before the value underflows, as
+    # the fast form's one division keeps it. (Splitting everywhere would double exp's error.)
+    dtype = getattr(x, "dtype", None)  # (none for a Python number; integers: float64's)
+    floating = dtype is not None and xp.isdtype(dtype, "real floating")
+    far = x < float(np.log((xp.finfo(dtype) if floating else np.finfo(float)).smallest_normal))
+    e = xp.exp(xp.where(far, 0.5 * x, -xp.abs(x)))
+    g = xp.where(far, e, 1.0)
+    return times * (xp.where(x >= 0, 1.0, e) / (1.0 + e * g)) * g
 
 
 def _times(s, times):
@@ -985,14 +997,14 @@ def gelu(x):
     return x * _special("ndtr", x)
 
 
-def stack(arrays, xp=np):
-    """The arrays, of one shape, stacked along a new first axis (numpy.stack's axis 0). For
-    numpy, `numpy.array` of the list: numpy.stack spends about 3.5 us a call in Python, and the
-    vectorizer stacks an unrolled network's per-step values many times. `xp`: the namespace of
-    the generated code, whose own stack serves every other backend."""
-    if xp is np:
+def stack(arrays, xp=np, axis=0):
+    """The arrays, of one shape, stacked along a new axis (numpy.stack's). For numpy along the
+    first axis, `numpy.array` of the list: numpy.stack spends about 3.5 us a call in Python, and
+    the vectorizer stacks an unrolled network's per-step values many times. `xp`: the namespace
+    of the generated code, whose own stack serves every other backend."""
+    if xp is np and axis == 0:
         return np.array(arrays)
-    return xp.stack(arrays)
+    return xp.stack(arrays, axis=axis)
 
 
 # numpy's module functions for sums, means and axis swaps spend about a microsecond a call in

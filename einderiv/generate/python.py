@@ -435,7 +435,8 @@ class _Printer:
             return f"_xp.asarray({self._dimension(e.args[0])}, dtype=_dtype)"
         if name == "stack":
             self.imports["einderiv.evaluate.kernels"] = "_kernels"
-            return f"_kernels.stack([{', '.join(self.expr(a) for a in e.args)}], _xp)"
+            axis = "".join(f", axis={self._axis(v)}" for _, v in e.kwargs)
+            return f"_kernels.stack([{', '.join(self.expr(a) for a in e.args)}], _xp{axis})"
         if name == "pad":
             pairs = ", ".join(f"({self._dimension(a)}, {self._dimension(b)})"
                               for a, b in (p.items for p in e.args[1].items))

@@ -487,11 +487,13 @@ def _rest(window: Delta) -> ast.Expr:
 
 
 def _stacked(t: Term) -> bool:
-    """Whether `t` is a stack the program builds: `stack(...)`, or the name of one."""
+    """Whether `t` is a stack the program builds along its first axis: `stack(...)`, or the
+    name of one."""
     if isinstance(t.expr, ast.Call):
-        return t.expr.func == "stack"
+        return t.expr.func == "stack" and not t.expr.kwargs
     return isinstance(t.expr, ast.Name) and type(t.node) is Add and all(
-        type(c) is Contract and any(type(u) is Unit for u, _ in c.operands)
+        type(c) is Contract and c.out and
+        any(type(u) is Unit and lu == c.out[:1] for u, lu in c.operands)
         for _, c in t.node.terms)
 
 

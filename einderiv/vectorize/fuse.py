@@ -34,9 +34,11 @@ from .lanes import _with_children
 MIN_STEPS = 3
 
 
-def fuse_products(roots: dict[str, Node], order: list[Node]) -> dict[str, Node]:
+def fuse_products(roots: dict[str, Node], order: list[Node],
+                  joined: list[Node] | None = None) -> dict[str, Node]:
     """`roots` with products that share an operand fused (`roots` itself when there are none).
-    `order`: a topological order of the graph of `roots`."""
+    `order`: a topological order of the graph of `roots`. `joined`, where given, gets the
+    stacks of the other terms of joined sums (`stack(r_f, r_i, ...)`), one per group."""
     # Cheaply first: products with one weight, and whether several weights are multiplied
     # alike at all (most programs have none, and building the other factors costs a node each).
     candidates = [n for n in order if type(n) is Contract and len(n.operands) > 1 and
@@ -83,7 +85,7 @@ def fuse_products(roots: dict[str, Node], order: list[Node]) -> dict[str, Node]:
         if group is not None:
             memo[id(n)] = _row(products, group, n, found, memo)
         elif id(n) in joins:
-            memo[id(n)] = _joined_row(joins[id(n)], products, memo)
+            memo[id(n)] = _joined_row(joins[id(n)], products, memo, joined)
         else:
             children = n.children()
             new = [memo[id(c)] for c in children]
@@ -145,7 +147,7 @@ def _reaches(node: Node, targets: set, first: int, where: dict) -> bool:
     return False
 
 
-def _joined_row(join: tuple, products: dict, memo: dict) -> Node:
+def _joined_row(join: tuple, products: dict, memo: dict, joined: list | None) -> Node:
     """Row `r` of the joined sum `S @ h + stack(r_0, r_1, ...)` (built once per group)."""
     shared, r = join
     if shared["node"] is None:
@@ -155,6 +157,8 @@ def _joined_row(join: tuple, products: dict, memo: dict) -> Node:
             (Unit(shared["count"], k), (0,)),
             (build.scale(c, memo.get(id(t), t)), rest)]))
             for k, (t, c) in sorted(shared["terms"].items())])
+        if joined is not None:
+            joined.append(stacked)
         shared["node"] = Add([(1.0, fused), (1.0, stacked)])
     joined = shared["node"]
     rest = tuple(range(1, joined.rank))

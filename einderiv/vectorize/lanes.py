@@ -37,21 +37,25 @@ _ARITHMETIC = frozenset({"div", "pow", "where"})
 MAX_DEPTH = 64
 
 
-def batch_lanes(roots: dict[str, Node], order: list[Node] | None = None) -> dict[str, Node]:
+def batch_lanes(roots: dict[str, Node], order: list[Node] | None = None,
+                only: set[int] | None = None) -> dict[str, Node]:
     """`roots` with every valid lane group computed once, as a batched node (`roots` itself,
     the same dict, when there is none). `order`: `topological(*roots.values())`, when the
-    caller has it already."""
+    caller has it already. `only`: the ids of the nodes that may be batched (all where None):
+    a second pass batches what a later one made per step, and nothing it batched already."""
     order = topological(*roots.values()) if order is None else order
     # Steps are told apart by their unit vectors (`X[t]`, a row of a stack): without one, no
     # node varies by step, and there is nothing to batch.
     if not any(type(n) is Unit and n.position.is_concrete for n in order):
         return roots
-    return _Batcher(roots, order).run()
+    return _Batcher(roots, order, only).run()
 
 
 class _Batcher:
-    def __init__(self, roots: dict[str, Node], order: list[Node] | None = None):
+    def __init__(self, roots: dict[str, Node], order: list[Node] | None = None,
+                 only: set[int] | None = None):
         self.roots = roots
+        self.only = only
         self.order = topological(*roots.values()) if order is None else order
         self.index = {id(n): i for i, n in enumerate(self.order)}
         self.users: dict[int, list[Node]] = defaultdict(list)
@@ -152,7 +156,8 @@ class _Batcher:
                 sig = sig[:16]
             t = template[id(n)] = keys.setdefault(key, len(keys))
             signature[id(n)] = sig
-            if children and id(n) not in self.selections:
+            if children and id(n) not in self.selections and (
+                    self.only is None or id(n) in self.only):
                 by_template[t].append(n)
         groups = [g for g in by_template.values() if len(g) >= MIN_LANES]
         # Bottom up; sums of outer products last, to read rows that other batches stacked.

@@ -67,9 +67,16 @@ def _vectorize(roots, names, rules, declared) -> VectorProgram:
     roots = batch_lanes(shared, order)
     if roots is not shared:
         order = topological(*roots.values())
-    fused = fuse_products(roots, order)
+    joined: list[Node] = []
+    fused = fuse_products(roots, order, joined)
     if fused is not roots:
         roots, order = fused, topological(*fused.values())
+        # Each step's joined input terms (`stack(r_f, r_i, ...)` of an LSTM's gates), made by
+        # fusing, are one stack of all steps' (`t13[t]` of a [T, 4, H] array, as hand-written
+        # code adds `xz[t]`): a stack per step was one numpy call and four picks.
+        again = batch_lanes(roots, order, only={id(n) for n in joined}) if joined else roots
+        if again is not roots:
+            roots, order = again, topological(*again.values())
     joined = batch_siblings(roots, order)
     if joined is not roots:
         roots, order = joined, topological(*joined.values())
@@ -285,11 +292,12 @@ class _Translator:
             return None
         (coef,) = coefs
         rows = [_stack_row(t) for _, t in node.terms]
-        if all(r is not None for r in rows) and sorted(k for k, _ in rows) == \
+        if all(r is not None for r in rows) and sorted(k for k, _, _ in rows) == \
                 list(range(len(rows))) and rows[0][1].shape and \
-                node.shape[0] == Dim(None, len(rows)):
-            ordered = [a for _, a in sorted(rows, key=lambda r: r[0])]
-            return self._scaled_stack(coef, ordered)
+                len({axis for _, _, axis in rows}) == 1 and \
+                node.shape[rows[0][2]] == Dim(None, len(rows)):
+            ordered = [a for _, a, _ in sorted(rows, key=lambda r: r[0])]
+            return self._scaled_stack(coef, ordered, rows[0][2])
         if len(node.terms) < 3:
             return None
         # (matched as a multiset: a stack with a row twice is not a sum of each row once)
@@ -321,12 +329,14 @@ class _Translator:
             ast.Call("stack", tuple(self.expr(b) for _, b in pairs))
         return scaled(common, ast.BinOp("@", ast.Attribute(left, "T"), right))
 
-    def _scaled_stack(self, coef: float, rows: list) -> ast.Expr:
-        """`coef * stack(rows)`, each row divided by the constant its temporary carries."""
+    def _scaled_stack(self, coef: float, rows: list, axis: int = 0) -> ast.Expr:
+        """`coef * stack(rows, axis=axis)`, each row divided by the constant its temporary
+        carries."""
         coefs = [coef / self.scale.get(id(a), 1.0) for a in rows]
         common = coefs[0] if len(set(coefs)) == 1 else 1.0
         return scaled(common, ast.Call("stack", tuple(scaled(c / common, self.expr(a))
-                                                      for c, a in zip(coefs, rows))))
+                                                      for c, a in zip(coefs, rows)),
+                                       (("axis", number(axis)),) if axis else ()))
 
     def _sum(self, node: Add) -> tuple[ast.Expr, tuple]:
         batched = self._batched(node)
@@ -526,12 +536,18 @@ def _outer_pair(node: Node):
 
 
 def _stack_row(node: Node):
-    """(k, a) when `node` places `a` in row k of a stack (`e_k[s] * a[...]`), else None."""
-    if not isinstance(node, Contract) or len(node.operands) != 2 or node.out[:1] != (0,):
+    """(k, a, axis) when `node` places `a` in row k of a stack along `axis`
+    (`e_k[s] * a[...]`, s the result's index at `axis`), else None. A stack along an inner
+    axis is a batch of stacks: an LSTM's gate pre-activations' input terms for every step."""
+    if not isinstance(node, Contract) or len(node.operands) != 2:
         return None
     (u, lu), (a, la) = node.operands
     if isinstance(a, Unit):
         (u, lu), (a, la) = (a, la), (u, lu)
-    if not isinstance(u, Unit) or lu != (0,) or la != node.out[1:] or not u.position.is_concrete:
+    if not isinstance(u, Unit) or len(lu) != 1 or lu[0] not in node.out or \
+            not u.position.is_concrete:
         return None
-    return u.position.offset, a
+    axis = node.out.index(lu[0])
+    if la != node.out[:axis] + node.out[axis + 1:]:
+        return None
+    return u.position.offset, a, axis
