@@ -60,3 +60,22 @@ def test_a_scaled_gradient_in_half_precision():
     got = einderiv.grad("x: [n]; sum(1024 * softplus(x))", "x", backend="torch")(
         x=torch.from_numpy(x))
     assert got.dtype == torch.float16 and ulps(got.numpy(), want, np.float16).max() <= 4, got
+
+
+# 2. kernels.sigmoid's new parameters were positional: a rule file that names it for a
+# function of two arguments (`elementwise sig2(x, y) = kernel.sigmoid`) computed sigmoid(-x)
+# wherever y was a true scalar, and "the truth value of an array is ambiguous" for an array,
+# where a kernel of one argument said so before. Only the generated code passes them, by name.
+@pytest.mark.xfail(strict=True, reason="negated and times are positional")
+def test_a_rule_that_gives_the_kernel_two_arguments_is_refused(tmp_path):
+    from einderiv.rulebook import default_rulebook
+    from einderiv.rulebook.table import using_rules
+    mine = tmp_path / "two.rules"
+    mine.write_text("elementwise sig2(x, y) = kernel.sigmoid\n")
+    with using_rules(default_rulebook().copy().load(mine)):
+        for shape in ("[]", "[n]"):
+            f = einderiv.compile(f"x: [n]; y: {shape}; sig2(x, y)")
+            y = np.ones(() if shape == "[]" else 2)
+            for run in (f, f.evaluate_ir):
+                with pytest.raises(einderiv.EvaluationError, match="positional argument"):
+                    run(x=np.array([1.0, 2.0]), y=y)
