@@ -66,7 +66,6 @@ def test_a_scaled_gradient_in_half_precision():
 # function of two arguments (`elementwise sig2(x, y) = kernel.sigmoid`) computed sigmoid(-x)
 # wherever y was a true scalar, and "the truth value of an array is ambiguous" for an array,
 # where a kernel of one argument said so before. Only the generated code passes them, by name.
-@pytest.mark.xfail(strict=True, reason="negated and times are positional")
 def test_a_rule_that_gives_the_kernel_two_arguments_is_refused(tmp_path):
     from einderiv.rulebook import default_rulebook
     from einderiv.rulebook.table import using_rules

@@ -24,7 +24,8 @@ def sigmoid(x, negated=False, times=None):
     the result's shape and dtype, a Python number, or anything the product broadcasts) where
     given. The generated code calls the last two for `sigmoid(-m) * y`, a logistic loss's
     gradient: 1 / (1 + exp(m)) needs no negation of m, and y / (1 + exp(m)) one division for
-    the reciprocal and the product (three passes fewer than the formula as written)."""
+    the reciprocal and the product (three passes fewer than the formula as written). They are
+    keywords only: a rule that gives this kernel a second argument is refused, not negated."""
     if isinstance(x, np.ndarray) and x.ndim and x.dtype.kind == "f":
         # 1 / (1 + exp(-x)) keeps full relative precision wherever exp(-x) is finite: far
         # right exp(-x) is tiny and 1 + it rounds as 1 should, far left 1 + exp(-x) is
