@@ -19,7 +19,7 @@ _MANY = 256
 _EXPIT_TYPES = (np.dtype(np.float32), np.dtype(np.float64))  # expit's own loops
 
 
-def sigmoid(x, negated=False, times=None):
+def sigmoid(x, *, negated=False, times=None):
     """sigmoid(x) = 1 / (1 + exp(-x)); sigmoid(-x) with `negated`; times `times` (an array of
     the result's shape and dtype, a Python number, or anything the product broadcasts) where
     given. The generated code calls the last two for `sigmoid(-m) * y`, a logistic loss's
