@@ -84,8 +84,8 @@ def _reversals(e: ast.Index) -> list[int]:
 
 
 def _without_sign(e: ast.Expr) -> ast.Expr | None:
-    """-e as an expression without a leading minus, where `e` has one: `-u` or a product or
-    quotient whose first factor is `-u`; else None."""
+    """-e as an expression without a leading minus, where `e` has one: `-u`, a negative number,
+    or a product or quotient whose first factor is one of these; else None."""
     if isinstance(e, ast.UnaryOp) and e.op == "-":
         return e.operand
     if isinstance(e, ast.Number) and e.value < 0:
