@@ -34,8 +34,8 @@ def sigmoid(x, *, negated=False, times=None):
         # place at numpy's vectorized exp are 3x faster (logistic losses spend their time
         # here). Where exp(-x) overflows (x < -709.78 in float64, -88.72 in float32),
         # sigmoid(x) is exp(x) to rounding, subnormal down to -745 (-104), and a nan makes the
-        # minimum (negated, the maximum) nan: the careful form below. (The bound is kept per dtype: unrolled networks
-        # call this on many small arrays.)
+        # minimum (negated, the maximum) nan: the careful form below. (The bound is kept per
+        # dtype: unrolled networks call this on many small arrays.)
         if not x.size:
             return _times(np.empty_like(x), times)
         low = _EXP_OVERFLOW.get(x.dtype)
