@@ -21,7 +21,8 @@ def scaled(x, times, negated=False):
 def ulps(got, want, dtype):
     """|got - want| in units of the spacing of `dtype` at want (subnormal spacing at least)."""
     got, want = np.asarray(got, float), np.asarray(want, float)
-    spacing = np.abs(np.spacing(want.astype(dtype))).astype(float)
+    with np.errstate(over="ignore"):  # (the spacing at inf)
+        spacing = np.abs(np.spacing(want.astype(dtype))).astype(float)
     return np.abs(got - want) / np.maximum(spacing, float(np.finfo(dtype).smallest_subnormal))
 
 
@@ -60,6 +61,24 @@ def test_a_scaled_gradient_in_half_precision():
     got = einderiv.grad("x: [n]; sum(1024 * softplus(x))", "x", backend="torch")(
         x=torch.from_numpy(x))
     assert got.dtype == torch.float16 and ulps(got.numpy(), want, np.float16).max() <= 4, got
+
+
+def test_the_recomputed_far_left_in_any_layout():
+    """numpy's four passes in place, with the entries where exp overflows computed again: in a
+    transposed (Fortran-ordered) array, beside a nan and infinities, with a factor that is an
+    array of the layout or a Python float; inf times a positive sigmoid is inf, not nan."""
+    x = np.array([[-800.0, 1.0, 30.0, -1e4], [np.nan, -np.inf, 720.0, -30.0]]).T
+    t = np.array([[1e300, -2.0, 0.5, 1e300], [1.0, 3.0, np.inf, 7.0]]).T
+    for negated in (False, True):
+        arg = -x if negated else x
+        for times in (t, 1e300):
+            got = kernels.sigmoid(arg, negated=negated, times=times)
+            tb = np.broadcast_to(times, x.shape)
+            want = [[np.nan if np.isnan(a) else 0.0 if a == -np.inf else
+                     np.inf if b == np.inf else scaled(a, b) for a, b in zip(r, q)]
+                    for r, q in zip(x, tb)]
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+            assert ulps(np.nan_to_num(got), np.nan_to_num(want), np.float64).max() <= 4
 
 
 # 2. kernels.sigmoid's new parameters were positional: a rule file that names it for a

@@ -33,30 +33,47 @@ def sigmoid(x, *, negated=False, times=None):
         # in one call, the cheapest on a few entries (an LSTM's gates); on many, four passes in
         # place at numpy's vectorized exp are 3x faster (logistic losses spend their time
         # here). Where exp(-x) overflows (x < -709.78 in float64, -88.72 in float32),
-        # sigmoid(x) is exp(x) to rounding, subnormal down to -745 (-104), and a nan makes the
-        # minimum (negated, the maximum) nan: the careful form below. (The bound is kept per
-        # dtype: unrolled networks call this on many small arrays.)
+        # sigmoid(x) is exp(x) to rounding, subnormal down to -745 (-104): those entries are
+        # computed again, as exp(x), and with a factor as (times exp(x / 2)) exp(x / 2), the
+        # product taken before the value underflows (1024 sigmoid(-18) in float16 is 1.56e-5,
+        # where sigmoid is 0). A nan makes the minimum (negated, the maximum) nan, and stays
+        # nan. (The bound is kept per dtype: unrolled networks call this on many small arrays.)
         if not x.size:
             return _times(np.empty_like(x), times)
         low = _EXP_OVERFLOW.get(x.dtype)
         if low is None:
             # (a unit inside: exp rounds near its own bound, and float32's may overflow there)
             low = _EXP_OVERFLOW[x.dtype] = 1 - np.log(np.finfo(x.dtype).max)
-        if (np.maximum.reduce(x, None) <= -low) if negated else (
-                np.minimum.reduce(x, None) >= low):  # (False for a nan)
-            if x.size < _MANY and x.dtype in _EXPIT_TYPES:  # (it computes float16 in float64)
-                from scipy.special import expit
-                return _times(expit(np.negative(x) if negated else x), times)
+        finite = (np.maximum.reduce(x, None) <= -low) if negated else (
+            np.minimum.reduce(x, None) >= low)  # (False for a nan)
+        if finite and x.size < _MANY and x.dtype in _EXPIT_TYPES:  # (no float16 loop)
+            from scipy.special import expit
+            return _times(expit(np.negative(x) if negated else x), times)
+        fold = type(times) is float or (type(times) is np.ndarray and times.shape == x.shape
+                                        and times.dtype == x.dtype)
+        if finite or fold or times is None:  # (else a broadcast product: the form below)
+            # (exp(-x) at most exp(-low): far left, where it would overflow, is computed again)
             if negated:
-                s = np.exp(x)
+                s = np.exp(x) if finite else np.exp(np.minimum(x, -low))
             else:
                 s = np.negative(x)
+                if not finite:
+                    np.minimum(s, -low, out=s)
                 np.exp(s, out=s)
             s += 1
-            if type(times) is float or (type(times) is np.ndarray and times.shape == s.shape
-                                        and times.dtype == s.dtype):
-                return np.divide(times, s, out=s)
-            return _times(np.reciprocal(s, out=s), times)
+            s = np.divide(times, s, out=s) if fold else np.reciprocal(s, out=s)
+            if finite:
+                return s if fold else _times(s, times)
+            far = np.greater(x, -low) if negated else np.less(x, low)
+            u = x[far]
+            if negated:
+                u = np.negative(u)
+            if times is None:
+                s[far] = np.exp(u)
+            else:
+                h = np.exp(np.multiply(u, 0.5, out=u))
+                s[far] = (times if type(times) is float else times[far]) * h * h
+            return s
     if negated:
         x = -x
     xp = _xp(x)
