@@ -466,3 +466,39 @@ def test_an_output_used_twice_is_written_whole_once():
     arrays = inputs_for(result)
     for x, y in zip(round_trip(result, arrays), flatten(result(**arrays))):
         np.testing.assert_allclose(x, y, rtol=1e-12, err_msg=result.formula)
+
+
+LAYER_NORM = ("mu = mean(X, axis=1)\nC = X - mu[:, None]\nv = mean(C ** 2, axis=1)\n"
+              "N = C / sqrt(v + 1e-5)[:, None]\nsum((g * N + b - Y) ** 2)")
+
+
+def test_a_factor_of_output_indices_is_applied_after_the_sum():
+    """A product summed over f with a factor that varies along its output index n only
+    (`1 / t0[n]`, a quotient's denominator, and a sign) applies it to the [n] result: layer
+    norm's `(t3 @ g) / t0 / t0`, not `-t1 * (N / t0[:, None]) @ g`, a negation and a division
+    over [n, f] (512 x 256: 3.74 -> 2.93 ms, same-process), and `t1 * N` is then the product
+    dg sums too, computed once."""
+    shapes = {"X": ("n", "f"), "g": ("f",), "b": ("f",), "Y": ("n", "f")}
+    grad = einderiv.grad(LAYER_NORM, ["X", "g", "b"], shapes)
+    formula = grad.formula
+    assert "t3 = t1 * N" in formula and "(t3 @ g) / t0 / t0" in formula, formula
+    assert "/ t0[:, None]) @" not in formula and "-t1" not in formula, formula
+    arrays = random_inputs(grad.lowered.declared, np.random.default_rng(7), {"n": 4, "f": 5})
+    loss = einderiv.compile(LAYER_NORM, shapes)
+    for name, value in zip(["X", "g", "b"], grad(**arrays)):
+        assert relative_error(value, finite_difference(loss, arrays, name)) < 1e-6, name
+
+
+@pytest.mark.parametrize("expr, want", [
+    # a vector of the output index times a sum: the sum first
+    ("x: [n]; A: [n, m]; B: [n, m]; sum(x[:, None] * A * B, axis=1)", "x * sum(A * B, axis=1)"),
+    # a quotient by what varies along the output only: after the matrix product
+    ("A: [n, m]; d: [n]; w: [m]; (A / d[:, None]) @ w", "A @ w / d"),
+    # by what varies along the summed index: on the vector it meets there
+    ("A: [n, m]; d: [m]; w: [m]; (A / d) @ w", "A @ (w / d)"),
+])
+def test_where_a_small_factor_multiplies(expr, want):
+    f = einderiv.compile(expr)
+    assert f.formula == want
+    arrays = random_inputs(f.lowered.declared, np.random.default_rng(8), {"n": 3, "m": 4})
+    np.testing.assert_allclose(f(**arrays), f.evaluate_ir(**arrays), rtol=1e-13)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from opt_einsum import get_symbol
 
 from ..ir.dims import ONE, Dim
-from ..ir.nodes import Add, Const, Contract, Delta, Unit
+from ..ir.nodes import Add, Const, Contract, Delta, Map, Unit
 from ..parse import ast
 
 
@@ -78,18 +78,36 @@ class ContractionTranslator:
         self.coef = 1.0
         self.terms: list[Term] = []
         dropped = []
+        operands = []
         for child, labels in node.operands:
             if type(child) is Const:
                 self.coef *= child.value
                 continue
             if scale and id(child) in scale:  # a temporary computed with its constant on it
                 self.coef /= scale[id(child)]
+            if narrow is not None and type(child) is Map and child.fn == "div" and \
+                    len(set(labels)) == len(labels) and \
+                    0 < len(narrow(child.args[1])[1]) < len(labels) and \
+                    not isinstance(narrow(child)[0], ast.Name):
+                # A quotient written inline, by what varies along some of its axes only, is a
+                # factor and a reciprocal, each placed as an operand is: `(t1 * N) @ g / t0`,
+                # not `t1 * (N / t0[:, None]) @ g`, which divides a whole [n, f] array by what
+                # varies along n (layer norm). (Not a mean's division by its count.)
+                operands += [(child.args[0], labels, False), (child.args[1], labels, True)]
+            else:
+                operands.append((child, labels, False))
+        for child, labels, reciprocal in operands:
             if narrow is None or len(labels) > 1 and len(set(labels)) != len(labels):
                 self.terms.append(Term(translate(child), labels, child))
                 continue
             expr, axes = narrow(child)
+            if isinstance(expr, ast.UnaryOp) and expr.op == "-":
+                # (a negated operand's sign joins the constant, placed on the smallest array)
+                self.coef, expr = -self.coef, expr.operand
+            if reciprocal:
+                expr = ast.BinOp("/", ast.Number(1.0), expr)
             if len(axes) == len(labels):
-                self.terms.append(Term(expr, labels, child))
+                self.terms.append(Term(expr, labels, None if reciprocal else child))
                 continue
             self.terms.append(Term(expr, tuple(labels[a] for a in axes)))
             dropped.append((self.terms[-1], child, labels, axes))
@@ -99,7 +117,14 @@ class ContractionTranslator:
         for term, child, labels, axes in dropped:
             if any(l not in carried and l not in self.out for l in labels):
                 term.expr = broadcast(term.expr, axes, child.shape)
-                term.labels, term.node = labels, child
+                term.labels = labels
+                term.node = None if _reciprocal(term.expr) is not None else child
+        # A number left without axes (the 1 of a quotient 1 / d) joins the constant.
+        numbers = [t for t in self.terms if not t.labels and isinstance(t.expr, ast.Number)]
+        for t in numbers:
+            self.coef *= t.expr.value
+        if numbers:
+            self.terms = [t for t in self.terms if not any(t is n for n in numbers)]
 
     # -- the steps -----------------------------------------------------------------------------
 
@@ -308,6 +333,12 @@ class ContractionTranslator:
                                       if not self._needed(l, skip=(big, p))]) == 1
                             and _matmul(big, p, s[0], self.out) is not None
                             for p in self.terms if p is not small and p is not big):
+                        continue
+                    # Nor a factor of output indices only into a larger term that a sum will
+                    # shrink: after the sum the result is smaller (`(t1 * N) @ g / t0`, not
+                    # `t1 * (N / t0[:, None]) @ g`, a pass over [n, f] for one over [n]).
+                    if len(big.labels) > len(self.out) and set(small.labels) <= set(self.out) \
+                            and len(self.terms) > 2:
                         continue
                     # Multiply into the factor that carries the later output index, so the
                     # plain one comes first in the product (X.T @ (v[:, None] * X)).
