@@ -474,9 +474,14 @@ def where(c, a, b):
         # numpy's where branches on every entry (3.5 ns each on a random mask, 7x a product):
         # the same select, branch-free, keeps a's bits where c is nonzero and +0.0 elsewhere
         bits = _BITS[a.dtype]
-        shape = a.shape if c.shape == a.shape else np.broadcast_shapes(c.shape, a.shape)
-        out = np.empty(shape, bits)  # the only new array
-        np.not_equal(c, 0, out=out)
+        if c.dtype == np.bool_ and c.shape == a.shape:
+            # (the generated code's `u > 0`: a cast of its bytes, 1.7x faster than comparing
+            # them with 0 into the wider type)
+            out = c.view(np.uint8).astype(bits)  # the only new array
+        else:
+            shape = a.shape if c.shape == a.shape else np.broadcast_shapes(c.shape, a.shape)
+            out = np.empty(shape, bits)  # the only new array
+            np.not_equal(c, 0, out=out)
         np.negative(out, out=out)  # 0 or every bit set
         np.bitwise_and(out, a.view(bits), out=out)
         return out.view(a.dtype)
