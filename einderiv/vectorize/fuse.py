@@ -9,7 +9,9 @@ one product, `S @ h`, whose rows are the gates' products (LSTM 64x128x32: 2.65 -
 Each gate's pre-activation `W_g @ h + r_g` (r_g the input's projection and bias) is a row of
 one sum `S @ h + stack(r_f, r_i, ...)`: one addition per step instead of four, and the gates'
 sigmoids one call on the rows they cover (siblings.py), as a hand-written LSTM's
-`sigmoid(z[:3H])` (LSTM 9x9x11 329 -> 280 us, 64x128x32 1725 -> 1677 us).
+`sigmoid(z[:3H])` (LSTM 9x9x11 329 -> 280 us, 64x128x32 1725 -> 1677 us). The stacks
+`stack(r_f, r_i, ...)` of all steps are then one (`joined`: program.py batches them across
+steps), a step reading its row.
 
 The backward pass's sums `W_f.T @ a_f + W_i.T @ a_i + ...` (vectors a_g) over every weight of
 a stack are one product too, of the stacked adjoints with the weights stacked once (their
