@@ -414,13 +414,13 @@ def log_softmax_vjp(x, g, axis=-1):
             x.dtype == g.dtype and x.dtype.kind == "f" and len(axes) == 1 and x.size:
         a = axes[0] % x.ndim
         m = x.max(axis=a, keepdims=True)
-        g_total = g.sum(axis=a, keepdims=True)
+        g_total = _row_sums(g, a)
         # (a sum of g that overflows, of finite terms, is left to the split, which sums the
         # top entry's apart)
         if np.isfinite(m).all() and np.isfinite(g_total).all():
             e = x - m
             np.exp(e, out=e)
-            total = e.sum(axis=a, keepdims=True)  # >= 1: exp(0) is in it
+            total = _row_sums(e, a)  # >= 1: exp(0) is in it
             out = e * (g_total / total)
             np.subtract(g, out, out=out)
             if total.min() < _CONFIDENT:
@@ -433,6 +433,15 @@ def log_softmax_vjp(x, g, axis=-1):
     g_rest = xp.sum(g * rest, axis=axes, keepdims=True)
     g_top = xp.sum(g * top, axis=axes, keepdims=True)
     return g * (top * complement(s, axis) + rest) - s * g_rest - rest * s * g_top
+
+
+def _row_sums(x, a):
+    """x summed along axis a, kept. The rows of a matrix along its last axis, as a product
+    with ones: numpy's reduction runs an inner loop per row, 4x slower than BLAS on a batch of
+    256 rows of 10 (a classifier's logits)."""
+    if a == 1 and x.ndim == 2 and x.flags.c_contiguous and x.shape[1] > 1:
+        return (x @ np.ones(x.shape[1], x.dtype))[:, None]
+    return x.sum(axis=a, keepdims=True)
 
 
 def _confident_vjp(e, g, out, total, a):
