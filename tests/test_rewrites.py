@@ -678,3 +678,20 @@ def test_a_select_inside_a_select_on_its_condition_is_one_select():
         f = einderiv.compile(text, shapes)
         assert f.formula.count("where(") == 1, f.formula
         np.testing.assert_array_equal(f(x=x, y=y), expected)
+
+
+@pytest.mark.parametrize("text", ["sigmoid(u) - sigmoid(u) ** 2", "exp(-u) / (1 + exp(-u)) ** 2",
+                                  "exp(u) / (1 + exp(u)) ** 2", "exp(-u) * sigmoid(u) ** 2",
+                                  "exp(u) * sigmoid(-u) ** 2"])
+def test_textbook_logistic_densities_are_dsigmoid(text):
+    """The logistic density written out cancels (s - s ** 2 is 0 from u = 37 on) or is
+    inf / inf and 0 * inf past |u| = 710 (nan, where it is e^-|u|): each is dsigmoid."""
+    mp = pytest.importorskip("mpmath")
+    f = einderiv.compile("u: [n]; " + text)
+    assert f.formula in ("dsigmoid(u)", "dsigmoid(-u)"), f.formula
+    u = np.array([-800.0, -720.0, -40.0, -1.0, 0.0, 1e-8, 37.0, 40.0, 720.0, 800.0])
+    got = f(u=u)
+    with mp.workdps(40):
+        want = np.array([float(mp.sech(mp.mpf(float(t)) / 2) ** 2 / 4) for t in u])
+    tiny = np.finfo(float).tiny
+    assert np.all(np.abs(got - want) <= 4e-16 * np.maximum(np.abs(want), tiny)), (got, want)
