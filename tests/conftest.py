@@ -11,12 +11,19 @@ calls successfully with arrays is checked after the test, on the arrays of its f
 A test that deliberately builds results only to make them fail can opt out with
 `@pytest.mark.no_roundtrip`; a failing round trip is a bug of the library, never a reason to
 opt out.
+
+A formula text is compiled once per shapes and rule book (a frozen one, which never changes):
+the same text met again, in another parametrization of a test or as a test's own
+`einderiv.compile(result.formula, shapes)`, reuses that compiled result. Every comparison is
+still made, on every checked call's arrays.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import sys
 import tracemalloc
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -34,6 +41,10 @@ RESULTS_PER_TEST = 12  # results checked per test, spread evenly (hypothesis mak
 # round trip is checked.
 IR_NODES_FOR_EVALUATE_IR = 1500
 RTOL = 1e-9
+# Compiled formula programs kept for the rest of the session (the most recently used; a
+# formula longer than COMPILED_CHARS is kept only within its test).
+COMPILED_KEPT = 256
+COMPILED_CHARS = 20_000
 
 # While a test runs: result id -> (result, [(arrays, returned value), ...]) in creation order.
 _state = {"active": False, "checking": False, "records": {}}
@@ -107,7 +118,7 @@ def _per_output(result, structured) -> list | None:
     if len(values) != len(positions) or set(positions) != set(range(len(result.roots))):
         return None
     first = [values[positions.index(i)] for i in range(len(result.roots))]
-    if any(_mismatch(v, first[p]) for v, p in zip(values, positions)):
+    if any(v is not first[p] and _mismatch(v, first[p]) for v, p in zip(values, positions)):
         return None
     return first
 
@@ -149,22 +160,31 @@ def _mismatch(actual, expected) -> str | None:
     if expected.size == 0:
         return None
     # Results keep the inputs' dtype: float32 results agree to float32's precision only.
-    rtol = max([RTOL] + [100 * float(np.finfo(d).eps) for d in (actual.dtype, expected.dtype)
-                         if d.kind in "fc"])
-    expected = expected.astype(np.complex128 if np.iscomplexobj(expected) else np.float64)
-    actual = actual.astype(expected.dtype)
-    if not np.all(np.isfinite(expected)):
+    rtol = max(RTOL, 100 * _eps(actual.dtype), 100 * _eps(expected.dtype))
+    expected = expected.astype(np.complex128 if expected.dtype.kind == "c" else np.float64,
+                               copy=False)
+    actual = actual.astype(expected.dtype, copy=False)
+    magnitude = np.abs(expected)
+    scale = float(np.max(magnitude))
+    if not np.isfinite(scale):  # max propagates nan, so this is every entry finite
         return None
-    scale = float(np.max(np.abs(expected)))
     # Two evaluation orders of one program differ by rounding relative to the intermediate
     # values, which can cancel to an exact zero: an absolute floor of 1e-12 covers that.
     atol = rtol * max(scale, 1e-3)
-    if not np.all(np.isfinite(actual)) or not np.allclose(actual, expected, rtol=rtol,
-                                                           atol=atol):
-        with np.errstate(all="ignore"):
-            err = float(np.max(np.abs(actual - expected)))
-        return f"max abs difference {err:.3g} (largest expected entry {scale:.3g})"
+    # np.allclose's test, |actual - expected| <= atol + rtol * |expected|, with both finite
+    # (a nan or inf difference fails it), written out: allclose costs ten times more.
+    with np.errstate(all="ignore"):
+        difference = np.abs(actual - expected)
+        if not np.all(difference <= atol + rtol * magnitude):
+            err = float(np.max(difference))
+            return f"max abs difference {err:.3g} (largest expected entry {scale:.3g})"
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def _eps(dtype: np.dtype) -> float:
+    """Machine epsilon of a float or complex dtype, 0 for others (np.finfo is slow to ask)."""
+    return float(np.finfo(dtype).eps) if dtype.kind in "fc" else 0.0
 
 
 def _abridged(formula: str, lines: int = 24, width: int = 400) -> list[str]:
@@ -175,7 +195,48 @@ def _abridged(formula: str, lines: int = 24, width: int = 400) -> list[str]:
     return [t if len(t) <= width else t[:width] + f" ... ({len(t)} characters)" for t in text]
 
 
-def _check_result(result, calls) -> list[str]:
+# (formula text, shapes, rule book) -> the result of compiling that text with those shapes
+# under that rule book: the check's own compiles, the most recently used kept across tests.
+# using_rules freezes the rule book, so an entry never goes stale.
+_compiled: OrderedDict = OrderedDict()
+
+
+def _compile_key(text: str, shapes: dict, rules) -> tuple:
+    return text, tuple(shapes.items()), rules
+
+
+def _made_from_text(records: list) -> dict:
+    """The results among `records` that the test made with `einderiv.compile(text, shapes)`
+    (default options), by their compile key: what the check would get compiling that text."""
+    made = {}
+    for result, _ in records:
+        function, args, kwargs = getattr(result, "_made_by", None) or (None, (), {})
+        if function is einderiv.compile and len(args) == 2 and isinstance(args[0], str) and \
+                not kwargs and result.rules.frozen:
+            made[_compile_key(args[0], _shapes(result), result.rules)] = result
+    return made
+
+
+def _compile(text: str, shapes: dict, rules, made: dict):
+    """`einderiv.compile(text, shapes)` under `rules`, or the same compiled before."""
+    key = _compile_key(text, shapes, rules)
+    if key in made:
+        return made[key]
+    if key in _compiled:
+        _compiled.move_to_end(key)
+        return _compiled[key]
+    with using_rules(rules):  # the rules the result was made with (--rules)
+        compiled = einderiv.compile(text, shapes)
+    if len(text) > COMPILED_CHARS:
+        made[key] = compiled
+    else:
+        _compiled[key] = compiled
+        while len(_compiled) > COMPILED_KEPT:
+            _compiled.popitem(last=False)
+    return compiled
+
+
+def _check_result(result, calls, made: dict) -> list[str]:
     problems = []
     head = f"expression: {_source(result)!r} ({type(result).__name__}"
     head += f" {result.kind} wrt {result.wrt})" if hasattr(result, "wrt") else ")"
@@ -194,8 +255,7 @@ def _check_result(result, calls) -> list[str]:
     compiled = {}
     for name, text in programs:
         try:
-            with using_rules(result.rules):  # the rules the result was made with (--rules)
-                compiled[name] = einderiv.compile(text, shapes)
+            compiled[name] = _compile(text, shapes, result.rules, made)
         except Exception as e:
             problems.append(f"{head}\n  output '{name}': the formula does not compile back: "
                             f"{type(e).__name__}: {e}")
@@ -251,13 +311,14 @@ def pytest_runtest_call(item):
         outcome = yield  # raises if the test failed: nothing more to check then
     finally:
         _state["active"] = False
-    records, _state["records"] = _sample(list(_state["records"].values())), {}
+    records, _state["records"] = list(_state["records"].values()), {}
+    made = _made_from_text(records)
     problems = []
     _state["checking"] = True
     try:
         with np.errstate(all="ignore"):
-            for result, calls in records:
-                problems += _check_result(result, calls)
+            for result, calls in _sample(records):
+                problems += _check_result(result, calls, made)
     finally:
         _state["checking"] = False
     if problems:
