@@ -110,8 +110,9 @@ def sech2(x):
         np.reciprocal(r, out=r)  # in place: three passes, no new array after the first
         return np.square(r, out=r)
     xp = _xp(x)
-    with np.errstate(over="ignore"):  # numpy warns of cosh's overflow
-        r = 1 / xp.cosh(x)
+    # (clipped where cosh would overflow, to where its reciprocal squared is 0 all the same:
+    # a lazy array library computes outside any errstate, and would warn)
+    r = 1 / xp.cosh(_below_overflow(x, xp))
     return r * r
 
 
@@ -128,9 +129,16 @@ def dsigmoid(x):
         np.divide(0.5, h, out=h)
         return np.square(h, out=h)
     xp = _xp(x)
-    with np.errstate(over="ignore"):
-        r = 0.5 / xp.cosh(0.5 * x)
+    r = 0.5 / xp.cosh(_below_overflow(0.5 * x, xp))  # (as in sech2)
     return r * r
+
+
+def _below_overflow(x, xp):
+    """x clipped to +-log(max) of its dtype, where cosh and exp are still finite."""
+    dtype = getattr(x, "dtype", None)
+    floating = dtype is not None and xp.isdtype(dtype, "real floating")
+    bound = float(np.log(float((xp.finfo(dtype) if floating else np.finfo(float)).max)))
+    return xp.clip(x, -bound, bound)
 
 
 def logcosh(x):
@@ -140,8 +148,9 @@ def logcosh(x):
     keep their digits."""
     xp = _xp(x)
     a = xp.abs(x)
-    with np.errstate(over="ignore"):  # sinh overflows where the far form is taken
-        near = xp.log1p(2 * xp.sinh(a / 2) ** 2)
+    # (the near form of at most 1: sinh would overflow where the far form is taken, and a
+    # lazy array library computes outside any errstate)
+    near = xp.log1p(2 * xp.sinh(xp.minimum(a, 1.0) / 2) ** 2)
     far = a + (xp.log1p(xp.exp(-2 * a)) - 0.6931471805599453)
     return xp.where(a < 1, near, far)
 
