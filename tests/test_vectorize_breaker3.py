@@ -1,0 +1,56 @@
+"""Breaker checks of today's vectorizer and kernels: an LSTM's joined input terms stacked once
+for all steps, and stacks along an inner axis printed as `stack(..., axis=k)` (74b8bcc); a
+quotient by a broadcast denominator split into a factor and a reciprocal, a negated operand's
+sign joined to the constant (ff98b11); two minus signs cancelled through a matrix product
+(f259c29); kernels.where's boolean condition cast to its bit mask (fd410c6); and
+log_softmax_vjp's row sums as a product with ones (0ca5c1e).
+
+Each fault found is a test of the right value, marked xfail(strict=True) until it is fixed.
+conftest.py also checks every result called here against the IR interpreter and its printed
+formula parsed back.
+"""
+import numpy as np
+import pytest
+
+import einderiv
+from einderiv.evaluate import kernels
+
+
+# --- kernels ------------------------------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="log_softmax_vjp sums long float32 rows with BLAS's "
+                   "sequential dot, 80 ulps off where numpy's pairwise sum is 1")
+def test_cross_entropy_gradient_over_a_long_float32_row_is_exact():
+    # A vocabulary of 32000 classes, every logit but the top one log(0.1) below it: the row
+    # sums of exp run over 32000 equal terms.
+    g = einderiv.grad("-sum(y * log_softmax(Z, axis=1))", "Z", {"Z": ("n", "k"), "y": ("n", "k")})
+    Z = np.full((2, 32000), np.log(0.1), np.float32)
+    Z[:, 0] = 0.0
+    y = np.zeros_like(Z)
+    y[:, 1] = 1.0
+    got = g(Z=Z, y=y)
+    s = np.exp(Z.astype(np.float64))
+    s /= s.sum(axis=1, keepdims=True)
+    expected = s - y
+    assert got.dtype == np.float32
+    assert np.max(np.abs(got - expected) / np.abs(expected)) < 4 * np.finfo(np.float32).eps
+
+
+@pytest.mark.xfail(strict=True, reason="kernels.where reads a boolean condition's bytes as its "
+                   "mask: a true entry stored as 2 or 255 clears low bits of the value")
+def test_where_of_a_boolean_condition_stored_as_any_nonzero_byte():
+    # numpy takes any nonzero byte of a bool array as true (np.frombuffer of packed flags).
+    c = np.frombuffer(bytes([2, 0, 255, 1, 3]), dtype=np.bool_)
+    for dtype in (np.float64, np.float32):
+        a = np.array([0.1, 0.3, 1 / 3, 0.7, np.pi], dtype)
+        np.testing.assert_array_equal(kernels.where(c, a, 0.0), np.where(c, a, 0.0))
+
+
+@pytest.mark.xfail(strict=True, reason="kernels.where's bit select puts +0.0 where numpy's "
+                   "where takes a branch of -0.0")
+def test_where_keeps_the_sign_of_a_negative_zero_branch():
+    c = np.array([True, False])
+    a = np.array([1.5, 2.5])
+    for b in (-0.0, np.asarray(-0.0)):
+        got = kernels.where(c, a, b)
+        np.testing.assert_array_equal(np.signbit(got), [False, True])
