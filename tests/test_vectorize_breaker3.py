@@ -18,8 +18,6 @@ from einderiv.evaluate import kernels
 
 # --- kernels ------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="log_softmax_vjp sums long float32 rows with BLAS's "
-                   "sequential dot, 80 ulps off where numpy's pairwise sum is 1")
 def test_cross_entropy_gradient_over_a_long_float32_row_is_exact():
     # A vocabulary of 32000 classes, every logit but the top one log(0.1) below it: the row
     # sums of exp run over 32000 equal terms.
@@ -36,8 +34,6 @@ def test_cross_entropy_gradient_over_a_long_float32_row_is_exact():
     assert np.max(np.abs(got - expected) / np.abs(expected)) < 4 * np.finfo(np.float32).eps
 
 
-@pytest.mark.xfail(strict=True, reason="kernels.where reads a boolean condition's bytes as its "
-                   "mask: a true entry stored as 2 or 255 clears low bits of the value")
 def test_where_of_a_boolean_condition_stored_as_any_nonzero_byte():
     # numpy takes any nonzero byte of a bool array as true (np.frombuffer of packed flags).
     c = np.frombuffer(bytes([2, 0, 255, 1, 3]), dtype=np.bool_)
@@ -46,8 +42,6 @@ def test_where_of_a_boolean_condition_stored_as_any_nonzero_byte():
         np.testing.assert_array_equal(kernels.where(c, a, 0.0), np.where(c, a, 0.0))
 
 
-@pytest.mark.xfail(strict=True, reason="kernels.where's bit select puts +0.0 where numpy's "
-                   "where takes a branch of -0.0")
 def test_where_keeps_the_sign_of_a_negative_zero_branch():
     c = np.array([True, False])
     a = np.array([1.5, 2.5])
