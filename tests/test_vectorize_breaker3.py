@@ -48,3 +48,16 @@ def test_where_keeps_the_sign_of_a_negative_zero_branch():
     for b in (-0.0, np.asarray(-0.0)):
         got = kernels.where(c, a, b)
         np.testing.assert_array_equal(np.signbit(got), [False, True])
+
+
+# --- stacks along an inner axis ----------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="the LaTeX of stack(x, y, axis=1) of vectors drops the "
+                   "axis: it reads as stack(x, y), the transpose")
+def test_latex_of_a_stack_of_vectors_along_its_second_axis_says_so():
+    shapes = {"x": ("n",), "y": ("n",), "z": (2,)}
+    along_1 = einderiv.compile("stack((x, y), axis=1) @ z", shapes)
+    assert along_1.formula == "stack(x, y, axis=1) @ z"
+    assert r"\text{axis}=1" in along_1.latex, along_1.latex
+    assert einderiv.compile("stack((x, y), axis=-1)", shapes).latex != \
+        einderiv.compile("stack((x, y))", shapes).latex
