@@ -25,11 +25,17 @@ the argument of a kink (abs, relu, sign, maximum, minimum, norm, a comparison; a
 entries) comes within 1e-2 of it, or when
 the differences at the two steps disagree by more than the tolerance (they are then no
 reference). No generated text is ever evaluated by Python: expressions go to einderiv as strings.
+
+`EINDERIV_SLOW=1` checks every drawn expression. The default run draws the same ones (and
+asserts the same coverage of the constructs drawn) and checks every third, and every one with a
+construct of `CONSTRUCTS` checked fewer than `MIN_EACH` times so far.
 """
 from __future__ import annotations
 
+import os
 import time
 
+import hypothesis
 import numpy as np
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -37,7 +43,8 @@ from hypothesis import strategies as st
 import einderiv
 
 MAX_EXAMPLES = 600
-MIN_CHECKED = 550  # expressions that must be fully checked (not skipped) in one run
+MIN_CHECKED = 550  # expressions that must be fully checked (not skipped) in one full run
+SAMPLE = 1 if os.environ.get("EINDERIV_SLOW") else 3  # the default run checks every third
 
 RTOL = 1e-5
 ATOL = 1e-8
@@ -566,7 +573,7 @@ def assert_matches(actual, expected, what, source):
 
 
 STATS = {"checked": 0, "skipped": {}, "hessians": 0, "by_shape": {}, "constructs": {},
-         "drawn": {}}
+         "drawn": {}, "examples": 0}
 # Constructs of issue 14 that the drawn expressions must contain, each at least MIN_EACH times,
 # and the checked ones (not skipped by a guard) at least once: a change to the generator that
 # stops drawing one, or that makes every one skipped, fails, not skips, the test. (How many
@@ -585,7 +592,14 @@ def skip_unless(condition: bool, reason: str) -> None:
     assume(condition)
 
 
-@settings(max_examples=MAX_EXAMPLES, derandomize=True, deadline=None, database=None,
+# The seed derandomize=True drew from this function's source before the default run's sample
+# was added to it (hypothesis hashes the source): the full run draws the examples it drew.
+STREAM = int("1509821092812229362140890497704910145323398414631278991180675507570141094647185"
+             "7709869218297430419054473252343637277")
+
+
+@hypothesis.seed(STREAM)
+@settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.filter_too_much])
 @given(programs())
@@ -595,6 +609,10 @@ def check_random_expression(program):
     for construct in CONSTRUCTS:
         if construct in source:
             STATS["drawn"][construct] = STATS["drawn"].get(construct, 0) + 1
+    STATS["examples"] += 1
+    rare = any(c in source and STATS["constructs"].get(c, 0) < MIN_EACH for c in CONSTRUCTS)
+    if STATS["examples"] % SAMPLE and not rare:
+        return  # not in the default run's sample
     arrays = make_inputs(sizes, seed)
     forward = einderiv.compile(source, DECLARED)
     assert forward.shape == out_shape, (source, forward.shape, out_shape)
@@ -654,14 +672,17 @@ def check_random_expression(program):
 
 
 def test_random_expressions_against_finite_differences():
-    STATS.update(checked=0, skipped={}, hessians=0, by_shape={}, constructs={}, drawn={})
+    STATS.update(checked=0, skipped={}, hessians=0, by_shape={}, constructs={}, drawn={},
+                 examples=0)
     start = time.perf_counter()
     check_random_expression()
     elapsed = time.perf_counter() - start
-    print(f"\n{STATS['checked']} random expressions checked against finite differences "
-          f"({STATS['hessians']} Hessians too) in {elapsed:.1f} s; skipped: {STATS['skipped']}; "
-          f"by output shape: {STATS['by_shape']}; by construct: {STATS['constructs']}")
-    assert STATS["checked"] >= MIN_CHECKED
+    print(f"\n{STATS['checked']} of {STATS['examples']} random expressions checked against "
+          f"finite differences ({STATS['hessians']} Hessians too) in {elapsed:.1f} s; skipped: "
+          f"{STATS['skipped']}; by output shape: {STATS['by_shape']}; by construct: "
+          f"{STATS['constructs']}")
+    assert STATS["examples"] >= MIN_CHECKED  # drawn, not skipped by the sample
+    assert STATS["checked"] >= MIN_CHECKED // SAMPLE
     assert len(STATS["by_shape"]) == len(SHAPES)  # every output shape was exercised
     rare = {c: STATS["drawn"].get(c, 0) for c in CONSTRUCTS
             if STATS["drawn"].get(c, 0) < MIN_EACH}
