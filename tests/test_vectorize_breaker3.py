@@ -50,6 +50,32 @@ def test_where_keeps_the_sign_of_a_negative_zero_branch():
         np.testing.assert_array_equal(np.signbit(got), [False, True])
 
 
+
+# --- quotients by a broadcast denominator --------------------------------------------------------
+
+SHAPES = {"d": ("n",), "x": ("n",), "c": ()}
+
+
+@pytest.mark.xfail(strict=True, reason="a quotient whose numerator varies along no axis its "
+                   "denominator lacks is split all the same: 1 * (1 / d)..., c * (1 / d)..., "
+                   "two broadcasts")
+@pytest.mark.parametrize("numerator", ["1", "c", "x[:, None]", "-x[:, None]"])
+def test_a_quotient_no_wider_than_its_denominator_is_divided_first(numerator):
+    # c / d[i] broadcast over 4 columns is the [n] quotient broadcast: dividing it first is the
+    # smallest division (as before ff98b11), with no reciprocal times the numerator, no 1 *,
+    # and one broadcast.
+    text = f"sum({numerator} / (d[:, None] * ones(n, 4)), axis=1)"
+    result = einderiv.compile(text, SHAPES)
+    formula = result.formula
+    assert "1 *" not in formula and formula.count("ones(") == 1, formula
+    assert ("(1 / d)" in formula) == (numerator == "1"), formula
+    rng = np.random.default_rng(0)
+    x, d, c = rng.normal(size=3), rng.normal(size=3), np.array(0.7)
+    arrays = {k: v for k, v in {"x": x, "d": d, "c": c}.items() if k in result.inputs}
+    top = {"1": 1.0, "c": c, "x[:, None]": x, "-x[:, None]": -x}[numerator]
+    np.testing.assert_allclose(result(**arrays), 4 * top / d, rtol=1e-12)
+
+
 # --- stacks along an inner axis ----------------------------------------------------------------
 
 @pytest.mark.xfail(strict=True, reason="generate/latex.py (not the vectorizer's): a stack of "
