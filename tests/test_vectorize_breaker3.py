@@ -56,9 +56,6 @@ def test_where_keeps_the_sign_of_a_negative_zero_branch():
 SHAPES = {"d": ("n",), "x": ("n",), "c": ()}
 
 
-@pytest.mark.xfail(strict=True, reason="a quotient whose numerator varies along no axis its "
-                   "denominator lacks is split all the same: 1 * (1 / d)..., c * (1 / d)..., "
-                   "two broadcasts")
 @pytest.mark.parametrize("numerator", ["1", "c", "x[:, None]", "-x[:, None]"])
 def test_a_quotient_no_wider_than_its_denominator_is_divided_first(numerator):
     # c / d[i] broadcast over 4 columns is the [n] quotient broadcast: dividing it first is the

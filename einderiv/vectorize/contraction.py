@@ -87,12 +87,15 @@ class ContractionTranslator:
                 self.coef /= scale[id(child)]
             if narrow is not None and type(child) is Map and child.fn == "div" and \
                     len(set(labels)) == len(labels) and \
-                    0 < len(narrow(child.args[1])[1]) < len(labels) and \
+                    0 < len(below := narrow(child.args[1])[1]) < len(labels) and \
+                    not set(narrow(child.args[0])[1]) <= set(below) and \
                     not isinstance(narrow(child)[0], ast.Name):
                 # A quotient written inline, by what varies along some of its axes only, is a
                 # factor and a reciprocal, each placed as an operand is: `(t1 * N) @ g / t0`,
                 # not `t1 * (N / t0[:, None]) @ g`, which divides a whole [n, f] array by what
-                # varies along n (layer norm). (Not a mean's division by its count.)
+                # varies along n (layer norm). (Not a mean's division by its count; nor a
+                # numerator that varies along no axis the denominator lacks, `x[:, None] / d[:,
+                # None]`: that quotient is no larger than d, and dividing first is smallest.)
                 operands += [(child.args[0], labels, False), (child.args[1], labels, True)]
             else:
                 operands.append((child, labels, False))
