@@ -19,15 +19,69 @@ ROW = re.compile(r"^(?P<problem>.+?)\s+(?P<size>\d+(?:x\d+)*)\s+(?P<who>\S.*?)\s
                  r"(?P<time>[\d.]+ (?:us|ms|s))\s+(?P<ratio>[\d.]+)x$")
 
 
-def run_quick(*python_args: str) -> tuple[subprocess.CompletedProcess, dict]:
-    done = subprocess.run([sys.executable, *python_args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
+SCALING = ROOT / "benchmarks" / "scaling.py"
+# Without the peers: `import jax` (torch, autograd) fails as if the package were not installed.
+NO_PEERS = ("import runpy, sys; sys.modules.update(jax=None, torch=None, autograd=None); "
+            f"sys.argv = [{str(RUN)!r}, '--quick']; "
+            f"runpy.run_path({str(RUN)!r}, run_name='__main__')")
+# The Python command lines each test runs, by test, with their time limits in seconds.
+COMMANDS = {
+    "test_quick_run_with_the_installed_peers": {
+        "peers": ([str(RUN), "--quick", "--only", "logistic"], 600),
+        **{f"import {m}": (["-c", f"import {m}"], 600) for m in ("jax", "torch", "autograd")},
+    },
+    "test_quick_run_prints_the_table_and_without_the_peers_skips_them": {
+        "no peers": (["-c", NO_PEERS], 600),
+    },
+    "test_quick_scaling_prints_a_row_per_size_with_growth": {
+        "scaling": ([str(SCALING), "--quick"], 300),
+    },
+    "test_a_size_that_times_out_is_a_row_and_the_larger_ones_are_skipped": {
+        "timeout": ([str(RUN), "--scaling", "--quick", "--workload", "sum", "--timeout", "0.01"],
+                    120),
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def finished(request, tmp_path_factory):
+    """`finished(name)`: the CompletedProcess of a command of COMMANDS. The commands of every
+    selected test start together when the first test asks, and run side by side on the cores
+    the suite leaves idle (it runs on one) while each test waits for its own."""
+    selected = {item.name for item in request.session.items}
+    folder = tmp_path_factory.mktemp("benchmarks")
+    started = {}
+    for test, commands in COMMANDS.items():
+        for name, (args, limit) in commands.items() if test in selected else ():
+            out, err = (open(folder / f"{name}.{kind}", "w+") for kind in ("out", "err"))
+            process = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=out,
+                                       stderr=err, text=True)
+            started[name] = (process, limit, out, err)
+
+    def result(name: str) -> subprocess.CompletedProcess:
+        process, limit, out, err = started[name]
+        process.wait(timeout=limit)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(process.args, process.returncode, out.read(),
+                                           err.read())
+
+    yield result
+    for process, _, out, err in started.values():
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        out.close()
+        err.close()
+
+
+def table_rows(done: subprocess.CompletedProcess) -> dict:
     rows: dict = {}
     for line in done.stdout.splitlines():
         m = ROW.match(line)
         if m:
             rows.setdefault(m["problem"].strip(), set()).add(m["who"].strip())
-    return done, rows
+    return rows
 
 
 def check_table(done, rows) -> None:
@@ -40,16 +94,16 @@ def check_table(done, rows) -> None:
 
 
 @pytest.mark.no_roundtrip
-def test_quick_run_with_the_installed_peers():
+def test_quick_run_with_the_installed_peers(finished):
     # The peers on two problems (one gradient, one Hessian): jax.jit compiles each problem
     # for seconds, and the whole table runs without them below.
-    done, rows = run_quick(str(RUN), "--quick", "--only", "logistic")
+    done = finished("peers")
+    rows = table_rows(done)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     problems = ["logistic regression", "hessian logistic"]
     assert set(rows) == set(problems), rows
     for peer, module in zip(PEERS, ["jax", "torch", "autograd"]):
-        installed = subprocess.run([sys.executable, "-c", f"import {module}"],
-                                   capture_output=True).returncode == 0
+        installed = finished(f"import {module}").returncode == 0
         if installed:
             assert all(peer in rows[p] for p in problems), (peer, rows)
         else:
@@ -57,20 +111,16 @@ def test_quick_run_with_the_installed_peers():
 
 
 @pytest.mark.no_roundtrip
-def test_quick_run_prints_the_table_and_without_the_peers_skips_them():
-    # Every problem of the quick suite; `import jax` (torch, autograd) fails as if the package
-    # were not installed.
-    block = ("import runpy, sys; sys.modules.update(jax=None, torch=None, autograd=None); "
-             f"sys.argv = [{str(RUN)!r}, '--quick']; "
-             f"runpy.run_path({str(RUN)!r}, run_name='__main__')")
-    done, rows = run_quick("-c", block)
+def test_quick_run_prints_the_table_and_without_the_peers_skips_them(finished):
+    # Every problem of the quick suite, with NO_PEERS.
+    done = finished("no peers")
+    rows = table_rows(done)
     check_table(done, rows)
     for peer in PEERS:
         assert f"skipped {peer}" in done.stdout
         assert not any(peer in who for who in rows.values())
 
 
-SCALING = ROOT / "benchmarks" / "scaling.py"
 # A row of the scaling table: workload, size, four stage times and their total, then the
 # growth over the previous size (absent on a workload's first row), rss MB, call/in.
 SCALING_ROW = re.compile(r"^(?P<workload>\S+)\s+(?P<size>\d+)\s+(?P<times>(?:[\d.]+ s\s+){6})"
@@ -78,10 +128,9 @@ SCALING_ROW = re.compile(r"^(?P<workload>\S+)\s+(?P<size>\d+)\s+(?P<times>(?:[\d
 
 
 @pytest.mark.no_roundtrip
-def test_quick_scaling_prints_a_row_per_size_with_growth():
+def test_quick_scaling_prints_a_row_per_size_with_growth(finished):
     # The table's shape, not its timings (issue 11).
-    done = subprocess.run([sys.executable, str(SCALING), "--quick"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    done = finished("scaling")
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert re.search(r"workload\s+size\s+derive\s+vectorize\s+generate\s+first call\s+total"
                      r"\s+printers\s+growth", done.stdout), done.stdout
@@ -99,10 +148,8 @@ def test_quick_scaling_prints_a_row_per_size_with_growth():
 
 
 @pytest.mark.no_roundtrip
-def test_a_size_that_times_out_is_a_row_and_the_larger_ones_are_skipped():
-    done = subprocess.run([sys.executable, str(RUN), "--scaling", "--quick", "--workload", "sum",
-                           "--timeout", "0.01"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+def test_a_size_that_times_out_is_a_row_and_the_larger_ones_are_skipped(finished):
+    done = finished("timeout")
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith("sum ")]
     assert len(lines) == 2, done.stdout
