@@ -248,10 +248,14 @@ def test_a_text_at_the_derivation_budget_is_derived():
 
 
 def test_a_program_past_the_operation_limit_is_an_error():
+    # Statements each within the statement limit, one operation past the program's in all.
     from einderiv.parse import parser
     per_line = parser.MAX_SOURCE_CHARS // 2 - 10  # x+x+...: 2 characters per operation
-    lines = [f"t{k} = " + "+".join(["x"] * per_line) for k in range(4)]
+    lines = [f"t{k} = " + "+".join(["x"] * per_line) for k in range(3)]
+    rest = parser.MAX_OPERATIONS + 1 - 3 * (per_line - 1)
+    assert 0 < rest < per_line
+    lines.append("t3 = " + "+".join(["x"] * (rest + 1)))
     text = "\n".join(lines)
-    assert len(text) < parser.MAX_PROGRAM_CHARS and 4 * (per_line - 1) > parser.MAX_OPERATIONS
-    with pytest.raises(ParseError, match=f"too large: {4 * (per_line - 1):,} operations"):
+    assert len(text) < parser.MAX_PROGRAM_CHARS
+    with pytest.raises(ParseError, match=f"too large: {parser.MAX_OPERATIONS + 1:,} operations"):
         einderiv.compile(text, {"x": ()})
