@@ -266,6 +266,8 @@ def _check_result(result, calls, made: dict) -> list[str]:
             problems.append(f"{head}\n  the {len(_flatten(structured))} values returned do not "
                             f"match the {len(programs)} outputs at their positions")
             continue
+        # On the host once: a dask value is computed again each time numpy reads it.
+        values = [np.asarray(_host(v)) for v in values]
         via_ir = None
         if ir_size <= IR_NODES_FOR_EVALUATE_IR:
             try:
