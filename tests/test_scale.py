@@ -3,8 +3,9 @@ products of many terms, and long source texts go through every stage (derive, ve
 printers, generated code, formula parse-back) without RecursionError, with the right values.
 
 Not timed. The sizes of the issue (T = 3000, 20,000 terms, 2,000 factors, the gradient of a
-30 KB text) run only with `EINDERIV_SLOW=1`; sizes past where a pass recursing per level
-used to fail (T = 600, 1,000 terms and factors, the 30 KB text's value) run always.
+30 KB text, the LaTeX of 3,000 factors) run only with `EINDERIV_SLOW=1`; sizes past where a
+pass recursing per level used to fail (T = 600, 1,000 terms and factors, the 30 KB text's
+value) run always.
 """
 import os
 import sys
@@ -132,12 +133,16 @@ def test_power_tower_30kb_value():
     np.testing.assert_allclose(value, expected, rtol=1e-12)
 
 
-def test_latex_of_a_long_product():
+def _latex_product(factors: int):
     # Factors that differ: equal ones print as a power (x * x is x ** 2, vectorize/tidy.py).
-    f = einderiv.compile(" * ".join(f"(x + {k}e-9)" for k in range(3000)), {"x": ()})
-    assert f.latex.count("x") >= 3000
+    f = einderiv.compile(" * ".join(f"(x + {k}e-9)" for k in range(factors)), {"x": ()})
+    assert f.latex.count("x") >= factors
     np.testing.assert_allclose(_all_stages(f, {"x": np.array(1.0001)}, {"x": ()}),
-                               np.prod(1.0001 + 1e-9 * np.arange(3000)), rtol=1e-9)
+                               np.prod(1.0001 + 1e-9 * np.arange(factors)), rtol=1e-9)
+
+
+def test_latex_of_a_long_product():
+    _latex_product(1000)
 
 
 def test_deep_unary_minus_and_transposes():
@@ -179,6 +184,11 @@ def test_product_of_2000_factors():
 @slow
 def test_power_tower_30kb_gradient():
     _tower(30000)
+
+
+@slow
+def test_latex_of_a_product_of_3000_factors():
+    _latex_product(3000)
 
 
 def test_passes_restore_the_cycle_collector():
