@@ -916,7 +916,8 @@ class _Printer:
         note = ""
         if e.kwargs:
             axes = self.axes(e) if self._axis_note(e) else None
-            if not (axes is not None and self.rank(args[0]) == 1):  # a vector's only axis
+            # (a vector's only axis needs no note; a stack's axis is of its result)
+            if not (axes is not None and self.rank(args[0]) == 1 and f != "stack"):
                 note = ",".join(rf"\text{{{_escape(k)}}}={self.text(v)}" for k, v in e.kwargs)
         stretched = self.elementwise(e) and self.shape(e) is not None
         texts = [self.stretched(a, e) if stretched else self.expr(a) for a in args]
@@ -1068,7 +1069,7 @@ class _Printer:
         if isinstance(e, ast.Call):
             return not (self.elementwise(e) or self._along(e) or
                         e.func in ("sum", "mean", "outer", "eye", "ones", "zeros", "diag", "tr",
-                                   "trace", "dot", "size", "einsum", "pad"))
+                                   "trace", "dot", "size", "einsum", "pad", "stack"))
         return False
 
     def _along(self, call: ast.Call, rank: int = 2) -> bool:
@@ -1226,6 +1227,16 @@ class _Printer:
             return text, BIGOP
         if f == "pad" and len(args) == 2:
             return self.ix_pad(e, idx)
+        if f == "stack" and args:
+            # an entry at a fixed position along the stack's axis is of that argument:
+            # stack(x, y, axis=1)_{i0} is x_{i}
+            given = next((v for k, v in e.kwargs if k == "axis"), None)
+            axis = _number_value(given) if given is not None else 0
+            rank = self.rank(e)
+            if axis is not None and rank is not None and len(idx) == rank:
+                axis = int(axis) % rank
+                if idx[axis].isdigit() and int(idx[axis]) < len(args):
+                    return self.ix(args[int(idx[axis])], idx[:axis] + idx[axis + 1:])
         if f == "dilate" and len(args) == 3 and _number_value(args[1]) is not None:
             # x's entries k apart in zeros: entry i is x_{i/k} where k divides i
             k = int(_number_value(args[1]))
