@@ -42,7 +42,7 @@ RESULTS_PER_TEST = 12  # results checked per test, spread evenly (hypothesis mak
 # round trip is checked.
 IR_NODES_FOR_EVALUATE_IR = 1500
 RTOL = 1e-9
-# Compiled formula programs kept for the rest of the session (the most recently used; a
+# Compiled formula programs kept for the rest of a test module (the most recently used; a
 # formula longer than COMPILED_CHARS is kept only within its test).
 COMPILED_KEPT = 256
 COMPILED_CHARS = 20_000
@@ -197,8 +197,8 @@ def _abridged(formula: str, lines: int = 24, width: int = 400) -> list[str]:
 
 
 # (formula text, shapes, rule book) -> the result of compiling that text with those shapes
-# under that rule book: the check's own compiles, the most recently used kept across tests.
-# using_rules freezes the rule book, so an entry never goes stale.
+# under that rule book: the check's own compiles, the most recently used kept across the tests
+# of a module. using_rules freezes the rule book, so an entry never goes stale.
 _compiled: OrderedDict = OrderedDict()
 
 
@@ -337,7 +337,10 @@ def frozen_survivors():
     """Before each test module, what the earlier ones left alive (JAX and torch once imported,
     pytest's items, tables and caches: most of a million objects) leaves the cycle collector's
     generations (gc.freeze): every full collection walked all of it again, a tenth of the
-    suite's time. Nothing a test makes is frozen, and the collector is otherwise as it was."""
+    suite's time. Nothing a test makes is frozen, and the collector is otherwise as it was.
+    The check's compiled formulas are let go first: once frozen, one dropped later would stay
+    (a generated module refers to itself)."""
+    _compiled.clear()
     gc.collect()
     gc.freeze()
     yield
