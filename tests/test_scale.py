@@ -269,3 +269,35 @@ def test_a_program_past_the_operation_limit_is_an_error():
     assert len(text) < parser.MAX_PROGRAM_CHARS
     with pytest.raises(ParseError, match=f"too large: {parser.MAX_OPERATIONS + 1:,} operations"):
         einderiv.compile(text, {"x": ()})
+
+
+def test_overlapping_pauses_in_threads_restore_the_cycle_collector():
+    # Each pause once read the collector's state and set it on its own: a thread that read
+    # "off" from another thread's pause kept it off when it left last (2 runs in 5 of 4
+    # threads x 2,000 pauses, found by helper-65). Now the last of overlapping pauses restores
+    # what the first found.
+    import gc
+    import threading
+    from einderiv.vectorize.gc_pause import paused_gc
+    assert gc.isenabled()
+    start = threading.Barrier(4)
+
+    def pause_often():
+        start.wait()
+        for _ in range(2000):
+            with paused_gc():
+                pass
+    for _ in range(5):
+        threads = [threading.Thread(target=pause_often) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert gc.isenabled()
+    gc.disable()
+    try:
+        with paused_gc():
+            pass
+        assert not gc.isenabled()  # a caller's own "off" is kept
+    finally:
+        gc.enable()
