@@ -10,7 +10,6 @@ that used to race, round after round:
 
 Every answer is compared with a hand-written numpy value; an invalid call must raise
 `ShapeError` every time and a valid one never.
-
 """
 from __future__ import annotations
 
