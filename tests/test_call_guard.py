@@ -79,6 +79,25 @@ def test_several_results_that_share_memory_are_apart():
         np.testing.assert_allclose(a, 2 * x)
 
 
+def test_results_of_many_inputs_are_apart_from_them_and_from_each_other():
+    # Past 4 inputs or outputs the guard compares ids in sets: results that are inputs
+    # (d/da0 of a0 * a1 is a1), one input twice (c), and one array for two inputs.
+    names = ["a0", "a1", "a2", "a3", "a4", "a5", "c"]
+    g = einderiv.grad("sum(a0 * a1) + sum(a2 * a3) + sum(a4 * a5) + sum(a0 * c) + sum(a2 * c)",
+                      ["a0", "a1", "a2", "a3", "a4", "a5"], {n: ("n",) for n in names})
+    arrays = {n: np.full(3, float(k + 1)) for k, n in enumerate(names)}
+    shared = np.arange(3.0)
+    for given in (arrays, {**arrays, "a4": shared, "a5": shared}):
+        for _ in range(3):  # the first call and the guarded ones
+            results = g(**given)
+            for k, r in enumerate(results):
+                assert not any(np.shares_memory(r, v) for v in given.values()), k
+                assert not any(np.shares_memory(r, o) for o in results if o is not r), k
+            np.testing.assert_allclose(results[1], given["a0"])
+            np.testing.assert_allclose(results[0], given["a1"] + given["c"])
+            np.testing.assert_allclose(results[4], given["a5"])
+
+
 def test_the_guard_of_an_expression_without_inputs():
     f = einderiv.compile("eye(2, 3)", {})
     for _ in range(3):

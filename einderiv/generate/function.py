@@ -230,9 +230,17 @@ def _guard(seen: tuple, arguments: list, found: tuple, own, separate, outputs: i
     args = ", ".join(f"a{position[name]}" for name in arguments)
     given = "(" + "".join(f"a{k}, " for k in range(len(seen))) + ")"
     lines += ["    try:", f"        r = _fn({args})"]
+    # An output is the caller's as it is when it is a fresh array of the result dtype, no
+    # input and no other output. Against many inputs and outputs, by a set of their ids: an
+    # LSTM's 16 inputs and 14 outputs were 371 comparisons a call (7 us of 250).
+    many = len(seen) > 4 or outputs > 4
+    if many:
+        lines.append(f"        _in = {{{''.join(f'id(a{k}), ' for k in range(len(seen)))}}}")
+
     def fresh(r: str) -> list[str]:
         return [f"type({r}) is _nd", f"{r}.base is None", f"{r}.dtype is _dt",
-                *[f"{r} is not a{k}" for k in range(len(seen))]]
+                *([f"id({r}) not in _in"] if many else
+                  [f"{r} is not a{k}" for k in range(len(seen))])]
     if single:
         if backend == "numpy":  # a fresh array of the result dtype is the caller's as it is
             lines += [f"        if {' and '.join(fresh('r'))}:", "            return (r,)"]
@@ -240,7 +248,8 @@ def _guard(seen: tuple, arguments: list, found: tuple, own, separate, outputs: i
     else:
         if backend == "numpy" and outputs > 1:  # ... and fresh ones are apart if distinct
             names = [f"r{k}" for k in range(outputs)]
-            apart = [f"{a} is not {b}" for i, a in enumerate(names) for b in names[:i]]
+            apart = ([f"len({{{''.join(f'id({a}), ' for a in names)}}}) == {outputs}"] if many
+                     else [f"{a} is not {b}" for i, a in enumerate(names) for b in names[:i]])
             lines += [f"        {', '.join(names)}, = r",
                       f"        if {' and '.join(sum(map(fresh, names), []) + apart)}:",
                       "            return r"]
