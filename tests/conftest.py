@@ -332,22 +332,6 @@ def pytest_runtest_call(item):
     return outcome
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_collection(session):
-    """Importing the test modules (and with them JAX, torch, hypothesis...) makes objects that
-    live as long as the session: the cycle collector waits until it is done, then what
-    survives a collection is frozen (see frozen_survivors)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return (yield)
-    finally:
-        if enabled:
-            gc.enable()
-        gc.collect()
-        gc.freeze()
-
-
 @pytest.fixture(autouse=True, scope="module")
 def frozen_survivors():
     """Before each test module, what the earlier ones left alive (JAX and torch once imported,
