@@ -301,3 +301,23 @@ def test_overlapping_pauses_in_threads_restore_the_cycle_collector():
         assert not gc.isenabled()  # a caller's own "off" is kept
     finally:
         gc.enable()
+
+
+def test_a_first_dask_gradient_leaves_the_cycle_collector_on():
+    # dask.array's slicing restores the collector to what it was when dask.array was imported
+    # (dask.utils.disable_gc reads it once): were dask first imported inside one of our
+    # pauses, every later slice would leave the collector off. In a fresh process, as a user.
+    pytest.importorskip("dask.array")
+    import subprocess
+    import sys
+    code = ("import gc, numpy as np, einderiv, dask.array as da\n"
+            "g = einderiv.grad('sum(x[1:] * x[:-1])', 'x', {'x': ('n',)}, backend='dask')\n"
+            "np.asarray(g(x=da.from_array(np.arange(5.0))))\n"
+            "np.asarray(da.from_array(np.arange(5.0))[1:])\n"
+            "assert gc.isenabled()\n")
+    code_first = code.replace(", dask.array as da", "").replace(
+        "np.asarray(g(", "import dask.array as da\nnp.asarray(g(")
+    for text in (code, code_first):
+        done = subprocess.run([sys.executable, "-c", text], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
