@@ -122,6 +122,59 @@ def test_stack_is_numpy_stack_for_numpy_and_the_namespace_stack_otherwise():
     assert isinstance(t, torch.Tensor) and t.shape == (2, 2)
 
 
+@pytest.mark.parametrize("shape", [(10, 9), (3, 4, 5), (2, 0, 3), (5, 1)])
+def test_stack_along_an_inner_axis_is_numpy_stack(shape):
+    # (read off one concatenation, which would also join arrays of different lengths: those
+    # must still fail as numpy.stack fails)
+    rng = np.random.default_rng(0)
+    for axis in range(len(shape) + 1):
+        for arrays in ([rng.normal(size=shape) for _ in range(4)],
+                       [rng.normal(size=shape[::-1]).T for _ in range(3)],  # not contiguous
+                       [rng.normal(size=shape).astype(np.float32), rng.normal(size=shape)]):
+            got, want = kernels.stack(arrays, np, axis=axis), np.stack(arrays, axis=axis)
+            assert got.shape == want.shape and got.dtype == want.dtype
+            assert np.array_equal(got, want)
+    with pytest.raises(ValueError):
+        kernels.stack([np.ones((2, 3)), np.ones((2, 4))], np, axis=1)
+
+
+@pytest.mark.parametrize("rows", [4, 40, 300])
+def test_the_maximum_along_the_last_axis_is_numpys_at_nan_and_infinities(rows):
+    # many rows read each row's maximum at its argmax: the first nan of a row is its maximum
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(rows, 7))
+    x[0, 3] = np.nan
+    x[1] = -np.inf
+    x[2, 5] = np.inf
+    x[3, [1, 4]] = np.nan, np.inf
+    for a in (1, 0):
+        got, want = kernels._max_along(x, a), x.max(axis=a, keepdims=True)
+        assert got.shape == want.shape and np.array_equal(got, want, equal_nan=True)
+    y = x.reshape(rows, 7, 1).repeat(2, axis=2).transpose(0, 2, 1)  # not contiguous
+    assert np.array_equal(kernels._max_along(y, 2), y.max(axis=2, keepdims=True),
+                          equal_nan=True)
+    assert kernels._largest(x) != kernels._largest(x)  # nan
+    z = rng.normal(size=(rows, 3))
+    assert kernels._smallest(z) == z.min() and kernels._largest(z) == z.max()
+
+
+@pytest.mark.parametrize("rows", [8, 300])
+def test_softmax_and_its_vjp_over_many_rows_match_the_careful_forms(rows):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(rows, 10)) * 30
+    x[1] = [np.inf, 0, np.inf] + [0] * 7
+    x[2] = -np.inf
+    g = rng.normal(size=x.shape)
+    np.testing.assert_array_equal(kernels.softmax(x, axis=-1), kernels.softmax(x, axis=(1,)))
+    want = kernels.softmax(x[3:], axis=(1,))
+    want = g[3:] - want * g[3:].sum(axis=1, keepdims=True)
+    got = kernels.log_softmax_vjp(x, g, axis=-1)
+    np.testing.assert_allclose(got[3:], want, rtol=1e-12, atol=1e-12)
+    with np.errstate(all="raise"):  # (a nan maximum or gradient takes the split, silently)
+        x[5, 2] = np.nan
+        assert np.isnan(kernels.log_softmax_vjp(x, g, axis=-1)[5]).all()
+
+
 def test_the_generated_codes_reductions_and_transposes_agree_with_numpy_on_every_backend():
     """kernels.array_sum, array_mean, matrix_transpose and broadcast_copy: numpy arrays take
     their own methods (numpy's module functions cost about a microsecond a call more), the
