@@ -101,6 +101,9 @@ class _Result:
         self._program = None
         self._module = None
         self._function = None
+        # The call's fast path: the generated function's guard for the first signature, where
+        # the guard's result is the call's (`structure` is `_single` or `tuple`), else None.
+        self._fast = None
         self._plan = None  # the IR interpreter's, for evaluate_ir
         # The first use builds the program, the module and the function once, whichever
         # threads ask; later uses read them without the lock.
@@ -173,6 +176,11 @@ class _Result:
     def __call__(self, /, *args, **arrays):  # `/`: an input may be named `self`
         """The results for the input arrays: by keyword, or positional in the order the
         expression declares its variables (`.inputs`), or both."""
+        fast = self._fast
+        if fast is not None and not args:  # the first signature's guard: see _guard
+            results = fast(arrays)
+            if results is not MISS:
+                return results
         if args:
             arrays = self._keywords(args, arrays)
         function = self._function
@@ -181,7 +189,7 @@ class _Result:
             if guarded is not None:  # the signature seen first, checked as straight-line code
                 results = guarded(arrays)
                 if results is not MISS:
-                    return self._structure(results)
+                    return results if function.plain else self._structure(results)
         return self._evaluate(arrays)
 
     def _evaluate(self, arrays: dict):
@@ -197,10 +205,16 @@ class _Result:
                         structured += sorted({d for n in order for d in (
                             *n.shape, *((n.dim,) if type(n) is Size else ()))
                             if not d.is_concrete}, key=str)
-                        self._function = GeneratedFunction(self._generated(),
-                                                           self.lowered.declared, structured,
-                                                           self.backend)
-        return self._structure(self._function(arrays))
+                        module = self._generated()
+                        single = module.outputs == 1
+                        self._function = GeneratedFunction(
+                            module, self.lowered.declared, structured, self.backend,
+                            plain=self._structure is (_single if single else tuple))
+        function = self._function
+        results = function(arrays)  # (a tuple of the outputs)
+        if self._fast is None and function.plain:
+            self._fast = function.guarded  # (None until a signature is seen unconverted)
+        return self._structure(results)
 
     def evaluate_ir(self, /, *args, **arrays):
         """The same results computed by interpreting the IR directly (no vectorizing, no code
@@ -303,6 +317,14 @@ def _parsed_rulebook(text: str, origins: tuple[str, ...], files: tuple[str, ...]
 
 def _single(results):
     return results[0]
+
+
+def _structure_of(positions: list[int]):
+    """The structure that returns the outputs at `positions` in a tuple: `tuple` itself where
+    they are the outputs in order, each once (the call's fast path returns the guard's tuple)."""
+    if list(positions) == list(range(len(positions))):
+        return tuple
+    return lambda r: tuple(_picked(r, positions))
 
 
 class Compiled(_Result):
@@ -484,8 +506,7 @@ def _first_derivatives(kind: str, expr, wrt, shapes, backend: str, jacobian: boo
         structure = ((lambda r: (r[0], tuple(_picked(r, positions[1:])))) if many
                      else (lambda r: (r[0], r[1])))
     else:
-        structure = ((lambda r: tuple(_picked(r, positions))) if many
-                     else (lambda r: r[0]))
+        structure = (_structure_of(positions) if many else _single)
     return Derived(lowered, kind, names, roots, labels, structure, backend, rules, positions)
 
 
@@ -558,4 +579,4 @@ def hessian(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy",
         picked = _picked(r, positions)
         return tuple(tuple(picked[i * m:(i + 1) * m]) for i in range(m))
     return Derived(lowered, "hessian", names, roots, labels,
-                   structure if many else (lambda r: r[0]), backend, rules, positions)
+                   structure if many else _single, backend, rules, positions)

@@ -136,3 +136,39 @@ def test_input_names_are_values_of_the_guard_never_its_source():
     r, a, s = np.ones(2), np.full(2, 2.0), np.full(2, 3.0)
     for _ in range(3):
         np.testing.assert_allclose(g(r=r, arrays=a, self=s), a * s)
+
+
+@pytest.mark.parametrize("make, want", [
+    (lambda s: einderiv.grad("sum(x * x * y)", "x", s), lambda x, y: 2 * x * y),
+    (lambda s: einderiv.grad("sum(x * x * y)", ["x"], s), lambda x, y: (2 * x * y,)),
+    (lambda s: einderiv.grad("sum(x * x * y)", ["x", "y"], s),
+     lambda x, y: (2 * x * y, x * x)),
+    (lambda s: einderiv.grad("sum(x * x * y)", ["y", "x"], s),
+     lambda x, y: (x * x, 2 * x * y)),
+    (lambda s: einderiv.grad("sum(x * x * y)", ["x", "x"], s),
+     lambda x, y: (2 * x * y, 2 * x * y)),
+    (lambda s: einderiv.value_and_grad("sum(x * x * y)", "x", s),
+     lambda x, y: (np.sum(x * x * y), 2 * x * y)),
+    (lambda s: einderiv.compile("x * y", s), lambda x, y: x * y),
+])
+def test_the_calls_fast_path_returns_what_the_checked_path_returns(make, want):
+    # (where the guard's result is the call's, the call returns it as it is: one array as
+    # itself, several in a tuple, and a variable asked twice as two arrays)
+    f = make({"x": ("n",), "y": ("n",)})
+    x, y = np.linspace(0, 1, 4), np.linspace(1, 2, 4)
+    first = f(x=x, y=y)
+    for got in (first, f(x=x, y=y), f(x=x, y=y), f(x, y)):
+        expected = want(x, y)
+        assert type(got) is type(expected)
+        if isinstance(expected, tuple):
+            assert len(got) == len(expected)
+            for a, b in zip(got, expected):
+                np.testing.assert_allclose(a, b, rtol=1e-15)
+            arrays = [a for a in got if isinstance(a, np.ndarray)]
+            assert len({id(a) for a in arrays}) == len(arrays)  # apart
+        else:
+            np.testing.assert_allclose(got, expected, rtol=1e-15)
+    with pytest.raises(einderiv.InputError):  # a call the fast path does not cover
+        f(x=x, y=y, z=y)
+    with pytest.raises(einderiv.ShapeError):
+        f(x=np.ones(5), y=y)

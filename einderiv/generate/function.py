@@ -37,8 +37,11 @@ _EINSUM = {"torch": "torch", "jax": "jax", "cupy": "cupy", "dask": "dask"}
 
 class GeneratedFunction:
     def __init__(self, module: PythonModule, declared: dict, structured=(),
-                 backend: str = "numpy"):
+                 backend: str = "numpy", plain: bool = False):
         self.module = module
+        # `plain`: the guard returns what the API call returns, one output as itself (not in a
+        # tuple of one), so that the call can return the guard's result as it is.
+        self.plain = plain
         # Compiling a long program's source builds a syntax tree of millions of objects: with the
         # collector paused (see paused_gc) a 1 MB program compiles in half the time.
         with paused_gc():
@@ -115,7 +118,8 @@ class GeneratedFunction:
             self._seen[seen] = found  # nothing was converted or stood in for
             if self.guarded is None and not self._devices:
                 self.guarded = _guard(seen, self.arguments, found, self._own, self._apart,
-                                      self.module.outputs, self._failures, self.backend)
+                                      self.module.outputs, self._failures, self.backend,
+                                      self.plain)
         function = found[0]
         args = [values[name] for name in self.arguments]
         try:
@@ -200,13 +204,14 @@ MISS = object()  # what a guard returns for a call it does not cover
 
 
 def _guard(seen: tuple, arguments: list, found: tuple, own, separate, outputs: int, failures,
-           backend: str):
+           backend: str, plain: bool = False):
     """The fast path of one signature, `seen` ((name, type, dtype, shape) of every input, as
     `GeneratedFunction.__call__` keys it), as a function compiled for it: the same checks as
     the key's lookup (exactly these names, types, dtypes and shapes), written out as
     comparisons with constants, then the call, with a numpy result that is a fresh array of the
     result dtype returned as it is (what `own` and `apart` would return). About a microsecond
     less per call than building the key, which is most of the cost of a call on small arrays.
+    The outputs come in a tuple; with `plain`, a single one comes as itself.
 
     The source holds only local names and the constants' names (`_k0`, `_t0`...): the input
     names, types, dtypes and shapes are values in its namespace, never pasted into the code."""
@@ -242,9 +247,10 @@ def _guard(seen: tuple, arguments: list, found: tuple, own, separate, outputs: i
                 *([f"id({r}) not in _in"] if many else
                   [f"{r} is not a{k}" for k in range(len(seen))])]
     if single:
+        one, two = ("r", f"_own(r, {given}, _dt)") if plain else ("(r,)", f"(_own(r, {given}, _dt),)")
         if backend == "numpy":  # a fresh array of the result dtype is the caller's as it is
-            lines += [f"        if {' and '.join(fresh('r'))}:", "            return (r,)"]
-        lines += [f"        return (_own(r, {given}, _dt),)"]
+            lines += [f"        if {' and '.join(fresh('r'))}:", f"            return {one}"]
+        lines += [f"        return {two}"]
     else:
         if backend == "numpy" and outputs > 1:  # ... and fresh ones are apart if distinct
             names = [f"r{k}" for k in range(outputs)]
