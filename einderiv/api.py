@@ -104,6 +104,7 @@ class _Result:
         # The call's fast path: the generated function's guard for the first signature, where
         # the guard's result is the call's (`structure` is `_single` or `tuple`), else None.
         self._fast = None
+        self._returned = False
         self._plan = None  # the IR interpreter's, for evaluate_ir
         # The first use builds the program, the module and the function once, whichever
         # threads ask; later uses read them without the lock.
@@ -189,7 +190,7 @@ class _Result:
             if guarded is not None:  # the signature seen first, checked as straight-line code
                 results = guarded(arrays)
                 if results is not MISS:
-                    return results if function.plain else self._structure(results)
+                    return results if self._returned else self._structure(results)
         return self._evaluate(arrays)
 
     def _evaluate(self, arrays: dict):
@@ -206,13 +207,16 @@ class _Result:
                             *n.shape, *((n.dim,) if type(n) is Size else ()))
                             if not d.is_concrete}, key=str)
                         module = self._generated()
-                        single = module.outputs == 1
+                        # (a tuple of one output unwrapped by the guard, for `_single`)
+                        plain = self._structure is _single and module.outputs == 1
                         self._function = GeneratedFunction(
                             module, self.lowered.declared, structured, self.backend,
-                            plain=self._structure is (_single if single else tuple))
+                            plain=plain)
+                        if plain or self._structure is tuple:
+                            self._returned = True  # the guard's result is the call's
         function = self._function
         results = function(arrays)  # (a tuple of the outputs)
-        if self._fast is None and function.plain:
+        if self._fast is None and self._returned:
             self._fast = function.guarded  # (None until a signature is seen unconverted)
         return self._structure(results)
 
