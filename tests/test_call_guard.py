@@ -172,3 +172,29 @@ def test_the_calls_fast_path_returns_what_the_checked_path_returns(make, want):
         f(x=x, y=y, z=y)
     with pytest.raises(einderiv.ShapeError):
         f(x=np.ones(5), y=y)
+
+
+@pytest.mark.parametrize("expr, wrt", [
+    ("sum(A @ x) + sum(x * x)", ["A", "x"]),  # operators and a sum, made where returned
+    ("x @ A @ x", ["x", "A"]),
+    ("sum(A * A) + x @ x", ["A", "x", "A"]),  # one output asked twice
+    ("tr(A @ B)", ["A", "B"]),  # transposes of the inputs: views, copied
+    ("sum(A @ B) + sum(x)", ["B", "x", "A"]),
+])
+def test_outputs_made_where_returned_are_new_and_the_others_copies(expr, wrt):
+    # (the guard checks only type and dtype of an output made by an operator where it is
+    # returned: what it returns must still share no memory with an input or another output)
+    g = einderiv.grad(expr, wrt, {"A": ("n", "n"), "B": ("n", "n"), "x": ("n",)})
+    rng = np.random.default_rng(0)
+    arrays = {"A": rng.normal(size=(3, 3)), "B": rng.normal(size=(3, 3)),
+              "x": rng.normal(size=3)}
+    arrays = {k: v for k, v in arrays.items() if k in g.inputs}
+    want = g.evaluate_ir(**arrays)
+    for _ in range(3):
+        got = g(**arrays)
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-13)
+        for i, a in enumerate(got):
+            assert type(a) is np.ndarray and a.flags.writeable
+            assert not any(np.shares_memory(a, v) for v in arrays.values())
+            assert not any(np.shares_memory(a, b) for b in got[:i])

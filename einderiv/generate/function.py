@@ -119,7 +119,7 @@ class GeneratedFunction:
             if self.guarded is None and not self._devices:
                 self.guarded = _guard(seen, self.arguments, found, self._own, self._apart,
                                       self.module.outputs, self._failures, self.backend,
-                                      self.plain)
+                                      self.plain, self.module.fresh)
         function = found[0]
         args = [values[name] for name in self.arguments]
         try:
@@ -204,14 +204,16 @@ MISS = object()  # what a guard returns for a call it does not cover
 
 
 def _guard(seen: tuple, arguments: list, found: tuple, own, separate, outputs: int, failures,
-           backend: str, plain: bool = False):
+           backend: str, plain: bool = False, fresh: list[bool] | None = None):
     """The fast path of one signature, `seen` ((name, type, dtype, shape) of every input, as
     `GeneratedFunction.__call__` keys it), as a function compiled for it: the same checks as
     the key's lookup (exactly these names, types, dtypes and shapes), written out as
     comparisons with constants, then the call, with a numpy result that is a fresh array of the
     result dtype returned as it is (what `own` and `apart` would return). About a microsecond
     less per call than building the key, which is most of the cost of a call on small arrays.
-    The outputs come in a tuple; with `plain`, a single one comes as itself.
+    The outputs come in a tuple; with `plain`, a single one comes as itself. `fresh`, per
+    output: it is computed where it is returned, by numpy arithmetic (PythonModule.fresh), so
+    a numpy array of it is new: only its type and dtype are checked.
 
     The source holds only local names and the constants' names (`_k0`, `_t0`...): the input
     names, types, dtypes and shapes are values in its namespace, never pasted into the code."""
@@ -237,27 +239,35 @@ def _guard(seen: tuple, arguments: list, found: tuple, own, separate, outputs: i
     lines += ["    try:", f"        r = _fn({args})"]
     # An output is the caller's as it is when it is a fresh array of the result dtype, no
     # input and no other output. Against many inputs and outputs, by a set of their ids: an
-    # LSTM's 16 inputs and 14 outputs were 371 comparisons a call (7 us of 250).
-    many = len(seen) > 4 or outputs > 4
-    if many:
+    # LSTM's 16 inputs and 14 outputs were 371 comparisons a call (7 us of 250). An output
+    # made where it is returned (`fresh`) is new: its type and dtype are all there is to check.
+    fresh = list(fresh) if fresh is not None else [False] * outputs
+    checked = [k for k in range(outputs) if not fresh[k]]  # maybe an input, a view, another
+    many = len(seen) > 4 or len(checked) > 4
+    if many and checked:
         lines.append(f"        _in = {{{''.join(f'id(a{k}), ' for k in range(len(seen)))}}}")
 
-    def fresh(r: str) -> list[str]:
+    def owned(r: str, k: int) -> list[str]:
+        if fresh[k]:
+            return [f"type({r}) is _nd", f"{r}.dtype is _dt"]
         return [f"type({r}) is _nd", f"{r}.base is None", f"{r}.dtype is _dt",
                 *([f"id({r}) not in _in"] if many else
                   [f"{r} is not a{k}" for k in range(len(seen))])]
     if single:
         one, two = ("r", f"_own(r, {given}, _dt)") if plain else ("(r,)", f"(_own(r, {given}, _dt),)")
         if backend == "numpy":  # a fresh array of the result dtype is the caller's as it is
-            lines += [f"        if {' and '.join(fresh('r'))}:", f"            return {one}"]
+            lines += [f"        if {' and '.join(owned('r', 0))}:", f"            return {one}"]
         lines += [f"        return {two}"]
     else:
         if backend == "numpy" and outputs > 1:  # ... and fresh ones are apart if distinct
             names = [f"r{k}" for k in range(outputs)]
-            apart = ([f"len({{{''.join(f'id({a}), ' for a in names)}}}) == {outputs}"] if many
-                     else [f"{a} is not {b}" for i, a in enumerate(names) for b in names[:i]])
+            others = [names[k] for k in checked]  # (a fresh output is apart from any other)
+            apart = ([f"len({{{''.join(f'id({a}), ' for a in others)}}}) == {len(others)}"]
+                     if len(others) > 4 else
+                     [f"{a} is not {b}" for i, a in enumerate(others) for b in others[:i]])
+            tests = sum([owned(a, k) for k, a in enumerate(names)], []) + apart
             lines += [f"        {', '.join(names)}, = r",
-                      f"        if {' and '.join(sum(map(fresh, names), []) + apart)}:",
+                      f"        if {' and '.join(tests)}:",
                       "            return r"]
         lines += [f"        return tuple(_apart([_own(x, {given}, _dt) for x in r]))"]
     lines += ["    except _failures as e:", "        raise _error(e, _backend) from None"]

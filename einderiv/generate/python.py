@@ -12,6 +12,7 @@ einderiv compiles it for a shape signature.
 """
 from __future__ import annotations
 
+import ast as python_ast
 import builtins
 import keyword
 import math
@@ -35,9 +36,14 @@ class PythonModule:
     """Source text plus what is needed to specialize it to a shape signature."""
 
     def __init__(self, source: str, function: str, arguments: list[str],
-                 contractions: list[tuple[str, list]], outputs: int):
+                 contractions: list[tuple[str, list]], outputs: int,
+                 fresh: list[bool] | None = None):
         self.source = source
         self.outputs = outputs  # how many results: one is returned bare, several as a tuple
+        # Per output: is it computed where it is returned, by an operator or a sum of numpy
+        # arrays, so that on numpy it is a new array (or a numpy scalar), never an input or a
+        # view of one, nor another output? The call's guard checks only its type and dtype.
+        self.fresh = list(fresh) if fresh is not None else [False] * outputs
         self.dimension_only: set[str] = set()  # arguments read only for their shapes
         self.function = function
         self.arguments = arguments  # input variable names, in the function's argument order
@@ -50,6 +56,20 @@ def generate(program: VectorProgram, function: str = "f", rules: RuleBook | None
     has it (the variables a derivative is taken by: their shape is the result's)."""
     with paused_gc():  # a long program's syntax trees: see paused_gc
         return _Printer(program, rules or default_rulebook(), preferred).module(function)
+
+
+# Calls whose result is a new array (or a numpy scalar) on numpy, whatever the arguments.
+_FRESH_CALLS = frozenset({"_kernels.array_sum", "_kernels.array_mean"})
+
+
+def _fresh(text: str) -> bool:
+    """Is the returned expression `text` (our own code) an arithmetic operator or a call of
+    _FRESH_CALLS at its top, whose numpy result is a new array or a numpy scalar?"""
+    top = python_ast.parse(text, mode="eval").body
+    if isinstance(top, python_ast.Call):
+        return python_ast.unparse(top.func) in _FRESH_CALLS
+    return isinstance(top, python_ast.BinOp) or (
+        isinstance(top, python_ast.UnaryOp) and isinstance(top.op, python_ast.USub))
 
 
 def _identity_row(e: ast.Index) -> bool:
@@ -159,7 +179,7 @@ class _Printer:
         lines += ["", "", f"def {function}({signature}):",
                   f'    """Compute {outputs}."""', *head, *body, ""]
         module = PythonModule("\n".join(lines), function, args, self.contractions,
-                              len(self.program.outputs))
+                              len(self.program.outputs), [_fresh(r) for r in results])
         module.dimension_only = set(args) - set(self.program.variables)
         return module
 
