@@ -209,11 +209,12 @@ class _Result:
                         module = self._generated()
                         # (a tuple of one output unwrapped by the guard, for `_single`)
                         plain = self._structure is _single and module.outputs == 1
+                        # (set before the function, which other threads read unlocked)
+                        self._returned = plain or self._structure is tuple  # the guard's
+                        # result is the call's
                         self._function = GeneratedFunction(
                             module, self.lowered.declared, structured, self.backend,
                             plain=plain)
-                        if plain or self._structure is tuple:
-                            self._returned = True  # the guard's result is the call's
         function = self._function
         results = function(arrays)  # (a tuple of the outputs)
         if self._fast is None and self._returned:
