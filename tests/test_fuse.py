@@ -88,7 +88,11 @@ def test_lstm_backward_sums_are_one_product_of_the_stacked_weights_per_step(step
     formula = g.formula
     assert not re.search(r"\bW[fioc]\.T @", formula), formula
     assert formula.count("stack(Wc, Wf, Wi, Wo)") == 1 and "0.25" not in formula, formula
-    assert formula.count("reshape(stack(") == steps - 1, formula  # one per step but the first
+    # one per step but the first, and the input projections' weights and biases (one product
+    # of all gates, projections.py)
+    assert formula.count("reshape(stack(Uc, Uf, Ui, Uo)") == 1, formula
+    assert formula.count("reshape(stack(bc, bf, bi, bo)") == 1, formula
+    assert formula.count("reshape(stack(") == steps - 1 + 2, formula
     assert "einsum" not in formula
     arrays = _lstm_arrays(steps)
     f = einderiv.compile(loss, {})
@@ -144,17 +148,20 @@ def test_lstm_gate_pre_activations_are_one_sum_per_step(steps):
     """Each step's `W_g @ h + (U_g @ x_t + b_g)` of the four gates is one sum,
     `S @ h + stack(...)`, and the three sigmoid gates its rows 1:4 in one call (siblings.py):
     one sigmoid call per step after the first (which has no recurrent product: two). The
-    stacks of every step are one, `R = stack(..., axis=1)` ([T, 4, H], built once; fusing
-    takes MIN_STEPS steps, batching MIN_LANES: no fewer), and a step adds its row:
-    `S @ h + R[t]`."""
+    stacks of every step are one ([T, 4, H]; fusing takes MIN_STEPS steps, batching
+    MIN_LANES: no fewer): the gates' input projections of all steps, one product
+    (projections.py), `R = reshape(X[:T] @ reshape(stack(U...), (4 * H, V)).T + ...)`, and a
+    step adds its row: `S @ h + R[t]`."""
     loss, weights = lstm_loss(steps)
     g = einderiv.grad(loss, weights)
     formula = g.formula
     assert len(re.findall(r"\bsigmoid\(", formula)) == steps - 1 + 2, formula
     assert MIN_STEPS >= MIN_LANES
-    (name,) = re.findall(r"(t\d+) = stack\(.*, axis=1\)", formula)
+    assert "axis=1" not in formula, formula
+    (name,) = re.findall(r"(t\d+) = reshape\(X\[:\d+\] @ reshape\(stack\(Uc, Uf, Ui, Uo\)",
+                         formula)
     rows = re.findall(rf"@ t\d+ \+ {name}\[(\d+)\]", formula)
-    assert rows == [str(k) for k in range(steps - 1)], formula
+    assert rows == [str(k) for k in range(1, steps)], formula
     arrays = _lstm_arrays(steps)
     f = einderiv.compile(loss, {})
     for name, value in zip(weights, g(**arrays)):

@@ -18,6 +18,7 @@ from ..parse import ast
 from ..rulebook import RuleBook, default_rulebook
 from .contraction import ContractionTranslator, align, broadcast, dimension, number, scaled
 from .fuse import fuse_products
+from .projections import fuse_projections
 from .siblings import batch_siblings
 from .subproducts import share_subproducts
 from .lanes import batch_lanes
@@ -77,6 +78,9 @@ def _vectorize(roots, names, rules, declared) -> VectorProgram:
         again = batch_lanes(roots, order, only={id(n) for n in joined}) if joined else roots
         if again is not roots:
             roots, order = again, topological(*again.values())
+    # Products of one operand by several weights (each gate's input projection, batched
+    # across steps) as one product of the weights stacked, each a part of it.
+    roots, order = fuse_projections(roots, order)
     joined = batch_siblings(roots, order)
     if joined is not roots:
         roots, order = joined, topological(*joined.values())
