@@ -603,7 +603,13 @@ def align(expr: ast.Expr, labels: tuple, order) -> ast.Expr:
 
 
 def _index(expr, rank, axis, item) -> ast.Expr:
-    return ast.Index(expr, tuple([ast.Slice(None, None)] * axis + [item]))
+    items = [ast.Slice(None, None)] * axis + [item]
+    if isinstance(expr, ast.Index) and not any(
+            isinstance(i, (ast.Slice, ast.NoneLit)) for i in (*expr.items, item)):
+        # a pick of a pick is one index, `t[0, 3]` (`t[0][3]` indexes twice in Python): the
+        # first's picks removed their axes, so the second's axes follow them
+        return ast.Index(expr.operand, (*expr.items, *items))
+    return ast.Index(expr, tuple(items))
 
 
 def _bound(b: Dim, dim: Dim) -> ast.Expr:
