@@ -33,17 +33,15 @@ WEIGHTS = {"A": ("h", "v"), "B": ("h", "v"), "a": ("h",), "b": ("h",)}
 SIZES = {"n": 6, "v": 3, "h": 4}
 
 
-@pytest.mark.xfail(strict=True, reason="the weight's other factor in the product is dropped")
 def test_a_weight_that_is_also_a_factor_of_the_shared_operand():
-    # (X * A) @ A.T: A is the weight and a factor of the rows; fused as X @ A.T it was wrong.
+    # (X * A) @ A.T: A is the weight and a factor of the rows; it was fused as X @ A.T
+    # (every operand that was the weight's node left out of the rows), dX 0.12 off.
     shapes = {"X": ("h", "v"), **WEIGHTS}
     _check_grad("sum(((X * A) @ A.T)[0] * (X @ B.T)[1])", shapes, SIZES)
 
 
-@pytest.mark.xfail(strict=True, reason="a bias dropped where only some products have one")
 def test_a_bias_on_one_product_of_the_group_only():
     # The fused product has no bias (not every product has one), but the sum with a was
-    # replaced by the bare product's part.
+    # replaced by the bare product's part: da, dX and dB wrong (da 0.35 off).
     shapes = {"X": ("n", "v"), **WEIGHTS}
-    formula = _check_grad("sum((X @ A.T + a)[2] * (X @ B.T)[3])", shapes, SIZES)
-    assert "stack(A, B)" in formula, formula
+    _check_grad("sum((X @ A.T + a)[2] * (X @ B.T)[3])", shapes, SIZES)

@@ -127,17 +127,20 @@ def _projection(n: Contract):
     `start + rows` of another matrix (`base[i, k]`) summed over k; else None."""
     i, j = n.out
     # (the shared operand may be a variable too: `X @ U.T`, the weight the one carrying j)
-    weights = [(c, ls) for c, ls in n.operands if type(c) is Var and c.rank == 2 and j in ls]
+    weights = [p for p, (c, ls) in enumerate(n.operands)
+               if type(c) is Var and c.rank == 2 and j in ls]
     if len(weights) != 1:
         return None
-    weight, lw = weights[0]
+    weight, lw = n.operands[weights[0]]
     if lw[0] == lw[1]:
         return None
     side = lw.index(j)
     k = lw[1 - side]
     if k in n.out:
         return None
-    rest = [(c, ls) for c, ls in n.operands if c is not weight]
+    # every operand but the weight's, the weight itself included where it is also a factor
+    # of the rows (`(X * U) @ U.T`: the rows are X * U, not X)
+    rest = n.operands[:weights[0]] + n.operands[weights[0] + 1:]
     labels = {l for _, ls in rest for l in ls}
     if j in labels or i not in labels or k not in labels or \
             any(type(c) is Const for c, _ in rest):
@@ -187,7 +190,8 @@ def _plan(group: list[tuple], users: dict, root_ids: set) -> tuple | None:
         Contract((0, 1), [(Delta(span, base.shape[0], lo), (0, 2)), (base, (2, 1))])
     fused = build.contract((0, 1), [(rows, (0, 2)), (matrix, (1, 2) if side == 0 else (2, 1))])
     biases = [_bias(m[0], users, root_ids) for m in group]
-    if all(b is not None for b in biases):
+    folded = all(b is not None for b in biases)
+    if folded:
         vector = Prim(RESHAPE, (_stack([build.scale(c, b) for _, c, b in biases], 0),),
                       ((0, 1), (merged,)), (merged,))
         fused = Add([(1.0, fused), (1.0, build.contract((0, 1), [(vector, (1,))],
@@ -197,7 +201,8 @@ def _plan(group: list[tuple], users: dict, root_ids: set) -> tuple | None:
     parts = {}
     for g, (member, _, _, _, start, length) in enumerate(group):
         part = _select(fused, [("win", start - lo, length), ("pick", g), ("all",)])
-        target = member if biases[g] is None else biases[g][0]
+        # (a product's sum with its bias is a part only where the biases are folded in)
+        target = biases[g][0] if folded else member
         parts[id(target)] = part
     return fused, parts
 
