@@ -289,7 +289,7 @@ def test_stack_along_an_inner_axis_is_numpys_stack():
 
 # -- 2. the call path -----------------------------------------------------------------------
 
-SHAPES = {"W": ("m", "n"), "x": ("n",), "b": ("m",), "c": ()}
+SHAPES = {"W": ("m", "n"), "x": ("n",), "b": ("m",), "c": (), "V": ("m", "n"), "y": ("n",)}
 LOSS = "sum(tanh(W @ x + b)) * c + x @ x"
 
 
@@ -320,7 +320,14 @@ def _check(result, inputs: dict, reference, dtype=np.float64):
 def _results():
     """Every kind of result, with one, several, reordered and repeated wrt."""
     made = [("compile", einderiv.compile("tanh(W @ x + b) * c", SHAPES)),
-            ("compile 0-d", einderiv.compile("x @ x", {"x": ("n",)}))]
+            ("compile 0-d", einderiv.compile("x @ x", {"x": ("n",)})),
+            ("compile a view", einderiv.compile("W.T", {"W": ("m", "n")})),
+            # gradients that are the inputs themselves (and a view), in and out of order
+            ("grad inputs", einderiv.grad("sum(W * V) + x @ y", ["W", "V", "x", "y"],
+                                          {k: SHAPES[k] for k in "WVxy"})),
+            ("grad inputs reordered", einderiv.grad("sum(W * V) + x @ y + sum(W.T @ b)",
+                                                    ["y", "x", "b", "V", "W", "y"],
+                                                    {k: SHAPES[k] for k in "WVxyb"}))]
     for kind in ("grad", "value_and_grad", "hessian"):
         for wrt in ("x", ["x"], ["W", "x", "b", "c"], ["c", "b", "x"], ["x", "x"],
                     ["x", "W", "x"]):
