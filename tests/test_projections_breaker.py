@@ -45,3 +45,32 @@ def test_a_bias_on_one_product_of_the_group_only():
     # replaced by the bare product's part: da, dX and dB wrong (da 0.35 off).
     shapes = {"X": ("n", "v"), **WEIGHTS}
     _check_grad("sum((X @ A.T + a)[2] * (X @ B.T)[3])", shapes, SIZES)
+
+
+# --- where the fused product pays ------------------------------------------------------------
+#
+# The fused product copies every weight of the group into a stack on every call (they are
+# inputs): G * H * V entries, a large temporary beside the recurrent weights' stack. What it
+# saves is (G - 1) products' calls and, in a recurrent net, the stack of the gates' rows along
+# an inner axis (T * G * H entries). Measured same-process (gradient of einderiv.models'
+# lstm_loss, one BLAS thread, V x H x T): 9x9x11 0.97x, 16x64x32 0.98x, 32x32x32 0.98x; but
+# 100x100x8 1.05x, 128x128x8 1.06x (2.1x in another run), 1000x200x4 1.08x, 300x300x8 1.49x to
+# 1.66x (2750 minor page faults a call against 1375: glibc returns the freed stacks to the
+# system and maps them again on the next call).
+
+def _lstm_formula(steps, sizes):
+    from einderiv.models import lstm_loss
+    loss, weights = lstm_loss(steps)
+    return einderiv.grad(loss, weights, sizes=sizes).formula
+
+
+@pytest.mark.xfail(strict=True, reason="the weights are stacked where the copy costs more than "
+                                       "it saves")
+def test_weights_wider_than_the_rows_are_not_stacked_at_known_sizes():
+    # V = 300 columns per weight against 4 rows: the copy is 75 times the rows it saves.
+    assert "stack(Uc" not in _lstm_formula(4, {"H": 300, "V": 300})
+    assert "stack(Uc" not in _lstm_formula(4, {"H": 4, "V": 5})
+
+
+def test_weights_no_wider_than_the_rows_are_stacked_at_known_sizes():
+    assert _lstm_formula(4, {"H": 300, "V": 4}).count("stack(Uc, Uf, Ui, Uo)") == 1
