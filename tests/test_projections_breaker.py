@@ -64,8 +64,6 @@ def _lstm_formula(steps, sizes):
     return einderiv.grad(loss, weights, sizes=sizes).formula
 
 
-@pytest.mark.xfail(strict=True, reason="the weights are stacked where the copy costs more than "
-                                       "it saves")
 def test_weights_wider_than_the_rows_are_not_stacked_at_known_sizes():
     # V = 300 columns per weight against 4 rows: the copy is 75 times the rows it saves.
     assert "stack(Uc" not in _lstm_formula(4, {"H": 300, "V": 300})
