@@ -17,7 +17,7 @@ bias) is a part `A[rows, g]` of it. Parts of parts are read from it directly (`A
 a stack of all of its gates' parts, in its order, is a window of it (`A[1:]`, where the stack
 was a copy of four picks). A gate whose product reads fewer rows (the forget gate's, unused at
 step 0) is computed on the other gates' rows too: at most `MAX_WASTE` times the rows asked
-for. LSTM 9x9x11, those products and the stack 12.6 -> 6.6 us, the gradient 242 -> 232 us
+for (of a symbolic length, at most a row more for each product). LSTM 9x9x11, those products and the stack 12.6 -> 6.6 us, the gradient 242 -> 232 us
 (hand-written numpy: 241); 64x128x32, 1467 -> 1396 us (same process, single thread).
 
 Only where the program reads the fused product by rows: a step's row of all gates (`A[t]`,
@@ -166,18 +166,25 @@ def _projection(n: Contract):
 
 def _plan(group: list[tuple], users: dict, root_ids: set) -> tuple | None:
     """(the group's fused product, id(old node) -> its part of it), or None where fusing
-    would compute many rows no product asks for, or copy weights wider than its rows."""
+    would compute many rows no product asks for (more than MAX_WASTE times the rows asked
+    for; of a symbolic length, more than a row more for each product), or copy weights wider
+    than its rows."""
     starts = [m[4] for m in group]
     ends = [Dim(m[5].name, m[5].offset + m[4]) for m in group]
     if len({e.name for e in ends}) != 1:
         return None  # rows of sizes that do not compare
     lo, hi = min(starts), max(e.offset for e in ends)
     span = Dim(ends[0].name, hi - lo)
-    # (for a symbolic length, the rows asked for differ from the span by constants: the
-    # waste is counted as if the length were large, where it is nothing)
-    asked = sum(hi - lo - (e.offset - s) for e, s in zip(ends, starts))
+    waste = sum(hi - lo - (e.offset - s) for e, s in zip(ends, starts))
     if span.is_concrete and len(group) * span.offset > MAX_WASTE * (
-            len(group) * span.offset - asked):
+            len(group) * span.offset - waste):
+        return None
+    if not span.is_concrete and waste > len(group):
+        # For a symbolic length the rows asked for differ from the span by constants: a
+        # number of rows wasted at any length, small beside a long one but not beside a short
+        # one (X[:n-300] and X[300:] at n = 400: 4 times the rows, a gradient 17 times
+        # slower). At most a row for each product, as the gates of a recurrent net's steps
+        # (`X[:n-1]`, `X[1:]`): no more work than the stack of its weights costs.
         return None
     group = sorted(group, key=lambda m: m[1].name)
     _, weight, side, base, _, _ = group[0]
