@@ -63,10 +63,25 @@ def test_windows_far_apart_in_a_symbolic_length_are_not_fused():
 
 
 def test_windows_a_row_apart_in_a_symbolic_length_are_fused():
+    # (each step's row of both gates stacked: a row of the fused product)
     shapes = {"X": ("n", "v"), **WEIGHTS}
-    formula = _check_grad("sum(tanh((X[:n-1] @ A.T + a)[0]) * tanh((X[1:] @ B.T + b)[2]))",
+    formula = _check_grad("sum(tanh(stack((X[:n-1] @ A.T + a)[2], (X[1:] @ B.T + b)[1])))",
                           shapes, SIZES)
     assert "reshape(X @ reshape(stack(A, B), (2 * h, v)).T" in formula, formula
+    assert "stack((" not in formula and "stack(t" not in formula, formula
+
+
+@pytest.mark.xfail(strict=True, reason="fused where no stack of the gates' rows is saved")
+def test_products_whose_rows_are_never_stacked_are_not_fused():
+    # Two products read by rows, never stacked: fusing them saves one product's call and
+    # adds the stacks of weights and biases and three reshapes; the gradient was 1.03 to 1.05
+    # times as long (n x v x h: 4x8x8, 16x8x16, 16x16x64), and 1.20 times at 400x200x400
+    # with the rows of X[160:] computed from row 0 (1.25 times the rows asked for).
+    shapes = {"X": ("n", "v"), **WEIGHTS}
+    for expr in ("sum(tanh((X @ A.T + a)[0]) * tanh((X @ B.T + b)[1]))",
+                 "sum(tanh((X @ A.T + a)[0]) * tanh((X[1:] @ B.T + b)[2]))"):
+        formula = _check_grad(expr, shapes, SIZES)
+        assert "stack(A, B)" not in formula, formula
 
 # --- where the fused product pays ------------------------------------------------------------
 #
