@@ -39,9 +39,12 @@ SIZES = {"n": 6, "v": 3, "h": 4}
 
 def test_a_weight_that_is_also_a_factor_of_the_shared_operand():
     # (X * A) @ A.T: A is the weight and a factor of the rows; it was fused as X @ A.T
-    # (every operand that was the weight's node left out of the rows), dX 0.12 off.
+    # (every operand that was the weight's node left out of the rows), dX 0.12 off. (Each
+    # product's rows 0 and 1 stacked, so that fusing would pay.)
     shapes = {"X": ("h", "v"), **WEIGHTS}
     _check_grad("sum(((X * A) @ A.T)[0] * (X @ B.T)[1])", shapes, SIZES)
+    _check_grad("sum(stack(((X * A) @ A.T)[0], (X @ B.T)[0]) * stack(((X * A) @ A.T)[1], "
+                "(X @ B.T)[1]))", shapes, SIZES)
 
 
 def test_a_bias_on_one_product_of_the_group_only():
@@ -49,6 +52,7 @@ def test_a_bias_on_one_product_of_the_group_only():
     # replaced by the bare product's part: da, dX and dB wrong (da 0.35 off).
     shapes = {"X": ("n", "v"), **WEIGHTS}
     _check_grad("sum((X @ A.T + a)[2] * (X @ B.T)[3])", shapes, SIZES)
+    _check_grad("sum(tanh(stack((X @ A.T + a)[2], (X @ B.T)[2])))", shapes, SIZES)
 
 
 
@@ -71,7 +75,6 @@ def test_windows_a_row_apart_in_a_symbolic_length_are_fused():
     assert "stack((" not in formula and "stack(t" not in formula, formula
 
 
-@pytest.mark.xfail(strict=True, reason="fused where no stack of the gates' rows is saved")
 def test_products_whose_rows_are_never_stacked_are_not_fused():
     # Two products read by rows, never stacked: fusing them saves one product's call and
     # adds the stacks of weights and biases and three reshapes; the gradient was 1.03 to 1.05

@@ -24,8 +24,10 @@ Only where the program reads the fused product by rows: a step's row of all gate
 `A[1:]`) or one gate's row (`A[0, g]`), each contiguous. Products read whole
 (`tanh(X @ A.T + a) * tanh(X @ B.T + b)`) would read each gate strided, `A[:, g]`, and
 elementwise work on strided gates costs more than the calls saved (1000x100x200: 1.19 times
-the unfused gradient; 3x500x500, where copying the weights is most of it, 1.44 times). And
-only matrix products (the shared operand has a row axis): copying the weights into a stack
+the unfused gradient; 3x500x500, where copying the weights is most of it, 1.44 times). Only
+where some stack of the gates' rows becomes a row or window of it: the copies of the weights
+and biases and the reshapes cost more than the products' calls alone save (two gates read by
+rows, never stacked: 1.03 to 1.05 times the time). And only matrix products (the shared operand has a row axis): copying the weights into a stack
 costs about one pass over them, as much as a product with one vector (fuse.py stacks the
 recurrent weights, multiplied by one state per step, only for loops). Where the sizes are known,
 only weights no wider than the rows: the copy, made on every call, costs more than the calls
@@ -71,19 +73,26 @@ def fuse_projections(roots: dict[str, Node], order: list[Node]) -> tuple[dict, l
     plans = [plan for plan in (_plan(g, users, root_ids) for g in groups.values()) if plan]
     while plans:
         replaced = {k: part for _, parts in plans for k, part in parts.items()}
-        new = _rebuilt(roots, order, replaced)
+        stacked: set[int] = set()
+        new = _rebuilt(roots, order, replaced, stacked)
         new_order = topological(*new.values())
-        strided = _strided(new_order, {id(fused) for fused, _ in plans})
-        if not strided:
-            return new, new_order
+        fused = {id(fused) for fused, _ in plans}
         # A gate read whole (`A[:, g]`, strided in the fused product's layout) costs more
-        # than the calls saved (the module's docstring): those groups stay apart.
-        plans = [(fused, parts) for fused, parts in plans if id(fused) not in strided]
+        # than the calls saved (the module's docstring); and a product none of whose rows
+        # was a stack of its gates' rows saves one call a gate, for the copies of the weights
+        # and biases and three reshapes it adds (two gates read by rows: 1.03 to 1.05 times
+        # the time): those groups stay apart.
+        apart = _strided(new_order, fused) | (fused - stacked)
+        if not apart:
+            return new, new_order
+        plans = [(f, parts) for f, parts in plans if id(f) not in apart]
     return roots, order
 
 
-def _rebuilt(roots: dict[str, Node], order: list[Node], replaced: dict) -> dict[str, Node]:
-    """`roots` with the nodes of `replaced` (by id) replaced, and parts of parts simplified."""
+def _rebuilt(roots: dict[str, Node], order: list[Node], replaced: dict,
+             stacked: set) -> dict[str, Node]:
+    """`roots` with the nodes of `replaced` (by id) replaced, and parts of parts simplified;
+    the ids of the nodes that a stack of parts became a part of are added to `stacked`."""
     memo: dict[int, Node] = {}
     # The ids of the new nodes that are parts of a fused product, and of those that read one:
     # only their users can be parts of parts or stacks of parts (most rebuilt nodes are
@@ -101,7 +110,7 @@ def _rebuilt(roots: dict[str, Node], order: list[Node], replaced: dict) -> dict[
                 new = _with_children(n, rebuilt)
                 read = [id(c) in parts for c in rebuilt]
                 if any(read) or type(n) is Add and any([id(c) in near for c in rebuilt]):
-                    simpler = _simplified(new)
+                    simpler = _simplified(new, stacked)
                     if simpler is not new:
                         new = simpler
                         parts.add(id(new))
@@ -344,9 +353,10 @@ def _composed(inner: list[tuple], outer: list[tuple]) -> list[tuple]:
     return specs
 
 
-def _simplified(node: Node) -> Node:
+def _simplified(node: Node, stacked: set) -> Node:
     """`node` (rebuilt over a part of a fused product) as a part of that product where it is
-    a part of a part, or a stack of its parts along one axis in order."""
+    a part of a part, or a stack of its parts along one axis in order (its id then added to
+    `stacked`)."""
     found = _part(node)
     if found is not None:
         base, outer = found
@@ -358,6 +368,8 @@ def _simplified(node: Node) -> Node:
             len({c for c, _ in node.terms}) == 1:
         whole = _stack_of_parts(node)
         if whole is not None:
+            part = _part(whole)
+            stacked.add(id(whole if part is None else part[0]))
             return build.scale(node.terms[0][0], whole)
     return node
 
