@@ -55,7 +55,6 @@ def test_a_bias_on_one_product_of_the_group_only():
     _check_grad("sum(tanh(stack((X @ A.T + a)[2], (X @ B.T)[2])))", shapes, SIZES)
 
 
-
 def test_windows_far_apart_in_a_symbolic_length_are_not_fused():
     # X[:n-300] and X[300:]: one product of all n rows for each weight, where each asks for
     # n - 300. At n = 400, v = 8, h = 200 the gradient took 16.8 times as long (1000 rows,
@@ -86,6 +85,7 @@ def test_products_whose_rows_are_never_stacked_are_not_fused():
         formula = _check_grad(expr, shapes, SIZES)
         assert "stack(A, B)" not in formula, formula
 
+
 # --- where the fused product pays ------------------------------------------------------------
 #
 # The fused product copies every weight of the group into a stack on every call (they are
@@ -113,7 +113,6 @@ def test_weights_no_wider_than_the_rows_are_stacked_at_known_sizes():
     assert _lstm_formula(4, {"H": 300, "V": 4}).count("stack(Uc, Uf, Ui, Uo)") == 1
 
 
-
 slow = pytest.mark.skipif(not os.environ.get("EINDERIV_SLOW"),
                           reason="timing of a 300x300x8 LSTM gradient: set EINDERIV_SLOW=1")
 
@@ -122,7 +121,7 @@ slow = pytest.mark.skipif(not os.environ.get("EINDERIV_SLOW"),
 # depends on the allocator's state (in a process that freed larger blocks before, as pytest's
 # has, glibc keeps them and both run alike).
 _TIMING = """
-import resource, sys, timeit
+import timeit
 import numpy as np
 import einderiv
 import einderiv.vectorize.program as program
