@@ -72,6 +72,22 @@ def _fresh(text: str) -> bool:
         isinstance(top, python_ast.UnaryOp) and isinstance(top.op, python_ast.USub))
 
 
+def _stacked_product(e: ast.Expr):
+    """(a, weights, dims) where `e` is `a @ reshape(stack(weights), dims).T` (projections.py's
+    product of one operand with several weights stacked), else None."""
+    if not (isinstance(e, ast.BinOp) and e.op == "@" and isinstance(e.right, ast.Attribute)
+            and e.right.attr == "T"):
+        return None
+    r = e.right.operand
+    if not (isinstance(r, ast.Call) and r.func == "reshape" and len(r.args) == 2 and
+            not r.kwargs and isinstance(r.args[1], ast.Tuple) and len(r.args[1].items) == 2):
+        return None
+    s = r.args[0]
+    if not (isinstance(s, ast.Call) and s.func == "stack" and not s.kwargs and len(s.args) > 1):
+        return None
+    return e.left, s.args, r.args[1]
+
+
 def _identity_row(e: ast.Index) -> bool:
     return (isinstance(e.operand, ast.Call) and e.operand.func == "eye"
             and len(e.operand.args) == 1 and len(e.items) == 1
@@ -287,6 +303,13 @@ class _Printer:
         fused = self._sigmoid_product(e)
         if fused is not None:  # `y * sigmoid(m)`: one division (kernels.sigmoid)
             return self._sigmoid(*fused)
+        stacked = _stacked_product(e)
+        if stacked is not None:  # `a @ reshape(stack(W...), (G * H, V)).T`: see the kernel
+            a, weights, dims = stacked
+            self.imports["einderiv.evaluate.kernels"] = "_kernels"
+            shape = "".join(f"{self._dimension(d)}, " for d in dims.items)
+            return (f"_kernels.stacked_product({self.expr(a)}, "
+                    f"[{', '.join(self.expr(w) for w in weights)}], ({shape.rstrip()}), _xp)")
         if isinstance(e, ast.BinOp):
             p = _PREC[e.op]
             left = self._wrap(e.left, p + 1 if e.op == "**" else p)
