@@ -48,7 +48,8 @@ class GeneratedFunction:
             self.code = compile(module.source, f"<einderiv {module.function}>", "exec")
         self.arguments = module.arguments
         self.variables = {name: Var(name, declared[name]) for name in module.arguments}
-        # Inputs the result does not use may still be passed (the API accepts every declared variable) and are checked.
+        # Inputs the result does not use may still be passed (the API accepts every declared
+        # variable) and are checked.
         self.optional = {name: Var(name, shape) for name, shape in declared.items()
                          if name not in self.variables}
         self.structured = list(structured)  # slices and picks to check per signature
@@ -254,7 +255,8 @@ def _guard(seen: tuple, arguments: list, found: tuple, own, separate, outputs: i
                 *([f"id({r}) not in _in"] if many else
                   [f"{r} is not a{k}" for k in range(len(seen))])]
     if single:
-        one, two = ("r", f"_own(r, {given}, _dt)") if plain else ("(r,)", f"(_own(r, {given}, _dt),)")
+        owned = f"_own(r, {given}, _dt)"
+        one, two = ("r", owned) if plain else ("(r,)", f"({owned},)")
         if backend == "numpy":  # a fresh array of the result dtype is the caller's as it is
             lines += [f"        if {' and '.join(owned('r', 0))}:", f"            return {one}"]
         lines += [f"        return {two}"]

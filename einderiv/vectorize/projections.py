@@ -24,8 +24,8 @@ symbolic length, at most a row more for each product). LSTM 9x9x11, those produc
 Only where the program reads the fused product by rows: a step's row of all gates (`A[t]`,
 `A[1:]`) or one gate's row (`A[0, g]`), each contiguous. Products read whole
 (`tanh(X @ A.T + a) * tanh(X @ B.T + b)`) would read each gate strided, `A[:, g]`, and
-elementwise work on strided gates costs more than the calls saved (1000x100x200: 1.19 times the unfused gradient; 3x500x500,
-where copying the weights is most of it, 1.44 times). Only where some stack of the gates' rows
+elementwise work on strided gates costs more than the calls saved (1000x100x200: 1.19 times the
+unfused gradient; 3x500x500, where copying the weights is most of it, 1.44 times). Only where some stack of the gates' rows
 becomes a row or window of it: the copies of the weights and biases and the reshapes cost more
 than the products' calls alone save (two gates read by rows, never stacked: 1.03 to 1.05 times
 the time). And only matrix products (the shared operand has a row axis): copying the weights
@@ -34,6 +34,8 @@ stacks the recurrent weights, multiplied by one state per step, only for loops).
 are known, only weights no wider than the rows: the copy, made on every call, costs more than
 the calls and the stack of rows it saves otherwise (an LSTM at V = H = 300, 8 steps: 1.5 times
 slower, its stack of weights a large temporary whose pages are mapped anew on each call).
+Where they are names, the generated code's `kernels.stacked_product` decides at the call: it
+multiplies large weights one by one into their columns of the result.
 """
 from __future__ import annotations
 
