@@ -255,8 +255,8 @@ def _guard(seen: tuple, arguments: list, found: tuple, own, separate, outputs: i
                 *([f"id({r}) not in _in"] if many else
                   [f"{r} is not a{k}" for k in range(len(seen))])]
     if single:
-        owned = f"_own(r, {given}, _dt)"
-        one, two = ("r", owned) if plain else ("(r,)", f"({owned},)")
+        copied = f"_own(r, {given}, _dt)"
+        one, two = ("r", copied) if plain else ("(r,)", f"({copied},)")
         if backend == "numpy":  # a fresh array of the result dtype is the caller's as it is
             lines += [f"        if {' and '.join(owned('r', 0))}:", f"            return {one}"]
         lines += [f"        return {two}"]

@@ -25,10 +25,10 @@ Only where the program reads the fused product by rows: a step's row of all gate
 `A[1:]`) or one gate's row (`A[0, g]`), each contiguous. Products read whole
 (`tanh(X @ A.T + a) * tanh(X @ B.T + b)`) would read each gate strided, `A[:, g]`, and
 elementwise work on strided gates costs more than the calls saved (1000x100x200: 1.19 times the
-unfused gradient; 3x500x500, where copying the weights is most of it, 1.44 times). Only where some stack of the gates' rows
-becomes a row or window of it: the copies of the weights and biases and the reshapes cost more
-than the products' calls alone save (two gates read by rows, never stacked: 1.03 to 1.05 times
-the time). And only matrix products (the shared operand has a row axis): copying the weights
+unfused gradient; 3x500x500, where copying the weights is most of it, 1.44 times). Only where
+some stack of the gates' rows becomes a row or window of it: the copies of the weights and
+biases and the reshapes cost more than the products' calls alone save (two gates read by rows,
+never stacked: 1.03 to 1.05 times the time). And only matrix products (the shared operand has a row axis): copying the weights
 into a stack costs about one pass over them, as much as a product with one vector (fuse.py
 stacks the recurrent weights, multiplied by one state per step, only for loops). Where the sizes
 are known, only weights no wider than the rows: the copy, made on every call, costs more than
