@@ -115,23 +115,26 @@ def test_weights_no_wider_than_the_rows_are_stacked_at_known_sizes():
 # unfused one in a fresh process, whose allocator maps a freed large array out and in again:
 # 2750 minor page faults a call against 1375); there each weight is multiplied on its own.
 
+@pytest.mark.parametrize("transposed", [True, False])
 @pytest.mark.parametrize("rows, k, h, stacked", [
     (11, 9, 9, True),  # small weights: one product of the stack
     (8, 300, 300, False),  # large weights, few rows: a product per weight
     (400, 300, 300, True),  # large weights, more rows than a weight's columns
     (1, 300, 300, False),  # a vector
+    (8, 300, 20, False),
 ])
 def test_stacked_products_stack_only_small_weights_or_many_rows(monkeypatch, rows, k, h,
-                                                                stacked):
+                                                                stacked, transposed):
     from einderiv.evaluate import kernels
     rng = np.random.default_rng(0)
     a = rng.normal(size=(rows, k) if rows > 1 else (k,))
-    weights = [rng.normal(size=(h, k)) for _ in range(4)]
-    want = a @ np.concatenate(weights).T
+    weights = [rng.normal(size=(h, k) if transposed else (k, h)) for _ in range(4)]
+    want = a @ (np.concatenate(weights).T if transposed else np.concatenate(weights, axis=1))
     made = []
     real = kernels.stack
     monkeypatch.setattr(kernels, "stack", lambda *args, **kw: made.append(1) or real(*args, **kw))
-    got = kernels.stacked_product(a, weights, (4 * h, k))
+    shape = (4 * h, k) if transposed else (k, 4 * h)
+    got = kernels.stacked_product(a, weights, shape, np, transposed=transposed)
     assert bool(made) == stacked
     assert got.shape == want.shape and got.dtype == want.dtype
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

@@ -1130,28 +1130,30 @@ def stack(arrays, xp=np, axis=0):
 _STACKED_ENTRIES = 16384
 
 
-def stacked_product(a, weights, shape, xp=np):
-    """`a @ reshape(stack(weights), shape).T`: the products of `a` with several weights of
-    one shape [h, k], side by side along the last axis (an LSTM's input projections of all
-    gates, projections.py). Small weights are stacked, for one matrix product; large ones,
-    where the rows of `a` are fewer than a weight's columns, are multiplied one by one, each
-    product written into its columns of the result: the stack is a copy of every weight on
-    every call, and a freed array of more than 128 KB is unmapped by glibc and mapped again at
-    the next call (V = H = 300, 8 steps: the LSTM gradient 1.6x slower stacked)."""
+def stacked_product(a, weights, shape, xp=np, transposed=True):
+    """`a @ reshape(stack(weights), shape).T` (weights [h, k], shape (G * h, k)), or, not
+    `transposed`, `a @ reshape(stack(weights, axis=1), shape)` (weights [k, h], shape
+    (k, G * h)): the products of `a` with several weights of one shape, side by side along the
+    last axis (an LSTM's input projections of all gates, projections.py). Small weights are
+    stacked, for one matrix product; large ones, where the rows of `a` are fewer than the k a
+    weight contracts, are multiplied one by one, each product written into its columns of the
+    result: the stack is a copy of every weight on every call, and a freed array of more than
+    128 KB is unmapped by glibc and mapped again at the next call (V = H = 300, 8 steps: the
+    LSTM gradient 1.6x slower stacked)."""
     if xp is np and type(a) is np.ndarray and a.ndim >= 1:
-        first = weights[0]
-        if type(first) is np.ndarray and first.ndim == 2 and \
-                len(weights) * first.size > _STACKED_ENTRIES and \
-                a.size // max(a.shape[-1], 1) < first.shape[1] and \
-                tuple(shape) == (len(weights) * first.shape[0], first.shape[1]) and \
-                all([type(w) is np.ndarray and w.shape == first.shape for w in weights]):
-            h = first.shape[0]
-            out = np.empty(a.shape[:-1] + (len(weights) * h,),
-                           dtype=np.result_type(a, *weights))
-            for g, w in enumerate(weights):
-                np.matmul(a, w.T, out=out[..., g * h:(g + 1) * h])
-            return out
-    return a @ reshape(stack(weights, xp), shape, xp).T
+        first, g = weights[0], len(weights)
+        if type(first) is np.ndarray and first.ndim == 2 and g * first.size > _STACKED_ENTRIES:
+            h, k = first.shape if transposed else first.shape[::-1]
+            if a.size // max(a.shape[-1], 1) < k and tuple(shape) == (
+                    (g * h, k) if transposed else (k, g * h)) and \
+                    all([type(w) is np.ndarray and w.shape == first.shape for w in weights]):
+                out = np.empty(a.shape[:-1] + (g * h,), dtype=np.result_type(a, *weights))
+                for i, w in enumerate(weights):
+                    np.matmul(a, w.T if transposed else w, out=out[..., i * h:(i + 1) * h])
+                return out
+    if transposed:
+        return a @ reshape(stack(weights, xp), shape, xp).T
+    return a @ reshape(stack(weights, xp, axis=1), shape, xp)
 
 
 # numpy's module functions for sums, means and axis swaps spend about a microsecond a call in

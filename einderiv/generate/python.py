@@ -73,19 +73,25 @@ def _fresh(text: str) -> bool:
 
 
 def _stacked_product(e: ast.Expr):
-    """(a, weights, dims) where `e` is `a @ reshape(stack(weights), dims).T` (projections.py's
-    product of one operand with several weights stacked), else None."""
-    if not (isinstance(e, ast.BinOp) and e.op == "@" and isinstance(e.right, ast.Attribute)
-            and e.right.attr == "T"):
+    """(a, weights, dims, transposed) where `e` is `a @ reshape(stack(weights), dims).T` or
+    `a @ reshape(stack(weights, axis=1), dims)` (projections.py's product of one operand with
+    several weights stacked, each weight [J, K] or [K, J]), else None."""
+    if not (isinstance(e, ast.BinOp) and e.op == "@"):
         return None
-    r = e.right.operand
+    r, transposed = e.right, isinstance(e.right, ast.Attribute) and e.right.attr == "T"
+    if transposed:
+        r = r.operand
     if not (isinstance(r, ast.Call) and r.func == "reshape" and len(r.args) == 2 and
             not r.kwargs and isinstance(r.args[1], ast.Tuple) and len(r.args[1].items) == 2):
         return None
     s = r.args[0]
-    if not (isinstance(s, ast.Call) and s.func == "stack" and not s.kwargs and len(s.args) > 1):
+    if not (isinstance(s, ast.Call) and s.func == "stack" and len(s.args) > 1):
         return None
-    return e.left, s.args, r.args[1]
+    axis = [v for k, v in s.kwargs if k == "axis"]
+    if len(s.kwargs) != len(axis) or (
+            [getattr(a, "value", None) for a in axis] != ([] if transposed else [1])):
+        return None
+    return e.left, s.args, r.args[1], transposed
 
 
 def _identity_row(e: ast.Index) -> bool:
@@ -305,11 +311,12 @@ class _Printer:
             return self._sigmoid(*fused)
         stacked = _stacked_product(e)
         if stacked is not None:  # `a @ reshape(stack(W...), (G * H, V)).T`: see the kernel
-            a, weights, dims = stacked
+            a, weights, dims, transposed = stacked
             self.imports["einderiv.evaluate.kernels"] = "_kernels"
             shape = "".join(f"{self._dimension(d)}, " for d in dims.items)
             return (f"_kernels.stacked_product({self.expr(a)}, "
-                    f"[{', '.join(self.expr(w) for w in weights)}], ({shape.rstrip()}), _xp)")
+                    f"[{', '.join(self.expr(w) for w in weights)}], ({shape.rstrip()}), _xp"
+                    f"{'' if transposed else ', transposed=False'})")
         if isinstance(e, ast.BinOp):
             p = _PREC[e.op]
             left = self._wrap(e.left, p + 1 if e.op == "**" else p)
