@@ -1149,7 +1149,10 @@ def stacked_product(a, weights, shape, xp=np, transposed=True):
                     all([type(w) is np.ndarray and w.shape == first.shape for w in weights]):
                 out = np.empty(a.shape[:-1] + (g * h,), dtype=np.result_type(a, *weights))
                 for i, w in enumerate(weights):
-                    np.matmul(a, w.T if transposed else w, out=out[..., i * h:(i + 1) * h])
+                    # in the result's dtype, as the stack's product: a float32 pair among
+                    # float64 weights is otherwise multiplied in float32, then cast
+                    np.matmul(a, w.T if transposed else w, out=out[..., i * h:(i + 1) * h],
+                              dtype=out.dtype)
                 return out
     if transposed:
         return a @ reshape(stack(weights, xp), shape, xp).T
