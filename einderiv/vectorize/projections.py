@@ -21,21 +21,20 @@ symbolic length, at most a row more for each product). LSTM 9x9x11, those produc
 12.6 -> 6.6 us, the gradient 242 -> 232 us (hand-written numpy: 241); 64x128x32, 1467 -> 1396 us
 (same process, single thread).
 
-Only where the program reads the fused product by rows: a step's row of all gates (`A[t]`,
-`A[1:]`) or one gate's row (`A[0, g]`), each contiguous. Products read whole
-(`tanh(X @ A.T + a) * tanh(X @ B.T + b)`) would read each gate strided, `A[:, g]`, and
-elementwise work on strided gates costs more than the calls saved (1000x100x200: 1.19 times the
-unfused gradient; 3x500x500, where copying the weights is most of it, 1.44 times). Only where
-some stack of the gates' rows becomes a row or window of it: the copies of the weights and
-biases and the reshapes cost more than the products' calls alone save (two gates read by rows,
-never stacked: 1.03 to 1.05 times the time). And only matrix products (the shared operand has a row axis): copying the weights
-into a stack costs about one pass over them, as much as a product with one vector (fuse.py
-stacks the recurrent weights, multiplied by one state per step, only for loops). Where the sizes
-are known, only weights no wider than the rows: the copy, made on every call, costs more than
-the calls and the stack of rows it saves otherwise (an LSTM at V = H = 300, 8 steps: 1.5 times
-slower, its stack of weights a large temporary whose pages are mapped anew on each call).
-Where they are names, the generated code's `kernels.stacked_product` decides at the call: it
-multiplies large weights one by one into their columns of the result.
+Only where the program reads the fused product by rows: a step's row of all gates (`A[t]`, `A[1:]`)
+or one gate's row (`A[0, g]`), each contiguous. Products read whole (`tanh(X @ A.T + a) * tanh(X @
+B.T + b)`) would read each gate strided, `A[:, g]`, and elementwise work on strided gates costs more
+than the calls saved (1000x100x200: 1.19 times the unfused gradient; 3x500x500, where copying the
+weights is most of it, 1.44 times). Only where some stack of the gates' rows becomes a row or window
+of it: the copies of the weights and biases and the reshapes cost more than the products' calls
+alone save (two gates read by rows, never stacked: 1.03 to 1.05 times the time). And only matrix
+products (the shared operand has a row axis): copying the weights into a stack costs about one pass
+over them, as much as a product with one vector (fuse.py stacks the recurrent weights, multiplied by
+one state per step, only for loops). Where the sizes are known, only weights no wider than the rows:
+the copy, made on every call, costs more than the calls and the stack of rows it saves otherwise (an
+LSTM at V = H = 300, 8 steps: 1.5 times slower, its stack of weights a large temporary whose pages
+are mapped anew on each call). Where they are names, the generated code's `kernels.stacked_product`
+decides at the call: it multiplies large weights one by one into their columns of the result.
 """
 from __future__ import annotations
 
