@@ -205,3 +205,25 @@ def test_the_generated_codes_reductions_and_transposes_agree_with_numpy_on_every
     np.testing.assert_array_equal(
         np.asarray(kernels.broadcast_copy(t[:, :, :1], (3, 4, 5), tx)),
         np.broadcast_to(x[:, :, :1], (3, 4, 5)))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("negated", [False, True])
+def test_sigmoid_of_a_few_entries_is_exact_on_its_fast_path(dtype, negated):
+    # (an unrolled network's gates: fewer than 256 entries go to scipy's expit straight away
+    # where no entry is past the overflow bound, else the careful path)
+    rng = np.random.default_rng(3)
+    bound = 80.0 if dtype is np.float32 else 700.0
+    for n in (1, 9, 27, 255):
+        x = (rng.uniform(-bound, bound, size=n)).astype(dtype)
+        x[0] = -bound if not negated else bound  # far left of the result
+        got = kernels.sigmoid(x, negated=negated)
+        want = np.array([_sigmoid_exact(-v if negated else v) for v in x])
+        assert got.dtype == dtype and got.shape == x.shape
+        np.testing.assert_allclose(got, want.astype(dtype), rtol=4 * np.finfo(dtype).eps,
+                                   atol=0)
+    far = -720.0 if dtype is np.float64 else -100.0  # past the bound: the careful path,
+    edge = np.array([far, 1.0], dtype=dtype)  # subnormal exp(far) kept
+    got = kernels.sigmoid(-edge if negated else edge, negated=negated)
+    assert got[0] == np.exp(edge[:1])[0] > 0
+    assert abs(got[1] / _sigmoid_exact(1.0) - 1) < 4 * np.finfo(dtype).eps
