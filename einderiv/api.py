@@ -102,7 +102,8 @@ class _Result:
         self._module = None
         self._function = None
         # The call's fast path: the generated function's guard for the first signature, where
-        # the guard's result is the call's (`structure` is `_single` or `tuple`), else None.
+        # the guard's result is the call's (`_returned`: `structure` is `_single` or `tuple`),
+        # else None.
         self._fast = None
         self._returned = False
         self._plan = None  # the IR interpreter's, for evaluate_ir
@@ -177,20 +178,20 @@ class _Result:
     def __call__(self, /, *args, **arrays):  # `/`: an input may be named `self`
         """The results for the input arrays: by keyword, or positional in the order the
         expression declares its variables (`.inputs`), or both."""
-        fast = self._fast
-        if fast is not None and not args:  # the first signature's guard: see _guard
+        if args:
+            arrays = self._keywords(args, arrays)
+        fast = self._fast  # the first signature's guard, whose result is the call's
+        if fast is not None:
             results = fast(arrays)
             if results is not MISS:
                 return results
-        if args:
-            arrays = self._keywords(args, arrays)
         function = self._function
-        if function is not None:
+        if function is not None and not self._returned:
             guarded = function.guarded
             if guarded is not None:  # the signature seen first, checked as straight-line code
                 results = guarded(arrays)
                 if results is not MISS:
-                    return results if self._returned else self._structure(results)
+                    return self._structure(results)
         return self._evaluate(arrays)
 
     def _evaluate(self, arrays: dict):
@@ -210,8 +211,7 @@ class _Result:
                         # (a tuple of one output unwrapped by the guard, for `_single`)
                         plain = self._structure is _single and module.outputs == 1
                         # (set before the function, which other threads read unlocked)
-                        self._returned = plain or self._structure is tuple  # the guard's
-                        # result is the call's
+                        self._returned = plain or self._structure is tuple
                         self._function = GeneratedFunction(
                             module, self.lowered.declared, structured, self.backend,
                             plain=plain)

@@ -253,7 +253,7 @@ def _guard(seen: tuple, arguments: list, found: tuple, own, separate, outputs: i
             return [f"type({r}) is _nd", f"{r}.dtype is _dt"]
         return [f"type({r}) is _nd", f"{r}.base is None", f"{r}.dtype is _dt",
                 *([f"id({r}) not in _in"] if many else
-                  [f"{r} is not a{k}" for k in range(len(seen))])]
+                  [f"{r} is not a{j}" for j in range(len(seen))])]
     if single:
         copied = f"_own(r, {given}, _dt)"
         one, two = ("r", copied) if plain else ("(r,)", f"({copied},)")
