@@ -170,12 +170,31 @@ def _times(s, times):
     return s if times is None else s * times
 
 
-def sech2(x):
+# sech2 from tanh(x): 1 - tanh(x) ** 2 where it is at least this, cosh where it cancels. The
+# rounding of tanh(x) (an ulp or two) costs 1 - tanh(x) ** 2 about 1 / _SECH2_FLOOR ulps
+# relative at the floor (measured against mpmath on 420,000 points: 59 ulps in float64 and 56
+# in float32 at 1 / 64; 7 and 9 at 1 / 8): far inside the stability tests' 1e-10 and 1e-4,
+# where the plain formula loses every digit from |x| = 19 (float64) on.
+_SECH2_FLOOR = 1 / 64
+_SECH2_FROM_TANH = 8192  # entries: below, cosh's one pass is cheaper than the passes it saves
+
+
+def sech2(x, tanh=None):
     """sech(x) ** 2 = 1 / cosh(x) ** 2: 1 - tanh(x) ** 2 without its cancellation (all digits
     lost from |x| = 19 on). The reciprocal is taken before squaring, so that only the result
     underflows: where cosh(x) overflows to inf, sech(x) ** 2 is below 1 / max ** 2, far below
-    the smallest subnormal number, and 0 is right."""
+    the smallest subnormal number, and 0 is right.
+
+    `tanh`: numpy's tanh(x), where the caller has it (generated code passes the forward
+    pass's). On a large float array, sech2 is then 1 - tanh ** 2 (two passes, where cosh, a
+    division and a square take three, cosh itself as long as four: 25 against 51 us on 32768
+    entries) wherever that is at least 1 / 64, within about 64 ulps, and 1 / cosh(x) ** 2 at
+    the entries below (|x| > 2.8), where it would cancel."""
     if isinstance(x, np.ndarray) and x.ndim and x.dtype.kind == "f":  # (a 0-d one gives scalars)
+        if tanh is not None and x.size >= _SECH2_FROM_TANH and \
+                type(x) is type(tanh) is np.ndarray and tanh.dtype == x.dtype in _EXPIT_TYPES and tanh.shape == x.shape and \
+                x.flags.c_contiguous:  # (float16's ulp is 1e-3: 64 of them would be 6%)
+            return _sech2_from_tanh(x, tanh)
         with np.errstate(over="ignore"):
             r = np.cosh(x)
         # in place: three passes, no new array after the first (1 / r, not reciprocal(r): numpy
@@ -187,6 +206,17 @@ def sech2(x):
     # a lazy array library computes outside any errstate, and would warn)
     r = 1 / xp.cosh(_below_overflow(x, xp))
     return r * r
+
+
+def _sech2_from_tanh(x, t):
+    """sech2(x) as 1 - t ** 2 from t = tanh(x), and from cosh where that is below the floor
+    (inf and the entries tanh rounds to +-1 included; nan stays nan: no comparison holds)."""
+    s = np.multiply(t, t)
+    np.subtract(1.0, s, out=s)
+    cancelled = np.flatnonzero(np.less(s, _SECH2_FLOOR))
+    if cancelled.size:
+        s.reshape(-1)[cancelled] = sech2(x.reshape(-1)[cancelled])
+    return s
 
 
 def dsigmoid(x):

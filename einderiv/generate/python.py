@@ -167,16 +167,23 @@ class _Printer:
         self.contractions: list[tuple[str, list]] = []
         self.dims_used: set[str] = set()
         self.dim_names: dict[str, str] = {}  # a dimension name that is not ASCII -> ours
+        self.tanh_of: dict[str, str] = {}  # see module
         for i, name in enumerate(list(program.variables) + [n for n, _ in program.temporaries]):
             self.names[name] = name if _safe(name) else f"_v{i}"
 
     def module(self, function: str) -> PythonModule:
         self.arguments = set(self.program.variables)
         body = []
+        # a temporary `t = tanh(u)` by u's name, while t lives: sech2(u) is read off it
+        self.tanh_of = {}
         for (n, e), dead in zip(self.program.temporaries, self._last_reads()):
             body.append(f"    {self.names[n]} = {self.expr(e)}")
+            if self._kernel_call(e, "tanh", "xp.tanh") and isinstance(e.args[0], ast.Name):
+                self.tanh_of[e.args[0].id] = self.names[n]
             if dead:
                 body.append(f"    del {', '.join(self.names[d] for d in dead)}")
+                gone = {self.names[d] for d in dead}
+                self.tanh_of = {u: t for u, t in self.tanh_of.items() if t not in gone}
         results = [self._result(e) for _, e in self.program.outputs]
         ret = results[0] if len(results) == 1 else "(" + ", ".join(results) + ")"
         body.append(f"    return {ret}")
@@ -425,10 +432,14 @@ class _Printer:
             return f"_xp.asarray({self.expr(e)}, dtype=_dtype)"
         return self.expr(e)
 
+    def _kernel_call(self, e: ast.Expr, name: str, impl: str) -> bool:
+        """Is `e` a call of one argument of `name` as `impl` computes it (not a rule file's)?"""
+        return isinstance(e, ast.Call) and e.func == name and len(e.args) == 1 and \
+            not e.kwargs and getattr(self.rules.get(name), "impl", None) == impl
+
     def _kernel_sigmoid(self, e: ast.Expr) -> bool:
         """Is `e` a call of sigmoid as kernels.py computes it (not a rule file's own)?"""
-        return isinstance(e, ast.Call) and e.func == "sigmoid" and len(e.args) == 1 and \
-            not e.kwargs and getattr(self.rules.get("sigmoid"), "impl", None) == "kernel.sigmoid"
+        return self._kernel_call(e, "sigmoid", "kernel.sigmoid")
 
     def _sigmoid_product(self, e: ast.Expr) -> tuple[ast.Expr, ast.Expr] | None:
         """(argument, other factor) of `e` where it is a product with a kernel sigmoid."""
@@ -454,6 +465,12 @@ class _Printer:
         name = e.func
         if self._kernel_sigmoid(e):
             return self._sigmoid(e.args[0])
+        if self._kernel_call(e, "sech2", "kernel.sech2") and isinstance(e.args[0], ast.Name) \
+                and e.args[0].id in self.tanh_of:
+            # the forward pass's tanh of the same argument: 1 - tanh ** 2 where that does not
+            # cancel (kernels.sech2)
+            self.imports["einderiv.evaluate.kernels"] = "_kernels"
+            return f"_kernels.sech2({self.expr(e.args[0])}, tanh={self.tanh_of[e.args[0].id]})"
         if name == "einsum":
             spec = e.args[0].value
             operands = ", ".join(self.expr(a) for a in e.args[1:])
