@@ -35,30 +35,37 @@ def sigmoid(x, *, negated=False, times=None):
     gradient: 1 / (1 + exp(m)) needs no negation of m, and y / (1 + exp(m)) one division for
     the reciprocal and the product (three passes fewer than the formula as written). They are
     keywords only: a rule that gives this kernel a second argument is refused, not negated."""
-    if type(x) is np.ndarray and times is None and 0 < x.size < _MANY:
-        # An unrolled network's gates, a few entries a call: scipy's expit where no entry is
-        # past the bound (below), with nothing else in the way (1.9 -> 1.2 us on 27 entries,
-        # where expit itself takes 0.4: an LSTM step calls this once).
-        low = _EXP_OVERFLOW.get(x.dtype)  # (a float dtype the path below has seen)
-        if low is not None and x.ndim and x.dtype in _EXPIT_TYPES and (
-                (x.item(x.argmax()) <= -low) if negated else (x.item(x.argmin()) >= low)):
-            return _expit()(np.negative(x) if negated else x)
-    elif type(x) is np.ndarray and x.size >= _MANY:
-        # The generated code's common call, in few steps (a logistic loss's 1000 entries: the
-        # Python of the general path below was 0.8 us of its 4): a float array whose bound is
-        # known, no entry past it, and a factor that folds into the division.
-        low = _EXP_OVERFLOW.get(x.dtype)  # (a float dtype the path below has seen)
-        if low is not None and ((_largest(x) <= -low) if negated else (_smallest(x) >= low)) \
-                and (times is None or type(times) is float or (
+    if type(x) is np.ndarray:
+        n = x.size
+        if n >= _MANY:
+            # The generated code's common call, in few steps (a logistic loss's 1000 entries:
+            # the Python of the general path below was 0.8 us of its 4; out given by position,
+            # the extreme read inline, as _largest and _smallest): a float array whose bound is
+            # known, no entry past it, and a factor that folds into the division.
+            low = _EXP_OVERFLOW.get(x.dtype)  # (a float dtype the path below has seen)
+            if low is not None and (times is None or type(times) is float or (
                     type(times) is np.ndarray and times.shape == x.shape and
                     times.dtype == x.dtype)):
-            if negated:
-                s = np.exp(x)
-            else:
-                s = np.negative(x)
-                np.exp(s, out=s)
-            s += 1
-            return np.divide(1.0 if times is None else times, s, out=s)
+                if negated:
+                    if (x.item(x.argmax()) if n <= _FEW_EXTREME else
+                            np.maximum.reduce(x, None)) <= -low:
+                        s = np.exp(x)
+                        s += 1
+                        return np.divide(1.0 if times is None else times, s, s)
+                elif (x.item(x.argmin()) if n <= _FEW_EXTREME else
+                        np.minimum.reduce(x, None)) >= low:
+                    s = np.negative(x)
+                    np.exp(s, s)
+                    s += 1
+                    return np.divide(1.0 if times is None else times, s, s)
+        elif times is None and n:
+            # An unrolled network's gates, a few entries a call: scipy's expit where no entry
+            # is past the bound (below), with nothing else in the way (1.9 -> 1.2 us on 27
+            # entries, where expit itself takes 0.4: an LSTM step calls this once).
+            low = _EXP_OVERFLOW.get(x.dtype)  # (a float dtype the path below has seen)
+            if low is not None and x.ndim and x.dtype in _EXPIT_TYPES and (
+                    (x.item(x.argmax()) <= -low) if negated else (x.item(x.argmin()) >= low)):
+                return _expit()(np.negative(x) if negated else x)
     if isinstance(x, np.ndarray) and x.ndim and x.dtype.kind == "f":
         # 1 / (1 + exp(-x)) keeps full relative precision wherever exp(-x) is finite: far
         # right exp(-x) is tiny and 1 + it rounds as 1 should, far left 1 + exp(-x) is
