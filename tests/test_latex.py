@@ -129,11 +129,29 @@ def test_fractions_are_one_line():
 
 def test_slices_and_pads():
     g = einderiv.grad("sum((x[1:] - x[:-1]) ** 2)", "x", {"x": ("n",)})
-    assert rows(g) == [r"(t_{0})_{i} = x_{i+1} - x_{i}",
+    assert rows(g) == [r"(t_{0})_{i} = x_{i+1} - x_{i} \quad \left(i < n - 1\right)",
                        r"\frac{\partial f}{\partial x_{i}} = 2 \left[i \geq 1\right] "
                        r"(t_{0})_{i-1} - 2 \left[i < n - 1\right] (t_{0})_{i}"]
     f = einderiv.compile("x[::-1] * x[::2][0]", {"x": ("n",)})
     assert rows(f) == [r"f_{i} = x_{0} x_{n-1-i}"]
+
+
+@pytest.mark.parametrize("text,wrt,want", [
+    # index notation implies an index's range from what it indexes: a slice that stops short
+    # says where, or `x[:3]` reads as all of x
+    ("sum(X[:4] @ W)", "W", [r"\frac{\partial f}{\partial W_{ij}} = \sum_{l < 4} X_{li}"]),
+    ("sum(x[:3]) * sum(x)", "x", [r"\frac{\partial f}{\partial x_{i}} = \left(\sum_{j < 3} "
+                                  r"x_{j}\right) + \left(\sum_{j} x_{j}\right) \left[i < 3\right]"]),
+    ("sum(x[:-2]) ** 2", "x", [r"\frac{\partial f}{\partial x_{i}} = 2 \left(\sum_{j < n-2} "
+                               r"x_{j}\right) \left[i < n - 2\right]"]),
+    ("sum((X[:, :3] @ W[:3]) ** 2)", "W", [
+        r"(t_{0})_{ij} = X_{ij} \quad \left(j < 3\right)",
+        r"\frac{\partial f}{\partial W_{ij}} = \left[i < 3\right] 2 \sum_{l} (t_{0})_{li} "
+        r"\sum_{p < 3} (t_{0})_{lp} W_{pj}"]),
+])
+def test_a_slice_that_stops_short_bounds_its_index(text, wrt, want):
+    g = einderiv.grad(text, wrt, {"X": ("n", "d"), "W": ("d", "k"), "x": ("n",)})
+    assert rows(g) == want
 
 
 def test_the_value_symbol_gives_way_to_a_variable_named_f():

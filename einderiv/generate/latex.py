@@ -13,7 +13,9 @@ notations:
 - index notation, where the line has no matrix form (a tensor of three axes or more, an einsum,
   a slice, a pad, an axis of a softmax): the left side carries indices, every operand the
   indices it is taken at, sums are explicit (`\\sum_{k}`), `\\delta` is the Kronecker delta and
-  `\\left[i \\geq 1\\right]` the Iverson bracket (1 where it holds, else 0).
+  `\\left[i \\geq 1\\right]` the Iverson bracket (1 where it holds, else 0). An index taken
+  by a slice that stops short is bounded where it is bound: `\\sum_{j < 3} x_{j}` for
+  `sum(x[:3])`, and a line's free index after it, `\\quad \\left(j < 3\\right)`.
 
 The value of a program is `f`; a derivative's left side says what it is: `\\frac{\\partial f}
 {\\partial W}` (gradients and Jacobians), `\\frac{\\partial^2 f}{\\partial W\\,\\partial W}`
@@ -133,6 +135,9 @@ def latex_rows(program: VectorProgram, kind: str | None = None,
         rank = printer.rank(expr)
         idx = None if printer.fits(expr) or rank is None else printer.fresh(rank)
         rhs = printer.text(expr) if idx is None else printer.ix(expr, idx)[0]
+        if idx and any(i in printer.limits for i in idx):  # (a free index a slice bounds)
+            bounds = printer.bounded([i for i in idx if i in printer.limits], ", ", True)
+            rhs += rf" \quad \left({bounds}\right)"
         rows.append((printer.left(name, idx), rhs))
     return rows
 
@@ -383,6 +388,11 @@ class _Printer:
         self.symbol = FUNCTION_SYMBOLS[0]  # the value's
         self.partials: dict[str, list] = {}  # output -> (variable typeset, rank) per d
         self.used = 0
+        # index -> its bound, where a slice that stops short (`x[:3]`, `X[:, :-1]`) is taken at
+        # it: index notation implies an index's range from what it indexes (j runs over x in
+        # `x_{j}`), so the sum that binds it says `\sum_{j < 3}`, and a line's free index
+        # `\quad \left(j < 3\right)`.
+        self.limits: dict[str, str] = {}
         self._fits: dict[int, bool] = {}
         self._divides: dict[int, bool] = {}
 
@@ -398,6 +408,7 @@ class _Printer:
 
     def start_line(self) -> None:
         self.used = 0  # each line hands out i, j, ... afresh
+        self.limits = {}
 
     def fresh(self, k: int) -> list[str]:
         out = []
@@ -971,7 +982,7 @@ class _Printer:
         return " ".join(self.dim(d) + (f"^{{{k}}}" if k > 1 else "") for d, k in powers.items())
 
     def sigma(self, idx, summand: tuple[str, int]) -> str:
-        return rf"\sum_{{{','.join(idx)}}} {_parenthesize(*summand, 'summand')}"
+        return rf"\sum_{{{self.bounded(idx)}}} {_parenthesize(*summand, 'summand')}"
 
     def special(self, f: str, args, texts, matrix: bool = False) -> tuple[str, int] | None:
         """Functions with a notation of their own, or None for the plain `\\operatorname`
@@ -1169,12 +1180,30 @@ class _Printer:
             d = shape[axis] if shape is not None and axis < len(shape) else None
             if isinstance(item, ast.Slice):
                 taken.append(self.sliced(item, idx[at], d))
+                self._limit(e, item, idx[at], at)
                 at += 1
             else:
                 taken.append(self.position(item, d) if d is not None else self.text(item))
             axis += 1
         taken += idx[at:]
         return self.ix(e.operand, taken)
+
+    def _limit(self, e: ast.Index, item: ast.Slice, i: str, at: int) -> None:
+        """Record index i's bound where `item`, the slice of `e` taken at it, stops short."""
+        shape = self.shape(e)
+        if item.hi is not None and not i.isdigit() and i not in self.limits and \
+                shape is not None and at < len(shape):
+            self.limits[i] = self.dim(shape[at])
+
+    def bounded(self, idx, sep: str = ",", spaced: bool = False) -> str:
+        """The indices `idx`, each with the bound a slice taken at it set (`j < 3`), which
+        they no longer carry; the bound `n - 1` as `n-1` unless `spaced` (in a subscript)."""
+        return sep.join(f"{i} < {self._bound(i, spaced)}" if i in self.limits else i
+                        for i in idx)
+
+    def _bound(self, i: str, spaced: bool) -> str:
+        bound = self.limits.pop(i)
+        return bound if spaced else _compact(bound)
 
     def sliced(self, item: ast.Slice, i: str, d: Dim | None) -> str:
         step = 1 if item.step is None else int(_number_value(item.step) or 1)
