@@ -30,24 +30,33 @@ def exact(x):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_within_the_bound_of_mpmath_and_exact_past_the_floor(dtype):
-    grid = np.concatenate([np.linspace(-12, 12, 16001), np.geomspace(1e-9, 60, 4000),
-                           -np.geomspace(1e-9, 60, 4000)])
+@pytest.mark.parametrize("span", ["fast", "saturated"])
+def test_within_the_bound_of_mpmath_and_exact_past_the_floor(dtype, span):
+    """`fast`: under 1 / 16 of the entries below the floor (|x| > 2.77), each of those from
+    the exact path; `saturated`: most below, the exact path on every entry."""
+    top = 2.9 if span == "fast" else 12.0
+    far = [19.5, -19.5, 25.0, -25.0, 39.0, -39.0]  # (float32's smallest from 52 on)
+    grid = np.concatenate([np.linspace(-top, top, 16001), np.geomspace(1e-9, top, 2000),
+                           -np.geomspace(1e-9, top, 2000), far])
     x = grid.astype(dtype)
     assert x.size >= kernels._SECH2_FROM_TANH
     t = np.tanh(x)
+    below = (1 - t * t) < kernels._SECH2_FLOOR
+    assert (below.mean() < 1 / kernels._SECH2_FEW_BELOW) == (span == "fast")
     got = kernels.sech2(x, tanh=t)
     assert got.dtype == dtype and got.shape == x.shape
     want = exact(x)
     seen = want >= np.finfo(dtype).tiny  # (a subnormal result has fewer digits to keep)
     rel = np.abs(got[seen].astype(float) - want[seen]) / want[seen]
     assert rel.max() <= ULPS * np.finfo(dtype).eps, rel.max()
-    # where 1 - tanh ** 2 is below the floor, the exact path's own values
-    below = (1 - t * t) < kernels._SECH2_FLOOR
-    assert below.sum() > 1000
+    # where 1 - tanh ** 2 is below the floor, the exact path's own values; above it, on the
+    # fast span, 1 - tanh ** 2 (not the exact path's bits everywhere)
+    assert below.sum() > 500
     np.testing.assert_array_equal(got[below], kernels.sech2(x[below]))
+    if span == "fast":
+        assert np.any(got[~below] != kernels.sech2(x[~below]))
     # and the plain formula is what it saves us from: no digit left at |x| = 19
-    far = (np.abs(x) > 19) & (np.abs(x) < 40)  # (below float32's smallest from 52 on)
+    far = np.abs(x) > 19
     assert np.all((1 - t * t)[far] == 0) and np.all(got[far] > 0)
 
 

@@ -196,11 +196,15 @@ def sech2(x, tanh=None):
     pass's). On a large float array, sech2 is then 1 - tanh ** 2 (two passes, where cosh, a
     division and a square take three, cosh itself as long as four: 25 against 51 us on 32768
     entries) wherever that is at least 1 / 64, within about 64 ulps, and 1 / cosh(x) ** 2 at
-    the entries below (|x| > 2.8), where it would cancel."""
+    the entries below (|x| > 2.8), where it would cancel; at every entry where more than
+    1 / 16 of them are below (a saturated layer), which is then 1.4 times the exact path."""
     if isinstance(x, np.ndarray) and x.ndim and x.dtype.kind == "f":  # (a 0-d one gives scalars)
+        # (float16's ulp is 1e-3: 64 of them would be 6%. tanh C-contiguous too: 1 - tanh ** 2
+        # takes its memory order, and the entries below the floor are written through a flat
+        # view of it, which in another order would be a copy)
         if tanh is not None and x.size >= _SECH2_FROM_TANH and \
-                type(x) is type(tanh) is np.ndarray and tanh.dtype == x.dtype in _EXPIT_TYPES and tanh.shape == x.shape and \
-                x.flags.c_contiguous:  # (float16's ulp is 1e-3: 64 of them would be 6%)
+                type(x) is type(tanh) is np.ndarray and tanh.dtype == x.dtype in _EXPIT_TYPES \
+                and tanh.shape == x.shape and x.flags.c_contiguous and tanh.flags.c_contiguous:
             return _sech2_from_tanh(x, tanh)
         with np.errstate(over="ignore"):
             r = np.cosh(x)
@@ -215,13 +219,28 @@ def sech2(x, tanh=None):
     return r * r
 
 
+# Entries below the floor are gathered, computed and scattered back (about 10 ns each, where
+# cosh on the whole array takes 1.5) while at most 1 / this of them: past that (a saturated
+# layer: 78% of 32768 entries at x ~ 10 N(0, 1), 296 us against 50 for the exact path alone)
+# the exact path on every entry, 1.4 times its own time after the passes already spent.
+_SECH2_FEW_BELOW = 16
+
+
 def _sech2_from_tanh(x, t):
-    """sech2(x) as 1 - t ** 2 from t = tanh(x), and from cosh where that is below the floor
-    (inf and the entries tanh rounds to +-1 included; nan stays nan: no comparison holds)."""
+    """sech2(x) as 1 - t ** 2 from t = tanh(x) (both C-contiguous), and from cosh where that
+    is below the floor (inf and the entries tanh rounds to +-1 included; nan stays nan: no
+    comparison holds); from cosh everywhere where many entries are below it."""
     s = np.multiply(t, t)
     np.subtract(1.0, s, out=s)
-    cancelled = np.flatnonzero(np.less(s, _SECH2_FLOOR))
-    if cancelled.size:
+    below = np.less(s, _SECH2_FLOOR)
+    n = np.count_nonzero(below)
+    if n > s.size // _SECH2_FEW_BELOW:  # the exact path's passes, in place into s
+        with np.errstate(over="ignore"):
+            np.cosh(x, out=s)
+        np.divide(1.0, s, out=s)
+        return np.square(s, out=s)
+    if n:
+        cancelled = np.flatnonzero(below)
         s.reshape(-1)[cancelled] = sech2(x.reshape(-1)[cancelled])
     return s
 
