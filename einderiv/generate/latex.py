@@ -15,7 +15,10 @@ notations:
   indices it is taken at, sums are explicit (`\\sum_{k}`), `\\delta` is the Kronecker delta and
   `\\left[i \\geq 1\\right]` the Iverson bracket (1 where it holds, else 0). An index taken
   by a slice that stops short is bounded where it is bound: `\\sum_{j < 3} x_{j}` for
-  `sum(x[:3])`, and a line's free index after it, `\\quad \\left(j < 3\\right)`.
+  `sum(x[:3])` (a sum per index where only some are: `\\sum_{i} \\sum_{j < 3}`), below a
+  function along it (`\\max_{j < 3}`, `\\operatorname{softmax}_{j < 3}`), on an array of
+  entries (`\\left[x_{j}\\right]_{j < 3}`), and a line's free index after it,
+  `\\quad \\left(j < 3\\right)`, unless a pad widens it again (its bracket says where).
 
 The value of a program is `f`; a derivative's left side says what it is: `\\frac{\\partial f}
 {\\partial W}` (gradients and Jacobians), `\\frac{\\partial^2 f}{\\partial W\\,\\partial W}`
@@ -90,6 +93,8 @@ DERIVATIVES = {"grad": 1, "jacobian": 1, "value_and_grad": 1, "hessian": 2, None
 FUNCTION_SYMBOLS = ("f", "F", r"\varphi", r"\mathcal{F}")
 # Index names, in the order handed out; a letter the user's names take is skipped.
 INDEX_LETTERS = "ijklpqrsuvwabcgh"
+# An index letter, as `fresh` hands them out (`i`, `i_{2}`): what a slice's bound is set on.
+_LETTER = re.compile(r"[a-z]|i_\{\d+\}")
 _RELATIONS = {"<": "<", "<=": r"\leq", ">": ">", ">=": r"\geq", "==": "=", "!=": r"\neq"}
 _COMPARED = {fn: op for op, fn in ast.COMPARISONS.items()}
 
@@ -371,6 +376,14 @@ def _full_slice(item) -> bool:
         item.step is None
 
 
+def _stops_short(e: ast.Expr) -> bool:
+    """Does `e` hold a slice that stops short (`x[:-1]`), whose index would imply the range
+    of what it slices?"""
+    return any(isinstance(n, ast.Index) and
+               any(isinstance(i, ast.Slice) and i.hi is not None for i in n.items)
+               for n in _walk(e))
+
+
 def _is_call(e, *names) -> bool:
     return isinstance(e, ast.Call) and e.func in names
 
@@ -416,6 +429,7 @@ class _Printer:
             n, self.used = self.used, self.used + 1
             out.append(self.letters[n] if n < len(self.letters) else
                        f"i_{{{n - len(self.letters) + 1}}}")
+            self.limits.pop(out[-1], None)  # a new binding: no bound of an earlier one
         return out
 
     def dim(self, d: Dim) -> str:
@@ -498,7 +512,8 @@ class _Printer:
             idx = self.fresh(self.rank(e))
             text, kind = self.ix(e, idx)
             self.used = start
-            return (rf"\left[{text}\right]_{{{_subscript(idx)}}}", SUB) if idx else (text, kind)
+            return (rf"\left[{text}\right]_{{{self.binding(idx, self.shape(e))}}}", SUB) \
+                if idx else (text, kind)
         return self.matrix(e)
 
     def matrix(self, e: ast.Expr) -> tuple[str, int]:
@@ -982,6 +997,10 @@ class _Printer:
         return " ".join(self.dim(d) + (f"^{{{k}}}" if k > 1 else "") for d, k in powers.items())
 
     def sigma(self, idx, summand: tuple[str, int]) -> str:
+        if len(idx) > 1 and self._mixed(idx):
+            # `\sum_{i,j < 3}` reads as i and j below 3: a sum per index
+            return " ".join(rf"\sum_{{{self.bounded([i])}}}" for i in idx) + " " + \
+                _parenthesize(*summand, 'summand')
         return rf"\sum_{{{self.bounded(idx)}}} {_parenthesize(*summand, 'summand')}"
 
     def special(self, f: str, args, texts, matrix: bool = False) -> tuple[str, int] | None:
@@ -1189,17 +1208,47 @@ class _Printer:
         return self.ix(e.operand, taken)
 
     def _limit(self, e: ast.Index, item: ast.Slice, i: str, at: int) -> None:
-        """Record index i's bound where `item`, the slice of `e` taken at it, stops short."""
+        """Record index i's bound where `item`, the slice of `e` taken at it, stops short, or
+        takes part of an operand that holds a slice that does (`x[:-1][1:]` at i is x_{i+1},
+        which implies x's range for i+1, not the inner slice's): an index i+1 or n-1-i, which
+        the operand takes, bounds no letter."""
         shape = self.shape(e)
-        if item.hi is not None and not i.isdigit() and i not in self.limits and \
-                shape is not None and at < len(shape):
-            self.limits[i] = self.dim(shape[at])
+        if (item.hi is not None or (not _full_slice(item) and _stops_short(e.operand))) \
+                and shape is not None and at < len(shape):
+            self.bound_as(i, self.dim(shape[at]))
 
-    def bounded(self, idx, sep: str = ",", spaced: bool = False) -> str:
+    def bound_as(self, i: str, bound: str) -> None:
+        """Index i runs up to `bound`, unless it is no letter or is bounded already."""
+        if _LETTER.fullmatch(i) and i not in self.limits:
+            self.limits[i] = bound
+
+    def binding(self, idx, dims=None) -> str:
+        """The subscript of an array `\\left[x_{j}\\right]_{j}`, which binds `idx` (of the
+        sizes `dims`): with their bounds, `j < 3`."""
+        if any(i in self.limits for i in idx):
+            return self.bounded(idx, dims=dims)
+        return _subscript(idx)
+
+    def bounded(self, idx, sep: str = ",", spaced: bool = False, dims=None) -> str:
         """The indices `idx`, each with the bound a slice taken at it set (`j < 3`), which
-        they no longer carry; the bound `n - 1` as `n-1` unless `spaced` (in a subscript)."""
-        return sep.join(f"{i} < {self._bound(i, spaced)}" if i in self.limits else i
-                        for i in idx)
+        they no longer carry; the bound `n - 1` as `n-1` unless `spaced` (in a subscript).
+        With `dims`, their ranges, where some but not all have a bound, the others have
+        theirs (`i < n,j < 3`: `i,j < 3` reads as both below 3)."""
+        full = dims is not None and len(idx) > 1 and self._mixed(idx)
+        out = []
+        for k, i in enumerate(idx):
+            if i in self.limits:
+                out.append(f"{i} < {self._bound(i, spaced)}")
+            elif full and k < len(dims):
+                bound = self.dim(dims[k])
+                out.append(f"{i} < {bound if spaced else _compact(bound)}")
+            else:
+                out.append(i)
+        return sep.join(out)
+
+    def _mixed(self, idx) -> bool:
+        """Do some of `idx` have a bound and some not?"""
+        return len({i in self.limits for i in idx}) > 1
 
     def _bound(self, i: str, spaced: bool) -> str:
         bound = self.limits.pop(i)
@@ -1245,8 +1294,10 @@ class _Printer:
             return self.size(args[0]), ATOM
         if f == "diag" and len(args) == 1:
             if self.rank(args[0]) == 1:
-                return self.juxtaposed([(rf"\delta_{{{_subscript(idx)}}}", SUB),
-                                        self.ix(args[0], idx[:1])])
+                entry = self.ix(args[0], idx[:1])
+                if idx[0] in self.limits:  # a square matrix: its columns as many as its rows
+                    self.bound_as(idx[1], self.limits[idx[0]])
+                return self.juxtaposed([(rf"\delta_{{{_subscript(idx)}}}", SUB), entry])
             return self.ix(args[0], [idx[0], idx[0]])
         if f in ("tr", "trace") and len(args) == 1:
             start = self.used
@@ -1296,20 +1347,29 @@ class _Printer:
         if same and e.func == "cumsum":  # a running sum: the sum up to the entry
             (axis,), (k,) = axes, self.fresh(1)
             inner = [k if a == axis else i for a, i in enumerate(idx)]
-            text = self.sigma([rf"{k} \leq {idx[axis]}"], self.ix(arg, inner))
+            summand = self.ix(arg, inner)
+            if k in self.limits:  # k <= i says k's; i runs as far (the sum up to each entry)
+                self.bound_as(idx[axis], self.limits.pop(k))
+            text = self.sigma([rf"{k} \leq {idx[axis]}"], summand)
             self.used = start
             return text, BIGOP
-        if same and not all(len(idx[a]) == 1 and idx[a].isalpha() and idx.count(idx[a]) == 1
-                            for a in axes):
-            # at an index that is no free letter (x_{n-1-i}): the function of the array
-            # [x_k]_k, taken there
+        shape = self.shape(arg)
+        # a letter a slice of the result bounds (softmax(x)[:3] at i < 3) runs over less than
+        # the function does: `softmax_{i}(x_{i})` would be the softmax of x's first 3
+        short = same and shape is not None and any(
+            idx[a] in self.limits and self.limits[idx[a]] != self.dim(shape[a]) for a in axes)
+        if same and (short or not all(len(idx[a]) == 1 and idx[a].isalpha() and
+                                      idx.count(idx[a]) == 1 for a in axes)):
+            # at an index that is no free letter (x_{n-1-i}) or runs over less: the function
+            # of the array [x_k]_k, taken there
             bound = self.fresh(len(axes))
             inner = list(idx)
             for a, k in zip(axes, bound):
                 inner[a] = k
             name = OPERATORS.get(e.func, rf"\operatorname{{{_escape(e.func)}}}")
-            text = ", ".join(rf"\left[{self.ix(a, inner)[0]}\right]_{{{_subscript(bound)}}}"
-                             for a in self._along_args(e))
+            dims = None if shape is None else [shape[a] for a in axes]
+            text = ", ".join(rf"\left[{self.ix(a, inner)[0]}\right]_"
+                             rf"{{{self.binding(bound, dims)}}}" for a in self._along_args(e))
             self.used = start
             return rf"{name}\left({text}\right)_{{{_subscript([idx[a] for a in axes])}}}", SUB
         if same:
@@ -1322,7 +1382,14 @@ class _Printer:
         name = OPERATORS.get(e.func, rf"\operatorname{{{_escape(e.func)}}}")
         text = ", ".join(self.ix(a, inner)[0] for a in self._along_args(e))
         self.used = start
-        return rf"{name}_{{{','.join(along)}}}\left({text}\right)", ATOM
+        # the indices it works along are bound by it where it drops them (\max_{j < 3}); free
+        # where it keeps the shape, and bounded below it too (softmax_{j < 3}), where the line
+        # bounds them or not (a pad widens them again: [j < 3] softmax_{j < 3}(X_{ij}) of
+        # the n of X's axis)
+        dims = None if shape is None else [shape[a] for a in axes]
+        below = self.bounded(along, dims=dims) if not same else ",".join(
+            f"{j} < {_compact(self.limits[j])}" if j in self.limits else j for j in along)
+        return rf"{name}_{{{below}}}\left({text}\right)", ATOM
 
     def _along_args(self, e: ast.Call) -> list:
         """The tensors a function along axes takes: its first argument, and a cotangent's
@@ -1335,6 +1402,7 @@ class _Printer:
         bracket for each bound a pad adds)."""
         x, widths = e.args
         shape = self.shape(x)
+        before_x = set(self.limits)
         pairs = widths.items if isinstance(widths, ast.Tuple) else ()
         if len(pairs) == 2 and not any(isinstance(p, ast.Tuple) for p in pairs):
             pairs = (widths,) * len(shape)
@@ -1351,7 +1419,12 @@ class _Printer:
             if _number_value(after) != 0:
                 end = self.dim(d + int(b)) if b is not None else f"{b_text} + {self.dim(d)}"
                 brackets.append(rf"\left[{i} < {end}\right]")
-        return self.juxtaposed([(t, ATOM) for t in brackets] + [self.ix(x, inner)])
+        entry = self.ix(x, inner)
+        for i, pair in zip(idx, pairs):
+            # zeros after: i runs past x's axis, and its bracket says where x is, not a bound
+            if _number_value(pair.items[1]) != 0 and i not in before_x:
+                self.limits.pop(i, None)
+        return self.juxtaposed([(t, ATOM) for t in brackets] + [entry])
 
     def einsum(self, e: ast.Call, idx) -> tuple[str, int]:
         """`einsum(spec, ...)` as the sum it is: `\\sum_{j,k} T_{ijk} M_{jk}`."""
