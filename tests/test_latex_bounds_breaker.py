@@ -152,20 +152,48 @@ def test_a_pad_of_a_slice_bounds_no_index_by_the_slice():
     assert r"\left(i < 3\right)" not in made("value", "pad(x[:3], (0, 2))").latex
 
 
-@pytest.mark.xfail(strict=True, reason="a pad's free index runs past what it indexes (f_{i} = "
-                   "[i < 3] x_{i} has 5 entries): its range is stated nowhere, as for any pad "
-                   "(`pad(x, (0, 2))` too, before 8341903): no bound of a slice; left as it was")
 def test_a_pad_of_a_value_says_how_far_its_index_runs():
+    """A pad's free index runs past what it indexes (f_{i} = [i < 3] x_{i} has 5 entries):
+    a value's line says how far; a derivative's runs over its variable's axes."""
     assert rows(made("value", "pad(x[:3], (0, 2))")) == [
         r"f_{i} = \left[i < 3\right] x_{i} \quad \left(i < 5\right)"]
+    assert rows(made("value", "pad(x, (1, 2))")) == [
+        r"f_{i} = \left[i \geq 1\right] \left[i < n + 1\right] x_{i-1} \quad "
+        r"\left(i < n + 3\right)"]
+    assert rows(made("value", "pad(x, (2, 0))")) == [r"f_{i} = \left[i \geq 2\right] x_{i-2}"]
+    j = einderiv.jacobian("3 * pad(x, (0, 2))", "x", {"x": ("n",)})
+    assert rows(j) == [r"\frac{\partial f_{i}}{\partial x_{j}} = 3 \delta_{ji}"]
 
 
-@pytest.mark.xfail(strict=True, reason="the latex printer's lowering of the vectorized line "
-                   "fails for `concatenate(a, b)` (the tuple unpacked), so the slice is "
-                   "typeset as it reads, numpy's `y_{{:}3}`: not in the bound handling")
 def test_a_concatenation_of_slices_is_mathematics():
+    """The vectorizer's concatenate (the parts as arguments) did not lower for the printer:
+    that line and every later one were typeset as they read, numpy's `y_{{:}3}`. It is the
+    sum of pads it is; the pad of a short slice bounds its index (y_{i-2} implies y's range)."""
     text = "\n".join(rows(made("value", "sum(concatenate((x[:2], y[:3])))")))
     assert "{:}" not in text and r"\operatorname{sum}" not in text, text
+    assert rows(made("value", "sum(concatenate((x[:2], y[:3])))")) == [
+        r"f = \sum_{i < 5} \left(\left[i < 2\right] x_{i} + \left[i \geq 2\right] y_{i-2}\right)"]
+    assert rows(made("value", "2 * concatenate((x[:2], y[:3]))")) == [
+        r"f_{i} = 2 \left(\left[i < 2\right] x_{i} + \left[i \geq 2\right] y_{i-2}\right) "
+        r"\quad \left(i < 5\right)"]
+    assert rows(made("value", "sum(pad(y[:3], (2, 0)))")) == [
+        r"f = \sum_{i < 5} \left[i \geq 2\right] y_{i-2}"]
+
+
+def test_the_stacked_lstms_concatenated_adjoints_are_mathematics():
+    """An unrolled LSTM with gates as slices of one pre-activation: its adjoints are joined
+    by concatenate, which was `\\operatorname{concatenate}` of numpy-like parts."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    import problems
+    inst = problems.lstm_stacked(5, 3, 3)
+    text, shapes = inst.einderiv()
+    g = einderiv.grad(text, inst.wrt, shapes)
+    assert "concatenate" in g.formula
+    assert "concatenate" not in g.latex and "{:}" not in g.latex
+    joined = [r for r in rows(g) if r"\left[i \geq 9\right]" in r]
+    assert joined and all(r.endswith(r"\quad \left(i < 12\right)") for r in joined), joined
 
 
 def test_the_bounds_render(mathtext):

@@ -18,7 +18,9 @@ notations:
   `sum(x[:3])` (a sum per index where only some are: `\\sum_{i} \\sum_{j < 3}`), below a
   function along it (`\\max_{j < 3}`, `\\operatorname{softmax}_{j < 3}`), on an array of
   entries (`\\left[x_{j}\\right]_{j < 3}`), and a line's free index after it,
-  `\\quad \\left(j < 3\\right)`, unless a pad widens it again (its bracket says where).
+  `\\quad \\left(j < 3\\right)`, unless a pad widens it again (its bracket says where; a
+  value's line then says how far, `\\quad \\left(i < n + 2\\right)`). A concatenation is
+  the sum of pads it is, `\\left[i < 2\\right] x_{i} + \\left[i \\geq 2\\right] y_{i-2}`.
 
 The value of a program is `f`; a derivative's left side says what it is: `\\frac{\\partial f}
 {\\partial W}` (gradients and Jacobians), `\\frac{\\partial^2 f}{\\partial W\\,\\partial W}`
@@ -39,7 +41,10 @@ block around them is an `aligned` environment, which MathJax, KaTeX and LaTeX re
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import re
+from functools import reduce
 
 from ..errors import EinderivError
 from ..ir.dims import ONE, Dim, is_composite
@@ -119,7 +124,8 @@ def latex_rows(program: VectorProgram, kind: str | None = None,
                rules: RuleBook | None = None) -> list[tuple[str, str]]:
     """(left side, right side) per line of the program, temporaries first."""
     names = typeset_names(program)
-    lines = [*program.temporaries, *program.outputs]
+    lines = _concatenations_as_pads([*program.temporaries, *program.outputs],
+                                    program.declarations, rules)
     printer = _Printer(names, _lowered(lines, program.declarations, rules), rules,
                        _user_names(program))
     if kind in DERIVATIVES:  # `dx`, `dxdy` are the partial derivatives of the value, f
@@ -140,8 +146,19 @@ def latex_rows(program: VectorProgram, kind: str | None = None,
         rank = printer.rank(expr)
         idx = None if printer.fits(expr) or rank is None else printer.fresh(rank)
         rhs = printer.text(expr) if idx is None else printer.ix(expr, idx)[0]
-        if idx and any(i in printer.limits for i in idx):  # (a free index a slice bounds)
-            bounds = printer.bounded([i for i in idx if i in printer.limits], ", ", True)
+        # a free index a slice bounds; on a value's line (a derivative's runs over its
+        # variable's axes), one a pad widens
+        widened = {} if name in printer.partials else printer.widened
+        ranged = [i for i in (idx or ()) if i in printer.limits or i in widened]
+        if name in printer.partials and ranged:
+            # a variable's axes run as declared: a bound that is the whole axis says nothing
+            shape = printer.shape(expr) or ()
+            first = len(idx) - sum(rank for _, rank in printer.partials[name])
+            ranged = [i for k, i in enumerate(idx) if i in ranged and not (
+                first <= k < len(shape) and printer.limits[i] == printer.dim(shape[k]))]
+        if ranged:
+            bounds = ", ".join(printer.bounded([i], ", ", True) if i in printer.limits else
+                               f"{i} < {widened[i]}" for i in ranged)
             rhs += rf" \quad \left({bounds}\right)"
         rows.append((printer.left(name, idx), rhs))
     return rows
@@ -187,6 +204,77 @@ def _lowered(lines, declarations: dict, rules: RuleBook | None) -> dict:
         except (EinderivError, ValueError, TypeError, KeyError):
             break
     return nodes
+
+
+def _concatenations_as_pads(lines, declarations: dict, rules: RuleBook | None) -> list:
+    """`lines` with each of the vectorizer's `concatenate(a, b, ..., axis=k)` (the parts as
+    arguments, sizes along k known: vectorize/program.py's `_concatenated`) written as the sum
+    of pads it is, `pad(a, (0, m)) + pad(b, (n, 0))`, which index notation writes with Iverson
+    brackets; its zeros parts left out. The parts' sizes come from lowering the lines with
+    numpy's tuple of parts, the language's own form (which is left where a size is not
+    known): as it read, no line from there on had shapes, and it was typeset as numpy code."""
+    def tupled(e):
+        if _is_call(e, "concatenate") and not (len(e.args) == 1 and
+                                               isinstance(e.args[0], ast.Tuple)):
+            return ast.Call("concatenate", (ast.Tuple(tuple(e.args)),), e.kwargs)
+        return None
+
+    if not any(_is_call(n, "concatenate") for _, e in lines for n in _walk(e)):
+        return lines
+    lines = [(name, _mapped(e, tupled)) for name, e in lines]
+    nodes = _lowered(lines, declarations, rules)
+
+    def as_pads(e):
+        if not (_is_call(e, "concatenate") and len(e.args) == 1 and
+                isinstance(e.args[0], ast.Tuple)):
+            return None
+        axis = dict(e.kwargs).get("axis", ast.Number(0.0))
+        parts = e.args[0].items
+        shapes = [getattr(nodes.get(id(p)), "shape", None) for p in parts]
+        if not isinstance(axis, ast.Number) or not parts or any(
+                s is None or not 0 <= int(axis.value) < len(s) or
+                not s[int(axis.value)].is_concrete for s in shapes):
+            return None
+        k = int(axis.value)
+        sizes = [s[k].offset for s in shapes]
+        total, at, terms = sum(sizes), 0, []
+        for part, shape, size in zip(parts, shapes, sizes):
+            if not _is_call(part, "zeros"):
+                widths = tuple(ast.Tuple((ast.Number(float(at)), ast.Number(float(total - at -
+                                                                               size))))
+                               if a == k else ast.Tuple((ast.Number(0.0), ast.Number(0.0)))
+                               for a in range(len(shape)))
+                terms.append(ast.Call("pad", (part, ast.Tuple(widths))))
+            at += size
+        return reduce(lambda a, b: ast.BinOp("+", a, b), terms) if terms else None
+
+    return [(name, _mapped(e, as_pads)) for name, e in lines]
+
+
+def _mapped(e: ast.Expr, f) -> ast.Expr:
+    """`e` with every node n replaced by f(n) where that is not None, children first; a
+    node is copied (with what the vectorizer set on it) only where a child changed."""
+    changes = {}
+    for field in dataclasses.fields(e):
+        value = getattr(e, field.name)
+        if isinstance(value, ast.Expr):
+            new = _mapped(value, f)
+        elif isinstance(value, tuple):
+            new = tuple(_mapped(v, f) if isinstance(v, ast.Expr) else
+                        (v[0], _mapped(v[1], f)) if isinstance(v, tuple) and len(v) == 2 and
+                        isinstance(v[1], ast.Expr) else v for v in value)
+            if all(a is b for a, b in zip(new, value)):
+                continue
+        else:
+            continue
+        if new is not value:
+            changes[field.name] = new
+    if changes:
+        e = copy.copy(e)
+        for name, value in changes.items():
+            setattr(e, name, value)
+    out = f(e)
+    return e if out is None else out
 
 
 def _walk(expr: ast.Expr):
@@ -406,6 +494,9 @@ class _Printer:
         # `x_{j}`), so the sum that binds it says `\sum_{j < 3}`, and a line's free index
         # `\quad \left(j < 3\right)`.
         self.limits: dict[str, str] = {}
+        # index -> the size a pad with zeros after widens it to (`pad(x, (0, 2))` at i runs to
+        # n + 2, which nothing it indexes implies): a value's line says so after it
+        self.widened: dict[str, str] = {}
         self._fits: dict[int, bool] = {}
         self._divides: dict[int, bool] = {}
 
@@ -422,6 +513,7 @@ class _Printer:
     def start_line(self) -> None:
         self.used = 0  # each line hands out i, j, ... afresh
         self.limits = {}
+        self.widened = {}
 
     def fresh(self, k: int) -> list[str]:
         out = []
@@ -430,6 +522,7 @@ class _Printer:
             out.append(self.letters[n] if n < len(self.letters) else
                        f"i_{{{n - len(self.letters) + 1}}}")
             self.limits.pop(out[-1], None)  # a new binding: no bound of an earlier one
+            self.widened.pop(out[-1], None)
         return out
 
     def dim(self, d: Dim) -> str:
@@ -1420,10 +1513,19 @@ class _Printer:
                 end = self.dim(d + int(b)) if b is not None else f"{b_text} + {self.dim(d)}"
                 brackets.append(rf"\left[{i} < {end}\right]")
         entry = self.ix(x, inner)
-        for i, pair in zip(idx, pairs):
+        padded = self.shape(e)
+        for axis, (i, pair) in enumerate(zip(idx, pairs)):
             # zeros after: i runs past x's axis, and its bracket says where x is, not a bound
-            if _number_value(pair.items[1]) != 0 and i not in before_x:
-                self.limits.pop(i, None)
+            if _number_value(pair.items[1]) != 0:
+                if i not in before_x:
+                    self.limits.pop(i, None)
+                if padded is not None and axis < len(padded) and _LETTER.fullmatch(i):
+                    self.widened.setdefault(i, self.dim(padded[axis]))
+            elif _number_value(pair.items[0]) != 0 and padded is not None and \
+                    axis < len(padded) and _stops_short(x):
+                # zeros before only: x_{i-2} of a short slice of x implies x's range for i - 2
+                # (the bound of x[:3] is on no letter): i runs to the padded size
+                self.bound_as(i, self.dim(padded[axis]))
         return self.juxtaposed([(t, ATOM) for t in brackets] + [entry])
 
     def einsum(self, e: ast.Call, idx) -> tuple[str, int]:
