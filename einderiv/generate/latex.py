@@ -223,6 +223,9 @@ def _concatenations_as_pads(lines, declarations: dict, rules: RuleBook | None) -
         return lines
     lines = [(name, _mapped(e, tupled)) for name, e in lines]
     nodes = _lowered(lines, declarations, rules)
+    # a node made from one of `lines` (a part holding a concatenation rewritten already, or
+    # that sum of pads itself) -> (it, the node it was made from), whose shape it has
+    origin: dict = {}
 
     def as_pads(e):
         if not (_is_call(e, "concatenate") and len(e.args) == 1 and
@@ -230,7 +233,8 @@ def _concatenations_as_pads(lines, declarations: dict, rules: RuleBook | None) -
             return None
         axis = dict(e.kwargs).get("axis", ast.Number(0.0))
         parts = e.args[0].items
-        shapes = [getattr(nodes.get(id(p)), "shape", None) for p in parts]
+        shapes = [getattr(nodes.get(id(origin.get(id(p), (p, p))[1])), "shape", None)
+                  for p in parts]
         if not isinstance(axis, ast.Number) or not parts or any(
                 s is None or not 0 <= int(axis.value) < len(s) or
                 not s[int(axis.value)].is_concrete for s in shapes):
@@ -239,7 +243,7 @@ def _concatenations_as_pads(lines, declarations: dict, rules: RuleBook | None) -
         sizes = [s[k].offset for s in shapes]
         total, at, terms = sum(sizes), 0, []
         for part, shape, size in zip(parts, shapes, sizes):
-            if not _is_call(part, "zeros"):
+            if size and not _is_call(part, "zeros"):  # (an empty part, ones(0), is no term)
                 widths = tuple(ast.Tuple((ast.Number(float(at)), ast.Number(float(total - at -
                                                                                size))))
                                if a == k else ast.Tuple((ast.Number(0.0), ast.Number(0.0)))
@@ -248,32 +252,39 @@ def _concatenations_as_pads(lines, declarations: dict, rules: RuleBook | None) -
             at += size
         return reduce(lambda a, b: ast.BinOp("+", a, b), terms) if terms else None
 
-    return [(name, _mapped(e, as_pads)) for name, e in lines]
+    return [(name, _mapped(e, as_pads, origin)) for name, e in lines]
 
 
-def _mapped(e: ast.Expr, f) -> ast.Expr:
+def _mapped(e: ast.Expr, f, origin: dict | None = None) -> ast.Expr:
     """`e` with every node n replaced by f(n) where that is not None, children first; a
-    node is copied (with what the vectorizer set on it) only where a child changed."""
+    node is copied (with what the vectorizer set on it) only where a child changed. With
+    `origin`, each node made (a copy, or what f returned) is entered there, id -> (it, the
+    node of `e` it stands for), so that f can look a changed child's original up."""
     changes = {}
     for field in dataclasses.fields(e):
         value = getattr(e, field.name)
         if isinstance(value, ast.Expr):
-            new = _mapped(value, f)
+            new = _mapped(value, f, origin)
         elif isinstance(value, tuple):
-            new = tuple(_mapped(v, f) if isinstance(v, ast.Expr) else
-                        (v[0], _mapped(v[1], f)) if isinstance(v, tuple) and len(v) == 2 and
-                        isinstance(v[1], ast.Expr) else v for v in value)
+            new = tuple(_mapped(v, f, origin) if isinstance(v, ast.Expr) else
+                        (v[0], _mapped(v[1], f, origin)) if isinstance(v, tuple) and
+                        len(v) == 2 and isinstance(v[1], ast.Expr) else v for v in value)
             if all(a is b for a, b in zip(new, value)):
                 continue
         else:
             continue
         if new is not value:
             changes[field.name] = new
+    source = e
     if changes:
         e = copy.copy(e)
         for name, value in changes.items():
             setattr(e, name, value)
+        if origin is not None:
+            origin[id(e)] = (e, source)
     out = f(e)
+    if out is not None and origin is not None:
+        origin[id(out)] = (out, source)  # (each entry holds its node: no id is reused)
     return e if out is None else out
 
 
@@ -1514,17 +1525,26 @@ class _Printer:
                 brackets.append(rf"\left[{i} < {end}\right]")
         entry = self.ix(x, inner)
         padded = self.shape(e)
+        # does x hold a pad with zeros after (a (before, after) pair whose after is not 0)?
+        widens = any(_is_call(n, "pad") and len(n.args) == 2 and any(
+            isinstance(p, ast.Tuple) and len(p.items) == 2 and not any(
+                isinstance(q, ast.Tuple) for q in p.items) and _number_value(p.items[1]) != 0
+            for p in (n.args[1], *getattr(n.args[1], "items", ()))) for n in _walk(x))
         for axis, (i, pair) in enumerate(zip(idx, pairs)):
             # zeros after: i runs past x's axis, and its bracket says where x is, not a bound
             if _number_value(pair.items[1]) != 0:
                 if i not in before_x:
                     self.limits.pop(i, None)
                 if padded is not None and axis < len(padded) and _LETTER.fullmatch(i):
-                    self.widened.setdefault(i, self.dim(padded[axis]))
+                    # this pad's size, not an inner one's (pad(pad(x, (0, 2)), (0, 3)) at i:
+                    # the inner pad, typeset first, is at i too, and runs to n + 2 only)
+                    self.widened[i] = self.dim(padded[axis])
             elif _number_value(pair.items[0]) != 0 and padded is not None and \
-                    axis < len(padded) and _stops_short(x):
+                    axis < len(padded) and (_stops_short(x) or widens):
                 # zeros before only: x_{i-2} of a short slice of x implies x's range for i - 2
-                # (the bound of x[:3] is on no letter): i runs to the padded size
+                # (the bound of x[:3] is on no letter), and so does x_{i-2} of a pad with zeros
+                # after (pad(pad(x, (0, 2)), (3, 0)): its bracket [i-3 < n], a bound on no
+                # letter either, says where x is): i runs to the padded size
                 self.bound_as(i, self.dim(padded[axis]))
         return self.juxtaposed([(t, ATOM) for t in brackets] + [entry])
 
