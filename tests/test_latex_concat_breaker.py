@@ -18,9 +18,9 @@ Faults found (each case below):
 - an empty part (`ones(0)`, the adjoint of `sum(y[3:3])`) was a term `[i \\geq 3] [i < 3]`
   (0, but no term of the sum; fixed: left out as zeros are).
 
-Left (strict xfails): a pad's widening is said on a value line's free index only; a running
-sum's output index, an array of entries' index and a diagonal's second index run over a pad's
-zeros unsaid (the code is the printer's cumsum, array binding and diag, not the pad's).
+Left by the breaker as strict xfails, fixed after it: a pad's widening was said on a value
+line's free index only; a running sum's output index, an array of entries' index and a
+diagonal's second index ran over a pad's zeros unsaid.
 """
 from __future__ import annotations
 
@@ -151,23 +151,17 @@ def test_the_unrolled_networks_are_mathematics():
 
 # -- left: a pad's zeros, where what binds its index is no pad ---------------------------------
 
-@pytest.mark.xfail(strict=True, reason="a running sum of a pad: its output index runs over the "
-                   "pad's zeros (6 entries), which only j's bracket [j < 4] hints at (ix_along)")
 def test_a_running_sum_of_a_pad_says_how_far():
     assert value("cumsum(pad(x, (0, 2)))") == [
         r"f_{i} = \sum_{j \leq i} \left[j < 4\right] x_{j} \quad \left(i < 6\right)"]
 
 
-@pytest.mark.xfail(strict=True, reason="an array of entries of a pad, [[k < 4] x_k]_k, reads "
-                   "as 4 entries: stacked with y (6) it is 6 (the array's binding)")
 def test_an_array_of_a_pads_entries_says_how_far():
     assert value("stack((pad(x, (0, 2)), y))") == [
         r"f_{ij} = \operatorname{stack}\left(\left[\left[k < 4\right] x_{k}\right]_{k < 6}, "
         r"y\right)_{ij}"]
 
 
-@pytest.mark.xfail(strict=True, reason="a diagonal matrix of a pad: its second index runs as "
-                   "far as its first (diag(x[:3]) says both), unsaid (diag's entry)")
 def test_a_diagonal_of_a_pad_says_how_far_both_run():
     assert value("diag(pad(x, (0, 2)))") == [
         r"f_{ij} = \delta_{ij} \left[i < 4\right] x_{i} \quad \left(i < 6, j < 6\right)"]

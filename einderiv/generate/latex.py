@@ -1328,7 +1328,11 @@ class _Printer:
 
     def binding(self, idx, dims=None) -> str:
         """The subscript of an array `\\left[x_{j}\\right]_{j}`, which binds `idx` (of the
-        sizes `dims`): with their bounds, `j < 3`."""
+        sizes `dims`): with their bounds, `j < 3`, and how far a pad widens them (the array
+        binds them: `\\left[\\left[k < 4\\right] x_{k}\\right]_{k < 6}`)."""
+        for i in idx:
+            if i in self.widened:
+                self.bound_as(i, self.widened.pop(i))
         if any(i in self.limits for i in idx):
             return self.bounded(idx, dims=dims)
         return _subscript(idx)
@@ -1401,6 +1405,8 @@ class _Printer:
                 entry = self.ix(args[0], idx[:1])
                 if idx[0] in self.limits:  # a square matrix: its columns as many as its rows
                     self.bound_as(idx[1], self.limits[idx[0]])
+                elif idx[0] in self.widened:
+                    self.widened.setdefault(idx[1], self.widened[idx[0]])
                 return self.juxtaposed([(rf"\delta_{{{_subscript(idx)}}}", SUB), entry])
             return self.ix(args[0], [idx[0], idx[0]])
         if f in ("tr", "trace") and len(args) == 1:
@@ -1454,6 +1460,8 @@ class _Printer:
             summand = self.ix(arg, inner)
             if k in self.limits:  # k <= i says k's; i runs as far (the sum up to each entry)
                 self.bound_as(idx[axis], self.limits.pop(k))
+            elif k in self.widened:  # (and as far as a pad widens k)
+                self.widened.setdefault(idx[axis], self.widened.pop(k))
             text = self.sigma([rf"{k} \leq {idx[axis]}"], summand)
             self.used = start
             return text, BIGOP
