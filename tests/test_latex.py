@@ -389,3 +389,13 @@ def test_the_renderer_catches_what_mathtext_cannot_render(mathtext):
     assert mathtext(block(r"f &= \left\lvert x \right\rvert"))
     assert mathtext(block(r"f &= \left[x \le y\right]"))
     assert not mathtext(block(r"f &= \left|x\right| + \left[x \leq y\right]"))
+
+
+@pytest.mark.parametrize("a,k,b,want", [
+    ("i-2", 1, "1", "i-1"), ("i+1", -1, "2", "i-1"), ("i-2", 1, "2", "i"),
+    ("2i+1", 1, "3", "2i+4"), ("i-2", 1, "n", "i-2+n"), ("n-1-i", 1, "2", "n-1-i+2"),
+    ("i", 1, "2", "i+2"), ("i_{2}-1", 1, "1", "i_{2}")])
+def test_an_offset_of_an_offset_is_one_constant(a, k, b, want):
+    """A pad of a slice takes x at (i - 3) + 3: `x_{i}`, not `x_{i-3+3}`."""
+    from einderiv.generate.latex import _affine
+    assert _affine(a, k, b) == want

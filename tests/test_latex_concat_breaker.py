@@ -80,7 +80,7 @@ def test_a_pad_of_a_pad_says_its_own_size():
         r"\left(j < 6\right)"]
     # ... and a pad with zeros before of one with zeros before says nothing: x_{i-1-2} does
     assert value("pad(pad(X, ((0, 0), (2, 0))), ((0, 0), (1, 0)))") == [
-        r"f_{ij} = \left[j \geq 1\right] \left[j-1 \geq 2\right] X_{i,j-1-2}"]
+        r"f_{ij} = \left[j \geq 1\right] \left[j-1 \geq 2\right] X_{i,j-3}"]
     assert value("pad(x, (3, 0))") == [r"f_{i} = \left[i \geq 3\right] x_{i-3}"]
 
 
@@ -88,24 +88,24 @@ def test_an_empty_part_is_no_term():
     g = einderiv.grad("sum(y[:3] ** 2) + sum(y[3:3]) + sum(y[3:] ** 3)", "y", SHAPES)
     assert "ones(0)" in g.formula
     assert rows(g) == [r"\frac{\partial f}{\partial y_{i}} = \left[i < 3\right] 2 y_{i} + "
-                       r"\left[i \geq 3\right] 3 y_{i-3+3}^{2}"]
+                       r"\left[i \geq 3\right] 3 y_{i}^{2}"]
 
 
 @pytest.mark.parametrize("text,wrt,want", [
     ("sum(x[:2] ** 2) + sum(x[2:] ** 3)", "x",
      r"\frac{\partial f}{\partial x_{i}} = \left[i < 2\right] 2 x_{i} + \left[i \geq 2\right] "
-     r"3 x_{i-2+2}^{2}"),
+     r"3 x_{i}^{2}"),
     # a gap: zeros(1) between, zeros(1) after; neither a term
     ("sum(y[:2] ** 2) + sum(y[3:5] ** 3)", "y",
      r"\frac{\partial f}{\partial y_{i}} = \left[i < 2\right] 2 y_{i} + \left[i \geq 3\right] "
-     r"\left[i < 5\right] 3 y_{i-3+3}^{2}"),
+     r"\left[i < 5\right] 3 y_{i}^{2}"),
     # along axis 1 and axis 2 of 2-D and 3-D variables
     ("sum(X[:, :1] ** 2) + sum(X[:, 1:] ** 3)", "X",
      r"\frac{\partial f}{\partial X_{ij}} = \left[j < 1\right] 2 X_{ij} + \left[j \geq 1\right] "
-     r"3 X_{i,j-1+1}^{2}"),
+     r"3 X_{ij}^{2}"),
     ("sum(X[:1] ** 2) + sum(X[1:] ** 3)", "X",
      r"\frac{\partial f}{\partial X_{ij}} = \left[i < 1\right] 2 X_{ij} + \left[i \geq 1\right] "
-     r"3 X_{i-1+1,j}^{2}"),
+     r"3 X_{ij}^{2}"),
 ])
 def test_a_concatenated_adjoint_on_a_derivatives_line(text, wrt, want):
     g = einderiv.grad(text, wrt, SHAPES)
@@ -119,7 +119,7 @@ def test_a_concatenated_hessian():
     assert rows(h) == [
         r"\frac{\partial^2 f}{\partial x_{i}\,\partial x_{j}} = \left[i < 2\right] 6 \left[j < "
         r"2\right] \delta_{ij} x_{i} + \left[i \geq 2\right] 12 \left[j \geq 2\right] "
-        r"\delta_{i-2,j-2} x_{i-2+2}^{2}"]
+        r"\delta_{i-2,j-2} x_{i}^{2}"]
 
 
 def test_the_latex_changes_no_value():

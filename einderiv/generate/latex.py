@@ -1629,8 +1629,16 @@ def _affine(a: str, k: int, b: str | None = None) -> str:
         return a
     if a == "0" and k == 1:
         return b
+    constant = _TRAILING_CONSTANT.fullmatch(a)
+    if constant and b.isdigit():  # i-2 then +1: i-1 (an offset of an offset, pad of a slice)
+        head, total = constant.group(1), int(constant.group(2)) + k * int(b)
+        return head if total == 0 else f"{head}{'+' if total > 0 else '-'}{abs(total)}"
     b = b if len(b) == 1 or b.isdigit() or k == 1 else f"({b})"
     return f"{a}{'+' if k > 0 else '-'}{b}"
+
+
+# an index that ends in a constant term, `i-2`, `2i+1`, `n-1-i+3`: (the rest, the constant)
+_TRAILING_CONSTANT = re.compile(r"(.*[^+\-])([+-]\d+)")
 
 
 def _negated(text: str, kind: int) -> tuple[str, int]:
