@@ -483,6 +483,15 @@ def _stops_short(e: ast.Expr) -> bool:
                for n in _walk(e))
 
 
+def _widened(e: ast.Expr) -> bool:
+    """Does `e` hold a pad with zeros after (a (before, after) pair whose after is not 0),
+    whose bracket `[i < n]` bounds no letter?"""
+    return any(_is_call(n, "pad") and len(n.args) == 2 and any(
+        isinstance(p, ast.Tuple) and len(p.items) == 2 and not any(
+            isinstance(q, ast.Tuple) for q in p.items) and _number_value(p.items[1]) != 0
+        for p in (n.args[1], *getattr(n.args[1], "items", ()))) for n in _walk(e))
+
+
 def _is_call(e, *names) -> bool:
     return isinstance(e, ast.Call) and e.func in names
 
@@ -1533,11 +1542,6 @@ class _Printer:
                 brackets.append(rf"\left[{i} < {end}\right]")
         entry = self.ix(x, inner)
         padded = self.shape(e)
-        # does x hold a pad with zeros after (a (before, after) pair whose after is not 0)?
-        widens = any(_is_call(n, "pad") and len(n.args) == 2 and any(
-            isinstance(p, ast.Tuple) and len(p.items) == 2 and not any(
-                isinstance(q, ast.Tuple) for q in p.items) and _number_value(p.items[1]) != 0
-            for p in (n.args[1], *getattr(n.args[1], "items", ()))) for n in _walk(x))
         for axis, (i, pair) in enumerate(zip(idx, pairs)):
             # zeros after: i runs past x's axis, and its bracket says where x is, not a bound
             if _number_value(pair.items[1]) != 0:
@@ -1548,7 +1552,7 @@ class _Printer:
                     # the inner pad, typeset first, is at i too, and runs to n + 2 only)
                     self.widened[i] = self.dim(padded[axis])
             elif _number_value(pair.items[0]) != 0 and padded is not None and \
-                    axis < len(padded) and (_stops_short(x) or widens):
+                    axis < len(padded) and (_stops_short(x) or _widened(x)):
                 # zeros before only: x_{i-2} of a short slice of x implies x's range for i - 2
                 # (the bound of x[:3] is on no letter), and so does x_{i-2} of a pad with zeros
                 # after (pad(pad(x, (0, 2)), (3, 0)): its bracket [i-3 < n], a bound on no

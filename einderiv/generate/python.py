@@ -167,15 +167,14 @@ class _Printer:
         self.contractions: list[tuple[str, list]] = []
         self.dims_used: set[str] = set()
         self.dim_names: dict[str, str] = {}  # a dimension name that is not ASCII -> ours
-        self.tanh_of: dict[str, str] = {}  # see module
+        # a temporary `t = tanh(u)` by u's name, while t lives: sech2(u) is read off it
+        self.tanh_of: dict[str, str] = {}
         for i, name in enumerate(list(program.variables) + [n for n, _ in program.temporaries]):
             self.names[name] = name if _safe(name) else f"_v{i}"
 
     def module(self, function: str) -> PythonModule:
         self.arguments = set(self.program.variables)
         body = []
-        # a temporary `t = tanh(u)` by u's name, while t lives: sech2(u) is read off it
-        self.tanh_of = {}
         for (n, e), dead in zip(self.program.temporaries, self._last_reads()):
             body.append(f"    {self.names[n]} = {self.expr(e)}")
             if self._kernel_call(e, "tanh", "xp.tanh") and isinstance(e.args[0], ast.Name):
