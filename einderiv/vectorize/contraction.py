@@ -11,7 +11,8 @@ from __future__ import annotations
 from opt_einsum import get_symbol
 
 from ..ir.dims import ONE, Dim
-from ..ir.nodes import Add, Const, Contract, Delta, Map, Unit
+from ..ir.nodes import Add, Const, Contract, Delta, Map, Prim, Unit
+from ..lower.linear import STRIDE
 from ..parse import ast
 
 
@@ -205,6 +206,19 @@ class ContractionTranslator:
                     else:
                         rows, cols = node.shape
                         item = _slice(node.offset, node.offset + rows, cols)
+                elif _strided_window(node) and sel.labels[0] != sel.labels[1]:
+                    # every k-th row of a window (lanes.py's `X[2 * t]` of every step t)
+                    new, label = sel.labels
+                    window, step = node.args[0], node.params[1]
+                    rows, cols = window.shape
+                    item = _slice(window.offset, window.offset + rows, cols)
+                    item = ast.Slice(item.lo, item.hi, number(step))
+                elif (picks := _unit_rows(node)) is not None and sel.labels[0] != sel.labels[1]:
+                    # rows picked one by one (`X[0]`, `X[1]`, `X[4]` of steps batched by lanes.py):
+                    # their stack, made of the partner's rows, where the stack of unit vectors
+                    # was a lanes x n selection matrix multiplied with the partner
+                    new, label = sel.labels
+                    item = picks
                 else:
                     continue
                 partners = [t for t in self.terms if t is not sel and label in t.labels]
@@ -219,6 +233,17 @@ class ContractionTranslator:
                     continue
                 (p,) = partners
                 axis = p.labels.index(label)
+                if type(item) is list:
+                    if not isinstance(p.expr, ast.Name):  # (each row would compute it again)
+                        continue
+                    rank = len(p.labels)
+                    p.expr = ast.Call("stack", tuple(_index(p.expr, rank, axis, _position(k, d))
+                                                     for k, d in item))
+                    p.labels = (new,) + p.labels[:axis] + p.labels[axis + 1:]
+                    p.node = None
+                    self.terms = [t for t in self.terms if t is not sel]
+                    changed = any_change = True
+                    break
                 if item is not None:
                     p.expr = _index(p.expr, len(p.labels), axis, item)
                 if new is None:
@@ -625,6 +650,35 @@ def _bound(b: Dim, dim: Dim) -> ast.Expr:
 
 def _position(k: Dim, dim: Dim) -> ast.Expr:
     return _bound(k, dim)
+
+
+def _strided_window(node) -> bool:
+    """Whether `node` is every k-th row of a window, `stride(delta(m, n, s), 0, k)`: rows s,
+    s + k, ... of the identity, which index a partner as `x[s:s + m:k]`."""
+    return type(node) is Prim and node.fn == STRIDE and node.params[0] == (0,) and \
+        type(node.args[0]) is Delta
+
+
+def _unit_rows(node) -> list[tuple[Dim, Dim]] | None:
+    """For a stack of unit vectors (`stack(eye(n)[p0], eye(n)[p1], ...)`, lanes.py's
+    selection of rows p0, p1, ... one per lane), (position, n) of each row in order; else
+    None."""
+    if type(node) is not Add or node.rank != 2:
+        return None
+    rows = {}
+    for coef, term in node.terms:
+        if coef != 1.0 or type(term) is not Contract or term.out != (0, 1) or \
+                len(term.operands) != 2:
+            return None
+        (lane, la), (unit, lu) = term.operands
+        if type(lane) is not Unit or type(unit) is not Unit or la != (0,) or lu != (1,) or \
+                not lane.position.is_concrete:
+            return None
+        rows[lane.position.offset] = (unit.position, unit.shape[0])
+    lanes = node.shape[0]
+    if not lanes.is_concrete or sorted(rows) != list(range(lanes.offset)):
+        return None
+    return [rows[k] for k in range(lanes.offset)]
 
 
 def _slice(lo: Dim, hi: Dim, dim: Dim) -> ast.Slice:

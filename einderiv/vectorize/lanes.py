@@ -21,6 +21,7 @@ from collections import defaultdict
 from ..ir import build
 from ..ir.dims import Dim
 from ..ir.nodes import Add, Contract, Delta, Map, Node, Prim, Unit, topological
+from ..lower import linear
 from ..lower.convolution import is_convolution
 
 # Fewer copies than this are left alone: stacking costs a copy, batching pays per saved call.
@@ -260,6 +261,10 @@ class _Batcher:
         return [p for p in parts.values() if MIN_LANES <= len(p) < len(members)]
 
     def _position(self, n: Node) -> float:
+        if type(n) is Unit or type(n) is Delta:
+            # (a constant is ready from the start, wherever the order met it first: rows
+            # picked one by one, `X[0]`, `X[1]`, `X[4]`, stack their unit vectors)
+            return -1.0
         if id(n) in self.rows:
             return self.position[id(self.rows[id(n)][0])]
         if id(n) in self.index:  # a stack can be a node of the graph already (hash-consing)
@@ -309,8 +314,16 @@ class _Batcher:
                 return first, False
             if all(self._is_lane(o) and o.shape == first.shape for o in olds):
                 start = first.position.offset
-                if [o.position.offset for o in olds] == list(range(start, start + lanes)):
+                offsets = [o.position.offset for o in olds]
+                if offsets == list(range(start, start + lanes)):
                     return Delta(lanes, first.shape[0], start), True
+                step = offsets[1] - start
+                if step > 1 and offsets == list(range(start, start + step * lanes, step)):
+                    # every step-th row (`X[2 * t]`): a strided window, `X[s:e:step]`, where a
+                    # stack of unit vectors was a lanes x n selection matrix, multiplied
+                    # with X in O(lanes n) per column (quadratic in the steps)
+                    return linear.stride(Delta(step * (lanes - 1) + 1, first.shape[0], start),
+                                         0, step), True
                 return self._stack(olds, lanes), True
             if any([self._hole(o) for o in olds]) or depth >= MAX_DEPTH or \
                     not self._alike(olds):

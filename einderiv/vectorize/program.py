@@ -13,7 +13,7 @@ from ..ir.dims import Dim
 from ..ir.names import input_names, output_labels
 from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Size, Unit, Var, topological
 from ..lower.convolution import is_convolution, surface as convolution_surface
-from ..lower.linear import is_linear, surface as linear_surface
+from ..lower.linear import is_linear, stride, surface as linear_surface
 from ..parse import ast
 from ..rulebook import RuleBook, default_rulebook
 from .contraction import ContractionTranslator, align, broadcast, dimension, number, scaled
@@ -457,16 +457,20 @@ def _place(node: Node, position: dict) -> int:
 
 
 def _rows_window(rows: list) -> Node | None:
-    """`base[k:k + n]` when `rows` are the rows k, k + 1, ... of one array, else None."""
+    """`base[k:k + n]` when `rows` are the rows k, k + 1, ... of one array, `base[k:e:s]` when
+    they are every s-th from k (`X[0]`, `X[2]`, `X[4]`: a view, not a stack), else None."""
     found = [_row_of(r) for r in rows]
     if len(rows) < 2 or any(f is None for f in found):
         return None
     base, start = found[0]
-    if any(b is not base or k != start + i for i, (b, k) in enumerate(found)):
+    step = found[1][1] - start
+    if step < 1 or any(b is not base or k != start + step * i for i, (b, k) in enumerate(found)):
         return None
     rest = tuple(range(2, base.rank + 1))
-    return Contract((0, *rest), [(Delta(len(rows), base.shape[0], start), (0, 1)),
-                                 (base, (1, *rest))])
+    window = Delta(step * (len(rows) - 1) + 1, base.shape[0], start)
+    if step > 1:
+        window = stride(window, 0, step)  # (the contraction indexes base with it: strided)
+    return Contract((0, *rest), [(window, (0, 1)), (base, (1, *rest))])
 
 
 def _stacked_factors(order: list[Node], position: dict) -> dict[tuple, list[Node]]:
