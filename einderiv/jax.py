@@ -156,8 +156,9 @@ def _abstract(*avals, program, layers):
 
 
 def _split(avals, layers) -> tuple[tuple[int, ...], list]:
-    """The size of each layer's axis (outermost first) and each input's (shape, dtype) without
-    the axes of the layers it is batched in, which lead its shape, outermost first."""
+    """The size of each layer's axis (outermost first) and each input's (shape, dtype, weakly
+    typed) without the axes of the layers it is batched in, which lead its shape, outermost
+    first."""
     depth = len(layers)
     sizes = [0] * depth
     unbatched = []
@@ -166,7 +167,9 @@ def _split(avals, layers) -> tuple[tuple[int, ...], list]:
                        if layers[layer][k] is not None]
         for axis, at in enumerate(outer_first):
             sizes[at] = aval.shape[axis]
-        unbatched.append((tuple(aval.shape[len(outer_first):]), aval.dtype))
+        # (weakly typed: a Python number, which takes the other inputs' dtype, plan.weak)
+        unbatched.append((tuple(aval.shape[len(outer_first):]), aval.dtype,
+                          getattr(aval, "weak_type", False) is True))
     return tuple(sizes), unbatched
 
 
@@ -179,7 +182,8 @@ def _outputs(program, unbatched: list) -> list:
     found = program.adapters.get(key)
     if found is None:
         found = program.adapters[key] = list(jax.eval_shape(
-            program, *(jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in unbatched)))
+            program, *(jax.ShapeDtypeStruct(shape, dtype, weak_type=weak)
+                       for shape, dtype, weak in unbatched)))
     return found
 
 

@@ -288,7 +288,12 @@ class Flat:
 
     def _value_and_gradient(self, x):
         last = self._last
-        if last is not None and last[0].shape == np.shape(x) and np.array_equal(last[0], x):
+        # The same point is the same bits of the same dtype: equal values are not enough
+        # (float32 x after float64 x of its values is another result dtype; -0.0 == 0.0, but
+        # 1 / x tells them apart).
+        x = np.asarray(x)
+        if last is not None and last[0].dtype == x.dtype and last[0].shape == x.shape and \
+                last[0].tobytes() == x.tobytes():
             return last[1], last[2]
         value, grads = self._value_and_grad(**self._arrays(x))
         gradient = np.concatenate([np.ravel(g) for g in grads])

@@ -100,7 +100,7 @@ def _described(value) -> str:
 
 @rebuildable
 def hvp(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy",
-        tangent_name: str = "tangent") -> Product:
+        tangent_name: str = "tangent", sizes: dict | None = None) -> Product:
     """The Hessian of a scalar expression times a direction, never forming the Hessian.
 
     Call it with the expression's arrays and `tangent=` (an array shaped like `wrt`; for a list
@@ -108,7 +108,9 @@ def hvp(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy",
     `sum_j H[i][j] @ v[j]` as `jax.hessian`'s blocks would give). It is the derivative of the
     gradient program along the direction, derived symbolically: memory and time are those of
     a gradient, a small constant times, not of the Hessian. `tangent_name` renames the keyword;
-    a variable of the expression with that name is an `EinderivError` naming it. A text past
+    a variable of the expression with that name is an `EinderivError` naming it. `sizes` fixes
+    dimension names to integers, as for `grad` (`sizes={"k": 3}` for an `eye(k)` whose k no
+    input's shape has). A text past
     `parser.MAX_HESSIAN_OPERATIONS` operations is a `ParseError`, as for `hessian`.
 
     >>> import numpy as np, einderiv
@@ -120,7 +122,7 @@ def hvp(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy",
     array([0.25, 0.5 ])
     """
     with paused_gc():  # a long program's IR: see paused_gc
-        names, many, rules, rewriter, lowered = _prepared(expr, wrt, shapes, backend, 2)
+        names, many, rules, rewriter, lowered = _prepared(expr, wrt, shapes, backend, 2, sizes)
         _scalar_output(lowered, "hvp")
         return _hvp(lowered, names, many, rules, rewriter, backend, tangent_name)
 
@@ -141,7 +143,7 @@ def _hvp(lowered, names, many, rules, rewriter, backend, keyword) -> Product:
 
 @rebuildable
 def jvp(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy",
-        tangent_name: str = "tangent") -> Product:
+        tangent_name: str = "tangent", sizes: dict | None = None) -> Product:
     """Forward mode: `(value, tangent_out)`, the expression's value and its directional
     derivative `J @ tangent`, for an output of any shape.
 
@@ -149,7 +151,8 @@ def jvp(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy",
     of names a tuple of one array per name, the derivative along all of them together, as
     `jax.jvp`). `tangent_out` has the output's shape. The Jacobian is never formed: the
     program is the derivative by the output cotangent u of `<vjp(u), tangent>`, free of u.
-    `tangent_name` renames the keyword. That is a derivative of a derivative, as `hvp`'s, and
+    `tangent_name` renames the keyword; `sizes` fixes dimension names, as for `grad`. That is
+    a derivative of a derivative, as `hvp`'s, and
     takes as long (two to three times a `vjp`), so a text past `parser.MAX_HESSIAN_OPERATIONS`
     operations is a `ParseError`, as for `hessian` and `hvp`.
 
@@ -162,7 +165,7 @@ def jvp(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy",
     (array([0., 0.]), array([1., 2.]))
     """
     with paused_gc():
-        names, many, rules, rewriter, lowered = _prepared(expr, wrt, shapes, backend, 2)
+        names, many, rules, rewriter, lowered = _prepared(expr, wrt, shapes, backend, 2, sizes)
         distinct, positions = _distinct(names)
         variables = _variables(lowered, distinct)
         keyword = tangent_name
@@ -183,13 +186,14 @@ def jvp(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy",
 
 @rebuildable
 def vjp(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy",
-        cotangent_name: str = "cotangent") -> Product:
+        cotangent_name: str = "cotangent", sizes: dict | None = None) -> Product:
     """Reverse mode for an output of any shape: the cotangent of each `wrt`, `u @ J`.
 
     Call it with the expression's arrays and `cotangent=` (an array shaped like the output, a
     scalar for a scalar output, where `vjp` with cotangent 1 is `grad`). The result is shaped
     like `wrt`; for a list of names a tuple in that order (a repeated name repeats its entry,
-    as `grad`). `cotangent_name` renames the keyword.
+    as `grad`). `cotangent_name` renames the keyword; `sizes` fixes dimension names, as for
+    `grad`.
 
     >>> import numpy as np, einderiv
     >>> f = einderiv.vjp("W @ x", "x", {"W": ("m", "n"), "x": ("n",)})
@@ -199,7 +203,7 @@ def vjp(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy",
     array([1., 2.])
     """
     with paused_gc():
-        names, many, rules, rewriter, lowered = _prepared(expr, wrt, shapes, backend, 1)
+        names, many, rules, rewriter, lowered = _prepared(expr, wrt, shapes, backend, 1, sizes)
         distinct, positions = _distinct(names)
         variables = _variables(lowered, distinct)
         (name,) = _direction_names(lowered, "vjp", cotangent_name, "cotangent_name", [], False)
@@ -211,15 +215,16 @@ def vjp(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy",
                    cotangent_name, [name], False)
 
 
-def _prepared(expr, wrt, shapes, backend, order):
+def _prepared(expr, wrt, shapes, backend, order, sizes=None):
     """What every product starts from: the wrt names, the rule book in force and a rewriter
     of it, and the expression lowered and rewritten (held to the derivation limit of
-    `order`). A `wrt` var of another shape than the expression's is a `ShapeError`."""
+    `order`; `sizes` fixes dimension names, as for `grad`). A `wrt` var of another shape than
+    the expression's is a `ShapeError`."""
     _check_backend(backend)
     names, many = _wrt_list(wrt)
     rules = default_rulebook()
     rewriter = Rewriter(rules)
-    lowered = rewritten(lower_source(expr, shapes, rules, order=order), rewriter)
+    lowered = rewritten(lower_source(expr, shapes, rules, order=order, sizes=sizes), rewriter)
     _check_wrt_shapes(lowered, wrt)
     return names, many, rules, rewriter, lowered
 

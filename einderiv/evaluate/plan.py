@@ -192,9 +192,14 @@ def _as_array(name: str, value) -> np.ndarray:
 
 
 def weak(value) -> bool:
-    """Is `value` a Python number? Like numpy (NEP 50), einderiv lets it take the other inputs'
-    dtype: a float32 array and a Python float give float32 results."""
-    return type(value) in (float, int, bool)
+    """Is `value` a Python number, or what JAX makes of one (a weakly typed array: a Python
+    float passed through `jax.jit` or an `einderiv.jax` function arrives as one)? Like numpy
+    (NEP 50) and JAX, einderiv lets it take the other inputs' dtype: a float32 array and a
+    Python float give float32 results, with JAX's x64 mode on too."""
+    if type(value) in (float, int, bool):
+        return True
+    aval = getattr(value, "aval", None)  # (jax arrays and tracers only)
+    return aval is not None and getattr(aval, "weak_type", False) is True
 
 
 def is_float(name: str, dtype) -> bool:
