@@ -136,7 +136,8 @@ class _Result:
     def latex(self) -> str:
         """The vectorized program as a LaTeX `aligned` block, one row per line of `formula`."""
         from .generate.latex import format_latex
-        return format_latex(self.program, self._function_name, self.rules)
+        return format_latex(self.program, self._function_name, self.rules,
+                            wrt=self._preferred)
 
     def _repr_latex_(self) -> str:
         return "$$" + self.latex + "$$"

@@ -1,8 +1,10 @@
 """Numerical checks: central finite differences of a compiled expression.
 
 Used by `--check` on the command line and by the test suite; a check never trusts the symbolic
-machinery it checks: it only evaluates the forward expression (by `--check`, through the IR
-interpreter, not the generated code that computes the derivative).
+machinery it checks: it only evaluates the forward expression (by `--check`, the value as
+written, through the IR interpreter, not the generated code that computes the derivative), and
+differences that value: once for a gradient or a Jacobian (`finite_difference`), twice for a
+Hessian (`second_difference`), never a derivative einderiv derived.
 """
 from __future__ import annotations
 
@@ -19,6 +21,16 @@ from .ir.dims import Dim, names_in
 # killed for it) or for hours. Dimension names get small random sizes and stay far below.
 MAX_CHECK_ENTRIES = 10 ** 7
 MAX_CHECK_STEPS = 10 ** 4
+
+# Relative steps: central first differences err by about eps * |f| / h (rounding) plus h ** 2
+# times the third derivative, least near h = 1e-6 (errors of 1e-10 to 1e-8 at the check's
+# inputs). Second differences err by about eps * |f| / h ** 2 (rounding): at h = 1e-4, which
+# balances that with h ** 2 times the fourth derivative, already 1e-4 of a Hessian whose
+# function is 1e4 times larger (`sum(X @ X)` of a 10 x 10 X); extrapolated from steps h and 2 h
+# (`second_difference`) they err by h ** 4 times the sixth derivative instead, so h = 1e-3
+# makes the rounding 100 times smaller at no loss (errors of 1e-9 to 1e-7 at the inputs).
+FIRST_DIFFERENCE_STEP = 1e-6
+SECOND_DIFFERENCE_STEP = 1e-3
 
 
 SIZE_HINT = ("a numerical check is for small sizes: give dimensions as names (--shape x=n, "
@@ -62,21 +74,31 @@ def random_inputs_and_sizes(variables: dict, rng: np.random.Generator,
     return arrays, sizes
 
 
-def check_affordable(derivative_entries: int, steps: int) -> None:
+def check_affordable(derivative_entries: int, steps: int, second_order: bool = False) -> None:
     """Refuse, before computing anything, a check whose derivatives have more than
-    `MAX_CHECK_ENTRIES` entries in all or that perturbs more than `MAX_CHECK_STEPS` entries
-    (two evaluations each)."""
+    `MAX_CHECK_ENTRIES` entries in all or that takes more than `MAX_CHECK_STEPS` steps: a step
+    is an entry perturbed (two evaluations) for first differences, a pair of entries perturbed
+    together (eight evaluations at most) for second differences (`second_order`)."""
     if derivative_entries > MAX_CHECK_ENTRIES:
         raise EinderivError(
             f"the derivatives to check would have {derivative_entries:,} entries, more than "
             f"the {MAX_CHECK_ENTRIES:,} the check allocates", hint=SIZE_HINT)
     if steps > MAX_CHECK_STEPS:
+        what = ("pairs of entries together (eight evaluations each)" if second_order else
+                "entries one at a time (two evaluations each)")
         raise EinderivError(
-            f"finite differences would perturb {steps:,} entries one at a time (two "
-            f"evaluations each), more than the check's {MAX_CHECK_STEPS:,}", hint=SIZE_HINT)
+            f"finite differences would perturb {steps:,} {what}, more than the check's "
+            f"{MAX_CHECK_STEPS:,}", hint=SIZE_HINT)
 
 
-def finite_difference(f, arrays: dict, wrt: str, h: float = 1e-6) -> np.ndarray:
+def second_difference_steps(entries: int) -> int:
+    """The steps (`check_affordable`) of `second_difference` by variables of `entries` entries
+    in all: one per pair of entries, a pair with itself included."""
+    return entries * (entries + 1) // 2
+
+
+def finite_difference(f, arrays: dict, wrt: str, h: float = FIRST_DIFFERENCE_STEP
+                      ) -> np.ndarray:
     """d f / d arrays[wrt] by central differences: shape f.shape + wrt.shape."""
     x = np.array(arrays[wrt], dtype=np.float64)
     base = np.asarray(f(**arrays))
@@ -92,14 +114,76 @@ def finite_difference(f, arrays: dict, wrt: str, h: float = 1e-6) -> np.ndarray:
     return out
 
 
+def second_difference(f, arrays: dict, wrt, h: float = SECOND_DIFFERENCE_STEP):
+    """Second derivatives of the value `f` (a function of keyword arrays) by central second
+    differences of that value alone, never of a derivative. For entries p, q of the variables
+    `wrt`, with steps s_p = k h max(1, |x_p|):
+
+        D_k = (f(x + s_p e_p + s_q e_q) - f(x + s_p e_p - s_q e_q)
+               - f(x - s_p e_p + s_q e_q) + f(x - s_p e_p - s_q e_q)) / (4 s_p s_q),
+
+    (f(x + s_p e_p) - 2 f(x) + f(x - s_p e_p)) / s_p ** 2 for p = q, taken at k = 1 and 2 and
+    extrapolated (Richardson): (4 D_1 - D_2) / 3, whose error is h ** 4 times the sixth
+    derivative (truncation) plus about eps |f| / h ** 2 (rounding).
+
+    `wrt` a name: d2 f / d wrt d wrt, of shape f.shape + wrt.shape + wrt.shape. A list of
+    names: the blocks, `blocks[i][j]` d2 f / d wrt[i] d wrt[j] (a name may repeat). Each pair of
+    entries is differenced once (the second derivatives are symmetric): 4 N ** 2 + 1
+    evaluations of `f` for N entries of the distinct variables in all."""
+    names = [wrt] if isinstance(wrt, str) else list(wrt)
+    distinct = list(dict.fromkeys(names))
+    xs = {a: np.array(arrays[a], dtype=np.float64) for a in distinct}
+    entries = [(a, idx, h * max(1.0, abs(float(xs[a][idx]))))
+               for a in distinct for idx in np.ndindex(*xs[a].shape)]
+
+    def at(*moves):  # f with each entry of `moves` stepped by its multiple of the entry's step
+        moved = {}
+        for (a, idx, step), times in moves:
+            if a not in moved:
+                moved[a] = xs[a].copy()
+            moved[a][idx] += times * step
+        return np.asarray(f(**{**arrays, **moved}), dtype=np.float64)
+
+    base = at()
+
+    def difference(ep, eq, k):
+        if eq is ep:
+            return (at((ep, k)) - 2 * base + at((ep, -k))) / (k * ep[2]) ** 2
+        return (at((ep, k), (eq, k)) - at((ep, k), (eq, -k)) - at((ep, -k), (eq, k))
+                + at((ep, -k), (eq, -k))) / (4 * k * k * ep[2] * eq[2])
+
+    n = len(entries)
+    out = np.empty(base.shape + (n, n))
+    for p, ep in enumerate(entries):
+        for q in range(p, n):
+            eq = entries[q]
+            value = (4 * difference(ep, eq, 1) - difference(ep, eq, 2)) / 3
+            out[..., p, q] = out[..., q, p] = value
+    start, spans = 0, {}
+    for a in distinct:
+        spans[a] = slice(start, start + xs[a].size)
+        start += xs[a].size
+    block = lambda a, b: out[..., spans[a], spans[b]].reshape(
+        base.shape + xs[a].shape + xs[b].shape)
+    if isinstance(wrt, str):
+        return block(wrt, wrt)
+    return [[block(a, b) for b in names] for a in names]
+
+
 def as_written(source, shapes: dict | None, rules, wrt: str | None = None):
-    """The reference a check differentiates numerically: a function of keyword arrays that
+    """The reference a check differences numerically: a function of keyword arrays that
     computes the program as written (lowered without rewrites, evaluated by the IR
-    interpreter) or, given `wrt`, its gradient by `wrt` (derived without rewrites either).
+    interpreter). `--check` differences this value only: once (`finite_difference`) for a
+    gradient or a Jacobian, twice (`second_difference`) for a Hessian.
 
     Not the program the derivative was derived from: rewriting is what a check must see too
     (a wrong rewrite from a rule file, `log(1 + exp(u)) = softplus(-u)`, would otherwise be
-    in the reference as well, and agree with itself)."""
+    in the reference as well, and agree with itself).
+
+    Given `wrt`, the function computes instead the gradient by `wrt` derived from the rule
+    tables (without rewrites), which is independent of rewriting, vectorizing and generated
+    code but not of the derivative rules: a wrong rule is in it as well, so it is no reference
+    for a Hessian's check (`second_difference` of the value is)."""
     from .api import lower_source
     from .derive import derivatives
     from .evaluate.plan import Plan

@@ -203,15 +203,16 @@ def _add_derivative_parser(sub, name: str) -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true",
                    help="also compare the derivative with central finite differences of the "
                         "expression's value as written, as the IR interpreter computes it (an "
-                        "independent path: no rewrites, no vectorizing, no generated code) at "
+                        "independent path: no rewrites, no vectorizing, no generated code, no "
+                        "derivative rule; a Hessian with second differences of that value) at "
                         "random inputs, print the "
                         "largest relative error, and exit 1 when it is above --tol (or not "
                         "finite); named dimensions get random sizes from 2 to 4, and a check "
                         "too large to afford is refused")
     p.add_argument("--tol", metavar="TOL", type=_tolerance, default=None,
                    help=f"the largest relative error --check accepts (default {CHECK_TOLERANCE:g}:"
-                        " float64 central differences are good to about 1e-8 at the random "
-                        "inputs, a wrong derivative is off by far more)")
+                        " float64 central differences, first or second, are good to about "
+                        "1e-8 at the random inputs, a wrong derivative is off by far more)")
     p.set_defaults(run=_derivative, kind=name)
     return p
 
@@ -220,6 +221,9 @@ def _add_derivative_parser(sub, name: str) -> argparse.ArgumentParser:
 # (rounding) plus h**2 times the third derivative (truncation): 1e-10 to 1e-8 at --check's
 # well-conditioned inputs of size 1, relative to max(1, largest entry). 1e-4 leaves room for
 # functions a thousand times larger than their derivatives; a wrong derivative errs by O(1).
+# A Hessian's second differences of the value (`check.second_difference`: steps of 1e-3 and
+# 2e-3, extrapolated) err by about eps * |f| / h**2 plus h**4 times the sixth derivative: 1e-11
+# to 1e-7 there (1e-6 for `sum(X @ X)` of a 10 x 10 X, whose value is 1e4 times its Hessian).
 CHECK_TOLERANCE = 1e-4
 
 
@@ -251,13 +255,20 @@ def render(result, fmt: str, check: dict | None = None) -> str:
 def _document(result, check: dict | None) -> dict:
     """`--format json`: each format's text under its name, and what a tool needs to call the
     result: the derivative's kind, its wrt, its inputs in call order and its outputs, with
-    shapes as lists of sizes and dimension names."""
+    shapes as lists of sizes and dimension names. The outputs are named as the printed program
+    names them (`program.outputs`, as the formula and the generated code do): a label that is
+    a user's name (`dx` of an input `dx`) is `dx_1` there, and here too."""
     from .ir.dims import Dim
     shape = lambda dims: [d.offset if d.is_concrete else str(d) for d in map(Dim.of, dims)]
     document = {name: render(result, name) for name in FORMATS}
-    document.update(kind=result.kind, wrt=list(result.wrt),
+    printed = [name for name, _ in result.program.outputs]  # in the order of `roots`
+    roots = list(result.roots.values())
+    assert len(printed) == len(roots), (printed, list(result.roots))
+    # A derivative has a kind and a wrt; a compiled expression (`einderiv.compile`) neither.
+    document.update(kind=getattr(result, "kind", "compile"),
+                    wrt=list(getattr(result, "wrt", ())),
                     inputs={name: shape(dims) for name, dims in result.inputs.items()},
-                    outputs={name: shape(root.shape) for name, root in result.roots.items()})
+                    outputs={name: shape(root.shape) for name, root in zip(printed, roots)})
     if check is not None:
         document["check"] = check
     return document
@@ -296,31 +307,36 @@ def _check(derived, source: str, args) -> float:
     import numpy as np
 
     from .check import (as_written, check_affordable, finite_difference,
-                        random_inputs_and_sizes, relative_error)
+                        random_inputs_and_sizes, relative_error, second_difference,
+                        second_difference_steps)
     from .ir.dims import Dim
     rng = np.random.default_rng(0)
     arrays, sizes = random_inputs_and_sizes(derived.lowered.declared, rng)
     names = list(derived.wrt)
+    hessian = args.kind == "hessian"
     # Refused before anything is computed: derivatives too large to hold, or too many
-    # evaluations (two per entry of a wrt variable, per row of Hessian blocks).
-    steps = sum(arrays[a].size for a in names) * (len(names) if args.kind == "hessian" else 1)
+    # evaluations (two per entry of a wrt variable; for a Hessian, eight per pair of entries).
+    entries = sum(arrays[a].size for a in (dict.fromkeys(names) if hessian else names))
     check_affordable(sum(math.prod(Dim.of(d).size(sizes) for d in root.shape)
-                         for root in derived.roots.values()), steps)
-    # The reference differentiates the program as written, without rewrites (or, for a
-    # Hessian, its gradient), as the IR interpreter evaluates it: an independent path, so that
-    # a fault of a rewrite, of the vectorizer or of the generated code, which computes the
-    # derivative, cannot hide in the reference too.
+                         for root in derived.roots.values()),
+                     second_difference_steps(entries) if hessian else entries,
+                     second_order=hessian)
+    # The reference is the program as written, without rewrites, as the IR interpreter
+    # evaluates it, differenced numerically: once for a gradient or a Jacobian, twice for a
+    # Hessian (never a derivative einderiv derived, which a wrong derivative rule would be in
+    # too). An independent path, so that a fault of a rule, of a rewrite, of the vectorizer or
+    # of the generated code, which computes the derivative, cannot hide in the reference too.
     forward = as_written(source, args.shape or None, derived.rules)
     errors = []
     with np.errstate(all="ignore"):  # a nan or inf shows in the error, not as warnings
         results = derived(**arrays)
-        for i, a in enumerate(names):
-            if args.kind == "hessian":
-                gradient = as_written(source, args.shape or None, derived.rules, wrt=a)
-                blocks = results if len(names) > 1 else ((results,),)
-                errors += [relative_error(blocks[i][j], finite_difference(gradient, arrays, b))
-                           for j, b in enumerate(names)]
-            else:
+        if hessian:
+            expected = second_difference(forward, arrays, names)
+            blocks = results if len(names) > 1 else ((results,),)
+            errors += [relative_error(blocks[i][j], expected[i][j])
+                       for i in range(len(names)) for j in range(len(names))]
+        else:
+            for i, a in enumerate(names):
                 got = results[i] if len(names) > 1 else results
                 errors.append(relative_error(got, finite_difference(forward, arrays, a)))
     # np.max, unlike max(), keeps a nan: a comparison that is nan anywhere has failed.

@@ -206,3 +206,16 @@ def test_long_sums_and_products_without_recursion():
     _, ((_, s), (_, p)) = tidy([], [("s", total), ("p", product)])
     assert isinstance(s, ast.BinOp) and s.op == "-" and s.right.id == "x19999"
     assert isinstance(p, ast.BinOp) and p.op == "*"
+
+
+# -- a broadcast of -1 (helper-76's note: it printed `-1 * ones(n)`) ------------------------
+
+@pytest.mark.parametrize("expr, wrt, formula", [("-sum(x)", "x", "-ones(n)"),
+                                                ("sum(-x)", "x", "-ones(n)"),
+                                                ("-sum(X)", "X", "-ones(n, m)")])
+def test_the_gradient_of_a_negated_sum_is_minus_ones(expr, wrt, formula):
+    g = einderiv.grad(expr, wrt, {"x": ("n",), "X": ("n", "m")})
+    assert g.formula == formula
+    assert "broadcast_copy(_xp.asarray(-1.0" in g.source  # one array of -1, not ones negated
+    arrays = {"x": np.ones(3), "X": np.ones((3, 2))}
+    np.testing.assert_array_equal(g(**arrays), -np.ones_like(arrays[wrt]))

@@ -25,6 +25,10 @@ notations:
 The value of a program is `f`; a derivative's left side says what it is: `\\frac{\\partial f}
 {\\partial W}` (gradients and Jacobians), `\\frac{\\partial^2 f}{\\partial W\\,\\partial W}`
 (Hessians), with indices in index notation (`\\frac{\\partial f_{ij}}{\\partial X_{kl}}`).
+What an output is comes from the call that made it and the variables it was taken by, not
+from its printed name: the gradient by x is still `\\frac{\\partial f}{\\partial x}` when an
+input called `dx` has the vectorizer print it `dx_1`, and a name of the user's that reads like
+a label (`dx = tanh(x * y)`) is typeset as a name.
 
 Every bracketing question goes to `_parenthesize`, so the rules live in one table (`_WRAPPED`).
 The rows use only what matplotlib's mathtext renders (no `\\lvert`, `\\le`, environments); the
@@ -91,9 +95,21 @@ OPERATORS = {"exp": r"\exp", "log": r"\log", "sin": r"\sin", "cos": r"\cos", "ta
              "arctanh": r"\operatorname{artanh}", "arcsinh": r"\operatorname{arsinh}",
              "lgamma": r"\log\Gamma", "digamma": r"\psi", "trigamma": r"\psi'",
              "gelu": r"\operatorname{GELU}"}
-# The kinds of result whose outputs `dx`, `dxdy` are partial derivatives of the value f, and
-# of what order (None: any, as the names say).
-DERIVATIVES = {"grad": 1, "jacobian": 1, "value_and_grad": 1, "hessian": 2, None: None}
+# What each output of a result is, from the call that made it (its `kind`) and the variables it
+# is taken by (`wrt`), never from the output's printed name: the vectorizer renames a label
+# that is a name of the user's (`dx_1` for the gradient by x of `sum(dx * x ** 2)`). Per kind:
+# where the value is, then how many variables each other output is a derivative by (one per
+# output: grad, jacobian, vjp; a pair per output, row by row: hessian), and whether it is a
+# partial derivative of the value or (vjp's cotangents) a differential `\mathrm{d}x`. Where
+# no kind says (None: a program printed on its own), the names do, as they read.
+_MADE = {"grad": (False, 1, "partial"), "jacobian": (False, 1, "partial"),
+         "value_and_grad": (True, 1, "partial"), "hessian": (False, 2, "partial"),
+         "vjp": (False, 1, "differential")}
+# An output label the vectorizer renamed: `_1`, `_2`, ... after it (ir/names.py's
+# `output_labels`, and api.py's `_distinct_labels` before it).
+_RENAMED = re.compile(r"_\d+$")
+# The value's label (`out`), as the vectorizer may have renamed it (`out_1`, an input `out`).
+_VALUE = re.compile(r"out(?:_\d+)*")
 # The value's symbol: the first one no name of the user's is typeset as.
 FUNCTION_SYMBOLS = ("f", "F", r"\varphi", r"\mathcal{F}")
 # Index names, in the order handed out; a letter the user's names take is skipped.
@@ -105,11 +121,13 @@ _COMPARED = {fn: op for op, fn in ast.COMPARISONS.items()}
 
 
 def format_latex(program: VectorProgram, kind: str | None = None,
-                 rules: RuleBook | None = None) -> str:
+                 rules: RuleBook | None = None, wrt: tuple[str, ...] | None = None) -> str:
     """An `aligned` environment: a row `name &= expression` per temporary, then per output.
     `kind` is the API call that made the program (`grad`, `hessian`, ...: what its outputs
-    are), `rules` the rule book it was made with."""
-    rows = [f"{lhs} &= {rhs}" for lhs, rhs in latex_rows(program, kind, rules)]
+    are), `wrt` the variables it was taken by, as the call named them, `rules` the rule book it
+    was made with. Without `wrt` a derivative's variables are read off the output labels the
+    call made (`dx`, renamed `dx_1`), and an output they do not tell keeps its name."""
+    rows = [f"{lhs} &= {rhs}" for lhs, rhs in latex_rows(program, kind, rules, wrt)]
     return "\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}"
 
 
@@ -121,22 +139,23 @@ def mathtext_lines(latex: str) -> list[str]:
 
 
 def latex_rows(program: VectorProgram, kind: str | None = None,
-               rules: RuleBook | None = None) -> list[tuple[str, str]]:
+               rules: RuleBook | None = None,
+               wrt: tuple[str, ...] | None = None) -> list[tuple[str, str]]:
     """(left side, right side) per line of the program, temporaries first."""
-    names = typeset_names(program)
     lines = _concatenations_as_pads([*program.temporaries, *program.outputs],
                                     program.declarations, rules)
-    printer = _Printer(names, _lowered(lines, program.declarations, rules), rules,
-                       _user_names(program))
-    if kind in DERIVATIVES:  # `dx`, `dxdy` are the partial derivatives of the value, f
-        inputs = set(program.declarations) | set(program.variables)
-        shapes = {**program.declarations, **{n: v.shape for n, v in program.variables.items()}}
-        printer.symbol = _function_symbol(program)
-        for name, _ in program.outputs:
-            parts = _differentials(name, inputs, DERIVATIVES[kind])
-            if parts:
-                printer.partials[name] = [(names.get(p) or latex_name(p), len(shapes[p]))
-                                          for p in parts]
+    nodes = _lowered(lines, program.declarations, rules)
+    outputs = [(name, getattr(nodes.get(id(e)), "shape", None))
+               for name, e in lines[len(lines) - len(program.outputs):]]
+    meanings = output_meanings(program, kind, wrt, outputs)
+    names = typeset_names(program, meanings)
+    printer = _Printer(names, nodes, rules, _user_names(program))
+    printer.symbol = _function_symbol(program)
+    shapes = _shapes(program)
+    for name, (what, parts) in meanings.items():
+        if what == "partial":  # the partial derivatives of the value, f
+            printer.partials[name] = [(names.get(p) or latex_name(p), len(shapes[p]))
+                                      for p in parts]
     defined = {name for name, _ in program.temporaries}
     rows = []
     for name, expr in lines:
@@ -302,8 +321,116 @@ def _walk(expr: ast.Expr):
                     stack.append(item)
 
 
+def _shapes(program: VectorProgram) -> dict:
+    """Every input variable -> its shape (Dims)."""
+    return {**program.declarations, **{n: v.shape for n, v in program.variables.items()}}
+
+
+def output_meanings(program: VectorProgram, kind: str | None = None,
+                    wrt: tuple[str, ...] | None = None, shapes: list | None = None) -> dict:
+    """What each output of `program` is, by name: ("value", ()) for the value f,
+    ("partial", variables) for a partial derivative of it, ("differential", variables) for
+    vjp's cotangent `\\mathrm{d}x`; an output left out is a name of its own (the user's
+    `dx = tanh(x * y)` of `compile`, `jvp`, `hvp_x`). A result of a derivative `kind` says it by
+    the output's place (`_MADE`) and `wrt`; without `wrt` (or one its outputs do not fit), the
+    variables are read off the labels the call made (`_read_wrt`), `shapes` (name, shape or
+    None per output) telling apart the readings of a label renamed. Where no kind says (None),
+    the names do: `dx`, `dxdy` of input variables are derivatives, `out` the value."""
+    names = [name for name, _ in program.outputs]
+    inputs = set(_shapes(program))
+    if kind not in _MADE:
+        out = {}
+        for name in names:
+            if name not in inputs and (name == "out" or
+                                       kind is not None and _VALUE.fullmatch(name)):
+                out[name] = ("value", ())
+            elif kind is None:
+                parts = _differentials(name, inputs)
+                if parts:
+                    out[name] = ("partial", tuple(parts))
+        return out
+    with_value, order, what = _MADE[kind]
+    out = {}
+    if with_value and names:
+        out[names[0]] = ("value", ())
+    derived = names[1:] if with_value else names
+    shaped = dict(shapes or ())
+    taken = _by_place(wrt, len(derived), order) if wrt else None
+    if taken is None:
+        taken = _read_wrt(derived, order, inputs, _shapes(program), kind, shaped)
+    for name, parts in zip(derived, taken):
+        if parts is not None and all(p in inputs for p in parts):
+            out[name] = (what, tuple(parts))
+    return out
+
+
+def _by_place(wrt, count: int, order: int) -> list | None:
+    """The variables of each derivative output, in order, for a call taken by `wrt`: every
+    distinct name (a repeated one is derived once), or each of them as given; None when the
+    count of outputs fits neither."""
+    for names in (list(dict.fromkeys(wrt)), list(wrt)):
+        if len(names) ** order == count:
+            return [tuple(p) for p in _blocks(names, order)]
+    return None
+
+
+def _blocks(names: list, order: int) -> list:
+    return [(a,) for a in names] if order == 1 else [(a, b) for a in names for b in names]
+
+
+def _read_wrt(derived: list[str], order: int, inputs: set, declared: dict, kind: str,
+              shapes: dict) -> list:
+    """Per derivative output, its variables as its label tells them (None where it does not):
+    the call labels the derivative by w `d<w>`, a Hessian's block by a and b `d<a>d<b>`, and
+    the vectorizer may have renamed a label (`dx_1`, where an input is `dx`). The variables
+    taken by are read off the outputs with one variable each (a Hessian's diagonal blocks)
+    and must be distinct; a label with two readings (`dx_1` of the variables x and x_1) is the
+    one whose shape the output has, or else tells nothing."""
+    count = len(derived)
+    k = round(count ** (1 / order)) if count else 0
+    if k ** order != count:
+        return [None] * count
+    places = [derived[i * k + i] if order == 2 else derived[i] for i in range(k)]
+    wrt = []
+    for name in places:
+        found = {w for base in _labels(name) for w in inputs
+                 if base == "d" + "d".join([w] * order)
+                 and _shape_fits(kind, shapes.get(name), declared[w], order)}
+        wrt.append(found.pop() if len(found) == 1 else None)
+    for w in wrt:  # two places read as the same variable: neither reading holds
+        if w is not None and wrt.count(w) > 1:
+            wrt = [None if v == w else v for v in wrt]
+    out = []
+    for name, parts in zip(derived, _blocks(wrt, order)):
+        label = "d" + "d".join(p or "" for p in parts)
+        fits = None not in parts and label in _labels(name)
+        out.append(parts if fits else None)
+    return out
+
+
+def _labels(name: str) -> list[str]:
+    """The labels `name` may have been made from: itself, then less each `_k` renaming added."""
+    out = [name]
+    while _RENAMED.search(name):
+        name = _RENAMED.sub("", name)
+        out.append(name)
+    return out
+
+
+def _shape_fits(kind: str, shape, variable, order: int) -> bool:
+    """Can an output of `kind` of this shape (None: unknown) be a derivative by `variable`?
+    A gradient (and a vjp's cotangent) has its shape, a Jacobian ends with it, a Hessian's
+    diagonal block is it twice."""
+    if shape is None:
+        return True
+    shape, variable = tuple(shape), tuple(variable)
+    if kind == "jacobian":
+        return len(shape) >= len(variable) and shape[len(shape) - len(variable):] == variable
+    return shape == variable * order
+
+
 def _user_names(program: VectorProgram) -> set[str]:
-    shapes = {**program.declarations, **{n: v.shape for n, v in program.variables.items()}}
+    shapes = _shapes(program)
     return {*shapes, *(d.name for shape in shapes.values() for d in shape if d.name),
             *(n for n, _ in program.temporaries), *(n for n, _ in program.outputs)}
 
@@ -359,18 +486,25 @@ def _subscript(idx) -> str:
     return ",".join(idx)
 
 
-def typeset_names(program: VectorProgram) -> dict[str, str]:
+def typeset_names(program: VectorProgram, meanings: dict | None = None) -> dict[str, str]:
     """Each name of the program -> how it is typeset. `latex_name` folds some names together
     (`W1` and `W_1` are both `W_{1}`, `t0` and `t_0` both `t_{0}`), so a name whose form is
     taken already is typeset `\\mathit{t\\_0}` instead, which no other name gets: the user's
-    names (variables, dimensions) come first, ours give way. The value `out` is `f`."""
-    shapes = {**program.declarations, **{n: v.shape for n, v in program.variables.items()}}
+    names (variables, dimensions) come first, ours give way. An output is typeset as what it
+    is (`meanings`, by default as `output_meanings` reads the names): the value is `f`, a
+    derivative `\\mathrm{d}w`, any other output its name."""
+    if meanings is None:
+        meanings = output_meanings(program)
+    shapes = _shapes(program)
     order = [*shapes, *(d.name for shape in shapes.values() for d in shape if d.name),
              *(n for n, _ in program.temporaries)]
     forms = {name: latex_name(name) for name in order}
-    forms.update((name, output_name(name, program)) for name, _ in program.outputs)
-    if "out" in forms and "out" not in shapes:
-        forms["out"] = _function_symbol(program)
+    symbol = _function_symbol(program)
+    for name, _ in program.outputs:
+        what, parts = meanings.get(name, (None, ()))
+        forms[name] = (symbol if what == "value" else
+                       r"\,".join(rf"\mathrm{{d}}{latex_name(p)}" for p in parts) if parts else
+                       latex_name(name))
     chosen: dict[str, str] = {}
     used: set[str] = set()
     for name in [*order, *(n for n, _ in program.outputs)]:
@@ -396,18 +530,6 @@ def latex_name(name: str) -> str:
                                            else rf"\mathrm{{{_escape(rest)}}}")
         return f"{_base(base)}_{{{sub}}}"
     return _base(name)
-
-
-def output_name(name: str, program: VectorProgram) -> str:
-    """A derivative's output `dw` (or a Hessian block `dxdy`) as `\\mathrm{d}w`
-    (`\\mathrm{d}x\\,\\mathrm{d}y`) when the names after each `d` are input variables."""
-    inputs = set(program.declarations) | set(program.variables)
-    if name in inputs:
-        return latex_name(name)
-    parts = _differentials(name, inputs)
-    if parts:
-        return r"\,".join(rf"\mathrm{{d}}{latex_name(p)}" for p in parts)
-    return latex_name(name)
 
 
 def _differentials(name: str, inputs: set, count: int | None = None) -> list[str] | None:

@@ -525,6 +525,9 @@ def broadcast(expr: ast.Expr, axes, shape) -> ast.Expr:
     if isinstance(aligned, ast.Number) and aligned.value in (0.0, 1.0):
         return ones if aligned.value else ast.Call("zeros", ones.args)
     ones.broadcast = True
+    if isinstance(aligned, ast.UnaryOp) and aligned.op == "-" and \
+            isinstance(aligned.operand, ast.Number) and aligned.operand.value == 1.0:
+        return ast.UnaryOp("-", ones)  # (`-ones(n)`, the gradient of -sum(x), not `-1 * ...`)
     return ast.BinOp("*", aligned, ones)
 
 
