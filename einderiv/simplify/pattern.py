@@ -390,8 +390,10 @@ def _reduction(t: Node):
         labels = t.operands[0][1]
         if any(ls != labels or isinstance(n, Const) for n, ls in t.operands):
             return None
+        # (an output label no operand carries, `x[None, 0]`'s new axis, keeps its size)
         t = Contract(t.out, [(build.contract(labels, t.operands,
-                                             {l: t.dims[l] for l in labels}), labels)])
+                                             {l: t.dims[l] for l in labels}), labels)],
+                     {l: t.dims[l] for l in t.out if l not in labels})
     if not (isinstance(t, Contract) and len(t.operands) == 1):
         return None
     operand, labels = t.operands[0]
