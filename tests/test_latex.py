@@ -141,9 +141,9 @@ def test_slices_and_pads():
     # says where, or `x[:3]` reads as all of x
     ("sum(X[:4] @ W)", "W", [r"\frac{\partial f}{\partial W_{ij}} = \sum_{l < 4} X_{li}"]),
     ("sum(x[:3]) * sum(x)", "x", [r"\frac{\partial f}{\partial x_{i}} = \left(\sum_{j < 3} "
-                                  r"x_{j}\right) + \left(\sum_{j} x_{j}\right) \left[i < 3\right]"]),
-    ("sum(x[:-2]) ** 2", "x", [r"\frac{\partial f}{\partial x_{i}} = 2 \left(\sum_{j < n-2} "
-                               r"x_{j}\right) \left[i < n - 2\right]"]),
+                                  r"x_{j}\right) + \left(\left[i < 3\right] \sum_{j} x_{j}\right)"]),
+    ("sum(x[:-2]) ** 2", "x", [r"\frac{\partial f}{\partial x_{i}} = \left[i < n - 2\right] 2 "
+                               r"\sum_{j < n-2} x_{j}"]),
     ("sum((X[:, :3] @ W[:3]) ** 2)", "W", [
         r"(t_{0})_{ij} = X_{ij} \quad \left(j < 3\right)",
         r"\frac{\partial f}{\partial W_{ij}} = \left[i < 3\right] 2 \sum_{l} (t_{0})_{li} "

@@ -28,7 +28,7 @@ SLICES = [
     ("sum(A @ x[:p])", {"x": ("m",), "A": ("n", "p")}, {"m": 7, "p": 3, "n": 2}, None),
     # A window summed against nothing: its adjoint is ones on the window, padded.
     ("sum(x[:p]) * sum(y)", {"x": ("m",), "y": ("p",)}, {"m": 7, "p": 3},
-     "sum(y) * pad(ones(p), ((0, m - p),))"),
+     "pad(sum(y) * ones(p), ((0, m - p),))"),
     ("sum(x[1:p + 1]) + sum(y)", {"x": ("m",), "y": ("p",)}, {"m": 7, "p": 3},
      "pad(ones(p), ((1, m - (p + 1)),))"),
     ("sum(x[:p, 1:]) + sum(y)", {"x": ("m", "n"), "y": ("p",)}, {"m": 7, "p": 3, "n": 4}, None),

@@ -446,6 +446,19 @@ class ContractionStep:
                 if isinstance(child, Unit):
                     (label,) = ls
                     index, new_label = size_of(child.position, env), None
+                    if label in out and label not in pads:
+                        # On an output axis (the gradient of x[k]): the rest of the product,
+                        # at entry k of that axis, padded with exact zeros, not multiplied by
+                        # a one-hot vector (0 * inf was nan at every other entry)
+                        for j, r in enumerate(result):
+                            if j != k and label in r[3]:
+                                _narrow(r, label, slice(index, index + 1), label)
+                                if _structured(r[0]):
+                                    r[0] = None
+                        pads[label] = (index, size_of(child.shape[0], env) - index - 1)
+                        del result[k]
+                        changed = True
+                        break
                 elif isinstance(child, Delta) and ls[0] != ls[1]:
                     new_label, label = ls
                     off = size_of(child.offset, env)

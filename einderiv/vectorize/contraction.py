@@ -8,6 +8,8 @@ that fit (`A.T @ x`, `x @ A`, `A @ B.T`). What fits none of these is an `einsum`
 """
 from __future__ import annotations
 
+import math
+
 from opt_einsum import get_symbol
 
 from ..ir.dims import ONE, Dim
@@ -148,6 +150,7 @@ class ContractionTranslator:
         return expr, tuple(self.out.index(l) for l in present)
 
     def _combine(self):
+        scatters = self._scatter_later()
         self._select()
         self._diagonals()
         self._lonely_sums()
@@ -161,6 +164,83 @@ class ContractionTranslator:
                     or self._merged_pair()):
                 self._einsum_all()
             self._lonely_sums()
+        if scatters:
+            self._scatter(scatters)
+
+    def _scatter_later(self) -> list[tuple]:
+        """Unit vectors and windows on output axes, taken out of the product to be applied
+        last, as pads of the rest (`pad((1 / x[0])[None], ((0, n - 1),))` for the gradient of
+        log(x[0]), not `eye(n)[0] / x[0]`): the entries off the pick or window are exact
+        zeros, where a product with a one-hot vector or a padded array gave 0 * inf = nan at
+        every one of them (an infinite or nan cotangent at the picked entry; the IR
+        interpreter does the same, plan.ContractionStep). The rest of the product is computed
+        on the picked entries only: every other term on that axis is narrowed to them.
+        (label, zeros before, zeros after) per axis, in the order taken."""
+        scatters = []
+        self.dims = list(self.dims)  # (an axis taken out has the pick's or window's length)
+        for sel in list(self.terms):
+            node = sel.node
+            if isinstance(node, Unit) and sel.labels[0] in self.out and len(self.terms) > 1:
+                # (e_k alone, or times a constant, is what it is)
+                (label,) = sel.labels
+                n, k = node.shape[0], node.position
+                try:
+                    widths = (dimension(k), dimension(n - k - 1))
+                except ValueError:  # (no dimension: `n - p - 1`)
+                    continue
+                if any(t is not sel and t.labels.count(label) > 1 for t in self.terms):
+                    continue
+                item = ast.Slice(_bound(k, n), _bound(k + 1, n) if k + 1 != n else None)
+                rows, partners = ONE, []
+            elif isinstance(node, Delta) and not node.is_identity and \
+                    sel.labels[0] != sel.labels[1] and sel.labels[1] in self.out and \
+                    sel.labels[0] not in self.out:
+                row, label = sel.labels
+                partners = [t for t in self.terms if t is not sel and row in t.labels]
+                if len(partners) > 1 or any(t.labels.count(row) != 1 or label in t.labels
+                                            for t in partners) or \
+                        any(t is not sel and t.labels.count(label) > 1 for t in self.terms):
+                    continue
+                rows, cols = node.shape
+                widths = (dimension(node.offset), _rest(node))
+                item = _slice(node.offset, node.offset + rows, cols)
+                if partners:  # its row is the window's column now
+                    (p,) = partners
+                    p.labels = tuple(label if l == row else l for l in p.labels)
+                    p.node = None
+                else:  # rows summed against nothing (the adjoint of `sum(x[:p])`): ones
+                    self.terms.append(Term(ast.Call("ones", (dimension(rows),)), (label,)))
+                    partners = self.terms[-1:]
+            else:
+                continue
+            for t in self.terms:
+                if t is not sel and label in t.labels and not any(t is q for q in partners
+                                                                  if isinstance(node, Delta)):
+                    t.expr = _index(t.expr, len(t.labels), t.labels.index(label), item)
+                    t.node = None
+            self.terms = [t for t in self.terms if t is not sel]
+            self.dims[label] = rows
+            scatters.append((label, widths))
+        return scatters
+
+    def _scatter(self, scatters: list[tuple]):
+        """The one term left, padded along each axis `_scatter_later` took out (a new axis
+        first where the term lacks it: a pick's)."""
+        (term,) = self.terms
+        padded = dict(scatters)
+        new = tuple(l for l in self.out if l in padded and l not in term.labels)
+        if new and not term.labels:  # (a number, which numpy may give as a Python float)
+            term.expr = _times_ones(term.expr, len(new))
+            term.labels = new
+        elif new:
+            term.expr = ast.Index(term.expr, (ast.NoneLit(),) * len(new))
+            term.labels = new + term.labels
+        if not math.isfinite(self.coef):  # (1 / 0, the mean of nothing: times no entry)
+            term.expr, self.coef = scaled(self.coef, term.expr), 1.0
+        zero = ast.Tuple((number(0), number(0)))
+        term.expr = ast.Call("pad", (term.expr, ast.Tuple(tuple(
+            ast.Tuple(padded[l]) if l in padded else zero for l in term.labels))))
+        term.node = None
 
     def _place_constant(self):
         """A constant multiplies the smallest array it can: an operand of fewer axes than the
@@ -653,6 +733,19 @@ def _bound(b: Dim, dim: Dim) -> ast.Expr:
 
 def _position(k: Dim, dim: Dim) -> ast.Expr:
     return _bound(k, dim)
+
+
+def _times_ones(expr: ast.Expr, rank: int) -> ast.Expr:
+    """A number as an array of one entry, `ones(1) / x[0]` for `1 / x[0]`, `c * ones(1, 1)`."""
+    if rank == 1 and isinstance(expr, ast.Index) and len(expr.items) == 1 and \
+            isinstance(expr.items[0], ast.Number) and expr.items[0].value >= 0:
+        k = int(expr.items[0].value)  # (a vector's entry k: the slice k:k + 1, `x[2:3]`)
+        return ast.Index(expr.operand, (ast.Slice(number(k) if k else None, number(k + 1)),))
+    ones = ast.Call("ones", (number(1),) * rank)
+    if isinstance(expr, ast.BinOp) and expr.op == "/" and isinstance(expr.left, ast.Number) \
+            and expr.left.value == 1.0:
+        return ast.BinOp("/", ones, expr.right)
+    return ast.BinOp("*", expr, ones)
 
 
 def _strided_window(node) -> bool:
