@@ -211,9 +211,30 @@ class ContractionTranslator:
                 else:  # rows summed against nothing (the adjoint of `sum(x[:p])`): ones
                     self.terms.append(Term(ast.Call("ones", (dimension(rows),)), (label,)))
                     partners = self.terms[-1:]
+            elif _strided_window(node) and sel.labels[0] != sel.labels[1] and \
+                    sel.labels[1] in self.out and sel.labels[0] not in self.out:
+                # every k-th row of a window (lanes.py's `X[2 * t]`) on an output axis: the
+                # rest, its entries k apart (`dilate`), padded, not a product with a dense
+                # selection matrix (`eye(n)[::2].T @ g`, O(n * steps))
+                row, label = sel.labels
+                partners = [t for t in self.terms if t is not sel and row in t.labels]
+                if len(partners) != 1 or partners[0].labels.count(row) != 1 or \
+                        label in partners[0].labels or \
+                        any(t is not sel and label in t.labels for t in self.terms):
+                    continue
+                window, step = node.args[0], node.params[1]
+                rows, cols = window.shape
+                widths = (dimension(window.offset), _rest(window), number(step),
+                          dimension(rows))
+                (p,) = partners
+                p.labels = tuple(label if l == row else l for l in p.labels)
+                p.node = None
+                item, rows = None, node.shape[0]
             else:
                 continue
             for t in self.terms:
+                if item is None:
+                    break
                 if t is not sel and label in t.labels and not any(t is q for q in partners
                                                                   if isinstance(node, Delta)):
                     t.expr = _index(t.expr, len(t.labels), t.labels.index(label), item)
@@ -237,9 +258,14 @@ class ContractionTranslator:
             term.labels = new + term.labels
         if not math.isfinite(self.coef):  # (1 / 0, the mean of nothing: times no entry)
             term.expr, self.coef = scaled(self.coef, term.expr), 1.0
+        for axis, l in enumerate(term.labels):
+            if len(padded.get(l, ())) == 4:  # strided: the entries k apart first
+                *_, step, length = padded[l]
+                term.expr = ast.Call("dilate", (term.expr, step, length),
+                                     (("axis", number(axis)),) if axis else ())
         zero = ast.Tuple((number(0), number(0)))
         term.expr = ast.Call("pad", (term.expr, ast.Tuple(tuple(
-            ast.Tuple(padded[l]) if l in padded else zero for l in term.labels))))
+            ast.Tuple(padded[l][:2]) if l in padded else zero for l in term.labels))))
         term.node = None
 
     def _place_constant(self):
