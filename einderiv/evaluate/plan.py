@@ -465,7 +465,7 @@ class ContractionStep:
                     index = slice(off, off + size_of(child.shape[0], env))
                     if label in out and new_label not in out and label not in pads:
                         if _adjoint_window(result, k, new_label, label, index, pads,
-                                           size_of(child.shape[1], env), out):
+                                           size_of(child.shape[1], env), out, env):
                             changed = True
                             break
                         continue
@@ -542,12 +542,24 @@ def _on_diagonal(value: np.ndarray, keep: int, drop: int) -> np.ndarray:
     return np.moveaxis(out, (-2, -1), (keep, drop))
 
 
-def _adjoint_window(result, k, row, col, window: slice, pads, cols, out=()) -> bool:
+def _adjoint_window(result, k, row, col, window: slice, pads, cols, out=(), env=None) -> bool:
     """Delta result[k] over (row summed, col in the output): narrow every other operand on
     `col` to the window, relabel the operands on `row` to `col`, pad `col` afterwards.
     False (nothing changed) unless some plain array carries `row` exactly once each, or
-    nothing does (the adjoint of `sum(x[:p])`: the window's rows sum to ones on it)."""
+    nothing does (the adjoint of `sum(x[:p])`: the window's rows sum to ones on it), or a
+    unit vector alone does (a pick of the window, `x[1:][0]`: entry 1 of col, padded)."""
     rows = [r for j, r in enumerate(result) if j != k and row in r[3]]
+    if env is not None and len(rows) == 1 and isinstance(rows[0][0], Unit) and \
+            rows[0][3] == [row]:
+        at = window.start + size_of(rows[0][0].position, env)
+        for j, r in enumerate(result):
+            if j != k and col in r[3]:
+                _narrow(r, col, slice(at, at + 1), col)
+                if _structured(r[0]):
+                    r[0] = None
+        pads[col] = (at, cols - at - 1)
+        result[:] = [r for j, r in enumerate(result) if j != k and r is not rows[0]]
+        return True
     # Another window on the row whose column is an output label too (`d1[k,i] * d2[k,j]`, a
     # Hessian of x[1:] * x[:-1]) is taken as the array it is, no bigger than the result:
     # left to einsum, the two were multiplied as dense matrices, O(n^3).

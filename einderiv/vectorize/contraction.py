@@ -178,6 +178,14 @@ class ContractionTranslator:
         (label, zeros before, zeros after) per axis, in the order taken."""
         scatters = []
         self.dims = list(self.dims)  # (an axis taken out has the pick's or window's length)
+        while True:
+            found = self._scatter_one()
+            if found is None:
+                return scatters
+            scatters.append(found)
+
+    def _scatter_one(self) -> tuple | None:
+        """One unit vector or window of `_scatter_later`'s, taken out: (label, widths)."""
         for sel in list(self.terms):
             node = sel.node
             if isinstance(node, Unit) and sel.labels[0] in self.out and len(self.terms) > 1:
@@ -207,7 +215,8 @@ class ContractionTranslator:
                 if partners:  # its row is the window's column now
                     (p,) = partners
                     p.labels = tuple(label if l == row else l for l in p.labels)
-                    p.node = None
+                    if not isinstance(p.node, Unit):  # (a pick of the window: taken next)
+                        p.node = None
                 else:  # rows summed against nothing (the adjoint of `sum(x[:p])`): ones
                     self.terms.append(Term(ast.Call("ones", (dimension(rows),)), (label,)))
                     partners = self.terms[-1:]
@@ -228,7 +237,8 @@ class ContractionTranslator:
                           dimension(rows))
                 (p,) = partners
                 p.labels = tuple(label if l == row else l for l in p.labels)
-                p.node = None
+                if not isinstance(p.node, Unit):
+                    p.node = None
                 item, rows = None, node.shape[0]
             else:
                 continue
@@ -241,14 +251,14 @@ class ContractionTranslator:
                     t.node = None
             self.terms = [t for t in self.terms if t is not sel]
             self.dims[label] = rows
-            scatters.append((label, widths))
-        return scatters
+            return label, widths
+        return None
 
     def _scatter(self, scatters: list[tuple]):
         """The one term left, padded along each axis `_scatter_later` took out (a new axis
         first where the term lacks it: a pick's)."""
         (term,) = self.terms
-        padded = dict(scatters)
+        padded = {label for label, _ in scatters}
         new = tuple(l for l in self.out if l in padded and l not in term.labels)
         if new and not term.labels:  # (a number, which numpy may give as a Python float)
             term.expr = _times_ones(term.expr, len(new))
@@ -258,14 +268,20 @@ class ContractionTranslator:
             term.labels = new + term.labels
         if not math.isfinite(self.coef):  # (1 / 0, the mean of nothing: times no entry)
             term.expr, self.coef = scaled(self.coef, term.expr), 1.0
-        for axis, l in enumerate(term.labels):
-            if len(padded.get(l, ())) == 4:  # strided: the entries k apart first
-                *_, step, length = padded[l]
-                term.expr = ast.Call("dilate", (term.expr, step, length),
-                                     (("axis", number(axis)),) if axis else ())
         zero = ast.Tuple((number(0), number(0)))
-        term.expr = ast.Call("pad", (term.expr, ast.Tuple(tuple(
-            ast.Tuple(padded[l][:2]) if l in padded else zero for l in term.labels))))
+        # Innermost first (a pick of a window was taken after the window), and one pad for
+        # the axes of the scatters after the last dilation or repeated axis.
+        pending: dict = {}
+        for label, widths in reversed(scatters):
+            if label in pending or len(widths) == 4:
+                term.expr = _padded(term.expr, term.labels, pending)
+                pending = {}
+            axis = term.labels.index(label)
+            if len(widths) == 4:  # strided: the entries k apart first
+                term.expr = ast.Call("dilate", (term.expr, widths[2], widths[3]),
+                                     (("axis", number(axis)),) if axis else ())
+            pending[label] = widths[:2]
+        term.expr = _padded(term.expr, term.labels, pending)
         term.node = None
 
     def _place_constant(self):
@@ -759,6 +775,17 @@ def _bound(b: Dim, dim: Dim) -> ast.Expr:
 
 def _position(k: Dim, dim: Dim) -> ast.Expr:
     return _bound(k, dim)
+
+
+def _padded(expr: ast.Expr, labels: tuple, widths: dict) -> ast.Expr:
+    """`expr` (axes `labels`) padded by `widths` (label -> (before, after)), if any."""
+    widths = {l: w for l, w in widths.items()
+              if not all(isinstance(e, ast.Number) and e.value == 0 for e in w)}
+    if not widths:  # (a dilation that fills the whole axis needs no zeros around it)
+        return expr
+    zero = ast.Tuple((number(0), number(0)))
+    return ast.Call("pad", (expr, ast.Tuple(tuple(
+        ast.Tuple(widths[l]) if l in widths else zero for l in labels))))
 
 
 def _times_ones(expr: ast.Expr, rank: int) -> ast.Expr:
