@@ -515,13 +515,29 @@ class ContractionTranslator:
     def _shared_by_three(self, labels) -> bool:
         return any(sum(l in t.labels for t in self.terms) >= 3 for l in labels)
 
+    def _scalars_on(self, d: Term, length: Dim) -> list[Term]:
+        """Where every other term is a number (`log(x[0]) * delta[i,j]`): those numbers as one
+        vector of `length` on d's first label, for the diagonal below (a product with the
+        delta gave 0 * inf = nan off the diagonal for an infinite number); else []."""
+        rest = [t for t in self.terms if t is not d]
+        if not rest or any(t.labels for t in rest):
+            return []
+        product = rest[0].expr
+        for t in rest[1:]:
+            product = ast.BinOp("*", product, t.expr)
+        ones = ast.Call("ones", (dimension(length),))
+        self.terms = [d, Term(ast.BinOp("*", product, ones), d.labels[:1])]
+        return self.terms[1:]
+
     def _diag_embed(self) -> bool:
         """v[i] * w[j] * delta[i,j] -> diag(v * w): the delta makes i and j one index, so every
         vector on either is on the diagonal (not `w * diag(v)`)."""
         for d in self.terms:
             if isinstance(d.node, Delta) and d.node.is_identity:
                 vectors = [v for v in self.terms
-                           if v is not d and len(v.labels) == 1 and v.labels[0] in d.labels]
+                           if v is not d and len(v.labels) == 1 and v.labels[0] in d.labels] \
+                    or (all(l in self.out for l in d.labels) and
+                        self._scalars_on(d, d.node.shape[0]))
                 if vectors:
                     product = vectors[0].expr
                     for v in vectors[1:]:
@@ -533,7 +549,8 @@ class ContractionTranslator:
                 # v[k] * window[k,j]: v placed on a shifted diagonal, `pad(diag(v), ...)` in
                 # O(size), not multiplied into a dense selection matrix (a stencil's Hessian).
                 row, col = d.labels
-                vectors = [v for v in self.terms if v is not d and v.labels == (row,)]
+                vectors = [v for v in self.terms if v is not d and v.labels == (row,)] or \
+                    self._scalars_on(d, d.node.shape[0])
                 if vectors:
                     product = vectors[0].expr
                     for v in vectors[1:]:
