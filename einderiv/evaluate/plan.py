@@ -384,20 +384,35 @@ class ContractionStep:
         # diagonal are exact zeros whatever the rest is (0 * inf was nan; the generated code
         # writes diag()), and no n-by-n identity is made.
         self.embeds: list[tuple[int, int]] = []  # (kept label, dropped label)
+        # A window on two output labels (the Jacobian of log(x[:2])) is a shifted diagonal:
+        # the identity on the window's rows, its column axis padded after the embedding.
+        self.post_pads: dict = {}
         for op in list(ops):
             child, _, idx, ls = op
-            if isinstance(child, Delta) and child.is_identity and \
+            if isinstance(child, Delta) and \
                     all(i == slice(None) for i in idx) and \
                     ls[0] != ls[1] and ls[0] in out and ls[1] in out and \
                     not (set(ls) & set(self.pads)) and \
                     not any(ls[1] in e or ls[0] in e for e in self.embeds):
                 keep, drop = ls
+                if not child.is_identity:
+                    others = [o for o in ops if o is not op and drop in o[3]]
+                    if any(_structured(o[0]) or o[3].count(drop) != 1 for o in others):
+                        continue
+                    off = size_of(child.offset, env)
+                    rows = size_of(child.shape[0], env)
+                    for o in others:
+                        o[2] = list(o[2]) if o[2] else [slice(None)] * len(o[3])
+                        _narrow(o, drop, slice(off, off + rows), drop)
+                        o[2] = tuple(o[2])
+                    self.post_pads[drop] = (off, size_of(child.shape[1], env) - off - rows)
                 ops.remove(op)
                 for other in ops:
                     other[3] = [keep if l == drop else l for l in other[3]]
                 self.embeds.append((keep, drop))
         dropped = {d for _, d in self.embeds}
         full_out, out = out, [l for l in out if l not in dropped]
+        self.full_out = full_out
         self.sources = [(src, idx) for _, src, idx, _ in ops]
         present = [l for _, _, _, ls in ops for l in ls]
         self.out_present = [l for l in out if l in present]
@@ -493,6 +508,8 @@ class ContractionStep:
                 value = np.pad(value, self.pad_widths)
             for keep, drop in self.embed_steps:
                 value = _on_diagonal(value, keep, drop)
+            if self.post_pads:
+                value = np.pad(value, [self.post_pads.get(l, (0, 0)) for l in self.full_out])
             return value
         value = self.expr(*arrays)
         if self.scale != 1.0:
@@ -503,6 +520,8 @@ class ContractionStep:
             value = np.pad(value, self.pad_widths)
         for keep, drop in self.embed_steps:
             value = _on_diagonal(value, keep, drop)
+        if self.post_pads:
+            value = np.pad(value, [self.post_pads.get(l, (0, 0)) for l in self.full_out])
         return value
 
 
