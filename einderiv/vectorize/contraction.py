@@ -561,6 +561,27 @@ class ContractionTranslator:
                     placed = ast.Call("pad", (ast.Call("diag", (product,)), widths))
                     self._replace([d, *vectors], Term(placed, d.labels))
                     return True
+            elif type(d.node) is Prim and d.node.fn == STRIDE and \
+                    type(d.node.args[0]) is Delta and d.node.args[0].is_identity and \
+                    len(d.labels) == 2 and d.labels[0] != d.labels[1] and \
+                    all(l in self.out for l in d.labels):
+                # v[j] * eye(n)[:, ::k][i, j] (a Hessian through x[::k]): v placed k apart on
+                # a diagonal, `dilate(diag(v), k, n)`, not multiplied into the strided identity
+                # (0 * inf was nan off the diagonal)
+                (axis,), step = d.node.params
+                strided, full = d.labels[axis], d.labels[1 - axis]
+                vectors = [v for v in self.terms if v is not d and v.labels == (strided,)]
+                if vectors:
+                    product = vectors[0].expr
+                    for v in vectors[1:]:
+                        product = ast.BinOp("*", product, v.expr)
+                    length = d.node.args[0].shape[0]
+                    placed = ast.Call("dilate", (ast.Call("diag", (product,)), number(step),
+                                                 dimension(length)),
+                                      (("axis", number(1 - axis)),) if axis == 0 else ())
+                    self._replace([d, *vectors], Term(placed, (full, strided) if axis == 1
+                                                      else (strided, full)))
+                    return True
         return False
 
     def _pair(self) -> bool:
