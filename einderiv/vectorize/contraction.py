@@ -242,13 +242,13 @@ class ContractionTranslator:
                 item, rows = None, node.shape[0]
             else:
                 continue
-            for t in self.terms:
-                if item is None:
-                    break
-                if t is not sel and label in t.labels and not any(t is q for q in partners
-                                                                  if isinstance(node, Delta)):
-                    t.expr = _index(t.expr, len(t.labels), t.labels.index(label), item)
-                    t.node = None
+            # Every other term on the axis, narrowed to the pick or window (none is, strided)
+            narrowed = [] if item is None else [
+                t for t in self.terms if t is not sel and label in t.labels and
+                not (isinstance(node, Delta) and any(t is q for q in partners))]
+            for t in narrowed:
+                t.expr = _index(t.expr, len(t.labels), t.labels.index(label), item)
+                t.node = None
             self.terms = [t for t in self.terms if t is not sel]
             self.dims[label] = rows
             return label, widths
