@@ -13,8 +13,8 @@ import math
 from opt_einsum import get_symbol
 
 from ..ir.dims import ONE, Dim
-from ..ir.nodes import Add, Const, Contract, Delta, Map, Prim, Unit
-from ..lower.linear import STRIDE
+from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Unit
+from ..lower.linear import STRIDE, stride
 from ..parse import ast
 
 
@@ -837,6 +837,14 @@ def _times_ones(expr: ast.Expr, rank: int) -> ast.Expr:
             and expr.left.value == 1.0:
         return ast.BinOp("/", ones, expr.right)
     return ast.BinOp("*", expr, ones)
+
+
+def row_window(start: int, step: int, count: int, n: Dim) -> Node:
+    """Rows start, start + step, ... (`count` of them) of an axis of length n, as the matrix
+    that selects them: a window (a delta) for step 1, every step-th row of one else (which
+    `_select` reads as the slice `x[start:stop:step]` of its partner)."""
+    window = Delta(step * (count - 1) + 1, n, start)
+    return window if step == 1 else stride(window, 0, step)
 
 
 def _strided_window(node) -> bool:

@@ -21,8 +21,8 @@ from collections import defaultdict
 from ..ir import build
 from ..ir.dims import Dim
 from ..ir.nodes import Add, Contract, Delta, Map, Node, Prim, Unit, topological
-from ..lower import linear
 from ..lower.convolution import is_convolution
+from .contraction import row_window
 
 # Fewer copies than this are left alone: stacking costs a copy, batching pays per saved call.
 MIN_LANES = 3
@@ -315,15 +315,12 @@ class _Batcher:
             if all(self._is_lane(o) and o.shape == first.shape for o in olds):
                 start = first.position.offset
                 offsets = [o.position.offset for o in olds]
-                if offsets == list(range(start, start + lanes)):
-                    return Delta(lanes, first.shape[0], start), True
-                step = offsets[1] - start
-                if step > 1 and offsets == list(range(start, start + step * lanes, step)):
-                    # every step-th row (`X[2 * t]`): a strided window, `X[s:e:step]`, where a
+                step = offsets[1] - start if lanes > 1 else 1
+                if step >= 1 and offsets == list(range(start, start + step * lanes, step)):
+                    # consecutive rows, or every step-th (`X[2 * t]`: `X[s:e:step]`, where a
                     # stack of unit vectors was a lanes x n selection matrix, multiplied
-                    # with X in O(lanes n) per column (quadratic in the steps)
-                    return linear.stride(Delta(step * (lanes - 1) + 1, first.shape[0], start),
-                                         0, step), True
+                    # with X in O(lanes n) per column: quadratic in the steps)
+                    return row_window(start, step, lanes, first.shape[0]), True
                 return self._stack(olds, lanes), True
             if any([self._hole(o) for o in olds]) or depth >= MAX_DEPTH or \
                     not self._alike(olds):

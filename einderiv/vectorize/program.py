@@ -13,10 +13,11 @@ from ..ir.dims import Dim
 from ..ir.names import input_names, output_labels
 from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Size, Unit, Var, topological
 from ..lower.convolution import is_convolution, surface as convolution_surface
-from ..lower.linear import is_linear, stride, surface as linear_surface
+from ..lower.linear import is_linear, surface as linear_surface
 from ..parse import ast
 from ..rulebook import RuleBook, default_rulebook
-from .contraction import ContractionTranslator, align, broadcast, dimension, number, scaled
+from .contraction import (ContractionTranslator, align, broadcast, dimension, number,
+                          row_window, scaled)
 from .fuse import fuse_products
 from .projections import fuse_projections
 from .siblings import batch_siblings
@@ -467,10 +468,8 @@ def _rows_window(rows: list) -> Node | None:
     if step < 1 or any(b is not base or k != start + step * i for i, (b, k) in enumerate(found)):
         return None
     rest = tuple(range(2, base.rank + 1))
-    window = Delta(step * (len(rows) - 1) + 1, base.shape[0], start)
-    if step > 1:
-        window = stride(window, 0, step)  # (the contraction indexes base with it: strided)
-    return Contract((0, *rest), [(window, (0, 1)), (base, (1, *rest))])
+    return Contract((0, *rest), [(row_window(start, step, len(rows), base.shape[0]), (0, 1)),
+                                 (base, (1, *rest))])
 
 
 def _stacked_factors(order: list[Node], position: dict) -> dict[tuple, list[Node]]:
