@@ -30,8 +30,13 @@ def function(expr, shapes: dict | None = None):
     Call it with one array per variable, positional in the order the expression declares them
     (`f.inputs`: the order of `shapes`, then of inline declarations; an `einderiv.var`
     expression's in the order they were made) or by keyword. It returns an array of the
-    expression's shape, in the inputs' promoted dtype (JAX's default float32 unless x64 is
-    enabled). It runs under `jax.jit` (traced once per shape signature: einderiv's checks see
+    expression's shape in the dtype JAX's own arithmetic gives the inputs (`jnp.result_type`,
+    made a float as `jnp.tanh` makes one), eager, under `jax.jit`, `jax.vmap` and every
+    derivative alike, x64 mode on or off: a boolean or integer array, or a Python number,
+    takes a float array's dtype (an int64 array with a float32 one is float32, a bfloat16
+    array with `True` bfloat16), float16 with bfloat16 is float32, and without a float array
+    an integer one gives JAX's float for it (jax 0.10: float32 for booleans and integers of up
+    to 32 bits). It runs under `jax.jit` (traced once per shape signature: einderiv's checks see
     the shapes and dtypes, and generated code is what is traced), `jax.vmap`, and every
     derivative: `jax.grad`, `jax.vjp`, `jax.value_and_grad`, `jax.jvp`, `jax.hessian`, a
     `jax.grad` of a `jax.grad` to any order. Inputs are checked as every einderiv call checks
@@ -136,7 +141,7 @@ def _evaluated(*args, program, layers):
     run = program
     for axes in layers:
         run = jax.vmap(run, in_axes=axes)
-    outs = run(*args)
+    outs = run(*_promoted(args))
     if program.tangent_of is not None:
         # A tangent has its primal's dtype, which is what _abstract says it is.
         outs = [o.astype(a.dtype) for o, a in zip(outs, _abstract(*map(jax.typeof, args),
@@ -178,13 +183,82 @@ def _outputs(program, unbatched: list) -> list:
     if program.tangent_of is not None:
         parent, positions = program.tangent_of
         return _outputs(parent, unbatched[:len(unbatched) - len(positions)])
-    key = tuple(unbatched)
+    # (x64 mode is part of the key: it decides what a boolean or integer input promotes to)
+    key = (tuple(unbatched), _default_float())
     found = program.adapters.get(key)
     if found is None:
         found = program.adapters[key] = list(jax.eval_shape(
-            program, *(jax.ShapeDtypeStruct(shape, dtype, weak_type=weak)
-                       for shape, dtype, weak in unbatched)))
+            lambda *args: program(*_promoted(args)),
+            *(jax.ShapeDtypeStruct(shape, dtype, weak_type=weak)
+              for shape, dtype, weak in unbatched)))
     return found
+
+
+# -- dtypes -------------------------------------------------------------------------------------
+# einderiv's generated code takes floats: on its own it converts a boolean or integer input to
+# a float before promoting (to float64, jax's float32 with x64 off), so an int32 or bool array
+# with a float16 one would give float32 or float64, and a Python bool (which jax.jit makes a
+# strong bool array, unlike a Python int or float) float64 with x64 on. The primitive instead
+# hands its program every input in the dtype JAX's own arithmetic gives them together.
+
+def _promoted(args) -> list:
+    """`args` (arrays, tracers, Python numbers) all in the dtype JAX promotes them to, as
+    `jnp` arithmetic on them would: `jax.dtypes.result_type` (weak types included: a Python
+    int or float, or a tracer of one, takes the arrays' dtype; a bool or integer array takes a
+    float array's), made inexact as `jnp.tanh` makes it (booleans and integers alone: JAX's
+    float for them). Each comes back strongly typed. Anything else (a complex input, a list, a
+    masked array) is left to einderiv's own checks, which convert or refuse it."""
+    import jax
+    if not args or not all(_plain(a) for a in args):
+        return list(args)
+    try:
+        dtype, weak = jax.dtypes.result_type(*args, return_weak_type_flag=True)
+    except (TypeError, ValueError):  # not numbers JAX knows
+        return list(args)
+    dtype = _inexact(dtype, weak)
+    if not jax.numpy.issubdtype(dtype, jax.numpy.floating):
+        return list(args)  # complex: einderiv's InputError names the input
+    try:
+        # (a no-op for a strong array of that dtype; a weak one is made strong, so that the
+        # program's own promotion, which lets weak inputs take the others' dtype, has one
+        # dtype to keep)
+        return [jax.lax.convert_element_type(a, dtype) for a in args]
+    except (TypeError, ValueError, OverflowError):  # a Python int out of every dtype's range
+        return list(args)
+
+
+def _plain(value) -> bool:
+    """A value `_promoted` may convert: a jax array or tracer, an exact numpy array or scalar,
+    or a Python number (also as JAX passes one to a primitive's implementation: a subclass of
+    int or float carrying its weak aval); not a masked array or matrix, whose conversion
+    would lose what einderiv's checks refuse."""
+    import jax
+    import numpy as np
+    return isinstance(value, (jax.Array, np.generic, int, float)) or type(value) is np.ndarray
+
+
+_INEXACT: dict = {}
+
+
+def _inexact(dtype, weak: bool):
+    """The floating dtype JAX computes `jnp.tanh` of a `dtype` (weakly typed or not) in: the
+    dtype itself for a float; for a boolean or an integer, the version's own rule (jax 0.10:
+    float32 for bool and integers up to 32 bits, float64 for 64-bit ones and a Python int,
+    with x64 on), asked of JAX once per dtype and x64 mode."""
+    import jax
+    key = (dtype, weak, _default_float())
+    found = _INEXACT.get(key)
+    if found is None:
+        found = _INEXACT[key] = jax.eval_shape(
+            jax.numpy.tanh, jax.ShapeDtypeStruct((), dtype, weak_type=weak)).dtype
+    return found
+
+
+def _default_float():
+    """JAX's float: float64 with x64 mode on, else float32."""
+    import jax
+    import numpy as np
+    return jax.dtypes.canonicalize_dtype(np.float64)
 
 
 def _jvp_rule(primals, tangents, *, program, layers):
