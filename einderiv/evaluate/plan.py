@@ -14,6 +14,7 @@ import opt_einsum
 
 from ..backends import apart, dtype_kind, owner
 from ..errors import EinderivError, EvaluationError, InputError, ShapeError, did_you_mean
+from ..ir.build import is_structure
 from ..ir.dims import Dim, show_shape
 from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Size, Unit, Var, topological
 from ..lower.convolution import evaluator as convolution_evaluator, is_convolution
@@ -416,6 +417,18 @@ class ContractionStep:
         self.sources = [(src, idx) for _, src, idx, _ in ops]
         present = [l for _, _, _, ls in ops for l in ls]
         self.out_present = [l for l in out if l in present]
+        # A sum of products of unit vectors and windows on output labels only (the Jacobian
+        # of `stack((x[0], x[2]))`: a 0/1 matrix) places the rest of the product: where it is
+        # 0 the result is an exact 0, not 0 * inf = nan (the generated code pads, contraction.
+        # _lanes_placed). (operand position, its axes' order, the output's axes it lacks)
+        self.masks = []
+        for k, (child, _, idx, ls) in enumerate(ops):
+            if type(child) is Add and all(i == slice(None) for i in idx) and \
+                    is_structure(child) and \
+                    len(set(ls)) == len(ls) and all(l in self.out_present for l in ls):
+                order = sorted(range(len(ls)), key=lambda a: self.out_present.index(ls[a]))
+                lacks = tuple(a for a, l in enumerate(self.out_present) if l not in ls)
+                self.masks.append((k, tuple(order), lacks))
         letters = {l: opt_einsum.get_symbol(i) for i, l in enumerate(dict.fromkeys(present + out))}
         if ops and all(not ls or ls == self.out_present for *_, ls in ops):
             # Scalars and arrays on the output's labels in its order: a product of elements,
@@ -514,6 +527,9 @@ class ContractionStep:
         value = self.expr(*arrays)
         if self.scale != 1.0:
             value = self.scale * value
+        for k, order, lacks in self.masks:
+            mask = np.expand_dims(np.transpose(arrays[k], order), lacks)
+            value = np.where(mask != 0, value, np.zeros((), value.dtype))
         if self.expand:
             value = np.broadcast_to(np.reshape(value, self.keep_shape), self.expand_shape)
         if self.pad_widths is not None:

@@ -12,6 +12,7 @@ import math
 
 from opt_einsum import get_symbol
 
+from ..ir.build import finite_where_inputs_are, is_structure
 from ..ir.dims import ONE, Dim
 from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Unit
 from ..lower.linear import STRIDE, stride
@@ -240,6 +241,12 @@ class ContractionTranslator:
                 if not isinstance(p.node, Unit):
                     p.node = None
                 item, rows = None, node.shape[0]
+            elif (found := self._unit_rows_on_output(sel)) is not None:
+                return found
+            elif (found := self._diagonal_of_all(sel)) is not None:
+                return found
+            elif (found := self._structure_mask(sel)) is not None:
+                return found
             else:
                 continue
             # Every other term on the axis, narrowed to the pick or window (none is, strided)
@@ -254,11 +261,103 @@ class ContractionTranslator:
             return label, widths
         return None
 
+    def _unit_rows_on_output(self, sel: Term) -> tuple | None:
+        """A stack of unit vectors S[k, j] (rows p_0, p_1, ... of an n-axis: a stack of picks,
+        `stack((x[0], x[2]))`, or lanes.py's rows out of order) with j an output label, taken
+        out of the product as `_scatter_one` takes a pick: (j, ("rows", ...)) when k is summed
+        against one partner (the gradient: its rows k placed at rows p_k, those at one row
+        summed), (j, ("lanes", ...)) when k is an output label too (the Jacobian: row k of the
+        rest placed at column p_k). Placed last, by concatenating or padding exact zeros:
+        a product with S spread an infinite or nan entry of the rest as 0 * inf = nan over
+        its whole row. None when S is not such a stack or the product is not of that form."""
+        found = _scaled_unit_rows(sel.node)
+        if found is None or sel.labels[0] == sel.labels[1] or sel.labels[1] not in self.out:
+            return None
+        scale, picks = found
+        lane, label = sel.labels
+        if any(t is not sel and label in t.labels for t in self.terms):
+            return None
+        partners = [t for t in self.terms if t is not sel and lane in t.labels]
+        if not partners or any(t.labels.count(lane) != 1 for t in partners):
+            return None
+        positions = [k for k, _ in picks]
+        n = picks[0][1]
+        if lane in self.out:
+            try:
+                widths = [(dimension(k), dimension(n - k - 1)) for k in positions]
+            except ValueError:  # (no dimension: `n - p - 1`)
+                return None
+            self.terms = [t for t in self.terms if t is not sel]
+            self.coef *= scale
+            return label, ("lanes", lane, widths)
+        if len(partners) != 1 or not all(k.is_concrete for k in positions):
+            return None
+        (p,) = partners
+        p.labels = tuple(label if l == lane else l for l in p.labels)
+        if not isinstance(p.node, Unit):
+            p.node = None
+        self.terms = [t for t in self.terms if t is not sel]
+        self.coef *= scale
+        self.dims[label] = sel.node.shape[0]
+        return label, ("rows", [k.offset for k in positions], n)
+
+    def _finite_rest(self) -> bool:
+        """Whether every operand of the product is finite at finite inputs
+        (`finite_where_inputs_are`): then a product with an identity or a 0/1 pattern has
+        exact zeros as it stands (`eye(m)[:, :, None] * x`, the Jacobian of W @ x), and is
+        written so. Only a rest that may be infinite (1 / x, log) needs a select."""
+        return all(finite_where_inputs_are(c) for c, _ in self.node.operands)
+
+    def _diagonal_of_all(self, sel: Term) -> tuple | None:
+        """An identity on two output labels (i, j) whose rest is not vectors on them alone
+        (the Jacobian of an elementwise function of a matrix, `delta[i,k] * delta[j,l] *
+        f'(A)[i,j]`, or a row's block `B[j,k,l] * delta[i,k]` of a Hessian), taken out as
+        `_scatter_one` takes a pick: the rest computed on i alone, placed on the diagonal of
+        (i, j) last, by a select (`where(eye(n) > 0, r[:, None], 0)`), not multiplied into an
+        identity matrix (0 * inf was nan off the diagonal). Vectors alone become `diag(...)`
+        (`_diag_embed`). (j, ("diagonal", i, n)) or None."""
+        node = sel.node
+        if not (isinstance(node, Delta) and node.is_identity) or \
+                sel.labels[0] == sel.labels[1] or not all(l in self.out for l in sel.labels) \
+                or self._finite_rest():
+            return None
+        i, j = sel.labels
+        others = [t for t in self.terms if t is not sel]
+        if all(set(t.labels) <= {i, j} and len(t.labels) <= 1 for t in others):
+            return None  # (vectors on i or j and numbers: `diag(...)`, see above)
+        if any(i in t.labels and j in t.labels for t in others):
+            return None  # (a diagonal of a term: left to `_diagonals`)
+        if not any(i in t.labels for t in others):
+            i, j = j, i  # keep the label the rest carries
+        for t in others:
+            if j in t.labels:
+                t.labels = tuple(i if l == j else l for l in t.labels)
+                t.node = None
+        self.terms = others
+        return j, ("diagonal", i, node.shape[0])
+
+    def _structure_mask(self, sel: Term) -> tuple | None:
+        """A sum of unit vectors and windows on output labels only (the Jacobian of a
+        concatenation of slices, `pad(eye(n)[2:], ...) + pad(eye(n)[0][None], ...)`: a 0/1
+        pattern) times a rest: taken out, and the product selected where the pattern is
+        nonzero last, `where(S != 0, S * r, 0)`, so that its zeros are exact (0 * inf was nan
+        along the rows of an infinite entry). (a label of S, ("mask", S, its labels)) or None."""
+        node = sel.node
+        labels = sel.labels
+        if type(node) is not Add or not is_structure(node) or len(set(labels)) != len(labels) \
+                or self._finite_rest() \
+                or not all(l in self.out for l in labels) or \
+                not any(t is not sel and set(t.labels) & set(labels) for t in self.terms):
+            return None
+        self.terms = [t for t in self.terms if t is not sel]
+        return labels[0], ("mask", sel.expr, labels)
+
     def _scatter(self, scatters: list[tuple]):
         """The one term left, padded along each axis `_scatter_later` took out (a new axis
         first where the term lacks it: a pick's)."""
         (term,) = self.terms
-        padded = {label for label, _ in scatters}
+        padded = {label for label, widths in scatters
+                  if widths[0] not in ("rows", "lanes", "diagonal", "mask")}
         new = tuple(l for l in self.out if l in padded and l not in term.labels)
         if new and not term.labels:  # (a number, which numpy may give as a Python float)
             term.expr = _times_ones(term.expr, len(new))
@@ -266,16 +365,35 @@ class ContractionTranslator:
         elif new:
             term.expr = ast.Index(term.expr, (ast.NoneLit(),) * len(new))
             term.labels = new + term.labels
-        if not math.isfinite(self.coef):  # (1 / 0, the mean of nothing: times no entry)
+        if not math.isfinite(self.coef) or any(
+                w[0] in ("rows", "lanes", "diagonal", "mask") for _, w in scatters):
+            # (1 / 0, the mean of nothing: times no entry; a number times rows placed among
+            # zeros: on the rows, the smaller array)
             term.expr, self.coef = scaled(self.coef, term.expr), 1.0
         zero = ast.Tuple((number(0), number(0)))
         # Innermost first (a pick of a window was taken after the window), and one pad for
         # the axes of the scatters after the last dilation or repeated axis.
         pending: dict = {}
         for label, widths in reversed(scatters):
-            if label in pending or len(widths) == 4:
+            if label in pending or len(widths) == 4 or \
+                    widths[0] in ("rows", "lanes", "diagonal", "mask"):
                 term.expr = _padded(term.expr, term.labels, pending)
                 pending = {}
+            if widths[0] == "mask":
+                term.expr, term.labels = _selected(term.expr, term.labels, *widths[1:])
+                continue
+            if widths[0] == "diagonal":
+                term.expr, term.labels = _on_diagonal(term.expr, term.labels, widths[1],
+                                                      label, widths[2], self.out)
+                continue
+            if widths[0] == "rows":
+                term.expr = _rows_placed(term.expr, term.labels, label, *widths[1:],
+                                         self.dims)
+                continue
+            if widths[0] == "lanes":
+                term.expr, term.labels = _lanes_placed(term.expr, term.labels, label,
+                                                       *widths[1:])
+                continue
             axis = term.labels.index(label)
             if len(widths) == 4:  # strided: the entries k apart first
                 term.expr = ast.Call("dilate", (term.expr, widths[2], widths[3]),
@@ -826,6 +944,103 @@ def _padded(expr: ast.Expr, labels: tuple, widths: dict) -> ast.Expr:
         ast.Tuple(widths[l]) if l in widths else zero for l in labels))))
 
 
+def _rows_placed(expr: ast.Expr, labels: tuple, label, positions: list[int], n: Dim,
+                 dims) -> ast.Expr:
+    """`expr` (axes `labels`) with its rows k on axis `label` placed at rows positions[k] of an
+    n-axis, the rows at one position summed and zeros between: one concatenate of runs of
+    rows (`t[1:3]`), sums and zeros, in the order of the positions. O(n) whatever the order."""
+    axis = labels.index(label)
+    rank = len(labels)
+    at: dict[int, list[int]] = {}
+    for k, p in enumerate(positions):
+        at.setdefault(p, []).append(k)
+    parts, done, row = [], 0, 0
+    order = sorted(at)
+    while row < len(order):
+        p = order[row]
+        if p > done:
+            parts.append(_zeros_like_axis(labels, axis, number(p - done), dims))
+        ks = at[p]
+        end = row
+        # a run: consecutive positions read from consecutive rows, one row each
+        while len(ks) == 1 and end + 1 < len(order) and order[end + 1] == order[end] + 1 and \
+                at[order[end + 1]] == [at[order[end]][0] + 1]:
+            end += 1
+        first = ks[0]
+        if end > row:
+            count = end - row + 1
+            parts.append(_index(expr, rank, axis, ast.Slice(
+                number(first) if first else None, number(first + count))))
+        else:
+            rows = [_index(expr, rank, axis, ast.Slice(number(k) if k else None, number(k + 1)))
+                    for k in ks]
+            total = rows[0]
+            for r in rows[1:]:
+                total = ast.BinOp("+", total, r)
+            parts.append(total)
+        done = order[end] + 1
+        row = end + 1
+    try:
+        tail = dimension(n - done)
+    except ValueError:
+        tail = ast.BinOp("-", dimension(n), number(done))
+    if not (isinstance(tail, ast.Number) and tail.value == 0):
+        parts.append(_zeros_like_axis(labels, axis, tail, dims))
+    if len(parts) == 1:
+        return parts[0]
+    return ast.Call("concatenate", tuple(parts), (("axis", number(axis)),) if axis else ())
+
+
+def _zeros_like_axis(labels: tuple, axis: int, length: ast.Expr, dims) -> ast.Expr:
+    return ast.Call("zeros", tuple(length if k == axis else dimension(dims[l])
+                                   for k, l in enumerate(labels)))
+
+
+def _selected(expr: ast.Expr, labels: tuple, pattern: ast.Expr, on: tuple) -> tuple:
+    """`pattern * expr` (axes `on` and `labels`) where the pattern is nonzero, exact zeros
+    elsewhere: `where(S != 0, S * r, 0)`, on the union of the axes. (expression, its axes)"""
+    widened = tuple(labels) + tuple(l for l in on if l not in labels)
+    if len(widened) > len(labels):
+        expr = ast.Index(expr, (ast.Slice(None, None),) * len(labels) +
+                         (ast.NoneLit(),) * (len(widened) - len(labels)))
+    placed = align(pattern, on, widened)
+    mask = ast.Call("not_equal", (placed, number(0)))
+    return ast.Call("where", (mask, ast.BinOp("*", placed, expr), number(0))), widened
+
+
+def _on_diagonal(expr: ast.Expr, labels: tuple, keep, new, n: Dim, out: tuple) -> tuple:
+    """`expr` (axes `labels`, among them `keep`) with a new axis `new`, its entries on the
+    diagonal of (keep, new) and exact zeros elsewhere: a select with the identity's mask,
+    `where(eye(n) > 0, r[:, None], 0)`. The new axis goes before the first of `labels` that
+    follows it in `out`, the result's order. (expression, its axes)"""
+    value = expr
+    for label in (keep, new) if keep not in labels else (new,):  # (a rest on neither: both)
+        after = [k for k, l in enumerate(labels) if l in out and out.index(l) > out.index(label)]
+        axis = after[0] if after else len(labels)
+        labels = labels[:axis] + (label,) + labels[axis:]
+        value = ast.Index(value, (ast.Slice(None, None),) * axis + (ast.NoneLit(),))
+    pair = tuple(l for l in labels if l in (keep, new))  # (eye is symmetric: either order)
+    mask = ast.Call("greater", (align(ast.Call("eye", (dimension(n),)), pair, labels),
+                                number(0)))
+    return ast.Call("where", (mask, value, number(0))), labels
+
+
+def _lanes_placed(expr: ast.Expr, labels: tuple, label, lane, widths: list) -> tuple:
+    """`expr` (axes `labels`, among them `lane`) with a new axis `label` on which row k of the
+    lane axis has its one entry at widths[k][0] (zeros before and after): the stack over k of
+    `pad(expr[k][None], ...)`. (expression, its axes)."""
+    rank = len(labels)
+    axis = labels.index(lane)
+    rest = labels[:axis] + labels[axis + 1:]
+    zero = ast.Tuple((number(0), number(0)))
+    rows = []
+    for k, (before, after) in enumerate(widths):
+        row = ast.Index(_index(expr, rank, axis, number(k)), (ast.NoneLit(),))
+        rows.append(ast.Call("pad", (row, ast.Tuple(
+            (ast.Tuple((before, after)), *(zero for _ in rest))))))
+    return ast.Call("stack", tuple(rows)), (lane, label) + rest
+
+
 def _times_ones(expr: ast.Expr, rank: int) -> ast.Expr:
     """A number as an array of one entry, `ones(1) / x[0]` for `1 / x[0]`, `c * ones(1, 1)`."""
     if rank == 1 and isinstance(expr, ast.Index) and len(expr.items) == 1 and \
@@ -858,22 +1073,36 @@ def _unit_rows(node) -> list[tuple[Dim, Dim]] | None:
     """For a stack of unit vectors (`stack(eye(n)[p0], eye(n)[p1], ...)`, lanes.py's
     selection of rows p0, p1, ... one per lane), (position, n) of each row in order; else
     None."""
+    found = _scaled_unit_rows(node)
+    return found[1] if found is not None and found[0] == 1.0 else None
+
+
+def _scaled_unit_rows(node) -> tuple[float, list[tuple[Dim, Dim]]] | None:
+    """`_unit_rows` of a stack of unit vectors times one number c (`0.5 * ...`, the
+    derivative of sqrt of picks): (c, its rows), else None."""
     if type(node) is not Add or node.rank != 2:
         return None
     rows = {}
+    scale = node.terms[0][0]
     for coef, term in node.terms:
-        if coef != 1.0 or type(term) is not Contract or term.out != (0, 1) or \
+        if coef != scale or type(term) is not Contract or term.out != (0, 1) or \
                 len(term.operands) != 2:
             return None
-        (lane, la), (unit, lu) = term.operands
-        if type(lane) is not Unit or type(unit) is not Unit or la != (0,) or lu != (1,) or \
-                not lane.position.is_concrete:
+        (lane, la), (unit, lu) = sorted(term.operands, key=lambda op: op[1])
+        # (lanes reading one row share it: `(e_2 + e_0)[i] * e_(n-1)[j]` of x[-1] read twice)
+        lanes = [lane] if type(lane) is Unit else [u for c, u in lane.terms if c == 1.0] \
+            if type(lane) is Add and all(c == 1.0 for c, _ in lane.terms) else []
+        if not lanes or type(unit) is not Unit or la != (0,) or lu != (1,) or \
+                any(type(u) is not Unit or not u.position.is_concrete or
+                    u.position.offset in rows for u in lanes):
             return None
-        rows[lane.position.offset] = (unit.position, unit.shape[0])
+        for u in lanes:
+            rows[u.position.offset] = (unit.position, unit.shape[0])
     lanes = node.shape[0]
-    if not lanes.is_concrete or sorted(rows) != list(range(lanes.offset)):
+    if not lanes.is_concrete or sorted(rows) != list(range(lanes.offset)) or \
+            not math.isfinite(scale):
         return None
-    return [rows[k] for k in range(lanes.offset)]
+    return scale, [rows[k] for k in range(lanes.offset)]
 
 
 def _slice(lo: Dim, hi: Dim, dim: Dim) -> ast.Slice:
