@@ -331,8 +331,9 @@ AXIS = "axis"  # in a rewrite, the variable that stands for the axes of its redu
 def _rewrite(token, origin: str, text: str) -> Rewrite:
     """A rewrite line's two sides, parsed and checked: every variable of the replacement is in
     the pattern, none is used more often there, and the replacement calls fewer functions, or
-    as many with fewer uses of the variables and no more numbers (so that each rewrite makes
-    the program's expression tree smaller, in calls, else in leaves, and rewriting ends)."""
+    as many with no more numbers and fewer uses of the variables or fewer numbers as exponents
+    (`u ** 2`): each rewrite then makes the program's expression tree smaller, in calls, else
+    in leaves, else in the numbers of its powers, and rewriting ends."""
     body = str(token)
     unbalanced = _unbalanced_bracket(body)
     if unbalanced is not None:  # else no '=' is at the top level, and the error would say so
@@ -375,14 +376,18 @@ def _rewrite(token, origin: str, text: str) -> Rewrite:
                             if node.span else where)
     # Each rewrite makes the program's expression tree smaller: fewer function applications,
     # or as many and fewer leaves (each variable stands for a subtree with one leaf at least,
-    # and a number or a negation is a constant leaf of the IR), so rewriting ends.
+    # and a number or a negation is a constant leaf of the IR), or as many of both and fewer
+    # numbers as exponents (`hypot(a, b) ** 2 = square(a) + square(b)`: the exponent is a
+    # leaf of its own, `pow(h, 2)`, which no variable's value can take in, unlike a scale),
+    # so that (calls, leaves, such exponents) decreases and rewriting ends.
     uses = lambda u: sum(n for name, n in u.count.items() if name != AXIS)  # noqa: E731
     if right.calls > left.calls or right.calls == left.calls and not (
-            uses(right) < uses(left) and right.constants <= left.constants):
+            right.constants <= left.constants and (
+                uses(right) < uses(left) or right.exponents < left.exponents)):
         raise RuleError(f"{origin}: the replacement must call fewer functions than the pattern "
-                        f"(counting / and **), or as many with fewer uses of the variables and "
-                        f"no more numbers, so that rewriting ends: {right.calls} is not fewer "
-                        f"than {left.calls}", where)
+                        f"(counting / and **), or as many with no more numbers and fewer uses "
+                        f"of the variables or fewer numbers as exponents (** 2), so that "
+                        f"rewriting ends: {right.calls} is not fewer than {left.calls}", where)
     return Rewrite(pattern, replacement, tuple(left.count), tuple(dict.fromkeys(
         [*left.functions, *right.functions])), origin)
 
@@ -442,6 +447,7 @@ class _Uses:
         self.functions: list[str] = []
         self.calls = 0
         self.constants = 0  # numbers and negations
+        self.exponents = 0  # numbers as the exponent of a power (`u ** 2`)
         self.misplaced_axis = None
         stack, axis_slots = [expr], set()
         while stack:  # a side is one line: small, but walked without recursion all the same
@@ -453,6 +459,7 @@ class _Uses:
                 self.first.setdefault(e.id, e)
             elif isinstance(e, ast.BinOp):
                 self.calls += e.op in ("/", "**")
+                self.exponents += e.op == "**" and isinstance(e.right, ast.Number)
                 stack += [e.right, e.left]
             elif isinstance(e, ast.Call):
                 self.functions.append(e.func)
