@@ -352,6 +352,8 @@ def _read_expression(text: str) -> str:
     # it is read up to the program limit; the parser checks each statement's own limit. One
     # character more than the parser accepts tells that it is too long: `< /dev/zero` ends.
     source = sys.stdin.read(MAX_PROGRAM_CHARS + 1)
+    if source.startswith("\ufeff"):  # a byte-order mark, as Windows editors save UTF-8 files
+        source = source[1:]
     if len(source) > MAX_PROGRAM_CHARS:
         raise ParseError(f"standard input is too long: more than {MAX_PROGRAM_CHARS} characters",
                          hint="build very large expressions in Python with einderiv.var")

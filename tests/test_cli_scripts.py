@@ -155,6 +155,19 @@ def test_standard_input_is_still_a_dash(capsys, monkeypatch):
     np.testing.assert_allclose(_formula_value(out.strip()), -1 / X)
 
 
+def test_standard_input_may_start_with_a_byte_order_mark(capsys, monkeypatch):
+    # (a file saved as UTF-8 by a Windows editor, piped in: the mark is no character of the
+    # expression; elsewhere in the text it stays an error)
+    import io
+    monkeypatch.setattr("sys.stdin", io.StringIO("\ufeff-sum(log(x))"))
+    status, out, err = _cli(capsys, "grad", "-", "--wrt", "x", "--shape", "x=n")
+    assert status == 0, err
+    np.testing.assert_allclose(_formula_value(out.strip()), -1 / X)
+    monkeypatch.setattr("sys.stdin", io.StringIO("-sum(\ufefflog(x))"))
+    status, _, err = _cli(capsys, "grad", "-", "--wrt", "x", "--shape", "x=n")
+    assert status == 2 and "unexpected character" in err
+
+
 def test_rules_commands_are_untouched(capsys):
     status, out, _ = _cli(capsys, "rules", "list", "tanh")
     assert status == 0 and "tanh" in out
