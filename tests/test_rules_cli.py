@@ -81,7 +81,7 @@ def test_list_by_name_and_with_a_table_on_top(capsys, in_checkout, tmp_path):
     code, out, _ = run(capsys, "rules", "list", "maximum")
     assert code == 0
     assert [l.split()[1] for l in out.splitlines()] == ["elementwise", "d", "d", "rewrite",
-                                                         "rewrite"]
+                                                         "rewrite", "rewrite"]
     mine = tmp_path / "mine.rules"
     mine.write_text("# a correction\nd tanh(x) / dx = 1 - tanh(x) * tanh(x)\n")
     code, out, _ = run(capsys, "rules", "list", "tanh", "--rules", str(mine))
