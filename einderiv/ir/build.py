@@ -13,7 +13,7 @@ from math import factorial
 import numpy as np
 
 from ..errors import ShapeError
-from .dims import ONE, Dim, names_in, show_shape
+from .dims import ONE, Dim, is_composite, show_shape
 from .nodes import Add, Const, Contract, Delta, Map, Node, Prim, Size, Unit
 
 ZERO = Dim(None, 0)
@@ -405,21 +405,32 @@ def _always(test, dims, windows=(), empty_is=None) -> bool | None:
     when it holds at none, None when it depends on them. Only the sizes at which every window
     is one count: not empty, and inside its columns (0 <= offset, offset + rows <= cols), as
     the code checks of each (`concatenate((x, x))[n:n + 2]` says n >= 2). The names are one at
-    most (two or more: None), and its sizes are sampled at every value up to past the largest
-    offset and at two large values: enough for the sizes people write (`n + 1`, `2 * n`,
-    `n // 2`), whose comparisons change only near their offsets. `empty_is`: the answer when
-    no size counts."""
+    most, in sizes linear in it (`n + 1`, `2 * n - 3`; else None), and its sizes are tried at
+    every value up to past the sum of the offsets and at two large values: the tests, built
+    of comparisons of sums of a few such sizes, cannot change past there. `empty_is`: the
+    answer when no size counts."""
+    from ..lower.dimensions import factors  # (lowering builds with this module)
     dims = [*dims, *(d for w in windows for d in (*w.shape, w.offset))]
     names = set()
     for d in dims:
-        names |= names_in(d)
+        if d.name is None:
+            continue
+        # Only sizes linear in one name, c * n + k: a comparison of sums of them changes at
+        # most once, at |n| <= the sum of the offsets, so every size up to past that and one
+        # large one decide it for all. A quotient ((n + 9) // 10, of x[::10]) or a product of
+        # names may change anywhere: undecided (sampled, it was decided wrong at n = 31).
+        coefficient, found = factors(Dim(d.name))
+        if len(found) != 1 or found[0].name is None or is_composite(found[0].name) or \
+                found[0].offset:
+            return None
+        names.add(found[0].name)
     if len(names) > 1:
         return None
     if not names:
         samples = [{}]
     else:
         (name,) = names
-        bound = 8 + 2 * max(abs(d.offset) for d in dims)
+        bound = 8 + sum(abs(d.offset) for d in dims)
         samples = [{name: s} for s in (*range(bound), 10 ** 6, 10 ** 6 + 1)]
     seen = set()
     for env in samples:
