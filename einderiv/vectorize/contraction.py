@@ -179,11 +179,41 @@ class ContractionTranslator:
         (label, zeros before, zeros after) per axis, in the order taken."""
         scatters = []
         self.dims = list(self.dims)  # (an axis taken out has the pick's or window's length)
+        paired = self._paired_selection()
+        if paired is not None:
+            scatters.append(paired)
         while True:
             found = self._scatter_one()
             if found is None:
                 return scatters
             scatters.append(found)
+
+    def _paired_selection(self) -> tuple | None:
+        """One selection of rows S (a window, every k-th row, or rows picked one by one at
+        distinct places) read twice on one summed row label, `S[k,i] * r[k] * S[k,j]` (the
+        Hessian of a sum over strided or sliced picks): each row of S has one 1, in a column
+        of its own, so the product is `delta[i,j] * S[k,i] * r[k]`: the second S is taken out
+        as a diagonal (placed last, `diag(...)`), and the first scatters r, dilated or padded,
+        in O(n). Multiplied as selection matrices it was O(steps n^2), and 0 * inf = nan
+        beside an infinite entry of r. (j, ("diagonal", i, n)) or None."""
+        for a in self.terms:
+            node = a.node
+            if len(a.labels) != 2 or a.labels[0] == a.labels[1] or a.labels[0] in self.out \
+                    or a.labels[1] not in self.out or not (
+                        (isinstance(node, Delta) and not node.is_identity) or
+                        _strided_window(node) or _distinct_unit_rows(node)):
+                continue
+            k, i = a.labels
+            for b in self.terms:
+                if b is a or b.node is not node or b.labels[0] != k or b.labels[1] == i or \
+                        b.labels[1] not in self.out:
+                    continue
+                j = b.labels[1]
+                if any(t is not b and j in t.labels for t in self.terms):
+                    continue
+                self.terms = [t for t in self.terms if t is not b]
+                return j, ("diagonal", i, node.shape[1])
+        return None
 
     def _scatter_one(self) -> tuple | None:
         """One unit vector or window of `_scatter_later`'s, taken out: (label, widths)."""
@@ -666,13 +696,21 @@ class ContractionTranslator:
                     all(l in self.out for l in d.labels):
                 # v[k] * window[k,j]: v placed on a shifted diagonal, `pad(diag(v), ...)` in
                 # O(size), not multiplied into a dense selection matrix (a stencil's Hessian).
+                # A vector on the column, w[j], is read on the window's columns (the Jacobian
+                # of sqrt(pad(x)): 1 / sqrt of the padded zeros is inf, off the window).
                 row, col = d.labels
-                vectors = [v for v in self.terms if v is not d and v.labels == (row,)] or \
-                    self._scalars_on(d, d.node.shape[0])
+                rows, cols = d.node.shape
+                on_row = [v for v in self.terms if v is not d and v.labels == (row,)]
+                on_col = [v for v in self.terms if v is not d and v.labels == (col,)]
+                window = _slice(d.node.offset, d.node.offset + rows, cols)
+                factors = [v.expr for v in on_row] + [_index(v.expr, 1, 0, window)
+                                                      for v in on_col]
+                vectors = on_row + on_col or self._scalars_on(d, rows)
+                factors = factors or [v.expr for v in vectors]
                 if vectors:
-                    product = vectors[0].expr
-                    for v in vectors[1:]:
-                        product = ast.BinOp("*", product, v.expr)
+                    product = factors[0]
+                    for f in factors[1:]:
+                        product = ast.BinOp("*", product, f)
                     zero = ast.Tuple((number(0), number(0)))
                     widths = ast.Tuple((zero, ast.Tuple((dimension(d.node.offset),
                                                          _rest(d.node)))))
@@ -1013,6 +1051,8 @@ def _on_diagonal(expr: ast.Expr, labels: tuple, keep, new, n: Dim, out: tuple) -
     diagonal of (keep, new) and exact zeros elsewhere: a select with the identity's mask,
     `where(eye(n) > 0, r[:, None], 0)`. The new axis goes before the first of `labels` that
     follows it in `out`, the result's order. (expression, its axes)"""
+    if tuple(labels) == (keep,):  # a vector: its diagonal matrix
+        return ast.Call("diag", (expr,)), (keep, new)
     value = expr
     for label in (keep, new) if keep not in labels else (new,):  # (a rest on neither: both)
         after = [k for k, l in enumerate(labels) if l in out and out.index(l) > out.index(label)]
@@ -1067,6 +1107,15 @@ def _strided_window(node) -> bool:
     s + k, ... of the identity, which index a partner as `x[s:s + m:k]`."""
     return type(node) is Prim and node.fn == STRIDE and node.params[0] == (0,) and \
         type(node.args[0]) is Delta
+
+
+def _distinct_unit_rows(node) -> bool:
+    """A stack of unit vectors at concrete places, no two the same."""
+    found = _scaled_unit_rows(node)
+    if found is None or found[0] != 1.0:
+        return False
+    places = [k for k, _ in found[1]]
+    return all(k.is_concrete for k in places) and len({k.offset for k in places}) == len(places)
 
 
 def _unit_rows(node) -> list[tuple[Dim, Dim]] | None:
