@@ -176,9 +176,8 @@ def test_hessian_of_picked_entries_is_a_placed_diagonal(picks, n):
         for k in picks:
             want[k, k] = -1 / x[k] ** 2
     for path, value in _paths(h, {"x": x}, shapes).items():
-        if path != "ir":  # (the IR interpreter multiplies strided identities: left)
-            # (1 / x / x against 1 / x ** 2: rounding; zeros and the -inf exact, atol 0)
-            np.testing.assert_allclose(value, want, rtol=1e-14, atol=0, err_msg=path)
+        # (1 / x / x against 1 / x ** 2: rounding; zeros and the -inf exact, atol 0)
+        np.testing.assert_allclose(value, want, rtol=1e-14, atol=0, err_msg=path)
     assert "eye(" not in h.formula and "diag(" in h.formula, h.formula
     away = np.linspace(0.5, 2.0, n)
     np.testing.assert_allclose(h(x=away), jax.hessian(

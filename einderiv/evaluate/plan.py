@@ -423,7 +423,7 @@ class ContractionStep:
         # _lanes_placed). (operand position, its axes' order, the output's axes it lacks)
         self.masks = []
         for k, (child, _, idx, ls) in enumerate(ops):
-            if type(child) is Add and all(i == slice(None) for i in idx) and \
+            if type(child) in (Add, Prim) and all(i == slice(None) for i in idx) and \
                     is_structure(child) and \
                     len(set(ls)) == len(ls) and all(l in self.out_present for l in ls):
                 order = sorted(range(len(ls)), key=lambda a: self.out_present.index(ls[a]))

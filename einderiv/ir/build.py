@@ -542,11 +542,15 @@ def is_structure(node: Node) -> bool:
         if kind is Const:
             if not np.isfinite(n.value):
                 return False
-        elif kind is Add or kind is Contract:
+        elif kind is Add or kind is Contract or kind is Prim and n.fn in _PLACING:
             stack.extend(n.children())
         elif kind is not Unit and kind is not Delta:
             return False
     return True
+
+
+# Linear maps that only move entries (a strided identity, `eye(n)[:, ::2]`, is a 0/1 pattern)
+_PLACING = frozenset({"<stride>", "dilate", "flip", "reshape", "triu", "tril"})
 
 
 # Functions whose value is finite wherever their arguments are (up to overflow of a large
