@@ -485,13 +485,17 @@ def _window_pair(flat: list, out) -> tuple | None:
 
 def _window_row(term: Node, labels, k, out) -> bool:
     """Is `term`, on `labels`, a (scaled) window with row `k` and its column an output label
-    other than `k`?"""
+    other than `k`, times vectors on its row alone (`x[l] * delta[l+1,i]`, of the Hessian of
+    `sum(exp(x[1:]) * x[:-1])`: multiplied out, each term has two windows on k, placed in
+    O(n), where the sum whole was a dense n x n matrix multiplied with another, O(n^3))?"""
     if type(term) is Contract:
         ops = [(n, ls) for n, ls in term.operands if type(n) is not Const]
-        if len(ops) != 1 or type(ops[0][0]) is not Delta or sorted(ops[0][1]) != [0, 1] \
-                or term.out != (0, 1):
+        windows = [(n, ls) for n, ls in ops if type(n) is Delta]
+        if len(windows) != 1 or sorted(windows[0][1]) != [0, 1] or term.out != (0, 1):
             return False
-        node, (r, c) = ops[0]
+        node, (r, c) = windows[0]
+        if any(n is not node and (n.rank != 1 or ls != (r,)) for n, ls in ops):
+            return False
         row, col = labels[r], labels[c]
     elif type(term) is Delta:
         node, (row, col) = term, labels
