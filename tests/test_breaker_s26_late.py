@@ -25,9 +25,10 @@ Faults (strict xfails), worst first:
    `eye(n)[1:2T:2].T @ (t1[:, None] * eye(n)[:2T-1:2])`: at n = 800, T = 50 6.5 ms, T = 399
    23.8 ms, where `sum_t log(x[2t+1])` (one place per step: paired) is 68 us at every T.
    (Its one-window sibling, `sum(exp(x[1:]) * x[:-1])`, was a dense (n x n) @ (n x n)
-   product, O(n^3), at 1562d99: single-threaded n = 800 29 ms, n = 1600 179 ms; an
-   uncommitted `_window_row` edit of ir/build.py in the working tree, not this session's,
-   places it by pad: 10 -> 26 ms. Its values are checked below, not its form.)
+   product, O(n^3), at 1562d99: single-threaded n = 800 29 ms, n = 1600 179 ms; fixed in
+   27c8ab9 (`_window_row`), placed by pad, 10 -> 26 ms. Its values and form are checked
+   below.) The same-place products of this case are now diag(r) placed by the two
+   selections (contraction._apart_selections); the cross term is still the product.
 
 Held (passing tests below): Hessians/jvp/hvp/third derivatives of sums of strided picks,
 slices and repeated or negative unit picks; matrices picked on rows/columns and under .T;

@@ -182,3 +182,21 @@ def test_hessian_of_picked_entries_is_a_placed_diagonal(picks, n):
     away = np.linspace(0.5, 2.0, n)
     np.testing.assert_allclose(h(x=away), jax.hessian(
         lambda x: sum(jnp.log(x[k]) for k in picks))(away), rtol=1e-12)
+
+
+@pytest.mark.no_roundtrip
+@pytest.mark.parametrize("steps", [3, 6])
+def test_hessian_of_two_places_per_step_matches_jax(steps):
+    # two different selections of the steps' entries, S1[k,i] r[k] S2[k,j]: diag(r) placed
+    # by each on one axis (contraction._apart_selections), values as JAX's on every path
+    x = einderiv.var("x", ("n",))
+    total = None
+    for t in range(steps):
+        term = einderiv.fn.exp(x[2 * t + 1]) * einderiv.fn.tanh(x[2 * t])
+        total = term if total is None else total + term
+    h = einderiv.hessian(total, x)
+    v = np.linspace(0.5, 1.5, 2 * steps + 1)
+    want = jax.hessian(lambda x: sum(jnp.exp(x[2 * t + 1]) * jnp.tanh(x[2 * t])
+                                     for t in range(steps)))(v)
+    for path, value in _paths(h, {"x": v}, {"x": ("n",)}).items():
+        np.testing.assert_allclose(value, want, rtol=1e-12, atol=1e-14, err_msg=path)

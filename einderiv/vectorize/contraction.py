@@ -205,15 +205,40 @@ class ContractionTranslator:
                 continue
             k, i = a.labels
             for b in self.terms:
-                if b is a or b.node is not node or b.labels[0] != k or b.labels[1] == i or \
+                if b is a or len(b.labels) != 2 or b.labels[0] != k or b.labels[1] == i or \
                         b.labels[1] not in self.out:
                     continue
                 j = b.labels[1]
                 if any(t is not b and j in t.labels for t in self.terms):
                     continue
-                self.terms = [t for t in self.terms if t is not b]
-                return j, ("diagonal", i, node.shape[1])
+                if b.node is node:
+                    self.terms = [t for t in self.terms if t is not b]
+                    return j, ("diagonal", i, node.shape[1])
+                self._apart_selections(a, b)
+                return None
         return None
+
+    def _apart_selections(self, a: Term, b: Term):
+        """Two different selections S1[k,i], S2[k,j] of as many rows on one summed row k,
+        times vectors on k alone (the Hessian of `exp(x[2t+1]) * x[2t]` summed over unrolled
+        steps): the vectors' product on the diagonal of (k, k'), `diag(r)`, each selection then
+        placing one axis of it (`_scatter_one`: padded, dilated, or rows placed), in O(n^2)
+        and exact, where S1.T @ (r[:, None] * S2) multiplied steps x n selection matrices."""
+        k = a.labels[0]
+        others = [t for t in self.terms if t is not a and t is not b]
+        second = b.node
+        if not ((isinstance(second, Delta) and not second.is_identity) or
+                _strided_window(second) or _distinct_unit_rows(second)) or \
+                a.node.shape[0] != second.shape[0] or not others or \
+                any(t.labels != (k,) for t in others):
+            return
+        product = others[0].expr
+        for t in others[1:]:
+            product = ast.BinOp("*", product, t.expr)
+        fresh = len(self.dims)
+        self.dims.append(self.dims[k])
+        b.labels = (fresh, b.labels[1])
+        self.terms = [a, b, Term(ast.Call("diag", (product,)), (k, fresh))]
 
     def _scatter_one(self) -> tuple | None:
         """One unit vector or window of `_scatter_later`'s, taken out: (label, widths)."""
