@@ -14,7 +14,7 @@ Faults found:
 - (fixed next session) The same through the slice of a concatenation
   (`eye(2 * n)[n:][:, :1] @ g`, which made even the picked entry nan): the delta algebra now
   contracts windows that never meet to zero and a window inside another to one window
-  (ir/build.py `_apart`, `_composed`): `pad(g, ((0, n - 1),))`.
+  (ir/deltas.py `_apart`, `_composed`): `pad(g, ((0, n - 1),))`.
 - (fixed) `log(x[None, 0])` (a new axis, then an integer index, under log or sqrt) raised an
   internal `ValueError` ("Contract: a label with no operand needs a broadcast size") from the
   rewriter, not an `EinderivError`, in `compile` and `grad` alike.

@@ -10,7 +10,7 @@ Faults (strict xfails), worst first:
 1. Silent wrong gradient (regression of b311fe1): a pick of a concatenation of strided slices,
    `concatenate((x[::10], x[::10]))[5]` at n = 31 (each part 4 long, so entry 5 is x[10] in the
    second part): the gradient of its log is all 0 on every path, where it is 1 / x[10]. The
-   window decision (`ir/build.py` `_always`) samples the one name up to 8 + 2 * (largest
+   window decision (`ir/deltas.py` `_always`) samples the one name up to 8 + 2 * (largest
    offset), but a composite `(n + 9) // 10` stays below the pick there, so no sample counts
    and the two samples near 1e6 alone decide "entry 5 lies in the first part". The parent
    commit gave 0.75 here. Also for `x[::8]` and `x[1::10]`, and three parts.

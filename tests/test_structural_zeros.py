@@ -7,7 +7,7 @@ written as a product with a 0/1 matrix, so an infinite value made 0 * inf = nan 
 row or column. Now:
 
 - the delta algebra contracts a unit vector with a window, and two windows, on a summed label
-  (ir/build.py `_contract_units`): to a unit vector, one window, a shifted diagonal, or exactly
+  (ir/deltas.py `contract_units`): to a unit vector, one window, a shifted diagonal, or exactly
   zero where they never meet (`concatenate((x, x))[:1]` against the second half);
 - a stack of unit vectors on an output axis (a stack of picks, or lanes.py's rows out of order)
   places the rest by padding and concatenating, never by a product

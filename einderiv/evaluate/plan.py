@@ -14,7 +14,7 @@ import opt_einsum
 
 from ..backends import apart, dtype_kind, owner
 from ..errors import EinderivError, EvaluationError, InputError, ShapeError, did_you_mean
-from ..ir.build import is_structure
+from ..ir.deltas import is_structure
 from ..ir.dims import Dim, show_shape
 from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Size, Unit, Var, topological
 from ..lower.convolution import evaluator as convolution_evaluator, is_convolution

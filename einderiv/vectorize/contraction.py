@@ -12,7 +12,7 @@ import math
 
 from opt_einsum import get_symbol
 
-from ..ir.build import finite_where_inputs_are, is_structure
+from ..ir.deltas import finite_where_inputs_are, is_structure
 from ..ir.dims import ONE, Dim
 from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Unit
 from ..lower.linear import STRIDE, stride
@@ -425,7 +425,6 @@ class ContractionTranslator:
             # (1 / 0, the mean of nothing: times no entry; a number times rows placed among
             # zeros: on the rows, the smaller array)
             term.expr, self.coef = scaled(self.coef, term.expr), 1.0
-        zero = ast.Tuple((number(0), number(0)))
         # Innermost first (a pick of a window was taken after the window), and one pad for
         # the axes of the scatters after the last dilation or repeated axis.
         pending: dict = {}
