@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
+import operator
 import threading
+import weakref
 from pathlib import Path
 
 from .backends import namespace
@@ -76,6 +79,19 @@ def _check_backend(backend: str) -> None:
     namespace(backend)  # an unknown or uninstalled backend is an error now, not at call time
 
 
+class _CallSignature:
+    """`inspect.signature` of a result, `(*args, **arrays)`: its `__call__` is a property (see
+    _Result.__call__), which inspect cannot read through. The class itself has none (None: its
+    constructor's, as usual)."""
+
+    signature = inspect.Signature([
+        inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL),
+        inspect.Parameter("arrays", inspect.Parameter.VAR_KEYWORD)])
+
+    def __get__(self, instance, owner=None):
+        return None if instance is None else self.signature
+
+
 class _Result:
     """What every API call returns: callable with arrays (by keyword, or positional in the
     order the expression declares its variables), printable in every format, and picklable.
@@ -101,10 +117,8 @@ class _Result:
         self._program = None
         self._module = None
         self._function = None
-        # The call's fast path: the generated function's guard for the first signature, where
-        # the guard's result is the call's (`_returned`: `structure` is `_single` or `tuple`),
-        # else None.
-        self._fast = None
+        # `_returned`: the generated function's guard returns what the call returns
+        # (`structure` is `_single` or `tuple`): `_call` becomes that guard (see __call__).
         self._returned = False
         self._plan = None  # the IR interpreter's, for evaluate_ir
         # The first use builds the program, the module and the function once, whichever
@@ -176,16 +190,11 @@ class _Result:
                                              else declared[name]))
                 for name in declared if name in needed}
 
-    def __call__(self, /, *args, **arrays):  # `/`: an input may be named `self`
+    def _call(self, /, *args, **arrays):  # `/`: an input may be named `self`
         """The results for the input arrays: by keyword, or positional in the order the
         expression declares its variables (`.inputs`), or both."""
         if args:
             arrays = self._keywords(args, arrays)
-        fast = self._fast  # the first signature's guard, whose result is the call's
-        if fast is not None:
-            results = fast(arrays)
-            if results is not MISS:
-                return results
         function = self._function
         if function is not None and not self._returned:
             guarded = function.guarded
@@ -194,6 +203,13 @@ class _Result:
                 if results is not MISS:
                     return self._structure(results)
         return self._evaluate(arrays)
+
+    # Calling a result calls its `_call`: this method above until a first signature passes
+    # unconverted, then the generated guard of that signature (`GeneratedFunction.entry`), set
+    # on the instance, which hands any other call back to the method. The property reads it in
+    # C (attrgetter), so that a call of the signature seen is one Python call.
+    __call__ = property(operator.attrgetter("_call"), doc=_call.__doc__)
+    __signature__ = _CallSignature()  # what inspect.signature reads through a property
 
     def _evaluate(self, arrays: dict):
         if self._function is None:
@@ -218,8 +234,10 @@ class _Result:
                             plain=plain)
         function = self._function
         results = function(arrays)  # (a tuple of the outputs)
-        if self._fast is None and self._returned:
-            self._fast = function.guarded  # (None until a signature is seen unconverted)
+        if self._returned and "_call" not in vars(self):
+            entry = function.entry(_fallback(self))  # (None until a signature is seen unconverted)
+            if entry is not None:
+                self._call = entry
         return self._structure(results)
 
     def evaluate_ir(self, /, *args, **arrays):
@@ -260,6 +278,16 @@ class _Result:
                                 hint="pickle what einderiv.compile, grad, jacobian, hessian "
                                      "or value_and_grad return")
         return (_rebuilt, (self._made_by, _rules_text(self.rules)))
+
+
+def _fallback(result: _Result):
+    """`result`'s own `_call` method, for the guard set as its `_call` to hand other calls to,
+    held weakly: the instance holds the guard, which must not keep the instance alive."""
+    reference, call = weakref.ref(result), type(result)._call
+
+    def slow(*args, **arrays):
+        return call(reference(), *args, **arrays)
+    return slow
 
 
 def rebuildable(function):

@@ -198,3 +198,120 @@ def test_outputs_made_where_returned_are_new_and_the_others_copies(expr, wrt):
             assert type(a) is np.ndarray and a.flags.writeable
             assert not any(np.shares_memory(a, v) for v in arrays.values())
             assert not any(np.shares_memory(a, b) for b in got[:i])
+
+
+# --- the call's entry: after the first unconverted signature, calling a result calls that
+# signature's guard directly (api `_Result.__call__`, a property reading `_call`; the guard
+# made by `GeneratedFunction.entry`), which hands every other call to the method as it came.
+
+def test_the_entry_is_set_after_the_first_signature_and_reads_positions_too():
+    g, x, y = _grad()
+    assert "_call" in vars(g)  # the instance's own: the guard of the first signature
+    want = np.exp(x) * y
+    for got in (g(x=x, y=y), g(y=y, x=x), g(x, y), g(x, y=y)):
+        np.testing.assert_allclose(got, want, rtol=1e-15)
+    # positions bind in the declared order; a swap is another call, not the same arrays
+    np.testing.assert_allclose(g(y, x), np.exp(y) * x, rtol=1e-15)
+
+
+@pytest.mark.parametrize("args, kwargs, error", [
+    ((1,), {}, einderiv.InputError),  # too few positional arrays: y is missing
+    ((0, 1, 2), {}, einderiv.InputError),  # more positional arrays than variables
+    ((0,), {"x": 0}, einderiv.InputError),  # x given twice
+    ((0, 1), {"z": 0}, einderiv.InputError),  # an unknown name
+    ((), {"x": 0}, einderiv.InputError),  # y missing, by keyword
+])
+def test_calls_the_entry_misses_raise_what_the_method_raises(args, kwargs, error):
+    g, x, y = _grad()
+    arrays = [x, y, x]
+    with pytest.raises(error):
+        g(*[arrays[i] for i in args], **{k: arrays[v] for k, v in kwargs.items()})
+    np.testing.assert_allclose(g(x, y), np.exp(x) * y, rtol=1e-15)  # still the fast one
+
+
+def test_the_entry_passes_other_types_dtypes_and_shapes_to_the_checked_path():
+    g, x, y = _grad()
+    got = g(x.astype(np.float32), y.astype(np.float32))
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, np.exp(x) * y, rtol=1e-6)
+    np.testing.assert_allclose(g(list(x), y), np.exp(x) * y, rtol=1e-15)
+    x5, y5 = np.linspace(0, 1, 5), np.linspace(1, 2, 5)
+    np.testing.assert_allclose(g(x5, y5), np.exp(x5) * y5, rtol=1e-15)
+    with pytest.raises(einderiv.ShapeError):
+        g(x5, y)
+
+
+def test_positional_results_that_are_inputs_are_copies():
+    g = einderiv.grad("sum(x * y)", "x", {"x": ("n",), "y": ("n",)})  # the gradient is y
+    x, y = np.ones(3), np.arange(3.0)
+    for _ in range(3):
+        got = g(x, y)
+        assert got is not y and not np.shares_memory(got, y)
+        np.testing.assert_array_equal(got, y)
+
+
+def test_input_names_of_the_entrys_own_parameters():
+    # `args` and `arrays` are the entry's parameters (`entry(*args, **arrays)`), `self` the
+    # method's: as keywords they are still inputs, and by position they bind as declared
+    g = einderiv.grad("args: [n]; arrays: [n]; self: [n]; sum(args * arrays * self)", "args")
+    a, b, c = np.ones(2), np.full(2, 2.0), np.full(2, 3.0)
+    for _ in range(3):
+        np.testing.assert_allclose(g(args=a, arrays=b, self=c), b * c)
+        np.testing.assert_allclose(g(a, b, c), b * c)
+        np.testing.assert_allclose(g(a, arrays=b, self=c), b * c)
+
+
+def test_a_result_has_its_call_signature():
+    import inspect
+    g, x, y = _grad()
+    assert str(inspect.signature(g)) == "(*args, **arrays)"
+    assert "positional" in type(g).__call__.__doc__
+    assert "lowered" in inspect.signature(type(g)).parameters  # the class: its constructor's
+
+
+def _weakly_held_result():
+    import weakref
+    g, x, y = _grad()
+    g(x, y)
+    return weakref.ref(g)  # (g goes with this frame: no assertion keeps it)
+
+
+# (the suite-wide round trip keeps every result it sees, to check it after the test)
+@pytest.mark.no_roundtrip
+def test_a_result_is_freed_without_the_collector():
+    import gc
+    gc.collect()
+    gc.disable()
+    try:
+        reference = _weakly_held_result()  # the entry holds the result weakly: no cycle
+        assert reference() is None
+    finally:
+        gc.enable()
+
+
+def test_products_with_a_direction_take_the_entry_through_their_own_call():
+    h = einderiv.hvp("x: [n]; A: [n, n]; x @ A @ x", "x")
+    rng = np.random.default_rng(0)
+    x, A, v = rng.normal(size=3), rng.normal(size=(3, 3)), rng.normal(size=3)
+    for _ in range(3):
+        np.testing.assert_allclose(h(x=x, A=A, tangent=v), (A + A.T) @ v, rtol=1e-13)
+        np.testing.assert_allclose(h(x, A, tangent=v), (A + A.T) @ v, rtol=1e-13)
+
+
+def test_threads_calling_by_position_and_keyword_with_two_signatures():
+    g, x, y = _grad()
+    wrong = []
+
+    def work(k):
+        a = np.linspace(0, k, 4).astype(np.float32 if k % 2 else np.float64)
+        b = np.linspace(k, 1, 4).astype(a.dtype)
+        for i in range(200):
+            got = g(a, b) if i % 2 else g(x=a, y=b)
+            if got.dtype != a.dtype or not np.allclose(got, np.exp(a) * b, rtol=1e-6):
+                wrong.append((k, i))
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong

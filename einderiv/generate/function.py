@@ -70,6 +70,18 @@ class GeneratedFunction:
         # The first signature that passed the checks unconverted, as straight-line code (see
         # _guard): `guarded(arrays)` is the outputs, or MISS for any other call.
         self.guarded = None
+        self._guarded = None  # (seen, found) of that signature, for `entry`
+        self._order = list(declared)  # the order positional arrays bind in
+
+    def entry(self, slow):
+        """The guard's signature as the API call itself (`_guard` with `slow`): `slow(*args,
+        **arrays)` takes every other call. None until `guarded` is set."""
+        if self._guarded is None:
+            return None
+        seen, found = self._guarded
+        return _guard(seen, self.arguments, found, self._own, self._apart, self.module.outputs,
+                      self._failures, self.backend, self.plain, self.module.fresh,
+                      order=self._order, slow=slow)
 
     def __call__(self, arrays: dict) -> tuple:
         """The outputs, in order, for keyword `arrays`."""
@@ -118,6 +130,7 @@ class GeneratedFunction:
                 values[name] is value for name, value in arrays.items()):
             self._seen[seen] = found  # nothing was converted or stood in for
             if self.guarded is None and not self._devices:
+                self._guarded = (seen, found)
                 self.guarded = _guard(seen, self.arguments, found, self._own, self._apart,
                                       self.module.outputs, self._failures, self.backend,
                                       self.plain, self.module.fresh)
@@ -205,7 +218,8 @@ MISS = object()  # what a guard returns for a call it does not cover
 
 
 def _guard(seen: tuple, arguments: list, found: tuple, own, separate, outputs: int, failures,
-           backend: str, plain: bool = False, fresh: list[bool] | None = None):
+           backend: str, plain: bool = False, fresh: list[bool] | None = None,
+           order: list[str] | None = None, slow=None):
     """The fast path of one signature, `seen` ((name, type, dtype, shape) of every input, as
     `GeneratedFunction.__call__` keys it), as a function compiled for it: the same checks as
     the key's lookup (exactly these names, types, dtypes and shapes), written out as
@@ -216,25 +230,50 @@ def _guard(seen: tuple, arguments: list, found: tuple, own, separate, outputs: i
     output: it is computed where it is returned, by numpy arithmetic (PythonModule.fresh), so
     a numpy array of it is new: only its type and dtype are checked.
 
+    Without `slow` it is `guarded(arrays)`, a dict of the inputs by name, returning MISS for any
+    other call. With `slow` it is the API call itself, `entry(*args, **arrays)`: the arrays by
+    keyword, or all of `order` (the declared variables) by position, and any other call
+    handed to `slow(*args, **arrays)` as it came (one Python call in all where the signature is
+    the one seen; a call through the API's method and then the guard was 0.5 us more).
+
     The source holds only local names and the constants' names (`_k0`, `_t0`...): the input
     names, types, dtypes and shapes are values in its namespace, never pasted into the code."""
     function, dtype = found
     single = outputs == 1
     env = {"_fn": function, "_dt": dtype, "_own": own, "_apart": separate, "_MISS": MISS,
            "_failures": failures, "_error": evaluation_error, "_backend": backend,
-           "_nd": np.ndarray}
+           "_nd": np.ndarray, "_slow": slow}
     position = {name: k for k, (name, _, _, _) in enumerate(seen)}
-    lines = ["def guarded(arrays):", f"    if len(arrays) != {len(seen)}:", "        return _MISS",
-             "    try:", "        pass"]
+    if slow is None:
+        miss = "_MISS"
+        lines = ["def guarded(arrays):"]
+    else:
+        miss = "_slow(*args, **arrays)"
+        lines = ["def entry(*args, **arrays):", "    if args:"]
+        names = [name for name, _, _, _ in seen]
+        if order is not None and sorted(order) == sorted(names):  # every variable, in order
+            lines += [f"        if arrays or len(args) != {len(seen)}:",
+                      f"            return {miss}",
+                      *(f"        a{k} = args[{order.index(name)}]"
+                        for k, name in enumerate(names)),
+                      "    else:"]
+        else:
+            lines += [f"        return {miss}", "    else:"]
+        lines += ["        pass"]
+    indent = "    " if slow is None else "        "
+    lines += [f"{indent}if len(arrays) != {len(seen)}:", f"{indent}    return {miss}",
+              f"{indent}try:"]
     checks = ["True"]  # (an expression of no inputs has none to check)
     for k, (name, kind, dt, shape) in enumerate(seen):
         env[f"_k{k}"], env[f"_t{k}"], env[f"_d{k}"], env[f"_s{k}"] = name, kind, dt, shape
-        lines.append(f"        a{k} = arrays[_k{k}]")
+        lines.append(f"{indent}    a{k} = arrays[_k{k}]")
         # the dtype by identity first (numpy's builtin dtypes are singletons), by value else
         checks.append(f"type(a{k}) is _t{k} and (a{k}.dtype is _d{k} or a{k}.dtype == _d{k}) "
                       f"and a{k}.shape == _s{k}")
-    lines += ["    except KeyError:", "        return _MISS",
-              "    if not (" + " and ".join(checks) + "):", "        return _MISS"]
+    if not seen:
+        lines.append(f"{indent}    pass")
+    lines += [f"{indent}except KeyError:", f"{indent}    return {miss}",
+              "    if not (" + " and ".join(checks) + "):", f"        return {miss}"]
     args = ", ".join(f"a{position[name]}" for name in arguments)
     given = "(" + "".join(f"a{k}, " for k in range(len(seen))) + ")"
     lines += ["    try:", f"        r = _fn({args})"]
@@ -274,4 +313,4 @@ def _guard(seen: tuple, arguments: list, found: tuple, own, separate, outputs: i
         lines += [f"        return tuple(_apart([_own(x, {given}, _dt) for x in r]))"]
     lines += ["    except _failures as e:", "        raise _error(e, _backend) from None"]
     exec(compile("\n".join(lines), "<einderiv guard>", "exec"), env)  # our own text, see above
-    return env["guarded"]
+    return env["guarded" if slow is None else "entry"]
