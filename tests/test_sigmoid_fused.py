@@ -1,6 +1,7 @@
 """kernels.sigmoid's fused forms, which the generated code calls for `sigmoid(-m) * y` (a
 logistic loss's gradient): `negated` computes sigmoid(-x) as 1 / (1 + exp(x)) without
-negating x, `times` multiplies by y in the division y / (1 + exp(x)).
+negating x, `times` multiplies by y in the division y / (1 + exp(x)), `negative` negates the
+result in the pass that adds 1 (-y / -(1 + exp(x))... as -(1 + exp(x)) divides y).
 
 - the kernel against mpmath at 50 digits, both signs, down to the subnormals, at nan and
   infinities, in float32, for every kind of factor (an array of the result's shape and
@@ -42,14 +43,19 @@ def relative(got, want, dtype):
 @pytest.mark.parametrize("dtype,xs", [(np.float64, X64), (np.float32, X32)])
 @pytest.mark.parametrize("negated", [False, True])
 @pytest.mark.parametrize("many", [False, True], ids=["few", "many"])  # expit, or numpy's passes
-def test_kernel_is_exact_down_to_the_subnormals(dtype, xs, negated, many):
+@pytest.mark.parametrize("negative", [False, True])
+def test_kernel_is_exact_down_to_the_subnormals(dtype, xs, negated, many, negative):
     reps = 40 if many else 1  # 560 entries: past kernels._MANY
-    x = np.array(xs * reps, dtype)
-    y = np.linspace(-3, 3, x.size).astype(dtype)
-    for times in (None, y, 2.5):
-        got = kernels.sigmoid(x, negated=negated, times=times)
-        assert got.dtype == dtype and got.shape == x.shape
-        assert relative(got, exact(x, negated, times), dtype) < 4 * np.finfo(dtype).eps, times
+    sign = -1.0 if negative else 1.0
+    for finite in (True, False):  # the fast path (no entry past exp's bound), the careful one
+        values = [v for v in xs if not finite or abs(v) < 88] or xs
+        x = np.array(values * reps, dtype)
+        y = np.linspace(-3, 3, x.size).astype(dtype)
+        for times in (None, y, 2.5):
+            got = kernels.sigmoid(x, negated=negated, times=times, negative=negative)
+            assert got.dtype == dtype and got.shape == x.shape
+            want = sign * exact(x, negated, times)
+            assert relative(got, want, dtype) < 4 * np.finfo(dtype).eps, times
 
 
 def test_kernel_at_nan_and_on_what_it_cannot_divide_into():
@@ -87,7 +93,9 @@ LOGISTIC = "sum(log(1 + exp(-y * (X @ w))))"
 
 def test_the_logistic_gradient_is_one_fused_call_and_agrees_where_exp_overflows():
     g = einderiv.grad(LOGISTIC, "w", LINEAR)
-    assert "_kernels.sigmoid(y * (X @ w), negated=True, times=y)" in g.source, g.source
+    # the gradient's sign taken into the kernel: `X.T @` the kernel's result, nothing after
+    assert "return X.T @ _kernels.sigmoid(y * (X @ w), negated=True, times=y, negative=True)" \
+        in g.source, g.source
     assert g.formula == "-(X.T @ (sigmoid(-y * (X @ w)) * y))"  # the formula is unchanged
     rng = np.random.default_rng(0)
     X = rng.normal(size=(400, 3))
@@ -113,6 +121,13 @@ def test_the_logistic_gradient_is_one_fused_call_and_agrees_where_exp_overflows(
     ("(sigmoid(-x) * y) ** 2", "_kernels.sigmoid(x, negated=True, times=y) ** 2.0"),
     ("sigmoid(x - y)", "_kernels.sigmoid(x - y)"),             # no leading sign to take
     ("sigmoid(-x)[:, None] * X", "_kernels.sigmoid(x, negated=True)[:, None] * X"),
+    # a negated product takes its sign into the kernel where it is the whole result
+    ("-(X @ (sigmoid(-x) * y))", "X @ _kernels.sigmoid(x, negated=True, times=y, negative=True)"),
+    ("-(sigmoid(x) * y)", "_kernels.sigmoid(x, times=y, negative=True)"),
+    ("-(X.T @ (sigmoid(x) * y))", "X.T @ _kernels.sigmoid(x, times=y, negative=True)"),
+    # ... and only there: inside another operator the sign stays where it is written
+    ("(-(X @ (sigmoid(x) * y))) ** 2", "(-(X @ _kernels.sigmoid(x, times=y))) ** 2.0"),
+    ("2 ** -(X @ (sigmoid(x) * y))", "2.0 ** (-(X @ _kernels.sigmoid(x, times=y)))"),
 ])
 def test_which_products_are_fused(text, fused):
     f = einderiv.compile("x: [n]; y: [n]; X: [n, n]; " + text)

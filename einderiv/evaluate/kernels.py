@@ -28,37 +28,46 @@ def _expit():
     return _EXPIT[0]
 
 
-def sigmoid(x, *, negated=False, times=None):
+def sigmoid(x, *, negated=False, times=None, negative=False):
     """sigmoid(x) = 1 / (1 + exp(-x)); sigmoid(-x) with `negated`; times `times` (an array of
     the result's shape and dtype, a Python number, or anything the product broadcasts) where
-    given. The generated code calls the last two for `sigmoid(-m) * y`, a logistic loss's
-    gradient: 1 / (1 + exp(m)) needs no negation of m, and y / (1 + exp(m)) one division for
-    the reciprocal and the product (three passes fewer than the formula as written). They are
-    keywords only: a rule that gives this kernel a second argument is refused, not negated."""
+    given; the result negated with `negative`. The generated code calls these for
+    `-(X.T @ (sigmoid(-m) * y))`, a logistic loss's gradient: 1 / (1 + exp(m)) needs no
+    negation of m, y / (1 + exp(m)) one division for the reciprocal and the product (three
+    passes fewer than the formula as written), and -y / (1 + exp(m)) the sign in the pass that
+    adds 1 (a negation of the product's result less). They are keywords only: a rule that gives
+    this kernel a second argument is refused, not negated."""
     if type(x) is np.ndarray:
         n = x.size
         if n >= _MANY:
             # The generated code's common call, in few steps (a logistic loss's 1000 entries:
             # the Python of the general path below was 0.8 us of its 4; out given by position,
             # the extreme read inline, as _largest and _smallest): a float array whose bound is
-            # known, no entry past it, and a factor that folds into the division.
+            # known, no entry past it, and a factor that folds into the division (a dtype by
+            # identity: numpy's builtin ones are singletons; any other takes the path below).
             low = _EXP_OVERFLOW.get(x.dtype)  # (a float dtype the path below has seen)
             if low is not None and (times is None or type(times) is float or (
-                    type(times) is np.ndarray and times.shape == x.shape and
-                    times.dtype == x.dtype)):
+                    type(times) is np.ndarray and times.dtype is x.dtype and
+                    times.shape == x.shape)):
                 if negated:
                     if (x.item(x.argmax()) if n <= _FEW_EXTREME else
                             np.maximum.reduce(x, None)) <= -low:
                         s = np.exp(x)
-                        s += 1
+                        if negative:  # -(1 + exp(x)), in the pass that adds 1
+                            np.subtract(-1.0, s, s)
+                        else:
+                            s += 1.0  # (a float: an int 1 is converted each call, 0.15 us)
                         return np.divide(1.0 if times is None else times, s, s)
                 elif (x.item(x.argmin()) if n <= _FEW_EXTREME else
                         np.minimum.reduce(x, None)) >= low:
                     s = np.negative(x)
                     np.exp(s, s)
-                    s += 1
+                    if negative:
+                        np.subtract(-1.0, s, s)
+                    else:
+                        s += 1.0
                     return np.divide(1.0 if times is None else times, s, s)
-        elif times is None and n:
+        elif times is None and n and not negative:
             # An unrolled network's gates, a few entries a call: scipy's expit where no entry
             # is past the bound (below), with nothing else in the way (1.9 -> 1.2 us on 27
             # entries, where expit itself takes 0.4: an LSTM step calls this once).
@@ -66,6 +75,13 @@ def sigmoid(x, *, negated=False, times=None):
             if low is not None and x.ndim and x.dtype in _EXPIT_TYPES and (
                     (x.item(x.argmax()) <= -low) if negated else (x.item(x.argmin()) >= low)):
                 return _expit()(np.negative(x) if negated else x)
+    if negative:
+        return -_sigmoid(x, negated, times)
+    return _sigmoid(x, negated, times)
+
+
+def _sigmoid(x, negated, times):
+    """sigmoid's general path: any array, dtype or bound (see sigmoid)."""
     if isinstance(x, np.ndarray) and x.ndim and x.dtype.kind == "f":
         # 1 / (1 + exp(-x)) keeps full relative precision wherever exp(-x) is finite: far
         # right exp(-x) is tiny and 1 + it rounds as 1 should, far left 1 + exp(-x) is
@@ -98,7 +114,7 @@ def sigmoid(x, *, negated=False, times=None):
                 if not finite:
                     np.minimum(s, -low, out=s)
                 np.exp(s, out=s)
-            s += 1
+            s += 1.0
             # (a division of 1 is numpy's vector loop; its reciprocal has none: 2x slower)
             s = np.divide(times if fold else 1.0, s, out=s)
             if finite:

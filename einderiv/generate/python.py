@@ -178,7 +178,7 @@ class _Printer:
         self.arguments = set(self.program.variables)
         body = []
         for (n, e), dead in zip(self.program.temporaries, self._last_reads()):
-            body.append(f"    {self.names[n]} = {self.expr(e)}")
+            body.append(f"    {self.names[n]} = {self._statement(e)}")
             if self._kernel_call(e, "tanh", "xp.tanh") and isinstance(e.args[0], ast.Name):
                 self.tanh_of[e.args[0].id] = self.names[n]
             if dead:
@@ -307,6 +307,26 @@ class _Printer:
             assert view.startswith("_xp.broadcast_to(")
             self.imports["einderiv.evaluate.kernels"] = "_kernels"
             return f"_kernels.broadcast_copy({view[len('_xp.broadcast_to('):-1]}, _xp)"
+        return self._statement(e)
+
+    def _statement(self, e: ast.Expr) -> str:
+        """`e` as the whole right side of an assignment or a return: a negated product with a
+        kernel sigmoid, alone or on the right of a matrix product (`-(X.T @ (sigmoid(-m) *
+        y))`, a logistic loss's gradient), takes the sign into the kernel (`negative`): a
+        pass over the result less. Only here, where no operator around it could bind tighter
+        than the `@` that the text then has at its top."""
+        if isinstance(e, ast.UnaryOp) and e.op == "-":
+            inner = e.operand
+            fused = self._sigmoid_product(inner)
+            if fused is not None:
+                arg, times, negative = fused
+                return self._sigmoid(arg, times, not negative)
+            if isinstance(inner, ast.BinOp) and inner.op == "@":
+                fused = self._sigmoid_product(inner.right)
+                if fused is not None:
+                    arg, times, negative = fused
+                    left = self._wrap(inner.left, _PREC["@"])
+                    return f"{left} @ {self._sigmoid(arg, times, not negative)}"
         return self.expr(e)
 
     def expr(self, e: ast.Expr) -> str:
@@ -455,17 +475,23 @@ class _Printer:
         """Is `e` a call of sigmoid as kernels.py computes it (not a rule file's own)?"""
         return self._kernel_call(e, "sigmoid", "kernel.sigmoid")
 
-    def _sigmoid_product(self, e: ast.Expr) -> tuple[ast.Expr, ast.Expr] | None:
-        """(argument, other factor) of `e` where it is a product with a kernel sigmoid."""
+    def _sigmoid_product(self, e: ast.Expr) -> tuple[ast.Expr, ast.Expr, bool] | None:
+        """(argument, other factor, negative) of `e` where it is a product with a kernel
+        sigmoid, or with one negated (`-sigmoid(x) * y`, negative True)."""
         if isinstance(e, ast.BinOp) and e.op == "*" and not getattr(e.right, "broadcast", False):
             for call, times in ((e.right, e.left), (e.left, e.right)):
+                negative = isinstance(call, ast.UnaryOp) and call.op == "-"
+                if negative:
+                    call = call.operand
                 if self._kernel_sigmoid(call):
-                    return call.args[0], times
+                    return call.args[0], times, negative
         return None
 
-    def _sigmoid(self, arg: ast.Expr, times: ast.Expr | None = None) -> str:
+    def _sigmoid(self, arg: ast.Expr, times: ast.Expr | None = None,
+                 negative: bool = False) -> str:
         """kernels.sigmoid of `arg`, given a negated argument (`sigmoid(-y * m)`, a logistic
-        loss's margin) without its sign and a factor of the product it is in as `times`."""
+        loss's margin) without its sign, a factor of the product it is in as `times`, and
+        `negative` where the product is negated."""
         self.imports["einderiv.evaluate.kernels"] = "_kernels"
         extra = ""
         positive = _without_sign(arg)
@@ -473,6 +499,8 @@ class _Printer:
             arg, extra = positive, ", negated=True"
         if times is not None:
             extra += f", times={self.expr(times)}"
+        if negative:
+            extra += ", negative=True"
         return f"_kernels.sigmoid({self._argument(arg)}{extra})"
 
     def _call(self, e: ast.Call) -> str:
