@@ -6,7 +6,7 @@ import functools
 import inspect
 import operator
 import threading
-import weakref
+import types
 from pathlib import Path
 
 from .backends import namespace
@@ -77,6 +77,18 @@ def rewritten(lowered: Lowered, rewriter: Rewriter) -> Lowered:
 
 def _check_backend(backend: str) -> None:
     namespace(backend)  # an unknown or uninstalled backend is an error now, not at call time
+
+
+class _CallProperty(property):
+    """A property that can also be called as a method through the class, `type(result).__call__(
+    result, *arrays)`, as a `__call__` defined by `def` can."""
+
+    def __init__(self, fget, doc: str):
+        super().__init__(fget)
+        self.__doc__ = doc  # (the call's, on the instance: the class's would shadow it)
+
+    def __call__(self, result, /, *args, **arrays):
+        return self.__get__(result)(*args, **arrays)
 
 
 class _CallSignature:
@@ -205,10 +217,10 @@ class _Result:
         return self._evaluate(arrays)
 
     # Calling a result calls its `_call`: this method above until a first signature passes
-    # unconverted, then the generated guard of that signature (`GeneratedFunction.entry`), set
-    # on the instance, which hands any other call back to the method. The property reads it in
-    # C (attrgetter), so that a call of the signature seen is one Python call.
-    __call__ = property(operator.attrgetter("_call"), doc=_call.__doc__)
+    # unconverted, then the generated guard of that signature (`GeneratedFunction.entry`)
+    # bound to the instance, which hands any other call back to the method. The property reads
+    # it in C (attrgetter), so that a call of the signature seen is one Python call.
+    __call__ = _CallProperty(operator.attrgetter("_call"), _call.__doc__)
     __signature__ = _CallSignature()  # what inspect.signature reads through a property
 
     def _evaluate(self, arrays: dict):
@@ -235,9 +247,9 @@ class _Result:
         function = self._function
         results = function(arrays)  # (a tuple of the outputs)
         if self._returned and "_call" not in vars(self):
-            entry = function.entry(_fallback(self))  # (None until a signature is seen unconverted)
-            if entry is not None:
-                self._call = entry
+            entry = function.entry(type(self)._call)  # (None until a signature passes unconverted)
+            if entry is not None:  # a bound method, as `result.__call__` always was
+                self._call = types.MethodType(entry, self)
         return self._structure(results)
 
     def evaluate_ir(self, /, *args, **arrays):
@@ -278,16 +290,6 @@ class _Result:
                                 hint="pickle what einderiv.compile, grad, jacobian, hessian "
                                      "or value_and_grad return")
         return (_rebuilt, (self._made_by, _rules_text(self.rules)))
-
-
-def _fallback(result: _Result):
-    """`result`'s own `_call` method, for the guard set as its `_call` to hand other calls to,
-    held weakly: the instance holds the guard, which must not keep the instance alive."""
-    reference, call = weakref.ref(result), type(result)._call
-
-    def slow(*args, **arrays):
-        return call(reference(), *args, **arrays)
-    return slow
 
 
 def rebuildable(function):

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from .api import (Derived, _check_backend, _check_wrt_shapes, _distinct, _picked,
-                  _scalar_output, _variables, _wrt_list, lower_source, rebuildable, rewritten)
+from .api import (Derived, _check_backend, _check_wrt_shapes, _distinct, _scalar_output,
+                  _single, _structure_of, _variables, _wrt_list, lower_source, rebuildable,
+                  rewritten)
 from .derive import derivatives
 from .errors import EinderivError, InputError
 from .ir import build
@@ -136,7 +137,7 @@ def _hvp(lowered, names, many, rules, rewriter, backend, keyword) -> Product:
     along = _inner([(grads[p], t) for p, t in zip(positions, tangents)])
     roots = rewriter(derivatives(along, variables, rules))
     lowered = _declaring(lowered, tangents)
-    structure = (lambda r: tuple(_picked(r, positions))) if many else (lambda r: r[0])
+    structure = _structure_of(positions) if many else _single  # (the call's fast path: api)
     return Product(lowered, "hvp", names, roots, [f"hvp_{n}" for n in distinct], structure,
                    backend, rules, positions, keyword, directions, many)
 
@@ -180,7 +181,7 @@ def jvp(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy",
         if cotangent in topological(pushed):
             raise EinderivError("internal: the jvp program still depends on the cotangent")
     return Product(_declaring(lowered, tangents), "jvp", names, [lowered.root, pushed],
-                   ["out", "jvp"], lambda r: (r[0], r[1]), backend, rules, None, keyword,
+                   ["out", "jvp"], tuple, backend, rules, None, keyword,
                    directions, many)
 
 
@@ -209,7 +210,7 @@ def vjp(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy",
         (name,) = _direction_names(lowered, "vjp", cotangent_name, "cotangent_name", [], False)
         cotangent = Var(name, lowered.root.shape)
         roots = rewriter(derivatives(_inner([(lowered.root, cotangent)]), variables, rules))
-    structure = (lambda r: tuple(_picked(r, positions))) if many else (lambda r: r[0])
+    structure = _structure_of(positions) if many else _single
     return Product(_declaring(lowered, [cotangent]), "vjp", names, roots,
                    [f"d{n}" for n in distinct], structure, backend, rules, positions,
                    cotangent_name, [name], False)

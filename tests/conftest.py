@@ -65,7 +65,8 @@ def _copy(value):
 
 
 # Every call, with keyword or positional arrays, evaluates through `_evaluate(arrays)` with
-# the arrays by name.
+# the arrays by name, except repeats of the signature a result saw first, which its bound
+# entry computes directly (api `_Result.__call__`): that signature is recorded at its first call.
 _original_call = api._Result._evaluate
 
 

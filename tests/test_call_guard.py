@@ -269,33 +269,42 @@ def test_a_result_has_its_call_signature():
     assert "lowered" in inspect.signature(type(g)).parameters  # the class: its constructor's
 
 
-def _weakly_held_result():
+def _result_called_twice():
     import weakref
     g, x, y = _grad()
     g(x, y)
-    return weakref.ref(g)  # (g goes with this frame: no assertion keeps it)
+    return weakref.ref(g), weakref.ref(g._function)
 
 
 # (the suite-wide round trip keeps every result it sees, to check it after the test)
 @pytest.mark.no_roundtrip
-def test_a_result_is_freed_without_the_collector():
+def test_a_result_is_freed():
     import gc
+    references = _result_called_twice()  # (its bound entry is a cycle: the collector's)
     gc.collect()
-    gc.disable()
-    try:
-        reference = _weakly_held_result()  # the entry holds the result weakly: no cycle
-        assert reference() is None
-    finally:
-        gc.enable()
+    assert all(reference() is None for reference in references)
 
 
-def test_products_with_a_direction_take_the_entry_through_their_own_call():
-    h = einderiv.hvp("x: [n]; A: [n, n]; x @ A @ x", "x")
+@pytest.mark.parametrize("make", [
+    lambda: einderiv.hvp("x: [n]; A: [n, n]; x @ A @ x", "x"),
+    lambda: einderiv.hvp("x: [n]; A: [n, n]; x @ A @ x", ["x", "A"]),
+    lambda: einderiv.jvp("x: [n]; A: [n, n]; A @ x", "x"),
+    lambda: einderiv.vjp("x: [n]; A: [n, n]; A @ x", "x"),
+    lambda: einderiv.vjp("x: [n]; A: [n, n]; A @ x", ["A", "x"]),
+])
+def test_products_with_a_direction_take_the_entry_through_their_own_call(make):
+    f = make()
     rng = np.random.default_rng(0)
-    x, A, v = rng.normal(size=3), rng.normal(size=(3, 3)), rng.normal(size=3)
+    arrays = {"x": rng.normal(size=3), "A": rng.normal(size=(3, 3))}
+    keyword = f.keyword
+    direction = [rng.normal(size=(3,) * len(f.lowered.declared[d])) for d in f.directions]
+    given = tuple(direction) if f._many else direction[0]
+    want = f.evaluate_ir(**arrays, **{keyword: given})
     for _ in range(3):
-        np.testing.assert_allclose(h(x=x, A=A, tangent=v), (A + A.T) @ v, rtol=1e-13)
-        np.testing.assert_allclose(h(x, A, tangent=v), (A + A.T) @ v, rtol=1e-13)
+        got = f(**arrays, **{keyword: given})
+        for a, b in zip(*(([got], [want]) if isinstance(want, np.ndarray) else (got, want))):
+            np.testing.assert_allclose(a, b, rtol=1e-13)
+    assert "_call" in vars(f)  # its own call's keywords reach the entry
 
 
 def test_threads_calling_by_position_and_keyword_with_two_signatures():

@@ -74,8 +74,9 @@ class GeneratedFunction:
         self._order = list(declared)  # the order positional arrays bind in
 
     def entry(self, slow):
-        """The guard's signature as the API call itself (`_guard` with `slow`): `slow(*args,
-        **arrays)` takes every other call. None until `guarded` is set."""
+        """The guard's signature as the API call itself (`_guard` with `slow`), a function of
+        the result and its arrays: `slow(result, *args, **arrays)` takes every other call.
+        None until `guarded` is set."""
         if self._guarded is None:
             return None
         seen, found = self._guarded
@@ -231,10 +232,11 @@ def _guard(seen: tuple, arguments: list, found: tuple, own, separate, outputs: i
     a numpy array of it is new: only its type and dtype are checked.
 
     Without `slow` it is `guarded(arrays)`, a dict of the inputs by name, returning MISS for any
-    other call. With `slow` it is the API call itself, `entry(*args, **arrays)`: the arrays by
-    keyword, or all of `order` (the declared variables) by position, and any other call
-    handed to `slow(*args, **arrays)` as it came (one Python call in all where the signature is
-    the one seen; a call through the API's method and then the guard was 0.5 us more).
+    other call. With `slow` it is the API call itself, a method `__call__(result, /, *args,
+    **arrays)` to bind to the result: the arrays by keyword, or all of `order` (the declared
+    variables) by position, and any other call handed to `slow(result, *args, **arrays)` as it
+    came (one Python call in all where the signature is the one seen; a call through the API's
+    method and then the guard was 0.5 us more).
 
     The source holds only local names and the constants' names (`_k0`, `_t0`...): the input
     names, types, dtypes and shapes are values in its namespace, never pasted into the code."""
@@ -248,8 +250,8 @@ def _guard(seen: tuple, arguments: list, found: tuple, own, separate, outputs: i
         miss = "_MISS"
         lines = ["def guarded(arrays):"]
     else:
-        miss = "_slow(*args, **arrays)"
-        lines = ["def entry(*args, **arrays):", "    if args:"]
+        miss = "_slow(_result, *args, **arrays)"
+        lines = ["def __call__(_result, /, *args, **arrays):", "    if args:"]
         names = [name for name, _, _, _ in seen]
         if order is not None and sorted(order) == sorted(names):  # every variable, in order
             lines += [f"        if arrays or len(args) != {len(seen)}:",
@@ -313,4 +315,4 @@ def _guard(seen: tuple, arguments: list, found: tuple, own, separate, outputs: i
         lines += [f"        return tuple(_apart([_own(x, {given}, _dt) for x in r]))"]
     lines += ["    except _failures as e:", "        raise _error(e, _backend) from None"]
     exec(compile("\n".join(lines), "<einderiv guard>", "exec"), env)  # our own text, see above
-    return env["guarded" if slow is None else "entry"]
+    return env["guarded" if slow is None else "__call__"]
