@@ -118,7 +118,7 @@ def hvp(expr, wrt, shapes: dict | None = None, *, backend: str = "numpy",
     >>> shapes = {"X": ("n", "d"), "y": ("n",), "w": ("d",)}
     >>> hv = einderiv.hvp("sum(log(1 + exp(-y * (X @ w))))", "w", shapes)
     >>> print(hv.formula)
-    X.T @ (X @ tangent * y ** 2 * dsigmoid(-y * (X @ w)))
+    X.T @ (X @ tangent * y * dsigmoid(-y * (X @ w)) * y)
     >>> hv(X=np.eye(2), y=np.ones(2), w=np.zeros(2), tangent=np.array([1.0, 2.0]))
     array([0.25, 0.5 ])
     """

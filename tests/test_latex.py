@@ -49,7 +49,7 @@ def test_logistic_hessian_is_x_transpose_d_x():
     h = einderiv.hessian(LOGISTIC, "w", LINEAR)
     assert h.latex == block(
         r"\frac{\partial^2 f}{\partial w\,\partial w} &= X^{\top} \operatorname{diag}\left("
-        r"y^{2} \odot \sigma'\left(-y \odot \left(X w\right)\right)\right) X")
+        r"y \odot \sigma'\left(-y \odot \left(X w\right)\right) \odot y\right) X")
 
 
 def test_value_and_mixed_hessian_blocks():

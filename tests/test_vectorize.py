@@ -56,7 +56,7 @@ def exact_target(*texts):
     return (f"formula is one of {texts!r}", lambda f: f in texts)
 
 
-LOGISTIC_HESSIAN = "X.T @ ((y ** 2 * dsigmoid(-y * (X @ w)))[:, None] * X)"
+LOGISTIC_HESSIAN = "X.T @ ((y * dsigmoid(-y * (X @ w)) * y)[:, None] * X)"
 
 CASES = [
     Case("least-squares", "grad", "sum((X @ w - y) ** 2)", "w", LINEAR,

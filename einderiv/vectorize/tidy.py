@@ -12,7 +12,12 @@ local, looks a bounded depth into its operands, and is exact or within rounding 
   divides (`0.3333333333333333 * x` is `x / 3`); `a / b / b` stays, where `a / b ** 2` would
   overflow with b ** 2 (the quotient rule is written `-(a / b) / b` for that);
 - a number multiplies the first factor of a product (`2 * (y * x)` is `2 * y * x`);
-- a factor repeated in a product is its power (`y * x * y` is `y ** 2 * x`).
+- a factor times itself is its power (`y * y` is `y ** 2`, `y ** 2 * y` is `y ** 3`, `2 * y *
+  y` is `2 * y ** 2`), where the product multiplies nothing else first but a number. `y * x * y` stays: joined as `y ** 2 * x` it
+  would reorder the multiplications, and two small factors would meet before the large one
+  that kept them apart (the Hessian of `sum(sqrt(softplus(x)))` at x = -400, `t0 * (-t2 /
+  t1) * t0`, was twice its value as `t0 ** 2 * (t2 / t1)`, t0 ** 2 subnormal), as `a / b ** 2`
+  would overflow where `a / b / b` does not.
 
 Programs are rewritten bottom-up with an explicit stack, and every rule walks a bounded part of
 its operands (or, for a minus, the first factors of one product), so the pass is linear in the
@@ -244,23 +249,19 @@ _BINARY = {"+": _add, "-": _sub, "*": _mul}
 
 
 def _collect(a: ast.Expr, b: ast.Expr, same=None) -> ast.Expr:
-    """`a * b`, with `b` joined to an equal factor of the product `a` as a power (a factor: the
-    first operand of the chain of `*` and `/` that `a` is, or one that a `*` multiplies in)."""
-    spine = _spine(a, ("*", "/"))
-    if len(spine) < MAX_SEARCHED_FACTORS:
-        factors = [(-1, spine[0].left if spine else a)]
-        factors += [(k, s.right) for k, s in enumerate(spine) if s.op == "*"]
-        for k, f in factors:
-            joined = _joined(f, b)
-            if joined is None and k < 0 and isinstance(f, ast.UnaryOp) and f.op == "-":
-                joined = _joined(f.operand, b)  # -x * y * x is -x ** 2 * y
-                joined = None if joined is None else ast.UnaryOp("-", joined)
-            if joined is None:
-                continue
-            if k < 0:
-                return _rebuilt(spine, joined)
-            return _rebuilt(spine[k + 1:], ast.BinOp("*", spine[k].left, joined))
-    return _binary("*", a, b, same)
+    """`a * b`, as one power where `a` is `b`, a power of it, minus either, or a number times
+    either (`y * y`, `y ** 2 * y`, `-y * y`, `2 * y * y`): the same multiplications in the same
+    order but for the number's, never a factor joined across others (see the module
+    docstring)."""
+    joined = _joined(a, b)
+    if joined is None and isinstance(a, ast.UnaryOp) and a.op == "-":
+        joined = _joined(a.operand, b)  # -x * x is -x ** 2
+        joined = None if joined is None else ast.UnaryOp("-", joined)
+    if joined is None and isinstance(a, ast.BinOp) and a.op == "*" and \
+            _number(a.left) is not None:  # 2 * x * x is 2 * x ** 2: a scale moves exactly
+        joined = _joined(a.right, b)
+        joined = None if joined is None else ast.BinOp("*", a.left, joined)
+    return _binary("*", a, b, same) if joined is None else joined
 
 
 def _joined(a: ast.Expr, b: ast.Expr) -> ast.Expr | None:
