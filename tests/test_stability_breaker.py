@@ -213,8 +213,11 @@ def test_log_softmax_at_plus_inf_follows_softmax():
 # --- user rewrites: a wrong one is applied, and --check cannot see it ------------------------
 
 # Both spellings: a built-in rewrite of the other would apply first where they lower alike.
+# (every spelling the built-in rewrites lead to: log(1 + u) = log1p(u) comes first in the
+# built-in file, and the user's replaced lines come after it)
 WRONG_SOFTPLUS = ("rewrite log(1 + exp(u)) = softplus(-u)\n"
-                  "rewrite log(exp(u) + 1) = softplus(-u)\n")
+                  "rewrite log(exp(u) + 1) = softplus(-u)\n"
+                  "rewrite log1p(exp(u)) = softplus(-u)\n")
 
 
 def test_wrong_user_rewrite_is_caught(tmp_path, capsys):

@@ -323,7 +323,7 @@ def test_rules_check_relative_precision_by_line(tmp_path, capsys, monkeypatch):
     rules = tmp_path / "mixed.rules"
     rules.write_text("rewrite sinh(u) / cosh(u) = tanh(u)\n"
                      "rewrite tanh(u) * tanh(u) = 1 - sech2(u)\n"
-                     "rewrite log(1 + exp(u) * exp(u)) = softplus(2 * u)\n")
+                     "rewrite log1p(exp(u) * exp(u)) = softplus(2 * u)\n")
     code = cli.main(["rules", "check", str(rules)])
     out, _ = capsys.readouterr()
     assert code == 1, out

@@ -331,9 +331,10 @@ AXIS = "axis"  # in a rewrite, the variable that stands for the axes of its redu
 def _rewrite(token, origin: str, text: str) -> Rewrite:
     """A rewrite line's two sides, parsed and checked: every variable of the replacement is in
     the pattern, none is used more often there, and the replacement calls fewer functions, or
-    as many with no more numbers and fewer uses of the variables or fewer numbers as exponents
-    (`u ** 2`): each rewrite then makes the program's expression tree smaller, in calls, else
-    in leaves, else in the numbers of its powers, and rewriting ends."""
+    as many with no more numbers and fewer numbers as terms of a sum (`1 + u`), fewer uses of
+    the variables or fewer numbers as exponents (`u ** 2`): each rewrite then makes the
+    program's expression tree smaller, in calls, else in leaves, else in the numbers of its
+    powers, and rewriting ends."""
     body = str(token)
     unbalanced = _unbalanced_bracket(body)
     if unbalanced is not None:  # else no '=' is at the top level, and the error would say so
@@ -380,14 +381,20 @@ def _rewrite(token, origin: str, text: str) -> Rewrite:
     # numbers as exponents (`hypot(a, b) ** 2 = square(a) + square(b)`: the exponent is a
     # leaf of its own, `pow(h, 2)`, which no variable's value can take in, unlike a scale),
     # so that (calls, leaves, such exponents) decreases and rewriting ends.
+    # A number that is a term of a sum is a leaf too (`log(1 + u) = log1p(u)` takes out the 1),
+    # one the matcher cannot make up: a pattern's sum matches a sum that has that term (scaled
+    # alike), never a node without it. Not so a negation or a scale, which it can give a
+    # variable (`cos(-u)` matches `cos(w)` with u = -w): those count only as no more.
     uses = lambda u: sum(n for name, n in u.count.items() if name != AXIS)  # noqa: E731
     if right.calls > left.calls or right.calls == left.calls and not (
-            right.constants <= left.constants and (
-                uses(right) < uses(left) or right.exponents < left.exponents)):
+            right.constants <= left.constants and right.terms <= left.terms and (
+                right.terms < left.terms or uses(right) < uses(left) or
+                right.exponents < left.exponents)):
         raise RuleError(f"{origin}: the replacement must call fewer functions than the pattern "
-                        f"(counting / and **), or as many with no more numbers and fewer uses "
-                        f"of the variables or fewer numbers as exponents (** 2), so that "
-                        f"rewriting ends: {right.calls} is not fewer than {left.calls}", where)
+                        f"(counting / and **), or as many with no more numbers and fewer numbers "
+                        f"as terms of a sum (1 + u), fewer uses of the variables or fewer "
+                        f"numbers as exponents (** 2), so that rewriting ends: {right.calls} is "
+                        f"not fewer than {left.calls}", where)
     return Rewrite(pattern, replacement, tuple(left.count), tuple(dict.fromkeys(
         [*left.functions, *right.functions])), origin)
 
@@ -447,6 +454,7 @@ class _Uses:
         self.functions: list[str] = []
         self.calls = 0
         self.constants = 0  # numbers and negations
+        self.terms = 0  # numbers that are terms of a sum (the 1 of `1 + u`, of `exp(u) - 1`)
         self.exponents = 0  # numbers as the exponent of a power (`u ** 2`)
         self.misplaced_axis = None
         stack, axis_slots = [expr], set()
@@ -459,6 +467,8 @@ class _Uses:
                 self.first.setdefault(e.id, e)
             elif isinstance(e, ast.BinOp):
                 self.calls += e.op in ("/", "**")
+                if e.op in ("+", "-"):
+                    self.terms += sum(isinstance(t, ast.Number) for t in (e.left, e.right))
                 self.exponents += e.op == "**" and isinstance(e.right, ast.Number)
                 stack += [e.right, e.left]
             elif isinstance(e, ast.Call):

@@ -10,12 +10,13 @@ more as the function of the whole tensor (`log(softmax(x)[k])` is `log_softmax(x
 `exp(x[k]) / sum(exp(x))`, seen as `exp(x)[k] / sum(exp(x))`, is `softmax(x)[k]`).
 
 It ends because each rewrite calls fewer functions on its right than on its left, or as many
-with no more numbers and fewer uses of its variables or fewer numbers as exponents (`u ** 2`),
-and uses no variable more often (all checked when its line is read): every application takes
-at least one function application (`Map` or `Prim`) out of the program's expression tree, or
-keeps their number and takes out a leaf (each variable stands for a subtree with a leaf at
-least), or keeps both and takes out the number of a `pow` (`hypot(a, b) ** 2 = square(a) +
-square(b)`), and the builders never add one.
+with no more numbers and fewer numbers as terms of a sum (`log(1 + u) = log1p(u)`), fewer uses
+of its variables or fewer numbers as exponents (`u ** 2`), and uses no variable more often
+(all checked when its line is read): every application takes at least one function
+application (`Map` or `Prim`) out of the program's expression tree, or keeps their number and
+takes out a leaf (a sum's number, which a match never makes up, or a variable's subtree, which
+has a leaf at least), or keeps both and takes out the number of a `pow` (`hypot(a, b) ** 2 =
+square(a) + square(b)`), and the builders never add one.
 
 >>> import einderiv
 >>> print(einderiv.compile("log(1 + exp(x))", {"x": ("n",)}).formula)
