@@ -29,6 +29,8 @@ Faults (strict xfails), worst first:
    27c8ab9 (`_window_row`), placed by pad, 10 -> 26 ms. Its values and form are checked
    below.) The same-place products of this case are now diag(r) placed by the two
    selections (contraction._apart_selections); the cross term is still the product.
+   (Fixed: ir/build.py `_window_row` takes lanes.py's every-k-th rows and sums of them as
+   terms of the sum it distributes, and each term is placed; tests/test_unrolled_cross_terms.py.)
 
 Held (passing tests below): Hessians/jvp/hvp/third derivatives of sums of strided picks,
 slices and repeated or negative unit picks; matrices picked on rows/columns and under .T;
@@ -135,9 +137,6 @@ def test_stencil_cross_windows_hessian_values():
     _close(h, ref, x=t)
 
 
-@pytest.mark.xfail(strict=True, reason="perf O(T n^2): cross terms of two different unit "
-                   "picks per step are T x n selection matrices multiplied (n=800: T=50 "
-                   "6.5 ms, T=399 23.8 ms; one pick per step 68 us)")
 def test_unrolled_two_picks_per_step_hessian_has_no_dense_product():
     x = einderiv.var("x", ("n",))
     total = None

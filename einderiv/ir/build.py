@@ -12,9 +12,9 @@ from math import factorial
 import numpy as np
 
 from ..errors import ShapeError
-from .deltas import contract_units
+from .deltas import contract_units, is_structure, is_window
 from .dims import ONE, Dim, show_shape
-from .nodes import Add, Const, Contract, Delta, Map, Node, Size, Unit
+from .nodes import Add, Const, Contract, Delta, Map, Node, Prim, Size, Unit
 
 ZERO = Dim(None, 0)
 # Inlining nested products stops at this many operands: `a = a * a` repeated would otherwise
@@ -107,7 +107,7 @@ def contract(out, operands, broadcast: dict | None = None) -> Node:
                 continue
             if len(ops) == 1 and type(ops[0][0]) is Const:
                 constants = True  # a broadcast constant, not inlined
-        elif kind is Delta or kind is Unit:
+        elif kind is Delta or kind is Unit or kind is Prim and is_window(node):
             deltas = True
         elif kind is Map and node.fn == "div":
             quotients = True
@@ -202,28 +202,29 @@ def _window_pair(flat: list, out) -> tuple | None:
     stand, they are dense selection matrices multiplied together (O(n^3) for an n-by-n
     answer). Returns (k, position of d1, position of d2); or ((k, position of d1), (position
     of a sum of windows on `k`, None)) when the second window is in each term of such a sum
-    (the stencil's Jacobian, shared): multiplied out, each term has two. None otherwise."""
+    (the stencil's Jacobian, shared), with a plain operand on `k` in the product or in the
+    sum: multiplied out, each term has two. None otherwise."""
     rows: dict = {}  # summed label -> positions of the windows with it as their row
     for p, (node, labels) in enumerate(flat):
-        if type(node) is Delta and not node.is_identity and labels[0] not in out \
-                and labels[1] in out and labels[0] != labels[1]:
+        if is_window(node) and labels[0] not in out and labels[1] in out and \
+                labels[0] != labels[1]:
             rows.setdefault(labels[0], []).append(p)
     if not rows:
         return None
     for k, windows in rows.items():
         plain = [p for p, (node, labels) in enumerate(flat)
-                 if k in labels and type(node) not in (Delta, Add, Unit)]
-        if not plain:
-            continue  # windows alone: a selection, which is its own answer
+                 if k in labels and type(node) not in (Delta, Add, Unit) and not is_window(node)]
         if len(windows) > 1:
             i, j = (flat[p][1][1] for p in windows[:2])
-            if i != j:
+            # (every k-th rows, lanes.py's, are placed apart by the vectorizer as they stand:
+            # contraction._apart_selections)
+            if plain and i != j and all(type(flat[p][0]) is Delta for p in windows[:2]):
                 return k, windows[0], windows[1]
             continue
         for p, (node, labels) in enumerate(flat):
-            if type(node) is Add and labels.count(k) == 1 and len(node.terms) <= \
-                    MAX_INLINED_OPERANDS and all(_window_row(t, labels, k, out)
-                                                 for _, t in node.terms):
+            # (windows alone are a selection, which is its own answer)
+            if type(node) is Add and labels.count(k) == 1 and \
+                    _window_row(node, labels, k, out) and (plain or not is_structure(node)):
                 return (k, windows[0]), (p, None)
     return None
 
@@ -232,21 +233,24 @@ def _window_row(term: Node, labels, k, out) -> bool:
     """Is `term`, on `labels`, a (scaled) window with row `k` and its column an output label
     other than `k`, times vectors on its row alone (`x[l] * delta[l+1,i]`, of the Hessian of
     `sum(exp(x[1:]) * x[:-1])`: multiplied out, each term has two windows on k, placed in
-    O(n), where the sum whole was a dense n x n matrix multiplied with another, O(n^3))?"""
-    if type(term) is Contract:
+    O(n), where the sum whole was a dense n x n matrix multiplied with another, O(n^3)), or a
+    sum of such terms, or vectors on its row times such a sum (lanes.py's batch of a step's
+    sum, `x[3t] e_(3t+1) + (x[3t+2] e_(3t) + e_(3t+2)) * x[3t+1]` of every step t: every k-th
+    rows, multiplied as selection matrices in O(steps n^2))?"""
+    kind = type(term)
+    if kind is Add:
+        return len(term.terms) <= MAX_INLINED_OPERANDS and \
+            all([_window_row(t, labels, k, out) for _, t in term.terms])
+    if kind is Contract:
         ops = [(n, ls) for n, ls in term.operands if type(n) is not Const]
-        windows = [(n, ls) for n, ls in ops if type(n) is Delta]
-        if len(windows) != 1 or sorted(windows[0][1]) != [0, 1] or term.out != (0, 1):
+        placed = [(n, ls) for n, ls in ops if n.rank == 2]
+        if len(placed) != 1 or sorted(placed[0][1]) != [0, 1] or term.out != (0, 1):
             return False
-        node, (r, c) = windows[0]
+        node, (r, c) = placed[0]
         if any(n is not node and (n.rank != 1 or ls != (r,)) for n, ls in ops):
             return False
-        row, col = labels[r], labels[c]
-    elif type(term) is Delta:
-        node, (row, col) = term, labels
-    else:
-        return False
-    return not node.is_identity and row == k and col in out and col != k
+        return type(node) is not Contract and _window_row(node, (labels[r], labels[c]), k, out)
+    return is_window(term) and labels[0] == k and labels[1] in out and labels[1] != k
 
 
 def _split_windows(flat: list, out, k, first: int, second: int) -> list:
@@ -475,7 +479,8 @@ def _factor_common(terms: list[tuple[float, Node]]) -> tuple | None:
     if summed and any(sum(l in ls for _, ls in ops) != 1 for _, ops, _ in remainders
                       for l in summed):
         return None
-    if summed and any(isinstance(n, (Delta, Unit)) for _, ops, _ in remainders for n, _ in ops):
+    if summed and any(isinstance(n, (Delta, Unit)) or is_window(n)
+                      for _, ops, _ in remainders for n, _ in ops):
         return None  # a slice or pick stays with its partner, never a dense selection matrix
     parts = [(c, contract(keep, ops, {l: t.dims[l] for l in keep})) for c, ops, t in remainders]
     return parts, out, keep, factor, dims

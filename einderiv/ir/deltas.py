@@ -290,6 +290,17 @@ def is_structure(node: Node) -> bool:
     return True
 
 
+def is_window(node: Node) -> bool:
+    """A selection of rows, each a unit vector of its own column: a window (a non-identity
+    delta, a slice's rows) or every k-th row of one (lanes.py's `X[2 * t]` of every step t,
+    `stride(delta, 0, k)`)."""
+    kind = type(node)
+    if kind is Delta:
+        return not node.is_identity
+    return kind is Prim and node.fn == "<stride>" and node.params[0] == (0,) and \
+        type(node.args[0]) is Delta
+
+
 # Linear maps that only move entries (a strided identity, `eye(n)[:, ::2]`, is a 0/1 pattern)
 _PLACING = frozenset({"<stride>", "dilate", "flip", "reshape", "triu", "tril"})
 

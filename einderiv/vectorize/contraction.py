@@ -283,18 +283,19 @@ class ContractionTranslator:
                 # selection matrix (`eye(n)[::2].T @ g`, O(n * steps))
                 row, label = sel.labels
                 partners = [t for t in self.terms if t is not sel and row in t.labels]
-                if len(partners) != 1 or partners[0].labels.count(row) != 1 or \
-                        label in partners[0].labels or \
+                # (several partners, `x[:7:2] * t1` of the gradient of unrolled products of
+                # two picks, are multiplied on the row before it is dilated)
+                if not partners or any(p.labels.count(row) != 1 for p in partners) or \
                         any(t is not sel and label in t.labels for t in self.terms):
                     continue
                 window, step = node.args[0], node.params[1]
                 rows, cols = window.shape
                 widths = (dimension(window.offset), _rest(window), number(step),
                           dimension(rows))
-                (p,) = partners
-                p.labels = tuple(label if l == row else l for l in p.labels)
-                if not isinstance(p.node, Unit):
-                    p.node = None
+                for p in partners:
+                    p.labels = tuple(label if l == row else l for l in p.labels)
+                    if not isinstance(p.node, Unit):
+                        p.node = None
                 item, rows = None, node.shape[0]
             elif (found := self._unit_rows_on_output(sel)) is not None:
                 return found
@@ -426,13 +427,20 @@ class ContractionTranslator:
             # zeros: on the rows, the smaller array)
             term.expr, self.coef = scaled(self.coef, term.expr), 1.0
         # Innermost first (a pick of a window was taken after the window), and one pad for
-        # the axes of the scatters after the last dilation or repeated axis.
+        # the axes of the scatters after the last repeated axis: a dilation along one axis
+        # commutes with the pads of the others, which are left to the one pad (each pad or
+        # dilation of a Hessian's two axes is a copy of the whole n x n result).
         pending: dict = {}
+        # An axis placed has its whole length again (the zeros between rows placed on
+        # another axis span it: `exp(x[2t]) * x[2(T - 1 - t) + 1]`'s Hessian had rows of
+        # `steps` zeros beside rows of n)
+        dims = list(self.dims)
         for label, widths in reversed(scatters):
-            if label in pending or len(widths) == 4 or \
-                    widths[0] in ("rows", "lanes", "diagonal", "mask"):
+            if label in pending or widths[0] in ("rows", "lanes", "diagonal", "mask"):
                 term.expr = _padded(term.expr, term.labels, pending)
                 pending = {}
+            if label < len(self.node.dims):
+                dims[label] = self.node.dims[label]
             if widths[0] == "mask":
                 term.expr, term.labels = _selected(term.expr, term.labels, *widths[1:])
                 continue
@@ -441,8 +449,7 @@ class ContractionTranslator:
                                                       label, widths[2], self.out)
                 continue
             if widths[0] == "rows":
-                term.expr = _rows_placed(term.expr, term.labels, label, *widths[1:],
-                                         self.dims)
+                term.expr = _rows_placed(term.expr, term.labels, label, *widths[1:], dims)
                 continue
             if widths[0] == "lanes":
                 term.expr, term.labels = _lanes_placed(term.expr, term.labels, label,

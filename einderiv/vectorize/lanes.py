@@ -34,6 +34,9 @@ STRICT = False
 # Elementwise arithmetic, not worth a stack of per-step inputs on its own (a named function
 # such as sech2 or exp is: a call per step costs more than the copy).
 _ARITHMETIC = frozenset({"div", "pow", "where"})
+# A group whose picks' places do not step evenly is split into at most this many parts
+# with every k-th of its members (`_progressions`).
+MAX_INTERLEAVED = 8
 # Templates nest no deeper than this (a deeper per-step subgraph is cut into stacked inputs).
 MAX_DEPTH = 64
 
@@ -186,6 +189,9 @@ class _Batcher:
     def _batch(self, members: list[Node]) -> bool:
         """Batch one group if that is valid and pays; whether it was."""
         members = sorted(members, key=self._step_order)
+        parts = self._progressions(members)
+        if parts:
+            return any([self._batch(part) for part in parts])
         lanes = len(members)
         expands = _expands(members[0])
         if expands and not self._reduced_only(members):
@@ -231,6 +237,34 @@ class _Batcher:
         for row, m in enumerate(members):
             self.rows[id(m)] = self.placed[id(m)] = (batched, row)
         return True
+
+    def _progressions(self, members: list[Node]) -> list[list[Node]] | None:
+        """The members (in step order) split into parts whose picks' places step evenly, where
+        theirs together do not: by the places of their picks relative to one another
+        (`x[3t] * x[3t+1] * e_(3t+2)` and `x[3t] * x[3t+2] * e_(3t+1)`, two terms of one
+        step's gradient), then, where a part's still do not, every k-th member of it
+        (`x[3t] * e_(3t+1)` and `x[3t+1] * e_(3t+2)`). Each part is read and placed by every
+        k-th row (`x[::3]`, `dilate`), where the whole read rows picked one by one, a stack
+        per step, and placed them with selection matrices multiplied together. None where
+        there is no such split."""
+        units = {id(m): [e for e in self.signature[id(m)] if type(e) is int] for m in members}
+        if _even([units[id(m)] for m in members]):
+            return None
+        alike = defaultdict(list)
+        for m in members:
+            places = units[id(m)]
+            alike[tuple([p - places[0] for p in places])].append(m)
+        parts = []
+        for part in alike.values():
+            for k in range(1, MAX_INTERLEAVED + 1):
+                split = [part[r::k] for r in range(k)]
+                if all([len(s) >= MIN_LANES and _even([units[id(m)] for m in s])
+                        for s in split]):
+                    parts += split
+                    break
+            else:
+                return None
+        return parts if len(parts) > 1 else None
 
     def _first_use(self, members: list[Node]) -> float:
         # Users are listed in the order's order: each member's first is its earliest.
@@ -449,6 +483,18 @@ class _Batcher:
             if found is None or id(found[0]) not in summed:
                 terms.append((coef, n))
         return build.add(terms)
+
+
+def _even(units: list[list[int]]) -> bool:
+    """Whether the places of the picks, a row per member, step evenly (or stay) down every
+    column: `lift` reads such a column as every k-th row (`row_window`)."""
+    if len({len(u) for u in units}) != 1:
+        return False
+    for column in zip(*units):
+        step = column[1] - column[0] if len(column) > 1 else 0
+        if step < 0 or any([b - a != step for a, b in zip(column, column[1:])]):
+            return False
+    return True
 
 
 def _odd(coefs: list[float]) -> list[int]:
