@@ -462,7 +462,8 @@ class _Batcher:
         instead: `sum_t outer(d_t, h_t)` is `D.T @ H`. Rows whose coefficient differs from
         the most common one `c` are corrected one by one: `sum_t c_t B[t]` is
         `c sum_t B[t] + sum_t (c_t - c) B[t]`, and the last sum has a term or two (the
-        step where a loss's factor was not distributed)."""
+        step where a loss's factor was not distributed), where each c_t - c has c's sign;
+        else the rows are summed each with its own coefficient."""
         summed = self.lane_sums.pop(id(node))
         if not summed:
             changed = any(a is not b for a, b in zip(new, node.children()))
@@ -473,11 +474,18 @@ class _Batcher:
             batched = memo[id(batched)]
             labels = tuple(range(1, batched.rank))
             common = max(set(coefs), key=coefs.count)
-            terms.append((common, build.contract(labels, [(batched, (0, *labels))])))
-            for row in _odd(coefs):
-                member = members[row]
-                terms.append((coefs[row] - common, _with_children(
-                    member, [memo[id(c)] for c in member.children()])))
+            odd = _odd(coefs)
+            # c B + (c_t - c) B is c_t B to rounding only where c_t - c adds to c: where it
+            # takes from it, c_t B cancels (0 for c_t = 1e-20 c, a discounted sum's far steps;
+            # inf - inf = nan at a pole).
+            exact = all([coefs[row] / common >= 1 for row in odd])
+            if exact:
+                terms.append((common, build.contract(labels, [(batched, (0, *labels))])))
+            # (else each row is its member again, with its own coefficient)
+            for row in (odd if exact else range(len(coefs))):
+                member = members[row]  # (its children as batching left them, where it did)
+                terms.append((coefs[row] - common if exact else coefs[row], _with_children(
+                    member, [memo.get(id(c), c) for c in member.children()])))
         for (coef, term), n in zip(node.terms, new):
             found = self.rows.get(id(term))
             if found is None or id(found[0]) not in summed:
