@@ -10,6 +10,7 @@ at the places the step reads; never einderiv itself.
 """
 from __future__ import annotations
 
+import os
 import re
 import warnings
 
@@ -94,8 +95,20 @@ def _check(case, steps):
     return g, h
 
 
-@pytest.mark.parametrize("steps", [3, 4, 50])
-@pytest.mark.parametrize("name", list(PLACED))
+# T = 3 and 4 for every form; T = 50 for a sample in CI (each takes 1-3 s), all of them and
+# T = 400 with EINDERIV_SLOW=1.
+SLOW = bool(os.environ.get("EINDERIV_SLOW"))
+slow = pytest.mark.skipif(not SLOW, reason="slow unrolled sizes (a sample runs in CI): set "
+                                           "EINDERIV_SLOW=1")
+SAMPLE = ("two picks, stride 2", "three picks")
+
+
+def _sizes(names):
+    return [pytest.param(name, steps, marks=() if steps < 50 or name in SAMPLE else slow)
+            for name in names for steps in (3, 4, 50)]
+
+
+@pytest.mark.parametrize("name, steps", _sizes(PLACED))
 def test_unrolled_picks_are_placed_not_multiplied(name, steps):
     g, h = _check(PLACED[name], steps)
     for derived in (g, h):
@@ -103,7 +116,7 @@ def test_unrolled_picks_are_placed_not_multiplied(name, steps):
         assert "@" not in form and "eye(" not in form and "stack(" not in form, form
 
 
-@pytest.mark.parametrize("name", ["two picks, stride 2", "three picks"])
+@pytest.mark.parametrize("name", [pytest.param(SAMPLE[0]), pytest.param(SAMPLE[1], marks=slow)])
 def test_unrolled_picks_formula_does_not_grow_with_the_steps(name):
     short = [d.formula for d in _check(PLACED[name], 4)]
     long = [d.formula for d in _check(PLACED[name], 400)]
@@ -123,7 +136,6 @@ def test_three_picks_gradient_reads_every_third_entry():
     assert form.count("dilate(") == 3, form
 
 
-@pytest.mark.parametrize("steps", [3, 4, 50])
-@pytest.mark.parametrize("name", list(UNEVEN))
+@pytest.mark.parametrize("name, steps", _sizes(UNEVEN))
 def test_unrolled_picks_out_of_order_have_the_right_values(name, steps):
     _check(UNEVEN[name], steps)
