@@ -37,7 +37,12 @@ Faults (strict xfails below), worst first:
    ([2t+2, 2t] and [2t+2, 2t+1] places) into every-other parts; each is lifted as
    `v[:, None] * eye(n)[2:17:2]` (a dense lanes x n product: inf * 0 is nan across a row) and
    the parts' rows are placed with `(...).T @ concatenate((eye(10)[2:9][:, 1:2], ...))`, a
-   0/1 product that spreads that row's nan over the whole matrix.
+   0/1 product that spreads that row's nan over the whole matrix. FIXED: lanes.py `lift`
+   reads the steps' picks (unit vectors) as every k-th row or a stack of their own, never as a
+   window of a stack another part made of them (`_picks_of_steps`), which the vectorizer
+   multiplied as a dense selection matrix; the parts are now placed by pad/dilate/diag (no `@`
+   or `eye(`; T = 399, n = 802: 2.9 s -> 70 ms). The pole's own column is still nan at its
+   zeros on every path (fault 9's kind, now in the generated code too: see 9).
 3. Structural zeros (README "Structural zeros are exact"): the Jacobian of
    `stack(log(x[2t+1]) * x[2t] for t < 4)` at x[3] = 0 has row 1 all nan (want
    [0, 0, -inf, inf, 0, ...]); the Hessian of `sum_t c_t log(x[2t+1]) * x[2t]` with one odd
@@ -45,37 +50,55 @@ Faults (strict xfails below), worst first:
    rows of lanes' every-k-th identity rows (`<stride>` of a delta) with the lane axis an
    output is written `v[:, None] * eye(n)[1:8:2]` (contraction.py has no exact placement,
    `dilate(diag(v), k, .., axis=1)`, for it, as `_diag_embed` has for a plain window).
-   (Also before.)
+   (Also before.) FIXED: contraction.py `_strided_rows_embed` writes it
+   `pad(dilate(diag(v), k, m, axis=1), ((0, 0), (s, n - s - m)))` (strides 2-4, any offset,
+   a vector on either axis).
 4. Reversed or permuted pairs, `sum_t log(x[2t]) * x[2(T-1-t)+1]`, at one pole: the whole
    gradient is nan in the generated code and the formula (its finite entries too); the IR is
    right. The rows out of step order are gathered by `(stack(eye(T)[..]).T @
    stack(eye(n)[2T-2], eye(n)[2T-4], ...)).T @ v`, a 0/1 product (inf * 0 = nan in every
    entry). (Also before. The `_scatter` pad fix made their Hessian callable, and it holds.)
+   FIXED: contraction.py `_composed_unit_rows` reads a product of a window or a stack of
+   unit rows with a stack of unit rows (rows out of step order) as the stack of rows it is,
+   and `_unit_rows_on_output` places it by index with several partners on its lanes
+   (`concatenate((t3[3:4], zeros(1), t3[2:3], ...))`); program.py `_placed_by_units` places
+   `sum_t outer(a_t, e_(p_t))` (steps too few to batch) by rows, not `stack(a).T @
+   stack(eye(n)[p]...)`.
 5. O(T^3) time and memory: the gradient of `sum_t x[2t] * x[2t+1] * exp(x[2t+2])` takes
    8.7 ms at T = 100, 374 ms at T = 400, 1.9 s and 4.1 GB at T = 800, and is killed (out of
    memory) at T = 1600. contraction.py `_rows_placed` repeats its unnamed `expr`
    (`eye(T+1)[2:]`) in every part of the concatenate it builds, so the generated code builds
    a (T-1) x (T+1) identity per column, all alive until the concatenate; and the product
-   with it is `@ x`. (Also before.)
+   with it is `@ x`. (Also before.) FIXED with 2 (lanes.py `_picks_of_steps`): the
+   expression placed is no longer a window of a stack of unit rows (T = 400: 711 -> 0.5 ms;
+   T = 800: 0.9 ms); `_rows_placed` itself still repeats an unnamed `expr`.
 6. Perf regression: the Hessian of overlapping picks `x[t] * x[t+1] * exp(x[t+2])` now has
    a dense `(rows x n).T @ (rows x n)` 0/1 product (O(T n^2)): single-threaded n = 3204
    1987 ms against 558 ms before (n = 1604: 336 against 126 ms), which had no `@`.
    lanes.py `_progressions` splits the gradient's terms ([[2, 0], [3, 1], [3, 2], [4, 2],
    ...]) into every-other parts whose rows overlap; the Hessian's block is then placed by
    `(...).T @ concatenate((zeros(4, 1), eye(8)[4:][:, :1] + eye(8)[4:][:, 1:2], ...),
-   axis=1)`. (With MAX_INTERLEAVED = 0 it is gone.)
+   axis=1)`. (With MAX_INTERLEAVED = 0 it is gone.) FIXED with 2 (lanes.py
+   `_picks_of_steps`): no `@` (n = 804: 45 -> 13 ms; n = 1604: 202 -> 56 ms).
 7. Perf, O(T n^2): per-step coefficients (`(t + 1) * exp(x[2t+1]) * x[2t]`) leave every row
    "odd" in lanes.py `_sum`/`_odd`, each corrected as its own n x n pad in the Hessian:
    T = 50 2.3 ms, T = 400 508 ms (formula 7.6k -> 66k characters). (Also before.)
 8. Formula round trip at a pole: the Hessian of the reversed pairs (T = 3, x[2] = 0) is
    right in the generated code, but its formula compiled back is nan at structural zeros:
    the printed `concatenate((zeros(3, 1), diag(t1)[:, 2:3], ...), axis=1)` is lowered again
-   as `t1[:, None] * (stack(eye(3)[2], ...).T @ stack(eye(n)[1], ...))`.
+   as `t1[:, None] * (stack(eye(3)[2], ...).T @ stack(eye(n)[1], ...))`. FIXED: that
+   product of stacks is read as rows placed (`_composed_unit_rows`, above), and a unit vector
+   on a summed label that several terms carry picks each (`_pick_each`: `t[6] * A[6]`, not
+   `A.T @ (t * eye(8)[6])`, the row of a product compiled back).
 9. evaluate_ir only: the Hessian of `sum_t log(x[2t]) * log(x[2t]) * x[2t+1]` at x[2] = 0 has
    nan in column 2 at structural zeros (the generated code is exact since this change), and
    that of `sum_t x[3t] * x[3t+1] * log(x[3t+2])` at x[5] = 0 down column 5: the derivative
    keeps `(2 x[3] / x[2] e_2 + 2 log(x[2]) e_3) * (1 / x[2]) * e_2`, a sum of unit vectors
    times an infinite factor, which the interpreter multiplies out densely. (Also before.)
+   Still open, and not the interpreter's alone: `sqrt(x[3t]) * x[3(T-1-t)+2]` (any T) and
+   `log(x[2t+2]) * x[2t] * x[2t+1]` (stride 2) keep such a factor in the derivative, and all
+   three paths are nan down the pole's column (also before, where the generated code was
+   nan over far more).
 10. Formula size: the gradient of three step forms cycled (`exp(x[3t]) * x[3t+1]`,
    `sin(x[3t+1]) * x[3t+2]`, `x[3t] * x[3t+2] * cos(x[3t+1])`) reads one batch's rows in
    order as `concatenate((t5[:1], t5[1:2], ..., t5[k:k+1]))` (which is t5): 456 characters at
@@ -311,10 +334,6 @@ def _log_triple(t, T):
 
 
 @pytest.mark.no_roundtrip
-@pytest.mark.xfail(strict=True, reason="lanes.py _progressions splits the terms ([2t+2, 2t], "
-                   "[2t+2, 2t+1]) into every-other parts, lifted as v[:, None] * "
-                   "eye(n)[2:17:2] (nan row at a pole) and placed by (...).T @ concatenate("
-                   "(eye(10)[2:9][:, 1:2], ...)): the nan spreads over all n^2 entries")
 def test_split_parts_keep_finite_hessian_entries_away_from_a_pole():
     steps, n = 9, 22
     x = einderiv.var("x", ("n",))
@@ -333,10 +352,6 @@ def test_split_parts_keep_finite_hessian_entries_away_from_a_pole():
 
 
 @pytest.mark.no_roundtrip
-@pytest.mark.xfail(strict=True, reason="contraction.py: a vector on lanes' every-k-th identity "
-                   "rows (<stride> of a delta) with the lane axis an output is written "
-                   "v[:, None] * eye(n)[1:8:2] (no dilate(diag(v)) placement as _diag_embed "
-                   "has for a plain window): inf * 0 = nan across the row")
 def test_jacobian_of_stacked_step_products_at_pole_has_exact_zeros():
     steps, n = 4, 12
     x = einderiv.var("x", ("n",))
@@ -354,9 +369,6 @@ def test_jacobian_of_stacked_step_products_at_pole_has_exact_zeros():
 
 
 @pytest.mark.no_roundtrip
-@pytest.mark.xfail(strict=True, reason="contraction.py: the odd last row keeps the batch as "
-                   "t2[:, None] * eye(n)[:9:2] (a vector on lanes' every-k-th identity rows, "
-                   "lane axis an output): inf * 0 = nan along a row and column of the Hessian")
 def test_hessian_with_one_odd_coefficient_at_pole_has_exact_zeros():
     steps = 5
     coefs = [1.0] * (steps - 1) + [2.0]
@@ -367,9 +379,6 @@ def test_hessian_with_one_odd_coefficient_at_pole_has_exact_zeros():
 
 
 @pytest.mark.no_roundtrip
-@pytest.mark.xfail(strict=True, reason="rows out of step order are gathered by (stack(eye(T)"
-                   "[..]).T @ stack(eye(n)[2T-2], eye(n)[2T-4], ...)).T @ v, a 0/1 product: "
-                   "inf * 0 = nan in every entry of the gradient")
 @pytest.mark.parametrize("steps", [4, 9])
 def test_reversed_pairs_gradient_at_pole(steps):
     x, total, v, g, _ = _log_pairs(lambda t: (2 * t, 2 * (steps - 1 - t) + 1), steps,
@@ -384,9 +393,6 @@ def _overlapping_pairs(t, T):
     return _f3, (2 * t, 2 * t + 1, 2 * t + 2)
 
 
-@pytest.mark.xfail(strict=True, reason="contraction.py _rows_placed repeats its unnamed expr "
-                   "(eye(T+1)[2:]) in every part of its concatenate: a (T-1) x (T+1) "
-                   "identity per column, O(T^3) time and memory (T = 800: 1.9 s, 4.1 GB)")
 def test_overlapping_stride_two_gradient_does_not_rebuild_identities():
     _against_jax(_overlapping_pairs, 6, 16, kinds=("grad",))  # (values hold)
 
@@ -402,10 +408,6 @@ def _overlapping_triples(t, T):
     return _f3, (t, t + 1, t + 2)
 
 
-@pytest.mark.xfail(strict=True, reason="lanes.py _progressions splits the overlapping terms "
-                   "([2, 0], [3, 1], [3, 2], [4, 2], ...) into every-other parts whose rows "
-                   "overlap; the block is placed by (...).T @ concatenate((zeros(4, 1), "
-                   "eye(8)[4:][:, :1] + ...), axis=1): O(T n^2), 559fee9 had no product")
 def test_overlapping_triples_hessian_has_no_dense_product():
     x, total = _against_jax(_overlapping_triples, 10, 14, kinds=("hessian",))
     form = einderiv.hessian(total, x).formula
@@ -461,9 +463,6 @@ def test_cycled_forms_gradient_formula_does_not_grow():
 
 
 @pytest.mark.no_roundtrip
-@pytest.mark.xfail(strict=True, reason="the printed concatenate((zeros(3, 1), diag(t1)[:, 2:3],"
-                   " ...), axis=1) is lowered again as t1[:, None] * (stack(eye(3)[2], ...).T "
-                   "@ stack(eye(n)[1], ...)): inf * 0 = nan at structural zeros")
 def test_reversed_pairs_hessian_formula_round_trip_at_pole():
     x, total, v, _, h = _log_pairs(lambda t: (2 * t, 2 * (2 - t) + 1), 3, 10, 2)
     H = einderiv.hessian(total, x)
@@ -723,3 +722,192 @@ def test_even_picks_formula_does_not_grow(name):
     short, long = forms(12), forms(120)
     for a, b in zip(short, long):
         assert len(b) <= len(a) + 8 and "@" not in b and "stack(" not in b, (a, b)
+
+
+# ------------------------------------------- placements by 0/1 selections, at poles (2, 3, 4, 8)
+
+def _log_products(places, steps, n, pole, coefs=None):
+    """sum_t c_t log(x[p_0]) * x[p_1] * ... (places(t) = (p_0, p_1, ...), distinct within a
+    step) as a var expression, a point with x[pole] = 0, and its gradient and Hessian by hand:
+    an entry no step reaches is an exact 0."""
+    coefs = coefs or [1.0] * steps
+    x = einderiv.var("x", ("n",))
+    total = None
+    for t in range(steps):
+        first, *rest = places(t)
+        term = fn.log(x[first])
+        for p in rest:
+            term = term * x[p]
+        term = term if coefs[t] == 1.0 else coefs[t] * term
+        total = term if total is None else total + term
+    v = np.linspace(0.5, 1.5, n)
+    v[pole] = 0.0
+    g, h = np.zeros(n), np.zeros((n, n))
+    with np.errstate(all="ignore"):
+        for t in range(steps):
+            first, *rest = places(t)
+            c, a, log = coefs[t], v[first], np.log(v[first])
+
+            def prod(skip=()):
+                return np.prod([v[p] for k, p in enumerate(rest) if k not in skip])
+            g[first] += c * prod() / a
+            h[first, first] += -c * prod() / a ** 2
+            for k, p in enumerate(rest):
+                g[p] += c * log * prod((k,))
+                h[first, p] += c * prod((k,)) / a
+                h[p, first] += c * prod((k,)) / a
+                for m, q in enumerate(rest):
+                    if m != k:
+                        h[p, q] += c * log * prod((k, m))
+    return x, total, v, g, h
+
+
+def _no_dense_selection(formula: str):
+    """No 0/1 matrix product or identity in the formula: values are placed by index, slice,
+    pad, dilate or diag (O(n) or the result's size, never lanes x n x n)."""
+    assert "@" not in formula and "eye(" not in formula, formula
+
+
+def _perm(steps, seed):
+    order = list(range(steps))
+    if steps > 2:
+        np.random.default_rng(seed).shuffle(order)
+    return order
+
+
+ORDERS = {  # name -> (T -> the step each step's second pick reads)
+    "reversed": lambda T: list(range(T))[::-1],
+    "rotated": lambda T: [(t + 1) % T for t in range(T)],
+    "shuffled": lambda T: _perm(T, T),
+}
+
+
+@pytest.mark.no_roundtrip  # every path checked here, at the pole
+@pytest.mark.parametrize("at", ["first", "last"])
+@pytest.mark.parametrize("steps", [1, 2, 3, 9])
+@pytest.mark.parametrize("stride", [2, 3, 4])
+@pytest.mark.parametrize("order", list(ORDERS))
+def test_steps_out_of_order_keep_structural_zeros(order, stride, steps, at):
+    # (fault 4: rows out of step order were gathered by a product of stacks of unit rows,
+    # nan in every entry; now placed by index)
+    perm = ORDERS[order](steps)
+    pole_step = 0 if at == "first" else steps - 1
+    places = lambda t: (stride * t, stride * perm[t] + 1)  # noqa: E731
+    x, total, v, g, h = _log_products(places, steps, stride * steps + 3, places(pole_step)[0])
+    for kind, want in (("grad", g), ("hessian", h)):
+        result = getattr(einderiv, kind)(total, x)
+        for path, got in _paths(result, x=v).items():
+            assert _same(got, want), (kind, path, got)
+        if steps == 9:
+            _no_dense_selection(result.formula)
+
+
+@pytest.mark.no_roundtrip
+@pytest.mark.parametrize("at", ["first", "last"])
+@pytest.mark.parametrize("steps", [1, 2, 3, 9])
+@pytest.mark.parametrize("stride, offsets", [(2, (1, 0)), (3, (2, 0)), (3, (1, 2)),
+                                             (4, (3, 1)), (4, (0, 2))])
+def test_jacobian_of_stacked_steps_keeps_structural_zeros(stride, offsets, steps, at):
+    # (fault 3: a vector on every stride-th identity row with the lane axis an output was
+    # v[:, None] * eye(n)[1:8:2]; now pad(dilate(diag(v), ...)))
+    i, j = offsets
+    n = stride * steps + 3
+    x = einderiv.var("x", ("n",))
+    J = einderiv.jacobian(fn.stack(*[fn.log(x[stride * t + i]) * x[stride * t + j]
+                                     for t in range(steps)]), x)
+    v = np.linspace(0.5, 1.5, n)
+    v[stride * (0 if at == "first" else steps - 1) + i] = 0.0
+    want = np.zeros((steps, n))
+    with np.errstate(all="ignore"):
+        for t in range(steps):
+            a, b = v[stride * t + i], v[stride * t + j]
+            want[t, stride * t + i] = b / a
+            want[t, stride * t + j] = np.log(a)
+    for path, got in _paths(J, x=v).items():
+        assert _same(got, want), (path, got)
+    if steps == 9:
+        _no_dense_selection(J.formula)
+
+
+@pytest.mark.no_roundtrip
+@pytest.mark.parametrize("steps", [2, 3, 9])
+@pytest.mark.parametrize("odd", ["first", "last", "two"])
+@pytest.mark.parametrize("stride", [2, 3, 4])
+def test_odd_coefficients_keep_structural_zeros(stride, odd, steps):
+    # (fault 3's Hessian: the odd rows keep the batch on every stride-th identity row)
+    coefs = [1.0] * steps
+    coefs[{"first": 0, "last": -1, "two": 1}[odd]] = 2.0
+    if odd == "two":
+        coefs[-1] = 3.0
+    places = lambda t: (stride * t + 1, stride * t)  # noqa: E731
+    for pole_step in (0, steps - 1):
+        x, total, v, g, h = _log_products(places, steps, stride * steps + 3,
+                                          places(pole_step)[0], coefs)
+        for kind, want in (("grad", g), ("hessian", h)):
+            for path, got in _paths(getattr(einderiv, kind)(total, x), x=v).items():
+                assert _same(got, want), (kind, path, pole_step, got)
+
+
+@pytest.mark.no_roundtrip
+@pytest.mark.parametrize("steps", [3, 9])
+@pytest.mark.parametrize("stride", [2, 3])
+def test_split_parts_keep_structural_zeros(stride, steps):
+    # (fault 2: the every-other parts of log(x[k t + 2]) * x[k t] * x[k t + 1] read a window
+    # of another part's stack of unit rows, multiplied as 0/1 matrices: nan everywhere)
+    places = lambda t: (stride * t + 2, stride * t, stride * t + 1)  # noqa: E731
+    for pole_step in (0, steps - 1):
+        x, total, v, g, h = _log_products(places, steps, stride * steps + 4,
+                                          places(pole_step)[0])
+        for kind, want in (("grad", g), ("hessian", h)):
+            result = getattr(einderiv, kind)(total, x)
+            # (the pole's own column is left out: the derivative keeps a sum of unit vectors
+            # times 1 / x[pole] there, dense, nan at its zeros on every path for stride 2 and in
+            # evaluate_ir for stride 3: fault 9's kind. Every other entry is exact.)
+            pole = places(pole_step)[0]
+            kept = np.ones(want.shape, bool)
+            if kind == "hessian":
+                kept[:, pole] = False
+            for path, got in _paths(result, x=v).items():
+                assert _same(got[kept], want[kept]), (kind, path, pole_step, got)
+            if steps == 9:
+                _no_dense_selection(result.formula)
+
+
+ORDERED_SPECS = {
+    "stride 3 reversed": lambda t, T: (_f2, (3 * t, 3 * (T - 1 - t) + 2)),
+    "stride 4 shuffled": lambda t, T: (_f2, (4 * t + 1, 4 * _perm(T, 5)[t] + 3)),
+    "stride 3 rotated, three picks": lambda t, T: (_f3, (3 * t, 3 * ((t + 1) % T) + 1,
+                                                          3 * t + 2)),
+    "log triple stride 3": lambda t, T: (_log_first, (3 * t + 2, 3 * t, 3 * t + 1)),
+    "log triple stride 4": lambda t, T: (_log_first, (4 * t + 2, 4 * t, 4 * t + 3)),
+}
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 9])
+@pytest.mark.parametrize("name", list(ORDERED_SPECS))
+def test_ordered_and_strided_steps_match_jax(name, steps):
+    # ordinary points: the exact placements give the values they gave, with no n x n
+    # product. (A vector times a sum of selections on lanes x n, `v[:, None] * (stack(pad(
+    # ...)) + eye(n)[2:27:3])`, is left: O(steps n), as before.)
+    x, total = _against_jax(ORDERED_SPECS[name], steps, 4 * steps + 5, seed=steps)
+    if steps == 9:
+        for kind in ("grad", "hessian"):
+            form = getattr(einderiv, kind)(total, x).formula
+            assert "@" not in form and (kind == "hessian" or "eye(" not in form), form
+
+
+@pytest.mark.no_roundtrip
+@pytest.mark.parametrize("at", [0, 2])
+def test_products_of_unit_row_stacks_in_a_formula_are_placed_by_index(at):
+    # (fault 8's kind written by hand: a product of two stacks of unit rows is a stack of
+    # rows, placed by index, not multiplied as 0/1 matrices)
+    back = einderiv.compile(
+        "t1 = log(x[:4])\n(stack(eye(4)[0], eye(4)[1], eye(4)[2], eye(4)[3]).T @ "
+        "stack(eye(n)[6], eye(n)[4], eye(n)[2], eye(n)[0])).T @ t1", {"x": ("n",)})
+    v = np.linspace(0.5, 1.5, 10)
+    v[at] = 0.0
+    want = np.zeros(10)
+    with np.errstate(all="ignore"):
+        want[[6, 4, 2, 0]] = np.log(v[:4])
+    assert _same(_quiet(back, x=v), want), _quiet(back, x=v)
+    _no_dense_selection(back.formula)

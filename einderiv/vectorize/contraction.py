@@ -346,12 +346,15 @@ class ContractionTranslator:
             self.terms = [t for t in self.terms if t is not sel]
             self.coef *= scale
             return label, ("lanes", lane, widths)
-        if len(partners) != 1 or not all(k.is_concrete for k in positions):
+        if not all(k.is_concrete for k in positions):
             return None
-        (p,) = partners
-        p.labels = tuple(label if l == lane else l for l in p.labels)
-        if not isinstance(p.node, Unit):
-            p.node = None
+        # (several partners, `x[1:6:2] * t1[::-1]` of the gradient of reversed pairs, are
+        # multiplied on the lane axis before their rows are placed: a sum over the lanes that
+        # S alone maps to places)
+        for p in partners:
+            p.labels = tuple(label if l == lane else l for l in p.labels)
+            if not isinstance(p.node, Unit):
+                p.node = None
         self.terms = [t for t in self.terms if t is not sel]
         self.coef *= scale
         self.dims[label] = sel.node.shape[0]
@@ -523,6 +526,9 @@ class ContractionTranslator:
                 else:
                     continue
                 partners = [t for t in self.terms if t is not sel and label in t.labels]
+                if self._pick_each(sel, partners):
+                    changed = any_change = True
+                    break
                 # Not into a partner that carries the window's other index already: it would
                 # carry it twice, a diagonal nothing after takes (tangent[i,j] * f[i,j,k,l]
                 # against delta[k+1,i] * delta[l+1,j] was summed over all four axes: a jvp).
@@ -556,6 +562,26 @@ class ContractionTranslator:
                 changed = any_change = True
                 break
         return any_change
+
+    def _pick_each(self, sel: Term, partners: list[Term]) -> bool:
+        """A unit vector e_k on a summed label that several plain terms carry
+        (`sum_l e_6[l] * t[l] * A[l, j]`, a row of a product compiled back from a formula,
+        `(t[:, None] * A)[6]`): entry k of each, `t[6] * A[6]`, where the product with e_k
+        was `A.T @ (t * eye(8)[6])`, in which 0 * inf = nan at an infinite entry of t
+        spread over the whole row. Whether it did."""
+        node = sel.node
+        if not isinstance(node, Unit) or len(partners) < 2 or sel.labels[0] in self.out or \
+                any(p.labels.count(sel.labels[0]) != 1 or _structured(p.node)
+                    for p in partners):
+            return False
+        (label,) = sel.labels
+        item = _position(node.position, node.shape[0])
+        for p in partners:
+            p.expr = _index(p.expr, len(p.labels), p.labels.index(label), item)
+            p.labels = tuple(l for l in p.labels if l != label)
+            p.node = None
+        self.terms = [t for t in self.terms if t is not sel]
+        return True
 
     def _pads(self) -> bool:
         """A window left over by _select because several terms carried its row: now that
@@ -769,7 +795,42 @@ class ContractionTranslator:
                     self._replace([d, *vectors], Term(placed, (full, strided) if axis == 1
                                                       else (strided, full)))
                     return True
+            elif self._strided_rows_embed(d):
+                return True
         return False
+
+    def _strided_rows_embed(self, d: Term) -> bool:
+        """v[k] * S[k,j], S every step-th row of a window (rows s, s + step, ... of the
+        identity: lanes.py's picks `x[2t + 1]` of every step) with both k and j output labels
+        (the Jacobian of a stack of step products): v placed step apart on a shifted diagonal,
+        `pad(dilate(diag(v), step, m, axis=1), ((0, 0), (s, n - s - m)))`, as `pad(diag(v))`
+        places it on a plain window. Multiplied into the selection matrix,
+        `v[:, None] * eye(n)[1:8:2]`, 0 * inf was nan across the row of an infinite entry
+        of v. A vector on j is read on S's columns (`x[1:8:2]`)."""
+        node = d.node
+        if not _strided_window(node) or len(d.labels) != 2 or d.labels[0] == d.labels[1] or \
+                not all(l in self.out for l in d.labels):
+            return False
+        row, col = d.labels
+        window, step = node.args[0], node.params[1]
+        rows, cols = window.shape
+        on_row = [v for v in self.terms if v is not d and v.labels == (row,)]
+        on_col = [v for v in self.terms if v is not d and v.labels == (col,)]
+        every = _slice(window.offset, window.offset + rows, cols)
+        every = ast.Slice(every.lo, every.hi, number(step))
+        factors = [v.expr for v in on_row] + [_index(v.expr, 1, 0, every) for v in on_col]
+        vectors = on_row + on_col or self._scalars_on(d, node.shape[0])
+        factors = factors or [v.expr for v in vectors]
+        if not vectors:
+            return False
+        product = factors[0]
+        for f in factors[1:]:
+            product = ast.BinOp("*", product, f)
+        spread = ast.Call("dilate", (ast.Call("diag", (product,)), number(step),
+                                     dimension(rows)), (("axis", number(1)),))
+        placed = _padded(spread, (row, col), {col: (dimension(window.offset), _rest(window))})
+        self._replace([d, *vectors], Term(placed, d.labels))
+        return True
 
     def _pair(self) -> bool:
         """Two terms sharing exactly one summed index: a matmul."""
@@ -1160,6 +1221,8 @@ def _unit_rows(node) -> list[tuple[Dim, Dim]] | None:
 def _scaled_unit_rows(node) -> tuple[float, list[tuple[Dim, Dim]]] | None:
     """`_unit_rows` of a stack of unit vectors times one number c (`0.5 * ...`, the
     derivative of sqrt of picks): (c, its rows), else None."""
+    if type(node) is Contract:
+        return _composed_unit_rows(node)
     if type(node) is not Add or node.rank != 2:
         return None
     rows = {}
@@ -1183,6 +1246,58 @@ def _scaled_unit_rows(node) -> tuple[float, list[tuple[Dim, Dim]]] | None:
             not math.isfinite(scale):
         return None
     return scale, [rows[k] for k in range(lanes.offset)]
+
+
+def _composed_unit_rows(node: Contract) -> tuple[float, list[tuple[Dim, Dim]]] | None:
+    """`_scaled_unit_rows` of a product of two selections sharing one summed axis l,
+    R[r, l] * S[l, c] -> [r, c], where S is a stack of unit vectors and R sends each row r to
+    one row l of S: a window (rows s.. of S), S's lanes in another order (a stack of unit
+    vectors on [r, l], or on [l, r] if every r is one lane's), or such a product itself. That
+    is a stack of S's rows: lanes.py's rows out of step order, or a formula's
+    `(stack(eye(3)[0], ...).T @ stack(eye(n)[4], ...)).T @ v` compiled back. Read as one,
+    it is placed by index (`_unit_rows_on_output`), not multiplied as 0/1 matrices, where
+    0 * inf = nan spread an infinite entry of v over every entry. Else None."""
+    if node.rank != 2 or len(node.operands) != 2 or len(set(node.out)) != 2:
+        return None
+    r, c = node.out
+    for (first, fl), (second, sl) in (node.operands, node.operands[::-1]):
+        if len(fl) != 2 or len(sl) != 2 or r not in fl or c not in sl:
+            continue
+        (l,) = [x for x in fl if x != r] or [None]
+        if l is None or l in node.out or sl != (l, c):
+            continue
+        found = _scaled_unit_rows(second)
+        if found is None:
+            continue
+        scale, rows = found
+        read = _lanes_read(first, fl == (r, l), Dim.of(len(rows)))
+        if read is None or node.shape[0] != Dim.of(len(read[1])):
+            continue
+        return scale * read[0], [rows[k] for k in read[1]]
+    return None
+
+
+def _lanes_read(selection: Node, rows_first: bool, lanes: Dim) -> tuple | None:
+    """For a selection of `lanes` lanes (a window or a stack of unit vectors) on [r, l] if
+    `rows_first` (else on [l, r]): (its number, the lane l each row r reads, in r's order);
+    None where some row reads none or several."""
+    if type(selection) is Delta:
+        count, offset = selection.shape[0], selection.offset
+        if not (rows_first or selection.is_identity) or selection.shape[1] != lanes or \
+                not (count.is_concrete and offset.is_concrete):
+            return None
+        return 1.0, list(range(offset.offset, offset.offset + count.offset))
+    found = _scaled_unit_rows(selection)
+    if found is None or not all(k.is_concrete and d == lanes for k, d in found[1]):
+        return None
+    scale, places = found[0], [k.offset for k, _ in found[1]]
+    if rows_first:
+        return scale, places
+    # the transpose: row r is the lane whose place is r, each r once
+    if sorted(places) != list(range(len(places))):
+        return None
+    lane_of = {p: k for k, p in enumerate(places)}
+    return scale, [lane_of[p] for p in range(len(places))]
 
 
 def _slice(lo: Dim, hi: Dim, dim: Dim) -> ast.Slice:
@@ -1246,3 +1361,10 @@ def _as_right(t: Term, k):
     if t.labels[-2] == k:
         return t.expr, lead, t.labels[-1:], 0
     return swap_last(t.expr, len(t.labels)), lead, t.labels[-2:-1], 1
+
+
+def _structured(node) -> bool:
+    """A selection node (a unit vector, a window, every k-th row, or a stack of unit
+    vectors): indexed by its partner, never indexed itself."""
+    return isinstance(node, (Unit, Delta)) or _strided_window(node) or \
+        _scaled_unit_rows(node) is not None

@@ -336,7 +336,7 @@ class _Batcher:
         first = olds[0]
         if not top:
             placed = [self.placed.get(id(o)) for o in olds]
-            if all(p is not None for p in placed):
+            if all(p is not None for p in placed) and not self._picks_of_steps(olds):
                 batched, row = placed[0]
                 if all(p[0] is batched for p in placed) and \
                         [p[1] for p in placed] == list(range(row, row + lanes)):
@@ -373,6 +373,16 @@ class _Batcher:
         if id(node) in self.index:  # built before (hash-consing): its own inputs count too
             self.inputs.append(node)
         return node if top else (node, True)
+
+    def _picks_of_steps(self, olds) -> bool:
+        """Whether `olds` are unit vectors of one length (the steps' picks `x[2t + 2]`),
+        which `lift` reads as every k-th row or a stack of their own, never as a window of a
+        stack another group made of them (rows 2.. of [e_0, e_1, e_2, e_4, ...]): the vectorizer
+        reads a product of a window and such a stack as a dense selection matrix, multiplied
+        (`t[:, None] * concatenate((eye(10)[2:][:, 1:2], ...))`, `A.T @ S`): O(lanes n) or
+        O(n^2 lanes), and 0 * inf = nan over a row or the whole Hessian at a pole."""
+        first = olds[0]
+        return all([self._is_lane(o) and o.shape == first.shape for o in olds])
 
     def _stack(self, olds, lanes) -> Node:
         # Groups that fail to batch, and parts of groups, ask for the same stacks again: each

@@ -16,8 +16,8 @@ from ..lower.convolution import is_convolution, surface as convolution_surface
 from ..lower.linear import is_linear, surface as linear_surface
 from ..parse import ast
 from ..rulebook import RuleBook, default_rulebook
-from .contraction import (ContractionTranslator, align, broadcast, dimension, number,
-                          row_window, scaled)
+from .contraction import (ContractionTranslator, _rows_placed, align, broadcast, dimension,
+                          number, row_window, scaled, transpose)
 from .fuse import fuse_products
 from .projections import fuse_projections
 from .siblings import batch_siblings
@@ -322,6 +322,9 @@ class _Translator:
         if any(p is None for p in pairs):
             return None
         pairs = _in_step_order(pairs, self.position)
+        placed = self._placed_by_units(coef, pairs)
+        if placed is not None:
+            return placed
         # A temporary computed with its constant on it (placement) carries it into the stack:
         # the pair's coefficient is divided by both factors' constants, row by row.
         scale = self.scale
@@ -333,6 +336,29 @@ class _Translator:
         right = self.expr(window) if window is not None else \
             ast.Call("stack", tuple(self.expr(b) for _, b in pairs))
         return scaled(common, ast.BinOp("@", ast.Attribute(left, "T"), right))
+
+    def _placed_by_units(self, coef: float, pairs: list) -> ast.Expr | None:
+        """`sum_t outer(a_t, e_(p_t))` (or `outer(e_(p_t), b_t)`), unit vectors at concrete
+        places on one side (a Hessian's rows of unrolled steps too few to batch): each a_t
+        placed at row or column p_t among exact zeros (those at one place summed), by
+        `_rows_placed`, not `stack(a...).T @ stack(eye(n)[p]...)`, a 0/1 product of
+        O(steps m n) where 0 * inf = nan spread an infinite entry of an a_t over every
+        entry. None where neither side is such unit vectors."""
+        for side in (1, 0):
+            units = [p[side] for p in pairs]
+            if not all(type(u) is Unit and u.position.is_concrete for u in units) or \
+                    len({u.shape[0] for u in units}) != 1:
+                continue
+            others = [p[1 - side] for p in pairs]
+            n, m = units[0].shape[0], others[0].shape[0]
+            coefs = [coef / (self.scale.get(id(a), 1.0) * self.scale.get(id(u), 1.0))
+                     for a, u in zip(others, units)]
+            rows = ast.Call("stack", tuple(scaled(c, self.expr(a))
+                                           for c, a in zip(coefs, others)))
+            placed = _rows_placed(rows, (0, 1), 0, [u.position.offset for u in units], n,
+                                  {0: n, 1: m})
+            return placed if side == 0 else transpose(placed)
+        return None
 
     def _scaled_stack(self, coef: float, rows: list, axis: int = 0) -> ast.Expr:
         """`coef * stack(rows, axis=axis)`, each row divided by the constant its temporary
