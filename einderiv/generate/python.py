@@ -542,6 +542,10 @@ class _Printer:
         if name == "size":  # a 0-d array of the result dtype: `1 / size(n)` at n = 0 is inf
             # and `2 ** size(n)` overflows to inf, as in numpy, where Python floats would raise
             return f"_xp.asarray({self._dimension(e.args[0])}, dtype=_dtype)"
+        if name == "stack" and not e.kwargs and all(_is_number(a) for a in e.args):
+            # a vector of numbers (per-step coefficients): one array in the result's dtype,
+            # where a stack of Python floats is float64 whatever the inputs are
+            return f"_xp.asarray([{', '.join(self.expr(a) for a in e.args)}], dtype=_dtype)"
         if name == "stack":
             self.imports["einderiv.evaluate.kernels"] = "_kernels"
             axis = "".join(f", axis={self._axis(v)}" for _, v in e.kwargs)
@@ -589,6 +593,12 @@ class _Printer:
         module, attr = impl.split(":")
         alias = self.imports.setdefault(module, f"_m{len(self.imports)}")
         return f"{alias}.{attr}"
+
+
+def _is_number(e: ast.Expr) -> bool:
+    """A number, or a negated one (`-2`)."""
+    return isinstance(e, ast.Number) or (isinstance(e, ast.UnaryOp) and e.op == "-" and
+                                         isinstance(e.operand, ast.Number))
 
 
 def _negated_ones(e: ast.Expr) -> ast.Expr:

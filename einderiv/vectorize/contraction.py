@@ -358,6 +358,9 @@ class ContractionTranslator:
         self.terms = [t for t in self.terms if t is not sel]
         self.coef *= scale
         self.dims[label] = sel.node.shape[0]
+        spaced = _evenly_spaced([k.offset for k in positions], n)
+        if spaced is not None:
+            return label, spaced
         return label, ("rows", [k.offset for k in positions], n)
 
     def _finite_rest(self) -> bool:
@@ -1222,7 +1225,8 @@ def _scaled_unit_rows(node) -> tuple[float, list[tuple[Dim, Dim]]] | None:
     """`_unit_rows` of a stack of unit vectors times one number c (`0.5 * ...`, the
     derivative of sqrt of picks): (c, its rows), else None."""
     if type(node) is Contract:
-        return _composed_unit_rows(node)
+        # (rows out of step order, a product of selections; or a window of a stack's rows)
+        return _composed_unit_rows(node) or _window_of_unit_rows(node)
     if type(node) is not Add or node.rank != 2:
         return None
     rows = {}
@@ -1298,6 +1302,53 @@ def _lanes_read(selection: Node, rows_first: bool, lanes: Dim) -> tuple | None:
         return None
     lane_of = {p: k for k, p in enumerate(places)}
     return scale, [lane_of[p] for p in range(len(places))]
+
+
+def _evenly_spaced(positions: list[int], n: Dim) -> tuple | None:
+    """The widths `_scatter` pads by (and the step and span it dilates by, for a step over
+    1) that place rows k at positions p + step * k of an n-axis, where the positions are so
+    spaced (rows picked at every other place of a window, `e_2, e_4, e_6`): a pad and a
+    dilation, where `_rows_placed` concatenated a part per row and the zeros between them
+    (the formula growing with the rows). Else None."""
+    if len(positions) < 2:
+        return None
+    start, step = positions[0], positions[1] - positions[0]
+    if step < 1 or positions != list(range(start, start + step * len(positions), step)):
+        return None
+    span = step * (len(positions) - 1) + 1
+    try:
+        after = dimension(n - (start + span))
+    except ValueError:
+        return None
+    widths = (number(start), after)
+    return widths if step == 1 else widths + (number(step), number(span))
+
+
+def _window_of_unit_rows(node: Contract) -> tuple[float, list[tuple[Dim, Dim]]] | None:
+    """`_scaled_unit_rows` of rows of a stack of unit vectors, `W[r, c] * S[c, i]` with W a
+    window or every k-th row of one (lanes.py reading a run of the rows another batch stacked):
+    the stack of the rows it selects, placed or read as such (by slicing, `_rows_placed`),
+    where the window was placed as a matrix of its own (`eye(T + 1)[2:]`, rebuilt for every
+    part of the placement: O(T^3)) and multiplied with its partner. Else None."""
+    if node.rank != 2 or len(node.operands) != 2 or len(set(node.out)) != 2:
+        return None
+    (w, lw), (s, ls) = node.operands
+    if len(lw) != 2 or len(ls) != 2 or lw[0] != node.out[0] or ls[1] != node.out[1] or \
+            lw[1] != ls[0] or lw[1] in node.out:
+        return None
+    found = _scaled_unit_rows(s) if type(s) is Add else None
+    if found is None:
+        return None
+    scale, rows = found
+    if type(w) is Delta and not w.is_identity and w.offset.is_concrete and \
+            w.shape[0].is_concrete:
+        start, step, count = w.offset.offset, 1, w.shape[0].offset
+    elif _strided_window(w) and w.args[0].offset.is_concrete and w.shape[0].is_concrete:
+        start, step, count = w.args[0].offset.offset, w.params[1], w.shape[0].offset
+    else:
+        return None
+    picked = rows[start:start + step * (count - 1) + 1:step]
+    return (scale, picked) if len(picked) == count else None
 
 
 def _slice(lo: Dim, hi: Dim, dim: Dim) -> ast.Slice:

@@ -16,6 +16,7 @@ A group is batched only when none of its inputs depends on one of its members: t
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 from ..ir import build
@@ -246,7 +247,7 @@ class _Batcher:
         (`x[3t] * e_(3t+1)` and `x[3t+1] * e_(3t+2)`). Each part is read and placed by every
         k-th row (`x[::3]`, `dilate`), where the whole read rows picked one by one, a stack
         per step, and placed them with selection matrices multiplied together. None where
-        there is no such split."""
+        there is no such split (nor `_chains`)."""
         units = {id(m): [e for e in self.signature[id(m)] if type(e) is int] for m in members}
         if _even([units[id(m)] for m in members]):
             return None
@@ -254,7 +255,7 @@ class _Batcher:
         for m in members:
             places = units[id(m)]
             alike[tuple([p - places[0] for p in places])].append(m)
-        parts = []
+        parts, few = [], 0
         for part in alike.values():
             for k in range(1, MAX_INTERLEAVED + 1):
                 split = [part[r::k] for r in range(k)]
@@ -263,8 +264,56 @@ class _Batcher:
                     parts += split
                     break
             else:
+                if len(part) >= MIN_LANES:
+                    return self._chains(members, units)
+                few += 1
+        # Members of a pattern too few to batch (a first step's term that no earlier step's
+        # joins, `x[1] exp(x[2]) e_0` among `x[2t] exp(x[2t+2]) e_(2t+1)`) stay as they are:
+        # with them the whole read its rows one by one and placed them by selection matrices
+        # multiplied together (O(steps n)).
+        return parts if len(parts) > 1 or parts and few else self._chains(members, units)
+
+    def _chains(self, members: list[Node], units: dict) -> list[list[Node]] | None:
+        """`_progressions` where its split finds none, by the rows the members' per-step inputs
+        have in batches made before as well: the members of each pattern of places, in step
+        order, each added to the first chain it continues (its picks stepping evenly, its
+        inputs' rows by one: `lift` reads them as every k-th row and as a window). The
+        overlapping triples' gradient terms `x[t] exp(x[t + 2])` and `x[t + 1] exp(x[t + 2])`
+        read one pick x[2] twice, so that no every-k-th split steps evenly; with the rows of
+        `exp(x[2:])`, t and t + 1 against row t, they are two chains. None where no member has
+        such rows (rows of x picked out of order, `X[0], X[1], X[2], X[4]`, stay one stack,
+        one batch), where a chain is too short to batch, or where there are more than
+        MAX_INTERLEAVED of one pattern."""
+        rows = self._hole_rows(members)
+        if not any(rows.values()):
+            return None
+        alike = defaultdict(list)
+        for m in members:
+            places = units[id(m)]
+            alike[(tuple([p - places[0] for p in places]), len(rows[id(m)]))].append(m)
+        parts = []
+        for part in alike.values():
+            chains: list[list[Node]] = []
+            for m in part:
+                for chain in chains:
+                    if _continues(chain, m, units, rows):
+                        chain.append(m)
+                        break
+                else:
+                    if len(chains) == MAX_INTERLEAVED:
+                        return None
+                    chains.append([m])
+            if any([len(chain) < MIN_LANES for chain in chains]):
                 return None
+            parts += chains
         return parts if len(parts) > 1 else None
+
+    def _hole_rows(self, members: list[Node]) -> dict[int, list[int]]:
+        """id of a member -> the rows its per-step inputs have in batches or stacks made
+        before (`exp(x[t + 2])`, row t of `exp(x[2:])`)."""
+        placed = self.placed
+        return {id(m): [placed[id(e)][1] for e in self.signature[id(m)]
+                        if type(e) is not int and id(e) in placed] for m in members}
 
     def _first_use(self, members: list[Node]) -> float:
         # Users are listed in the order's order: each member's first is its earliest.
@@ -335,6 +384,14 @@ class _Batcher:
         the node alone, or None when the members cannot be batched."""
         first = olds[0]
         if not top:
+            window = _even_units(olds, lanes, self._is_lane)
+            if window is not None:
+                # (before the rows of a batch: unit vectors evenly spaced that a stack of some
+                # other batch holds in a run, `e_3, e_5, ...` among `e_1, e_0, e_3, e_5, ...`,
+                # are every k-th row of the identity, read as `x[3::2]` and placed by
+                # `dilate`, where a window of that stack was a selection matrix placed by a
+                # product)
+                return window, True
             placed = [self.placed.get(id(o)) for o in olds]
             if all(p is not None for p in placed) and not self._picks_of_steps(olds):
                 batched, row = placed[0]
@@ -347,21 +404,15 @@ class _Batcher:
                 self.inputs.append(first)
                 return first, False
             if all(self._is_lane(o) and o.shape == first.shape for o in olds):
-                start = first.position.offset
-                offsets = [o.position.offset for o in olds]
-                step = offsets[1] - start if lanes > 1 else 1
-                if step >= 1 and offsets == list(range(start, start + step * lanes, step)):
-                    # consecutive rows, or every step-th (`X[2 * t]`: `X[s:e:step]`, where a
-                    # stack of unit vectors was a lanes x n selection matrix, multiplied
-                    # with X in O(lanes n) per column: quadratic in the steps)
-                    return row_window(start, step, lanes, first.shape[0]), True
-                return self._stack(olds, lanes), True
+                return self._stack(olds, lanes), True  # (evenly spaced: `_even_units`)
             if any([self._hole(o) for o in olds]) or depth >= MAX_DEPTH or \
                     not self._alike(olds):
                 return self._stack(olds, lanes), True
         parts = [self.lift(column, lanes, depth + 1)
                  for column in zip(*[o.children() for o in olds])]
         node = _lifted(first, parts, lanes)
+        if type(first) is Add and node is not None:
+            node = _scaled_by_lane(node, first, olds)
         if isinstance(first, Prim) or isinstance(first, Contract) and any(
                 not lifted and n.rank for n, lifted in parts) and _sums(first) or \
                 isinstance(first, Map) and first.fn not in _ARITHMETIC:
@@ -421,6 +472,17 @@ class _Batcher:
                 active.add(id(node))
                 work += [(node, False), (batched, False)]
                 continue
+            run = self._read_in_order(node)
+            if run is not None:  # a stack of a batch's rows in order: that batch's window
+                batched, row, lanes = run
+                if id(batched) in self.memo:
+                    self.memo[id(node)] = _window(self.memo[id(batched)], row, lanes)
+                    continue
+                if id(node) in active:
+                    raise _Cycle
+                active.add(id(node))
+                work += [(node, False), (batched, False)]
+                continue
             children = node.children()
             if not ready:
                 if id(node) in active:
@@ -438,7 +500,8 @@ class _Batcher:
                         for batched, coefs, members in summed.values():
                             children.append(batched)
                             # an odd row is added as itself: its member, from its inputs
-                            children += [c for row in _odd(coefs) for c in members[row].children()]
+                            children += [c for row in _corrected(coefs)
+                                         for c in members[row].children()]
                 work.extend((c, False) for c in children if id(c) not in self.memo)
                 continue
             new = [self.memo.get(id(c)) for c in children]  # None: a term summed over lanes
@@ -449,6 +512,23 @@ class _Batcher:
             else:
                 self.memo[id(node)] = _with_children(node, new)
         return self.memo[id(root)]
+
+    def _read_in_order(self, node: Node) -> tuple[Node, int, int] | None:
+        """(batched node, first row, rows) where `node` is a stack of per-step inputs that
+        became rows row, row + 1, ... of one batch made after the stack was (a step's form
+        whose inputs another form's batch computes, `exp(x[3t])` of three cycled forms): the
+        stack is that batch's window, where its rows picked one by one and stacked again were
+        a part per step (`concatenate((t5[:1], t5[1:2], ...))`). Else None."""
+        items = self.items.get(id(node))
+        if items is None:
+            return None
+        found = [self.rows.get(id(n)) for n in items]
+        if any([f is None for f in found]):
+            return None
+        batched, row = found[0]
+        if any([f[0] is not batched or f[1] != row + k for k, f in enumerate(found)]):
+            return None
+        return batched, row, len(items)
 
     def _lane_sums(self, node: Add) -> dict[int, tuple[Node, list[float], list[Node]]]:
         """id of a batched node -> (that node, the coefficient and the member of each of its
@@ -473,7 +553,8 @@ class _Batcher:
         the most common one `c` are corrected one by one: `sum_t c_t B[t]` is
         `c sum_t B[t] + sum_t (c_t - c) B[t]`, and the last sum has a term or two (the
         step where a loss's factor was not distributed), where each c_t - c has c's sign;
-        else the rows are summed each with its own coefficient."""
+        else (more odd rows, or one that would cancel) the sum is `c @ B` with the vector of
+        the coefficients (`_by_step`)."""
         summed = self.lane_sums.pop(id(node))
         if not summed:
             changed = any(a is not b for a, b in zip(new, node.children()))
@@ -483,18 +564,18 @@ class _Batcher:
         for batched, coefs, members in summed.values():
             batched = memo[id(batched)]
             labels = tuple(range(1, batched.rank))
+            if _by_step(coefs):
+                # the coefficients as one vector on the lane axis, `c @ B`: each row times its
+                # own (exact, as c_t B[t] is), where a correction per odd row was an array of
+                # the sum's whole shape per step (an n x n pad of a Hessian each: O(T n^2))
+                terms.append((1.0, build.contract(labels, [(_coefficients(coefs), (0,)),
+                                                           (batched, (0, *labels))])))
+                continue
             common = max(set(coefs), key=coefs.count)
-            odd = _odd(coefs)
-            # c B + (c_t - c) B is c_t B to rounding only where c_t - c adds to c: where it
-            # takes from it, c_t B cancels (0 for c_t = 1e-20 c, a discounted sum's far steps;
-            # inf - inf = nan at a pole).
-            exact = all([coefs[row] / common >= 1 for row in odd])
-            if exact:
-                terms.append((common, build.contract(labels, [(batched, (0, *labels))])))
-            # (else each row is its member again, with its own coefficient)
-            for row in (odd if exact else range(len(coefs))):
+            terms.append((common, build.contract(labels, [(batched, (0, *labels))])))
+            for row in _odd(coefs):
                 member = members[row]  # (its children as batching left them, where it did)
-                terms.append((coefs[row] - common if exact else coefs[row], _with_children(
+                terms.append((coefs[row] - common, _with_children(
                     member, [memo.get(id(c), c) for c in member.children()])))
         for (coef, term), n in zip(node.terms, new):
             found = self.rows.get(id(term))
@@ -515,6 +596,65 @@ def _even(units: list[list[int]]) -> bool:
     return True
 
 
+def _continues(chain: list[Node], m: Node, units: dict, rows: dict) -> bool:
+    """Whether `m` continues `chain` (`_chains`): each of its picks' places as many past the
+    last member's as the last's past the one before (or any step of none back, for a chain of
+    one member), and each of its inputs' rows one past the last's."""
+    last = chain[-1]
+    if any([b - a != 1 for a, b in zip(rows[id(last)], rows[id(m)])]):
+        return False
+    steps = [b - a for a, b in zip(units[id(last)], units[id(m)])]
+    if any([step < 0 for step in steps]):
+        return False
+    if len(chain) == 1:
+        return True
+    return steps == [b - a for a, b in zip(units[id(chain[-2])], units[id(last)])]
+
+
+def _even_units(olds: tuple, lanes: int, is_lane) -> Node | None:
+    """The unit vectors `olds` (one per lane) as rows of the identity, where they are
+    consecutive rows or every step-th (`X[2 * t]`: `X[s:e:step]`, where a stack of unit
+    vectors was a lanes x n selection matrix, multiplied with X in O(lanes n) per column:
+    quadratic in the steps); None where they are not unit vectors so spaced."""
+    first = olds[0]
+    if lanes < 2 or not all([is_lane(o) and o.shape == first.shape for o in olds]):
+        return None
+    start = first.position.offset
+    offsets = [o.position.offset for o in olds]
+    step = offsets[1] - start
+    if step >= 1 and offsets == list(range(start, start + step * lanes, step)):
+        return row_window(start, step, lanes, first.shape[0])
+    return None
+
+
+# A sum over lanes corrects at most this many rows whose coefficient is not the most common
+# one (`_sum`); more, and the coefficients are a vector (`_coefficients`).
+MAX_CORRECTED = 2
+
+
+def _by_step(coefs: list[float]) -> bool:
+    """Whether `sum_t c_t B[t]` is written with the vector of the c_t, not as
+    `c sum_t B[t] + sum_t (c_t - c) B[t]` (c the most common): where more rows than
+    MAX_CORRECTED differ from c (a coefficient per step, `(t + 1) * ...`), or where some
+    c_t - c takes from c (then c_t B cancels: 0 for c_t = 1e-20 c, a discounted sum's far
+    steps; inf - inf = nan at a pole)."""
+    odd = _odd(coefs)
+    common = max(set(coefs), key=coefs.count)
+    return len(odd) > MAX_CORRECTED or not all([coefs[row] / common >= 1 for row in odd])
+
+
+def _corrected(coefs: list[float]) -> list[int]:
+    """The rows of a sum over lanes that `_sum` adds as their members again."""
+    return [] if _by_step(coefs) else _odd(coefs)
+
+
+def _coefficients(coefs: list[float]) -> Node:
+    """The vector of the coefficients, one per lane, as the IR's constant: a sum of scaled
+    unit vectors (built from the coefficients the graph holds, never from a user's text)."""
+    lanes = Dim.of(len(coefs))
+    return build.add([(c, Unit(lanes, k)) for k, c in enumerate(coefs)])
+
+
 def _odd(coefs: list[float]) -> list[int]:
     """The rows whose coefficient is not the most common one."""
     common = max(set(coefs), key=coefs.count)
@@ -531,7 +671,17 @@ def _fields(n: Node) -> tuple:
     if kind is Contract:
         return (n.out, tuple([ls for _, ls in n.operands]), _ids(n.dims))
     if kind is Add:
-        return tuple([c for c, _ in n.terms])
+        # its coefficients relative to the first: sums that are multiples of one another, a
+        # per-step coefficient distributed into a step's sum (`c_t * a_t + c_t * b_t`), are
+        # one operation, each scaled by its own first coefficient (`_scaled_by_lane`)
+        first = n.terms[0][0]
+        relative = [c / first for c, _ in n.terms] if first else []
+        # (only where every ratio is a finite number, nonzero for a nonzero c: 1e300 / 1e-10
+        # is inf, 1e-300 / 1e300 is 0, and the sum rebuilt from it would be inf or 0)
+        if relative and all([math.isfinite(r) and (r or not c)
+                             for r, (c, _) in zip(relative, n.terms)]):
+            return (*relative, "relative")
+        return (*[c for c, _ in n.terms], "as they are")
     if kind is Map:
         return (n.fn,)
     if kind is Prim:
@@ -621,6 +771,21 @@ def _window(batched: Node, row: int, lanes: int) -> Node:
 def _pick(batched: Node, row: int) -> Node:
     rest = tuple(range(1, batched.rank))
     return Contract(rest, [(batched, (0, *rest)), (Unit(batched.shape[0], row), (0,))])
+
+
+def _scaled_by_lane(node: Add, first: Add, olds: tuple[Node, ...]) -> Node:
+    """The lifted sum `node` (of `first`'s coefficients) where the members' sums are multiples
+    of one another (`_fields`): its coefficients relative to the first, times the vector of
+    each member's first coefficient on the lane axis (`c_t * (a_t + b_t)`): each member's own
+    scale, never a ratio of two members' (1e-300 of 1e300 is 0). `node` where they are
+    alike."""
+    scales = [o.terms[0][0] for o in olds]
+    if all([c == scales[0] for c in scales]) or not scales[0]:
+        return node
+    relative = Add([(c / scales[0], t) for c, t in node.terms])
+    labels = tuple(range(1, node.rank))
+    return build.contract((0, *labels), [(_coefficients(scales), (0,)),
+                                         (relative, (0, *labels))])
 
 
 def _with_children(node: Node, new: list[Node]) -> Node:

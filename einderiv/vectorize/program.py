@@ -292,6 +292,9 @@ class _Translator:
         """Batching across steps: a sum over steps of outer products, `sum_t outer(a_t, b_t)`,
         as one matrix product of stacked operands, `stack(a...).T @ stack(b...)`; and a sum
         that places each operand in its own row as `stack(...)`."""
+        numbers = _constant_vector(node)
+        if numbers is not None:
+            return ast.Call("stack", tuple(number(c) for c in numbers))
         coefs = {c for c, _ in node.terms}
         if len(coefs) != 1:
             return None
@@ -445,6 +448,23 @@ def _pad_axis(expr: ast.Expr) -> int | None:
 def _zeros(shape: tuple, axis: int, length: int) -> ast.Expr:
     return ast.Call("zeros", tuple(ast.Number(float(length)) if k == axis else dimension(d)
                                    for k, d in enumerate(shape)))
+
+
+def _constant_vector(node: Add) -> list[float] | None:
+    """The entries of `node` where it is a vector of numbers, each at its own place, 0 .. k - 1
+    (`c_0 e_0 + c_1 e_1 + ...`, lanes.py's per-step coefficients): written `stack(c_0, c_1,
+    ...)`, where each term was a one-hot vector of all k entries (O(k^2)); else None."""
+    if node.rank != 1 or not node.shape[0].is_concrete:
+        return None
+    entries: dict[int, float] = {}
+    for coef, term in node.terms:
+        if type(term) is not Unit or not term.position.is_concrete or \
+                term.position.offset in entries:
+            return None
+        entries[term.position.offset] = coef
+    if len(entries) < 2 or sorted(entries) != list(range(node.shape[0].offset)):
+        return None
+    return [entries[k] for k in range(len(entries))]
 
 
 def _row_of(node: Node):
