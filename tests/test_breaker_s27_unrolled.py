@@ -41,8 +41,8 @@ Faults (strict xfails below), worst first:
    reads the steps' picks (unit vectors) as every k-th row or a stack of their own, never as a
    window of a stack another part made of them (`_picks_of_steps`), which the vectorizer
    multiplied as a dense selection matrix; the parts are now placed by pad/dilate/diag (no `@`
-   or `eye(`; T = 399, n = 802: 2.9 s -> 70 ms). The pole's own column is still nan at its
-   zeros on every path (fault 9's kind, now in the generated code too: see 9).
+   or `eye(`; T = 399, n = 802: 2.9 s -> 70 ms). The pole's own column was still nan at its
+   zeros on every path (fault 9's kind, then in the generated code too): FIXED with 9.
 3. Structural zeros (README "Structural zeros are exact"): the Jacobian of
    `stack(log(x[2t+1]) * x[2t] for t < 4)` at x[3] = 0 has row 1 all nan (want
    [0, 0, -inf, inf, 0, ...]); the Hessian of `sum_t c_t log(x[2t+1]) * x[2t]` with one odd
@@ -115,10 +115,15 @@ Faults (strict xfails below), worst first:
    that of `sum_t x[3t] * x[3t+1] * log(x[3t+2])` at x[5] = 0 down column 5: the derivative
    keeps `(2 x[3] / x[2] e_2 + 2 log(x[2]) e_3) * (1 / x[2]) * e_2`, a sum of unit vectors
    times an infinite factor, which the interpreter multiplies out densely. (Also before.)
-   Still open, and not the interpreter's alone: `sqrt(x[3t]) * x[3(T-1-t)+2]` (any T) and
+   Not the interpreter's alone: `sqrt(x[3t]) * x[3(T-1-t)+2]` (any T) and
    `log(x[2t+2]) * x[2t] * x[2t+1]` (stride 2) keep such a factor in the derivative, and all
    three paths are nan down the pole's column (also before, where the generated code was
-   nan over far more).
+   nan over far more). FIXED: the reverse pass multiplies an adjoint (a sum of picks) by a
+   local partial (1 / x[p]); ir/build.py `contract` now multiplies a factor that may be
+   infinite into each term of such a sum (`_over_unit_terms`: `c * (a e_i + b e_j)` ->
+   `(c a) e_i + (c b) e_j`, at most `MAX_DISTRIBUTED_TERMS` products, so the IR stays linear),
+   and every path places each unit vector with its own factor. The benchmark problems'
+   generated code is unchanged.
 10. Formula size: the gradient of three step forms cycled (`exp(x[3t]) * x[3t+1]`,
    `sin(x[3t+1]) * x[3t+2]`, `x[3t] * x[3t+2] * cos(x[3t+1])`) reads one batch's rows in
    order as `concatenate((t5[:1], t5[1:2], ..., t5[k:k+1]))` (which is t5): 456 characters at
@@ -156,6 +161,7 @@ import jax.numpy as jnp  # noqa: E402
 
 class _J:
     exp, sin, cos, tanh, log, stack = jnp.exp, jnp.sin, jnp.cos, jnp.tanh, jnp.log, jnp.stack
+    sqrt = jnp.sqrt
 
 
 def _quiet(f, *a, **k):
@@ -488,8 +494,9 @@ def test_reversed_pairs_hessian_formula_round_trip_at_pole():
 
 
 @pytest.mark.no_roundtrip
-@pytest.mark.xfail(strict=True, reason="evaluate_ir multiplies (2 x[3] / x[2] e_2 + 2 log(x[2]) "
-                   "e_3) * (1 / x[2]) * e_2 densely: inf * 0 = nan down column 2")
+# (fault 9, fixed: build.contract multiplies the factor 1 / x[2] into each term of the sum of
+# unit vectors, (2 x[3] / x[2] e_2 + 2 log(x[2]) e_3) * (1 / x[2]) * e_2, which evaluate_ir
+# multiplied out densely: inf * 0 = nan down column 2)
 def test_squared_log_pick_hessian_ir_at_pole():
     steps, n = 3, 8
     x = einderiv.var("x", ("n",))
@@ -504,21 +511,29 @@ def test_squared_log_pick_hessian_ir_at_pole():
             want[2 * t, 2 * t] = b * (2 - 2 * np.log(a)) / a ** 2
             want[2 * t, 2 * t + 1] = want[2 * t + 1, 2 * t] = 2 * np.log(a) / a
     H = einderiv.hessian(total, x)
-    assert _same(_quiet(H, x=v), want)  # holds (since this change)
-    assert _same(_quiet(H.evaluate_ir, x=v), want)
+    for path, got in _paths(H, x=v).items():
+        assert _same(got, want), path
 
 
 @pytest.mark.no_roundtrip
-@pytest.mark.xfail(strict=True, reason="evaluate_ir multiplies the sum of unit vectors "
-                   "(x[4] e_3 + x[3] e_4) by 1 / x[5] densely: inf * 0 = nan down column 5")
+# (fault 9, fixed: the sum of unit vectors (x[4] e_3 + x[3] e_4) times 1 / x[5] is multiplied
+# out, each unit vector with its own factor: no inf * 0 = nan down column 5)
 def test_three_picks_hessian_ir_at_pole():
     steps, n = 9, 32
     x = einderiv.var("x", ("n",))
     total = _built(steps, lambda t, T: (_log_last, (3 * t, 3 * t + 1, 3 * t + 2)), x)
     v = np.linspace(0.5, 1.5, n)
     v[5] = 0.0
-    H = _quiet(einderiv.hessian(total, x).evaluate_ir, x=v)
-    assert not np.isnan(H[:, 5]).any(), H[:, 5]
+    want = np.zeros((n, n))
+    with np.errstate(all="ignore"):
+        for t in range(steps):
+            a, b, c = 3 * t, 3 * t + 1, 3 * t + 2
+            want[a, b] = want[b, a] = np.log(v[c])
+            want[a, c] = want[c, a] = v[b] / v[c]
+            want[b, c] = want[c, b] = v[a] / v[c]
+            want[c, c] = -v[a] * v[b] / v[c] ** 2
+    for path, H in _paths(einderiv.hessian(total, x), x=v).items():
+        assert _same(H, want), (path, H[:, 5])
 
 
 def _log_last(m, a, b, c):
@@ -682,8 +697,6 @@ def test_three_picks_structural_zeros_at_pole():
         p = [3 * t, 3 * t + 1, 3 * t + 2]
         reached[np.ix_(p, p)] = True
     for path, H in _paths(einderiv.hessian(total, x), x=v).items():
-        if path == "ir":
-            continue  # (nan down column 5: the IR fault above)
         assert np.all(H[~reached] == 0), path
         assert np.all(np.isfinite(H[6:, 6:])), path
 
@@ -876,15 +889,10 @@ def test_split_parts_keep_structural_zeros(stride, steps):
                                           places(pole_step)[0])
         for kind, want in (("grad", g), ("hessian", h)):
             result = getattr(einderiv, kind)(total, x)
-            # (the pole's own column is left out: the derivative keeps a sum of unit vectors
-            # times 1 / x[pole] there, dense, nan at its zeros on every path for stride 2 and in
-            # evaluate_ir for stride 3: fault 9's kind. Every other entry is exact.)
-            pole = places(pole_step)[0]
-            kept = np.ones(want.shape, bool)
-            if kind == "hessian":
-                kept[:, pole] = False
+            # (the pole's own column too, since fault 9's fix: the sum of unit vectors times
+            # 1 / x[pole] there is multiplied out, each unit vector with its own factor)
             for path, got in _paths(result, x=v).items():
-                assert _same(got[kept], want[kept]), (kind, path, pole_step, got)
+                assert _same(got, want), (kind, path, pole_step, got)
             if steps == 9:
                 _no_dense_selection(result.formula)
 
@@ -1091,3 +1099,140 @@ def test_per_step_scaled_sums_keep_extreme_coefficients(coefs):
         want = np.asarray(jax.jit(jf(ref))(jnp.asarray(v)))
         for path, got in _paths(result, x=v).items():
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=0, err_msg=f"{kind} {path}")
+
+
+# ------------------------------------------- fault 9's kind: the pole's own column (fixed)
+
+# A function with a pole at 0 and its first and second derivatives by hand (numpy, so that at
+# 0 they are the exact infinities the derivative has there).
+POLES = {
+    "log": (lambda m, a: m.log(a), np.log, lambda a: 1 / a, lambda a: -1 / a ** 2),
+    "sqrt": (lambda m, a: m.sqrt(a), np.sqrt, lambda a: 0.5 / np.sqrt(a),
+             lambda a: -0.25 / a ** 1.5),
+    "1/x": (lambda m, a: 1.0 / a, lambda a: 1 / a, lambda a: -1 / a ** 2, lambda a: 2 / a ** 3),
+}
+
+# layout -> (the places of step t of T at stride s, the pole's place first; the pole's factor
+# written last in the step's product?)
+POLE_LAYOUTS = {
+    "pair": (lambda s, t, T: (s * t + s - 1, s * t), False),
+    "reversed pair": (lambda s, t, T: (s * t, s * (T - 1 - t) + s - 1), False),
+    "triple, pole last": (lambda s, t, T: (s * t + 2, s * t, s * t + 1), True),
+}
+
+_POLE_FORMS: dict = {}
+
+
+def _pole_form(pole, arity, last):
+    """g(a) * b * ... (or b * ... * g(a)): one function per kind, so that JAX compiles it once."""
+    key = (pole, arity, last)
+    if key not in _POLE_FORMS:
+        g = POLES[pole][0]
+
+        def form(m, a, *rest):
+            total = None
+            for factor in ([*rest, g(m, a)] if last else [g(m, a), *rest]):
+                total = factor if total is None else total * factor
+            return total
+        _POLE_FORMS[key] = form
+    return _POLE_FORMS[key]
+
+
+def _pole_spec(pole, layout, stride):
+    places, last = POLE_LAYOUTS[layout]
+
+    def spec(t, T):
+        found = places(stride, t, T)
+        return _pole_form(pole, len(found), last), found
+    return spec
+
+
+def _pole_by_hand(pole, spec, steps, v):
+    """The gradient and Hessian of sum_t g(v[p_t]) * v[q_t] * ... by hand, and which Hessian
+    entries some step reaches (every other one is an exact 0)."""
+    _, g0, g1, g2 = POLES[pole]
+    n = v.size
+    grad, hess, reached = np.zeros(n), np.zeros((n, n)), np.zeros((n, n), bool)
+    with np.errstate(all="ignore"):
+        for t in range(steps):
+            first, *rest = spec(t, steps)[1]
+            a = v[first]
+
+            def prod(skip=()):
+                return np.prod([v[p] for k, p in enumerate(rest) if k not in skip])
+            grad[first] += g1(a) * prod()
+            hess[first, first] += g2(a) * prod()
+            for k, p in enumerate(rest):
+                grad[p] += g0(a) * prod((k,))
+                hess[first, p] += g1(a) * prod((k,))
+                hess[p, first] += g1(a) * prod((k,))
+                for m, q in enumerate(rest):
+                    if m != k:
+                        hess[p, q] += g0(a) * prod((k, m))
+            places = [first, *rest]
+            reached[np.ix_(places, places)] = True
+    return grad, hess, reached
+
+
+@pytest.mark.no_roundtrip  # every path checked here, at the pole
+@pytest.mark.parametrize("steps", [1, 2, 3, 9])
+@pytest.mark.parametrize("stride", [2, 3, 4])
+@pytest.mark.parametrize("layout", list(POLE_LAYOUTS))
+@pytest.mark.parametrize("pole", list(POLES))
+def test_pole_column_keeps_structural_zeros(pole, layout, stride, steps):
+    # (fault 9: the Hessian kept the adjoint's sum of unit vectors times 1 / x[p], sqrt's
+    # 0.5 / sqrt(x[p]) or 1 / x[p] ** 2, dense: nan down the pole's column on every path)
+    if layout == "triple, pole last" and stride < 3:
+        pytest.skip("three picks of a step need stride 3 or more")
+    spec = _pole_spec(pole, layout, stride)
+    n = stride * steps + 2
+    x = einderiv.var("x", ("n",))
+    total = _built(steps, spec, x)
+    results = {kind: getattr(einderiv, kind)(total, x) for kind in ("grad", "hessian")}
+    for pole_step in sorted({0, steps - 1}):
+        v = np.linspace(0.5, 1.5, n)
+        v[spec(pole_step, steps)[1][0]] = 0.0
+        grad, hess, reached = _pole_by_hand(pole, spec, steps, v)
+        for kind, want in (("grad", grad), ("hessian", hess)):
+            for path, got in _paths(results[kind], x=v).items():
+                assert _same(got, want), (kind, path, pole_step, got)
+                if kind == "hessian":
+                    assert np.all(got[~reached] == 0), (path, pole_step)
+    if steps == 9:  # (the factor multiplied in is placed by index, not by 0/1 products)
+        for result in results.values():
+            _no_dense_selection(result.formula)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 9])
+@pytest.mark.parametrize("stride", [2, 3, 4])
+@pytest.mark.parametrize("layout", list(POLE_LAYOUTS))
+@pytest.mark.parametrize("pole", list(POLES))
+def test_pole_forms_match_jax_at_ordinary_points(pole, layout, stride, steps):
+    # (the products multiplied out over sums of picks give the values they gave)
+    if layout == "triple, pole last" and stride < 3:
+        pytest.skip("three picks of a step need stride 3 or more")
+    _against_jax(_pole_spec(pole, layout, stride), steps, stride * steps + 2, seed=steps)
+
+
+@pytest.mark.no_roundtrip
+def test_squared_log_picks_at_pole_in_first_and_last_step():
+    # (fault 9's first form, log(a) * log(a) * b, at stride 2 to 4 and T = 1 to 9)
+    for stride in (2, 3, 4):
+        for steps in (1, 2, 9):
+            x = einderiv.var("x", ("n",))
+            total = _built(steps, lambda t, T: ((lambda m, a, b: m.log(a) * m.log(a) * b),
+                                                (stride * t, stride * t + 1)), x)
+            H = einderiv.hessian(total, x)
+            n = stride * steps + 1
+            for pole_step in (0, steps - 1):
+                v = np.linspace(0.5, 1.5, n)
+                v[stride * pole_step] = 0.0
+                want = np.zeros((n, n))
+                with np.errstate(all="ignore"):
+                    for t in range(steps):
+                        a, b = v[stride * t], v[stride * t + 1]
+                        want[stride * t, stride * t] = b * (2 - 2 * np.log(a)) / a ** 2
+                        want[stride * t, stride * t + 1] = want[stride * t + 1, stride * t] = \
+                            2 * np.log(a) / a
+                for path, got in _paths(H, x=v).items():
+                    assert _same(got, want), (stride, steps, pole_step, path, got)

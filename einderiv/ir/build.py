@@ -1,8 +1,8 @@
 """Build IR with numpy semantics: broadcasting, matmul, transposes, reductions, indexing.
 
-These are the only constructors lowering uses, so every shape rule of the language (docs/language.md) lives here. They
-also fold the trivial cases (products with 1, sums of one term, nested products) so the IR that
-reaches later stages is already small.
+These are the only constructors lowering uses, so every shape rule of the language
+(docs/language.md) lives here. They also fold the trivial cases (products with 1, sums of one
+term, nested products) so the IR that reaches later stages is already small.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from math import factorial
 import numpy as np
 
 from ..errors import ShapeError
-from .deltas import contract_units, is_structure, is_window
+from .deltas import contract_units, free_of_poles, is_structure, is_window
 from .dims import ONE, Dim, show_shape
 from .nodes import Add, Const, Contract, Delta, Map, Node, Prim, Size, Unit
 
@@ -28,6 +28,12 @@ MAX_LIKE_ORDERS = 24
 # terms, and the Hessian of a chain of n quotients has n terms sharing n factors (quadratic:
 # 33 s at n = 1000 without the bound). The factors people see factored are one or two.
 MAX_COMMON_FACTORS = 16
+# A factor that may be infinite is multiplied into each term of a sum of unit-placed terms
+# (`c * (a e_i + b e_j)` -> `(c a) e_i + (c b) e_j`) only while the product so multiplied out
+# has at most this many terms: each is one more product of the same operands (shared nodes,
+# not copies), so the IR grows by a bounded factor per product, never exponentially through
+# sums nested under sums. The reverse pass's adjoints at a pole are a few picks per step.
+MAX_DISTRIBUTED_TERMS = 8
 
 
 def _named(name: str | None, node: Node) -> str:
@@ -81,7 +87,7 @@ def contract(out, operands, broadcast: dict | None = None) -> Node:
     work = list(operands)
     # Every node built goes through here: the folds below are looked for only where they can
     # apply (constants, deltas and quotients noted in this one pass over the operands).
-    constants = deltas = quotients = False
+    constants = deltas = quotients = sums = False
     while work:
         node, labels = work.pop(0)
         kind = type(node)
@@ -111,6 +117,8 @@ def contract(out, operands, broadcast: dict | None = None) -> Node:
             deltas = True
         elif kind is Map and node.fn == "div":
             quotients = True
+        elif kind is Add:
+            sums = True
         flat.append((node, tuple(labels)))
     # `0 * x` is 0 for every x (as symbolic tools have it), but a constant zero times an
     # infinite or nan constant is nan, as in float64: that product is left to evaluation.
@@ -119,6 +127,10 @@ def contract(out, operands, broadcast: dict | None = None) -> Node:
                            if c is not None)]
         if 0.0 in values and all(np.isfinite(c) for c in values):
             return zeros(_shape_of(out, operands, broadcast))
+    if sums:
+        spread = _over_unit_terms(out, flat, scale, broadcast)
+        if spread is not None:
+            return spread
     # A broadcast axis of an inlined product that is summed here is carried by no operand:
     # all its entries are equal, so the sum over it multiplies by its size.
     if broadcast:
@@ -155,6 +167,96 @@ def contract(out, operands, broadcast: dict | None = None) -> Node:
         if l not in broadcast and not any(l in ls for _, ls in flat):
             broadcast[l] = _shape_of(out, operands, broadcast)[out.index(l)]
     return Contract(out, flat, broadcast)
+
+
+def _over_unit_terms(out, flat: list, scale: float, broadcast: dict) -> Node | None:
+    """The product multiplied out over a sum of unit-placed terms (`_unit_terms`) on output
+    labels when another of its factors may be infinite: `c * (a e_i + b e_j)` ->
+    `(c a) e_i + (c b) e_j`. Kept whole, the sum is a dense vector whose zeros (where no term
+    reaches) meet c: at a pole (c = 1 / x[p] at x[p] = 0) inf * 0 = nan down the pole's column
+    of a Hessian on every path, where the derivative is an exact 0 (the reverse pass builds
+    such products: an adjoint, a sum of picks, times a local partial). Multiplied out, each
+    unit vector carries its own factor, which the vectorizer and the interpreter place exactly
+    (`c * a e_i` is c * a at i, 0 elsewhere). None where nothing is to be multiplied out."""
+    out_labels = set(out)
+    candidates = [(p, node, labels) for p, (node, labels) in enumerate(flat)
+                  if type(node) is Add and labels and out_labels.issuperset(labels)]
+    if not candidates:
+        return None
+    spread, count = None, 1
+    for p, node, labels in candidates:
+        if not _meets_infinite(flat, p, labels, scale):
+            continue
+        terms = _unit_terms(node, MAX_DISTRIBUTED_TERMS // count)
+        if terms is not None:
+            count *= terms
+            spread = p if spread is None else spread
+    if spread is None or count > MAX_DISTRIBUTED_TERMS:
+        return None
+    node, labels = flat[spread]
+    others = [op for p, op in enumerate(flat) if p != spread]
+    if scale != 1.0:
+        others.insert(0, (Const(scale), ()))
+    # (each product may multiply out over another sum in it: the count bounds them all)
+    return _sum_as_is([(c, contract(out, [*others, (t, labels)], broadcast))
+                       for c, t in node.terms])
+
+
+def _meets_infinite(flat: list, p: int, labels, scale: float) -> bool:
+    """Whether the sum flat[p] meets a factor that may be infinite on none of its own labels
+    (a scalar, `1 / x[2]`, or a vector on another axis): broadcast over the sum, it meets the
+    sum's structural zeros. (A factor on the sum's own axis, `(1 / s)[i] * (a e_0[i] e_1[j] +
+    ...)`, is left: the vectorizer writes each unit row times it as `v[:, None] * eye(n)[..]`
+    either way, and multiplied out its rows would lose their exact placement.) A pole only
+    (`free_of_poles`): exp and the like are infinite only past overflow, and multiplied out
+    over the adjoints of unrolled steps they split what lanes.py batches (the Hessian of
+    `sum_t x[t] x[t+1] exp(x[t+2])` grew with the steps: 2999 -> 7643 characters)."""
+    if not np.isfinite(scale):
+        return True
+    return any(q != p and not free_of_poles(node) and set(ls).isdisjoint(labels)
+               for q, (node, ls) in enumerate(flat))
+
+
+def _unit_terms(node: Node, budget: int) -> int | None:
+    """How many products a factor times `node` becomes when multiplied out over `node`'s sums
+    whose every term is unit-placed: a unit vector, a window or delta, or a product with one
+    on its own output axes (values times picks: `x[3] e_2 + log(x[2]) e_3`), a sum of such
+    terms, or such a product of sums. None for anything else (a dense term: its zeros are not
+    structural) or past `budget`."""
+    kind = type(node)
+    if kind is Unit or kind is Delta or is_window(node):
+        return 1
+    if kind is Add:
+        total = 0
+        for _, term in node.terms:
+            found = _unit_terms(term, budget - total)
+            if found is None:
+                return None
+            total += found
+            if total > budget:
+                return None
+        return total
+    if kind is not Contract:
+        return None
+    placed, total = False, 1
+    for operand, labels in node.operands:
+        if not any(l in node.out for l in labels):
+            continue  # (a pick on a summed label reads a value: no structure of the result)
+        operand_kind = type(operand)
+        if operand_kind is Add:
+            found = _unit_terms(operand, budget // total)
+            if found is not None:
+                placed, total = True, total * found
+        elif operand_kind is Unit or operand_kind is Delta or is_window(operand):
+            placed = True
+    return total if placed and total <= budget else None
+
+
+def _sum_as_is(terms: list[tuple[float, Node]]) -> Node:
+    """The sum of `terms`, like terms merged but no factor taken out: `add` would take the
+    factor just multiplied in out again."""
+    total, kept = _merged_sum(terms)
+    return total if kept is None else Add(kept)
 
 
 def _eliminate_deltas(flat: list, out: set) -> tuple[list, float]:

@@ -325,14 +325,30 @@ def finite_where_inputs_are(node: Node) -> bool:
     """Whether `node` is finite at every finite input: built of inputs, finite constants,
     sums, products and the functions above. Conservative (False for anything else), and
     remembered per node: asked of many products, each walks its operands once."""
-    found = _FINITE.get(node)
+    return _finite(node, _FINITE_MAPS, _FINITE)
+
+
+# Functions infinite at a finite input only where they overflow (exp(710)): no pole.
+_OVERFLOW_ONLY = frozenset({"exp", "expm1", "sinh", "cosh"})
+_NO_POLE: "weakref.WeakKeyDictionary[Node, bool]" = weakref.WeakKeyDictionary()
+
+
+def free_of_poles(node: Node) -> bool:
+    """`finite_where_inputs_are`, with the functions that are infinite at a finite input only
+    past overflow (exp, sinh, cosh) counted finite: whether `node` has no pole (log(0),
+    1 / 0, sqrt's derivative at 0) at finite inputs. Conservative, remembered per node."""
+    return _finite(node, _FINITE_MAPS | _OVERFLOW_ONLY, _NO_POLE)
+
+
+def _finite(node: Node, maps: frozenset, known) -> bool:
+    found = known.get(node)
     if found is not None:
         return found
     stack, seen = [(node, False)], set()
     while stack:  # post-order over the nodes not yet known, each once (the IR is a DAG)
         n, children_done = stack.pop()
         if not children_done:
-            if id(n) in seen or n in _FINITE:
+            if id(n) in seen or n in known:
                 continue
             seen.add(id(n))
             stack.append((n, True))
@@ -342,10 +358,10 @@ def finite_where_inputs_are(node: Node) -> bool:
         if kind is Const:
             ok = bool(np.isfinite(n.value))
         elif kind is Map:
-            ok = n.fn in _FINITE_MAPS
+            ok = n.fn in maps
         elif kind is Prim:
             ok = n.fn in _FINITE_PRIMS
         else:  # an input, a size, a unit vector or window, a sum or product of these
             ok = True
-        _FINITE[n] = ok and all(_FINITE.get(c, False) for c in n.children())
-    return _FINITE[node]
+        known[n] = ok and all(known.get(c, False) for c in n.children())
+    return known[node]
