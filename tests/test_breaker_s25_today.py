@@ -95,7 +95,8 @@ def test_fault_strided_picks_spread_nan_from_an_infinite_cotangent():
     shapes = {"x": (5,)}
     x = np.array([0.0, 1.0, 1.0, 1.0, 1.0])
     g = einderiv.grad("log(x[0]) + log(x[2]) + log(x[4])", "x", shapes)
-    want = np.asarray(jax.grad(lambda x: jnp.log(x[0]) + jnp.log(x[2]) + jnp.log(x[4]))(x))
+    want = np.asarray(jax.jit(jax.grad(lambda x: jnp.log(x[0]) + jnp.log(x[2]) + jnp.log(x[4])))(
+        x))
     np.testing.assert_array_equal(want, [np.inf, 0, 1, 0, 1])
     with np.errstate(all="ignore"):
         np.testing.assert_array_equal(g(x=x), want)
@@ -125,8 +126,8 @@ def test_fault_gradient_by_the_strided_array_has_no_selection_matrix():
     g = einderiv.grad(_ff(rows), "X", shapes)
     rng = np.random.default_rng(0)
     a = {"W": rng.normal(size=(H, V)), "X": rng.normal(size=(n, V)), "u": rng.normal(size=H)}
-    np.testing.assert_allclose(g(**a), jax.grad(_jff(rows), argnums=2)(a["W"], a["u"], a["X"]),
-                               rtol=1e-10, atol=1e-12)  # (the values hold)
+    want = jax.jit(jax.grad(_jff(rows), argnums=2))(a["W"], a["u"], a["X"])
+    np.testing.assert_allclose(g(**a), want, rtol=1e-10, atol=1e-12)  # (the values hold)
     assert not _selection_matrix(g.formula), g.formula
 
 
@@ -137,7 +138,7 @@ def test_fault_pick_of_a_slice_spreads_nan():
     shapes = {"x": ("n",)}
     x = np.array([1.0, 0.0, 1.0, 1.0])
     g = einderiv.grad("log(x[1:][0])", "x", shapes)
-    want = np.asarray(jax.grad(lambda x: jnp.log(x[1:][0]))(x))
+    want = np.asarray(jax.jit(jax.grad(lambda x: jnp.log(x[1:][0])))(x))
     np.testing.assert_array_equal(want, [0, np.inf, 0, 0])
     with np.errstate(all="ignore"):
         np.testing.assert_array_equal(g(x=x), want)
@@ -177,7 +178,7 @@ def test_fault_jacobian_of_stacked_picks_spreads_nan(src, jf):
         np.testing.assert_array_equal(jac.evaluate_ir(x=x), want)
         np.testing.assert_array_equal(einderiv.compile(jac.formula, {"x": ("n",)})(x=x), want)
         finite = np.array([3.0, 1.0, 2.0, 0.5])  # JAX agrees away from the pole
-        np.testing.assert_allclose(jac(x=finite), jax.jacrev(jf)(finite), rtol=1e-12)
+        np.testing.assert_allclose(jac(x=finite), jax.jit(jax.jacrev(jf))(finite), rtol=1e-12)
 
 
 @pytest.mark.no_roundtrip
@@ -233,7 +234,7 @@ def test_strided_and_shuffled_rows_match_jax(rows, col):
     a = {"W": rng.normal(size=(H, V)), "X": X.T.copy() if col else X, "u": rng.normal(size=H)}
     shapes = {"W": (H, V), "X": (V, n) if col else (n, V), "u": (H,)}
     g = einderiv.grad(_ff(rows, col), ["W", "u", "X"], shapes)
-    want = [np.asarray(w) for w in jax.grad(_jff(rows, col), argnums=(0, 1, 2))(
+    want = [np.asarray(w) for w in jax.jit(jax.grad(_jff(rows, col), argnums=(0, 1, 2)))(
         a["W"], a["u"], a["X"])]
     _assert_paths(g, a, shapes, want)
     gw = einderiv.grad(_ff(rows, col), ["W", "u"], shapes)
@@ -251,8 +252,8 @@ def test_three_d_rows_match_jax(rows):
     def jf(X, w, u):
         return sum(jnp.sum(jnp.tanh(X[k] @ w + u)) + jnp.sum(X[k, :, 1] * u) for k in rows)
     g = einderiv.grad(src, ["X", "w", "u"], shapes)
-    _assert_paths(g, a, shapes, [np.asarray(v) for v in jax.grad(jf, argnums=(0, 1, 2))(
-        a["X"], a["w"], a["u"])])
+    _assert_paths(g, a, shapes, [np.asarray(v) for v in jax.jit(
+        jax.grad(jf, argnums=(0, 1, 2)))(a["X"], a["w"], a["u"])])
 
 
 @pytest.mark.parametrize("rx, rz", [([0, 2, 4, 6], [0, 3, 6, 9]), ([0, 3, 6, 9], [-1, -2, -3, -4])])
@@ -265,8 +266,8 @@ def test_two_arrays_with_different_strides_in_one_step(rx, rz):
     def jf(X, Z, W):
         return sum(jnp.sum(jnp.tanh(W @ X[i] + Z[j]) * Z[j]) for i, j in zip(rx, rz))
     g = einderiv.grad(src, ["X", "Z", "W"], shapes)
-    _assert_paths(g, a, shapes, [np.asarray(v) for v in jax.grad(jf, argnums=(0, 1, 2))(
-        a["X"], a["Z"], a["W"])])
+    _assert_paths(g, a, shapes, [np.asarray(v) for v in jax.jit(
+        jax.grad(jf, argnums=(0, 1, 2)))(a["X"], a["Z"], a["W"])])
 
 
 @pytest.mark.parametrize("pairs", [[(0, 9), (2, 6), (4, 3)], [(-1, -1), (-3, -3), (-5, -5)]])
@@ -279,7 +280,7 @@ def test_steps_moving_along_two_axes(pairs):
     def jf(X, w):
         return sum(jnp.tanh(X[i, j] @ w) for i, j in pairs)
     g = einderiv.grad(src, ["X", "w"], shapes)
-    _assert_paths(g, a, shapes, [np.asarray(v) for v in jax.grad(jf, argnums=(0, 1))(
+    _assert_paths(g, a, shapes, [np.asarray(v) for v in jax.jit(jax.grad(jf, argnums=(0, 1)))(
         a["X"], a["w"])])
 
 
@@ -309,7 +310,7 @@ def test_rnn_reading_strided_rows_matches_jax(rx, ry):
     rng = np.random.default_rng(10)
     a = {k: rng.normal(size=tuple(size[d] for d in s)) / 2 for k, s in sym.items()}
     g = einderiv.grad(loss, names)
-    want = jax.grad(jf, argnums=tuple(range(7)))(*[a[k] for k in names])
+    want = jax.jit(jax.grad(jf, argnums=tuple(range(7))))(*[a[k] for k in names])
     _assert_paths(g, a, sym, [np.asarray(w) for w in want])
 
 
@@ -328,7 +329,7 @@ def test_hessian_and_float32_of_strided_steps(rows):
     _assert_paths(h, a, shapes, np.diag(sum(-2 * np.tanh(v) / np.cosh(v) ** 2 for v in z)))
     g = einderiv.grad(src, ["W", "X", "u"], shapes)
     a32 = {k: v.astype(np.float32) for k, v in a.items()}
-    want = jax.grad(jf, argnums=(0, 1, 2))(a["W"], a["X"], a["u"])
+    want = jax.jit(jax.grad(jf, argnums=(0, 1, 2)))(a["W"], a["X"], a["u"])
     for got, w in zip(g(**a32), want):
         assert got.dtype == np.float32
         np.testing.assert_allclose(got, w, rtol=2e-4, atol=2e-5)
@@ -391,7 +392,7 @@ def test_scatter_at_infinite_cotangents_matches_jax(src, jf, v, sym):
     shapes = {v: (_SYM if sym else _FIX)[v]}
     g = einderiv.grad(src, v, shapes)
     with np.errstate(all="ignore"):
-        want = np.asarray(jax.grad(jf)(_ARR[v]))
+        want = np.asarray(jax.jit(jax.grad(jf))(_ARR[v]))
     gen, ir, formula = _paths(g, {v: _ARR[v]}, shapes)
     for path, got in (("generated", gen), ("IR", ir), ("formula", formula)):
         np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-10, atol=0,
@@ -417,14 +418,18 @@ def test_picks_at_ordinary_inputs_match_jax(src, jf, v, sym):
     shapes = {v: ({"x": ("n",), "A": ("n", "n"), "T": ("a", "b", "c")} if sym else
                   {"x": (5,), "A": (4, 4), "T": (2, 3, 4)})[v]}
     a = {v: _ORD[v]}
-    _assert_paths(einderiv.grad(src, v, shapes), a, shapes, np.asarray(jax.grad(jf)(_ORD[v])))
     t = np.random.default_rng(14).normal(size=_ORD[v].shape)
+    # (JAX's gradient, Hessian-vector and Jacobian-vector products in one jit)
+    gradient, hv, jv = (np.asarray(r) for r in jax.jit(lambda x, t: (
+        jax.grad(jf)(x), jax.jvp(jax.grad(jf), (x,), (t,))[1], jax.jvp(jf, (x,), (t,))[1]))(
+            _ORD[v], t))
+    _assert_paths(einderiv.grad(src, v, shapes), a, shapes, gradient)
     np.testing.assert_allclose(einderiv.hvp(src, v, shapes)(**a, tangent=t),
-                               jax.jvp(jax.grad(jf), (_ORD[v],), (t,))[1], rtol=1e-9, atol=1e-12)
+                               hv, rtol=1e-9, atol=1e-12)
     _, pushed = einderiv.jvp(src, v, shapes)(**a, tangent=t)
-    np.testing.assert_allclose(pushed, jax.jvp(jf, (_ORD[v],), (t,))[1], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(pushed, jv, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(einderiv.vjp(src, v, shapes)(**a, cotangent=1.7),
-                               1.7 * np.asarray(jax.grad(jf)(_ORD[v])), rtol=1e-9, atol=1e-12)
+                               1.7 * gradient, rtol=1e-9, atol=1e-12)
 
 
 def test_jacobians_of_picks_at_an_infinite_cotangent_are_zero_off_the_pick():
@@ -495,7 +500,7 @@ def test_a_number_times_a_diagonal_is_exactly_zero_off_it(expr, own):
     # the lead's check of the same kind: a number (infinite here) times an identity or a
     # shifted identity is placed on the diagonal, never multiplied by its zeros
     x = np.array([0.0, 1.0, 2.0, 3.0])
-    want = np.asarray(jax.jacfwd(own)(jnp.asarray(x)))
+    want = np.asarray(jax.jacfwd(own)(jnp.asarray(x)))  # (eager: jit changes JAX's nan here)
     with np.errstate(all="ignore"):
         got = einderiv.jacobian(expr, "x", {"x": ("n",)})(x=x)
     off = ~np.isnan(want)  # (JAX's own 0 * inf where its rule multiplies)

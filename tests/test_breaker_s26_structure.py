@@ -91,7 +91,8 @@ def _assert_paths(result, arrays, shapes, want, exact=True, only=None):
 
 def _selection(jf, n):
     """The 0/1 matrix S of a linear selection L(x) = S x (picks, slices, concatenations)."""
-    return np.asarray(jax.jacfwd(lambda v: jnp.atleast_1d(jf(v)))(np.ones(n))).reshape(-1, n)
+    return np.asarray(jax.jit(jax.jacfwd(lambda v: jnp.atleast_1d(jf(v))))(np.ones(n))).reshape(
+        -1, n)
 
 
 def _jac_log_by_hand(S, x):
@@ -132,7 +133,7 @@ STRIDED = [
 def test_pick_of_concatenated_strided_slices_gradient(src, jf, n):
     g = einderiv.grad(f"sum(log({src}))", "x", SX)
     x = np.linspace(1.0, 2.0, n)
-    want = np.asarray(jax.grad(lambda v: jnp.sum(jnp.log(jf(v))))(x))
+    want = np.asarray(jax.jit(jax.grad(lambda v: jnp.sum(jnp.log(jf(v)))))(x))
     assert np.count_nonzero(want) == 1
     _assert_paths(g, {"x": x}, SX, want, exact=False)
 
@@ -142,8 +143,8 @@ def test_slice_of_concatenated_strided_slices_jacobian_runs():
     x = np.linspace(1.0, 2.0, 31)
     assert einderiv.compile(src, SX)(x=x).shape == (4,)  # the forward pass runs
     J = einderiv.jacobian(src, "x", SX)
-    want = np.asarray(jax.jacrev(
-        lambda v: jnp.log(jnp.concatenate((v[::10], v[::10]))[3:7]))(x))
+    want = np.asarray(jax.jit(jax.jacrev(
+        lambda v: jnp.log(jnp.concatenate((v[::10], v[::10]))[3:7])))(x))
     _assert_paths(J, {"x": x}, SX, want, exact=False)
 
 
@@ -287,10 +288,10 @@ def test_jacobian_and_gradient_of_selections_hold(src, jf):
     for n in (5,):
         x = np.linspace(1.5, 3.0, n)
         f = lambda v: jnp.log(jf(v, n))  # noqa: E731
-        want = np.asarray(jax.jacrev(f)(x))
+        want = np.asarray(jax.jit(jax.jacrev(f))(x))
         _assert_paths(J, {"x": x}, SX, want, exact=False)
-        _assert_paths(G, {"x": x}, SX, np.asarray(jax.grad(lambda v: jnp.sum(f(v)))(x)),
-                      exact=False)
+        _assert_paths(G, {"x": x}, SX,
+                      np.asarray(jax.jit(jax.grad(lambda v: jnp.sum(f(v))))(x)), exact=False)
         S = _selection(lambda v: jf(v, n), n)
         for p in range(n):
             xp = x.copy()
@@ -318,11 +319,12 @@ def test_jacobian_of_elementwise_matrix_functions_hold(src, jf, pole):
     shapes = {"X": ("m", "n")}
     J = einderiv.jacobian(src, "X", shapes)
     X = np.random.default_rng(0).uniform(1, 2, (3, 4))
-    want = np.asarray(jax.jacrev(jf)(X))
+    reference = jax.jit(jax.jacrev(jf))  # (compiled once, for both points)
+    want = np.asarray(reference(X))
     _assert_paths(J, {"X": X}, shapes, want, exact=False)
     X[pole] = 0.0
     with np.errstate(all="ignore"):
-        at_pole = np.asarray(jax.jacrev(jf)(X))
+        at_pole = np.asarray(reference(X))
     for path, value in _paths(J, {"X": X}, shapes).items():
         assert np.all(value[want == 0] == 0), path  # structural zeros exact
         got, ref = value[want != 0], at_pole[want != 0]
@@ -336,7 +338,7 @@ def test_hessians_of_elementwise_tensors_hold():
     T = np.random.default_rng(1).uniform(1, 2, (2, 3, 2))
     shapes = {"T": ("a", "b", "c")}
     H = einderiv.hessian("sum(sqrt(T))", "T", shapes)
-    np.testing.assert_allclose(H(T=T), jax.hessian(lambda t: jnp.sum(jnp.sqrt(t)))(T),
+    np.testing.assert_allclose(H(T=T), jax.jit(jax.hessian(lambda t: jnp.sum(jnp.sqrt(t))))(T),
                                rtol=1e-12)
     T[1, 2, 0] = 0.0
     want = np.zeros((2, 3, 2) * 2)
@@ -382,9 +384,11 @@ def test_finite_functions_keep_the_plain_product():
 def test_sampled_composite_sizes_hold():
     # the same strided concatenation at sizes whose parts are longer than the pick: right
     g = einderiv.grad("sum(log(concatenate((x[::10], x[::10]))[5]))", "x", SX)
+    reference = jax.jit(jax.grad(
+        lambda v: jnp.sum(jnp.log(jnp.concatenate((v[::10], v[::10]))[5]))))
     for n in (60, 100):
         x = np.linspace(1.0, 2.0, n)
-        want = jax.grad(lambda v: jnp.sum(jnp.log(jnp.concatenate((v[::10], v[::10]))[5])))(x)
+        want = reference(x)
         np.testing.assert_allclose(g(x=x), want, rtol=1e-12)
 
 
@@ -415,12 +419,15 @@ def test_recurrent_rows_out_of_order_long():
          "X": rng.normal(size=(n, d))}
 
     def loss(W, U, X):
-        s = jnp.tanh(W @ X[rows[0]])
-        for k in rows[1:]:
-            s = jnp.tanh(W @ X[k] + U @ s)
+        # (the same recurrence as a scan, jitted: 120 steps eagerly or unrolled in a jit take
+        # seconds)
+        def step(s, x):
+            return jnp.tanh(W @ x + U @ s), None
+        s, _ = jax.lax.scan(step, jnp.tanh(W @ X[rows[0]]), X[jnp.asarray(rows[1:])])
         return jnp.sum(s ** 2)
     g = einderiv.grad(src, ["W", "U", "X"], shapes)
-    for got, want in zip(g(**a), jax.grad(loss, argnums=(0, 1, 2))(a["W"], a["U"], a["X"])):
+    want_all = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(a["W"], a["U"], a["X"])
+    for got, want in zip(g(**a), want_all):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
@@ -430,10 +437,11 @@ def test_hvp_and_vjp_of_selections_hold():
     hv = einderiv.hvp("sum(log(concatenate((x, x, x))[n-1:2*n+1]))", "x", SX)
     t = np.arange(1.0, 6.0)
     np.testing.assert_allclose(hv(x=x, tangent=t),
-                               jax.hessian(lambda v: jnp.sum(f(v)))(x) @ t, rtol=1e-12)
+                               jax.jit(jax.hessian(lambda v: jnp.sum(f(v))))(x) @ t,
+                               rtol=1e-12)
     v = einderiv.vjp("log(concatenate((x, x, x))[n-1:2*n+1])", "x", SX)
     c = np.arange(1.0, 8.0)
-    np.testing.assert_allclose(v(x=x, cotangent=c), c @ jax.jacrev(f)(x), rtol=1e-12)
+    np.testing.assert_allclose(v(x=x, cotangent=c), c @ jax.jit(jax.jacrev(f))(x), rtol=1e-12)
 
 
 @pytest.mark.no_roundtrip

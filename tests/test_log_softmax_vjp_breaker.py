@@ -210,14 +210,15 @@ def test_gradients_and_hessians_match_jax(jax, src, shapes, ref):
     arrays = {k: rng.normal(size=v) * 3 for k, v in shapes.items()}
     value, (dZ, dY) = einderiv.value_and_grad(src, ["Z", "Y"], shapes)(**arrays)
     args = [jax.numpy.asarray(arrays[k]) for k in ("Z", "Y")]
-    jv, (jz, jy) = jax.value_and_grad(lambda Z, Y: ref(jax, Z, Y), argnums=(0, 1))(*args)
+    jv, (jz, jy) = jax.jit(jax.value_and_grad(lambda Z, Y: ref(jax, Z, Y), argnums=(0, 1)))(
+        *args)
     np.testing.assert_allclose(value, jv, rtol=1e-12)
     np.testing.assert_allclose(dZ, jz, rtol=1e-11, atol=1e-13)
     np.testing.assert_allclose(dY, jy, rtol=1e-11, atol=1e-13)
     if "(0, 2)" in src:  # (JAX's Hessians take a second each to trace)
         H = einderiv.hessian(src, "Z", shapes)(**arrays)
-        np.testing.assert_allclose(H, jax.hessian(lambda Z: ref(jax, Z, args[1]))(args[0]),
-                                   rtol=1e-11, atol=1e-13)
+        want = jax.jit(jax.hessian(lambda Z: ref(jax, Z, args[1])))(args[0])
+        np.testing.assert_allclose(H, want, rtol=1e-11, atol=1e-13)
 
 
 def test_broadcast_labels_and_scalar_weights_match_jax(jax):
@@ -227,8 +228,8 @@ def test_broadcast_labels_and_scalar_weights_match_jax(jax):
     g = einderiv.grad("-c * sum(y * log_softmax(Z, axis=0))", ["Z", "y"],
                       {"Z": (3, 4), "y": (4,), "c": ()})
     dZ, dy = g(Z=Z, y=y, c=c)
-    jz, jy = jax.grad(lambda Z, y: -c * jnp.sum(y * jax.nn.log_softmax(Z, axis=0)),
-                      argnums=(0, 1))(jnp.asarray(Z), jnp.asarray(y))
+    jz, jy = jax.jit(jax.grad(lambda Z, y: -c * jnp.sum(y * jax.nn.log_softmax(Z, axis=0)),
+                              argnums=(0, 1)))(jnp.asarray(Z), jnp.asarray(y))
     np.testing.assert_allclose(dZ, jz, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(dy, jy, rtol=1e-12, atol=1e-15)
 
@@ -283,7 +284,7 @@ def test_its_own_derivatives_match_jax_along_tuple_axes(jax):
     arrays = {n: rng.normal(size=(2, 3, 4)) for n in "ZGC"}
     src = "sum(C * log_softmax_vjp(Z, G, axis=(0, 2)))"
     _, (dZ, dG) = einderiv.value_and_grad(src, ["Z", "G"], shapes)(**arrays)
-    jz, jg = jax.grad(lambda Z, G: jnp.sum(arrays["C"] * jvjp(Z, G)), argnums=(0, 1))(
+    jz, jg = jax.jit(jax.grad(lambda Z, G: jnp.sum(arrays["C"] * jvjp(Z, G)), argnums=(0, 1)))(
         jnp.asarray(arrays["Z"]), jnp.asarray(arrays["G"]))
     np.testing.assert_allclose(dZ, jz, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(dG, jg, rtol=1e-12, atol=1e-15)
@@ -328,7 +329,7 @@ def test_rnn_cross_entropy_matches_jax(jax, axis, batch):
             logits = p["Wy"] @ h + (p["by"][:, None] if batch else p["by"])
             total = total - jnp.sum(Y[t] * jax.nn.log_softmax(logits, axis=axis))
         return total
-    want = jax.grad(loss)({k: jnp.asarray(v) for k, v in p.items()})
+    want = jax.jit(jax.grad(loss))({k: jnp.asarray(v) for k, v in p.items()})
     for name, got in zip(["W", "U", "b", "Wy", "by"], g(**p, X=X, Y=Y)):
         np.testing.assert_allclose(got, want[name], rtol=1e-10, atol=1e-12)
 
