@@ -390,8 +390,9 @@ class ContractionStep:
         self.post_pads: dict = {}
         for op in list(ops):
             child, _, idx, ls = op
+            # (a Delta narrowed is one only where `_through` made it: its values are its
+            # source's, narrowed, and it is placed by its own offset and shape)
             if isinstance(child, Delta) and \
-                    all(i == slice(None) for i in idx) and \
                     ls[0] != ls[1] and ls[0] in out and ls[1] in out and \
                     not (set(ls) & set(self.pads)) and \
                     not any(ls[1] in e or ls[0] in e for e in self.embeds):
@@ -505,9 +506,13 @@ class ContractionStep:
                 if label in out or all(_structured(r[0]) for r in partners):
                     continue
                 for r in partners:
+                    labels = list(r[3])
                     _narrow(r, label, index, new_label)
                     if _structured(r[0]):
-                        r[0] = None  # a narrowed delta is no longer a window: a plain array
+                        # a narrowed delta is no longer a window: a plain array, unless it is
+                        # a row of a window (a unit vector) or rows of one (a window), which
+                        # its values (r's source, narrowed) are, placed exactly later
+                        r[0] = _through(child, r[0], labels, label)
                 del result[k]
                 changed = True
                 break
@@ -595,6 +600,11 @@ def _adjoint_window(result, k, row, col, window: slice, pads, cols, out=(), env=
         pads[col] = (at, cols - at - 1)
         result[:] = [r for j, r in enumerate(result) if j != k and r is not rows[0]]
         return True
+    # A window whose column is the row (`v[k] * d1[k,i] * d2[a,k]`, rows of a padded diag):
+    # left to be taken as a slice of v and composed with d1 (`_through`), one window (a, i).
+    if any(isinstance(r[0], Delta) and len(r[3]) == 2 and r[3][1] == row and r[3][0] != row
+           for r in rows) and any(not _structured(r[0]) for r in rows):
+        return False
     # Another window on the row whose column is an output label too (`d1[k,i] * d2[k,j]`, a
     # Hessian of x[1:] * x[:-1]) is taken as the array it is, no bigger than the result:
     # left to einsum, the two were multiplied as dense matrices, O(n^3).
@@ -615,6 +625,27 @@ def _adjoint_window(result, k, row, col, window: slice, pads, cols, out=(), env=
     pads[col] = (window.start, cols - window.stop)
     del result[k]
     return True
+
+
+def _through(sel, node, labels, label):
+    """A delta `node` (axes `labels`) narrowed by the unit vector or window `sel` on `label`:
+    a row of a window or identity is a unit vector on its other axis (e_k[j] * delta[j+2, i]
+    is e_{k+2}[i]), rows of one are a window (delta[a+1, j] * delta[j+2, i] is delta[a+3, i]);
+    else None (a plain array)."""
+    if not isinstance(node, Delta) or labels.count(label) != 1:
+        return None
+    on_row = labels[0] == label
+    if not on_row and not node.is_identity:
+        return None
+    try:
+        if isinstance(sel, Unit):
+            return Unit(node.shape[1], sel.position + node.offset) if on_row else \
+                Unit(node.shape[0], sel.position)
+        if isinstance(sel, Delta):
+            return Delta(sel.shape[0], node.shape[1], sel.offset + node.offset)
+    except (ValueError, TypeError):  # (no dimension)
+        return None
+    return None
 
 
 def _structured(child) -> bool:

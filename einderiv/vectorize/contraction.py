@@ -179,6 +179,8 @@ class ContractionTranslator:
         (label, zeros before, zeros after) per axis, in the order taken."""
         scatters = []
         self.dims = list(self.dims)  # (an axis taken out has the pick's or window's length)
+        while self._pick_through_windows() or self._window_through_windows():
+            pass
         paired = self._paired_selection()
         if paired is not None:
             scatters.append(paired)
@@ -585,6 +587,109 @@ class ContractionTranslator:
             p.node = None
         self.terms = [t for t in self.terms if t is not sel]
         return True
+
+    def _pick_through_windows(self) -> bool:
+        """A unit vector e_k on a summed label j whose partners are plain terms and windows
+        or identities on j (`sum_j e_2[j] * v[j] * delta[j+2, i]`, a row of a column-padded
+        diagonal compiled back from a printed Hessian, `pad(diag(v), ((0, 0), (2, 0)))[2]`):
+        entry k of each plain partner (`v[2]`, a number) and row k of each window, itself a
+        unit vector on the window's other label (e_4[i]), which is then taken out and placed
+        as any pick is (`_scatter_one`), where the product e_k * v was a dense vector in
+        which 0 * inf = nan at an infinite entry of v. Whether it did."""
+        for sel in self.terms:
+            node = sel.node
+            if not isinstance(node, Unit) or sel.labels[0] in self.out:
+                continue
+            (label,) = sel.labels
+            partners = [t for t in self.terms if t is not sel and label in t.labels]
+            windows = [t for t in partners if isinstance(t.node, Delta)]
+            if not windows or any(p.labels.count(label) != 1 for p in partners) or any(
+                    _structured(p.node) and not isinstance(p.node, Delta) for p in partners):
+                continue
+            if not any(not isinstance(p.node, Delta) for p in partners):
+                continue  # (a row of a window alone is its row, `eye(5)[2:][2]`: exact)
+            units = []
+            for w in windows:
+                rows, cols = w.node.shape
+                other = w.labels[1] if w.labels[0] == label else w.labels[0]
+                try:
+                    if w.labels[0] == label:  # row k: the column k + offset
+                        position, length = node.position + w.node.offset, cols
+                    elif w.node.is_identity:
+                        position, length = node.position, rows
+                    else:
+                        break
+                except (ValueError, TypeError):  # (no dimension)
+                    break
+                if not isinstance(position, Dim) or position.name is not None and \
+                        position.name != length.name or any(
+                            other in t.labels for t in self.terms if t is not w and
+                            isinstance(t.node, (Unit, Delta))):
+                    break
+                units.append((w, Term(None, (other,), Unit(length, position))))
+            else:
+                item = _position(node.position, node.shape[0])
+                for p in partners:
+                    if isinstance(p.node, Delta):
+                        continue
+                    p.expr = _index(p.expr, len(p.labels), p.labels.index(label), item)
+                    p.labels = tuple(l for l in p.labels if l != label)
+                    p.node = None
+                for w, u in units:
+                    u.expr = ast.Index(ast.Call("eye", (dimension(u.node.shape[0]),)),
+                                       (_position(u.node.position, u.node.shape[0]),))
+                    self.terms = [u if t is w else t for t in self.terms]
+                self.terms = [t for t in self.terms if t is not sel]
+                return True
+        return False
+
+    def _window_through_windows(self) -> bool:
+        """A window D[a, j] on a summed label j whose partners are plain terms and windows
+        or identities E[j, i] on their rows (`v[j] * delta[j+1, i] * delta[a+1, j]`, a slice
+        of rows of a column-padded diagonal compiled back from a printed Hessian,
+        `pad(diag(v), ((0, 0), (1, n - 5)))[1:]`): the plain partners sliced to D's columns
+        (`v[1:]` on a) and each E composed with D, one window (a, i), placed exactly later
+        (`pad(diag(...))`), where the product v * E was a dense matrix in which 0 * inf = nan
+        along the row of an infinite entry of v. Whether it did."""
+        for sel in self.terms:
+            node = sel.node
+            if not isinstance(node, Delta) or node.is_identity or \
+                    sel.labels[0] == sel.labels[1] or sel.labels[1] in self.out:
+                continue
+            new, label = sel.labels
+            partners = [t for t in self.terms if t is not sel and label in t.labels]
+            windows = [t for t in partners if isinstance(t.node, Delta)]
+            plain = [t for t in partners if not _structured(t.node)]
+            if not windows or not plain or len(windows) + len(plain) != len(partners) or \
+                    any(p.labels.count(label) != 1 or new in p.labels for p in partners):
+                continue
+            composed = []
+            for w in windows:
+                rows, cols = w.node.shape
+                other = w.labels[1] if w.labels[0] == label else w.labels[0]
+                if w.labels[0] != label and not w.node.is_identity or any(
+                        other in t.labels for t in self.terms if t is not w and
+                        isinstance(t.node, (Unit, Delta))):
+                    break
+                try:
+                    window = Delta(node.shape[0], cols, node.offset + w.node.offset)
+                except (ValueError, TypeError):  # (no dimension)
+                    break
+                composed.append((w, Term(None, (new, other), window)))
+            else:
+                rows, cols = node.shape
+                item = _slice(node.offset, node.offset + rows, cols)
+                for p in plain:
+                    axis = p.labels.index(label)
+                    p.expr = _index(p.expr, len(p.labels), axis, item)
+                    p.labels = p.labels[:axis] + (new,) + p.labels[axis + 1:]
+                    p.node = None
+                for w, d in composed:
+                    d.expr = _delta_expr(d.node)
+                    self.terms = [d if t is w else t for t in self.terms]
+                self.terms = [t for t in self.terms if t is not sel]
+                return True
+        return False
 
     def _pads(self) -> bool:
         """A window left over by _select because several terms carried its row: now that
@@ -1412,6 +1517,15 @@ def _as_right(t: Term, k):
     if t.labels[-2] == k:
         return t.expr, lead, t.labels[-1:], 0
     return swap_last(t.expr, len(t.labels)), lead, t.labels[-2:-1], 1
+
+
+def _delta_expr(node: Delta) -> ast.Expr:
+    """A window or identity as program.py writes it: `eye(n)[1:5]`."""
+    rows, cols = node.shape
+    if node.is_identity:
+        return ast.Call("eye", (dimension(rows),))
+    return ast.Index(ast.Call("eye", (dimension(cols),)),
+                     (_slice(node.offset, node.offset + rows, cols),))
 
 
 def _structured(node) -> bool:

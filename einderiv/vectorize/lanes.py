@@ -462,21 +462,11 @@ class _Batcher:
             node, ready = work.pop()
             if id(node) in self.memo:
                 continue
-            if id(node) in self.rows:
-                batched, row = self.rows[id(node)]
+            found = self._read_from_batch(node)
+            if found is not None:
+                batched, read = found
                 if id(batched) in self.memo:
-                    self.memo[id(node)] = _pick(self.memo[id(batched)], row)
-                    continue
-                if id(node) in active:
-                    raise _Cycle
-                active.add(id(node))
-                work += [(node, False), (batched, False)]
-                continue
-            run = self._read_in_order(node)
-            if run is not None:  # a stack of a batch's rows in order: that batch's window
-                batched, row, lanes = run
-                if id(batched) in self.memo:
-                    self.memo[id(node)] = _window(self.memo[id(batched)], row, lanes)
+                    self.memo[id(node)] = read(self.memo[id(batched)])
                     continue
                 if id(node) in active:
                     raise _Cycle
@@ -512,6 +502,20 @@ class _Batcher:
             else:
                 self.memo[id(node)] = _with_children(node, new)
         return self.memo[id(root)]
+
+    def _read_from_batch(self, node: Node):
+        """(batched node, a function of it rebuilt that reads `node` from it) where `node` is a
+        member, a row of a batch (`_pick`), or a stack of a batch's rows in order, its window
+        (`_window`); else None."""
+        found = self.rows.get(id(node))
+        if found is not None:
+            batched, row = found
+            return batched, lambda rebuilt: _pick(rebuilt, row)
+        run = self._read_in_order(node)
+        if run is not None:
+            batched, row, lanes = run
+            return batched, lambda rebuilt: _window(rebuilt, row, lanes)
+        return None
 
     def _read_in_order(self, node: Node) -> tuple[Node, int, int] | None:
         """(batched node, first row, rows) where `node` is a stack of per-step inputs that
