@@ -66,7 +66,7 @@ Faults (strict xfails below), worst first:
    stack(eye(n)[p]...)`.
 5. O(T^3) time and memory: the gradient of `sum_t x[2t] * x[2t+1] * exp(x[2t+2])` takes
    8.7 ms at T = 100, 374 ms at T = 400, 1.9 s and 4.1 GB at T = 800, and is killed (out of
-   memory) at T = 1600. contraction.py `_rows_placed` repeats its unnamed `expr`
+   memory) at T = 1600. contraction.py `rows_placed` repeats its unnamed `expr`
    (`eye(T+1)[2:]`) in every part of the concatenate it builds, so the generated code builds
    a (T-1) x (T+1) identity per column, all alive until the concatenate; and the product
    with it is `@ x`. (Also before.) FIXED, twice over: with 2 (lanes.py `_picks_of_steps`:

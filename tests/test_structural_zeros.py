@@ -113,7 +113,7 @@ def test_stacked_picks_place_rows_without_a_selection_matrix():
 
 
 # Rows read out of range order and more than once, as a recurrent program's steps do: the
-# gradient is one concatenate of runs of rows, zeros and sums (contraction._rows_placed).
+# gradient is one concatenate of runs of rows, zeros and sums (contraction.rows_placed).
 ROWS = [[0, 1, 3], [3, 1, 3, 4], [4, 2, 0], [1, 2, 3, 5, 0]]
 
 

@@ -87,9 +87,9 @@ class Plan:
 
     def __init__(self, roots: list[Node], rules: RuleBook | None = None, accepted=None):
         """`accepted`: further names the call may pass although the results do not use them
-        (every variable of the expression, as the API accepts them). A dict of name -> shape also lets such
-        an input be checked and bind dimension names (`eye(n)` where only `X: [n, d]` has n).
-        """
+        (every variable of the expression, as the API accepts them). A dict of name -> shape
+        also lets such an input be checked and bind dimension names (`eye(n)` where only
+        `X: [n, d]` has n)."""
         self.roots = list(roots)
         self.rules = rules or default_rulebook()
         self.order = topological(*self.roots)

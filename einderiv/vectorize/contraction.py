@@ -457,7 +457,7 @@ class ContractionTranslator:
                                                       label, widths[2], self.out)
                 continue
             if widths[0] == "rows":
-                term.expr = _rows_placed(term.expr, term.labels, label, *widths[1:], dims)
+                term.expr = rows_placed(term.expr, term.labels, label, *widths[1:], dims)
                 continue
             if widths[0] == "lanes":
                 term.expr, term.labels = _lanes_placed(term.expr, term.labels, label,
@@ -636,8 +636,7 @@ class ContractionTranslator:
                     p.labels = tuple(l for l in p.labels if l != label)
                     p.node = None
                 for w, u in units:
-                    u.expr = ast.Index(ast.Call("eye", (dimension(u.node.shape[0]),)),
-                                       (_position(u.node.position, u.node.shape[0]),))
+                    u.expr = selection(u.node)
                     self.terms = [u if t is w else t for t in self.terms]
                 self.terms = [t for t in self.terms if t is not sel]
                 return True
@@ -685,7 +684,7 @@ class ContractionTranslator:
                     p.labels = p.labels[:axis] + (new,) + p.labels[axis + 1:]
                     p.node = None
                 for w, d in composed:
-                    d.expr = _delta_expr(d.node)
+                    d.expr = selection(d.node)
                     self.terms = [d if t is w else t for t in self.terms]
                 self.terms = [t for t in self.terms if t is not sel]
                 return True
@@ -1182,7 +1181,7 @@ def _padded(expr: ast.Expr, labels: tuple, widths: dict) -> ast.Expr:
         ast.Tuple(widths[l]) if l in widths else zero for l in labels))))
 
 
-def _rows_placed(expr: ast.Expr, labels: tuple, label, positions: list[int], n: Dim,
+def rows_placed(expr: ast.Expr, labels: tuple, label, positions: list[int], n: Dim,
                  dims) -> ast.Expr:
     """`expr` (axes `labels`) with its rows k on axis `label` placed at rows positions[k] of an
     n-axis, the rows at one position summed and zeros between: one concatenate of runs of
@@ -1413,7 +1412,7 @@ def _evenly_spaced(positions: list[int], n: Dim) -> tuple | None:
     """The widths `_scatter` pads by (and the step and span it dilates by, for a step over
     1) that place rows k at positions p + step * k of an n-axis, where the positions are so
     spaced (rows picked at every other place of a window, `e_2, e_4, e_6`): a pad and a
-    dilation, where `_rows_placed` concatenated a part per row and the zeros between them
+    dilation, where `rows_placed` concatenated a part per row and the zeros between them
     (the formula growing with the rows). Else None."""
     if len(positions) < 2:
         return None
@@ -1432,7 +1431,7 @@ def _evenly_spaced(positions: list[int], n: Dim) -> tuple | None:
 def _window_of_unit_rows(node: Contract) -> tuple[float, list[tuple[Dim, Dim]]] | None:
     """`_scaled_unit_rows` of rows of a stack of unit vectors, `W[r, c] * S[c, i]` with W a
     window or every k-th row of one (lanes.py reading a run of the rows another batch stacked):
-    the stack of the rows it selects, placed or read as such (by slicing, `_rows_placed`),
+    the stack of the rows it selects, placed or read as such (by slicing, `rows_placed`),
     where the window was placed as a matrix of its own (`eye(T + 1)[2:]`, rebuilt for every
     part of the placement: O(T^3)) and multiplied with its partner. Else None."""
     if node.rank != 2 or len(node.operands) != 2 or len(set(node.out)) != 2:
@@ -1519,8 +1518,12 @@ def _as_right(t: Term, k):
     return swap_last(t.expr, len(t.labels)), lead, t.labels[-2:-1], 1
 
 
-def _delta_expr(node: Delta) -> ast.Expr:
-    """A window or identity as program.py writes it: `eye(n)[1:5]`."""
+def selection(node: Delta | Unit) -> ast.Expr:
+    """A window, identity or unit vector as a person writes it: `eye(n)[1:5]`, `eye(n)`,
+    `eye(n)[k]` (the generated code builds each in O(n))."""
+    if isinstance(node, Unit):
+        return ast.Index(ast.Call("eye", (dimension(node.shape[0]),)),
+                         (_position(node.position, node.shape[0]),))
     rows, cols = node.shape
     if node.is_identity:
         return ast.Call("eye", (dimension(rows),))

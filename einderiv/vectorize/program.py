@@ -16,8 +16,8 @@ from ..lower.convolution import is_convolution, surface as convolution_surface
 from ..lower.linear import is_linear, surface as linear_surface
 from ..parse import ast
 from ..rulebook import RuleBook, default_rulebook
-from .contraction import (ContractionTranslator, _rows_placed, align, broadcast, dimension,
-                          number, row_window, scaled, transpose)
+from .contraction import (ContractionTranslator, align, broadcast, dimension, number,
+                          row_window, rows_placed, scaled, selection, transpose)
 from .fuse import fuse_products
 from .projections import fuse_projections
 from .siblings import batch_siblings
@@ -244,18 +244,8 @@ class _Translator:
             return number(node.value)
         if isinstance(node, Size):
             return ast.Call("size", (dimension(node.dim),))
-        if isinstance(node, Delta):
-            rows, cols = node.shape
-            if node.is_identity:
-                return ast.Call("eye", (dimension(rows),))
-            from .contraction import _slice
-            window = _slice(node.offset, node.offset + rows, cols)
-            return ast.Index(ast.Call("eye", (dimension(cols),)), (window,))
-        if isinstance(node, Unit):
-            # A row of the identity, as a person writes it; the generated code builds it in O(n).
-            from .contraction import _position
-            return ast.Index(ast.Call("eye", (dimension(node.shape[0]),)),
-                             (_position(node.position, node.shape[0]),))
+        if isinstance(node, (Delta, Unit)):
+            return selection(node)
         if isinstance(node, Prim):
             return self._primitive(node)
         if isinstance(node, (Map, Add, Contract)):
@@ -344,7 +334,7 @@ class _Translator:
         """`sum_t outer(a_t, e_(p_t))` (or `outer(e_(p_t), b_t)`), unit vectors at concrete
         places on one side (a Hessian's rows of unrolled steps too few to batch): each a_t
         placed at row or column p_t among exact zeros (those at one place summed), by
-        `_rows_placed`, not `stack(a...).T @ stack(eye(n)[p]...)`, a 0/1 product of
+        `rows_placed`, not `stack(a...).T @ stack(eye(n)[p]...)`, a 0/1 product of
         O(steps m n) where 0 * inf = nan spread an infinite entry of an a_t over every
         entry. None where neither side is such unit vectors."""
         for side in (1, 0):
@@ -358,7 +348,7 @@ class _Translator:
                      for a, u in zip(others, units)]
             rows = ast.Call("stack", tuple(scaled(c, self.expr(a))
                                            for c, a in zip(coefs, others)))
-            placed = _rows_placed(rows, (0, 1), 0, [u.position.offset for u in units], n,
+            placed = rows_placed(rows, (0, 1), 0, [u.position.offset for u in units], n,
                                   {0: n, 1: m})
             return placed if side == 0 else transpose(placed)
         return None

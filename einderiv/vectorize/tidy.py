@@ -15,9 +15,10 @@ local, looks a bounded depth into its operands, and is exact or within rounding 
 - a factor times itself is its power (`y * y` is `y ** 2`, `y ** 2 * y` is `y ** 3`, `2 * y *
   y` is `2 * y ** 2`), where the product multiplies nothing else first but a number. `y * x *
   y` stays: joined as `y ** 2 * x` it would reorder the multiplications, and two small factors
-  would meet before the large one that kept them apart (the Hessian of `sum(sqrt(softplus(x)))` at x = -400, `t0 * (-t2 /
-  t1) * t0`, was twice its value as `t0 ** 2 * (t2 / t1)`, t0 ** 2 subnormal), as `a / b ** 2`
-  would overflow where `a / b / b` does not.
+  would meet before the large one that kept them apart (the Hessian of
+  `sum(sqrt(softplus(x)))` at x = -400, `t0 * (-t2 / t1) * t0`, was twice its value as
+  `t0 ** 2 * (t2 / t1)`, t0 ** 2 subnormal), as `a / b ** 2` would overflow where `a / b / b`
+  does not.
 
 Programs are rewritten bottom-up with an explicit stack, and every rule walks a bounded part of
 its operands (or, for a minus, the first factors of one product), so the pass is linear in the
