@@ -494,3 +494,58 @@ def test_clean_errors_and_no_pasted_names():
     for tok in tokens:
         if tok.type == tokenize.NAME and ("zqv" in tok.string or "qzd" in tok.string):
             assert tok.string in ("zqv", "_dim_qzd"), tok.string
+
+
+# A pole shared by every step, `sum_t log(x[0]) * x[k t + s]`: the gradient is log(x[0]) at the
+# places the steps read (lanes.py batches them as every k-th row of the identity, summed over
+# the steps) and sum_t x[k t + s] / x[0] at 0; the Hessian has 1 / x[0] in row and column 0 at
+# those places. `log(t0) * sum(eye(n)[1:8:2], axis=0)` was 0 * -inf = nan at x[0] = 0 between
+# the places; contraction._scaled_strided_sum places the number by dilate and pad.
+def _shared_pole(steps, stride, offset, v):
+    reads = [stride * t + offset for t in range(steps)]
+    g, h = np.zeros(v.size), np.zeros((v.size, v.size))
+    with np.errstate(all="ignore"):
+        g[reads] = np.log(v[0])
+        g[0] = sum(v[reads]) / v[0]
+        h[0, reads] = h[reads, 0] = 1 / v[0]
+        h[0, 0] = -sum(v[reads]) / v[0] ** 2
+    return g, h
+
+
+def _shared_pole_total(steps, stride, offset):
+    x = einderiv.var("x", ("n",))
+    total = None
+    for t in range(steps):
+        term = fn.log(x[0]) * x[stride * t + offset]
+        total = term if total is None else total + term
+    return x, total
+
+
+@pytest.mark.no_roundtrip
+@pytest.mark.parametrize("steps, stride, offset, kinds", [
+    (1, 2, 1, ("grad", "hessian")), (3, 2, 1, ("grad", "hessian")),
+    (4, 3, 2, ("grad", "hessian")), (12, 2, 1, ("grad",)), (9, 4, 3, ("grad",))])
+def test_shared_pole_keeps_structural_zeros(steps, stride, offset, kinds):
+    x, total = _shared_pole_total(steps, stride, offset)
+    n = stride * steps + offset + 2
+    for pole in (True, False):
+        v = np.linspace(0.5, 1.5, n)
+        v[0] = 0.0 if pole else v[0]
+        for kind, want in zip(("grad", "hessian"), _shared_pole(steps, stride, offset, v)):
+            if kind not in kinds:
+                continue
+            for path, got in _paths(getattr(einderiv, kind)(total, x), x=v).items():
+                assert _same(got, want), (kind, path, pole, got)
+
+
+@pytest.mark.no_roundtrip
+@pytest.mark.xfail(strict=True, reason="past MAX_DISTRIBUTED_TERMS (8) the IR keeps 1 / x[0] "
+                   "times the sum of the steps' unit vectors whole: the Hessian's row 0 is "
+                   "t1 * (eye(n)[1] + eye(n)[3] + ...), 0 * inf = nan between the places")
+def test_shared_pole_hessian_past_the_distribution_bound():
+    x, total = _shared_pole_total(12, 2, 1)
+    v = np.linspace(0.5, 1.5, 27)
+    v[0] = 0.0
+    want = _shared_pole(12, 2, 1, v)[1]
+    for path, got in _paths(einderiv.hessian(total, x), x=v).items():
+        assert _same(got, want), (path, got[0])
