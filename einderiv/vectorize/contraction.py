@@ -611,21 +611,17 @@ class ContractionTranslator:
                 continue  # (a row of a window alone is its row, `eye(5)[2:][2]`: exact)
             units = []
             for w in windows:
+                other = self._window_read_through(w, label)
+                if other is None:
+                    break
                 rows, cols = w.node.shape
-                other = w.labels[1] if w.labels[0] == label else w.labels[0]
-                try:
-                    if w.labels[0] == label:  # row k: the column k + offset
-                        position, length = node.position + w.node.offset, cols
-                    elif w.node.is_identity:
-                        position, length = node.position, rows
-                    else:
-                        break
+                try:  # row k of a window is its column k + offset; of the identity, k
+                    position, length = (node.position + w.node.offset, cols) \
+                        if w.labels[0] == label else (node.position, rows)
                 except (ValueError, TypeError):  # (no dimension)
                     break
                 if not isinstance(position, Dim) or position.name is not None and \
-                        position.name != length.name or any(
-                            other in t.labels for t in self.terms if t is not w and
-                            isinstance(t.node, (Unit, Delta))):
+                        position.name != length.name:
                     break
                 units.append((w, Term(None, (other,), Unit(length, position))))
             else:
@@ -636,12 +632,28 @@ class ContractionTranslator:
                     p.expr = _index(p.expr, len(p.labels), p.labels.index(label), item)
                     p.labels = tuple(l for l in p.labels if l != label)
                     p.node = None
-                for w, u in units:
-                    u.expr = selection(u.node)
-                    self.terms = [u if t is w else t for t in self.terms]
-                self.terms = [t for t in self.terms if t is not sel]
+                self._windows_replaced(sel, units)
                 return True
         return False
+
+    def _window_read_through(self, w: Term, label) -> object | None:
+        """The other label of the window or identity `w` read through a selection on `label`
+        (`_pick_through_windows`, `_window_through_windows`): None where `label` is a
+        window's column (its rows are not read by it), or where another selection carries
+        that other label (it would be placed twice)."""
+        other = w.labels[1] if w.labels[0] == label else w.labels[0]
+        if w.labels[0] != label and not w.node.is_identity or any(
+                other in t.labels for t in self.terms
+                if t is not w and isinstance(t.node, (Unit, Delta))):
+            return None
+        return other
+
+    def _windows_replaced(self, sel: Term, pairs: list[tuple[Term, Term]]):
+        """Each window of `pairs` by the selection it became, written out; `sel` gone."""
+        for w, new in pairs:
+            new.expr = selection(new.node)
+            self.terms = [new if t is w else t for t in self.terms]
+        self.terms = [t for t in self.terms if t is not sel]
 
     def _window_through_windows(self) -> bool:
         """A window D[a, j] on a summed label j whose partners are plain terms and windows
@@ -665,14 +677,11 @@ class ContractionTranslator:
                 continue
             composed = []
             for w in windows:
-                rows, cols = w.node.shape
-                other = w.labels[1] if w.labels[0] == label else w.labels[0]
-                if w.labels[0] != label and not w.node.is_identity or any(
-                        other in t.labels for t in self.terms if t is not w and
-                        isinstance(t.node, (Unit, Delta))):
+                other = self._window_read_through(w, label)
+                if other is None:
                     break
                 try:
-                    window = Delta(node.shape[0], cols, node.offset + w.node.offset)
+                    window = Delta(node.shape[0], w.node.shape[1], node.offset + w.node.offset)
                 except (ValueError, TypeError):  # (no dimension)
                     break
                 composed.append((w, Term(None, (new, other), window)))
@@ -684,10 +693,7 @@ class ContractionTranslator:
                     p.expr = _index(p.expr, len(p.labels), axis, item)
                     p.labels = p.labels[:axis] + (new,) + p.labels[axis + 1:]
                     p.node = None
-                for w, d in composed:
-                    d.expr = selection(d.node)
-                    self.terms = [d if t is w else t for t in self.terms]
-                self.terms = [t for t in self.terms if t is not sel]
+                self._windows_replaced(sel, composed)
                 return True
         return False
 
