@@ -324,3 +324,40 @@ def test_threads_calling_by_position_and_keyword_with_two_signatures():
     for t in threads:
         t.join()
     assert not wrong
+
+
+# --- the entry's keyword parameters: the inputs bind by name, without a dict of their own
+# (generate/function.py `_guard(keywords=True)`; names that are the entry's own locals keep
+# the entry that reads a dict)
+
+@pytest.mark.parametrize("a, b", [("x", "y"), ("rest", "y"), ("_p1", "_p0"), ("a0", "a1"),
+                                  ("_given", "_MISS"), ("r", "e"), ("args", "_result")])
+def test_every_call_form_with_keyword_parameters(a, b):
+    g = einderiv.grad(f"sum(exp({a}) * {b})", a, {a: ("n",), b: ("n",)})
+    x, y = np.linspace(0, 1, 3), np.linspace(1, 2, 3)
+    want = np.exp(x) * y
+    for _ in range(3):
+        np.testing.assert_allclose(g(**{a: x, b: y}), want, rtol=1e-15)
+        np.testing.assert_allclose(g(**{b: y, a: x}), want, rtol=1e-15)
+        np.testing.assert_allclose(g(x, y), want, rtol=1e-15)
+        np.testing.assert_allclose(g(x, **{b: y}), want, rtol=1e-15)
+        np.testing.assert_allclose(g(**{a: y, b: x}), np.exp(y) * x, rtol=1e-15)
+    for args, kwargs in [((), {a: x}), ((), {b: y}), ((x,), {a: x}), ((x, y), {"z": x}),
+                         ((), {a: x, b: y, "z": x}), ((x, y, x), {})]:
+        with pytest.raises(einderiv.InputError):
+            g(*args, **kwargs)
+    np.testing.assert_allclose(g(**{a: x, b: y}), want, rtol=1e-15)  # the entry still holds
+
+
+def test_the_entry_binds_keywords_as_parameters_named_as_the_inputs():
+    g = einderiv.grad("sum(exp(x) * y)", "x", {"x": ("n",), "y": ("n",)})
+    x, y = np.linspace(0, 1, 3), np.linspace(1, 2, 3)
+    g(x=x, y=y)
+    code = g._call.__func__.__code__
+    assert code.co_kwonlyargcount == 2
+    assert code.co_varnames[code.co_argcount:code.co_argcount + 2] == ("x", "y")
+    # an input named as one of the entry's locals: the entry that reads a dict
+    h = einderiv.grad("sum(exp(rest) * y)", "rest", {"rest": ("n",), "y": ("n",)})
+    h(rest=x, y=y)
+    assert h._call.__func__.__code__.co_kwonlyargcount == 0
+    np.testing.assert_allclose(h(rest=x, y=y), np.exp(x) * y, rtol=1e-15)
