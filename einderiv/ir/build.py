@@ -816,7 +816,11 @@ def index(node: Node, items: list) -> Node:
     return contract(tuple(out), [(node, tuple(labels))] + ops, broadcast)
 
 
-def _position(k: int, dim: Dim) -> Dim:
+def _position(k: int | Dim, dim: Dim) -> Dim:
+    if isinstance(k, Dim):  # a position of the sizes (`x[n - 2]`): checked at the call
+        if k.is_concrete and dim.is_concrete and not 0 <= k.offset < dim.offset:
+            raise ShapeError(f"index {k} is out of bounds for an axis of size {dim}")
+        return k
     if dim.is_concrete:
         if not -dim.offset <= k < dim.offset:
             raise ShapeError(f"index {k} is out of bounds for an axis of size {dim}")

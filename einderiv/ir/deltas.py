@@ -86,7 +86,8 @@ def contract_units(flat: list, out: set) -> list | None:
             rows, cols = other.shape
             try:
                 if ls[1] == l:  # e_p[l] * delta[a + o, l]: a = p - o
-                    found, label = _unit_at(node.position - other.offset, rows, other), ls[0]
+                    found, label = _unit_at(node.position - other.offset, rows, other,
+                                            source=(node.position, cols)), ls[0]
                 else:  # e_p[l] * delta[l + o, b]: b = p + o
                     found, label = _unit_at(node.position + other.offset, cols, other), ls[1]
             except ValueError:  # (no dimension: `0 - n`)
@@ -163,8 +164,10 @@ def _composed(flat: list, k: int, out: set) -> list | None:
     rest = [op for i, op in enumerate(flat) if i not in (k, carriers[0])]
     windows = (node, other)
     if offset is not None:
+        # (at every size where both are windows, empty ones too: the result is checked as a
+        # window at every size the call is made, `eye(n)[1:n, -1:]` at n = 1 among them)
         if _always(lambda env: 0 <= offset.size(env) and offset.size(env) + rows.size(env) <=
-                   cols.size(env), (offset,), windows) is True:
+                   cols.size(env), (offset,), windows, empty_too=True) is True:
             return rest + [(Delta(rows, cols, offset), (b, a))]
         try:
             back = ZERO - offset
@@ -172,7 +175,7 @@ def _composed(flat: list, k: int, out: set) -> list | None:
             back = None
         if back is not None and _always(
                 lambda env: 0 <= back.size(env) and back.size(env) + cols.size(env) <=
-                rows.size(env), (back,), windows) is True:
+                rows.size(env), (back,), windows, empty_too=True) is True:
             return rest + [(Delta(cols, rows, back), (a, b))]
     # They overlap in part (`concatenate((x[:2], x))[1:3]` reads the end of one part and the
     # start of the next): rows lo .. hi - 1 of j are in both, a window of each on a new
@@ -187,24 +190,39 @@ def _composed(flat: list, k: int, out: set) -> list | None:
         first, second = lo - node.offset, lo - other.offset
     except ValueError:
         return None
+    # (the overlap may be empty, never negative, at every size where both are windows: at
+    # n = 1, eye(n)[:-1, 1:] is two empty windows, whose overlap n - 2 would refuse the call)
+    if _always(lambda env: length.size(env) >= 0, (length,), windows, empty_too=True) is not True:
+        return None
     c = 1 + max([*out, *(l for _, ls in flat for l in ls)])
     return rest + [(Delta(length, cols, first), (c, a)), (Delta(length, rows, second), (c, b))]
 
 
 def _larger(p: Dim, q: Dim, windows, smaller: bool = False) -> Dim | None:
     """The larger of p and q (the smaller with `smaller`) at every size where `windows` are
-    windows, or None when that depends on the sizes."""
-    first = _always(lambda env: (p.size(env) >= q.size(env)) != smaller, (p, q), windows)
+    windows (empty ones too), or None when that depends on the sizes."""
+    first = _always(lambda env: (p.size(env) >= q.size(env)) != smaller, (p, q), windows,
+                    empty_too=True)
     return None if first is None else p if first else q
 
 
-def _unit_at(position: Dim | None, length: Dim, window: Delta):
+def _unit_at(position: Dim | None, length: Dim, window: Delta, source=None):
     """`Unit(length, position)` when the position is inside for every size where `window` is
-    one, False when it is outside for every such size, None when that depends on the sizes."""
+    one, False when it is outside for every such size, None when that depends on the sizes.
+    With `source` (the position and length of the unit read back through the window onto its
+    rows), sizes where the window is empty and that unit inside its axis count too: the rows
+    are an empty axis there, where the product is an empty vector and a unit would be an index
+    out of range (`eye(n)[1:, -1]` is `e_(n-2)` on n - 1 rows only from n = 2 on; at n = 1 it
+    is empty, and a unit there refused the call, where numpy's value is an empty vector)."""
     if position is None:
         return None
+    where = None
+    if source is not None:
+        p, n = source
+        where = lambda env: 0 <= p.size(env) < n.size(env)  # noqa: E731
     inside = _always(lambda env: 0 <= position.size(env) < length.size(env),
-                     (position, length), (window,), empty_is=False)
+                     (position, length, *(source or ())), (window,), empty_is=False,
+                     empty_too=source is not None, where=where)
     if inside is True:
         return Unit(length, position)
     return inside
@@ -223,7 +241,8 @@ def _unit_outside(position: Dim, window: Delta, on_column: bool):
     return False if found is False else None
 
 
-def _always(test, dims, windows=(), empty_is=None) -> bool | None:
+def _always(test, dims, windows=(), empty_is=None, empty_too: bool = False,
+            where=None) -> bool | None:
     """True when `test(env)` holds at every size of the names in `dims` and `windows`, False
     when it holds at none, None when it depends on them. Only the sizes at which every window
     is one count: not empty, and inside its columns (0 <= offset, offset + rows <= cols), as
@@ -231,7 +250,8 @@ def _always(test, dims, windows=(), empty_is=None) -> bool | None:
     most, in sizes linear in it (`n + 1`, `2 * n - 3`; else None), and its sizes are tried at
     every value up to past the sum of the offsets and at two large values: the tests, built
     of comparisons of sums of a few such sizes, cannot change past there. `empty_is`: the
-    answer when no size counts."""
+    answer when no size counts. `empty_too`: sizes where a window is empty (no rows, inside
+    its columns) count too. `where(env)`: only sizes where it holds count."""
     from ..lower.dimensions import factors  # (lowering builds with this module)
     dims = [*dims, *(d for w in windows for d in (*w.shape, w.offset))]
     names = set()
@@ -258,7 +278,8 @@ def _always(test, dims, windows=(), empty_is=None) -> bool | None:
     seen = set()
     for env in samples:
         try:
-            if all(_window_holds(w, env) for w in windows):
+            if all(_window_holds(w, env, empty_too) for w in windows) and (
+                    where is None or where(env)):
                 seen.add(bool(test(env)))
         except (KeyError, ValueError, ZeroDivisionError):
             return None
@@ -267,9 +288,11 @@ def _always(test, dims, windows=(), empty_is=None) -> bool | None:
     return seen.pop() if len(seen) == 1 else None
 
 
-def _window_holds(window: Delta, env: dict) -> bool:
+def _window_holds(window: Delta, env: dict, empty_too: bool = False) -> bool:
     rows, cols = (d.size(env) for d in window.shape)
     offset = window.offset.size(env)
+    if empty_too:
+        return rows >= 0 and 0 <= offset and offset + rows <= cols
     return rows > 0 and cols > 0 and 0 <= offset and offset + rows <= cols
 
 

@@ -310,7 +310,23 @@ def _index_item(item, scope):
         lo = None if item.lo is None else _bound(item.lo, scope)
         hi = None if item.hi is None else _bound(item.hi, scope)
         return ("slice", lo, hi)
-    return ("int", constant_int(item, "an index"))
+    try:
+        return ("int", constant_int(item, "an index"))
+    except ParseError:
+        # a dimension name plus or minus an integer, as a slice bound (`x[n - 2]`): the
+        # printed formulas pick so where a position depends on the sizes
+        if not _names_a_dimension(item, scope):
+            raise
+    return ("int", _bound(item, scope))
+
+
+def _names_a_dimension(expr: ast.Expr, scope) -> bool:
+    """Whether `expr` is a dimension name, or one plus or minus an integer (`n - 2`)."""
+    if isinstance(expr, ast.BinOp) and expr.op in "+-":
+        expr = expr.left
+    return isinstance(expr, ast.Name) and (expr.id in scope.sizes or (
+        expr.id in scope.dims() and expr.id not in scope.bound and
+        expr.id not in scope.declared))
 
 
 def _bound(expr: ast.Expr, scope):
