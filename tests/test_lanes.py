@@ -173,3 +173,20 @@ def test_per_step_products_of_any_loss_form_are_one_product(loss_form):
     f = einderiv.compile(loss, {})
     expected = finite_difference(f, arrays, "W")
     assert relative_error(g(**arrays), expected) < 1e-6
+
+
+@pytest.mark.parametrize("steps", [4, 12])
+def test_steps_read_backwards_are_one_reversed_window(steps):
+    # `log(x[2t]) * x[2(T-1-t)+1]`: step t's second pick is the batch of first picks read from
+    # the other end: one reversed window (`[::-1]`), where it was a slice per step stacked
+    x = einderiv.var("x", ("n",))
+    total = None
+    for t in range(steps):
+        term = einderiv.fn.log(x[2 * t]) * x[2 * (steps - 1 - t) + 1]
+        total = term if total is None else total + term
+    g = einderiv.grad(total, x)
+    assert "[::-1]" in g.formula, g.formula
+    assert not re.search(r"concatenate\(\(t\d+\[\d+:\d+\], t\d+\[\d+:\d+\]", g.formula), g.formula
+    v = np.linspace(0.5, 1.5, 2 * steps + 3)
+    want = finite_difference(einderiv.compile(total), {"x": v}, "x")
+    assert relative_error(g(x=v), want) < 1e-6

@@ -22,6 +22,7 @@ from collections import defaultdict
 from ..ir import build
 from ..ir.dims import Dim
 from ..ir.nodes import Add, Contract, Delta, Map, Node, Prim, Unit, topological
+from ..lower import linear
 from ..lower.convolution import is_convolution
 from .contraction import row_window
 
@@ -514,6 +515,9 @@ class _Batcher:
         run = self._read_in_order(node)
         if run is not None:
             batched, row, lanes = run
+            if lanes < 0:  # rows row, row - 1, ...: the window that ends there, reversed
+                first = row + lanes + 1
+                return batched, lambda rebuilt: linear.flip(_window(rebuilt, first, -lanes), 0)
             return batched, lambda rebuilt: _window(rebuilt, row, lanes)
         return None
 
@@ -522,7 +526,9 @@ class _Batcher:
         became rows row, row + 1, ... of one batch made after the stack was (a step's form
         whose inputs another form's batch computes, `exp(x[3t])` of three cycled forms): the
         stack is that batch's window, where its rows picked one by one and stacked again were
-        a part per step (`concatenate((t5[:1], t5[1:2], ...))`). Else None."""
+        a part per step (`concatenate((t5[:1], t5[1:2], ...))`). Rows row, row - 1, ... (steps
+        that read one input forwards and another backwards, `log(x[2t]) * x[2(T-1-t)+1]`) are
+        -rows: the window reversed, where they were a part per step too. Else None."""
         items = self.items.get(id(node))
         if items is None:
             return None
@@ -530,9 +536,10 @@ class _Batcher:
         if any([f is None for f in found]):
             return None
         batched, row = found[0]
-        if any([f[0] is not batched or f[1] != row + k for k, f in enumerate(found)]):
+        step = -1 if len(found) > 1 and found[1][1] == row - 1 else 1
+        if any([f[0] is not batched or f[1] != row + step * k for k, f in enumerate(found)]):
             return None
-        return batched, row, len(items)
+        return batched, row, step * len(items)
 
     def _lane_sums(self, node: Add) -> dict[int, tuple[Node, list[float], list[Node]]]:
         """id of a batched node -> (that node, the coefficient and the member of each of its
