@@ -571,16 +571,19 @@ def test_textbook_kl_of_two_softmaxes_at_large_logits():
         assert _same(got, [1.0, -1.0, 0.0])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "lower/dimensions.py bind(): a plain name that disagrees between inputs is reported as "
-    "'{bound([d.name])}, so {d} is ...', which for d = n (offset 0) reads 'n is 2 (from 'X'), so "
-    "n is 2': a tautology that names neither the axis nor the size found there"))
+# (fixed: lower/dimensions.py bind() read 'n is 2 (from 'X'), so n is 2', a tautology naming
+# neither the axis nor the size found there; it names both now)
 def test_a_dimension_mismatch_says_which_size_disagrees():
     f = einderiv.compile("sum(X @ Y)", {"X": ("n", "d"), "Y": ("d", "n")})
     with pytest.raises(einderiv.ShapeError) as info:
         f(X=np.zeros((2, 3)), Y=np.zeros((3, 4)))
     message = str(info.value)
     assert "input 'Y'" in message and "so n is 2" not in message
+    assert "axis 1 is 4, but n is 2 (from 'X')" in message
+    g = einderiv.compile("sum(x[1:] * y)", {"x": ("n",), "y": ("n - 1",)})
+    with pytest.raises(einderiv.ShapeError, match=r"axis 0 is 3, but n is 3 \(from 'x'\), "
+                                                  r"so n-1 is 2"):
+        g(x=np.zeros(3), y=np.zeros(3))
 
 
 def test_masked_loss_with_nan_targets_held_through_a_pole():

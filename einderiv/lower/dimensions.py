@@ -327,7 +327,7 @@ def bind(given: dict) -> dict[str, int]:
 
     composites = []
     for name, (shape, actual) in given.items():
-        for d, size in zip(shape, actual):
+        for axis, (d, size) in enumerate(zip(shape, actual)):
             if not isinstance(size, numbers.Integral):  # dask's nan: a size not known yet
                 raise ShapeError(f"input '{name}' has an axis of unknown size: shape "
                                  f"{tuple(actual)}, declared {show_shape(shape)}",
@@ -342,8 +342,9 @@ def bind(given: dict) -> dict[str, int]:
                 value = size - d.offset
                 if value < 0:
                     fail(name, f": {d.name} would be {value}")
-                if env.setdefault(d.name, value) != value:
-                    fail(name, f": {bound([d.name])}, so {d} is {env[d.name] + d.offset}")
+                if env.setdefault(d.name, value) != value:  # (the axis, its size, the other)
+                    fail(name, f": axis {axis} is {size}, but {bound([d.name])}" +
+                         (f", so {d} is {env[d.name] + d.offset}" if d.offset else ""))
                 source.setdefault(d.name, name)
     progress = True
     while progress:
