@@ -115,6 +115,7 @@ import io
 import tracemalloc
 import warnings
 
+import mpmath as mp
 import numpy as np
 import pytest
 
@@ -537,10 +538,9 @@ def test_window_gradient_memory_is_linear():
     assert peak < 10 * out.nbytes
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the generated code and printed formula compute d/dl of y / (exp(l) * exp(l)) as "
-    "`-2 * y / t1 / t1 * t1`, t1 = exp(l) ** 2 (the quotient rule's -(a / b) / b times db, "
-    "uncancelled): at l = 400 t1 = inf and 0 * inf = nan, where the IR and JAX give -0.0"))
+# (fixed: d/dl of y / (exp(l) * exp(l)) was `-2 * y / t1 / t1 * t1`, t1 = exp(l) ** 2, the
+# quotient rule's -(a / b) / b times db uncancelled: nan at l = 400, where the IR and JAX give
+# -0.0; ir/build.py `_cancel_quotients` cancels b against its own factors)
 def test_gradient_of_a_product_variance_is_not_nan():
     g = einderiv.grad("sum(y / (exp(l) * exp(l)))", "l", {"l": ("n",), "y": ("n",)})
     arrays = dict(l=np.array([400.0, 1.0]), y=np.array([1.0, 1.0]))
@@ -625,3 +625,22 @@ def test_pole_on_a_slice_of_the_diagonal_keeps_structural_zeros():
     g = einderiv.grad("sum(log(diag(X)[1:]))", "X", {"X": ("n", "n")})
     for path, got in _paths(g, X=X_).items():
         assert _same(got, want), path
+
+
+@pytest.mark.parametrize("l", [400.0, -300.0, -340.0, 1.0, -1.0])
+@pytest.mark.parametrize("t0", [1e-100, 1e-30, 1.0, 1e30])
+def test_gradient_of_a_squared_standardized_residual_is_finite(l, t0):
+    # d/dl ((y - m) / exp(l)) ** 2 = -2 ((y - m) / exp(l)) ** 2: `-2 * t0 ** 2` of the ratio,
+    # where cancelling the other quotient left -2 (y - m) ((y - m) / t1) / t1, whose inner
+    # quotient overflows first (inf at l = -300, y - m = 1e-100; the value is -7.5e60)
+    g = einderiv.grad("sum(((y - m) / exp(l)) ** 2)", "l",
+                      {"l": ("n",), "y": ("n",), "m": ("n",)})
+    arrays = dict(l=np.array([l]), y=np.array([t0]), m=np.array([0.0]))
+    want = -2 * float(mp.mpf(t0) ** 2 * mp.exp(-2 * mp.mpf(l)))
+    for path, got in _paths(g, **arrays).items():
+        if np.isfinite(want):
+            np.testing.assert_allclose(got, [want], rtol=1e-13, err_msg=path)
+        else:
+            assert np.array_equal(got, [want]), path
+    assert g.formula.endswith("-2 * t0 ** 2"), g.formula
+

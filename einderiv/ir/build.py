@@ -158,6 +158,11 @@ def contract(out, operands, broadcast: dict | None = None) -> Node:
             flat = _split_windows(flat, out, *pair)
     if quotients:
         flat = _cancel_reciprocals(flat)
+        cancelled = _cancel_quotients(flat)
+        if cancelled is not None:  # built again: what is left may fold or cancel further
+            if scale != 1.0:
+                cancelled.insert(0, (Const(scale), ()))
+            return contract(out, cancelled, {l: d for l, d in broadcast.items() if l in out})
     if not flat or scale != 1.0:
         flat.insert(0, (Const(scale), ()))
     out = tuple(out)
@@ -385,6 +390,52 @@ def _cancel_reciprocals(flat: list) -> list:
                     rest = [op for i, op in enumerate(flat) if i not in (j, k)]
                     return _cancel_reciprocals(rest)
     return flat
+
+
+def _cancel_quotients(flat: list) -> list | None:
+    """`(a / b) * b` -> a, for b another factor, or an elementwise product whose factors all
+    are (`(a / (u * v)) * u * v`): the quotient rule's `-(a / b) / b` times the derivative of b
+    meets b's own factors (d/dl of y / (exp(l) * exp(l)) is `-2 (y / t1) / t1 * t0 * t0`, t1 =
+    t0 * t0). Evaluated as written, `/ t1 * t0 * t0` is 0 * inf = nan where t1 overflows (l =
+    400) and the gradient is -0.0; cancelled, it is one division. None where nothing cancels,
+    else the factors with one quotient cancelled. A quotient of a quotient cancels first:
+    `2 (t0 / t1) (-(t0 / t1) / t1) t1` is `-2 (t0 / t1) ** 2`, where cancelling the first
+    would leave `-2 t0 ((t0 / t1) / t1)`, whose inner quotient overflows before the product
+    (d/dl of ((y - m) / exp(l)) ** 2 at l = -300 and y - m = 1e-100)."""
+    quotients = [(k, node, labels) for k, (node, labels) in enumerate(flat)
+                 if type(node) is Map and node.fn == "div"]
+    quotients.sort(key=lambda q: -_nested_quotients(q[1].args[0]))
+    for k, node, labels in quotients:
+        a, b = node.args
+        if b.shape != node.shape or a.shape != node.shape and type(a) is not Const:
+            continue
+        if type(b) is Contract and all(set(ls) <= set(b.out) for _, ls in b.operands):
+            rename = dict(zip(b.out, labels))  # b's own factors, on the quotient's labels
+            wanted = [(n, tuple([rename[l] for l in ls])) for n, ls in b.operands]
+        else:
+            wanted = [(b, labels)]
+        rest = [op for j, op in enumerate(flat) if j != k]
+        for n, ls in wanted:
+            found = next((j for j, (m, ms) in enumerate(rest) if m is n and ms == ls), None)
+            if found is None:
+                break
+            del rest[found]
+        else:
+            return rest + [(a, labels if a.shape == node.shape else ())]
+    return None
+
+
+def _nested_quotients(node: Node) -> int:
+    """How many quotients deep `node` is (`-(a / b) / c`: 2), through negations and scales."""
+    depth = 0
+    while True:
+        if type(node) is Map and node.fn == "div":
+            depth, node = depth + 1, node.args[0]
+        elif type(node) is Contract and len(node.operands) == 2 and \
+                type(node.operands[0][0]) is Const:
+            node = node.operands[1][0]
+        else:
+            return depth
 
 
 def is_zero(node: Node) -> bool:
