@@ -2,7 +2,9 @@
 
 The cross-entropy of a linear classifier is written with `logsumexp` over the class axis,
 which is both the numerically stable form and the one with the shortest gradient: einderiv turns
-the derivative of `logsumexp(Z, axis=1)` into `softmax(Z)` rows.
+the derivative of `logsumexp(Z, axis=1)` into `softmax(Z)` rows, and the loss's, softmax(Z) - Y,
+into `softmax_minus(Z, Y)`, which keeps every digit at the right class of a confident row
+(1 - softmax there is the sum of the others').
 
     python examples/softmax_regression.py
 """

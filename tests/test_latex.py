@@ -243,7 +243,10 @@ def _rule_table_cases() -> list:
                "solve": "solve(A, b)", "floor_divide": "floor_divide(X, Y)",
                "det_hvp": "det_hvp(A, A.T)", "det_third_v": "det_third_v(A, A.T)",
                "det_third_vv": "det_third_vv(A, A.T, A)",
-               "log_softmax_vjp": "log_softmax_vjp(X, Y, axis=0) + log_softmax_vjp(X, Y)"}
+               "log_softmax_vjp": "log_softmax_vjp(X, Y, axis=0) + log_softmax_vjp(X, Y)",
+               "softmax_minus": "softmax_minus(X, Y, axis=0) + softmax_minus(X, Y)",
+               "logsumexp_weighted": "sum(logsumexp_weighted(X, Y, axis=0)) + "
+                                     "logsumexp_weighted(X, Y)"}
     made = []
     for name, f in sorted(book.functions.items()):
         if name in ("div", "pow"):  # the operators / and **

@@ -334,6 +334,15 @@ def logdet(X):
     covariance, a kernel matrix) takes the Cholesky factorization instead, 2 sum(log(diag(L))):
     half the work of slogdet's LU (about 2x faster from n = 100). Any other matrix, or one whose
     factorization fails (not positive definite), takes slogdet."""
+    spd = _spd_logdet(X)
+    if spd is not None:
+        return spd
+    return _xp(X).linalg.slogdet(X)[1]
+
+
+def _spd_logdet(X):
+    """log det X from the Cholesky factor of a symmetric positive definite numpy matrix, or
+    None for any other (or one whose factorization fails)."""
     if isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype.kind == "f" and X.size \
             and np.array_equal(X, X.T):
         from scipy.linalg import lapack
@@ -341,7 +350,22 @@ def logdet(X):
         factor, info = potrf(X, lower=1, clean=0)  # LAPACK's: no copy of the triangle, no check
         if info == 0:
             return 2 * np.sum(np.log(np.diagonal(factor)))
-    return _xp(X).linalg.slogdet(X)[1]
+    return None
+
+
+def logdet_real(X):
+    """log(det X) in real numbers, what `log(det(X))` is rewritten to: log |det X| (as
+    `logdet`) where det X > 0, -inf where X is singular, nan where det X < 0 (the log of a
+    negative number), from slogdet's sign and log, so finite where det X under- or overflows
+    (a 10 x 10 covariance of scale 1e-33 has det 1e-330, 0 in floating point, and log(det(X))
+    is -inf there; this is -760)."""
+    spd = _spd_logdet(X)
+    if spd is not None:
+        return spd
+    xp = _xp(X)
+    sign, value = xp.linalg.slogdet(X)
+    nan = xp.full_like(value, float("nan"))
+    return xp.where(sign > 0, value, xp.where(sign == 0, xp.full_like(value, -float("inf")), nan))
 
 
 def cholesky(X):
@@ -548,6 +572,73 @@ def complement(p, axis=-1):
     others = xp.sum(rest, axis=axes, keepdims=True)
     mass = xp.sum(p, axis=axes, keepdims=True)
     return xp.where((top != 0) & (mass != 0), others, 1 - p)
+
+
+def log1m_softmax(x, axis=-1):
+    """log(1 - softmax(x)) along `axis`, exact at every entry: log1p(-s) where s is at most
+    1/2, and at a slice's largest entry above 1/2 the log of the others' share, as the
+    logsumexp of the other entries less that of all (shifted by the maximum). log(1 -
+    softmax(x)), the loss of unlikelihood training, is -inf from a lead of 37 on, and
+    log(complement(softmax(x))) loses the digits of the small entries (log(1 - 1e-18) is 0)
+    and is -inf where the others' softmax underflows (a lead of 750), where this is -750."""
+    xp = _xp(x)
+    axes = _axes(axis, x.ndim)
+    s = softmax(x, axis)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        small = xp.log1p(-s)
+        if x.ndim == 0 or not axes or any(x.shape[a] == 0 for a in axes):
+            return small
+        top = (argmax_onehot(s, axis) != 0) & (s > 0.5)
+        m = xp.max(x, axis=axes, keepdims=True)
+        m = xp.where(xp.isfinite(m), m, xp.zeros_like(m))
+        shifted = xp.where(x == m, xp.zeros_like(x), x - m)
+        every = _log_total(shifted, axes, xp)  # log(sum(exp(x - m))), from log1p
+        rest = xp.where(top, xp.full_like(x, -float("inf")), shifted)
+        m2 = xp.max(rest, axis=axes, keepdims=True)
+        m2 = xp.where(xp.isfinite(m2), m2, xp.zeros_like(m2))
+        others = _log_total(xp.where(rest == m2, xp.zeros_like(rest), rest - m2), axes, xp) + m2
+        return xp.where(top, others - every, small)
+
+
+def logsumexp_weighted(x, w, axis=None):
+    """log(sum(w * exp(x))) over `axis` (every axis by default), for weights w shaped like x
+    of any sign (scipy's logsumexp(x, b=w)): shifted by the largest x whose weight is not 0,
+    so that nothing overflows and the largest term is w there, not 0 (a mixture's
+    log-likelihood at -1000, where exp underflows and the log is -inf). nan where the sum is
+    negative, -inf where it is 0, as the log of the sum; the shift cancels nothing that the sum
+    does not."""
+    xp = _xp(x)
+    axes = _axes(axis, x.ndim)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if not axes:
+            return x + xp.log(w)
+        if any(x.shape[a] == 0 for a in axes):  # a sum of no terms: log(0) = -inf
+            return xp.log(xp.sum(w * xp.exp(x), axis=axes))
+        live = w != 0
+        m = xp.max(xp.where(live, x, xp.full_like(x, -float("inf"))), axis=axes, keepdims=True)
+        m = xp.where(xp.isfinite(m), m, xp.zeros_like(m))
+        terms = xp.where(live, w * xp.exp(xp.where(x == m, xp.zeros_like(x), x - m)),
+                         xp.zeros_like(x))
+        total = xp.sum(terms, axis=axes, keepdims=True)
+        return xp.squeeze(xp.log(total) + m, axis=axes)
+
+
+def softmax_minus(x, y, axis=-1):
+    """softmax(x) - y for y shaped like x, exact where an entry of softmax(x) is near 1: at
+    each slice's largest entry m it is (1 - y_m) - (1 - s_m), with 1 - s_m the sum of the
+    others' softmax (`complement`), and 1 - y_m exact where y_m is near 1 (the right class of a
+    cross-entropy, where s_m - y_m is minus the others' share: e^-30 at a lead of 30, where
+    softmax(x) - y keeps 3 digits, and e^-100 at 100, where it is 0). Elsewhere s - y, which
+    cancels only as much as y and s agree (s <= 1/2 there). The gradient of a cross-entropy
+    written with logsumexp, `sum(logsumexp(X, axis=1)) - sum(Y * X)`, is this."""
+    xp = _xp(x)
+    s = softmax(x, axis)
+    axes = _axes(axis, x.ndim)
+    if x.ndim == 0 or not axes or any(x.shape[a] == 0 for a in axes):
+        return s - y
+    top = argmax_onehot(s, axis)
+    with np.errstate(invalid="ignore"):  # inf - inf of infinite y, as s - y gives it too
+        return xp.where(top != 0, (1 - y) - complement(s, axis), s - y)
 
 
 # A slice whose exponentials (the largest exp(0) = 1) sum below this has one entry of softmax

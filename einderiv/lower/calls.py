@@ -35,7 +35,7 @@ def tensor_args(call: ast.Call, scope) -> list[ast.Expr]:
             return list(first.items)
         return list(call.args[:1]) if call.func == "concatenate" else list(call.args)
     f = scope.rules.get(call.func)
-    if f is not None and f.kind == "tensor" and f.shape == "cotangent":
+    if f is not None and f.kind == "tensor" and f.shape in ("cotangent", "weighted"):
         return list(call.args[:2])
     if call.func in AXIS_FUNCTIONS or call.func in FIRST_ONLY or \
             call.func in ("pad", "transpose", "swapaxes", "matrix_power") or \
@@ -46,9 +46,9 @@ def tensor_args(call: ast.Call, scope) -> list[ast.Expr]:
 
 def _takes_axis(name: str, scope) -> bool:
     f = scope.rules.get(name)
-    # (a cotangent primitive's two tensors come first, then its axis)
+    # (a cotangent or weighted primitive's two tensors come first, then its axis)
     return f is not None and f.kind == "tensor" and f.axis is not None and \
-        f.shape != "cotangent"
+        f.shape not in ("cotangent", "weighted")
 
 
 def known_functions(scope) -> set[str]:
@@ -850,7 +850,7 @@ def _tensor_primitive(call, f, args, scope) -> Node:
         return _square_rhs(call, f, args)
     if f.shape in ("square_square", "square_square_pair", "square_square_square"):
         return _square_square(call, f, args)
-    if f.shape == "cotangent":
+    if f.shape in ("cotangent", "weighted"):
         return _cotangent(call, f, args, scope)
     if f.axis is None:
         _no_keywords(call)
@@ -928,12 +928,15 @@ def _square_square(call, f, args) -> Node:
 
 def _cotangent(call, f, args, scope) -> Node:
     """log_softmax_vjp(x, g) and its kin: a tensor and a cotangent shaped like it, to that
-    shape, along the axes (the last by default, as the primitive whose pullback it is)."""
+    shape, along the axes (the last by default, as the primitive whose pullback it is); or,
+    shape rule `weighted`, a tensor and weights shaped like it, reduced over the axes (every
+    axis by default, as logsumexp: logsumexp_weighted(x, w))."""
     if len(args) < 2:
         _arity(call, 2, 2 if f.axis is None else 3)
     x, g = args
     if g.shape != x.shape:
-        raise ShapeError(f"{f.name}(): the cotangent {show_shape(g.shape)} is not shaped like "
+        what = "the weights" if f.shape == "weighted" else "the cotangent"
+        raise ShapeError(f"{f.name}(): {what} {show_shape(g.shape)} is not shaped like "
                          f"the first argument, {show_shape(x.shape)}",
                          call.args[1].span or call.span)
     axes = None
@@ -954,6 +957,11 @@ def _cotangent(call, f, args, scope) -> Node:
                 else _axes(axis, x.rank, call))
     if axes is None:
         axes = getattr(scope, "default_axes", None)
+    if f.shape == "weighted":
+        if axes is None:
+            axes = tuple(range(x.rank))
+        return Prim(f.name, (x, g), (axes,), tuple(d for i, d in enumerate(x.shape)
+                                                   if i not in axes))
     if axes is None:
         axes = (x.rank - 1,) if x.rank else ()
     return Prim(f.name, (x, g), (axes,), x.shape)

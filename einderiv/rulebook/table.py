@@ -114,13 +114,17 @@ TENSOR_SHAPES = {
                             "matrix and two directions)",
     "cotangent": "an argument and a cotangent shaped like it, to that shape, along the axes "
                  "(two arguments and an axis keyword, as log_softmax_vjp's: the pullback of "
-                 "the primitive without the suffix, applied in one call)",
+                 "the primitive without the suffix, applied in one call; or two tensors "
+                 "shaped alike under another name, as softmax_minus(x, y))",
+    "weighted": "an argument and weights shaped like it, to the argument's shape without the "
+                "axes it reduces, all of them by default (two arguments and an axis keyword, "
+                "as logsumexp_weighted's)",
 }
 # The number of tensor arguments each shape rule takes.
 TENSOR_ARITY = {"square_rhs": 2, "square_square": 2, "square_square_pair": 2,
-                "square_square_square": 3, "cotangent": 2}
+                "square_square_square": 3, "cotangent": 2, "weighted": 2}
 # The shape rules whose primitives work along axes (an axis keyword, or their default axes).
-AXIS_SHAPES = ("same", "reduce", "cotangent")
+AXIS_SHAPES = ("same", "reduce", "cotangent", "weighted")
 # The shape rules of square matrices of one shape (a matrix and its directions): how many
 # n x n pairs of axes each adds to the batch axes in its result.
 SQUARE_PAIRS = {"square": 1, "square_scalar": 0, "square_pair": 2, "square_triple": 3,
@@ -292,8 +296,8 @@ def parse_rules(text: str, filename: str = "<rules>", bodies: bool = False,
                                 Span(text, params_tree.meta.start_pos, params_tree.meta.end_pos),
                                 hint="write a function of several tensors as a `def` in terms "
                                      "of tensor primitives of one argument (square_rhs, "
-                                     "square_square, square_square_pair and cotangent "
-                                     "take two, square_square_square three)")
+                                     "square_square, square_square_pair, cotangent and "
+                                     "weighted take two, square_square_square three)")
             functions.append(Function(name, "tensor", params,
                                       _impl(rule.children[4], text, origin, allow_imports),
                                       axis=axis, shape=shape, origin=origin))
@@ -332,9 +336,12 @@ def _rewrite(token, origin: str, text: str) -> Rewrite:
     """A rewrite line's two sides, parsed and checked: every variable of the replacement is in
     the pattern, none is used more often there, and the replacement calls fewer functions, or
     as many with no more numbers and fewer numbers as terms of a sum (`1 + u`), fewer uses of
-    the variables or fewer numbers as exponents (`u ** 2`): each rewrite then makes the
-    program's expression tree smaller, in calls, else in leaves, else in the numbers of its
-    powers, and rewriting ends."""
+    the variables or fewer numbers as exponents (`u ** 2`), or, with no number and no sum on
+    the right, at most one call more per number it takes out as a term of a sum (`1 -
+    softmax(x) = complement(softmax(x))`): each rewrite then makes the program's expression
+    tree smaller, in calls and numbers as terms of a sum, else in leaves, else in the numbers of
+    its powers, else (as many of each: `softmax(x) - y = softmax_minus(x, y)`) in its sums, and
+    rewriting ends. (`axis` may be used more often: it names axes.)"""
     body = str(token)
     unbalanced = _unbalanced_bracket(body)
     if unbalanced is not None:  # else no '=' is at the top level, and the error would say so
@@ -364,7 +371,10 @@ def _rewrite(token, origin: str, text: str) -> Rewrite:
         if name not in left.count:
             raise RuleError(f"{origin}: '{name}' in the replacement is not a variable of the "
                             "pattern", span, hint="a rewrite can only use what it matched")
-        if right.count[name] > left.count[name]:
+        # `axis` is no subtree: it names axes, and passing them to one call more adds no call,
+        # leaf or power to the program (`1 - softmax(x, axis) = complement(softmax(x, axis),
+        # axis)`)
+        if name != AXIS and right.count[name] > left.count[name]:
             raise RuleError(f"{origin}: the replacement uses '{name}' more often than the "
                             "pattern: rewriting might not end", span,
                             hint="each variable at most as often on the right as on the left")
@@ -385,16 +395,44 @@ def _rewrite(token, origin: str, text: str) -> Rewrite:
     # one the matcher cannot make up: a pattern's sum matches a sum that has that term (scaled
     # alike), never a node without it. Not so a negation or a scale, which it can give a
     # variable (`cos(-u)` matches `cos(w)` with u = -w): those count only as no more.
+    # A number that is a term of a sum may also pay for one call more, as long as the
+    # replacement has no number and no sum at all (`1 - softmax(x) = complement(softmax(x))`):
+    # then the replacement makes no number a term of a sum, by itself or with what a variable
+    # stands for (a sum of its own could take in a number that a variable matched), so the
+    # program's calls and such numbers together are no more, and its leaves fewer (the number
+    # is gone, the variables' subtrees are used no more often). The measure that decreases is
+    # then (calls + numbers as terms of a sum, leaves, calls, numbers as exponents, sums), and
+    # every rule must decrease it: fewer calls only where the numbers as terms do not make up
+    # for them, or make up for them exactly with no more leaves (`tanh(u) * tanh(u) = 1 -
+    # sech2(u)`; `complement(p) = 1 - p`, one leaf more, would undo the rewrite above forever).
+    # Last, as many of all these and fewer sums (`softmax(x) - y = softmax_minus(x, y)`, a
+    # difference made one call): the additions a sum makes are one fewer for each, and
+    # the variables' subtrees, used no more often, bring no more.
     uses = lambda u: sum(n for name, n in u.count.items() if name != AXIS)  # noqa: E731
-    if right.calls > left.calls or right.calls == left.calls and not (
-            right.constants <= left.constants and right.terms <= left.terms and (
-                right.terms < left.terms or uses(right) < uses(left) or
-                right.exponents < left.exponents)):
+    cost_left, cost_right = left.calls + left.terms, right.calls + right.terms
+    if right.calls > left.calls:
+        # (one call per sum with a number: lowering folds the numbers of a sum into one)
+        ends = (right.calls <= left.calls + left.numbered_sums and right.constants == 0 and
+                right.sums == 0 and uses(right) <= uses(left) and
+                right.exponents <= left.exponents)
+    elif right.calls < left.calls:
+        ends = cost_right < cost_left or cost_right == cost_left and (
+            right.constants + uses(right) <= left.constants + uses(left))
+    else:
+        ends = right.constants <= left.constants and right.terms <= left.terms and (
+            right.terms < left.terms or uses(right) < uses(left) or
+            right.exponents < left.exponents or (
+                uses(right) == uses(left) and right.exponents == left.exponents and
+                right.sums < left.sums))
+    if not ends:
         raise RuleError(f"{origin}: the replacement must call fewer functions than the pattern "
                         f"(counting / and **), or as many with no more numbers and fewer numbers "
-                        f"as terms of a sum (1 + u), fewer uses of the variables or fewer "
-                        f"numbers as exponents (** 2), so that rewriting ends: {right.calls} is "
-                        f"not fewer than {left.calls}", where)
+                        f"as terms of a sum (1 + u), fewer uses of the variables, fewer "
+                        f"numbers as exponents (** 2) or fewer sums, so that rewriting ends: "
+                        f"{right.calls} is not fewer than {left.calls}", where,
+                        hint="one call more only for each number taken out as a term of a sum, "
+                             "with no number and no sum on the right (1 - softmax(x) = "
+                             "complement(softmax(x)))")
     return Rewrite(pattern, replacement, tuple(left.count), tuple(dict.fromkeys(
         [*left.functions, *right.functions])), origin)
 
@@ -456,8 +494,10 @@ class _Uses:
         self.constants = 0  # numbers and negations
         self.terms = 0  # numbers that are terms of a sum (the 1 of `1 + u`, of `exp(u) - 1`)
         self.exponents = 0  # numbers as the exponent of a power (`u ** 2`)
+        self.sums = 0  # binary + and -
+        self.numbered_sums = 0  # sums (a chain of + and -) with a number among their terms
         self.misplaced_axis = None
-        stack, axis_slots = [expr], set()
+        stack, axis_slots, inner = [expr], set(), set()
         while stack:  # a side is one line: small, but walked without recursion all the same
             e = stack.pop()
             if isinstance(e, ast.Name):
@@ -468,6 +508,10 @@ class _Uses:
             elif isinstance(e, ast.BinOp):
                 self.calls += e.op in ("/", "**")
                 if e.op in ("+", "-"):
+                    self.sums += 1
+                    inner.update(id(t) for t in (e.left, e.right)
+                                 if isinstance(t, ast.BinOp) and t.op in ("+", "-"))
+                    self.numbered_sums += id(e) not in inner and _has_number_term(e)
                     self.terms += sum(isinstance(t, ast.Number) for t in (e.left, e.right))
                 self.exponents += e.op == "**" and isinstance(e.right, ast.Number)
                 stack += [e.right, e.left]
@@ -487,6 +531,19 @@ class _Uses:
                 stack += [*reversed([i for i in e.items if isinstance(i, ast.Expr)]), e.operand]
             else:
                 stack += reversed(e.children())
+
+
+def _has_number_term(e) -> bool:
+    """Whether a number is a term of the chain of + and - at `e`."""
+    from ..parse import ast
+    stack = [e]
+    while stack:
+        t = stack.pop()
+        if isinstance(t, ast.Number):
+            return True
+        if isinstance(t, ast.BinOp) and t.op in ("+", "-"):
+            stack += [t.left, t.right]
+    return False
 
 
 def _token_span(text: str, token) -> Span | None:

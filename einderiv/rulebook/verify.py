@@ -110,13 +110,17 @@ def check_function(f: Function, rules: RuleBook, seed: int = 0) -> RuleCheck:
 
 def _vjp_problem(f: Function, rules: RuleBook, args, axis, value) -> str:
     """Where a vjp primitive (NAME_vjp, shape rule cotangent) is not the pullback through
-    NAME's Jacobian rule, which reverse mode replaces with it: why, else ''."""
+    NAME's Jacobian rule, which reverse mode replaces with it: why, else ''. A cotangent
+    primitive of another name is two tensors shaped alike, no pullback (`softmax_minus`); a
+    name NAME_vjp with no primitive NAME of shape rule same is an error."""
     from ..derive import derivatives
     from ..evaluate.plan import Plan
     from ..ir.nodes import Var
     from ..lower.lower import lower
     from ..parse import parse
-    base = rules.get(f.name[:-len("_vjp")]) if f.name.endswith("_vjp") else None
+    if not f.name.endswith("_vjp"):
+        return ""  # two tensors shaped alike, along axes, no pullback (softmax_minus(x, y))
+    base = rules.get(f.name[:-len("_vjp")])
     if base is None or base.kind != "tensor" or base.shape != "same":
         return (f"a primitive of shape rule cotangent is named NAME_vjp after a tensor "
                 f"primitive NAME of shape rule same, whose pullback it is")
@@ -192,7 +196,7 @@ def check_rewrite(rule: Rewrite, rules: RuleBook, seed: int = 0) -> RuleCheck:
         c = compile_rewrite(rule, rules)
         errors, compared, unused, lost_digits = [], 0, None, None
         exact = _exact_pattern(c.pattern, rule, rules)
-        for shape, axes in _rewrite_cases(rule):
+        for shape, axes in _rewrite_cases(rule, rules):
             values = {v: Var(v, shape) for v in rule.variables if v != AXIS}
             lhs, rhs = (lower_side(e, rules, values, axes) for e in (c.pattern, c.replacement))
             if lhs.shape != rhs.shape:
@@ -232,9 +236,14 @@ def check_rewrite(rule: Rewrite, rules: RuleBook, seed: int = 0) -> RuleCheck:
 _NOT_FINITE_SIDES = "the pattern is not finite at any of the test inputs"
 
 
-def _rewrite_cases(rule: Rewrite):
-    """(shape of every variable, axes) to check a rewrite at."""
+def _rewrite_cases(rule: Rewrite, rules: RuleBook | None = None):
+    """(shape of every variable, axes) to check a rewrite at: square matrices and a stack of
+    them where it calls a primitive of square matrices (`log(det(X))`)."""
     if AXIS not in rule.variables:
+        if rules is not None and any(
+                str(getattr(rules.get(name), "shape", None)).startswith("square")
+                for name in rule.functions):
+            return [((3, 3), None), ((2, 3, 3), None)]
         return [((8,), None)]
     return [((4,), (0,)), ((3, 4), (1,)), ((3, 4), (0,)), ((2, 3, 4), (0, 2))]
 
@@ -475,16 +484,24 @@ def _cases(f: Function, rng):
             yield (f"sum({f.name}({', '.join(params)}) * C)",
                    {**{p: shape for p in params}, "C": out_shape}, arrays, None)
         return
-    if f.shape == "cotangent":
-        # log_softmax_vjp(x, g) and its kin: x and a cotangent shaped like it, along an axis
+    if f.shape in ("cotangent", "weighted"):
+        # log_softmax_vjp(x, g) and its kin: x and a cotangent shaped like it, along an axis;
+        # logsumexp_weighted(x, w): x and positive weights shaped like it, reduced over axes
         x, g = params
         for shape, axis in (((4,), None), ((3, 4), None), ((3, 4), 0), ((2, 3, 4), (0, 2))):
             if axis is not None and f.axis is None:
                 continue
             arg = "" if axis is None else f", {f.axis}={axis}"
-            arrays = {x: rng.uniform(-2, 2, size=shape), g: rng.uniform(-1, 1, size=shape),
-                      "C": rng.uniform(0.5, 1.5, size=shape)}
-            yield (f"sum({f.name}({x}, {g}{arg}) * C)", {x: shape, g: shape, "C": shape},
+            first = rng.uniform(-2, 2, size=shape)
+            if f.shape == "weighted":
+                axes = range(len(shape)) if axis is None else (axis if isinstance(axis, tuple)
+                                                              else (axis,))
+                out_shape = tuple(d for i, d in enumerate(shape) if i not in axes)
+                other = rng.uniform(0.5, 1.5, size=shape)
+            else:
+                out_shape, other = shape, rng.uniform(-1, 1, size=shape)
+            arrays = {x: first, g: other, "C": rng.uniform(0.5, 1.5, size=out_shape)}
+            yield (f"sum({f.name}({x}, {g}{arg}) * C)", {x: shape, g: shape, "C": out_shape},
                    arrays, axis)
         return
     (x,) = params
@@ -498,8 +515,10 @@ def _cases(f: Function, rng):
     if f.shape in ("square", "square_scalar", "square_pair", "square_triple"):
         for shape in ((3, 3), (2, 3, 3)):
             X = rng.uniform(-1, 1, size=shape) + 3 * np.eye(3)
-            if f.shape != "square":
-                X[..., 0, :] *= -1  # a negative determinant too
+            flipped = X.copy()
+            flipped[..., 0, :] *= -1  # a negative determinant too, where f is defined there
+            if f.shape != "square" and _finite(f, {x: flipped}, params):
+                X = flipped
             out_shape = shape[:-2] + shape[-2:] * SQUARE_PAIRS[f.shape]
             C = rng.uniform(0.5, 1.5, size=out_shape)
             yield f"sum({f.name}({x}) * C)", {x: shape, "C": out_shape}, {x: X, "C": C}, None

@@ -354,11 +354,25 @@ def _call(p: ast.Call, t: Node, values: dict, rule: Compiled):
     if f.kind == "elementwise" and isinstance(t, Map) and t.fn == p.func \
             and len(t.args) == len(p.args):
         yield from _arguments(list(p.args), t.args, values, rule)
-    elif f.kind == "tensor" and isinstance(t, Prim) and t.fn == p.func and p.args:
+    elif f.kind == "tensor" and p.args:
+        t = _broadcast_from(t)
+        if not (isinstance(t, Prim) and t.fn == p.func):
+            return
         if t.params:
             values = _with_axes(p, t.params[0], values)
         if values is not None:
             yield from match(p.args[0], t.args[0], values, rule)
+
+
+def _broadcast_from(t: Node) -> Node:
+    """What `t` broadcasts, if it is a broadcast (a reduction by `axis`, lowered with its
+    axes kept, `logsumexp(x, axis)` in `x - logsumexp(x, axis)`), else `t`."""
+    if isinstance(t, Contract) and len(t.operands) == 1:
+        inner, labels = t.operands[0]
+        if set(labels) < set(t.out) and len(set(labels)) == len(labels) \
+                and not isinstance(inner, Const):
+            return inner
+    return t
 
 
 def _with_axes(p: ast.Call, axes, values: dict) -> dict | None:

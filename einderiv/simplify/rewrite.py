@@ -7,16 +7,21 @@ node is visited once (memoized on the hash-consed node, without recursion), so t
 linear in the program's size, and a shared subexpression is rewritten once. An elementwise
 function of a pick, a slice, a transpose or a broadcast that no rewrite matches is tried once
 more as the function of the whole tensor (`log(softmax(x)[k])` is `log_softmax(x)[k]`, and
-`exp(x[k]) / sum(exp(x))`, seen as `exp(x)[k] / sum(exp(x))`, is `softmax(x)[k]`).
+`exp(x[k]) / sum(exp(x))`, seen as `exp(x)[k] / sum(exp(x))`, is `softmax(x)[k]`), and a sum
+of a pick and a function of the whole tensor as the pick of the whole sum (`logsumexp(x) -
+x[k]`, seen as `(logsumexp(x) - x)[k]`, is `-log_softmax(x)[k]`).
 
 It ends because each rewrite calls fewer functions on its right than on its left, or as many
 with no more numbers and fewer numbers as terms of a sum (`log(1 + u) = log1p(u)`), fewer uses
-of its variables or fewer numbers as exponents (`u ** 2`), and uses no variable more often
+of its variables or fewer numbers as exponents (`u ** 2`), or, with no number and no sum on
+its right, calls at most one function more per number it takes out as a term of a sum
+(`1 - softmax(x) = complement(softmax(x))`), and uses no variable more often
 (all checked when its line is read): every application takes at least one function
-application (`Map` or `Prim`) out of the program's expression tree, or keeps their number and
-takes out a leaf (a sum's number, which a match never makes up, or a variable's subtree, which
-has a leaf at least), or keeps both and takes out the number of a `pow` (`hypot(a, b) ** 2 =
-square(a) + square(b)`), and the builders never add one.
+application (`Map` or `Prim`) or a sum's number out of the program's expression tree, or keeps
+their total and takes out a leaf (a sum's number, which a match never makes up, or a
+variable's subtree, which has a leaf at least), or keeps both and takes out the number of a
+`pow` (`hypot(a, b) ** 2 = square(a) + square(b)`), or all of these and takes out an addition
+(`softmax(x) - y = softmax_minus(x, y)`), and the builders never add one.
 
 >>> import einderiv
 >>> print(einderiv.compile("log(1 + exp(x))", {"x": ("n",)}).formula)
@@ -124,9 +129,34 @@ class Rewriter:
             replaced = rule.apply(node)
             if replaced is not None and replaced is not node:
                 return replaced
+        if isinstance(node, Add):
+            return self._sum_through_selection(node, rules)
         if not isinstance(node, Map):
             return None
         return self._scale_outside(node, rules) or self._through_selection(node, rules)
+
+    def _sum_through_selection(self, node: Add, rules) -> Node | None:
+        """A sum of one selection of a tensor and scalars is that selection of the sum with
+        the scalars broadcast: `logsumexp(x) - x[k]` is `(logsumexp(x) - x)[k]`, which is
+        `-log_softmax(x)[k]` (and `logsumexp(X, axis=1) - X[:, k]` a column of it). Tried where
+        no rewrite applies to the sum itself, and kept only where one applies to the sum of
+        the whole tensor."""
+        seen = _sum_seen_through(node)
+        if seen is None:
+            return None
+        inner, back = seen
+        if inner not in self.whole:
+            self.whole[inner] = None
+            present = _functions_within(inner) if isinstance(inner, Add) else set()
+            for rule in (rules if isinstance(inner, Add) else ()):
+                if rule.needs and not rule.needs <= present:
+                    continue
+                replaced = rule.apply(inner)
+                if replaced is not None and replaced is not inner:
+                    self.whole[inner] = replaced
+                    break
+        replaced = self.whole[inner]
+        return None if replaced is None else back(replaced)
 
     def _scale_outside(self, node: Map, rules) -> Node | None:
         """A function of a sum with a constant factor inside, `log(sum(2 * exp(x)))`, seen as
@@ -221,6 +251,56 @@ def _seen_through(node: Map, lift: frozenset = frozenset()):
         return inner, lambda r, a=a, labels=labels, picks=picks, dims=dims: build.contract(
             a.out, [(r, labels), *picks], dims)
     return None
+
+
+def _sum_seen_through(node: Add):
+    """(the sum of the whole tensor, a function that selects from a replacement as `node`'s
+    selection term selects from the tensor), or None: `node` has one term that picks entries
+    of a tensor (`Unit`s only: no window, no broadcast), another term is a function of that
+    whole tensor (`logsumexp(x)` beside `x[k]`) or the tensor is a function and the other terms
+    numbers (`1 - softmax(x)[k]`), and its other terms are numbers, scalars or,
+    where the pick keeps an axis, tensors shaped like `node`, laid back on the whole tensor's
+    axes (broadcast along the picked ones)."""
+    selection = None
+    for c, t in node.terms:
+        if build.constant_value(t) is not None or not isinstance(t, Contract):
+            continue
+        (main, labels), picks = t.operands[0], t.operands[1:]
+        if isinstance(main, Const) or not picks or len(set(labels)) != len(labels) or any(
+                not isinstance(n, Unit) or len(ls) != 1 or ls[0] not in labels
+                for n, ls in picks):
+            continue
+        if any(l not in t.out and l not in {ls[0] for _, ls in picks} for l in labels) or \
+                not set(t.out) <= set(labels):
+            continue  # a sum or a broadcast: not a pick
+        if selection is not None:
+            return None  # two selections: left to the rewrites of the sum as it is
+        selection = (c, t, main, labels, picks)
+    if selection is None:
+        return None
+    _, t0, main, labels, picks = selection
+    sizes = {l: t0.dims[l] for l in labels}
+    terms = []
+    for c, t in node.terms:
+        value = build.constant_value(t)
+        if t is t0:
+            terms.append((c, main))
+        elif value is not None:  # a number, as lowering writes one (`1 - softmax(x)`)
+            terms.append((c * value, build.broadcast_to(build.const(1.0), main.shape)))
+        elif not t.rank:
+            terms.append((c, build.contract(labels, [(t, ())], sizes)))
+        elif t.shape == node.shape:
+            terms.append((c, build.contract(labels, [(t, t0.out)], sizes)))
+        else:
+            return None
+    if not any(main in t.children() for c, t in node.terms if t is not t0) and not (
+            isinstance(main, (Map, Prim)) and all(build.constant_value(t) is not None
+                                                  for c, t in node.terms if t is not t0)):
+        return None  # no function of the whole tensor beside its pick, nor a pick of a
+        #              function and numbers (`1 - softmax(x)[k]`): nothing to see through
+    inner = build.add(terms)
+    dims = {l: t0.dims[l] for l in t0.out}
+    return inner, lambda r: build.contract(t0.out, [(r, labels), *picks], dims)
 
 
 def _lifted(a: Map) -> Contract | None:
