@@ -696,3 +696,29 @@ def test_textbook_logistic_densities_are_dsigmoid(text):
         want = np.array([float(mp.sech(mp.mpf(float(t)) / 2) ** 2 / 4) for t in u])
     tiny = np.finfo(float).tiny
     assert np.all(np.abs(got - want) <= 4e-16 * np.maximum(np.abs(want), tiny)), (got, want)
+
+
+# --- a loop of rewrites is an error, never a hang (simplify/rewrite.py `_count_rewrite`) ---------
+
+@pytest.mark.parametrize("kind", ["cycle", "growth"])
+def test_rewrites_that_do_not_end_are_a_rule_error(kind, monkeypatch):
+    from einderiv.ir import build
+    from einderiv.ir.nodes import Map
+    from einderiv.rulebook import default_rulebook
+    from einderiv.simplify import rewrite
+
+    x = var("x", ("n",))
+    node = lower_source(fn.exp(x), {}, default_rulebook()).root
+    (arg,) = node.args
+
+    def looping(self, n):  # exp(x) -> sin(x) -> exp(x) ..., or ever deeper negations
+        if not isinstance(n, Map):
+            return None
+        if kind == "cycle":
+            return Map("sin" if n.fn == "exp" else "exp", *n.args)
+        return Map(n.fn, build.contract((0,), [(build.const(-1.0), ()), (n.args[0], (0,))]))
+    monkeypatch.setattr(rewrite.Rewriter, "_apply", looping)
+    monkeypatch.setattr(rewrite, "MIN_REWRITES", 500)
+    with pytest.raises(einderiv.RuleError, match="do not end"):
+        rewrite.Rewriter(default_rulebook())([node])
+    assert arg is not None

@@ -37,6 +37,13 @@ from . import det_products, solves
 from .pattern import MAX_FLAT_TERMS, compiled
 
 
+# Rewrites applied per node normalized, past which rewriting is taken to loop (each rewrite
+# takes a function application or a leaf out, so a program of n nodes has at most a few per
+# node; MIN_REWRITES covers small programs whose nodes rewrite into larger ones).
+REWRITES_PER_NODE = 64
+MIN_REWRITES = 100_000
+
+
 class Rewriter:
     """Rewrites IR with a rule book's rewrites. Calls share one memo: a derivative, which
     holds the (already rewritten) forward program, is rewritten only where it is new."""
@@ -51,6 +58,7 @@ class Rewriter:
         self.solves = solves.enabled(rules)  # inv(A) @ b -> solve(A, b) (simplify/solves.py)
         # det_hessian(X) summed with V on a pair of axes -> det_hvp(X, V) (det_products.py)
         self.det_products = det_products.enabled(rules)
+        self.rewrites = 0  # applied, for `_count_rewrite`
 
     def __call__(self, roots: list[Node]) -> list[Node]:
         if not self.index and not self.solves and not self.det_products:
@@ -90,6 +98,24 @@ class Rewriter:
                 stack.pop()
             else:
                 becomes[node] = replaced
+                self._count_rewrite(node, replaced, becomes)
+
+    def _count_rewrite(self, node: Node, replaced: Node, becomes: dict) -> None:
+        """A RuleError, not a hang, where the rules loop: the termination measure (module
+        docstring) is an argument about the rules' text, and a rule file loaded by a user is
+        checked by it too, so a loop is a fault in that argument, reported with the node it
+        loops on. A rewrite that comes back to its node, through the nodes it became, loops;
+        one that goes on making new nodes is stopped past REWRITES_PER_NODE a node."""
+        self.rewrites += 1
+        seen, r = 0, replaced
+        while r is not node and r in becomes and seen < 64:
+            r, seen = becomes[r], seen + 1
+        if r is node or self.rewrites > REWRITES_PER_NODE * len(self.normal) + MIN_REWRITES:
+            from ..errors import RuleError
+            raise RuleError(f"the rewrite rules do not end on {str(node)[:200]}: "
+                            f"{self.rewrites} rewrites, {len(self.normal)} nodes",
+                            hint="a rewrite of rules/ or of a loaded rule file undoes "
+                                 "another; please report it with the expression")
 
     def _apply(self, node: Node) -> Node | None:
         if isinstance(node, Map):
