@@ -421,12 +421,14 @@ class ContractionStep:
         # A sum of products of unit vectors and windows on output labels only (the Jacobian
         # of `stack((x[0], x[2]))`: a 0/1 matrix) places the rest of the product: where it is
         # 0 the result is an exact 0, not 0 * inf = nan (the generated code pads, contraction.
-        # _lanes_placed). (operand position, its axes' order, the output's axes it lacks)
+        # _lanes_placed); so does such a pattern summed over an axis (`sum(eye(n)[1:8:2],
+        # axis=0)`, the places unrolled steps read, times a pole they share).
+        # (operand position, its axes' order, the output's axes it lacks)
         self.masks = []
         for k, (child, _, idx, ls) in enumerate(ops):
-            if type(child) in (Add, Prim) and all(i == slice(None) for i in idx) and \
-                    is_structure(child) and \
-                    len(set(ls)) == len(ls) and all(l in self.out_present for l in ls):
+            if type(child) in (Add, Prim, Contract) and all(i == slice(None) for i in idx) and \
+                    len(set(ls)) == len(ls) and all(l in self.out_present for l in ls) and \
+                    is_structure(child) and not _of_constants(child):
                 order = sorted(range(len(ls)), key=lambda a: self.out_present.index(ls[a]))
                 lacks = tuple(a for a, l in enumerate(self.out_present) if l not in ls)
                 self.masks.append((k, tuple(order), lacks))
@@ -544,6 +546,11 @@ class ContractionStep:
         if self.post_pads:
             value = np.pad(value, [self.post_pads.get(l, (0, 0)) for l in self.full_out])
         return value
+
+
+def _of_constants(node: Node) -> bool:
+    """A product of constants alone (a broadcast zero): no pattern, and 0 * inf is nan."""
+    return type(node) is Contract and all(type(n) is Const for n, _ in node.operands)
 
 
 def _product(*arrays):

@@ -6,6 +6,7 @@ term, nested products) so the IR that reaches later stages is already small.
 """
 from __future__ import annotations
 
+import math
 from itertools import count, groupby, permutations, product
 from math import factorial
 
@@ -32,7 +33,10 @@ MAX_COMMON_FACTORS = 16
 # (`c * (a e_i + b e_j)` -> `(c a) e_i + (c b) e_j`) only while the product so multiplied out
 # has at most this many terms: each is one more product of the same operands (shared nodes,
 # not copies), so the IR grows by a bounded factor per product, never exponentially through
-# sums nested under sums. The reverse pass's adjoints at a pole are a few picks per step.
+# sums nested under sums. The reverse pass's adjoints at a pole are a few picks per step. Past
+# it, the terms that are one value times a 0/1 pattern count one together (`_parts`:
+# `t1 * (e_1 + e_3 + ...)` of many steps that read one pole), which the vectorizer and the
+# interpreter place exactly, however many they are.
 MAX_DISTRIBUTED_TERMS = 8
 
 
@@ -163,6 +167,18 @@ def contract(out, operands, broadcast: dict | None = None) -> Node:
             if scale != 1.0:
                 cancelled.insert(0, (Const(scale), ()))
             return contract(out, cancelled, {l: d for l, d in broadcast.items() if l in out})
+    if not math.isfinite(scale):
+        # An infinite or nan constant joins a product among the operands that is not inlined
+        # (`inf * sum(x[2:5])`, `inf * delta[k+1,i] * (exp(x)[k+1] * delta[k+1,j])`), where
+        # it multiplies that product's values only, as the product places them: outside, it
+        # multiplied the zeros they are placed among too (a slice's pad, a placed diagonal:
+        # inf * 0 = nan in the code and in a printed formula).
+        for k, (node, labels) in enumerate(flat):
+            if type(node) is Contract and constant_value(node) is None:
+                flat[k] = (contract(node.out, [(Const(scale), ()), *node.operands],
+                                    {l: node.dims[l] for l in node.out}), labels)
+                scale = 1.0
+                break
     if not flat or scale != 1.0:
         flat.insert(0, (Const(scale), ()))
     out = tuple(out)
@@ -188,14 +204,15 @@ def _over_unit_terms(out, flat: list, scale: float, broadcast: dict) -> Node | N
                   if type(node) is Add and labels and out_labels.issuperset(labels)]
     if not candidates:
         return None
-    spread, count = None, 1
+    spread, count, parts = None, 1, None
     for p, node, labels in candidates:
         if not _meets_infinite(flat, p, labels, scale):
             continue
-        terms = _unit_terms(node, MAX_DISTRIBUTED_TERMS // count)
-        if terms is not None:
-            count *= terms
-            spread = p if spread is None else spread
+        found = _parts(node, MAX_DISTRIBUTED_TERMS // count)
+        if found is not None:
+            count *= found[1]
+            if spread is None and found[0] is not None:
+                spread, parts = p, found[0]
     if spread is None or count > MAX_DISTRIBUTED_TERMS:
         return None
     node, labels = flat[spread]
@@ -204,7 +221,7 @@ def _over_unit_terms(out, flat: list, scale: float, broadcast: dict) -> Node | N
         others.insert(0, (Const(scale), ()))
     # (each product may multiply out over another sum in it: the count bounds them all)
     return _sum_as_is([(c, contract(out, [*others, (t, labels)], broadcast))
-                       for c, t in node.terms])
+                       for c, t in parts])
 
 
 def _meets_infinite(flat: list, p: int, labels, scale: float) -> bool:
@@ -226,21 +243,14 @@ def _unit_terms(node: Node, budget: int) -> int | None:
     """How many products a factor times `node` becomes when multiplied out over `node`'s sums
     whose every term is unit-placed: a unit vector, a window or delta, or a product with one
     on its own output axes (values times picks: `x[3] e_2 + log(x[2]) e_3`), a sum of such
-    terms, or such a product of sums. None for anything else (a dense term: its zeros are not
-    structural) or past `budget`."""
+    terms (`_parts`), or such a product of sums. None for anything else (a dense term: its
+    zeros are not structural) or past `budget`."""
     kind = type(node)
     if kind is Unit or kind is Delta or is_window(node):
         return 1
     if kind is Add:
-        total = 0
-        for _, term in node.terms:
-            found = _unit_terms(term, budget - total)
-            if found is None:
-                return None
-            total += found
-            if total > budget:
-                return None
-        return total
+        found = _parts(node, budget)
+        return None if found is None else found[1]
     if kind is not Contract:
         return None
     placed, total = False, 1
@@ -252,9 +262,93 @@ def _unit_terms(node: Node, budget: int) -> int | None:
             found = _unit_terms(operand, budget // total)
             if found is not None:
                 placed, total = True, total * found
-        elif operand_kind is Unit or operand_kind is Delta or is_window(operand):
-            placed = True
+        elif operand_kind is Unit or operand_kind is Delta or is_window(operand) or \
+                operand_kind is Contract and is_structure(operand):
+            placed = True  # (a pattern that sums, `sum(eye(10)[8:], axis=1)`, is one too)
     return total if placed and total <= budget else None
+
+
+def _parts(node: Add, budget: int) -> tuple[list | None, int] | None:
+    """The terms of the sum of unit-placed terms `node` that a factor is multiplied into, and
+    how many products that makes (`_unit_terms`), within `budget`; None past it or for a sum
+    with a dense term. Its terms one by one while they fit. Past that, the terms that are one
+    value times a 0/1 pattern (`_valued_pattern`: `e_1 + e_3 + ...`, or `t1 e_3 + t1 e_5 +
+    ...`, of unrolled steps that read one pole) are grouped by the value, each group one
+    product, `t1 * (e_3 + e_5 + ...)`, which counts one: a factor times it is placed exactly
+    where the pattern is nonzero, with no bound on its terms (the vectorizer by pads and
+    dilations, `contraction._unit_sum_on_output`, or a select; the interpreter by a mask).
+    (None, 1) where `node` is one such pattern itself: nothing to multiply out."""
+    total = 0
+    for _, term in node.terms:
+        found = _unit_terms(term, budget - total)
+        if found is None:
+            break
+        total += found
+        if total > budget:
+            break
+    else:
+        return list(node.terms), total
+    groups: dict = {}  # id of the value (or None: a pattern alone) -> [value, its patterns]
+    rest = []
+    for c, term in node.terms:
+        split = _valued_pattern(term) if math.isfinite(c) else None
+        if split is None:
+            rest.append((c, term))
+            continue
+        value, pattern = split
+        groups.setdefault(None if value is None else id(value), [value, []])[1].append(
+            (c, pattern))
+    if not any(len(patterns) > 1 for _, patterns in groups.values()):
+        return None
+    if not rest and list(groups) == [None]:
+        return None, 1
+    out = tuple(range(node.rank))
+    parts = []
+    for value, patterns in groups.values():
+        if len(patterns) == 1:
+            rest.append(patterns[0] if value is None else
+                        (patterns[0][0], contract(out, [(value, ()), (patterns[0][1], out)])))
+            continue
+        # (the value times the patterns' sum as it stands: through `contract`, the value,
+        # which may be infinite too, would be multiplied out over them again)
+        total = _sum_as_is(patterns)
+        parts.append((1.0, total if value is None else
+                      Contract(out, [(value, ()), (total, out)])))
+    total = len(parts)
+    for _, term in rest:
+        found = _unit_terms(term, budget - total)
+        if found is None:
+            return None
+        total += found
+        if total > budget:
+            return None
+    return parts + rest, total
+
+
+def _valued_pattern(term: Node) -> tuple[Node | None, Node] | None:
+    """`term` as a value (a scalar: no axis of the result) times a 0/1 pattern on the output
+    (`is_structure`: unit vectors, windows, their products): (the value, or None where it is
+    1, the pattern); None where `term` is not such a product (a value on the pattern's own
+    axes, `x[k] * delta[k, i]`, is not)."""
+    if is_structure(term):
+        return None, term
+    if type(term) is not Contract:
+        return None
+    out = set(term.out)
+    placed = [(n, ls) for n, ls in term.operands if out.intersection(ls)]
+    if not placed or not all(is_structure(n) for n, _ in placed):
+        return None
+    # (a summed label a pattern shares with another pattern only: contracted within it)
+    on_pattern = {l for _, ls in placed for l in ls}
+    values = [(n, ls) for n, ls in term.operands if not out.intersection(ls)]
+    if any(on_pattern.intersection(ls) and not is_structure(n) for n, ls in values):
+        return None
+    placed += [(n, ls) for n, ls in values if on_pattern.intersection(ls)]
+    values = [(n, ls) for n, ls in values if not on_pattern.intersection(ls)]
+    if not values:
+        return None, term
+    sizes = {l: term.dims[l] for l in term.out}
+    return contract((), values), contract(term.out, placed, sizes)
 
 
 def _sum_as_is(terms: list[tuple[float, Node]]) -> Node:
@@ -514,7 +608,12 @@ def _merged_sum(terms: list[tuple[float, Node]]) -> tuple[Node | None, list | No
     if len(kept) == 1:
         c, t = kept[0]
         return (t if c == 1.0 else scale(c, t)), None
-    return None, kept
+    # An infinite or nan coefficient stays inside its term's product (as one term alone has
+    # it, `scale`), where it multiplies the term's values only: on the sum, it multiplied the
+    # term's structural zeros too (`inf * e_1 + e_0` was inf * 0 = nan at every other entry,
+    # in the code and the interpreter alike; `x[0] + inf * x[1]` has the gradient [1, inf, 0,
+    # 0], as in JAX).
+    return None, [(c, t) if math.isfinite(c) else (1.0, scale(c, t)) for c, t in kept]
 
 
 def _like(term: Node):

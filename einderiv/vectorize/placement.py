@@ -10,6 +10,8 @@ estimate that takes every dimension at one size) and are all dropped.
 """
 from __future__ import annotations
 
+import math
+
 from ..ir.nodes import Add, Const, Contract, Node
 
 
@@ -74,7 +76,10 @@ def prescaled(order: list[Node], temp_name: dict[int, str], fixed: set[int]) -> 
     for key, c in constant.items():
         if c is None or key in fixed or count[key] < 2:
             continue
-        if c not in (1.0, -1.0) and SIZE ** ranks[key] <= cost[key]:
+        # (an infinite or nan constant is left on each use: the use divides the temporary's
+        # constant out again, and inf / inf is nan)
+        if c not in (1.0, -1.0) and math.isfinite(c) and c != 0.0 and \
+                SIZE ** ranks[key] <= cost[key]:
             scale[key] = c
     return scale
 
