@@ -5,7 +5,10 @@ extremes against JAX or a value worked out by hand; CLI errors in process.
 
 Faults (strict xfails below), worst first:
 
-1. A window on the last axis met by a broadcast vector is placed as a product with a dense
+1. (Fixed: contraction.py's `_window_on_shared_row`, `_window_each` and
+   `_window_diagonal_of_all` place such a window by a pad, or a slice of each partner; the
+   three tests below pass, more cases in tests/test_window_vector_partner.py.)
+   A window on the last axis met by a broadcast vector is placed as a product with a dense
    selection matrix (`eye(k + 1)[1:]`), not as a pad: the gradient of
    `sum(w * (X[:, 1:] - X[:, :-1]) ** 2)` (per-lag weighted smoothness of a batch of series) is
    `2 * (t0 @ (w[:, None] * eye(t + 1)[1:])) - 2 * (t0 @ (w[:, None] * eye(t + 1)[:-1]))`;
@@ -38,7 +41,9 @@ Faults (strict xfails below), worst first:
    exact), so nan or inf data in the branch not taken leaks as 0 * nan. JAX is nan too, and
    README's "Algebra first" caveat mentions inf/nan inputs; the docs' own word for where is
    "select", so the user expects 0.
-3. nan in the generated code and the formula where the IR and JAX agree on -0:
+3. (Fixed: ir/build.py `_cancel_quotients` cancels a quotient against its denominator's own
+   factors, a quotient of a quotient first: `-2 * y / t0 ** 2`, `-2 * t0 ** 2`.)
+   nan in the generated code and the formula where the IR and JAX agree on -0:
    `grad("sum(y / (exp(l) * exp(l)))", "l")` at l = 400 (y = 1; variance e^(2l) written as a
    product): the code is `t1 = t0 ** 2; -2 * y / t1 / t1 * t1` with t1 = exp(l) ** 2 = inf, so
    0 * inf = nan; the IR evaluates the unfolded product and gives -0.0 (as JAX). At l = -400
@@ -62,7 +67,8 @@ Faults (strict xfails below), worst first:
    compiled back gives [0, inf, 0]); `sum(log(diag(X)[1:]) * v)` prints `diag(pad(...))`, right
    in the code, but the IR is nan there; `log(diag(X)[1])` is nan on all three paths;
    `sum(log(diag(X)[:-1] ** 2))` prints `2 * t0 / t0 ** 2` (nan, not inf, on the diagonal).
-6. Poor error (lower/dimensions.py bind()): `compile("sum(X @ Y)", {"X": ("n", "d"),
+6. (Fixed: "axis 1 is 4, but n is 2 (from 'X')".)
+   Poor error (lower/dimensions.py bind()): `compile("sum(X @ Y)", {"X": ("n", "d"),
    "Y": ("d", "n")})` called with Y of shape (3, 4) says "input 'Y' should have shape [d, n], got
    an array of shape (3, 4): n is 2 (from 'X'), so n is 2", a tautology for a plain name (the
    `so {d} is ...` clause is meant for `n - 1`); it should name axis 1 and its size 4.
@@ -493,11 +499,6 @@ def test_window_gradient_values_are_right_at_ordinary_points():
                 dict(X=X_, w=w), lambda X, w: jnp.sum(w * (X[:, 1:] - X[:, :-1]) ** 2))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "vectorize/contraction.py places the window delta[k+1, j] met by a lone broadcast vector "
-    "v[k] as a product with a dense 0/1 selection matrix, `1 / X[:, 1:] @ (v[:, None] * "
-    "eye(k + 1)[1:])`, not a pad: inf * 0 = nan across the whole row of an infinite entry in "
-    "the generated code and the formula (the IR is right)"))
 def test_window_gradient_does_not_spread_nan_over_a_row():
     shapes = {"X": ("n", "k + 1"), "v": ("k",)}
     X_ = np.abs(RNG.standard_normal((2, 4))) + 0.5
@@ -512,19 +513,12 @@ def test_window_gradient_does_not_spread_nan_over_a_row():
     assert _same(paths["generated"], want) and _same(paths["formula"], want)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "vectorize/contraction.py: a slice on the last axis met by a broadcast vector becomes a "
-    "product with `eye(t + 1)[1:]` (O(n t^2) time, O(t^2) memory) instead of a pad, against "
-    "docs' 'never a selection matrix' (per-lag weights, sin(X[:, 1:]) * w, GLU, group lasso)"))
 @pytest.mark.parametrize("expr,shapes,wrt", _WINDOW_EXPRS,
                          ids=["lag_weights", "sin_slice", "glu", "group_lasso"])
 def test_window_met_by_a_vector_is_no_selection_matrix(expr, shapes, wrt):
     assert "eye(" not in einderiv.grad(expr, wrt, shapes).formula
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the selection matrix of the window (vectorize/contraction.py) makes the gradient of "
-    "sum(sin(X[:, 1:]) * w) O(t^2) in memory: 64+ MB at n = 20, t = 2000 for a 0.3 MB output"))
 def test_window_gradient_memory_is_linear():
     g = einderiv.grad("sum(sin(X[:, 1:]) * w)", "X", {"X": ("n", "t + 1"), "w": ("t",)})
     X_, w = RNG.standard_normal((20, 2001)), RNG.standard_normal(2000)

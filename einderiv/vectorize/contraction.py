@@ -187,9 +187,13 @@ class ContractionTranslator:
             scatters.append(paired)
         while True:
             found = self._scatter_one()
-            if found is None:
+            if found is not None:
+                scatters.append(found)
+                continue
+            placed = self._window_on_shared_row() or self._window_diagonal_of_all()
+            if not placed:
                 return scatters
-            scatters.append(found)
+            scatters += placed
 
     def _paired_selection(self) -> tuple | None:
         """One selection of rows S (a window, every k-th row, or rows picked one by one at
@@ -247,8 +251,10 @@ class ContractionTranslator:
         """One unit vector or window of `_scatter_later`'s, taken out: (label, widths)."""
         for sel in list(self.terms):
             node = sel.node
-            if isinstance(node, Unit) and sel.labels[0] in self.out and len(self.terms) > 1:
-                # (e_k alone, or times a constant, is what it is)
+            if isinstance(node, Unit) and sel.labels[0] in self.out and \
+                    (len(self.terms) > 1 or not math.isfinite(self.coef)):
+                # (e_k alone, or times a finite constant, is what it is; times inf or nan, the
+                # constant is placed at k alone, `pad(1e999 * ones(1), ...)`)
                 (label,) = sel.labels
                 n, k = node.shape[0], node.position
                 try:
@@ -288,9 +294,19 @@ class ContractionTranslator:
                 partners = [t for t in self.terms if t is not sel and row in t.labels]
                 # (several partners, `x[:7:2] * t1` of the gradient of unrolled products of
                 # two picks, are multiplied on the row before it is dilated)
-                if not partners or any(p.labels.count(row) != 1 for p in partners) or \
+                if any(p.labels.count(row) != 1 for p in partners) or \
                         any(t is not sel and label in t.labels for t in self.terms):
                     continue
+                if not partners:
+                    # rows summed against nothing, times a rest that may be infinite (a pole
+                    # shared by unrolled steps, `outer(v, sum(eye(n)[3:8:2], axis=0))` with v
+                    # infinite at it): ones on the rows, dilated and padded with the rest
+                    # (numbers alone: `_scaled_strided_sum`)
+                    if not any(t.labels for t in self.terms if t is not sel) or \
+                            self._finite_rest():
+                        continue
+                    partners = [Term(ast.Call("ones", (dimension(node.shape[0]),)), (row,))]
+                    self.terms.append(partners[0])
                 window, step = node.args[0], node.params[1]
                 rows, cols = window.shape
                 widths = (dimension(window.offset), _rest(window), number(step),
@@ -303,6 +319,8 @@ class ContractionTranslator:
             elif (found := self._unit_rows_on_output(sel)) is not None:
                 return found
             elif (found := self._diagonal_of_all(sel)) is not None:
+                return found
+            elif (found := self._unit_sum_on_output(sel)) is not None:
                 return found
             elif (found := self._structure_mask(sel)) is not None:
                 return found
@@ -319,6 +337,78 @@ class ContractionTranslator:
             self.dims[label] = rows
             return label, widths
         return None
+
+    def _window_on_shared_row(self) -> list[tuple]:
+        """A window D[k, j] (the adjoint of a slice) on an output label j whose summed row k
+        several plain terms carry (`w[k] * cos(X[:, 1:])[i, k] * delta[k+1, j]`, the gradient
+        of `sum(sin(X[:, 1:]) * w)`; `_scatter_one` takes a window with one partner): each of
+        them read on j instead (their product is the rest on the window's columns), every
+        other term on j narrowed to the window, and the rest padded last. Left in the product,
+        w[k] * D[k, j] was multiplied first, `t0 @ (w[:, None] * eye(t + 1)[1:])`: a dense
+        selection matrix, O(n t^2) time, O(t^2) memory, and 0 * inf = nan along the row of an
+        infinite entry of the rest. In any rank and on any axis. [(j, widths)] or []."""
+        for sel in self.terms:
+            node = sel.node
+            if not isinstance(node, Delta) or node.is_identity or \
+                    sel.labels[0] == sel.labels[1] or sel.labels[1] not in self.out or \
+                    sel.labels[0] in self.out:
+                continue
+            row, label = sel.labels
+            partners = [t for t in self.terms if t is not sel and row in t.labels]
+            if len(partners) < 2 or any(
+                    t.labels.count(row) != 1 or label in t.labels or _structured(t.node)
+                    for t in partners) or \
+                    any(t is not sel and t.labels.count(label) > 1 for t in self.terms):
+                continue
+            rows, cols = node.shape
+            item = _slice(node.offset, node.offset + rows, cols)
+            for t in self.terms:  # (before the partners carry j)
+                if t is not sel and label in t.labels:
+                    t.expr = _index(t.expr, len(t.labels), t.labels.index(label), item)
+                    t.node = None
+            for p in partners:
+                p.labels = tuple(label if l == row else l for l in p.labels)
+                p.node = None
+            self.terms = [t for t in self.terms if t is not sel]
+            self.dims[label] = rows
+            return [(label, (dimension(node.offset), _rest(node)))]
+        return []
+
+    def _window_diagonal_of_all(self) -> list[tuple]:
+        """A window D[k, j] on two output labels whose rest is not vectors on them alone (a
+        Hessian through a slice met by a vector, `v[k] * f''(X[:, 1:])[i, k] * delta[k+1, j]`),
+        taken out as `_diagonal_of_all` takes an identity: the rest computed on k alone (a
+        term on j read on the window's columns, `x[1:]`), placed on the diagonal of (k, j) by
+        a select and padded along j last, where its product with `pad(diag(v), ...)` was
+        0 * inf = nan off the diagonal for an infinite entry of the rest. Only for a rest that
+        may be infinite, as there. [(j, widths), (j, ("diagonal", k, rows))] or []."""
+        for sel in self.terms:
+            node = sel.node
+            if not isinstance(node, Delta) or node.is_identity or \
+                    sel.labels[0] == sel.labels[1] or \
+                    not all(l in self.out for l in sel.labels):
+                continue
+            row, label = sel.labels
+            others = [t for t in self.terms if t is not sel]
+            if all(set(t.labels) <= {row, label} and len(t.labels) <= 1 for t in others):
+                continue  # (vectors on k or j and numbers: `pad(diag(...))`, _diag_embed)
+            if any(row in t.labels and label in t.labels or t.labels.count(label) > 1 or
+                   _structured(t.node) for t in others) or \
+                    not any(row in t.labels or label in t.labels for t in others) or \
+                    self._finite_rest():
+                continue
+            rows, cols = node.shape
+            item = _slice(node.offset, node.offset + rows, cols)
+            for t in others:
+                if label in t.labels:
+                    t.expr = _index(t.expr, len(t.labels), t.labels.index(label), item)
+                    t.labels = tuple(row if l == label else l for l in t.labels)
+                    t.node = None
+            self.terms = others
+            self.dims[label] = rows
+            return [(label, (dimension(node.offset), _rest(node))),
+                    (label, ("diagonal", row, rows))]
+        return []
 
     def _unit_rows_on_output(self, sel: Term) -> tuple | None:
         """A stack of unit vectors S[k, j] (rows p_0, p_1, ... of an n-axis: a stack of picks,
@@ -337,10 +427,20 @@ class ContractionTranslator:
         if any(t is not sel and label in t.labels for t in self.terms):
             return None
         partners = [t for t in self.terms if t is not sel and lane in t.labels]
-        if not partners or any(t.labels.count(lane) != 1 for t in partners):
+        if any(t.labels.count(lane) != 1 for t in partners):
             return None
         positions = [k for k, _ in picks]
         n = picks[0][1]
+        if not partners:
+            # the rows summed against nothing (lanes.py's stack of the places that unrolled
+            # steps read, `e_1, e_2, e_5, ...`), times a rest that may be infinite (a pole the
+            # steps share): ones on the lanes, each placed at its row with the rest (numbers
+            # alone: `_scaled_strided_sum`)
+            if lane in self.out or not any(t.labels for t in self.terms if t is not sel) or \
+                    self._finite_rest() or not all(k.is_concrete for k in positions):
+                return None
+            partners = [Term(ast.Call("ones", (number(len(positions)),)), (lane,))]
+            self.terms.append(partners[0])
         if lane in self.out:
             try:
                 widths = [(dimension(k), dimension(n - k - 1)) for k in positions]
@@ -401,18 +501,63 @@ class ContractionTranslator:
         self.terms = others
         return j, ("diagonal", i, node.shape[0])
 
+    def _unit_sum_on_output(self, sel: Term) -> tuple | None:
+        """A sum of unit vectors at concrete places, `c_0 e_(p_0) + c_1 e_(p_1) + ...`, on an
+        output label that no other term carries, times a rest that may be infinite (the
+        Hessian of `sum_t log(x[0]) * x[2t + 1]` past MAX_DISTRIBUTED_TERMS: `t1 * (eye(n)[1]
+        + eye(n)[3] + ...)`, 0 * inf = nan between the places at x[0] = 0): taken out as
+        `_unit_rows_on_output` takes a stack of picks, the rest computed on the places alone
+        (times `ones(m)`, or the coefficients `stack(c_0, c_1, ...)`) and placed last, by a
+        pad and a dilation where the places are evenly spaced, else by `rows_placed`: exact
+        zeros between them, in O(n + m) and a formula linear in the places, with no bound on
+        their number. (label, widths) or None."""
+        node = sel.node
+        if type(node) is not Add or len(sel.labels) != 1 or sel.labels[0] not in self.out:
+            return None
+        (label,) = sel.labels
+        if any(type(t) is not Unit or not t.position.is_concrete for _, t in node.terms) or \
+                any(t is not sel and label in t.labels for t in self.terms) or \
+                self._finite_rest():
+            return None
+        places = sorted((t.position.offset, c) for c, t in node.terms)
+        positions = [p for p, _ in places]
+        if len(set(positions)) != len(positions):
+            return None
+        coefs = [c for _, c in places]
+        if len(set(coefs)) == 1:
+            self.coef *= coefs[0]
+            values = ast.Call("ones", (number(len(places)),))
+        else:
+            values = ast.Call("stack", tuple(number(c) for c in coefs))
+        self.terms = [t for t in self.terms if t is not sel] + [Term(values, (label,))]
+        self.dims[label] = Dim(None, len(places))
+        n = node.shape[0]
+        spaced = _evenly_spaced(positions, n)
+        return label, spaced if spaced is not None else ("rows", positions, n)
+
     def _structure_mask(self, sel: Term) -> tuple | None:
         """A sum of unit vectors and windows on output labels only (the Jacobian of a
         concatenation of slices, `pad(eye(n)[2:], ...) + pad(eye(n)[0][None], ...)`: a 0/1
         pattern) times a rest: taken out, and the product selected where the pattern is
         nonzero last, `where(S != 0, S * r, 0)`, so that its zeros are exact (0 * inf was nan
-        along the rows of an infinite entry). (a label of S, ("mask", S, its labels)) or None."""
+        along the rows of an infinite entry). The rest may share no axis with S: a number that
+        may be infinite times a sum of unit vectors (`t1 * sum(eye(n)[3:10:2], axis=0)`, a pole
+        shared by unrolled steps) is selected alike, and so is a pattern alone times an
+        infinite or nan constant (`1e999 * eye(n)[2:5]`). (a label of S, ("mask", S, its
+        labels)) or None."""
         node = sel.node
         labels = sel.labels
-        if type(node) is not Add or not is_structure(node) or len(set(labels)) != len(labels) \
-                or self._finite_rest() \
-                or not all(l in self.out for l in labels) or \
-                not any(t is not sel and set(t.labels) & set(labels) for t in self.terms):
+        if not labels or len(set(labels)) != len(labels) or \
+                not all(l in self.out for l in labels):
+            return None
+        if any(t is not sel and set(t.labels) & set(labels) for t in self.terms):
+            placed = type(node) is Add
+        else:  # (a rest on other axes or none, or a constant alone)
+            placed = type(node) in (Add, Contract) and len(self.terms) > 1 or \
+                len(self.terms) == 1 and not math.isfinite(self.coef)
+        # (a broadcast constant is no pattern: its 0 times inf is nan)
+        if not placed or not is_structure(node) or self._finite_rest() or \
+                type(node) is Contract and all(type(n) is Const for n, _ in node.operands):
             return None
         self.terms = [t for t in self.terms if t is not sel]
         return labels[0], ("mask", sel.expr, labels)
@@ -420,9 +565,12 @@ class ContractionTranslator:
     def _scatter(self, scatters: list[tuple]):
         """The one term left, padded along each axis `_scatter_later` took out (a new axis
         first where the term lacks it: a pick's)."""
+        if not self.terms:  # (a unit vector alone, times inf or nan: the constant, placed)
+            self.terms = [Term(number(1.0), ())]
         (term,) = self.terms
         padded = {label for label, widths in scatters
-                  if widths[0] not in ("rows", "lanes", "diagonal", "mask")}
+                  if widths[0] not in ("rows", "lanes", "diagonal", "mask")} - \
+            {label for label, widths in scatters if widths[0] == "diagonal"}
         new = tuple(l for l in self.out if l in padded and l not in term.labels)
         if new and not term.labels:  # (a number, which numpy may give as a Python float)
             term.expr = _times_ones(term.expr, len(new))
@@ -532,7 +680,7 @@ class ContractionTranslator:
                 else:
                     continue
                 partners = [t for t in self.terms if t is not sel and label in t.labels]
-                if self._pick_each(sel, partners):
+                if self._pick_each(sel, partners) or self._window_each(sel, partners):
                     changed = any_change = True
                     break
                 # Not into a partner that carries the window's other index already: it would
@@ -585,6 +733,30 @@ class ContractionTranslator:
         for p in partners:
             p.expr = _index(p.expr, len(p.labels), p.labels.index(label), item)
             p.labels = tuple(l for l in p.labels if l != label)
+            p.node = None
+        self.terms = [t for t in self.terms if t is not sel]
+        return True
+
+    def _window_each(self, sel: Term, partners: list[Term]) -> bool:
+        """A window D[a, l] on a summed label l that several plain terms carry, none of them
+        a (`X[i, l] * w[l] * delta[a+1, l]`, `(X * w)[:, 1:]`): each sliced to the window,
+        `w[1:] * X[:, 1:]`, as `_select` indexes one partner, where the product with D was
+        `X @ (w * eye(t + 1)[1:]).T`, a dense selection matrix (O(n t^2), and 0 * inf = nan
+        along the row of an infinite entry). Whether it did."""
+        node = sel.node
+        if not isinstance(node, Delta) or node.is_identity or len(partners) < 2:
+            return False
+        new, label = sel.labels
+        if new == label or label in self.out or any(
+                p.labels.count(label) != 1 or new in p.labels or _structured(p.node)
+                for p in partners) or len({frozenset(p.labels) for p in partners}) == 1:
+            return False  # (partners on the same axes are multiplied first, then indexed)
+        rows, cols = node.shape
+        item = _slice(node.offset, node.offset + rows, cols)
+        for p in partners:
+            axis = p.labels.index(label)
+            p.expr = _index(p.expr, len(p.labels), axis, item)
+            p.labels = p.labels[:axis] + (new,) + p.labels[axis + 1:]
             p.node = None
         self.terms = [t for t in self.terms if t is not sel]
         return True
@@ -750,22 +922,50 @@ class ContractionTranslator:
         `sum_t log(x[0]) * x[2t + 1]`, whose gradient is log(x[0]) at x[1], x[3], ...) with
         every other term a number: c placed step apart, `pad(dilate(c * ones(m), step, span))`,
         where `c * sum(eye(n)[1:8:2], axis=0)` was 0 * inf = nan between the places at an
-        infinite c. Whether it did."""
+        infinite c. Likewise S a stack of unit vectors at concrete places (lanes.py's rows of
+        steps that read irregular places, `x[1], x[2], x[5], ...`, whose Hessian's row of the
+        pole is c at each) where c may be infinite: c placed at each row's place (`rows_placed`,
+        those at one place summed; a pad and a dilation where they are evenly spaced), where
+        `c * sum(concatenate((zeros(1, m), eye(m)[:2], ...)).T, axis=0)` was O(steps n) and nan
+        between the places. Whether it did."""
         for d in self.terms:
             node = d.node
-            if not _strided_window(node) or len(d.labels) != 2:
+            if len(d.labels) != 2:
                 continue
+            rows = None
+            if not _strided_window(node):
+                found = _scaled_unit_rows(node) if node is not None else None
+                if found is None or not all(k.is_concrete for k, _ in found[1]) or \
+                        len({m for _, m in found[1]}) != 1:
+                    continue
+                rows = found
             row, col = d.labels
             rest = [t for t in self.terms if t is not d]
             if row in self.out or col not in self.out or row == col or not rest or \
-                    any(t.labels for t in rest):
+                    any(t.labels for t in rest) or rows is not None and self._finite_rest():
                 return False
-            window, step = node.args[0], node.params[1]
             product = rest[0].expr
             for t in rest[1:]:
                 product = ast.BinOp("*", product, t.expr)
-            spread = ast.Call("dilate", (ast.BinOp("*", product, ast.Call(
-                "ones", (dimension(node.shape[0]),))), number(step), dimension(window.shape[0])))
+            if not math.isfinite(self.coef):  # (an infinite constant too: at the places)
+                product, self.coef = scaled(self.coef, product), 1.0
+            spread = ast.BinOp("*", product, ast.Call("ones", (dimension(node.shape[0]),)))
+            if rows is not None:
+                scale, places = rows
+                self.coef *= scale
+                positions, n = [k.offset for k, _ in places], places[0][1]
+                spaced = _evenly_spaced(positions, n)
+                if spaced is None:
+                    placed = rows_placed(spread, (col,), col, positions, n, {col: n})
+                elif len(spaced) == 4:
+                    placed = _padded(ast.Call("dilate", (spread, *spaced[2:])), (col,),
+                                     {col: spaced[:2]})
+                else:
+                    placed = _padded(spread, (col,), {col: spaced})
+                self.terms = [Term(placed, (col,))]
+                return True
+            window, step = node.args[0], node.params[1]
+            spread = ast.Call("dilate", (spread, number(step), dimension(window.shape[0])))
             placed = _padded(spread, (col,), {col: (dimension(window.offset), _rest(window))})
             self.terms = [Term(placed, (col,))]
             return True
@@ -1270,7 +1470,7 @@ def _selected(expr: ast.Expr, labels: tuple, pattern: ast.Expr, on: tuple) -> tu
     """`pattern * expr` (axes `on` and `labels`) where the pattern is nonzero, exact zeros
     elsewhere: `where(S != 0, S * r, 0)`, on the union of the axes. (expression, its axes)"""
     widened = tuple(labels) + tuple(l for l in on if l not in labels)
-    if len(widened) > len(labels):
+    if len(widened) > len(labels) and labels:  # (a number broadcasts as it is)
         expr = ast.Index(expr, (ast.Slice(None, None),) * len(labels) +
                          (ast.NoneLit(),) * (len(widened) - len(labels)))
     placed = align(pattern, on, widened)
@@ -1320,6 +1520,8 @@ def _times_ones(expr: ast.Expr, rank: int) -> ast.Expr:
         k = int(expr.items[0].value)  # (a vector's entry k: the slice k:k + 1, `x[2:3]`)
         return ast.Index(expr.operand, (ast.Slice(number(k) if k else None, number(k + 1)),))
     ones = ast.Call("ones", (number(1),) * rank)
+    if isinstance(expr, ast.Number) and expr.value == 1.0:
+        return ones
     if isinstance(expr, ast.BinOp) and expr.op == "/" and isinstance(expr.left, ast.Number) \
             and expr.left.value == 1.0:
         return ast.BinOp("/", ones, expr.right)
