@@ -201,3 +201,16 @@ def test_hessian_of_two_places_per_step_matches_jax(steps):
                                              for t in range(steps))))(v)
     for path, value in _paths(h, {"x": v}, {"x": ("n",)}).items():
         np.testing.assert_allclose(value, want, rtol=1e-12, atol=1e-14, err_msg=path)
+
+
+@pytest.mark.parametrize("text, finite", [
+    ("1 - softmax(x)", True),  # complement(softmax(x)): in [0, 1]
+    ("softmax(x) - y", True),  # softmax_minus(x, y)
+    ("log(1 - softmax(x))", False),  # log1m_softmax: -inf where one entry has all the mass
+    ("log(sum(y * exp(x)))", False),  # logsumexp_weighted: -inf where the sum is 0
+])
+def test_which_new_primitives_are_finite_where_their_inputs_are(text, finite):
+    # (complement and softmax_minus were missing, so programs using them took the pole paths)
+    from einderiv.ir.deltas import finite_where_inputs_are
+    f = einderiv.compile(text, {"x": ("n",), "y": ("n",)})
+    assert finite_where_inputs_are(f.lowered.root) is finite, f.formula

@@ -340,7 +340,8 @@ _FINITE_MAPS = frozenset({
     "hypot"})
 _FINITE_PRIMS = frozenset({"softmax", "log_softmax", "logsumexp", "max", "min", "norm",
                            "max_weights", "argmax_onehot", "cumsum", "flip", "<stride>",
-                           "dilate", "reshape", "triu", "tril"})
+                           "dilate", "reshape", "triu", "tril", "complement",
+                           "softmax_minus"})
 _FINITE: "weakref.WeakKeyDictionary[Node, bool]" = weakref.WeakKeyDictionary()
 
 
