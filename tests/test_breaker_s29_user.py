@@ -30,7 +30,11 @@ Faults (strict xfails below), worst first:
    V[i, k] or for a vector operand) because its summed label k is shared with the lone vector
    v[k]: the pair is multiplied (`_pair`/einsum) as `v[:, None] * eye(k + 1)[1:]`, then
    contracted with cos(X[:, 1:]) by a matmul.
-2. Masked losses with nan targets (missing ratings, missing labels): the value of
+2. (Fixed: derive/masks.py `product` puts every non-constant factor carrying only the select's
+   axes into the select where a mask is a `where`'s derivative or a select is already made, and
+   a kink's mask beside it into its branch: `2 * where(m > 0, x - r, 0)`; more cases in
+   tests/test_log_quotients_and_masked_selects.py.)
+   Masked losses with nan targets (missing ratings, missing labels): the value of
    `sum(where(m > 0, (x - r) ** 2, 0))` is right at r = [0, nan], m = [1, 0] but the gradient
    is [2, nan] on every path (want [2, 0]); the matrix-factorisation form
    `sum(where(M > 0, (U @ V.T - R) ** 2, 0))` likewise. The formula is
@@ -51,7 +55,10 @@ Faults (strict xfails below), worst first:
    `-(a / b) / b` times the derivative of b = t1 is printed uncancelled: `/ t1 / t1 * t1`
    (also `-0.5 * r ** 2 / t0 / t0 * t0` for `r ** 2 / exp(l)`, `1 - t1 * (t1 / t0) * t0` for
    `((y - m) / exp(l)) ** 2`: -inf for l in (-354, -236) where the gradient is finite).
-4. Textbook forms with no stable rewrite (JAX is nan/inf too; the mpmath value is finite):
+4. (Fixed: rules/rewrites.rules `log(exp(a)) = a`, `log(c / exp(a)) = log(c) - a`, and the
+   split of `log(p / q)` where p or q is a softmax or a sigmoid, known positive; more cases in
+   tests/test_log_quotients_and_masked_selects.py.)
+   Textbook forms with no stable rewrite (JAX is nan/inf too; the mpmath value is finite):
    a. `log(exp(x))` is -inf at x = -800 and inf at 800 (want x): rules/rewrites.rules has
       `log(exp(a) / c) = a - log(c)` (so `log(exp(x) / 2)` is exact) but no `log(exp(a)) = a`;
       `log(exp(x) / exp(y))` becomes `x - log(exp(y))`, half rewritten. A user's
@@ -544,18 +551,16 @@ def test_gradient_of_a_product_variance_is_not_nan():
     assert _same(paths["generated"], want) and _same(paths["formula"], want)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "rules/rewrites.rules has `log(exp(a) / c) = a - log(c)` but no `log(exp(a)) = a`: "
-    "log(exp(x)) stays as written, -inf at x = -800 and inf at 800 (log(exp(x) / 2) is exact)"))
+# (fixed: log(exp(x)) stayed as written, -inf at -800 and inf at 800; rewrites.rules
+# `log(exp(a)) = a`)
 def test_log_of_exp_is_the_argument():
     x = np.array([-800.0, 0.5, 800.0])
     assert _same(_quiet(einderiv.compile("log(exp(x) / 2)", {"x": ("n",)}), x=x), x - np.log(2))
     assert _same(_quiet(einderiv.compile("log(exp(x))", {"x": ("n",)}), x=x), x)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "no rewrite splits log(p / q), so the textbook KL sum(p * log(p / q)) of two softmaxes never "
-    "meets `log(softmax(x)) = log_softmax(x)`: nan at logits +-1000 (JAX nan too; mpmath 2000)"))
+# (fixed: no rewrite split log(p / q), so log(softmax(.)) was never seen: nan at logits
+# +-1000; rewrites.rules splits it where p or q is a softmax or a sigmoid)
 def test_textbook_kl_of_two_softmaxes_at_large_logits():
     shapes = {"a": ("k",), "b": ("k",)}
     a, b = np.array([0.0, 1000.0, -1000.0]), np.array([1000.0, -1000.0, 0.0])
@@ -589,12 +594,9 @@ def test_masked_loss_with_nan_targets_held_through_a_pole():
         assert _same(got, [1.0, 0.0])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "rules/elementwise.rules' `d where(c, a, b) / da = where(c, 1, 0)` ('a select, never a "
-    "product') is multiplied into the chain, `2 * where(m > 0, 1, 0) * (x - r)`: the chain "
-    "selects only where the rest has a symbolic pole (log gives `where(m > 0, 1 / (x - r), 0)`), "
-    "so a nan (or inf) target in the branch not taken is 0 * nan = nan in the gradient of a "
-    "masked squared loss whose value is finite (JAX is nan too)"))
+# (fixed: the derivative of where by its branch, where(m > 0, 1, 0), was multiplied into the
+# chain, 2 * where(m > 0, 1, 0) * (x - r), nan at a nan target where m is 0; derive/masks.py
+# makes the select take the branch's factors: 2 * where(m > 0, x - r, 0))
 def test_masked_squared_loss_with_nan_targets_has_a_finite_gradient():
     shapes = {"x": ("n",), "r": ("n",), "m": ("n",)}
     arrays = dict(x=np.array([1.0, 2.0]), r=np.array([0.0, np.nan]), m=np.array([1.0, 0.0]))

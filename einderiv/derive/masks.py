@@ -61,6 +61,29 @@ def product(out, operands, sizes: dict, rules: RuleBook, memo: dict | None = Non
         if finite is None:
             finite = memo[f[0], "finite"] = _finite(f[0], rules, _DEPTH)
         (others if finite else values).append(f)
+    # An input is finite by construction only where the program reads it: `where` takes one
+    # branch, and the data of the other (a nan target where a mask is 0) is never read, so the
+    # chain rule's factors of that data must not multiply its 0 either:
+    # `where(m > 0, (x - r) ** 2, 0)` has the derivative `2 * where(m > 0, x - r, 0)`, not
+    # `2 * where(m > 0, 1, 0) * (x - r)`, which is nan where r is and m is 0. So with the
+    # derivative of a `where` by a branch among the masks, or a select already made, every
+    # factor that is not a constant and carries only axes the select runs over anyway goes
+    # into it, at no cost (the factors that would widen it, the partner of a contraction,
+    # stay out), or output axes besides all those it runs over (a mask per row,
+    # `where(m[:, None] > 0, (X - R) ** 2, 0)`: the select is then shaped as that factor, a
+    # term of the product's output). A kink's mask multiplies in the program too (`relu(x) *
+    # w` is nan where w is), and so in its derivative: `step(x) * w` stays a product.
+    if any(_is_select(m[0]) for m in masks) or any(
+            _vanishing(f[0], memo, _DEPTH) is not None for f in values):
+        carried = {l for _, ls in masks + values for l in ls}
+        while True:
+            moved = [f for f in others if not _constant(f[0]) and (
+                set(f[1]) <= carried or carried <= set(f[1]) <= set(out))]
+            if not moved:
+                break
+            values += moved
+            others = [f for f in others if not any(f is g for g in moved)]
+            carried.update(l for _, ls in moved for l in ls)
     dims = dict(sizes)
     for node, labels in factors:
         dims.update(zip(labels, node.shape))
@@ -75,6 +98,21 @@ def product(out, operands, sizes: dict, rules: RuleBook, memo: dict | None = Non
                                dims, rules, memo, nesting)]
         if not masks:
             return build.contract(out, [*values, *others], sizes)
+    elif selects and masks and nesting < MAX_BRANCH_NESTING:
+        # ... and a mask, which may be nan where c is 0 (sign(x - r) at a nan target the
+        # select of `where(m > 0, abs(x - r) ** 3, 0)` never reads): into its branch too,
+        # where(c, where(mask, a * mask, 0), 0), not where(mask, mask * where(c, a, 0), 0).
+        return build.contract(out, [_into_branch(selects[0], [
+            *[f for f in values if f is not selects[0]], *masks], out, dims, rules, memo,
+            nesting), *others], sizes)
+    # A kink's mask beside the derivative of a `where` may be nan where the select never reads
+    # (sign(x - r) at a nan target, in `where(m > 0, abs(x - r), 0)`): it is a factor of the
+    # select's branch, where(c, where(sign(x - r), sign(x - r), 0), 0), not of its 0.
+    kinks = []
+    if any(_is_select(m[0]) for m in masks) and nesting < MAX_BRANCH_NESTING:
+        kinks = [m for m in masks if not _is_select(m[0])]
+        masks = [m for m in masks if _is_select(m[0])]
+        values = values + kinks
     if not masks or not values:
         return build.contract(out, operands, sizes)
     # The select runs over every axis a mask or a value carries, output axes first.
@@ -82,7 +120,8 @@ def product(out, operands, sizes: dict, rules: RuleBook, memo: dict | None = Non
     axes = tuple(l for l in out if l in carried) + tuple(
         dict.fromkeys(l for _, ls in masks + values for l in ls if l not in out))
     on_axes = {l: dims[l] for l in axes}
-    value = build.contract(axes, values, on_axes)
+    value = product(axes, values, on_axes, rules, memo, nesting + 1) if kinks else \
+        build.contract(axes, values, on_axes)
     if build.is_zero(value):
         return build.contract(out, operands, sizes)
     for mask, labels in masks:
@@ -90,6 +129,17 @@ def product(out, operands, sizes: dict, rules: RuleBook, memo: dict | None = Non
             mask = build.contract(axes, [(mask, labels)], on_axes)
         value = _select(mask, value, axes, on_axes)
     return build.contract(out, [(value, axes), *others], sizes)
+
+
+def _is_select(mask: Node) -> bool:
+    """A `where` with constant branches (`where(c, 1, 0)`, a derivative of `where` by a
+    branch), or a product with one."""
+    if isinstance(mask, Map):
+        return mask.fn == "where" and all(build.constant_value(b) is not None
+                                          for b in mask.args[1:])
+    if isinstance(mask, Contract) and build._is_product(mask):
+        return any(_is_select(n) for n, _ in mask.operands)
+    return False
 
 
 def _select(mask: Node, value: Node, axes, dims) -> Node:
