@@ -384,8 +384,9 @@ RULES_LIST_EPILOG = """\
 examples:
   einderiv rules list                     # every function and rule
   einderiv rules list tanh
-      rules/elementwise.rules:50  elementwise tanh(x) = xp.tanh
-      rules/elementwise.rules:51    d tanh(x) / dx    = sech2(x)
+      rules/elementwise.rules:50  elementwise tanh(x)      = xp.tanh
+      rules/elementwise.rules:51    d tanh(x) / dx         = sech2(x)
+      rules/rewrites.rules:192    rewrite 1 - tanh(u) ** 2 = sech2(u)
   einderiv rules list inv logdet
   einderiv rules list --rules my.rules    # the built-in tables with my.rules on top
 """
