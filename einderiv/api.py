@@ -243,7 +243,7 @@ class _Result:
                         self._returned = plain or self._structure is tuple
                         self._function = GeneratedFunction(
                             module, self.lowered.declared, structured, self.backend,
-                            plain=plain)
+                            plain=plain, picks=self.lowered.picks)
         function = self._function
         results = function(arrays)  # (a tuple of the outputs)
         if self._returned and "_call" not in vars(self):
@@ -260,7 +260,8 @@ class _Result:
             with self._building:
                 if self._plan is None:  # re-entrant, and it plans each signature once
                     self._plan = Plan(list(self.roots.values()), self.rules,
-                                      accepted=self.lowered.declared)
+                                      accepted=self.lowered.declared,
+                                      picks=self.lowered.picks)
         return self._structure(self._plan(arrays))
 
     def _keywords(self, args: tuple, arrays: dict) -> dict:

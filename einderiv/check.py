@@ -192,7 +192,7 @@ def as_written(source, shapes: dict | None, rules, wrt: str | None = None):
     root = lowered.root
     if wrt is not None:
         (root,) = derivatives(root, [Var(wrt, lowered.declared[wrt])], rules)
-    plan = Plan([root], rules, accepted=lowered.declared)
+    plan = Plan([root], rules, accepted=lowered.declared, picks=lowered.picks)
     return lambda **arrays: plan(arrays)[0]
 
 

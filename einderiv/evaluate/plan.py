@@ -15,7 +15,7 @@ import opt_einsum
 from ..backends import apart, dtype_kind, owner
 from ..errors import EinderivError, EvaluationError, InputError, ShapeError, did_you_mean
 from ..ir.deltas import is_structure
-from ..ir.dims import Dim, show_shape
+from ..ir.dims import Dim, names_in, show_shape
 from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Size, Unit, Var, topological
 from ..lower.convolution import evaluator as convolution_evaluator, is_convolution
 from ..lower.dimensions import bind
@@ -85,12 +85,14 @@ class Plan:
 
     Re-entrant: a call keeps its state in locals, so one plan serves several threads."""
 
-    def __init__(self, roots: list[Node], rules: RuleBook | None = None, accepted=None):
+    def __init__(self, roots: list[Node], rules: RuleBook | None = None, accepted=None,
+                 picks=()):
         """`accepted`: further names the call may pass although the results do not use them
         (every variable of the expression, as the API accepts them). A dict of name -> shape
         also lets such an input be checked and bind dimension names (`eye(n)` where only
         `X: [n, d]` has n)."""
         self.roots = list(roots)
+        self.picks = tuple(picks)  # the text's picks, checked per signature (check_picks)
         self.rules = rules or default_rulebook()
         self.order = topological(*self.roots)
         self.variables = {n.name: n for n in self.order if isinstance(n, Var)}
@@ -144,6 +146,7 @@ class Plan:
               signature: tuple) -> tuple[list[Step], list[tuple], list[int], np.dtype]:
         given = {name: var for name, var in self.optional.items() if name in values}
         env = bind_dimensions({**self.variables, **given}, values)
+        check_picks(self.picks, env)
         # Constants are made in the inputs' result type, so float32 inputs give float32 results.
         strong = [values[name].dtype for name, _, _, is_weak in signature if not is_weak]
         dtype = np.result_type(*strong) if strong else np.dtype(np.float64)
@@ -316,6 +319,15 @@ def check_structured(node, env: dict) -> tuple[int, ...]:
         raise ShapeError(f"index {node.position} is out of bounds for an axis of size "
                          f"{node.shape[0]} = {size}")
     return size, pos
+
+
+def check_picks(picks, env: dict) -> None:
+    """Each of the picks the text writes (`Lowered.picks`, unit vectors) inside its axis at
+    these sizes, a ShapeError else, as numpy's IndexError; a pick of names no input binds here
+    (of a term the result does not depend on) is left unchecked."""
+    for unit in picks:
+        if all(n in env for d in (unit.shape[0], unit.position) for n in names_in(d)):
+            check_structured(unit, env)
 
 
 def _weighted_sum(s, terms):

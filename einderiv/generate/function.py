@@ -24,7 +24,7 @@ import opt_einsum
 from ..backends import (DEVICE_BACKENDS, apart, array_type, cast, namespace, on_device,
                         owner, result_dtype)
 from ..errors import InputError, RuleError, ShapeError
-from ..evaluate.plan import (EVALUATION_FAILURES, _as_array, bind_dimensions,
+from ..evaluate.plan import (EVALUATION_FAILURES, _as_array, bind_dimensions, check_picks,
                              check_structured, evaluation_error, is_float, reject_unknown,
                              size_of, weak)
 from ..ir.dims import show_shape
@@ -38,7 +38,7 @@ _EINSUM = {"torch": "torch", "jax": "jax", "cupy": "cupy", "dask": "dask"}
 
 class GeneratedFunction:
     def __init__(self, module: PythonModule, declared: dict, structured=(),
-                 backend: str = "numpy", plain: bool = False):
+                 backend: str = "numpy", plain: bool = False, picks=()):
         self.module = module
         # `plain`: the guard returns what the API call returns, one output as itself (not in a
         # tuple of one), so that the call can return the guard's result as it is.
@@ -54,6 +54,7 @@ class GeneratedFunction:
         self.optional = {name: Var(name, shape) for name, shape in declared.items()
                          if name not in self.variables}
         self.structured = list(structured)  # slices and picks to check per signature
+        self.picks = tuple(picks)  # the text's own picks (Lowered.picks), checked likewise
         # (dimension sizes, result dtype, device) -> (function, result dtype)
         self._cache: dict[tuple, tuple] = {}
         # (name, type, dtype, shape[, device]) of every input -> (function, result dtype), for
@@ -198,6 +199,7 @@ class GeneratedFunction:
     def _specialize(self, env: dict, dtype, device):
         for node in self.structured:
             check_structured(node, env)
+        check_picks(self.picks, env)
         scope: dict = {}
         try:
             exec(self.code, scope)  # our generated module, never user text

@@ -966,6 +966,12 @@ def index(node: Node, items: list) -> Node:
     return contract(tuple(out), [(node, tuple(labels))] + ops, broadcast)
 
 
+def position(k: int | Dim, dim: Dim) -> Dim:
+    """The position that index k (negative from the end; a Dim as it is) picks on `dim`:
+    ShapeError where both are integers and k is out of range."""
+    return _position(k, dim)
+
+
 def _position(k: int | Dim, dim: Dim) -> Dim:
     if isinstance(k, Dim):  # a position of the sizes (`x[n - 2]`): checked at the call
         if k.is_concrete and dim.is_concrete and not 0 <= k.offset < dim.offset:

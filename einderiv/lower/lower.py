@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from ..errors import EinderivError, ParseError, ShapeError, UnknownNameError, did_you_mean
 from ..ir import build
 from ..ir.dims import Dim, names_in, show_shape
-from ..ir.nodes import Const, Node, Var
+from ..ir.nodes import Const, Node, Unit, Var
 from ..parse import ast
 from ..parse.parser import check_name
 from ..parse.unparse import unparse
@@ -32,6 +32,11 @@ class Lowered:
     declared: dict = field(default_factory=dict)  # every declared variable -> shape
     bound: dict = field(default_factory=dict)  # every bound temporary -> node
     sizes: dict = field(default_factory=dict)  # dimension names fixed to integers
+    # The picks the text writes at positions of the sizes (`x[n - 2]`, `x[1:][-1]`), as unit
+    # vectors to check against each call's sizes as numpy's IndexError would: the delta algebra
+    # may compose a pick with the windows around it into another unit vector (`diag(x)[1:][n -
+    # 2]` is x's entry n - 1), which is in range at sizes where the pick is not (n = 1).
+    picks: tuple = ()
 
 
 class Scope:
@@ -44,6 +49,7 @@ class Scope:
         self.rules = rules
         self.used: dict[str, Var] = {}
         self.sizes = sizes or {}  # dimension names fixed to integers when the result is built
+        self.picks: list = []  # unit vectors of the picks written at positions of the sizes
 
     def lookup(self, name: str, span) -> Node:
         if name in self.bound:
@@ -99,7 +105,7 @@ def lower(program: ast.Program, shapes: dict | None = None, rules: RuleBook | No
                          hint="end it with an expression, e.g. 'sum(x * x)'")
     dimensions.unreadable(declared, spans)  # every size follows from the arrays passed
     return Lowered(root, dict(scope.used), names, output_name, program.source,
-                   dict(declared), dict(scope.bound), sizes)
+                   dict(declared), dict(scope.bound), sizes, tuple(dict.fromkeys(scope.picks)))
 
 
 def declared_shape(name: str, dims, span=None, sizes=None) -> tuple[Dim, ...]:
@@ -277,6 +283,12 @@ def _index(x: Node, items, scope) -> Node:
         kind = basic[-1][0]
         axis += kind != "none"
         out += kind != "int"
+    axis = 0
+    for item in basic:  # each pick whose bounds depend on the sizes, checked at each call
+        if item[0] == "int" and axis < x.rank and not (
+                x.shape[axis].is_concrete and not isinstance(item[1], Dim)):
+            scope.picks.append(Unit(x.shape[axis], build.position(item[1], x.shape[axis])))
+        axis += item[0] != "none"
     node = build.index(x, basic)
     for at, k in strides:
         node = linear.stride(node, at, k)
@@ -321,12 +333,13 @@ def _index_item(item, scope):
 
 
 def _names_a_dimension(expr: ast.Expr, scope) -> bool:
-    """Whether `expr` is a dimension name, or one plus or minus an integer (`n - 2`)."""
+    """Whether `expr` is a name, or one plus or minus an integer (`n - 2`), that is no variable
+    and no temporary: a dimension, or an unknown name (which `_bound` says is one, with the
+    hint to give its size)."""
     if isinstance(expr, ast.BinOp) and expr.op in "+-":
         expr = expr.left
     return isinstance(expr, ast.Name) and (expr.id in scope.sizes or (
-        expr.id in scope.dims() and expr.id not in scope.bound and
-        expr.id not in scope.declared))
+        expr.id not in scope.bound and expr.id not in scope.declared))
 
 
 def _bound(expr: ast.Expr, scope):
