@@ -227,3 +227,37 @@ def test_sigmoid_of_a_few_entries_is_exact_on_its_fast_path(dtype, negated):
     got = kernels.sigmoid(-edge if negated else edge, negated=negated)
     assert got[0] == np.exp(edge[:1])[0] > 0
     assert abs(got[1] / _sigmoid_exact(1.0) - 1) < 4 * np.finfo(dtype).eps
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_softmax_minus_fast_path_agrees_with_the_split(seed):
+    # kernels.softmax_minus on numpy arrays of one dtype (softmax's own passes, the split only
+    # in confident slices) against its general path (the rule's split at every argmax, taken
+    # here by an array type the fast path leaves: a subclass), and both against mpmath where
+    # softmax is confident (leads of 30 to 1000)
+    import mpmath as mp
+    from einderiv.evaluate import kernels
+
+    class Sub(np.ndarray):
+        pass
+
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(40, 7)) * rng.choice([0.01, 1.0, 30.0, 1000.0], size=(40, 1))
+    X[0, :2] = 5.0  # a tie for the largest
+    X[1, 3] = -np.inf
+    Y = rng.dirichlet(np.ones(7), size=40)
+    Y[2] = np.eye(7)[X[2].argmax()]
+    for axis, x, y in [(1, X, Y), (0, X.T.copy(), Y.T.copy()), (-1, X[5], Y[5])]:
+        fast = kernels.softmax_minus(x, y, axis=axis)
+        split = np.asarray(kernels.softmax_minus(x.view(Sub), y.view(Sub), axis=axis))
+        np.testing.assert_allclose(fast, split, rtol=1e-12, atol=1e-15)
+    mp.mp.dps = 40
+    fast = kernels.softmax_minus(X, Y, axis=1)
+    for i in range(40):
+        row = [mp.mpf(v) for v in X[i]]
+        top = max(row)
+        total = mp.fsum(mp.exp(v - top) for v in row)
+        for j in range(7):
+            want = mp.exp(row[j] - top) / total - mp.mpf(Y[i, j])
+            assert abs(fast[i, j] - float(want)) <= 1e-13 * max(abs(float(want)), 1e-300) \
+                or abs(fast[i, j] - float(want)) < 1e-16, (i, j, fast[i, j], float(want))
