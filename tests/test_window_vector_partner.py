@@ -165,8 +165,7 @@ def test_a_pole_in_the_window_keeps_structural_zeros(place, pole):
     _no_selection_matrix(g)
     for path, got in _paths(g, X=X_, w=v).items():
         assert _same(got, want), (path, g.formula, got)
-    if "::" not in sl:  # (a strided window's Hessian: see the xfail below)
-        _check_pole_hessian(expr, shapes, X_, v, window, vb, hit)
+    _check_pole_hessian(expr, shapes, X_, v, window, vb, hit)
     # the hvp along a tangent that is 0 at the pole's entry: finite, exact
     tangent = RNG.standard_normal(shape)
     tangent[tuple(hit)] = 1.0
@@ -192,13 +191,6 @@ def _check_pole_hessian(expr, shapes, X_, v, window, vb, hit):
         assert _same(got, want), (path, h.formula)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "vectorize: the Hessian through a strided slice, `<stride>(delta[i,k] * delta[l+1,j], "
-    "axis=3) * w[l] * r[k,l]` (IR), is a product with a dense strided identity, "
-    "`-w * (1 / t0 / t0) * (eye(n)[:, None, :, None] * eye(2 * t + 1)[1:].T[:, None])[:, :, "
-    ":, ::2]`: 0 * inf = nan beside a pole in the generated code and the formula (the IR is "
-    "exact); also 1-D, `sum(log(x[1::2]) * w)`; not a window met by a vector (its gradient "
-    "and hvp are exact)"))
 @pytest.mark.parametrize("pole", POLES[3:], ids=[p[0] for p in POLES[3:]])
 def test_a_pole_in_a_strided_window_keeps_the_hessian_s_structural_zeros(pole):
     sl, length, concrete, index, at = pole

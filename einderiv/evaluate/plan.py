@@ -404,11 +404,16 @@ class ContractionStep:
             child, _, idx, ls = op
             # (a Delta narrowed is one only where `_through` made it: its values are its
             # source's, narrowed, and it is placed by its own offset and shape)
+            padded = [l for l in ls if l in self.pads]
             if isinstance(child, Delta) and \
                     ls[0] != ls[1] and ls[0] in out and ls[1] in out and \
-                    not (set(ls) & set(self.pads)) and \
+                    (not padded or child.is_identity and len(padded) == 1 and
+                     not any(o is not op and ls[ls.index(padded[0]) - 1] in o[3]
+                             for o in ops)) and \
                     not any(ls[1] in e or ls[0] in e for e in self.embeds):
-                keep, drop = ls
+                # (an identity one of whose labels is padded, `_padded_identity`: the rest
+                # is placed on the diagonal after the pad, on the padded label's whole length)
+                keep, drop = ls if not padded or padded[0] == ls[0] else ls[::-1]
                 if not child.is_identity:
                     others = [o for o in ops if o is not op and drop in o[3]]
                     if any(_structured(o[0]) or o[3].count(drop) != 1 for o in others):
@@ -497,7 +502,7 @@ class ContractionStep:
                             if j != k and label in r[3]:
                                 _narrow(r, label, slice(index, index + 1), label)
                                 if _structured(r[0]):
-                                    r[0] = None
+                                    r[0] = _padded_identity(r, label, out)
                         pads[label] = (index, size_of(child.shape[0], env) - index - 1)
                         del result[k]
                         changed = True
@@ -615,7 +620,7 @@ def _adjoint_window(result, k, row, col, window: slice, pads, cols, out=(), env=
             if j != k and col in r[3]:
                 _narrow(r, col, slice(at, at + 1), col)
                 if _structured(r[0]):
-                    r[0] = None
+                    r[0] = _padded_identity(r, col, out)
         pads[col] = (at, cols - at - 1)
         result[:] = [r for j, r in enumerate(result) if j != k and r is not rows[0]]
         return True
@@ -638,12 +643,27 @@ def _adjoint_window(result, k, row, col, window: slice, pads, cols, out=(), env=
         if j != k and col in r[3]:
             _narrow(r, col, window, col)
             if _structured(r[0]):
-                r[0] = None
+                r[0] = _padded_identity(r, col, out)
     for r in rows:
         r[3] = [col if l == row else l for l in r[3]]
     pads[col] = (window.start, cols - window.stop)
     del result[k]
     return True
+
+
+def _padded_identity(operand, label, out):
+    """What an identity on two output labels stays once its axis `label` is narrowed to a
+    pick or window that is padded back afterwards (the gradient of `sum(log(diag(X)[1:]))`,
+    `r[k] * delta[k+1, i] * delta[i, j]`): the identity, which `ContractionStep` then
+    embeds on the diagonal of (label, other) after the pad, where the padded axis has its
+    whole length again. Multiplied as the narrowed 0/1 array (`eye(n)[1:]`), its zeros times
+    an infinite entry of the rest were nan across that row. None for any other selection
+    (a plain array now)."""
+    node, labels = operand[0], operand[3]
+    if isinstance(node, Delta) and node.is_identity and len(labels) == 2 and \
+            labels[0] != labels[1] and label in labels and all(l in out for l in labels):
+        return node
+    return None
 
 
 def _through(sel, node, labels, label):

@@ -516,7 +516,57 @@ def _cancel_quotients(flat: list) -> list | None:
             del rest[found]
         else:
             return rest + [(a, labels if a.shape == node.shape else ())]
+    for k, node, labels in quotients:
+        lowered = _power_cancelled(flat, k, node, labels)
+        if lowered is not None:
+            return lowered
     return None
+
+
+def _power_cancelled(flat: list, k: int, node: Map, labels) -> list | None:
+    """`(a / u ** p) * u ** q` -> `a / u ** (p - q)` for constants p > q > 0 (`u` itself is
+    q = 1), on the quotient's labels: the chain rule's `(1 / t0 ** 2) * t0` of `log(t0 ** 2)`
+    is `1 / t0`, inf at t0 = 0 where the product was 0 * inf = nan (and 0, not 1 / t0, where
+    t0 ** 2 overflows). None where no such factor is there."""
+    a, b = node.args
+    if type(b) is not Map or b.fn != "pow" or type(b.args[1]) is not Const or \
+            b.shape != node.shape or a.shape != node.shape and type(a) is not Const:
+        return None
+    u, p = b.args[0], b.args[1].value
+    if u.shape != node.shape or not (math.isfinite(p) and p > 1):
+        return None
+    found = None
+    for j, (m, ms) in enumerate(flat):
+        if j == k or ms != labels:
+            continue
+        if m is u:
+            found = [j], 1.0
+        elif type(m) is Map and m.fn == "pow" and m.args[0] is u and \
+                type(m.args[1]) is Const and 0 < m.args[1].value < p:
+            found = [j], m.args[1].value
+        else:
+            continue
+        break
+    if found is None and type(u) is Contract and \
+            all(set(ls) <= set(u.out) for _, ls in u.operands):
+        # u inlined into the product as its own factors (`X[i,i]` for diag(X))
+        rename = dict(zip(u.out, labels))
+        taken = []
+        for n, ls in u.operands:
+            want = tuple([rename[l] for l in ls])
+            j = next((j for j, (m, ms) in enumerate(flat)
+                      if j != k and j not in taken and m is n and ms == want), None)
+            if j is None:
+                break
+            taken.append(j)
+        else:
+            found = taken, 1.0
+    if found is None:
+        return None
+    used, q = found
+    rest = [op for i, op in enumerate(flat) if i not in used and i != k]
+    power = u if p - q == 1 else elementwise("pow", [u, Const(p - q)])
+    return rest + [(elementwise("div", [a, power]), labels)]
 
 
 def _nested_quotients(node: Node) -> int:

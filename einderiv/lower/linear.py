@@ -274,6 +274,8 @@ def surface(node: Prim, arg: ast.Expr) -> ast.Expr:
         kwargs = () if rank == 1 else (("axis", _number(axes[0])),)
         return ast.Call(CUMSUM, (arg,), kwargs)
     if node.fn == FLIP:
+        if _reversed_along(arg, axes[0]):  # (a reversal of a reversal: `t[:, ::-1]`)
+            return arg.operand
         items = (ast.Slice(None, None),) * axes[0] + (ast.Slice(None, None, _number(-1)),)
         return ast.Index(arg, items)
     if node.fn == STRIDE:
@@ -305,6 +307,16 @@ def _stepped(arg: ast.Expr, axis: int, k: int) -> ast.Expr:
             items[axis] = ast.Slice(item.lo, item.hi, step)
             return ast.Index(arg.operand, tuple(items))
     return ast.Index(arg, (ast.Slice(None, None),) * axis + (ast.Slice(None, None, _number(k)),))
+
+
+def _reversed_along(arg: ast.Expr, axis: int) -> bool:
+    """Whether `arg` is `t[:, ..., ::-1]`, a reversal along `axis` and nothing else."""
+    if not isinstance(arg, ast.Index) or len(arg.items) != axis + 1 or \
+            not all(isinstance(i, ast.Slice) and i.lo is None and i.hi is None
+                    for i in arg.items):
+        return False
+    return all(i.step is None for i in arg.items[:-1]) and arg.items[-1].step is not None and \
+        _reversal(arg.items[-1].step)
 
 
 def _reversal(step: ast.Expr) -> bool:

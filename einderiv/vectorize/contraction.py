@@ -15,7 +15,7 @@ from opt_einsum import get_symbol
 from ..ir.deltas import finite_where_inputs_are, is_structure
 from ..ir.dims import ONE, Dim
 from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Unit
-from ..lower.linear import STRIDE, stride
+from ..lower.linear import FLIP, STRIDE, stride
 from ..parse import ast
 
 
@@ -83,7 +83,7 @@ class ContractionTranslator:
         self.terms: list[Term] = []
         dropped = []
         operands = []
-        for child, labels in node.operands:
+        for child, labels in _strided_factors_expanded(node.operands):
             if type(child) is Const:
                 self.coef *= child.value
                 continue
@@ -132,6 +132,52 @@ class ContractionTranslator:
             self.coef *= t.expr.value
         if numbers:
             self.terms = [t for t in self.terms if not any(t is n for n in numbers)]
+        self.flips: list = []  # output labels reversed last (`_unflipped`)
+        self.translate = translate
+        self._unflipped()
+
+    def _unflipped(self):
+        """A selection of rows in reverse, `flip(W, 0)[k, i]` with W a window or every k-th
+        row of one (lanes.py's places stepping down, `e_7, e_5, e_3, e_1` of
+        `log(x[2t]) * x[2(T-1-t)+1]`), read as W itself with every other term on k reversed
+        along k (`t[::-1]`), and, where k is an output label, the result reversed along k
+        last: the rows in order, which the steps below slice, dilate and pad as they do any
+        window (`pad(dilate(t2[::-1], 2, 7), ...)`), where the reversed selection was a dense
+        0/1 matrix multiplied with its partner (0 * inf = nan beside a pole) or its rows
+        placed one by one (a part per step)."""
+        for t in list(self.terms):
+            if not _flipped_rows(t):
+                continue
+            k = _unflipped_node(t)[0]
+            flipped = [u for u in self.terms if _flipped_rows(u) and _unflipped_node(u)[0] == k]
+            others = [u for u in self.terms if k in u.labels and
+                      not any(u is f for f in flipped)]
+            # a window or identity on (k, m), k its rows, reversed along k is the window of
+            # as many rows at the other end reversed along m: the result is reversed along m
+            # last, where m is an output label no other term carries
+            passed = [u for u in others if isinstance(u.node, Delta) and
+                      len(u.labels) == 2 and u.labels[0] != u.labels[1] and
+                      (u.labels[0] == k or u.node.is_identity) and
+                      _other(u.labels, k) in self.out and
+                      not any(v is not u and _other(u.labels, k) in v.labels
+                              for v in self.terms)]
+            others = [u for u in others if not any(u is v for v in passed)]
+            if any(u.labels.count(k) != 1 or _structured(u.node) for u in others) or \
+                    len({_other(u.labels, k) for u in passed}) != len(passed) or \
+                    any(_window_at_the_other_end(u.node) is None for u in passed):
+                continue
+            for u in flipped:
+                _, u.node, u.labels = _unflipped_node(u)
+                u.expr = self.translate(u.node)
+            for u in passed:
+                u.node, u.labels = _window_at_the_other_end(u.node), (k, _other(u.labels, k))
+                u.expr = selection(u.node)
+            for u in others:
+                u.expr = _reversed(u.expr, len(u.labels), u.labels.index(k))
+                u.node = None
+            if k in self.out:
+                self.flips.append(k)
+            self.flips += [_other(u.labels, k) for u in passed]
 
     # -- the steps -----------------------------------------------------------------------------
 
@@ -145,6 +191,9 @@ class ContractionTranslator:
         if not self.terms:
             return number(self.coef), ()
         term = self.terms[0]
+        for k in self.flips:  # (a reversal of a broadcast axis is that broadcast)
+            if k in term.labels:
+                term.expr = _reversed(term.expr, len(term.labels), term.labels.index(k))
         present = tuple(l for l in self.out if l in term.labels)
         # The constant goes on the smaller array, before any broadcast.
         expr = scaled(self.coef, _permute(term.expr, term.labels, present))
@@ -235,7 +284,8 @@ class ContractionTranslator:
         others = [t for t in self.terms if t is not a and t is not b]
         second = b.node
         if not ((isinstance(second, Delta) and not second.is_identity) or
-                _strided_window(second) or _distinct_unit_rows(second)) or \
+                _strided_window(second) or _distinct_unit_rows(second) or
+                _flipped_rows(b)) or \
                 a.node.shape[0] != second.shape[0] or not others or \
                 any(t.labels != (k,) for t in others):
             return
@@ -246,6 +296,9 @@ class ContractionTranslator:
         self.dims.append(self.dims[k])
         b.labels = (fresh, b.labels[1])
         self.terms = [a, b, Term(ast.Call("diag", (product,)), (k, fresh))]
+        # (a selection of rows in reverse, the places of steps that read one input forwards
+        # and another backwards: the diagonal reversed along its axis, `diag(r)[:, ::-1]`)
+        self._unflipped()
 
     def _scatter_one(self) -> tuple | None:
         """One unit vector or window of `_scatter_later`'s, taken out: (label, widths)."""
@@ -332,7 +385,7 @@ class ContractionTranslator:
                 not (isinstance(node, Delta) and any(t is q for q in partners))]
             for t in narrowed:
                 t.expr = _index(t.expr, len(t.labels), t.labels.index(label), item)
-                t.node = None
+                t.node = _identity_narrowed(t, label, node)
             self.terms = [t for t in self.terms if t is not sel]
             self.dims[label] = rows
             return label, widths
@@ -384,7 +437,8 @@ class ContractionTranslator:
         may be infinite, as there. [(j, widths), (j, ("diagonal", k, rows))] or []."""
         for sel in self.terms:
             node = sel.node
-            if not isinstance(node, Delta) or node.is_identity or \
+            strided = _strided_window(node)
+            if not (strided or isinstance(node, Delta) and not node.is_identity) or \
                     sel.labels[0] == sel.labels[1] or \
                     not all(l in self.out for l in sel.labels):
                 continue
@@ -397,17 +451,23 @@ class ContractionTranslator:
                     not any(row in t.labels or label in t.labels for t in others) or \
                     self._finite_rest():
                 continue
-            rows, cols = node.shape
-            item = _slice(node.offset, node.offset + rows, cols)
+            # (every k-th row of a window, the Hessian through `X[:, 1::2]`: its rows on the
+            # diagonal, dilated k apart and padded along j)
+            window = node.args[0] if strided else node
+            rows, cols = window.shape
+            item = _slice(window.offset, window.offset + rows, cols)
+            widths = (dimension(window.offset), _rest(window))
+            if strided:
+                item = ast.Slice(item.lo, item.hi, number(node.params[1]))
+                widths += (number(node.params[1]), dimension(rows))
             for t in others:
                 if label in t.labels:
                     t.expr = _index(t.expr, len(t.labels), t.labels.index(label), item)
                     t.labels = tuple(row if l == label else l for l in t.labels)
                     t.node = None
             self.terms = others
-            self.dims[label] = rows
-            return [(label, (dimension(node.offset), _rest(node))),
-                    (label, ("diagonal", row, rows))]
+            self.dims[label] = node.shape[0]
+            return [(label, widths), (label, ("diagonal", row, node.shape[0]))]
         return []
 
     def _unit_rows_on_output(self, sel: Term) -> tuple | None:
@@ -1410,8 +1470,31 @@ def _padded(expr: ast.Expr, labels: tuple, widths: dict) -> ast.Expr:
     if not widths:  # (a dilation that fills the whole axis needs no zeros around it)
         return expr
     zero = ast.Tuple((number(0), number(0)))
+    inner = _pad_widths(expr, len(labels))
+    if inner is not None and not any(
+            inner[a] is not None and l in widths for a, l in enumerate(labels)):
+        # a pad of a pad along other axes is one pad (`pad(diag(v), ((1, 0), (1, 0)))`)
+        return ast.Call("pad", (expr.args[0], ast.Tuple(tuple(
+            ast.Tuple(widths[l]) if l in widths else inner[a] or zero
+            for a, l in enumerate(labels)))))
     return ast.Call("pad", (expr, ast.Tuple(tuple(
         ast.Tuple(widths[l]) if l in widths else zero for l in labels))))
+
+
+def _pad_widths(expr: ast.Expr, rank: int) -> list | None:
+    """For `pad(a, ((b0, a0), ...))` of `rank` axes, each axis's widths (None where 0);
+    else None."""
+    if not (isinstance(expr, ast.Call) and expr.func == "pad" and len(expr.args) == 2 and
+            not expr.kwargs and isinstance(expr.args[1], ast.Tuple) and
+            len(expr.args[1].items) == rank):
+        return None
+    found = []
+    for w in expr.args[1].items:
+        if not isinstance(w, ast.Tuple) or len(w.items) != 2:
+            return None
+        found.append(None if all(isinstance(e, ast.Number) and e.value == 0 for e in w.items)
+                     else w)
+    return found
 
 
 def rows_placed(expr: ast.Expr, labels: tuple, label, positions: list[int], n: Dim,
@@ -1526,6 +1609,198 @@ def _times_ones(expr: ast.Expr, rank: int) -> ast.Expr:
             and expr.left.value == 1.0:
         return ast.BinOp("/", ones, expr.right)
     return ast.BinOp("*", expr, ones)
+
+
+def _strided_factors_expanded(operands) -> list:
+    """The operands, each step of a product of selections (`stride(delta[i,k] * delta[l+1,j],
+    axis=3)`, the Hessian through `X[:, 1::2]`, whose identity and window are one IR node)
+    written as its factors, the step on the one factor that carries the stepped axis: rows
+    every k-th of a window or identity, `stride(delta(m, n, s), 0, k)`, which the steps below
+    read, place (`_strided_rows_embed`, `_window_diagonal_of_all`) or index as they do a
+    strided window of their own. Left a whole 0/1 array, its product with a rest infinite at
+    one entry was 0 * inf = nan across the rows and columns of that entry."""
+    result, found = [], False
+    for child, labels in operands:
+        factors = _strided_product_factors(child, labels)
+        if factors is None:
+            factors = _flipped_pair_factors(child, labels)
+        found = found or factors is not None
+        result += factors if factors is not None else [(child, labels)]
+    return result if found else operands
+
+
+def _flipped_pair_factors(child, labels) -> list | None:
+    """A product of a window of the reversed identity, `flip(eye(n), 1)[p, s] *
+    delta[q + o, s]` summed over s, and factors on its output labels alone (`w[q]`, the
+    Hessian through `sum(log(x[:0:-1]) * w)`): the pair as one operand, which `_unflipped`
+    reads as a window reversed, and the factors each as an operand of its own (else
+    `(w[:, None] * eye(n)[:-1])[:, ::-1]` was multiplied by the pole: nan beside it)."""
+    if type(child) is not Contract or len(child.dims) != len(child.out) + 1 or \
+            len(child.operands) < 3:
+        return None
+    s = len(child.out)
+    pair = [(n, ls) for n, ls in child.operands if s in ls]
+    rest = [(n, ls) for n, ls in child.operands if s not in ls]
+    if len(pair) != 2 or not any(type(n) is Prim and n.fn == FLIP for n, _ in pair) or \
+            not any(type(n) is Delta for n, _ in pair):
+        return None
+    out = tuple(l for _, ls in pair for l in ls if l != s)
+    if len(out) != 2 or out[0] == out[1]:
+        return None
+    joined = Contract(out, pair)
+    if _flipped_window_product(joined, (0, 1)) is None:
+        return None
+    return [(joined, tuple(labels[l] for l in out))] + \
+        [(n, tuple(labels[l] for l in ls)) for n, ls in rest]
+
+
+def _strided_product_factors(child, labels) -> list | None:
+    """`_strided_factors_expanded` of one operand: its factors with their labels, or None."""
+    if type(child) is not Prim or child.fn != STRIDE:
+        return None
+    inner = child.args[0]
+    if type(inner) is not Contract or len(inner.dims) != len(inner.out) or \
+            any(type(f) is not Delta or len(set(fl)) != 2 for f, fl in inner.operands):
+        return None
+    (axis,), step = child.params
+    carriers = [(f, fl) for f, fl in inner.operands if axis in fl]
+    if len(carriers) != 1:
+        return None
+    (factor, fl), = carriers
+    if fl[0] != axis:
+        if not factor.is_identity:  # (a window's columns stepped: not every k-th row)
+            return None
+        fl = fl[::-1]  # (the identity is symmetric)
+    factors = []
+    for f, flabels in inner.operands:
+        if f is factor:
+            f, flabels = stride(f, 0, step), fl
+        factors.append((f, tuple(labels[l] for l in flabels)))
+    return factors
+
+
+def _identity_narrowed(t: Term, label, picked: Node) -> Node | None:
+    """The node of term `t` once its axis `label` is narrowed to the rows a pick or window
+    `picked` keeps (`_scatter_one`): an identity on (label, j) is the window of those
+    rows, `eye(n)[1:]` a Delta(n - 1, n, 1) on (label, j) (with the labels put rows first),
+    which is placed as a window is (`pad(diag(v), ...)`, `_diag_embed`), not multiplied as
+    a dense 0/1 matrix, whose zeros times an infinite entry of the rest were nan (the
+    gradient of `sum(log(diag(X)[1:]))`). None for any other term (it is an array now)."""
+    node = t.node
+    if type(node) is not Delta or not node.is_identity or len(t.labels) != 2 or \
+            t.labels[0] == t.labels[1]:
+        return None
+    n = node.shape[0]
+    if isinstance(picked, Unit):
+        rows, offset = ONE, picked.position
+    elif isinstance(picked, Delta):
+        rows, offset = picked.shape[0], picked.offset
+    else:
+        return None
+    if not (offset.is_concrete or offset.name == n.name):
+        return None
+    other = t.labels[1] if t.labels[0] == label else t.labels[0]
+    try:
+        window = Delta(rows, n, offset)
+    except (ValueError, TypeError):
+        return None
+    t.labels = (label, other)
+    t.expr = selection(window)
+    return window
+
+
+def _flipped_rows(t: Term) -> bool:
+    """Whether term `t` is a window, an identity or every k-th row of a window, its rows
+    reversed (`flip(W, 0)`), on two labels."""
+    return _unflipped_node(t) is not None and t.labels[0] != t.labels[1]
+
+
+def _unflipped_node(t: Term) -> tuple | None:
+    """For a selection reversed along one of its labels, (that label, the selection in
+    order, its labels): `flip(W, 0)` of a window or every k-th row of one, on its row label;
+    `flip(eye(n), 1)` (the Hessian through `x[::-1]`), which is `flip(eye(n), 0)`; every k-th
+    column or row of that, `stride(flip(eye(n)), 1, k)` (through `x[::-2]`), which is
+    `stride(eye(n), 1, k)` reversed along its other label; a window of the reversed identity,
+    `flip(eye(n), 1)[p, s] * delta[q + o, s]` (through `x[:0:-1]`), which is the window
+    `delta[q' + n - o - r, p]` of its r rows reversed along q. Else None."""
+    node = t.node
+    if len(t.labels) != 2:
+        return None
+    if type(node) is Contract:
+        return _flipped_window_product(node, t.labels)
+    if type(node) is not Prim:
+        return None
+    if node.fn == STRIDE and len(node.params[0]) == 1:
+        (axis,), step = node.params
+        inner = node.args[0]
+        if type(inner) is Prim and inner.fn == FLIP and type(inner.args[0]) is Delta and \
+                inner.args[0].is_identity:
+            return t.labels[1 - axis], stride(inner.args[0], axis, step), t.labels
+        return None
+    if node.fn != FLIP:
+        return None
+    inner = node.args[0]
+    if node.params[0] == (0,) and (type(inner) is Delta or _strided_window(inner)) or \
+            type(inner) is Delta and inner.is_identity:
+        return t.labels[0], inner, t.labels
+    return None
+
+
+def _flipped_window_product(node: Contract, labels: tuple) -> tuple | None:
+    """`_unflipped_node` of `flip(eye(n), a)[p, s] * delta[q + o, s]` summed over s."""
+    if node.out != (0, 1) or len(node.operands) != 2 or len(node.dims) != 3:
+        return None
+    flipped = [(f, ls) for f, ls in node.operands if type(f) is Prim and f.fn == FLIP and
+               type(f.args[0]) is Delta and f.args[0].is_identity]
+    windows = [(d, ls) for d, ls in node.operands if type(d) is Delta]
+    if len(flipped) != 1 or len(windows) != 1:
+        return None
+    (f, fl), (d, dl) = flipped[0], windows[0]
+    if 2 not in fl or dl[1] != 2 or dl[0] == 2 or fl.count(2) != 1:
+        return None
+    p, q = [l for l in fl if l != 2][0], dl[0]
+    rows, n = d.shape
+    try:
+        window = Delta(rows, n, n - d.offset - rows)
+    except (ValueError, TypeError):
+        return None
+    return labels[q], window, (labels[q], labels[p])
+
+
+def _window_at_the_other_end(node: Delta) -> Delta | None:
+    """For a window of r rows at offset o of an n-axis, the window of r rows at offset
+    n - r - o (its rows reversed are it reversed along its columns); None where that
+    offset is no dimension."""
+    rows, cols = node.shape
+    try:
+        return Delta(rows, cols, cols - rows - node.offset)
+    except (ValueError, TypeError):
+        return None
+
+
+def _other(labels: tuple, label):
+    """The label of a pair that is not `label`."""
+    return labels[1] if labels[0] == label else labels[0]
+
+
+def _reversed(expr: ast.Expr, rank: int, axis: int) -> ast.Expr:
+    """`expr` reversed along `axis` (`t[::-1]`, `t[:, ::-1]`); a reversal undone where `expr`
+    is one there (`t[::-1]` reversed is `t`)."""
+    flip = ast.Slice(None, None, number(-1))
+    if isinstance(expr, ast.Index) and len(expr.items) == axis + 1 and all(
+            isinstance(i, ast.Slice) and i.lo is None and i.hi is None and i.step is None
+            for i in expr.items[:axis]):
+        last = expr.items[axis]
+        if isinstance(last, ast.Slice) and last.lo is None and last.hi is None and \
+                _minus_one(last.step):
+            return expr.operand if axis == 0 else ast.Index(expr.operand, expr.items[:axis])
+    return _index(expr, rank, axis, flip)
+
+
+def _minus_one(step) -> bool:
+    return isinstance(step, ast.UnaryOp) and step.op == "-" and \
+        isinstance(step.operand, ast.Number) and step.operand.value == 1 or \
+        isinstance(step, ast.Number) and step.value == -1
 
 
 def row_window(start: int, step: int, count: int, n: Dim) -> Node:

@@ -635,6 +635,12 @@ def _even_units(olds: tuple, lanes: int, is_lane) -> Node | None:
     step = offsets[1] - start
     if step >= 1 and offsets == list(range(start, start + step * lanes, step)):
         return row_window(start, step, lanes, first.shape[0])
+    if step <= -1 and offsets == list(range(start, start + step * lanes, step)):
+        # places stepping down (`log(x[2t]) * x[2(T-1-t)+1]`: e_7, e_5, e_3, e_1): those rows
+        # reversed, `flip(x[1:8:2])`, which the vectorizer reads and places as the rows in
+        # order with the lanes reversed (contraction.py `_reversed_rows`), where a stack of
+        # the unit vectors was placed row by row (a part per step)
+        return linear.flip(row_window(offsets[-1], -step, lanes, first.shape[0]), 0)
     return None
 
 
