@@ -73,12 +73,12 @@ from __future__ import annotations
 import io
 import threading
 import tokenize
-import warnings
 
 import numpy as np
 import pytest
 
 import einderiv
+from three_paths import paths as _paths, quiet as _quiet
 from einderiv import fn
 
 jax = pytest.importorskip("jax")
@@ -91,18 +91,6 @@ class _J:
                                              jnp.sqrt, jnp.stack)
 
 
-def _quiet(f, *a, **k):
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        return np.asarray(f(*a, **k))
-
-
-def _paths(result, **arrays):
-    """The generated code, the IR interpreter, and the printed formula compiled back."""
-    back = einderiv.compile(result.formula, result.inputs)
-    kw = {k: v for k, v in arrays.items() if k in result.inputs}
-    return {"generated": _quiet(result, **kw), "ir": _quiet(result.evaluate_ir, **kw),
-            "formula": _quiet(back, **kw)}
 
 
 def _same(got, want):

@@ -130,13 +130,13 @@ from __future__ import annotations
 import contextlib
 import io
 import tracemalloc
-import warnings
 
 import mpmath as mp
 import numpy as np
 import pytest
 
 import einderiv
+from three_paths import paths as _paths, quiet as _quiet
 from einderiv import cli
 
 jax = pytest.importorskip("jax")
@@ -145,18 +145,6 @@ import jax.numpy as jnp  # noqa: E402
 from jax.scipy.special import gammaln as _jgammaln, logsumexp as _jlse  # noqa: E402
 
 
-def _quiet(f, *a, **k):
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        return np.asarray(f(*a, **k))
-
-
-def _paths(result, **arrays):
-    """The generated code, the IR interpreter, and the printed formula compiled back."""
-    back = einderiv.compile(result.formula, result.inputs)
-    kw = {k: v for k, v in arrays.items() if k in result.inputs}
-    return {"generated": _quiet(result, **kw), "ir": _quiet(result.evaluate_ir, **kw),
-            "formula": _quiet(back, **kw)}
 
 
 def _same(got, want, rtol=1e-9, atol=1e-11):

@@ -12,13 +12,13 @@ code, `.evaluate_ir`, `.formula` compiled back) against mpmath or jitted float64
 """
 from __future__ import annotations
 
-import warnings
 
 import mpmath as mp
 import numpy as np
 import pytest
 
 import einderiv
+from three_paths import paths as _paths, quiet as _quiet
 
 jax = pytest.importorskip("jax")
 jax.config.update("jax_enable_x64", True)
@@ -27,17 +27,6 @@ import jax.numpy as jnp  # noqa: E402
 mp.mp.dps = 50
 
 
-def _quiet(f, *a, **k):
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        return np.asarray(f(*a, **k))
-
-
-def _paths(result, **arrays):
-    back = einderiv.compile(result.formula, result.inputs)
-    kw = {k: v for k, v in arrays.items() if k in result.inputs}
-    return {"generated": _quiet(result, **kw), "ir": _quiet(result.evaluate_ir, **kw),
-            "formula": _quiet(back, **kw)}
 
 
 def _same(got, want, rtol=1e-12, atol=1e-300):

@@ -22,12 +22,12 @@ that unrolled steps read in reverse (helper s29).
 Every result is checked on the three paths (generated code, IR interpreter, printed formula
 compiled back) against jitted float64 JAX, or at a pole against the value worked out by hand.
 """
-import warnings
 
 import numpy as np
 import pytest
 
 import einderiv
+from three_paths import paths as _paths, quiet as _quiet
 from einderiv import fn
 
 jax = pytest.importorskip("jax")
@@ -37,17 +37,6 @@ import jax.numpy as jnp  # noqa: E402
 RNG = np.random.default_rng(2929)
 
 
-def _quiet(f, *a, **k):
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        return np.asarray(f(*a, **k))
-
-
-def _paths(result, **arrays):
-    back = einderiv.compile(result.formula, result.inputs)
-    kw = {k: v for k, v in arrays.items() if k in result.inputs}
-    return {"generated": _quiet(result, **kw), "ir": _quiet(result.evaluate_ir, **kw),
-            "formula": _quiet(back, **kw)}
 
 
 def _same(got, want, rtol=1e-9, atol=1e-11):

@@ -9,12 +9,12 @@ the row of an infinite entry (vectorize/contraction.py: `_window_on_shared_row`,
 or, at a pole, against the value worked out by hand."""
 import re
 import tracemalloc
-import warnings
 
 import numpy as np
 import pytest
 
 import einderiv
+from three_paths import paths as _paths
 
 jax = pytest.importorskip("jax")
 jax.config.update("jax_enable_x64", True)
@@ -23,18 +23,6 @@ import jax.numpy as jnp  # noqa: E402
 RNG = np.random.default_rng(31)
 
 
-def _quiet(f, *a, **k):
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        return np.asarray(f(*a, **k))
-
-
-def _paths(result, **arrays):
-    """The generated code, the IR interpreter, and the printed formula compiled back."""
-    back = einderiv.compile(result.formula, result.inputs)
-    kw = {k: v for k, v in arrays.items() if k in result.inputs}
-    return {"generated": _quiet(result, **kw), "ir": _quiet(result.evaluate_ir, **kw),
-            "formula": _quiet(back, **kw)}
 
 
 def _same(got, want, rtol=1e-9, atol=1e-11):

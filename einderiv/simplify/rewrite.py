@@ -171,18 +171,11 @@ class Rewriter:
         if seen is None:
             return None
         inner, back = seen
-        if inner not in self.whole:
-            self.whole[inner] = None
-            present = _functions_within(inner) if isinstance(inner, Add) else set()
-            for rule in (rules if isinstance(inner, Add) else ()):
-                if rule.needs and not rule.needs <= present:
-                    continue
-                replaced = rule.apply(inner)
-                if replaced is not None and replaced is not inner:
-                    self.whole[inner] = replaced
-                    break
-        replaced = self.whole[inner]
-        return None if replaced is None else back(replaced)
+        if not isinstance(inner, Add):
+            return None
+        present = _functions_within(inner) if inner not in self.whole else set()
+        return self._whole(inner, back, [r for r in rules
+                                         if not r.needs or r.needs <= present])
 
     def _scale_outside(self, node: Map, rules) -> Node | None:
         """A function of a sum with a constant factor inside, `log(sum(2 * exp(x)))`, seen as
@@ -218,6 +211,11 @@ class Rewriter:
         if seen is None:
             return None
         inner, back = seen
+        return self._whole(inner, back, rules)
+
+    def _whole(self, inner: Node, back, rules) -> Node | None:
+        """`back` of what the first of `rules` makes of the whole tensor `inner` (looked at
+        once, `self.whole`), or None where none applies."""
         if inner not in self.whole:
             self.whole[inner] = None
             for rule in rules:

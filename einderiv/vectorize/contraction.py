@@ -811,13 +811,7 @@ class ContractionTranslator:
                 p.labels.count(label) != 1 or new in p.labels or _structured(p.node)
                 for p in partners) or len({frozenset(p.labels) for p in partners}) == 1:
             return False  # (partners on the same axes are multiplied first, then indexed)
-        rows, cols = node.shape
-        item = _slice(node.offset, node.offset + rows, cols)
-        for p in partners:
-            axis = p.labels.index(label)
-            p.expr = _index(p.expr, len(p.labels), axis, item)
-            p.labels = p.labels[:axis] + (new,) + p.labels[axis + 1:]
-            p.node = None
+        _sliced(partners, node, label, new)
         self.terms = [t for t in self.terms if t is not sel]
         return True
 
@@ -918,13 +912,7 @@ class ContractionTranslator:
                     break
                 composed.append((w, Term(None, (new, other), window)))
             else:
-                rows, cols = node.shape
-                item = _slice(node.offset, node.offset + rows, cols)
-                for p in plain:
-                    axis = p.labels.index(label)
-                    p.expr = _index(p.expr, len(p.labels), axis, item)
-                    p.labels = p.labels[:axis] + (new,) + p.labels[axis + 1:]
-                    p.node = None
+                _sliced(plain, node, label, new)
                 self._windows_replaced(sel, composed)
                 return True
         return False
@@ -1963,6 +1951,17 @@ def _window_of_unit_rows(node: Contract) -> tuple[float, list[tuple[Dim, Dim]]] 
         return None
     picked = rows[start:start + step * (count - 1) + 1:step]
     return (scale, picked) if len(picked) == count else None
+
+
+def _sliced(terms: list, window: Delta, label, new) -> None:
+    """Each of `terms` sliced to `window`'s rows on `label`, which becomes `new` (in place)."""
+    rows, cols = window.shape
+    item = _slice(window.offset, window.offset + rows, cols)
+    for p in terms:
+        axis = p.labels.index(label)
+        p.expr = _index(p.expr, len(p.labels), axis, item)
+        p.labels = p.labels[:axis] + (new,) + p.labels[axis + 1:]
+        p.node = None
 
 
 def _slice(lo: Dim, hi: Dim, dim: Dim) -> ast.Slice:
