@@ -186,10 +186,13 @@ def test_gradient_of_one_diagonal_entry_at_its_pole(k):
         assert _same(got, want), (path, g.formula)
 
 
-@pytest.mark.parametrize("power", [2, 3, 2.5])
+@pytest.mark.parametrize("power", [2, 3])
 @pytest.mark.parametrize("sl", ["[:-1]", "[1:]", ""])
 def test_a_power_under_log_cancels_to_inf_at_zero(power, sl):
     # d/dX log(d ** p) = p / d: inf at d = 0, where `p * d ** (p - 1) / d ** p` was 0 / 0
+    # (whole powers only: d ** 2.5 is nan where d < 0, and so must its derivative stay, so
+    # 2.5 * d ** 1.5 / d ** 2.5 is not cancelled, and is 0 / 0 = nan at d = 0:
+    # test_breaker_s29_late.py)
     X_ = np.eye(3) + 0.1
     X_[1, 1] = 0.0
     g = einderiv.grad(f"sum(log(diag(X){sl} ** {power}))", "X", {"X": ("n", "n")})

@@ -564,6 +564,10 @@ def _power_cancelled(flat: list, k: int, node: Map, labels) -> list | None:
     if found is None:
         return None
     used, q = found
+    if float(p - q).is_integer() and not (float(p).is_integer() and float(q).is_integer()):
+        # u ** 2.5 is nan where u < 0 and u ** 0.5 too, but u ** 2 is not: cancelled, a nan
+        # would become a number (`(a / u ** 2.5) * u ** 0.5`, `log(x ** 1.5)`'s gradient)
+        return None
     rest = [op for i, op in enumerate(flat) if i not in used and i != k]
     power = u if p - q == 1 else elementwise("pow", [u, Const(p - q)])
     return rest + [(elementwise("div", [a, power]), labels)]
