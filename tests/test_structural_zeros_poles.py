@@ -141,7 +141,7 @@ def test_shared_pole_float32(places):
             assert _same(got, want, rtol=1e-5), (result.kind, path)
 
 
-@pytest.mark.parametrize("places", ["stride 2", "irregular"])
+@pytest.mark.parametrize("places", ["stride 2", pytest.param("irregular", marks=_SLOW)])
 def test_shared_pole_two_hundred_steps(places):
     reads, pole = _PLACES[places](200)
     x, total = _shared_pole(reads, pole, "log")
@@ -176,9 +176,14 @@ _OTHER_POLES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(_OTHER_POLES))
-@pytest.mark.parametrize("reads", [list(range(3, 27, 2)), [2, 3, 7, 8, 11, 17, 18, 22, 25, 26]],
-                         ids=["stride 2", "irregular"])
+_IRREGULAR = [2, 3, 7, 8, 11, 17, 18, 22, 25, 26]
+
+
+@pytest.mark.parametrize("name, reads", [
+    *[pytest.param(name, list(range(3, 27, 2)), id=f"stride 2-{name}",
+                   marks=[_SLOW] if name == "quotient" else []) for name in sorted(_OTHER_POLES)],
+    *[pytest.param(name, _IRREGULAR, id=f"irregular-{name}",
+                   marks=[] if name == "quotient" else [_SLOW]) for name in sorted(_OTHER_POLES)]])
 def test_other_poles_past_the_bound(name, reads):
     """No nan anywhere at the pole (every entry is finite or ±inf there), structural zeros
     exact, and the three paths equal; at an ordinary point, every path equal to JAX."""

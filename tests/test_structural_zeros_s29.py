@@ -23,6 +23,8 @@ Every result is checked on the three paths (generated code, IR interpreter, prin
 compiled back) against jitted float64 JAX, or at a pole against the value worked out by hand.
 """
 
+import os
+
 import numpy as np
 import pytest
 
@@ -281,8 +283,10 @@ def _program(pattern, T):
     return _unrolled(T, lambda t: first(t, T), lambda t: second(t, T))
 
 
+# (T = 12 for every pattern with EINDERIV_SLOW=1; T = 4 in CI: the suite's time budget)
 @pytest.mark.parametrize("pattern", list(PATTERNS))
-@pytest.mark.parametrize("T", [4, 12])
+@pytest.mark.parametrize("T", [4, pytest.param(12, marks=pytest.mark.skipif(
+    not os.environ.get("EINDERIV_SLOW"), reason="12 steps of every pattern: EINDERIV_SLOW=1"))])
 def test_reversed_reads_against_jax(pattern, T):
     places = _places(pattern, T)
     n = max(max(p) for p in places) + 3
