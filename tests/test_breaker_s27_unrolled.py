@@ -554,6 +554,7 @@ PATTERNS = {  # name -> spec(t, T) = (a step's function of its picks, the places
 }
 
 
+@pytest.mark.sample(2)
 @pytest.mark.parametrize("steps", [1, 3, 9])
 @pytest.mark.parametrize("name", [n for n in PATTERNS if not n.startswith("overlap")])
 def test_unrolled_pick_patterns_match_jax(name, steps):
@@ -1163,6 +1164,7 @@ def _pole_by_hand(pole, spec, steps, v):
 
 
 @pytest.mark.no_roundtrip  # every path checked here, at the pole
+@pytest.mark.sample(2)
 @pytest.mark.parametrize("steps", [1, 2, 3, 9])
 @pytest.mark.parametrize("stride", [2, 3, 4])
 @pytest.mark.parametrize("layout", list(POLE_LAYOUTS))
@@ -1191,6 +1193,7 @@ def test_pole_column_keeps_structural_zeros(pole, layout, stride, steps):
             _no_dense_selection(result.formula)
 
 
+@pytest.mark.sample(4)
 @pytest.mark.parametrize("steps", [1, 2, 3, 9])
 @pytest.mark.parametrize("stride", [2, 3, 4])
 @pytest.mark.parametrize("layout", list(POLE_LAYOUTS))

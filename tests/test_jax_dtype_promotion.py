@@ -104,6 +104,7 @@ def _check(got, want, computed_in=None):
                                rtol=8 * eps, atol=8 * eps)
 
 
+@pytest.mark.sample(2)
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("transform", ["call", "jit"])
 def test_value_dtype_matches_jax(case, transform, x64):
@@ -115,6 +116,7 @@ def test_value_dtype_matches_jax(case, transform, x64):
     _check(wrap(f)(x, c), want)
 
 
+@pytest.mark.sample(2)
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_vmap_dtype_matches_jax(case, x64):
     x, c = _case(case, x64)

@@ -75,6 +75,7 @@ def _case(place, s):
     return index.format(s=sl), vector, shapes, shape
 
 
+@pytest.mark.sample(2)
 @pytest.mark.parametrize("s", SLICES, ids=[s[0] for s in SLICES])
 @pytest.mark.parametrize("place", PLACES, ids=[p[0] for p in PLACES])
 @pytest.mark.parametrize("form", ["sum(sin({x}) * {w})", "sum(sin({x} * {w}))"],
