@@ -373,19 +373,23 @@ def call(name: str, *args, **kwargs) -> Tensor:
 
 def _keyword(name: str, key: str, value) -> ast.Expr:
     """The value of keyword `key` of `fn.name`, as the language writes it: None (`axis=None`:
-    every axis, which for softmax is not the default last axis), an axis or a tuple of them,
+    every axis, which for softmax is not the default last axis), True and False
+    (`keepdims=True`), an axis or a tuple of them,
     and for the other keywords a string (`mode="same"`, `ord="fro"`), a tuple of integers
     (strides, paddings) or a number (`ord=math.inf`)."""
     if value is None:
         return ast.NoneLit()
+    if isinstance(value, bool) and key == "keepdims":  # (a bool anywhere else is refused)
+        return ast.Name("True" if value else "False")
     if isinstance(value, (tuple, list)) or key == "axis":
         return _axis(tuple(value) if isinstance(value, list) else value)
     if isinstance(value, str):
         return ast.String(value)
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return _operand(value)[0]
-    raise EinderivError(f"einderiv.fn.{name}: {key}= takes a string, None, an integer, a "
-                        f"tuple of integers or a number, got {type(value).__name__}")
+    raise EinderivError(f"einderiv.fn.{name}: {key}= takes a string, None, an integer, a tuple "
+                        f"of integers or a number (keepdims= True or False), got "
+                        f"{type(value).__name__}")
 
 
 class _Functions:

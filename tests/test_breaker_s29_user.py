@@ -464,7 +464,7 @@ def test_cli_poisson_check_passes():
     ("sum(exp(X @ w) - y * (X @ w)", "w", "w=d", "unexpected end of input"),
     ("sum(softmaxx(X @ w))", "w", "w=d", "did you mean 'softmax'"),
     ("sum(X @ w)", "w", "w=n", "cannot matmul"),
-    ("sum(sum(X, axis=1, keepdims=True))", "X", "w=d", "keepdims"),
+    ("sum(sum(X, axis=1, keepdims=1))", "X", "w=d", "keepdims must be True or False"),
     ("sum(X @ w)", "v", "w=d", "unknown variable 'v'"),
 ])
 def test_cli_errors_are_clear(expr, wrt, shape, needle):

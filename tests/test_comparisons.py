@@ -201,6 +201,8 @@ def test_argmax_errors():
     with pytest.raises(einderiv.ShapeError, match="axis 2 is out of bounds"):
         einderiv.compile("x: [n, m]; argmax(x, axis=2)")
     with pytest.raises(einderiv.ParseError, match="argmax\\(\\) got an unexpected keyword"):
+        einderiv.compile("x: [n]; argmax(x, out=1)")
+    with pytest.raises(einderiv.ParseError, match="keepdims must be True or False"):
         einderiv.compile("x: [n]; argmax(x, keepdims=1)")
 
 

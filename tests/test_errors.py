@@ -196,7 +196,7 @@ def test_unknown_function_suggests_the_close_one():
 
 @pytest.mark.parametrize("source, suggestion", [
     ("sigmod(x)", "sigmoid"), ("sofmax(x)", "softmax"), ("logsumexpp(x)", "logsumexp"),
-    ("maximun(x, y)", "maximum"), ("summ(x)", "sum"), ("trase(A)", "trace"), ("exp2(x)", "exp"),
+    ("maximun(x, y)", "maximum"), ("summ(x)", "sum"), ("trase(A)", "trace"), ("exq(x)", "exp"),
 ])
 def test_unknown_function_suggestions(source, suggestion):
     assert f"'{suggestion}'" in str(error_of(source, kind=UnknownNameError))

@@ -177,7 +177,7 @@ def test_var_std_axis_errors():
     with pytest.raises(einderiv.errors.ShapeError, match="out of bounds"):
         einderiv.compile("var(X, axis=2)", MATRIX)
     with pytest.raises(einderiv.errors.ParseError, match="unexpected keyword"):
-        einderiv.compile("std(X, ddof=1)", MATRIX)
+        einderiv.compile("std(X, correction=1)", MATRIX)
 
 
 @pytest.mark.parametrize("backend", ["torch", "dask"])

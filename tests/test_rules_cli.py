@@ -122,17 +122,18 @@ def test_check_quiet_prints_only_the_summary_when_all_pass(capsys):
 
 
 CBRT_WRONG = """\
-# The real cube root, with a derivative that forgot the square.
-elementwise cbrt(x) = xp.cbrt
+# The real cube root (a name the shipped tables do not have: theirs is cbrt), with a
+# derivative that forgot the square.
+elementwise cuberoot(x) = xp.cbrt
 
-d cbrt(x) / dx = 1 / (3 * cbrt(x))
+d cuberoot(x) / dx = 1 / (3 * cuberoot(x))
 """
-CBRT_RIGHT = CBRT_WRONG.replace("1 / (3 * cbrt(x))", "1 / (3 * cbrt(x) ** 2)")
+CBRT_RIGHT = CBRT_WRONG.replace("1 / (3 * cuberoot(x))", "1 / (3 * cuberoot(x) ** 2)")
 TANH_WRONG = "# a sign slipped\nd tanh(x) / dx = 1 + tanh(x) ** 2\n"
 
 
 @pytest.mark.parametrize("wrong, right, rule", [
-    (CBRT_WRONG, CBRT_RIGHT, "d cbrt(x) / dx = 1 / (3 * cbrt(x))"),
+    (CBRT_WRONG, CBRT_RIGHT, "d cuberoot(x) / dx = 1 / (3 * cuberoot(x))"),
     (TANH_WRONG, TANH_WRONG.replace("1 +", "1 -"), "d tanh(x) / dx = 1 + tanh(x) ** 2"),
 ], ids=["new-function", "built-in-function"])
 def test_check_names_the_line_of_a_wrong_rule(capsys, tmp_path, wrong, right, rule):
@@ -209,7 +210,7 @@ def test_check_leaves_the_process_wide_rules_alone(capsys, tmp_path):
     path = tmp_path / "cbrt.rules"
     path.write_text(CBRT_RIGHT)
     assert run(capsys, "rules", "check", str(path))[0] == 0
-    assert default_rulebook().get("cbrt") is None
+    assert default_rulebook().get("cuberoot") is None
 
 
 @pytest.mark.parametrize("text, why", [

@@ -86,7 +86,8 @@ GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "
          "omega", "Gamma", "Delta", "Theta", "Lambda", "Xi", "Pi", "Sigma", "Upsilon", "Phi",
          "Psi", "Omega"}
 # Functions with a LaTeX operator of their own.
-OPERATORS = {"exp": r"\exp", "log": r"\log", "sin": r"\sin", "cos": r"\cos", "tan": r"\tan",
+OPERATORS = {"exp": r"\exp", "log": r"\log", "log2": r"\log_2", "log10": r"\log_{10}",
+             "sin": r"\sin", "cos": r"\cos", "tan": r"\tan",
              "sinh": r"\sinh", "cosh": r"\cosh", "tanh": r"\tanh", "arctan": r"\arctan",
              "det": r"\det", "sigmoid": r"\sigma", "dsigmoid": r"\sigma'", "maximum": r"\max",
              "minimum": r"\min", "max": r"\max", "min": r"\min",

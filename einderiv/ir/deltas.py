@@ -336,7 +336,7 @@ _FINITE_MAPS = frozenset({
     "neg", "tanh", "sigmoid", "dsigmoid", "sech2", "sin", "cos", "arctan", "abs", "relu",
     "sign", "step", "heaviside", "maximum", "minimum", "clip", "where", "greater",
     "greater_equal", "less", "less_equal", "equal", "not_equal", "complement", "floor", "ceil",
-    "round", "square", "erf", "erfc", "softplus", "logsigmoid", "logaddexp", "logcosh", "gelu",
+    "round", "square", "cbrt", "erf", "erfc", "softplus", "logsigmoid", "logaddexp", "logcosh", "gelu",
     "hypot"})
 _FINITE_PRIMS = frozenset({"softmax", "log_softmax", "logsumexp", "max", "min", "norm",
                            "max_weights", "argmax_onehot", "cumsum", "flip", "<stride>",
@@ -353,7 +353,7 @@ def finite_where_inputs_are(node: Node) -> bool:
 
 
 # Functions infinite at a finite input only where they overflow (exp(710)): no pole.
-_OVERFLOW_ONLY = frozenset({"exp", "expm1", "sinh", "cosh"})
+_OVERFLOW_ONLY = frozenset({"exp", "exp2", "expm1", "sinh", "cosh"})
 _NO_POLE: "weakref.WeakKeyDictionary[Node, bool]" = weakref.WeakKeyDictionary()
 
 

@@ -6,6 +6,7 @@ primitive, a tensor primitive, or a definition expanded in place.
 """
 from __future__ import annotations
 
+import dataclasses
 from functools import lru_cache
 from itertools import count
 
@@ -35,6 +36,10 @@ def tensor_args(call: ast.Call, scope) -> list[ast.Expr]:
             return list(first.items)
         return list(call.args[:1]) if call.func == "concatenate" else list(call.args)
     f = scope.rules.get(call.func)
+    if f is not None and f.kind == "def" and f.keywords:
+        # a parameter with a default given a constant (`leaky_relu(x, 0.2)`, `amax(x, (0, 1))`)
+        # is put into the body as written; a tensor there is lowered as the others
+        return [a for k, a in enumerate(call.args) if k < f.arity or not _literal(a)]
     if f is not None and f.kind == "tensor" and f.shape in ("cotangent", "weighted"):
         return list(call.args[:2])
     if call.func in AXIS_FUNCTIONS or call.func in FIRST_ONLY or \
@@ -93,12 +98,20 @@ def _no_keywords(call: ast.Call) -> None:
                          f"'{call.kwargs[0][0]}='", call.kwargs[0][1].span or call.span)
 
 
-def _axis_argument(call: ast.Call, keyword: str = "axis"):
-    """The `axis` of a reduction: None, or an AST expression (keyword or 2nd positional)."""
+def _listed(words: list[str]) -> str:
+    """`a`, `a and b`, `a, b and c`."""
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def _axis_argument(call: ast.Call, keyword: str = "axis", others: tuple = ()):
+    """The `axis` of a reduction: None, or an AST expression (keyword or 2nd positional).
+    `others`: the other keywords the function takes (already taken out of `call`), for the
+    message about an unexpected one."""
     for k, v in call.kwargs:
         if k != keyword:
+            takes = _listed([f"{w}=" for w in (keyword, *others)])
             raise ParseError(f"{call.func}() got an unexpected keyword argument '{k}'",
-                             v.span or call.span, hint=f"{call.func} takes {keyword}=")
+                             v.span or call.span, hint=f"{call.func} takes {takes}")
     _arity(call, 1, 2)
     if len(call.args) == 2:
         if call.kwargs:
@@ -128,47 +141,126 @@ def _axes(expr, rank: int, call: ast.Call) -> tuple[int, ...] | None:
 # -- structural built-ins ---------------------------------------------------------------------
 
 def _sum(call, args, scope):
-    axis = _axis_argument(call)  # checks the argument count before `args` is unpacked
+    call, keepdims = _keepdims(call)
+    axis = _axis_argument(call, others=("keepdims",))  # checks the argument count first
     (x,) = args
-    axes = _axes(axis, x.rank, call)
-    return build.reduce_sum(x, tuple(range(x.rank)) if axes is None else axes)
+    axes = _every(_axes(axis, x.rank, call), x)
+    return _kept(build.reduce_sum(x, axes), axes, x.rank, keepdims)
 
 
 def _mean(call, args, scope):
-    axis = _axis_argument(call)  # checks the argument count before `args` is unpacked
+    call, keepdims = _keepdims(call)
+    axis = _axis_argument(call, others=("keepdims",))  # checks the argument count first
     (x,) = args
-    axes = _axes(axis, x.rank, call)
-    return _average(x, tuple(range(x.rank)) if axes is None else axes)
+    axes = _every(_axes(axis, x.rank, call), x)
+    return _kept(_average(x, axes), axes, x.rank, keepdims)
 
 
 def _var(call, args, scope):
-    """var(x, axis=None): the population variance (numpy's default ddof=0), lowered as the
-    mean of squared deviations from the mean, two passes as numpy (no E[x**2] - E[x]**2,
-    which cancels to nothing for data far from 0)."""
-    axis = _axis_argument(call)
+    """var(x, axis=None, ddof=0, keepdims=False): the variance, the sum of squared deviations
+    from the mean divided by N - ddof (numpy's; ddof=0 the population variance), two passes as
+    numpy (no E[x**2] - E[x]**2, which cancels to nothing for data far from 0)."""
+    call, keepdims = _keepdims(call)
+    call, ddof = _ddof(call)
+    axis = _axis_argument(call, others=("ddof", "keepdims"))
     (x,) = args
-    axes = _axes(axis, x.rank, call)
-    return _variance(x, tuple(range(x.rank)) if axes is None else axes)
+    axes = _every(_axes(axis, x.rank, call), x)
+    return _kept(_variance(x, axes, ddof), axes, x.rank, keepdims)
 
 
 def _std(call, args, scope):
-    """std(x, axis=None): sqrt(var(x, axis)). Its derivative is nan where every entry is
-    equal (var 0: 0 times sqrt's infinite derivative at 0), as JAX's."""
-    axis = _axis_argument(call)
+    """std(x, axis=None, ddof=0, keepdims=False): sqrt(var(x, axis, ddof)). Its derivative is
+    nan where every entry is equal (var 0: 0 times sqrt's infinite derivative at 0), as JAX's."""
+    call, keepdims = _keepdims(call)
+    call, ddof = _ddof(call)
+    axis = _axis_argument(call, others=("ddof", "keepdims"))
     (x,) = args
-    axes = _axes(axis, x.rank, call)
-    return build.elementwise("sqrt", [_variance(x, tuple(range(x.rank)) if axes is None
-                                                else axes)])
+    axes = _every(_axes(axis, x.rank, call), x)
+    return _kept(build.elementwise("sqrt", [_variance(x, axes, ddof)]), axes, x.rank, keepdims)
 
 
-def _variance(x: Node, axes: tuple[int, ...]) -> Node:
+def _every(axes, x: Node) -> tuple[int, ...]:
+    return tuple(range(x.rank)) if axes is None else axes
+
+
+def _variance(x: Node, axes: tuple[int, ...], ddof: int = 0) -> Node:
     labels = tuple(range(x.rank))
     # the mean broadcast back along the reduced axes (numpy's keepdims)
     centre = build.contract(labels, [(_average(x, axes), tuple(l for l in labels
                                                                if l not in axes))],
                             {a: x.shape[a] for a in axes})
     deviation = build.binary_add(x, centre, -1.0)
-    return _average(build.multiply(deviation, deviation), axes)
+    squares = build.multiply(deviation, deviation)
+    if ddof == 0:
+        return _average(squares, axes)
+    # numpy's divisor max(N - ddof, 0): the sum divided by 0 (inf, or nan where it is 0) where
+    # ddof >= N
+    total = build.reduce_sum(squares, axes)
+    dims = [x.shape[a] for a in axes]
+    concrete = 1
+    for d in dims:
+        concrete *= d.offset if d.is_concrete else 1
+    symbolic = [d for d in dims if not d.is_concrete]
+    if not symbolic or concrete == 0:  # N known: concrete
+        if concrete - ddof > 0:
+            return build.scale(1.0 / (concrete - ddof), total)
+        return build.elementwise("div", [total, build.const(0.0)])
+    size = build.contract((), [(Size(d), ()) for d in symbolic])
+    if concrete != 1:
+        size = build.scale(float(concrete), size)
+    divisor = build.binary_add(size, build.const(float(ddof)), -1.0)
+    if ddof > 0:
+        divisor = build.elementwise("maximum", [divisor, build.const(0.0)])
+    return build.elementwise("div", [total, divisor])
+
+
+# -- keywords of the reductions: keepdims=, ddof= -----------------------------------------------
+
+def _without(call: ast.Call, keyword: str):
+    """(`call` without the keyword argument `keyword`, its value or None)."""
+    value = next((v for k, v in call.kwargs if k == keyword), None)
+    if value is None:
+        return call, None
+    rest = tuple((k, v) for k, v in call.kwargs if k != keyword)
+    return ast.Call(call.func, call.args, rest, span=call.span,
+                    func_span=call.func_span), value
+
+
+def _keepdims(call: ast.Call) -> tuple[ast.Call, bool]:
+    """(`call` without keepdims=, its value): True or False, as written."""
+    call, value = _without(call, "keepdims")
+    if value is None:
+        return call, False
+    if isinstance(value, ast.Name) and value.id in ("True", "False"):
+        return call, value.id == "True"
+    from .lower import text_of
+    raise ParseError(f"{call.func}(): keepdims must be True or False, got {text_of(value)}",
+                     value.span or call.span,
+                     hint="keepdims=True keeps each reduced axis with size 1, as numpy's")
+
+
+def _ddof(call: ast.Call) -> tuple[ast.Call, int]:
+    """(`call` without ddof=, its value): an integer literal, 0 if not given."""
+    from .lower import constant_int, text_of
+    call, value = _without(call, "ddof")
+    if value is None:
+        return call, 0
+    try:
+        return call, constant_int(value, "ddof")
+    except ParseError:
+        raise ParseError(f"{call.func}(): ddof must be an integer constant, got "
+                         f"{text_of(value)}", value.span or call.span,
+                         hint="numpy's ddof: the sum of squared deviations is divided by "
+                              "N - ddof (ddof=1: the sample variance)") from None
+
+
+def _kept(node: Node, axes, rank: int, keepdims: bool) -> Node:
+    """`node`, a reduction over `axes` of a tensor of `rank` axes, with those axes put back with
+    size 1 where `keepdims` (numpy's keepdims=True; `sum(x, axis=1)[:, None]` for a matrix)."""
+    if not keepdims:
+        return node
+    return build.index(node, [("none",) if a in axes else ("slice", None, None)
+                              for a in range(rank)])
 
 
 def _average(x: Node, axes: tuple[int, ...]) -> Node:
@@ -581,6 +673,20 @@ def _norm(call, args, scope):
     axis=(r, c)): 'fro', 1 (the largest column sum of abs(x)), inf (the largest row sum),
     -1 and -inf the smallest. An axis as the second argument (a tuple, or the rewrites' name
     `axis`) is the axis, as the other reductions take it."""
+    call, keepdims = _keepdims(call)
+    node = _norm_value(call, args, scope)
+    if not keepdims:
+        return node
+    (x,) = args
+    _, axis = _norm_arguments(call)
+    if axis is None or isinstance(axis, ast.NoneLit):
+        return _kept(node, tuple(range(x.rank)), x.rank, True)
+    items = axis.items if isinstance(axis, ast.Tuple) else (axis,)
+    return _kept(node, _permutation(items, x.rank, call, axis.span), x.rank, True)
+
+
+def _norm_arguments(call):
+    """norm's (order, axis), as written (AST expressions, or None where not given)."""
     _arity(call, 1, 3)
     order = axis = None
     rest = list(call.args[1:])
@@ -595,8 +701,15 @@ def _norm(call, args, scope):
     for key, value in call.kwargs:
         if key not in ("ord", "axis") or (order if key == "ord" else axis) is not None:
             raise ParseError(f"norm() got an unexpected or repeated keyword argument '{key}'",
-                             value.span or call.span, hint="norm takes ord= and axis=")
+                             value.span or call.span,
+                             hint="norm takes ord=, axis= and keepdims=")
         order, axis = (value, axis) if key == "ord" else (order, value)
+    return order, axis
+
+
+def _norm_value(call, args, scope):
+    """norm(x, ord=None, axis=None) without keepdims."""
+    order, axis = _norm_arguments(call)
     value = None if order is None or isinstance(order, ast.NoneLit) else _order_value(order)
     (x,) = args
     two_norm = ast.Call("norm", call.args[:1], () if axis is None else (("axis", axis),),
@@ -852,12 +965,16 @@ def _tensor_primitive(call, f, args, scope) -> Node:
         return _square_square(call, f, args)
     if f.shape in ("cotangent", "weighted"):
         return _cotangent(call, f, args, scope)
+    keepdims, others = False, ()
+    if f.shape == "reduce" and f.axis is not None:  # numpy's keepdims=, as sum's
+        call, keepdims = _keepdims(call)
+        others = ("keepdims",)
     if f.axis is None:
         _no_keywords(call)
         _arity(call, f.arity, f.arity)
         axes = None
     else:
-        axis = _axis_argument(call, f.axis)
+        axis = _axis_argument(call, f.axis, others)
         # An explicit `axis=None` is every axis, as numpy's, scipy's and JAX's (and sum's here);
         # only an omitted axis takes the primitive's default below.
         axes = (tuple(range(args[0].rank)) if isinstance(axis, ast.NoneLit)
@@ -882,7 +999,7 @@ def _tensor_primitive(call, f, args, scope) -> Node:
     shape = x.shape if f.shape == "same" else tuple(d for i, d in enumerate(x.shape)
                                                      if i not in axes)
     # Over no axes (a scalar's) too: a reduction of one entry is not always the entry (norm).
-    return Prim(f.name, (x,), (axes,), shape)
+    return _kept(Prim(f.name, (x,), (axes,), shape), axes, x.rank, keepdims)
 
 
 def _square_rhs(call, f, args) -> Node:
@@ -939,15 +1056,18 @@ def _cotangent(call, f, args, scope) -> Node:
         raise ShapeError(f"{f.name}(): {what} {show_shape(g.shape)} is not shaped like "
                          f"the first argument, {show_shape(x.shape)}",
                          call.args[1].span or call.span)
-    axes = None
+    axes, keepdims = None, False
+    if f.shape == "weighted" and f.axis is not None:  # a reduction: numpy's keepdims=
+        call, keepdims = _keepdims(call)
     if f.axis is None:
         _no_keywords(call)
         _arity(call, 2, 2)
     else:
         for k, v in call.kwargs:
             if k != f.axis:
+                takes = f"{f.axis}= and keepdims=" if f.shape == "weighted" else f"{f.axis}="
                 raise ParseError(f"{call.func}() got an unexpected keyword argument '{k}'",
-                                 v.span or call.span, hint=f"{call.func} takes {f.axis}=")
+                                 v.span or call.span, hint=f"{call.func} takes {takes}")
         _arity(call, 2, 3)
         if len(call.args) == 3 and call.kwargs:
             raise ParseError(f"{call.func}() got {f.axis} twice", call.span)
@@ -960,8 +1080,9 @@ def _cotangent(call, f, args, scope) -> Node:
     if f.shape == "weighted":
         if axes is None:
             axes = tuple(range(x.rank))
-        return Prim(f.name, (x, g), (axes,), tuple(d for i, d in enumerate(x.shape)
-                                                   if i not in axes))
+        return _kept(Prim(f.name, (x, g), (axes,), tuple(d for i, d in enumerate(x.shape)
+                                                         if i not in axes)),
+                     axes, x.rank, keepdims)
     if axes is None:
         axes = (x.rank - 1,) if x.rank else ()
     return Prim(f.name, (x, g), (axes,), x.shape)
@@ -981,8 +1102,9 @@ def _definition_body(name: str, body: str, origin: str) -> ast.Expr:
 
 def _expand_definition(call, f, args, scope) -> Node:
     from .lower import Scope, lower_expr
-    _no_keywords(call)
-    _arity(call, f.arity, f.arity)
+    if not f.keywords:
+        _no_keywords(call)
+    _arity(call, f.arity, f.arity + len(f.keywords))
     depth = getattr(scope, "depth", 0) + 1
     if depth > MAX_DEFINITION_DEPTH:
         raise RuleError(f"{f.origin}: the definition of {f.name} expands without end",
@@ -991,9 +1113,79 @@ def _expand_definition(call, f, args, scope) -> Node:
     inner.depth = depth
     inner.bound = dict(zip(f.params, args))
     body = _definition_body(f.name, f.body, f.origin)
+    if f.keywords:
+        body = _with_keywords(call, f, args[f.arity:], body, inner, scope)
     try:
         return lower_expr(body, inner)
     except UnknownNameError as e:
         raise RuleError(f"{f.origin}: in the definition of {f.name}: {e.message}") from None
 
 
+def _literal(expr: ast.Expr) -> bool:
+    """Whether `expr` is a constant as written: a number (negated too), None, True, False, a
+    string, or a tuple of them. Such a value of a definition's parameter with a default is put
+    into its body as written, where it may be an axis or a keyword's value."""
+    while isinstance(expr, ast.UnaryOp):
+        expr = expr.operand
+    if isinstance(expr, ast.Tuple):
+        return all(_literal(item) for item in expr.items)
+    return isinstance(expr, (ast.Number, ast.NoneLit, ast.String)) or \
+        isinstance(expr, ast.Name) and expr.id in ("True", "False")
+
+
+@lru_cache(maxsize=None)
+def _default_value(text: str) -> ast.Expr:
+    return parse(text).statements[0]
+
+
+def _with_keywords(call, f, tensors: list, body: ast.Expr, inner, scope) -> ast.Expr:
+    """The body of definition `f` with its parameters that have defaults given their values
+    (by position or keyword, else the default): a constant is put into the body as written
+    (`amax(x, axis=1)`: `max(x, axis=1)`), a tensor expression bound in `inner` as a tensor
+    parameter is."""
+    from .lower import lower_expr
+    names = [k for k, _ in f.keywords]
+    given: dict = {}
+    tensors = iter(tensors)
+    for k, a in enumerate(call.args[f.arity:]):
+        given[names[k]] = a if _literal(a) else next(tensors)
+    for key, value in call.kwargs:
+        if key not in names:
+            takes = _listed([f"{k}=" for k in names])
+            raise ParseError(f"{f.name}() got an unexpected keyword argument '{key}'",
+                             value.span or call.span, hint=f"{f.name} takes {takes}")
+        if key in given:
+            raise ParseError(f"{f.name}() got {key} twice, by position and by keyword",
+                             value.span or call.span)
+        given[key] = value if _literal(value) else lower_expr(value, scope)
+    constants = {}
+    for key, default in f.keywords:
+        value = given.get(key, None)
+        if value is None:
+            value = _default_value(default)
+        if isinstance(value, ast.Expr):
+            constants[key] = value
+        else:
+            inner.bound[key] = value
+    return _substituted(body, constants)
+
+
+def _substituted(expr, values: dict):
+    """`expr` (a syntax tree, or a tuple of them) with each name of `values` replaced by its
+    value; the parts without one are the same objects."""
+    if isinstance(expr, ast.Name):
+        return values.get(expr.id, expr)
+    if isinstance(expr, tuple):
+        items = tuple(_substituted(item, values) for item in expr)
+        return expr if all(a is b for a, b in zip(items, expr)) else items
+    if not isinstance(expr, ast.Expr):
+        return expr
+    changed = {}
+    for field in dataclasses.fields(expr):
+        if field.name in ("span", "func_span"):
+            continue
+        old = getattr(expr, field.name)
+        new = _substituted(old, values)
+        if new is not old:
+            changed[field.name] = new
+    return dataclasses.replace(expr, **changed) if changed else expr

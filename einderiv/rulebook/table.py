@@ -55,6 +55,9 @@ class Function:
     axis: str | None = None  # a tensor primitive's axis keyword, if it takes one
     shape: str | None = None  # a tensor primitive's shape rule: a key of TENSOR_SHAPES
     origin: str = ""  # "file:line"
+    # A definition's parameters with defaults, after `params` (its tensors): (name, the
+    # default as written: a number, None, True or False), `def elu(x, alpha=1.0) = ...`.
+    keywords: tuple[tuple[str, str], ...] = ()
 
     @property
     def arity(self) -> int:
@@ -62,7 +65,7 @@ class Function:
 
     def __str__(self) -> str:
         """The function's line in a rule file (spaces normalised)."""
-        params = ", ".join(self.params)
+        params = ", ".join([*self.params, *(f"{k}={v}" for k, v in self.keywords)])
         if self.kind == "def":
             return f"def {self.name}({params}) = {self.body}"
         if self.kind == "tensor":
@@ -263,6 +266,9 @@ def parse_rules(text: str, filename: str = "<rules>", bodies: bool = False,
             functions.append(_rewrite(rule.children[0], origin, text))
             continue
         name = str(rule.children[0])
+        if rule.data == "definition":
+            functions.append(_definition(rule, origin, text))
+            continue
         params = tuple(str(p) for p in rule.children[1].children)
         if rule.data == "elementwise":
             functions.append(Function(name, "elementwise", params,
@@ -301,10 +307,31 @@ def parse_rules(text: str, filename: str = "<rules>", bodies: bool = False,
             functions.append(Function(name, "tensor", params,
                                       _impl(rule.children[4], text, origin, allow_imports),
                                       axis=axis, shape=shape, origin=origin))
-        else:
-            functions.append(Function(name, "def", params, body=str(rule.children[2]).strip(),
-                                      origin=origin))
     return functions
+
+
+def _definition(rule: lark.Tree, origin: str, text: str) -> Function:
+    """`def NAME(x, y, key=DEFAULT, ...) = BODY`: the tensors first, then the parameters with
+    defaults (as Python's, each name once)."""
+    name, def_params, body = rule.children
+    params, keywords, seen = [], [], set()
+    for param in def_params.children:
+        token, default = param.children
+        if str(token) in seen:
+            raise RuleError(f"{origin}: the parameter {token} of {name} repeats",
+                            _token_span(text, token))
+        seen.add(str(token))
+        if default is not None:
+            keywords.append((str(token), str(default)))
+        elif keywords:
+            raise RuleError(f"{origin}: the parameter {token} of {name} has no default but "
+                            f"follows one with a default", _token_span(text, token),
+                            hint="the tensors come first, then the parameters with defaults "
+                                 "(as in Python)")
+        else:
+            params.append(str(token))
+    return Function(str(name), "def", tuple(params), body=str(body).strip(), origin=origin,
+                    keywords=tuple(keywords))
 
 
 def _derivative(rule: lark.Tree, origin: str, text: str) -> Derivative:

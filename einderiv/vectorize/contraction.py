@@ -1320,6 +1320,15 @@ def broadcast(expr: ast.Expr, axes, shape) -> ast.Expr:
     ones = ast.Call("ones", tuple(dimension(d) for d in shape))
     if isinstance(aligned, ast.Number) and aligned.value in (0.0, 1.0):
         return ones if aligned.value else ast.Call("zeros", ones.args)
+    if axes and all(shape[a].name is None and shape[a].offset == 1
+                    for a in everything if a not in axes):
+        # every axis added has size 1 (numpy's keepdims, `x[:, None]` alone): indexing with
+        # None is the whole broadcast, `x[:, None]`, never `x[:, None] * ones(n, 1)` (leading
+        # axes too, which `_align` leaves to broadcasting)
+        items = [ast.Slice(None, None) if a in axes else ast.NoneLit() for a in everything]
+        while isinstance(items[-1], ast.Slice):
+            items.pop()
+        return ast.Index(_permute(expr, axes, tuple(sorted(axes))), tuple(items))
     ones.broadcast = True
     if isinstance(aligned, ast.UnaryOp) and aligned.op == "-" and \
             isinstance(aligned.operand, ast.Number) and aligned.operand.value == 1.0:
