@@ -21,9 +21,9 @@ partial likelihood), Horner and Chebyshev polynomials, multivariate-normal likel
 cholesky, a Markov chain by matrix_power; float32 inputs; size-1 and size-0 dimensions;
 jvp and vjp with several `wrt`.
 
-Faults (strict xfails below):
+Faults (both fixed):
 
-1. The Hessian (and hvp) of a Coulomb energy with the self-pairs masked by `where`,
+1. (fixed) The Hessian (and hvp) of a Coulomb energy with the self-pairs masked by `where`,
    `R = sqrt(sum((X[:, None, :] - X[None, :, :]) ** 2, axis=2))` (rewritten to `norm(..., axis=2)`,
    or written so) and `0.5 * sum(where(eye(n) > 0, 0, q[:, None] * q[None, :] / R))` (or `1 / R`),
    is nan in every entry, on all three paths; the gradient is right, and so is the Hessian of
@@ -36,7 +36,9 @@ Faults (strict xfails below):
    one condition, not through a summed Contract (`sum(..., axis=4)`) nor a sum of selects on two
    conditions (`t2.mT`, the mask for the first particle, and `t8`, for the second): so
    inf * 0 = nan at each masked pair, and the sum over pairs (`sum(t15, axis=3) - sum(t15,
-   axis=2)`) spreads it to every entry.
+   axis=2)`) spreads it to every entry. Now `_vanishing` sees a sum of selects on several
+   conditions (0 where all are) and a contraction over an operand that vanishes (0 where the
+   operand is along every summed axis), so the pole goes into a select's branch.
 2. (fixed) logaddexp at two -inf arguments had a nan derivative (rules/elementwise.rules:
    `d logaddexp(a, b) / da = sigmoid(a - b)`, -inf - -inf = nan), where einderiv's own logsumexp
    documents and gives 0 for a slice that is all -inf (docs/language.md, "Derivatives at kinks":
@@ -643,14 +645,6 @@ def test_coulomb_masked_by_where_gradient(R):
           {"X": ("n", 3), "q": ("n",)}, "X", _coulomb_masked_jax, dict(X=ATOMS, q=CHARGES))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "derive/masks.py: the Hessian's term -t5 / R * t13 - t4 * t5 * t13 multiplies the pole "
-    "t5 = -1 / R ** 2 (inf at the masked diagonal R = 0) by t13, the where-masked tangent of R "
-    "(0 there), as a product: `_vanishing` sees through a product or an Add of selects on one "
-    "condition, not through the summed Contract `sum(where(t2.mT, ...), axis=4) + "
-    "sum(where(t8, ...), axis=4)` (two conditions, one per particle), so `product` does not "
-    "take the pole into a select; inf * 0 = nan at each self-pair, and the sum over pairs "
-    "spreads it to every entry of the Hessian, on all three paths (the gradient is right)"))
 @pytest.mark.parametrize("R", fast_first(COULOMB_MASKED))
 @pytest.mark.parametrize("kind", fast_first(["hessian", "hvp"]))
 def test_coulomb_masked_by_where_hessian(R, kind):
@@ -668,10 +662,6 @@ def test_coulomb_masked_by_where_hessian(R, kind):
         _close(got, np.tensordot(want, t, axes=2))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the same mechanism with the simplest body, 1 / R: derive/masks.py `_vanishing` does not "
-    "see the summed, two-condition masked tangent of R = norm(..., axis=2) as vanishing on "
-    "the diagonal, so the pole -1 / R ** 2 multiplies it: nan everywhere"))
 def test_inverse_distance_masked_by_where_hessian():
     text = ("R = norm(X[:, None, :] - X[None, :, :], axis=2)\n"
             "sum(where(eye(n) > 0, 0, 1 / R))")
@@ -682,6 +672,34 @@ def test_inverse_distance_masked_by_where_hessian():
     want = _jax_hess(f, "X", dict(X=ATOMS))
     for path, got in paths(einderiv.hessian(text, "X", {"X": ("n", 3)}), X=ATOMS).items():
         _close(got, want)
+
+
+# (fault 1's kind, beyond its examples: other pair potentials masked by `where`, on the
+# diagonal or above it, with an hvp; a pole factor infinite on the masked pairs times the
+# where-masked tangent of the distance, a sum over an axis of selects on two conditions)
+_LJ_BODY = "where({mask}, 0, 4 * (R ** -12 - R ** -6))"
+
+
+@pytest.mark.parametrize("mask, jmask", [("eye(n) > 0", lambda n: jnp.eye(n) > 0),
+                                         ("tril(ones(n, n)) > 0",
+                                          lambda n: jnp.tril(jnp.ones((n, n))) > 0)],
+                         ids=["diagonal", "lower triangle"])
+def test_lennard_jones_masked_by_where_hessian_and_hvp(mask, jmask):
+    text = ("R = norm(X[:, None, :] - X[None, :, :], axis=2)\n0.5 * sum("
+            + _LJ_BODY.format(mask=mask) + ")")
+
+    def f(a):
+        E = jmask(4)
+        R = jnp.sqrt(jnp.where(E, 1.0, _pair_sq(a["X"])))
+        return 0.5 * jnp.sum(jnp.where(E, 0, 4 * (R ** -12 - R ** -6)))
+    X = ATOMS * 1.3
+    want = _jax_hess(f, "X", dict(X=X))
+    assert np.all(np.isfinite(want))
+    for path, got in paths(einderiv.hessian(text, "X", {"X": ("n", 3)}), X=X).items():
+        _close(got, want)
+    t = np.random.default_rng(2).normal(size=X.shape)
+    _close(quiet(einderiv.hvp(text, "X", {"X": ("n", 3)}), X=X, tangent=t),
+           np.tensordot(want, t, axes=2))
 
 
 @pytest.mark.parametrize("body", fast_first(["1 / abs(x[:, None] - x[None, :])",

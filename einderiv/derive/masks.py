@@ -13,12 +13,16 @@ every argument that is not itself constant (step, sign, heaviside, where with co
 Such a select, once made, is a factor of the next derivative's products: `where(c, a, 0)` times
 a factor that may be infinite where c is 0 (1 / sqrt(x) in the Hessian of
 `where(step(x), sqrt(x), 0)`) takes it into its branch, `where(c, a * f, 0)`, and so does a sum
-or product of selects that are all 0 where c is.
+or product of selects that are all 0 where c is, a sum of selects on several conditions (0 where
+all of them are), and a contraction over a select (0 where it is along every summed axis: the
+masked tangent of a distance, whose pole factor -1 / r ** 2 is infinite on the masked pairs of
+`sum(where(eye(n) > 0, 0, 1 / r))`).
 """
 from __future__ import annotations
 
 import weakref
 from itertools import count
+from typing import NamedTuple
 
 from ..ir import build
 from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Size, Unit, Var
@@ -171,37 +175,87 @@ def _zero_branch(node: Node) -> int | None:
     return None
 
 
-def _vanishing(node: Node, memo: dict, depth: int) -> Node | None:
-    """For a factor that is 0 wherever a select with a zero branch is, that select: the
-    factor itself (`where(c, a, 0)` or `where(c, 0, b)`), an elementwise product with such a
-    factor, or a sum whose terms are all 0 on one condition (the same c, the same branch 0).
+class _Vanishing(NamedTuple):
+    """Where a factor is 0 whatever the rest of a product is: wherever `cond` is 0 (`branch`
+    1) or nonzero (`branch` 2), laid on the factor's own axes (or a scalar). `select` is the
+    factor itself where it is a select with a zero branch (`where(cond, a, 0)`), whose branch
+    then replaces it; None where the factor has a select among its parts."""
+    select: Node | None
+    cond: Node
+    branch: int
+
+
+def _vanishing(node: Node, memo: dict, depth: int) -> _Vanishing | None:
+    """For a factor that is 0 wherever a select with a zero branch is: the factor itself
+    (`where(c, a, 0)` or `where(c, 0, b)`), an elementwise product with such a factor, a sum
+    whose terms are each 0 somewhere (0 where all of them are), or a contraction with such an
+    operand (0 where the operand is, along every summed axis: the masked tangent of a distance
+    `sum(where(m, d, 0), axis=2)`, whose pole factor -1 / r ** 2 is infinite where m is 0).
     None for any other node."""
     known = memo.get((node, "vanishing"), False)
     if known is not False:
         return known
-    c = None
-    if _zero_branch(node) is not None:
-        c = node
+    found = None
+    k = _zero_branch(node)
+    if k is not None:
+        found = _Vanishing(node, node.args[0], k)
     elif depth > 1 and isinstance(node, Add):
-        c = _vanishing(node.terms[0][1], memo, depth - 1)
-        for _, t in node.terms[1:]:
-            if c is None:
-                break
-            if _key(_vanishing(t, memo, depth - 1)) != _key(c):
-                c = None
-    elif depth > 1 and isinstance(node, Contract) and build._is_product(node):
-        for n, labels in node.operands:
-            if labels == node.out:
-                c = _vanishing(n, memo, depth - 1)
-                if c is not None:
-                    break
-    memo[node, "vanishing"] = c
-    return c
+        parts = [_vanishing(t, memo, depth - 1) for _, t in node.terms]
+        if all(p is not None for p in parts):
+            if all(_key(p) == _key(parts[0]) for p in parts):
+                found = _Vanishing(None, parts[0].cond, parts[0].branch)
+            elif all(_laid_as(p.cond, node) for p in parts):
+                # each term 0 on its own condition (a mask per particle): the sum is 0 where
+                # every term is, and may be nonzero where any may be
+                region = _region(parts[0])
+                for p in parts[1:]:
+                    region = build.elementwise("where", [region, Const(1.0), _region(p)])
+                found = _Vanishing(None, region, 1)
+    elif depth > 1 and isinstance(node, Contract):
+        if build._is_product(node):
+            for n, labels in node.operands:
+                if labels == node.out:
+                    inner = _vanishing(n, memo, depth - 1)
+                    if inner is not None:
+                        found = _Vanishing(None, inner.cond, inner.branch)
+                        break
+        if found is None:
+            found = _contracted(node, memo, depth)
+    memo[node, "vanishing"] = found
+    return found
 
 
-def _key(select: Node | None):
+def _contracted(node: Contract, memo: dict, depth: int) -> _Vanishing | None:
+    """A contraction with an operand that is 0 somewhere: 0 wherever that operand is 0 along
+    every axis summed, so where the sum of its 0/1 region over those axes is 0."""
+    sizes = dict(enumerate(node.dims))
+    for n, labels in node.operands:
+        inner = _vanishing(n, memo, depth - 1) if n.rank else None
+        if inner is None or not _laid_as(inner.cond, n):
+            continue
+        region = _region(inner)
+        if region.rank:
+            region = build.contract(node.out, [(region, labels)], sizes)
+        return _Vanishing(None, region, 1)
+    return None
+
+
+def _laid_as(cond: Node, node: Node) -> bool:
+    """Whether a condition is on `node`'s axes (or a scalar): a select's, laid on them."""
+    return cond.rank == 0 or cond.shape == node.shape
+
+
+def _region(vanishing: _Vanishing) -> Node:
+    """1 where the factor may be nonzero, 0 where it is 0 (a nonnegative 0/1 array, which a
+    sum over axes keeps nonzero exactly where some entry is)."""
+    one, zero = Const(1.0), Const(0.0)
+    c = vanishing.cond
+    return build.elementwise("where", [c, one, zero] if vanishing.branch == 1 else [c, zero, one])
+
+
+def _key(vanishing: _Vanishing | None):
     """What a select vanishes on, as a key: its condition, and which branch is 0."""
-    return None if select is None else (select.args[0], _zero_branch(select))
+    return None if vanishing is None else (vanishing.cond, vanishing.branch)
 
 
 def _into_branch(factor, values, out, dims, rules, memo, nesting=0):
@@ -213,16 +267,16 @@ def _into_branch(factor, values, out, dims, rules, memo, nesting=0):
     axes = tuple(l for l in out if l in {l for _, ls in [factor, *values] for l in ls})
     axes += tuple(dict.fromkeys(l for _, ls in [factor, *values] for l in ls if l not in axes))
     on_axes = {l: dims[l] for l in axes}
-    select = _vanishing(node, memo, _DEPTH)
-    k = _zero_branch(select)
-    if select is node:
+    vanishing = _vanishing(node, memo, _DEPTH)
+    k = vanishing.branch
+    if vanishing.select is node:
         branch = node.args[k]
         # The branch's product is one of the chain rule's too: a select in it is handled alike.
         inner = product(axes, [(branch, labels if branch.rank else ()), *values], on_axes,
                         rules, memo, nesting + 1)
     else:  # a sum or product of selects on c: each term is its branch where c holds
         inner = build.contract(axes, [factor, *values], on_axes)
-    c = select.args[0]
+    c = vanishing.cond
     args = [build.contract(axes, [(c, labels)], on_axes) if c.rank else c, Const(0.0),
             Const(0.0)]
     args[k] = inner
