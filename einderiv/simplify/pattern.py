@@ -61,8 +61,9 @@ class Compiled:
     def apply(self, node: Node) -> Node | None:
         """What replaces `node`, or None if the pattern does not match it."""
         terms = {}  # a sum's (flattened) terms -> their coefficients, once for all proposals
+        spelled: dict = {}  # its terms by `_canonical` key, once for all proposals
         for values in propose(self, node):
-            replaced = self._replace(node, values, terms)
+            replaced = self._replace(node, values, terms, spelled)
             if replaced is not None:
                 return replaced
         return None
@@ -100,31 +101,38 @@ class Compiled:
         # Substitution keeps shapes: the replacement's is its template's.
         return substitute(lhs, mapping), lambda: substitute(rhs, mapping), rhs.shape
 
-    def _replace(self, node: Node, values: dict, terms: dict) -> Node | None:
+    def _replace(self, node: Node, values: dict, terms: dict, spelled: dict) -> Node | None:
         sides = self._lazy_sides(values)
         if sides is None:
             return None
         lhs, rhs, rhs_shape = sides
         if lhs.shape != rhs_shape:
             return None  # a rule that changes shapes is reported by `rules check`
-        if lhs is node:
+        if lhs is node or _equivalent(lhs, node):
             return rhs()
         if isinstance(node, Add) and isinstance(lhs, Add):
             if not terms:
                 terms.update(_merged(flat_terms(node)))
-            return _replace_terms(node, terms, lhs, rhs)
+            return _replace_terms(node, terms, lhs, rhs, spelled)
         if isinstance(node, Contract) and isinstance(lhs, Contract):
             return _replace_factors(node, lhs, rhs)
         return None
 
 
-def _replace_terms(node: Add, flat: dict, lhs: Add, rhs) -> Node | None:
+def _replace_terms(node: Add, flat: dict, lhs: Add, rhs, spelled: dict) -> Node | None:
     """`node` = r * lhs + rest  ->  r * rhs + rest. The rest is `node`'s other terms, or, where
     the pattern takes terms of a sum nested in it, the others of `flat` (each flattened
     term's coefficient)."""
     wanted = _merged(flat_terms(lhs))
     own = _merged(node.terms)
+    if not all(t in own for t in wanted):
+        # a term written otherwise: `relu(y - x)` where the pattern lowers `relu(-u)` with
+        # u = x - y (the IR keeps each sum as written)
+        renamed = _renamed(wanted, own, spelled, "own")
+        wanted = renamed if all(t in own for t in renamed) else wanted
     coefficient = own if all(t in own for t in wanted) else flat
+    if not all(t in coefficient for t in wanted):
+        wanted = _renamed(wanted, coefficient, spelled, "flat")
     ratio = None
     for t, c in wanted.items():
         if t not in coefficient:
@@ -453,6 +461,84 @@ def _product(p: ast.Expr, t: Node, values: dict, rule: Compiled):
     else:
         t_scale, operands = 1.0, [(t, tuple(range(t.rank)))]
     yield from _assign(factors, operands, values, rule, (t, t_scale / scale))
+
+
+def _renamed(wanted: dict, coefficient: dict, spelled: dict, which: str) -> dict:
+    """`wanted`'s terms, each one missing from `coefficient` replaced by the term there that is
+    the same value spelled otherwise (`_canonical`), if there is one. `spelled[which]` keeps
+    `coefficient`'s terms by that key: built once for all the proposals at one sum, so that a
+    sum of thousands of terms is not searched again for each."""
+    if all(t in coefficient or isinstance(t, tuple) or _canonical(t) is t for t in wanted):
+        return wanted  # no sum in a missing term: nothing spelled otherwise
+    index = spelled.get(which)
+    if index is None:
+        index = spelled[which] = {}
+        for k in coefficient:
+            if not isinstance(k, tuple):
+                index.setdefault(_canonical(k), k)
+    out: dict = {}
+    for t, c in wanted.items():
+        if t not in coefficient and not isinstance(t, tuple):
+            k = index.get(_canonical(t))
+            if k is not None and k not in wanted and k not in out:
+                t = k
+        out[t] = c
+    return out
+
+
+def _equivalent(a: Node, b: Node) -> bool:
+    """Whether `a` and `b` are one value written as different nodes by the negation of a sum
+    or the order of its terms (`_canonical`)."""
+    return a is b or (a.shape == b.shape and _canonical(a) == _canonical(b))
+
+
+def _canonical(node: Node, depth: int = 4):
+    """A key equal for nodes that differ only in how a sum is spelled: `-(x - y)` (the
+    pattern's `-u`, lowered with u = x - y) and `y - x` (the program's) are one sum with the
+    same coefficients, at most `depth` levels into elementwise functions (`relu(-(x - y))`,
+    `relu(y - x)`). The IR keeps each sum as it is written, so the kink rewrites'
+    `relu(u) - relu(-u) = u` would otherwise see `relu(x - y) - relu(y - x)` only in the
+    spelling `-(x - y)`. Any other node is its own key."""
+    known = _CANONICAL.get(node)
+    if known is not None and depth in known:
+        return known[depth]
+    if isinstance(node, Map):
+        key = node if depth <= 1 else (
+            "map", node.fn, node.shape, tuple(_canonical(a, depth - 1) for a in node.args))
+    else:
+        c, s = _scaled(node)
+        key = node if s is None else ("sum", node.shape, frozenset(_weights(s, c).items()))
+    if known is None:
+        known = _CANONICAL.setdefault(node, {})
+    known[depth] = key
+    return key
+
+
+# node -> {depth: its `_canonical` key}: nodes are unique and never change, and a long program
+# meets the same terms at every level of its nested sums.
+_CANONICAL: "weakref.WeakKeyDictionary[Node, dict]" = weakref.WeakKeyDictionary()
+
+
+def _scaled(node: Node) -> tuple[float, Add | None]:
+    """(c, s) for a node that is c times the sum s (a sum itself: c = 1), else (1, None)."""
+    if isinstance(node, Add):
+        return 1.0, node
+    if isinstance(node, Contract) and len(node.operands) == 2 and build._is_product(node):
+        (p, _), (q, ql) = node.operands
+        c = build.constant_value(p) if p.rank == 0 else None
+        if c is not None and isinstance(q, Add) and ql == node.out:
+            return c, q
+    return 1.0, None
+
+
+def _weights(node: Add, factor: float) -> dict:
+    """factor * node's terms (nested sums flattened, numbers by value) as term -> weight."""
+    found: dict = {}
+    for coef, term in flat_terms(node):
+        value = build.constant_value(term)  # (a number broadcast too: `x - 1`)
+        key, weight = (None, coef * value) if value is not None else (term, coef)
+        found[key] = found.get(key, 0.0) + factor * weight
+    return {k: w for k, w in found.items() if w != 0.0}
 
 
 def _assign(factors, operands, values, rule, whole):
