@@ -346,6 +346,8 @@ def _argument(a, name: str, position: int | None):
     number; a tuple (axes, pad widths, reshape sizes, the tensors of `concatenate`) item by
     item, a string in it a dimension; a string the subscripts of `einsum` or the order of
     `norm`, else a dimension (`ones("n")`)."""
+    if _is_bool(a):  # keepdims by position (`fn.amax(X, 1, True)`), as the text takes it
+        return ast.Name("True" if a else "False"), {}
     if isinstance(a, str) and (name, position) in _STRING_ARGUMENTS:
         return ast.String(a), {}
     if isinstance(a, str):
@@ -367,8 +369,21 @@ def call(name: str, *args, **kwargs) -> Tensor:
         node, d = _argument(a, name, position)
         nodes.append(node)
         decls = _merge(decls, d)
-    keywords = tuple((k, _keyword(name, k, v)) for k, v in kwargs.items())
-    return Tensor(ast.Call(name, tuple(nodes), keywords), decls)
+    keywords = []
+    for k, v in kwargs.items():
+        if isinstance(v, Tensor):  # a tensor given by keyword (`negative_slope=a`)
+            node, d = _argument(v, name, None)
+            decls = _merge(decls, d)
+        else:
+            node = _keyword(name, k, v)
+        keywords.append((k, node))
+    return Tensor(ast.Call(name, tuple(nodes), tuple(keywords)), decls)
+
+
+def _is_bool(value) -> bool:
+    """A Python or numpy bool (`np.bool_` is no `bool`, and numpy is not imported here)."""
+    return isinstance(value, bool) or (type(value).__module__ == "numpy" and
+                                       type(value).__name__ in ("bool", "bool_"))
 
 
 def _keyword(name: str, key: str, value) -> ast.Expr:
@@ -379,7 +394,7 @@ def _keyword(name: str, key: str, value) -> ast.Expr:
     (strides, paddings) or a number (`ord=math.inf`)."""
     if value is None:
         return ast.NoneLit()
-    if isinstance(value, bool) and key == "keepdims":  # (a bool anywhere else is refused)
+    if _is_bool(value) and key == "keepdims":  # (a bool anywhere else is refused)
         return ast.Name("True" if value else "False")
     if isinstance(value, (tuple, list)) or key == "axis":
         return _axis(tuple(value) if isinstance(value, list) else value)
@@ -387,9 +402,9 @@ def _keyword(name: str, key: str, value) -> ast.Expr:
         return ast.String(value)
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return _operand(value)[0]
-    raise EinderivError(f"einderiv.fn.{name}: {key}= takes a string, None, an integer, a tuple "
-                        f"of integers or a number (keepdims= True or False), got "
-                        f"{type(value).__name__}")
+    raise EinderivError(f"einderiv.fn.{name}: {key}= takes a tensor, a string, None, an "
+                        f"integer, a tuple of integers or a number (keepdims= True or False), "
+                        f"got {type(value).__name__}")
 
 
 class _Functions:

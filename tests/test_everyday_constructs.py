@@ -499,7 +499,7 @@ def test_keepdims_hint_names_the_keywords():
 def test_unknown_names_are_still_unknown():
     with pytest.raises(UnknownNameError, match="'log10'"):
         einderiv.compile("log01(X)", MATRIX)
-    with pytest.raises(ParseError, match="amax takes axis= and keepdims="):
+    with pytest.raises(ParseError, match="amax takes x=, axis= and keepdims="):
         einderiv.compile("amax(X, out=1)", MATRIX)
 
 

@@ -248,10 +248,14 @@ class _Printer:
         (the Jacobian of `A @ x` by A needs A's row count)."""
         shapes = {n: v.shape for n, v in self.program.variables.items()}
         rank = {n: i for i, n in enumerate(self.preferred)}
-        others = {n: s for n, s in sorted(self.program.declarations.items(),
-                                          key=lambda item: (rank.get(item[0], len(rank)),
-                                                            item[0]))
-                  if n not in shapes}
+        # Of the inputs read only for a size, the ones with no other size first: a caller who
+        # passes x: [n] and not X: [n, m] (which the formula of a constant gradient,
+        # `log(2) * ones(n)`, does not read) can then be served, as by the result itself.
+        others = {n: s for n, s in sorted(
+            self.program.declarations.items(),
+            key=lambda item: (sum(d.name is not None and d.name not in self.dims_used
+                                  for d in item[1]), rank.get(item[0], len(rank)), item[0]))
+            if n not in shapes}
         lines, solved = [], []
         ordered = [*sorted(shapes.items()), *others.items()]
         for dim in sorted(self.dims_used):

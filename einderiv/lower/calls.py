@@ -36,6 +36,8 @@ def tensor_args(call: ast.Call, scope) -> list[ast.Expr]:
             return list(first.items)
         return list(call.args[:1]) if call.func == "concatenate" else list(call.args)
     f = scope.rules.get(call.func)
+    if f is not None and f.kind == "def":
+        call = positional(call, f)
     if f is not None and f.kind == "def" and f.keywords:
         # a parameter with a default given a constant (`leaky_relu(x, 0.2)`, `amax(x, (0, 1))`)
         # is put into the body as written; a tensor there is lowered as the others
@@ -1100,8 +1102,30 @@ def _definition_body(name: str, body: str, origin: str) -> ast.Expr:
     return program.statements[0]
 
 
+def positional(call: ast.Call, f) -> ast.Call:
+    """`call` of definition `f` with its tensors given by keyword (`elu(x=v)`, as Python and
+    JAX take them) moved to their places among the positional arguments."""
+    named = {k: v for k, v in call.kwargs if k in f.params}
+    if not named:
+        return call
+    args = list(call.args)
+    for k, p in enumerate(f.params):
+        if p not in named:
+            continue
+        if k < len(args):
+            raise ParseError(f"{f.name}() got {p} twice, by position and by keyword",
+                             named[p].span or call.span)
+        if k > len(args):
+            raise ParseError(f"{f.name}() is missing {f.params[len(args)]}: give the tensors "
+                             f"before {p} by position, or each by keyword", call.span)
+        args.append(named[p])
+    rest = tuple((k, v) for k, v in call.kwargs if k not in f.params)
+    return ast.Call(call.func, tuple(args), rest, span=call.span, func_span=call.func_span)
+
+
 def _expand_definition(call, f, args, scope) -> Node:
     from .lower import Scope, lower_expr
+    call = positional(call, f)
     if not f.keywords:
         _no_keywords(call)
     _arity(call, f.arity, f.arity + len(f.keywords))
@@ -1135,7 +1159,27 @@ def _literal(expr: ast.Expr) -> bool:
 
 @lru_cache(maxsize=None)
 def _default_value(text: str) -> ast.Expr:
-    return parse(text).statements[0]
+    # (without the span of its own one-word text: an error about it is about the call)
+    return dataclasses.replace(parse(text).statements[0], span=None)
+
+
+def _check_value(f, key: str, default: str, value: ast.Expr, call: ast.Call) -> None:
+    """A value given to a parameter with a default takes what the default is: True or False
+    for a flag (keepdims), a constant for None (an axis), no flag for a number; refused at
+    the caller's text, not inside the definition's body."""
+    from .lower import text_of
+    flag = isinstance(value, ast.Name) and value.id in ("True", "False")
+    if default in ("True", "False"):
+        wrong = None if flag else "must be True or False"
+    elif default == "None":
+        wrong = None if _literal(value) else "takes a constant (None, an integer or a tuple of " \
+            "them)"
+    else:  # (None too: an integer default may be an axis, and None every axis)
+        wrong = "takes a number or a tensor" if flag else None
+    if wrong:
+        signature = ", ".join([*f.params, *(f"{k}={v}" for k, v in f.keywords)])
+        raise ParseError(f"{f.name}(): {key} {wrong}, got {text_of(value)}",
+                         value.span or call.span, hint=f"{f.name}({signature})")
 
 
 def _with_keywords(call, f, tensors: list, body: ast.Expr, inner, scope) -> ast.Expr:
@@ -1145,18 +1189,21 @@ def _with_keywords(call, f, tensors: list, body: ast.Expr, inner, scope) -> ast.
     parameter is."""
     from .lower import lower_expr
     names = [k for k, _ in f.keywords]
+    defaults = dict(f.keywords)
     given: dict = {}
     tensors = iter(tensors)
     for k, a in enumerate(call.args[f.arity:]):
+        _check_value(f, names[k], defaults[names[k]], a, call)
         given[names[k]] = a if _literal(a) else next(tensors)
     for key, value in call.kwargs:
         if key not in names:
-            takes = _listed([f"{k}=" for k in names])
+            takes = _listed([f"{k}=" for k in (*f.params, *names)])
             raise ParseError(f"{f.name}() got an unexpected keyword argument '{key}'",
                              value.span or call.span, hint=f"{f.name} takes {takes}")
         if key in given:
             raise ParseError(f"{f.name}() got {key} twice, by position and by keyword",
                              value.span or call.span)
+        _check_value(f, key, defaults[key], value, call)
         given[key] = value if _literal(value) else lower_expr(value, scope)
     constants = {}
     for key, default in f.keywords:

@@ -317,6 +317,9 @@ def _definition(rule: lark.Tree, origin: str, text: str) -> Function:
     params, keywords, seen = [], [], set()
     for param in def_params.children:
         token, default = param.children
+        if str(token) in ("True", "False", "None"):
+            raise RuleError(f"{origin}: {token} is a constant, not a name for a parameter of "
+                            f"{name}", _token_span(text, token))
         if str(token) in seen:
             raise RuleError(f"{origin}: the parameter {token} of {name} repeats",
                             _token_span(text, token))

@@ -568,6 +568,12 @@ def _check_definition(f: Function, rules: RuleBook, rng) -> RuleCheck:
     from ..parse import parse
     call = f"{f.name}({', '.join(f.params)})"
     first_error = None
+    if not f.params:  # no tensor (`def f(k=3) = k`): nothing to differentiate, it must expand
+        try:
+            lower(parse(call), {}, rules)
+        except EinderivError as e:
+            return RuleCheck(f, float("inf"), f"{call} does not expand: {e.message}")
+        return RuleCheck(f, 0.0, "")
     for shape in _DEFINITION_SHAPES:
         shapes = {p: shape for p in f.params}
         try:
