@@ -53,6 +53,10 @@ jax = pytest.importorskip("jax")
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 
+# The parametrized cases run one in two by default, all with EINDERIV_SLOW=1 (conftest.py:
+# the suite's time budget); a test's own sample(k) takes precedence.
+pytestmark = pytest.mark.sample(2)
+
 VEC = {"x": ("n",), "y": ("n",)}
 
 

@@ -59,6 +59,10 @@ import pytest
 
 import einderiv
 
+# The parametrized cases run one in two by default, all with EINDERIV_SLOW=1 (conftest.py:
+# the suite's time budget); a test's own sample(k) takes precedence.
+pytestmark = pytest.mark.sample(2)
+
 jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
 jax.config.update("jax_enable_x64", True)

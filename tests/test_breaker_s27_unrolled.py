@@ -158,6 +158,10 @@ jax = pytest.importorskip("jax")
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 
+# The parametrized cases run one in two by default, all with EINDERIV_SLOW=1 (conftest.py:
+# the suite's time budget); a test's own sample(k) takes precedence.
+pytestmark = pytest.mark.sample(2)
+
 
 class _J:
     exp, sin, cos, tanh, log, stack = jnp.exp, jnp.sin, jnp.cos, jnp.tanh, jnp.log, jnp.stack
@@ -896,6 +900,7 @@ ORDERED_SPECS = {
 }
 
 
+@pytest.mark.sample(2)
 @pytest.mark.parametrize("steps", [1, 2, 3, 9])
 @pytest.mark.parametrize("name", list(ORDERED_SPECS))
 def test_ordered_and_strided_steps_match_jax(name, steps):
@@ -941,6 +946,7 @@ OVERLAPPING = {  # picks that the next step reads again, at other strides, offse
 }
 
 
+@pytest.mark.sample(2)
 @pytest.mark.parametrize("steps", [1, 2, 3, 4, 9])
 @pytest.mark.parametrize("name", list(OVERLAPPING))
 def test_overlapping_picks_other_strides_match_jax(name, steps):

@@ -85,6 +85,10 @@ jax = pytest.importorskip("jax")
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 
+# The parametrized cases run one in two by default, all with EINDERIV_SLOW=1 (conftest.py:
+# the suite's time budget); a test's own sample(k) takes precedence.
+pytestmark = pytest.mark.sample(2)
+
 
 class _J:
     exp, sin, cos, tanh, log, sqrt, stack = (jnp.exp, jnp.sin, jnp.cos, jnp.tanh, jnp.log,
@@ -318,6 +322,7 @@ def test_nan_coefficient_paths_agree_and_stay_in_their_step():
 
 # ------------------------------------------------------------------------------------- held
 
+@pytest.mark.sample(2)
 @pytest.mark.parametrize("coefs", [[1.0, -0.0, 1.0, 1.0, 1.0], [1.0, 5e-324, 1.0, 2.0, 1.0],
                                    [5.0, 4.0, 3.0, 2.0, 1.0]],
                          ids=["-0.0", "denormal", "t+1 reversed"])
@@ -360,6 +365,7 @@ SLICED = {
 }
 
 
+@pytest.mark.sample(2)
 @pytest.mark.parametrize("steps", [1, 3, 9])
 @pytest.mark.parametrize("name", list(SLICED))
 def test_slice_and_negative_picks_with_coefficients(name, steps):

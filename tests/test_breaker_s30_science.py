@@ -76,6 +76,10 @@ jax.config.update("jax_enable_x64", True)
 sys.path.insert(0, os.path.dirname(__file__))
 from three_paths import paths, quiet  # noqa: E402
 
+# The parametrized cases run one in two by default, all with EINDERIV_SLOW=1 (conftest.py:
+# the suite's time budget); a test's own sample(k) takes precedence.
+pytestmark = pytest.mark.sample(2)
+
 SLOW = pytest.mark.skipif(not os.environ.get("EINDERIV_SLOW"),
                           reason="heavy: runs with EINDERIV_SLOW=1")
 RTOL = 1e-7

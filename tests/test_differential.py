@@ -41,8 +41,9 @@ against finite differences. The generator keeps every intermediate value of the 
 +-100 (and arguments of log, sqrt and divisions above 0.1), so that these bounds hold for any
 correct evaluation order; with mixed float32/float64 inputs the call computes in the widest.
 
-`CI_PROGRAMS` random programs (1,000) and `CI_BIG` programs of 400-600 terms run always; the
-`slow` tests (10,000 more, and more big programs) run only with `EINDERIV_SLOW=1`.
+`CI_PROGRAMS` random programs (1,000, in batches of 100: six of the ten batches run by default,
+`sample` in conftest.py) and `CI_BIG` programs of 400-600 terms run always; every batch and the
+`slow` tests (10,000 more, and more big programs) run with `EINDERIV_SLOW=1`.
 """
 from __future__ import annotations
 
@@ -1176,6 +1177,7 @@ def report(failures: list[str], total: int) -> str:
 
 # -- the tests ---------------------------------------------------------------------------------
 
+@pytest.mark.sample(2)  # (five of the ten batches by default: the suite's time budget)
 @pytest.mark.parametrize("start", range(0, CI_PROGRAMS, BATCH),
                          ids=lambda s: f"programs{s}-{s + BATCH - 1}")
 def test_random_programs(start):

@@ -137,6 +137,7 @@ GRAD_CASES = [pytest.param(c, id=c[0], marks=[pytest.mark.no_roundtrip]
                            if c[0] in _BFLOAT16_GRADIENTS else []) for c in CASES]
 
 
+@pytest.mark.sample(2)
 @pytest.mark.parametrize("case", GRAD_CASES)
 def test_grad_dtype_matches_jax(case, x64):
     x, c = _case(case, x64)

@@ -30,6 +30,10 @@ from three_paths import paths as _paths, quiet as _quiet
 from einderiv import fn
 from einderiv.ir.build import MAX_DISTRIBUTED_TERMS
 
+# The parametrized cases run one in two by default, all with EINDERIV_SLOW=1 (conftest.py:
+# the suite's time budget); a test's own sample(k) takes precedence.
+pytestmark = pytest.mark.sample(2)
+
 
 
 
