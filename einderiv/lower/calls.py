@@ -198,11 +198,7 @@ def _variance(x: Node, axes: tuple[int, ...], ddof: int = 0) -> Node:
     # numpy's divisor max(N - ddof, 0): the sum divided by 0 (inf, or nan where it is 0) where
     # ddof >= N
     total = build.reduce_sum(squares, axes)
-    dims = [x.shape[a] for a in axes]
-    concrete = 1
-    for d in dims:
-        concrete *= d.offset if d.is_concrete else 1
-    symbolic = [d for d in dims if not d.is_concrete]
+    concrete, symbolic = _entries(x, axes)
     if not symbolic or concrete == 0:  # N known: concrete
         if concrete - ddof > 0:
             return build.scale(1.0 / (concrete - ddof), total)
@@ -265,13 +261,19 @@ def _kept(node: Node, axes, rank: int, keepdims: bool) -> Node:
                               for a in range(rank)])
 
 
-def _average(x: Node, axes: tuple[int, ...]) -> Node:
-    total = build.reduce_sum(x, axes)
+def _entries(x: Node, axes: tuple[int, ...]) -> tuple[int, list]:
+    """How many entries `x` has along `axes`: the product of the concrete sizes, and the
+    symbolic dimensions it is multiplied by."""
     dims = [x.shape[a] for a in axes]
     concrete = 1
     for d in dims:
         concrete *= d.offset if d.is_concrete else 1
-    symbolic = [d for d in dims if not d.is_concrete]
+    return concrete, [d for d in dims if not d.is_concrete]
+
+
+def _average(x: Node, axes: tuple[int, ...]) -> Node:
+    total = build.reduce_sum(x, axes)
+    concrete, symbolic = _entries(x, axes)
     if concrete == 0:  # numpy's mean of nothing: 0 / 0, nan (and numpy's RuntimeWarning)
         result = build.elementwise("div", [total, build.const(0.0)])
     else:
