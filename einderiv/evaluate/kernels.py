@@ -644,14 +644,13 @@ def softmax_minus(x, y, axis=-1):
     written with logsumexp, `sum(logsumexp(X, axis=1)) - sum(Y * X)`, is this."""
     xp = _xp(x)
     axes = _axes(axis, x.ndim)
-    if type(x) is np.ndarray and type(y) is np.ndarray and x.shape == y.shape and \
-            x.dtype == y.dtype and x.dtype.kind == "f" and len(axes) == 1 and x.size:
+    a = _one_float_axis(x, y, axes)
+    if a is not None:
         # The common case in the passes of softmax(x) - y (it was 3x their time): the split
         # only in slices where softmax is confident (as log_softmax_vjp), where 1 - s_m is the
         # others' share; in the others s_m <= 2/3, and s - y loses no more than its operands'
         # rounding (the split's (1 - y_m) - (1 - s_m) lost digits where s_m is small: a flat
         # softmax of 1000 classes, y_m near s_m).
-        a = axes[0] % x.ndim
         m = _max_along(x, a)
         if _all_finite(m):
             e = x - m
@@ -668,6 +667,15 @@ def softmax_minus(x, y, axis=-1):
     top = argmax_onehot(s, axis)
     with np.errstate(invalid="ignore"):  # inf - inf of infinite y, as s - y gives it too
         return xp.where(top != 0, (1 - y) - complement(s, axis), s - y)
+
+
+def _one_float_axis(x, y, axes) -> int | None:
+    """The axis of softmax_minus's and log_softmax_vjp's fast path, or None where they take the
+    general one: two numpy float arrays of one shape and dtype, not empty, along one axis."""
+    if type(x) is np.ndarray and type(y) is np.ndarray and x.shape == y.shape and \
+            x.dtype == y.dtype and x.dtype.kind == "f" and len(axes) == 1 and x.size:
+        return axes[0] % x.ndim
+    return None
 
 
 # A slice whose exponentials (the largest exp(0) = 1) sum below this has one entry of softmax
@@ -690,9 +698,8 @@ def log_softmax_vjp(x, g, axis=-1):
     that split as the rule writes it."""
     xp = _xp(x)
     axes = _axes(axis, x.ndim)
-    if type(x) is np.ndarray and type(g) is np.ndarray and x.shape == g.shape and \
-            x.dtype == g.dtype and x.dtype.kind == "f" and len(axes) == 1 and x.size:
-        a = axes[0] % x.ndim
+    a = _one_float_axis(x, g, axes)
+    if a is not None:
         m = _max_along(x, a)
         g_total = _row_sums(g, a)
         # (a sum of g that overflows, of finite terms, is left to the split, which sums the
