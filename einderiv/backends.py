@@ -224,7 +224,8 @@ class _TorchNumpy:
     """torch under numpy's names, for the names generated code uses. New arrays (`ones`,
     `eye`, `arange`, ...) are made on `device`: the inputs' device."""
 
-    _RENAMED = {"power": "pow", "arctan": "arctan", "divide": "divide"}
+    # (dot: numpy's product of arrays of one or two axes, which torch's dot is not: 1-D only)
+    _RENAMED = {"power": "pow", "arctan": "arctan", "divide": "divide", "dot": "matmul"}
 
     def __init__(self, torch, device=None):
         self._torch = torch

@@ -370,15 +370,16 @@ _SHAPES = {"X": ("n", "d"), "y": ("n",), "w": ("d",), "u": ("n",), "t": ("n",), 
 
 
 @pytest.mark.parametrize("text, fused", [
-    ("-(M @ (t * sigmoid(-u)))", "M @ _kernels.sigmoid(u, negated=True, times=t, negative=True)"),
+    ("-(M @ (t * sigmoid(-u)))",
+     "_xp.dot(M, _kernels.sigmoid(u, negated=True, times=t, negative=True))"),
     ("-(-sigmoid(u) * t)", "_kernels.sigmoid(u, times=t)"),
-    ("-(M @ M.T @ M @ (sigmoid(u) * t))", "M @ M.T @ M @ _kernels.sigmoid(u, times=t, "
-                                          "negative=True)"),
-    ("-(M @ (sigmoid(U) * T))", "M @ _kernels.sigmoid(U, times=T, negative=True)"),
+    ("-(M @ M.T @ M @ (sigmoid(u) * t))", "_xp.dot(_xp.dot(_xp.dot(M, M.T), M), "
+                                          "_kernels.sigmoid(u, times=t, negative=True))"),
+    ("-(M @ (sigmoid(U) * T))", "_xp.dot(M, _kernels.sigmoid(U, times=T, negative=True))"),
     ("-(sigmoid(s) * t)", "_kernels.sigmoid(s, times=t, negative=True)"),
     ("-(sigmoid(u + t) * exp(t))", "_kernels.sigmoid(u + t, times=_xp.exp(t), negative=True)"),
-    ("-(M @ (sigmoid(U) * t[:, None]))", "M @ _kernels.sigmoid(U, times=t[:, None], "
-                                         "negative=True)"),
+    ("-(M @ (sigmoid(U) * t[:, None]))", "_xp.dot(M, _kernels.sigmoid(U, times=t[:, None], "
+                                         "negative=True))"),
 ])
 def test_which_negations_fold(text, fused):
     f = einderiv.compile(text, _SHAPES)

@@ -93,9 +93,9 @@ LOGISTIC = "sum(log(1 + exp(-y * (X @ w))))"
 
 def test_the_logistic_gradient_is_one_fused_call_and_agrees_where_exp_overflows():
     g = einderiv.grad(LOGISTIC, "w", LINEAR)
-    # the gradient's sign taken into the kernel: `X.T @` the kernel's result, nothing after
-    assert "return X.T @ _kernels.sigmoid(y * (X @ w), negated=True, times=y, negative=True)" \
-        in g.source, g.source
+    # the sign taken into the kernel: `dot(X.T, ...)` of the kernel's result, nothing after
+    assert "return _xp.dot(X.T, _kernels.sigmoid(y * _xp.dot(X, w), negated=True, times=y, " \
+        "negative=True))" in g.source, g.source
     assert g.formula == "-(X.T @ (sigmoid(-y * (X @ w)) * y))"  # the formula is unchanged
     rng = np.random.default_rng(0)
     X = rng.normal(size=(400, 3))
@@ -117,17 +117,18 @@ def test_the_logistic_gradient_is_one_fused_call_and_agrees_where_exp_overflows(
     ("sigmoid(-2 * x) * y", "_kernels.sigmoid(2.0 * x, negated=True, times=y)"),
     ("y * sigmoid(x)", "_kernels.sigmoid(x, times=y)"),
     ("sigmoid(x) * X", "_kernels.sigmoid(x, times=X)"),       # broadcast: the kernel multiplies
-    ("X @ (sigmoid(x) * y)", "X @ _kernels.sigmoid(x, times=y)"),
+    ("X @ (sigmoid(x) * y)", "_xp.dot(X, _kernels.sigmoid(x, times=y))"),
     ("(sigmoid(-x) * y) ** 2", "_kernels.sigmoid(x, negated=True, times=y) ** 2.0"),
     ("sigmoid(x - y)", "_kernels.sigmoid(x - y)"),             # no leading sign to take
     ("sigmoid(-x)[:, None] * X", "_kernels.sigmoid(x, negated=True)[:, None] * X"),
     # a negated product takes its sign into the kernel where it is the whole result
-    ("-(X @ (sigmoid(-x) * y))", "X @ _kernels.sigmoid(x, negated=True, times=y, negative=True)"),
+    ("-(X @ (sigmoid(-x) * y))",
+     "_xp.dot(X, _kernels.sigmoid(x, negated=True, times=y, negative=True))"),
     ("-(sigmoid(x) * y)", "_kernels.sigmoid(x, times=y, negative=True)"),
-    ("-(X.T @ (sigmoid(x) * y))", "X.T @ _kernels.sigmoid(x, times=y, negative=True)"),
+    ("-(X.T @ (sigmoid(x) * y))", "_xp.dot(X.T, _kernels.sigmoid(x, times=y, negative=True))"),
     # ... and only there: inside another operator the sign stays where it is written
-    ("(-(X @ (sigmoid(x) * y))) ** 2", "(-(X @ _kernels.sigmoid(x, times=y))) ** 2.0"),
-    ("2 ** -(X @ (sigmoid(x) * y))", "2.0 ** (-(X @ _kernels.sigmoid(x, times=y)))"),
+    ("(-(X @ (sigmoid(x) * y))) ** 2", "(-_xp.dot(X, _kernels.sigmoid(x, times=y))) ** 2.0"),
+    ("2 ** -(X @ (sigmoid(x) * y))", "2.0 ** (-_xp.dot(X, _kernels.sigmoid(x, times=y)))"),
 ])
 def test_which_products_are_fused(text, fused):
     f = einderiv.compile("x: [n]; y: [n]; X: [n, n]; " + text)

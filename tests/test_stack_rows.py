@@ -57,7 +57,8 @@ def test_the_rnn_weight_gradient_reads_the_stack_of_the_input_weights():
     (returned,) = [line for line in source.splitlines() if line.strip().startswith("return")]
     assert "stack" not in returned, returned
     # dW = t[1:].T @ H[:T-1], dU = t.T @ X, db = sum(t, axis=0): one stack t of the dz_t
-    assert re.match(r"\s*return \((t\d+)\[1:\]\.T @ \S+, \1\.T @ \S+, "
+    # (products of matrices as numpy's dot: see generate/python.py)
+    assert re.match(r"\s*return \(_xp\.dot\((t\d+)\[1:\]\.T, \S+\), _xp\.dot\(\1\.T, \S+\), "
                     r"_kernels\.array_sum\(\1, _xp, axis=0\), ", returned), returned
     assert len(_stacks(source)) == 3  # h_t, the pre-activations (for sech2), dz_t
 
@@ -170,7 +171,8 @@ def test_weight_gradients_stack_their_steps_in_order_and_read_input_rows_as_a_sl
     assert "stack" not in returned, returned
     assert not re.search(r"stack\(\[X\[", g.source), g.source
     # dW, dU, db of one gate: one stack (dW by the steps from the second)
-    names = re.findall(r"(t\d+)(?:\[1:\])?\.T @ \S+, [^,]*?\b\1\.T @ X\[:5\]", returned)
+    names = re.findall(r"_xp\.dot\((t\d+)(?:\[1:\])?\.T, \S+\), [^,]*?\b\1\.T, X\[:5\]\)",
+                       returned)
     assert len(names) == 3, returned  # the gates used at every step (f has no first step)
     for name in names:
         assert f"_kernels.array_sum({name}, _xp, axis=0)" in returned

@@ -1450,6 +1450,28 @@ def broadcast_copy(x, shape, xp=np):
     return xp.broadcast_to(x, shape)
 
 
+# Entries up to which a transpose sum copies the transpose first (transpose_plus): a float64
+# matrix of 2^20 entries is 8 MB, about what a cache keeps. Measured on float64 squares: 15-30%
+# faster from 5 x 5 to 1000 x 1000; at 2000 x 2000 (32 MB, memory-bound) 15% slower.
+_TRANSPOSE_COPIED = 1 << 20
+_FLOATS = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64, np.longdouble))
+
+
+def transpose_plus(a, b):
+    """`a.T + b` (`A.T + A`, the Hessian of a quadratic form `x @ A @ x`): the same array.
+    numpy's `a.T + b` reads a.T a row's stride at a time in one loop; numpy's copy of a
+    transpose works in blocks. So for two float matrices of one dtype that fit in a cache,
+    a.T is copied and b added in place: 5.2 us against 6.2 at 100 x 100, 0.9 against 1.2 at
+    20 x 20, bit for bit the same sums (addition commutes exactly in IEEE arithmetic). Any
+    other arguments (broadcasts, other ranks or dtypes, other backends) take `a.T + b`."""
+    if type(a) is _nd and type(b) is _nd and a.dtype is b.dtype and a.ndim == 2 and \
+            a.size <= _TRANSPOSE_COPIED and a.dtype in _FLOATS and a.shape[::-1] == b.shape:
+        t = a.T.copy()
+        t += b
+        return t
+    return a.T + b
+
+
 def pad(x, widths, xp=np):
     """`x` with zeros before and after it along each axis (`widths`: one (before, after) pair
     per axis), as numpy.pad with zeros: the adjoint of a slice. For a numpy array, one array of

@@ -48,6 +48,9 @@ class BinOp(Expr):
     op: str  # one of + - * / // @ ** or a comparison (COMPARISONS)
     left: Expr
     right: Expr
+    # An `@` whose operands have one or two axes each, no stack axes (set by the vectorizer,
+    # which knows their labels): numpy's dot computes it, without matmul's ufunc dispatch.
+    matrix: bool = field(default=False, kw_only=True, repr=False)
 
     def children(self):
         return (self.left, self.right)

@@ -1284,7 +1284,8 @@ class ContractionTranslator:
                         tuple(dimension(self.dims[l]) for l in rows) + (merged,))))
                     rexpr = ast.Call("reshape", (right.expr, ast.Tuple(
                         (merged,) + tuple(dimension(self.dims[l]) for l in cols))))
-                    self._replace([a, b], Term(ast.BinOp("@", lexpr, rexpr), rows + cols))
+                    self._replace([a, b], Term(ast.BinOp("@", lexpr, rexpr, matrix=True),
+                                               rows + cols))
                     return True
         return False
 
@@ -2006,7 +2007,8 @@ def _matmul(a: Term, b: Term, k, out) -> Term | None:
         compound = turned + sum(1 for t, e in ((lt, left.expr), (rt_, right.expr))
                                 if t and not isinstance(e, ast.Name))
         cost = (vector_first, lt + rt_ + turned, compound, turned)
-        candidates.append((cost, Term(ast.BinOp("@", lexpr, rexpr), labels)))
+        # (no stack axes: a product of arrays of one or two axes, numpy's dot)
+        candidates.append((cost, Term(ast.BinOp("@", lexpr, rexpr, matrix=not lead), labels)))
     if not candidates:
         return None
     return min(candidates, key=lambda c: c[0])[1]

@@ -328,7 +328,7 @@ class _Translator:
         window = _rows_window([b for _, b in pairs])
         right = self.expr(window) if window is not None else \
             ast.Call("stack", tuple(self.expr(b) for _, b in pairs))
-        return scaled(common, ast.BinOp("@", ast.Attribute(left, "T"), right))
+        return scaled(common, ast.BinOp("@", ast.Attribute(left, "T"), right, matrix=True))
 
     def _placed_by_units(self, coef: float, pairs: list) -> ast.Expr | None:
         """`sum_t outer(a_t, e_(p_t))` (or `outer(e_(p_t), b_t)`), unit vectors at concrete

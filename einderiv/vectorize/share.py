@@ -211,7 +211,7 @@ def _rewrite(table: "_Structure", lines: list, roots: list, n_temporaries: int, 
                 a, b = ks
                 left, right = result[a] or e.left, result[b] or e.right
                 node = e if left is e.left and right is e.right else \
-                    ast.BinOp(e.op, left, right)
+                    ast.BinOp(e.op, left, right, matrix=e.matrix)
                 h = 1 + (height[a] if height[a] > height[b] else height[b])
             else:
                 node = _rebuilt(e, [result[c] for c in ks])
@@ -276,7 +276,7 @@ def _rebuilt(e, new: list):
         right = right or e.right
         if left is e.left and right is e.right:
             return e
-        return ast.BinOp(e.op, left, right)
+        return ast.BinOp(e.op, left, right, matrix=e.matrix)
     if not new:
         return e
     if t is ast.Call:
@@ -536,7 +536,8 @@ def _with_children(e, children: list):
     t = type(e)
     if t is ast.BinOp:
         left, right = children
-        return e if left is e.left and right is e.right else ast.BinOp(e.op, left, right)
+        return e if left is e.left and right is e.right else \
+            ast.BinOp(e.op, left, right, matrix=e.matrix)
     old = _children(e)
     if all(a is b for a, b in zip(old, children)):
         return e

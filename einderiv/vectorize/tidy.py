@@ -156,7 +156,7 @@ def _binary(op: str, a: ast.Expr, b: ast.Expr, same: ast.BinOp | None) -> ast.Bi
     """`a op b`: `same` itself where it is that."""
     if same is not None and same.op == op and same.left is a and same.right is b:
         return same
-    return ast.BinOp(op, a, b)
+    return ast.BinOp(op, a, b, matrix=same is not None and same.op == op and same.matrix)
 
 
 def _neg(e: ast.Expr, same: ast.UnaryOp | None = None) -> ast.Expr:
@@ -189,9 +189,9 @@ def _negated_product(e: ast.Expr) -> ast.Expr | None:
         return None
     positive = _negated(e.right)
     if positive is not None:
-        return ast.BinOp("@", e.left, positive)
+        return ast.BinOp("@", e.left, positive, matrix=e.matrix)
     positive = _negated(e.left)
-    return None if positive is None else ast.BinOp("@", positive, e.right)
+    return None if positive is None else ast.BinOp("@", positive, e.right, matrix=e.matrix)
 
 
 def _add(a: ast.Expr, b: ast.Expr, same=None) -> ast.Expr:
