@@ -1,0 +1,522 @@
+"""Breaker session 31: a conformance and truth audit, as a hostile new user and a new contributor.
+
+Read: the product contract (SPEC), README.md, docs/language.md, CONTRIBUTING.md and every
+`--help`. Run: every SPEC construct on inputs the docs do not show (negative and tuple axes,
+float32, 1-element and empty dimensions, stacks), the help examples literally, a contributor's
+rule files (right ones, and wrong ones: a wrong derivative, typos, a shadowed built-in, a
+derivative of the wrong shape, a duplicate parameter, an unbound index), and hostile command
+lines (unbalanced and 1000-deep brackets, unicode and control characters, 10k-term
+expressions, bad --shape strings, names that collide with the generated code's own).
+
+Faults (xfail strict, each asserting the right behaviour):
+
+1. A derivative rule of the wrong shape (an elementwise derivative that is a matrix, a tensor
+   rule with an index missing or unbound) is reported by `rules check` as a raw Python
+   exception text ("IndexError: tuple index out of range", "KeyError: 3", "KeyError: 0"), and
+   used through `--rules` / `load_rules` it ends in a Python traceback from
+   einderiv/ir/build.py (`contract`, `_shape_of`), exit status 1, not 2.
+2. A rule file that shadows a structural built-in passes `rules check` ("all ok", exit 0) but:
+   `def sum(x) = ...` makes every later command fail (RuleError from rules/rewrites.rules:86),
+   and `def mean(x) = ...` is silently never applied (the built-in mean is lowered instead).
+3. `elementwise f(x, x) = ...` (a repeated parameter) is accepted; `def` refuses the same
+   mistake at its line ("the parameter x of myf repeats").
+4. A tensor of rank > 64 (numpy's limit), or a Jacobian whose result has rank 34 but whose
+   generated code builds a rank-66 intermediate, ends in numpy's raw IndexError at the call
+   (API) and in a Python traceback with `--check` (CLI), not an EinderivError. The Jacobian
+   of exp(X) for X of rank 27 runs (rank 54), but its `.formula` parsed back raises numpy's
+   raw RuntimeError (32 dimensions) and `.evaluate_ir` an "'ascii' codec" EvaluationError
+   (einsum letters run out past 52 indices).
+5. SPEC: "Results also accept positional arrays in the order of `.inputs`" (README:
+   "`g.inputs  # the order positional arrays bind in`"): the Hessian of `x @ A @ x` declared
+   with x first has `.inputs == {'A': ...}`, and `H(A)` binds A to x and fails, "missing
+   input 'A'".
+6. SPEC: `einderiv rules list | check [FILE ...]`: `rules list FILE` takes the file for a
+   function name ("no rule table defines a function 'docs/defs.rules'", exit 2).
+7. SPEC: exit 2 "with `einderiv: error: ...` on stderr and a caret line under the offending
+   text": a bad --shape string prints argparse's usage and "einderiv grad: error: --shape:
+   ...", with no caret; an invalid variable name in --shape says "--shape: --shape:".
+8. SPEC §4: "`einsum` appears only where no matrix form fits": `T.T`, `transpose(T, axes)` and
+   `swapaxes` of a rank-3 tensor print as `einsum('ijk->kji', T)`, even in the forward formula
+   of an expression written with `swapaxes`; the gradient of `sum(tr(C) ** 2)` for C [n, n, b]
+   prints `einsum('jji->i', C)`, which is `tr(C)`.
+9. CONTRIBUTING: `einderiv rules check` "checks every rule of the built-in tables in well
+   under a second": it reports about 2.5 s (3 s of CPU).
+10. `--check` of the gradient of `arcsin`, `arccos`, `arctanh` (SPEC functions) always fails
+    (exit 1, "nan is not a number"): the check's random inputs are in [0.5, 1.5]
+    (einderiv/check.py), outside their domain, so a right derivative cannot be checked.
+11. `--shape x=1e3` and `shapes={"x": ("2.0",)}` are taken as sizes 1000 and 2, where the same
+    shape declared inline (`x: [1e3]`) is refused: "a dimension is an integer, not 1e3".
+12. SPEC: convolutions `conv1d(x, w)` and `conv2d(X, W)` with "`mode=`/`stride=` keywords":
+    `mode=` is refused by conv1d and conv2d ("unexpected keyword argument 'mode'").
+13. docs/language.md: `tr(X)` is "numpy's `trace`", the sum of X[i, i, ...] over the first two
+    axes: a fixed non-square [2, 3] matrix (numpy: 4.0) is refused, "takes a square matrix".
+
+Held (passing tests below): unbalanced, empty and 1000-deep brackets are a caret and exit 2 at
+once; unicode, control characters and non-ASCII names are refused with a caret (sanitized, no
+raw escape bytes); names `_xp`, `_dtype`, `_kernels`, `np`, `self`, `lambda`, `t0`, `dx` work
+as variables; 1k..8k-term sums compile in linear time; the contributor flow of CONTRIBUTING
+(an elementwise function, a definition, `rules check`, `--rules`, `load_rules`) works, and a
+wrong derivative, a typo'd implementation, a typo'd function in a derivative and a wrong
+parameter name are each named with file:line (exit 1 or 2 as documented); reductions and axis
+functions with negative and tuple axes, float32 and 1-element dimensions agree with JAX; the
+help examples print what they say; every error exits non-zero.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import einderiv
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def cli(*args, stdin=None, cwd=ROOT, timeout=120):
+    """(exit status, stdout, stderr) of `python -m einderiv ARGS` in a fresh process."""
+    p = subprocess.run([sys.executable, "-m", "einderiv", *args], input=stdin, cwd=cwd,
+                       env=ENV, capture_output=True, text=True, timeout=timeout)
+    return p.returncode, p.stdout, p.stderr
+
+
+def rule_file(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+# ------------------------------------------------------------------------------------------
+# Faults
+# ------------------------------------------------------------------------------------------
+
+WRONG_SHAPE_RULES = {
+    # an elementwise derivative that is a matrix
+    "matrix": ("elementwise mycube(x) = xp.cbrt\nd mycube(x) / dx = outer(x, x)\n",
+               "sum(mycube(x))", "x", "x=n"),
+    # a tensor rule with the argument index l missing on the right
+    "missing_index": ("tensor myinv(X) -> square = xp.linalg.inv\n"
+                      "d myinv(X)[i,j] / dX[k,l] = -myinv(X)[i,k]\n",
+                      "sum(myinv(X))", "X", "X=n,n"),
+    # a tensor rule with an index m bound nowhere
+    "unbound_index": ("tensor myld(X) -> square_scalar = kernel.logdet\n"
+                      "d myld(X) / dX[k,l] = inv(X)[l,m]\n",
+                      "myld(X)", "X", "X=n,n"),
+}
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a derivative rule of the wrong shape used through --rules ends in a Python traceback "
+    "from einderiv/ir/build.py (contract/_shape_of: IndexError, KeyError), exit 1"))
+@pytest.mark.parametrize("case", sorted(WRONG_SHAPE_RULES))
+def test_wrong_shape_derivative_rule_in_use_is_bad_input_not_a_traceback(tmp_path, case):
+    text, expr, wrt, shape = WRONG_SHAPE_RULES[case]
+    path = rule_file(tmp_path, f"{case}.rules", text)
+    status, out, err = cli("grad", expr, "--wrt", wrt, "--shape", shape, "--rules", path)
+    assert "Traceback" not in err, err[-600:]
+    assert status == 2 and err.startswith("einderiv: error:"), (status, err[-600:])
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "rules check reports a derivative of the wrong shape as a raw exception text "
+    "('IndexError: tuple index out of range', 'KeyError: 3', 'KeyError: 0'), not what is wrong"))
+@pytest.mark.parametrize("case", sorted(WRONG_SHAPE_RULES))
+def test_rules_check_says_what_is_wrong_with_a_wrong_shape_rule(tmp_path, case):
+    text = WRONG_SHAPE_RULES[case][0]
+    path = rule_file(tmp_path, f"{case}.rules", text)
+    status, out, err = cli("rules", "check", path)
+    assert status in (1, 2) and f"{case}.rules:2" in out + err
+    assert not re.search(r"\b(IndexError|KeyError)\b", out + err), out + err
+    assert re.search(r"shape|index|indices", out + err), out + err
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "through load_rules, a derivative rule of the wrong shape makes grad raise a bare "
+    "IndexError from einderiv/ir/build.py, not an EinderivError"))
+def test_load_rules_wrong_shape_rule_is_an_einderiv_error(tmp_path):
+    path = rule_file(tmp_path, "m.rules", WRONG_SHAPE_RULES["matrix"][0])
+    code = ("import einderiv\n"              # a fresh process: load_rules is global
+            f"einderiv.load_rules({path!r})\n"
+            "try:\n"
+            "    einderiv.grad('sum(mycube(x))', 'x', {'x': ('n',)})\n"
+            "except einderiv.EinderivError as e:\n"
+            "    print('EinderivError')\n"
+            "except Exception as e:\n"
+            "    print('raw', type(e).__name__)\n")
+    p = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True,
+                       timeout=120)
+    assert p.stdout.strip() == "EinderivError", p.stdout + p.stderr
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "`def sum(x) = x * 2` passes rules check (all ok, exit 0), yet with it loaded every "
+    "command fails: RuleError 'rules/rewrites.rules:86: the rewrite calls the definition sum'"))
+def test_rules_check_catches_a_def_that_breaks_every_command(tmp_path):
+    path = rule_file(tmp_path, "shadow_sum.rules", "def sum(x) = x * 2\n")
+    check_status, out, err = cli("rules", "check", path)
+    use_status, use_out, use_err = cli("einstein", "x * 2", "--shape", "x=n", "--rules", path)
+    # a table that rules check passes must be usable; one that is not usable must not pass
+    assert (check_status == 0) == (use_status == 0), (check_status, out, use_status, use_err)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "`def mean(x) = sum(x) / 2` passes rules check (all ok) but is never applied: mean(x) "
+    "still lowers to the built-in sum(x) / size(n); a shadowing def is neither refused nor used"))
+def test_a_def_that_shadows_a_builtin_is_refused_or_used(tmp_path):
+    path = rule_file(tmp_path, "shadow_mean.rules", "def mean(x) = sum(x) / 2\n")
+    check_status, _, _ = cli("rules", "check", path)
+    status, out, err = cli("einstein", "mean(x)", "--shape", "x=n", "--rules", path)
+    assert check_status != 0 or (status == 0 and "size(n)" not in out and "2" in out), (
+        check_status, out, err)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "elementwise f(x, x) is accepted (rules check then reports a confusing 'error 2.7e+00' "
+    "on its derivative); def refuses the same mistake at its line: 'the parameter x repeats'"))
+def test_elementwise_repeated_parameter_is_refused_like_a_def(tmp_path):
+    path = rule_file(tmp_path, "dup.rules",
+                     "elementwise mysub(x, x) = xp.subtract\nd mysub(x, x) / dx = 1\n")
+    status, out, err = cli("rules", "check", path)
+    assert status == 2 and "repeats" in err and "^" in err, (status, out, err)
+
+
+def test_def_repeated_parameter_is_refused_with_a_caret(tmp_path):
+    path = rule_file(tmp_path, "dupdef.rules", "def myf(x, a=1.0, x=2) = x * a\n")
+    status, out, err = cli("rules", "check", path)
+    assert status == 2 and "repeats" in err and "^" in err
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a rank-71 value ends in numpy's IndexError ('number of dimensions must be within "
+    "[0, 64]') from the generated code, not an EinderivError"))
+def test_rank_beyond_numpy_limit_is_an_einderiv_error():
+    f = einderiv.compile("x: [n]; x" + "[None]" * 70)
+    with pytest.raises(einderiv.EinderivError):
+        f(x=np.array([1.0, 2.0]))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the Jacobian of sin(x[None]*32) has rank 34, but its generated code multiplies "
+    "eye(1)[:, None, ... ] factors into a rank-66 intermediate: numpy IndexError"))
+def test_jacobian_of_a_rank_33_output_computes():
+    expr = "x: [n]; sin(x" + "[None]" * 32 + ")"
+    x = np.array([0.3, 0.7])
+    J = einderiv.jacobian(expr, "x")(x=x)
+    assert J.shape == (1,) * 32 + (2, 2)
+    assert np.allclose(J.reshape(2, 2), np.diag(np.cos(x)))
+
+
+def test_jacobian_of_a_rank_9_output_computes():
+    expr = "x: [n]; sin(x" + "[None]" * 8 + ")"
+    x = np.array([0.3, 0.7])
+    J = einderiv.jacobian(expr, "x")(x=x)
+    assert J.shape == (1,) * 8 + (2, 2)
+    assert np.allclose(J.reshape(2, 2), np.diag(np.cos(x)))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the Jacobian of exp(X) for X of rank 27 runs (rank 54), but its .formula parsed back "
+    "and compiled raises numpy's raw RuntimeError ('only supports up to 32 dimensions'), "
+    "and .evaluate_ir an EvaluationError \"'ascii' codec can't encode\" (einsum letters run "
+    "out past 52 indices)"))
+def test_formula_of_a_rank_54_jacobian_parses_back_and_runs():
+    shapes = {"X": tuple(f"d{i}" for i in range(27))}
+    X = np.full((1,) * 27, 0.5)
+    J = einderiv.jacobian("exp(X)", "X", shapes)
+    assert float(np.ravel(J(X=X))[0]) == pytest.approx(np.exp(0.5))
+    again = einderiv.compile(J.formula, shapes)
+    assert float(np.ravel(again(X=X))[0]) == pytest.approx(np.exp(0.5))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "`--check` of a gradient through a rank-71 value prints a Python traceback "
+    "(IndexError from '<einderiv grad>') and exits 1"))
+def test_check_of_an_unrepresentable_rank_is_bad_input_not_a_traceback():
+    status, out, err = cli("grad", "sum(sin(x" + "[None]" * 70 + "))", "--wrt", "x",
+                           "--shape", "x=n", "--check")
+    assert "Traceback" not in err and status == 2 and err.startswith("einderiv: error:"), (
+        status, err[-400:])
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "SPEC: results accept positional arrays in the order of .inputs; the Hessian of "
+    "x @ A @ x (x declared first) has .inputs {'A'}, and H(A) binds A to x: 'missing input A'"))
+def test_positional_arrays_in_the_order_of_inputs():
+    H = einderiv.hessian("x @ A @ x", "x", {"x": ("n",), "A": ("n", "n")})
+    A = np.array([[1.0, 2.0], [3.0, 4.0]])
+    assert list(H.inputs) == ["A"]
+    arrays = {"A": A}
+    assert np.allclose(H(*[arrays[name] for name in H.inputs]), A + A.T)
+
+
+def test_positional_arrays_in_declaration_order_work():
+    H = einderiv.hessian("x @ A @ x", "x", {"x": ("n",), "A": ("n", "n")})
+    A = np.array([[1.0, 2.0], [3.0, 4.0]])
+    assert np.allclose(H(np.zeros(2), A), A + A.T)
+    assert np.allclose(H(A=A), A + A.T)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "SPEC: `einderiv rules list | check [FILE ...]`; `rules list FILE` takes the path for a "
+    "function name: 'no rule table defines a function docs/defs.rules', exit 2"))
+def test_rules_list_takes_a_file_as_the_spec_says():
+    status, out, err = cli("rules", "list", "docs/defs.rules")
+    assert status == 0 and "def mish(x)" in out, (status, out, err)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "SPEC: bad input is 'einderiv: error: ...' with a caret under the offending text; a bad "
+    "--shape string prints argparse usage and 'einderiv grad: error: --shape: ...', no caret"))
+def test_bad_shape_string_error_is_einderiv_error_with_a_caret():
+    status, out, err = cli("grad", "sum(x)", "--wrt", "x", "--shape", "x=n,(d")
+    assert status == 2
+    assert err.startswith("einderiv: error:"), err
+    assert re.search(r"^\s*\^+\s*$", err, re.M), err
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "an invalid variable name in --shape says '--shape: --shape: the variable ...'"))
+def test_shape_name_error_has_no_doubled_prefix():
+    status, out, err = cli("einstein", "x + y", "--shape", "x=n", "--shape", "é=n")
+    assert status == 2 and "is not a valid name" in err
+    assert "--shape: --shape:" not in err, err
+
+
+EINSUM_CASES = [
+    ("compile", "T.T", None),
+    ("compile", "transpose(T, (2, 0, 1))", None),
+    ("compile", "swapaxes(T, 0, 2) ** 3", None),
+    ("grad", "sum(swapaxes(T, 0, 2) ** 3)", "T"),
+    ("grad", "sum(sin(T.T))", "T"),
+    ("grad", "sum(tr(C) ** 2)", "C"),
+]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "SPEC §4: einsum only where no matrix form fits; .T/transpose/swapaxes of a rank-3 "
+    "tensor print as einsum('ijk->kji', T), the trace over the first two axes as "
+    "einsum('jji->i', C) (which is tr(C))"))
+@pytest.mark.parametrize("kind, expr, wrt", EINSUM_CASES)
+def test_formula_uses_matrix_forms_where_they_fit(kind, expr, wrt):
+    shapes = {"T": ("a", "b", "c"), "C": ("n", "n", "b")}
+    result = (einderiv.compile(expr, shapes) if kind == "compile"
+              else einderiv.grad(expr, wrt, shapes))
+    assert "einsum" not in result.formula, result.formula
+
+
+def test_rank_2_transposes_print_as_matrix_forms():
+    shapes = {"X": ("n", "d")}
+    assert "einsum" not in einderiv.grad("sum(sin(X.T))", "X", shapes).formula
+    assert "einsum" not in einderiv.compile("swapaxes(X, 0, 1) ** 3", shapes).formula
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "CONTRIBUTING: rules check 'checks every rule of the built-in tables in well under a "
+    "second'; it reports about 2.5 s (3 s of CPU) for 116 derivative rules and 90 rewrites"))
+def test_rules_check_of_the_builtin_tables_is_well_under_a_second():
+    status, out, err = cli("rules", "check", "--quiet")
+    assert status == 0, out + err
+    seconds = float(re.search(r"\bin (\d+\.\d+) s\b", out).group(1))
+    assert seconds < 1.0, out
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "--check draws inputs from [0.5, 1.5] (einderiv/check.py random_inputs), outside the "
+    "domain of arcsin: the right derivative 'fails' with nan, exit 1"))
+def test_check_of_arcsin_gradient_passes():
+    status, out, err = cli("grad", "sum(arcsin(x))", "--wrt", "x", "--shape", "x=n", "--check")
+    assert status == 0, (out, err)
+
+
+def test_check_of_log_and_sqrt_gradients_passes():
+    status, out, err = cli("grad", "sum(log(x) + sqrt(x))", "--wrt", "x", "--shape", "x=n",
+                           "--check")
+    assert status == 0 and "# check: largest relative error" in out, (out, err)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a float dimension is refused inline ('a dimension is an integer, not 1e3') but taken "
+    "as 1000 from --shape x=1e3 and as 2 from shapes={'x': ('2.0',)}"))
+def test_float_dimensions_are_refused_everywhere():
+    with pytest.raises(einderiv.EinderivError):
+        einderiv.compile("x: [1e3]; x")          # refused today, as it should be
+    with pytest.raises(einderiv.EinderivError):
+        einderiv.compile("x * 2", {"x": ("2.0",)})
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "SPEC: convolutions conv1d(x, w) / conv2d(X, W) take 'mode=/stride= keywords'; mode= "
+    "is refused: 'conv1d() got an unexpected keyword argument mode'"))
+def test_conv1d_takes_mode_as_the_spec_says():
+    x = np.arange(7.0).reshape(1, 1, 7)
+    w = np.array([1.0, 0.0, -1.0]).reshape(1, 1, 3)
+    f = einderiv.compile('conv1d(x, w, mode="same")', {"x": (1, 1, "n"), "w": (1, 1, 3)})
+    want = np.correlate(x[0, 0], w[0, 0], mode="same")
+    assert np.allclose(f(x=x, w=w)[0, 0], want)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "docs/language.md: tr(X) is numpy's trace, the sum of X[i, i, ...] over the first two "
+    "axes; a fixed [2, 3] matrix (numpy 4.0) is refused: 'tr() takes a square matrix'"))
+def test_trace_of_a_fixed_non_square_matrix_is_numpys():
+    X = np.arange(6.0).reshape(2, 3)
+    assert float(einderiv.compile("tr(X)", {"X": (2, 3)})(X=X)) == np.trace(X)
+
+
+# ------------------------------------------------------------------------------------------
+# What held
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("expr", ["sum(x", "(x))", "x + é", "x + \x1b[31m", ""])
+def test_bad_expressions_exit_2_with_a_caret(expr):
+    status, out, err = cli("einstein", expr, "--shape", "x=n")
+    assert status == 2 and err.startswith("einderiv: error:") and "Traceback" not in err
+    assert re.search(r"^\s*\^+\s*$", err, re.M), err
+    assert "\x1b" not in err     # a control character is shown escaped, never echoed
+
+
+def test_deep_brackets_are_refused_at_once():
+    started = time.perf_counter()
+    status, out, err = cli("einstein", "(" * 1000 + "x" + ")" * 1000, "--shape", "x=n")
+    assert status == 2 and "nested more than 200 deep" in err and "^" in err
+    assert time.perf_counter() - started < 20
+    status, out, err = cli("einstein", "(" * 200 + "x" + ")" * 200, "--shape", "x=n")
+    assert status == 0 and out == "out[i] = x[i]\n"
+
+
+def test_cli_usage_errors_exit_nonzero():
+    for args in [("grad", "sum(x)", "--shape", "x=n"),            # no --wrt
+                 ("grad", "sum(x)", "--wrt", "y", "--shape", "x=n"),
+                 ("rules", "check", "/nonexistent/my.rules")]:
+        status, out, err = cli(*args)
+        assert status == 2 and "Traceback" not in err, (args, err)
+
+
+@pytest.mark.parametrize("name", ["_xp", "_dtype", "_kernels", "np", "self", "lambda", "t0",
+                                  "dx", "contract", "grad", "tangent_x", "_dim_n"])
+def test_names_that_collide_with_the_generated_code(name):
+    x = np.array([0.5, 1.5, -2.0])
+    shapes = {name: ("n",), "y": ("n",)}
+    g = einderiv.grad(f"sum(exp({name}) * y + {name} ** 2)", name, shapes)
+    assert np.allclose(g(**{name: x, "y": x}), np.exp(x) * x + 2 * x)
+    H = einderiv.hessian(f"sum({name} ** 3 * y)", name, shapes)
+    assert np.allclose(H(**{name: x, "y": x}), np.diag(6 * x * x))
+
+
+def test_long_sums_compile_in_linear_time():
+    times = {}
+    for n in (1000, 2000, 4000, 8000):
+        text = "x: [n]; y: [n]; " + " + ".join(
+            "x * y" if i % 2 else f"sin(x * {i})" for i in range(n))
+        started = time.perf_counter()
+        einderiv.compile(text)
+        times[n] = time.perf_counter() - started
+    assert times[8000] < 16 * max(times[1000], 0.05), times
+
+
+def test_gradient_of_a_long_sum_within_the_limit():
+    text = "x: [n]; sum(" + " + ".join(f"sin(x * {i + 1})" for i in range(1500)) + ")"
+    started = time.perf_counter()
+    g = einderiv.grad(text, "x")
+    x = np.array([0.1, 0.2])
+    want = sum((i + 1) * np.cos((i + 1) * x) for i in range(1500))
+    assert np.allclose(g(x=x), want)
+    assert time.perf_counter() - started < 20
+
+
+def test_contributor_flow_elementwise_function_and_definition(tmp_path):
+    path = rule_file(tmp_path, "mine.rules",
+                     "# a new function and a definition\n"
+                     "elementwise mycbrt(x) = xp.cbrt\n"
+                     "d mycbrt(x) / dx = mycbrt(x) ** -2 / 3\n"
+                     "def quad(x) = x ** 4 + 2 * x\n")
+    status, out, err = cli("rules", "check", path)
+    assert status == 0 and out.rstrip().endswith("all ok"), out + err
+    assert "mine.rules:3" in out and "mine.rules:4" in out
+    status, out, err = cli("grad", "sum(mycbrt(x) + quad(x))", "--wrt", "x", "--shape", "x=n",
+                           "--rules", path, "--check")
+    assert status == 0 and "# check:" in out, out + err
+
+
+@pytest.mark.parametrize("text, status_wanted, where", [
+    # a wrong derivative: FAIL with file:line, exit 1
+    ("elementwise mycbrt(x) = xp.cbrt\nd mycbrt(x) / dx = mycbrt(x) ** -2 / 2\n", 1, ":2"),
+    # a typo'd implementation: exit 2, caret under it
+    ("elementwise mycbrt(x) = xp.crbt\nd mycbrt(x) / dx = mycbrt(x) ** -2 / 3\n", 2, ":1"),
+    # a typo'd function in a derivative: FAIL naming it
+    ("elementwise mycbrt(x) = xp.cbrt\nd mycbrt(x) / dx = mycbrtt(x) ** -2 / 3\n", 1, ":2"),
+    # a derivative by a parameter the function does not have: exit 2, caret
+    ("elementwise mycbrt(x) = xp.cbrt\nd mycbrt(x) / dy = mycbrt(x) ** -2 / 3\n", 2, ":2"),
+    # a derivative rule missing for one argument
+    ("elementwise myg(x, y) = xp.hypot\nd myg(x, y) / dx = x / myg(x, y)\n", 1, ":1"),
+])
+def test_rules_check_names_the_wrong_line(tmp_path, text, status_wanted, where):
+    path = rule_file(tmp_path, "bad.rules", text)
+    status, out, err = cli("rules", "check", path)
+    assert status == status_wanted, (status, out, err)
+    assert "bad.rules" + where in out + err and "Traceback" not in err
+    if status_wanted == 2:
+        assert err.startswith("einderiv: error:") and "^" in err
+
+
+def test_load_rules_with_a_definition_then_pickled_to_a_fresh_process(tmp_path):
+    path = rule_file(tmp_path, "cube.rules", "def cube3(x) = x * x * x\n")
+    code = ("import einderiv, pickle, numpy as np\n"
+            f"einderiv.load_rules({path!r})\n"
+            "g = einderiv.grad('sum(cube3(x))', 'x', {'x': ('n',)})\n"
+            "print(g.formula)\n"
+            "import sys; sys.stdout.buffer.write(b'@@' + pickle.dumps(g))\n")
+    p = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, timeout=120)
+    formula, blob = p.stdout.split(b"@@", 1)
+    assert formula.decode().strip() == "3 * x ** 2"
+    import pickle
+    g = pickle.loads(blob)                   # this process never loaded cube.rules
+    assert np.allclose(g(x=np.array([1.0, 2.0])), [3.0, 12.0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32])
+@pytest.mark.parametrize("expr", [
+    "mean(X, axis=(0, -1))", "logsumexp(X, axis=(-1, 0))", "softmax(X, axis=-2)",
+    "log_softmax(X, axis=(0, 2))", "max(X, axis=-3)", "var(X, axis=(1, 2), ddof=1)",
+    "norm(X, axis=(-2, -1))", "prod(X, axis=-2)", "cumsum(X, axis=-1)",
+    "X[-1, ::-1, 1:]", "swapaxes(X, -1, 0)", "X.mT @ X",
+])
+def test_axis_functions_with_negative_and_tuple_axes_match_jax(expr, dtype):
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    ns = {"sum": jnp.sum, "mean": jnp.mean, "max": jnp.max, "var": jnp.var, "prod": jnp.prod,
+          "cumsum": jnp.cumsum, "swapaxes": jnp.swapaxes,
+          "logsumexp": jax.scipy.special.logsumexp, "softmax": jax.nn.softmax,
+          "log_softmax": jax.nn.log_softmax,
+          "norm": lambda x, axis: jnp.sqrt(jnp.sum(x * x, axis=axis))}
+    rng = np.random.default_rng(31)
+    X = rng.uniform(0.5, 1.5, (2, 1, 3)).astype(dtype)
+    shapes = {"X": ("a", "b", "c")}
+
+    def ref(X):
+        return jnp.sum(jnp.sin(eval(expr.replace("X.mT", "jnp.swapaxes(X, -1, -2)"),
+                                    {**ns, "jnp": jnp}, {"X": X})))
+    g = einderiv.grad(f"sum(sin({expr}))", "X", shapes)
+    got = g(X=X)
+    assert got.dtype == dtype and got.shape == X.shape
+    want = np.asarray(jax.grad(ref)(jnp.asarray(X, dtype=jnp.float32)))
+    assert np.allclose(got, want, rtol=2e-4, atol=2e-5)
+
+
+def test_help_examples_run_as_shown():
+    status, out, err = cli("einstein", "W @ x + b", "--shape", "W=m,n", "--shape", "x=n",
+                           "--shape", "b=m")
+    assert (status, out) == (0, "out[i] = W[i,j]*x[j] + b[i]\n")
+    status, out, err = cli("grad", "sum(log(1 + exp(-y * (X @ w))))", "--wrt", "w",
+                           "--shape", "X=n,d", "--shape", "y=n", "--shape", "w=d")
+    assert (status, out) == (0, "-(X.T @ (sigmoid(-y * (X @ w)) * y))\n")
+    status, out, err = cli("einstein", "-", stdin="x: [n]; softmax(x)")
+    assert status == 0 and out.startswith("out[i] = softmax(x")
+    status, out, err = cli("grad", "--wrt", "x", "--shape", "x=n", "-sum(log(x))")
+    assert (status, out) == (0, "-1 / x\n")
