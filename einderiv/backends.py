@@ -279,6 +279,12 @@ class _TorchNumpy:
         like = a if isinstance(a, self._torch.Tensor) else b
         return self._torch.minimum(self._tensor(a, like), self._tensor(b, like))
 
+    def transpose(self, x, axes=None):  # numpy's: every axis placed (torch's swaps two)
+        return x.permute(tuple(range(x.ndim))[::-1] if axes is None else tuple(axes))
+
+    def trace(self, x):  # numpy's: over the first two axes of any rank (torch's: a matrix's)
+        return self._torch.diagonal(x, dim1=0, dim2=1).sum(-1)
+
     def flip(self, x, axis=None):
         return self._torch.flip(x, tuple(range(x.ndim)) if axis is None else
                                 (axis,) if isinstance(axis, int) else tuple(axis))

@@ -551,6 +551,8 @@ class _Printer:
                 return f"_xp.einsum({spec!r}, {operands})"
             self.contractions.append((spec, shapes))
             return f"_c{len(self.contractions) - 1}({operands})"
+        if name == "transpose":  # the vectorizer's permutation: numpy's axes, by position
+            return f"_xp.transpose({self.expr(e.args[0])}, {self._axis(e.args[1])})"
         if name == "cumsum":  # a vector's without an axis (numpy's flattens anything else)
             axis = self._axis(e.kwargs[0][1]) if e.kwargs else "0"
             return f"_xp.cumsum({self.expr(e.args[0])}, axis={axis})"

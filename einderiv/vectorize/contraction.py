@@ -961,6 +961,10 @@ class ContractionTranslator:
                 else:
                     t.expr, t.labels = ast.Call("diag", (t.expr,)), (label,)
                 t.node = None
+            elif labels[0] == labels[1] and len(set(labels)) == len(labels) - 1 and \
+                    not self._needed(labels[0], skip=(t,)):
+                # C[i,i,...] summed over i: numpy's trace over the first two axes, tr(C)
+                t.expr, t.labels, t.node = ast.Call("tr", (t.expr,)), labels[2:], None
             elif len(set(labels)) != len(labels):
                 self._einsum_all()
                 return
@@ -1410,9 +1414,10 @@ def _permute(expr, labels, target) -> ast.Expr:
         return transpose(expr)
     if len(labels) > 2 and labels[:-2] == target[:-2] and labels[-2:] == target[:-3:-1]:
         return swap_last(expr, len(labels))
-    letters = {l: _symbol(i) for i, l in enumerate(labels)}
-    spec = "".join(letters[l] for l in labels) + "->" + "".join(letters[l] for l in target)
-    return ast.Call("einsum", (ast.String(spec), expr))  # a permutation: no planning needed
+    # numpy's transpose with its axes (axis k of the result is axis axes[k] of expr), as a
+    # person writes a permutation: an einsum would be the same view, less readable
+    axes = tuple(number(labels.index(l)) for l in target)
+    return ast.Call("transpose", (expr, ast.Tuple(axes)))
 
 
 def _align(term: Term, order) -> ast.Expr:
