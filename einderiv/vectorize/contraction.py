@@ -1406,10 +1406,37 @@ def _letters(terms, keep) -> dict:
     return {l: _symbol(i) for i, l in enumerate(order)}
 
 
+def permutation_of(expr: ast.Expr, rank: int) -> tuple[ast.Expr, tuple[int, ...]] | None:
+    """(base, axes) where `expr`, of `rank` axes, is a permutation of `base` as _permute writes
+    one (`.T` of a matrix, `.mT` of a stack, `transpose(base, axes)`): axis k of expr is axis
+    axes[k] of base. Else None."""
+    if isinstance(expr, ast.Attribute) and expr.attr == "T" and rank == 2:
+        return expr.operand, (1, 0)
+    if isinstance(expr, ast.Attribute) and expr.attr == "mT" and rank > 2:
+        return expr.operand, (*range(rank - 2), rank - 1, rank - 2)
+    if isinstance(expr, ast.Call) and expr.func == "transpose" and len(expr.args) == 2 and \
+            isinstance(expr.args[1], ast.Tuple) and len(expr.args[1].items) == rank and \
+            all(isinstance(a, ast.Number) for a in expr.args[1].items):
+        return expr.args[0], tuple(int(a.value) for a in expr.args[1].items)
+    return None
+
+
+def permuted(expr: ast.Expr, axes: tuple[int, ...]) -> ast.Expr:
+    """`expr` with axis k of the result its axis axes[k] (what permutation_of reads)."""
+    return _permute(expr, tuple(range(len(axes))), tuple(axes))
+
+
 def _permute(expr, labels, target) -> ast.Expr:
     labels, target = tuple(labels), tuple(target)
     if labels == target:
         return expr
+    found = permutation_of(expr, len(labels)) if len(labels) > 2 else None
+    if found is not None:  # a permutation of a permutation: one (or none) of the base
+        base, axes = found
+        inner = [None] * len(labels)
+        for k, a in enumerate(axes):
+            inner[a] = labels[k]
+        return _permute(base, tuple(inner), target)
     if len(labels) == 2 and labels == target[::-1]:
         return transpose(expr)
     if len(labels) > 2 and labels[:-2] == target[:-2] and labels[-2:] == target[:-3:-1]:

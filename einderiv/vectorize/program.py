@@ -17,7 +17,8 @@ from ..lower.linear import is_linear, surface as linear_surface
 from ..parse import ast
 from ..rulebook import RuleBook, default_rulebook
 from .contraction import (ContractionTranslator, align, broadcast, dimension, number,
-                          row_window, rows_placed, scaled, selection, transpose)
+                          permutation_of, permuted, row_window, rows_placed, scaled, selection,
+                          transpose)
 from .fuse import fuse_products
 from .projections import fuse_projections
 from .siblings import batch_siblings
@@ -154,6 +155,24 @@ def _worth_a_name(node: Node, uses: dict, bound: dict) -> bool:
     return True
 
 
+def _one_permutation(args: list, rank: int):
+    """(bases, axes) when every argument of an elementwise function is a number or the same
+    permutation (`axes`, see permutation_of) of a base of all `rank` axes, at least one of them
+    a permutation; else None."""
+    bases, perm = [], None
+    for e in args:
+        if isinstance(e, ast.Number) or isinstance(e, ast.UnaryOp) and \
+                isinstance(e.operand, ast.Number):
+            bases.append(e)
+            continue
+        found = permutation_of(e, rank) if rank > 1 else None
+        if found is None or perm not in (None, found[1]):
+            return None
+        bases.append(found[0])
+        perm = found[1]
+    return None if perm is None else (bases, perm)
+
+
 class _Translator:
     def __init__(self, temp_name: dict[int, str], rules: RuleBook, scale=None, stacked=None,
                  position=None):
@@ -235,6 +254,13 @@ class _Translator:
         args = [self.narrow(a) for a in node.args]
         axes = tuple(sorted({a for _, present in args for a in present}))
         aligned = [align(e, present, axes) for e, present in args]
+        through = _one_permutation(aligned, len(axes))
+        if through is not None:
+            # f(X.T) is f(X).T: written so, a use that transposes it back reads f(X) itself
+            # (the gradient of sum(sin(X.T)) is cos(X), not cos(X.T).T)
+            bases, perm = through
+            return permuted(make(fn, *bases) if make is ast.BinOp else make(fn, tuple(bases)),
+                            perm), axes
         return (make(fn, *aligned) if make is ast.BinOp else make(fn, tuple(aligned))), axes
 
     def define(self, node: Node) -> ast.Expr:
