@@ -371,6 +371,7 @@ RULES_EPILOG = """\
 examples:
   einderiv rules list                     # every function and rule, with its file:line
   einderiv rules list tanh softmax        # just these functions
+  einderiv rules list my.rules            # the rules of a table of your own
   einderiv rules check                    # verify the built-in tables
   einderiv rules check my.rules           # verify a table of your own
 
@@ -388,7 +389,13 @@ examples:
       rules/elementwise.rules:51    d tanh(x) / dx         = sech2(x)
       rules/rewrites.rules:192    rewrite 1 - tanh(u) ** 2 = sech2(u)
   einderiv rules list inv logdet
+  einderiv rules list my.rules            # only the rules of my.rules, as rules check FILE
+  einderiv rules list my.rules tanh       # only its rules for tanh
   einderiv rules list --rules my.rules    # the built-in tables with my.rules on top
+
+An argument that ends in .rules or names an existing file is a rule file; any other is a
+function name. Listing only prints: nothing of a rule file is resolved or imported, so any
+file may be listed.
 """
 
 RULES_CHECK_EPILOG = """\
@@ -434,10 +441,13 @@ def _add_rules_parser(sub) -> None:
         "list", help="print every function and rule with its file:line",
         description="Print every function, derivative rule and rewrite with its file:line, in "
                     "file order; a derivative is indented under its function, and a rewrite is "
-                    "listed with each function it calls.",
+                    "listed with each function it calls. With rule FILEs, only their rules "
+                    "(loaded on top of the built-in tables, as rules check FILE does).",
         epilog=RULES_LIST_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    listing.add_argument("names", metavar="NAME", nargs="*",
-                         help="only these functions (default: all)")
+    listing.add_argument("names", metavar="FILE|NAME", nargs="*",
+                         help="rule files (ending in .rules, or existing files) to list the "
+                              "rules of, and functions to list only (default: every rule of "
+                              "the built-in tables)")
     # Not `rules`: main() loads that into the process-wide rule book before any command.
     listing.add_argument("--rules", metavar="FILE", dest="tables", action="append", default=[],
                          help="also load this rule file on top of the built-in tables "
@@ -478,27 +488,40 @@ def _rules_with(paths, allow_imports: bool):
     return book.freeze()
 
 
+def _is_rule_file(arg: str) -> bool:
+    """Whether an argument of `rules list` is a rule file rather than a function's name."""
+    return arg.endswith(".rules") or Path(arg).is_file()
+
+
 def _rules_list(args) -> int:
     from .errors import UnknownNameError, did_you_mean
     from .rulebook.table import Derivative, Rewrite
+    files = [Path(a) for a in args.names if _is_rule_file(a)]
+    names = [a for a in args.names if not _is_rule_file(a)]
     # Listing only prints the rules: nothing is resolved or imported, so any file may be listed.
-    book = _rules_with(args.tables, allow_imports=True)
-    for name in args.names:
+    book = _rules_with([*args.tables, *files], allow_imports=True)
+    wanted = {str(p) for p in files}
+    for name in names:
         if book.get(name) is None:
             raise UnknownNameError(f"no rule table defines a function '{name}'",
                                    hint=did_you_mean(name, book.functions))
     rows = []
     for rule in book.in_file_order():
+        if wanted and rule.origin.rpartition(":")[0] not in wanted:
+            continue  # only the FILEs' rules, as `rules check FILE` checks only theirs
         if isinstance(rule, Rewrite):  # listed with each function it calls
-            if not args.names or set(args.names) & set(rule.functions):
+            if not names or set(names) & set(rule.functions):
                 rows.append((_shown(rule.origin), f"rewrite {rule.pattern}", rule.replacement))
             continue
         name = rule.function if isinstance(rule, Derivative) else rule.name
-        if args.names and name not in args.names:
+        if names and name not in names:
             continue
         lhs, _, rhs = str(rule).partition(" = ")
         rows.append((_shown(rule.origin), ("  " if isinstance(rule, Derivative) else "") + lhs,
                      rhs))
+    if not rows and files and not names:
+        print(f"nothing to list: {', '.join(map(str, files))} holds no rules")
+        return 0
     where = max((len(r[0]) for r in rows), default=0)
     what = min(max((len(r[1]) for r in rows), default=0), 40)
     for origin, lhs, rhs in rows:

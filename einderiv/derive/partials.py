@@ -21,7 +21,7 @@ from itertools import count
 
 from ..errors import EinderivError, RuleError
 from ..ir import build
-from ..ir.dims import Dim
+from ..ir.dims import Dim, show_shape
 from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Var, topological
 from ..parse import ast, parse
 from ..rulebook import RuleBook
@@ -78,6 +78,11 @@ def elementwise_partial(node: Map, position: int, rules: RuleBook) -> Node:
     rule = rules.derivative(node.fn, position)
     if rule is None:
         raise _missing(node, position, rules)
+    if rule.out_indices or rule.wrt_indices:
+        raise RuleError(f"{rule.origin}: {node.fn} is an elementwise function: the derivative "
+                        f"rule of an entry by the same entry takes no indices", rule.span(),
+                        hint=f"write it as d {node.fn}({', '.join(rule.params)}) / d{rule.wrt} "
+                             "= EXPRESSION, in the arguments")
     # Constant arguments are part of the template (the rule folds them, `x ** 2`); any other
     # argument is opaque to lowering, so one placeholder of its shape stands for it.
     signature = tuple((a.shape, build.constant_value(a)) for a in node.args)
@@ -116,9 +121,24 @@ def _lower_rule(node: Map, rule: Derivative, rules: RuleBook, args) -> Node:
     from ..lower.lower import lower_expr
     scope = _lowering_scope(rules, dict(zip(rule.params, args)))
     try:
-        return lower_expr(rule_body(rule), scope)
+        partial = lower_expr(rule_body(rule), scope)
     except EinderivError as e:
-        raise RuleError(f"{rule.origin}: cannot apply the rule for {node.fn}: {e.message}") from None
+        at = (e.span.start, e.span.end) if e.span and e.span.source == rule.body else None
+        raise RuleError(f"{rule.origin}: cannot apply the rule for {node.fn}: {e.message}",
+                        rule.span(at=at), hint=e.hint) from None
+    # The pullback multiplies it entry by entry with the adjoint (derive/reverse.py): one entry
+    # per entry of the result, or a number for all of them. Any other shape (`outer(x, x)`) is
+    # no derivative of an elementwise function, and would break the product.
+    if partial.shape and partial.shape != node.shape:
+        call = f"{node.fn}({', '.join(show_shape(a.shape) for a in args)})"
+        raise RuleError(f"{rule.origin}: the derivative of {node.fn} by {rule.wrt} has shape "
+                        f"{show_shape(partial.shape)} where {call} has shape "
+                        f"{show_shape(node.shape)}: "
+                        "an elementwise function's derivative is shaped like its result, or is "
+                        "a number", rule.span(rule.body),
+                        hint="write it entry by entry, in the arguments (d tanh(x) / dx = "
+                             "sech2(x)), with no reduction or outer product")
+    return partial
 
 
 def _dependents(template: Node, holders) -> list[Node]:
@@ -218,8 +238,14 @@ def tensor_jacobian(node: Prim, rules: RuleBook, position: int = 0) -> Jacobian:
         raise _missing(node, position, rules)
     out_l, arg_l = _layouts(node, rules, position)
     if len(rule.out_indices) != len(out_l.groups) or len(rule.wrt_indices) != len(arg_l.groups):
-        raise RuleError(f"{rule.origin}: {node.fn} needs {len(out_l.groups)} output and "
-                        f"{len(arg_l.groups)} argument indices")
+        f = rules.get(node.fn)
+        raise RuleError(f"{rule.origin}: {node.fn} (shape rule {f.shape}) needs "
+                        f"{len(out_l.groups)} output and {len(arg_l.groups)} argument indices "
+                        f"on the left, the rule gives {len(rule.out_indices)} and "
+                        f"{len(rule.wrt_indices)}", rule.span(),
+                        hint="an index names a core axis: each axis of a square matrix, or "
+                             "the group of axes an axis primitive works along (CONTRIBUTING.md, "
+                             "Tensor rules)")
     shapes = tuple(a.shape for a in node.args)
     # The rule is lowered once per (function, position, parameters, argument shapes) with
     # placeholders for the arguments, and each use substitutes the node's own: an unrolled
@@ -291,10 +317,21 @@ class _IndexedLowering:
             if isinstance(e, RuleError):
                 raise
             raise RuleError(f"{self.rule.origin}: cannot apply the rule for {self.node.fn}: "
-                            f"{e.message}") from None
+                            f"{e.message}", self._at(e)) from None
         out_labels = self._positions(self.out_l, self.node.rank, self.rule.out_indices)
         arg_labels = self._positions(self.arg_l, arg.rank, self.rule.wrt_indices)
         return Jacobian(node, labels, out_labels, arg_labels, terms)
+
+    def _error(self, message: str, e=None, hint: str | None = None) -> RuleError:
+        """A RuleError at the rule's file:line, with a caret under `e` (an expression of the
+        body, or an error whose span is in the body), else under the whole rule."""
+        return RuleError(f"{self.rule.origin}: {message}", self._at(e), hint=hint)
+
+    def _at(self, e):
+        span = getattr(e, "span", None)
+        if span is None or span.source != self.rule.body:
+            return self.rule.span()
+        return self.rule.span(at=(span.start, span.end))
 
     def _terms(self, body: ast.Expr):
         """The body's sum of terms as written, one flat sum, neither nested nor factored: the
@@ -309,7 +346,7 @@ class _IndexedLowering:
             elif isinstance(e, ast.UnaryOp) and e.op == "-":
                 work.append((-sign, e.operand))
             else:
-                terms.append((sign, self._labelled(self.expr(e))))
+                terms.append((sign, self._labelled(self.expr(e), e)))
         if self.summed:
             # Each term keeps its own summed indices open, for the pullback to sum (one
             # contraction per term); the indices of the left are spread to all of them.
@@ -345,22 +382,23 @@ class _IndexedLowering:
         if isinstance(e, ast.Index):
             return self._index(e)
         if isinstance(e, ast.UnaryOp):
-            node, labels = self._labelled(self.expr(e.operand))
+            node, labels = self._labelled(self.expr(e.operand), e.operand)
             return (build.scale(-1.0, node) if e.op == "-" else node), labels
         if isinstance(e, ast.BinOp):
-            left = self._labelled(self.expr(e.left))
-            right = self._labelled(self.expr(e.right))
+            left = self._labelled(self.expr(e.left), e.left)
+            right = self._labelled(self.expr(e.right), e.right)
             if e.op == "*":
                 return self._product([left, right])
             if e.op in "+-":
                 return self._sum(left, right, 1.0 if e.op == "+" else -1.0)
             if e.op in ("/", "**"):
                 return self._elementwise("div" if e.op == "/" else "pow", [left, right])
-            raise RuleError(f"{self.rule.origin}: '{e.op}' is not allowed in an indexed rule")
+            raise self._error(f"'{e.op}' is not allowed in an indexed rule", e)
         if isinstance(e, ast.Call):
             f = self.rules.get(e.func)
             if f is not None and f.kind == "elementwise":
-                return self._elementwise(e.func, [self._labelled(self.expr(a)) for a in e.args])
+                return self._elementwise(e.func, [self._labelled(self.expr(a), a)
+                                                  for a in e.args])
         from ..lower.lower import lower_expr
         return lower_expr(e, self.scope), None
 
@@ -368,36 +406,63 @@ class _IndexedLowering:
         names = []
         for item in e.items:
             if not isinstance(item, ast.Name):
-                raise RuleError(f"{self.rule.origin}: the indices in a rule are names")
+                raise self._error("the indices in a rule are names", item)
             names.append(item.id)
         if isinstance(e.operand, ast.Name) and e.operand.id == "delta":
             if len(names) != 2:
-                raise RuleError(f"{self.rule.origin}: delta takes two indices")
+                raise self._error(f"delta takes two indices, not {len(names)}", e)
             known = [n for n in names if n in self.index]
             if not known:
-                raise RuleError(f"{self.rule.origin}: delta needs an index of the left-hand "
-                                "side or of a tensor before it")
+                raise self._error("delta needs an index of the left-hand side or of a tensor "
+                                  "before it", e)
             for n in names:  # a summed index takes its partner's size
                 if n not in self.index:
                     self._summed_index(n, [self.dims[l] for l in self.index[known[0]]])
             a, b = (self.index[n] for n in names)
+            first, second = ([self.dims[l] for l in ls] for ls in (a, b))
+            if first != second:  # a Kronecker delta is square
+                raise self._error(
+                    f"delta[{names[0]},{names[1]}] pairs axes of different sizes: "
+                    f"{names[0]} is {show_shape(first)} and {names[1]} {show_shape(second)} "
+                    f"for {self._call()}", e,
+                    hint="a delta pairs an index of the result with one of the argument of "
+                         "the same size")
             ops = [(Delta(self.dims[x], self.dims[y]), (x, y)) for x, y in zip(a, b)]
             labels = a + b
             return build.contract(labels, ops), labels
         node, _ = self.expr(e.operand)
-        layout = self._layout_of(node, len(names))
+        layout = self._layout_of(node, len(names), e.operand)
         if len(names) != len(layout.groups):
-            raise RuleError(f"{self.rule.origin}: {len(names)} indices for a tensor with "
-                            f"{len(layout.groups)} core axis groups")
+            raise self._error(f"{len(names)} {'index' if len(names) == 1 else 'indices'} on "
+                              f"a tensor of {len(layout.groups)} core "
+                              f"{'axis' if len(layout.groups) == 1 else 'axes'} (shaped "
+                              f"{show_shape(node.shape)}, in the rule for {self._call()})", e,
+                              hint="an index names a core axis: each axis of a square matrix, "
+                                   "or the group of axes an axis primitive works along; the "
+                                   "other axes are batch axes, without an index")
         labels = [None] * node.rank
         for l, a in zip(self.batch, layout.batch):
             labels[a] = l
         for name, group in zip(names, layout.groups):
             if name not in self.index:
                 self._summed_index(name, [node.shape[a] for a in group])
+            want = [self.dims[l] for l in self.index[name]]
+            got = [node.shape[a] for a in group]
+            # An index of the left has one size wherever it is used. (A summed one is summed
+            # within its term, and may stand for other axes in another: pinv's p.)
+            if want != got and self.summed.isdisjoint(self.index[name]):
+                raise self._error(f"the index {name} stands for axes of shape "
+                                  f"{show_shape(want)} where it is first used, but "
+                                  f"{show_shape(got)} here (in the rule for {self._call()})",
+                                  e, hint="an index has one size wherever it is used: check "
+                                          "the order of the indices")
             for l, a in zip(self.index[name], group):
                 labels[a] = l
         return node, tuple(labels)
+
+    def _call(self) -> str:
+        """The primitive applied to its arguments' shapes, for an error message."""
+        return f"{self.node.fn}({', '.join(show_shape(a.shape) for a in self.node.args)})"
 
     def _summed_index(self, name: str, dims) -> None:
         """An index not on the left is summed over (Einstein's convention): the product it
@@ -411,7 +476,7 @@ class _IndexedLowering:
         self.summed.update(labels)
         self.free.update(labels)
 
-    def _layout_of(self, node: Node, indices: int) -> _Layout:
+    def _layout_of(self, node: Node, indices: int, e=None) -> _Layout:
         # A tensor of the body is laid out as the argument or the result it is shaped like,
         # with as many core axis groups as it is given indices (solve's A [n, n] and a b of
         # n columns [n, n] have one shape, two indices and one).
@@ -426,10 +491,12 @@ class _IndexedLowering:
             # det_hessian(X), and det_hvp(X, V)'s too): its own core axes, and the same batch
             # axes
             return _layouts(node, self.rules)[0]
-        raise RuleError(f"{self.rule.origin}: a tensor in the rule is shaped like neither the "
-                        f"argument nor the result")
+        raise self._error(f"a tensor in the rule, shaped {show_shape(node.shape)}, is shaped "
+                          f"like neither an argument nor the result of {self._call()}", e,
+                          hint="index the arguments, the result and other primitives of the "
+                               "same arguments")
 
-    def _labelled(self, value):
+    def _labelled(self, value, e=None):
         node, labels = value
         if labels is not None:
             return node, labels
@@ -438,7 +505,9 @@ class _IndexedLowering:
             return node, ()
         if node.shape == batch_shape:
             return node, tuple(self.batch)
-        raise RuleError(f"{self.rule.origin}: a tensor in the rule needs indices, e.g. T[i,j]")
+        raise self._error(f"a tensor in the rule, shaped {show_shape(node.shape)}, needs indices "
+                          f"(for {self._call()})", e,
+                          hint="give it an index per core axis, as inv(X)[i,k]")
 
     def _union(self, values) -> tuple[int, ...]:
         return tuple(dict.fromkeys(l for _, ls in values for l in ls))

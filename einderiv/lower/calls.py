@@ -956,6 +956,12 @@ BUILTINS = {
     "conv_transpose1d": convolution.lower_transposed(1),
     "conv_transpose2d": convolution.lower_transposed(2),
 }
+# The BUILTINS a rule file may still give a rule for, with the kind of line they must keep:
+# norm is lowered above, but evaluated and differentiated as the tables' tensor primitive norm
+# (rules/tensor.rules), whose line and derivative a table may replace. A rule file may not
+# declare any other name of BUILTINS (rulebook/table.py refuses it at its line): lowering never
+# asks the rule book for one, so its rule would be ignored or break the rewrites calling it.
+TABLE_BACKED = {"norm": "reduce"}
 # Functions whose arguments are dimensions (ints or names from the shapes), not tensors.
 DIMENSION_FUNCTIONS = {"eye", "ones", "zeros", "size"}
 

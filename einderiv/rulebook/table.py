@@ -12,7 +12,7 @@ import importlib
 import inspect
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -38,6 +38,27 @@ class Derivative:
     wrt_indices: tuple[str, ...]
     body: str
     origin: str = ""
+    # The rule's line as its file has it, for a caret under what is wrong when the rule is
+    # first applied (its shape is known only then); not part of the rule's identity.
+    line: str = field(default="", compare=False, repr=False)
+
+    def span(self, part: str | None = None, at: tuple[int, int] | None = None) -> Span | None:
+        """Where `part` (the first place the rule's line has it), or the offsets `at` of its
+        body, is (else the whole rule), at the rule's line of its file: a RuleError's caret."""
+        if not self.line:
+            return None
+        number = self.origin.rpartition(":")[2]
+        prefix = "\n" * (int(number) - 1 if number.isdigit() else 0)
+        start = self.line.find(part) if part else -1
+        body = self.line.find(self.body)
+        if at is not None and body >= 0:
+            start, part = body + at[0], " " * max(1, at[1] - at[0])
+        if start < 0:
+            start = len(self.line) - len(self.line.lstrip())
+            end = len(self.line.split("#")[0].rstrip())
+        else:
+            end = start + len(part)
+        return Span(prefix + self.line, len(prefix) + start, len(prefix) + max(end, start + 1))
 
     def __str__(self) -> str:
         out = f"[{','.join(self.out_indices)}]" if self.out_indices else ""
@@ -260,22 +281,26 @@ def parse_rules(text: str, filename: str = "<rules>", bodies: bool = False,
         if not isinstance(rule, lark.Tree):
             continue
         origin = f"{filename}:{rule.meta.line}"
+        body = None
         if bodies and rule.data in ("derivative", "definition"):
-            _parse_body(rule.children[-1], text, origin)
+            body = _parse_body(rule.children[-1], text, origin)
         if rule.data == "rewrite":
             functions.append(_rewrite(rule.children[0], origin, text))
             continue
         name = str(rule.children[0])
         if rule.data == "definition":
+            _not_a_builtin(rule, "def", origin, text)
             functions.append(_definition(rule, origin, text))
             continue
-        params = tuple(str(p) for p in rule.children[1].children)
+        params = _params(rule.children[1], name, origin, text)
         if rule.data == "elementwise":
+            _not_a_builtin(rule, "elementwise", origin, text)
             functions.append(Function(name, "elementwise", params,
                                       _impl(rule.children[2], text, origin, allow_imports),
                                       origin=origin))
         elif rule.data == "derivative":
-            functions.append(_derivative(rule, origin, text))
+            _not_a_builtin(rule, "derivative", origin, text)
+            functions.append(_derivative(rule, origin, text, body))
         elif rule.data == "tensor":
             axis = str(rule.children[2]) if rule.children[2] is not None else None
             shape = str(rule.children[3])
@@ -283,6 +308,11 @@ def parse_rules(text: str, filename: str = "<rules>", bodies: bool = False,
                 raise RuleError(f"{origin}: unknown shape rule '{shape}' for {name}",
                                 _token_span(text, rule.children[3]),
                                 hint="one of " + ", ".join(TENSOR_SHAPES))
+            if axis in params:
+                raise RuleError(f"{origin}: the axis keyword {axis} of {name} repeats a "
+                                "parameter", _token_span(text, rule.children[2]),
+                                hint="give the axis keyword a name of its own (axis)")
+            _not_a_builtin(rule, "tensor", origin, text, shape)
             arity = TENSOR_ARITY.get(shape, 1)
             if shape == "cotangent" and axis is None and len(params) == arity:
                 raise RuleError(f"{origin}: a tensor primitive of shape rule cotangent works "
@@ -310,6 +340,58 @@ def parse_rules(text: str, filename: str = "<rules>", bodies: bool = False,
     return functions
 
 
+def _param(token, name: str, seen: set, origin: str, text: str) -> str:
+    """A parameter's name, checked: a name (not a constant), and not one `seen` before in the
+    same list (a rule of f(x, x) could never tell its arguments apart)."""
+    if str(token) in ("True", "False", "None"):
+        raise RuleError(f"{origin}: {token} is a constant, not a name for a parameter of "
+                        f"{name}", _token_span(text, token))
+    if str(token) in seen:
+        raise RuleError(f"{origin}: the parameter {token} of {name} repeats",
+                        _token_span(text, token),
+                        hint="give each parameter its own name, as in Python")
+    seen.add(str(token))
+    return str(token)
+
+
+def _params(tree: lark.Tree, name: str, origin: str, text: str) -> tuple[str, ...]:
+    """The parameters of an elementwise or tensor primitive, or of a derivative rule."""
+    seen: set = set()
+    return tuple(_param(token, name, seen, origin, text) for token in tree.children)
+
+
+def _not_a_builtin(rule: lark.Tree, kind: str, origin: str, text: str,
+                   shape: str | None = None) -> None:
+    """Refuse a rule for a function that the language lowers itself (`sum`, `mean`, `dot`...:
+    lower/calls.py's BUILTINS): lowering never asks the rule book for it, so the rule would be
+    ignored (`def mean`) or would break the rewrites that call it (`def sum`). `norm`, lowered
+    there as the tensor primitive norm of the tables, keeps that kind and shape rule."""
+    from ..lower.calls import BUILTINS, TABLE_BACKED
+    token = rule.children[0]
+    name = str(token)
+    if name not in BUILTINS:
+        return
+    backed = TABLE_BACKED.get(name)
+    if backed is not None and (kind == "derivative" or (kind == "tensor" and shape == backed)):
+        return
+    if backed is not None:
+        what = (f"lowered by einderiv as the tensor primitive {name} of shape rule {backed}: "
+                f"a rule file may replace its tensor line (shape rule {backed}) or its "
+                "derivative, not make it")
+        made = {"def": "a definition", "elementwise": "an elementwise primitive"}.get(
+            kind, f"a tensor primitive of shape rule {shape}")
+        message = f"{name} is {what} {made}"
+    elif kind == "derivative":
+        message = (f"{name} is a built-in function of the language, which einderiv lowers and "
+                   "differentiates itself: a rule file cannot give it a derivative rule")
+    else:
+        message = (f"{name} is a built-in function of the language, which einderiv lowers "
+                   "itself, never looking it up in the rule tables: a rule file cannot "
+                   "redefine it")
+    raise RuleError(f"{origin}: {message}", _token_span(text, token),
+                    hint=f"give your function a name of its own, such as my_{name}")
+
+
 def _definition(rule: lark.Tree, origin: str, text: str) -> Function:
     """`def NAME(x, y, key=DEFAULT, ...) = BODY`: the tensors first, then the parameters with
     defaults (as Python's, each name once)."""
@@ -317,13 +399,7 @@ def _definition(rule: lark.Tree, origin: str, text: str) -> Function:
     params, keywords, seen = [], [], set()
     for param in def_params.children:
         token, default = param.children
-        if str(token) in ("True", "False", "None"):
-            raise RuleError(f"{origin}: {token} is a constant, not a name for a parameter of "
-                            f"{name}", _token_span(text, token))
-        if str(token) in seen:
-            raise RuleError(f"{origin}: the parameter {token} of {name} repeats",
-                            _token_span(text, token))
-        seen.add(str(token))
+        _param(token, str(name), seen, origin, text)
         if default is not None:
             keywords.append((str(token), str(default)))
         elif keywords:
@@ -337,9 +413,11 @@ def _definition(rule: lark.Tree, origin: str, text: str) -> Function:
                     keywords=tuple(keywords))
 
 
-def _derivative(rule: lark.Tree, origin: str, text: str) -> Derivative:
+def _derivative(rule: lark.Tree, origin: str, text: str, parsed=None) -> Derivative:
+    """`d NAME(params)[out] / dWRT[wrt] = BODY`, checked: WRT is a parameter, the indices of the
+    left are distinct, and (with `parsed`, the body's expression) each is on the right."""
     name, params, out, wrt_token, wrt_idx, body = rule.children
-    params = tuple(str(p) for p in params.children)
+    params = _params(params, str(name), origin, text)
     wrt = str(wrt_token)[1:]
     if wrt not in params:
         raise RuleError(f"{origin}: d{wrt} is not a parameter of {name}({', '.join(params)})",
@@ -353,7 +431,47 @@ def _derivative(rule: lark.Tree, origin: str, text: str) -> Derivative:
                         Span(text, rule.meta.start_pos,
                              wrt_idx.meta.end_pos if wrt_idx else wrt_token.end_pos),
                         hint="give each axis of the result and of the argument its own index")
-    return Derivative(str(name), params, wrt, out_idx, wrt_idx_names, str(body).strip(), origin)
+    if parsed is not None and labels:
+        _left_indices_on_the_right(parsed, [*(out.children if out else ()),
+                                            *(wrt_idx.children if wrt_idx else ())],
+                                   str(name), origin, text)
+    start = text.rfind("\n", 0, rule.meta.start_pos) + 1
+    end = text.find("\n", rule.meta.start_pos)
+    return Derivative(str(name), params, wrt, out_idx, wrt_idx_names, str(body).strip(), origin,
+                      text[start:end if end >= 0 else len(text)].rstrip("\r"))
+
+
+def _left_indices_on_the_right(body, left: list, name: str, origin: str, text: str) -> None:
+    """Each index of a rule's left-hand side names an axis of the derivative, so the right-hand
+    side must give it: one it lacks has no size and no place in the result (the rule for
+    `d inv(X)[i,j] / dX[k,l]` must use i, j, k and l). An index only on the right is summed."""
+    from ..parse import ast
+    used, stack = [], [body]
+    while stack:
+        e = stack.pop()
+        if isinstance(e, ast.Index):
+            used += [i.id for i in e.items if isinstance(i, ast.Name)]
+            stack += [e.operand, *(i for i in e.items if isinstance(i, ast.Expr))]
+        elif isinstance(e, ast.Call):
+            stack += [*e.args, *(v for _, v in e.kwargs)]
+        elif isinstance(e, ast.Tuple):
+            stack += e.items
+        elif isinstance(e, ast.Slice):
+            stack += [p for p in (e.lo, e.hi, e.step) if p is not None]
+        elif isinstance(e, ast.Expr):
+            stack += e.children()
+    names = [str(t) for t in left]
+    for token in left:
+        if str(token) not in used:
+            summed = sorted(set(used) - set(names))
+            raise RuleError(
+                f"{origin}: the index {token} of the left-hand side is not on the right: the "
+                f"derivative of {name} has an axis {token} that the right-hand side does not "
+                "give", _token_span(text, token),
+                hint="use every index of the left on the right, as in d inv(X)[i,j] / "
+                     "dX[k,l] = -inv(X)[i,k] * inv(X)[l,j]" + (
+                         f" (an index only on the right, as {', '.join(summed)} here, is "
+                         "summed over)" if summed else ""))
 
 
 # Calls that lower to index patterns (contractions, deltas), not to function applications.
@@ -592,18 +710,23 @@ def _unexpected(e: lark.exceptions.UnexpectedInput) -> str:
     return f"unexpected '{char}'" if char else "the file ends too early"
 
 
-def _parse_body(token, text: str, origin: str) -> None:
-    """Parse a rule's right-hand side, reporting an error at its place in the rule file."""
+def _parse_body(token, text: str, origin: str):
+    """Parse a rule's right-hand side, reporting an error at its place in the rule file; its
+    expression (None for more than one statement, which applying the rule reports)."""
     from ..errors import ParseError
     from ..parse import parse
     body = str(token)
     start = token.start_pos + len(body) - len(body.lstrip())
     try:
-        parse(body.strip())
+        program = parse(body.strip())
     except ParseError as e:
         lo, hi = (e.span.start, e.span.end) if e.span else (0, len(body.strip()))
         raise RuleError(f"{origin}: the right-hand side does not parse: {e.message}",
                         Span(text, start + lo, start + max(hi, lo + 1)), hint=e.hint) from None
+    from ..parse import ast
+    statements = program.statements
+    return statements[0] if len(statements) == 1 and isinstance(statements[0], ast.Expr) \
+        else None
 
 
 TRUST_HINT = ("a rule file that imports modules is trusted code, like a Python script: if you "
