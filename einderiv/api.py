@@ -191,10 +191,17 @@ class _Result:
     @property
     def inputs(self) -> dict:
         """The inputs a call needs, with their declared shapes, in the order the expression
-        declares them (the order positional arrays bind in): the variables the results depend
-        on, and an input read only for a dimension that no other of them has (the gradient of
-        `sum(x[:p] * y)` by x is `y` padded to x's length m: it needs x). A variable the
-        results do not use is left out here, but keeps its place among positional arrays."""
+        declares them: the variables the results depend on, and an input read only for a
+        dimension that no other of them has (the gradient of `sum(x[:p] * y)` by x is `y`
+        padded to x's length m: it needs x).
+
+        Positional arrays bind in one of two orders: every declared variable in the order of
+        declaration, or exactly these inputs in this order. They are the same unless a
+        declared variable is not used (the Hessian of `x @ A @ x` needs only A: `H(x, A)` and
+        `H(A)` both work). Fewer arrays than either count bind the first ones of that order,
+        the rest by keyword; where both orders could be meant, the one that binds no keyword
+        twice and leaves no input out is taken, and a call that fits neither is an
+        InputError."""
         variables = self.program.variables
         declared = self.lowered.declared
         needed = self._generated().arguments
@@ -203,8 +210,8 @@ class _Result:
                 for name in declared if name in needed}
 
     def _call(self, /, *args, **arrays):  # `/`: an input may be named `self`
-        """The results for the input arrays: by keyword, or positional in the order the
-        expression declares its variables (`.inputs`), or both."""
+        """The results for the input arrays: by keyword, or positional (every declared
+        variable in order, or the inputs of `.inputs` in order), or both."""
         if args:
             arrays = self._keywords(args, arrays)
         function = self._function
@@ -264,20 +271,63 @@ class _Result:
                                       picks=self.lowered.picks)
         return self._structure(self._plan(arrays))
 
-    def _keywords(self, args: tuple, arrays: dict) -> dict:
-        """Positional `args` bound to the variables in the order the expression declares them,
-        with the keyword `arrays`."""
+    def _keywords(self, args: tuple, arrays: dict, given=()) -> dict:
+        """Positional `args` bound to names, with the keyword `arrays`: to the variables in the
+        order the expression declares them, or to the inputs of `.inputs` in their order, where
+        the result needs fewer than it declares (the Hessian of `x @ A @ x` needs only A:
+        `H(x, A)` and `H(A)` both work). Where the two orders differ for this many arrays, the
+        one that binds no keyword again and leaves no needed input out is taken (names in
+        `given` count as given: a direction passed as a tuple); neither, or both with
+        different bindings, is an InputError that says which orders are accepted."""
         order = list(self.lowered.declared)
+        names = order[:len(args)]
         if len(args) > len(order):
             raise InputError(f"{len(args)} positional arrays, but the expression has "
                              f"{len(order)} variables: {', '.join(order)}",
-                             hint="positional arrays bind to the variables in the order "
-                                  "they are declared")
-        for name, _ in zip(order, args):
+                             hint=self._orders_hint(order, self._input_order()))
+        if len(args) < len(order):  # (all of them: the declared order, whatever .inputs is)
+            inputs = self._input_order()
+            if len(args) <= len(inputs) and inputs[:len(args)] != names:
+                names = self._positional_names(order, inputs, len(args), arrays, given)
+        for name in names:
             if name in arrays:
                 raise InputError(f"input '{name}' is given twice: as positional array "
-                                 f"{order.index(name) + 1} and by keyword")
-        return {**dict(zip(order, args)), **arrays}
+                                 f"{names.index(name) + 1} and by keyword")
+        return {**dict(zip(names, args)), **arrays}
+
+    def _input_order(self) -> list[str]:
+        """The names of `.inputs`, in their order (the declared order)."""
+        needed = self._generated().arguments
+        return [name for name in self.lowered.declared if name in needed]
+
+    def _positional_names(self, order: list, inputs: list, count: int, arrays: dict,
+                          given) -> list[str]:
+        """The names that `count` positional arrays bind to where the declared order and the
+        order of `.inputs` differ for that many: the one that fits the call (see _keywords)."""
+        needed = [n for n in inputs if n not in self._generated().dimension_only]
+        bound = set(arrays) | set(given)  # (a name given twice fits no order)
+        fits = lambda names: not set(names) & bound and all(
+            n in names or n in bound for n in needed)
+        fitting = [names for names in (order[:count], inputs[:count]) if fits(names)]
+        if len(fitting) == 1:
+            return fitting[0]
+        said = (f"{count} positional array{'s' if count != 1 else ''}"
+                + (f" and the keywords {', '.join(arrays)}" if arrays else ""))
+        if fitting:
+            raise InputError(f"{said} could bind to {', '.join(fitting[0])} or to "
+                             f"{', '.join(fitting[1])}", hint=self._orders_hint(order, inputs)
+                             + "; pass the arrays by keyword")
+        raise InputError(f"{said} fit neither order of the positional arrays",
+                         hint=self._orders_hint(order, inputs))
+
+    @staticmethod
+    def _orders_hint(order: list, inputs: list) -> str:
+        if order == inputs:
+            return f"positional arrays bind to the variables in the order they are declared: " \
+                   f"{', '.join(order)}"
+        return (f"positional arrays bind to every variable in the order they are declared "
+                f"({', '.join(order)}) or to the inputs of .inputs in their order "
+                f"({', '.join(inputs)}); those not given by position may be keywords")
 
     # A result pickles and copies as the public call that made it (`rebuildable`), made again
     # on load under the rule book it was made with, sent as rule-file text: IR nodes,

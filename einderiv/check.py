@@ -8,6 +8,7 @@ Hessian (`second_difference`), never a derivative einderiv derived.
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -72,6 +73,84 @@ def random_inputs_and_sizes(variables: dict, rng: np.random.Generator,
             a = a + dims[-1] * np.eye(dims[-1])
         arrays[name] = a
     return arrays, sizes
+
+
+# Where the check's first inputs, entries in [0.5, 1.5], are outside the domain of the
+# expression (`arcsin`, `arctanh`, `arccosh`, `sqrt(-x)`, `log1p(-x)`, ...), a right
+# derivative would be compared at nan and "fail". These ranges are tried in turn, each well
+# inside the domains of the functions that have one (a margin of 0.1 or more from -1, 0, 1:
+# second differences step 2e-3 at most), the first for every variable alike, then one per
+# variable (`sqrt(-x) + log(y)`): the first point where the value and the derivative are
+# finite is where the check compares them. A wrong derivative is compared there too, and
+# fails; one that is nowhere finite is compared at the first point, and fails.
+DOMAIN_RANGES = ((0.5, 1.5), (0.1, 0.9), (-0.9, -0.1), (-1.5, -0.5), (1.5, 2.5), (-2.5, -1.5))
+
+# The points tried by one range per variable, at most (each costs a forward evaluation, and
+# one of the derivative where the value is finite): 6 ranges for up to 3 variables.
+MAX_DOMAIN_TRIES = 6 ** 3
+
+
+def inputs_in_domain(base: dict, finite) -> dict:
+    """The arrays `base` of `random_inputs`, moved into the expression's domain: the first
+    arrays, of those with entries in the ranges of `DOMAIN_RANGES`, at which `finite(arrays)`
+    (the value and the derivative to check are finite there) is true; `base` itself where none
+    is. `base` is tried first, as it is; every other try has the same sizes and the same random
+    draw, mapped into its range; a square matrix (last two axes) has its size times the
+    identity added, of the range's sign (for inv, det and logdet), and is tried without it too
+    (`arcsin(X)`)."""
+    unit = {}  # each variable's draw in [0, 1], the identity taken out again
+    for name, a in base.items():
+        a = np.asarray(a)
+        if _square(a):
+            a = a - a.shape[-1] * np.eye(a.shape[-1])
+        unit[name] = a - 0.5
+
+    def at(choice, shifted=True):
+        arrays = {}
+        for name, (lo, hi) in zip(unit, choice):
+            a = lo + (hi - lo) * unit[name]
+            if shifted and _square(a):
+                a = a + math.copysign(a.shape[-1], lo + hi) * np.eye(a.shape[-1])
+            arrays[name] = a
+        return arrays
+
+    def tries():
+        yield base  # the first range as drawn, bit for bit (not mapped there and back)
+        for r in DOMAIN_RANGES:
+            if r != DOMAIN_RANGES[0]:
+                yield at([r] * len(unit))
+            if any(_square(a) for a in base.values()):
+                yield at([r] * len(unit), shifted=False)
+        if len(unit) > 1:
+            for count, choice in enumerate(itertools.product(DOMAIN_RANGES, repeat=len(unit))):
+                if count >= MAX_DOMAIN_TRIES:
+                    break
+                if len(set(choice)) > 1:  # one range for all was tried above
+                    yield at(choice)
+
+    for arrays in tries():
+        try:
+            with np.errstate(all="ignore"):
+                if finite(arrays):
+                    return arrays
+        except EinderivError:  # e.g. a singular matrix at this point: try the next
+            continue
+    return base
+
+
+def _square(a) -> bool:
+    return np.ndim(a) >= 2 and a.shape[-1] == a.shape[-2]
+
+
+def all_finite(*values) -> bool:
+    """Every entry of every value (arrays, or tuples of them) is finite."""
+    for v in values:
+        if isinstance(v, (tuple, list)):
+            if not all_finite(*v):
+                return False
+        elif not np.all(np.isfinite(np.asarray(v, dtype=np.float64))):
+            return False
+    return True
 
 
 def check_affordable(derivative_entries: int, steps: int, second_order: bool = False) -> None:

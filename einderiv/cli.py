@@ -44,7 +44,11 @@ examples:
 
 
 class ShapeArgument(argparse.Action):
-    """Collects `--shape NAME=DIMS` into a dict; names are checked as everywhere else."""
+    """Collects `--shape NAME=DIMS` into a dict; names are checked as everywhere else.
+
+    A bad value is bad input as the expression's errors are: `einderiv: error:`, the argument
+    with a caret under the offending part, a hint, exit 2 (argparse's own `error` would print
+    its usage and no caret)."""
 
     def __call__(self, parser, namespace, value, option_string=None):
         from .errors import EinderivError
@@ -52,26 +56,59 @@ class ShapeArgument(argparse.Action):
         from .parse.parser import check_name
         shapes = getattr(namespace, self.dest) or {}
         name, sep, dims = value.partition("=")
+        if not sep or not name.strip():
+            self._fail(parser, value, 0, len(value),
+                       "--shape expects NAME=DIMS", "e.g. --shape X=n,d, or --shape c= for "
+                       "a scalar")
+        at = len(name) - len(name.lstrip())
         name = name.strip()
-        if not sep or not name:
-            parser.error(f"--shape expects NAME=DIMS, e.g. --shape X=n,d (got {value!r})")
-        parsed = []
         try:
-            check_name(name, "--shape: the variable")
-            for d in (p.strip() for p in dims.split(",")) if dims.strip() else ():
-                if d.isascii() and d.isdigit():
-                    parsed.append(int(d))
-                    continue
-                dim = declared(d, name)  # a name, or a dimension expression: y=n-1, Z=2*n,m
-                parsed.append(dim.offset if dim.is_concrete else str(dim))
+            check_name(name, "the variable")
         except EinderivError as e:
-            parser.error(f"--shape: {e.message}" + (f" ({e.hint})" if e.hint else ""))
+            self._fail(parser, value, at, at + len(name), e.message, e.hint)
+        parsed, offset = [], len(value) - len(dims)  # where DIMS starts in the value
+        parts = dims.split(",") if dims.strip() else []
+        if len(parts) > 1 and not parts[-1].strip():
+            parts.pop()  # `x=n,d,`: a trailing comma, as an inline declaration allows
+        for part in parts:
+            d = part.strip()
+            start = offset + len(part) - len(part.lstrip())
+            offset += len(part) + 1
+            if d.isascii() and d.isdigit():
+                parsed.append(int(d))
+                continue
+            if not d:
+                self._fail(parser, value, start, start + 1,
+                           f"the shape of '{name}' has an empty dimension",
+                           "DIMS is comma separated, e.g. --shape X=n,d")
+            try:
+                dim = declared(d, name)  # a name, or a dimension expression: y=n-1, Z=2*n,m
+            except EinderivError as e:
+                lo, hi = start, start + max(len(d), 1)
+                if e.span is not None and e.span.source == d:  # the place inside the part
+                    lo, hi = start + e.span.start, start + max(e.span.end, e.span.start + 1)
+                self._fail(parser, value, lo, hi, e.message, e.hint)
+            parsed.append(dim.offset if dim.is_concrete else str(dim))
         if shapes.get(name, tuple(parsed)) != tuple(parsed):  # else the last would silently win
             show = lambda shape: f"[{', '.join(map(str, shape))}]"
-            parser.error(f"--shape gives '{name}' two shapes: {show(shapes[name])} and "
-                         f"{show(parsed)}")
+            self._fail(parser, value, len(value) - len(dims), len(value),
+                       f"--shape gives '{name}' two shapes: {show(shapes[name])} and "
+                       f"{show(parsed)}", "give each variable one shape")
         shapes[name] = tuple(parsed)
         setattr(namespace, self.dest, shapes)
+
+    @staticmethod
+    def _fail(parser, value: str, lo: int, hi: int, message: str, hint: str | None):
+        """Exit 2 with `message` about `--shape VALUE`, a caret under value[lo:hi]."""
+        from .errors import Span
+        prefix = "--shape "
+        source = prefix + value
+        caret = Span(source, len(prefix) + lo, len(prefix) + max(hi, lo + 1)).caret()
+        shown = caret.splitlines()[0].strip()  # the argument as the caret line shows it
+        text = f"einderiv: error: {shown}: {message}\n{caret}\n"
+        if hint:
+            text += f"  hint: {hint}\n"
+        parser.exit(2, text)
 
 
 def _add_expression_arguments(p: argparse.ArgumentParser) -> None:
@@ -205,7 +242,9 @@ def _add_derivative_parser(sub, name: str) -> argparse.ArgumentParser:
                         "expression's value as written, as the IR interpreter computes it (an "
                         "independent path: no rewrites, no vectorizing, no generated code, no "
                         "derivative rule; a Hessian with second differences of that value) at "
-                        "random inputs, print the "
+                        "random inputs inside the expression's domain (entries in [0.5, 1.5], "
+                        "else in the first of a few other ranges where the value and the "
+                        "derivative are finite: arcsin, sqrt(-x)), print the "
                         "largest relative error, and exit 1 when it is above --tol (or not "
                         "finite); named dimensions get random sizes from 2 to 4, and a check "
                         "too large to afford is refused")
@@ -296,7 +335,7 @@ def _derivative(args) -> int:
     if not error <= tolerance:  # nan too
         why = (f"is above the tolerance {tolerance:g} (--tol)" if error == error else
                "is not a number: the expression or its derivative is not finite at the "
-               "random inputs")
+               "random inputs of any range the check tries")
         print(f"einderiv: check failed: the largest relative error {error:.2e} {why}",
               file=sys.stderr)
         return 1
@@ -306,9 +345,9 @@ def _derivative(args) -> int:
 def _check(derived, source: str, args) -> float:
     import numpy as np
 
-    from .check import (as_written, check_affordable, finite_difference,
-                        random_inputs_and_sizes, relative_error, second_difference,
-                        second_difference_steps)
+    from .check import (all_finite, as_written, check_affordable, finite_difference,
+                        inputs_in_domain, random_inputs_and_sizes, relative_error,
+                        second_difference, second_difference_steps)
     from .ir.dims import Dim
     rng = np.random.default_rng(0)
     arrays, sizes = random_inputs_and_sizes(derived.lowered.declared, rng)
@@ -327,9 +366,20 @@ def _check(derived, source: str, args) -> float:
     # too). An independent path, so that a fault of a rule, of a rewrite, of the vectorizer or
     # of the generated code, which computes the derivative, cannot hide in the reference too.
     forward = as_written(source, args.shape or None, derived.rules)
+    # At a point inside the expression's domain (arcsin's, arctanh's, sqrt(-x)'s): the same
+    # draw and sizes, moved into the first range where the value and the derivative are finite.
+    computed = {}  # the derivative at the point taken, computed once (by its first call)
+
+    def finite(at):
+        if not all_finite(forward(**at)):
+            return False
+        computed["at"], computed["results"] = at, derived(**at)
+        return all_finite(computed["results"])
+    arrays = inputs_in_domain(arrays, finite)
     errors = []
     with np.errstate(all="ignore"):  # a nan or inf shows in the error, not as warnings
-        results = derived(**arrays)
+        results = (computed["results"] if computed.get("at") is arrays
+                   else derived(**arrays))
         if hessian:
             expected = second_difference(forward, arrays, names)
             blocks = results if len(names) > 1 else ((results,),)
@@ -387,7 +437,7 @@ examples:
   einderiv rules list tanh
       rules/elementwise.rules:50  elementwise tanh(x)      = xp.tanh
       rules/elementwise.rules:51    d tanh(x) / dx         = sech2(x)
-      rules/rewrites.rules:192    rewrite 1 - tanh(u) ** 2 = sech2(u)
+      rules/rewrites.rules:201    rewrite 1 - tanh(u) ** 2 = sech2(u)
   einderiv rules list inv logdet
   einderiv rules list my.rules            # only the rules of my.rules, as rules check FILE
   einderiv rules list my.rules tanh       # only its rules for tanh

@@ -203,9 +203,17 @@ def var(name: str, shape=()) -> Tensor:
             dims.append(check_name(d, f"the shape of '{name}': dimension", ShapeError))
         elif isinstance(d, str):
             dims.append(_declared_text(d, name))  # `n - 1`, `2 * n`
+        elif isinstance(d, numbers.Real) and not isinstance(d, bool):
+            from .lower.dimensions import INTEGER_HINT  # numpy's shapes take ints only
+            raise ShapeError(f"the shape of '{name}': a dimension is an integer, not {d!r}",
+                             hint=INTEGER_HINT)
         else:
             raise ShapeError(f"the shape of '{name}' must hold ints and dimension names, "
                              f"got {shape!r}")
+    from .ir.dims import MAX_RANK, RANK_HINT
+    if len(dims) > MAX_RANK:  # refused where it is made, as a declared shape is
+        raise ShapeError(f"the shape of '{name}' has {len(dims)} axes, more than the "
+                         f"{MAX_RANK} an array may have", hint=RANK_HINT)
     return Tensor(ast.Name(name), {name: _Shape(dims)})
 
 

@@ -51,8 +51,9 @@ class Product(Derived):
     def _directed(self, args: tuple, arrays: dict) -> dict:
         """The arrays by name, positional `args` bound first (in the order of `.inputs`, the
         direction last by the program's names), the direction under the program's names."""
-        if args:
-            arrays = self._keywords(args, arrays)
+        if args:  # (a direction given as a tuple under the keyword gives its names too)
+            arrays = self._keywords(args, arrays, self.directions if self._many and
+                                    self.keyword in arrays else ())
         if all(name in arrays for name in self.directions):
             return arrays
         if not self._many or self.keyword not in arrays:

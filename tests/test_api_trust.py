@@ -250,9 +250,11 @@ def test_check_fails_a_derivative_from_a_wrong_user_rule(capsys, tmp_path):
     assert err.startswith("einderiv: check failed:") and "above the tolerance 0.0001" in err
 
 
-@pytest.mark.parametrize("expr", ["sum(log(x - 1))", "sum(sqrt(x - 1))"])
+@pytest.mark.parametrize("expr", ["sum(log(x - 9))", "sum(sqrt(-x - 9))",
+                                  "sum(arctanh(x) * log(x - 1))"])
 def test_check_fails_when_it_cannot_compare(capsys, expr):
-    # At the random inputs (in [0.5, 1.5]) both sides are nan somewhere: nothing is verified.
+    # At the random inputs of every range the check tries (entries from -2.5 to 2.5) both
+    # sides are nan somewhere: nothing is verified. (log(x - 1) is checked in [1.5, 2.5].)
     code, out, err = run(capsys, "grad", expr, "--wrt", "x", "--shape", "x=n", "--check")
     assert code == 1 and out.splitlines()[-1].endswith("nan")
     assert "check failed" in err and "not finite" in err and "Warning" not in err

@@ -211,7 +211,7 @@ def test_a_name_that_no_shape_tells_is_refused_when_built():
 @pytest.mark.parametrize("shape, message", [
     ("n + m", "not a sum of two names"),
     ("n +", "is not a dimension expression: unexpected end of input"),
-    ("2.5", "must be an integer constant"),
+    ("2.5", "a dimension is an integer, not 2.5"),
     ("n - 5 - n", "negative dimension"),
     ("x[0]", "must be an integer constant"),
 ])

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from itertools import count
 
-from ..errors import EinderivError
+from ..errors import EinderivError, ShapeError
 from ..ir import build
+from ..ir.dims import MAX_RANK, ONE, RANK_HINT
 from ..ir.nodes import Add, Contract, Delta, Map, Node, Prim, Var, topological
 from ..rulebook import RuleBook
 from ..lower.convolution import is_convolution, pullback as convolution_pullback
@@ -28,10 +29,23 @@ def derivatives(output: Node, wrt: list[Var], rules: RuleBook, jacobian: bool = 
     that has a `_vjp` primitive in the rules (log_softmax_vjp) with one call to it; without,
     through its Jacobian's rule (the rule check tests the rule itself)."""
     seed_labels = tuple(-1 - i for i in range(output.rank)) if jacobian else ()
+    for v in wrt if jacobian else ():
+        if output.rank + v.rank > MAX_RANK:  # refused before deriving, not inside numpy
+            raise ShapeError(
+                f"the derivative by '{v.name}' would have {output.rank + v.rank} axes (the "
+                f"value's {output.rank} and {v.name}'s {v.rank}), more than the {MAX_RANK} "
+                f"an array may have",
+                hint=RANK_HINT + "; einderiv.vjp and einderiv.jvp give derivatives shaped "
+                                 "like the input or like the output, never both")
     if jacobian and output.rank:
         out = seed_labels + tuple(-100 - i for i in range(output.rank))
+        # An axis of size 1 (`x[None]`) has the identity 1: its two labels broadcast, with no
+        # delta, so that the Jacobian carries no eye(1) per such axis (32 of them were a
+        # product of rank 66 in the generated code, for a result of rank 34).
         seed = build.contract(out, [(Delta(d, d), (e, -100 - i)) for i, (e, d) in
-                                    enumerate(zip(seed_labels, output.shape))])
+                                    enumerate(zip(seed_labels, output.shape)) if d != ONE],
+                              {l: ONE for i, d in enumerate(output.shape) if d == ONE
+                               for l in (seed_labels[i], -100 - i)})
     else:
         seed = build.const(1.0)
         if output.rank:

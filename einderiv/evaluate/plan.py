@@ -34,8 +34,15 @@ Step = Callable[[list], object]
 # no linalg.det). A SystemExit is an implementation (of a trusted rule file) calling exit: it
 # must not end the caller's process. An ArithmeticError (FloatingPointError among them) may
 # also be a backend's own division by a zero size (dask.array.pad of an empty array).
+# (IndexError and RuntimeError: numpy's own limits on axes, "number of dimensions must be
+# within [0, 64]" and "only supports up to 32 dimensions", are these; never a traceback.)
 EVALUATION_FAILURES = (np.linalg.LinAlgError, ArithmeticError, ValueError, TypeError,
-                       MemoryError, AttributeError, SystemExit)
+                       MemoryError, AttributeError, SystemExit, IndexError, RuntimeError)
+
+# What numpy says when an array would have more axes than it allows, or an einsum more indices
+# than it has letters (UnicodeEncodeError: opt_einsum's symbols past the 52 ASCII letters).
+_AXES_LIMIT = ("number of dimensions must be within", "maximum supported dimension",
+               "supports up to 32 dimensions", "too many subscripts", "too many dimensions")
 
 
 def evaluation_error(e: BaseException, backend: str = "numpy") -> EvaluationError:
@@ -53,6 +60,14 @@ def evaluation_error(e: BaseException, backend: str = "numpy") -> EvaluationErro
 
 
 def _evaluation_error(e: BaseException) -> EvaluationError:
+    if isinstance(e, UnicodeEncodeError) or any(text in str(e) for text in _AXES_LIMIT):
+        # Lowering and derivation refuse values of more than MAX_RANK axes; this is a value
+        # in between that numpy (or einsum's 52 letters) cannot hold.
+        from ..ir.dims import MAX_RANK, RANK_HINT
+        return EvaluationError(f"evaluation failed: a value in between has more axes (or a "
+                               f"product more indices) than numpy can hold: at most {MAX_RANK} "
+                               f"axes, and 52 indices in one einsum ({type(e).__name__}: "
+                               f"{e})", hint=RANK_HINT)
     if isinstance(e, SystemExit):
         return EvaluationError(f"evaluation failed: an implementation called exit "
                                f"(SystemExit: {e})",

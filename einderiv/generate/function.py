@@ -73,7 +73,7 @@ class GeneratedFunction:
         # _guard): `guarded(arrays)` is the outputs, or MISS for any other call.
         self.guarded = None
         self._guarded = None  # (seen, found) of that signature, for `entry`
-        self._order = list(declared)  # the order positional arrays bind in
+        self._order = list(declared)  # the order positional arrays bind in (or .inputs')
 
     def entry(self, slow):
         """The guard's signature as the API call itself (`_guard` with `slow`), a function of
@@ -84,7 +84,21 @@ class GeneratedFunction:
         seen, found = self._guarded
         return _guard(seen, self.arguments, found, self._own, self._apart, self.module.outputs,
                       self._failures, self.backend, self.plain, self.module.fresh,
-                      order=self._order, slow=slow)
+                      order=self._positional_order(seen), slow=slow)
+
+    def _positional_order(self, seen: tuple) -> list[str]:
+        """The order in which the guard of `seen` binds positional arrays, all of them: the
+        declared one where the signature has every declared variable, that of the inputs the
+        code needs (`.inputs`) where it has just those (the API binds as many arrays so too,
+        `_Result._keywords`; not where one of them is only read for its shape, which may be
+        left out and makes that count ambiguous), else the declared one, which the guard then
+        leaves to the API (its names are not the signature's)."""
+        names = {name for name, *_ in seen}
+        inputs = [name for name in self._order if name in set(self.arguments)]
+        if names != set(self._order) and names == set(inputs) and not (
+                self.module.dimension_only & names):
+            return inputs
+        return self._order
 
     def __call__(self, arrays: dict) -> tuple:
         """The outputs, in order, for keyword `arrays`."""

@@ -145,6 +145,7 @@ def contract(out, operands, broadcast: dict | None = None) -> Node:
                     scale *= dim.offset
                 else:
                     flat.append((Size(dim), ()))
+        flat = _size_one_labels_met(out, flat, broadcast, carried)
     if deltas:
         flat, factor = _eliminate_deltas(flat, set(out))
         scale *= factor
@@ -188,6 +189,27 @@ def contract(out, operands, broadcast: dict | None = None) -> Node:
         if l not in broadcast and not any(l in ls for _, ls in flat):
             broadcast[l] = _shape_of(out, operands, broadcast)[out.index(l)]
     return Contract(out, flat, broadcast)
+
+
+def _size_one_labels_met(out, flat: list, broadcast: dict, carried: set) -> list:
+    """`flat` with each summed label of size 1 renamed to an output label of size 1 that no
+    operand carries: the sum over one entry, broadcast along another axis of one entry, is
+    that entry there (`sum_a f[a] * 1[o]` is `f[o]`). A Jacobian's seed has no delta for an
+    axis of size 1 (its identity is 1: derive/reverse.py), and this is what that delta did
+    when it met the summed axis: without it `x[None]`'s Jacobian read as a sum over an axis
+    of one entry, then broadcast."""
+    free = [l for l in out if l not in carried and broadcast.get(l) == ONE]
+    if not free:
+        return flat
+    summed = []
+    for node, labels in flat:
+        for l, d in zip(labels, node.shape):
+            if d == ONE and l not in out and l not in summed:
+                summed.append(l)
+    if not summed:
+        return flat
+    renamed = dict(zip(summed, free))
+    return [(node, tuple([renamed.get(l, l) for l in labels])) for node, labels in flat]
 
 
 def _over_unit_terms(out, flat: list, scale: float, broadcast: dict) -> Node | None:

@@ -159,4 +159,14 @@ def show_shape(shape) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
+# The most axes a value may have: numpy's limit, in every version einderiv supports (numpy
+# 1.x arrays have at most 32 axes; numpy 2's may have 64, but its broadcasting functions and
+# iterators take 32, and einsum, which products run through, has 52 letters for the indices of
+# two operands). Values past it are refused where they are made (lowering, derivation), with
+# a ShapeError, never left to fail inside numpy at the call.
+MAX_RANK = 32
+RANK_HINT = (f"an array has at most {MAX_RANK} axes (numpy's limit), and so has every value "
+             f"einderiv computes: results, derivatives and the values in between")
+
+
 ONE = Dim(None, 1)

@@ -318,11 +318,26 @@ def _trace(call, args, scope):
     _no_keywords(call)
     _arity(call, 1, 1)
     (x,) = args
-    if x.rank < 2 or x.shape[0] != x.shape[1]:
-        raise ShapeError(f"{call.func}() takes a square matrix, got {show_shape(x.shape)}",
-                         call.span)
+    if x.rank < 2:
+        raise ShapeError(f"{call.func}() takes a matrix (or a stack of them along the last "
+                         f"axes), got {show_shape(x.shape)}", call.span)
     rest = tuple(range(2, x.rank))
-    return build.contract(rest, [(x, (0, 0) + rest)])
+    rows, cols = x.shape[0], x.shape[1]
+    if rows == cols:
+        return build.contract(rest, [(x, (0, 0) + rest)])
+    # numpy's trace of a non-square matrix: the sum of X[i, i, ...] for i < min(n, m), the
+    # entries that eye(n, m) picks, so that the derivative is eye(n, m) (broadcast over the
+    # other axes). min(n, m) must be known: both sizes integers, or one name with offsets.
+    if rows.is_concrete != cols.is_concrete or rows.name != cols.name:
+        raise ShapeError(
+            f"{call.func}() of a matrix {show_shape(x.shape)}: numpy's trace sums the first "
+            f"min({rows}, {cols}) diagonal entries, and which of the two is smaller is not "
+            f"known here", call.span,
+            hint=f"give the matrix one dimension name for both axes ([{rows}, {rows}]) if it "
+                 f"is square, or sizes that are integers or one name plus integers "
+                 f"([n, n - 1]); or write sum(X * eye({rows}, {cols})) for {rows} <= {cols}")
+    eye = build.transpose(Delta(cols, rows)) if rows.offset > cols.offset else Delta(rows, cols)
+    return build.contract(rest, [(x, (0, 1) + rest), (eye, (0, 1))])
 
 
 def _diag(call, args, scope):
@@ -1056,11 +1071,19 @@ def _square_square(call, f, args) -> Node:
 def _cotangent(call, f, args, scope) -> Node:
     """log_softmax_vjp(x, g) and its kin: a tensor and a cotangent shaped like it, to that
     shape, along the axes (the last by default, as the primitive whose pullback it is); or,
-    shape rule `weighted`, a tensor and weights shaped like it, reduced over the axes (every
-    axis by default, as logsumexp: logsumexp_weighted(x, w))."""
+    shape rule `weighted`, a tensor and weights that broadcast against each other (each is
+    broadcast to their common shape, as numpy's broadcasting and scipy's `b=` have it),
+    reduced over the axes of that shape (every axis by default, as logsumexp:
+    logsumexp_weighted(x, w))."""
     if len(args) < 2:
         _arity(call, 2, 2 if f.axis is None else 3)
     x, g = args
+    if f.shape == "weighted" and g.shape != x.shape:
+        # weights that broadcast against the tensor, or a tensor against the weights (scipy's
+        # logsumexp(x, b=w)): both as numpy broadcasts them, the axes those of the result
+        shape = build.broadcast_shapes(x, g, ("the first argument", "the weights"),
+                                       f"broadcast, in {f.name}(),")
+        x, g = build.broadcast_to(x, shape), build.broadcast_to(g, shape)
     if g.shape != x.shape:
         what = "the weights" if f.shape == "weighted" else "the cotangent"
         raise ShapeError(f"{f.name}(): {what} {show_shape(g.shape)} is not shaped like "

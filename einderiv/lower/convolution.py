@@ -244,30 +244,35 @@ def pad(x: Node, widths: dict[int, tuple]) -> Node:
     return build.contract(tuple(out), [(x, tuple(labels)), *ops]) if ops else x
 
 
-def _mode_pad(x: Node, k: Dim, mode: str, where) -> Node:
-    """numpy's modes as zeros around x: "full" k - 1 on each side, "same" k // 2 before and
-    (k - 1) // 2 after (n entries, centred as numpy's), "valid" none."""
+def _mode_pad(x: Node, ks, mode: str, where) -> Node:
+    """numpy's modes as zeros around x's last len(ks) axes, one kernel length of `ks` each:
+    "full" k - 1 on each side, "same" k // 2 before and (k - 1) // 2 after (as many entries as
+    x, centred as numpy's `correlate` and scipy.signal's `correlate`), "valid" none."""
+    if isinstance(ks, Dim):
+        ks = (ks,)
     if mode in (None, "valid"):
         return x
-    if not k.is_concrete:
-        # A named kernel length pads by dimensions (k - 1): where the padded length is one
-        # (the signal and the kernel of one name, autocorrelation), else refused.
-        if mode == "full":
-            widths = (k - 1, k - 1)
-        else:
-            widths = (dimensions.floordiv(k, 2), dimensions.floordiv(k - 1, 2))
-        try:
-            return pad(x, {x.rank - 1: widths})
-        except ValueError:
-            raise ShapeError(f'mode="{mode}" pads by the kernel\'s length, {k}: the padded '
-                             f"length is not a dimension here", where,
-                             hint=_NAMED_KERNEL) from None
-    k = k.offset
-    if mode == "same" and x.shape[-1].is_concrete and k > x.shape[-1].offset:
-        raise ShapeError(f'mode="same" with a kernel ({k} entries) longer than the signal '
-                         f"({x.shape[-1]})", where)
-    widths = (k - 1, k - 1) if mode == "full" else (k // 2, (k - 1) // 2)
-    return pad(x, {x.rank - 1: widths})
+    widths = {}
+    for i, k in enumerate(ks):
+        axis = x.rank - len(ks) + i
+        if not k.is_concrete:
+            # A named kernel length pads by dimensions (k - 1): where the padded length is
+            # one (the signal and the kernel of one name, autocorrelation), else refused.
+            widths[axis] = (k - 1, k - 1) if mode == "full" else \
+                (dimensions.floordiv(k, 2), dimensions.floordiv(k - 1, 2))
+            continue
+        k = k.offset
+        if mode == "same" and x.shape[axis].is_concrete and k > x.shape[axis].offset:
+            raise ShapeError(f'mode="same" with a kernel ({k} entries) longer than the signal '
+                             f"({x.shape[axis]})", where)
+        widths[axis] = (k - 1, k - 1) if mode == "full" else (k // 2, (k - 1) // 2)
+    try:
+        return pad(x, widths)
+    except ValueError:
+        named = ", ".join(str(k) for k in ks if not k.is_concrete)
+        raise ShapeError(f'mode="{mode}" pads by the kernel\'s length, {named}: the padded '
+                         f"length is not a dimension here", where,
+                         hint=_NAMED_KERNEL) from None
 
 
 def lower_correlate(call: ast.Call, args, scope) -> Node:
@@ -299,14 +304,24 @@ def _numpy_style(call: ast.Call, args, flip: bool) -> Node:
 
 def lower_conv(n: int):
     def lower(call: ast.Call, args, scope) -> Node:
-        """conv1d / conv2d(x, w, bias, stride=1, padding=0): PyTorch's."""
-        kw = _keywords(call, ("stride", "padding"))
+        """conv1d / conv2d(x, w, bias, stride=1, padding=0, mode="valid"): PyTorch's, with
+        numpy's `correlate` modes as the padding on each spatial axis: "valid" none (padding=0),
+        "same" k // 2 before and (k - 1) // 2 after (as many entries as x, centred as numpy's),
+        "full" k - 1 on each side; a stride takes every s-th entry of that."""
+        kw = _keywords(call, ("stride", "padding", "mode"))
         _arguments(call, args, 2, 3)
         x, w = args[:2]
         _ranks(call, x, w, n)
         strides = _ints(kw["stride"], n, "stride", 1) if "stride" in kw else (1,) * n
+        if "mode" in kw and "padding" in kw:  # both say how much to pad: which would win?
+            raise ParseError(f"{call.func}() takes mode= or padding=, not both",
+                             kw["padding"].span or call.span,
+                             hint='mode="valid" is padding=0; "same" and "full" pad by the '
+                                  "kernel's size")
         padding = _ints(kw["padding"], n, "padding", 0) if "padding" in kw else (0,) * n
         x = pad(x, {x.rank - n + i: (p, p) for i, p in enumerate(padding)})
+        if "mode" in kw:
+            x = _mode_pad(x, w.shape[w.rank - n:], _mode(kw["mode"]), call.span)
         out = correlation(x, w, n, 1, strides, call.span)
         return _biased(call, out, args[2] if len(args) == 3 else None, w.rank - 1 - n, n)
     return lower

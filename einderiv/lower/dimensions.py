@@ -195,7 +195,25 @@ def _value(expr, scope, what, sizes=None) -> Dim:
                              f"a sum of two names", expr.span,
                              hint="name the sum: declare it as a dimension of its own "
                                   "(p for n + m)") from None
+    if isinstance(expr, ast.Number):
+        not_an_integer(expr)
     return Dim(None, constant_int(expr, what))
+
+
+INTEGER_HINT = "a size is a count of entries: 3, not 3.0"
+
+
+def not_an_integer(number: ast.Number) -> None:
+    """ParseError where a literal in a size is not written as an integer (`2.0`, `1e3`, `2.5`),
+    as an inline declaration `x: [1e3]` is refused by the parser: numpy's shapes take ints
+    only, so a size given as text (`shapes={"x": ("2.0",)}`, `--shape x=1e3`) or in a
+    dimension expression (`2.0 * n`) is refused the same way, not rounded."""
+    if number.span is None:  # built in Python (`einderiv.var`): written as an int there
+        return
+    text = number.span.source[number.span.start:number.span.end]
+    if not (text.isascii() and text.isdigit()):
+        raise ParseError(f"a dimension is an integer, not {text}", number.span,
+                         hint=INTEGER_HINT)
 
 
 # -- declared shapes -------------------------------------------------------------------------
@@ -219,11 +237,17 @@ def declared(spec, owner: str, span=None, sizes=None) -> Dim:
             spec = _dimension_text(spec, where)
     if isinstance(spec, numbers.Integral) and not isinstance(spec, bool):
         d = Dim(None, int(spec))
+    elif isinstance(spec, numbers.Real) and not isinstance(spec, bool):
+        # 2.0 too, as numpy's shapes take ints only: a float size is a mistake, not rounded
+        raise ShapeError(f"the shape of '{owner}': a dimension is an integer, not {spec!r}",
+                         span, hint=INTEGER_HINT)
     elif isinstance(spec, ast.Expr):
         try:
             d = _value(spec, None, f"{where} {_shown(spec)}", sizes or {})
         except ParseError as e:  # not a dimension: a shape's error
-            raise ShapeError(e.message, e.span or span, e.hint or DECLARED_HINT) from None
+            message = e.message if f"'{owner}'" in e.message else \
+                f"the shape of '{owner}': {e.message}"
+            raise ShapeError(message, e.span or span, e.hint or DECLARED_HINT) from None
     else:
         raise TypeError(f"a dimension is an int or a name, not {type(spec).__name__}")
     if d.is_concrete and d.offset < 0:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from ..errors import EinderivError, ParseError, ShapeError, UnknownNameError, did_you_mean
 from ..ir import build
-from ..ir.dims import Dim, names_in, show_shape
+from ..ir.dims import MAX_RANK, RANK_HINT, Dim, names_in, show_shape
 from ..ir.nodes import Const, Node, Unit, Var
 from ..parse import ast
 from ..parse.parser import check_name
@@ -115,10 +115,14 @@ def declared_shape(name: str, dims, span=None, sizes=None) -> tuple[Dim, ...]:
     if isinstance(dims, (str, numbers.Integral)) and not isinstance(dims, bool):
         dims = (dims,)
     try:
-        return tuple(dimensions.declared(d, name, span, sizes) for d in dims)
+        shape = tuple(dimensions.declared(d, name, span, sizes) for d in dims)
     except TypeError:
         raise ShapeError(f"the shape of '{name}' must be a tuple of ints and dimension names, "
                          f"got {dims!r}", span) from None
+    if len(shape) > MAX_RANK:
+        raise ShapeError(f"the shape of '{name}' has {len(shape)} axes, more than the "
+                         f"{MAX_RANK} an array may have", span, RANK_HINT)
+    return shape
 
 
 def check_sizes(sizes) -> dict[str, int]:
@@ -185,6 +189,9 @@ def lower_expr(root: ast.Expr, scope: Scope, done: dict | None = None) -> Node:
             if e.span is None and expr.span is not None:
                 raise type(e)(e.message, expr.span, e.hint) from None
             raise
+        if len(node.shape) > MAX_RANK:  # refused here, where the text is, not inside numpy
+            raise ShapeError(f"{LazyText(expr)} has {len(node.shape)} axes, more than the "
+                             f"{MAX_RANK} an array may have", expr.span, RANK_HINT)
         done[id(expr)] = node
     return done[id(root)]
 

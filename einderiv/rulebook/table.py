@@ -140,9 +140,9 @@ TENSOR_SHAPES = {
                  "(two arguments and an axis keyword, as log_softmax_vjp's: the pullback of "
                  "the primitive without the suffix, applied in one call; or two tensors "
                  "shaped alike under another name, as softmax_minus(x, y))",
-    "weighted": "an argument and weights shaped like it, to the argument's shape without the "
-                "axes it reduces, all of them by default (two arguments and an axis keyword, "
-                "as logsumexp_weighted's)",
+    "weighted": "an argument and weights shaped like it (or the two broadcast to one shape, "
+                "as numpy broadcasts them), to that shape without the axes it reduces, all of "
+                "them by default (two arguments and an axis keyword, as logsumexp_weighted's)",
 }
 # The number of tensor arguments each shape rule takes.
 TENSOR_ARITY = {"square_rhs": 2, "square_square": 2, "square_square_pair": 2,

@@ -15,7 +15,10 @@ and a sum (an `Add`) whose terms include the pattern's terms, all scaled by one 
 terms of a sum nested in it count as its own (lowering keeps `a - b + c` as `(a - b) + c`).
 
 `a / c` proposes the number c for a product scaled by 1 / c, the form lowering gives a quotient
-by a number (`mean(x)` where the sizes are numbers).
+by a number (`mean(x)` where the sizes are numbers). `sum(e, axis)` matches a sum of a product
+whose factors broadcast against each other, which lowering writes as one contraction (a
+matrix product: `sum(pi * exp(L), axis=1)` and `exp(L) @ pi` are one node), seen as the sum of
+their elementwise product.
 
 `axis` in a rule stands for the axes of the reductions and axis functions it is passed to.
 A reduction by `axis` that meets a tensor of full rank keeps its axes (numpy's `keepdims`):
@@ -348,13 +351,12 @@ def match(p: ast.Expr, t: Node, values: dict, rule: Compiled):
 
 def _call(p: ast.Call, t: Node, values: dict, rule: Compiled):
     if p.func in REDUCTIONS:
-        reduced = _reduction(t)
-        if reduced is None or not p.args:
+        if not p.args:
             return
-        operand, axes = reduced
-        values = _with_axes(p, axes, values)
-        if values is not None:
-            yield from match(p.args[0], operand, values, rule)
+        for operand, axes in _reductions(t):
+            found = _with_axes(p, axes, values)
+            if found is not None:
+                yield from match(p.args[0], operand, found, rule)
         return
     f = rule.rules.get(p.func)
     if f is None:
@@ -400,24 +402,42 @@ def _arguments(patterns, nodes, values, rule):
         yield from _arguments(patterns[1:], nodes[1:], v, rule)
 
 
-def _reduction(t: Node):
+def _reductions(t: Node):
     """`t` as `sum(operand, axes)`, seen through a broadcast back along the axes: (operand,
-    axes), or None."""
+    axes) pairs, none where `t` is no reduction. A sum of a product whose factors broadcast
+    against each other (`sum(pi * exp(L), axis=1)` with pi [k] and L [n, k], lowered as the
+    matrix product `exp(L) @ pi`, or `R @ exp(eta)`) is the sum of their elementwise product
+    laid out as its fullest factor is, and as the result's axes first then the summed ones
+    (`exp(eta) @ R` as the sum of `exp(eta) * R.T` along its last axis)."""
     if isinstance(t, Contract) and len(t.operands) == 1:
         inner, labels = t.operands[0]
         if set(labels) < set(t.out) and not isinstance(inner, Const):
             t = inner  # sum(...)[:, None] broadcast to the full shape
-    if isinstance(t, Contract) and len(t.operands) > 1:
-        # A sum of an elementwise product (`x[i]*x[i]` summed): the product, then its sum.
-        labels = t.operands[0][1]
-        if any(ls != labels or isinstance(n, Const) for n, ls in t.operands):
-            return None
+    if not isinstance(t, Contract):
+        return
+    if len(t.operands) == 1:
+        found = _summed(t)
+        if found is not None:
+            yield found
+        return
+    # A sum of an elementwise product (`x[i]*x[i]` summed): the product, then its sum.
+    every = dict.fromkeys(l for _, ls in t.operands for l in ls)
+    if any(len(set(ls)) != len(ls) for _, ls in t.operands):
+        return
+    layouts = [ls for n, ls in t.operands if not isinstance(n, Const) and len(ls) == len(every)]
+    layouts = dict.fromkeys([*layouts[:1], (*(l for l in t.out if l in every),
+                                            *(l for l in every if l not in t.out))])
+    for labels in layouts:
         # (an output label no operand carries, `x[None, 0]`'s new axis, keeps its size)
-        t = Contract(t.out, [(build.contract(labels, t.operands,
-                                             {l: t.dims[l] for l in labels}), labels)],
-                     {l: t.dims[l] for l in t.out if l not in labels})
-    if not (isinstance(t, Contract) and len(t.operands) == 1):
-        return None
+        product = build.contract(labels, t.operands, {l: t.dims[l] for l in labels})
+        found = _summed(Contract(t.out, [(product, labels)],
+                                 {l: t.dims[l] for l in t.out if l not in labels}))
+        if found is not None:
+            yield found
+
+
+def _summed(t: Contract):
+    """(operand, axes) for a `Contract` that sums one operand along `axes`, or None."""
     operand, labels = t.operands[0]
     kept = tuple(l for l in labels if l in t.out)
     if len(set(labels)) != len(labels) or kept != t.out or len(kept) == len(labels):

@@ -5,11 +5,18 @@ through the IR builders (so every fold of lowering applies again); then the rewr
 at the node in file order, and what one gives is rewritten in turn, until none applies. Each
 node is visited once (memoized on the hash-consed node, without recursion), so the pass is
 linear in the program's size, and a shared subexpression is rewritten once. An elementwise
-function of a pick, a slice, a transpose or a broadcast that no rewrite matches is tried once
-more as the function of the whole tensor (`log(softmax(x)[k])` is `log_softmax(x)[k]`, and
-`exp(x[k]) / sum(exp(x))`, seen as `exp(x)[k] / sum(exp(x))`, is `softmax(x)[k]`), and a sum
-of a pick and a function of the whole tensor as the pick of the whole sum (`logsumexp(x) -
-x[k]`, seen as `(logsumexp(x) - x)[k]`, is `-log_softmax(x)[k]`).
+function of a selection (selections.py: a pick, a slice, with a step or reversed, a diagonal,
+a transpose, a reshape, a broadcast, or a composition of them) that no rewrite matches is
+tried once more as the function of the whole tensor (`log(softmax(x)[k])` is
+`log_softmax(x)[k]`, `log(diag(softmax(L)))` is `diag(log_softmax(L))`, and `exp(x[k]) /
+sum(exp(x))`, seen as `exp(x)[k] / sum(exp(x))`, is `softmax(x)[k]`), and a sum of a selection
+and a function of the whole tensor as the selection of the whole sum (`logsumexp(x) - x[k]`,
+seen as `(logsumexp(x) - x)[k]`, is `-log_softmax(x)[k]`). Then it is tried with the
+selections of functions among its operands made functions of selections (`exp(p)[:, None]` as
+`exp(p[:, None])`: `log(exp(p)[:, None] + exp(N))` is `logaddexp(p[:, None], N)`), and a log
+of a quotient by a positive number as the log of the dividend less that of the divisor
+(`log(mean(w * exp(x)))` is `logsumexp_weighted(x, w) - log(n)`). Each of these looks at a
+few nodes under the node, of a bounded number of operands, once.
 
 It ends because each rewrite calls fewer functions on its right than on its left, or as many
 with no more numbers and fewer numbers as terms of a sum (`log(1 + u) = log1p(u)`), fewer uses
@@ -21,7 +28,10 @@ application (`Map` or `Prim`) or a sum's number out of the program's expression 
 their total and takes out a leaf (a sum's number, which a match never makes up, or a
 variable's subtree, which has a leaf at least), or keeps both and takes out the number of a
 `pow` (`hypot(a, b) ** 2 = square(a) + square(b)`), or all of these and takes out an addition
-(`softmax(x) - y = softmax_minus(x, y)`), and the builders never add one.
+(`softmax(x) - y = softmax_minus(x, y)`), and the builders never add one. A rewrite seen
+through a selection, or with selections pushed into functions, applies to a form with as many
+function applications as the node (a selection is none); the log of a quotient by a positive
+number takes the quotient out for the log of the divisor (a number, folded, where it is one).
 
 >>> import einderiv
 >>> print(einderiv.compile("log(1 + exp(x))", {"x": ("n",)}).formula)
@@ -29,11 +39,13 @@ softplus(x)
 """
 from __future__ import annotations
 
+import math
+
 from ..ir import build
-from ..ir.nodes import Add, Const, Contract, Delta, Map, Node, Prim, Unit
+from ..ir.nodes import Add, Const, Contract, Map, Node, Prim, Size, Unit
 from ..parse import ast
 from ..rulebook import RuleBook
-from . import det_products, solves
+from . import det_products, selections, solves
 from .pattern import MAX_FLAT_TERMS, compiled
 
 
@@ -42,6 +54,10 @@ from .pattern import MAX_FLAT_TERMS, compiled
 # node; MIN_REWRITES covers small programs whose nodes rewrite into larger ones).
 REWRITES_PER_NODE = 64
 MIN_REWRITES = 100_000
+# How deep `_selections_inside` looks for selections of functions under a node: a pattern's
+# functions lie under a sum or a quotient (`log(exp(a) + exp(b))`, `exp(u) / (exp(u) +
+# exp(v))`, `(1 - y) * sigmoid(u) - ...`).
+VIEW_DEPTH = 2
 
 
 class Rewriter:
@@ -59,6 +75,7 @@ class Rewriter:
         # det_hessian(X) summed with V on a pair of axes -> det_hvp(X, V) (det_products.py)
         self.det_products = det_products.enabled(rules)
         self.rewrites = 0  # applied, for `_count_rewrite`
+        self.views: dict = {}  # (node, depth) -> selections.view's form of it
 
     def __call__(self, roots: list[Node]) -> list[Node]:
         if not self.index and not self.solves and not self.det_products:
@@ -138,44 +155,73 @@ class Rewriter:
             return None
         if not rules:
             return None
-        present = None
-        for rule in rules:
-            if isinstance(node, (Map, Prim)):
-                needs = _argument_heads(rule)
-                if needs:
-                    if present is None:
-                        present = _functions_near(node)
-                    if not needs <= present:
-                        continue
-            elif rule.needs:
-                if present is None:
-                    present = _functions_within(node)
-                if not rule.needs <= present:
-                    continue
-            replaced = rule.apply(node)
-            if replaced is not None and replaced is not node:
-                return replaced
+        replaced = _first(node, rules)
+        if replaced is not None:
+            return replaced
         if isinstance(node, Add):
-            return self._sum_through_selection(node, rules)
+            return self._sum_through_selection(node, rules) or \
+                self._selections_inside(node, rules)
         if not isinstance(node, Map):
             return None
-        return self._scale_outside(node, rules) or self._through_selection(node, rules)
+        return self._scale_outside(node, rules) or self._through_selection(node, rules) or \
+            self._selections_inside(node, rules) or self._quotient_inside(node, rules)
+
+    def _selections_inside(self, node: Node, rules) -> Node | None:
+        """`node` with the selections of elementwise functions among its operands made the
+        functions of the selections (selections.view: `log(exp(p)[:, None] + exp(N))` seen as
+        `log(exp(p[:, None]) + exp(N))`, each broadcast to [n, k], which is `logaddexp(p[:,
+        None], N)`; `exp(N) / (exp(N) + exp(a))` with a scalar a seen with `exp(a)` broadcast
+        inside). A pattern is lowered with its variables' values, where a broadcast or a
+        selection of a function is the function of the broadcast or selected tensor. Tried
+        where no rewrite applies to the node as it is."""
+        seen = selections.view(node, VIEW_DEPTH, MAX_FLAT_TERMS, self.views)
+        if seen is node or type(seen) is not type(node) or \
+                (isinstance(node, Map) and seen.fn != node.fn):
+            return None
+        return _first(seen, rules)
+
+    def _quotient_inside(self, node: Map, rules) -> Node | None:
+        """The log of a quotient by a positive number, `log(sum(w * exp(x)) / size(n))` (a
+        mean: `size(n)`, or `1 / 3` as a scale where the size is a number), as `log(a) -
+        log(c)` where a rewrite applies to `log(a)`: `logsumexp_weighted(x, w) - log(size(n))`.
+        Exact for any a, since c > 0 (both sides nan where a < 0, -inf where a = 0); a
+        divisor of unknown sign is left, as `log(-1 / -2)` is finite. Tried where no rewrite
+        applies to the node as it is."""
+        if node.fn != "log" or len(node.args) != 1:
+            return None
+        (a,) = node.args
+        if isinstance(a, Map) and a.fn == "div":
+            total, divisor = a.args
+            if divisor.rank or not _positive(divisor):
+                return None
+            logarithm = build.elementwise("log", [divisor])
+        else:
+            scale, total = build.split_scale(a)
+            if scale == 1.0 or total is a or not 0.0 < scale < float("inf"):
+                return None
+            # log(c * a) = log(a) + log(c), the number folded: a function fewer than the node
+            logarithm = build.const(-math.log(scale))
+        replaced = _first(build.elementwise("log", [total]), rules)
+        if replaced is None:
+            return None
+        return build.binary_add(replaced, logarithm, -1.0)
 
     def _sum_through_selection(self, node: Add, rules) -> Node | None:
         """A sum of one selection of a tensor and scalars is that selection of the sum with
         the scalars broadcast: `logsumexp(x) - x[k]` is `(logsumexp(x) - x)[k]`, which is
-        `-log_softmax(x)[k]` (and `logsumexp(X, axis=1) - X[:, k]` a column of it). Tried where
+        `-log_softmax(x)[k]` (and `logsumexp(X, axis=1) - X[:, k]` a column of it,
+        `logsumexp(L, axis=1) - diag(L)` its diagonal). Tried where
         no rewrite applies to the sum itself, and kept only where one applies to the sum of
         the whole tensor."""
-        seen = _sum_seen_through(node)
-        if seen is None:
-            return None
-        inner, back = seen
-        if not isinstance(inner, Add):
-            return None
-        present = _functions_within(inner) if inner not in self.whole else set()
-        return self._whole(inner, back, [r for r in rules
-                                         if not r.needs or r.needs <= present])
+        for inner, back in _sum_seen_through(node):
+            if not isinstance(inner, Add):
+                continue
+            present = _functions_within(inner) if inner not in self.whole else set()
+            replaced = self._whole(inner, back, [r for r in rules
+                                                 if not r.needs or r.needs <= present])
+            if replaced is not None:
+                return replaced
+        return None
 
     def _scale_outside(self, node: Map, rules) -> Node | None:
         """A function of a sum with a constant factor inside, `log(sum(2 * exp(x)))`, seen as
@@ -227,148 +273,255 @@ class Rewriter:
         return None if replaced is None else back(replaced)
 
 
+def _first(node: Node, rules) -> Node | None:
+    """What the first of `rules` that matches `node` makes of it, or None. A rule whose
+    pattern applies functions that `node` does not have near enough is not walked."""
+    present = None
+    for rule in rules:
+        if isinstance(node, (Map, Prim)):
+            needs = _argument_heads(rule)
+            if needs:
+                if present is None:
+                    present = _functions_near(node)
+                if not needs <= present:
+                    continue
+        elif rule.needs:
+            if present is None:
+                present = _functions_within(node)
+            if not rule.needs <= present:
+                continue
+        replaced = rule.apply(node)
+        if replaced is not None and replaced is not node:
+            return replaced
+    return None
+
+
+def _positive(node: Node) -> bool:
+    """Whether `node` is a positive number whatever the sizes are: a dimension's size (`mean`
+    divides by it; a size of 0 divides an empty sum, 0 / 0, nan either way), a positive
+    finite constant, or a product, quotient or power of such."""
+    if isinstance(node, Size):
+        return True
+    value = build.constant_value(node)
+    if value is not None:
+        return 0.0 < value < float("inf")
+    if isinstance(node, Contract):
+        return build._is_product(node) and all(_positive(n) for n, _ in node.operands)
+    if isinstance(node, Map) and node.fn in ("div", "pow"):
+        return _positive(node.args[0]) and (node.fn == "pow" or _positive(node.args[1]))
+    return False
+
+
 def _seen_through(node: Map, lift: frozenset = frozenset()):
     """(the Map of the whole tensor, a function that selects from a replacement as `node`'s
-    argument selects from the tensor), or None. The argument may pick entries with integer
-    indices (`Unit`s), slice windows (`Delta`s), transpose and broadcast; an elementwise
-    function in `lift` of one such selection counts as that selection of the function
-    (`exp(x[0])` as `exp(x)[0]`). The other arguments are scalars, or, where the selection
-    neither slices nor broadcasts, tensors laid back on the whole tensor's axes (broadcast
-    along the picked ones, transposed back): `exp(Y)[:, 0] / sum(exp(Y), axis=1)` is
-    `(exp(Y) / sum(exp(Y), axis=1)[:, None])[:, 0]`."""
+    argument selects from the tensor), or None. The argument may be any selection
+    (selections.py: picks by integer indices, slices' windows, steps, reversals, diagonals,
+    transposes, broadcasts, reshapes, and compositions of them); an elementwise function in
+    `lift` of one such selection counts as that selection of the function (`exp(x[0])` as
+    `exp(x)[0]`). The other arguments are scalars, or, where the selection is one `Contract`
+    that neither slices nor broadcasts nor takes a diagonal, tensors laid back on the whole
+    tensor's axes (broadcast along the picked ones, transposed back):
+    `exp(Y)[:, 0] / sum(exp(Y), axis=1)` is `(exp(Y) / sum(exp(Y), axis=1)[:, None])[:, 0]`."""
     for k, a in enumerate(node.args):
         if isinstance(a, Map) and a.fn in lift:
             a = _lifted(a)
         elif isinstance(a, Add):
             a = _lifted_sum(a)
-        if not isinstance(a, Contract) or a.shape != node.shape:
+        if a is None or a.shape != node.shape:
             continue  # (a scalar, broadcast by the Map, is no selection of its shape)
-        (main, labels), picks = a.operands[0], a.operands[1:]
-        if isinstance(main, Const) or len(set(labels)) != len(labels):
-            continue
-        picked, windows = set(), False
-        for n, ls in picks:
-            if isinstance(n, Unit):
-                picked.add(ls[0])
-            elif isinstance(n, Delta) and len(ls) == 2 and ls[0] in a.out \
-                    and ls[0] not in labels and ls[1] in labels and ls[1] not in a.out:
-                picked.add(ls[1])  # a window: output row i is the tensor's i + offset
-                windows = True
-            else:
-                picked = None
-                break
-        if picked is None or len(picked) != len(picks) or any(
-                l not in a.out and l not in picked for l in labels):
-            continue  # a product, a sum or a scale: not a selection
-        if not picks and labels == a.out:
-            continue
         tensors = any(b.rank for j, b in enumerate(node.args) if j != k)
-        if tensors and (windows or not set(a.out) <= set(labels)):
+        if tensors:
+            found = _laid_back(node, k, a)
+            if found is not None:
+                return found
             continue
-        sizes = {l: a.dims[l] for l in labels}
-        args = [main if j == k else build.contract(labels, [(b, a.out)], sizes) if b.rank
-                else b for j, b in enumerate(node.args)]
-        inner = build.elementwise(node.fn, args)
+        found = selections.peel(a) or _scaled_selection(a)
+        if found is None:
+            continue
+        main, back = found
+        inner = build.elementwise(node.fn, [main if j == k else b
+                                            for j, b in enumerate(node.args)])
         if not (isinstance(inner, Map) and inner.fn == node.fn):
             return None
-        dims = {l: a.dims[l] for l in a.out}
-        return inner, lambda r, a=a, labels=labels, picks=picks, dims=dims: build.contract(
-            a.out, [(r, labels), *picks], dims)
+        return inner, back
     return None
+
+
+def _laid_back(node: Map, k: int, a: Node):
+    """`_seen_through` where `node`'s other arguments include tensors: its argument `k` a
+    `Contract` that picks entries with integer indices and transposes, the others laid back on
+    the whole tensor's axes."""
+    if not isinstance(a, Contract):
+        return None
+    (main, labels), picks = a.operands[0], a.operands[1:]
+    if isinstance(main, Const) or len(set(labels)) != len(labels):
+        return None
+    picked = set()
+    for n, ls in picks:
+        if not isinstance(n, Unit):
+            return None  # a window, or a product: not laid back
+        picked.add(ls[0])
+    if len(picked) != len(picks) or any(l not in a.out and l not in picked for l in labels):
+        return None  # a product, a sum or a scale: not a selection
+    if not picks and labels == a.out:
+        return None
+    if not set(a.out) <= set(labels):
+        return None  # a broadcast
+    sizes = {l: a.dims[l] for l in labels}
+    args = [main if j == k else build.contract(labels, [(b, a.out)], sizes) if b.rank
+            else b for j, b in enumerate(node.args)]
+    inner = build.elementwise(node.fn, args)
+    if not (isinstance(inner, Map) and inner.fn == node.fn):
+        return None
+    dims = {l: a.dims[l] for l in a.out}
+    return inner, lambda r: build.contract(a.out, [(r, labels), *picks], dims)
 
 
 def _sum_seen_through(node: Add):
     """(the sum of the whole tensor, a function that selects from a replacement as `node`'s
-    selection term selects from the tensor), or None: `node` has one term that picks entries
-    of a tensor (`Unit`s only: no window, no broadcast), another term is a function of that
-    whole tensor (`logsumexp(x)` beside `x[k]`) or the tensor is a function and the other terms
-    numbers (`1 - softmax(x)[k]`), and its other terms are numbers, scalars or,
-    where the pick keeps an axis, tensors shaped like `node`, laid back on the whole tensor's
-    axes (broadcast along the picked ones)."""
+    selection term selects from the tensor) pairs, none where there is none: `node` has one
+    term that selects entries of a tensor (selections.py, no broadcast), another term is a
+    function of that whole tensor (`logsumexp(x)` beside `x[k]` or `x[::-1]`) or the tensor is
+    a function and the other terms numbers (`1 - softmax(x)[k]`, `1 - softmax(x)[::2]`), and
+    its other terms are numbers, scalars or, where the selection only picks with integer
+    indices (`Unit`s) and takes diagonals, tensors shaped like `node`, laid back on the whole
+    tensor's axes (broadcast along the picked ones; along all but one axis of a diagonal,
+    each in turn: `logsumexp(L, axis=1) - diag(L)` is the diagonal of `logsumexp(L, axis=1)[:,
+    None] - L`)."""
     selection = None
     for c, t in node.terms:
-        if build.constant_value(t) is not None or not isinstance(t, Contract):
+        if build.constant_value(t) is not None or not isinstance(t, (Contract, Prim)):
             continue
-        (main, labels), picks = t.operands[0], t.operands[1:]
-        if isinstance(main, Const) or not picks or len(set(labels)) != len(labels) or any(
-                not isinstance(n, Unit) or len(ls) != 1 or ls[0] not in labels
-                for n, ls in picks):
+        found = selections.peel(t, broadcasts=False)
+        if found is None:
             continue
-        if any(l not in t.out and l not in {ls[0] for _, ls in picks} for l in labels) or \
-                not set(t.out) <= set(labels):
-            continue  # a sum or a broadcast: not a pick
         if selection is not None:
-            return None  # two selections: left to the rewrites of the sum as it is
-        selection = (c, t, main, labels, picks)
+            return  # two selections: left to the rewrites of the sum as it is
+        selection = (t, *found)
     if selection is None:
-        return None
-    _, t0, main, labels, picks = selection
-    sizes = {l: t0.dims[l] for l in labels}
-    terms = []
+        return
+    t0, main, back = selection
+    scalars, tensors, others = [], [], []
     for c, t in node.terms:
         value = build.constant_value(t)
+        if t is not t0 and isinstance(t, Contract) and len(t.operands) == 1 and \
+                not t.operands[0][0].rank:
+            t = t.operands[0][0]  # a scalar broadcast (`logsumexp(x)` beside `x[::-1]`)
+        others.append(t)
         if t is t0:
-            terms.append((c, main))
+            scalars.append((c, main))
         elif value is not None:  # a number, as lowering writes one (`1 - softmax(x)`)
-            terms.append((c * value, build.broadcast_to(build.const(1.0), main.shape)))
+            scalars.append((c * value, build.broadcast_to(build.const(1.0), main.shape)))
         elif not t.rank:
-            terms.append((c, build.contract(labels, [(t, ())], sizes)))
+            scalars.append((c, build.broadcast_to(t, main.shape)))
         elif t.shape == node.shape:
-            terms.append((c, build.contract(labels, [(t, t0.out)], sizes)))
+            tensors.append((c, t))
         else:
-            return None
-    if not any(main in t.children() for c, t in node.terms if t is not t0) and not (
+            return
+    if not any(main in t.children() for t in others if t is not t0) and not (
             isinstance(main, (Map, Prim)) and all(build.constant_value(t) is not None
-                                                  for c, t in node.terms if t is not t0)):
-        return None  # no function of the whole tensor beside its pick, nor a pick of a
-        #              function and numbers (`1 - softmax(x)[k]`): nothing to see through
-    inner = build.add(terms)
-    dims = {l: t0.dims[l] for l in t0.out}
-    return inner, lambda r: build.contract(t0.out, [(r, labels), *picks], dims)
+                                                  for t in others if t is not t0)):
+        return  # no function of the whole tensor beside its selection, nor a selection of a
+        #         function and numbers (`1 - softmax(x)[k]`): nothing to see through
+    if not tensors:
+        yield build.add(scalars), back
+        return
+    for labels in _laid_back_labels(t0):
+        sizes = dict(zip(labels, main.shape))
+        yield build.add([*scalars, *((c, build.contract(labels, [(t, t0.out)], sizes))
+                                     for c, t in tensors)]), back
 
 
-def _lifted(a: Map) -> Contract | None:
-    """`f(sel(x))` as `sel(f(x))`, for an elementwise f of one selection (the other arguments
-    scalars); None for anything else."""
+# The ways `_laid_back_labels` lays a tensor back on the axes of diagonals, at most.
+MAX_LAID_BACK = 4
+
+
+def _laid_back_labels(t: Node):
+    """For a `Contract` that picks entries of one tensor with integer indices (`Unit`s) and
+    keeps or transposes the other axes, or takes diagonals of them: labels of the whole
+    tensor's axes that place a tensor shaped like `t` (on `t.out`) so that `t`'s selection
+    gives it back, each axis of a diagonal but one on a label of its own (a broadcast), each
+    such choice in turn; none for another node."""
+    if not isinstance(t, Contract):
+        return
+    (main, labels), picks = t.operands[0], t.operands[1:]
+    if isinstance(main, Const) or any(not isinstance(n, Unit) or len(ls) != 1 or
+                                      ls[0] not in labels or labels.count(ls[0]) != 1
+                                      for n, ls in picks):
+        return
+    picked = {ls[0] for _, ls in picks}
+    if len(picked) != len(picks) or any(l not in t.out and l not in picked for l in labels) \
+            or not set(t.out) <= set(labels):
+        return  # a sum or a broadcast: not a pick
+    repeated = [l for l in dict.fromkeys(labels) if labels.count(l) > 1]
+    fresh = max([*labels, *t.out]) + 1
+    choices = [()]
+    for l in repeated:  # which occurrence of each diagonal's label keeps it
+        choices = [(*c, k) for c in choices for k in range(labels.count(l))]
+    for choice in choices[:MAX_LAID_BACK]:
+        kept = dict(zip(repeated, choice))
+        seen: dict = {}
+        whole = []
+        for l in labels:
+            n = seen[l] = seen.get(l, -1) + 1
+            if l in kept and n != kept[l]:
+                whole.append(fresh)
+                fresh += 1
+            else:
+                whole.append(l)
+        yield tuple(whole)
+
+
+def _scaled_selection(a: Node):
+    """For a number times a selection, `-softmax(x)[::2]`: (the number times the whole
+    tensor, a function that makes the selection), as `selections.peel` gives for a selection
+    itself; None for anything else."""
+    scale, rest = build.split_scale(a)
+    if scale == 1.0 or rest is a:
+        return None
+    found = selections.peel(rest)
+    if found is None or not found[0].rank:
+        return None
+    return build.scale(scale, found[0]), found[1]
+
+
+def _lifted(a: Map) -> Node | None:
+    """`f(sel(x))` as `sel(f(x))`, for an elementwise f of one selection (selections.py; the
+    other arguments scalars); None for anything else."""
     varying = [b for b in a.args if build.constant_value(b) is None]
-    if len(varying) != 1 or not isinstance(varying[0], Contract) or any(
-            b.rank for b in a.args if b is not varying[0]):
+    if len(varying) != 1 or any(b.rank for b in a.args if b is not varying[0]):
         return None
-    sel = varying[0]
-    (main, labels), picks = sel.operands[0], sel.operands[1:]
-    if isinstance(main, Const) or not main.rank:
+    found = selections.peel(varying[0])
+    if found is None or isinstance(found[0], Const) or not found[0].rank:
         return None
-    whole = build.elementwise(a.fn, [main if b is sel else b for b in a.args])
-    lifted = build.contract(sel.out, [(whole, labels), *picks],
-                            {l: sel.dims[l] for l in sel.out})
-    return lifted if isinstance(lifted, Contract) else None
+    main, back = found
+    return back(build.elementwise(a.fn, [main if b is varying[0] else b for b in a.args]))
 
 
-def _lifted_sum(a: Add) -> Contract | None:
-    """A sum of one selection of tensors and numbers, `1 + exp(X).T`, as the selection of
-    the sum, `(1 + exp(X)).T`; None for anything else."""
-    form, terms = None, []
+def _lifted_sum(a: Add) -> Node | None:
+    """A sum of numbers and terms that make one selection (selections.py) of tensors of one
+    shape, `1 + exp(X).T` or `1 - softmax(x)[::2]`, as the selection of the sum, `(1 +
+    exp(X)).T`; None for anything else."""
+    back, shape, terms = None, None, []
     for c, t in a.terms:
         value = build.constant_value(t)
         if value is not None:
             terms.append((c * value, None))
             continue
-        if not isinstance(t, Contract):
+        found = selections.peel(t)
+        if found is None:
             return None
-        (main, labels), picks = t.operands[0], t.operands[1:]
-        if form is None:
-            form = (labels, picks, main.shape, t.out)
-            dims = {l: t.dims[l] for l in t.out}
-        elif form != (labels, picks, main.shape, t.out):
-            return None
+        main, made = found
+        if back is None:
+            back, shape = made, main.shape
+        elif main.shape != shape or back(main) is not t:
+            return None  # another selection
         terms.append((c, main))
-    if form is None:
+    if back is None:
         return None
-    labels, picks, shape, out = form
     whole = build.add([(c, build.broadcast_to(build.const(1.0), shape) if m is None else m)
                        for c, m in terms])
-    lifted = build.contract(out, [(whole, labels), *picks], dims)
-    return lifted if isinstance(lifted, Contract) else None
+    return back(whole)
 
 
 def _scaled_sum(node: Node) -> Node | None:
