@@ -26,7 +26,7 @@ import pytest
 from scipy.special import expit, log_softmax, logsumexp, softmax
 
 import einderiv
-from three_paths import paths, quiet
+from three_paths import close, paths, quiet, three
 
 X6 = np.array([-900.0, 3.0, 800.0, -1000.0, 0.5, 40.0])
 L4 = 1000 * np.random.default_rng(16).standard_normal((4, 4))
@@ -39,34 +39,10 @@ def functions_in(formula: str) -> set[str]:
     return set(re.findall(r"([a-z_]\w*)\(", formula))
 
 
-def close(actual, expected, rtol=1e-12):
-    """Every entry within rtol of the largest expected entry (and the same non-finite ones)."""
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    assert np.array_equal(np.isfinite(actual), np.isfinite(expected)), (actual, expected)
-    assert np.array_equal(np.isnan(actual), np.isnan(expected)), (actual, expected)
-    finite = np.isfinite(expected)
-    assert np.array_equal(actual[~finite], expected[~finite], equal_nan=True), (actual, expected)
-    if finite.any():
-        scale = max(float(np.max(np.abs(expected[finite]))), 1e-300)
-        err = float(np.max(np.abs(actual[finite] - expected[finite]))) / scale
-        assert err <= rtol, f"relative error {err:.3g}\n{actual}\nvs\n{expected}"
-
-
 def _called(result, **arrays) -> list:
     """The outputs of a result of several (gradients by several inputs), as arrays."""
     with np.errstate(all="ignore"):
         return [np.asarray(v) for v in result(**arrays)]
-
-
-def three(result, expected, rtol=1e-12, **arrays):
-    """The generated code, the IR interpreter and the formula compiled back, each close."""
-    for path, value in paths(result, **arrays).items():
-        try:
-            close(value, expected, rtol)
-        except AssertionError as e:
-            raise AssertionError(f"{path}: {e}\n{result.formula}") from None
 
 
 def _softplus(u):

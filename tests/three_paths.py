@@ -24,3 +24,28 @@ def paths(result, **arrays) -> dict:
     kw = {k: v for k, v in arrays.items() if k in result.inputs}
     return {"generated": quiet(result, **kw), "ir": quiet(result.evaluate_ir, **kw),
             "formula": quiet(back, **kw)}
+
+
+def close(actual, expected, rtol=1e-12):
+    """Every entry within rtol of the largest expected entry, and the same non-finite ones (nan
+    where nan, the same infinities)."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    assert np.array_equal(np.isfinite(actual), np.isfinite(expected)), (actual, expected)
+    assert np.array_equal(np.isnan(actual), np.isnan(expected)), (actual, expected)
+    finite = np.isfinite(expected)
+    assert np.array_equal(actual[~finite], expected[~finite], equal_nan=True), (actual, expected)
+    if finite.any():
+        scale = max(float(np.max(np.abs(expected[finite]))), 1e-300)
+        err = float(np.max(np.abs(actual[finite] - expected[finite]))) / scale
+        assert err <= rtol, f"relative error {err:.3g}\n{actual}\nvs\n{expected}"
+
+
+def three(result, expected, rtol=1e-12, **arrays):
+    """The generated code, the IR interpreter and the formula compiled back, each `close`."""
+    for path, value in paths(result, **arrays).items():
+        try:
+            close(value, expected, rtol)
+        except AssertionError as e:
+            raise AssertionError(f"{path}: {e}\n{result.formula}") from None
