@@ -450,3 +450,33 @@ def test_log_of_a_quotient_by_a_number_of_unknown_sign_keeps_its_value(source):
                 "log(-mean(w * exp(x)))": np.log(-total / 3)}[source]
     assert np.isfinite(expected)
     three(f, expected, rtol=1e-13, x=x, w=w, t=-2.0)
+
+
+@pytest.mark.parametrize("expr, shapes, printed", [
+    ("log(exp(L) @ pi)", {"L": ("n", "k"), "pi": ("k",)}, "logsumexp_weighted(L, pi, axis=1)"),
+    ("log(R @ exp(eta))", {"R": ("n", "n"), "eta": ("n",)},
+     "logsumexp_weighted(eta, R, axis=1)"),
+    ("log(sum(R * exp(eta), axis=1))", {"R": ("n", "n"), "eta": ("n",)},
+     "logsumexp_weighted(eta, R, axis=1)"),
+    ("log(pi @ exp(L).T)", {"L": ("n", "k"), "pi": ("k",)}, "logsumexp_weighted(L, pi, axis=1)"),
+])
+def test_broadcast_weights_are_written_narrow_not_times_ones(expr, shapes, printed):
+    # the weighted logsumexp broadcasts its arguments (scipy's b=): `pi`, not `pi * ones(n, k)`
+    f = einderiv.compile(expr, shapes)
+    assert f.formula == printed
+    assert "ones" not in f.source and "broadcast_to" not in f.source, f.source
+    rng = np.random.default_rng(3)
+    sizes = {"n": 3, "k": 4}
+    arrays = {k: (300 * rng.normal(size=tuple(sizes[d] for d in v)) if k in ("L", "eta") else
+                  rng.uniform(0.1, 1, size=tuple(sizes[d] for d in v))) for k, v in shapes.items()}
+    exp_arg = arrays.get("L", arrays.get("eta"))
+    weights = arrays.get("pi", arrays.get("R"))
+    if "pi @ exp(L).T" in expr or "exp(L) @ pi" in expr:
+        want = logsumexp(exp_arg, b=weights, axis=1)
+    else:
+        want = logsumexp(np.broadcast_to(exp_arg, weights.shape), b=weights, axis=1)
+    three(f, want, rtol=1e-12, **arrays)
+    g = einderiv.grad("sum(" + expr + ")", "L" if "L" in shapes else "eta", shapes)
+    assert "ones" not in g.formula, g.formula
+    gi = {k: v for k, v in arrays.items() if k in g.inputs}
+    np.testing.assert_allclose(g(**gi), g.evaluate_ir(**gi), rtol=1e-12)

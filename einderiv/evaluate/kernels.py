@@ -612,13 +612,16 @@ def log1m_softmax(x, axis=-1):
 
 
 def logsumexp_weighted(x, w, axis=None):
-    """log(sum(w * exp(x))) over `axis` (every axis by default), for weights w shaped like x
-    of any sign (scipy's logsumexp(x, b=w)): shifted by the largest x whose weight is not 0,
-    so that nothing overflows and the largest term is w there, not 0 (a mixture's
-    log-likelihood at -1000, where exp underflows and the log is -inf). nan where the sum is
-    negative, -inf where it is 0, as the log of the sum; the shift cancels nothing that the sum
-    does not."""
+    """log(sum(w * exp(x))) over `axis` (every axis by default), for weights w of any sign
+    that broadcast against x (scipy's logsumexp(x, b=w); the axes count in the broadcast
+    shape): shifted by the largest x whose weight is not 0, so that nothing overflows and the
+    largest term is w there, not 0 (a mixture's log-likelihood at -1000, where exp underflows
+    and the log is -inf). nan where the sum is negative, -inf where it is 0, as the log of the
+    sum; the shift cancels nothing that the sum does not."""
     xp = _xp(x)
+    shape = np.broadcast_shapes(tuple(x.shape), tuple(getattr(w, "shape", ())))
+    if tuple(x.shape) != shape:  # (w broadcasts in the arithmetic; the axes count in shape)
+        x = xp.broadcast_to(x, shape)
     axes = _axes(axis, x.ndim)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if not axes:

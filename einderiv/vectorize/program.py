@@ -293,10 +293,20 @@ class _Translator:
             return convolution_surface(node, tuple(self.expr(a) for a in node.args))
         arg = node.args[0]
         call = ast.Call(node.fn, tuple(self.expr(a) for a in node.args))
+        f = self.rules.get(node.fn)
+        if f is not None and f.shape == "weighted" and len(node.args) == 2:
+            # x and the weights broadcast against each other (scipy's b=): written narrow,
+            # `pi` rather than `pi * ones(n, k)`, one of them with every axis (the axes the
+            # kernel reduces count in the broadcast shape, which is then the node's)
+            full = tuple(range(node.args[0].rank))
+            (x, xs), (w, ws) = self.narrow(node.args[0]), self.narrow(node.args[1])
+            if ws == full:
+                call = ast.Call(node.fn, (align(x, xs, full), call.args[1]))
+            else:
+                call = ast.Call(node.fn, (call.args[0], align(w, ws, full)))
         if not node.params:
             return call
         axes = node.params[0]
-        f = self.rules.get(node.fn)
         default = (arg.rank - 1,) if f is not None and f.shape in ("same", "cotangent") else \
             tuple(range(arg.rank))
         if tuple(axes) == default:
