@@ -304,11 +304,17 @@ class _Result:
                           given) -> list[str]:
         """The names that `count` positional arrays bind to where the declared order and the
         order of `.inputs` differ for that many: the one that fits the call (see _keywords)."""
-        needed = [n for n in inputs if n not in self._generated().dimension_only]
         bound = set(arrays) | set(given)  # (a name given twice fits no order)
-        fits = lambda names: not set(names) & bound and all(
-            n in names or n in bound for n in needed)
-        fitting = [names for names in (order[:count], inputs[:count]) if fits(names)]
+
+        def fits(names, needed) -> bool:
+            return not set(names) & bound and all(n in names or n in bound for n in needed)
+        # An input read only for its shape may be left out where another binds its dimension
+        # (_checked): first the orders that may leave one out, then, where both do, the one
+        # that leaves none of `.inputs` out.
+        loose = [n for n in inputs if n not in self._generated().dimension_only]
+        fitting = [names for names in (order[:count], inputs[:count]) if fits(names, loose)]
+        if len(fitting) == 2:
+            fitting = [names for names in fitting if fits(names, inputs)] or fitting
         if len(fitting) == 1:
             return fitting[0]
         said = (f"{count} positional array{'s' if count != 1 else ''}"

@@ -192,6 +192,17 @@ def test_positional_arrays_with_a_direction_given_as_a_tuple_bind_as_declared():
         hv(tx, ty, tangent=(x, y), tangent_x=x)
 
 
+def test_positional_arrays_prefer_the_order_that_leaves_no_input_out():
+    # x is read only for its length m (an input read for its shape may be left out where
+    # another binds its dimension; none does here): one array binds to x, not to the unused u
+    g = einderiv.grad("sum(x[:p] * y)", "x", {"u": ("k",), "x": ("m",), "y": ("p",)})
+    assert list(g.inputs) == ["x", "y"]
+    x, y = np.arange(5.0), np.array([1.0, 2.0, 3.0])
+    for _ in range(2):  # the first call, then the guard built from it
+        for got in (g(x, y=y), g(x, y), g(x=x, y=y), g(np.zeros(2), x, y)):
+            assert np.array_equal(got, [1.0, 2.0, 3.0, 0.0, 0.0])
+
+
 def test_positional_arrays_that_fit_neither_order_name_both():
     g = _linear()
     a = np.ones(3)
