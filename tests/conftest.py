@@ -59,13 +59,15 @@ def pytest_configure(config):
         "IR comparison (only for tests that deliberately make invalid inputs or errors)")
     config.addinivalue_line(
         "markers", "sample(k): a parametrized stress test whose default run (and CI's) runs "
-        "one case in k, the same ones every run; EINDERIV_SLOW=1 runs every case")
+        "one case in k, the same ones every run (sample(k, tests=True) on a module of stress "
+        "tests: one test in k); EINDERIV_SLOW=1 runs every case")
 
 
 # The suite's time budget (~5 minutes on 2 cores, CI included): a parametrized test marked
 # `@pytest.mark.sample(k)` runs one case in k by default. The cases kept are chosen by a hash of
 # their id, so every run (every CI run) keeps the same ones, spread across the parameters
-# rather than the first k; `EINDERIV_SLOW=1` runs them all. The others are skipped, with a
+# rather than the first k; `EINDERIV_SLOW=1` runs them all. `sample(k, tests=True)` on a module
+# of stress tests (test_scale.py) runs one test in k, chosen by a hash of its name. The others are skipped, with a
 # reason that says so, never deselected silently.
 SLOW = bool(os.environ.get("EINDERIV_SLOW"))
 
@@ -75,10 +77,12 @@ def pytest_collection_modifyitems(config, items):
         return
     for item in items:
         marker = item.get_closest_marker("sample")
-        if marker is None or not hasattr(item, "callspec"):
+        if marker is None or not (hasattr(item, "callspec") or marker.kwargs.get("tests")):
             continue
         k = int(marker.args[0])
-        if zlib.crc32(item.callspec.id.encode()) % k:
+        # (a parametrized case by its id; with tests=True, any test of the module by its name)
+        key = item.callspec.id if hasattr(item, "callspec") else item.name
+        if zlib.crc32(key.encode()) % k:
             item.add_marker(pytest.mark.skip(
                 reason=f"sampled out (one case in {k} runs by default): set EINDERIV_SLOW=1"))
 

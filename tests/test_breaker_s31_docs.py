@@ -84,6 +84,9 @@ import pytest
 
 import einderiv
 
+# the parametrized sweeps: one case in two by default (conftest.py; EINDERIV_SLOW=1 all)
+pytestmark = pytest.mark.sample(2)
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 

@@ -68,6 +68,9 @@ import einderiv
 from three_paths import close as _close, paths, quiet
 from three_paths import three as three_paths
 
+# the parametrized sweeps: one case in two by default (conftest.py; EINDERIV_SLOW=1 all)
+pytestmark = pytest.mark.sample(2)
+
 jax = pytest.importorskip("jax")
 jax.config.update("jax_enable_x64", True)
 jnp = jax.numpy

@@ -20,6 +20,8 @@ from einderiv.parse.parser import MAX_SOURCE_CHARS, parse
 
 slow = pytest.mark.skipif(not os.environ.get("EINDERIV_SLOW"),
                           reason="issue-size long programs: set EINDERIV_SLOW=1")
+# Stress tests each: one in two runs by default, the same ones every run (conftest.py)
+pytestmark = pytest.mark.sample(2, tests=True)
 
 
 @pytest.fixture(autouse=True)

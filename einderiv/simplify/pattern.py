@@ -420,11 +420,11 @@ def _reductions(t: Node):
         if found is not None:
             yield found
         return
-    # A sum of an elementwise product (`x[i]*x[i]` summed): the product, then its sum.
+    # A sum of an elementwise product (`x[i]*x[i]` summed): the product, then its sum (of
+    # the diagonals of the factors on a repeated label: `tr(exp(L) * R)`).
     every = dict.fromkeys(l for _, ls in t.operands for l in ls)
-    if any(len(set(ls)) != len(ls) for _, ls in t.operands):
-        return
-    layouts = [ls for n, ls in t.operands if not isinstance(n, Const) and len(ls) == len(every)]
+    layouts = [ls for n, ls in t.operands if not isinstance(n, Const) and len(ls) == len(every)
+               and len(set(ls)) == len(ls)]
     layouts = dict.fromkeys([*layouts[:1], (*(l for l in t.out if l in every),
                                             *(l for l in every if l not in t.out))])
     for labels in layouts:

@@ -11,7 +11,12 @@ tried once more as the function of the whole tensor (`log(softmax(x)[k])` is
 `log_softmax(x)[k]`, `log(diag(softmax(L)))` is `diag(log_softmax(L))`, and `exp(x[k]) /
 sum(exp(x))`, seen as `exp(x)[k] / sum(exp(x))`, is `softmax(x)[k]`), and a sum of a selection
 and a function of the whole tensor as the selection of the whole sum (`logsumexp(x) - x[k]`,
-seen as `(logsumexp(x) - x)[k]`, is `-log_softmax(x)[k]`). Then it is tried with the
+seen as `(logsumexp(x) - x)[k]`, is `-log_softmax(x)[k]`). Beside other tensors, a
+selection is laid back (a pick, a transpose, a diagonal: `exp(diag(L)) / sum(exp(L))` is
+`diag(softmax(L))`) or the other tensors taken as selections of placeholders that the
+replacement may only apply elementwise functions to (`log(softmax(x)[::2] / y)` is
+`log_softmax(x)[::2] - log(y)`), and a sum broadcast in one contraction is the broadcast of
+the sum. Then it is tried with the
 selections of functions among its operands made functions of selections (`exp(p)[:, None]` as
 `exp(p[:, None])`: `log(exp(p)[:, None] + exp(N))` is `logaddexp(p[:, None], N)`), and a log
 of a quotient by a positive number as the log of the dividend less that of the divisor
@@ -42,7 +47,7 @@ from __future__ import annotations
 import math
 
 from ..ir import build
-from ..ir.nodes import Add, Const, Contract, Map, Node, Prim, Size, Unit
+from ..ir.nodes import Add, Const, Contract, Map, Node, Prim, Size, Unit, Var
 from ..parse import ast
 from ..rulebook import RuleBook
 from . import det_products, selections, solves
@@ -253,11 +258,11 @@ class Rewriter:
         `exp(x[k]) / sum(exp(x))` is `softmax(x)[k]`. Tried where no rewrite
         applies to the node itself, and kept only where one applies to the function of the
         whole tensor (whose size the program already computes): one more look per tensor."""
-        seen = _seen_through(node, self._lifts(node.fn, rules))
-        if seen is None:
-            return None
-        inner, back = seen
-        return self._whole(inner, back, rules)
+        for inner, back in _seen_through(node, self._lifts(node.fn, rules)):
+            replaced = self._whole(inner, back, rules)
+            if replaced is not None:
+                return replaced
+        return None
 
     def _whole(self, inner: Node, back, rules) -> Node | None:
         """`back` of what the first of `rules` makes of the whole tensor `inner` (looked at
@@ -314,14 +319,21 @@ def _positive(node: Node) -> bool:
 
 def _seen_through(node: Map, lift: frozenset = frozenset()):
     """(the Map of the whole tensor, a function that selects from a replacement as `node`'s
-    argument selects from the tensor), or None. The argument may be any selection
-    (selections.py: picks by integer indices, slices' windows, steps, reversals, diagonals,
-    transposes, broadcasts, reshapes, and compositions of them); an elementwise function in
-    `lift` of one such selection counts as that selection of the function (`exp(x[0])` as
-    `exp(x)[0]`). The other arguments are scalars, or, where the selection is one `Contract`
-    that neither slices nor broadcasts nor takes a diagonal, tensors laid back on the whole
-    tensor's axes (broadcast along the picked ones, transposed back):
-    `exp(Y)[:, 0] / sum(exp(Y), axis=1)` is `(exp(Y) / sum(exp(Y), axis=1)[:, None])[:, 0]`."""
+    argument selects from the tensor) pairs, each a way to see `node` so; none where there is
+    none. The argument may be any selection (selections.py: picks by integer indices, slices'
+    windows, steps, reversals, diagonals, transposes, broadcasts, reshapes, and compositions
+    of them), or a sum along some axes broadcast along others (`sum(exp(x))` broadcast to
+    [k], the broadcast of the sum); an elementwise function in `lift` of one such selection
+    counts as that selection of the function (`exp(x[0])` as `exp(x)[0]`). The other
+    arguments are scalars, or tensors: where the selection is one `Contract` that picks with
+    integer indices, transposes or takes diagonals, laid back on the whole tensor's axes
+    (broadcast along the picked ones and along all but one axis of a diagonal, each in turn,
+    transposed back): `exp(Y)[:, 0] / sum(exp(Y), axis=1)` is `(exp(Y) / sum(exp(Y),
+    axis=1)[:, None])[:, 0]`, `exp(diag(L)) / sum(exp(L), axis=0)` the diagonal of `exp(L) /
+    sum(exp(L), axis=0)[None, :]`; and for any selection, each other tensor is taken as the
+    selection of a placeholder (`_placeheld`), kept only where the replacement applies only
+    elementwise functions to the placeholders: `log(softmax(x)[::2] / y)` is
+    `log_softmax(x)[::2] - log(y)`."""
     for k, a in enumerate(node.args):
         if isinstance(a, Map) and a.fn in lift:
             a = _lifted(a)
@@ -331,50 +343,203 @@ def _seen_through(node: Map, lift: frozenset = frozenset()):
             continue  # (a scalar, broadcast by the Map, is no selection of its shape)
         tensors = any(b.rank for j, b in enumerate(node.args) if j != k)
         if tensors:
-            found = _laid_back(node, k, a)
-            if found is not None:
-                return found
+            yield from _laid_back(node, k, a)
             continue
-        found = selections.peel(a) or _scaled_selection(a)
+        found = selections.peel(a) or _scaled_selection(a) or _broadcast_sum(a)
         if found is None:
             continue
         main, back = found
         inner = build.elementwise(node.fn, [main if j == k else b
                                             for j, b in enumerate(node.args)])
         if not (isinstance(inner, Map) and inner.fn == node.fn):
-            return None
-        return inner, back
-    return None
+            return
+        yield inner, back
+        return
+    yield from _placeheld(node)
 
 
 def _laid_back(node: Map, k: int, a: Node):
     """`_seen_through` where `node`'s other arguments include tensors: its argument `k` a
-    `Contract` that picks entries with integer indices and transposes, the others laid back on
-    the whole tensor's axes."""
+    `Contract` that picks entries with integer indices, transposes and takes diagonals
+    (`_laid_back_labels`), the others laid back on the whole tensor's axes, each way in
+    turn."""
     if not isinstance(a, Contract):
-        return None
+        return
     (main, labels), picks = a.operands[0], a.operands[1:]
-    if isinstance(main, Const) or len(set(labels)) != len(labels):
-        return None
-    picked = set()
-    for n, ls in picks:
-        if not isinstance(n, Unit):
-            return None  # a window, or a product: not laid back
-        picked.add(ls[0])
-    if len(picked) != len(picks) or any(l not in a.out and l not in picked for l in labels):
-        return None  # a product, a sum or a scale: not a selection
     if not picks and labels == a.out:
-        return None
-    if not set(a.out) <= set(labels):
-        return None  # a broadcast
-    sizes = {l: a.dims[l] for l in labels}
-    args = [main if j == k else build.contract(labels, [(b, a.out)], sizes) if b.rank
-            else b for j, b in enumerate(node.args)]
-    inner = build.elementwise(node.fn, args)
-    if not (isinstance(inner, Map) and inner.fn == node.fn):
-        return None
+        return
     dims = {l: a.dims[l] for l in a.out}
-    return inner, lambda r: build.contract(a.out, [(r, labels), *picks], dims)
+    for whole in _laid_back_labels(a):
+        sizes = dict(zip(whole, main.shape))
+        args = [main if j == k else build.contract(whole, [(b, a.out)], sizes) if b.rank
+                else b for j, b in enumerate(node.args)]
+        inner = build.elementwise(node.fn, args)
+        if not (isinstance(inner, Map) and inner.fn == node.fn):
+            return
+        yield inner, lambda r: build.contract(a.out, [(r, labels), *picks], dims)
+
+
+def _placeheld(node: Map):
+    """`_seen_through` for any selection beside other tensors, under one or two elementwise
+    functions of `node`'s shape (`log(softmax(x)[::2] / y)`): (`node` with the selection
+    the whole tensor and each other tensor a placeholder shaped like it, a function that
+    makes the selection of a replacement in which the placeholders are only under
+    elementwise functions, sums and scales, each placeholder's selection the tensor it
+    holds the place of) pairs, a selection at a time. Exact entry by entry: the rewrite holds
+    for every value of the placeholders, and a replacement that depends on each of their
+    entries only at that entry's place selects as its arguments do, whatever the selection
+    (a broadcast too)."""
+    leaves = []
+    for a in node.args:
+        if isinstance(a, Map) and a.shape == node.shape:
+            leaves.extend(b for b in a.args if b.rank)
+        elif a.rank:
+            leaves.append(a)
+    for target in dict.fromkeys(leaves):
+        if not isinstance(target, (Contract, Prim)):
+            continue
+        found = selections.peel(target)
+        if found is None or isinstance(found[0], Const) or not found[0].rank:
+            continue
+        main, select = found
+        held: dict = {}
+        places: dict = {}
+
+        def rebuilt(n: Node, depth: int):
+            if n is target:
+                return main
+            if not n.rank:
+                return n
+            if n.shape != node.shape:
+                return None
+            if depth and isinstance(n, Map):
+                args = [rebuilt(b, depth - 1) for b in n.args]
+                return None if any(b is None for b in args) else \
+                    build.elementwise(n.fn, args)
+            h = places.get(n)
+            if h is None:
+                h = places[n] = Var(f"\0held{len(places)}", main.shape)
+                held[h] = n
+            return h
+        inner = rebuilt(node, 2)
+        if not held or not (isinstance(inner, Map) and inner.fn == node.fn):
+            continue
+        yield inner, (lambda r, select=select, held=held, main=main:
+                      _selected_into(r, select, held, main.shape, _near(main)))
+
+
+def _near(node: Node) -> set:
+    """`node` and the nodes under it within PLACEHELD_DEPTH levels (at most PLACEHELD_NODES
+    * 4 of them): what a rewrite's variables bind, none of which holds a placeholder."""
+    found, level = {node}, [node]
+    for _ in range(PLACEHELD_DEPTH):
+        level = [c for n in level for c in n.children() if c not in found]
+        found.update(level)
+        if not level or len(found) > 4 * PLACEHELD_NODES:
+            break
+    return found
+
+
+def _selected_into(r: Node, select, held: dict, shape, clean: set) -> Node | None:
+    """`select(r)` for `r` in which the placeholders `held` lie only under elementwise
+    functions, sums and scales of nodes shaped `shape` (scalars beside them), pushed down to
+    them, each placeholder's selection the node it holds the place of; None for another
+    `r`."""
+    memo: dict = {}
+    within: dict = {}
+
+    def holds(n: Node, depth: int):
+        """Whether a placeholder lies under `n` (None: not known within `depth` levels)."""
+        if n in within:
+            return within[n]
+        if n in held:
+            found = True
+        elif n in clean:
+            found = False
+        elif not isinstance(n, (Map, Add, Contract)) or n.shape != shape:
+            found = _holds_any(n, held, clean)
+        elif depth == 0:
+            found = None
+        else:
+            found = False
+            for c in n.children():
+                inside = holds(c, depth - 1)
+                if inside is None or inside:
+                    found = inside
+                    if inside:
+                        break
+        within[n] = found
+        return found
+
+    def into(n: Node) -> Node | None:
+        if n in memo:
+            return memo[n]
+        inside = holds(n, PLACEHELD_DEPTH)
+        if n in held:
+            made = held[n]
+        elif inside is None:
+            made = None
+        elif not inside:
+            made = select(n) if n.shape == shape else n if not n.rank else None
+        elif n.shape != shape:
+            made = None
+        elif isinstance(n, Map):
+            args = [into(b) for b in n.args]
+            made = None if any(b is None for b in args) else build.elementwise(n.fn, args)
+        elif isinstance(n, Add):
+            terms = [(c, into(t)) for c, t in n.terms]
+            made = None if any(t is None for _, t in terms) else build.add(terms)
+        else:
+            scale, rest = build.split_scale(n)
+            made = None
+            if scale != 1.0 and rest is not n:
+                inner = into(rest)
+                made = None if inner is None else build.scale(scale, inner)
+        memo[n] = made
+        return made
+    return into(r)
+
+
+# How deep `_selected_into` looks for placeholders under a replacement (a rule's right side is
+# a few functions deep), and how many nodes off that path it looks through for one.
+PLACEHELD_DEPTH = 8
+PLACEHELD_NODES = 64
+
+
+def _holds_any(n: Node, held: dict, clean: set):
+    """Whether a placeholder lies under `n`, a node off the elementwise path (a reduction or
+    a tensor function of one would make the selection wrong): None where not known after
+    PLACEHELD_NODES nodes. The placeholders are new variables, so only a replacement that
+    moved one there holds it, within the few nodes its rule's right side built."""
+    stack, seen = [n], set()
+    while stack:
+        m = stack.pop()
+        if m in held:
+            return True
+        if m in seen or m in clean:
+            continue
+        seen.add(m)
+        if len(seen) > PLACEHELD_NODES:
+            return None
+        stack.extend(m.children())
+    return False
+
+
+def _broadcast_sum(a: Node):
+    """For a `Contract` of one tensor that sums some of its axes and broadcasts along new ones
+    (`sum(exp(x))` broadcast to [k], as `sum(exp(x)[:, None] * ones(n, k), axis=0)` is
+    lowered): (the sum, a function that broadcasts a node shaped like it as `a` does); None for
+    anything else."""
+    if not isinstance(a, Contract) or len(a.operands) != 1:
+        return None
+    (tensor, labels), out = a.operands[0], a.out
+    if isinstance(tensor, Const) or len(set(labels)) != len(labels) or \
+            all(l in labels for l in out) or all(l in out for l in labels):
+        return None
+    kept = tuple(l for l in out if l in labels)
+    total = build.contract(kept, [(tensor, labels)], {l: a.dims[l] for l in kept})
+    dims = {l: a.dims[l] for l in out}
+    return total, lambda r: build.contract(out, [(r, kept)], dims)
 
 
 def _sum_seen_through(node: Add):

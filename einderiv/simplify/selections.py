@@ -12,7 +12,8 @@ entry), which the rewrite pass uses both ways: a function of a selection is trie
 selection of the function of the whole tensor (`log(softmax(x)[::2])` is
 `log_softmax(x)[::2]`), and a selection of a function as the function of selections
 (`exp(p)[:, None]` broadcast against `exp(N)` as `exp(p[:, None])`, so that
-`log(exp(p)[:, None] + exp(N))` is `logaddexp(p[:, None], N)`). A triangle (`triu`), a
+`log(exp(p)[:, None] + exp(N))` is `logaddexp(p[:, None], N)`; under a sum too:
+`sum(exp(x)[::-1])` as `sum(exp(x[::-1]))`, `tr(exp(L))` as `sum(exp(diag(L)))`). A triangle (`triu`), a
 dilation, a placed diagonal (`diag(x)`) or a pad put zeros among the entries, and a sum adds
 them: none is a selection (f(0) is not 0).
 """
@@ -175,7 +176,29 @@ def view(node: Node, depth: int, limit: int, memo: dict) -> Node:
         if all(n is m for (n, _), (m, _) in zip(operands, base.operands)):
             return base
         return build.contract(base.out, operands, {l: base.dims[l] for l in base.out})
+    if kind is Contract and len(node.operands) <= limit:
+        # a reduction: its operands that select from a function made functions of the
+        # selections (`sum(exp(x)[::-1])` as `sum(exp(x[::-1]))`), and a function whose
+        # diagonal it takes the function of the diagonals (`tr(exp(L))` as
+        # `sum(exp(diag(L)))`): a sum of the same entries
+        operands = [_diagonal(_seen(n, depth - 1, limit, memo), ls, node.dims)
+                    for n, ls in node.operands]
+        if all(n is m and ls is ks for (n, ls), (m, ks) in zip(operands, node.operands)):
+            return node
+        return build.contract(node.out, operands, {l: node.dims[l] for l in node.out})
     return node
+
+
+def _diagonal(n: Node, labels: tuple, dims) -> tuple:
+    """(the operand, its labels) for an operand `n` on `labels` of a `Contract` with `dims`:
+    an elementwise function on a repeated label as the function of the diagonals of its
+    arguments on the label once (`exp(L)` on (i, i) as `exp(diag(L))` on (i,)); else as it
+    is."""
+    if type(n) is not Map or not n.rank or len(set(labels)) == len(labels):
+        return n, labels
+    once = tuple(dict.fromkeys(labels))
+    made = pushed(build.contract(once, [(n, labels)], {l: dims[l] for l in once}))
+    return (n, labels) if made is None or type(made) is not Map else (made, once)
 
 
 def _seen(node: Node, depth: int, limit: int, memo: dict) -> Node:
