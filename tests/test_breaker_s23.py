@@ -34,6 +34,9 @@ import pytest
 import einderiv
 from einderiv.evaluate import kernels
 
+# the parametrized sweeps: one case in two by default (conftest.py; EINDERIV_SLOW=1 all)
+pytestmark = pytest.mark.sample(2)
+
 SLOW = bool(os.environ.get("EINDERIV_SLOW"))
 FLOATS = [np.float16, np.float32, np.float64, np.longdouble]
 

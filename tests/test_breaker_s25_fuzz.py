@@ -32,6 +32,9 @@ import pytest
 
 import einderiv
 
+# the parametrized sweeps: one case in two by default (conftest.py; EINDERIV_SLOW=1 all)
+pytestmark = pytest.mark.sample(2)
+
 try:  # an optional reference
     import jax
     import jax.numpy as jnp

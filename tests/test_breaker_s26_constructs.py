@@ -49,6 +49,9 @@ import pytest
 
 import einderiv
 
+# the parametrized sweeps: one case in two by default (conftest.py; EINDERIV_SLOW=1 all)
+pytestmark = pytest.mark.sample(2)
+
 
 def _quiet(f, *args, **kwargs):
     with np.errstate(all="ignore"), warnings.catch_warnings():

@@ -53,6 +53,9 @@ import pytest
 import einderiv
 from einderiv.evaluate import kernels
 
+# the parametrized sweeps: one case in two by default (conftest.py; EINDERIV_SLOW=1 all)
+pytestmark = pytest.mark.sample(2)
+
 
 def _grad():
     g = einderiv.grad("sum(exp(x) * y)", "x", {"x": ("n",), "y": ("n",)})

@@ -55,6 +55,9 @@ import pytest
 
 import einderiv
 
+# the parametrized sweeps: one case in two by default (conftest.py; EINDERIV_SLOW=1 all)
+pytestmark = pytest.mark.sample(2)
+
 mp = pytest.importorskip("mpmath")
 mp.mp.dps = 50
 

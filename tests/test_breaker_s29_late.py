@@ -12,6 +12,9 @@ import einderiv
 from einderiv.evaluate import kernels
 from three_paths import paths as _paths, quiet as _quiet
 
+# the parametrized sweeps: one case in two by default (conftest.py; EINDERIV_SLOW=1 all)
+pytestmark = pytest.mark.sample(2)
+
 mp = pytest.importorskip("mpmath")
 
 

@@ -18,6 +18,9 @@ import pytest
 
 import einderiv
 
+# the parametrized sweeps: one case in two by default (conftest.py; EINDERIV_SLOW=1 all)
+pytestmark = pytest.mark.sample(2)
+
 mp = pytest.importorskip("mpmath")
 
 

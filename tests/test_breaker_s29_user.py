@@ -144,6 +144,9 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 from jax.scipy.special import gammaln as _jgammaln, logsumexp as _jlse  # noqa: E402
 
+# the parametrized sweeps: one case in two by default (conftest.py; EINDERIV_SLOW=1 all)
+pytestmark = pytest.mark.sample(2)
+
 
 
 

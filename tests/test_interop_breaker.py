@@ -14,6 +14,9 @@ import pytest
 import einderiv
 from einderiv import EinderivError, InputError, ShapeError
 
+# the parametrized sweeps: one case in two by default (conftest.py; EINDERIV_SLOW=1 all)
+pytestmark = pytest.mark.sample(2)
+
 
 def _close(actual, expected, tol=1e-9):
     for a, e in zip(actual if isinstance(actual, tuple) else (actual,),

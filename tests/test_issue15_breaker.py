@@ -28,6 +28,9 @@ import pytest
 import einderiv
 from einderiv import cli
 
+# the parametrized sweeps: one case in two by default (conftest.py; EINDERIV_SLOW=1 all)
+pytestmark = pytest.mark.sample(2)
+
 
 slow = pytest.mark.skipif(not os.environ.get("EINDERIV_SLOW"),
                           reason="slow interop check (a sample runs in CI): set EINDERIV_SLOW=1")

@@ -19,6 +19,9 @@ import pytest
 
 import einderiv
 
+# the parametrized sweeps: one case in two by default (conftest.py; EINDERIV_SLOW=1 all)
+pytestmark = pytest.mark.sample(2)
+
 slow = pytest.mark.skipif(not os.environ.get("EINDERIV_SLOW"),
                           reason="issue-size long programs: set EINDERIV_SLOW=1")
 

@@ -15,6 +15,9 @@ from einderiv import var
 from einderiv.check import relative_error
 from einderiv.evaluate import kernels
 
+# the parametrized sweeps: one case in two by default (conftest.py; EINDERIV_SLOW=1 all)
+pytestmark = pytest.mark.sample(2)
+
 GATED = ["Wn", "Wz", "Un", "Uz", "bn", "bz"]
 STEPS = 4
 

@@ -27,6 +27,9 @@ slow = pytest.mark.skipif(not os.environ.get("EINDERIV_SLOW"),
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import problems  # noqa: E402
 
+# the parametrized sweeps: one case in two by default (conftest.py; EINDERIV_SLOW=1 all)
+pytestmark = pytest.mark.sample(2)
+
 RNG = np.random.default_rng(7)
 ARRAYS = {"W": RNG.normal(size=(3, 4)), "X": RNG.normal(size=(6, 4)),
           "Y": RNG.normal(size=(6, 4)), "Z": RNG.normal(size=(4, 6)),

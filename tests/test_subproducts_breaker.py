@@ -12,6 +12,9 @@ import einderiv
 from einderiv import fn, var
 from einderiv.models import lstm_loss, lstm_stacked_loss, rnn_loss
 
+# the parametrized sweeps: one case in two by default (conftest.py; EINDERIV_SLOW=1 all)
+pytestmark = pytest.mark.sample(2)
+
 RNG = np.random.default_rng(5)
 
 # -- a sum of vectors whose terms are the rows of a stack in which one row repeats ---------

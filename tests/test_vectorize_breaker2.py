@@ -25,6 +25,9 @@ from einderiv.check import finite_difference, relative_error
 from einderiv.models import lstm_loss
 from test_fuse import _lstm_arrays as fuse_lstm_arrays
 
+# the parametrized sweeps: one case in two by default (conftest.py; EINDERIV_SLOW=1 all)
+pytestmark = pytest.mark.sample(2)
+
 slow = pytest.mark.skipif(not os.environ.get("EINDERIV_SLOW"),
                           reason="slow interop check (a sample runs in CI): set EINDERIV_SLOW=1")
 
